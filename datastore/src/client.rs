@@ -1,0 +1,125 @@
+//! Typed resources over any [`Datastore`]: validation on every write, compare-and-swap on the
+//! revision each resource carries in `metadata.resourceVersion`.
+
+use std::sync::Arc;
+
+use crate::keys;
+use crate::resource::{self, Resource, Spec, ValidationError, Validator};
+use crate::store::{Datastore, KeyValue, Revision};
+use crate::{Error, Result};
+
+/// Reads and writes typed resources.
+#[derive(Debug, Clone)]
+pub struct Client {
+    store: Arc<dyn Datastore>,
+}
+
+fn decode<S: Spec>(kv: &KeyValue) -> Result<Resource<S>> {
+    let mut r = resource::from_slice::<S>(&kv.value)
+        .map_err(|e| Error::Invalid(format!("stored value at {}: {e}", kv.key)))?;
+    r.metadata.resource_version = Some(kv.revision.to_string());
+    Ok(r)
+}
+
+fn encode<S: Spec>(r: &Resource<S>) -> Result<Vec<u8>> {
+    // The revision is the store's business: it is never stored inside the value.
+    let mut stored = r.clone();
+    stored.metadata.resource_version = None;
+    serde_json::to_vec(&stored).map_err(|e| Error::Invalid(format!("cannot encode {}: {e}", S::KIND)))
+}
+
+impl Client {
+    /// A client over `store`.
+    pub fn new(store: Arc<dyn Datastore>) -> Self {
+        Client { store }
+    }
+
+    /// The underlying key-value store.
+    pub fn store(&self) -> &Arc<dyn Datastore> {
+        &self.store
+    }
+
+    /// Reads one resource (`namespace` only for namespaced kinds).
+    pub async fn get<S: Spec>(&self, namespace: Option<&str>, name: &str) -> Result<Resource<S>> {
+        let key = keys::resource::<S>(namespace, name);
+        match self.store.get(&key).await {
+            Ok(kv) => decode(&kv),
+            Err(Error::NotFound(_)) => Err(Error::NotFound(format!("{} \"{name}\"", S::KIND))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a resource, or `None` when it does not exist.
+    pub async fn find<S: Spec>(&self, namespace: Option<&str>, name: &str) -> Result<Option<Resource<S>>> {
+        match self.get(namespace, name).await {
+            Ok(r) => Ok(Some(r)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads every resource of a kind (all namespaces), sorted by key, with the store
+    /// revision of the listing.
+    pub async fn list<S: Spec>(&self) -> Result<(Vec<Resource<S>>, Revision)> {
+        let listing = self.store.list(&keys::kind_prefix::<S>()).await?;
+        let items = listing.items.iter().map(decode).collect::<Result<_>>()?;
+        Ok((items, listing.revision))
+    }
+
+    /// Creates a resource after filling its defaults and validating it.
+    pub async fn create<S: Spec>(&self, mut r: Resource<S>) -> Result<Resource<S>> {
+        r.spec.complete();
+        r.validate()?;
+        self.check_conflicts(&r).await?;
+        let key = keys::resource::<S>(r.metadata.namespace.as_deref(), &r.metadata.name);
+        let revision = self.store.create(&key, &encode(&r)?).await.map_err(|e| match e {
+            Error::AlreadyExists(_) => Error::AlreadyExists(format!("{} \"{}\"", S::KIND, r.metadata.name)),
+            other => other,
+        })?;
+        r.metadata.resource_version = Some(revision.to_string());
+        Ok(r)
+    }
+
+    /// Replaces a resource. `r.metadata.resourceVersion` must be the revision it was read at;
+    /// a newer write in between is a [`Error::Conflict`].
+    pub async fn update<S: Spec>(&self, mut r: Resource<S>) -> Result<Resource<S>> {
+        let Some(expected) = r.revision() else {
+            return Err(Error::Invalid(format!(
+                "{} \"{}\": metadata.resourceVersion is required to update (read the resource first)",
+                S::KIND,
+                r.metadata.name
+            )));
+        };
+        let namespace = r.metadata.namespace.clone();
+        let old = self.get::<S>(namespace.as_deref(), &r.metadata.name).await?;
+        r.spec.complete();
+        r.validate_update(&old)?;
+        self.check_conflicts(&r).await?;
+        let key = keys::resource::<S>(namespace.as_deref(), &r.metadata.name);
+        let revision = self.store.update(&key, &encode(&r)?, expected).await?;
+        r.metadata.resource_version = Some(revision.to_string());
+        Ok(r)
+    }
+
+    /// Deletes a resource; with `expected`, only if it is still at that revision.
+    pub async fn delete<S: Spec>(&self, namespace: Option<&str>, name: &str, expected: Option<Revision>) -> Result<()> {
+        let key = keys::resource::<S>(namespace, name);
+        self.store.delete(&key, expected).await.map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!("{} \"{name}\"", S::KIND)),
+            other => other,
+        })
+    }
+
+    /// Checks the resource against the others of its kind (e.g. overlapping pools).
+    async fn check_conflicts<S: Spec>(&self, r: &Resource<S>) -> Result<()> {
+        if !S::HAS_CONFLICTS {
+            return Ok(());
+        }
+        let (others, _) = self.list::<S>().await?;
+        let mut v = Validator::new(S::KIND, &r.metadata.name);
+        for other in others.iter().filter(|o| o.metadata.name != r.metadata.name || o.metadata.namespace != r.metadata.namespace) {
+            r.spec.check_conflict(other, &mut v);
+        }
+        v.finish().map_err(|e: ValidationError| e.into())
+    }
+}

@@ -1,0 +1,253 @@
+//! One IPAM block: a power-of-two slice of a pool, owned by one node, that records which of
+//! its addresses are taken and by whom. Pure: no I/O, time is an argument.
+//!
+//! The owner lives inside the block, so claiming a block is a single create or
+//! compare-and-swap of this one object; there is no separate affinity record to disagree with.
+//! Addresses are handed out never-used first, then released ones in release order, and a
+//! released address rests for the cooldown before it is handed out again.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+/// What an address is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AllocationKind {
+    /// A pod interface.
+    #[default]
+    Workload,
+    /// A node's tunnel device.
+    Tunnel,
+}
+
+/// Who holds an address: the handle that releases it, and where it is used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Allocation {
+    /// The release handle: `<network>.<containerID>` for pods.
+    pub handle: String,
+    /// What the address is for.
+    #[serde(default)]
+    pub kind: AllocationKind,
+    /// The node the address is used on.
+    pub node: String,
+    /// The pod, for workload addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The pod's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// A released address at rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Released {
+    /// The address's position in the block.
+    pub ordinal: u32,
+    /// When it was released, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// An IPAM block as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Block {
+    /// The block's range.
+    pub cidr: IpNetwork,
+    /// The node the block belongs to; `None` once that node let it go.
+    pub owner: Option<String>,
+    /// Ordinals at or above this have never been handed out.
+    next_fresh: u32,
+    /// Released ordinals, oldest release first.
+    released: VecDeque<Released>,
+    /// Taken ordinals and their holders.
+    allocations: BTreeMap<u32, Allocation>,
+}
+
+impl Block {
+    /// A fresh block owned by `owner`.
+    pub fn new(cidr: IpNetwork, owner: Option<String>) -> Self {
+        Block { cidr, owner, next_fresh: 0, released: VecDeque::new(), allocations: BTreeMap::new() }
+    }
+
+    /// How many addresses the block has.
+    pub fn size(&self) -> u64 {
+        let host_bits = u32::from(if self.cidr.is_ipv4() { 32u8 } else { 128u8 } - self.cidr.prefix());
+        1u64 << host_bits.min(63)
+    }
+
+    /// How many addresses are taken.
+    pub fn in_use(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// Whether no address is taken.
+    pub fn is_empty(&self) -> bool {
+        self.allocations.is_empty()
+    }
+
+    /// How many addresses could be handed out at `now_ms` with this cooldown.
+    pub fn available(&self, now_ms: u64, cooldown_ms: u64) -> u64 {
+        let fresh = self.size() - u64::from(self.next_fresh);
+        let rested = self.released.iter().take_while(|r| r.at_ms.saturating_add(cooldown_ms) <= now_ms).count();
+        fresh + rested as u64
+    }
+
+    /// How many released addresses are still resting at `now_ms`.
+    pub fn cooling(&self, now_ms: u64, cooldown_ms: u64) -> usize {
+        self.released.iter().filter(|r| r.at_ms.saturating_add(cooldown_ms) > now_ms).count()
+    }
+
+    /// Takes the next address for `allocation`, or `None` when none is available.
+    pub fn allocate(&mut self, allocation: Allocation, now_ms: u64, cooldown_ms: u64) -> Option<IpAddr> {
+        let ordinal = if u64::from(self.next_fresh) < self.size() {
+            self.next_fresh += 1;
+            self.next_fresh - 1
+        } else {
+            let oldest = self.released.front()?;
+            if oldest.at_ms.saturating_add(cooldown_ms) > now_ms {
+                return None;
+            }
+            self.released.pop_front()?.ordinal
+        };
+        self.allocations.insert(ordinal, allocation);
+        Some(self.ip(ordinal))
+    }
+
+    /// Releases every address held by `handle`; returns them.
+    pub fn release_handle(&mut self, handle: &str, now_ms: u64) -> Vec<IpAddr> {
+        self.release_where(|a| a.handle == handle, now_ms)
+    }
+
+    /// Releases every address used on `node`; returns them.
+    pub fn release_node(&mut self, node: &str, now_ms: u64) -> Vec<IpAddr> {
+        self.release_where(|a| a.node == node, now_ms)
+    }
+
+    /// Releases one address; returns its holder, or `None` if it was not taken.
+    pub fn release_ip(&mut self, ip: IpAddr, now_ms: u64) -> Option<Allocation> {
+        let ordinal = self.ordinal(ip)?;
+        let allocation = self.allocations.remove(&ordinal)?;
+        self.released.push_back(Released { ordinal, at_ms: now_ms });
+        Some(allocation)
+    }
+
+    fn release_where(&mut self, mut matches: impl FnMut(&Allocation) -> bool, now_ms: u64) -> Vec<IpAddr> {
+        let ordinals: Vec<u32> =
+            self.allocations.iter().filter(|(_, a)| matches(a)).map(|(o, _)| *o).collect();
+        for ordinal in &ordinals {
+            self.allocations.remove(ordinal);
+            self.released.push_back(Released { ordinal: *ordinal, at_ms: now_ms });
+        }
+        ordinals.into_iter().map(|o| self.ip(o)).collect()
+    }
+
+    /// Every taken address and its holder, in address order.
+    pub fn allocations(&self) -> impl Iterator<Item = (IpAddr, &Allocation)> {
+        self.allocations.iter().map(|(o, a)| (self.ip(*o), a))
+    }
+
+    /// The holder of `ip`, if it is taken.
+    pub fn holder(&self, ip: IpAddr) -> Option<&Allocation> {
+        self.allocations.get(&self.ordinal(ip)?)
+    }
+
+    /// Whether `handle` holds any address here.
+    pub fn holds(&self, handle: &str) -> bool {
+        self.allocations.values().any(|a| a.handle == handle)
+    }
+
+    fn ip(&self, ordinal: u32) -> IpAddr {
+        match self.cidr {
+            IpNetwork::V4(net) => IpAddr::V4((u32::from(net.network()) + ordinal).into()),
+            IpNetwork::V6(net) => IpAddr::V6((u128::from(net.network()) + u128::from(ordinal)).into()),
+        }
+    }
+
+    fn ordinal(&self, ip: IpAddr) -> Option<u32> {
+        if !self.cidr.contains(ip) {
+            return None;
+        }
+        let offset = match (self.cidr, ip) {
+            (IpNetwork::V4(net), IpAddr::V4(ip)) => u128::from(u32::from(ip) - u32::from(net.network())),
+            (IpNetwork::V6(net), IpAddr::V6(ip)) => u128::from(ip) - u128::from(net.network()),
+            _ => return None,
+        };
+        u32::try_from(offset).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(handle: &str) -> Allocation {
+        Allocation { handle: handle.into(), node: "n1".into(), ..Allocation::default() }
+    }
+
+    fn block(cidr: &str) -> Block {
+        Block::new(cidr.parse().unwrap(), Some("n1".into()))
+    }
+
+    #[test]
+    fn fresh_addresses_come_first_in_order() {
+        let mut b = block("10.0.0.0/30");
+        let got: Vec<_> = (0..4).map(|i| b.allocate(alloc(&format!("h{i}")), 0, 0).unwrap().to_string()).collect();
+        assert_eq!(got, ["10.0.0.0", "10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        assert_eq!(b.allocate(alloc("h5"), 0, 0), None);
+        assert_eq!(b.in_use(), 4);
+    }
+
+    #[test]
+    fn released_addresses_rest_for_the_cooldown_then_return_oldest_first() {
+        let mut b = block("10.0.0.0/31");
+        b.allocate(alloc("a"), 0, 60_000);
+        b.allocate(alloc("b"), 0, 60_000);
+        b.release_handle("b", 1_000);
+        b.release_handle("a", 2_000);
+        assert_eq!(b.available(60_999, 60_000), 0);
+        assert_eq!(b.cooling(60_999, 60_000), 2);
+        assert_eq!(b.allocate(alloc("c"), 60_999, 60_000), None, "nothing has rested long enough");
+        assert_eq!(b.allocate(alloc("c"), 61_000, 60_000).unwrap().to_string(), "10.0.0.1", "b was released first");
+        assert_eq!(b.allocate(alloc("d"), 61_000, 60_000), None, "a rests until 62s");
+        assert_eq!(b.allocate(alloc("d"), 62_000, 60_000).unwrap().to_string(), "10.0.0.0");
+    }
+
+    #[test]
+    fn release_by_handle_ip_and_node() {
+        let mut b = block("fd00::/126");
+        let first = b.allocate(alloc("pod-a"), 0, 0).unwrap();
+        b.allocate(alloc("pod-a"), 0, 0).unwrap();
+        let mut other = alloc("pod-b");
+        other.node = "n2".into();
+        let third = b.allocate(other.clone(), 0, 0).unwrap();
+        assert_eq!(third.to_string(), "fd00::2");
+        assert_eq!(b.holder(third), Some(&other));
+        assert_eq!(b.release_ip(first, 5).map(|a| a.handle), Some("pod-a".into()));
+        assert_eq!(b.release_ip(first, 5), None, "already free");
+        assert_eq!(b.release_handle("pod-a", 5), vec!["fd00::1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(b.release_node("n2", 5), vec![third]);
+        assert!(b.is_empty());
+        assert_eq!(b.release_ip("10.0.0.1".parse().unwrap(), 5), None, "outside the block");
+    }
+
+    #[test]
+    fn size_covers_ipv4_and_ipv6_blocks() {
+        assert_eq!(block("10.0.0.0/26").size(), 64);
+        assert_eq!(block("10.0.0.0/32").size(), 1);
+        assert_eq!(block("fd00::/116").size(), 4096);
+    }
+
+    #[test]
+    fn stored_form_round_trips() {
+        let mut b = block("10.0.0.0/29");
+        b.allocate(alloc("x"), 0, 0);
+        b.release_handle("x", 7);
+        b.allocate(alloc("y"), 7, 0);
+        let json = serde_json::to_string(&b).unwrap();
+        assert_eq!(serde_json::from_str::<Block>(&json).unwrap(), b);
+    }
+}

@@ -1,0 +1,573 @@
+//! Block IPAM over the datastore: Calico's block model, where a block's owner is a field of the
+//! block itself.
+//!
+//! An allocation on a node with room in one of its blocks costs one compare-and-swap of that
+//! block (the client remembers each block's value and revision, so it does not even read it
+//! first unless someone else wrote it meanwhile). When the node's blocks are full it claims a
+//! free block of an eligible pool with one create; when no block is free it borrows a single
+//! address from another node's block, unless strict affinity forbids it. Every address carries
+//! its handle, so a write whose outcome was unknown (a timeout) is cleaned up by releasing the
+//! handle: nothing leaks.
+
+mod block;
+mod check;
+pub mod pools;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ipnetwork::IpNetwork;
+
+pub use block::{Allocation, AllocationKind, Block, Released};
+pub use check::{BlockIssue, CheckReport, Leak};
+use pools::Family;
+
+use crate::client::Client;
+use crate::keys;
+use crate::resource::{IpPool, IpamConfiguration, Node, PoolUse, Resource};
+use crate::store::Revision;
+use crate::{Error, Result};
+
+/// How many times one call retries after losing a compare-and-swap race.
+const MAX_ATTEMPTS: usize = 100;
+
+/// What to allocate.
+#[derive(Debug, Clone, Default)]
+pub struct AllocateRequest {
+    /// Who the addresses are for; `holder.handle` releases them.
+    pub holder: Allocation,
+    /// How many IPv4 addresses.
+    pub ipv4: u32,
+    /// How many IPv6 addresses.
+    pub ipv6: u32,
+    /// IPv4 pools to use (names or CIDRs); empty means every eligible pool.
+    pub ipv4_pools: Vec<String>,
+    /// IPv6 pools to use.
+    pub ipv6_pools: Vec<String>,
+}
+
+/// One allocated address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assigned {
+    /// The address.
+    pub ip: IpAddr,
+    /// The block it came from.
+    pub block: IpNetwork,
+    /// The pool the block belongs to.
+    pub pool: String,
+}
+
+/// A source of wall-clock milliseconds (injectable for tests of the cooldown).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The IPAM client. Cheap to share; keep one per process to benefit from its block cache.
+pub struct Ipam {
+    client: Client,
+    clock: Clock,
+    context_ttl: Duration,
+    cache: Mutex<Cache>,
+}
+
+impl std::fmt::Debug for Ipam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ipam").field("client", &self.client).finish_non_exhaustive()
+    }
+}
+
+/// What the client remembers between calls.
+#[derive(Default)]
+struct Cache {
+    /// Each block's last known value and revision.
+    blocks: HashMap<IpNetwork, (Block, Revision)>,
+    /// Each node's blocks, once a listing has shown them.
+    owned: Option<HashMap<String, BTreeSet<IpNetwork>>>,
+    /// Pools, settings and node labels, with when they were read.
+    context: HashMap<String, (Instant, Arc<Context>)>,
+}
+
+/// The resources an allocation depends on.
+struct Context {
+    pools: Vec<Resource<IpPool>>,
+    config: IpamConfiguration,
+    labels: BTreeMap<String, String>,
+}
+
+/// The outcome of a block edit.
+enum Edit<T> {
+    /// The block was changed and written.
+    Done(T),
+    /// Nothing to change (e.g. the block is full, or not ours).
+    Skip,
+}
+
+fn system_clock() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Ipam {
+    /// An IPAM client that reads pools and settings fresh on every call.
+    pub fn new(client: Client) -> Self {
+        Ipam { client, clock: Arc::new(system_clock), context_ttl: Duration::ZERO, cache: Mutex::default() }
+    }
+
+    /// Reuses pools, IPAM settings and node labels for up to `ttl` (long-lived callers such as
+    /// the agent): pool changes then take up to `ttl` to be seen.
+    pub fn with_context_ttl(mut self, ttl: Duration) -> Self {
+        self.context_ttl = ttl;
+        self
+    }
+
+    /// Uses `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Allocates the requested addresses. On any failure, what was already taken for this
+    /// request is given back.
+    pub async fn allocate(&self, request: &AllocateRequest) -> Result<Vec<Assigned>> {
+        if request.holder.handle.is_empty() || request.holder.node.is_empty() {
+            return Err(Error::Invalid("an allocation needs a handle and a node".into()));
+        }
+        let context = self.context(&request.holder.node).await?;
+        let mut assigned = Vec::new();
+        let usage = match request.holder.kind {
+            AllocationKind::Workload => PoolUse::Workload,
+            AllocationKind::Tunnel => PoolUse::Tunnel,
+        };
+        for (family, count, requested) in [
+            (Family::V4, request.ipv4, &request.ipv4_pools),
+            (Family::V6, request.ipv6, &request.ipv6_pools),
+        ] {
+            if count == 0 {
+                continue;
+            }
+            let outcome = match pools::eligible(&context.pools, requested, family, usage, &request.holder.node, &context.labels) {
+                Ok(eligible) => self.allocate_family(&context, &eligible, &request.holder, count, &mut assigned).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                let ips: Vec<IpAddr> = assigned.iter().map(|a: &Assigned| a.ip).collect();
+                if let Err(undo) = self.release_ips(&ips).await {
+                    tracing::warn!(error = %undo, ?ips, "could not give back a partial allocation; release the handle to clean up");
+                }
+                return Err(e);
+            }
+        }
+        Ok(assigned)
+    }
+
+    async fn allocate_family(
+        &self,
+        context: &Context,
+        eligible: &[&Resource<IpPool>],
+        holder: &Allocation,
+        count: u32,
+        out: &mut Vec<Assigned>,
+    ) -> Result<()> {
+        let node = holder.node.as_str();
+        let cooldown = context.config.release_cooldown.as_millis() as u64;
+        let mut remaining = count as usize;
+        let pool_of = |cidr: &IpNetwork| eligible.iter().find(|p| p.spec.cidr.contains(cidr.network()));
+        let take = |block: &mut Block, remaining: usize, now: u64| -> Vec<IpAddr> {
+            (0..remaining).map_while(|_| block.allocate(holder.clone(), now, cooldown)).collect()
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            // 1. The node's own blocks.
+            let owned: Vec<IpNetwork> = self.owned_blocks(node).await?.into_iter().filter(|c| pool_of(c).is_some()).collect();
+            for cidr in owned {
+                let got = self
+                    .edit_block(cidr, |b, now| {
+                        if b.owner.as_deref() != Some(node) {
+                            return None;
+                        }
+                        Some(take(b, remaining, now)).filter(|ips| !ips.is_empty())
+                    })
+                    .await?;
+                if let Some(ips) = got {
+                    remaining -= ips.len();
+                    out.extend(ips.into_iter().map(|ip| assigned(ip, cidr, pool_of(&cidr))));
+                }
+                if remaining == 0 {
+                    return Ok(());
+                }
+            }
+
+            // 2. Claim a block: a fresh one (created with our addresses already in it), or one
+            // that no node owns any more.
+            let listing = self.list_blocks().await?;
+            let now = (self.clock)();
+            let mine: Vec<&Block> = listing.values().map(|(b, _)| b).filter(|b| b.owner.as_deref() == Some(node)).collect();
+            if mine.iter().any(|b| pool_of(&b.cidr).is_some() && b.available(now, cooldown) > 0) {
+                continue; // another process of this node claimed a block meanwhile: use it
+            }
+            let family_owned = mine.iter().filter(|b| pools::Family::of(&b.cidr) == pools::Family::of(&eligible[0].spec.cidr)).count();
+            let max = context.config.max_blocks_per_node as usize;
+            if max == 0 || family_owned < max {
+                if let Some(claimed) = self.claim_block(eligible, &listing, node, |b, now| take(b, remaining, now)).await? {
+                    let (cidr, ips) = claimed;
+                    remaining -= ips.len();
+                    out.extend(ips.into_iter().map(|ip| assigned(ip, cidr, pool_of(&cidr))));
+                    if remaining == 0 {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+
+            // 3. Borrow single addresses from other nodes' blocks.
+            if context.config.strict_affinity {
+                return Err(exhausted(eligible, &listing, node, now, cooldown, "strict affinity forbids borrowing"));
+            }
+            let lenders: Vec<IpNetwork> = listing
+                .values()
+                .map(|(b, _)| b)
+                .filter(|b| pool_of(&b.cidr).is_some() && b.available(now, cooldown) > 0)
+                .map(|b| b.cidr)
+                .collect();
+            if lenders.is_empty() {
+                return Err(exhausted(eligible, &listing, node, now, cooldown, "no block has a free address"));
+            }
+            for cidr in lenders {
+                if let Some(ips) = self.edit_block(cidr, |b, now| Some(take(b, remaining, now)).filter(|ips| !ips.is_empty())).await? {
+                    remaining -= ips.len();
+                    out.extend(ips.into_iter().map(|ip| assigned(ip, cidr, pool_of(&cidr))));
+                }
+                if remaining == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        Err(Error::Unavailable(format!("gave up allocating for node \"{node}\" after {MAX_ATTEMPTS} lost races")))
+    }
+
+    /// Claims the first claimable block of the eligible pools, in the node's claim order,
+    /// filling it with `fill` in the same write. Returns `None` when no block is free.
+    async fn claim_block(
+        &self,
+        eligible: &[&Resource<IpPool>],
+        listing: &HashMap<IpNetwork, (Block, Revision)>,
+        node: &str,
+        mut fill: impl FnMut(&mut Block, u64) -> Vec<IpAddr>,
+    ) -> Result<Option<(IpNetwork, Vec<IpAddr>)>> {
+        // Blocks that exist are skipped, so in a pool of any size the walk ends at most one
+        // step past the number of blocks that exist.
+        for pool in eligible {
+            for cidr in pools::claim_order(&pool.spec, node) {
+                match listing.get(&cidr) {
+                    None => {
+                        let mut block = Block::new(cidr, Some(node.to_owned()));
+                        let ips = fill(&mut block, (self.clock)());
+                        match self.create_block(&block).await {
+                            Ok(revision) => {
+                                self.remember(block, revision);
+                                return Ok(Some((cidr, ips)));
+                            }
+                            Err(Error::AlreadyExists(_)) => continue, // lost the race for it
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Some((b, _)) if b.owner.is_none() => {
+                        let got = self
+                            .edit_block(cidr, |b, now| {
+                                if b.owner.is_some() {
+                                    return None;
+                                }
+                                b.owner = Some(node.to_owned());
+                                Some(fill(b, now))
+                            })
+                            .await?;
+                        if let Some(ips) = got {
+                            return Ok(Some((cidr, ips)));
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Releases addresses one by one; returns the holders of those that were taken.
+    pub async fn release_ips(&self, ips: &[IpAddr]) -> Result<Vec<(IpAddr, Allocation)>> {
+        let mut released = Vec::new();
+        if ips.is_empty() {
+            return Ok(released);
+        }
+        let (pools, _) = self.client.list::<IpPool>().await?;
+        for &ip in ips {
+            let cidr = match pools.iter().find_map(|p| pools::block_of(&p.spec, ip)) {
+                Some(cidr) => Some(cidr),
+                None => self.list_blocks().await?.into_keys().find(|c| c.contains(ip)),
+            };
+            let Some(cidr) = cidr else { continue };
+            if let Some(holder) = self.edit_block(cidr, |b, now| b.release_ip(ip, now)).await? {
+                released.push((ip, holder));
+            }
+        }
+        Ok(released)
+    }
+
+    /// Releases every address held by `handle`; returns them.
+    pub async fn release_handle(&self, handle: &str) -> Result<Vec<IpAddr>> {
+        let mut released = Vec::new();
+        for (cidr, (block, _)) in self.list_blocks().await? {
+            if block.holds(handle)
+                && let Some(ips) = self.edit_block(cidr, |b, now| Some(b.release_handle(handle, now)).filter(|ips| !ips.is_empty())).await?
+            {
+                released.extend(ips);
+            }
+        }
+        Ok(released)
+    }
+
+    /// Frees everything of a node that has gone: its addresses are released and its blocks lose
+    /// their owner (empty ones are deleted). Returns the released addresses.
+    pub async fn release_node(&self, node: &str) -> Result<Vec<IpAddr>> {
+        let mut released = Vec::new();
+        for (cidr, (block, _)) in self.list_blocks().await? {
+            let involved = block.owner.as_deref() == Some(node) || block.allocations().any(|(_, a)| a.node == node);
+            if !involved {
+                continue;
+            }
+            let got = self
+                .edit_block(cidr, |b, now| {
+                    let ips = b.release_node(node, now);
+                    let owned = b.owner.as_deref() == Some(node);
+                    if owned {
+                        b.owner = None;
+                    }
+                    (owned || !ips.is_empty()).then_some(ips)
+                })
+                .await?;
+            released.extend(got.unwrap_or_default());
+        }
+        if let Some(owned) = self.cache().owned.as_mut() {
+            owned.remove(node);
+        }
+        Ok(released)
+    }
+
+    /// The node's tunnel address of a family: the one it already holds, or a new one.
+    pub async fn tunnel_address(&self, node: &str, ipv6: bool) -> Result<Assigned> {
+        let family = if ipv6 { "ipv6" } else { "ipv4" };
+        let handle = format!("tunnel-{family}.{node}");
+        for (cidr, (block, _)) in self.list_blocks().await? {
+            if let Some((ip, _)) = block.allocations().find(|(_, a)| a.handle == handle) {
+                let (pools, _) = self.client.list::<IpPool>().await?;
+                let pool = pools.iter().find(|p| p.spec.cidr.contains(ip)).map(|p| p.metadata.name.clone());
+                return Ok(Assigned { ip, block: cidr, pool: pool.unwrap_or_default() });
+            }
+        }
+        let holder = Allocation { handle, kind: AllocationKind::Tunnel, node: node.to_owned(), pod: None, namespace: None };
+        let request = AllocateRequest { holder, ipv4: u32::from(!ipv6), ipv6: u32::from(ipv6), ..AllocateRequest::default() };
+        self.allocate(&request).await?.pop().ok_or_else(|| Error::Exhausted(format!("no tunnel address for node \"{node}\"")))
+    }
+
+    /// Every block with its revision, straight from the store.
+    pub async fn blocks(&self) -> Result<Vec<(Block, Revision)>> {
+        let mut blocks: Vec<_> = self.list_blocks().await?.into_values().collect();
+        blocks.sort_by_key(|(b, _)| b.cidr);
+        Ok(blocks)
+    }
+
+    /// Looks for leaks, empty blocks, and blocks that disagree with nodes and pools.
+    pub async fn check(&self) -> Result<CheckReport> {
+        let blocks = self.blocks().await?;
+        let (nodes, _) = self.client.list::<Node>().await?;
+        let (pools, _) = self.client.list::<IpPool>().await?;
+        let (endpoints, _) = self.client.list::<crate::resource::WorkloadEndpoint>().await?;
+        Ok(check::check(&blocks, &nodes, &pools, &endpoints))
+    }
+
+    /// Reads (or reuses) the pools, IPAM settings and node labels.
+    async fn context(&self, node: &str) -> Result<Arc<Context>> {
+        if let Some((at, context)) = self.cache().context.get(node)
+            && at.elapsed() < self.context_ttl
+        {
+            return Ok(Arc::clone(context));
+        }
+        let (pools, config, node_resource) = tokio::try_join!(
+            self.client.list::<IpPool>(),
+            self.client.find::<IpamConfiguration>(None, "default"),
+            self.client.find::<Node>(None, node),
+        )?;
+        let context = Arc::new(Context {
+            pools: pools.0,
+            config: config.map(|c| c.spec).unwrap_or_default(),
+            labels: node_resource.map(|n| n.metadata.labels).unwrap_or_default(),
+        });
+        self.cache().context.insert(node.to_owned(), (Instant::now(), Arc::clone(&context)));
+        Ok(context)
+    }
+
+    /// The blocks the node owned at the last listing (listing now if there was none).
+    async fn owned_blocks(&self, node: &str) -> Result<BTreeSet<IpNetwork>> {
+        if let Some(owned) = &self.cache().owned {
+            return Ok(owned.get(node).cloned().unwrap_or_default());
+        }
+        self.list_blocks().await?;
+        Ok(self.cache().owned.as_ref().and_then(|o| o.get(node).cloned()).unwrap_or_default())
+    }
+
+    /// Reads every block and refreshes the cache with them.
+    async fn list_blocks(&self) -> Result<HashMap<IpNetwork, (Block, Revision)>> {
+        let listing = self.client.store().list(keys::BLOCKS).await?;
+        let mut blocks = HashMap::with_capacity(listing.items.len());
+        for kv in listing.items {
+            let block: Block = serde_json::from_slice(&kv.value)
+                .map_err(|e| Error::Invalid(format!("stored block at {}: {e}", kv.key)))?;
+            blocks.insert(block.cidr, (block, kv.revision));
+        }
+        let mut owned: HashMap<String, BTreeSet<IpNetwork>> = HashMap::new();
+        for (block, _) in blocks.values() {
+            if let Some(owner) = &block.owner {
+                owned.entry(owner.clone()).or_default().insert(block.cidr);
+            }
+        }
+        let mut cache = self.cache();
+        cache.blocks.clone_from(&blocks);
+        cache.owned = Some(owned);
+        Ok(blocks)
+    }
+
+    fn remember(&self, block: Block, revision: Revision) {
+        let mut cache = self.cache();
+        if let Some(owned) = cache.owned.as_mut() {
+            for blocks in owned.values_mut() {
+                blocks.remove(&block.cidr);
+            }
+            if let Some(owner) = &block.owner {
+                owned.entry(owner.clone()).or_default().insert(block.cidr);
+            }
+        }
+        cache.blocks.insert(block.cidr, (block, revision));
+    }
+
+    fn forget(&self, cidr: &IpNetwork) {
+        let mut cache = self.cache();
+        cache.blocks.remove(cidr);
+        if let Some(owned) = cache.owned.as_mut() {
+            for blocks in owned.values_mut() {
+                blocks.remove(cidr);
+            }
+        }
+    }
+
+    async fn create_block(&self, block: &Block) -> Result<Revision> {
+        let value = serde_json::to_vec(block).map_err(|e| Error::Invalid(format!("cannot encode block: {e}")))?;
+        self.client.store().create(&keys::block(&block.cidr), &value).await
+    }
+
+    async fn fetch_block(&self, cidr: IpNetwork) -> Result<Option<(Block, Revision)>> {
+        match self.client.store().get(&keys::block(&cidr)).await {
+            Ok(kv) => {
+                let block: Block = serde_json::from_slice(&kv.value)
+                    .map_err(|e| Error::Invalid(format!("stored block at {}: {e}", kv.key)))?;
+                self.remember(block.clone(), kv.revision);
+                Ok(Some((block, kv.revision)))
+            }
+            Err(Error::NotFound(_)) => {
+                self.forget(&cidr);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Read-modify-writes one block with compare-and-swap, retrying lost races. `change` edits
+    /// a copy and returns `Some` if it changed something to write. A cached copy is tried
+    /// first; a decision not to change is only trusted on a fresh read. An unowned block left
+    /// empty is deleted rather than written.
+    async fn edit_block<T>(&self, cidr: IpNetwork, mut change: impl FnMut(&mut Block, u64) -> Option<T>) -> Result<Option<T>> {
+        let cached = self.cache().blocks.get(&cidr).cloned();
+        let mut current = cached.clone();
+        let mut fresh = cached.is_none();
+        if fresh {
+            current = self.fetch_block(cidr).await?;
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let Some((block, revision)) = current.take() else { return Ok(None) };
+            let mut edited = block.clone();
+            let outcome = match change(&mut edited, (self.clock)()) {
+                None => Edit::Skip,
+                Some(result) => Edit::Done(result),
+            };
+            let result = match outcome {
+                Edit::Skip if fresh => return Ok(None),
+                Edit::Skip => {
+                    fresh = true;
+                    current = self.fetch_block(cidr).await?;
+                    continue;
+                }
+                Edit::Done(result) => result,
+            };
+            let key = keys::block(&cidr);
+            let written = if edited.is_empty() && edited.owner.is_none() {
+                self.client.store().delete(&key, Some(revision)).await.map(|()| None)
+            } else {
+                let value = serde_json::to_vec(&edited).map_err(|e| Error::Invalid(format!("cannot encode block: {e}")))?;
+                self.client.store().update(&key, &value, revision).await.map(Some)
+            };
+            match written {
+                Ok(Some(new_revision)) => {
+                    self.remember(edited, new_revision);
+                    return Ok(Some(result));
+                }
+                Ok(None) => {
+                    self.forget(&cidr);
+                    return Ok(Some(result));
+                }
+                Err(Error::Conflict { .. } | Error::NotFound(_)) => {
+                    fresh = true;
+                    current = self.fetch_block(cidr).await?;
+                }
+                Err(e) => {
+                    self.forget(&cidr);
+                    return Err(e);
+                }
+            }
+        }
+        Err(Error::Unavailable(format!("block {cidr}: gave up after {MAX_ATTEMPTS} lost races")))
+    }
+}
+
+fn assigned(ip: IpAddr, block: IpNetwork, pool: Option<&&Resource<IpPool>>) -> Assigned {
+    Assigned { ip, block, pool: pool.map(|p| p.metadata.name.clone()).unwrap_or_default() }
+}
+
+/// The exhaustion error: which pools, how full, and why borrowing did not help.
+fn exhausted(
+    eligible: &[&Resource<IpPool>],
+    listing: &HashMap<IpNetwork, (Block, Revision)>,
+    node: &str,
+    now: u64,
+    cooldown: u64,
+    why: &str,
+) -> Error {
+    let pools: Vec<String> = eligible
+        .iter()
+        .map(|p| {
+            let blocks: Vec<&Block> = listing.values().map(|(b, _)| b).filter(|b| p.spec.cidr.contains(b.cidr.network())).collect();
+            let cooling: usize = blocks.iter().map(|b| b.cooling(now, cooldown)).sum();
+            let mut text = format!(
+                "IPPool \"{}\" ({}): {} of {} blocks claimed",
+                p.metadata.name,
+                p.spec.cidr,
+                blocks.len(),
+                pools::block_count(&p.spec)
+            );
+            if cooling > 0 {
+                text.push_str(&format!(", {cooling} released addresses still cooling down"));
+            }
+            text
+        })
+        .collect();
+    Error::Exhausted(format!("no free address for node \"{node}\" ({why}): {}", pools.join("; ")))
+}

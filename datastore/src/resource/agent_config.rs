@@ -1,0 +1,185 @@
+//! AgentConfiguration: the node agent's dataplane settings (Calico's FelixConfiguration).
+//! `default` applies to the cluster, `node.<name>` overrides it for one node.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Spec, Validator};
+
+/// How loudly a component logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogSeverity {
+    /// Everything.
+    Debug,
+    /// Normal operation.
+    #[default]
+    Info,
+    /// Problems only.
+    Warning,
+    /// Failures only.
+    Error,
+}
+
+/// Which iptables the agent drives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IptablesBackend {
+    /// Use whichever the host already uses.
+    #[default]
+    Auto,
+    /// iptables-legacy.
+    Legacy,
+    /// iptables-nft.
+    NFT,
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// The AgentConfiguration spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AgentConfiguration {
+    /// How often routes are compared with the kernel's and repaired.
+    #[serde(with = "humantime_serde")]
+    pub route_refresh_interval: Duration,
+    /// How often the iptables chains are compared and repaired.
+    #[serde(with = "humantime_serde")]
+    pub iptables_refresh_interval: Duration,
+    /// Which iptables to program.
+    pub iptables_backend: IptablesBackend,
+    /// The uplink MTU to derive pod and tunnel MTUs from; 0 detects it.
+    #[serde(rename = "mtu")]
+    pub mtu: u32,
+    /// VXLAN network identifier.
+    #[serde(rename = "vxlanVNI")]
+    pub vxlan_vni: u32,
+    /// VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// The name prefix of host-side pod interfaces.
+    pub interface_prefix: String,
+    /// How the node's IPv4 address is found: `first-found`, `interface=REGEX`,
+    /// `cidr=CIDR[,CIDR]`, `can-reach=ADDRESS`, or `none`.
+    #[serde(rename = "ipv4AutodetectionMethod")]
+    pub ipv4_autodetection_method: String,
+    /// The same for IPv6.
+    #[serde(rename = "ipv6AutodetectionMethod")]
+    pub ipv6_autodetection_method: String,
+    /// The agent's log level.
+    pub log_severity_screen: LogSeverity,
+    /// The health endpoint's port (on 127.0.0.1).
+    pub health_port: u16,
+    /// Whether Prometheus metrics are served.
+    pub prometheus_metrics_enabled: bool,
+    /// The metrics port.
+    pub prometheus_metrics_port: u16,
+}
+
+impl Default for AgentConfiguration {
+    fn default() -> Self {
+        AgentConfiguration {
+            route_refresh_interval: secs(90),
+            iptables_refresh_interval: secs(90),
+            iptables_backend: IptablesBackend::Auto,
+            mtu: 0,
+            vxlan_vni: 4096,
+            vxlan_port: 4789,
+            interface_prefix: "brin".into(),
+            ipv4_autodetection_method: "first-found".into(),
+            ipv6_autodetection_method: "none".into(),
+            log_severity_screen: LogSeverity::Info,
+            health_port: 9099,
+            prometheus_metrics_enabled: true,
+            prometheus_metrics_port: 9091,
+        }
+    }
+}
+
+/// Checks an autodetection method's form; returns the reason when it is wrong.
+fn check_autodetection(method: &str) -> Result<(), String> {
+    let (name, arg) = method.split_once('=').unwrap_or((method, ""));
+    match (name, arg.is_empty()) {
+        ("first-found" | "none", true) => Ok(()),
+        ("interface" | "skip-interface", false) => Ok(()),
+        ("cidr", false) => arg
+            .split(',')
+            .map(|c| c.trim().parse::<ipnetwork::IpNetwork>().map(drop).map_err(|e| format!("\"{c}\": {e}")))
+            .collect(),
+        ("can-reach", false) => arg
+            .parse::<std::net::IpAddr>()
+            .map(drop)
+            .map_err(|_| format!("\"{arg}\" is not an IP address")),
+        _ => Err("expected first-found, interface=REGEX, skip-interface=REGEX, cidr=CIDR[,CIDR], can-reach=ADDRESS or none".into()),
+    }
+}
+
+impl Spec for AgentConfiguration {
+    const KIND: &'static str = "AgentConfiguration";
+    const PLURAL: &'static str = "agentconfigurations";
+
+    fn validate(&self, v: &mut Validator) {
+        for (field, interval) in [
+            ("spec.routeRefreshInterval", self.route_refresh_interval),
+            ("spec.iptablesRefreshInterval", self.iptables_refresh_interval),
+        ] {
+            v.require(interval >= Duration::from_secs(1), field, humantime_serde::re::humantime::format_duration(interval), "must be at least 1s");
+        }
+        v.require(self.mtu == 0 || (576..=65535).contains(&self.mtu), "spec.mtu", self.mtu, "must be 0 (detect) or 576-65535");
+        v.require((1..1 << 24).contains(&self.vxlan_vni), "spec.vxlanVNI", self.vxlan_vni, "must be 1 to 16777215");
+        v.require(self.vxlan_port != 0, "spec.vxlanPort", self.vxlan_port, "must be a port number 1-65535");
+        let prefix_ok = !self.interface_prefix.is_empty()
+            && self.interface_prefix.len() <= 4
+            && self.interface_prefix.chars().all(|c| c.is_ascii_alphanumeric());
+        v.require(prefix_ok, "spec.interfacePrefix", &self.interface_prefix, "must be 1-4 letters or digits (the rest of the 15-character name is a hash)");
+        for (field, method) in [
+            ("spec.ipv4AutodetectionMethod", &self.ipv4_autodetection_method),
+            ("spec.ipv6AutodetectionMethod", &self.ipv6_autodetection_method),
+        ] {
+            if let Err(reason) = check_autodetection(method) {
+                v.problem(field, method, reason);
+            }
+        }
+        for (field, port) in [("spec.healthPort", self.health_port), ("spec.prometheusMetricsPort", self.prometheus_metrics_port)] {
+            v.require(port != 0, field, port, "must be a port number 1-65535");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{Resource, from_value};
+
+    #[test]
+    fn empty_spec_gives_felix_like_defaults() {
+        let config: Resource<AgentConfiguration> = from_value(serde_json::json!({
+            "apiVersion": "brindle.io/v1", "kind": "AgentConfiguration",
+            "metadata": {"name": "default"}, "spec": {"routeRefreshInterval": "30s"}
+        }))
+        .unwrap();
+        assert_eq!(config.spec.route_refresh_interval, secs(30));
+        assert_eq!((config.spec.vxlan_vni, config.spec.vxlan_port), (4096, 4789));
+        assert_eq!(config.spec.interface_prefix, "brin");
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn autodetection_methods_are_checked() {
+        for good in ["first-found", "interface=eth.*", "cidr=10.0.0.0/8,fd00::/8", "can-reach=8.8.8.8", "none"] {
+            assert_eq!(check_autodetection(good), Ok(()), "{good}");
+        }
+        for bad in ["first", "interface=", "cidr=10.0.0/33", "can-reach=example"] {
+            assert!(check_autodetection(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        let spec = AgentConfiguration { vxlan_vni: 1 << 24, mtu: 100, interface_prefix: "toolong".into(), ..AgentConfiguration::default() };
+        let err = Resource::new("default", spec).validate().unwrap_err().to_string();
+        assert!(err.contains("spec.vxlanVNI \"16777216\""), "{err}");
+        assert!(err.contains("spec.mtu \"100\""), "{err}");
+        assert!(err.contains("spec.interfacePrefix \"toolong\""), "{err}");
+    }
+}

@@ -1,0 +1,299 @@
+//! BGPPeer and BGPConfiguration: who the nodes peer with, and the cluster's BGP settings.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use super::{Spec, Validator};
+
+/// The BGPPeer spec: one peering, global or for selected nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BgpPeer {
+    /// Only this node peers (otherwise every node, or those `nodeSelector` picks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The nodes that peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<String>,
+    /// The peer's address, optionally with a port: `10.0.0.1`, `10.0.0.1:1179`, `[fd00::1]:179`.
+    #[serde(default, rename = "peerIP", skip_serializing_if = "Option::is_none")]
+    pub peer_ip: Option<String>,
+    /// Peer with the nodes this selects instead of a fixed address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_selector: Option<String>,
+    /// The peer's AS number (with `peerIP`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    /// The TCP MD5 password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<BgpPassword>,
+    /// Pass routes on with the next hop they came with.
+    #[serde(default)]
+    pub keep_original_next_hop: bool,
+    /// How long the peer's routes are kept while it restarts (graceful restart).
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub max_restart_time: Option<Duration>,
+}
+
+/// Where a BGP password comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BgpPassword {
+    /// A key of a Kubernetes secret in brindle's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+    /// A file on the node holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+/// A key of a Kubernetes secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// The secret's name.
+    pub name: String,
+    /// The key within it.
+    pub key: String,
+}
+
+impl BgpPeer {
+    /// The peer's address and port (179 unless `peerIP` names one).
+    pub fn peer_address(&self) -> Option<SocketAddr> {
+        parse_peer_ip(self.peer_ip.as_deref()?).ok()
+    }
+}
+
+fn parse_peer_ip(s: &str) -> Result<SocketAddr, ()> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 179));
+    }
+    s.parse::<SocketAddr>().map_err(|_| ())
+}
+
+impl Spec for BgpPeer {
+    const KIND: &'static str = "BGPPeer";
+    const PLURAL: &'static str = "bgppeers";
+
+    fn validate(&self, v: &mut Validator) {
+        if self.node.is_some() && self.node_selector.is_some() {
+            v.problem("spec.nodeSelector", self.node_selector.as_deref().unwrap_or_default(), "cannot be used together with spec.node");
+        }
+        if let Some(s) = &self.node_selector {
+            v.selector("spec.nodeSelector", s);
+        }
+        match (&self.peer_ip, &self.peer_selector) {
+            (Some(_), Some(sel)) => v.problem("spec.peerSelector", sel, "cannot be used together with spec.peerIP"),
+            (None, None) => v.problem("spec.peerIP", "", "one of peerIP or peerSelector is required"),
+            (Some(ip), None) => {
+                if parse_peer_ip(ip).is_err() {
+                    v.problem("spec.peerIP", ip, "must be an IP address, optionally with a port (10.0.0.1:179, [fd00::1]:179)");
+                }
+                match self.as_number {
+                    Some(asn) => v.as_number("spec.asNumber", asn),
+                    None => v.problem("spec.asNumber", "", "is required with peerIP"),
+                }
+            }
+            (None, Some(sel)) => {
+                v.selector("spec.peerSelector", sel);
+                if let Some(asn) = self.as_number {
+                    v.problem("spec.asNumber", asn, "must be left out with peerSelector: each selected node's own AS is used");
+                }
+            }
+        }
+        if let Some(password) = &self.password {
+            v.require(
+                password.secret_key_ref.is_some() != password.file.is_some(),
+                "spec.password",
+                "",
+                "give exactly one of secretKeyRef or file",
+            );
+        }
+    }
+}
+
+/// A named community value that prefix advertisements can refer to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Community {
+    /// The name used in `prefixAdvertisements`.
+    pub name: String,
+    /// `aa:nn` (standard) or `aa:nn:mm` (large).
+    pub value: String,
+}
+
+/// Communities to attach to the routes inside a CIDR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixAdvertisement {
+    /// The routes it applies to.
+    pub cidr: IpNetwork,
+    /// Community names (from `communities`) or literal values.
+    #[serde(default)]
+    pub communities: Vec<String>,
+}
+
+/// A service range to advertise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceCidr {
+    /// The range.
+    pub cidr: IpNetwork,
+}
+
+fn default_asn() -> u32 {
+    64512
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_port() -> u16 {
+    179
+}
+
+/// The BGPConfiguration spec: `default` for the cluster, `node.<name>` to override for one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BgpConfiguration {
+    /// The cluster's AS number.
+    #[serde(default = "default_asn")]
+    pub as_number: u32,
+    /// Whether every node peers with every other node.
+    #[serde(default = "default_true")]
+    pub node_to_node_mesh_enabled: bool,
+    /// The TCP port BGP listens on.
+    #[serde(default = "default_port")]
+    pub listen_port: u16,
+    /// The speaker's log level.
+    #[serde(default)]
+    pub log_severity_screen: super::LogSeverity,
+    /// Named communities.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<Community>,
+    /// Communities per advertised range.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_advertisements: Vec<PrefixAdvertisement>,
+    /// Service cluster IP ranges to advertise.
+    #[serde(default, rename = "serviceClusterIPs", skip_serializing_if = "Vec::is_empty")]
+    pub service_cluster_ips: Vec<ServiceCidr>,
+    /// Service external IP ranges to advertise.
+    #[serde(default, rename = "serviceExternalIPs", skip_serializing_if = "Vec::is_empty")]
+    pub service_external_ips: Vec<ServiceCidr>,
+}
+
+impl Default for BgpConfiguration {
+    fn default() -> Self {
+        BgpConfiguration {
+            as_number: default_asn(),
+            node_to_node_mesh_enabled: true,
+            listen_port: default_port(),
+            log_severity_screen: super::LogSeverity::default(),
+            communities: Vec::new(),
+            prefix_advertisements: Vec::new(),
+            service_cluster_ips: Vec::new(),
+            service_external_ips: Vec::new(),
+        }
+    }
+}
+
+/// Whether `value` is a standard (`aa:nn`, 16-bit parts) or large (`aa:nn:mm`, 32-bit) community.
+fn is_community(value: &str) -> bool {
+    let parts: Vec<&str> = value.split(':').collect();
+    match parts.len() {
+        2 => parts.iter().all(|p| p.parse::<u16>().is_ok()),
+        3 => parts.iter().all(|p| p.parse::<u32>().is_ok()),
+        _ => false,
+    }
+}
+
+impl Spec for BgpConfiguration {
+    const KIND: &'static str = "BGPConfiguration";
+    const PLURAL: &'static str = "bgpconfigurations";
+
+    fn validate(&self, v: &mut Validator) {
+        v.as_number("spec.asNumber", self.as_number);
+        v.require(self.listen_port != 0, "spec.listenPort", self.listen_port, "must be a port number 1-65535");
+        for (i, c) in self.communities.iter().enumerate() {
+            v.require(is_community(&c.value), &format!("spec.communities[{i}].value"), &c.value, "must be aa:nn or aa:nn:mm");
+        }
+        for (i, adv) in self.prefix_advertisements.iter().enumerate() {
+            v.network_address(&format!("spec.prefixAdvertisements[{i}].cidr"), &adv.cidr);
+            for c in &adv.communities {
+                let known = self.communities.iter().any(|named| &named.name == c);
+                v.require(
+                    known || is_community(c),
+                    &format!("spec.prefixAdvertisements[{i}].communities"),
+                    c,
+                    "is neither a name from spec.communities nor an aa:nn / aa:nn:mm value",
+                );
+            }
+        }
+        for (field, list) in [("spec.serviceClusterIPs", &self.service_cluster_ips), ("spec.serviceExternalIPs", &self.service_external_ips)] {
+            for (i, s) in list.iter().enumerate() {
+                v.network_address(&format!("{field}[{i}].cidr"), &s.cidr);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::Resource;
+
+    fn problems<S: Spec>(spec: S) -> String {
+        Resource::new("x", spec).validate().map(|_| String::new()).unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn peer_needs_exactly_one_target() {
+        assert!(problems(BgpPeer::default()).contains("one of peerIP or peerSelector is required"));
+        let peer = BgpPeer { peer_ip: Some("10.0.0.1".into()), peer_selector: Some("all()".into()), ..BgpPeer::default() };
+        assert!(problems(peer).contains("cannot be used together with spec.peerIP"));
+    }
+
+    #[test]
+    fn peer_ip_takes_an_optional_port() {
+        let peer = BgpPeer { peer_ip: Some("[fd00::1]:1179".into()), as_number: Some(65000), ..BgpPeer::default() };
+        assert_eq!(peer.peer_address().unwrap().port(), 1179);
+        assert_eq!(problems(peer), "");
+        let peer = BgpPeer { peer_ip: Some("10.0.0.300".into()), ..BgpPeer::default() };
+        let err = problems(peer);
+        assert!(err.contains("spec.peerIP \"10.0.0.300\""), "{err}");
+        assert!(err.contains("spec.asNumber: is required with peerIP"), "{err}");
+    }
+
+    #[test]
+    fn password_has_one_source() {
+        let peer = BgpPeer {
+            peer_ip: Some("10.0.0.1".into()),
+            as_number: Some(64512),
+            password: Some(BgpPassword::default()),
+            ..BgpPeer::default()
+        };
+        assert!(problems(peer).contains("give exactly one of secretKeyRef or file"));
+    }
+
+    #[test]
+    fn configuration_defaults_and_communities() {
+        let config = BgpConfiguration::default();
+        assert_eq!((config.as_number, config.node_to_node_mesh_enabled, config.listen_port), (64512, true, 179));
+        let config = BgpConfiguration {
+            communities: vec![Community { name: "gold".into(), value: "65000:100".into() }],
+            prefix_advertisements: vec![PrefixAdvertisement {
+                cidr: "10.0.0.0/8".parse().unwrap(),
+                communities: vec!["gold".into(), "1:2:3".into(), "silver".into()],
+            }],
+            ..BgpConfiguration::default()
+        };
+        let err = problems(config);
+        assert!(err.contains("communities \"silver\""), "{err}");
+        assert!(!err.contains("\"gold\""), "{err}");
+    }
+}

@@ -1,0 +1,127 @@
+//! Node: one host of the cluster, as its agent registered it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use super::{Spec, Validator};
+
+/// The Node spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Node {
+    /// The node's BGP identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<NodeBgp>,
+    /// The address of the node's IPv4 VXLAN device.
+    #[serde(default, rename = "ipv4VXLANTunnelAddr", skip_serializing_if = "Option::is_none")]
+    pub ipv4_vxlan_tunnel_addr: Option<Ipv4Addr>,
+    /// The address of the node's IPv6 VXLAN device.
+    #[serde(default, rename = "ipv6VXLANTunnelAddr", skip_serializing_if = "Option::is_none")]
+    pub ipv6_vxlan_tunnel_addr: Option<Ipv6Addr>,
+    /// The MAC address of the node's IPv4 VXLAN device.
+    #[serde(default, rename = "vxlanTunnelMACAddr", skip_serializing_if = "Option::is_none")]
+    pub vxlan_tunnel_mac_addr: Option<String>,
+    /// The MAC address of the node's IPv6 VXLAN device.
+    #[serde(default, rename = "vxlanTunnelMACAddrV6", skip_serializing_if = "Option::is_none")]
+    pub vxlan_tunnel_mac_addr_v6: Option<String>,
+    /// Every address the node is known by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<NodeAddress>,
+}
+
+/// A node's BGP identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeBgp {
+    /// The node's IPv4 address with its subnet's prefix length, e.g. `10.0.0.5/24`.
+    #[serde(default, rename = "ipv4Address", skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<IpNetwork>,
+    /// The node's IPv6 address with its prefix length.
+    #[serde(default, rename = "ipv6Address", skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<IpNetwork>,
+    /// The node's own AS number; the cluster-wide one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    /// Makes the node a route reflector for this cluster ID.
+    #[serde(default, rename = "routeReflectorClusterID", skip_serializing_if = "Option::is_none")]
+    pub route_reflector_cluster_id: Option<Ipv4Addr>,
+    /// The address of the node's IP-in-IP device.
+    #[serde(default, rename = "ipv4IPIPTunnelAddr", skip_serializing_if = "Option::is_none")]
+    pub ipv4_ipip_tunnel_addr: Option<Ipv4Addr>,
+}
+
+/// One address of a node, as Kubernetes reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAddress {
+    /// The address.
+    pub address: IpAddr,
+    /// `InternalIP`, `ExternalIP`, `CalicoNodeIP`-style tags.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl Node {
+    /// The node's IPv4 address, from its BGP identity.
+    pub fn ipv4(&self) -> Option<IpNetwork> {
+        self.bgp.as_ref().and_then(|b| b.ipv4_address)
+    }
+}
+
+impl Spec for Node {
+    const KIND: &'static str = "Node";
+    const PLURAL: &'static str = "nodes";
+
+    fn validate(&self, v: &mut Validator) {
+        if let Some(bgp) = &self.bgp {
+            if let Some(a) = bgp.ipv4_address {
+                v.require(a.is_ipv4(), "spec.bgp.ipv4Address", a, "must be an IPv4 address with its prefix length");
+            }
+            if let Some(a) = bgp.ipv6_address {
+                v.require(a.is_ipv6(), "spec.bgp.ipv6Address", a, "must be an IPv6 address with its prefix length");
+            }
+            if let Some(asn) = bgp.as_number {
+                v.as_number("spec.bgp.asNumber", asn);
+            }
+        }
+        if let Some(mac) = &self.vxlan_tunnel_mac_addr {
+            v.mac("spec.vxlanTunnelMACAddr", mac);
+        }
+        if let Some(mac) = &self.vxlan_tunnel_mac_addr_v6 {
+            v.mac("spec.vxlanTunnelMACAddrV6", mac);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{Resource, from_value};
+
+    #[test]
+    fn calico_field_names_parse() {
+        let node: Resource<Node> = from_value(serde_json::json!({
+            "apiVersion": "brindle.io/v1", "kind": "Node", "metadata": {"name": "n1"},
+            "spec": {"bgp": {"ipv4Address": "10.0.0.5/24", "asNumber": 64513,
+                             "routeReflectorClusterID": "224.0.0.1", "ipv4IPIPTunnelAddr": "10.244.0.1"},
+                     "ipv4VXLANTunnelAddr": "10.244.0.2", "vxlanTunnelMACAddr": "66:aa:bb:cc:dd:ee",
+                     "addresses": [{"address": "10.0.0.5", "type": "InternalIP"}]}
+        }))
+        .unwrap();
+        assert_eq!(node.spec.ipv4().unwrap().to_string(), "10.0.0.5/24");
+        assert!(node.validate().is_ok());
+    }
+
+    #[test]
+    fn wrong_family_and_bad_mac_are_named() {
+        let mut node = Resource::new("n1", Node::default());
+        node.spec.bgp = Some(NodeBgp { ipv4_address: Some("fd00::1/64".parse().unwrap()), as_number: Some(0), ..NodeBgp::default() });
+        node.spec.vxlan_tunnel_mac_addr = Some("66:aa".into());
+        let err = node.validate().unwrap_err().to_string();
+        assert!(err.contains("spec.bgp.ipv4Address \"fd00::1/64\""), "{err}");
+        assert!(err.contains("spec.bgp.asNumber \"0\""), "{err}");
+        assert!(err.contains("spec.vxlanTunnelMACAddr \"66:aa\""), "{err}");
+    }
+}

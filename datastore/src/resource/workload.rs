@@ -1,0 +1,64 @@
+//! WorkloadEndpoint: one pod interface, written by the CNI plugin.
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use super::{Spec, Validator};
+
+fn default_orchestrator() -> String {
+    "k8s".into()
+}
+
+fn default_endpoint() -> String {
+    "eth0".into()
+}
+
+/// The WorkloadEndpoint spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadEndpoint {
+    /// The node the pod runs on.
+    pub node: String,
+    /// Who created the pod (`k8s`, `cni`).
+    #[serde(default = "default_orchestrator")]
+    pub orchestrator: String,
+    /// The pod's name.
+    pub pod: String,
+    /// The interface inside the pod.
+    #[serde(default = "default_endpoint")]
+    pub endpoint: String,
+    /// The container runtime's ID of the pod sandbox.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// The host-side interface.
+    pub interface_name: String,
+    /// The pod interface's MAC address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The pod's addresses, each a /32 or /128.
+    #[serde(default)]
+    pub ip_networks: Vec<IpNetwork>,
+    /// Profiles (policy groups) the endpoint belongs to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
+}
+
+impl Spec for WorkloadEndpoint {
+    const KIND: &'static str = "WorkloadEndpoint";
+    const PLURAL: &'static str = "workloadendpoints";
+    const NAMESPACED: bool = true;
+
+    fn validate(&self, v: &mut Validator) {
+        v.require(!self.node.is_empty(), "spec.node", "", "is required");
+        v.require(!self.container_id.is_empty(), "spec.containerID", "", "is required");
+        let name_ok = !self.interface_name.is_empty() && self.interface_name.len() <= 15;
+        v.require(name_ok, "spec.interfaceName", &self.interface_name, "must be 1-15 characters (a Linux interface name)");
+        if let Some(mac) = &self.mac {
+            v.mac("spec.mac", mac);
+        }
+        for (i, net) in self.ip_networks.iter().enumerate() {
+            let host = if net.is_ipv4() { 32 } else { 128 };
+            v.require(net.prefix() == host, &format!("spec.ipNetworks[{i}]"), net, "must be a single address (/32 or /128)");
+        }
+    }
+}
