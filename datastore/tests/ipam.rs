@@ -1,0 +1,271 @@
+//! Block IPAM semantics on both backends.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, Ipam};
+use brindle_datastore::resource::{IpPool, IpamConfiguration, Node, Resource, WorkloadEndpoint};
+use brindle_datastore::testing::{Backend, TestStore};
+use brindle_datastore::{Client, Error};
+
+per_backend!(
+    allocate_fills_own_block_then_claims_another,
+    release_by_handle_and_by_address,
+    borrows_when_no_block_is_free_unless_strict,
+    exhaustion_names_the_pool,
+    node_selector_and_disabled_pools,
+    released_addresses_return_in_fifo_order_after_the_cooldown,
+    dual_stack_and_rollback,
+    check_finds_a_planted_leak_and_an_orphan_block,
+    release_node_frees_addresses_and_blocks,
+    tunnel_address_is_stable,
+);
+
+struct Fixture {
+    _server: TestStore,
+    client: Client,
+    ipam: Ipam,
+}
+
+async fn fixture(backend: Backend, pools: &[(&str, &str, u8)]) -> Fixture {
+    let (server, store) = common::open(backend).await;
+    let client = Client::new(store);
+    for (name, cidr, block_size) in pools {
+        let mut pool = IpPool::new(cidr.parse().unwrap());
+        pool.block_size = Some(*block_size);
+        client.create(Resource::new(*name, pool)).await.unwrap();
+    }
+    let ipam = Ipam::new(client.clone());
+    Fixture { _server: server, client, ipam }
+}
+
+fn holder(handle: &str, node: &str) -> Allocation {
+    Allocation {
+        handle: handle.into(),
+        kind: AllocationKind::Workload,
+        node: node.into(),
+        pod: Some(format!("pod-{handle}")),
+        namespace: Some("default".into()),
+    }
+}
+
+fn v4(handle: &str, node: &str) -> AllocateRequest {
+    AllocateRequest { holder: holder(handle, node), ipv4: 1, ..AllocateRequest::default() }
+}
+
+async fn one(ipam: &Ipam, request: &AllocateRequest) -> IpAddr {
+    let got = ipam.allocate(request).await.unwrap_or_else(|e| panic!("allocate {}: {e}", request.holder.handle));
+    assert_eq!(got.len(), 1);
+    got[0].ip
+}
+
+async fn set_config(client: &Client, config: IpamConfiguration) {
+    client.create(Resource::new("default", config)).await.unwrap();
+}
+
+async fn owners(ipam: &Ipam) -> BTreeMap<String, Option<String>> {
+    ipam.blocks().await.unwrap().into_iter().map(|(b, _)| (b.cidr.to_string(), b.owner.clone())).collect()
+}
+
+async fn allocate_fills_own_block_then_claims_another(backend: Backend) {
+    let f = fixture(backend, &[("p", "10.10.0.0/24", 30)]).await;
+    let mut ips = Vec::new();
+    for i in 0..5 {
+        ips.push(one(&f.ipam, &v4(&format!("net.c{i}"), "n1")).await);
+    }
+    let blocks = f.ipam.blocks().await.unwrap();
+    assert_eq!(blocks.len(), 2, "four addresses fill a /30, the fifth claims a second block");
+    assert!(blocks.iter().all(|(b, _)| b.owner.as_deref() == Some("n1")));
+    let first_block = blocks.iter().find(|(b, _)| b.in_use() == 4).unwrap().0.cidr;
+    assert!(ips[..4].iter().all(|ip| first_block.contains(*ip)), "{ips:?} fill {first_block} first");
+    let second = Ipam::new(f.client.clone());
+    let next = one(&second, &v4("net.c5", "n1")).await;
+    assert!(!first_block.contains(next), "a second client also fills the node's open block");
+    assert_eq!(f.ipam.blocks().await.unwrap().len(), 2);
+}
+
+async fn release_by_handle_and_by_address(backend: Backend) {
+    let f = fixture(backend, &[("p", "10.11.0.0/24", 26)]).await;
+    let a = one(&f.ipam, &v4("net.a", "n1")).await;
+    let b = one(&f.ipam, &v4("net.b", "n1")).await;
+    assert_eq!(f.ipam.release_handle("net.a").await.unwrap(), vec![a]);
+    assert!(f.ipam.release_handle("net.a").await.unwrap().is_empty(), "a second release finds nothing");
+    let released = f.ipam.release_ips(&[b, "10.11.0.99".parse().unwrap()]).await.unwrap();
+    assert_eq!(released.len(), 1);
+    assert_eq!((released[0].0, released[0].1.handle.as_str()), (b, "net.b"));
+    let blocks = f.ipam.blocks().await.unwrap();
+    assert_eq!(blocks.len(), 1);
+    assert!(blocks[0].0.is_empty());
+    assert_eq!(blocks[0].0.owner.as_deref(), Some("n1"), "the node keeps its empty block");
+}
+
+async fn borrows_when_no_block_is_free_unless_strict(backend: Backend) {
+    // Two /30 blocks in the pool: n1 and n2 take one each.
+    let f = fixture(backend, &[("p", "10.12.0.0/29", 30)]).await;
+    one(&f.ipam, &v4("net.n2-0", "n2")).await;
+    let n2_block = f.ipam.blocks().await.unwrap()[0].0.cidr;
+    for i in 0..4 {
+        one(&f.ipam, &v4(&format!("net.n1-{i}"), "n1")).await;
+    }
+    let borrowed = one(&f.ipam, &v4("net.n1-4", "n1")).await;
+    assert!(n2_block.contains(borrowed), "{borrowed} is borrowed from n2's {n2_block}");
+    assert_eq!(owners(&f.ipam).await[&n2_block.to_string()].as_deref(), Some("n2"), "borrowing does not move the block");
+    let holder = f.ipam.blocks().await.unwrap().into_iter().find(|(b, _)| b.cidr == n2_block).unwrap().0;
+    assert_eq!(holder.holder(borrowed).unwrap().node, "n1");
+
+    set_config(&f.client, IpamConfiguration { strict_affinity: true, ..IpamConfiguration::default() }).await;
+    let err = f.ipam.allocate(&v4("net.n1-5", "n1")).await.unwrap_err();
+    assert!(matches!(err, Error::Exhausted(_)), "{err}");
+    assert!(err.to_string().contains("strict affinity forbids borrowing"), "{err}");
+}
+
+async fn exhaustion_names_the_pool(backend: Backend) {
+    let f = fixture(backend, &[("tiny", "10.13.0.0/30", 30)]).await;
+    for i in 0..4 {
+        one(&f.ipam, &v4(&format!("net.{i}"), "n1")).await;
+    }
+    let err = f.ipam.allocate(&v4("net.4", "n1")).await.unwrap_err();
+    assert!(matches!(err, Error::Exhausted(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "no free address for node \"n1\" (no block has a free address): IPPool \"tiny\" (10.13.0.0/30): 1 of 1 blocks claimed"
+    );
+}
+
+async fn node_selector_and_disabled_pools(backend: Backend) {
+    let f = fixture(backend, &[]).await;
+    let mut zoned = IpPool::new("10.14.0.0/24".parse().unwrap());
+    zoned.node_selector = "zone == \"a\"".into();
+    f.client.create(Resource::new("zone-a", zoned)).await.unwrap();
+    let mut off = IpPool::new("10.15.0.0/24".parse().unwrap());
+    off.disabled = true;
+    f.client.create(Resource::new("off", off)).await.unwrap();
+    f.client.create(Resource::new("everyone", IpPool::new("10.16.0.0/24".parse().unwrap()))).await.unwrap();
+    let mut node = Resource::new("nb", Node::default());
+    node.metadata.labels.insert("zone".into(), "b".into());
+    f.client.create(node).await.unwrap();
+    let mut node = Resource::new("na", Node::default());
+    node.metadata.labels.insert("zone".into(), "a".into());
+    f.client.create(node).await.unwrap();
+
+    for i in 0..10 {
+        let ip = one(&f.ipam, &v4(&format!("net.b{i}"), "nb")).await;
+        assert!("10.16.0.0/24".parse::<ipnetwork::IpNetwork>().unwrap().contains(ip), "{ip}: only the pool that selects nb, never the disabled one");
+    }
+    let mut request = v4("net.x", "nb");
+    request.ipv4_pools = vec!["zone-a".into()];
+    let err = f.ipam.allocate(&request).await.unwrap_err().to_string();
+    assert!(err.contains("IPPool \"zone-a\" (10.14.0.0/24) does not select node \"nb\""), "{err}");
+    request.ipv4_pools = vec!["10.15.0.0/24".into()];
+    let err = f.ipam.allocate(&request).await.unwrap_err().to_string();
+    assert!(err.contains("IPPool \"off\" (10.15.0.0/24) is disabled"), "{err}");
+    let mut request = v4("net.a", "na");
+    request.ipv4_pools = vec!["zone-a".into()];
+    let ip = one(&f.ipam, &request).await;
+    assert!("10.14.0.0/24".parse::<ipnetwork::IpNetwork>().unwrap().contains(ip));
+}
+
+async fn released_addresses_return_in_fifo_order_after_the_cooldown(backend: Backend) {
+    let f = fixture(backend, &[("p", "10.17.0.0/30", 30)]).await;
+    set_config(&f.client, IpamConfiguration { release_cooldown: Duration::from_secs(60), ..IpamConfiguration::default() }).await;
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let ipam = Ipam::new(f.client.clone()).with_clock(clock);
+    let mut ips = Vec::new();
+    for i in 0..4 {
+        ips.push(one(&ipam, &v4(&format!("net.{i}"), "n1")).await);
+    }
+    ipam.release_handle("net.2").await.unwrap();
+    now.fetch_add(1_000, Ordering::SeqCst);
+    ipam.release_handle("net.0").await.unwrap();
+
+    let err = ipam.allocate(&v4("net.new0", "n1")).await.unwrap_err().to_string();
+    assert!(err.contains("2 released addresses still cooling down"), "{err}");
+    now.fetch_add(59_000, Ordering::SeqCst); // net.2 has rested 60 s, net.0 59 s
+    assert_eq!(one(&ipam, &v4("net.new1", "n1")).await, ips[2], "the first released comes back first");
+    assert!(ipam.allocate(&v4("net.new2", "n1")).await.is_err(), "net.0 is still cooling");
+    now.fetch_add(1_000, Ordering::SeqCst);
+    assert_eq!(one(&ipam, &v4("net.new3", "n1")).await, ips[0]);
+}
+
+async fn dual_stack_and_rollback(backend: Backend) {
+    let f = fixture(backend, &[("v4", "10.18.0.0/24", 26), ("v6", "fd00:18::/64", 122)]).await;
+    let request = AllocateRequest { holder: holder("net.ds", "n1"), ipv4: 1, ipv6: 1, ..AllocateRequest::default() };
+    let got = f.ipam.allocate(&request).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got[0].ip.is_ipv4() && got[1].ip.is_ipv6(), "{got:?}");
+    assert_eq!((got[0].pool.as_str(), got[1].pool.as_str()), ("v4", "v6"));
+    assert_eq!(got[1].block.prefix(), 122);
+
+    let mut request = AllocateRequest { holder: holder("net.fail", "n1"), ipv4: 1, ipv6: 1, ..AllocateRequest::default() };
+    request.ipv6_pools = vec!["missing".into()];
+    let err = f.ipam.allocate(&request).await.unwrap_err();
+    assert!(err.to_string().contains("IPPool \"missing\" does not exist"), "{err}");
+    let in_use: usize = f.ipam.blocks().await.unwrap().iter().map(|(b, _)| b.in_use()).sum();
+    assert_eq!(in_use, 2, "the IPv4 address of the failed request was given back");
+}
+
+async fn check_finds_a_planted_leak_and_an_orphan_block(backend: Backend) {
+    let f = fixture(backend, &[("p", "10.19.0.0/24", 26)]).await;
+    f.client.create(Resource::new("n1", Node::default())).await.unwrap();
+    let live = one(&f.ipam, &v4("k8s-pod-network.live", "n1")).await;
+    let mut endpoint = Resource::new(
+        "n1-k8s-live-eth0",
+        WorkloadEndpoint {
+            node: "n1".into(),
+            orchestrator: "k8s".into(),
+            pod: "live".into(),
+            endpoint: "eth0".into(),
+            container_id: "live".into(),
+            interface_name: "brin1".into(),
+            mac: None,
+            ip_networks: vec![ipnetwork::IpNetwork::new(live, 32).unwrap()],
+            profiles: vec![],
+        },
+    );
+    endpoint.metadata.namespace = Some("default".into());
+    f.client.create(endpoint).await.unwrap();
+    assert!(f.ipam.check().await.unwrap().is_clean());
+
+    let leaked = one(&f.ipam, &v4("k8s-pod-network.dead", "n1")).await;
+    one(&f.ipam, &v4("k8s-pod-network.elsewhere", "ghost")).await;
+    let report = f.ipam.check().await.unwrap();
+    let leaks: Vec<_> = report.leaked.iter().map(|l| (l.ip, l.handle.as_str())).collect();
+    assert!(leaks.contains(&(leaked, "k8s-pod-network.dead")), "{report:?}");
+    assert_eq!(report.mismatched_blocks.len(), 1, "{report:?}");
+    assert!(report.mismatched_blocks[0].reason.contains("node \"ghost\", does not exist"));
+    assert!(!report.is_clean());
+}
+
+async fn release_node_frees_addresses_and_blocks(backend: Backend) {
+    let f = fixture(backend, &[("p", "10.20.0.0/24", 28)]).await;
+    for i in 0..20 {
+        one(&f.ipam, &v4(&format!("net.gone{i}"), "gone")).await;
+    }
+    let kept = one(&f.ipam, &v4("net.stay", "stay")).await;
+    let released = f.ipam.release_node("gone").await.unwrap();
+    assert_eq!(released.len(), 20);
+    let blocks = f.ipam.blocks().await.unwrap();
+    assert_eq!(blocks.len(), 1, "the gone node's empty blocks are deleted");
+    assert!(blocks[0].0.cidr.contains(kept));
+    assert_eq!(blocks[0].0.owner.as_deref(), Some("stay"));
+}
+
+async fn tunnel_address_is_stable(backend: Backend) {
+    let f = fixture(backend, &[("p", "10.21.0.0/24", 26)]).await;
+    let first = f.ipam.tunnel_address("n1", false).await.unwrap();
+    let again = f.ipam.tunnel_address("n1", false).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(first.pool, "p");
+    let block = f.ipam.blocks().await.unwrap().remove(0).0;
+    assert_eq!(block.holder(first.ip).unwrap().kind, AllocationKind::Tunnel);
+    assert_eq!(block.owner.as_deref(), Some("n1"));
+}

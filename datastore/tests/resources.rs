@@ -1,0 +1,86 @@
+//! Typed resources through the Client, on both backends: validation on write, immutable
+//! fields, overlap checks and compare-and-swap on resourceVersion.
+
+mod common;
+
+use brindle_datastore::resource::{BgpConfiguration, IpPool, Resource, WorkloadEndpoint};
+use brindle_datastore::testing::Backend;
+use brindle_datastore::{Client, Error};
+
+per_backend!(pools_are_validated_and_cas_protected, namespaced_resources_are_keyed_by_namespace);
+
+async fn pools_are_validated_and_cas_protected(backend: Backend) {
+    let (_server, store) = common::open(backend).await;
+    let client = Client::new(store);
+    let created = client.create(Resource::new("default-ipv4", IpPool::new("10.244.0.0/16".parse().unwrap()))).await.unwrap();
+    assert_eq!(created.spec.block_size, Some(26), "defaults are stored explicitly");
+    assert!(created.revision().is_some());
+
+    let err = client.create(Resource::new("other", IpPool::new("10.244.128.0/17".parse().unwrap()))).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "IPPool \"other\" is invalid: spec.cidr \"10.244.128.0/17\": overlaps IPPool \"default-ipv4\" (10.244.0.0/16)"
+    );
+    let err = client.create(Resource::new("bad", IpPool::new("10.9.0.1/16".parse().unwrap()))).await.unwrap_err();
+    assert!(matches!(err, Error::Validation(_)), "{err}");
+    assert!(client.find::<IpPool>(None, "bad").await.unwrap().is_none(), "an invalid resource is not stored");
+    assert!(matches!(
+        client.create(Resource::new("default-ipv4", IpPool::new("10.1.0.0/16".parse().unwrap()))).await,
+        Err(Error::AlreadyExists(what)) if what == "IPPool \"default-ipv4\""
+    ));
+
+    let mut changed = created.clone();
+    changed.spec.nat_outgoing = true;
+    let updated = client.update(changed.clone()).await.unwrap();
+    assert!(updated.revision() > created.revision());
+    assert!(matches!(client.update(changed).await, Err(Error::Conflict { .. })), "a stale resourceVersion loses");
+
+    let mut moved = updated.clone();
+    moved.spec.cidr = "10.245.0.0/16".parse().unwrap();
+    let err = client.update(moved).await.unwrap_err().to_string();
+    assert!(err.contains("spec.cidr \"10.245.0.0/16\": is immutable (was 10.244.0.0/16)"), "{err}");
+
+    let mut unversioned = updated.clone();
+    unversioned.metadata.resource_version = None;
+    assert!(client.update(unversioned).await.unwrap_err().to_string().contains("resourceVersion is required"));
+
+    let (pools, _) = client.list::<IpPool>().await.unwrap();
+    assert_eq!(pools, vec![updated.clone()]);
+    client.delete::<IpPool>(None, "default-ipv4", updated.revision()).await.unwrap();
+    assert!(matches!(client.get::<IpPool>(None, "default-ipv4").await, Err(Error::NotFound(what)) if what == "IPPool \"default-ipv4\""));
+
+    let config = client.create(Resource::new("default", BgpConfiguration::default())).await.unwrap();
+    assert_eq!(client.get::<BgpConfiguration>(None, "default").await.unwrap(), config);
+}
+
+async fn namespaced_resources_are_keyed_by_namespace(backend: Backend) {
+    let (_server, store) = common::open(backend).await;
+    let client = Client::new(store);
+    let endpoint = |ns: &str| {
+        let mut r = Resource::new(
+            "node1-k8s-web-eth0",
+            WorkloadEndpoint {
+                node: "node1".into(),
+                orchestrator: "k8s".into(),
+                pod: "web".into(),
+                endpoint: "eth0".into(),
+                container_id: format!("c-{ns}"),
+                interface_name: "brin0123456789a".into(),
+                mac: Some("ee:ee:ee:ee:ee:ee".into()),
+                ip_networks: vec!["10.244.0.5/32".parse().unwrap()],
+                profiles: vec![],
+            },
+        );
+        r.metadata.namespace = Some(ns.into());
+        r
+    };
+    client.create(endpoint("blue")).await.unwrap();
+    client.create(endpoint("green")).await.unwrap();
+    let green = client.get::<WorkloadEndpoint>(Some("green"), "node1-k8s-web-eth0").await.unwrap();
+    assert_eq!(green.spec.container_id, "c-green");
+    assert_eq!(client.list::<WorkloadEndpoint>().await.unwrap().0.len(), 2);
+    let mut no_namespace = endpoint("x");
+    no_namespace.metadata.namespace = None;
+    let err = client.create(no_namespace).await.unwrap_err().to_string();
+    assert!(err.contains("metadata.namespace: is required"), "{err}");
+}
