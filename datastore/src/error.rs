@@ -5,6 +5,7 @@
 //! backend they talk to.
 
 use crate::resource::ValidationError;
+use crate::store::KeyValue;
 
 /// A datastore or IPAM failure.
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +24,11 @@ pub enum Error {
         key: String,
         /// The revision the caller expected.
         expected: i64,
-        /// The revision in the store (0 when the key is gone).
+        /// The revision in the store.
         actual: i64,
+        /// The value in the store, when the backend returned it with the refusal (saves the
+        /// caller a read before retrying).
+        current: Option<Box<KeyValue>>,
     },
     /// The backend cannot be reached or did not answer in time.
     #[error("datastore unavailable: {0}")]

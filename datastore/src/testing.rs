@@ -111,9 +111,27 @@ impl EtcdServer {
     /// Kills the server (its data stays), as an outage would.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the server process in its tracks (SIGSTOP): connections stay open but nothing
+    /// answers, the hardest kind of outage for a client.
+    pub fn freeze(&self) -> std::io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn thaw(&self) -> std::io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> std::io::Result<()> {
+        let Some(child) = &self.child else { return Err(std::io::Error::other("etcd is not running")) };
+        let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status()?;
+        if status.success() { Ok(()) } else { Err(std::io::Error::other(format!("kill {signal} failed: {status}"))) }
     }
 
     /// Starts the server again on the same ports and data.

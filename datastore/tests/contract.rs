@@ -27,7 +27,11 @@ async fn crud_with_compare_and_swap(backend: Backend) {
     let r2 = store.update("/t/a", b"two", r1).await.unwrap();
     assert!(r2 > r1);
     match store.update("/t/a", b"stale", r1).await {
-        Err(Error::Conflict { key, expected, actual }) => assert_eq!((key.as_str(), expected, actual), ("/t/a", r1, r2)),
+        Err(Error::Conflict { key, expected, actual, current }) => {
+            assert_eq!((key.as_str(), expected, actual), ("/t/a", r1, r2));
+            let current = current.expect("the refusal carries the stored value");
+            assert_eq!((current.value.as_slice(), current.revision), (&b"two"[..], r2));
+        }
         other => panic!("expected a conflict, got {other:?}"),
     }
     assert_eq!(store.get("/t/a").await.unwrap().value, b"two", "a lost CAS changes nothing");

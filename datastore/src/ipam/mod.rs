@@ -27,7 +27,7 @@ use pools::Family;
 use crate::client::Client;
 use crate::keys;
 use crate::resource::{IpPool, IpamConfiguration, Node, PoolUse, Resource};
-use crate::store::Revision;
+use crate::store::{KeyValue, Revision};
 use crate::{Error, Result};
 
 /// How many times one call retries after losing a compare-and-swap race.
@@ -180,7 +180,18 @@ impl Ipam {
         };
         for _ in 0..MAX_ATTEMPTS {
             // 1. The node's own blocks.
-            let owned: Vec<IpNetwork> = self.owned_blocks(node).await?.into_iter().filter(|c| pool_of(c).is_some()).collect();
+            // Blocks the cache knows to be full are passed over; a stale "full" is harmless
+            // because step 2 re-lists every block before it claims a new one.
+            let owned: Vec<IpNetwork> = {
+                let owned = self.owned_blocks(node).await?;
+                let now = (self.clock)();
+                let cache = self.cache();
+                owned
+                    .into_iter()
+                    .filter(|c| pool_of(c).is_some())
+                    .filter(|c| cache.blocks.get(c).is_none_or(|(b, _)| b.available(now, cooldown) > 0))
+                    .collect()
+            };
             for cidr in owned {
                 let got = self
                     .edit_block(cidr, |b, now| {
@@ -421,8 +432,7 @@ impl Ipam {
         let listing = self.client.store().list(keys::BLOCKS).await?;
         let mut blocks = HashMap::with_capacity(listing.items.len());
         for kv in listing.items {
-            let block: Block = serde_json::from_slice(&kv.value)
-                .map_err(|e| Error::Invalid(format!("stored block at {}: {e}", kv.key)))?;
+            let block = decode_block(&kv)?;
             blocks.insert(block.cidr, (block, kv.revision));
         }
         let mut owned: HashMap<String, BTreeSet<IpNetwork>> = HashMap::new();
@@ -468,8 +478,7 @@ impl Ipam {
     async fn fetch_block(&self, cidr: IpNetwork) -> Result<Option<(Block, Revision)>> {
         match self.client.store().get(&keys::block(&cidr)).await {
             Ok(kv) => {
-                let block: Block = serde_json::from_slice(&kv.value)
-                    .map_err(|e| Error::Invalid(format!("stored block at {}: {e}", kv.key)))?;
+                let block = decode_block(&kv)?;
                 self.remember(block.clone(), kv.revision);
                 Ok(Some((block, kv.revision)))
             }
@@ -524,6 +533,13 @@ impl Ipam {
                     self.forget(&cidr);
                     return Ok(Some(result));
                 }
+                Err(Error::Conflict { current: Some(kv), .. }) => {
+                    // Lost a race: the refusal carries the winner's block, retry on it.
+                    fresh = true;
+                    let block = decode_block(&kv)?;
+                    self.remember(block.clone(), kv.revision);
+                    current = Some((block, kv.revision));
+                }
                 Err(Error::Conflict { .. } | Error::NotFound(_)) => {
                     fresh = true;
                     current = self.fetch_block(cidr).await?;
@@ -536,6 +552,10 @@ impl Ipam {
         }
         Err(Error::Unavailable(format!("block {cidr}: gave up after {MAX_ATTEMPTS} lost races")))
     }
+}
+
+fn decode_block(kv: &KeyValue) -> Result<Block> {
+    serde_json::from_slice(&kv.value).map_err(|e| Error::Invalid(format!("stored block at {}: {e}", kv.key)))
 }
 
 fn assigned(ip: IpAddr, block: IpNetwork, pool: Option<&&Resource<IpPool>>) -> Assigned {

@@ -97,12 +97,17 @@ fn header_revision(response: &TxnResponse) -> Revision {
     response.header().map_or(0, |h| h.revision())
 }
 
-/// The key's current `mod_revision` from the `or_else` get of a failed transaction.
-fn failed_txn_revision(response: &TxnResponse) -> Option<Revision> {
-    response.op_responses().into_iter().find_map(|op| match op {
-        TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.mod_revision()),
+/// The key's current value from the `or_else` get of a failed transaction.
+fn failed_txn_current(response: &TxnResponse) -> Result<Option<KeyValue>> {
+    let found = response.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(get) => get.kvs().first().map(to_key_value),
         _ => None,
-    })
+    });
+    found.transpose()
+}
+
+fn conflict(key: &str, expected: Revision, current: KeyValue) -> Error {
+    Error::Conflict { key: key.to_owned(), expected, actual: current.revision, current: Some(Box::new(current)) }
 }
 
 fn to_key_value(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
@@ -158,9 +163,9 @@ impl Datastore for EtcdStore {
         if response.succeeded() {
             return Ok(header_revision(&response));
         }
-        match failed_txn_revision(&response) {
+        match failed_txn_current(&response)? {
             None => Err(Error::NotFound(key.to_owned())),
-            Some(actual) => Err(Error::Conflict { key: key.to_owned(), expected, actual }),
+            Some(current) => Err(conflict(key, expected, current)),
         }
     }
 
@@ -177,10 +182,8 @@ impl Datastore for EtcdStore {
         if response.succeeded() {
             return Ok(());
         }
-        match (failed_txn_revision(&response), expected) {
-            (Some(actual), Some(expected)) => {
-                Err(Error::Conflict { key: key.to_owned(), expected, actual })
-            }
+        match (failed_txn_current(&response)?, expected) {
+            (Some(current), Some(expected)) => Err(conflict(key, expected, current)),
             _ => Err(Error::NotFound(key.to_owned())),
         }
     }

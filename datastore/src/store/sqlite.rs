@@ -78,20 +78,22 @@ impl SqliteStore {
         .map_err(|e| Error::Unavailable(format!("sqlite task failed: {e}")))?
     }
 
-    /// Runs one write transaction: `check` sees the key's current revision (None when absent)
+    /// Runs one write transaction: `check` sees the key's current value (None when absent)
     /// and decides whether to proceed; then the key is set to `value` (None deletes it).
     async fn write(
         &self,
         key: &str,
         value: Option<Vec<u8>>,
-        check: impl FnOnce(Option<Revision>) -> Result<()> + Send + 'static,
+        check: impl FnOnce(Option<KeyValue>) -> Result<()> + Send + 'static,
     ) -> Result<Revision> {
         let key = key.to_owned();
         self.run(move |conn, options| {
             let fail = |e| sql_error(&options.path, e);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(fail)?;
-            let current: Option<Revision> = tx
-                .query_row("SELECT revision FROM kv WHERE key = ?1", [key.as_bytes()], |r| r.get(0))
+            let current = tx
+                .query_row("SELECT value, revision FROM kv WHERE key = ?1", [key.as_bytes()], |r| {
+                    Ok(KeyValue { key: key.clone(), value: r.get(0)?, revision: r.get(1)? })
+                })
                 .optional()
                 .map_err(fail)?;
             check(current)?;
@@ -276,12 +278,15 @@ impl Datastore for SqliteStore {
     }
 }
 
-fn check_expected(key: String, current: Option<Revision>, expected: Option<Revision>) -> Result<()> {
+fn check_expected(key: String, current: Option<KeyValue>, expected: Option<Revision>) -> Result<()> {
     match (current, expected) {
         (None, _) => Err(Error::NotFound(key)),
-        (Some(actual), Some(expected)) if actual != expected => {
-            Err(Error::Conflict { key, expected, actual })
-        }
+        (Some(current), Some(expected)) if current.revision != expected => Err(Error::Conflict {
+            key,
+            expected,
+            actual: current.revision,
+            current: Some(Box::new(current)),
+        }),
         _ => Ok(()),
     }
 }
