@@ -120,7 +120,11 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `jobs` worker processes at once; returns their outputs and the wall time.
-pub async fn run_workers(exe: &std::path::Path, datastore: &str, jobs: &[Vec<String>]) -> anyhow::Result<(Vec<String>, Duration)> {
+pub async fn run_workers(
+    exe: &std::path::Path,
+    datastore: &str,
+    jobs: &[Vec<String>],
+) -> anyhow::Result<(Vec<String>, Duration)> {
     let start = Instant::now();
     let mut children = Vec::new();
     for job in jobs {
@@ -189,7 +193,15 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let alloc_jobs: Vec<Vec<String>> = (0..processes)
                 .map(|p| {
                     let node = if same_node { "node-0".to_string() } else { format!("node-{p}") };
-                    vec!["allocate".into(), "--node".into(), node, "--prefix".into(), format!("net.p{p}"), "--count".into(), n.to_string()]
+                    vec![
+                        "allocate".into(),
+                        "--node".into(),
+                        node,
+                        "--prefix".into(),
+                        format!("net.p{p}"),
+                        "--count".into(),
+                        n.to_string(),
+                    ]
                 })
                 .collect();
             let (outputs, alloc_took) = run_workers(&exe, &selection, &alloc_jobs).await?;
@@ -197,7 +209,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             eprintln!("[{name}] {label}: {allocated} allocations {:.0}/s", rate(allocated, alloc_took));
 
             let release_jobs: Vec<Vec<String>> = (0..processes)
-                .map(|p| vec!["release".into(), "--prefix".into(), format!("net.p{p}"), "--count".into(), n.to_string()])
+                .map(|p| {
+                    vec!["release".into(), "--prefix".into(), format!("net.p{p}"), "--count".into(), n.to_string()]
+                })
                 .collect();
             let (outputs, release_took) = run_workers(&exe, &selection, &release_jobs).await?;
             let released: usize = outputs.iter().map(|o| o.lines().count()).sum();
@@ -214,11 +228,19 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     println!("IPAM: {n} operations per client; rates per second over the phase's wall time");
-    println!("{:<8} {:<16} {:>10} {:>12} {:>16} {:>12}", "backend", "clients", "raw CAS", "allocations", "alloc/CAS ratio", "releases");
+    println!(
+        "{:<8} {:<16} {:>10} {:>12} {:>16} {:>12}",
+        "backend", "clients", "raw CAS", "allocations", "alloc/CAS ratio", "releases"
+    );
     for r in rows {
         println!(
             "{:<8} {:<16} {:>10.0} {:>12.0} {:>16.2} {:>12.0}",
-            r.backend, r.clients, r.cas, r.allocate, r.allocate / r.cas, r.release
+            r.backend,
+            r.clients,
+            r.cas,
+            r.allocate,
+            r.allocate / r.cas,
+            r.release
         );
     }
     Ok(())

@@ -51,7 +51,8 @@ async fn many_processes(backend: Backend, same_node: bool) {
     let allocate = (0..PROCESSES)
         .map(|p| {
             let node = if same_node { "shared".to_string() } else { format!("node-{p}") };
-            let args = ["allocate", "--node", &node, "--prefix", &format!("net.p{p}"), "--count", &PER_PROCESS.to_string()];
+            let args =
+                ["allocate", "--node", &node, "--prefix", &format!("net.p{p}"), "--count", &PER_PROCESS.to_string()];
             args.map(String::from).to_vec()
         })
         .collect();
@@ -74,7 +75,11 @@ async fn many_processes(backend: Backend, same_node: bool) {
     assert_eq!(recorded, expected, "the blocks hold exactly what the processes were given");
 
     let release = (0..PROCESSES)
-        .map(|p| ["release", "--prefix", &format!("net.p{p}"), "--count", &PER_PROCESS.to_string()].map(String::from).to_vec())
+        .map(|p| {
+            ["release", "--prefix", &format!("net.p{p}"), "--count", &PER_PROCESS.to_string()]
+                .map(String::from)
+                .to_vec()
+        })
         .collect();
     let released = run(exe, &selection, release).await;
     assert_eq!(released.len(), granted.len());

@@ -15,8 +15,8 @@ pub struct Client {
 }
 
 fn decode<S: Spec>(kv: &KeyValue) -> Result<Resource<S>> {
-    let mut r = resource::from_slice::<S>(&kv.value)
-        .map_err(|e| Error::Invalid(format!("stored value at {}: {e}", kv.key)))?;
+    let mut r =
+        resource::from_slice::<S>(&kv.value).map_err(|e| Error::Invalid(format!("stored value at {}: {e}", kv.key)))?;
     r.metadata.resource_version = Some(kv.revision.to_string());
     Ok(r)
 }
@@ -117,7 +117,9 @@ impl Client {
         }
         let (others, _) = self.list::<S>().await?;
         let mut v = Validator::new(S::KIND, &r.metadata.name);
-        for other in others.iter().filter(|o| o.metadata.name != r.metadata.name || o.metadata.namespace != r.metadata.namespace) {
+        for other in
+            others.iter().filter(|o| o.metadata.name != r.metadata.name || o.metadata.namespace != r.metadata.namespace)
+        {
             r.spec.check_conflict(other, &mut v);
         }
         v.finish().map_err(|e: ValidationError| e.into())

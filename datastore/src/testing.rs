@@ -158,7 +158,9 @@ impl EtcdServer {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start etcd (is etcd-server installed?): {e}")))?;
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot start etcd (is etcd-server installed?): {e}"))
+            })?;
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {

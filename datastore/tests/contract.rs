@@ -58,12 +58,10 @@ async fn list_by_prefix_is_sorted_and_isolated(backend: Backend) {
 }
 
 async fn next_event(watch: &mut brindle_datastore::Watch) -> WatchEvent {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("watch event in time") {
-            Some(Ok(event)) => return event,
-            Some(Err(e)) => panic!("watch error: {e}"),
-            None => panic!("watch ended"),
-        }
+    match tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("watch event in time") {
+        Some(Ok(event)) => event,
+        Some(Err(e)) => panic!("watch error: {e}"),
+        None => panic!("watch ended"),
     }
 }
 
@@ -99,7 +97,9 @@ async fn watch_delivers_every_change_in_order(backend: Backend) {
     let mut last = start;
     while seen.len() < expected.len() {
         let (text, revision) = match next_event(&mut watch).await {
-            WatchEvent::Put(kv) => (format!("put {}={}@{}", kv.key, String::from_utf8_lossy(&kv.value), kv.revision), kv.revision),
+            WatchEvent::Put(kv) => {
+                (format!("put {}={}@{}", kv.key, String::from_utf8_lossy(&kv.value), kv.revision), kv.revision)
+            }
             WatchEvent::Delete { key, revision } => (format!("del {key}"), revision),
             WatchEvent::Compacted { .. } => panic!("unexpected compaction"),
         };

@@ -60,7 +60,9 @@ async fn allocations_survive_an_etcd_outage_without_duplicates_or_leaks() {
         i += 1;
         match ipam.allocate(&request(&handle)).await {
             Ok(got) => granted.push(got[0].ip),
-            Err(Error::Unavailable(_)) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(Error::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
             Err(e) => panic!("allocation after the restart: {e}"),
         }
         handles.push(handle);
@@ -86,7 +88,9 @@ async fn allocations_survive_an_etcd_outage_without_duplicates_or_leaks() {
     let seen = tokio::time::timeout(HANG, async {
         loop {
             match watch.next().await {
-                Some(Ok(WatchEvent::Put(kv))) if String::from_utf8_lossy(&kv.value).contains("net.watched") => return true,
+                Some(Ok(WatchEvent::Put(kv))) if String::from_utf8_lossy(&kv.value).contains("net.watched") => {
+                    return true;
+                }
                 Some(_) => continue,
                 None => return false,
             }

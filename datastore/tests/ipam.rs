@@ -114,7 +114,11 @@ async fn borrows_when_no_block_is_free_unless_strict(backend: Backend) {
     }
     let borrowed = one(&f.ipam, &v4("net.n1-4", "n1")).await;
     assert!(n2_block.contains(borrowed), "{borrowed} is borrowed from n2's {n2_block}");
-    assert_eq!(owners(&f.ipam).await[&n2_block.to_string()].as_deref(), Some("n2"), "borrowing does not move the block");
+    assert_eq!(
+        owners(&f.ipam).await[&n2_block.to_string()].as_deref(),
+        Some("n2"),
+        "borrowing does not move the block"
+    );
     let holder = f.ipam.blocks().await.unwrap().into_iter().find(|(b, _)| b.cidr == n2_block).unwrap().0;
     assert_eq!(holder.holder(borrowed).unwrap().node, "n1");
 
@@ -155,7 +159,10 @@ async fn node_selector_and_disabled_pools(backend: Backend) {
 
     for i in 0..10 {
         let ip = one(&f.ipam, &v4(&format!("net.b{i}"), "nb")).await;
-        assert!("10.16.0.0/24".parse::<ipnetwork::IpNetwork>().unwrap().contains(ip), "{ip}: only the pool that selects nb, never the disabled one");
+        assert!(
+            "10.16.0.0/24".parse::<ipnetwork::IpNetwork>().unwrap().contains(ip),
+            "{ip}: only the pool that selects nb, never the disabled one"
+        );
     }
     let mut request = v4("net.x", "nb");
     request.ipv4_pools = vec!["zone-a".into()];
@@ -172,7 +179,11 @@ async fn node_selector_and_disabled_pools(backend: Backend) {
 
 async fn released_addresses_return_in_fifo_order_after_the_cooldown(backend: Backend) {
     let f = fixture(backend, &[("p", "10.17.0.0/30", 30)]).await;
-    set_config(&f.client, IpamConfiguration { release_cooldown: Duration::from_secs(60), ..IpamConfiguration::default() }).await;
+    set_config(
+        &f.client,
+        IpamConfiguration { release_cooldown: Duration::from_secs(60), ..IpamConfiguration::default() },
+    )
+    .await;
     let now = Arc::new(AtomicU64::new(1_000_000));
     let clock = {
         let now = now.clone();
@@ -205,7 +216,8 @@ async fn dual_stack_and_rollback(backend: Backend) {
     assert_eq!((got[0].pool.as_str(), got[1].pool.as_str()), ("v4", "v6"));
     assert_eq!(got[1].block.prefix(), 122);
 
-    let mut request = AllocateRequest { holder: holder("net.fail", "n1"), ipv4: 1, ipv6: 1, ..AllocateRequest::default() };
+    let mut request =
+        AllocateRequest { holder: holder("net.fail", "n1"), ipv4: 1, ipv6: 1, ..AllocateRequest::default() };
     request.ipv6_pools = vec!["missing".into()];
     let err = f.ipam.allocate(&request).await.unwrap_err();
     assert!(err.to_string().contains("IPPool \"missing\" does not exist"), "{err}");

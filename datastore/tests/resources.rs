@@ -12,7 +12,8 @@ per_backend!(pools_are_validated_and_cas_protected, namespaced_resources_are_key
 async fn pools_are_validated_and_cas_protected(backend: Backend) {
     let (_server, store) = common::open(backend).await;
     let client = Client::new(store);
-    let created = client.create(Resource::new("default-ipv4", IpPool::new("10.244.0.0/16".parse().unwrap()))).await.unwrap();
+    let created =
+        client.create(Resource::new("default-ipv4", IpPool::new("10.244.0.0/16".parse().unwrap()))).await.unwrap();
     assert_eq!(created.spec.block_size, Some(26), "defaults are stored explicitly");
     assert!(created.revision().is_some());
 
@@ -47,7 +48,9 @@ async fn pools_are_validated_and_cas_protected(backend: Backend) {
     let (pools, _) = client.list::<IpPool>().await.unwrap();
     assert_eq!(pools, vec![updated.clone()]);
     client.delete::<IpPool>(None, "default-ipv4", updated.revision()).await.unwrap();
-    assert!(matches!(client.get::<IpPool>(None, "default-ipv4").await, Err(Error::NotFound(what)) if what == "IPPool \"default-ipv4\""));
+    assert!(
+        matches!(client.get::<IpPool>(None, "default-ipv4").await, Err(Error::NotFound(what)) if what == "IPPool \"default-ipv4\"")
+    );
 
     let config = client.create(Resource::new("default", BgpConfiguration::default())).await.unwrap();
     assert_eq!(client.get::<BgpConfiguration>(None, "default").await.unwrap(), config);

@@ -136,8 +136,7 @@ impl Block {
     }
 
     fn release_where(&mut self, mut matches: impl FnMut(&Allocation) -> bool, now_ms: u64) -> Vec<IpAddr> {
-        let ordinals: Vec<u32> =
-            self.allocations.iter().filter(|(_, a)| matches(a)).map(|(o, _)| *o).collect();
+        let ordinals: Vec<u32> = self.allocations.iter().filter(|(_, a)| matches(a)).map(|(o, _)| *o).collect();
         for ordinal in &ordinals {
             self.allocations.remove(ordinal);
             self.released.push_back(Released { ordinal: *ordinal, at_ms: now_ms });

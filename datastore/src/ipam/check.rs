@@ -88,7 +88,8 @@ pub(super) fn check(
             }
             (Some(owner), Some(pool)) => {
                 let labels = nodes.iter().find(|n| &n.metadata.name == owner).map(|n| &n.metadata.labels);
-                let selected = pool.spec.node_selector.parse::<Selector>().is_ok_and(|s| labels.is_some_and(|l| s.matches(l)));
+                let selected =
+                    pool.spec.node_selector.parse::<Selector>().is_ok_and(|s| labels.is_some_and(|l| s.matches(l)));
                 if !selected {
                     report.mismatched_blocks.push(issue(format!(
                         "IPPool \"{}\" no longer selects its owner, node \"{owner}\" (nodeSelector {})",
@@ -156,7 +157,13 @@ mod tests {
         let pools = vec![Resource::new("p", IpPool::new("10.0.0.0/24".parse().unwrap()))];
         let nodes = vec![Resource::new("n1", Node::default())];
         let mut good = Block::new("10.0.0.0/26".parse().unwrap(), Some("n1".into()));
-        let holder = |handle: &str, kind| Allocation { handle: handle.into(), kind, node: "n1".into(), pod: None, namespace: None };
+        let holder = |handle: &str, kind| Allocation {
+            handle: handle.into(),
+            kind,
+            node: "n1".into(),
+            pod: None,
+            namespace: None,
+        };
         good.allocate(holder("net.live", AllocationKind::Workload), 0, 0);
         good.allocate(holder("net.dead", AllocationKind::Workload), 0, 0);
         good.allocate(holder("tunnel-ipv4.n1", AllocationKind::Tunnel), 0, 0);

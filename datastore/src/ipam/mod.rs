@@ -141,14 +141,20 @@ impl Ipam {
             AllocationKind::Workload => PoolUse::Workload,
             AllocationKind::Tunnel => PoolUse::Tunnel,
         };
-        for (family, count, requested) in [
-            (Family::V4, request.ipv4, &request.ipv4_pools),
-            (Family::V6, request.ipv6, &request.ipv6_pools),
-        ] {
+        for (family, count, requested) in
+            [(Family::V4, request.ipv4, &request.ipv4_pools), (Family::V6, request.ipv6, &request.ipv6_pools)]
+        {
             if count == 0 {
                 continue;
             }
-            let outcome = match pools::eligible(&context.pools, requested, family, usage, &request.holder.node, &context.labels) {
+            let outcome = match pools::eligible(
+                &context.pools,
+                requested,
+                family,
+                usage,
+                &request.holder.node,
+                &context.labels,
+            ) {
                 Ok(eligible) => self.allocate_family(&context, &eligible, &request.holder, count, &mut assigned).await,
                 Err(e) => Err(e),
             };
@@ -214,22 +220,24 @@ impl Ipam {
             // that no node owns any more.
             let listing = self.list_blocks().await?;
             let now = (self.clock)();
-            let mine: Vec<&Block> = listing.values().map(|(b, _)| b).filter(|b| b.owner.as_deref() == Some(node)).collect();
+            let mine: Vec<&Block> =
+                listing.values().map(|(b, _)| b).filter(|b| b.owner.as_deref() == Some(node)).collect();
             if mine.iter().any(|b| pool_of(&b.cidr).is_some() && b.available(now, cooldown) > 0) {
                 continue; // another process of this node claimed a block meanwhile: use it
             }
-            let family_owned = mine.iter().filter(|b| pools::Family::of(&b.cidr) == pools::Family::of(&eligible[0].spec.cidr)).count();
+            let family_owned =
+                mine.iter().filter(|b| pools::Family::of(&b.cidr) == pools::Family::of(&eligible[0].spec.cidr)).count();
             let max = context.config.max_blocks_per_node as usize;
-            if max == 0 || family_owned < max {
-                if let Some(claimed) = self.claim_block(eligible, &listing, node, |b, now| take(b, remaining, now)).await? {
-                    let (cidr, ips) = claimed;
-                    remaining -= ips.len();
-                    out.extend(ips.into_iter().map(|ip| assigned(ip, cidr, pool_of(&cidr))));
-                    if remaining == 0 {
-                        return Ok(());
-                    }
-                    continue;
+            if (max == 0 || family_owned < max)
+                && let Some((cidr, ips)) =
+                    self.claim_block(eligible, &listing, node, |b, now| take(b, remaining, now)).await?
+            {
+                remaining -= ips.len();
+                out.extend(ips.into_iter().map(|ip| assigned(ip, cidr, pool_of(&cidr))));
+                if remaining == 0 {
+                    return Ok(());
                 }
+                continue;
             }
 
             // 3. Borrow single addresses from other nodes' blocks.
@@ -246,7 +254,9 @@ impl Ipam {
                 return Err(exhausted(eligible, &listing, node, now, cooldown, "no block has a free address"));
             }
             for cidr in lenders {
-                if let Some(ips) = self.edit_block(cidr, |b, now| Some(take(b, remaining, now)).filter(|ips| !ips.is_empty())).await? {
+                if let Some(ips) =
+                    self.edit_block(cidr, |b, now| Some(take(b, remaining, now)).filter(|ips| !ips.is_empty())).await?
+                {
                     remaining -= ips.len();
                     out.extend(ips.into_iter().map(|ip| assigned(ip, cidr, pool_of(&cidr))));
                 }
@@ -330,7 +340,9 @@ impl Ipam {
         let mut released = Vec::new();
         for (cidr, (block, _)) in self.list_blocks().await? {
             if block.holds(handle)
-                && let Some(ips) = self.edit_block(cidr, |b, now| Some(b.release_handle(handle, now)).filter(|ips| !ips.is_empty())).await?
+                && let Some(ips) = self
+                    .edit_block(cidr, |b, now| Some(b.release_handle(handle, now)).filter(|ips| !ips.is_empty()))
+                    .await?
             {
                 released.extend(ips);
             }
@@ -376,9 +388,14 @@ impl Ipam {
                 return Ok(Assigned { ip, block: cidr, pool: pool.unwrap_or_default() });
             }
         }
-        let holder = Allocation { handle, kind: AllocationKind::Tunnel, node: node.to_owned(), pod: None, namespace: None };
-        let request = AllocateRequest { holder, ipv4: u32::from(!ipv6), ipv6: u32::from(ipv6), ..AllocateRequest::default() };
-        self.allocate(&request).await?.pop().ok_or_else(|| Error::Exhausted(format!("no tunnel address for node \"{node}\"")))
+        let holder =
+            Allocation { handle, kind: AllocationKind::Tunnel, node: node.to_owned(), pod: None, namespace: None };
+        let request =
+            AllocateRequest { holder, ipv4: u32::from(!ipv6), ipv6: u32::from(ipv6), ..AllocateRequest::default() };
+        self.allocate(&request)
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Exhausted(format!("no tunnel address for node \"{node}\"")))
     }
 
     /// Every block with its revision, straight from the store.
@@ -494,7 +511,11 @@ impl Ipam {
     /// a copy and returns `Some` if it changed something to write. A cached copy is tried
     /// first; a decision not to change is only trusted on a fresh read. An unowned block left
     /// empty is deleted rather than written.
-    async fn edit_block<T>(&self, cidr: IpNetwork, mut change: impl FnMut(&mut Block, u64) -> Option<T>) -> Result<Option<T>> {
+    async fn edit_block<T>(
+        &self,
+        cidr: IpNetwork,
+        mut change: impl FnMut(&mut Block, u64) -> Option<T>,
+    ) -> Result<Option<T>> {
         let cached = self.cache().blocks.get(&cidr).cloned();
         let mut current = cached.clone();
         let mut fresh = cached.is_none();
@@ -521,7 +542,8 @@ impl Ipam {
             let written = if edited.is_empty() && edited.owner.is_none() {
                 self.client.store().delete(&key, Some(revision)).await.map(|()| None)
             } else {
-                let value = serde_json::to_vec(&edited).map_err(|e| Error::Invalid(format!("cannot encode block: {e}")))?;
+                let value =
+                    serde_json::to_vec(&edited).map_err(|e| Error::Invalid(format!("cannot encode block: {e}")))?;
                 self.client.store().update(&key, &value, revision).await.map(Some)
             };
             match written {
@@ -574,7 +596,8 @@ fn exhausted(
     let pools: Vec<String> = eligible
         .iter()
         .map(|p| {
-            let blocks: Vec<&Block> = listing.values().map(|(b, _)| b).filter(|b| p.spec.cidr.contains(b.cidr.network())).collect();
+            let blocks: Vec<&Block> =
+                listing.values().map(|(b, _)| b).filter(|b| p.spec.cidr.contains(b.cidr.network())).collect();
             let cooling: usize = blocks.iter().map(|b| b.cooling(now, cooldown)).sum();
             let mut text = format!(
                 "IPPool \"{}\" ({}): {} of {} blocks claimed",

@@ -188,7 +188,10 @@ mod tests {
         assert_eq!(order.len(), 4);
         let mut sorted = order.clone();
         sorted.sort();
-        assert_eq!(sorted.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.0.0/26", "10.0.0.64/26", "10.0.0.128/26", "10.0.0.192/26"]);
+        assert_eq!(
+            sorted.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["10.0.0.0/26", "10.0.0.64/26", "10.0.0.128/26", "10.0.0.192/26"]
+        );
         assert_eq!(order, claim_order(&p, "node-a").collect::<Vec<_>>());
     }
 

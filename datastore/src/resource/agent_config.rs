@@ -104,13 +104,14 @@ fn check_autodetection(method: &str) -> Result<(), String> {
         ("interface" | "skip-interface", false) => Ok(()),
         ("cidr", false) => arg
             .split(',')
-            .map(|c| c.trim().parse::<ipnetwork::IpNetwork>().map(drop).map_err(|e| format!("\"{c}\": {e}")))
-            .collect(),
-        ("can-reach", false) => arg
-            .parse::<std::net::IpAddr>()
-            .map(drop)
-            .map_err(|_| format!("\"{arg}\" is not an IP address")),
-        _ => Err("expected first-found, interface=REGEX, skip-interface=REGEX, cidr=CIDR[,CIDR], can-reach=ADDRESS or none".into()),
+            .try_for_each(|c| c.trim().parse::<ipnetwork::IpNetwork>().map(drop).map_err(|e| format!("\"{c}\": {e}"))),
+        ("can-reach", false) => {
+            arg.parse::<std::net::IpAddr>().map(drop).map_err(|_| format!("\"{arg}\" is not an IP address"))
+        }
+        _ => Err(
+            "expected first-found, interface=REGEX, skip-interface=REGEX, cidr=CIDR[,CIDR], can-reach=ADDRESS or none"
+                .into(),
+        ),
     }
 }
 
@@ -123,15 +124,30 @@ impl Spec for AgentConfiguration {
             ("spec.routeRefreshInterval", self.route_refresh_interval),
             ("spec.iptablesRefreshInterval", self.iptables_refresh_interval),
         ] {
-            v.require(interval >= Duration::from_secs(1), field, humantime_serde::re::humantime::format_duration(interval), "must be at least 1s");
+            v.require(
+                interval >= Duration::from_secs(1),
+                field,
+                humantime_serde::re::humantime::format_duration(interval),
+                "must be at least 1s",
+            );
         }
-        v.require(self.mtu == 0 || (576..=65535).contains(&self.mtu), "spec.mtu", self.mtu, "must be 0 (detect) or 576-65535");
+        v.require(
+            self.mtu == 0 || (576..=65535).contains(&self.mtu),
+            "spec.mtu",
+            self.mtu,
+            "must be 0 (detect) or 576-65535",
+        );
         v.require((1..1 << 24).contains(&self.vxlan_vni), "spec.vxlanVNI", self.vxlan_vni, "must be 1 to 16777215");
         v.require(self.vxlan_port != 0, "spec.vxlanPort", self.vxlan_port, "must be a port number 1-65535");
         let prefix_ok = !self.interface_prefix.is_empty()
             && self.interface_prefix.len() <= 4
             && self.interface_prefix.chars().all(|c| c.is_ascii_alphanumeric());
-        v.require(prefix_ok, "spec.interfacePrefix", &self.interface_prefix, "must be 1-4 letters or digits (the rest of the 15-character name is a hash)");
+        v.require(
+            prefix_ok,
+            "spec.interfacePrefix",
+            &self.interface_prefix,
+            "must be 1-4 letters or digits (the rest of the 15-character name is a hash)",
+        );
         for (field, method) in [
             ("spec.ipv4AutodetectionMethod", &self.ipv4_autodetection_method),
             ("spec.ipv6AutodetectionMethod", &self.ipv6_autodetection_method),
@@ -140,7 +156,9 @@ impl Spec for AgentConfiguration {
                 v.problem(field, method, reason);
             }
         }
-        for (field, port) in [("spec.healthPort", self.health_port), ("spec.prometheusMetricsPort", self.prometheus_metrics_port)] {
+        for (field, port) in
+            [("spec.healthPort", self.health_port), ("spec.prometheusMetricsPort", self.prometheus_metrics_port)]
+        {
             v.require(port != 0, field, port, "must be a port number 1-65535");
         }
     }
@@ -176,7 +194,12 @@ mod tests {
 
     #[test]
     fn out_of_range_values_are_named() {
-        let spec = AgentConfiguration { vxlan_vni: 1 << 24, mtu: 100, interface_prefix: "toolong".into(), ..AgentConfiguration::default() };
+        let spec = AgentConfiguration {
+            vxlan_vni: 1 << 24,
+            mtu: 100,
+            interface_prefix: "toolong".into(),
+            ..AgentConfiguration::default()
+        };
         let err = Resource::new("default", spec).validate().unwrap_err().to_string();
         assert!(err.contains("spec.vxlanVNI \"16777216\""), "{err}");
         assert!(err.contains("spec.mtu \"100\""), "{err}");

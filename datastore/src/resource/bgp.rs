@@ -81,7 +81,11 @@ impl Spec for BgpPeer {
 
     fn validate(&self, v: &mut Validator) {
         if self.node.is_some() && self.node_selector.is_some() {
-            v.problem("spec.nodeSelector", self.node_selector.as_deref().unwrap_or_default(), "cannot be used together with spec.node");
+            v.problem(
+                "spec.nodeSelector",
+                self.node_selector.as_deref().unwrap_or_default(),
+                "cannot be used together with spec.node",
+            );
         }
         if let Some(s) = &self.node_selector {
             v.selector("spec.nodeSelector", s);
@@ -91,7 +95,11 @@ impl Spec for BgpPeer {
             (None, None) => v.problem("spec.peerIP", "", "one of peerIP or peerSelector is required"),
             (Some(ip), None) => {
                 if parse_peer_ip(ip).is_err() {
-                    v.problem("spec.peerIP", ip, "must be an IP address, optionally with a port (10.0.0.1:179, [fd00::1]:179)");
+                    v.problem(
+                        "spec.peerIP",
+                        ip,
+                        "must be an IP address, optionally with a port (10.0.0.1:179, [fd00::1]:179)",
+                    );
                 }
                 match self.as_number {
                     Some(asn) => v.as_number("spec.asNumber", asn),
@@ -101,7 +109,11 @@ impl Spec for BgpPeer {
             (None, Some(sel)) => {
                 v.selector("spec.peerSelector", sel);
                 if let Some(asn) = self.as_number {
-                    v.problem("spec.asNumber", asn, "must be left out with peerSelector: each selected node's own AS is used");
+                    v.problem(
+                        "spec.asNumber",
+                        asn,
+                        "must be left out with peerSelector: each selected node's own AS is used",
+                    );
                 }
             }
         }
@@ -220,7 +232,12 @@ impl Spec for BgpConfiguration {
         v.as_number("spec.asNumber", self.as_number);
         v.require(self.listen_port != 0, "spec.listenPort", self.listen_port, "must be a port number 1-65535");
         for (i, c) in self.communities.iter().enumerate() {
-            v.require(is_community(&c.value), &format!("spec.communities[{i}].value"), &c.value, "must be aa:nn or aa:nn:mm");
+            v.require(
+                is_community(&c.value),
+                &format!("spec.communities[{i}].value"),
+                &c.value,
+                "must be aa:nn or aa:nn:mm",
+            );
         }
         for (i, adv) in self.prefix_advertisements.iter().enumerate() {
             v.network_address(&format!("spec.prefixAdvertisements[{i}].cidr"), &adv.cidr);
@@ -234,7 +251,10 @@ impl Spec for BgpConfiguration {
                 );
             }
         }
-        for (field, list) in [("spec.serviceClusterIPs", &self.service_cluster_ips), ("spec.serviceExternalIPs", &self.service_external_ips)] {
+        for (field, list) in [
+            ("spec.serviceClusterIPs", &self.service_cluster_ips),
+            ("spec.serviceExternalIPs", &self.service_external_ips),
+        ] {
             for (i, s) in list.iter().enumerate() {
                 v.network_address(&format!("{field}[{i}].cidr"), &s.cidr);
             }
@@ -254,7 +274,8 @@ mod tests {
     #[test]
     fn peer_needs_exactly_one_target() {
         assert!(problems(BgpPeer::default()).contains("one of peerIP or peerSelector is required"));
-        let peer = BgpPeer { peer_ip: Some("10.0.0.1".into()), peer_selector: Some("all()".into()), ..BgpPeer::default() };
+        let peer =
+            BgpPeer { peer_ip: Some("10.0.0.1".into()), peer_selector: Some("all()".into()), ..BgpPeer::default() };
         assert!(problems(peer).contains("cannot be used together with spec.peerIP"));
     }
 

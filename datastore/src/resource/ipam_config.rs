@@ -24,11 +24,7 @@ pub struct IpamConfiguration {
 
 impl Default for IpamConfiguration {
     fn default() -> Self {
-        IpamConfiguration {
-            strict_affinity: false,
-            max_blocks_per_node: 0,
-            release_cooldown: Duration::from_secs(60),
-        }
+        IpamConfiguration { strict_affinity: false, max_blocks_per_node: 0, release_cooldown: Duration::from_secs(60) }
     }
 }
 

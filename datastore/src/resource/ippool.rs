@@ -142,7 +142,11 @@ impl Spec for IpPool {
             );
         }
         if self.cidr.is_ipv6() && self.ipip_mode != EncapMode::Never {
-            v.problem("spec.ipipMode", format!("{:?}", self.ipip_mode), "IP-in-IP carries IPv4 only; use vxlanMode for an IPv6 pool");
+            v.problem(
+                "spec.ipipMode",
+                format!("{:?}", self.ipip_mode),
+                "IP-in-IP carries IPv4 only; use vxlanMode for an IPv6 pool",
+            );
         }
         if self.ipip_mode != EncapMode::Never && self.vxlan_mode != EncapMode::Never {
             v.problem(
@@ -206,7 +210,10 @@ mod tests {
 
     #[test]
     fn unmasked_cidr_suggests_the_network() {
-        assert!(problems(pool("10.244.1.7/16")).contains("spec.cidr \"10.244.1.7/16\": has host bits set; did you mean 10.244.0.0/16?"));
+        assert!(
+            problems(pool("10.244.1.7/16"))
+                .contains("spec.cidr \"10.244.1.7/16\": has host bits set; did you mean 10.244.0.0/16?")
+        );
     }
 
     #[test]

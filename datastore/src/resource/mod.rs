@@ -21,10 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use agent_config::{AgentConfiguration, IptablesBackend, LogSeverity};
-pub use bgp::{
-    BgpConfiguration, BgpPassword, BgpPeer, Community, PrefixAdvertisement, SecretKeyRef,
-    ServiceCidr,
-};
+pub use bgp::{BgpConfiguration, BgpPassword, BgpPeer, Community, PrefixAdvertisement, SecretKeyRef, ServiceCidr};
 pub use ipam_config::IpamConfiguration;
 pub use ippool::{EncapMode, IpPool, PoolUse};
 pub use node::{Node, NodeAddress, NodeBgp};
@@ -165,10 +162,7 @@ impl<'de, S: Spec> Deserialize<'de> for Resource<S> {
         use serde::de::Error as _;
         let envelope = Envelope::<S>::deserialize(deserializer)?;
         if envelope.api_version != API_VERSION {
-            return Err(D::Error::custom(format!(
-                "apiVersion \"{}\" is not {API_VERSION}",
-                envelope.api_version
-            )));
+            return Err(D::Error::custom(format!("apiVersion \"{}\" is not {API_VERSION}", envelope.api_version)));
         }
         if envelope.kind != S::KIND {
             return Err(D::Error::custom(format!("kind \"{}\" is not {}", envelope.kind, S::KIND)));

@@ -117,7 +117,11 @@ mod tests {
     #[test]
     fn wrong_family_and_bad_mac_are_named() {
         let mut node = Resource::new("n1", Node::default());
-        node.spec.bgp = Some(NodeBgp { ipv4_address: Some("fd00::1/64".parse().unwrap()), as_number: Some(0), ..NodeBgp::default() });
+        node.spec.bgp = Some(NodeBgp {
+            ipv4_address: Some("fd00::1/64".parse().unwrap()),
+            as_number: Some(0),
+            ..NodeBgp::default()
+        });
         node.spec.vxlan_tunnel_mac_addr = Some("66:aa".into());
         let err = node.validate().unwrap_err().to_string();
         assert!(err.contains("spec.bgp.ipv4Address \"fd00::1/64\""), "{err}");

@@ -56,18 +56,12 @@ pub struct Validator {
 impl Validator {
     /// Starts checking the resource `kind`/`name`.
     pub fn new(kind: &str, name: &str) -> Self {
-        Validator {
-            error: ValidationError { kind: kind.to_owned(), name: name.to_owned(), problems: Vec::new() },
-        }
+        Validator { error: ValidationError { kind: kind.to_owned(), name: name.to_owned(), problems: Vec::new() } }
     }
 
     /// Records a problem with `field`, whose value is `value`.
     pub fn problem(&mut self, field: &str, value: impl fmt::Display, reason: impl Into<String>) {
-        self.error.problems.push(Problem {
-            field: field.to_owned(),
-            value: value.to_string(),
-            reason: reason.into(),
-        });
+        self.error.problems.push(Problem { field: field.to_owned(), value: value.to_string(), reason: reason.into() });
     }
 
     /// Records a problem when `ok` is false.
@@ -102,8 +96,7 @@ impl Validator {
     /// Checks a MAC address is six colon-separated hex octets.
     pub fn mac(&mut self, field: &str, mac: &str) {
         let octets: Vec<&str> = mac.split(':').collect();
-        let ok = octets.len() == 6
-            && octets.iter().all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit()));
+        let ok = octets.len() == 6 && octets.iter().all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit()));
         self.require(ok, field, mac, "must be a MAC address like ee:ee:ee:ee:ee:ee");
     }
 

@@ -52,13 +52,23 @@ impl Spec for WorkloadEndpoint {
         v.require(!self.node.is_empty(), "spec.node", "", "is required");
         v.require(!self.container_id.is_empty(), "spec.containerID", "", "is required");
         let name_ok = !self.interface_name.is_empty() && self.interface_name.len() <= 15;
-        v.require(name_ok, "spec.interfaceName", &self.interface_name, "must be 1-15 characters (a Linux interface name)");
+        v.require(
+            name_ok,
+            "spec.interfaceName",
+            &self.interface_name,
+            "must be 1-15 characters (a Linux interface name)",
+        );
         if let Some(mac) = &self.mac {
             v.mac("spec.mac", mac);
         }
         for (i, net) in self.ip_networks.iter().enumerate() {
             let host = if net.is_ipv4() { 32 } else { 128 };
-            v.require(net.prefix() == host, &format!("spec.ipNetworks[{i}]"), net, "must be a single address (/32 or /128)");
+            v.require(
+                net.prefix() == host,
+                &format!("spec.ipNetworks[{i}]"),
+                net,
+                "must be a single address (/32 or /128)",
+            );
         }
     }
 }

@@ -10,15 +10,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, Txn, TxnOp,
+    TxnOpResponse, TxnResponse, WatchOptions,
 };
 use tokio::sync::mpsc;
 
-use super::{
-    AbortOnDrop, Datastore, EtcdOptions, KeyValue, Listing, Revision, WATCH_BUFFER, Watch,
-    WatchEvent,
-};
+use super::{AbortOnDrop, Datastore, EtcdOptions, KeyValue, Listing, Revision, WATCH_BUFFER, Watch, WatchEvent};
 use crate::{Error, Result};
 
 /// The longest pause between two attempts to re-establish a broken watch.
@@ -54,9 +51,7 @@ impl EtcdStore {
         }
         if let Some(ca) = &options.ca_cert {
             let read = |path: &std::path::Path| {
-                std::fs::read(path).map_err(|e| {
-                    Error::Invalid(format!("cannot read TLS file {}: {e}", path.display()))
-                })
+                std::fs::read(path).map_err(|e| Error::Invalid(format!("cannot read TLS file {}: {e}", path.display())))
             };
             let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
             if let (Some(cert), Some(key)) = (&options.cert, &options.key) {
@@ -64,22 +59,15 @@ impl EtcdStore {
             }
             connect = connect.with_tls(tls);
         }
-        let client = tokio::time::timeout(
-            options.timeout,
-            Client::connect(&options.endpoints, Some(connect)),
-        )
-        .await
-        .map_err(|_| unavailable("connect", format!("no answer within {:?}", options.timeout)))?
-        .map_err(|e| unavailable("connect", e))?;
+        let client = tokio::time::timeout(options.timeout, Client::connect(&options.endpoints, Some(connect)))
+            .await
+            .map_err(|_| unavailable("connect", format!("no answer within {:?}", options.timeout)))?
+            .map_err(|e| unavailable("connect", e))?;
         Ok(EtcdStore { client, options })
     }
 
     /// Runs one call with the configured bound.
-    async fn call<T>(
-        &self,
-        what: &str,
-        call: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
+    async fn call<T>(&self, what: &str, call: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T> {
         match tokio::time::timeout(self.options.timeout, call).await {
             Ok(result) => result.map_err(|e| unavailable(what, e)),
             Err(_) => Err(unavailable(what, format!("no answer within {:?}", self.options.timeout))),
@@ -131,8 +119,7 @@ impl Datastore for EtcdStore {
 
     async fn list(&self, prefix: &str) -> Result<Listing> {
         let mut kv = self.client.kv_client();
-        let response =
-            self.call("list", kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        let response = self.call("list", kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
         Ok(Listing {
             items: response.kvs().iter().map(to_key_value).collect::<Result<_>>()?,
             revision: response.header().map_or(0, |h| h.revision()),
@@ -144,11 +131,7 @@ impl Datastore for EtcdStore {
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)]);
         let response = self.txn("create", txn).await?;
-        if response.succeeded() {
-            Ok(header_revision(&response))
-        } else {
-            Err(Error::AlreadyExists(key.to_owned()))
-        }
+        if response.succeeded() { Ok(header_revision(&response)) } else { Err(Error::AlreadyExists(key.to_owned())) }
     }
 
     async fn update(&self, key: &str, value: &[u8], expected: Revision) -> Result<Revision> {
@@ -174,10 +157,7 @@ impl Datastore for EtcdStore {
         if let Some(expected) = expected {
             compares.push(Compare::mod_revision(key, CompareOp::Equal, expected));
         }
-        let txn = Txn::new()
-            .when(compares)
-            .and_then([TxnOp::delete(key, None)])
-            .or_else([TxnOp::get(key, None)]);
+        let txn = Txn::new().when(compares).and_then([TxnOp::delete(key, None)]).or_else([TxnOp::get(key, None)]);
         let response = self.txn("delete", txn).await?;
         if response.succeeded() {
             return Ok(());

@@ -89,16 +89,13 @@ impl FromStr for Selection {
 
     fn from_str(s: &str) -> Result<Self> {
         let invalid = |why: String| Error::Invalid(format!("datastore \"{s}\": {why}"));
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| invalid("expected etcd://host:port or sqlite:///path".into()))?;
+        let (scheme, rest) =
+            s.split_once("://").ok_or_else(|| invalid("expected etcd://host:port or sqlite:///path".into()))?;
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         let params = parse_query(query).map_err(invalid)?;
         match scheme {
             "etcd" => {
-                let mut options = EtcdOptions::new(
-                    location.split(',').filter(|e| !e.is_empty()).map(str::to_owned),
-                );
+                let mut options = EtcdOptions::new(location.split(',').filter(|e| !e.is_empty()).map(str::to_owned));
                 if options.endpoints.is_empty() {
                     return Err(invalid("no etcd endpoint given".into()));
                 }
@@ -126,9 +123,7 @@ impl FromStr for Selection {
             "sqlite" => {
                 let path = if location.is_empty() { DEFAULT_SQLITE_PATH } else { location };
                 if !path.starts_with('/') {
-                    return Err(invalid(format!(
-                        "path \"{path}\" must be absolute (sqlite:///var/lib/...)"
-                    )));
+                    return Err(invalid(format!("path \"{path}\" must be absolute (sqlite:///var/lib/...)")));
                 }
                 let mut options = SqliteOptions::new(path);
                 for (name, value) in params {
@@ -156,16 +151,12 @@ fn parse_query(query: &str) -> Result<Vec<(&str, &str)>, String> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
-        .map(|pair| {
-            pair.split_once('=')
-                .ok_or_else(|| format!("option \"{pair}\" has no value (name=value)"))
-        })
+        .map(|pair| pair.split_once('=').ok_or_else(|| format!("option \"{pair}\" has no value (name=value)")))
         .collect()
 }
 
 fn parse_duration(name: &str, value: &str) -> Result<Duration, String> {
-    humantime_serde::re::humantime::parse_duration(value)
-        .map_err(|e| format!("{name} \"{value}\": {e}"))
+    humantime_serde::re::humantime::parse_duration(value).map_err(|e| format!("{name} \"{value}\": {e}"))
 }
 
 #[cfg(test)]
@@ -175,9 +166,7 @@ mod tests {
     #[test]
     fn etcd_with_two_endpoints_and_tls() {
         let s: Selection =
-            "etcd://10.0.0.1:2379,10.0.0.2:2379?cacert=/ca.pem&cert=/c.pem&key=/k.pem&timeout=2s"
-                .parse()
-                .unwrap();
+            "etcd://10.0.0.1:2379,10.0.0.2:2379?cacert=/ca.pem&cert=/c.pem&key=/k.pem&timeout=2s".parse().unwrap();
         let Selection::Etcd(o) = s else { panic!("not etcd") };
         assert_eq!(o.endpoints, ["10.0.0.1:2379", "10.0.0.2:2379"]);
         assert_eq!(o.ca_cert, Some("/ca.pem".into()));

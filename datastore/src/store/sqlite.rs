@@ -14,10 +14,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
-use super::{
-    AbortOnDrop, Datastore, KeyValue, Listing, Revision, SqliteOptions, WATCH_BUFFER, Watch,
-    WatchEvent,
-};
+use super::{AbortOnDrop, Datastore, KeyValue, Listing, Revision, SqliteOptions, WATCH_BUFFER, Watch, WatchEvent};
 use crate::{Error, Result};
 
 const SCHEMA: &str = "
@@ -112,8 +109,7 @@ impl SqliteStore {
             }
             .map_err(fail)?;
             if revision % 256 == 0 {
-                tx.execute("DELETE FROM log WHERE revision <= ?1", [revision - options.history])
-                    .map_err(fail)?;
+                tx.execute("DELETE FROM log WHERE revision <= ?1", [revision - options.history]).map_err(fail)?;
             }
             tx.commit().map_err(fail)?;
             Ok(revision)
@@ -125,9 +121,8 @@ impl SqliteStore {
 fn open_connection(options: &SqliteOptions) -> Result<Connection> {
     let path = &options.path;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::Unavailable(format!("cannot create directory {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Unavailable(format!("cannot create directory {}: {e}", dir.display())))?;
     }
     let fail = |e| sql_error(path, e);
     let mut conn = Connection::open(path).map_err(fail)?;
@@ -162,11 +157,8 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 }
 
 fn key_string(bytes: Vec<u8>) -> rusqlite::Result<String> {
-    String::from_utf8(bytes).map_err(|e| rusqlite::Error::FromSqlConversionFailure(
-        0,
-        rusqlite::types::Type::Blob,
-        Box::new(e),
-    ))
+    String::from_utf8(bytes)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e)))
 }
 
 #[async_trait]
@@ -174,11 +166,9 @@ impl Datastore for SqliteStore {
     async fn get(&self, key: &str) -> Result<KeyValue> {
         let key = key.to_owned();
         self.run(move |conn, options| {
-            conn.query_row(
-                "SELECT value, revision FROM kv WHERE key = ?1",
-                [key.as_bytes()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            conn.query_row("SELECT value, revision FROM kv WHERE key = ?1", [key.as_bytes()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()
             .map_err(|e| sql_error(&options.path, e))?
             .map(|(value, revision)| KeyValue { key: key.clone(), value, revision })
@@ -195,9 +185,7 @@ impl Datastore for SqliteStore {
             let revision = current_revision(&tx).map_err(fail)?;
             let items = {
                 let mut stmt = tx
-                    .prepare_cached(
-                        "SELECT key, value, revision FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key",
-                    )
+                    .prepare_cached("SELECT key, value, revision FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key")
                     .map_err(fail)?;
                 let rows = stmt
                     .query_map(params![prefix.as_bytes(), prefix_end(&prefix)], |r| {
@@ -223,8 +211,7 @@ impl Datastore for SqliteStore {
 
     async fn update(&self, key: &str, value: &[u8], expected: Revision) -> Result<Revision> {
         let name = key.to_owned();
-        self.write(key, Some(value.to_vec()), move |current| check_expected(name, current, Some(expected)))
-            .await
+        self.write(key, Some(value.to_vec()), move |current| check_expected(name, current, Some(expected))).await
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<()> {
@@ -281,12 +268,9 @@ impl Datastore for SqliteStore {
 fn check_expected(key: String, current: Option<KeyValue>, expected: Option<Revision>) -> Result<()> {
     match (current, expected) {
         (None, _) => Err(Error::NotFound(key)),
-        (Some(current), Some(expected)) if current.revision != expected => Err(Error::Conflict {
-            key,
-            expected,
-            actual: current.revision,
-            current: Some(Box::new(current)),
-        }),
+        (Some(current), Some(expected)) if current.revision != expected => {
+            Err(Error::Conflict { key, expected, actual: current.revision, current: Some(Box::new(current)) })
+        }
         _ => Ok(()),
     }
 }
@@ -345,7 +329,6 @@ fn event_revision(event: &WatchEvent) -> Revision {
         WatchEvent::Compacted { compact_revision } => *compact_revision,
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -37,9 +37,8 @@ pub async fn open(backend: Backend) -> (TestStore, Arc<dyn Datastore>) {
 /// Like [`open`], with extra selection options appended (`&name=value`).
 pub async fn open_with(backend: Backend, extra: &str) -> (TestStore, Arc<dyn Datastore>) {
     let server = TestStore::start(backend).expect("start test datastore");
-    let store = brindle_datastore::connect(&format!("{}{extra}", server.selection()))
-        .await
-        .expect("connect to test datastore");
+    let store =
+        brindle_datastore::connect(&format!("{}{extra}", server.selection())).await.expect("connect to test datastore");
     (server, store)
 }
 
