@@ -1,3 +1,6 @@
-//! A BGP-4 speaker library: codec, session state machine, RIB and route reflection. Knows nothing of Kubernetes.
+//! brindle-bgp: a BGP-4 speaker library. It knows nothing of Kubernetes.
 //!
-//! Not implemented yet: DESIGN.md describes what will live here.
+//! Today it holds the message codec ([`wire`]); the session state machine, the RIB and the
+//! speaker handle come next (DESIGN.md).
+
+pub mod wire;
