@@ -407,7 +407,7 @@ fn parse_aggregator(value: &[u8], four_octet: bool) -> Result<Aggregator, Malfor
 }
 
 fn parse_u32s(value: &[u8], what: &str) -> Result<Vec<u32>, Malformed> {
-    if value.is_empty() || value.len() % 4 != 0 {
+    if value.is_empty() || !value.len().is_multiple_of(4) {
         return Err(malformed(
             subcode::OPTIONAL_ATTRIBUTE,
             format!("{what} length {} is not a positive multiple of 4", value.len()),
@@ -563,7 +563,7 @@ pub(crate) fn parse_attribute(flags: u8, code: u8, value: &[u8], codec: &Codec) 
         }
         MP_UNREACH_NLRI => Ok(Value::MpUnreach(parse_mp_unreach(value)?)),
         EXTENDED_COMMUNITIES => {
-            if value.len() % 8 == 0 {
+            if value.len().is_multiple_of(8) {
                 Ok(Value::Raw(value.to_vec()))
             } else {
                 Err(malformed(
@@ -575,7 +575,7 @@ pub(crate) fn parse_attribute(flags: u8, code: u8, value: &[u8], codec: &Codec) 
         AS4_PATH => parse_as_path(value, true).map(Value::As4Path),
         AS4_AGGREGATOR => parse_aggregator(value, true).map(Value::As4Aggregator),
         LARGE_COMMUNITIES => {
-            if value.is_empty() || value.len() % 12 != 0 {
+            if value.is_empty() || !value.len().is_multiple_of(12) {
                 Err(malformed(
                     subcode::OPTIONAL_ATTRIBUTE,
                     format!("LARGE_COMMUNITY length {} is not a positive multiple of 12", value.len()),

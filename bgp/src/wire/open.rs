@@ -184,7 +184,7 @@ fn parse_capability(code: u8, value: &[u8]) -> Result<Capability, DecodeError> {
         2 if value.is_empty() => Capability::RouteRefresh,
         2 => return Err(bad("route refresh capability must be empty")),
         64 => {
-            if value.len() < 2 || (value.len() - 2) % 4 != 0 {
+            if value.len() < 2 || !(value.len() - 2).is_multiple_of(4) {
                 return Err(bad("graceful restart capability must be 2 + 4n octets"));
             }
             let head = u16::from_be_bytes([value[0], value[1]]);
