@@ -1,6 +1,7 @@
 //! brindle-bgp: a BGP-4 speaker library. It knows nothing of Kubernetes.
 //!
-//! Today it holds the message codec ([`wire`]); the session state machine, the RIB and the
-//! speaker handle come next (DESIGN.md).
+//! Today it holds the message codec ([`wire`]) and the sans-IO session state machine
+//! ([`fsm`]); the session driver, the RIB and the speaker handle come next (DESIGN.md).
 
+pub mod fsm;
 pub mod wire;
