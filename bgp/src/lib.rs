@@ -3,5 +3,7 @@
 //! Today it holds the message codec ([`wire`]) and the sans-IO session state machine
 //! ([`fsm`]); the session driver, the RIB and the speaker handle come next (DESIGN.md).
 
+pub mod attrs;
 pub mod fsm;
+pub mod rib;
 pub mod wire;

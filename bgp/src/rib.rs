@@ -1,0 +1,642 @@
+//! The routing information bases, pure: Adj-RIB-In and Loc-RIB in one table (every peer's
+//! accepted paths per prefix, best first), the decision process of RFC 4271 §9.1.2.2, and the
+//! export rules that make each peer's Adj-RIB-Out: iBGP split horizon, route reflection
+//! (RFC 4456), next-hop and AS_PATH handling for external peers, prefix filters, and graceful
+//! restart's stale paths (RFC 4724).
+//!
+//! Adj-RIB-Out is not stored: what a peer was sent is a function of the old best path, so
+//! the withdraw or replacement for it is computed from the change itself, as BIRD does.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use ipnetwork::IpNetwork;
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+use crate::attrs::{Interner, PathAttrs};
+use crate::wire::{Family, Update};
+
+/// A peer's index in the RIB.
+pub type PeerId = u16;
+
+/// The "peer" of routes this speaker originates.
+pub const LOCAL: PeerId = PeerId::MAX;
+
+/// The LOCAL_PREF of routes that arrive without one.
+pub const DEFAULT_LOCAL_PREF: u32 = 100;
+
+/// One accept-or-reject rule on prefixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterRule {
+    /// The range the rule covers.
+    pub prefix: IpNetwork,
+    /// Shortest prefix length matched (default: the range's own).
+    pub min_len: u8,
+    /// Longest prefix length matched.
+    pub max_len: u8,
+    /// Accept (true) or reject.
+    pub accept: bool,
+}
+
+/// An ordered list of rules; the first that matches decides, otherwise `default_accept`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixFilter {
+    /// The rules in order.
+    pub rules: Vec<FilterRule>,
+    /// What happens to prefixes no rule matches.
+    pub default_accept: bool,
+}
+
+impl Default for PrefixFilter {
+    fn default() -> Self {
+        PrefixFilter { rules: Vec::new(), default_accept: true }
+    }
+}
+
+impl PrefixFilter {
+    /// Accepts only prefixes inside `ranges` (any length), rejecting the rest.
+    pub fn only(ranges: &[IpNetwork]) -> Self {
+        let rules = ranges
+            .iter()
+            .map(|r| FilterRule {
+                prefix: *r,
+                min_len: r.prefix(),
+                max_len: if r.is_ipv4() { 32 } else { 128 },
+                accept: true,
+            })
+            .collect();
+        PrefixFilter { rules, default_accept: false }
+    }
+
+    /// Whether `prefix` passes.
+    pub fn accepts(&self, prefix: &IpNetwork) -> bool {
+        self.rules
+            .iter()
+            .find(|r| {
+                r.prefix.is_ipv4() == prefix.is_ipv4()
+                    && r.prefix.contains(prefix.network())
+                    && (r.min_len..=r.max_len).contains(&prefix.prefix())
+            })
+            .map_or(self.default_accept, |r| r.accept)
+    }
+}
+
+/// How a peer is configured, as far as routes are concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's address.
+    pub address: IpAddr,
+    /// The peer's AS.
+    pub peer_as: u32,
+    /// The peer is a route reflector client of ours.
+    pub rr_client: bool,
+    /// Which received prefixes are accepted.
+    pub import: PrefixFilter,
+    /// Which prefixes are sent.
+    pub export: PrefixFilter,
+}
+
+/// What the session established with a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSession {
+    /// The peer's BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Our IPv4 address on the session, the next hop we give.
+    pub local_v4: Option<Ipv4Addr>,
+    /// Our IPv6 address on the session.
+    pub local_v6: Option<Ipv6Addr>,
+    /// Families in common.
+    pub families: Vec<Family>,
+    /// Whether the session speaks 4-octet AS numbers.
+    pub four_octet_as: bool,
+}
+
+/// Route counts of one peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerCounts {
+    /// Prefixes the peer announced and we hold (accepted or not).
+    pub received: usize,
+    /// Of those, the ones that passed import checks.
+    pub accepted: usize,
+    /// Prefixes we currently advertise to the peer.
+    pub advertised: usize,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    config: PeerConfig,
+    session: Option<PeerSession>,
+    counts: PeerCounts,
+}
+
+/// A path to a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    /// Who it came from ([`LOCAL`] for our own).
+    pub peer: PeerId,
+    /// Its attributes (shared).
+    pub attrs: Arc<PathAttrs>,
+    /// Kept from a restarting peer until it refreshes or its time runs out.
+    pub stale: bool,
+}
+
+/// A change of a prefix's best path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BestChange {
+    /// The prefix.
+    pub prefix: IpNetwork,
+    /// The best path before.
+    pub old: Option<Path>,
+    /// The best path now (`None`: unreachable).
+    pub new: Option<Path>,
+}
+
+/// A route to send to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Export {
+    /// Announce (or replace) the prefix with these attributes.
+    Announce(IpNetwork, Arc<PathAttrs>),
+    /// Withdraw the prefix.
+    Withdraw(IpNetwork),
+}
+
+/// Why a received route was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Loop,
+    Filtered,
+    NoNextHop,
+}
+
+trait Key: Copy + Eq + Hash {
+    fn of(prefix: &IpNetwork) -> Self;
+    fn prefix(self) -> IpNetwork;
+}
+
+/// IPv4 prefixes packed as address << 8 | length.
+impl Key for u64 {
+    fn of(prefix: &IpNetwork) -> Self {
+        match prefix.network() {
+            IpAddr::V4(a) => (u64::from(u32::from(a)) << 8) | u64::from(prefix.prefix()),
+            IpAddr::V6(_) => 0,
+        }
+    }
+    fn prefix(self) -> IpNetwork {
+        IpNetwork::new(IpAddr::V4(Ipv4Addr::from((self >> 8) as u32)), (self & 0xff) as u8)
+            .expect("stored prefixes are valid")
+    }
+}
+
+/// IPv6 prefixes as 16 address octets and the length.
+impl Key for [u8; 17] {
+    fn of(prefix: &IpNetwork) -> Self {
+        let mut k = [0u8; 17];
+        if let IpAddr::V6(a) = prefix.network() {
+            k[..16].copy_from_slice(&a.octets());
+        }
+        k[16] = prefix.prefix();
+        k
+    }
+    fn prefix(self) -> IpNetwork {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&self[..16]);
+        IpNetwork::new(IpAddr::V6(Ipv6Addr::from(a)), self[16]).expect("stored prefixes are valid")
+    }
+}
+
+type Paths = SmallVec<[Path; 1]>;
+
+/// What an export depends on: the source attribute set (by address; the cache holds the set
+/// alive so the address cannot be reused), the sending and receiving peers, and the family.
+type ExportKey = (usize, PeerId, PeerId, bool);
+
+/// The RIB of one speaker.
+#[derive(Debug)]
+pub struct Rib {
+    local_as: u32,
+    router_id: Ipv4Addr,
+    cluster_id: Ipv4Addr,
+    peers: Vec<Option<PeerState>>,
+    interner: Interner,
+    v4: FxHashMap<u64, Paths>,
+    v6: FxHashMap<[u8; 17], Paths>,
+    export_cache: HashMap<ExportKey, (Arc<PathAttrs>, Arc<PathAttrs>)>,
+}
+
+impl Rib {
+    /// An empty RIB. The cluster ID (for route reflection) defaults to the router ID.
+    pub fn new(local_as: u32, router_id: Ipv4Addr, cluster_id: Option<Ipv4Addr>) -> Self {
+        Rib {
+            local_as,
+            router_id,
+            cluster_id: cluster_id.unwrap_or(router_id),
+            peers: Vec::new(),
+            interner: Interner::default(),
+            v4: FxHashMap::default(),
+            v6: FxHashMap::default(),
+            export_cache: HashMap::new(),
+        }
+    }
+
+    /// Registers a peer; its session is down until [`Rib::peer_up`].
+    pub fn add_peer(&mut self, config: PeerConfig) -> PeerId {
+        let state = PeerState { config, session: None, counts: PeerCounts::default() };
+        match self.peers.iter().position(Option::is_none) {
+            Some(free) => {
+                self.peers[free] = Some(state);
+                free as PeerId
+            }
+            None => {
+                self.peers.push(Some(state));
+                (self.peers.len() - 1) as PeerId
+            }
+        }
+    }
+
+    /// Forgets a peer, withdrawing its routes. Returns the best-path changes.
+    pub fn remove_peer(&mut self, peer: PeerId) -> Vec<BestChange> {
+        let changes = self.drop_paths(peer, |_, _| true);
+        if let Some(slot) = self.peers.get_mut(usize::from(peer)) {
+            *slot = None;
+        }
+        self.export_cache.clear();
+        changes
+    }
+
+    /// A peer's counters.
+    pub fn counts(&self, peer: PeerId) -> PeerCounts {
+        self.state(peer).map(|s| s.counts).unwrap_or_default()
+    }
+
+    fn state(&self, peer: PeerId) -> Option<&PeerState> {
+        self.peers.get(usize::from(peer)).and_then(Option::as_ref)
+    }
+
+    /// How many prefixes have a best path.
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    /// Whether no prefix has a path.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many distinct attribute sets the routes share.
+    pub fn attribute_sets(&self) -> usize {
+        self.interner.len()
+    }
+
+    /// Every prefix with its paths, best first (IPv4 then IPv6, in no particular order).
+    pub fn routes(&self) -> impl Iterator<Item = (IpNetwork, &[Path])> {
+        self.v4
+            .iter()
+            .map(|(k, p)| (k.prefix(), p.as_slice()))
+            .chain(self.v6.iter().map(|(k, p)| (k.prefix(), p.as_slice())))
+    }
+
+    /// The paths to one prefix, best first.
+    pub fn paths(&self, prefix: &IpNetwork) -> &[Path] {
+        let found = if prefix.is_ipv4() { self.v4.get(&u64::of(prefix)) } else { self.v6.get(&<[u8; 17]>::of(prefix)) };
+        found.map_or(&[], |p| p.as_slice())
+    }
+
+    /// Originates `prefix` with `attrs` (replacing an earlier origination).
+    pub fn originate(&mut self, prefix: IpNetwork, attrs: PathAttrs) -> Vec<BestChange> {
+        let attrs = self.interner.intern(attrs);
+        self.set_path(prefix, Path { peer: LOCAL, attrs, stale: false }).into_iter().collect()
+    }
+
+    /// Stops originating `prefix`.
+    pub fn withdraw_local(&mut self, prefix: IpNetwork) -> Vec<BestChange> {
+        self.remove_path(prefix, LOCAL).into_iter().collect()
+    }
+
+    /// Applies an UPDATE from an established peer. Returns the best-path changes.
+    pub fn update(&mut self, peer: PeerId, update: &Update) -> Vec<BestChange> {
+        let Some(state) = self.state(peer) else { return Vec::new() };
+        let four_octet = state.session.as_ref().is_some_and(|s| s.four_octet_as);
+        let mut changes = Vec::new();
+        let mut withdrawn: Vec<IpNetwork> = update.withdrawn.clone();
+        if let Some(u) = update.mp_unreach() {
+            withdrawn.extend(u.withdrawn.iter().copied());
+        }
+        let mut announced: Vec<IpNetwork> = update.nlri.clone();
+        if let Some(r) = update.mp_reach() {
+            announced.extend(r.nlri.iter().copied());
+        }
+        if update.treat_as_withdraw() {
+            withdrawn.append(&mut announced);
+        }
+        for prefix in withdrawn {
+            changes.extend(self.remove_path(prefix, peer));
+        }
+        if announced.is_empty() {
+            return changes;
+        }
+        let attrs = PathAttrs::from_update(update, four_octet);
+        let ipv4_attrs = (attrs.next_hop.is_some()).then(|| self.interner.intern(attrs.clone()));
+        let mp_attrs = update.mp_reach().map(|r| {
+            let mut a = attrs.clone();
+            let hops = r.next_hops();
+            a.next_hop = hops.first().copied();
+            a.link_local_next_hop = hops.get(1).and_then(|h| if let IpAddr::V6(v) = h { Some(*v) } else { None });
+            self.interner.intern(a)
+        });
+        let from_mp = update.mp_reach().map(|r| r.nlri.len()).unwrap_or(0);
+        let split = announced.len() - from_mp;
+        for (i, prefix) in announced.into_iter().enumerate() {
+            let shared = if i < split { ipv4_attrs.clone() } else { mp_attrs.clone() };
+            match shared.ok_or(Refusal::NoNextHop).and_then(|a| self.admit(peer, &prefix, a)) {
+                Ok(attrs) => changes.extend(self.set_path(prefix, Path { peer, attrs, stale: false })),
+                Err(_) => changes.extend(self.remove_path(prefix, peer)),
+            }
+        }
+        changes
+    }
+
+    /// Import checks: loops (AS_PATH for external peers, ORIGINATOR_ID and CLUSTER_LIST for
+    /// reflection) and the peer's import filter.
+    fn admit(&self, peer: PeerId, prefix: &IpNetwork, attrs: Arc<PathAttrs>) -> Result<Arc<PathAttrs>, Refusal> {
+        let state = self.state(peer).ok_or(Refusal::Filtered)?;
+        if state.config.peer_as != self.local_as && attrs.as_path.contains(self.local_as) {
+            return Err(Refusal::Loop);
+        }
+        if attrs.originator_id == Some(self.router_id) || attrs.cluster_list.contains(&self.cluster_id) {
+            return Err(Refusal::Loop);
+        }
+        if !state.config.import.accepts(prefix) {
+            return Err(Refusal::Filtered);
+        }
+        Ok(attrs)
+    }
+
+    /// Marks the session up and returns everything the peer should be sent now.
+    pub fn peer_up(&mut self, peer: PeerId, session: PeerSession) -> Vec<Export> {
+        let Some(state) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) else { return Vec::new() };
+        state.session = Some(session);
+        state.counts.advertised = 0;
+        self.export_cache.clear();
+        let bests: Vec<(IpNetwork, Path)> =
+            self.routes().filter_map(|(p, paths)| paths.first().map(|b| (p, b.clone()))).collect();
+        let mut out = Vec::new();
+        for (prefix, best) in bests {
+            if let Some(attrs) = self.export(&best, peer, &prefix) {
+                out.push(Export::Announce(prefix, attrs));
+            }
+        }
+        if let Some(s) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
+            s.counts.advertised = out.len();
+        }
+        out
+    }
+
+    /// Marks the session down. With `keep_routes` (graceful restart) the peer's paths stay,
+    /// marked stale, until [`Rib::sweep_stale`]; otherwise they are withdrawn now.
+    pub fn peer_down(&mut self, peer: PeerId, keep_routes: bool) -> Vec<BestChange> {
+        if let Some(state) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
+            state.session = None;
+            state.counts.advertised = 0;
+        }
+        if keep_routes {
+            for paths in
+                self.v4.values_mut().map(|p| p.as_mut_slice()).chain(self.v6.values_mut().map(|p| p.as_mut_slice()))
+            {
+                paths.iter_mut().filter(|p| p.peer == peer).for_each(|p| p.stale = true);
+            }
+            return Vec::new();
+        }
+        self.drop_paths(peer, |_, _| true)
+    }
+
+    /// Removes the peer's stale paths of `family` (End-of-RIB arrived) or of every family
+    /// (`None`: the restart time ran out).
+    pub fn sweep_stale(&mut self, peer: PeerId, family: Option<Family>) -> Vec<BestChange> {
+        self.drop_paths(peer, |prefix, p| p.stale && family.is_none_or(|f| f == Family::of(prefix)))
+    }
+
+    /// Turns best-path changes into what each established peer must be sent.
+    pub fn exports(&mut self, changes: &[BestChange]) -> Vec<(PeerId, Export)> {
+        let mut out = Vec::new();
+        let peers: Vec<PeerId> =
+            (0..self.peers.len() as PeerId).filter(|p| self.state(*p).is_some_and(|s| s.session.is_some())).collect();
+        for change in changes {
+            for &peer in &peers {
+                let before = change.old.as_ref().and_then(|p| self.export(p, peer, &change.prefix));
+                let after = change.new.as_ref().and_then(|p| self.export(p, peer, &change.prefix));
+                let message = match (&before, after) {
+                    (_, Some(a)) if before.as_ref().is_some_and(|b| Arc::ptr_eq(b, &a)) => None,
+                    (_, Some(a)) => Some(Export::Announce(change.prefix, a)),
+                    (Some(_), None) => Some(Export::Withdraw(change.prefix)),
+                    (None, None) => None,
+                };
+                if let Some(m) = message {
+                    if let Some(s) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
+                        match (&m, before.is_some()) {
+                            (Export::Announce(..), false) => s.counts.advertised += 1,
+                            (Export::Withdraw(_), _) => s.counts.advertised = s.counts.advertised.saturating_sub(1),
+                            _ => {}
+                        }
+                    }
+                    out.push((peer, m));
+                }
+            }
+        }
+        out
+    }
+
+    /// The attributes `path` is sent to `to` with, or `None` if it is not sent there.
+    fn export(&mut self, path: &Path, to: PeerId, prefix: &IpNetwork) -> Option<Arc<PathAttrs>> {
+        if path.peer == to {
+            return None;
+        }
+        let to_state = self.state(to)?;
+        let session = to_state.session.as_ref()?;
+        if !session.families.contains(&Family::of(prefix)) || !to_state.config.export.accepts(prefix) {
+            return None;
+        }
+        let to_ibgp = to_state.config.peer_as == self.local_as;
+        let from = (path.peer != LOCAL).then(|| self.state(path.peer)).flatten();
+        let from_ibgp = from.is_some_and(|f| f.config.peer_as == self.local_as);
+        if from_ibgp && to_ibgp {
+            // Split horizon, relaxed by reflection (RFC 4456 §6).
+            let from_client = from.is_some_and(|f| f.config.rr_client);
+            if !(from_client || to_state.config.rr_client) {
+                return None;
+            }
+        }
+        let key = (Arc::as_ptr(&path.attrs) as usize, path.peer, to, prefix.is_ipv6());
+        if let Some((_, cached)) = self.export_cache.get(&key) {
+            return Some(Arc::clone(cached));
+        }
+        let mut a = (*path.attrs).clone();
+        let own_hop =
+            if prefix.is_ipv4() { session.local_v4.map(IpAddr::V4) } else { session.local_v6.map(IpAddr::V6) };
+        if to_ibgp {
+            a.local_pref = Some(a.local_pref.unwrap_or(DEFAULT_LOCAL_PREF));
+            if path.peer == LOCAL && a.next_hop.is_none() {
+                a.next_hop = own_hop;
+            }
+            if from_ibgp {
+                let from_id = from.and_then(|f| f.session.as_ref()).map(|s| s.router_id);
+                a.originator_id = a.originator_id.or(from_id);
+                a.cluster_list.insert(0, self.cluster_id);
+            }
+        } else {
+            a.as_path = a.as_path.prepend(self.local_as);
+            a.next_hop = own_hop;
+            a.link_local_next_hop = None;
+            a.local_pref = None;
+            a.originator_id = None;
+            a.cluster_list.clear();
+            if path.peer != LOCAL {
+                a.med = None;
+            }
+        }
+        a.next_hop?;
+        let shared = self.interner.intern(a);
+        self.export_cache.insert(key, (Arc::clone(&path.attrs), Arc::clone(&shared)));
+        Some(shared)
+    }
+
+    /// Frees attribute sets no route uses any more.
+    pub fn collect_garbage(&mut self) {
+        self.export_cache.clear();
+        self.interner.collect_garbage();
+    }
+
+    fn set_path(&mut self, prefix: IpNetwork, path: Path) -> Option<BestChange> {
+        let peer = path.peer;
+        let changed = if prefix.is_ipv4() {
+            let paths = self.v4.entry(u64::of(&prefix)).or_default();
+            place(paths, path, &self.peers, self.local_as)
+        } else {
+            let paths = self.v6.entry(<[u8; 17]>::of(&prefix)).or_default();
+            place(paths, path, &self.peers, self.local_as)
+        };
+        if let Some((_, fresh)) = &changed
+            && let Some(s) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut)
+            && *fresh
+        {
+            s.counts.received += 1;
+            s.counts.accepted += 1;
+        }
+        changed.and_then(|(c, _)| c).map(|(old, new)| BestChange { prefix, old, new: Some(new) })
+    }
+
+    fn remove_path(&mut self, prefix: IpNetwork, peer: PeerId) -> Option<BestChange> {
+        let change = if prefix.is_ipv4() {
+            take_path(&mut self.v4, u64::of(&prefix), peer)
+        } else {
+            take_path(&mut self.v6, <[u8; 17]>::of(&prefix), peer)
+        };
+        let (removed, best_change) = change?;
+        if removed && let Some(s) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
+            s.counts.received = s.counts.received.saturating_sub(1);
+            s.counts.accepted = s.counts.accepted.saturating_sub(1);
+        }
+        best_change.map(|(old, new)| BestChange { prefix, old: Some(old), new })
+    }
+
+    fn drop_paths(&mut self, peer: PeerId, which: impl Fn(&IpNetwork, &Path) -> bool) -> Vec<BestChange> {
+        let prefixes: Vec<IpNetwork> = self
+            .routes()
+            .filter(|(prefix, paths)| paths.iter().any(|p| p.peer == peer && which(prefix, p)))
+            .map(|(prefix, _)| prefix)
+            .collect();
+        prefixes.into_iter().filter_map(|p| self.remove_path(p, peer)).collect()
+    }
+}
+
+/// Puts `path` among `paths` (replacing the same peer's), keeping the best first. Returns
+/// `Some((best change, whether the peer's path is new))` when anything changed.
+#[allow(clippy::type_complexity)]
+fn place(
+    paths: &mut Paths,
+    path: Path,
+    peers: &[Option<PeerState>],
+    local_as: u32,
+) -> Option<(Option<(Option<Path>, Path)>, bool)> {
+    let old_best = paths.first().cloned();
+    let fresh = match paths.iter_mut().find(|p| p.peer == path.peer) {
+        Some(existing) if *existing == path => return None,
+        Some(existing) => {
+            *existing = path;
+            false
+        }
+        None => {
+            paths.push(path);
+            true
+        }
+    };
+    paths.sort_by(|a, b| compare(a, b, peers, local_as));
+    let new_best = paths.first().cloned().expect("just inserted");
+    let changed = old_best.as_ref() != Some(&new_best);
+    Some((changed.then_some((old_best, new_best)), fresh))
+}
+
+/// Removes `peer`'s path to the prefix. Returns whether one was removed, and the best change.
+#[allow(clippy::type_complexity)]
+fn take_path<K: Key>(
+    table: &mut FxHashMap<K, Paths>,
+    key: K,
+    peer: PeerId,
+) -> Option<(bool, Option<(Path, Option<Path>)>)> {
+    let paths = table.get_mut(&key)?;
+    let at = paths.iter().position(|p| p.peer == peer)?;
+    let old_best = paths[0].clone();
+    paths.remove(at);
+    let new_best = paths.first().cloned();
+    if paths.is_empty() {
+        table.remove(&key);
+    }
+    let changed = at == 0;
+    Some((true, changed.then_some((old_best, new_best))))
+}
+
+/// The decision process (RFC 4271 §9.1.2.2 with the usual tie-breakers): `Less` when `a` is
+/// better.
+fn compare(a: &Path, b: &Path, peers: &[Option<PeerState>], local_as: u32) -> Ordering {
+    let info = |p: &Path| -> (bool, Option<&PeerState>) {
+        if p.peer == LOCAL {
+            return (true, None);
+        }
+        (false, peers.get(usize::from(p.peer)).and_then(Option::as_ref))
+    };
+    let (a_local, a_peer) = info(a);
+    let (b_local, b_peer) = info(b);
+    let lp = |p: &Path| p.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF);
+    let ebgp = |s: Option<&PeerState>| s.is_some_and(|s| s.config.peer_as != local_as);
+    let id = |p: &Path, s: Option<&PeerState>| {
+        p.attrs
+            .originator_id
+            .or_else(|| s.and_then(|s| s.session.as_ref()).map(|x| x.router_id))
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+    };
+    let address = |s: Option<&PeerState>| s.map(|s| s.config.address);
+    // Fresh paths beat stale ones (RFC 4724: stale paths are a last resort).
+    a.stale
+        .cmp(&b.stale)
+        .then_with(|| lp(b).cmp(&lp(a)))
+        .then_with(|| b_local.cmp(&a_local))
+        .then_with(|| a.attrs.as_path.hop_count().cmp(&b.attrs.as_path.hop_count()))
+        .then_with(|| a.attrs.origin.cmp(&b.attrs.origin))
+        .then_with(|| {
+            if a.attrs.as_path.first_as() == b.attrs.as_path.first_as() {
+                a.attrs.med.unwrap_or(0).cmp(&b.attrs.med.unwrap_or(0))
+            } else {
+                Ordering::Equal
+            }
+        })
+        .then_with(|| ebgp(b_peer).cmp(&ebgp(a_peer)))
+        .then_with(|| a.attrs.cluster_list.len().cmp(&b.attrs.cluster_list.len()))
+        .then_with(|| id(a, a_peer).cmp(&id(b, b_peer)))
+        .then_with(|| address(a_peer).cmp(&address(b_peer)))
+}
+
+#[cfg(test)]
+mod tests;

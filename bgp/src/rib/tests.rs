@@ -1,0 +1,265 @@
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+use crate::wire::{AsPath, Attribute, MpReach, Origin, Value};
+
+const ASN: u32 = 64512;
+const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// Adds an established peer `10.0.0.<n>` with router ID `10.255.0.<n>`.
+fn peer(rib: &mut Rib, n: u8, peer_as: u32, rr_client: bool) -> PeerId {
+    let id = rib.add_peer(PeerConfig {
+        address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)),
+        peer_as,
+        rr_client,
+        import: PrefixFilter::default(),
+        export: PrefixFilter::default(),
+    });
+    rib.peer_up(id, session(n));
+    id
+}
+
+fn session(n: u8) -> PeerSession {
+    PeerSession {
+        router_id: Ipv4Addr::new(10, 255, 0, n),
+        local_v4: Some(ME),
+        local_v6: None,
+        families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
+        four_octet_as: true,
+    }
+}
+
+/// An UPDATE announcing `prefixes` with an AS path, next hop and optional extras.
+fn announce(prefixes: &[&str], path: &[u32], next_hop: &str, extra: Vec<Value>) -> Update {
+    let mut attributes = vec![
+        Attribute::new(Value::Origin(Origin::Igp)),
+        Attribute::new(Value::AsPath(AsPath::sequence(path.to_vec()))),
+        Attribute::new(Value::NextHop(ip(next_hop))),
+    ];
+    attributes.extend(extra.into_iter().map(Attribute::new));
+    Update { attributes, nlri: prefixes.iter().map(|p| net(p)).collect(), ..Update::default() }
+}
+
+fn withdraw(prefixes: &[&str]) -> Update {
+    Update { withdrawn: prefixes.iter().map(|p| net(p)).collect(), ..Update::default() }
+}
+
+fn best_peer(rib: &Rib, prefix: &str) -> Option<PeerId> {
+    rib.paths(&net(prefix)).first().map(|p| p.peer)
+}
+
+fn sent_to(exports: &[(PeerId, Export)], to: PeerId) -> Vec<&Export> {
+    exports.iter().filter(|(p, _)| *p == to).map(|(_, e)| e).collect()
+}
+
+#[test]
+fn local_routes_go_to_ibgp_peers_with_local_pref_and_our_next_hop() {
+    let mut rib = Rib::new(ASN, ME, None);
+    let a = peer(&mut rib, 2, ASN, false);
+    let changes = rib.originate(net("10.244.0.0/26"), PathAttrs::local(None));
+    let exports = rib.exports(&changes);
+    let [Export::Announce(prefix, attrs)] = sent_to(&exports, a)[..] else { panic!("{exports:?}") };
+    assert_eq!(*prefix, net("10.244.0.0/26"));
+    assert_eq!((attrs.local_pref, attrs.next_hop), (Some(100), Some(IpAddr::V4(ME))));
+    assert_eq!(rib.counts(a).advertised, 1);
+}
+
+#[test]
+fn a_late_peer_gets_the_whole_table_when_it_comes_up() {
+    let mut rib = Rib::new(ASN, ME, None);
+    rib.originate(net("10.244.0.0/26"), PathAttrs::local(None));
+    rib.originate(net("10.244.0.64/26"), PathAttrs::local(None));
+    let late = rib.add_peer(PeerConfig {
+        address: "10.0.0.9".parse().unwrap(),
+        peer_as: ASN,
+        rr_client: false,
+        import: PrefixFilter::default(),
+        export: PrefixFilter::only(&[net("10.244.0.0/26")]),
+    });
+    let exports = rib.peer_up(late, session(9));
+    assert_eq!(exports.len(), 1, "the export filter lets one through: {exports:?}");
+}
+
+#[test]
+fn the_decision_process_prefers_in_rfc_order() {
+    let mut rib = Rib::new(ASN, ME, None);
+    let ibgp_a = peer(&mut rib, 2, ASN, false);
+    let ibgp_b = peer(&mut rib, 3, ASN, false);
+    let ebgp = peer(&mut rib, 4, 65001, false);
+
+    rib.update(ibgp_a, &announce(&["10.1.0.0/16"], &[65001, 65002], "10.0.0.2", vec![]));
+    rib.update(ibgp_b, &announce(&["10.1.0.0/16"], &[65001, 65002], "10.0.0.3", vec![Value::LocalPref(200)]));
+    assert_eq!(best_peer(&rib, "10.1.0.0/16"), Some(ibgp_b), "higher LOCAL_PREF");
+
+    rib.update(ibgp_b, &announce(&["10.2.0.0/16"], &[65001, 65002, 65003], "10.0.0.3", vec![]));
+    rib.update(ibgp_a, &announce(&["10.2.0.0/16"], &[65001, 65002], "10.0.0.2", vec![]));
+    assert_eq!(best_peer(&rib, "10.2.0.0/16"), Some(ibgp_a), "shorter AS_PATH");
+
+    rib.update(ibgp_a, &announce(&["10.3.0.0/16"], &[65001], "10.0.0.2", vec![Value::Med(50)]));
+    rib.update(ibgp_b, &announce(&["10.3.0.0/16"], &[65001], "10.0.0.3", vec![Value::Med(10)]));
+    assert_eq!(best_peer(&rib, "10.3.0.0/16"), Some(ibgp_b), "lower MED from the same neighbour AS");
+
+    rib.update(ibgp_a, &announce(&["10.4.0.0/16"], &[65001], "10.0.0.2", vec![]));
+    rib.update(ebgp, &announce(&["10.4.0.0/16"], &[65001], "10.0.0.4", vec![]));
+    assert_eq!(best_peer(&rib, "10.4.0.0/16"), Some(ebgp), "eBGP over iBGP");
+
+    rib.update(ibgp_b, &announce(&["10.5.0.0/16"], &[65001], "10.0.0.3", vec![]));
+    rib.update(ibgp_a, &announce(&["10.5.0.0/16"], &[65001], "10.0.0.2", vec![]));
+    assert_eq!(best_peer(&rib, "10.5.0.0/16"), Some(ibgp_a), "lower router ID");
+
+    let changes = rib.update(ibgp_a, &withdraw(&["10.5.0.0/16"]));
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].new.as_ref().map(|p| p.peer), Some(ibgp_b), "the next best takes over");
+}
+
+#[test]
+fn ibgp_routes_are_not_passed_to_ibgp_peers_but_go_to_ebgp_rewritten() {
+    let mut rib = Rib::new(ASN, ME, None);
+    let a = peer(&mut rib, 2, ASN, false);
+    let b = peer(&mut rib, 3, ASN, false);
+    let external = peer(&mut rib, 4, 65001, false);
+    let changes =
+        rib.update(a, &announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![Value::LocalPref(300), Value::Med(7)]));
+    let exports = rib.exports(&changes);
+    assert!(sent_to(&exports, b).is_empty(), "split horizon");
+    assert!(sent_to(&exports, a).is_empty(), "never back to the sender");
+    let [Export::Announce(_, attrs)] = sent_to(&exports, external)[..] else { panic!("{exports:?}") };
+    assert_eq!(attrs.as_path, AsPath::sequence(vec![ASN]));
+    assert_eq!((attrs.next_hop, attrs.local_pref, attrs.med), (Some(IpAddr::V4(ME)), None, None));
+}
+
+#[test]
+fn a_reflector_reflects_without_touching_the_next_hop() {
+    let cluster = ip("10.255.255.1");
+    let mut rib = Rib::new(ASN, ME, Some(cluster));
+    let client = peer(&mut rib, 2, ASN, true);
+    let other_client = peer(&mut rib, 3, ASN, true);
+    let non_client = peer(&mut rib, 4, ASN, false);
+    let second_non_client = peer(&mut rib, 5, ASN, false);
+
+    let exports = {
+        let changes = rib.update(client, &announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![]));
+        rib.exports(&changes)
+    };
+    for to in [other_client, non_client, second_non_client] {
+        let [Export::Announce(_, attrs)] = sent_to(&exports, to)[..] else { panic!("{to}: {exports:?}") };
+        assert_eq!(attrs.originator_id, Some(ip("10.255.0.2")));
+        assert_eq!(attrs.cluster_list, vec![cluster]);
+        assert_eq!(attrs.next_hop, Some("10.0.0.2".parse().unwrap()), "a reflector never changes the next hop");
+    }
+    assert!(sent_to(&exports, client).is_empty());
+
+    let changes = rib.update(non_client, &announce(&["10.2.0.0/16"], &[], "10.0.0.4", vec![]));
+    let exports = rib.exports(&changes);
+    assert_eq!(sent_to(&exports, client).len(), 1);
+    assert_eq!(sent_to(&exports, other_client).len(), 1);
+    assert!(sent_to(&exports, second_non_client).is_empty(), "non-client to non-client is not reflected");
+}
+
+#[test]
+fn loops_are_refused() {
+    let mut rib = Rib::new(ASN, ME, Some(ip("10.255.255.1")));
+    let client = peer(&mut rib, 2, ASN, true);
+    let external = peer(&mut rib, 4, 65001, false);
+    rib.update(external, &announce(&["10.1.0.0/16"], &[65001, ASN], "10.0.0.4", vec![]));
+    rib.update(client, &announce(&["10.2.0.0/16"], &[], "10.0.0.2", vec![Value::OriginatorId(ME)]));
+    rib.update(
+        client,
+        &announce(&["10.3.0.0/16"], &[], "10.0.0.2", vec![Value::ClusterList(vec![ip("10.255.255.1")])]),
+    );
+    assert!(rib.is_empty(), "{:?}", rib.routes().collect::<Vec<_>>());
+}
+
+#[test]
+fn treat_as_withdraw_removes_the_routes() {
+    let mut rib = Rib::new(ASN, ME, None);
+    let a = peer(&mut rib, 2, ASN, false);
+    rib.update(a, &announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![]));
+    let mut broken = announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![]);
+    broken.errors.push(crate::wire::AttributeError {
+        type_code: 1,
+        action: crate::wire::Action::TreatAsWithdraw,
+        subcode: 6,
+        reason: "ORIGIN 9".into(),
+    });
+    let changes = rib.update(a, &broken);
+    assert_eq!(changes.len(), 1);
+    assert!(rib.is_empty());
+}
+
+#[test]
+fn import_filters_keep_foreign_prefixes_out() {
+    let mut rib = Rib::new(ASN, ME, None);
+    let id = rib.add_peer(PeerConfig {
+        address: "10.0.0.2".parse().unwrap(),
+        peer_as: ASN,
+        rr_client: false,
+        import: PrefixFilter::only(&[net("10.244.0.0/16")]),
+        export: PrefixFilter::default(),
+    });
+    rib.peer_up(id, session(2));
+    rib.update(id, &announce(&["10.244.3.0/26", "192.168.0.0/24", "10.0.0.0/8"], &[], "10.0.0.2", vec![]));
+    let held: Vec<String> = rib.routes().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(held, ["10.244.3.0/26"]);
+}
+
+#[test]
+fn graceful_restart_keeps_stale_routes_until_end_of_rib() {
+    let mut rib = Rib::new(ASN, ME, None);
+    let a = peer(&mut rib, 2, ASN, false);
+    let watcher = peer(&mut rib, 3, 65001, false);
+    rib.update(a, &announce(&["10.1.0.0/16", "10.2.0.0/16"], &[], "10.0.0.2", vec![]));
+    assert!(rib.peer_down(a, true).is_empty(), "stale routes stay best: nothing changes");
+    assert!(rib.paths(&net("10.1.0.0/16"))[0].stale);
+
+    rib.peer_up(a, session(2));
+    let changes = rib.update(a, &announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![]));
+    assert!(!rib.paths(&net("10.1.0.0/16"))[0].stale, "refreshed");
+    assert!(rib.exports(&changes).is_empty(), "the same route again is not news to anyone");
+    let changes = rib.sweep_stale(a, Some(Family::IPV4_UNICAST));
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].prefix, net("10.2.0.0/16"));
+    let exports = rib.exports(&changes);
+    assert_eq!(sent_to(&exports, watcher), [&Export::Withdraw(net("10.2.0.0/16"))]);
+}
+
+#[test]
+fn a_peer_going_down_without_graceful_restart_withdraws_everything() {
+    let mut rib = Rib::new(ASN, ME, None);
+    let a = peer(&mut rib, 2, ASN, false);
+    let b = peer(&mut rib, 3, 65001, false);
+    rib.update(a, &announce(&["10.1.0.0/16", "10.2.0.0/16"], &[], "10.0.0.2", vec![]));
+    assert_eq!(rib.counts(a).accepted, 2);
+    let changes = rib.peer_down(a, false);
+    assert_eq!(changes.len(), 2);
+    assert_eq!(rib.exports(&changes).iter().filter(|(p, _)| *p == b).count(), 2);
+    assert_eq!(rib.counts(a).accepted, 0);
+}
+
+#[test]
+fn ipv6_routes_take_the_mp_next_hop_and_share_attributes() {
+    let mut rib = Rib::new(ASN, ME, None);
+    let a = peer(&mut rib, 2, ASN, false);
+    let nlri: Vec<IpNetwork> = (0..100u16).map(|i| format!("fd00:{i:x}::/64").parse().unwrap()).collect();
+    let hop: IpAddr = "fd00::2".parse().unwrap();
+    let update = Update {
+        attributes: vec![
+            Attribute::new(Value::Origin(Origin::Igp)),
+            Attribute::new(Value::AsPath(AsPath::default())),
+            Attribute::new(Value::MpReach(MpReach::new(Family::IPV6_UNICAST, &[hop], nlri))),
+        ],
+        ..Update::default()
+    };
+    rib.update(a, &update);
+    assert_eq!(rib.len(), 100);
+    assert_eq!(rib.paths(&net("fd00:7::/64"))[0].attrs.next_hop, Some(hop));
+    assert_eq!(rib.attribute_sets(), 1, "100 routes, one shared attribute set");
+}
