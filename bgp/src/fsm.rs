@@ -169,6 +169,9 @@ pub enum Event {
     Message(Message),
     /// A message could not be decoded.
     DecodeFailed(DecodeError),
+    /// Collision resolution (RFC 4271 §6.8) replaced the connection before Established: start
+    /// the OPEN exchange again on the new one.
+    ConnectionReplaced,
 }
 
 /// Something the driver must do.
@@ -308,6 +311,16 @@ impl Fsm {
                 State::OpenConfirm | State::Established => self.fail(reason, false, now),
             },
             Event::Message(message) => self.message(message, now),
+            Event::ConnectionReplaced => match self.state {
+                State::OpenSent | State::OpenConfirm => {
+                    self.negotiated = None;
+                    self.keepalive_at = None;
+                    self.hold_at = Some(now + OPEN_HOLD_TIME);
+                    self.state = State::OpenSent;
+                    vec![Action::Send(Message::Open(self.config.open()))]
+                }
+                _ => Vec::new(),
+            },
             Event::DecodeFailed(error) => {
                 let mut actions = vec![Action::Send(Message::Notification(Notification::from_error(&error)))];
                 let reason = format!("sent NOTIFICATION: {error}");

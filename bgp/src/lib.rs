@@ -5,5 +5,8 @@
 
 pub mod attrs;
 pub mod fsm;
+mod md5;
 pub mod rib;
+mod session;
+pub mod speaker;
 pub mod wire;

@@ -379,16 +379,19 @@ impl Rib {
     pub fn peer_up(&mut self, peer: PeerId, session: PeerSession) -> Vec<Export> {
         let Some(state) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) else { return Vec::new() };
         state.session = Some(session);
-        state.counts.advertised = 0;
         self.export_cache.clear();
+        self.refresh(peer)
+    }
+
+    /// Everything an established peer should hold from us (for a ROUTE-REFRESH, or right
+    /// after the session comes up).
+    pub fn refresh(&mut self, peer: PeerId) -> Vec<Export> {
         let bests: Vec<(IpNetwork, Path)> =
             self.routes().filter_map(|(p, paths)| paths.first().map(|b| (p, b.clone()))).collect();
-        let mut out = Vec::new();
-        for (prefix, best) in bests {
-            if let Some(attrs) = self.export(&best, peer, &prefix) {
-                out.push(Export::Announce(prefix, attrs));
-            }
-        }
+        let out: Vec<Export> = bests
+            .into_iter()
+            .filter_map(|(prefix, best)| self.export(&best, peer, &prefix).map(|attrs| Export::Announce(prefix, attrs)))
+            .collect();
         if let Some(s) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
             s.counts.advertised = out.len();
         }

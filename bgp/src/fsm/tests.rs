@@ -283,3 +283,17 @@ fn collisions_keep_the_connection_of_the_higher_identifier() {
     assert_eq!(resolve_collision(PEER, ME), Survivor::Outgoing);
     assert_eq!(resolve_collision(ME, PEER), Survivor::Incoming);
 }
+
+#[test]
+fn a_replaced_connection_restarts_the_open_exchange() {
+    let t0 = Instant::now();
+    let mut fsm = Fsm::new(config());
+    fsm.handle(Event::Start, t0);
+    fsm.handle(Event::TcpConnected, t0);
+    fsm.handle(Event::Message(Message::Open(peer_open(64512, 90))), t0);
+    assert_eq!(fsm.state(), State::OpenConfirm);
+    let actions = fsm.handle(Event::ConnectionReplaced, t0);
+    assert!(matches!(sent(&actions)[..], [Message::Open(_)]));
+    assert_eq!(fsm.state(), State::OpenSent);
+    assert!(fsm.negotiated().is_none());
+}

@@ -1,0 +1,347 @@
+//! One tokio task per peer: the TCP connection, framing, and timers around a sans-IO [`Fsm`].
+//!
+//! ```text
+//!            ToSession (send, incoming connection, stop)
+//!   speaker ───────────────────────────────────────────▶ session task ◀──▶ TCP peer
+//!      ▲                                                    │
+//!      └─────────── FromSession (state, established, update, down) ┘
+//! ```
+//!
+//! Collisions (RFC 4271 §6.8): before the peer's OPEN is known the side with the higher
+//! address keeps the connection it opened; once it is known, the side with the higher BGP
+//! identifier does.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::fsm::{self, Action, Event, Fsm, Negotiated, State, Survivor};
+use crate::wire::error::subcode;
+use crate::wire::{self, Codec, DecodeError, Family, Message, Notification, Update};
+
+/// What the speaker tells a session.
+#[derive(Debug)]
+pub(crate) enum ToSession {
+    /// Send these messages (only while Established).
+    Send(Vec<Message>),
+    /// The peer connected to our listener.
+    Incoming(TcpStream),
+    /// Shut down with this reason and end the task.
+    Stop(String),
+}
+
+/// What a session tells the speaker.
+#[derive(Debug)]
+pub(crate) enum FromSession {
+    /// The state changed.
+    State(State, Option<String>),
+    /// Established, with what was agreed and our address on the connection.
+    Established(Negotiated, IpAddr),
+    /// An UPDATE arrived.
+    Update(Update),
+    /// The peer asks for our routes of a family again.
+    RouteRefresh(Family),
+    /// The session left Established.
+    Down { reason: String, keep_routes: bool },
+}
+
+/// How to run one session.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionParams {
+    /// The peer's address and port.
+    pub remote: SocketAddr,
+    /// The address to connect from, if fixed.
+    pub local: Option<IpAddr>,
+    /// The TCP MD5 password.
+    pub password: Option<String>,
+    /// The state machine's settings.
+    pub fsm: fsm::Config,
+}
+
+struct Connection {
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    buffer: BytesMut,
+    local: SocketAddr,
+    outgoing: bool,
+}
+
+enum ReadError {
+    Closed(String),
+    Decode(DecodeError),
+}
+
+impl Connection {
+    fn new(stream: TcpStream, outgoing: bool) -> io::Result<Self> {
+        let local = stream.local_addr()?;
+        stream.set_nodelay(true)?;
+        let (reader, writer) = stream.into_split();
+        Ok(Connection { reader, writer, buffer: BytesMut::with_capacity(64 * 1024), local, outgoing })
+    }
+
+    /// Reads one message. Cancel-safe: partial data stays in the buffer.
+    async fn read(&mut self, codec: &Codec) -> Result<Message, ReadError> {
+        loop {
+            if let Some(len) = wire::frame_length(&self.buffer).map_err(ReadError::Decode)?
+                && self.buffer.len() >= len
+            {
+                let frame = self.buffer.split_to(len);
+                return wire::decode(&frame, codec).map_err(ReadError::Decode);
+            }
+            match self.reader.read_buf(&mut self.buffer).await {
+                Ok(0) => return Err(ReadError::Closed("the peer closed the connection".into())),
+                Ok(_) => {}
+                Err(e) => return Err(ReadError::Closed(describe(&e, false))),
+            }
+        }
+    }
+
+    async fn send(&mut self, messages: &[Message], codec: &Codec) -> io::Result<()> {
+        let mut out = BytesMut::new();
+        for m in messages {
+            wire::encode(m, codec, &mut out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+        self.writer.write_all(&out).await
+    }
+}
+
+fn describe(e: &io::Error, md5: bool) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::TimedOut if md5 => "connection timed out (a TCP MD5 password mismatch looks like this)".into(),
+        io::ErrorKind::TimedOut => "connection timed out".into(),
+        io::ErrorKind::ConnectionReset => "connection reset by the peer".into(),
+        _ => e.to_string(),
+    }
+}
+
+async fn connect(params: &SessionParams, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = if params.remote.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(password) = &params.password {
+        crate::md5::set_md5(&socket, params.remote.ip(), Some(password))?;
+    }
+    if let Some(local) = params.local {
+        socket.bind(SocketAddr::new(local, 0))?;
+    }
+    match tokio::time::timeout(timeout, socket.connect(params.remote)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+/// Starts a session task. It runs until told to stop or the speaker goes away.
+pub(crate) fn spawn(
+    params: SessionParams,
+    to_speaker: mpsc::Sender<(IpAddr, FromSession)>,
+) -> (mpsc::Sender<ToSession>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(64);
+    (tx, tokio::spawn(run(params, rx, to_speaker)))
+}
+
+struct Session {
+    params: SessionParams,
+    fsm: Fsm,
+    conn: Option<Connection>,
+    codec: Codec,
+    to_speaker: mpsc::Sender<(IpAddr, FromSession)>,
+    reported: (State, Option<String>),
+}
+
+async fn run(
+    params: SessionParams,
+    mut rx: mpsc::Receiver<ToSession>,
+    to_speaker: mpsc::Sender<(IpAddr, FromSession)>,
+) {
+    let fsm = Fsm::new(params.fsm.clone());
+    let ebgp = !params.fsm.is_ibgp();
+    let mut s = Session {
+        params,
+        fsm,
+        conn: None,
+        codec: Codec { four_octet_as: false, ebgp },
+        to_speaker,
+        reported: (State::Idle, None),
+    };
+    let mut connecting: Option<std::pin::Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>> = None;
+    let actions = s.fsm.handle(Event::Start, Instant::now().into_std());
+    s.apply(actions, &mut connecting).await;
+    loop {
+        let deadline = s.fsm.next_deadline().map(Instant::from_std);
+        let event = tokio::select! {
+            command = rx.recv() => match command {
+                None => Some(Event::Stop { reason: "speaker shut down".into() }),
+                Some(ToSession::Stop(reason)) => {
+                    let actions = s.fsm.handle(Event::Stop { reason }, Instant::now().into_std());
+                    s.apply(actions, &mut connecting).await;
+                    return;
+                }
+                Some(ToSession::Send(messages)) => {
+                    if s.fsm.state() == State::Established
+                        && let Some(conn) = s.conn.as_mut()
+                        && let Err(e) = conn.send(&messages, &s.codec).await
+                    {
+                        Some(Event::TcpFailed { reason: describe(&e, false) })
+                    } else {
+                        None
+                    }
+                }
+                Some(ToSession::Incoming(stream)) => s.incoming(stream, &mut connecting).await,
+            },
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                let actions = s.fsm.on_timer(Instant::now().into_std());
+                s.apply(actions, &mut connecting).await;
+                None
+            }
+            result = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
+                connecting = None;
+                match result.and_then(|stream| Connection::new(stream, true)) {
+                    Ok(conn) => {
+                        s.conn = Some(conn);
+                        Some(Event::TcpConnected)
+                    }
+                    Err(e) => Some(Event::TcpFailed { reason: describe(&e, s.params.password.is_some()) }),
+                }
+            }
+            message = async { s.conn.as_mut().expect("guarded").read(&s.codec).await }, if s.conn.is_some() => {
+                match message {
+                    Ok(m) => Some(Event::Message(m)),
+                    Err(ReadError::Decode(e)) => Some(Event::DecodeFailed(e)),
+                    Err(ReadError::Closed(reason)) => {
+                        s.conn = None;
+                        Some(Event::TcpFailed { reason })
+                    }
+                }
+            }
+        };
+        if let Some(event) = event {
+            let actions = s.fsm.handle(event, Instant::now().into_std());
+            s.apply(actions, &mut connecting).await;
+        }
+        s.report_state().await;
+        if rx.is_closed() && s.fsm.state() == State::Idle {
+            return;
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    async fn tell(&self, message: FromSession) {
+        let _ = self.to_speaker.send((self.params.remote.ip(), message)).await;
+    }
+
+    async fn report_state(&mut self) {
+        let now = (self.fsm.state(), self.fsm.last_error().map(str::to_owned));
+        if now != self.reported {
+            self.reported = now.clone();
+            self.tell(FromSession::State(now.0, now.1)).await;
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        actions: Vec<Action>,
+        connecting: &mut Option<std::pin::Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>>,
+    ) {
+        let mut pending = actions;
+        while !pending.is_empty() {
+            let mut follow_up = Vec::new();
+            for action in pending {
+                match action {
+                    Action::Connect => {
+                        let params = self.params.clone();
+                        let timeout = params.fsm.connect_retry;
+                        *connecting = Some(Box::pin(async move { connect(&params, timeout).await }));
+                    }
+                    Action::Disconnect => {
+                        *connecting = None;
+                        if let Some(mut conn) = self.conn.take() {
+                            let _ = conn.writer.shutdown().await;
+                        }
+                    }
+                    Action::Send(message) => {
+                        if let Some(conn) = self.conn.as_mut()
+                            && let Err(e) = conn.send(std::slice::from_ref(&message), &self.codec).await
+                        {
+                            self.conn = None;
+                            follow_up.extend(
+                                self.fsm.handle(
+                                    Event::TcpFailed { reason: describe(&e, false) },
+                                    Instant::now().into_std(),
+                                ),
+                            );
+                        }
+                    }
+                    Action::Established(negotiated) => {
+                        self.codec.four_octet_as = negotiated.four_octet_as;
+                        let local = self.conn.as_ref().map_or(self.params.remote.ip(), |c| c.local.ip());
+                        self.report_state().await;
+                        self.tell(FromSession::Established(negotiated, local)).await;
+                    }
+                    Action::Update(update) => self.tell(FromSession::Update(update)).await,
+                    Action::RouteRefresh(refresh) => self.tell(FromSession::RouteRefresh(refresh.family)).await,
+                    Action::Down { reason, keep_routes } => self.tell(FromSession::Down { reason, keep_routes }).await,
+                }
+            }
+            pending = follow_up;
+        }
+    }
+
+    /// The peer connected to us: adopt the connection, or resolve a collision.
+    async fn incoming(
+        &mut self,
+        stream: TcpStream,
+        connecting: &mut Option<std::pin::Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>>,
+    ) -> Option<Event> {
+        let Ok(new) = Connection::new(stream, false) else { return None };
+        let reject = |mut conn: Connection, codec: Codec| async move {
+            let cease = Message::Notification(Notification::cease(subcode::CONNECTION_COLLISION, ""));
+            let _ = conn.send(&[cease], &codec).await;
+        };
+        match self.fsm.state() {
+            State::Connect | State::Active => {
+                *connecting = None;
+                self.conn = Some(new);
+                Some(Event::TcpConnected)
+            }
+            State::OpenSent | State::OpenConfirm => {
+                let current = self.conn.as_ref()?;
+                let keep_current = match self.fsm.negotiated() {
+                    Some(n) => {
+                        let survivor = fsm::resolve_collision(self.fsm.config().router_id, n.peer_id);
+                        (survivor == Survivor::Outgoing) == current.outgoing
+                    }
+                    // The peer's identifier is not known yet: the higher address keeps the
+                    // connection it opened.
+                    None => (current.local.ip() > self.params.remote.ip()) == current.outgoing,
+                };
+                if keep_current {
+                    reject(new, self.codec).await;
+                    None
+                } else {
+                    if let Some(old) = self.conn.replace(new) {
+                        reject(old, self.codec).await;
+                    }
+                    Some(Event::ConnectionReplaced)
+                }
+            }
+            State::Idle | State::Established => {
+                reject(new, self.codec).await;
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! The public handle: a speaker task that owns the [`Rib`], runs one session task per peer,
+//! accepts incoming connections, and answers for status and routes.
+//!
+//! ```text
+//!  Speaker (handle) ──Command──▶ speaker task ──ToSession──▶ session tasks ◀──▶ peers
+//!        ▲                        │    ▲                          │
+//!        └──── RouteEvent ◀───────┘    └──────FromSession─────────┘
+//!                                  listener ──incoming TCP──▶ the peer's session
+//! ```
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use ipnetwork::IpNetwork;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::attrs::PathAttrs;
+use crate::fsm::{self, Negotiated, State};
+use crate::rib::{BestChange, Export, PeerConfig, PeerId, PeerSession, PrefixFilter, Rib};
+use crate::session::{self, FromSession, SessionParams, ToSession};
+use crate::wire::attribute::put_attribute;
+use crate::wire::{Attribute, Codec, Family, Message, MpReach, MpUnreach, Update, Value};
+
+/// The speaker's own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeakerConfig {
+    /// Our AS.
+    pub asn: u32,
+    /// Our BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Where to accept connections (`None`: never; every peer must be active).
+    pub listen: Option<SocketAddr>,
+    /// The route reflection cluster ID (defaults to the router ID).
+    pub cluster_id: Option<Ipv4Addr>,
+    /// Graceful restart time offered to peers, in seconds (`None`: not offered).
+    pub graceful_restart: Option<u16>,
+    /// Tell peers our forwarding state survived a restart (set when the kernel routes stay).
+    pub forwarding_preserved: bool,
+}
+
+/// One peer, declaratively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// The peer's address.
+    pub address: IpAddr,
+    /// The peer's port.
+    pub port: u16,
+    /// The peer's AS.
+    pub asn: u32,
+    /// Only accept, never connect.
+    pub passive: bool,
+    /// TCP MD5 password.
+    pub password: Option<String>,
+    /// The peer is our route reflector client.
+    pub rr_client: bool,
+    /// Hold time to propose.
+    pub hold_time: u16,
+    /// The address to connect from.
+    pub local_address: Option<IpAddr>,
+    /// Which received prefixes to accept.
+    pub import: PrefixFilter,
+    /// Which prefixes to send.
+    pub export: PrefixFilter,
+}
+
+impl PeerSpec {
+    /// A peer with the defaults (port 179, hold time 90, active, everything imported and
+    /// exported).
+    pub fn new(address: IpAddr, asn: u32) -> Self {
+        PeerSpec {
+            address,
+            port: 179,
+            asn,
+            passive: false,
+            password: None,
+            rr_client: false,
+            hold_time: 90,
+            local_address: None,
+            import: PrefixFilter::default(),
+            export: PrefixFilter::default(),
+        }
+    }
+}
+
+/// A peer's status, for people and tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer's address.
+    pub address: IpAddr,
+    /// The peer's AS.
+    pub asn: u32,
+    /// The session state.
+    pub state: State,
+    /// When it entered that state.
+    pub since: SystemTime,
+    /// Why the session last failed, in words.
+    pub last_error: Option<String>,
+    /// Prefixes received from the peer.
+    pub prefixes_received: usize,
+    /// Prefixes accepted from the peer.
+    pub prefixes_accepted: usize,
+    /// Prefixes advertised to the peer.
+    pub prefixes_advertised: usize,
+    /// What was negotiated, while the session is up.
+    pub negotiated: Option<Negotiated>,
+}
+
+/// One path in the RIB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// The prefix.
+    pub prefix: IpNetwork,
+    /// The path's attributes.
+    pub attrs: Arc<PathAttrs>,
+    /// Who sent it (`None`: originated here).
+    pub peer: Option<IpAddr>,
+    /// Whether it is the best path.
+    pub best: bool,
+    /// Kept from a restarting peer.
+    pub stale: bool,
+}
+
+/// A change of best route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteEvent {
+    /// The prefix's best path is now this one.
+    Best {
+        /// The prefix.
+        prefix: IpNetwork,
+        /// Its attributes (the next hop among them).
+        attrs: Arc<PathAttrs>,
+        /// Who sent it (`None`: originated here).
+        peer: Option<IpAddr>,
+    },
+    /// No path to the prefix is left.
+    Unreachable(IpNetwork),
+}
+
+/// A speaker failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    /// The listening socket could not be opened.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    /// A TCP MD5 password could not be installed.
+    #[error("cannot set the TCP MD5 password for {0}: {1}")]
+    Md5(IpAddr, std::io::Error),
+    /// The speaker task is gone.
+    #[error("the speaker has stopped")]
+    Stopped,
+}
+
+enum Command {
+    SetPeers(Vec<PeerSpec>, oneshot::Sender<Result<(), SpeakerError>>),
+    Originate(IpNetwork, PathAttrs),
+    Withdraw(IpNetwork),
+    Status(oneshot::Sender<Vec<PeerStatus>>),
+    Routes(oneshot::Sender<Vec<RouteInfo>>),
+    Shutdown(String, oneshot::Sender<()>),
+}
+
+/// A handle to a running speaker. Cheap to clone.
+#[derive(Clone)]
+pub struct Speaker {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<RouteEvent>,
+}
+
+impl Speaker {
+    /// Starts the speaker (and its listener, if configured).
+    pub async fn start(config: SpeakerConfig) -> Result<Speaker, SpeakerError> {
+        let listener = match config.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| SpeakerError::Listen(addr, e))?),
+            None => None,
+        };
+        let (commands, rx) = mpsc::channel(256);
+        let (events, _) = broadcast::channel(4096);
+        let (from_sessions, sessions_rx) = mpsc::channel(1024);
+        let core = Core {
+            rib: Rib::new(config.asn, config.router_id, config.cluster_id),
+            config,
+            peers: HashMap::new(),
+            events: events.clone(),
+            from_sessions,
+            started: SystemTime::now(),
+        };
+        tokio::spawn(core.run(rx, sessions_rx, listener));
+        Ok(Speaker { commands, events })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, SpeakerError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| SpeakerError::Stopped)?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Replaces the whole peer list: new peers start, removed ones are shut down, and only
+    /// peers whose settings changed are restarted.
+    pub async fn set_peers(&self, peers: Vec<PeerSpec>) -> Result<(), SpeakerError> {
+        self.ask(|tx| Command::SetPeers(peers, tx)).await?
+    }
+
+    /// Originates a prefix (replacing an earlier origination of it).
+    pub async fn originate(&self, prefix: IpNetwork, attrs: PathAttrs) -> Result<(), SpeakerError> {
+        self.commands.send(Command::Originate(prefix, attrs)).await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Stops originating a prefix.
+    pub async fn withdraw(&self, prefix: IpNetwork) -> Result<(), SpeakerError> {
+        self.commands.send(Command::Withdraw(prefix)).await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Every peer's status.
+    pub async fn status(&self) -> Result<Vec<PeerStatus>, SpeakerError> {
+        self.ask(Command::Status).await
+    }
+
+    /// Every path in the RIB.
+    pub async fn routes(&self) -> Result<Vec<RouteInfo>, SpeakerError> {
+        self.ask(Command::Routes).await
+    }
+
+    /// Best-route changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<RouteEvent> {
+        self.events.subscribe()
+    }
+
+    /// Tells every peer why we go (Cease, Administrative Shutdown) and stops.
+    pub async fn shutdown(&self, reason: &str) -> Result<(), SpeakerError> {
+        self.ask(|tx| Command::Shutdown(reason.to_owned(), tx)).await
+    }
+}
+
+struct PeerEntry {
+    spec: PeerSpec,
+    id: PeerId,
+    session: mpsc::Sender<ToSession>,
+    task: JoinHandle<()>,
+    state: State,
+    since: SystemTime,
+    last_error: Option<String>,
+    negotiated: Option<Negotiated>,
+    stale_until: Option<Instant>,
+}
+
+struct Core {
+    config: SpeakerConfig,
+    rib: Rib,
+    peers: HashMap<IpAddr, PeerEntry>,
+    events: broadcast::Sender<RouteEvent>,
+    from_sessions: mpsc::Sender<(IpAddr, FromSession)>,
+    started: SystemTime,
+}
+
+impl Core {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut sessions: mpsc::Receiver<(IpAddr, FromSession)>,
+        listener: Option<TcpListener>,
+    ) {
+        loop {
+            let stale_deadline = self.peers.values().filter_map(|p| p.stale_until).min();
+            tokio::select! {
+                command = commands.recv() => match command {
+                    None => return self.shutdown("speaker handle dropped").await,
+                    Some(Command::Shutdown(reason, done)) => {
+                        self.shutdown(&reason).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(command) => self.command(command, listener.as_ref()).await,
+                },
+                Some((peer, event)) = sessions.recv() => self.session_event(peer, event).await,
+                accepted = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => {
+                    if let Ok((stream, remote)) = accepted {
+                        match self.peers.get(&remote.ip()) {
+                            Some(peer) => {
+                                let _ = peer.session.send(ToSession::Incoming(stream)).await;
+                            }
+                            None => tracing::debug!(%remote, "connection from an unknown address refused"),
+                        }
+                    }
+                }
+                _ = sleep_until(stale_deadline), if stale_deadline.is_some() => self.sweep_expired().await,
+            }
+        }
+    }
+
+    async fn shutdown(&mut self, reason: &str) {
+        for peer in self.peers.values() {
+            let _ = peer.session.send(ToSession::Stop(reason.to_owned())).await;
+        }
+        for (_, peer) in self.peers.drain() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), peer.task).await;
+        }
+    }
+
+    async fn command(&mut self, command: Command, listener: Option<&TcpListener>) {
+        match command {
+            Command::SetPeers(specs, done) => {
+                let _ = done.send(self.set_peers(specs, listener).await);
+            }
+            Command::Originate(prefix, attrs) => {
+                let changes = self.rib.originate(prefix, attrs);
+                self.propagate(changes).await;
+            }
+            Command::Withdraw(prefix) => {
+                let changes = self.rib.withdraw_local(prefix);
+                self.propagate(changes).await;
+            }
+            Command::Status(reply) => {
+                let mut status: Vec<PeerStatus> = self
+                    .peers
+                    .values()
+                    .map(|p| {
+                        let counts = self.rib.counts(p.id);
+                        PeerStatus {
+                            address: p.spec.address,
+                            asn: p.spec.asn,
+                            state: p.state,
+                            since: p.since,
+                            last_error: p.last_error.clone(),
+                            prefixes_received: counts.received,
+                            prefixes_accepted: counts.accepted,
+                            prefixes_advertised: counts.advertised,
+                            negotiated: p.negotiated.clone(),
+                        }
+                    })
+                    .collect();
+                status.sort_by_key(|s| s.address);
+                let _ = reply.send(status);
+            }
+            Command::Routes(reply) => {
+                let by_id: HashMap<PeerId, IpAddr> = self.peers.values().map(|p| (p.id, p.spec.address)).collect();
+                let mut routes: Vec<RouteInfo> = self
+                    .rib
+                    .routes()
+                    .flat_map(|(prefix, paths)| {
+                        let by_id = &by_id;
+                        paths.iter().enumerate().map(move |(i, p)| RouteInfo {
+                            prefix,
+                            attrs: Arc::clone(&p.attrs),
+                            peer: by_id.get(&p.peer).copied(),
+                            best: i == 0,
+                            stale: p.stale,
+                        })
+                    })
+                    .collect();
+                routes.sort_by(|a, b| {
+                    (a.prefix.is_ipv6(), a.prefix.network(), a.prefix.prefix(), !a.best).cmp(&(
+                        b.prefix.is_ipv6(),
+                        b.prefix.network(),
+                        b.prefix.prefix(),
+                        !b.best,
+                    ))
+                });
+                let _ = reply.send(routes);
+            }
+            Command::Shutdown(..) => {}
+        }
+    }
+
+    async fn set_peers(&mut self, specs: Vec<PeerSpec>, listener: Option<&TcpListener>) -> Result<(), SpeakerError> {
+        let wanted: HashMap<IpAddr, PeerSpec> = specs.into_iter().map(|s| (s.address, s)).collect();
+        let gone: Vec<IpAddr> =
+            self.peers.iter().filter(|(a, p)| wanted.get(a) != Some(&p.spec)).map(|(a, _)| *a).collect();
+        for address in gone {
+            if let Some(peer) = self.peers.remove(&address) {
+                let _ = peer.session.send(ToSession::Stop("peer de-configured".into())).await;
+                if let Some(l) = listener
+                    && peer.spec.password.is_some()
+                {
+                    let _ = crate::md5::set_md5(l, address, None);
+                }
+                let changes = self.rib.remove_peer(peer.id);
+                self.propagate(changes).await;
+            }
+        }
+        for (address, spec) in wanted {
+            if self.peers.contains_key(&address) {
+                continue;
+            }
+            if let (Some(l), Some(password)) = (listener, &spec.password) {
+                crate::md5::set_md5(l, address, Some(password)).map_err(|e| SpeakerError::Md5(address, e))?;
+            }
+            let id = self.rib.add_peer(PeerConfig {
+                address,
+                peer_as: spec.asn,
+                rr_client: spec.rr_client,
+                import: spec.import.clone(),
+                export: spec.export.clone(),
+            });
+            let mut fsm_config = fsm::Config::new(self.config.asn, spec.asn, self.config.router_id);
+            fsm_config.hold_time = spec.hold_time;
+            fsm_config.passive = spec.passive;
+            fsm_config.graceful_restart = self.config.graceful_restart;
+            fsm_config.restarting = self.config.graceful_restart.is_some() && self.recently_started();
+            fsm_config.families = vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST];
+            let params = SessionParams {
+                remote: SocketAddr::new(address, spec.port),
+                local: spec.local_address,
+                password: spec.password.clone(),
+                fsm: fsm_config,
+            };
+            let (session, task) = session::spawn(params, self.from_sessions.clone());
+            self.peers.insert(
+                address,
+                PeerEntry {
+                    spec,
+                    id,
+                    session,
+                    task,
+                    state: State::Idle,
+                    since: SystemTime::now(),
+                    last_error: None,
+                    negotiated: None,
+                    stale_until: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Within the first minutes after start, sessions announce the restart (R bit), so peers
+    /// keep our routes until our End-of-RIB.
+    fn recently_started(&self) -> bool {
+        self.started
+            .elapsed()
+            .is_ok_and(|e| e < Duration::from_secs(u64::from(self.config.graceful_restart.unwrap_or(0))))
+    }
+
+    async fn session_event(&mut self, address: IpAddr, event: FromSession) {
+        let Some(peer) = self.peers.get_mut(&address) else { return };
+        let id = peer.id;
+        match event {
+            FromSession::State(state, error) => {
+                if state != peer.state {
+                    peer.since = SystemTime::now();
+                }
+                peer.state = state;
+                if error.is_some() {
+                    peer.last_error = error;
+                }
+            }
+            FromSession::Established(negotiated, local) => {
+                peer.state = State::Established;
+                peer.since = SystemTime::now();
+                peer.last_error = None;
+                let session = PeerSession {
+                    router_id: negotiated.peer_id,
+                    local_v4: match local {
+                        IpAddr::V4(a) => Some(a),
+                        IpAddr::V6(_) => None,
+                    },
+                    local_v6: match local {
+                        IpAddr::V6(a) => Some(a),
+                        IpAddr::V4(_) => None,
+                    },
+                    families: negotiated.families.clone(),
+                    four_octet_as: negotiated.four_octet_as,
+                };
+                peer.negotiated = Some(negotiated.clone());
+                let sender = peer.session.clone();
+                let exports = self.rib.peer_up(id, session);
+                let mut messages = pack(exports, &Codec { four_octet_as: negotiated.four_octet_as, ebgp: false });
+                messages.extend(negotiated.families.iter().map(|f| Message::Update(Update::end_of_rib_marker(*f))));
+                let _ = sender.send(ToSession::Send(messages)).await;
+            }
+            FromSession::Update(update) => {
+                let changes = match update.end_of_rib() {
+                    Some(family) => {
+                        if family == Family::IPV4_UNICAST || family == Family::IPV6_UNICAST {
+                            peer.stale_until = None;
+                        }
+                        self.rib.sweep_stale(id, Some(family))
+                    }
+                    None => self.rib.update(id, &update),
+                };
+                self.propagate(changes).await;
+            }
+            FromSession::RouteRefresh(family) => {
+                let four = peer.negotiated.as_ref().is_some_and(|n| n.four_octet_as);
+                let sender = peer.session.clone();
+                let mut exports = self.rib.refresh(id);
+                exports.retain(|e| matches!(e, Export::Announce(p, _) if Family::of(p) == family));
+                let mut messages = pack(exports, &Codec { four_octet_as: four, ebgp: false });
+                messages.push(Message::Update(Update::end_of_rib_marker(family)));
+                let _ = sender.send(ToSession::Send(messages)).await;
+            }
+            FromSession::Down { reason, keep_routes } => {
+                peer.last_error = Some(reason);
+                let restart_time =
+                    peer.negotiated.as_ref().and_then(|n| n.peer_restart.as_ref()).map(|r| r.restart_time);
+                peer.negotiated = None;
+                if keep_routes {
+                    peer.stale_until =
+                        Some(Instant::now() + Duration::from_secs(u64::from(restart_time.unwrap_or(120))));
+                }
+                let changes = self.rib.peer_down(id, keep_routes);
+                self.propagate(changes).await;
+            }
+        }
+    }
+
+    async fn sweep_expired(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PeerId> = self
+            .peers
+            .values_mut()
+            .filter(|p| p.stale_until.is_some_and(|t| t <= now))
+            .map(|p| {
+                p.stale_until = None;
+                p.id
+            })
+            .collect();
+        for id in expired {
+            let changes = self.rib.sweep_stale(id, None);
+            self.propagate(changes).await;
+        }
+    }
+
+    /// Sends best-path changes to the peers and to subscribers.
+    async fn propagate(&mut self, changes: Vec<BestChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        let by_id: HashMap<PeerId, IpAddr> = self.peers.values().map(|p| (p.id, p.spec.address)).collect();
+        for change in &changes {
+            let event = match &change.new {
+                Some(best) => RouteEvent::Best {
+                    prefix: change.prefix,
+                    attrs: Arc::clone(&best.attrs),
+                    peer: by_id.get(&best.peer).copied(),
+                },
+                None => RouteEvent::Unreachable(change.prefix),
+            };
+            let _ = self.events.send(event);
+        }
+        let mut per_peer: HashMap<PeerId, Vec<Export>> = HashMap::new();
+        for (peer, export) in self.rib.exports(&changes) {
+            per_peer.entry(peer).or_default().push(export);
+        }
+        for peer in self.peers.values() {
+            if let Some(exports) = per_peer.remove(&peer.id) {
+                let four = peer.negotiated.as_ref().is_some_and(|n| n.four_octet_as);
+                let _ = peer
+                    .session
+                    .send(ToSession::Send(pack(exports, &Codec { four_octet_as: four, ebgp: false })))
+                    .await;
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The room left for NLRI in an UPDATE after the header, the two length fields and `attributes`.
+fn room(attributes: &[Attribute], codec: &Codec) -> usize {
+    let mut buf = BytesMut::new();
+    attributes.iter().for_each(|a| put_attribute(a, codec, &mut buf));
+    crate::wire::MAX_MESSAGE_LEN.saturating_sub(crate::wire::HEADER_LEN + 4 + buf.len())
+}
+
+/// Splits `prefixes` into runs whose encoded size fits in `room` octets.
+fn chunks(prefixes: &[IpNetwork], room: usize) -> Vec<Vec<IpNetwork>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut used = 0;
+    for p in prefixes {
+        let size = crate::wire::prefix::prefix_len_on_wire(p);
+        if used + size > room && !current.is_empty() {
+            out.push(std::mem::take(&mut current));
+            used = 0;
+        }
+        current.push(*p);
+        used += size;
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Packs exports into as few UPDATEs as fit: withdrawals together, announcements grouped by
+/// their (shared) attributes.
+fn pack(exports: Vec<Export>, codec: &Codec) -> Vec<Message> {
+    let mut withdrawn_v4 = Vec::new();
+    let mut withdrawn_v6 = Vec::new();
+    let mut groups: Vec<(Arc<PathAttrs>, bool, Vec<IpNetwork>)> = Vec::new();
+    let mut index: HashMap<(usize, bool), usize> = HashMap::new();
+    for export in exports {
+        match export {
+            Export::Withdraw(p) if p.is_ipv4() => withdrawn_v4.push(p),
+            Export::Withdraw(p) => withdrawn_v6.push(p),
+            Export::Announce(p, attrs) => {
+                let key = (Arc::as_ptr(&attrs) as usize, p.is_ipv6());
+                let at = *index.entry(key).or_insert_with(|| {
+                    groups.push((Arc::clone(&attrs), p.is_ipv6(), Vec::new()));
+                    groups.len() - 1
+                });
+                groups[at].2.push(p);
+            }
+        }
+    }
+    let mut messages = Vec::new();
+    for run in chunks(&withdrawn_v4, room(&[], codec)) {
+        messages.push(Message::Update(Update { withdrawn: run, ..Update::default() }));
+    }
+    // MP_UNREACH_NLRI: a 4-octet extended-length header and AFI/SAFI.
+    for run in chunks(&withdrawn_v6, room(&[], codec).saturating_sub(7)) {
+        let unreach = MpUnreach { family: Family::IPV6_UNICAST, withdrawn: run, raw_withdrawn: Vec::new() };
+        messages.push(Message::Update(Update {
+            attributes: vec![Attribute::new(Value::MpUnreach(unreach))],
+            ..Update::default()
+        }));
+    }
+    for (attrs, ipv6, prefixes) in groups {
+        if ipv6 {
+            let base = attrs.to_attributes(false, codec.four_octet_as);
+            let mut hops: Vec<IpAddr> = attrs.next_hop.into_iter().collect();
+            hops.extend(attrs.link_local_next_hop.map(IpAddr::V6));
+            // MP_REACH_NLRI: header 4, AFI/SAFI 3, next hop length 1 + 16 or 32, reserved 1.
+            let overhead = 4 + 3 + 1 + 16 * hops.len() + 1;
+            for run in chunks(&prefixes, room(&base, codec).saturating_sub(overhead)) {
+                let mut attributes =
+                    vec![Attribute::new(Value::MpReach(MpReach::new(Family::IPV6_UNICAST, &hops, run)))];
+                attributes.extend(base.iter().cloned());
+                messages.push(Message::Update(Update { attributes, ..Update::default() }));
+            }
+        } else {
+            let attributes = attrs.to_attributes(true, codec.four_octet_as);
+            for run in chunks(&prefixes, room(&attributes, codec)) {
+                messages.push(Message::Update(Update {
+                    attributes: attributes.clone(),
+                    nlri: run,
+                    ..Update::default()
+                }));
+            }
+        }
+    }
+    messages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_fills_updates_without_exceeding_the_limit() {
+        let attrs = Arc::new(PathAttrs::local(Some("10.0.0.1".parse().unwrap())));
+        let exports: Vec<Export> =
+            (0..3000u32)
+                .map(|i| {
+                    Export::Announce(
+                        IpNetwork::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)).into(), 24).unwrap(),
+                        Arc::clone(&attrs),
+                    )
+                })
+                .chain((0..1000u32).map(|i| {
+                    Export::Withdraw(IpNetwork::new(Ipv4Addr::from(0x0b00_0000 + (i << 8)).into(), 24).unwrap())
+                }))
+                .collect();
+        let codec = Codec { four_octet_as: true, ebgp: false };
+        let messages = pack(exports, &codec);
+        let mut announced = 0;
+        let mut withdrawn = 0;
+        for m in &messages {
+            let mut buf = BytesMut::new();
+            crate::wire::encode(m, &codec, &mut buf).expect("every UPDATE fits");
+            let Message::Update(u) = m else { panic!() };
+            announced += u.nlri.len();
+            withdrawn += u.withdrawn.len();
+        }
+        assert_eq!((announced, withdrawn), (3000, 1000));
+        assert!(messages.len() <= 5, "{} UPDATEs for 4000 /24s: they should be full", messages.len());
+    }
+}
