@@ -9,6 +9,7 @@ packages=(
     etcd-server etcd-client      # the distributed datastore the tests start on loopback
     sqlite3                      # to inspect the embedded datastore by hand
     iproute2 procps              # namespaces, links and routes; process tools
+    bird2 gobgpd                 # reference BGP speakers for interop tests and benchmarks
 )
 
 missing=()

@@ -263,7 +263,9 @@ impl Session {
                 match action {
                     Action::Connect => {
                         let params = self.params.clone();
-                        let timeout = params.fsm.connect_retry;
+                        // Give up a little before the retry timer would restart the attempt,
+                        // so a connection that never answers is reported as such.
+                        let timeout = params.fsm.connect_retry * 4 / 5;
                         *connecting = Some(Box::pin(async move { connect(&params, timeout).await }));
                     }
                     Action::Disconnect => {

@@ -1,0 +1,316 @@
+//! brindle-bgp against real BIRD 2 and GoBGP 3 speakers, each in its own network namespace.
+//! Needs root, `bird2` and `gobgpd` (the test script installs them).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Bird, Brindle, Gobgp, Netns, Switch, link, wait_for};
+
+const LONG: Duration = Duration::from_secs(40);
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("brindle-bgp-interop-").tempdir().expect("temp dir")
+}
+
+/// A BIRD speaker at `10.<net>.0.<me>` with static routes, peering with `peers` (name,
+/// address, AS, extra protocol lines).
+fn bird_config(net: u8, me: u8, asn: u32, statics: &[&str], peers: &[(&str, &str, u32, &str)]) -> String {
+    let mut v4 = String::new();
+    let mut v6 = String::new();
+    for s in statics {
+        if s.contains(':') {
+            v6.push_str(&format!("  route {s} blackhole;\n"));
+        } else {
+            v4.push_str(&format!("  route {s} blackhole;\n"));
+        }
+    }
+    let mut config = format!(
+        "router id 10.{net}.0.{me};\nprotocol device {{}}\nprotocol static s4 {{ ipv4; {v4} }}\nprotocol static s6 {{ ipv6; {v6} }}\n"
+    );
+    for (name, address, peer_as, extra) in peers {
+        config.push_str(&format!(
+            "protocol bgp {name} {{\n  local 10.{net}.0.{me} as {asn};\n  neighbor {address} as {peer_as};\n  direct;\n  graceful restart on;\n  {extra}\n  \
+             ipv4 {{ import all; export all; next hop self; gateway direct; }};\n  \
+             ipv6 {{ import all; export all; next hop address fd00:{net}::{me}; gateway direct; }};\n}}\n"
+        ));
+    }
+    config
+}
+
+fn gobgp_config(net: u8, me: u8, asn: u32, peers: &[(&str, u32, &str)]) -> String {
+    let mut config = format!(
+        "[global.config]\n  as = {asn}\n  router-id = \"10.{net}.0.{me}\"\n  port = 179\n  local-address-list = [\"10.{net}.0.{me}\"]\n"
+    );
+    for (address, peer_as, extra) in peers {
+        config.push_str(&format!(
+            "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{address}\"\n    peer-as = {peer_as}\n{extra}\n  \
+             [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n  \
+             [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n"
+        ));
+    }
+    config
+}
+
+#[test]
+fn ibgp_with_bird_carries_ipv4_and_ipv6_both_ways() {
+    let dir = tempdir();
+    let (a, b) = (Netns::new("br"), Netns::new("bird"));
+    link(&a, &b, 61, 1, 2);
+    let bird = Bird::start(
+        &b,
+        dir.path(),
+        "bird",
+        &bird_config(61, 2, 64512, &["192.168.20.0/24", "fd00:20::/64"], &[("p1", "10.61.0.1", 64512, "")]),
+    );
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "brindle",
+        "asn = 64512\nrouter_id = \"10.61.0.1\"\nlisten = \"10.61.0.1:179\"\n\
+         [[peers]]\naddress = \"10.61.0.2\"\nasn = 64512\n\
+         [[originate]]\nprefix = \"192.168.10.0/26\"\n\
+         [[originate]]\nprefix = \"fd00:10::/64\"\nnext_hop = \"fd00:61::1\"\n",
+    );
+    brindle.wait_established("10.61.0.2");
+    wait_for(LONG, "BIRD's routes at brindle", || {
+        (brindle.has_route("192.168.20.0/24") && brindle.has_route("fd00:20::/64")).then_some(())
+    });
+    wait_for(LONG, "brindle's routes at BIRD", || {
+        (bird.has_route("192.168.10.0/26") && bird.has_route("fd00:10::/64")).then_some(())
+    });
+    let routes = brindle.best_routes();
+    let v6 = routes.iter().find(|(p, _, _)| p == "fd00:20::/64").unwrap();
+    assert_eq!(v6.1, "fd00:61::2", "the IPv6 next hop BIRD gave");
+}
+
+#[test]
+fn ebgp_with_gobgp_prepends_and_sets_the_next_hop() {
+    let dir = tempdir();
+    let (a, g) = (Netns::new("br"), Netns::new("gobgp"));
+    link(&a, &g, 62, 1, 3);
+    let gobgp = Gobgp::start(&g, dir.path(), "gobgp", &gobgp_config(62, 3, 65001, &[("10.62.0.1", 64512, "")]));
+    gobgp.cli(&["global", "rib", "add", "192.168.30.0/24", "-a", "ipv4"]);
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "brindle",
+        "asn = 64512\nrouter_id = \"10.62.0.1\"\nlisten = \"10.62.0.1:179\"\n\
+         [[peers]]\naddress = \"10.62.0.3\"\nasn = 65001\n\
+         [[originate]]\nprefix = \"192.168.10.0/26\"\n",
+    );
+    brindle.wait_established("10.62.0.3");
+    let route =
+        wait_for(LONG, "GoBGP's route", || brindle.best_routes().into_iter().find(|(p, _, _)| p == "192.168.30.0/24"));
+    assert_eq!((route.1.as_str(), route.2.as_slice()), ("10.62.0.3", &[65001][..]));
+    wait_for(LONG, "our route at GoBGP", || gobgp.has_route("192.168.10.0/26", "ipv4").then_some(()));
+    let rib = gobgp.cli(&["global", "rib", "-a", "ipv4", "192.168.10.0/26"]);
+    assert!(rib.contains("64512") && rib.contains("10.62.0.1"), "AS path and next hop at GoBGP: {rib}");
+}
+
+#[test]
+fn md5_with_bird_matching_comes_up_and_mismatching_says_why() {
+    let dir = tempdir();
+    let (a, b) = (Netns::new("br"), Netns::new("bird"));
+    link(&a, &b, 63, 1, 2);
+    let bird = Bird::start(
+        &b,
+        dir.path(),
+        "bird",
+        &bird_config(63, 2, 64512, &["192.168.20.0/24"], &[("good", "10.63.0.1", 64512, "password \"s3cret\";")]),
+    );
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "brindle",
+        "asn = 64512\nrouter_id = \"10.63.0.1\"\nlisten = \"10.63.0.1:179\"\n\
+         [[peers]]\naddress = \"10.63.0.2\"\nasn = 64512\npassword = \"s3cret\"\n",
+    );
+    brindle.wait_established("10.63.0.2");
+    assert!(bird.established("good"));
+    drop(brindle);
+
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "wrong",
+        "asn = 64512\nrouter_id = \"10.63.0.1\"\nlisten = \"10.63.0.1:179\"\n\
+         [[peers]]\naddress = \"10.63.0.2\"\nasn = 64512\npassword = \"wrong\"\n",
+    );
+    let error = wait_for(LONG, "the mismatch to show", || {
+        let (state, error) = brindle.peer("10.63.0.2");
+        (state != "Established" && error.contains("MD5")).then_some(error)
+    });
+    assert!(error.contains("timed out"), "{error}");
+}
+
+#[test]
+fn reflector_for_bird_and_gobgp_clients() {
+    let dir = tempdir();
+    let (a, b, g) = (Netns::new("rr"), Netns::new("bird"), Netns::new("gobgp"));
+    let _switch = Switch::new(64, &[(&a, 1), (&b, 2), (&g, 3)]);
+    let bird = Bird::start(
+        &b,
+        dir.path(),
+        "bird",
+        &bird_config(64, 2, 64512, &["192.168.20.0/24"], &[("reflector", "10.64.0.1", 64512, "")]),
+    );
+    let gobgp = Gobgp::start(&g, dir.path(), "gobgp", &gobgp_config(64, 3, 64512, &[("10.64.0.1", 64512, "")]));
+    gobgp.cli(&["global", "rib", "add", "192.168.30.0/24", "-a", "ipv4"]);
+    let rr = Brindle::start(
+        &a,
+        dir.path(),
+        "rr",
+        "asn = 64512\nrouter_id = \"10.64.0.1\"\nlisten = \"10.64.0.1:179\"\ncluster_id = \"10.64.0.1\"\n\
+         [[peers]]\naddress = \"10.64.0.2\"\nasn = 64512\nroute_reflector_client = true\n\
+         [[peers]]\naddress = \"10.64.0.3\"\nasn = 64512\nroute_reflector_client = true\n",
+    );
+    rr.wait_established("10.64.0.2");
+    rr.wait_established("10.64.0.3");
+    wait_for(LONG, "GoBGP's route reflected to BIRD", || bird.has_route("192.168.30.0/24").then_some(()));
+    wait_for(LONG, "BIRD's route reflected to GoBGP", || gobgp.has_route("192.168.20.0/24", "ipv4").then_some(()));
+    let at_bird = bird.cli("show route 192.168.30.0/24 all");
+    assert!(at_bird.contains("BGP.originator_id: 10.64.0.3"), "{at_bird}");
+    assert!(at_bird.contains("BGP.cluster_list: 10.64.0.1"), "{at_bird}");
+    assert!(at_bird.contains("BGP.next_hop: 10.64.0.3"), "the reflector kept GoBGP's next hop: {at_bird}");
+}
+
+#[test]
+fn client_of_a_bird_reflector() {
+    let dir = tempdir();
+    let (r, c1, c2) = (Netns::new("bird"), Netns::new("c1"), Netns::new("c2"));
+    let _switch = Switch::new(65, &[(&r, 1), (&c1, 2), (&c2, 3)]);
+    let _bird = Bird::start(
+        &r,
+        dir.path(),
+        "bird",
+        &bird_config(
+            65,
+            1,
+            64512,
+            &[],
+            &[
+                ("c1", "10.65.0.2", 64512, "rr client; rr cluster id 10.65.0.1;"),
+                ("c2", "10.65.0.3", 64512, "rr client; rr cluster id 10.65.0.1;"),
+            ],
+        )
+        // A reflector passes the clients' next hops on untouched.
+        .replace("next hop self; ", ""),
+    );
+    let config = |me: u8, prefix: &str| {
+        format!(
+            "asn = 64512\nrouter_id = \"10.65.0.{me}\"\nlisten = \"10.65.0.{me}:179\"\n\
+             [[peers]]\naddress = \"10.65.0.1\"\nasn = 64512\n[[originate]]\nprefix = \"{prefix}\"\n"
+        )
+    };
+    let one = Brindle::start(&c1, dir.path(), "one", &config(2, "192.168.2.0/24"));
+    let two = Brindle::start(&c2, dir.path(), "two", &config(3, "192.168.3.0/24"));
+    let route =
+        wait_for(LONG, "the reflected route", || two.best_routes().into_iter().find(|(p, _, _)| p == "192.168.2.0/24"));
+    assert_eq!(route.1, "10.65.0.2", "the next hop is the originating client's");
+    wait_for(LONG, "the other reflected route", || one.has_route("192.168.3.0/24").then_some(()));
+}
+
+#[test]
+fn ibgp_mesh_of_brindle_bird_and_gobgp() {
+    let dir = tempdir();
+    let (a, b, g) = (Netns::new("br"), Netns::new("bird"), Netns::new("gobgp"));
+    let _switch = Switch::new(66, &[(&a, 1), (&b, 2), (&g, 3)]);
+    let bird = Bird::start(
+        &b,
+        dir.path(),
+        "bird",
+        &bird_config(
+            66,
+            2,
+            64512,
+            &["192.168.20.0/24"],
+            &[("brindle", "10.66.0.1", 64512, ""), ("gobgp", "10.66.0.3", 64512, "")],
+        ),
+    );
+    let gobgp = Gobgp::start(
+        &g,
+        dir.path(),
+        "gobgp",
+        &gobgp_config(66, 3, 64512, &[("10.66.0.1", 64512, ""), ("10.66.0.2", 64512, "")]),
+    );
+    gobgp.cli(&["global", "rib", "add", "192.168.30.0/24", "-a", "ipv4"]);
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "brindle",
+        "asn = 64512\nrouter_id = \"10.66.0.1\"\nlisten = \"10.66.0.1:179\"\n\
+         [[peers]]\naddress = \"10.66.0.2\"\nasn = 64512\n[[peers]]\naddress = \"10.66.0.3\"\nasn = 64512\n\
+         [[originate]]\nprefix = \"192.168.10.0/24\"\n",
+    );
+    wait_for(LONG, "brindle learns both", || {
+        (brindle.has_route("192.168.20.0/24") && brindle.has_route("192.168.30.0/24")).then_some(())
+    });
+    wait_for(LONG, "BIRD learns both", || {
+        (bird.has_route("192.168.10.0/24") && bird.has_route("192.168.30.0/24")).then_some(())
+    });
+    wait_for(LONG, "GoBGP learns both", || {
+        (gobgp.has_route("192.168.10.0/24", "ipv4") && gobgp.has_route("192.168.20.0/24", "ipv4")).then_some(())
+    });
+}
+
+#[test]
+fn graceful_restart_of_brindle_while_bird_helps() {
+    let dir = tempdir();
+    let (a, b) = (Netns::new("br"), Netns::new("bird"));
+    link(&a, &b, 67, 1, 2);
+    let bird = Bird::start(&b, dir.path(), "bird", &bird_config(67, 2, 64512, &[], &[("p1", "10.67.0.1", 64512, "")]));
+    let config = |prefixes: &[&str]| {
+        let mut c = "asn = 64512\nrouter_id = \"10.67.0.1\"\nlisten = \"10.67.0.1:179\"\ngraceful_restart = 60\n\
+                     [[peers]]\naddress = \"10.67.0.2\"\nasn = 64512\n"
+            .to_string();
+        for p in prefixes {
+            c.push_str(&format!("[[originate]]\nprefix = \"{p}\"\n"));
+        }
+        c
+    };
+    let first = Brindle::start(&a, dir.path(), "first", &config(&["192.168.1.0/24", "192.168.2.0/24"]));
+    first.wait_established("10.67.0.2");
+    wait_for(LONG, "routes at BIRD", || {
+        (bird.has_route("192.168.1.0/24") && bird.has_route("192.168.2.0/24")).then_some(())
+    });
+
+    first.process.signal("-KILL");
+    drop(first);
+    std::thread::sleep(Duration::from_secs(1));
+    let during = bird.cli("show route 192.168.1.0/24 all");
+    assert!(during.contains("192.168.1.0/24"), "BIRD keeps the routes while brindle restarts: {during}");
+
+    let second = Brindle::start(&a, dir.path(), "second", &config(&["192.168.1.0/24", "192.168.3.0/24"]));
+    second.wait_established("10.67.0.2");
+    wait_for(LONG, "the new route", || bird.has_route("192.168.3.0/24").then_some(()));
+    wait_for(LONG, "the stale route swept at End-of-RIB", || (!bird.has_route("192.168.2.0/24")).then_some(()));
+    assert!(bird.has_route("192.168.1.0/24"), "the refreshed route stays");
+}
+
+#[test]
+fn a_silent_peer_loses_its_routes_after_the_hold_time() {
+    let dir = tempdir();
+    let (a, b) = (Netns::new("br"), Netns::new("bird"));
+    link(&a, &b, 68, 1, 2);
+    let bird = Bird::start(
+        &b,
+        dir.path(),
+        "bird",
+        &bird_config(68, 2, 64512, &["192.168.20.0/24"], &[("p1", "10.68.0.1", 64512, "hold time 6;")])
+            .replace("graceful restart on;", "graceful restart off;"),
+    );
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "brindle",
+        "asn = 64512\nrouter_id = \"10.68.0.1\"\nlisten = \"10.68.0.1:179\"\n[[peers]]\naddress = \"10.68.0.2\"\nasn = 64512\nhold_time = 6\n",
+    );
+    wait_for(LONG, "BIRD's route", || brindle.has_route("192.168.20.0/24").then_some(()));
+    bird.process.signal("-STOP");
+    let error = wait_for(Duration::from_secs(20), "the hold timer", || {
+        let (_, error) = brindle.peer("10.68.0.2");
+        (!brindle.has_route("192.168.20.0/24")).then_some(error)
+    });
+    assert_eq!(error, "hold timer expired");
+}
