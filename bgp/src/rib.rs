@@ -566,7 +566,7 @@ fn place(
 ) -> Option<(Option<(Option<Path>, Path)>, bool)> {
     let old_best = paths.first().cloned();
     let fresh = match paths.iter_mut().find(|p| p.peer == path.peer) {
-        Some(existing) if *existing == path => return None,
+        Some(existing) if same(existing, &path) => return None,
         Some(existing) => {
             *existing = path;
             false
@@ -578,8 +578,13 @@ fn place(
     };
     paths.sort_by(|a, b| compare(a, b, peers, local_as));
     let new_best = paths.first().cloned().expect("just inserted");
-    let changed = old_best.as_ref() != Some(&new_best);
+    let changed = !old_best.as_ref().is_some_and(|old| same(old, &new_best));
     Some((changed.then_some((old_best, new_best)), fresh))
+}
+
+/// Whether two paths are the same: interned attributes compare by address.
+fn same(a: &Path, b: &Path) -> bool {
+    a.peer == b.peer && a.stale == b.stale && Arc::ptr_eq(&a.attrs, &b.attrs)
 }
 
 /// Removes `peer`'s path to the prefix. Returns whether one was removed, and the best change.

@@ -526,13 +526,10 @@ impl Core {
         }
     }
 
-    /// Sends best-path changes to the peers and to subscribers.
-    async fn propagate(&mut self, changes: Vec<BestChange>) {
-        if changes.is_empty() {
-            return;
-        }
+    /// Tells subscribers about best-path changes.
+    fn publish(&self, changes: &[BestChange]) {
         let by_id: HashMap<PeerId, IpAddr> = self.peers.values().map(|p| (p.id, p.spec.address)).collect();
-        for change in &changes {
+        for change in changes {
             let event = match &change.new {
                 Some(best) => RouteEvent::Best {
                     prefix: change.prefix,
@@ -542,6 +539,16 @@ impl Core {
                 None => RouteEvent::Unreachable(change.prefix),
             };
             let _ = self.events.send(event);
+        }
+    }
+
+    /// Sends best-path changes to the peers and to subscribers.
+    async fn propagate(&mut self, changes: Vec<BestChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        if self.events.receiver_count() > 0 {
+            self.publish(&changes);
         }
         let mut per_peer: HashMap<PeerId, Vec<Export>> = HashMap::new();
         for (peer, export) in self.rib.exports(&changes) {

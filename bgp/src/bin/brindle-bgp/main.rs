@@ -55,7 +55,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread, as BIRD: the speaker's tasks hand work to each other constantly, and
+    // cross-thread wake-ups cost more than they parallelise.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("brindle-bgp: cannot start the runtime: {e}");

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Receiving a full table: a BIRD 2 sender announces N IPv4 prefixes (default 1,000,000; a mix
+# of lengths, 250 attribute sets) over iBGP to a receiver in another network namespace. The
+# receivers are brindle-bgp, BIRD 2 and GoBGP 3, one after the other in the same run. For
+# each: seconds from the first route to every prefix held, the receiver's CPU seconds for that,
+# and its peak RSS; then the ratios to BIRD.
+#
+#   bench/bgp-receive.sh [N]        (as root; builds brindle-bgp in release mode)
+#
+# RECEIVERS="brindle bird" picks receivers; PROFILE=FILE records brindle-bgp with perf into FILE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000000}
+SETS=250
+scripts/install-deps.sh
+cargo build --release --locked -p brindle-bgp >&2
+BRINDLE=$PWD/target/release/brindle-bgp
+
+tag=bb$$
+work=$(mktemp -d /tmp/brindle-bench-bgp.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -CONT "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    ip netns del "$tag-s" 2>/dev/null || true
+    ip netns del "$tag-r" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+ip netns add "$tag-s"
+ip netns add "$tag-r"
+ip link add "$tag-a" netns "$tag-s" type veth peer name "$tag-b" netns "$tag-r"
+ip -n "$tag-s" addr add 10.77.0.1/24 dev "$tag-a"
+ip -n "$tag-r" addr add 10.77.0.2/24 dev "$tag-b"
+for ns in s r; do ip -n "$tag-$ns" link set lo up; done
+ip -n "$tag-s" link set "$tag-a" up
+ip -n "$tag-r" link set "$tag-b" up
+
+echo "generating $N routes in $SETS attribute sets" >&2
+# Each static protocol holds one attribute set: a community, a MED and an AS path of its own.
+awk -v n="$N" -v sets="$SETS" 'BEGIN {
+    print "router id 10.77.0.1;\nprotocol device {}";
+    per = int((n + sets - 1) / sets);
+    i = 0;
+    for (s = 0; s < sets && i < n; s++) {
+        printf "protocol static s%d { ipv4 { import filter { bgp_community.add((64512, %d)); bgp_med = %d; bgp_path.prepend(%d); accept; }; };\n", s, s, s % 7, 65000 + s % 50;
+        for (k = 0; k < per && i < n; k++) {
+            base = 16 * 16777216 + i * 256;          # 16.0.0.0 onwards, one /24 slot per route
+            r = i % 10;
+            len = (r < 6) ? 24 : (r < 8) ? 23 : (r < 9) ? 22 : 20;
+            if (len < 24) { base = base - base % (2 ^ (32 - len)) + (r % 2) * 0; }
+            printf "  route %d.%d.%d.%d/%d blackhole;\n", int(base / 16777216), int(base / 65536) % 256, int(base / 256) % 256, 0, len;
+            i++;
+        }
+        print "}";
+    }
+    print "protocol bgp feed { local 10.77.0.1 as 64512; neighbor 10.77.0.2 as 64512; direct; hold time 240; connect delay time 1;";
+    print "  ipv4 { export all; import none; next hop self; }; }";
+}' | awk '!/^  route/ || !seen[$0]++' > "$work/sender.conf"
+routes=$(grep -c "^  route" "$work/sender.conf")
+
+cat > "$work/brindle.toml" <<EOF
+asn = 64512
+router_id = "10.77.0.2"
+listen = "10.77.0.2:179"
+control_socket = "$work/brindle.sock"
+graceful_restart = 0
+[[peers]]
+address = "10.77.0.1"
+asn = 64512
+passive = true
+hold_time = 240
+EOF
+cat > "$work/bird-receiver.conf" <<EOF
+router id 10.77.0.2;
+protocol device {}
+protocol bgp upstream { local 10.77.0.2 as 64512; neighbor 10.77.0.1 as 64512; direct; passive on; hold time 240;
+  ipv4 { import all; export none; gateway direct; }; }
+EOF
+cat > "$work/gobgp.toml" <<EOF
+[global.config]
+  as = 64512
+  router-id = "10.77.0.2"
+  local-address-list = ["10.77.0.2"]
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "10.77.0.1"
+    peer-as = 64512
+  [neighbors.transport.config]
+    passive-mode = true
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv4-unicast"
+EOF
+
+# held <receiver>: how many prefixes the receiver holds now.
+held() {
+    case $1 in
+        brindle) "$BRINDLE" status --json --socket "$work/brindle.sock" 2>/dev/null | awk -F: '/prefixes_accepted/ { gsub(/[ ,]/, "", $2); print $2; exit }' ;;
+        bird) birdc -s "$work/receiver.ctl" show protocols all upstream 2>/dev/null | awk '/Routes:/ { print $2; exit }' ;;
+        gobgp) ip netns exec "$tag-r" gobgp neighbor 10.77.0.1 2>/dev/null | awk '/Accepted:/ { print $2; exit }' ;;
+    esac
+}
+
+cpu_seconds() { awk '{ print ($14 + $15) / 100 }' "/proc/$1/stat"; }
+peak_rss_kib() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
+
+measure() {
+    local name=$1 pid
+    case $name in
+        brindle)
+            if [ -n "${PROFILE:-}" ]; then
+                ip netns exec "$tag-r" perf record -F 999 -g -o "$PROFILE" -- "$BRINDLE" run --config "$work/brindle.toml" &
+            else
+                ip netns exec "$tag-r" "$BRINDLE" run --config "$work/brindle.toml" &
+            fi ;;
+        bird) ip netns exec "$tag-r" bird -f -c "$work/bird-receiver.conf" -s "$work/receiver.ctl" -P "$work/receiver.pid" & ;;
+        gobgp) ip netns exec "$tag-r" gobgpd -f "$work/gobgp.toml" -p --pprof-disable -l warn >/dev/null & ;;
+    esac
+    local wrapper=$!
+    pids+=("$wrapper")
+    sleep 1
+    # ip netns exec replaces itself with the program: the wrapper PID is the receiver.
+    pid=$wrapper
+    local cpu0
+    cpu0=$(cpu_seconds "$pid")
+    ip netns exec "$tag-s" bird -f -c "$work/sender.conf" -s "$work/sender.ctl" -P "$work/sender.pid" &
+    local sender=$!
+    pids+=("$sender")
+    local start now count=0 last=-1 stable=0 polls=0 first=
+    start=$(date +%s.%N)
+    while :; do
+        birdc -s "$work/sender.ctl" show status >/dev/null 2>&1 || true   # releases BIRD's last routes
+        count=$(held "$name"); count=${count:-0}
+        now=$(date +%s.%N)
+        # The clock starts with the first route: the sender's own start-up is not counted.
+        if [ "$count" -gt 0 ] && [ -z "${first:-}" ]; then first=$now; fi
+        if [ "$count" -ge "$routes" ]; then break; fi
+        if [ "$count" = "$last" ]; then stable=$((stable + 1)); else stable=0; fi
+        last=$count
+        if [ "$stable" -gt 600 ]; then echo "$name stalled at $count of $routes" >&2; break; fi
+        polls=$((polls + 1))
+        if [ $((polls % 20)) = 0 ]; then echo "  $name: $count of $routes" >&2; fi
+        # Asking GoBGP walks its whole table (seconds at a million routes): ask it rarely.
+        if [ "$name" = gobgp ]; then sleep 5; else sleep 0.05; fi
+    done
+    local secs cpu rss
+    secs=$(echo "$now - ${first:-$start}" | bc)
+    cpu=$(echo "$(cpu_seconds "$pid") - $cpu0" | bc)
+    rss=$(peak_rss_kib "$pid")
+    kill "$sender" "$pid" 2>/dev/null || true
+    wait "$sender" "$pid" 2>/dev/null || true
+    printf '%s %s %s %s %s\n' "$name" "$count" "$secs" "$cpu" "$rss"
+}
+
+echo "receiving $routes prefixes from a BIRD sender" >&2
+results=()
+for r in ${RECEIVERS:-brindle bird gobgp}; do
+    results+=("$(measure "$r")")
+    echo "  ${results[-1]}" >&2
+done
+
+printf '\n%-8s %10s %10s %10s %12s %10s %10s %10s\n' receiver prefixes seconds cpu_s peak_MiB B/route cpu/BIRD rss/BIRD
+bird_line=$(printf '%s\n' "${results[@]}" | awk '$1 == "bird"')
+bird_cpu=$(echo "$bird_line" | awk '{ print $4 }')
+bird_rss=$(echo "$bird_line" | awk '{ print $5 }')
+for line in "${results[@]}"; do
+    echo "$line" | awk -v bc="$bird_cpu" -v br="$bird_rss" '{
+        printf "%-8s %10d %10.2f %10.2f %12.1f %10.0f %10.2f %10.2f\n", $1, $2, $3, $4, $5 / 1024, $5 * 1024 / ($2 > 0 ? $2 : 1), (bc > 0 ? $4 / bc : 0), (br > 0 ? $5 / br : 0) }'
+done
