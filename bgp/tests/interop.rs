@@ -314,3 +314,56 @@ fn a_silent_peer_loses_its_routes_after_the_hold_time() {
     });
     assert_eq!(error, "hold timer expired");
 }
+
+#[test]
+fn ebgp_with_bird_both_ways() {
+    let dir = tempdir();
+    let (a, b) = (Netns::new("br"), Netns::new("bird"));
+    link(&a, &b, 69, 1, 2);
+    let bird = Bird::start(
+        &b,
+        dir.path(),
+        "bird",
+        &bird_config(69, 2, 65002, &["192.168.20.0/24", "fd00:20::/64"], &[("p1", "10.69.0.1", 64512, "")]),
+    );
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "brindle",
+        "asn = 64512\nrouter_id = \"10.69.0.1\"\nlisten = \"10.69.0.1:179\"\n\
+         [[peers]]\naddress = \"10.69.0.2\"\nasn = 65002\n\
+         [[originate]]\nprefix = \"192.168.10.0/26\"\n",
+    );
+    brindle.wait_established("10.69.0.2");
+    let route =
+        wait_for(LONG, "BIRD's route", || brindle.best_routes().into_iter().find(|(p, _, _)| p == "192.168.20.0/24"));
+    assert_eq!(route.2, [65002]);
+    wait_for(LONG, "BIRD's IPv6 route", || brindle.has_route("fd00:20::/64").then_some(()));
+    wait_for(LONG, "our route at BIRD", || bird.has_route("192.168.10.0/26").then_some(()));
+    let at_bird = bird.cli("show route 192.168.10.0/26 all");
+    assert!(at_bird.contains("BGP.as_path: 64512"), "{at_bird}");
+    assert!(at_bird.contains("BGP.next_hop: 10.69.0.1"), "{at_bird}");
+}
+
+#[test]
+fn ipv6_with_gobgp_both_ways() {
+    let dir = tempdir();
+    let (a, g) = (Netns::new("br"), Netns::new("gobgp"));
+    link(&a, &g, 70, 1, 3);
+    let gobgp = Gobgp::start(&g, dir.path(), "gobgp", &gobgp_config(70, 3, 64512, &[("10.70.0.1", 64512, "")]));
+    gobgp.cli(&["global", "rib", "add", "fd00:30::/64", "nexthop", "fd00:70::3", "-a", "ipv6"]);
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "brindle",
+        "asn = 64512\nrouter_id = \"10.70.0.1\"\nlisten = \"10.70.0.1:179\"\n\
+         [[peers]]\naddress = \"10.70.0.3\"\nasn = 64512\n\
+         [[originate]]\nprefix = \"fd00:10::/64\"\nnext_hop = \"fd00:70::1\"\n",
+    );
+    brindle.wait_established("10.70.0.3");
+    let route = wait_for(LONG, "GoBGP's IPv6 route", || {
+        brindle.best_routes().into_iter().find(|(p, _, _)| p == "fd00:30::/64")
+    });
+    assert_eq!(route.1, "fd00:70::3");
+    wait_for(LONG, "our IPv6 route at GoBGP", || gobgp.has_route("fd00:10::/64", "ipv6").then_some(()));
+}
