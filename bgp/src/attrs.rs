@@ -2,9 +2,10 @@
 //! share one reference-counted copy, as BIRD does, because memory per route is what decides
 //! how many routes fit.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
+
+use rustc_hash::FxHashSet;
 
 use crate::wire::attribute::{flag, type_code};
 use crate::wire::{Aggregator, AsPath, Attribute, LargeCommunity, Origin, SegmentKind, Update, Value};
@@ -188,7 +189,7 @@ fn merge_as4_path(as_path: &AsPath, as4_path: &AsPath) -> AsPath {
 /// Hands out one shared copy of each distinct set of attributes.
 #[derive(Debug, Default)]
 pub struct Interner {
-    sets: HashSet<Arc<PathAttrs>>,
+    sets: FxHashSet<Arc<PathAttrs>>,
 }
 
 impl Interner {

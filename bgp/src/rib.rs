@@ -339,7 +339,6 @@ impl Rib {
             return changes;
         }
         let attrs = PathAttrs::from_update(update, four_octet);
-        let ipv4_attrs = (attrs.next_hop.is_some()).then(|| self.interner.intern(attrs.clone()));
         let mp_attrs = update.mp_reach().map(|r| {
             let mut a = attrs.clone();
             let hops = r.next_hops();
@@ -347,6 +346,7 @@ impl Rib {
             a.link_local_next_hop = hops.get(1).and_then(|h| if let IpAddr::V6(v) = h { Some(*v) } else { None });
             self.interner.intern(a)
         });
+        let ipv4_attrs = attrs.next_hop.is_some().then(|| self.interner.intern(attrs));
         let from_mp = update.mp_reach().map(|r| r.nlri.len()).unwrap_or(0);
         let split = announced.len() - from_mp;
         for (i, prefix) in announced.into_iter().enumerate() {

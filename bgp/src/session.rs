@@ -172,8 +172,18 @@ async fn run(
     let mut connecting: Option<std::pin::Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>> = None;
     let actions = s.fsm.handle(Event::Start, Instant::now().into_std());
     s.apply(actions, &mut connecting).await;
+    // One timer, moved only when the deadline moves: re-arming it per message is costly.
+    let timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         let deadline = s.fsm.next_deadline().map(Instant::from_std);
+        if let Some(d) = deadline
+            && armed != Some(d)
+        {
+            timer.as_mut().reset(d);
+            armed = Some(d);
+        }
         let event = tokio::select! {
             command = rx.recv() => match command {
                 None => Some(Event::Stop { reason: "speaker shut down".into() }),
@@ -194,7 +204,8 @@ async fn run(
                 }
                 Some(ToSession::Incoming(stream)) => s.incoming(stream, &mut connecting).await,
             },
-            _ = sleep_until(deadline), if deadline.is_some() => {
+            _ = &mut timer, if deadline.is_some_and(|d| armed == Some(d)) => {
+                armed = None;
                 let actions = s.fsm.on_timer(Instant::now().into_std());
                 s.apply(actions, &mut connecting).await;
                 None
@@ -228,13 +239,6 @@ async fn run(
         if rx.is_closed() && s.fsm.state() == State::Idle {
             return;
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
