@@ -54,8 +54,10 @@ pub struct Config {
     pub families: Vec<Family>,
     /// Graceful restart: our restart time in seconds, or `None` to not offer it.
     pub graceful_restart: Option<u16>,
-    /// We are coming back from a restart (the R bit) with forwarding state preserved.
+    /// We are coming back from a restart (the R bit).
     pub restarting: bool,
+    /// Our forwarding state survived the restart (the F bit of each family).
+    pub forwarding_preserved: bool,
     /// Pause between connection attempts.
     pub connect_retry: Duration,
     /// The first pause before restarting after an error; doubles up to `error_wait_max`.
@@ -76,6 +78,7 @@ impl Config {
             families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
             graceful_restart: Some(120),
             restarting: false,
+            forwarding_preserved: false,
             connect_retry: Duration::from_secs(5),
             error_wait_min: Duration::from_secs(5),
             error_wait_max: Duration::from_secs(30),
@@ -99,7 +102,7 @@ impl Config {
                 families: self
                     .families
                     .iter()
-                    .map(|f| GracefulRestartFamily { family: *f, forwarding_preserved: self.restarting })
+                    .map(|f| GracefulRestartFamily { family: *f, forwarding_preserved: self.forwarding_preserved })
                     .collect(),
             });
         }

@@ -537,8 +537,8 @@ impl Rib {
         } else {
             take_path(&mut self.v6, <[u8; 17]>::of(&prefix), peer)
         };
-        let (removed, best_change) = change?;
-        if removed && let Some(s) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
+        let best_change = change?;
+        if let Some(s) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
             s.counts.received = s.counts.received.saturating_sub(1);
             s.counts.accepted = s.counts.accepted.saturating_sub(1);
         }
@@ -587,13 +587,10 @@ fn same(a: &Path, b: &Path) -> bool {
     a.peer == b.peer && a.stale == b.stale && Arc::ptr_eq(&a.attrs, &b.attrs)
 }
 
-/// Removes `peer`'s path to the prefix. Returns whether one was removed, and the best change.
+/// Removes `peer`'s path to the prefix. `None` when it had none; otherwise the best change,
+/// if the removed path was the best.
 #[allow(clippy::type_complexity)]
-fn take_path<K: Key>(
-    table: &mut FxHashMap<K, Paths>,
-    key: K,
-    peer: PeerId,
-) -> Option<(bool, Option<(Path, Option<Path>)>)> {
+fn take_path<K: Key>(table: &mut FxHashMap<K, Paths>, key: K, peer: PeerId) -> Option<Option<(Path, Option<Path>)>> {
     let paths = table.get_mut(&key)?;
     let at = paths.iter().position(|p| p.peer == peer)?;
     let old_best = paths[0].clone();
@@ -603,7 +600,7 @@ fn take_path<K: Key>(
         table.remove(&key);
     }
     let changed = at == 0;
-    Some((true, changed.then_some((old_best, new_best))))
+    Some(changed.then_some((old_best, new_best)))
 }
 
 /// The decision process (RFC 4271 §9.1.2.2 with the usual tie-breakers): `Less` when `a` is

@@ -402,6 +402,7 @@ impl Core {
             fsm_config.passive = spec.passive;
             fsm_config.graceful_restart = self.config.graceful_restart;
             fsm_config.restarting = self.config.graceful_restart.is_some() && self.recently_started();
+            fsm_config.forwarding_preserved = self.config.forwarding_preserved;
             fsm_config.families = vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST];
             let params = SessionParams {
                 remote: SocketAddr::new(address, spec.port),

@@ -44,12 +44,5 @@ pub enum Error {
     Exhausted(String),
 }
 
-impl Error {
-    /// True for errors worth retrying after a pause: the backend may come back.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Unavailable(_))
-    }
-}
-
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

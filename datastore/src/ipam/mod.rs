@@ -94,14 +94,6 @@ struct Context {
     labels: BTreeMap<String, String>,
 }
 
-/// The outcome of a block edit.
-enum Edit<T> {
-    /// The block was changed and written.
-    Done(T),
-    /// Nothing to change (e.g. the block is full, or not ours).
-    Skip,
-}
-
 fn system_clock() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -525,18 +517,14 @@ impl Ipam {
         for _ in 0..MAX_ATTEMPTS {
             let Some((block, revision)) = current.take() else { return Ok(None) };
             let mut edited = block.clone();
-            let outcome = match change(&mut edited, (self.clock)()) {
-                None => Edit::Skip,
-                Some(result) => Edit::Done(result),
-            };
-            let result = match outcome {
-                Edit::Skip if fresh => return Ok(None),
-                Edit::Skip => {
+            let result = match change(&mut edited, (self.clock)()) {
+                Some(result) => result,
+                None if fresh => return Ok(None),
+                None => {
                     fresh = true;
                     current = self.fetch_block(cidr).await?;
                     continue;
                 }
-                Edit::Done(result) => result,
             };
             let key = keys::block(&cidr);
             let written = if edited.is_empty() && edited.owner.is_none() {
