@@ -10,6 +10,8 @@ packages=(
     sqlite3                      # to inspect the embedded datastore by hand
     iproute2 procps              # namespaces, links and routes; process tools
     bird2 gobgpd                 # reference BGP speakers for interop tests and benchmarks
+    iptables iputils-ping        # the dataplane's firewall; reachability checks in tests
+    containernetworking-plugins  # reference CNI plugins (ptp, host-local, portmap, bandwidth)
 )
 
 missing=()

@@ -310,21 +310,64 @@ impl Ipam {
     /// Releases addresses one by one; returns the holders of those that were taken.
     pub async fn release_ips(&self, ips: &[IpAddr]) -> Result<Vec<(IpAddr, Allocation)>> {
         let mut released = Vec::new();
-        if ips.is_empty() {
-            return Ok(released);
-        }
-        let (pools, _) = self.client.list::<IpPool>().await?;
+        let pools = if ips.is_empty() { Vec::new() } else { self.client.list::<IpPool>().await?.0 };
         for &ip in ips {
-            let cidr = match pools.iter().find_map(|p| pools::block_of(&p.spec, ip)) {
-                Some(cidr) => Some(cidr),
-                None => self.list_blocks().await?.into_keys().find(|c| c.contains(ip)),
-            };
-            let Some(cidr) = cidr else { continue };
+            let Some(cidr) = self.block_for(&pools, ip).await? else { continue };
             if let Some(holder) = self.edit_block(cidr, |b, now| b.release_ip(ip, now)).await? {
                 released.push((ip, holder));
             }
         }
         Ok(released)
+    }
+
+    /// Releases those of `ips` that `handle` holds, leaving alone any that has since gone to
+    /// someone else; returns the released ones. The cheap way to release a handle whose
+    /// addresses are known (no scan of every block).
+    pub async fn release_handle_ips(&self, handle: &str, ips: &[IpAddr]) -> Result<Vec<IpAddr>> {
+        let mut released = Vec::new();
+        let pools = if ips.is_empty() { Vec::new() } else { self.client.list::<IpPool>().await?.0 };
+        for &ip in ips {
+            let Some(cidr) = self.block_for(&pools, ip).await? else { continue };
+            let freed = self
+                .edit_block(cidr, |b, now| {
+                    b.holder(ip).filter(|a| a.handle == handle)?;
+                    b.release_ip(ip, now).map(|_| ip)
+                })
+                .await?;
+            released.extend(freed);
+        }
+        Ok(released)
+    }
+
+    /// The block an address belongs to: computed from its pool, or found among the blocks
+    /// when its pool is gone.
+    async fn block_for(&self, pools: &[Resource<IpPool>], ip: IpAddr) -> Result<Option<IpNetwork>> {
+        match pools.iter().find_map(|p| pools::block_of(&p.spec, ip)) {
+            Some(cidr) => Ok(Some(cidr)),
+            None => Ok(self.list_blocks().await?.into_keys().find(|c| c.contains(ip))),
+        }
+    }
+
+    /// Whether an allocation of `family` for `node` from `requested` pools (empty: any
+    /// eligible) could succeed now: a block with a free address it may use, or a block left
+    /// to claim. Errors say why not when no pool is eligible.
+    pub async fn has_room(&self, node: &str, family: Family, requested: &[String]) -> Result<bool> {
+        let context = self.context(node).await?;
+        let eligible = pools::eligible(&context.pools, requested, family, PoolUse::Workload, node, &context.labels)?;
+        let listing = self.list_blocks().await?;
+        let now = (self.clock)();
+        let cooldown = context.config.release_cooldown.as_millis() as u64;
+        let usable = |b: &Block| {
+            b.owner.is_none()
+                || b.owner.as_deref() == Some(node)
+                || (!context.config.strict_affinity && b.available(now, cooldown) > 0)
+        };
+        Ok(eligible.iter().any(|pool| {
+            let blocks: Vec<&Block> =
+                listing.values().map(|(b, _)| b).filter(|b| pool.spec.cidr.contains(b.cidr.network())).collect();
+            (blocks.len() as u64) < pools::block_count(&pool.spec)
+                || blocks.iter().any(|b| usable(b) && b.available(now, cooldown) > 0)
+        }))
     }
 
     /// Releases every address held by `handle`; returns them.

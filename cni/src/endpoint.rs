@@ -1,0 +1,98 @@
+//! The WorkloadEndpoint the main plugin writes for each attachment, so the agent and
+//! brindlectl see the pod's interface.
+
+use brindle_datastore::resource::{Resource, WorkloadEndpoint};
+use brindle_datastore::{Client, Error as StoreError};
+use ipnetwork::IpNetwork;
+
+use crate::error::Result;
+
+/// Which endpoint an attachment has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointId {
+    /// The pod's namespace (`default` without Kubernetes).
+    pub namespace: String,
+    /// `<node>-<orchestrator>-<pod>-<interface>`, as Calico names them: unique across nodes.
+    pub name: String,
+    /// `k8s`, or `cni` when the runtime gave no pod name.
+    pub orchestrator: &'static str,
+    /// The pod's name, or the container ID without Kubernetes.
+    pub pod: String,
+    /// The sandbox.
+    pub container_id: String,
+    /// The interface inside it.
+    pub ifname: String,
+}
+
+impl EndpointId {
+    /// The endpoint of an attachment.
+    pub fn new(node: &str, namespace: Option<&str>, pod: Option<&str>, container_id: &str, ifname: &str) -> Self {
+        let (orchestrator, pod) = match pod {
+            Some(pod) => ("k8s", pod.to_owned()),
+            None => ("cni", container_id.to_owned()),
+        };
+        EndpointId {
+            namespace: namespace.unwrap_or("default").to_owned(),
+            name: format!("{node}-{orchestrator}-{pod}-{ifname}").to_lowercase(),
+            orchestrator,
+            pod,
+            container_id: container_id.to_owned(),
+            ifname: ifname.to_owned(),
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Writes (or overwrites: a new sandbox of the same pod) the endpoint.
+    pub async fn write(
+        &self,
+        client: &Client,
+        node: &str,
+        host_veth: &str,
+        mac: &str,
+        addresses: Vec<IpNetwork>,
+    ) -> Result<()> {
+        let spec = WorkloadEndpoint {
+            node: node.to_owned(),
+            orchestrator: self.orchestrator.to_owned(),
+            pod: self.pod.clone(),
+            endpoint: self.ifname.clone(),
+            container_id: self.container_id.clone(),
+            interface_name: host_veth.to_owned(),
+            mac: Some(mac.to_owned()).filter(|m| !m.is_empty()),
+            ip_networks: addresses,
+            profiles: Vec::new(),
+        };
+        let mut resource = Resource::new(self.name.clone(), spec);
+        resource.metadata.namespace = Some(self.namespace.clone());
+        match client.create(resource.clone()).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::AlreadyExists(_)) => {
+                let existing = client.get::<WorkloadEndpoint>(Some(&self.namespace), &self.name).await?;
+                resource.metadata.resource_version = existing.metadata.resource_version;
+                client.update(resource).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes the endpoint if it still belongs to this sandbox (a newer sandbox of the same
+    /// pod may have replaced it). Missing is fine.
+    pub async fn delete(&self, client: &Client) -> Result<()> {
+        let Some(existing) = client.find::<WorkloadEndpoint>(Some(&self.namespace), &self.name).await? else {
+            return Ok(());
+        };
+        if existing.spec.container_id != self.container_id {
+            tracing::info!(endpoint = %self.path(), "endpoint belongs to a newer sandbox; left alone");
+            return Ok(());
+        }
+        match client.delete::<WorkloadEndpoint>(Some(&self.namespace), &self.name, existing.revision()).await {
+            Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
