@@ -17,6 +17,8 @@ use brindle_datastore::resource::{AnyResource, parse_documents};
 use brindle_datastore::testing::{Backend, TestStore};
 use serde_json::{Value, json};
 
+pub mod libcni;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs each listed test once per datastore, as `etcd::name` and `sqlite::name`.
@@ -217,6 +219,29 @@ impl Node {
         run(Command::new("ip").args(["route", "show"]))
     }
 
+    /// How many addresses IPAM has given out.
+    pub fn allocations(&self) -> usize {
+        let ipam = brindle_datastore::ipam::Ipam::new(self.client());
+        self.runtime.block_on(ipam.blocks()).unwrap().iter().map(|(b, _)| b.in_use()).sum()
+    }
+
+    /// How many WorkloadEndpoints exist.
+    pub fn endpoints(&self) -> usize {
+        let client = self.client();
+        self.runtime.block_on(client.list::<brindle_datastore::resource::WorkloadEndpoint>()).unwrap().0.len()
+    }
+
+    /// Fails the test if anything of a pod is left: veth, route, record, address, endpoint.
+    pub fn assert_clean(&self) {
+        assert!(!self.links().contains("brin"), "a veth is left: {}", self.links());
+        assert!(!self.routes().contains("proto 98"), "a route is left: {}", self.routes());
+        let records: Vec<_> =
+            std::fs::read_dir(self.records.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(records.is_empty(), "records are left: {records:?}");
+        assert_eq!(self.allocations(), 0, "addresses are left allocated");
+        assert_eq!(self.endpoints(), 0, "endpoints are left");
+    }
+
     /// Every link on the node.
     pub fn links(&self) -> String {
         run(Command::new("ip").args(["-o", "link", "show"]))
@@ -298,6 +323,9 @@ pub fn cni_path() -> String {
     format!("{ours}:/usr/lib/cni")
 }
 
+/// The PATH plugins run with.
+pub const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Runs a plugin binary as a runtime would.
 pub fn exec(binary: &str, command: &str, conf: &Value, pod: &Pod) -> Outcome {
     let args = format!(
@@ -326,7 +354,7 @@ pub fn exec_env(binary: &str, conf: &Value, vars: &[(&str, &str)]) -> Outcome {
 /// Runs a plugin binary with raw stdin.
 pub fn exec_raw(binary: &str, stdin: &[u8], vars: &[(&str, &str)]) -> Outcome {
     let mut cmd = Command::new(binary);
-    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd.env_clear().env("PATH", PATH);
     for (k, v) in vars {
         cmd.env(k, v);
     }

@@ -1,0 +1,101 @@
+//! Many pods, quickly: repeated ADD/DEL leaves nothing behind, concurrent ADDs on one node get
+//! distinct addresses, GC collects exactly the attachments that are no longer valid.
+
+mod common;
+
+use std::collections::HashSet;
+
+use brindle_datastore::testing::Backend;
+use common::{Node, Pod};
+use serde_json::json;
+
+per_backend!(concurrent_adds_get_distinct_addresses, gc_releases_only_what_is_not_valid);
+
+fn ip_of(result: &serde_json::Value) -> String {
+    result["ips"][0]["address"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn five_hundred_add_del_cycles_leave_nothing_behind() {
+    let node = Node::new(Backend::Sqlite);
+    let conf = node.conf("1.0.0", false);
+    let pods: Vec<Pod> = (0..4).map(|i| Pod::new(&format!("cycle{i}"))).collect();
+    for cycle in 0..500 {
+        let pod = &pods[cycle % pods.len()];
+        let result = node.brindle("ADD", &conf, pod).result();
+        let mut del = conf.clone();
+        del["prevResult"] = result;
+        node.brindle("DEL", &del, pod).result();
+    }
+    node.assert_clean();
+}
+
+fn concurrent_adds_get_distinct_addresses(backend: Backend) {
+    let node = Node::new(backend);
+    let conf = node.conf("1.0.0", false);
+    let pods: Vec<Pod> = (0..32).map(|i| Pod::new(&format!("burst{i}"))).collect();
+    let results: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods.iter().map(|pod| s.spawn(|| node.brindle("ADD", &conf, pod).result())).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let addresses: HashSet<String> = results.iter().map(ip_of).collect();
+    assert_eq!(addresses.len(), 32, "duplicate addresses: {addresses:?}");
+    assert_eq!(node.allocations(), 32);
+    assert_eq!(node.endpoints(), 32);
+    // Every pod is wired: the first reaches the last.
+    let last = results[31]["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
+    assert!(pods[0].ping(&last), "pod 0 cannot reach pod 31 at {last}");
+    std::thread::scope(|s| {
+        for pod in &pods {
+            s.spawn(|| node.brindle("DEL", &conf, pod).result());
+        }
+    });
+    node.assert_clean();
+}
+
+fn gc_releases_only_what_is_not_valid(backend: Backend) {
+    let node = Node::new(backend);
+    let conf = node.conf("1.1.0", false);
+    let keep = Pod::new("keep");
+    let gone = Pod::new("gone");
+    let kept = node.brindle("ADD", &conf, &keep).result();
+    node.brindle("ADD", &conf, &gone).result();
+    // An allocation whose record was lost (a crash between IPAM and the veth) is found too.
+    let orphan_holder = brindle_datastore::ipam::Allocation {
+        handle: "k8s-pod-network.orphan".into(),
+        kind: brindle_datastore::ipam::AllocationKind::Workload,
+        node: node.name.clone(),
+        pod: None,
+        namespace: None,
+    };
+    let ipam = brindle_datastore::ipam::Ipam::new(node.client());
+    let request = brindle_datastore::ipam::AllocateRequest { holder: orphan_holder, ipv4: 1, ..Default::default() };
+    node.runtime.block_on(ipam.allocate(&request)).unwrap();
+    // Another node's allocation of the same network is not this node's to collect.
+    let mut other = request.clone();
+    other.holder.node = "another-node".into();
+    other.holder.handle = "k8s-pod-network.elsewhere".into();
+    node.runtime.block_on(ipam.allocate(&other)).unwrap();
+    assert_eq!(node.allocations(), 4);
+
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": keep.container_id, "ifname": "eth0"}]);
+    let out = common::exec_env(
+        env!("CARGO_BIN_EXE_brindle"),
+        &gc,
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", &common::cni_path())],
+    );
+    assert!(out.ok, "GC failed: {}", out.stdout);
+    assert_eq!(node.allocations(), 2, "the kept pod and the other node's address remain");
+    assert_eq!(node.endpoints(), 1);
+    let links = node.links();
+    assert!(links.contains(kept["interfaces"][0]["name"].as_str().unwrap()), "{links}");
+    assert_eq!(links.matches("brin").count(), 1, "{links}");
+    let kept_ip = ip_of(&kept);
+    let kept_ip = kept_ip.split('/').next().unwrap();
+    assert!(
+        common::output(std::process::Command::new("ping").args(["-c1", "-W2", kept_ip])).0,
+        "the kept pod was disturbed"
+    );
+    node.brindle("DEL", &conf, &keep).result();
+}
