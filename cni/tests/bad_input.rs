@@ -4,7 +4,7 @@
 mod common;
 
 use brindle_datastore::testing::Backend;
-use common::{Node, Outcome, Pod, exec_env, exec_raw};
+use common::{Expect, Node, Outcome, Pod, exec_env, exec_raw};
 use serde_json::json;
 
 const BRINDLE: &str = env!("CARGO_BIN_EXE_brindle");
@@ -86,7 +86,7 @@ fn malformed_requests_get_precise_codes(backend: Backend) {
     assert!(out.stdout.contains("no-such-ipam"), "{}", out.stdout);
 
     // An interface of that name already in the pod: the ADD fails and rolls back.
-    pod.netns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
+    pod.netns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]).unwrap();
     let out = node.brindle("ADD", &conf, &pod);
     assert!(out.code() == 999 && out.stdout.contains("already exists"), "{}", out.stdout);
     node.assert_clean();

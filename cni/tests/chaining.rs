@@ -10,8 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use brindle_datastore::testing::Backend;
-use common::libcni::ConfList;
-use common::{Node, Pod, enter};
+use common::{ConfList, Node, Pod, enter};
 use serde_json::json;
 
 per_backend!(portmap_and_bandwidth_chain_after_brindle);
@@ -34,9 +33,10 @@ fn portmap_and_bandwidth_chain_after_brindle(backend: Backend) {
             "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
             "bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 1_000_000, "egressRate": 8_000_000, "egressBurst": 1_000_000},
         }),
+        cni_path: common::cni_path(),
     };
     let pod = Pod::new("web");
-    let result = conflist.add(&pod).unwrap_or_else(|e| panic!("ADD failed: {}", e.stdout));
+    let result = conflist.add(&pod.attachment).unwrap().unwrap_or_else(|e| panic!("ADD failed: {}", e.stdout));
     let pod_ip = result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
     let veth = result["interfaces"][0]["name"].as_str().unwrap().to_owned();
 
@@ -77,20 +77,20 @@ fn portmap_and_bandwidth_chain_after_brindle(backend: Backend) {
     // even for an IPv4-only container, and fails (containernetworking/plugins#819, fixed in
     // later releases). That one failure, and only it, is tolerated; every other plugin's CHECK
     // must pass.
-    match conflist.check(&pod, &result) {
+    match conflist.check(&pod.attachment, &result).unwrap() {
         Ok(()) => {}
         Err(e) if e.json["msg"].as_str().is_some_and(|m| m.starts_with("could not check ipv6 dnat")) => {
             let mut without_portmap = conflist.list.clone();
             without_portmap["plugins"].as_array_mut().unwrap().remove(1);
-            let rest = ConfList { list: without_portmap, runtime_config: conflist.runtime_config.clone() };
-            rest.check(&pod, &result).unwrap_or_else(|e| panic!("CHECK failed: {}", e.stdout));
+            let rest = ConfList { list: without_portmap, ..conflist.clone() };
+            rest.check(&pod.attachment, &result).unwrap().unwrap_or_else(|e| panic!("CHECK failed: {}", e.stdout));
         }
         Err(e) => panic!("CHECK failed: {}", e.stdout),
     }
-    conflist.del(&pod, &result).unwrap_or_else(|e| panic!("DEL failed: {}", e.stdout));
+    conflist.del(&pod.attachment, &result).unwrap().unwrap_or_else(|e| panic!("DEL failed: {}", e.stdout));
     assert!(!node.links().contains("brin"), "{}", node.links());
     let (_, nat) = common::output(std::process::Command::new("iptables-save").args(["-t", "nat"]));
     assert!(!nat.contains(&pod.container_id[..12]) && !nat.contains("8080"), "portmap left rules: {nat}");
     // A second DEL of the whole list (runtimes retry) is fine.
-    conflist.del(&pod, &result).unwrap_or_else(|e| panic!("second DEL failed: {}", e.stdout));
+    conflist.del(&pod.attachment, &result).unwrap().unwrap_or_else(|e| panic!("second DEL failed: {}", e.stdout));
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use brindle_datastore::testing::Backend;
-use common::{Node, Pod, exec};
+use common::{Expect, Node, Pod, exec};
 use serde_json::json;
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 
 use brindle_datastore::testing::Backend;
-use common::{Node, Pod};
+use common::{Expect, Node, Pod};
 use serde_json::json;
 
 per_backend!(concurrent_adds_get_distinct_addresses, gc_releases_only_what_is_not_valid);

@@ -5,7 +5,7 @@ mod common;
 
 use brindle_datastore::resource::WorkloadEndpoint;
 use brindle_datastore::testing::Backend;
-use common::{Node, Pod};
+use common::{Expect, Node, Pod};
 
 per_backend!(two_dual_stack_pods_reach_each_other_and_the_node, the_same_container_twice_gets_the_same_result);
 
@@ -81,7 +81,7 @@ fn two_dual_stack_pods_reach_each_other_and_the_node(backend: Backend) {
     let mut check = conf.clone();
     check["prevResult"] = ra.clone();
     node.brindle("CHECK", &check, &a).result();
-    a.netns.ip(&["route", "del", "default"]);
+    a.netns.ip(&["route", "del", "default"]).unwrap();
     let broken = node.brindle("CHECK", &check, &a);
     assert!(broken.stdout.contains("route 0.0.0.0/0 via 169.254.1.1 is missing"), "{}", broken.stdout);
 

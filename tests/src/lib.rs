@@ -1,3 +1,6 @@
-//! The network-namespace lab harness and end-to-end tests (binary brindle-lab).
-//!
-//! Not implemented yet: DESIGN.md describes what will live here.
+//! The network-namespace harness shared by brindle's end-to-end tests, benchmarks and (later)
+//! `brindle-lab`: uniquely named namespaces removed by guards, and CNI plugins run exactly
+//! the way a container runtime runs them.
+
+pub mod cni;
+pub mod netns;

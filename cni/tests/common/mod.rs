@@ -4,22 +4,17 @@
 //! way a container runtime runs them. Every name is unique; guards remove everything even
 //! when a test fails. The test's thread joins the node's namespace, so the plugins it starts
 //! see the node as their host.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::process::Command;
 
 use brindle_datastore::Client;
 use brindle_datastore::resource::{AnyResource, parse_documents};
 use brindle_datastore::testing::{Backend, TestStore};
+pub use brindle_e2e::cni::{Attachment, ConfList, Outcome};
+use brindle_e2e::netns::{self, Netns, unique};
 use serde_json::{Value, json};
-
-pub mod libcni;
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs each listed test once per datastore, as `etcd::name` and `sqlite::name`.
 #[macro_export]
@@ -34,60 +29,43 @@ macro_rules! per_backend {
     };
 }
 
-/// A unique short tag (interface names are limited to 15 characters).
-pub fn unique() -> String {
-    format!("{:x}{:x}", std::process::id() % 0xfff, NEXT.fetch_add(1, Ordering::SeqCst))
-}
-
-/// Runs a command and returns its output, failing the test if it fails.
+/// Runs a command and returns its stdout, failing the test if it fails.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns::run(cmd).unwrap()
 }
 
 /// A command's combined output, whatever its status.
 pub fn output(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    netns::output(cmd)
 }
 
-/// A network namespace, deleted on drop.
-pub struct Netns {
-    /// Its name under /var/run/netns.
-    pub name: String,
+/// Moves the calling thread into a namespace.
+pub fn enter(path: &Path) {
+    netns::enter(path).unwrap()
 }
 
-impl Netns {
-    /// Makes a namespace with its loopback up.
-    pub fn new(tag: &str) -> Netns {
-        let name = format!("cnit-{}-{tag}", unique());
-        run(Command::new("ip").args(["netns", "add", &name]));
-        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
-        Netns { name }
-    }
-
-    /// Its path, as runtimes pass it in CNI_NETNS.
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/var/run/netns/{}", self.name))
-    }
-
-    /// A command run inside it.
-    pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-
-    /// `ip <args>` inside it.
-    pub fn ip(&self, args: &[&str]) -> String {
-        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
-    }
+/// A namespace for this suite.
+fn namespace(tag: &str) -> Netns {
+    Netns::new("cnit", tag).unwrap()
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+/// What the tests expect of a plugin's outcome.
+pub trait Expect {
+    /// The result, or the test fails with the error.
+    fn result(self) -> Value;
+    /// The error code, or the test fails because the plugin succeeded.
+    fn code(&self) -> u64;
+}
+
+impl Expect for Outcome {
+    fn result(self) -> Value {
+        assert!(self.ok, "plugin failed: {} {}", self.stdout, self.stderr);
+        self.json
+    }
+
+    fn code(&self) -> u64 {
+        assert!(!self.ok, "plugin succeeded unexpectedly: {}", self.stdout);
+        self.json["code"].as_u64().unwrap_or_else(|| panic!("no code in {}", self.stdout))
     }
 }
 
@@ -121,8 +99,8 @@ pub struct Node {
 impl Node {
     /// Builds the node, enters it, starts the datastore and creates the IPv4 and IPv6 pools.
     pub fn new(backend: Backend) -> Node {
-        let netns = Netns::new("node");
-        let world = Netns::new("world");
+        let netns = namespace("node");
+        let world = namespace("world");
         let up = format!("up{}", unique());
         let down = format!("dn{}", unique());
         run(Command::new("ip").args([
@@ -139,14 +117,14 @@ impl Node {
             "netns",
             &world.name,
         ]));
-        netns.ip(&["addr", "add", &format!("{NODE_V4}/24"), "dev", &up]);
-        netns.ip(&["addr", "add", "fd00:250::2/64", "dev", &up, "nodad"]);
-        netns.ip(&["link", "set", &up, "up"]);
-        world.ip(&["addr", "add", &format!("{WORLD_V4}/24"), "dev", &down]);
-        world.ip(&["addr", "add", "fd00:250::1/64", "dev", &down, "nodad"]);
-        world.ip(&["link", "set", &down, "up"]);
-        netns.ip(&["route", "add", "default", "via", WORLD_V4]);
-        netns.ip(&["-6", "route", "add", "default", "via", "fd00:250::1"]);
+        netns.ip(&["addr", "add", &format!("{NODE_V4}/24"), "dev", &up]).unwrap();
+        netns.ip(&["addr", "add", "fd00:250::2/64", "dev", &up, "nodad"]).unwrap();
+        netns.ip(&["link", "set", &up, "up"]).unwrap();
+        world.ip(&["addr", "add", &format!("{WORLD_V4}/24"), "dev", &down]).unwrap();
+        world.ip(&["addr", "add", "fd00:250::1/64", "dev", &down, "nodad"]).unwrap();
+        world.ip(&["link", "set", &down, "up"]).unwrap();
+        netns.ip(&["route", "add", "default", "via", WORLD_V4]).unwrap();
+        netns.ip(&["-6", "route", "add", "default", "via", "fd00:250::1"]).unwrap();
         // What the agent does on a real node: forward between pods and the uplink.
         run(netns.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]));
         enter(&netns.path());
@@ -248,37 +226,30 @@ impl Node {
     }
 }
 
-/// Moves the calling thread into a namespace.
-pub fn enter(path: &Path) {
-    let file = File::open(path).unwrap();
-    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
 /// A pod: a network namespace and the identity kubelet gives the runtime.
 pub struct Pod {
     /// Its sandbox namespace.
     pub netns: Netns,
+    /// How the runtime attaches it.
+    pub attachment: Attachment,
     /// The sandbox's container ID.
     pub container_id: String,
-    /// Its Kubernetes namespace.
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
-    /// The interface to create.
-    pub ifname: String,
 }
 
 impl Pod {
     /// A new pod named `name` in namespace `default`.
     pub fn new(name: &str) -> Pod {
         let tag = unique();
-        Pod {
-            netns: Netns::new("pod"),
-            container_id: format!("{tag}{}", "c".repeat(40)),
-            namespace: "default".into(),
-            name: format!("{name}-{tag}"),
+        let netns = namespace("pod");
+        let container_id = format!("{tag}{}", "c".repeat(40));
+        let attachment = Attachment {
+            container_id: container_id.clone(),
+            netns: netns.path(),
             ifname: "eth0".into(),
-        }
+            pod_namespace: "default".into(),
+            pod_name: format!("{name}-{tag}"),
+        };
+        Pod { netns, attachment, container_id }
     }
 
     /// Runs a program inside the pod.
@@ -292,58 +263,25 @@ impl Pod {
     }
 }
 
-/// A plugin's exit status and its stdout.
-#[derive(Debug)]
-pub struct Outcome {
-    /// Exit status 0.
-    pub ok: bool,
-    /// The one JSON document on stdout.
-    pub json: Value,
-    /// Everything on stdout.
-    pub stdout: String,
-}
-
-impl Outcome {
-    /// The result, or the test fails with the error.
-    pub fn result(self) -> Value {
-        assert!(self.ok, "plugin failed: {}", self.stdout);
-        self.json
-    }
-
-    /// The error code, or the test fails because it succeeded.
-    pub fn code(&self) -> u64 {
-        assert!(!self.ok, "plugin succeeded unexpectedly: {}", self.stdout);
-        self.json["code"].as_u64().unwrap_or_else(|| panic!("no code in {}", self.stdout))
-    }
-}
-
 /// CNI_PATH: our plugins, then the reference plugins.
 pub fn cni_path() -> String {
     let ours = Path::new(env!("CARGO_BIN_EXE_brindle-ipam")).parent().unwrap().display().to_string();
     format!("{ours}:/usr/lib/cni")
 }
 
-/// The PATH plugins run with.
-pub const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+fn checked(outcome: Outcome) -> Outcome {
+    assert!(
+        !outcome.stdout.contains("panicked") && !outcome.stderr.contains("panicked"),
+        "plugin panicked: {} {}",
+        outcome.stdout,
+        outcome.stderr
+    );
+    outcome
+}
 
 /// Runs a plugin binary as a runtime would.
 pub fn exec(binary: &str, command: &str, conf: &Value, pod: &Pod) -> Outcome {
-    let args = format!(
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
-        pod.namespace, pod.name, pod.container_id
-    );
-    exec_env(
-        binary,
-        conf,
-        &[
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", &pod.container_id),
-            ("CNI_NETNS", &pod.netns.path().display().to_string()),
-            ("CNI_IFNAME", &pod.ifname),
-            ("CNI_PATH", &cni_path()),
-            ("CNI_ARGS", &args),
-        ],
-    )
+    checked(brindle_e2e::cni::exec(Path::new(binary), command, conf, &pod.attachment, &cni_path()).unwrap())
 }
 
 /// Runs a plugin binary with exactly these CNI variables and `conf` on stdin.
@@ -353,25 +291,6 @@ pub fn exec_env(binary: &str, conf: &Value, vars: &[(&str, &str)]) -> Outcome {
 
 /// Runs a plugin binary with raw stdin.
 pub fn exec_raw(binary: &str, stdin: &[u8], vars: &[(&str, &str)]) -> Outcome {
-    let mut cmd = Command::new(binary);
-    cmd.env_clear().env("PATH", PATH);
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    // A plugin that fails on its environment exits before it reads stdin.
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    let Output { status, stdout, stderr } = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&stdout).into_owned();
-    assert!(
-        !stdout.contains("panicked") && !String::from_utf8_lossy(&stderr).contains("panicked"),
-        "plugin panicked: {stdout} {}",
-        String::from_utf8_lossy(&stderr)
-    );
-    let json = if stdout.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {stdout}"))
-    };
-    Outcome { ok: status.success(), json, stdout }
+    let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    checked(brindle_e2e::cni::exec_raw(Path::new(binary), stdin, &vars).unwrap())
 }
