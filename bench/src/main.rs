@@ -1,5 +1,6 @@
 //! brindle-bench: runs brindle and a reference system in the same run and prints ratios.
 
+mod cni;
 mod ipam;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,9 @@ enum Command {
     /// IPAM allocations and releases per second against raw compare-and-swap writes, with one
     /// client and with several processes, on etcd and SQLite.
     Ipam(ipam::BenchArgs),
+    /// CNI ADD and DEL latency (p50, p99) of brindle + brindle-ipam against the reference
+    /// ptp + host-local, sequential and concurrent, in a node namespace made for the run.
+    Cni(cni::BenchArgs),
     /// One benchmark process (started by `ipam`; also used by the multi-process tests).
     #[command(hide = true)]
     IpamWorker(ipam::WorkerArgs),
@@ -26,6 +30,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
+        Command::Cni(args) => cni::bench(args),
         Command::Ipam(args) => runtime.block_on(ipam::bench(args)),
         Command::IpamWorker(args) => runtime.block_on(ipam::worker(args)),
     }

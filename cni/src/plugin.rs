@@ -176,35 +176,41 @@ async fn del(inv: &Invocation) -> Result<()> {
     let ipam = Ipam::of(inv)?;
     let record_dir = conf.record_dir();
     let record = Record::load(&record_dir, &conf.name, &request.container_id, &request.ifname)?;
-    let host = netlink::connect()?;
     let veth = record.as_ref().map_or_else(|| host_veth(inv), |r| r.host_veth.clone());
     // A host end of this name made for a newer sandbox of the pod is not ours to remove.
     let newer_sandbox = record.is_none() && newer_sandbox_owns(&record_dir, inv, &veth)?;
-    if !newer_sandbox {
-        wiring::detach(&host, &veth).await?;
-    }
+    // Deleting a veth blocks in the kernel for a while (it waits for the network stack to
+    // let go of it); the datastore work runs meanwhile.
+    let kernel = (!newer_sandbox).then(|| std::thread::spawn(move || wiring::detach_blocking(&veth)));
     let node = match &record {
         Some(r) => r.node.clone(),
         None => conf.node_name()?,
     };
     let handle = ipam::handle(&conf.name, &request.container_id);
-    match &ipam {
-        Ipam::Brindle(_) => {
-            let store = Store::connect(conf).await?;
-            let known: Vec<IpAddr> = match (&record, conf.prev_result()?) {
-                (Some(r), _) => r.result.addresses(),
-                (None, Some(prev)) => prev.addresses(),
-                (None, None) => Vec::new(),
-            };
-            store.release(&handle, &known).await?;
-            endpoint_id(inv, &node).delete(&store.client).await?;
-        }
-        Ipam::Delegate(plugin) => {
-            ipam::delegate(plugin, Command::Del, request, &inv.stdin)?;
-            let store = Store::connect(conf).await?;
-            endpoint_id(inv, &node).delete(&store.client).await?;
+    let datastore = async {
+        match &ipam {
+            Ipam::Brindle(_) => {
+                let store = Store::connect(conf).await?;
+                let known: Vec<IpAddr> = match (&record, conf.prev_result()?) {
+                    (Some(r), _) => r.result.addresses(),
+                    (None, Some(prev)) => prev.addresses(),
+                    (None, None) => Vec::new(),
+                };
+                store.release(&handle, &known).await?;
+                endpoint_id(inv, &node).delete(&store.client).await
+            }
+            Ipam::Delegate(plugin) => {
+                ipam::delegate(plugin, Command::Del, request, &inv.stdin)?;
+                let store = Store::connect(conf).await?;
+                endpoint_id(inv, &node).delete(&store.client).await
+            }
         }
     }
+    .await;
+    if let Some(kernel) = kernel {
+        kernel.join().unwrap_or_else(|_| Err(Error::Internal("the thread deleting the veth panicked".into())))?;
+    }
+    datastore?;
     Record::remove(&record_dir, &conf.name, &request.container_id, &request.ifname)
 }
 

@@ -215,6 +215,16 @@ pub async fn detach(host: &Handle, host_veth: &str) -> Result<bool> {
     netlink::delete_link(host, host_veth).await
 }
 
+/// [`detach`] on the calling thread, with its own runtime and netlink socket (for a thread
+/// of its own, so the caller can do other work while the kernel tears the veth down).
+pub fn detach_blocking(host_veth: &str) -> Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("starting a runtime: {e}")))?;
+    runtime.block_on(async { detach(&netlink::connect()?, host_veth).await })
+}
+
 /// Compares the kernel with a previous result; returns every difference found.
 pub async fn check(
     host: &Handle,

@@ -90,3 +90,43 @@ pub fn veth(a: &Netns, a_end: &str, b: &Netns, b_end: &str) -> anyhow::Result<()
         .args(["link", "add", a_end, "netns", &a.name, "type", "veth", "peer", "name", b_end, "netns", &b.name]))?;
     Ok(())
 }
+
+/// The node's end of the uplink.
+pub const NODE_V4: &str = "10.250.0.2";
+/// The world's end (the node's default gateway).
+pub const WORLD_V4: &str = "10.250.0.1";
+/// The node's IPv6 uplink address.
+pub const NODE_V6: &str = "fd00:250::2";
+/// The world's IPv6 address.
+pub const WORLD_V6: &str = "fd00:250::1";
+
+/// A node as a namespace: an uplink to a "world" namespace, default routes of both families
+/// through it (proxy ARP toward pods needs one, as on real nodes), forwarding on as the
+/// agent sets it.
+#[derive(Debug)]
+pub struct UplinkedNode {
+    /// The node.
+    pub node: Netns,
+    /// What lies beyond its uplink.
+    pub world: Netns,
+}
+
+impl UplinkedNode {
+    /// Builds the pair, named `<prefix>-...-node` and `<prefix>-...-world`.
+    pub fn new(prefix: &str) -> anyhow::Result<UplinkedNode> {
+        let node = Netns::new(prefix, "node")?;
+        let world = Netns::new(prefix, "world")?;
+        let (up, down) = (format!("up{}", unique()), format!("dn{}", unique()));
+        veth(&node, &up, &world, &down)?;
+        node.ip(&["addr", "add", &format!("{NODE_V4}/24"), "dev", &up])?;
+        node.ip(&["addr", "add", &format!("{NODE_V6}/64"), "dev", &up, "nodad"])?;
+        node.ip(&["link", "set", &up, "up"])?;
+        world.ip(&["addr", "add", &format!("{WORLD_V4}/24"), "dev", &down])?;
+        world.ip(&["addr", "add", &format!("{WORLD_V6}/64"), "dev", &down, "nodad"])?;
+        world.ip(&["link", "set", &down, "up"])?;
+        node.ip(&["route", "add", "default", "via", WORLD_V4])?;
+        node.ip(&["-6", "route", "add", "default", "via", WORLD_V6])?;
+        run(node.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]))?;
+        Ok(UplinkedNode { node, world })
+    }
+}

@@ -69,10 +69,8 @@ impl Expect for Outcome {
     }
 }
 
-/// The node's uplink addresses.
-pub const NODE_V4: &str = "10.250.0.2";
-/// The world's end of the uplink (the node's default gateway).
-pub const WORLD_V4: &str = "10.250.0.1";
+pub use brindle_e2e::netns::{NODE_V4, WORLD_V4};
+
 /// The pod pool.
 pub const POOL_V4: &str = "10.244.0.0/16";
 /// The IPv6 pod pool.
@@ -99,34 +97,8 @@ pub struct Node {
 impl Node {
     /// Builds the node, enters it, starts the datastore and creates the IPv4 and IPv6 pools.
     pub fn new(backend: Backend) -> Node {
-        let netns = namespace("node");
-        let world = namespace("world");
-        let up = format!("up{}", unique());
-        let down = format!("dn{}", unique());
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            &up,
-            "netns",
-            &netns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &down,
-            "netns",
-            &world.name,
-        ]));
-        netns.ip(&["addr", "add", &format!("{NODE_V4}/24"), "dev", &up]).unwrap();
-        netns.ip(&["addr", "add", "fd00:250::2/64", "dev", &up, "nodad"]).unwrap();
-        netns.ip(&["link", "set", &up, "up"]).unwrap();
-        world.ip(&["addr", "add", &format!("{WORLD_V4}/24"), "dev", &down]).unwrap();
-        world.ip(&["addr", "add", "fd00:250::1/64", "dev", &down, "nodad"]).unwrap();
-        world.ip(&["link", "set", &down, "up"]).unwrap();
-        netns.ip(&["route", "add", "default", "via", WORLD_V4]).unwrap();
-        netns.ip(&["-6", "route", "add", "default", "via", "fd00:250::1"]).unwrap();
-        // What the agent does on a real node: forward between pods and the uplink.
-        run(netns.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]));
+        let brindle_e2e::netns::UplinkedNode { node: netns, world } =
+            brindle_e2e::netns::UplinkedNode::new("cnit").unwrap();
         enter(&netns.path());
         let store = TestStore::start(backend).expect("start the datastore");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
