@@ -76,7 +76,8 @@ async fn add(inv: &Invocation) -> Result<Value> {
     let host = netlink::connect()?;
 
     // The same container ID again: the same result, if what it describes is still there.
-    if let Some(record) = Record::load(&record_dir, &conf.name, &request.container_id, &request.ifname)?
+    let earlier = Record::load(&record_dir, &conf.name, &request.container_id, &request.ifname)?;
+    if let Some(record) = &earlier
         && netlink::link(&host, &record.host_veth).await?.is_some()
     {
         tracing::info!(container = %request.container_id, "already attached; returning the recorded result");
@@ -87,6 +88,12 @@ async fn add(inv: &Invocation) -> Result<Value> {
     let mtu = conf.pod_mtu()?;
     let store = Store::connect(conf).await?;
     let handle = ipam::handle(&conf.name, &request.container_id);
+    // A record whose veth is gone (the sandbox's namespace was destroyed under it): its
+    // addresses are given back before new ones are taken, so the handle never holds both.
+    if let (Some(record), Ipam::Brindle(_)) = (&earlier, &ipam) {
+        store.release(&handle, &record.result.addresses()).await?;
+        Record::remove(&record_dir, &conf.name, &request.container_id, &request.ifname)?;
+    }
     let mut undo = Undo::default();
     let outcome = async {
         let addresses = match &ipam {

@@ -110,5 +110,14 @@ fn the_same_container_twice_gets_the_same_result(backend: Backend) {
     let blocks = node.runtime.block_on(brindle_datastore::ipam::Ipam::new(node.client()).blocks()).unwrap();
     let used: usize = blocks.iter().map(|(b, _)| b.in_use()).sum();
     assert_eq!(used, 1, "the second ADD allocated again");
+    // With its veth gone, the same container ID is wired anew, and its old address is given
+    // back rather than held twice.
+    let veth = first["interfaces"][0]["name"].as_str().unwrap();
+    common::run(std::process::Command::new("ip").args(["link", "del", veth]));
+    let third = node.brindle("ADD", &conf, &pod).result();
+    assert_eq!(third["interfaces"][0]["name"], veth, "{third}");
+    assert!(node.links().contains(veth));
+    assert_eq!(node.allocations(), 1, "the re-wired container holds two addresses");
     node.brindle("DEL", &conf, &pod).result();
+    node.assert_clean();
 }
