@@ -1,0 +1,234 @@
+//! The desired dataplane, computed from the cluster's state: a pure function, so every rule
+//! of DESIGN.md's encapsulation table is tested without a kernel.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use brindle_datastore::ipam::{AllocationKind, Block};
+use brindle_datastore::resource::{EncapMode, IpPool, Node, Resource, WorkloadEndpoint};
+use ipnetwork::IpNetwork;
+
+/// What the calculation needs to know about this node.
+#[derive(Debug, Clone)]
+pub struct Me {
+    /// The node's name.
+    pub name: String,
+    /// Its IPv4 address with the uplink's prefix length.
+    pub ipv4: Option<IpNetwork>,
+    /// Its IPv6 address with the uplink's prefix length.
+    pub ipv6: Option<IpNetwork>,
+    /// Whether the kernel can do IP-in-IP here.
+    pub ipip_supported: bool,
+}
+
+/// The cluster as the syncer last saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    /// IP pools.
+    pub pools: Vec<Resource<IpPool>>,
+    /// Nodes.
+    pub nodes: Vec<Resource<Node>>,
+    /// IPAM blocks.
+    pub blocks: Vec<Block>,
+    /// This node's workload endpoints.
+    pub workloads: Vec<Resource<WorkloadEndpoint>>,
+}
+
+/// Where a route sends its packets.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    /// Dropped: a block of this node (its live addresses have their own /32s).
+    Blackhole,
+    /// Straight to another node on the same subnet, out of the uplink.
+    Direct {
+        /// The other node's address.
+        via: IpAddr,
+    },
+    /// Through the VXLAN device to another node's tunnel address.
+    Vxlan {
+        /// The other node's VXLAN tunnel address.
+        via: Ipv4Addr,
+    },
+    /// Through `tunl0` to another node's address.
+    Ipip {
+        /// The other node's address.
+        via: Ipv4Addr,
+    },
+    /// A local pod's veth.
+    Workload {
+        /// The host end.
+        interface: String,
+    },
+}
+
+/// A remote node's VXLAN endpoint: ARP entry (tunnel IP -> MAC) and FDB entry (MAC -> node).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Vtep {
+    /// The node's tunnel address.
+    pub tunnel_ip: Ipv4Addr,
+    /// Its VXLAN device's MAC.
+    pub mac: [u8; 6],
+    /// The node's underlay address.
+    pub node_ip: Ipv4Addr,
+}
+
+/// Everything the dataplane should hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Routes by destination.
+    pub routes: BTreeMap<IpNetwork, Target>,
+    /// Whether this node needs its VXLAN device.
+    pub vxlan: bool,
+    /// Remote VTEPs.
+    pub vteps: Vec<Vtep>,
+    /// Every pool's CIDR (the "inside" of natOutgoing).
+    pub pools: Vec<IpNetwork>,
+    /// CIDRs of pools with natOutgoing.
+    pub nat_pools: Vec<IpNetwork>,
+    /// Things that could not be done, in words (logged and reported).
+    pub problems: Vec<String>,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+fn same_subnet(mine: Option<IpNetwork>, theirs: IpAddr) -> bool {
+    mine.is_some_and(|net| net.contains(theirs))
+}
+
+/// How a pool reaches a remote node.
+enum Encap {
+    None,
+    Vxlan,
+    Ipip,
+}
+
+fn encap(pool: &IpPool, my_net: Option<IpNetwork>, peer: IpAddr) -> Encap {
+    let applies = |mode: EncapMode| match mode {
+        EncapMode::Never => false,
+        EncapMode::Always => true,
+        EncapMode::CrossSubnet => !same_subnet(my_net, peer),
+    };
+    if applies(pool.vxlan_mode) {
+        Encap::Vxlan
+    } else if applies(pool.ipip_mode) {
+        Encap::Ipip
+    } else {
+        Encap::None
+    }
+}
+
+/// Computes the desired dataplane for `me`.
+pub fn desired(me: &Me, cluster: &Cluster) -> Desired {
+    let mut out = Desired::default();
+    let nodes: BTreeMap<&str, &Node> = cluster.nodes.iter().map(|n| (n.metadata.name.as_str(), &n.spec)).collect();
+    let pool_of = |cidr: &IpNetwork| cluster.pools.iter().find(|p| p.spec.cidr.contains(cidr.network()));
+    for pool in &cluster.pools {
+        out.pools.push(pool.spec.cidr);
+        if pool.spec.nat_outgoing && !pool.spec.disabled {
+            out.nat_pools.push(pool.spec.cidr);
+        }
+    }
+    out.vxlan = cluster.pools.iter().any(|p| p.spec.vxlan_mode != EncapMode::Never && !p.spec.disabled);
+
+    // Routes toward another node for `dst`, per the pool's mode.
+    let remote = |out: &mut Desired, dst: IpNetwork, pool: &IpPool, node_name: &str| {
+        let Some(node) = nodes.get(node_name) else {
+            out.problems.push(format!("{dst} belongs to node {node_name}, which is not registered"));
+            return;
+        };
+        let (mine, theirs) = if dst.is_ipv4() {
+            (me.ipv4, node.ipv4().map(|n| n.ip()))
+        } else {
+            (me.ipv6, node.bgp.as_ref().and_then(|b| b.ipv6_address).map(|n| n.ip()))
+        };
+        let Some(peer) = theirs else {
+            out.problems.push(format!("node {node_name} has no address of {dst}'s family; no route to {dst}"));
+            return;
+        };
+        let target = match (encap(pool, mine, peer), peer) {
+            (Encap::Vxlan, _) => match node.ipv4_vxlan_tunnel_addr {
+                Some(via) if dst.is_ipv4() => Target::Vxlan { via },
+                _ => {
+                    out.problems.push(format!("node {node_name} has no VXLAN tunnel address yet; no route to {dst}"));
+                    return;
+                }
+            },
+            (Encap::Ipip, IpAddr::V4(via)) if me.ipip_supported => Target::Ipip { via },
+            (Encap::Ipip, _) => {
+                out.problems.push(format!(
+                    "pool {} uses IP-in-IP, which this kernel lacks (no ipip module); no route to {dst}",
+                    pool.cidr
+                ));
+                return;
+            }
+            (Encap::None, peer) if same_subnet(mine, peer) => Target::Direct { via: peer },
+            (Encap::None, peer) => {
+                out.problems.push(format!(
+                    "node {node_name} ({peer}) is not on this node's subnet and pool {} does not encapsulate; \
+                     {dst} needs BGP or a router that knows it",
+                    pool.cidr
+                ));
+                return;
+            }
+        };
+        out.routes.insert(dst, target);
+    };
+
+    for block in &cluster.blocks {
+        let Some(pool) = pool_of(&block.cidr) else { continue };
+        match block.owner.as_deref() {
+            Some(owner) if owner == me.name => {
+                out.routes.insert(block.cidr, Target::Blackhole);
+            }
+            Some(owner) => remote(&mut out, block.cidr, &pool.spec, owner),
+            None => {}
+        }
+        // Addresses borrowed from the block's owner: a /32 (/128) toward where they are used.
+        for (ip, allocation) in block.allocations() {
+            let used_on = allocation.node.as_str();
+            if allocation.kind == AllocationKind::Workload
+                && Some(used_on) != block.owner.as_deref()
+                && used_on != me.name
+            {
+                let host = IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix");
+                remote(&mut out, host, &pool.spec, used_on);
+            }
+        }
+    }
+
+    for workload in &cluster.workloads {
+        for net in &workload.spec.ip_networks {
+            out.routes.insert(*net, Target::Workload { interface: workload.spec.interface_name.clone() });
+        }
+    }
+
+    if out.vxlan {
+        for (name, node) in &nodes {
+            if *name == me.name {
+                continue;
+            }
+            let (Some(tunnel_ip), Some(mac), Some(IpAddr::V4(node_ip))) =
+                (node.ipv4_vxlan_tunnel_addr, node.vxlan_tunnel_mac_addr.as_deref(), node.ipv4().map(|n| n.ip()))
+            else {
+                continue;
+            };
+            match parse_mac(mac) {
+                Some(mac) => out.vteps.push(Vtep { tunnel_ip, mac, node_ip }),
+                None => out.problems.push(format!("node {name} has a malformed VXLAN MAC \"{mac}\"")),
+            }
+        }
+        out.vteps.sort();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

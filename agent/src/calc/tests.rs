@@ -1,0 +1,139 @@
+use brindle_datastore::ipam::Allocation;
+
+use super::*;
+
+fn node(name: &str, ip: &str, vxlan: Option<(&str, &str)>) -> Resource<Node> {
+    let mut spec = Node {
+        bgp: Some(brindle_datastore::resource::NodeBgp {
+            ipv4_address: Some(ip.parse().unwrap()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if let Some((tunnel, mac)) = vxlan {
+        spec.ipv4_vxlan_tunnel_addr = Some(tunnel.parse().unwrap());
+        spec.vxlan_tunnel_mac_addr = Some(mac.into());
+    }
+    Resource::new(name, spec)
+}
+
+fn pool(cidr: &str, vxlan: EncapMode, ipip: EncapMode) -> Resource<IpPool> {
+    let mut spec = IpPool::new(cidr.parse().unwrap());
+    spec.vxlan_mode = vxlan;
+    spec.ipip_mode = ipip;
+    Resource::new("p", spec)
+}
+
+fn block(cidr: &str, owner: &str) -> Block {
+    Block::new(cidr.parse().unwrap(), Some(owner.into()))
+}
+
+fn me(ipip: bool) -> Me {
+    Me { name: "a".into(), ipv4: Some("10.0.0.1/24".parse().unwrap()), ipv6: None, ipip_supported: ipip }
+}
+
+fn cluster(pool: Resource<IpPool>) -> Cluster {
+    Cluster {
+        pools: vec![pool],
+        nodes: vec![
+            node("a", "10.0.0.1/24", Some(("10.244.0.1", "02:00:00:00:00:0a"))),
+            node("b", "10.0.0.2/24", Some(("10.244.1.1", "02:00:00:00:00:0b"))),
+            node("c", "10.0.1.3/24", Some(("10.244.2.1", "02:00:00:00:00:0c"))),
+        ],
+        blocks: vec![block("10.244.0.0/26", "a"), block("10.244.1.0/26", "b"), block("10.244.2.0/26", "c")],
+        workloads: Vec::new(),
+    }
+}
+
+fn route(d: &Desired, dst: &str) -> Option<Target> {
+    d.routes.get(&dst.parse().unwrap()).cloned()
+}
+
+#[test]
+fn own_blocks_are_blackholed_and_no_encap_goes_direct_on_the_subnet() {
+    let d = desired(&me(false), &cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never)));
+    assert_eq!(route(&d, "10.244.0.0/26"), Some(Target::Blackhole));
+    assert_eq!(route(&d, "10.244.1.0/26"), Some(Target::Direct { via: "10.0.0.2".parse().unwrap() }));
+    // c is on another subnet: no-encap cannot reach it without BGP, and says so.
+    assert_eq!(route(&d, "10.244.2.0/26"), None);
+    assert!(d.problems.iter().any(|p| p.contains("node c") && p.contains("BGP")), "{:?}", d.problems);
+    assert!(!d.vxlan && d.vteps.is_empty());
+}
+
+#[test]
+fn vxlan_always_routes_through_tunnel_addresses_with_vteps() {
+    let d = desired(&me(false), &cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never)));
+    assert_eq!(route(&d, "10.244.1.0/26"), Some(Target::Vxlan { via: "10.244.1.1".parse().unwrap() }));
+    assert_eq!(route(&d, "10.244.2.0/26"), Some(Target::Vxlan { via: "10.244.2.1".parse().unwrap() }));
+    assert!(d.vxlan);
+    assert_eq!(d.vteps.len(), 2, "every other node, never this one");
+    assert_eq!(d.vteps[0].node_ip, "10.0.0.2".parse::<Ipv4Addr>().unwrap());
+    assert_eq!(d.vteps[0].mac, [2, 0, 0, 0, 0, 0x0b]);
+}
+
+#[test]
+fn cross_subnet_encapsulates_only_across_subnets() {
+    let d = desired(&me(false), &cluster(pool("10.244.0.0/16", EncapMode::CrossSubnet, EncapMode::Never)));
+    assert_eq!(route(&d, "10.244.1.0/26"), Some(Target::Direct { via: "10.0.0.2".parse().unwrap() }));
+    assert_eq!(route(&d, "10.244.2.0/26"), Some(Target::Vxlan { via: "10.244.2.1".parse().unwrap() }));
+}
+
+#[test]
+fn ipip_routes_via_node_addresses_or_explains_the_missing_module() {
+    let c = cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Always));
+    let with = desired(&me(true), &c);
+    assert_eq!(route(&with, "10.244.2.0/26"), Some(Target::Ipip { via: "10.0.1.3".parse().unwrap() }));
+    let without = desired(&me(false), &c);
+    assert_eq!(route(&without, "10.244.2.0/26"), None);
+    assert!(without.problems.iter().any(|p| p.contains("no ipip module")), "{:?}", without.problems);
+    // Own blocks are still blackholed: the other modes keep working.
+    assert_eq!(route(&without, "10.244.0.0/26"), Some(Target::Blackhole));
+}
+
+#[test]
+fn borrowed_addresses_get_host_routes_and_local_workloads_their_veth() {
+    let mut c = cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never));
+    // b borrowed an address from c's block.
+    let holder = Allocation {
+        handle: "n.x".into(),
+        kind: AllocationKind::Workload,
+        node: "b".into(),
+        pod: None,
+        namespace: None,
+    };
+    c.blocks[2].allocate(holder, 0, 0).unwrap();
+    let wep = WorkloadEndpoint {
+        node: "a".into(),
+        orchestrator: "k8s".into(),
+        pod: "web".into(),
+        endpoint: "eth0".into(),
+        container_id: "c1".into(),
+        interface_name: "brin0123456789a".into(),
+        mac: None,
+        ip_networks: vec!["10.244.0.5/32".parse().unwrap()],
+        profiles: Vec::new(),
+    };
+    c.workloads.push(Resource::new("a-k8s-web-eth0", wep));
+    let d = desired(&me(false), &c);
+    assert_eq!(route(&d, "10.244.2.0/32"), Some(Target::Vxlan { via: "10.244.1.1".parse().unwrap() }));
+    assert_eq!(route(&d, "10.244.0.5/32"), Some(Target::Workload { interface: "brin0123456789a".into() }));
+}
+
+#[test]
+fn nat_outgoing_lists_enabled_nat_pools_and_all_pools() {
+    let mut p = pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never);
+    p.spec.nat_outgoing = true;
+    let mut c = cluster(p);
+    c.pools.push(pool("10.245.0.0/16", EncapMode::Never, EncapMode::Never));
+    let d = desired(&me(false), &c);
+    assert_eq!(d.nat_pools, vec!["10.244.0.0/16".parse::<IpNetwork>().unwrap()]);
+    assert_eq!(d.pools.len(), 2);
+}
+
+#[test]
+fn macs_parse_strictly() {
+    assert_eq!(parse_mac("66:aa:00:01:02:ff"), Some([0x66, 0xaa, 0, 1, 2, 0xff]));
+    assert_eq!(parse_mac("66:aa:00:01:02"), None);
+    assert_eq!(parse_mac("66:aa:00:01:02:ff:00"), None);
+    assert_eq!(parse_mac("zz:aa:00:01:02:ff"), None);
+}

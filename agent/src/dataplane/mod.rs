@@ -1,0 +1,121 @@
+//! The drivers that make the kernel match the desired state. Each reads what the kernel
+//! holds, diffs, and changes only what differs, so a full resync repairs drift and an
+//! unchanged state changes nothing.
+
+pub mod iptables;
+pub mod routes;
+pub mod sysctl;
+pub mod vxlan;
+
+use std::net::Ipv4Addr;
+
+use rtnetlink::Handle;
+
+use crate::calc::Desired;
+
+/// What the dataplane knows about this node beyond the desired state.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The uplink interface.
+    pub uplink: String,
+    /// The node's IPv4 address on it.
+    pub ipv4: Option<Ipv4Addr>,
+    /// The uplink's MTU.
+    pub uplink_mtu: u32,
+    /// VXLAN VNI.
+    pub vxlan_vni: u32,
+    /// VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// This node's VXLAN MAC.
+    pub vxlan_mac: [u8; 6],
+}
+
+/// The outcome of one pass.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Kernel objects changed.
+    pub changes: usize,
+    /// Whether iptables-restore ran.
+    pub iptables_restored: bool,
+    /// What failed, per driver (the others still ran).
+    pub failures: Vec<(&'static str, String)>,
+}
+
+/// The kernel, through netlink and the iptables tools.
+pub struct Dataplane {
+    handle: Handle,
+    host: Host,
+    backend: iptables::Backend,
+}
+
+impl Dataplane {
+    /// Connects to the kernel and picks the iptables backend.
+    pub fn new(host: Host, backend: Option<iptables::Backend>) -> anyhow::Result<Dataplane> {
+        let handle = brindle_cni::netlink::connect()?;
+        let backend = backend.unwrap_or_else(iptables::Backend::detect);
+        tracing::info!(?backend, uplink = %host.uplink, "dataplane ready");
+        Ok(Dataplane { handle, host, backend })
+    }
+
+    /// One pass over every driver. `tunnel_ip` is this node's VXLAN address, if it has one.
+    pub async fn apply(&self, desired: &Desired, tunnel_ip: Option<Ipv4Addr>) -> Applied {
+        let mut applied = Applied::default();
+        let mut fail = |driver, e: anyhow::Error| {
+            tracing::warn!(driver, error = %e, "dataplane driver failed; the next resync retries");
+            applied.failures.push((driver, format!("{e:#}")));
+        };
+        if let Err(e) = sysctl::ensure(desired) {
+            fail("sysctl", e);
+        }
+        match (desired.vxlan, self.host.ipv4, tunnel_ip) {
+            (true, Some(local), Some(tunnel_ip)) => {
+                let result = async {
+                    let devices = routes::Devices::read(&self.handle, &self.host.uplink).await?;
+                    let device = vxlan::Device {
+                        vni: self.host.vxlan_vni,
+                        port: self.host.vxlan_port,
+                        local,
+                        uplink: devices.uplink,
+                        mac: self.host.vxlan_mac,
+                        tunnel_ip,
+                        mtu: self.host.uplink_mtu.saturating_sub(50),
+                    };
+                    let (index, changed) = vxlan::ensure(&self.handle, &device).await?;
+                    sysctl::vxlan_device()?;
+                    let changes = vxlan::sync_vteps(&self.handle, index, &desired.vteps).await?;
+                    anyhow::Ok(changes + usize::from(changed))
+                }
+                .await;
+                match result {
+                    Ok(n) => applied.changes += n,
+                    Err(e) => fail("vxlan", e),
+                }
+            }
+            (true, _, _) => fail("vxlan", anyhow::anyhow!("a pool uses VXLAN but this node has no tunnel address yet")),
+            (false, _, _) => match vxlan::remove(&self.handle).await {
+                Ok(removed) => applied.changes += usize::from(removed),
+                Err(e) => fail("vxlan", e),
+            },
+        }
+        let routed = async {
+            let devices = routes::Devices::read(&self.handle, &self.host.uplink).await?;
+            routes::sync(&self.handle, &desired.routes, &devices).await
+        }
+        .await;
+        match routed {
+            Ok(n) => applied.changes += n,
+            Err(e) => fail("routes", e),
+        }
+        for v6 in [false, true] {
+            let rules = iptables::Rules {
+                pools: desired.pools.iter().filter(|p| p.is_ipv6() == v6).copied().collect(),
+                nat_pools: desired.nat_pools.iter().filter(|p| p.is_ipv6() == v6).copied().collect(),
+            };
+            match iptables::sync(self.backend, v6, &rules) {
+                Ok(ran) => applied.iptables_restored |= ran,
+                Err(e) => fail("iptables", e),
+            }
+        }
+        applied
+    }
+}

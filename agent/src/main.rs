@@ -1,0 +1,233 @@
+//! brindle-node, the agent on every node: keeps the kernel's routes, VXLAN tunnel, iptables
+//! and sysctls in line with the datastore (DESIGN.md, "Data flow in the agent").
+
+mod autodetect;
+mod calc;
+mod dataplane;
+mod startup;
+mod status;
+mod syncer;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use brindle_datastore::Client;
+use brindle_datastore::ipam::Ipam;
+use brindle_datastore::resource::{AgentConfiguration, IptablesBackend, Node};
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::autodetect::Method;
+use crate::calc::{Cluster, Me};
+use crate::dataplane::{Dataplane, Host, iptables};
+use crate::status::Metrics;
+
+/// The brindle node agent.
+///
+/// Exit codes: 0 after SIGTERM or SIGINT (the dataplane is left in place, so pods keep
+/// talking), 1 when start-up fails (the message says why).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// The datastore: `sqlite:///path` or `etcd://host:port,...?cacert=...`.
+    #[arg(long, env = "BRINDLE_DATASTORE", default_value = brindle_cni::config::DEFAULT_DATASTORE)]
+    datastore: String,
+    /// This node's name (default: the host name).
+    #[arg(long, env = "NODENAME")]
+    nodename: Option<String>,
+    /// How to find this node's IPv4 address: first-found, interface=NAME, cidr=CIDR,
+    /// can-reach=ADDRESS.
+    #[arg(long, env = "IP_AUTODETECTION_METHOD", default_value = "first-found")]
+    ip_autodetection_method: Method,
+    /// The same for IPv6; none when not given.
+    #[arg(long, env = "IP6_AUTODETECTION_METHOD")]
+    ip6_autodetection_method: Option<Method>,
+    /// Where `/liveness` and `/readiness` are served.
+    #[arg(long, default_value = "127.0.0.1:9099")]
+    health_listen: SocketAddr,
+    /// Where Prometheus metrics are served (`/metrics`); empty turns them off.
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    metrics_listen: String,
+    /// Full resync interval (default: AgentConfiguration's routeRefreshInterval).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    resync_interval: Option<Duration>,
+    /// Where the MTU and node-name files for the CNI plugin are written.
+    #[arg(long, default_value = "/var/lib/brindle")]
+    state_dir: PathBuf,
+    /// Log filter (`warn`, `info`, `debug`, or tracing directives).
+    #[arg(long, env = "BRINDLE_LOG", default_value = "warn")]
+    log: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let name = match &args.nodename {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_lowercase(),
+    };
+    let store = brindle_datastore::connect(&args.datastore).await.context("connecting to the datastore")?;
+    let client = Client::new(Arc::clone(&store));
+    let ipam = Ipam::new(client.clone());
+    let config = client.find::<AgentConfiguration>(None, "default").await?.map(|c| c.spec).unwrap_or_default();
+
+    let netlink = brindle_cni::netlink::connect()?;
+    let v4 = autodetect::detect(&netlink, &args.ip_autodetection_method, false)
+        .await
+        .context("detecting the IPv4 address")?;
+    tracing::warn!(address = %v4.address, interface = %v4.interface, reason = %v4.reason, "node address");
+    let v6 = match &args.ip6_autodetection_method {
+        Some(method) => Some(autodetect::detect(&netlink, method, true).await.context("detecting the IPv6 address")?),
+        None => None,
+    };
+    startup::register(&client, &name, Some(&v4), v6.as_ref()).await?;
+    startup::publish(&args.state_dir.join("nodename"), &name)?;
+    let ipip_supported = brindle_cni::netlink::link(&netlink, "tunl0").await?.is_some();
+    if !ipip_supported {
+        tracing::warn!("this kernel has no IP-in-IP (no tunl0): IP-in-IP pools cannot be routed; the others work");
+    }
+
+    let me = Me { name: name.clone(), ipv4: Some(v4.address), ipv6: v6.as_ref().map(|d| d.address), ipip_supported };
+    let backend = match config.iptables_backend {
+        IptablesBackend::Auto => None,
+        IptablesBackend::Legacy => Some(iptables::Backend::Legacy),
+        IptablesBackend::NFT => Some(iptables::Backend::Nft),
+    };
+    let std::net::IpAddr::V4(local) = v4.address.ip() else { anyhow::bail!("the IPv4 method found an IPv6 address") };
+    let host = Host {
+        uplink: v4.interface.clone(),
+        ipv4: Some(local),
+        uplink_mtu: v4.mtu,
+        vxlan_vni: config.vxlan_vni,
+        vxlan_port: config.vxlan_port,
+        vxlan_mac: startup::vxlan_mac(&name),
+    };
+    let dataplane = Dataplane::new(host, backend)?;
+
+    let metrics = Arc::new(Metrics::default());
+    tokio::spawn({
+        let metrics = Arc::clone(&metrics);
+        async move {
+            if let Err(e) = status::serve(args.health_listen, metrics, false).await {
+                tracing::error!(error = %e, "health endpoint failed");
+            }
+        }
+    });
+    if !args.metrics_listen.is_empty() {
+        let listen: SocketAddr = args.metrics_listen.parse().context("--metrics-listen")?;
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            if let Err(e) = status::serve(listen, metrics, true).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+
+    let (tx, mut rx) = watch::channel::<syncer::Published>(None);
+    tokio::spawn(syncer::run(store, name.clone(), tx, Arc::clone(&metrics)));
+    let resync_every = args.resync_interval.unwrap_or(config.route_refresh_interval).max(Duration::from_secs(1));
+    let mut resync = tokio::time::interval(resync_every);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut last_problems = Vec::new();
+    let mut last_mtu = None;
+    let agent = Agent {
+        client: &client,
+        ipam: &ipam,
+        me: &me,
+        dataplane: &dataplane,
+        metrics: &metrics,
+        state_dir: &args.state_dir,
+        uplink_mtu: v4.mtu,
+    };
+
+    loop {
+        let full = tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() { anyhow::bail!("the datastore syncer stopped") }
+                false
+            }
+            _ = resync.tick() => true,
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        };
+        // Nothing touches the kernel before the first complete sync.
+        let Some(cluster) = rx.borrow_and_update().clone() else { continue };
+        agent.pass(&cluster, full, &mut last_problems, &mut last_mtu).await;
+    }
+    tracing::warn!("stopping; the dataplane stays in place");
+    Ok(())
+}
+
+/// What one pass needs.
+struct Agent<'a> {
+    client: &'a Client,
+    ipam: &'a Ipam,
+    me: &'a Me,
+    dataplane: &'a Dataplane,
+    metrics: &'a Metrics,
+    state_dir: &'a std::path::Path,
+    uplink_mtu: u32,
+}
+
+impl Agent<'_> {
+    /// Computes the desired state from `cluster` and applies it.
+    async fn pass(&self, cluster: &Cluster, full: bool, last_problems: &mut Vec<String>, last_mtu: &mut Option<u32>) {
+        let started = Instant::now();
+        let desired = calc::desired(self.me, cluster);
+        if desired.problems != *last_problems {
+            for problem in &desired.problems {
+                tracing::warn!(%problem, "cannot program");
+            }
+            last_problems.clone_from(&desired.problems);
+        }
+        let mtu = startup::pod_mtu(self.uplink_mtu, &cluster.pools);
+        if *last_mtu != Some(mtu) {
+            match startup::publish(&self.state_dir.join("mtu"), &mtu.to_string()) {
+                Ok(_) => *last_mtu = Some(mtu),
+                Err(e) => tracing::warn!(error = %e, "could not publish the pod MTU"),
+            }
+        }
+        let mine = cluster.nodes.iter().find(|n| n.metadata.name == self.me.name).map(|n| &n.spec);
+        let mut tunnel_ip = mine.and_then(|n: &Node| n.ipv4_vxlan_tunnel_addr);
+        if desired.vxlan && tunnel_ip.is_none() {
+            match startup::ensure_tunnel_address(self.client, self.ipam, &self.me.name).await {
+                Ok(ip) => tunnel_ip = Some(ip),
+                Err(e) => {
+                    self.metrics.error("datastore");
+                    tracing::warn!(error = %e, "no VXLAN tunnel address yet");
+                }
+            }
+        }
+        let applied = self.dataplane.apply(&desired, tunnel_ip).await;
+        for (driver, _) in &applied.failures {
+            self.metrics.error(driver);
+        }
+        self.metrics.iptables_restore(applied.failures.iter().all(|(d, _)| *d != "iptables"));
+        let took = started.elapsed();
+        self.metrics.applied(took, desired.routes.len(), applied.changes, full);
+        if !full {
+            self.metrics.watch_lag(took);
+        }
+        if applied.failures.is_empty() && !self.metrics.is_ready() {
+            tracing::warn!(routes = desired.routes.len(), "dataplane in sync");
+        }
+        self.metrics.set_ready(applied.failures.is_empty());
+        if applied.changes > 0 {
+            tracing::info!(changes = applied.changes, full, ?took, "dataplane updated");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Start-up: the node's Node resource (addresses and why, VXLAN MAC and tunnel address), the
+//! MTU for pods, and the files the CNI plugin reads.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use brindle_datastore::Client;
+use brindle_datastore::ipam::Ipam;
+use brindle_datastore::resource::{EncapMode, IpPool, Node, NodeAddress, NodeBgp, Resource};
+use sha1::{Digest, Sha1};
+
+use crate::autodetect::Detected;
+
+/// The VXLAN MAC of a node: derived from its name, so it survives restarts and re-creation of
+/// the device; locally administered, unicast.
+pub fn vxlan_mac(node: &str) -> [u8; 6] {
+    let digest = Sha1::digest(node.as_bytes());
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&digest[..6]);
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+/// Creates or updates the Node with what was detected. Compare-and-swap, retried.
+pub async fn register(client: &Client, name: &str, v4: Option<&Detected>, v6: Option<&Detected>) -> anyhow::Result<()> {
+    for _ in 0..10 {
+        let existing = client.find::<Node>(None, name).await?;
+        let mut node = existing.clone().unwrap_or_else(|| Resource::new(name, Node::default()));
+        let bgp = node.spec.bgp.get_or_insert_with(NodeBgp::default);
+        bgp.ipv4_address = v4.map(|d| d.address);
+        bgp.ipv6_address = v6.map(|d| d.address);
+        node.spec.addresses = [v4, v6]
+            .into_iter()
+            .flatten()
+            .map(|d| NodeAddress { address: d.address.ip(), kind: "InternalIP".into() })
+            .collect();
+        node.spec.vxlan_tunnel_mac_addr = Some(brindle_cni::netlink::format_mac(&vxlan_mac(name)));
+        if existing.as_ref().is_some_and(|e| e.spec == node.spec) {
+            return Ok(());
+        }
+        let written = match existing {
+            None => client.create(node).await.map(drop),
+            Some(_) => client.update(node).await.map(drop),
+        };
+        match written {
+            Ok(()) => {
+                tracing::info!(node = name, "registered the node");
+                return Ok(());
+            }
+            Err(brindle_datastore::Error::Conflict { .. } | brindle_datastore::Error::AlreadyExists(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("could not register node {name}: too many concurrent changes")
+}
+
+/// Gives the node a VXLAN tunnel address (from IPAM) if a pool needs one and it has none.
+/// Returns the address.
+pub async fn ensure_tunnel_address(client: &Client, ipam: &Ipam, name: &str) -> anyhow::Result<Ipv4Addr> {
+    let assigned = ipam.tunnel_address(name, false).await?;
+    let std::net::IpAddr::V4(ip) = assigned.ip else { anyhow::bail!("IPAM gave an IPv6 tunnel address for IPv4") };
+    for _ in 0..10 {
+        let mut node = client.get::<Node>(None, name).await?;
+        if node.spec.ipv4_vxlan_tunnel_addr == Some(ip) {
+            return Ok(ip);
+        }
+        node.spec.ipv4_vxlan_tunnel_addr = Some(ip);
+        match client.update(node).await {
+            Ok(_) => {
+                tracing::info!(%ip, "VXLAN tunnel address assigned");
+                return Ok(ip);
+            }
+            Err(brindle_datastore::Error::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("could not record the tunnel address of node {name}")
+}
+
+/// The pod MTU: the uplink's minus the largest encapsulation overhead the pools use.
+pub fn pod_mtu(uplink_mtu: u32, pools: &[Resource<IpPool>]) -> u32 {
+    let overhead = pools
+        .iter()
+        .filter(|p| !p.spec.disabled)
+        .map(|p| match (p.spec.vxlan_mode, p.spec.ipip_mode) {
+            (EncapMode::Never, EncapMode::Never) => 0,
+            (EncapMode::Never, _) => 20,
+            _ if p.spec.cidr.is_ipv6() => 70,
+            _ => 50,
+        })
+        .max()
+        .unwrap_or(0);
+    uplink_mtu.saturating_sub(overhead)
+}
+
+/// Writes a file atomically (temporary file, fsync, rename), only when its content differs.
+pub fn publish(path: &Path, content: &str) -> anyhow::Result<bool> {
+    if std::fs::read_to_string(path).is_ok_and(|c| c == content) {
+        return Ok(false);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut file, content.as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| anyhow::anyhow!("writing {}: {}", path.display(), e.error))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vxlan_macs_are_stable_unicast_and_local() {
+        let mac = vxlan_mac("node-1");
+        assert_eq!(mac, vxlan_mac("node-1"));
+        assert_ne!(mac, vxlan_mac("node-2"));
+        assert_eq!(mac[0] & 0x01, 0, "unicast");
+        assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
+    }
+
+    #[test]
+    fn pod_mtu_subtracts_the_largest_overhead() {
+        let mut vxlan = IpPool::new("10.244.0.0/16".parse().unwrap());
+        vxlan.vxlan_mode = EncapMode::Always;
+        let mut ipip = IpPool::new("10.245.0.0/16".parse().unwrap());
+        ipip.ipip_mode = EncapMode::CrossSubnet;
+        let plain = IpPool::new("10.246.0.0/16".parse().unwrap());
+        assert_eq!(pod_mtu(1500, &[Resource::new("p", plain.clone())]), 1500);
+        assert_eq!(pod_mtu(1500, &[Resource::new("p", plain), Resource::new("q", ipip.clone())]), 1480);
+        assert_eq!(pod_mtu(9000, &[Resource::new("p", ipip), Resource::new("q", vxlan)]), 8950);
+    }
+}

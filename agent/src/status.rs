@@ -1,0 +1,196 @@
+//! Health and metrics: `/liveness` and `/readiness` (ready once the dataplane is in sync) and
+//! Prometheus text on `/metrics`, served by a minimal HTTP/1.0 responder.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The agent's counters and gauges.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ready: AtomicBool,
+    routes: AtomicU64,
+    route_changes: AtomicU64,
+    applies: AtomicU64,
+    apply_micros: AtomicU64,
+    resyncs: AtomicU64,
+    resync_micros: AtomicU64,
+    iptables_restores: AtomicU64,
+    iptables_errors: AtomicU64,
+    watch_batches: AtomicU64,
+    watch_lag_micros: AtomicU64,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Metrics {
+    /// Marks the dataplane in sync (or not).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the dataplane is in sync.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Records one application of the desired state.
+    pub fn applied(&self, took: Duration, routes: usize, changes: usize, full_resync: bool) {
+        self.routes.store(routes as u64, Ordering::Relaxed);
+        self.route_changes.fetch_add(changes as u64, Ordering::Relaxed);
+        let micros = took.as_micros() as u64;
+        if full_resync {
+            self.resyncs.fetch_add(1, Ordering::Relaxed);
+            self.resync_micros.fetch_add(micros, Ordering::Relaxed);
+        } else {
+            self.applies.fetch_add(1, Ordering::Relaxed);
+            self.apply_micros.fetch_add(micros, Ordering::Relaxed);
+        }
+    }
+
+    /// Records an iptables-restore call.
+    pub fn iptables_restore(&self, ok: bool) {
+        self.iptables_restores.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.iptables_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a batch of datastore events.
+    pub fn watch_batch(&self) {
+        self.watch_batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how long a datastore change took to reach the kernel.
+    pub fn watch_lag(&self, lag: Duration) {
+        self.watch_lag_micros.store(lag.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts an error of a kind (`datastore`, `routes`, `vxlan`, `iptables`, `sysctl`).
+    pub fn error(&self, kind: &'static str) {
+        *self.errors.lock().unwrap_or_else(|p| p.into_inner()).entry(kind).or_default() += 1;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let secs = |a: &AtomicU64| get(a) as f64 / 1e6;
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        metric(
+            "brindle_ready",
+            "gauge",
+            "1 once the dataplane is in sync with the datastore.",
+            u8::from(self.is_ready()).to_string(),
+        );
+        metric(
+            "brindle_routes_programmed",
+            "gauge",
+            "Routes brindle wants in the kernel.",
+            get(&self.routes).to_string(),
+        );
+        metric(
+            "brindle_route_changes_total",
+            "counter",
+            "Routes added, replaced or removed.",
+            get(&self.route_changes).to_string(),
+        );
+        metric(
+            "brindle_apply_seconds_sum",
+            "counter",
+            "Time spent applying changes.",
+            secs(&self.apply_micros).to_string(),
+        );
+        metric("brindle_apply_seconds_count", "counter", "Changes applied.", get(&self.applies).to_string());
+        metric(
+            "brindle_resync_seconds_sum",
+            "counter",
+            "Time spent in full resyncs.",
+            secs(&self.resync_micros).to_string(),
+        );
+        metric("brindle_resync_seconds_count", "counter", "Full resyncs.", get(&self.resyncs).to_string());
+        metric(
+            "brindle_iptables_restore_calls_total",
+            "counter",
+            "iptables-restore runs.",
+            get(&self.iptables_restores).to_string(),
+        );
+        metric(
+            "brindle_iptables_restore_errors_total",
+            "counter",
+            "Failed iptables-restore runs.",
+            get(&self.iptables_errors).to_string(),
+        );
+        metric(
+            "brindle_datastore_watch_batches_total",
+            "counter",
+            "Batches of datastore events.",
+            get(&self.watch_batches).to_string(),
+        );
+        metric(
+            "brindle_datastore_watch_lag_seconds",
+            "gauge",
+            "From the last datastore change to the kernel.",
+            secs(&self.watch_lag_micros).to_string(),
+        );
+        let _ = writeln!(out, "# HELP brindle_errors_total Errors by kind.\n# TYPE brindle_errors_total counter");
+        for (kind, count) in self.errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "brindle_errors_total{{kind=\"{kind}\"}} {count}");
+        }
+        out
+    }
+}
+
+/// Serves health (and metrics, when `metrics` is true) on `listen` until the task is dropped.
+pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>, with_metrics: bool) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
+    tracing::info!(%listen, "serving health{}", if with_metrics { " and metrics" } else { "" });
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut request = [0u8; 1024];
+            let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut request)).await else { return };
+            let line = String::from_utf8_lossy(&request[..n]);
+            let path = line.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/liveness" => ("200 OK", "ok\n".to_owned()),
+                "/readiness" if metrics.is_ready() => ("200 OK", "ready\n".to_owned()),
+                "/readiness" => ("503 Service Unavailable", "not in sync yet\n".to_owned()),
+                "/metrics" if with_metrics => ("200 OK", metrics.render()),
+                _ => ("404 Not Found", "not found\n".to_owned()),
+            };
+            let response = format!(
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_as_prometheus_text() {
+        let m = Metrics::default();
+        m.applied(Duration::from_millis(5), 12, 3, false);
+        m.iptables_restore(false);
+        m.error("routes");
+        let text = m.render();
+        assert!(text.contains("brindle_routes_programmed 12"), "{text}");
+        assert!(text.contains("brindle_iptables_restore_errors_total 1"), "{text}");
+        assert!(text.contains("brindle_errors_total{kind=\"routes\"} 1"), "{text}");
+        assert!(text.contains("brindle_ready 0"), "{text}");
+    }
+}

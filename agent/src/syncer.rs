@@ -1,0 +1,108 @@
+//! Datastore watch -> the cluster as the calculation sees it. One list of everything under
+//! `/brindle/`, then one watch from that revision; every batch of events publishes a fresh
+//! [`Cluster`]. A compaction or a broken watch starts over with a new list.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brindle_datastore::ipam::Block;
+use brindle_datastore::resource::{IpPool, Node, Resource, Spec, WorkloadEndpoint};
+use brindle_datastore::{Datastore, WatchEvent, keys};
+use tokio::sync::watch;
+
+use crate::calc::Cluster;
+use crate::status::Metrics;
+
+/// Everything under this prefix is brindle's.
+const ROOT: &str = "/brindle/";
+
+/// What the syncer publishes: the cluster, or nothing before the first complete list.
+pub type Published = Option<Arc<Cluster>>;
+
+/// Keeps `tx` up to date with the datastore until the receiver side is gone.
+pub async fn run(store: Arc<dyn Datastore>, node: String, tx: watch::Sender<Published>, metrics: Arc<Metrics>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match sync_once(&*store, &node, &tx, &metrics).await {
+            Ok(()) => return,
+            Err(e) => {
+                metrics.error("datastore");
+                tracing::warn!(error = %e, "datastore sync interrupted; listing again in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn sync_once(
+    store: &dyn Datastore,
+    node: &str,
+    tx: &watch::Sender<Published>,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let listing = store.list(ROOT).await?;
+    let mut cache: BTreeMap<String, Vec<u8>> = listing.items.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    tx.send_replace(Some(Arc::new(decode(&cache, node))));
+    tracing::info!(keys = cache.len(), revision = listing.revision, "in sync with the datastore");
+    let mut watch = store.watch(ROOT, listing.revision).await?;
+    loop {
+        let Some(first) = watch.next().await else { anyhow::bail!("the watch ended") };
+        let mut events = vec![first?];
+        // Take everything already queued, so a burst becomes one recomputation.
+        while let Ok(Some(more)) = tokio::time::timeout(Duration::from_millis(20), watch.next()).await {
+            events.push(more?);
+        }
+        for event in events {
+            match event {
+                WatchEvent::Put(kv) => {
+                    cache.insert(kv.key, kv.value);
+                }
+                WatchEvent::Delete { key, .. } => {
+                    cache.remove(&key);
+                }
+                WatchEvent::Compacted { compact_revision } => {
+                    anyhow::bail!("the watch fell behind compaction at revision {compact_revision}")
+                }
+            }
+        }
+        metrics.watch_batch();
+        if tx.send(Some(Arc::new(decode(&cache, node)))).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+fn decode_kind<S: Spec>(cache: &BTreeMap<String, Vec<u8>>) -> Vec<Resource<S>> {
+    let prefix = keys::kind_prefix::<S>();
+    cache
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .filter_map(|(key, value)| match serde_json::from_slice(value) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "skipping a value that does not decode");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The cluster from the raw cache; this node's workloads only.
+fn decode(cache: &BTreeMap<String, Vec<u8>>, node: &str) -> Cluster {
+    let blocks = cache
+        .range(keys::BLOCKS.to_owned()..)
+        .take_while(|(k, _)| k.starts_with(keys::BLOCKS))
+        .filter_map(|(key, value)| match serde_json::from_slice::<Block>(value) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "skipping a block that does not decode");
+                None
+            }
+        })
+        .collect();
+    let mut workloads = decode_kind::<WorkloadEndpoint>(cache);
+    workloads.retain(|w| w.spec.node == node);
+    Cluster { pools: decode_kind::<IpPool>(cache), nodes: decode_kind::<Node>(cache), blocks, workloads }
+}
