@@ -10,7 +10,7 @@ packages=(
     sqlite3                      # to inspect the embedded datastore by hand
     iproute2 procps              # namespaces, links and routes; process tools
     bird2 gobgpd                 # reference BGP speakers for interop tests and benchmarks
-    iptables iputils-ping        # the dataplane's firewall; reachability checks in tests
+    iptables ipset iputils-ping  # the dataplane's firewall and pool sets; reachability checks in tests
     containernetworking-plugins  # reference CNI plugins (ptp, host-local, portmap, bandwidth)
 )
 

@@ -76,7 +76,25 @@ impl Outcome {
 
 /// Runs a plugin with exactly `vars` (plus PATH) and `stdin`.
 pub fn exec_raw(binary: &Path, stdin: &[u8], vars: &[(String, String)]) -> anyhow::Result<Outcome> {
-    let mut cmd = Command::new(binary);
+    run_plugin(Command::new(binary), binary, stdin, vars)
+}
+
+/// Runs a plugin for an attachment inside the network namespace `host` (a node), as that
+/// node's runtime would.
+pub fn exec_in(
+    host: &str,
+    binary: &Path,
+    command: &str,
+    conf: &Value,
+    attachment: &Attachment,
+    cni_path: &str,
+) -> anyhow::Result<Outcome> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", host]).arg(binary);
+    run_plugin(cmd, binary, conf.to_string().as_bytes(), &attachment.vars(command, cni_path))
+}
+
+fn run_plugin(mut cmd: Command, binary: &Path, stdin: &[u8], vars: &[(String, String)]) -> anyhow::Result<Outcome> {
     cmd.env_clear().env("PATH", PATH).envs(vars.iter().map(|(k, v)| (k, v)));
     let started = Instant::now();
     let mut child = cmd

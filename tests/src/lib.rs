@@ -4,3 +4,4 @@
 
 pub mod cni;
 pub mod netns;
+pub mod underlay;

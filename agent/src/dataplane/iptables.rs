@@ -125,12 +125,16 @@ fn current_sets(v6: bool) -> String {
     let mut listing = String::new();
     for kind in ["pools", "nat"] {
         let out = Command::new("ipset").args(["list", &set_name(kind, v6)]).output();
-        if let Ok(out) = out {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let mut members: Vec<&str> =
-                text.lines().skip_while(|l| !l.starts_with("Members:")).skip(1).filter(|l| !l.is_empty()).collect();
-            members.sort();
-            listing += &format!("{kind}:{}\n", members.join(","));
+        match out {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let mut members: Vec<&str> =
+                    text.lines().skip_while(|l| !l.starts_with("Members:")).skip(1).filter(|l| !l.is_empty()).collect();
+                members.sort();
+                listing += &format!("{kind}:{}\n", members.join(","));
+            }
+            // A set that does not exist never matches what is wanted, even an empty one.
+            _ => listing += &format!("{kind} missing\n"),
         }
     }
     listing

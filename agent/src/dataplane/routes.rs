@@ -156,6 +156,7 @@ pub async fn sync(handle: &Handle, desired: &BTreeMap<IpNetwork, Target>, device
         if actual.get(dst).is_some_and(|(have, _)| *have == want) {
             continue;
         }
+        tracing::debug!(%dst, ?want, have = ?actual.get(dst).map(|(s, _)| s), "route replaced");
         match handle.route().add(message(*dst, &want)?).replace().execute().await {
             Ok(()) => changes += 1,
             Err(e) => failures.push(format!("{dst}: {e}")),
@@ -170,6 +171,7 @@ pub async fn sync(handle: &Handle, desired: &BTreeMap<IpNetwork, Target>, device
         if shape.oif.and_then(|i| devices.name_of(i)).is_some_and(|n| n.starts_with("brin")) {
             continue;
         }
+        tracing::debug!(%dst, "route removed");
         match handle.route().del(route.clone()).execute().await {
             Ok(()) => changes += 1,
             Err(e) if brindle_cni::netlink::is_missing(&e) => {}

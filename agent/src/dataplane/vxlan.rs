@@ -121,10 +121,17 @@ fn lladdr(m: &NeighbourMessage) -> Option<Vec<u8>> {
     })
 }
 
+/// The entry's IP: the neighbour's address (ARP), or the remote VTEP (FDB, where the
+/// bridge family leaves the address undecoded).
 fn destination(m: &NeighbourMessage) -> Option<IpAddr> {
     m.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
         NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(&bytes[..]).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(&bytes[..]).ok().map(IpAddr::from),
+            _ => None,
+        },
         _ => None,
     })
 }
@@ -146,6 +153,7 @@ pub async fn sync_vteps(handle: &Handle, index: u32, vteps: &[Vtep]) -> anyhow::
                 && m.header.state == NeighbourState::Permanent
         });
         if !present {
+            tracing::debug!(ip = %vtep.tunnel_ip, "ARP entry added");
             handle
                 .neighbours()
                 .add(index, vtep.tunnel_ip.into())
@@ -160,6 +168,7 @@ pub async fn sync_vteps(handle: &Handle, index: u32, vteps: &[Vtep]) -> anyhow::
     }
     for m in arp.iter().filter(|m| m.header.state == NeighbourState::Permanent) {
         if !vteps.iter().any(|v| destination(m) == Some(IpAddr::V4(v.tunnel_ip))) {
+            tracing::debug!(ip = ?destination(m), "ARP entry removed");
             handle.neighbours().del(m.clone()).execute().await?;
             changes += 1;
         }
@@ -170,6 +179,7 @@ pub async fn sync_vteps(handle: &Handle, index: u32, vteps: &[Vtep]) -> anyhow::
             .iter()
             .any(|m| lladdr(m).as_deref() == Some(&vtep.mac[..]) && destination(m) == Some(IpAddr::V4(vtep.node_ip)));
         if !present {
+            tracing::debug!(node = %vtep.node_ip, "FDB entry added");
             handle
                 .neighbours()
                 .add_bridge(index, &vtep.mac)
@@ -188,6 +198,7 @@ pub async fn sync_vteps(handle: &Handle, index: u32, vteps: &[Vtep]) -> anyhow::
             .iter()
             .any(|v| lladdr(m).as_deref() == Some(&v.mac[..]) && destination(m) == Some(IpAddr::V4(v.node_ip)));
         if !wanted {
+            tracing::debug!(node = ?destination(m), "FDB entry removed");
             handle.neighbours().del(m.clone()).execute().await?;
             changes += 1;
         }

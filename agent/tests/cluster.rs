@@ -1,0 +1,193 @@
+//! Three-node clusters per encapsulation mode, with real agents and pods made by the CNI
+//! plugin: every pod reaches every other pod; natOutgoing pods reach outside as their node;
+//! drift is repaired within one resync; foreign routes and rules are never touched; pool
+//! changes apply without restarts.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use brindle_e2e::netns;
+use brindle_e2e::underlay::OUTSIDE;
+use common::Cluster;
+
+const ONE_SUBNET: &[&str] = &["10.250.0.0/24"];
+const THREE_NODES: &[(usize, u32)] = &[(0, 10), (0, 11), (0, 12)];
+
+fn pool(mode: &str, nat: bool) -> String {
+    format!(
+        "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {{name: pods}}\n\
+         spec: {{cidr: 10.244.0.0/16, vxlanMode: {mode}, natOutgoing: {nat}}}\n"
+    )
+}
+
+fn two_pods_per_node(cluster: &mut Cluster) {
+    for i in 0..cluster.nodes.len() {
+        cluster.add_pod(i, |_| {});
+        cluster.add_pod(i, |_| {});
+    }
+}
+
+fn assert_full_mesh(cluster: &Cluster) {
+    let failing = cluster.reachability(Duration::from_secs(10));
+    assert!(failing.is_empty(), "pod pairs that cannot talk: {failing:?}\nagent 0 log:\n{}", cluster.agent_log(0));
+}
+
+#[test]
+fn vxlan_cluster_reaches_everything_and_repairs_drift() {
+    let mut cluster = Cluster::new(ONE_SUBNET, THREE_NODES, &pool("Always", true));
+    cluster.start_all();
+    two_pods_per_node(&mut cluster);
+    assert_full_mesh(&cluster);
+
+    // The agent published the MTU the pods got: the uplink's 1500 minus VXLAN's 50.
+    let mtu = std::fs::read_to_string(cluster.nodes[0].state.path().join("mtu")).unwrap();
+    assert_eq!(mtu, "1450");
+    let (_, link) = netns::output(cluster.pods[0].netns.command("ip").args(["link", "show", "eth0"]));
+    assert!(link.contains("mtu 1450"), "{link}");
+
+    // The tunnel: one device, static ARP and FDB entries for the two other nodes.
+    let fdb = netns::output(cluster.nodes[0].netns.command("bridge").args(["fdb", "show", "dev", "vxlan.brindle"])).1;
+    for other in [1, 2] {
+        assert!(fdb.contains(&format!("dst {}", cluster.nodes[other].address)), "{fdb}");
+    }
+
+    // natOutgoing: a pod reaches an address outside every pool, which sees the node.
+    let router = cluster.underlay.router.path();
+    let server = std::thread::spawn(move || {
+        netns::enter(&router).unwrap();
+        let listener = TcpListener::bind((OUTSIDE, 8080)).unwrap();
+        let (mut conn, peer) = listener.accept().unwrap();
+        conn.write_all(b"hi").unwrap();
+        peer.ip().to_string()
+    });
+    let pod = cluster.pods[0].netns.path();
+    let client = std::thread::spawn(move || {
+        netns::enter(&pod).unwrap();
+        let mut conn =
+            TcpStream::connect_timeout(&format!("{OUTSIDE}:8080").parse().unwrap(), Duration::from_secs(5)).unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text
+    });
+    assert_eq!(client.join().unwrap(), "hi");
+    assert_eq!(server.join().unwrap(), cluster.nodes[0].address.to_string(), "the far end must see the node's address");
+
+    // Foreign state that must never be touched.
+    cluster.ip(0, &["route", "add", "203.0.113.0/24", "via", "10.250.0.1", "proto", "static"]);
+    let foreign_rule = ["-A", "FORWARD", "-s", "203.0.113.0/24", "-j", "ACCEPT"];
+    netns::run(cluster.nodes[0].netns.command("iptables").args(foreign_rule)).unwrap();
+
+    // Drift: a remote block's route, an FDB entry and our FORWARD chain, all come back.
+    let routes = cluster.ip(0, &["route", "show", "proto", "98"]);
+    let remote = routes.lines().find(|l| l.contains("vxlan.brindle")).expect("a route through the tunnel").to_owned();
+    let dst = remote.split_whitespace().next().unwrap().to_owned();
+    cluster.ip(0, &["route", "del", &dst]);
+    let victim = cluster.nodes[1].address.to_string();
+    let mac = fdb.lines().find(|l| l.contains(&victim)).unwrap().split_whitespace().next().unwrap().to_owned();
+    netns::run(cluster.nodes[0].netns.command("bridge").args([
+        "fdb",
+        "del",
+        &mac,
+        "dev",
+        "vxlan.brindle",
+        "dst",
+        &victim,
+    ]))
+    .unwrap();
+    netns::run(cluster.nodes[0].netns.command("iptables").args(["-F", "brin-FORWARD"])).unwrap();
+    cluster.eventually(Duration::from_secs(5), "the deleted route is back", || {
+        cluster.ip(0, &["route", "show", &dst]).contains("vxlan.brindle")
+    });
+    cluster.eventually(Duration::from_secs(5), "the deleted FDB entry is back", || {
+        netns::output(cluster.nodes[0].netns.command("bridge").args(["fdb", "show", "dev", "vxlan.brindle"]))
+            .1
+            .contains(&victim)
+    });
+    cluster.eventually(Duration::from_secs(5), "the flushed chain is refilled", || {
+        netns::output(cluster.nodes[0].netns.command("iptables").args(["-S", "brin-FORWARD"])).1.contains("brin+")
+    });
+    assert!(
+        cluster.ip(0, &["route", "show", "203.0.113.0/24"]).contains("proto static"),
+        "a foreign route was touched"
+    );
+    let rules = netns::output(cluster.nodes[0].netns.command("iptables").args(["-S", "FORWARD"])).1;
+    assert!(rules.contains("-A FORWARD -s 203.0.113.0/24 -j ACCEPT"), "a foreign rule was touched: {rules}");
+
+    // A restart with nothing changed changes nothing, and pods keep talking meanwhile.
+    let before = cluster.ip(0, &["route", "show", "proto", "98"]);
+    cluster.stop_agent(0);
+    assert!(cluster.pods[0].ping(&cluster.pods[2].ip), "pods stopped talking while the agent was down");
+    cluster.start_agent(0);
+    cluster.wait_ready(0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(cluster.ip(0, &["route", "show", "proto", "98"]), before);
+    let metrics = cluster.http(0, 9091, "/metrics");
+    assert!(
+        metrics.contains("brindle_route_changes_total 0"),
+        "the restart changed routes:\n{metrics}\n{}",
+        cluster.agent_log(0)
+    );
+}
+
+#[test]
+fn no_encap_cluster_then_switched_to_vxlan_without_restart() {
+    let mut cluster = Cluster::new(ONE_SUBNET, THREE_NODES, &pool("Never", false));
+    cluster.start_all();
+    two_pods_per_node(&mut cluster);
+    assert_full_mesh(&cluster);
+    let routes = cluster.ip(0, &["route", "show", "proto", "98"]);
+    assert!(routes.contains(&format!("via {} dev eth0", cluster.nodes[1].address)), "{routes}");
+    assert!(!cluster.ip(0, &["link", "show"]).contains("vxlan.brindle"));
+
+    cluster.apply(&pool("Always", false));
+    cluster.eventually(Duration::from_secs(10), "routes move to the tunnel", || {
+        cluster.ip(0, &["route", "show", "proto", "98"]).contains("vxlan.brindle")
+    });
+    assert_full_mesh(&cluster);
+
+    // A node that goes away: its blocks lose their owner and the others drop its routes.
+    let gone = cluster.nodes[2].name.clone();
+    cluster.stop_agent(2);
+    let ipam = brindle_datastore::ipam::Ipam::new(cluster.client());
+    cluster.runtime.block_on(ipam.release_node(&gone)).unwrap();
+    let client = cluster.client();
+    cluster.runtime.block_on(client.delete::<brindle_datastore::resource::Node>(None, &gone, None)).unwrap();
+    let node2_address = cluster.nodes[2].address.to_string();
+    let state = || {
+        format!(
+            "{}\n{}",
+            cluster.ip(0, &["route", "show", "proto", "98"]),
+            netns::output(cluster.nodes[0].netns.command("bridge").args(["fdb", "show", "dev", "vxlan.brindle"])).1
+        )
+    };
+    let what = format!("the removed node's routes go away\n{}", state());
+    cluster.eventually(Duration::from_secs(10), &what, || {
+        let routes = cluster.ip(0, &["route", "show", "proto", "98"]);
+        !netns::output(cluster.nodes[0].netns.command("bridge").args(["fdb", "show", "dev", "vxlan.brindle"]))
+            .1
+            .contains(&node2_address)
+            && routes.lines().filter(|l| l.contains("vxlan.brindle")).count() == 1
+    });
+}
+
+#[test]
+fn vxlan_cross_subnet_goes_direct_inside_a_subnet() {
+    let placement = &[(0, 10), (0, 11), (1, 12)];
+    let mut cluster = Cluster::new(&["10.250.0.0/24", "10.251.0.0/24"], placement, &pool("CrossSubnet", false));
+    cluster.start_all();
+    two_pods_per_node(&mut cluster);
+    assert_full_mesh(&cluster);
+    let routes = cluster.ip(0, &["route", "show", "proto", "98"]);
+    assert!(
+        routes.contains(&format!("via {} dev eth0", cluster.nodes[1].address)),
+        "same subnet goes direct: {routes}"
+    );
+    assert_eq!(
+        routes.lines().filter(|l| l.contains("vxlan.brindle")).count(),
+        1,
+        "the other subnet is tunnelled: {routes}"
+    );
+}

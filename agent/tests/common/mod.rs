@@ -1,0 +1,294 @@
+//! A cluster on one machine for the agent's end-to-end tests: nodes as namespaces on a bridge
+//! underlay with a router, a shared SQLite datastore, a real `brindle-node` per node, and pods
+//! made by the `brindle` CNI plugin the way each node's runtime would call it. Guards stop
+//! every agent and remove every namespace even when a test fails.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use brindle_datastore::Client;
+use brindle_datastore::resource::{AnyResource, parse_documents};
+use brindle_datastore::testing::SqliteFile;
+use brindle_e2e::cni::{Attachment, exec_in};
+use brindle_e2e::netns::{self, Netns, unique};
+use brindle_e2e::underlay::Underlay;
+use serde_json::{Value, json};
+
+/// A running agent, stopped on drop.
+pub struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One node.
+pub struct Node {
+    /// Its name in the datastore.
+    pub name: String,
+    /// Its namespace.
+    pub netns: Netns,
+    /// Its underlay address.
+    pub address: Ipv4Addr,
+    /// Where its agent writes the MTU and node-name files.
+    pub state: tempfile::TempDir,
+}
+
+/// A pod on a node.
+pub struct Pod {
+    /// Its namespace.
+    pub netns: Netns,
+    /// How it was attached.
+    pub attachment: Attachment,
+    /// Its IPv4 address.
+    pub ip: String,
+    /// The node it runs on.
+    pub node: usize,
+}
+
+impl Pod {
+    /// Whether one ping from this pod to `ip` is answered.
+    pub fn ping(&self, ip: &str) -> bool {
+        netns::output(self.netns.command("ping").args(["-c", "1", "-W", "1", ip])).0
+    }
+}
+
+/// The cluster. Fields drop in order: pods, agents, nodes, underlay, datastore.
+pub struct Cluster {
+    /// Pods made so far.
+    pub pods: Vec<Pod>,
+    /// One agent per node (None while stopped).
+    pub agents: Vec<Option<Agent>>,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// Switch and router.
+    pub underlay: Underlay,
+    /// The datastore file.
+    pub db: SqliteFile,
+    /// Runs datastore calls of the test.
+    pub runtime: tokio::runtime::Runtime,
+    scratch: tempfile::TempDir,
+}
+
+/// The directory with our binaries.
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_brindle-node")).parent().unwrap().to_owned()
+}
+
+impl Cluster {
+    /// Nodes placed as `(subnet index, host number)` on an underlay of `subnets`, with the
+    /// resources in `yaml` applied before any agent starts.
+    pub fn new(subnets: &[&str], placement: &[(usize, u32)], yaml: &str) -> Cluster {
+        let cni = bin_dir().join("brindle");
+        assert!(cni.is_file(), "{} is missing: build the CNI plugin first (cargo build -p brindle-cni)", cni.display());
+        let underlay = Underlay::new("agt", subnets).unwrap();
+        let nodes = placement
+            .iter()
+            .enumerate()
+            .map(|(i, &(subnet, n))| {
+                let netns = Netns::new("agt", &format!("n{i}")).unwrap();
+                let address = underlay.attach(&netns, subnet, n).unwrap();
+                Node { name: format!("node-{i}-{}", unique()), netns, address, state: tempfile::tempdir().unwrap() }
+            })
+            .collect();
+        let cluster = Cluster {
+            pods: Vec::new(),
+            agents: Vec::new(),
+            nodes,
+            underlay,
+            db: SqliteFile::new().unwrap(),
+            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            scratch: tempfile::tempdir().unwrap(),
+        };
+        cluster.apply(yaml);
+        cluster
+    }
+
+    /// The datastore selection every component uses.
+    pub fn selection(&self) -> String {
+        self.db.selection()
+    }
+
+    /// A client for the test's own datastore calls.
+    pub fn client(&self) -> Client {
+        let selection = self.selection();
+        self.runtime.block_on(async { Client::new(brindle_datastore::connect(&selection).await.unwrap()) })
+    }
+
+    /// Creates or replaces resources from YAML.
+    pub fn apply(&self, yaml: &str) {
+        let client = self.client();
+        self.runtime.block_on(async {
+            for r in parse_documents(yaml).unwrap() {
+                match r {
+                    AnyResource::IpPool(mut p) => {
+                        if let Some(existing) =
+                            client.find::<brindle_datastore::resource::IpPool>(None, p.name()).await.unwrap()
+                        {
+                            p.metadata.resource_version = existing.metadata.resource_version;
+                            client.update(p).await.unwrap();
+                        } else {
+                            client.create(p).await.unwrap();
+                        }
+                    }
+                    other => panic!("apply: unexpected {other:?}"),
+                }
+            }
+        });
+    }
+
+    /// Starts the agent of node `i`.
+    pub fn start_agent(&mut self, i: usize) {
+        while self.agents.len() <= i {
+            self.agents.push(None);
+        }
+        let node = &self.nodes[i];
+        let log = std::fs::File::create(self.scratch.path().join(format!("agent-{i}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.netns.name])
+            .arg(env!("CARGO_BIN_EXE_brindle-node"))
+            .args(["--datastore", &self.selection(), "--nodename", &node.name])
+            .args(["--metrics-listen", "127.0.0.1:9091", "--resync-interval", "2s", "--log", "info,brindle_node=debug"])
+            .arg("--state-dir")
+            .arg(node.state.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agents[i] = Some(Agent(child));
+    }
+
+    /// Stops the agent of node `i` (SIGKILL: nothing is cleaned up, like a crash).
+    pub fn stop_agent(&mut self, i: usize) {
+        self.agents[i] = None;
+    }
+
+    /// An agent's log so far.
+    pub fn agent_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.scratch.path().join(format!("agent-{i}.log"))).unwrap_or_default()
+    }
+
+    /// Starts every agent and waits until all are ready.
+    pub fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start_agent(i);
+        }
+        for i in 0..self.nodes.len() {
+            self.wait_ready(i);
+        }
+    }
+
+    /// Waits until node `i`'s agent answers /readiness with 200.
+    pub fn wait_ready(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.http(i, 9099, "/readiness").starts_with("HTTP/1.0 200") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("agent {i} never became ready; its log:\n{}", self.agent_log(i));
+    }
+
+    /// GET on a node's loopback; the raw response, or "" when nothing answers.
+    pub fn http(&self, i: usize, port: u16, path: &str) -> String {
+        let netns = self.nodes[i].netns.path();
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            netns::enter(&netns).unwrap();
+            let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+            let _ = conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+            let mut response = String::new();
+            let _ = conn.read_to_string(&mut response);
+            response
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// The CNI config every node's runtime uses: MTU and node name from the agent's files.
+    pub fn cni_conf(&self, i: usize) -> Value {
+        let state = self.nodes[i].state.path();
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "type": "brindle",
+            "datastore": self.selection(),
+            "nodename_file": state.join("nodename"),
+            "mtu_file": state.join("mtu"),
+            "endpoint_record_dir": state.join("endpoints"),
+            "ipam": {"type": "brindle-ipam"},
+        })
+    }
+
+    /// Makes a pod on node `i` through the CNI plugin; returns its index.
+    pub fn add_pod(&mut self, i: usize, conf_patch: impl FnOnce(&mut Value)) -> usize {
+        let netns = Netns::new("agt", "pod").unwrap();
+        let tag = unique();
+        let attachment = Attachment {
+            container_id: format!("ctr{tag}"),
+            netns: netns.path(),
+            ifname: "eth0".into(),
+            pod_namespace: "default".into(),
+            pod_name: format!("pod-{tag}"),
+        };
+        let mut conf = self.cni_conf(i);
+        conf_patch(&mut conf);
+        let out = exec_in(
+            &self.nodes[i].netns.name,
+            &bin_dir().join("brindle"),
+            "ADD",
+            &conf,
+            &attachment,
+            &bin_dir().display().to_string(),
+        )
+        .unwrap();
+        let result = out.into_result().unwrap();
+        let ip = result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
+        self.pods.push(Pod { netns, attachment, ip, node: i });
+        self.pods.len() - 1
+    }
+
+    /// Waits until every pod reaches every other pod; the pairs that never did otherwise.
+    pub fn reachability(&self, within: Duration) -> Vec<(usize, usize)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut failing = Vec::new();
+            for (a, from) in self.pods.iter().enumerate() {
+                for (b, to) in self.pods.iter().enumerate() {
+                    if a != b && !from.ping(&to.ip) {
+                        failing.push((a, b));
+                    }
+                }
+            }
+            if failing.is_empty() || Instant::now() > deadline {
+                return failing;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// `ip <args>` on node `i`.
+    pub fn ip(&self, i: usize, args: &[&str]) -> String {
+        self.nodes[i].netns.ip(args).unwrap()
+    }
+
+    /// Waits until `check` holds, or fails with `what`.
+    pub fn eventually(&self, within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what}: not within {within:?}");
+    }
+}

@@ -1,0 +1,66 @@
+//! A cluster's underlay on one machine: a switch (a bridge in its own namespace) that every
+//! node plugs into, and a router namespace on the same switch with the first address of each
+//! subnet, so nodes in different subnets reach each other through it and every node has a
+//! default route, as real nodes do. The router also owns an address outside every subnet,
+//! the "internet" that natOutgoing tests reach.
+
+use ipnetwork::Ipv4Network;
+
+use crate::netns::{Netns, run, unique, veth};
+
+/// An address outside the cluster, held by the router.
+pub const OUTSIDE: &str = "192.0.2.1";
+
+/// The switch and the router.
+#[derive(Debug)]
+pub struct Underlay {
+    /// Holds the bridge `br0`.
+    pub switch: Netns,
+    /// Routes between the subnets; default gateway of every node.
+    pub router: Netns,
+    subnets: Vec<Ipv4Network>,
+}
+
+impl Underlay {
+    /// An underlay with these subnets (e.g. `10.250.0.0/24`); the router gets `.1` in each.
+    pub fn new(prefix: &str, subnets: &[&str]) -> anyhow::Result<Underlay> {
+        let switch = Netns::new(prefix, "sw")?;
+        let router = Netns::new(prefix, "rt")?;
+        switch.ip(&["link", "add", "br0", "type", "bridge"])?;
+        switch.ip(&["link", "set", "br0", "up"])?;
+        let subnets: Vec<Ipv4Network> = subnets.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+        let underlay = Underlay { switch, router, subnets };
+        let port = underlay.plug(&underlay.router)?;
+        for subnet in &underlay.subnets {
+            let gateway = Self::host(subnet, 1)?;
+            underlay.router.ip(&["addr", "add", &format!("{gateway}/{}", subnet.prefix()), "dev", &port])?;
+        }
+        underlay.router.ip(&["addr", "add", &format!("{OUTSIDE}/32"), "dev", "lo"])?;
+        run(underlay.router.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
+        Ok(underlay)
+    }
+
+    fn host(subnet: &Ipv4Network, n: u32) -> anyhow::Result<std::net::Ipv4Addr> {
+        subnet.nth(n).ok_or_else(|| anyhow::anyhow!("{subnet} has no host {n}"))
+    }
+
+    /// Plugs a namespace into the switch with an interface `eth0` (up, no address).
+    fn plug(&self, netns: &Netns) -> anyhow::Result<String> {
+        let port = format!("p{}", unique());
+        veth(netns, "eth0", &self.switch, &port)?;
+        self.switch.ip(&["link", "set", &port, "master", "br0", "up"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        Ok("eth0".into())
+    }
+
+    /// Plugs a node into subnet `subnet` as host `n` (`.n`), with a default route through
+    /// the router. Returns the node's address.
+    pub fn attach(&self, node: &Netns, subnet: usize, n: u32) -> anyhow::Result<std::net::Ipv4Addr> {
+        let net = self.subnets.get(subnet).ok_or_else(|| anyhow::anyhow!("no subnet {subnet}"))?;
+        let address = Self::host(net, n)?;
+        let dev = self.plug(node)?;
+        node.ip(&["addr", "add", &format!("{address}/{}", net.prefix()), "dev", &dev])?;
+        node.ip(&["route", "add", "default", "via", &Self::host(net, 1)?.to_string()])?;
+        Ok(address)
+    }
+}
