@@ -1,13 +1,6 @@
 //! brindle-node, the agent on every node: keeps the kernel's routes, VXLAN tunnel, iptables
 //! and sysctls in line with the datastore (DESIGN.md, "Data flow in the agent").
 
-mod autodetect;
-mod calc;
-mod dataplane;
-mod startup;
-mod status;
-mod syncer;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,10 +14,11 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::autodetect::Method;
-use crate::calc::{Cluster, Me};
-use crate::dataplane::{Dataplane, Host, iptables};
-use crate::status::Metrics;
+use brindle_agent::autodetect::{self, Method};
+use brindle_agent::calc::{self, Cluster, Me};
+use brindle_agent::dataplane::{Dataplane, Host, iptables};
+use brindle_agent::status::{self, Metrics};
+use brindle_agent::{startup, syncer};
 
 /// The brindle node agent.
 ///

@@ -2,6 +2,7 @@
 
 mod cni;
 mod ipam;
+mod routes;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,9 @@ enum Command {
     /// CNI ADD and DEL latency (p50, p99) of brindle + brindle-ipam against the reference
     /// ptp + host-local, sequential and concurrent, in a node namespace made for the run.
     Cni(cni::BenchArgs),
+    /// Programming remote-block routes (10,000 and 100,000) with brindle-node's route driver
+    /// against `ip -batch` of the same routes, a no-change resync, and an iptables resync.
+    Routes(routes::BenchArgs),
     /// One benchmark process (started by `ipam`; also used by the multi-process tests).
     #[command(hide = true)]
     IpamWorker(ipam::WorkerArgs),
@@ -31,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Command::Cni(args) => cni::bench(args),
+        Command::Routes(args) => routes::bench(args),
         Command::Ipam(args) => runtime.block_on(ipam::bench(args)),
         Command::IpamWorker(args) => runtime.block_on(ipam::worker(args)),
     }

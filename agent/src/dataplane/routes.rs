@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -142,12 +142,22 @@ async fn ours(handle: &Handle) -> anyhow::Result<Vec<RouteMessage>> {
     Ok(all)
 }
 
+/// How many route requests are in flight at once.
+const IN_FLIGHT: usize = 256;
+
+/// One change to make.
+enum Change {
+    Replace(RouteMessage),
+    Remove(RouteMessage),
+}
+
 /// Makes the kernel's routes of our protocol match `desired`. Returns how many changed.
 pub async fn sync(handle: &Handle, desired: &BTreeMap<IpNetwork, Target>, devices: &Devices) -> anyhow::Result<usize> {
     let actual: BTreeMap<IpNetwork, (Shape, RouteMessage)> =
         ours(handle).await?.into_iter().filter_map(|r| read_shape(&r).map(|(dst, s)| (dst, (s, r)))).collect();
-    let mut changes = 0;
-    let mut failures = Vec::new();
+    // Requests go out many at a time on the one socket: at 100,000 routes the round trips,
+    // not the kernel, are what takes time.
+    let mut requests = Vec::new();
     for (dst, target) in desired {
         let Some(want) = shape_of(target, devices) else {
             // The device is not there (a pod's veth already gone, the tunnel not made yet).
@@ -157,10 +167,7 @@ pub async fn sync(handle: &Handle, desired: &BTreeMap<IpNetwork, Target>, device
             continue;
         }
         tracing::debug!(%dst, ?want, have = ?actual.get(dst).map(|(s, _)| s), "route replaced");
-        match handle.route().add(message(*dst, &want)?).replace().execute().await {
-            Ok(()) => changes += 1,
-            Err(e) => failures.push(format!("{dst}: {e}")),
-        }
+        requests.push((format!("{dst}"), Change::Replace(message(*dst, &want)?)));
     }
     for (dst, (shape, route)) in &actual {
         if desired.contains_key(dst) {
@@ -172,12 +179,24 @@ pub async fn sync(handle: &Handle, desired: &BTreeMap<IpNetwork, Target>, device
             continue;
         }
         tracing::debug!(%dst, "route removed");
-        match handle.route().del(route.clone()).execute().await {
-            Ok(()) => changes += 1,
-            Err(e) if brindle_cni::netlink::is_missing(&e) => {}
-            Err(e) => failures.push(format!("removing {dst}: {e}")),
-        }
+        requests.push((format!("removing {dst}"), Change::Remove(route.clone())));
     }
+    let changes = requests.len();
+    let failures: Vec<String> = futures::stream::iter(requests)
+        .map(|(what, change)| async move {
+            let outcome = match change {
+                Change::Replace(m) => handle.route().add(m).replace().execute().await,
+                Change::Remove(m) => match handle.route().del(m).execute().await {
+                    Err(e) if brindle_cni::netlink::is_missing(&e) => Ok(()),
+                    other => other,
+                },
+            };
+            outcome.err().map(|e| format!("{what}: {e}"))
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .filter_map(|failure| async move { failure })
+        .collect()
+        .await;
     if !failures.is_empty() {
         anyhow::bail!("{} route(s) could not be programmed: {}", failures.len(), failures.join("; "));
     }

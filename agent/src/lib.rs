@@ -1,0 +1,10 @@
+//! brindle-node's internals: the syncer, the pure calculation of the desired dataplane, and
+//! the drivers that make the kernel match it. The `brindle-node` binary is the product;
+//! this library exists so benchmarks can drive the same code. It is not a stable API.
+
+pub mod autodetect;
+pub mod calc;
+pub mod dataplane;
+pub mod startup;
+pub mod status;
+pub mod syncer;
