@@ -197,7 +197,7 @@ impl Agent<'_> {
         }
         let mine = cluster.nodes.iter().find(|n| n.metadata.name == self.me.name).map(|n| &n.spec);
         let mut tunnel_ip = mine.and_then(|n: &Node| n.ipv4_vxlan_tunnel_addr);
-        if desired.vxlan && tunnel_ip.is_none() {
+        if (desired.vxlan || desired.ipip) && tunnel_ip.is_none() {
             match startup::ensure_tunnel_address(self.client, self.ipam, &self.me.name).await {
                 Ok(ip) => tunnel_ip = Some(ip),
                 Err(e) => {

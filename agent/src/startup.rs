@@ -54,16 +54,19 @@ pub async fn register(client: &Client, name: &str, v4: Option<&Detected>, v6: Op
     anyhow::bail!("could not register node {name}: too many concurrent changes")
 }
 
-/// Gives the node a VXLAN tunnel address (from IPAM) if a pool needs one and it has none.
-/// Returns the address.
+/// Gives the node a tunnel address (from IPAM) for its VXLAN device and `tunl0`, recorded in
+/// its Node. Returns the address.
 pub async fn ensure_tunnel_address(client: &Client, ipam: &Ipam, name: &str) -> anyhow::Result<Ipv4Addr> {
     let assigned = ipam.tunnel_address(name, false).await?;
     let std::net::IpAddr::V4(ip) = assigned.ip else { anyhow::bail!("IPAM gave an IPv6 tunnel address for IPv4") };
     for _ in 0..10 {
         let mut node = client.get::<Node>(None, name).await?;
-        if node.spec.ipv4_vxlan_tunnel_addr == Some(ip) {
+        let bgp = node.spec.bgp.get_or_insert_with(NodeBgp::default);
+        if node.spec.ipv4_vxlan_tunnel_addr == Some(ip) && bgp.ipv4_ipip_tunnel_addr == Some(ip) {
             return Ok(ip);
         }
+        // One tunnel address serves both devices.
+        bgp.ipv4_ipip_tunnel_addr = Some(ip);
         node.spec.ipv4_vxlan_tunnel_addr = Some(ip);
         match client.update(node).await {
             Ok(_) => {

@@ -191,3 +191,69 @@ fn vxlan_cross_subnet_goes_direct_inside_a_subnet() {
         "the other subnet is tunnelled: {routes}"
     );
 }
+
+#[test]
+fn new_and_disabled_pools_apply_without_restart() {
+    let mut cluster = Cluster::new(ONE_SUBNET, &[(0, 10), (0, 11)], &pool("Never", false));
+    cluster.start_all();
+    cluster.add_pod(0, |_| {});
+    cluster.add_pod(1, |_| {});
+    cluster.apply(
+        "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: second}\n\
+         spec: {cidr: 10.245.0.0/16, vxlanMode: Always, natOutgoing: true}\n",
+    );
+    // A pod from the new pool, on node 1: reachable from node 0's pod through the tunnel the
+    // new pool asked for.
+    let second = cluster.add_pod(1, |conf| conf["ipam"]["ipv4_pools"] = serde_json::json!(["second"]));
+    assert!(cluster.pods[second].ip.starts_with("10.245."), "{}", cluster.pods[second].ip);
+    assert_full_mesh(&cluster);
+    assert!(cluster.ip(0, &["route", "show", "proto", "98"]).contains("vxlan.brindle"));
+
+    // Disabling the first pool stops allocation from it; its pods keep their routes.
+    cluster.apply(
+        "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\n\
+         spec: {cidr: 10.244.0.0/16, vxlanMode: Never, natOutgoing: false, disabled: true}\n",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_full_mesh(&cluster);
+    let pod = brindle_e2e::netns::Netns::new("agt", "pod").unwrap();
+    let attachment = brindle_e2e::cni::Attachment {
+        container_id: "refused".into(),
+        netns: pod.path(),
+        ifname: "eth0".into(),
+        pod_namespace: "default".into(),
+        pod_name: "refused".into(),
+    };
+    let mut conf = cluster.cni_conf(0);
+    conf["ipam"]["ipv4_pools"] = serde_json::json!(["pods"]);
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_brindle-node")).parent().unwrap().to_owned();
+    let out = brindle_e2e::cni::exec_in(
+        &cluster.nodes[0].netns.name,
+        &bin.join("brindle"),
+        "ADD",
+        &conf,
+        &attachment,
+        &bin.display().to_string(),
+    )
+    .unwrap();
+    assert!(!out.ok && out.stdout.contains("disabled"), "{}", out.stdout);
+}
+
+#[test]
+fn ip_in_ip_cluster_where_the_kernel_has_ipip() {
+    let probe = brindle_e2e::netns::Netns::new("agt", "probe").unwrap();
+    if !probe.ip(&["link", "show"]).unwrap().contains("tunl0") {
+        eprintln!(
+            "skipped: this kernel has no ipip module (a fresh network namespace has no tunl0). \
+             The IP-in-IP routes and their netlink requests are checked by the agent's unit tests."
+        );
+        return;
+    }
+    let placement = &[(0, 10), (0, 11), (1, 12)];
+    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16, ipipMode: Always}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24", "10.251.0.0/24"], placement, yaml);
+    cluster.start_all();
+    two_pods_per_node(&mut cluster);
+    assert_full_mesh(&cluster);
+    assert!(cluster.ip(0, &["route", "show", "proto", "98"]).contains("dev tunl0"));
+}

@@ -79,6 +79,8 @@ pub struct Desired {
     pub routes: BTreeMap<IpNetwork, Target>,
     /// Whether this node needs its VXLAN device.
     pub vxlan: bool,
+    /// Whether this node needs `tunl0` (a pool uses IP-in-IP and the kernel has it).
+    pub ipip: bool,
     /// Remote VTEPs.
     pub vteps: Vec<Vtep>,
     /// Every pool's CIDR (the "inside" of natOutgoing).
@@ -137,6 +139,8 @@ pub fn desired(me: &Me, cluster: &Cluster) -> Desired {
         }
     }
     out.vxlan = cluster.pools.iter().any(|p| p.spec.vxlan_mode != EncapMode::Never && !p.spec.disabled);
+    out.ipip =
+        me.ipip_supported && cluster.pools.iter().any(|p| p.spec.ipip_mode != EncapMode::Never && !p.spec.disabled);
 
     // Routes toward another node for `dst`, per the pool's mode.
     let remote = |out: &mut Desired, dst: IpNetwork, pool: &IpPool, node_name: &str| {

@@ -83,9 +83,11 @@ fn ipip_routes_via_node_addresses_or_explains_the_missing_module() {
     let c = cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Always));
     let with = desired(&me(true), &c);
     assert_eq!(route(&with, "10.244.2.0/26"), Some(Target::Ipip { via: "10.0.1.3".parse().unwrap() }));
+    assert!(with.ipip && !with.vxlan);
     let without = desired(&me(false), &c);
     assert_eq!(route(&without, "10.244.2.0/26"), None);
     assert!(without.problems.iter().any(|p| p.contains("no ipip module")), "{:?}", without.problems);
+    assert!(!without.ipip);
     // Own blocks are still blackholed: the other modes keep working.
     assert_eq!(route(&without, "10.244.0.0/26"), Some(Target::Blackhole));
 }

@@ -2,6 +2,7 @@
 //! holds, diffs, and changes only what differs, so a full resync repairs drift and an
 //! unchanged state changes nothing.
 
+pub mod ipip;
 pub mod iptables;
 pub mod routes;
 pub mod sysctl;
@@ -57,7 +58,8 @@ impl Dataplane {
         Ok(Dataplane { handle, host, backend })
     }
 
-    /// One pass over every driver. `tunnel_ip` is this node's VXLAN address, if it has one.
+    /// One pass over every driver. `tunnel_ip` is this node's tunnel address (on the VXLAN
+    /// device and on `tunl0`), if it has one.
     pub async fn apply(&self, desired: &Desired, tunnel_ip: Option<Ipv4Addr>) -> Applied {
         let mut applied = Applied::default();
         let mut fail = |driver, e: anyhow::Error| {
@@ -96,6 +98,15 @@ impl Dataplane {
                 Ok(removed) => applied.changes += usize::from(removed),
                 Err(e) => fail("vxlan", e),
             },
+        }
+        if desired.ipip {
+            match tunnel_ip {
+                Some(ip) => match ipip::ensure(&self.handle, ip, self.host.uplink_mtu.saturating_sub(20)).await {
+                    Ok(changed) => applied.changes += usize::from(changed),
+                    Err(e) => fail("ipip", e),
+                },
+                None => fail("ipip", anyhow::anyhow!("a pool uses IP-in-IP but this node has no tunnel address yet")),
+            }
         }
         let routed = async {
             let devices = routes::Devices::read(&self.handle, &self.host.uplink).await?;

@@ -202,3 +202,51 @@ pub async fn sync(handle: &Handle, desired: &BTreeMap<IpNetwork, Target>, device
     }
     Ok(changes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn devices() -> Devices {
+        let by_name = [("eth0", 2), ("tunl0", 7), (crate::dataplane::vxlan::DEVICE, 9)]
+            .into_iter()
+            .map(|(n, i)| (n.to_owned(), i))
+            .collect();
+        Devices { by_name, uplink: 2 }
+    }
+
+    fn attributes(m: &RouteMessage) -> (Option<IpAddr>, Option<u32>) {
+        let gateway =
+            m.attributes.iter().find_map(|a| if let RouteAttribute::Gateway(g) = a { address(g) } else { None });
+        let oif = m.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None });
+        (gateway, oif)
+    }
+
+    #[test]
+    fn ip_in_ip_routes_go_onlink_through_tunl0_to_the_node() {
+        let target = Target::Ipip { via: "10.0.1.3".parse().unwrap() };
+        let shape = shape_of(&target, &devices()).unwrap();
+        let m = message("10.244.2.0/26".parse().unwrap(), &shape).unwrap();
+        assert_eq!(attributes(&m), (Some("10.0.1.3".parse().unwrap()), Some(7)));
+        assert!(m.header.flags.contains(RouteFlags::Onlink));
+        assert_eq!(m.header.protocol, RouteProtocol::Other(ROUTE_PROTOCOL));
+        assert_eq!(m.header.destination_prefix_length, 26);
+        // Without tunl0 (no ipip module) there is nothing to program.
+        let mut without = devices();
+        without.by_name.remove("tunl0");
+        assert!(shape_of(&target, &without).is_none());
+    }
+
+    #[test]
+    fn blackholes_and_vxlan_routes_have_the_right_shape() {
+        let m = message("10.244.0.0/26".parse().unwrap(), &shape_of(&Target::Blackhole, &devices()).unwrap()).unwrap();
+        assert_eq!(m.header.kind, RouteType::BlackHole);
+        assert_eq!(attributes(&m), (None, None));
+        let vxlan = shape_of(&Target::Vxlan { via: "10.244.1.1".parse().unwrap() }, &devices()).unwrap();
+        let m = message("10.244.1.0/26".parse().unwrap(), &vxlan).unwrap();
+        assert_eq!(attributes(&m), (Some("10.244.1.1".parse().unwrap()), Some(9)));
+        assert!(m.header.flags.contains(RouteFlags::Onlink));
+        // What the kernel reports back compares equal, so a resync changes nothing.
+        assert_eq!(read_shape(&m).map(|(_, s)| s), Some(vxlan));
+    }
+}
