@@ -35,7 +35,18 @@ pub async fn register(client: &Client, name: &str, v4: Option<&Detected>, v6: Op
             .map(|d| NodeAddress { address: d.address.ip(), kind: "InternalIP".into() })
             .collect();
         node.spec.vxlan_tunnel_mac_addr = Some(brindle_cni::netlink::format_mac(&vxlan_mac(name)));
-        if existing.as_ref().is_some_and(|e| e.spec == node.spec) {
+        // Why these addresses, for whoever wonders later (`brindlectl get node -o yaml`).
+        for (key, detected) in [("brindle.io/ipv4-detection", v4), ("brindle.io/ipv6-detection", v6)] {
+            match detected {
+                Some(d) => node
+                    .metadata
+                    .annotations
+                    .insert(key.into(), format!("{} on {}: {}", d.address, d.interface, d.reason)),
+                None => node.metadata.annotations.remove(key),
+            };
+        }
+        if existing.as_ref().is_some_and(|e| e.spec == node.spec && e.metadata.annotations == node.metadata.annotations)
+        {
             return Ok(());
         }
         let written = match existing {

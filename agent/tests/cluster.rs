@@ -98,6 +98,8 @@ fn vxlan_cluster_reaches_everything_and_repairs_drift() {
     ]))
     .unwrap();
     netns::run(cluster.nodes[0].netns.command("iptables").args(["-F", "brin-FORWARD"])).unwrap();
+    let pod_ip = cluster.pods[0].ip.clone();
+    cluster.ip(0, &["route", "del", &pod_ip]);
     cluster.eventually(Duration::from_secs(5), "the deleted route is back", || {
         cluster.ip(0, &["route", "show", &dst]).contains("vxlan.brindle")
     });
@@ -105,6 +107,9 @@ fn vxlan_cluster_reaches_everything_and_repairs_drift() {
         netns::output(cluster.nodes[0].netns.command("bridge").args(["fdb", "show", "dev", "vxlan.brindle"]))
             .1
             .contains(&victim)
+    });
+    cluster.eventually(Duration::from_secs(5), "the pod's deleted route is back", || {
+        cluster.ip(0, &["route", "show", &pod_ip]).contains("dev brin")
     });
     cluster.eventually(Duration::from_secs(5), "the flushed chain is refilled", || {
         netns::output(cluster.nodes[0].netns.command("iptables").args(["-S", "brin-FORWARD"])).1.contains("brin+")
@@ -147,6 +152,13 @@ fn no_encap_cluster_then_switched_to_vxlan_without_restart() {
         cluster.ip(0, &["route", "show", "proto", "98"]).contains("vxlan.brindle")
     });
     assert_full_mesh(&cluster);
+    let address = format!("{}/24 on eth0: first-found", cluster.nodes[0].address);
+    let client = cluster.client();
+    let node0 = cluster
+        .runtime
+        .block_on(client.get::<brindle_datastore::resource::Node>(None, &cluster.nodes[0].name))
+        .unwrap();
+    assert!(node0.metadata.annotations["brindle.io/ipv4-detection"].starts_with(&address), "{:?}", node0.metadata);
 
     // A node that goes away: its blocks lose their owner and the others drop its routes.
     let gone = cluster.nodes[2].name.clone();
@@ -171,6 +183,16 @@ fn no_encap_cluster_then_switched_to_vxlan_without_restart() {
             .contains(&node2_address)
             && routes.lines().filter(|l| l.contains("vxlan.brindle")).count() == 1
     });
+
+    // Back to no encapsulation: routes go direct again and the tunnel device goes away.
+    cluster.apply(&pool("Never", false));
+    cluster.eventually(Duration::from_secs(10), "routes leave the tunnel", || {
+        let routes = cluster.ip(0, &["route", "show", "proto", "98"]);
+        !routes.contains("vxlan.brindle") && routes.contains(&format!("via {} dev eth0", cluster.nodes[1].address))
+    });
+    assert!(!cluster.ip(0, &["link", "show"]).contains("vxlan.brindle"));
+    cluster.pods.retain(|p| p.node != 2);
+    assert_full_mesh(&cluster);
 }
 
 #[test]
