@@ -75,7 +75,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let store = brindle_datastore::connect(&args.datastore).await.context("connecting to the datastore")?;
     let client = Client::new(Arc::clone(&store));
     let ipam = Ipam::new(client.clone());
-    let config = client.find::<AgentConfiguration>(None, "default").await?.map(|c| c.spec).unwrap_or_default();
+    // `node.<name>` overrides the cluster's `default`, as Calico's FelixConfiguration does.
+    let config = match client.find::<AgentConfiguration>(None, &format!("node.{name}")).await? {
+        Some(own) => own.spec,
+        None => client.find::<AgentConfiguration>(None, "default").await?.map(|c| c.spec).unwrap_or_default(),
+    };
 
     let netlink = brindle_cni::netlink::connect()?;
     let v4 = autodetect::detect(&netlink, &args.ip_autodetection_method, false)

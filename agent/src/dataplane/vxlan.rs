@@ -80,6 +80,7 @@ pub async fn ensure(handle: &Handle, want: &Device) -> anyhow::Result<(u32, bool
                 .build();
             handle.link().add(message).execute().await.map_err(|e| anyhow::anyhow!("creating {DEVICE}: {e}"))?;
             changed = true;
+            disable_tx_checksum_where_broken();
             brindle_cni::netlink::link(handle, DEVICE)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("{DEVICE} vanished right after it was made"))?
@@ -107,6 +108,30 @@ pub async fn ensure(handle: &Handle, want: &Device) -> anyhow::Result<(u32, bool
         .await
         .map_err(|e| anyhow::anyhow!("setting {DEVICE} up: {e}"))?;
     Ok((index, changed))
+}
+
+/// Kernels before 5.7 compute wrong checksums when offloading them for VXLAN packets that
+/// carry pod traffic (Calico's "ChecksumOffloadBroken"); there, offload is turned off on the
+/// device with ethtool. Newer kernels keep it.
+fn disable_tx_checksum_where_broken() {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if version >= (5, 7) {
+        return;
+    }
+    let outcome = std::process::Command::new("ethtool").args(["-K", DEVICE, "tx-checksum-ip-generic", "off"]).status();
+    match outcome {
+        Ok(status) if status.success() => {
+            tracing::info!(kernel = %release.trim(), "VXLAN tx checksum offload turned off")
+        }
+        other => tracing::warn!(
+            kernel = %release.trim(),
+            ?other,
+            "this kernel miscomputes offloaded VXLAN checksums and ethtool could not turn offload off; \
+             cross-node pod traffic may be dropped"
+        ),
+    }
 }
 
 /// Removes the device when no pool needs it. Returns whether it existed.
