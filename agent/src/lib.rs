@@ -3,6 +3,7 @@
 //! this library exists so benchmarks can drive the same code. It is not a stable API.
 
 pub mod autodetect;
+pub mod bgp;
 pub mod calc;
 pub mod dataplane;
 pub mod startup;

@@ -15,7 +15,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use brindle_agent::autodetect::{self, Method};
-use brindle_agent::calc::{self, Cluster, Me};
+use brindle_agent::bgp::Bgp;
+use brindle_agent::calc::{self, Cluster, Learned, Me};
 use brindle_agent::dataplane::{Dataplane, Host, iptables};
 use brindle_agent::status::{self, Metrics};
 use brindle_agent::{startup, syncer};
@@ -52,9 +53,22 @@ struct Args {
     /// Where the MTU and node-name files for the CNI plugin are written.
     #[arg(long, default_value = "/var/lib/brindle")]
     state_dir: PathBuf,
+    /// How routes between nodes are learned: `none` (from the datastore: which node owns
+    /// which block) or `embedded` (the built-in BGP speaker, node-to-node mesh).
+    #[arg(long, env = "BRINDLE_BGP", value_enum, default_value = "none")]
+    bgp: BgpBackend,
     /// Log filter (`warn`, `info`, `debug`, or tracing directives).
     #[arg(long, env = "BRINDLE_LOG", default_value = "warn")]
     log: String,
+}
+
+/// Where inter-node routes come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BgpBackend {
+    /// The datastore alone.
+    None,
+    /// The embedded BGP speaker.
+    Embedded,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -142,6 +156,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut last_problems = Vec::new();
     let mut last_mtu = None;
+    let mut bgp: Option<(Bgp, watch::Receiver<Learned>)> = None;
     let agent = Agent {
         client: &client,
         ipam: &ipam,
@@ -153,18 +168,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     loop {
+        let learned_changed = async {
+            match bgp.as_mut() {
+                Some((_, learned)) => learned.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         let full = tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() { anyhow::bail!("the datastore syncer stopped") }
                 false
             }
+            true = learned_changed => false,
             _ = resync.tick() => true,
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         };
         // Nothing touches the kernel before the first complete sync.
         let Some(cluster) = rx.borrow_and_update().clone() else { continue };
-        agent.pass(&cluster, full, &mut last_problems, &mut last_mtu).await;
+        if args.bgp == BgpBackend::Embedded && bgp.is_none() {
+            bgp = Some(Bgp::start(&me, &cluster).await.context("starting the BGP speaker")?);
+        }
+        let learned = match bgp.as_mut() {
+            Some((speaker, learned)) => {
+                if let Err(e) = speaker.apply(brindle_agent::bgp::plan(&me, &cluster)).await {
+                    metrics.error("bgp");
+                    tracing::warn!(error = %e, "could not update the BGP speaker");
+                }
+                Some(learned.borrow_and_update().clone())
+            }
+            None => None,
+        };
+        agent.pass(&cluster, learned.as_ref(), full, &mut last_problems, &mut last_mtu).await;
+    }
+    if let Some((speaker, _)) = &bgp {
+        speaker.shutdown().await;
     }
     tracing::warn!("stopping; the dataplane stays in place");
     Ok(())
@@ -183,9 +221,19 @@ struct Agent<'a> {
 
 impl Agent<'_> {
     /// Computes the desired state from `cluster` and applies it.
-    async fn pass(&self, cluster: &Cluster, full: bool, last_problems: &mut Vec<String>, last_mtu: &mut Option<u32>) {
+    async fn pass(
+        &self,
+        cluster: &Cluster,
+        learned: Option<&Learned>,
+        full: bool,
+        last_problems: &mut Vec<String>,
+        last_mtu: &mut Option<u32>,
+    ) {
         let started = Instant::now();
-        let desired = calc::desired(self.me, cluster);
+        let desired = calc::desired(self.me, cluster, learned);
+        if let Some(learned) = learned {
+            self.metrics.bgp_routes(learned.routes.len());
+        }
         if desired.problems != *last_problems {
             for problem in &desired.problems {
                 tracing::warn!(%problem, "cannot program");

@@ -26,6 +26,7 @@ pub struct Metrics {
     iptables_errors: AtomicU64,
     watch_batches: AtomicU64,
     watch_lag_micros: AtomicU64,
+    bgp_routes: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -70,6 +71,11 @@ impl Metrics {
     /// Records how long a datastore change took to reach the kernel.
     pub fn watch_lag(&self, lag: Duration) {
         self.watch_lag_micros.store(lag.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Records how many routes BGP has taught this node.
+    pub fn bgp_routes(&self, count: usize) {
+        self.bgp_routes.store(count as u64, Ordering::Relaxed);
     }
 
     /// Counts an error of a kind (`datastore`, `routes`, `vxlan`, `iptables`, `sysctl`).
@@ -138,8 +144,14 @@ impl Metrics {
         metric(
             "brindle_datastore_watch_lag_seconds",
             "gauge",
-            "From the last datastore change to the kernel.",
+            "From picking up a datastore change to the kernel matching it.",
             secs(&self.watch_lag_micros).to_string(),
+        );
+        metric(
+            "brindle_bgp_routes_learned",
+            "gauge",
+            "Best routes learned from BGP peers.",
+            get(&self.bgp_routes).to_string(),
         );
         let _ = writeln!(out, "# HELP brindle_errors_total Errors by kind.\n# TYPE brindle_errors_total counter");
         for (kind, count) in self.errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {

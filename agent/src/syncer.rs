@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_datastore::ipam::Block;
-use brindle_datastore::resource::{IpPool, Node, Resource, Spec, WorkloadEndpoint};
+use brindle_datastore::resource::{BgpConfiguration, IpPool, Node, Resource, Spec, WorkloadEndpoint};
 use brindle_datastore::{Datastore, WatchEvent, keys};
 use tokio::sync::watch;
 
@@ -104,5 +104,13 @@ fn decode(cache: &BTreeMap<String, Vec<u8>>, node: &str) -> Cluster {
         .collect();
     let mut workloads = decode_kind::<WorkloadEndpoint>(cache);
     workloads.retain(|w| w.spec.node == node);
-    Cluster { pools: decode_kind::<IpPool>(cache), nodes: decode_kind::<Node>(cache), blocks, workloads }
+    let configs = decode_kind::<BgpConfiguration>(cache);
+    let own = format!("node.{node}");
+    let bgp = configs
+        .iter()
+        .find(|c| c.metadata.name == own)
+        .or_else(|| configs.iter().find(|c| c.metadata.name == "default"))
+        .map(|c| c.spec.clone())
+        .unwrap_or_default();
+    Cluster { pools: decode_kind::<IpPool>(cache), nodes: decode_kind::<Node>(cache), blocks, workloads, bgp }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use brindle_datastore::ipam::{AllocationKind, Block};
-use brindle_datastore::resource::{EncapMode, IpPool, Node, Resource, WorkloadEndpoint};
+use brindle_datastore::resource::{BgpConfiguration, EncapMode, IpPool, Node, Resource, WorkloadEndpoint};
 use ipnetwork::IpNetwork;
 
 /// What the calculation needs to know about this node.
@@ -32,6 +32,19 @@ pub struct Cluster {
     pub blocks: Vec<Block>,
     /// This node's workload endpoints.
     pub workloads: Vec<Resource<WorkloadEndpoint>>,
+    /// The cluster's BGP settings (`default`, or this node's `node.<name>`).
+    pub bgp: BgpConfiguration,
+}
+
+/// What BGP has taught this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// Best routes: prefix -> next hop.
+    pub routes: BTreeMap<IpNetwork, IpAddr>,
+    /// Whether BGP has converged since start. Until then, remote blocks BGP has not taught
+    /// yet keep the routes the datastore implies (the same ones), so a restarting agent
+    /// changes nothing.
+    pub converged: bool,
 }
 
 /// Where a route sends its packets.
@@ -127,8 +140,9 @@ fn encap(pool: &IpPool, my_net: Option<IpNetwork>, peer: IpAddr) -> Encap {
     }
 }
 
-/// Computes the desired dataplane for `me`.
-pub fn desired(me: &Me, cluster: &Cluster) -> Desired {
+/// Computes the desired dataplane for `me`; `learned` holds BGP's routes when the agent runs
+/// a speaker (`None`: routes come from the datastore alone).
+pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired {
     let mut out = Desired::default();
     let nodes: BTreeMap<&str, &Node> = cluster.nodes.iter().map(|n| (n.metadata.name.as_str(), &n.spec)).collect();
     let pool_of = |cidr: &IpNetwork| cluster.pools.iter().find(|p| p.spec.cidr.contains(cidr.network()));
@@ -157,6 +171,16 @@ pub fn desired(me: &Me, cluster: &Cluster) -> Desired {
             out.problems.push(format!("node {node_name} has no address of {dst}'s family; no route to {dst}"));
             return;
         };
+        let mut peer = peer;
+        if let Some(learned) = learned
+            && !matches!(encap(pool, mine, peer), Encap::Vxlan)
+        {
+            match learned.routes.get(&dst) {
+                Some(next_hop) => peer = *next_hop,
+                None if learned.converged => return,
+                None => {}
+            }
+        }
         let target = match (encap(pool, mine, peer), peer) {
             (Encap::Vxlan, _) => match node.ipv4_vxlan_tunnel_addr {
                 Some(via) if dst.is_ipv4() => Target::Vxlan { via },
@@ -205,6 +229,29 @@ pub fn desired(me: &Me, cluster: &Cluster) -> Desired {
                 let host = IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix");
                 remote(&mut out, host, &pool.spec, used_on);
             }
+        }
+    }
+
+    // Learned prefixes that are not blocks the datastore knows (external peers' routes
+    // inside a pool): routed toward the next hop as the pool says.
+    if let Some(learned) = learned {
+        for (prefix, next_hop) in &learned.routes {
+            if out.routes.contains_key(prefix) {
+                continue;
+            }
+            let Some(pool) = cluster.pools.iter().find(|p| p.spec.cidr.contains(prefix.network())) else { continue };
+            let mine = if prefix.is_ipv4() { me.ipv4 } else { me.ipv6 };
+            let target = match (encap(&pool.spec, mine, *next_hop), next_hop) {
+                (Encap::Vxlan, _) => continue,
+                (Encap::Ipip, IpAddr::V4(via)) if me.ipip_supported => Target::Ipip { via: *via },
+                (Encap::None, via) if same_subnet(mine, *via) => Target::Direct { via: *via },
+                _ => {
+                    out.problems
+                        .push(format!("learned {prefix} via {next_hop}, which this node cannot reach directly"));
+                    continue;
+                }
+            };
+            out.routes.insert(*prefix, target);
         }
     }
 

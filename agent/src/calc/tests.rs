@@ -42,6 +42,7 @@ fn cluster(pool: Resource<IpPool>) -> Cluster {
         ],
         blocks: vec![block("10.244.0.0/26", "a"), block("10.244.1.0/26", "b"), block("10.244.2.0/26", "c")],
         workloads: Vec::new(),
+        bgp: Default::default(),
     }
 }
 
@@ -51,7 +52,7 @@ fn route(d: &Desired, dst: &str) -> Option<Target> {
 
 #[test]
 fn own_blocks_are_blackholed_and_no_encap_goes_direct_on_the_subnet() {
-    let d = desired(&me(false), &cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never)));
+    let d = desired(&me(false), &cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never)), None);
     assert_eq!(route(&d, "10.244.0.0/26"), Some(Target::Blackhole));
     assert_eq!(route(&d, "10.244.1.0/26"), Some(Target::Direct { via: "10.0.0.2".parse().unwrap() }));
     // c is on another subnet: no-encap cannot reach it without BGP, and says so.
@@ -62,7 +63,7 @@ fn own_blocks_are_blackholed_and_no_encap_goes_direct_on_the_subnet() {
 
 #[test]
 fn vxlan_always_routes_through_tunnel_addresses_with_vteps() {
-    let d = desired(&me(false), &cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never)));
+    let d = desired(&me(false), &cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never)), None);
     assert_eq!(route(&d, "10.244.1.0/26"), Some(Target::Vxlan { via: "10.244.1.1".parse().unwrap() }));
     assert_eq!(route(&d, "10.244.2.0/26"), Some(Target::Vxlan { via: "10.244.2.1".parse().unwrap() }));
     assert!(d.vxlan);
@@ -73,7 +74,7 @@ fn vxlan_always_routes_through_tunnel_addresses_with_vteps() {
 
 #[test]
 fn cross_subnet_encapsulates_only_across_subnets() {
-    let d = desired(&me(false), &cluster(pool("10.244.0.0/16", EncapMode::CrossSubnet, EncapMode::Never)));
+    let d = desired(&me(false), &cluster(pool("10.244.0.0/16", EncapMode::CrossSubnet, EncapMode::Never)), None);
     assert_eq!(route(&d, "10.244.1.0/26"), Some(Target::Direct { via: "10.0.0.2".parse().unwrap() }));
     assert_eq!(route(&d, "10.244.2.0/26"), Some(Target::Vxlan { via: "10.244.2.1".parse().unwrap() }));
 }
@@ -81,10 +82,10 @@ fn cross_subnet_encapsulates_only_across_subnets() {
 #[test]
 fn ipip_routes_via_node_addresses_or_explains_the_missing_module() {
     let c = cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Always));
-    let with = desired(&me(true), &c);
+    let with = desired(&me(true), &c, None);
     assert_eq!(route(&with, "10.244.2.0/26"), Some(Target::Ipip { via: "10.0.1.3".parse().unwrap() }));
     assert!(with.ipip && !with.vxlan);
-    let without = desired(&me(false), &c);
+    let without = desired(&me(false), &c, None);
     assert_eq!(route(&without, "10.244.2.0/26"), None);
     assert!(without.problems.iter().any(|p| p.contains("no ipip module")), "{:?}", without.problems);
     assert!(!without.ipip);
@@ -116,7 +117,7 @@ fn borrowed_addresses_get_host_routes_and_local_workloads_their_veth() {
         profiles: Vec::new(),
     };
     c.workloads.push(Resource::new("a-k8s-web-eth0", wep));
-    let d = desired(&me(false), &c);
+    let d = desired(&me(false), &c, None);
     assert_eq!(route(&d, "10.244.2.0/32"), Some(Target::Vxlan { via: "10.244.1.1".parse().unwrap() }));
     assert_eq!(route(&d, "10.244.0.5/32"), Some(Target::Workload { interface: "brin0123456789a".into() }));
 }
@@ -127,7 +128,7 @@ fn nat_outgoing_lists_enabled_nat_pools_and_all_pools() {
     p.spec.nat_outgoing = true;
     let mut c = cluster(p);
     c.pools.push(pool("10.245.0.0/16", EncapMode::Never, EncapMode::Never));
-    let d = desired(&me(false), &c);
+    let d = desired(&me(false), &c, None);
     assert_eq!(d.nat_pools, vec!["10.244.0.0/16".parse::<IpNetwork>().unwrap()]);
     assert_eq!(d.pools.len(), 2);
 }
@@ -138,4 +139,20 @@ fn macs_parse_strictly() {
     assert_eq!(parse_mac("66:aa:00:01:02"), None);
     assert_eq!(parse_mac("66:aa:00:01:02:ff:00"), None);
     assert_eq!(parse_mac("zz:aa:00:01:02:ff"), None);
+}
+
+#[test]
+fn with_bgp_remote_blocks_follow_learned_routes_once_converged() {
+    let c = cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never));
+    // Before convergence, nothing learned yet: the datastore's routes stand (no churn).
+    let warming = desired(&me(false), &c, Some(&Learned::default()));
+    assert_eq!(route(&warming, "10.244.1.0/26"), Some(Target::Direct { via: "10.0.0.2".parse().unwrap() }));
+    // Converged: only what BGP says; a withdrawn block has no route, an external prefix in
+    // the pool is routed to its next hop.
+    let mut learned = Learned { converged: true, ..Learned::default() };
+    learned.routes.insert("10.244.9.0/24".parse().unwrap(), "10.0.0.254".parse().unwrap());
+    let d = desired(&me(false), &c, Some(&learned));
+    assert_eq!(route(&d, "10.244.1.0/26"), None);
+    assert_eq!(route(&d, "10.244.9.0/24"), Some(Target::Direct { via: "10.0.0.254".parse().unwrap() }));
+    assert_eq!(route(&d, "10.244.0.0/26"), Some(Target::Blackhole), "own blocks stay blackholed");
 }

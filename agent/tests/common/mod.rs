@@ -73,6 +73,8 @@ pub struct Cluster {
     pub db: SqliteFile,
     /// Runs datastore calls of the test.
     pub runtime: tokio::runtime::Runtime,
+    /// Extra options for every agent (e.g. `--bgp embedded`).
+    pub agent_args: Vec<String>,
     scratch: tempfile::TempDir,
 }
 
@@ -104,6 +106,7 @@ impl Cluster {
             underlay,
             db: SqliteFile::new().unwrap(),
             runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            agent_args: Vec::new(),
             scratch: tempfile::tempdir().unwrap(),
         };
         cluster.apply(yaml);
@@ -157,6 +160,7 @@ impl Cluster {
             .args(["--metrics-listen", "127.0.0.1:9091", "--resync-interval", "2s", "--log", "info,brindle_node=debug"])
             .arg("--state-dir")
             .arg(node.state.path())
+            .args(&self.agent_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
