@@ -4,12 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use brindle_bgp::attrs::PathAttrs;
 use brindle_bgp::fsm::State;
 use brindle_bgp::rib::PrefixFilter;
 use brindle_bgp::speaker::{PeerSpec, RouteEvent, Speaker, SpeakerConfig};
+use brindle_datastore::resource::{Node, Resource};
+use brindle_datastore::selector::Selector;
 use ipnetwork::IpNetwork;
 use tokio::sync::watch;
 
@@ -21,37 +24,119 @@ const CONVERGENCE_LIMIT: Duration = Duration::from_secs(30);
 /// What BGP should be doing for a cluster snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// The sessions.
+    /// The sessions (passwords not yet filled in).
     pub peers: Vec<PeerSpec>,
+    /// Files holding the TCP MD5 password of a peer.
+    pub passwords: BTreeMap<IpAddr, PathBuf>,
     /// The prefixes this node originates.
     pub originate: BTreeSet<IpNetwork>,
+    /// Peerings that could not be set up, in words.
+    pub problems: Vec<String>,
 }
 
-/// The plan for `me`: a session to every other node (opened by the lower address only, so
-/// mesh sessions never collide), importing and exporting only prefixes inside pools.
+fn selects(selector: &str, labels: &BTreeMap<String, String>) -> Result<bool, String> {
+    selector.parse::<Selector>().map(|s| s.matches(labels)).map_err(|e| format!("selector \"{selector}\": {e}"))
+}
+
+/// `10.0.0.1`, `10.0.0.1:1179`, `[fd00::1]:179`, `fd00::1`.
+fn parse_peer_ip(text: &str) -> Option<(IpAddr, Option<u16>)> {
+    if let Ok(ip) = text.parse() {
+        return Some((ip, None));
+    }
+    text.parse::<SocketAddr>().ok().map(|a| (a.ip(), Some(a.port())))
+}
+
+/// The plan for `me`: the node-to-node mesh (each session opened by the lower address only,
+/// so they never collide) and every BGPPeer that applies to this node; route reflectors
+/// treat nodes outside their cluster as clients; only prefixes inside pools are imported
+/// and exported.
 pub fn plan(me: &Me, cluster: &Cluster) -> Plan {
     let pools: Vec<IpNetwork> = cluster.pools.iter().map(|p| p.spec.cidr).collect();
     let filter = PrefixFilter::only(&pools);
     let my_ip = me.ipv4.map(|n| n.ip());
-    let mut peers = Vec::new();
+    let no_labels = BTreeMap::new();
+    let my_node = cluster.nodes.iter().find(|n| n.metadata.name == me.name);
+    let my_labels = my_node.map_or(&no_labels, |n| &n.metadata.labels);
+    let my_cluster_id = my_node.and_then(|n| n.spec.bgp.as_ref()).and_then(|b| b.route_reflector_cluster_id);
+    let mut out = Plan::default();
+    let mut peers: BTreeMap<IpAddr, PeerSpec> = BTreeMap::new();
+
+    let node_peer = |node: &Resource<Node>| -> Option<PeerSpec> {
+        let address = node.spec.ipv4()?.ip();
+        let node_bgp = node.spec.bgp.as_ref();
+        let mut peer = PeerSpec::new(address, node_bgp.and_then(|b| b.as_number).unwrap_or(cluster.bgp.as_number));
+        peer.port = cluster.bgp.listen_port;
+        peer.passive = my_ip.is_some_and(|mine| mine > address);
+        peer.local_address = my_ip;
+        // A reflector reflects for every node that is not a reflector of its own cluster.
+        peer.rr_client =
+            my_cluster_id.is_some() && node_bgp.and_then(|b| b.route_reflector_cluster_id) != my_cluster_id;
+        peer.import = filter.clone();
+        peer.export = filter.clone();
+        Some(peer)
+    };
     if cluster.bgp.node_to_node_mesh_enabled {
-        for node in &cluster.nodes {
-            if node.metadata.name == me.name {
-                continue;
-            }
-            let Some(address) = node.spec.ipv4().map(|n| n.ip()) else { continue };
-            let asn = node.spec.bgp.as_ref().and_then(|b| b.as_number).unwrap_or(cluster.bgp.as_number);
-            let mut peer = PeerSpec::new(address, asn);
-            peer.port = cluster.bgp.listen_port;
-            peer.passive = my_ip.is_some_and(|mine| mine > address);
-            peer.local_address = my_ip;
-            peer.import = filter.clone();
-            peer.export = filter.clone();
-            peers.push(peer);
+        for peer in cluster.nodes.iter().filter(|n| n.metadata.name != me.name).filter_map(node_peer) {
+            peers.entry(peer.address).or_insert(peer);
         }
     }
-    peers.sort_by_key(|p| p.address);
-    let mut originate = BTreeSet::new();
+    for resource in &cluster.peers {
+        let spec = &resource.spec;
+        let applies = match (&spec.node, &spec.node_selector) {
+            (Some(node), _) => *node == me.name,
+            (None, Some(selector)) => match selects(selector, my_labels) {
+                Ok(yes) => yes,
+                Err(e) => {
+                    out.problems.push(format!("BGPPeer {}: {e}", resource.metadata.name));
+                    false
+                }
+            },
+            (None, None) => true,
+        };
+        if !applies {
+            continue;
+        }
+        if let Some(selector) = &spec.peer_selector {
+            for node in cluster.nodes.iter().filter(|n| n.metadata.name != me.name) {
+                match selects(selector, &node.metadata.labels) {
+                    Ok(true) => {
+                        if let Some(peer) = node_peer(node) {
+                            peers.entry(peer.address).or_insert(peer);
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        out.problems.push(format!("BGPPeer {}: {e}", resource.metadata.name));
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(text) = &spec.peer_ip {
+            let Some((address, port)) = parse_peer_ip(text) else {
+                out.problems.push(format!("BGPPeer {}: peerIP \"{text}\" is not an address", resource.metadata.name));
+                continue;
+            };
+            let mut peer = PeerSpec::new(address, spec.as_number.unwrap_or(cluster.bgp.as_number));
+            peer.port = port.unwrap_or(179);
+            peer.local_address = if address.is_ipv4() { my_ip } else { me.ipv6.map(|n| n.ip()) };
+            peer.import = filter.clone();
+            peer.export = filter.clone();
+            if let Some(password) = &spec.password {
+                match &password.file {
+                    Some(file) => {
+                        out.passwords.insert(address, file.clone());
+                    }
+                    None => out.problems.push(format!(
+                        "BGPPeer {}: secretKeyRef passwords need Kubernetes; use password.file on this node",
+                        resource.metadata.name
+                    )),
+                }
+            }
+            peers.insert(address, peer);
+        }
+    }
+    out.peers = peers.into_values().collect();
     for block in &cluster.blocks {
         let in_exported_pool =
             cluster.pools.iter().any(|p| p.spec.cidr.contains(block.cidr.network()) && !p.spec.disable_bgp_export);
@@ -59,15 +144,15 @@ pub fn plan(me: &Me, cluster: &Cluster) -> Plan {
             continue;
         }
         if block.owner.as_deref() == Some(me.name.as_str()) {
-            originate.insert(block.cidr);
+            out.originate.insert(block.cidr);
         }
         for (ip, allocation) in block.allocations() {
             if allocation.node == me.name && block.owner.as_deref() != Some(me.name.as_str()) {
-                originate.insert(IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix"));
+                out.originate.insert(IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix"));
             }
         }
     }
-    Plan { peers, originate }
+    out
 }
 
 /// The running speaker and what it was last told.
@@ -100,8 +185,17 @@ impl Bgp {
 
     /// Tells the speaker what changed since the last plan.
     pub async fn apply(&mut self, plan: Plan) -> anyhow::Result<()> {
-        if plan.peers != self.applied.peers {
-            self.speaker.set_peers(plan.peers.clone()).await?;
+        if plan.peers != self.applied.peers || plan.passwords != self.applied.passwords {
+            let mut peers = plan.peers.clone();
+            for peer in &mut peers {
+                if let Some(file) = plan.passwords.get(&peer.address) {
+                    let password = std::fs::read_to_string(file).map_err(|e| {
+                        anyhow::anyhow!("reading the BGP password of {} from {}: {e}", peer.address, file.display())
+                    })?;
+                    peer.password = Some(password.trim().to_owned());
+                }
+            }
+            self.speaker.set_peers(peers).await?;
         }
         for prefix in plan.originate.difference(&self.applied.originate) {
             self.speaker.originate(*prefix, PathAttrs::local(None)).await?;
@@ -168,5 +262,128 @@ async fn follow(speaker: Speaker, tx: watch::Sender<Learned>) {
         if *tx.borrow() != learned && tx.send(learned).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use brindle_datastore::ipam::{Allocation, AllocationKind, Block};
+    use brindle_datastore::resource::{BgpPeer, IpPool, NodeBgp};
+
+    use super::*;
+
+    fn node(name: &str, ip: &str, labels: &[(&str, &str)], cluster_id: Option<&str>) -> Resource<Node> {
+        let bgp = NodeBgp {
+            ipv4_address: Some(ip.parse().unwrap()),
+            route_reflector_cluster_id: cluster_id.map(|c| c.parse().unwrap()),
+            ..NodeBgp::default()
+        };
+        let mut r = Resource::new(name, Node { bgp: Some(bgp), ..Node::default() });
+        r.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        r
+    }
+
+    fn me(name: &str, ip: &str) -> Me {
+        Me { name: name.into(), ipv4: Some(ip.parse().unwrap()), ipv6: None, ipip_supported: false }
+    }
+
+    fn cluster(mesh: bool) -> Cluster {
+        let mut c = Cluster {
+            pools: vec![Resource::new("p", IpPool::new("10.244.0.0/16".parse().unwrap()))],
+            nodes: vec![
+                node("a", "10.0.0.1/24", &[("rr", "true")], Some("1.0.0.1")),
+                node("b", "10.0.0.2/24", &[], None),
+                node("c", "10.0.0.3/24", &[], None),
+            ],
+            ..Cluster::default()
+        };
+        c.bgp.node_to_node_mesh_enabled = mesh;
+        c
+    }
+
+    fn peer(spec: BgpPeer) -> Resource<BgpPeer> {
+        Resource::new("peer", spec)
+    }
+
+    #[test]
+    fn the_mesh_is_opened_by_the_lower_address_only() {
+        let p = plan(&me("b", "10.0.0.2/24"), &cluster(true));
+        let addresses: Vec<String> = p.peers.iter().map(|p| p.address.to_string()).collect();
+        assert_eq!(addresses, ["10.0.0.1", "10.0.0.3"]);
+        assert!(p.peers[0].passive, "b waits for a, whose address is lower");
+        assert!(!p.peers[1].passive, "b connects to c");
+        assert!(p.peers.iter().all(|p| p.asn == 64512 && !p.rr_client));
+    }
+
+    #[test]
+    fn reflectors_take_other_nodes_as_clients_and_clients_peer_only_with_them() {
+        let mut c = cluster(false);
+        c.peers.push(peer(BgpPeer {
+            node_selector: Some("all()".into()),
+            peer_selector: Some("rr == 'true'".into()),
+            ..BgpPeer::default()
+        }));
+        c.peers.push(peer(BgpPeer {
+            node_selector: Some("rr == 'true'".into()),
+            peer_selector: Some("all()".into()),
+            ..BgpPeer::default()
+        }));
+        let reflector = plan(&me("a", "10.0.0.1/24"), &c);
+        assert_eq!(reflector.peers.len(), 2);
+        assert!(reflector.peers.iter().all(|p| p.rr_client), "{:?}", reflector.peers);
+        let client = plan(&me("b", "10.0.0.2/24"), &c);
+        let addresses: Vec<String> = client.peers.iter().map(|p| p.address.to_string()).collect();
+        assert_eq!(addresses, ["10.0.0.1"], "with the mesh off a client peers only with the reflector");
+        assert!(!client.peers[0].rr_client);
+    }
+
+    #[test]
+    fn external_peers_apply_to_their_nodes_with_port_and_password_file() {
+        let mut c = cluster(true);
+        c.peers.push(peer(BgpPeer {
+            node: Some("b".into()),
+            peer_ip: Some("10.0.0.254:1179".into()),
+            as_number: Some(65001),
+            password: Some(brindle_datastore::resource::BgpPassword {
+                file: Some("/etc/brindle/bgp-pw".into()),
+                secret_key_ref: None,
+            }),
+            ..BgpPeer::default()
+        }));
+        c.peers.push(peer(BgpPeer {
+            node_selector: Some("!!bad".into()),
+            peer_ip: Some("10.0.0.253".into()),
+            ..BgpPeer::default()
+        }));
+        let b = plan(&me("b", "10.0.0.2/24"), &c);
+        let external = b.peers.iter().find(|p| p.address.to_string() == "10.0.0.254").expect("the external peer");
+        assert_eq!((external.port, external.asn), (1179, 65001));
+        assert_eq!(
+            b.passwords.get(&external.address).map(|p| p.display().to_string()).as_deref(),
+            Some("/etc/brindle/bgp-pw")
+        );
+        assert!(b.problems.iter().any(|p| p.contains("!!bad")), "{:?}", b.problems);
+        let c_plan = plan(&me("c", "10.0.0.3/24"), &c);
+        assert!(c_plan.peers.iter().all(|p| p.address.to_string() != "10.0.0.254"), "the peer is b's alone");
+    }
+
+    #[test]
+    fn own_blocks_and_borrowed_addresses_are_originated_unless_export_is_disabled() {
+        let mut c = cluster(true);
+        let mut theirs = Block::new("10.244.1.0/26".parse().unwrap(), Some("c".into()));
+        let borrowed = Allocation {
+            handle: "n.x".into(),
+            kind: AllocationKind::Workload,
+            node: "b".into(),
+            pod: None,
+            namespace: None,
+        };
+        theirs.allocate(borrowed, 0, 0).unwrap();
+        c.blocks = vec![Block::new("10.244.0.0/26".parse().unwrap(), Some("b".into())), theirs];
+        let originated: Vec<String> =
+            plan(&me("b", "10.0.0.2/24"), &c).originate.iter().map(ToString::to_string).collect();
+        assert_eq!(originated, ["10.244.0.0/26", "10.244.1.0/32"]);
+        c.pools[0].spec.disable_bgp_export = true;
+        assert!(plan(&me("b", "10.0.0.2/24"), &c).originate.is_empty());
     }
 }

@@ -157,6 +157,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut last_problems = Vec::new();
     let mut last_mtu = None;
     let mut bgp: Option<(Bgp, watch::Receiver<Learned>)> = None;
+    let mut last_bgp_problems = Vec::new();
     let agent = Agent {
         client: &client,
         ipam: &ipam,
@@ -191,7 +192,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let learned = match bgp.as_mut() {
             Some((speaker, learned)) => {
-                if let Err(e) = speaker.apply(brindle_agent::bgp::plan(&me, &cluster)).await {
+                let plan = brindle_agent::bgp::plan(&me, &cluster);
+                if plan.problems != last_bgp_problems {
+                    for problem in &plan.problems {
+                        tracing::warn!(%problem, "BGP peering skipped");
+                    }
+                    last_bgp_problems.clone_from(&plan.problems);
+                }
+                if let Err(e) = speaker.apply(plan).await {
                     metrics.error("bgp");
                     tracing::warn!(error = %e, "could not update the BGP speaker");
                 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_datastore::ipam::Block;
-use brindle_datastore::resource::{BgpConfiguration, IpPool, Node, Resource, Spec, WorkloadEndpoint};
+use brindle_datastore::resource::{BgpConfiguration, BgpPeer, IpPool, Node, Resource, Spec, WorkloadEndpoint};
 use brindle_datastore::{Datastore, WatchEvent, keys};
 use tokio::sync::watch;
 
@@ -112,5 +112,12 @@ fn decode(cache: &BTreeMap<String, Vec<u8>>, node: &str) -> Cluster {
         .or_else(|| configs.iter().find(|c| c.metadata.name == "default"))
         .map(|c| c.spec.clone())
         .unwrap_or_default();
-    Cluster { pools: decode_kind::<IpPool>(cache), nodes: decode_kind::<Node>(cache), blocks, workloads, bgp }
+    Cluster {
+        pools: decode_kind::<IpPool>(cache),
+        nodes: decode_kind::<Node>(cache),
+        blocks,
+        workloads,
+        bgp,
+        peers: decode_kind::<BgpPeer>(cache),
+    }
 }

@@ -31,3 +31,50 @@ fn a_three_node_mesh_routes_pods_by_bgp() {
         assert_eq!(routes.lines().filter(|l| l.contains(&via)).count(), 1, "{routes}");
     }
 }
+
+/// Node `i`'s Node resource with labels and, for reflectors, a cluster ID.
+fn node_yaml(cluster: &Cluster, i: usize, reflector: bool) -> String {
+    let node = &cluster.nodes[i];
+    let (labels, cluster_id) =
+        if reflector { ("{rr: 'true'}", ", routeReflectorClusterID: 1.0.0.1") } else { ("{}", "") };
+    format!(
+        "kind: Node\napiVersion: brindle.io/v1\nmetadata: {{name: {}, labels: {labels}}}\n\
+         spec: {{bgp: {{ipv4Address: {}/24{cluster_id}}}}}\n---\n",
+        node.name, node.address
+    )
+}
+
+#[test]
+fn route_reflectors_carry_the_routes_with_the_mesh_off() {
+    let pool = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+        kind: BGPConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\nspec: {nodeToNodeMeshEnabled: false}\n---\n\
+        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: to-reflectors}\nspec: {nodeSelector: all(), peerSelector: rr == 'true'}\n---\n\
+        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: reflectors-to-all}\nspec: {nodeSelector: rr == 'true', peerSelector: all()}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11), (0, 12), (0, 13)], pool);
+    // Two reflectors of one cluster (nodes 0 and 1), two clients.
+    let nodes: String = (0..4).map(|i| node_yaml(&cluster, i, i < 2)).collect();
+    cluster.apply(&nodes);
+    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
+    cluster.start_all();
+    for i in 0..4 {
+        cluster.add_pod(i, |_| {});
+    }
+    for i in 0..4 {
+        cluster.eventually(Duration::from_secs(15), &format!("node {i} learns the three other blocks"), || {
+            cluster.http(i, 9091, "/metrics").contains("brindle_bgp_routes_learned 3")
+        });
+    }
+    let failing = cluster.reachability(Duration::from_secs(10));
+    assert!(failing.is_empty(), "pod pairs that cannot talk: {failing:?}\n{}", cluster.agent_log(2));
+    // Clients peer only with the reflectors: no session between the two clients.
+    let (_, sockets) =
+        brindle_e2e::netns::output(cluster.nodes[2].netns.command("ss").args(["-tn", "state", "established"]));
+    assert!(!sockets.contains(&format!("{}:179", cluster.nodes[3].address)), "{sockets}");
+    assert!(!sockets.contains(&format!("{}:", cluster.nodes[3].address)), "clients 2 and 3 must not peer: {sockets}");
+
+    // One reflector dies: the other carries on and pod traffic continues.
+    cluster.stop_agent(0);
+    std::thread::sleep(Duration::from_secs(1));
+    let failing = cluster.reachability(Duration::from_secs(10));
+    assert!(failing.is_empty(), "pod pairs that cannot talk after a reflector died: {failing:?}");
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use brindle_datastore::ipam::{AllocationKind, Block};
-use brindle_datastore::resource::{BgpConfiguration, EncapMode, IpPool, Node, Resource, WorkloadEndpoint};
+use brindle_datastore::resource::{BgpConfiguration, BgpPeer, EncapMode, IpPool, Node, Resource, WorkloadEndpoint};
 use ipnetwork::IpNetwork;
 
 /// What the calculation needs to know about this node.
@@ -34,6 +34,8 @@ pub struct Cluster {
     pub workloads: Vec<Resource<WorkloadEndpoint>>,
     /// The cluster's BGP settings (`default`, or this node's `node.<name>`).
     pub bgp: BgpConfiguration,
+    /// BGP peerings beyond the mesh.
+    pub peers: Vec<Resource<BgpPeer>>,
 }
 
 /// What BGP has taught this node.

@@ -43,6 +43,7 @@ fn cluster(pool: Resource<IpPool>) -> Cluster {
         blocks: vec![block("10.244.0.0/26", "a"), block("10.244.1.0/26", "b"), block("10.244.2.0/26", "c")],
         workloads: Vec::new(),
         bgp: Default::default(),
+        peers: Vec::new(),
     }
 }
 

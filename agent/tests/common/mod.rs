@@ -126,20 +126,27 @@ impl Cluster {
 
     /// Creates or replaces resources from YAML.
     pub fn apply(&self, yaml: &str) {
+        async fn upsert<S: brindle_datastore::resource::Spec>(
+            client: &Client,
+            mut r: brindle_datastore::resource::Resource<S>,
+        ) {
+            let namespace = r.metadata.namespace.clone();
+            match client.find::<S>(namespace.as_deref(), r.name()).await.unwrap() {
+                Some(existing) => {
+                    r.metadata.resource_version = existing.metadata.resource_version;
+                    client.update(r).await.unwrap();
+                }
+                None => drop(client.create(r).await.unwrap()),
+            }
+        }
         let client = self.client();
         self.runtime.block_on(async {
             for r in parse_documents(yaml).unwrap() {
                 match r {
-                    AnyResource::IpPool(mut p) => {
-                        if let Some(existing) =
-                            client.find::<brindle_datastore::resource::IpPool>(None, p.name()).await.unwrap()
-                        {
-                            p.metadata.resource_version = existing.metadata.resource_version;
-                            client.update(p).await.unwrap();
-                        } else {
-                            client.create(p).await.unwrap();
-                        }
-                    }
+                    AnyResource::IpPool(r) => upsert(&client, r).await,
+                    AnyResource::Node(r) => upsert(&client, r).await,
+                    AnyResource::BgpPeer(r) => upsert(&client, r).await,
+                    AnyResource::BgpConfiguration(r) => upsert(&client, r).await,
                     other => panic!("apply: unexpected {other:?}"),
                 }
             }
