@@ -78,3 +78,48 @@ fn route_reflectors_carry_the_routes_with_the_mesh_off() {
     let failing = cluster.reachability(Duration::from_secs(10));
     assert!(failing.is_empty(), "pod pairs that cannot talk after a reflector died: {failing:?}");
 }
+
+#[test]
+fn an_external_bird_gets_the_pod_blocks_and_only_routes_inside_pools_come_back() {
+    let pool = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: upstream}\nspec: {peerIP: 10.250.0.50, asNumber: 65001}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11)], pool);
+    let router = brindle_e2e::netns::Netns::new("agt", "bird").unwrap();
+    cluster.underlay.attach(&router, 0, 50).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let neighbors: String = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("protocol bgp node{i} {{ local as 65001; neighbor {} as 64512; ipv4 {{ import all; export all; }}; }}\n", n.address))
+        .collect();
+    let config = format!(
+        "router id 10.250.0.50;\nprotocol device {{}}\n\
+         protocol static {{ ipv4; route 10.244.200.0/24 blackhole; route 192.168.77.0/24 blackhole; }}\n{neighbors}"
+    );
+    let bird = brindle_e2e::bird::Bird::start(&router, dir.path(), &config).unwrap();
+    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
+    cluster.start_all();
+    for i in 0..2 {
+        cluster.add_pod(i, |_| {});
+    }
+    cluster.eventually(Duration::from_secs(20), "BIRD learns both nodes' blocks", || {
+        let routes = bird.cli("show route");
+        cluster.pods.iter().all(|p| {
+            let block =
+                p.ip.rsplit_once('.')
+                    .map(|(net, last)| format!("{net}.{}/26", last.parse::<u8>().unwrap() & !63))
+                    .unwrap();
+            routes.contains(&block)
+        })
+    });
+    cluster.eventually(Duration::from_secs(10), "the route inside the pool is installed", || {
+        cluster.ip(0, &["route", "show", "10.244.200.0/24"]).contains("via 10.250.0.50")
+    });
+    assert!(
+        cluster.ip(0, &["route", "show", "192.168.77.0/24"]).is_empty(),
+        "a route outside every pool was installed"
+    );
+    let failing = cluster.reachability(Duration::from_secs(10));
+    assert!(failing.is_empty(), "{failing:?}");
+}

@@ -2,6 +2,7 @@
 //! `brindle-lab`: uniquely named namespaces removed by guards, and CNI plugins run exactly
 //! the way a container runtime runs them.
 
+pub mod bird;
 pub mod cni;
 pub mod netns;
 pub mod underlay;
