@@ -123,3 +123,50 @@ fn an_external_bird_gets_the_pod_blocks_and_only_routes_inside_pools_come_back()
     let failing = cluster.reachability(Duration::from_secs(10));
     assert!(failing.is_empty(), "{failing:?}");
 }
+
+#[test]
+fn an_external_gobgp_gets_the_pod_blocks_and_only_routes_inside_pools_come_back() {
+    let pool = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: upstream}\nspec: {peerIP: 10.250.0.51, asNumber: 65002}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11)], pool);
+    let router = brindle_e2e::netns::Netns::new("agt", "gobgp").unwrap();
+    cluster.underlay.attach(&router, 0, 51).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let neighbors: String = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = 64512\n",
+                n.address
+            )
+        })
+        .collect();
+    let config = format!("[global.config]\n  as = 65002\n  router-id = \"10.250.0.51\"\n{neighbors}");
+    let path = dir.path().join("gobgpd.toml");
+    std::fs::write(&path, config).unwrap();
+    let log = std::fs::File::create(dir.path().join("gobgpd.log")).unwrap();
+    let daemon = common::Agent(
+        router.command("gobgpd").arg("-f").arg(&path).args(["-p", "--pprof-disable"]).stdout(log).spawn().unwrap(),
+    );
+    let gobgp = |args: &[&str]| brindle_e2e::netns::output(router.command("gobgp").args(args)).1;
+    cluster.eventually(Duration::from_secs(10), "GoBGP's API answers", || gobgp(&["global"]).contains("AS"));
+    gobgp(&["global", "rib", "add", "10.244.201.0/24", "-a", "ipv4"]);
+    gobgp(&["global", "rib", "add", "192.168.78.0/24", "-a", "ipv4"]);
+    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
+    cluster.start_all();
+    for i in 0..2 {
+        cluster.add_pod(i, |_| {});
+    }
+    cluster.eventually(Duration::from_secs(20), "GoBGP learns the nodes' blocks", || {
+        gobgp(&["global", "rib", "-a", "ipv4"]).matches("/26").count() >= 2
+    });
+    cluster.eventually(Duration::from_secs(10), "the route inside the pool is installed", || {
+        cluster.ip(1, &["route", "show", "10.244.201.0/24"]).contains("via 10.250.0.51")
+    });
+    assert!(
+        cluster.ip(1, &["route", "show", "192.168.78.0/24"]).is_empty(),
+        "a route outside every pool was installed"
+    );
+    drop(daemon);
+}

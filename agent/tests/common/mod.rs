@@ -18,8 +18,8 @@ use brindle_e2e::netns::{self, Netns, unique};
 use brindle_e2e::underlay::Underlay;
 use serde_json::{Value, json};
 
-/// A running agent, stopped on drop.
-pub struct Agent(Child);
+/// A running process (an agent, a router daemon), killed on drop.
+pub struct Agent(pub Child);
 
 impl Drop for Agent {
     fn drop(&mut self) {
