@@ -170,3 +170,47 @@ fn an_external_gobgp_gets_the_pod_blocks_and_only_routes_inside_pools_come_back(
     );
     drop(daemon);
 }
+
+#[test]
+fn an_agent_restart_loses_no_packet() {
+    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11), (0, 12)], yaml);
+    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
+    cluster.start_all();
+    for i in 0..3 {
+        cluster.add_pod(i, |_| {});
+    }
+    for i in 0..3 {
+        cluster.eventually(Duration::from_secs(15), &format!("node {i} learns two blocks"), || {
+            cluster.http(i, 9091, "/metrics").contains("brindle_bgp_routes_learned 2")
+        });
+    }
+    // 600 pings, one every 10 ms, from a pod on node 1 to the pod on node 0, while node 0's
+    // agent stops (SIGTERM) and starts again.
+    let target = cluster.pods[0].ip.clone();
+    let pinger = cluster.pods[1]
+        .netns
+        .command("ping")
+        .args(["-i", "0.01", "-c", "600", "-W", "1", &target])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    cluster.terminate_agent(0);
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.start_agent(0);
+    cluster.wait_ready(0);
+    let out = pinger.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answered: std::collections::BTreeSet<u32> =
+        text.lines().filter_map(|l| l.split("icmp_seq=").nth(1)?.split_whitespace().next()?.parse().ok()).collect();
+    let lost = 600 - answered.len();
+    let mut longest_gap = 0;
+    let mut gap = 0;
+    for seq in 1..=600 {
+        gap = if answered.contains(&seq) { 0 } else { gap + 1 };
+        longest_gap = longest_gap.max(gap);
+    }
+    eprintln!("agent restart under traffic: {lost} of 600 pings lost, longest gap {} ms", longest_gap * 10);
+    assert_eq!(lost, 0, "pings lost across the restart (longest gap {} ms):\n{text}", longest_gap * 10);
+}

@@ -181,6 +181,14 @@ impl Cluster {
         self.agents[i] = None;
     }
 
+    /// Stops the agent of node `i` the way Kubernetes does (SIGTERM), and waits for it.
+    pub fn terminate_agent(&mut self, i: usize) {
+        if let Some(mut agent) = self.agents[i].take() {
+            let _ = Command::new("kill").args(["-TERM", &agent.0.id().to_string()]).status();
+            let _ = agent.0.wait();
+        }
+    }
+
     /// An agent's log so far.
     pub fn agent_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.scratch.path().join(format!("agent-{i}.log"))).unwrap_or_default()
