@@ -28,6 +28,9 @@ pub struct Plan {
     pub peers: Vec<PeerSpec>,
     /// Files holding the TCP MD5 password of a peer.
     pub passwords: BTreeMap<IpAddr, PathBuf>,
+    /// Why each peer is a peer: `mesh`, `reflector` (it reflects for us), `client` (we
+    /// reflect for it), `node` (a BGPPeer for selected nodes) or `global`.
+    pub kinds: BTreeMap<IpAddr, &'static str>,
     /// The prefixes this node originates.
     pub originate: BTreeSet<IpNetwork>,
     /// Peerings that could not be set up, in words.
@@ -77,6 +80,7 @@ pub fn plan(me: &Me, cluster: &Cluster) -> Plan {
     };
     if cluster.bgp.node_to_node_mesh_enabled {
         for peer in cluster.nodes.iter().filter(|n| n.metadata.name != me.name).filter_map(node_peer) {
+            out.kinds.entry(peer.address).or_insert("mesh");
             peers.entry(peer.address).or_insert(peer);
         }
     }
@@ -101,6 +105,14 @@ pub fn plan(me: &Me, cluster: &Cluster) -> Plan {
                 match selects(selector, &node.metadata.labels) {
                     Ok(true) => {
                         if let Some(peer) = node_peer(node) {
+                            let reflects =
+                                node.spec.bgp.as_ref().is_some_and(|b| b.route_reflector_cluster_id.is_some());
+                            let kind = match (peer.rr_client, reflects) {
+                                (true, _) => "client",
+                                (false, true) => "reflector",
+                                (false, false) => "node",
+                            };
+                            out.kinds.entry(peer.address).or_insert(kind);
                             peers.entry(peer.address).or_insert(peer);
                         }
                     }
@@ -133,6 +145,8 @@ pub fn plan(me: &Me, cluster: &Cluster) -> Plan {
                     )),
                 }
             }
+            out.kinds
+                .insert(address, if spec.node.is_some() || spec.node_selector.is_some() { "node" } else { "global" });
             peers.insert(address, peer);
         }
     }
@@ -159,6 +173,27 @@ pub fn plan(me: &Me, cluster: &Cluster) -> Plan {
 pub struct Bgp {
     speaker: Speaker,
     applied: Plan,
+}
+
+/// One peer as `brindlectl node status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerReport {
+    /// The peer's address.
+    pub address: IpAddr,
+    /// mesh, reflector, client, node or global.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The session state.
+    pub state: String,
+    /// Seconds since the epoch when it entered that state.
+    pub since: u64,
+    /// Why it last failed, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Routes accepted from it.
+    pub routes: usize,
+    /// Routes sent to it.
+    pub advertised: usize,
 }
 
 impl Bgp {
@@ -205,6 +240,23 @@ impl Bgp {
         }
         self.applied = plan;
         Ok(())
+    }
+
+    /// Every peer's state.
+    pub async fn report(&self) -> anyhow::Result<Vec<PeerReport>> {
+        let peers = self.speaker.status().await?;
+        Ok(peers
+            .into_iter()
+            .map(|p| PeerReport {
+                address: p.address,
+                kind: self.applied.kinds.get(&p.address).copied().unwrap_or("global"),
+                state: format!("{:?}", p.state),
+                since: p.since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
+                reason: p.last_error,
+                routes: p.prefixes_accepted,
+                advertised: p.prefixes_advertised,
+            })
+            .collect())
     }
 
     /// Tells peers we are going, keeping our routes with them (graceful restart).

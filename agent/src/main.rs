@@ -50,6 +50,9 @@ struct Args {
     /// Full resync interval (default: AgentConfiguration's routeRefreshInterval).
     #[arg(long, value_parser = humantime::parse_duration)]
     resync_interval: Option<Duration>,
+    /// The status socket (`brindlectl node status` asks it).
+    #[arg(long, default_value = "/var/run/brindle/node.sock")]
+    status_socket: PathBuf,
     /// Where the MTU and node-name files for the CNI plugin are written.
     #[arg(long, default_value = "/var/lib/brindle")]
     state_dir: PathBuf,
@@ -147,6 +150,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
 
+    let (status_tx, mut status_rx) = tokio::sync::mpsc::channel::<status::StatusRequest>(16);
+    tokio::spawn({
+        let path = args.status_socket.clone();
+        async move {
+            if let Err(e) = status::serve_socket(path, status_tx).await {
+                tracing::error!(error = %e, "status socket failed");
+            }
+        }
+    });
     let (tx, mut rx) = watch::channel::<syncer::Published>(None);
     tokio::spawn(syncer::run(store, name.clone(), tx, Arc::clone(&metrics)));
     let resync_every = args.resync_interval.unwrap_or(config.route_refresh_interval).max(Duration::from_secs(1));
@@ -181,6 +193,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 false
             }
             true = learned_changed => false,
+            Some(reply) = status_rx.recv() => {
+                let peers = match &bgp {
+                    Some((speaker, _)) => speaker.report().await.ok(),
+                    None => None,
+                };
+                let report = serde_json::json!({
+                    "node": name,
+                    "ready": metrics.is_ready(),
+                    "problems": last_problems.iter().chain(&last_bgp_problems).collect::<Vec<_>>(),
+                    "bgp": peers.map(|peers| serde_json::json!({ "peers": peers })),
+                });
+                let _ = reply.send(report.to_string());
+                continue;
+            }
             _ = resync.tick() => true,
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -207,7 +233,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             None => None,
         };
-        agent.pass(&cluster, learned.as_ref(), full, &mut last_problems, &mut last_mtu).await;
+        // With BGP, ready needs a session up (or no peer to have one with).
+        let bgp_ok = match &bgp {
+            Some((speaker, _)) => {
+                speaker.report().await.is_ok_and(|p| p.is_empty() || p.iter().any(|p| p.state == "Established"))
+            }
+            None => true,
+        };
+        agent.pass(&cluster, learned.as_ref(), bgp_ok, full, &mut last_problems, &mut last_mtu).await;
     }
     if let Some((speaker, _)) = &bgp {
         speaker.shutdown().await;
@@ -233,6 +266,7 @@ impl Agent<'_> {
         &self,
         cluster: &Cluster,
         learned: Option<&Learned>,
+        bgp_ok: bool,
         full: bool,
         last_problems: &mut Vec<String>,
         last_mtu: &mut Option<u32>,
@@ -276,10 +310,11 @@ impl Agent<'_> {
         if !full {
             self.metrics.watch_lag(took);
         }
-        if applied.failures.is_empty() && !self.metrics.is_ready() {
+        let ready = applied.failures.is_empty() && bgp_ok;
+        if ready && !self.metrics.is_ready() {
             tracing::warn!(routes = desired.routes.len(), "dataplane in sync");
         }
-        self.metrics.set_ready(applied.failures.is_empty());
+        self.metrics.set_ready(ready);
         if applied.changes > 0 {
             tracing::info!(changes = applied.changes, full, ?took, "dataplane updated");
         }

@@ -189,6 +189,38 @@ pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>, with_metrics: bool
     }
 }
 
+/// A question to the agent's main loop, with where to send the answer.
+pub type StatusRequest = tokio::sync::oneshot::Sender<String>;
+
+/// Serves the status socket: every connection gets one JSON document (what the main loop
+/// answers) and is closed. `brindlectl node status` reads it.
+pub async fn serve_socket(
+    path: std::path::PathBuf,
+    requests: tokio::sync::mpsc::Sender<StatusRequest>,
+) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        tokio::net::UnixListener::bind(&path).map_err(|e| anyhow::anyhow!("listening on {}: {e}", path.display()))?;
+    tracing::info!(socket = %path.display(), "serving status");
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if requests.send(tx).await.is_err() {
+                return;
+            }
+            if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(5), rx).await {
+                let _ = conn.write_all(answer.as_bytes()).await;
+                let _ = conn.write_all(b"\n").await;
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,6 +66,14 @@ fn route_reflectors_carry_the_routes_with_the_mesh_off() {
     }
     let failing = cluster.reachability(Duration::from_secs(10));
     assert!(failing.is_empty(), "pod pairs that cannot talk: {failing:?}\n{}", cluster.agent_log(2));
+    // A client's status: its two reflectors, established.
+    let status = cluster.status(2);
+    let peers = status["bgp"]["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2, "{status}");
+    assert!(peers.iter().all(|p| p["type"] == "reflector" && p["state"] == "Established"), "{status}");
+    let reflector = cluster.status(0);
+    assert!(reflector["bgp"]["peers"].as_array().unwrap().iter().any(|p| p["type"] == "client"), "{reflector}");
+    assert_eq!(status["ready"], true);
     // Clients peer only with the reflectors: no session between the two clients.
     let (_, sockets) =
         brindle_e2e::netns::output(cluster.nodes[2].netns.command("ss").args(["-tn", "state", "established"]));

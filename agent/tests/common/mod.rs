@@ -167,6 +167,8 @@ impl Cluster {
             .args(["--metrics-listen", "127.0.0.1:9091", "--resync-interval", "2s", "--log", "info,brindle_node=debug"])
             .arg("--state-dir")
             .arg(node.state.path())
+            .arg("--status-socket")
+            .arg(node.state.path().join("node.sock"))
             .args(&self.agent_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -214,6 +216,14 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("agent {i} never became ready; its log:\n{}", self.agent_log(i));
+    }
+
+    /// What node `i`'s agent says on its status socket.
+    pub fn status(&self, i: usize) -> Value {
+        let mut conn = std::os::unix::net::UnixStream::connect(self.nodes[i].state.path().join("node.sock")).unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("status is not JSON ({e}): {text}"))
     }
 
     /// GET on a node's loopback; the raw response, or "" when nothing answers.
