@@ -4,6 +4,7 @@
 
 pub mod autodetect;
 pub mod bgp;
+pub mod bird;
 pub mod calc;
 pub mod dataplane;
 pub mod startup;

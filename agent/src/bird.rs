@@ -1,0 +1,158 @@
+//! The external-BIRD backend's configuration: brindle's BGP plan rendered through the
+//! shipped BIRD 2 template, so BIRD peers exactly as the embedded speaker would.
+
+use std::net::IpAddr;
+
+use serde_json::{Value, json};
+
+use crate::bgp::Plan;
+use crate::calc::{Cluster, Me};
+
+/// The shipped template.
+pub const TEMPLATE: &str = include_str!("../../config-render/templates/bird.conf.j2");
+
+/// The template's context for `me`. Passwords are read from their files here.
+pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value> {
+    let Some(IpAddr::V4(router_id)) = me.ipv4.map(|n| n.ip()) else {
+        anyhow::bail!("BIRD needs the node's IPv4 address as its router ID")
+    };
+    let node_bgp = cluster.nodes.iter().find(|n| n.metadata.name == me.name).and_then(|n| n.spec.bgp.as_ref());
+    let asn = node_bgp.and_then(|b| b.as_number).unwrap_or(cluster.bgp.as_number);
+    let mut peers = Vec::new();
+    for peer in plan.peers.iter().filter(|p| p.address.is_ipv4()) {
+        let password = match plan.passwords.get(&peer.address) {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| {
+                        anyhow::anyhow!("reading the BGP password of {} from {}: {e}", peer.address, file.display())
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        if password.as_deref().is_some_and(|p| p.contains(['"', '\\', '\n'])) {
+            anyhow::bail!("the BGP password of {} has a character BIRD's configuration cannot carry", peer.address);
+        }
+        peers.push(json!({
+            "name": format!("peer_{}", peer.address.to_string().replace('.', "_")),
+            "address": peer.address,
+            "port": peer.port,
+            "asn": peer.asn,
+            "kind": plan.kinds.get(&peer.address).copied().unwrap_or("global"),
+            "passive": peer.passive,
+            "rr_client": peer.rr_client,
+            "direct": me.ipv4.is_some_and(|net| net.contains(peer.address)),
+            "password": password,
+        }));
+    }
+    Ok(json!({
+        "node": me.name,
+        "router_id": router_id,
+        "asn": asn,
+        "cluster_id": node_bgp.and_then(|b| b.route_reflector_cluster_id),
+        "graceful_restart": 120,
+        "pools": cluster.pools.iter().map(|p| p.spec.cidr).filter(|c| c.is_ipv4()).collect::<Vec<_>>(),
+        "originate": plan.originate.iter().filter(|p| p.is_ipv4()).collect::<Vec<_>>(),
+        "peers": peers,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use brindle_datastore::ipam::Block;
+    use brindle_datastore::resource::{BgpPassword, BgpPeer, IpPool, Node, NodeBgp, Resource};
+    use brindle_render::{Outcome, TemplateResource, render};
+
+    use super::*;
+    use crate::bgp::plan;
+
+    fn node(name: &str, ip: &str, labels: &[(&str, &str)], cluster_id: Option<&str>) -> Resource<Node> {
+        let bgp = NodeBgp {
+            ipv4_address: Some(ip.parse().unwrap()),
+            route_reflector_cluster_id: cluster_id.map(|c| c.parse().unwrap()),
+            ..NodeBgp::default()
+        };
+        let mut r = Resource::new(name, Node { bgp: Some(bgp), ..Node::default() });
+        r.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        r
+    }
+
+    fn me(name: &str, ip: &str) -> Me {
+        Me { name: name.into(), ipv4: Some(ip.parse().unwrap()), ipv6: None, ipip_supported: false }
+    }
+
+    fn cluster(mesh: bool) -> Cluster {
+        let mut c = Cluster {
+            pools: vec![Resource::new("p", IpPool::new("10.244.0.0/16".parse().unwrap()))],
+            nodes: vec![
+                node("a", "10.0.0.1/24", &[("rr", "true")], Some("1.0.0.1")),
+                node("b", "10.0.0.2/24", &[], None),
+                node("c", "10.0.0.3/24", &[], None),
+            ],
+            blocks: vec![Block::new("10.244.0.0/26".parse().unwrap(), Some("a".into()))],
+            ..Cluster::default()
+        };
+        c.bgp.node_to_node_mesh_enabled = mesh;
+        c
+    }
+
+    /// Renders through brindle-render with `bird -p` as the check, as the agent does.
+    fn rendered(me: &Me, cluster: &Cluster) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let resource = TemplateResource {
+            src: "bird.conf.j2".into(),
+            dest: dir.path().join("bird.conf"),
+            keys: vec![],
+            mode: 0o640,
+            check_cmd: Some("bird -p -c {src}".into()),
+            reload_cmd: None,
+        };
+        let ctx = context(me, cluster, &plan(me, cluster)).unwrap();
+        assert_eq!(render(&resource, TEMPLATE, &ctx).unwrap(), Outcome::Installed);
+        std::fs::read_to_string(&resource.dest).unwrap()
+    }
+
+    #[test]
+    fn a_mesh_node_passes_bird_p() {
+        let text = rendered(&me("b", "10.0.0.2/24"), &cluster(true));
+        assert!(text.contains("neighbor 10.0.0.1 port 179 as 64512;\n  direct;\n  passive on;"), "{text}");
+        assert!(text.contains("neighbor 10.0.0.3 port 179 as 64512;\n  direct;\n}"), "{text}");
+    }
+
+    #[test]
+    fn a_reflector_passes_bird_p() {
+        let mut c = cluster(false);
+        c.peers.push(Resource::new(
+            "all",
+            BgpPeer {
+                node_selector: Some("rr == 'true'".into()),
+                peer_selector: Some("all()".into()),
+                ..BgpPeer::default()
+            },
+        ));
+        let text = rendered(&me("a", "10.0.0.1/24"), &c);
+        assert_eq!(text.matches("rr client;").count(), 2, "{text}");
+        assert!(text.contains("rr cluster id 1.0.0.1;"), "{text}");
+        assert!(text.contains("route 10.244.0.0/26 blackhole;"), "{text}");
+    }
+
+    #[test]
+    fn an_external_peer_with_a_password_passes_bird_p() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let mut c = cluster(true);
+        c.peers.push(Resource::new(
+            "upstream",
+            BgpPeer {
+                peer_ip: Some("192.0.2.9".into()),
+                as_number: Some(65001),
+                password: Some(BgpPassword { file: Some(file), secret_key_ref: None }),
+                ..BgpPeer::default()
+            },
+        ));
+        let text = rendered(&me("b", "10.0.0.2/24"), &c);
+        assert!(text.contains("neighbor 192.0.2.9 port 179 as 65001;\n  password \"s3cret\";"), "{text}");
+    }
+}
