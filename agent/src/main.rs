@@ -72,6 +72,8 @@ enum BgpBackend {
     None,
     /// The embedded BGP speaker.
     Embedded,
+    /// BIRD 2, run by the agent with a configuration rendered from the same plan.
+    Bird,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -169,6 +171,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut last_problems = Vec::new();
     let mut last_mtu = None;
     let mut bgp: Option<(Bgp, watch::Receiver<Learned>)> = None;
+    let mut bird: Option<BirdProcess> = None;
     let mut last_bgp_problems = Vec::new();
     let agent = Agent {
         client: &client,
@@ -216,6 +219,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if args.bgp == BgpBackend::Embedded && bgp.is_none() {
             bgp = Some(Bgp::start(&me, &cluster).await.context("starting the BGP speaker")?);
         }
+        if args.bgp == BgpBackend::Bird {
+            let plan = brindle_agent::bgp::plan(&me, &cluster);
+            if let Err(e) = render_bird(&me, &cluster, &plan, &args.state_dir, &mut bird) {
+                metrics.error("bgp");
+                tracing::warn!(error = %format!("{e:#}"), "BIRD configuration not updated");
+            }
+        }
+        // BIRD installs the routes it learns itself; the agent leaves them to it.
+        let bird_learned = Learned { routes: Default::default(), converged: true };
         let learned = match bgp.as_mut() {
             Some((speaker, learned)) => {
                 let plan = brindle_agent::bgp::plan(&me, &cluster);
@@ -231,6 +243,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 Some(learned.borrow_and_update().clone())
             }
+            None if args.bgp == BgpBackend::Bird => Some(bird_learned),
             None => None,
         };
         // With BGP, ready needs a session up (or no peer to have one with).
@@ -245,7 +258,60 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some((speaker, _)) = &bgp {
         speaker.shutdown().await;
     }
+    drop(bird);
     tracing::warn!("stopping; the dataplane stays in place");
+    Ok(())
+}
+
+/// BIRD run by the agent; stopped (SIGTERM, its kernel routes persist) with the agent.
+struct BirdProcess {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Drop for BirdProcess {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Renders BIRD's configuration from the plan (checked with `bird -p`), starts BIRD the
+/// first time, and has it reload when the configuration changed.
+fn render_bird(
+    me: &Me,
+    cluster: &Cluster,
+    plan: &brindle_agent::bgp::Plan,
+    state_dir: &std::path::Path,
+    bird: &mut Option<BirdProcess>,
+) -> anyhow::Result<()> {
+    let dir = state_dir.join("bird");
+    let socket = dir.join("bird.ctl");
+    let resource = brindle_render::TemplateResource {
+        src: "bird.conf.j2".into(),
+        dest: dir.join("bird.conf"),
+        keys: Vec::new(),
+        mode: 0o640,
+        check_cmd: Some("bird -p -c {src}".into()),
+        reload_cmd: bird.as_ref().map(|b| format!("birdc -s {} configure", b.socket.display())),
+    };
+    let context = brindle_agent::bird::context(me, cluster, plan)?;
+    brindle_render::render(&resource, brindle_agent::bird::TEMPLATE, &context)?;
+    if bird.as_mut().is_none_or(|b| b.child.try_wait().ok().flatten().is_some()) {
+        let child = std::process::Command::new("bird")
+            .arg("-f")
+            .arg("-c")
+            .arg(&resource.dest)
+            .arg("-s")
+            .arg(&socket)
+            .arg("-P")
+            .arg(dir.join("bird.pid"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting bird (Debian package bird2)")?;
+        tracing::warn!(pid = child.id(), "BIRD started");
+        *bird = Some(BirdProcess { child, socket });
+    }
     Ok(())
 }
 

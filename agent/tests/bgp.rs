@@ -222,3 +222,29 @@ fn an_agent_restart_loses_no_packet() {
     eprintln!("agent restart under traffic: {lost} of 600 pings lost, longest gap {} ms", longest_gap * 10);
     assert_eq!(lost, 0, "pings lost across the restart (longest gap {} ms):\n{text}", longest_gap * 10);
 }
+
+#[test]
+fn a_mixed_cluster_with_one_bird_node_routes_pod_traffic() {
+    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11), (0, 12)], yaml);
+    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
+    cluster.node_args.insert(0, vec!["--bgp".into(), "bird".into()]);
+    cluster.start_all();
+    for i in 0..3 {
+        cluster.add_pod(i, |_| {});
+    }
+    // BIRD on node 0 learned the two other blocks and put them in the kernel itself.
+    cluster.eventually(Duration::from_secs(20), "BIRD installs the other nodes' blocks", || {
+        cluster.ip(0, &["route", "show", "proto", "bird"]).lines().count() == 2
+    });
+    for i in 1..3 {
+        cluster.eventually(Duration::from_secs(15), &format!("node {i} learns two blocks"), || {
+            cluster.http(i, 9091, "/metrics").contains("brindle_bgp_routes_learned 2")
+        });
+    }
+    let failing = cluster.reachability(Duration::from_secs(10));
+    assert!(failing.is_empty(), "pod pairs that cannot talk: {failing:?}\n{}", cluster.agent_log(0));
+    // The rendered configuration is where the agent says.
+    let conf = std::fs::read_to_string(cluster.nodes[0].state.path().join("bird/bird.conf")).unwrap();
+    assert_eq!(conf.matches("protocol bgp peer_").count(), 2, "{conf}");
+}

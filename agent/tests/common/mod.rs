@@ -22,7 +22,15 @@ use serde_json::{Value, json};
 pub struct Agent(pub Child);
 
 impl Drop for Agent {
+    /// SIGTERM first, so an agent stops what it started (BIRD); SIGKILL if it lingers.
     fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -75,6 +83,8 @@ pub struct Cluster {
     pub runtime: tokio::runtime::Runtime,
     /// Extra options for every agent (e.g. `--bgp embedded`).
     pub agent_args: Vec<String>,
+    /// Options for one node's agent instead of `agent_args`.
+    pub node_args: std::collections::HashMap<usize, Vec<String>>,
     scratch: tempfile::TempDir,
 }
 
@@ -107,6 +117,7 @@ impl Cluster {
             db: SqliteFile::new().unwrap(),
             runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
             agent_args: Vec::new(),
+            node_args: Default::default(),
             scratch: tempfile::tempdir().unwrap(),
         };
         cluster.apply(yaml);
@@ -169,7 +180,7 @@ impl Cluster {
             .arg(node.state.path())
             .arg("--status-socket")
             .arg(node.state.path().join("node.sock"))
-            .args(&self.agent_args)
+            .args(self.node_args.get(&i).unwrap_or(&self.agent_args))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -180,7 +191,10 @@ impl Cluster {
 
     /// Stops the agent of node `i` (SIGKILL: nothing is cleaned up, like a crash).
     pub fn stop_agent(&mut self, i: usize) {
-        self.agents[i] = None;
+        if let Some(mut agent) = self.agents[i].take() {
+            let _ = agent.0.kill();
+            let _ = agent.0.wait();
+        }
     }
 
     /// Stops the agent of node `i` the way Kubernetes does (SIGTERM), and waits for it.
