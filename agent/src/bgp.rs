@@ -53,7 +53,7 @@ fn parse_peer_ip(text: &str) -> Option<(IpAddr, Option<u16>)> {
 /// so they never collide) and every BGPPeer that applies to this node; route reflectors
 /// treat nodes outside their cluster as clients; only prefixes inside pools are imported
 /// and exported.
-pub fn plan(me: &Me, cluster: &Cluster) -> Plan {
+pub fn plan(me: &Me, cluster: &Cluster, hold_time: u16) -> Plan {
     let pools: Vec<IpNetwork> = cluster.pools.iter().map(|p| p.spec.cidr).collect();
     let filter = PrefixFilter::only(&pools);
     let my_ip = me.ipv4.map(|n| n.ip());
@@ -69,6 +69,7 @@ pub fn plan(me: &Me, cluster: &Cluster) -> Plan {
         let node_bgp = node.spec.bgp.as_ref();
         let mut peer = PeerSpec::new(address, node_bgp.and_then(|b| b.as_number).unwrap_or(cluster.bgp.as_number));
         peer.port = cluster.bgp.listen_port;
+        peer.hold_time = hold_time;
         peer.passive = my_ip.is_some_and(|mine| mine > address);
         peer.local_address = my_ip;
         // A reflector reflects for every node that is not a reflector of its own cluster.
@@ -131,6 +132,7 @@ pub fn plan(me: &Me, cluster: &Cluster) -> Plan {
             };
             let mut peer = PeerSpec::new(address, spec.as_number.unwrap_or(cluster.bgp.as_number));
             peer.port = port.unwrap_or(179);
+            peer.hold_time = hold_time;
             peer.local_address = if address.is_ipv4() { my_ip } else { me.ipv6.map(|n| n.ip()) };
             peer.import = filter.clone();
             peer.export = filter.clone();
@@ -211,6 +213,9 @@ impl Bgp {
             cluster_id: node_bgp.and_then(|b| b.route_reflector_cluster_id),
             graceful_restart: Some(120),
             forwarding_preserved: true,
+            // A node that goes silent is gone (an agent that restarts closes its sessions):
+            // its routes leave the others within the hold time.
+            hold_expiry_keeps_routes: false,
         };
         let speaker = Speaker::start(config).await?;
         let (tx, rx) = watch::channel(Learned::default());
@@ -359,7 +364,7 @@ mod tests {
 
     #[test]
     fn the_mesh_is_opened_by_the_lower_address_only() {
-        let p = plan(&me("b", "10.0.0.2/24"), &cluster(true));
+        let p = plan(&me("b", "10.0.0.2/24"), &cluster(true), 90);
         let addresses: Vec<String> = p.peers.iter().map(|p| p.address.to_string()).collect();
         assert_eq!(addresses, ["10.0.0.1", "10.0.0.3"]);
         assert!(p.peers[0].passive, "b waits for a, whose address is lower");
@@ -380,10 +385,10 @@ mod tests {
             peer_selector: Some("all()".into()),
             ..BgpPeer::default()
         }));
-        let reflector = plan(&me("a", "10.0.0.1/24"), &c);
+        let reflector = plan(&me("a", "10.0.0.1/24"), &c, 90);
         assert_eq!(reflector.peers.len(), 2);
         assert!(reflector.peers.iter().all(|p| p.rr_client), "{:?}", reflector.peers);
-        let client = plan(&me("b", "10.0.0.2/24"), &c);
+        let client = plan(&me("b", "10.0.0.2/24"), &c, 90);
         let addresses: Vec<String> = client.peers.iter().map(|p| p.address.to_string()).collect();
         assert_eq!(addresses, ["10.0.0.1"], "with the mesh off a client peers only with the reflector");
         assert!(!client.peers[0].rr_client);
@@ -407,7 +412,7 @@ mod tests {
             peer_ip: Some("10.0.0.253".into()),
             ..BgpPeer::default()
         }));
-        let b = plan(&me("b", "10.0.0.2/24"), &c);
+        let b = plan(&me("b", "10.0.0.2/24"), &c, 90);
         let external = b.peers.iter().find(|p| p.address.to_string() == "10.0.0.254").expect("the external peer");
         assert_eq!((external.port, external.asn), (1179, 65001));
         assert_eq!(
@@ -415,7 +420,7 @@ mod tests {
             Some("/etc/brindle/bgp-pw")
         );
         assert!(b.problems.iter().any(|p| p.contains("!!bad")), "{:?}", b.problems);
-        let c_plan = plan(&me("c", "10.0.0.3/24"), &c);
+        let c_plan = plan(&me("c", "10.0.0.3/24"), &c, 90);
         assert!(c_plan.peers.iter().all(|p| p.address.to_string() != "10.0.0.254"), "the peer is b's alone");
     }
 
@@ -433,9 +438,9 @@ mod tests {
         theirs.allocate(borrowed, 0, 0).unwrap();
         c.blocks = vec![Block::new("10.244.0.0/26".parse().unwrap(), Some("b".into())), theirs];
         let originated: Vec<String> =
-            plan(&me("b", "10.0.0.2/24"), &c).originate.iter().map(ToString::to_string).collect();
+            plan(&me("b", "10.0.0.2/24"), &c, 90).originate.iter().map(ToString::to_string).collect();
         assert_eq!(originated, ["10.244.0.0/26", "10.244.1.0/32"]);
         c.pools[0].spec.disable_bgp_export = true;
-        assert!(plan(&me("b", "10.0.0.2/24"), &c).originate.is_empty());
+        assert!(plan(&me("b", "10.0.0.2/24"), &c, 90).originate.is_empty());
     }
 }

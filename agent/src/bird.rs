@@ -42,6 +42,7 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
             "kind": plan.kinds.get(&peer.address).copied().unwrap_or("global"),
             "passive": peer.passive,
             "rr_client": peer.rr_client,
+            "hold_time": peer.hold_time,
             "direct": me.ipv4.is_some_and(|net| net.contains(peer.address)),
             "password": password,
         }));
@@ -108,7 +109,7 @@ mod tests {
             check_cmd: Some("bird -p -c {src}".into()),
             reload_cmd: None,
         };
-        let ctx = context(me, cluster, &plan(me, cluster)).unwrap();
+        let ctx = context(me, cluster, &plan(me, cluster, 90)).unwrap();
         assert_eq!(render(&resource, TEMPLATE, &ctx).unwrap(), Outcome::Installed);
         std::fs::read_to_string(&resource.dest).unwrap()
     }
@@ -116,8 +117,11 @@ mod tests {
     #[test]
     fn a_mesh_node_passes_bird_p() {
         let text = rendered(&me("b", "10.0.0.2/24"), &cluster(true));
-        assert!(text.contains("neighbor 10.0.0.1 port 179 as 64512;\n  direct;\n  passive on;"), "{text}");
-        assert!(text.contains("neighbor 10.0.0.3 port 179 as 64512;\n  direct;\n}"), "{text}");
+        assert!(
+            text.contains("neighbor 10.0.0.1 port 179 as 64512;\n  hold time 90;\n  direct;\n  passive on;"),
+            "{text}"
+        );
+        assert!(text.contains("neighbor 10.0.0.3 port 179 as 64512;\n  hold time 90;\n  direct;\n}"), "{text}");
     }
 
     #[test]
@@ -153,6 +157,9 @@ mod tests {
             },
         ));
         let text = rendered(&me("b", "10.0.0.2/24"), &c);
-        assert!(text.contains("neighbor 192.0.2.9 port 179 as 65001;\n  password \"s3cret\";"), "{text}");
+        assert!(
+            text.contains("neighbor 192.0.2.9 port 179 as 65001;\n  hold time 90;\n  password \"s3cret\";"),
+            "{text}"
+        );
     }
 }

@@ -60,6 +60,10 @@ struct Args {
     /// which block) or `embedded` (the built-in BGP speaker, node-to-node mesh).
     #[arg(long, env = "BRINDLE_BGP", value_enum, default_value = "none")]
     bgp: BgpBackend,
+    /// The BGP hold time proposed to peers, in seconds: how long a silent node keeps its
+    /// routes on the others.
+    #[arg(long, default_value_t = 90)]
+    bgp_hold_time: u16,
     /// Log filter (`warn`, `info`, `debug`, or tracing directives).
     #[arg(long, env = "BRINDLE_LOG", default_value = "warn")]
     log: String,
@@ -220,7 +224,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             bgp = Some(Bgp::start(&me, &cluster).await.context("starting the BGP speaker")?);
         }
         if args.bgp == BgpBackend::Bird {
-            let plan = brindle_agent::bgp::plan(&me, &cluster);
+            let plan = brindle_agent::bgp::plan(&me, &cluster, args.bgp_hold_time);
             if let Err(e) = render_bird(&me, &cluster, &plan, &args.state_dir, &mut bird) {
                 metrics.error("bgp");
                 tracing::warn!(error = %format!("{e:#}"), "BIRD configuration not updated");
@@ -230,7 +234,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let bird_learned = Learned { routes: Default::default(), converged: true };
         let learned = match bgp.as_mut() {
             Some((speaker, learned)) => {
-                let plan = brindle_agent::bgp::plan(&me, &cluster);
+                let plan = brindle_agent::bgp::plan(&me, &cluster, args.bgp_hold_time);
                 if plan.problems != last_bgp_problems {
                     for problem in &plan.problems {
                         tracing::warn!(%problem, "BGP peering skipped");

@@ -248,3 +248,30 @@ fn a_mixed_cluster_with_one_bird_node_routes_pod_traffic() {
     let conf = std::fs::read_to_string(cluster.nodes[0].state.path().join("bird/bird.conf")).unwrap();
     assert_eq!(conf.matches("protocol bgp peer_").count(), 2, "{conf}");
 }
+
+#[test]
+fn a_vanished_node_loses_its_routes_within_the_hold_time() {
+    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11), (0, 12)], yaml);
+    cluster.agent_args = ["--bgp", "embedded", "--bgp-hold-time", "6"].map(String::from).to_vec();
+    cluster.start_all();
+    for i in 0..3 {
+        cluster.add_pod(i, |_| {});
+    }
+    for i in 0..3 {
+        cluster.eventually(Duration::from_secs(15), &format!("node {i} learns two blocks"), || {
+            cluster.http(i, 9091, "/metrics").contains("brindle_bgp_routes_learned 2")
+        });
+    }
+    // Node 2 drops off the network without a word (its sessions just go silent).
+    let gone = cluster.nodes[2].address.to_string();
+    cluster.ip(2, &["link", "set", "eth0", "down"]);
+    let started = std::time::Instant::now();
+    cluster.eventually(Duration::from_secs(12), "node 2's block leaves node 0's kernel", || {
+        !cluster.ip(0, &["route", "show", "proto", "98"]).contains(&format!("via {gone}"))
+    });
+    eprintln!("a vanished node's routes went after {:?} (hold time 6 s)", started.elapsed());
+    cluster.eventually(Duration::from_secs(12), "node 1 forgets node 2's block too", || {
+        cluster.http(1, 9091, "/metrics").contains("brindle_bgp_routes_learned 1")
+    });
+}

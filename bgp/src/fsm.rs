@@ -64,6 +64,11 @@ pub struct Config {
     pub error_wait_min: Duration,
     /// The longest pause before restarting after an error.
     pub error_wait_max: Duration,
+    /// Keep a graceful peer's routes when its hold timer expires (RFC 8538's reading: the
+    /// peer may be restarting). `false` treats a silent peer as dead: its routes go at once,
+    /// which is what a cluster wants from a node that vanished; a restarting peer closes its
+    /// connection instead, and keeps its routes.
+    pub hold_expiry_keeps_routes: bool,
 }
 
 impl Config {
@@ -82,6 +87,7 @@ impl Config {
             connect_retry: Duration::from_secs(5),
             error_wait_min: Duration::from_secs(5),
             error_wait_max: Duration::from_secs(30),
+            hold_expiry_keeps_routes: true,
         }
     }
 
@@ -347,6 +353,13 @@ impl Fsm {
                 data: Vec::new(),
             }))];
             actions.extend(self.fail("hold timer expired".into(), false, now));
+            if !self.config.hold_expiry_keeps_routes {
+                for a in &mut actions {
+                    if let Action::Down { keep_routes, .. } = a {
+                        *keep_routes = false;
+                    }
+                }
+            }
             return actions;
         }
         let mut actions = Vec::new();

@@ -42,6 +42,9 @@ pub struct SpeakerConfig {
     pub graceful_restart: Option<u16>,
     /// Tell peers our forwarding state survived a restart (set when the kernel routes stay).
     pub forwarding_preserved: bool,
+    /// Keep a graceful peer's routes when its hold timer expires (see
+    /// [`fsm::Config::hold_expiry_keeps_routes`]).
+    pub hold_expiry_keeps_routes: bool,
 }
 
 /// One peer, declaratively.
@@ -403,6 +406,7 @@ impl Core {
             fsm_config.graceful_restart = self.config.graceful_restart;
             fsm_config.restarting = self.config.graceful_restart.is_some() && self.recently_started();
             fsm_config.forwarding_preserved = self.config.forwarding_preserved;
+            fsm_config.hold_expiry_keeps_routes = self.config.hold_expiry_keeps_routes;
             fsm_config.families = vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST];
             let params = SessionParams {
                 remote: SocketAddr::new(address, spec.port),

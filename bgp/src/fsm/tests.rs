@@ -123,6 +123,25 @@ fn hold_timer_expiry_notifies_and_keeps_routes_of_a_graceful_peer() {
 }
 
 #[test]
+fn a_silent_peer_can_be_taken_for_dead_even_when_graceful() {
+    let t0 = Instant::now();
+    let mut config = config();
+    config.hold_expiry_keeps_routes = false;
+    let mut fsm = Fsm::new(config);
+    fsm.handle(Event::Start, t0);
+    fsm.handle(Event::TcpConnected, t0);
+    fsm.handle(Event::Message(Message::Open(peer_open(64512, 30))), t0);
+    fsm.handle(Event::Message(Message::Keepalive), t0);
+    let actions = fsm.on_timer(t0 + secs(30));
+    assert_eq!(notification(&actions), (4, 0));
+    assert!(actions.contains(&Action::Down { reason: "hold timer expired".into(), keep_routes: false }), "{actions:?}");
+    // A connection the peer closes (a restart) still keeps them.
+    let mut fsm = established(t0);
+    let actions = fsm.handle(Event::TcpFailed { reason: "connection closed".into() }, t0);
+    assert!(actions.contains(&Action::Down { reason: "connection closed".into(), keep_routes: true }), "{actions:?}");
+}
+
+#[test]
 fn a_peer_without_graceful_restart_loses_its_routes() {
     let t0 = Instant::now();
     let mut fsm = Fsm::new(config());

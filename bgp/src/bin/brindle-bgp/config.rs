@@ -111,6 +111,7 @@ impl Config {
             cluster_id: self.cluster_id,
             graceful_restart: (self.graceful_restart > 0).then_some(self.graceful_restart),
             forwarding_preserved: false,
+            hold_expiry_keeps_routes: true,
         }
     }
 
