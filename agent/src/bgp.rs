@@ -2,7 +2,7 @@
 //! mesh), which prefixes to originate (this node's blocks and borrowed addresses), and the
 //! learned best routes fed back into the calculation.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -31,8 +31,9 @@ pub struct Plan {
     /// Why each peer is a peer: `mesh`, `reflector` (it reflects for us), `client` (we
     /// reflect for it), `node` (a BGPPeer for selected nodes) or `global`.
     pub kinds: BTreeMap<IpAddr, &'static str>,
-    /// The prefixes this node originates.
-    pub originate: BTreeSet<IpNetwork>,
+    /// The prefixes this node originates, with the communities each carries (`aa:nn` or
+    /// `aa:bb:cc`).
+    pub originate: BTreeMap<IpNetwork, Vec<String>>,
     /// Peerings that could not be set up, in words.
     pub problems: Vec<String>,
 }
@@ -160,15 +161,45 @@ pub fn plan(me: &Me, cluster: &Cluster, hold_time: u16) -> Plan {
             continue;
         }
         if block.owner.as_deref() == Some(me.name.as_str()) {
-            out.originate.insert(block.cidr);
+            out.originate.insert(block.cidr, Vec::new());
         }
         for (ip, allocation) in block.allocations() {
             if allocation.node == me.name && block.owner.as_deref() != Some(me.name.as_str()) {
-                out.originate.insert(IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix"));
+                out.originate
+                    .insert(IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix"), Vec::new());
             }
         }
     }
+    // Service ranges are advertised by every node, so traffic to them spreads over all.
+    for service in cluster.bgp.service_cluster_ips.iter().chain(&cluster.bgp.service_external_ips) {
+        out.originate.insert(service.cidr, Vec::new());
+    }
+    attach_communities(cluster, &mut out);
     out
+}
+
+/// Gives each originated prefix the communities of every prefixAdvertisement that covers
+/// it; names resolve through BGPConfiguration's `communities`, other entries are literal.
+fn attach_communities(cluster: &Cluster, out: &mut Plan) {
+    for advertisement in &cluster.bgp.prefix_advertisements {
+        let mut values = Vec::new();
+        for entry in &advertisement.communities {
+            let value =
+                cluster.bgp.communities.iter().find(|c| c.name == *entry).map_or(entry.as_str(), |c| c.value.as_str());
+            match PathAttrs::local(None).add_community(value) {
+                Ok(()) => values.push(value.to_owned()),
+                Err(e) => out.problems.push(format!("prefixAdvertisement {}: {e}", advertisement.cidr)),
+            }
+        }
+        for (prefix, communities) in out.originate.iter_mut() {
+            let covered = advertisement.cidr.is_ipv4() == prefix.is_ipv4()
+                && advertisement.cidr.contains(prefix.network())
+                && prefix.prefix() >= advertisement.cidr.prefix();
+            if covered {
+                communities.extend(values.iter().cloned());
+            }
+        }
+    }
 }
 
 /// The running speaker and what it was last told.
@@ -237,10 +268,17 @@ impl Bgp {
             }
             self.speaker.set_peers(peers).await?;
         }
-        for prefix in plan.originate.difference(&self.applied.originate) {
-            self.speaker.originate(*prefix, PathAttrs::local(None)).await?;
+        for (prefix, communities) in &plan.originate {
+            if self.applied.originate.get(prefix) == Some(communities) {
+                continue;
+            }
+            let mut attrs = PathAttrs::local(None);
+            for community in communities {
+                attrs.add_community(community).map_err(anyhow::Error::msg)?;
+            }
+            self.speaker.originate(*prefix, attrs).await?;
         }
-        for prefix in self.applied.originate.difference(&plan.originate) {
+        for prefix in self.applied.originate.keys().filter(|p| !plan.originate.contains_key(p)) {
             self.speaker.withdraw(*prefix).await?;
         }
         self.applied = plan;
@@ -438,9 +476,29 @@ mod tests {
         theirs.allocate(borrowed, 0, 0).unwrap();
         c.blocks = vec![Block::new("10.244.0.0/26".parse().unwrap(), Some("b".into())), theirs];
         let originated: Vec<String> =
-            plan(&me("b", "10.0.0.2/24"), &c, 90).originate.iter().map(ToString::to_string).collect();
+            plan(&me("b", "10.0.0.2/24"), &c, 90).originate.keys().map(ToString::to_string).collect();
         assert_eq!(originated, ["10.244.0.0/26", "10.244.1.0/32"]);
         c.pools[0].spec.disable_bgp_export = true;
         assert!(plan(&me("b", "10.0.0.2/24"), &c, 90).originate.is_empty());
+    }
+
+    #[test]
+    fn service_ranges_are_advertised_and_communities_attached_by_range() {
+        use brindle_datastore::resource::{Community, PrefixAdvertisement, ServiceCidr};
+        let mut c = cluster(true);
+        c.blocks = vec![Block::new("10.244.0.0/26".parse().unwrap(), Some("b".into()))];
+        c.bgp.service_cluster_ips = vec![ServiceCidr { cidr: "10.96.0.0/12".parse().unwrap() }];
+        c.bgp.communities = vec![Community { name: "pods".into(), value: "64512:100".into() }];
+        c.bgp.prefix_advertisements = vec![
+            PrefixAdvertisement {
+                cidr: "10.244.0.0/16".parse().unwrap(),
+                communities: vec!["pods".into(), "1:2:3".into()],
+            },
+            PrefixAdvertisement { cidr: "10.96.0.0/12".parse().unwrap(), communities: vec!["99999:1".into()] },
+        ];
+        let p = plan(&me("b", "10.0.0.2/24"), &c, 90);
+        assert_eq!(p.originate[&"10.244.0.0/26".parse().unwrap()], ["64512:100", "1:2:3"]);
+        assert!(p.originate[&"10.96.0.0/12".parse().unwrap()].is_empty(), "the bad community is dropped");
+        assert!(p.problems.iter().any(|e| e.contains("99999:1")), "{:?}", p.problems);
     }
 }

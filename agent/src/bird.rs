@@ -54,9 +54,25 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
         "cluster_id": node_bgp.and_then(|b| b.route_reflector_cluster_id),
         "graceful_restart": 120,
         "pools": cluster.pools.iter().map(|p| p.spec.cidr).filter(|c| c.is_ipv4()).collect::<Vec<_>>(),
-        "originate": plan.originate.iter().filter(|p| p.is_ipv4()).collect::<Vec<_>>(),
+        "originate": plan
+            .originate
+            .iter()
+            .filter(|(p, _)| p.is_ipv4())
+            .map(|(prefix, communities)| json!({ "prefix": prefix, "communities": communities.iter().map(|c| bird_community(c)).collect::<Vec<_>>() }))
+            .collect::<Vec<_>>(),
         "peers": peers,
     }))
+}
+
+/// A community as a BIRD filter statement: `aa:nn` -> `bgp_community.add((aa,nn));`,
+/// `aa:bb:cc` -> `bgp_large_community.add((aa,bb,cc));` (validated by the plan).
+fn bird_community(text: &str) -> String {
+    let parts = text.replace(':', ",");
+    if text.matches(':').count() == 2 {
+        format!("bgp_large_community.add(({parts}));")
+    } else {
+        format!("bgp_community.add(({parts}));")
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +155,23 @@ mod tests {
         assert_eq!(text.matches("rr client;").count(), 2, "{text}");
         assert!(text.contains("rr cluster id 1.0.0.1;"), "{text}");
         assert!(text.contains("route 10.244.0.0/26 blackhole;"), "{text}");
+    }
+
+    #[test]
+    fn communities_render_as_bird_statements_and_pass_bird_p() {
+        use brindle_datastore::resource::PrefixAdvertisement;
+        let mut c = cluster(true);
+        c.bgp.prefix_advertisements = vec![PrefixAdvertisement {
+            cidr: "10.244.0.0/16".parse().unwrap(),
+            communities: vec!["64512:100".into(), "1:2:3".into()],
+        }];
+        let text = rendered(&me("a", "10.0.0.1/24"), &c);
+        assert!(
+            text.contains(
+                "route 10.244.0.0/26 blackhole { bgp_community.add((64512,100)); bgp_large_community.add((1,2,3)); };"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

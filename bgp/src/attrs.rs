@@ -42,6 +42,26 @@ pub struct PathAttrs {
 }
 
 impl PathAttrs {
+    /// Adds a community written `aa:nn` (standard, RFC 1997) or `aa:bb:cc` (large, RFC 8092).
+    pub fn add_community(&mut self, text: &str) -> Result<(), String> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let bad = || format!("community \"{text}\" is neither aa:nn (16-bit parts) nor aa:bb:cc (32-bit parts)");
+        match parts.as_slice() {
+            [high, low] => {
+                let high: u16 = high.parse().map_err(|_| bad())?;
+                let low: u16 = low.parse().map_err(|_| bad())?;
+                self.communities.push((u32::from(high) << 16) | u32::from(low));
+            }
+            [global, local1, local2] => self.large_communities.push(LargeCommunity {
+                global: global.parse().map_err(|_| bad())?,
+                local1: local1.parse().map_err(|_| bad())?,
+                local2: local2.parse().map_err(|_| bad())?,
+            }),
+            _ => return Err(bad()),
+        }
+        Ok(())
+    }
+
     /// Attributes of a route this speaker originates.
     pub fn local(next_hop: Option<IpAddr>) -> Self {
         PathAttrs {
@@ -222,6 +242,18 @@ impl Interner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn communities_parse_standard_and_large_or_say_why_not() {
+        let mut attrs = PathAttrs::local(None);
+        attrs.add_community("64512:100").unwrap();
+        attrs.add_community("4200000000:1:2").unwrap();
+        assert_eq!(attrs.communities, [(64512 << 16) | 100]);
+        assert_eq!(attrs.large_communities, [LargeCommunity { global: 4_200_000_000, local1: 1, local2: 2 }]);
+        assert!(attrs.add_community("70000:1").unwrap_err().contains("70000:1"));
+        assert!(attrs.add_community("1:2:3:4").is_err());
+        assert!(attrs.add_community("no").is_err());
+    }
     use crate::wire::Codec;
 
     #[test]

@@ -74,7 +74,7 @@ struct Originate {
     prefix: IpNetwork,
     #[serde(default)]
     next_hop: Option<IpAddr>,
-    /// Standard communities, `aa:nn`.
+    /// Communities: `aa:nn` (standard) or `aa:bb:cc` (large).
     #[serde(default)]
     communities: Vec<String>,
 }
@@ -139,10 +139,7 @@ impl Config {
             .map(|o| {
                 let mut attrs = PathAttrs::local(o.next_hop);
                 for c in &o.communities {
-                    let (high, low) = c.split_once(':').context("community must be aa:nn")?;
-                    let value = (u32::from(high.parse::<u16>().with_context(|| format!("community {c}"))?) << 16)
-                        | u32::from(low.parse::<u16>().with_context(|| format!("community {c}"))?);
-                    attrs.communities.push(value);
+                    attrs.add_community(c).map_err(anyhow::Error::msg)?;
                 }
                 Ok((o.prefix, attrs))
             })
