@@ -134,6 +134,8 @@ pub fn plan(me: &Me, cluster: &Cluster, hold_time: u16) -> Plan {
             let mut peer = PeerSpec::new(address, spec.as_number.unwrap_or(cluster.bgp.as_number));
             peer.port = port.unwrap_or(179);
             peer.hold_time = hold_time;
+            peer.keep_original_next_hop = spec.keep_original_next_hop;
+            peer.max_restart_time = spec.max_restart_time.map(|d| d.as_secs().min(u64::from(u16::MAX)) as u16);
             peer.local_address = if address.is_ipv4() { my_ip } else { me.ipv6.map(|n| n.ip()) };
             peer.import = filter.clone();
             peer.export = filter.clone();
@@ -443,6 +445,8 @@ mod tests {
                 file: Some("/etc/brindle/bgp-pw".into()),
                 secret_key_ref: None,
             }),
+            keep_original_next_hop: true,
+            max_restart_time: Some(std::time::Duration::from_secs(30)),
             ..BgpPeer::default()
         }));
         c.peers.push(peer(BgpPeer {
@@ -453,6 +457,8 @@ mod tests {
         let b = plan(&me("b", "10.0.0.2/24"), &c, 90);
         let external = b.peers.iter().find(|p| p.address.to_string() == "10.0.0.254").expect("the external peer");
         assert_eq!((external.port, external.asn), (1179, 65001));
+        assert!(external.keep_original_next_hop);
+        assert_eq!(external.max_restart_time, Some(30));
         assert_eq!(
             b.passwords.get(&external.address).map(|p| p.display().to_string()).as_deref(),
             Some("/etc/brindle/bgp-pw")

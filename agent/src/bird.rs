@@ -43,6 +43,7 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
             "passive": peer.passive,
             "rr_client": peer.rr_client,
             "hold_time": peer.hold_time,
+            "keep_next_hop": peer.keep_original_next_hop,
             "direct": me.ipv4.is_some_and(|net| net.contains(peer.address)),
             "password": password,
         }));
@@ -186,6 +187,7 @@ mod tests {
                 peer_ip: Some("192.0.2.9".into()),
                 as_number: Some(65001),
                 password: Some(BgpPassword { file: Some(file), secret_key_ref: None }),
+                keep_original_next_hop: true,
                 ..BgpPeer::default()
             },
         ));

@@ -98,6 +98,9 @@ pub struct PeerConfig {
     pub import: PrefixFilter,
     /// Which prefixes are sent.
     pub export: PrefixFilter,
+    /// Routes learned from others keep their next hop when sent to this (external) peer,
+    /// instead of ours (Calico's keepOriginalNextHop).
+    pub keep_next_hop: bool,
 }
 
 /// What the session established with a peer.
@@ -491,7 +494,9 @@ impl Rib {
             }
         } else {
             a.as_path = a.as_path.prepend(self.local_as);
-            a.next_hop = own_hop;
+            if !(to_state.config.keep_next_hop && path.peer != LOCAL && a.next_hop.is_some()) {
+                a.next_hop = own_hop;
+            }
             a.link_local_next_hop = None;
             a.local_pref = None;
             a.originator_id = None;

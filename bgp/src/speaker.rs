@@ -70,6 +70,10 @@ pub struct PeerSpec {
     pub import: PrefixFilter,
     /// Which prefixes to send.
     pub export: PrefixFilter,
+    /// Send learned routes to this external peer with their own next hop.
+    pub keep_original_next_hop: bool,
+    /// The longest this peer's routes are kept while it restarts, whatever it asks for.
+    pub max_restart_time: Option<u16>,
 }
 
 impl PeerSpec {
@@ -87,6 +91,8 @@ impl PeerSpec {
             local_address: None,
             import: PrefixFilter::default(),
             export: PrefixFilter::default(),
+            keep_original_next_hop: false,
+            max_restart_time: None,
         }
     }
 }
@@ -399,6 +405,7 @@ impl Core {
                 rr_client: spec.rr_client,
                 import: spec.import.clone(),
                 export: spec.export.clone(),
+                keep_next_hop: spec.keep_original_next_hop,
             });
             let mut fsm_config = fsm::Config::new(self.config.asn, spec.asn, self.config.router_id);
             fsm_config.hold_time = spec.hold_time;
@@ -501,8 +508,11 @@ impl Core {
             }
             FromSession::Down { reason, keep_routes } => {
                 peer.last_error = Some(reason);
-                let restart_time =
-                    peer.negotiated.as_ref().and_then(|n| n.peer_restart.as_ref()).map(|r| r.restart_time);
+                let asked = peer.negotiated.as_ref().and_then(|n| n.peer_restart.as_ref()).map(|r| r.restart_time);
+                let restart_time = match (asked, peer.spec.max_restart_time) {
+                    (Some(asked), Some(max)) => Some(asked.min(max)),
+                    (asked, max) => asked.or(max),
+                };
                 peer.negotiated = None;
                 if keep_routes {
                     peer.stale_until =

@@ -22,6 +22,7 @@ fn peer(rib: &mut Rib, n: u8, peer_as: u32, rr_client: bool) -> PeerId {
         rr_client,
         import: PrefixFilter::default(),
         export: PrefixFilter::default(),
+        keep_next_hop: false,
     });
     rib.peer_up(id, session(n));
     id
@@ -83,6 +84,7 @@ fn a_late_peer_gets_the_whole_table_when_it_comes_up() {
         rr_client: false,
         import: PrefixFilter::default(),
         export: PrefixFilter::only(&[net("10.244.0.0/26")]),
+        keep_next_hop: false,
     });
     let exports = rib.peer_up(late, session(9));
     assert_eq!(exports.len(), 1, "the export filter lets one through: {exports:?}");
@@ -134,6 +136,26 @@ fn ibgp_routes_are_not_passed_to_ibgp_peers_but_go_to_ebgp_rewritten() {
     let [Export::Announce(_, attrs)] = sent_to(&exports, external)[..] else { panic!("{exports:?}") };
     assert_eq!(attrs.as_path, AsPath::sequence(vec![ASN]));
     assert_eq!((attrs.next_hop, attrs.local_pref, attrs.med), (Some(IpAddr::V4(ME)), None, None));
+}
+
+#[test]
+fn an_external_peer_can_keep_the_original_next_hop() {
+    let mut rib = Rib::new(ASN, ME, None);
+    let a = peer(&mut rib, 2, ASN, false);
+    let keeps = rib.add_peer(PeerConfig {
+        address: "10.0.0.5".parse().unwrap(),
+        peer_as: 65001,
+        rr_client: false,
+        import: PrefixFilter::default(),
+        export: PrefixFilter::default(),
+        keep_next_hop: true,
+    });
+    rib.peer_up(keeps, session(5));
+    rib.originate(net("10.244.0.0/26"), PathAttrs::local(None));
+    let changes = rib.update(a, &announce(&["10.244.1.0/26"], &[], "10.0.0.2", vec![]));
+    let exports = rib.exports(&changes);
+    let [Export::Announce(_, attrs)] = sent_to(&exports, keeps)[..] else { panic!("{exports:?}") };
+    assert_eq!(attrs.next_hop, Some(IpAddr::V4(ip("10.0.0.2"))), "the node that owns the block");
 }
 
 #[test]
@@ -204,6 +226,7 @@ fn import_filters_keep_foreign_prefixes_out() {
         rr_client: false,
         import: PrefixFilter::only(&[net("10.244.0.0/16")]),
         export: PrefixFilter::default(),
+        keep_next_hop: false,
     });
     rib.peer_up(id, session(2));
     rib.update(id, &announce(&["10.244.3.0/26", "192.168.0.0/24", "10.0.0.0/8"], &[], "10.0.0.2", vec![]));
