@@ -57,9 +57,10 @@ struct Args {
     #[arg(long, default_value = "/var/lib/brindle")]
     state_dir: PathBuf,
     /// How routes between nodes are learned: `none` (from the datastore: which node owns
-    /// which block) or `embedded` (the built-in BGP speaker, node-to-node mesh).
-    #[arg(long, env = "BRINDLE_BGP", value_enum, default_value = "none")]
-    bgp: BgpBackend,
+    /// which block), `embedded` (the built-in BGP speaker) or `bird` (BIRD 2, configured by
+    /// the agent). Default: AgentConfiguration's `bgpBackend`, else `none`.
+    #[arg(long, env = "BRINDLE_BGP", value_enum)]
+    bgp: Option<BgpBackend>,
     /// The BGP hold time proposed to peers, in seconds: how long a silent node keeps its
     /// routes on the others.
     #[arg(long, default_value_t = 90)]
@@ -126,17 +127,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
         IptablesBackend::Legacy => Some(iptables::Backend::Legacy),
         IptablesBackend::NFT => Some(iptables::Backend::Nft),
     };
+    // AgentConfiguration's `mtu` wins over the detected uplink MTU.
+    let uplink_mtu = if config.mtu != 0 { config.mtu } else { v4.mtu };
     let std::net::IpAddr::V4(local) = v4.address.ip() else { anyhow::bail!("the IPv4 method found an IPv6 address") };
     let host = Host {
         uplink: v4.interface.clone(),
         ipv4: Some(local),
-        uplink_mtu: v4.mtu,
+        uplink_mtu,
         vxlan_vni: config.vxlan_vni,
         vxlan_port: config.vxlan_port,
         vxlan_mac: startup::vxlan_mac(&name),
     };
     let dataplane = Dataplane::new(host, backend)?;
 
+    let backend = args.bgp.unwrap_or(match config.bgp_backend {
+        brindle_datastore::resource::BgpBackend::None => BgpBackend::None,
+        brindle_datastore::resource::BgpBackend::Embedded => BgpBackend::Embedded,
+        brindle_datastore::resource::BgpBackend::Bird => BgpBackend::Bird,
+    });
+    tracing::info!(?backend, "BGP backend");
     let metrics = Arc::new(Metrics::default());
     tokio::spawn({
         let metrics = Arc::clone(&metrics);
@@ -184,7 +193,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         dataplane: &dataplane,
         metrics: &metrics,
         state_dir: &args.state_dir,
-        uplink_mtu: v4.mtu,
+        uplink_mtu,
     };
 
     loop {
@@ -220,10 +229,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         };
         // Nothing touches the kernel before the first complete sync.
         let Some(cluster) = rx.borrow_and_update().clone() else { continue };
-        if args.bgp == BgpBackend::Embedded && bgp.is_none() {
+        if backend == BgpBackend::Embedded && bgp.is_none() {
             bgp = Some(Bgp::start(&me, &cluster).await.context("starting the BGP speaker")?);
         }
-        if args.bgp == BgpBackend::Bird {
+        if backend == BgpBackend::Bird {
             let plan = brindle_agent::bgp::plan(&me, &cluster, args.bgp_hold_time);
             if let Err(e) = render_bird(&me, &cluster, &plan, &args.state_dir, &mut bird) {
                 metrics.error("bgp");
@@ -247,7 +256,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 Some(learned.borrow_and_update().clone())
             }
-            None if args.bgp == BgpBackend::Bird => Some(bird_learned),
+            None if backend == BgpBackend::Bird => Some(bird_learned),
             None => None,
         };
         // With BGP, ready needs a session up (or no peer to have one with).

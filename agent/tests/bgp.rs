@@ -9,9 +9,10 @@ use common::Cluster;
 
 #[test]
 fn a_three_node_mesh_routes_pods_by_bgp() {
-    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n";
+    // The backend chosen cluster-wide by AgentConfiguration, not by a flag.
+    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+        kind: AgentConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\nspec: {bgpBackend: Embedded}\n";
     let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11), (0, 12)], yaml);
-    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
     cluster.start_all();
     for i in 0..3 {
         cluster.add_pod(i, |_| {});

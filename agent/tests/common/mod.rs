@@ -158,6 +158,7 @@ impl Cluster {
                     AnyResource::Node(r) => upsert(&client, r).await,
                     AnyResource::BgpPeer(r) => upsert(&client, r).await,
                     AnyResource::BgpConfiguration(r) => upsert(&client, r).await,
+                    AnyResource::AgentConfiguration(r) => upsert(&client, r).await,
                     other => panic!("apply: unexpected {other:?}"),
                 }
             }

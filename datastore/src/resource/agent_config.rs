@@ -33,6 +33,19 @@ pub enum IptablesBackend {
     NFT,
 }
 
+/// Where the agent learns routes between nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BgpBackend {
+    /// No BGP: routes come from the datastore (which node owns which block).
+    #[default]
+    None,
+    /// The embedded BGP speaker.
+    Embedded,
+    /// BIRD 2, configured by the agent.
+    #[serde(rename = "BIRD")]
+    Bird,
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -49,6 +62,8 @@ pub struct AgentConfiguration {
     pub iptables_refresh_interval: Duration,
     /// Which iptables to program.
     pub iptables_backend: IptablesBackend,
+    /// Where routes between nodes come from: `None`, `Embedded` or `BIRD`.
+    pub bgp_backend: BgpBackend,
     /// The uplink MTU to derive pod and tunnel MTUs from; 0 detects it.
     #[serde(rename = "mtu")]
     pub mtu: u32,
@@ -82,6 +97,7 @@ impl Default for AgentConfiguration {
             route_refresh_interval: secs(90),
             iptables_refresh_interval: secs(90),
             iptables_backend: IptablesBackend::Auto,
+            bgp_backend: BgpBackend::None,
             mtu: 0,
             vxlan_vni: 4096,
             vxlan_port: 4789,

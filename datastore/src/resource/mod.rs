@@ -20,7 +20,7 @@ use std::fmt::Debug;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use agent_config::{AgentConfiguration, IptablesBackend, LogSeverity};
+pub use agent_config::{AgentConfiguration, BgpBackend, IptablesBackend, LogSeverity};
 pub use bgp::{BgpConfiguration, BgpPassword, BgpPeer, Community, PrefixAdvertisement, SecretKeyRef, ServiceCidr};
 pub use ipam_config::IpamConfiguration;
 pub use ippool::{EncapMode, IpPool, PoolUse};
