@@ -276,3 +276,21 @@ fn a_vanished_node_loses_its_routes_within_the_hold_time() {
         cluster.http(1, 9091, "/metrics").contains("brindle_bgp_routes_learned 1")
     });
 }
+
+#[test]
+fn an_ip_in_ip_mesh_where_the_kernel_has_ipip() {
+    if let Some(reason) = common::ipip_missing() {
+        eprintln!("{reason}");
+        return;
+    }
+    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16, ipipMode: Always}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24", "10.251.0.0/24"], &[(0, 10), (0, 11), (1, 12)], yaml);
+    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
+    cluster.start_all();
+    for i in 0..3 {
+        cluster.add_pod(i, |_| {});
+    }
+    let failing = cluster.reachability(Duration::from_secs(15));
+    assert!(failing.is_empty(), "{failing:?}");
+    assert!(cluster.ip(0, &["route", "show", "proto", "98"]).contains("dev tunl0"));
+}

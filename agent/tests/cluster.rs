@@ -263,12 +263,8 @@ fn new_and_disabled_pools_apply_without_restart() {
 
 #[test]
 fn ip_in_ip_cluster_where_the_kernel_has_ipip() {
-    let probe = brindle_e2e::netns::Netns::new("agt", "probe").unwrap();
-    if !probe.ip(&["link", "show"]).unwrap().contains("tunl0") {
-        eprintln!(
-            "skipped: this kernel has no ipip module (a fresh network namespace has no tunl0). \
-             The IP-in-IP routes and their netlink requests are checked by the agent's unit tests."
-        );
+    if let Some(reason) = common::ipip_missing() {
+        eprintln!("{reason}");
         return;
     }
     let placement = &[(0, 10), (0, 11), (1, 12)];
