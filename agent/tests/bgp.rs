@@ -155,7 +155,7 @@ fn an_external_gobgp_gets_the_pod_blocks_and_only_routes_inside_pools_come_back(
     let path = dir.path().join("gobgpd.toml");
     std::fs::write(&path, config).unwrap();
     let log = std::fs::File::create(dir.path().join("gobgpd.log")).unwrap();
-    let daemon = common::Agent(
+    let daemon = brindle_e2e::process::Process(
         router.command("gobgpd").arg("-f").arg(&path).args(["-p", "--pprof-disable"]).stdout(log).spawn().unwrap(),
     );
     let gobgp = |args: &[&str]| brindle_e2e::netns::output(router.command("gobgp").args(args)).1;

@@ -8,6 +8,20 @@ use crate::resource::{self, Resource, Spec, ValidationError, Validator};
 use crate::store::{Datastore, KeyValue, Revision};
 use crate::{Error, Result};
 
+/// What [`Client::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The resource did not exist and was created.
+    Created,
+    /// The resource existed and was replaced.
+    Replaced,
+    /// The resource existed with exactly this content; nothing was written.
+    Unchanged,
+}
+
+/// How often apply and replace retry when another writer wins the race in between.
+const RACE_RETRIES: usize = 5;
+
 /// Reads and writes typed resources.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -99,6 +113,60 @@ impl Client {
         let revision = self.store.update(&key, &encode(&r)?, expected).await?;
         r.metadata.resource_version = Some(revision.to_string());
         Ok(r)
+    }
+
+    /// Replaces an existing resource. With `metadata.resourceVersion` set, only if it is
+    /// still at that revision (a [`Error::Conflict`] otherwise); without, whatever is stored
+    /// is replaced.
+    pub async fn replace<S: Spec>(&self, r: Resource<S>) -> Result<Resource<S>> {
+        if r.revision().is_some() {
+            return self.update(r).await;
+        }
+        let namespace = r.metadata.namespace.clone();
+        let mut attempt = 0;
+        loop {
+            let current = self.get::<S>(namespace.as_deref(), r.name()).await?;
+            let mut next = r.clone();
+            next.metadata.resource_version = current.metadata.resource_version;
+            match self.update(next).await {
+                Err(Error::Conflict { .. }) if attempt < RACE_RETRIES => attempt += 1,
+                done => return done,
+            }
+        }
+    }
+
+    /// Creates the resource, or replaces it when it exists (see [`Client::replace`]); writes
+    /// nothing when what is stored is already exactly this.
+    pub async fn apply<S: Spec>(&self, r: Resource<S>) -> Result<(Resource<S>, Applied)> {
+        let namespace = r.metadata.namespace.clone();
+        let mut attempt = 0;
+        loop {
+            let outcome = match self.find::<S>(namespace.as_deref(), r.name()).await? {
+                None => self.create(r.clone()).await.map(|r| (r, Applied::Created)),
+                Some(current) => {
+                    let mut wanted = r.clone();
+                    wanted.spec.complete();
+                    if wanted.spec == current.spec
+                        && wanted.metadata.labels == current.metadata.labels
+                        && wanted.metadata.annotations == current.metadata.annotations
+                    {
+                        return Ok((current, Applied::Unchanged));
+                    }
+                    if wanted.revision().is_none() {
+                        wanted.metadata.resource_version = current.metadata.resource_version;
+                    }
+                    self.update(wanted).await.map(|r| (r, Applied::Replaced))
+                }
+            };
+            match outcome {
+                Err(Error::AlreadyExists(_) | Error::Conflict { .. })
+                    if attempt < RACE_RETRIES && r.revision().is_none() =>
+                {
+                    attempt += 1
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Deletes a resource; with `expected`, only if it is still at that revision.

@@ -14,6 +14,6 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use client::Client;
+pub use client::{Applied, Client};
 pub use error::{Error, Result};
 pub use store::{Datastore, KeyValue, Listing, Revision, Watch, WatchEvent, connect};

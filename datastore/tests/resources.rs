@@ -3,11 +3,16 @@
 
 mod common;
 
+use brindle_datastore::resource::{AnyResource, kind_named, parse_documents};
 use brindle_datastore::resource::{BgpConfiguration, IpPool, Resource, WorkloadEndpoint};
 use brindle_datastore::testing::Backend;
-use brindle_datastore::{Client, Error};
+use brindle_datastore::{Applied, Client, Error};
 
-per_backend!(pools_are_validated_and_cas_protected, namespaced_resources_are_keyed_by_namespace);
+per_backend!(
+    pools_are_validated_and_cas_protected,
+    namespaced_resources_are_keyed_by_namespace,
+    apply_creates_replaces_and_skips_what_is_unchanged
+);
 
 async fn pools_are_validated_and_cas_protected(backend: Backend) {
     let (_server, store) = common::open(backend).await;
@@ -86,4 +91,40 @@ async fn namespaced_resources_are_keyed_by_namespace(backend: Backend) {
     no_namespace.metadata.namespace = None;
     let err = client.create(no_namespace).await.unwrap_err().to_string();
     assert!(err.contains("metadata.namespace: is required"), "{err}");
+}
+
+async fn apply_creates_replaces_and_skips_what_is_unchanged(backend: Backend) {
+    let (_server, store) = common::open(backend).await;
+    let client = Client::new(store);
+    let pool = |nat: bool| {
+        parse_documents(&format!(
+            "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {{name: p}}\nspec: {{cidr: 10.9.0.0/16, natOutgoing: {nat}}}\n"
+        ))
+        .unwrap()
+        .remove(0)
+    };
+    let (_, done) = pool(false).apply(&client).await.unwrap();
+    assert_eq!(done, Applied::Created);
+    let (stored, done) = pool(false).apply(&client).await.unwrap();
+    assert_eq!(done, Applied::Unchanged, "defaults filled on write do not count as a change");
+    let (replaced, done) = pool(true).apply(&client).await.unwrap();
+    assert_eq!(done, Applied::Replaced);
+    assert!(replaced.metadata().resource_version > stored.metadata().resource_version);
+
+    // replace without a revision takes whatever is stored; with a stale one it loses.
+    pool(false).replace(&client).await.unwrap();
+    let mut stale = pool(true);
+    stale.metadata_mut().resource_version = stored.metadata().resource_version.clone();
+    assert!(matches!(stale.replace(&client).await, Err(Error::Conflict { .. })));
+    let mut missing = pool(true);
+    missing.metadata_mut().name = "nope".into();
+    assert!(matches!(missing.replace(&client).await, Err(Error::NotFound(_))));
+
+    let kind = kind_named("ippools").unwrap();
+    assert_eq!(kind, "IPPool");
+    let listed = AnyResource::list(&client, kind).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    listed[0].delete(&client).await.unwrap();
+    assert!(AnyResource::list(&client, kind).await.unwrap().is_empty());
+    assert!(matches!(AnyResource::get(&client, kind, None, "p").await, Err(Error::NotFound(_))));
 }

@@ -5,4 +5,5 @@
 pub mod bird;
 pub mod cni;
 pub mod netns;
+pub mod process;
 pub mod underlay;

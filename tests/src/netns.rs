@@ -53,11 +53,26 @@ pub struct Netns {
 impl Netns {
     /// Makes `<prefix>-<unique>-<tag>` with its loopback up.
     pub fn new(prefix: &str, tag: &str) -> anyhow::Result<Netns> {
-        let name = format!("{prefix}-{}-{tag}", unique());
-        run(Command::new("ip").args(["netns", "add", &name]))?;
-        let netns = Netns { name };
+        Netns::named(&format!("{prefix}-{}-{tag}", unique()))
+    }
+
+    /// Makes the namespace `name` with its loopback up; an error if it exists.
+    pub fn named(name: &str) -> anyhow::Result<Netns> {
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let netns = Netns { name: name.to_owned() };
         netns.ip(&["link", "set", "lo", "up"])?;
         Ok(netns)
+    }
+
+    /// Disarms the guard: the namespace outlives this value (a lab that stays up). Returns
+    /// its name.
+    pub fn keep(self) -> String {
+        std::mem::ManuallyDrop::new(self).name.clone()
+    }
+
+    /// Deletes the namespace `name` if it exists (what the guard does, for a kept one).
+    pub fn remove(name: &str) {
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(std::process::Stdio::null()).status();
     }
 
     /// Its path, as runtimes pass it in CNI_NETNS.
@@ -80,8 +95,32 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        Netns::remove(&self.name);
     }
+}
+
+/// GET `path` from `127.0.0.1:port` inside the namespace at `netns`: the raw response, or ""
+/// when nothing answers.
+pub fn http_get(netns: &Path, port: u16, path: &str) -> String {
+    let (netns, path) = (netns.to_owned(), path.to_owned());
+    std::thread::spawn(move || {
+        if enter(&netns).is_err() {
+            return String::new();
+        }
+        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let _ = std::io::Write::write_all(&mut conn, format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+        let mut response = String::new();
+        let _ = std::io::Read::read_to_string(&mut conn, &mut response);
+        response
+    })
+    .join()
+    .unwrap_or_default()
+}
+
+/// Whether one ping from inside `netns` to `ip` is answered within a second.
+pub fn ping(netns: &str, ip: &str) -> bool {
+    output(Command::new("ip").args(["netns", "exec", netns, "ping", "-c", "1", "-W", "1", ip])).0
 }
 
 /// Joins two namespaces with a veth pair named `<a_end>`/`<b_end>`.

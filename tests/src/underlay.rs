@@ -24,8 +24,11 @@ pub struct Underlay {
 impl Underlay {
     /// An underlay with these subnets (e.g. `10.250.0.0/24`); the router gets `.1` in each.
     pub fn new(prefix: &str, subnets: &[&str]) -> anyhow::Result<Underlay> {
-        let switch = Netns::new(prefix, "sw")?;
-        let router = Netns::new(prefix, "rt")?;
+        Underlay::build(Netns::new(prefix, "sw")?, Netns::new(prefix, "rt")?, subnets)
+    }
+
+    /// An underlay in the namespaces given for the switch and the router.
+    pub fn build(switch: Netns, router: Netns, subnets: &[&str]) -> anyhow::Result<Underlay> {
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
         let subnets: Vec<Ipv4Network> = subnets.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
@@ -42,6 +45,16 @@ impl Underlay {
 
     fn host(subnet: &Ipv4Network, n: u32) -> anyhow::Result<std::net::Ipv4Addr> {
         subnet.nth(n).ok_or_else(|| anyhow::anyhow!("{subnet} has no host {n}"))
+    }
+
+    /// The router's address in subnet `subnet` (`.1`).
+    pub fn gateway(&self, subnet: usize) -> anyhow::Result<std::net::Ipv4Addr> {
+        Self::host(self.subnets.get(subnet).ok_or_else(|| anyhow::anyhow!("no subnet {subnet}"))?, 1)
+    }
+
+    /// Disarms the guards of both namespaces; returns the switch's and the router's names.
+    pub fn keep(self) -> (String, String) {
+        (self.switch.keep(), self.router.keep())
     }
 
     /// Plugs a namespace into the switch with an interface `eth0` (up, no address).

@@ -4,37 +4,20 @@
 //! every agent and remove every namespace even when a test fails.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::io::Read;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use brindle_datastore::Client;
-use brindle_datastore::resource::{AnyResource, parse_documents};
+use brindle_datastore::resource::parse_documents;
 use brindle_datastore::testing::SqliteFile;
 use brindle_e2e::cni::{Attachment, exec_in};
 use brindle_e2e::netns::{self, Netns, unique};
+use brindle_e2e::process::Process;
 use brindle_e2e::underlay::Underlay;
 use serde_json::{Value, json};
-
-/// A running process (an agent, a router daemon), killed on drop.
-pub struct Agent(pub Child);
-
-impl Drop for Agent {
-    /// SIGTERM first, so an agent stops what it started (BIRD); SIGKILL if it lingers.
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One node.
 pub struct Node {
@@ -63,7 +46,7 @@ pub struct Pod {
 impl Pod {
     /// Whether one ping from this pod to `ip` is answered.
     pub fn ping(&self, ip: &str) -> bool {
-        netns::output(self.netns.command("ping").args(["-c", "1", "-W", "1", ip])).0
+        netns::ping(&self.netns.name, ip)
     }
 }
 
@@ -72,7 +55,7 @@ pub struct Cluster {
     /// Pods made so far.
     pub pods: Vec<Pod>,
     /// One agent per node (None while stopped).
-    pub agents: Vec<Option<Agent>>,
+    pub agents: Vec<Option<Process>>,
     /// The nodes.
     pub nodes: Vec<Node>,
     /// Switch and router.
@@ -148,30 +131,10 @@ impl Cluster {
 
     /// Creates or replaces resources from YAML.
     pub fn apply(&self, yaml: &str) {
-        async fn upsert<S: brindle_datastore::resource::Spec>(
-            client: &Client,
-            mut r: brindle_datastore::resource::Resource<S>,
-        ) {
-            let namespace = r.metadata.namespace.clone();
-            match client.find::<S>(namespace.as_deref(), r.name()).await.unwrap() {
-                Some(existing) => {
-                    r.metadata.resource_version = existing.metadata.resource_version;
-                    client.update(r).await.unwrap();
-                }
-                None => drop(client.create(r).await.unwrap()),
-            }
-        }
         let client = self.client();
         self.runtime.block_on(async {
             for r in parse_documents(yaml).unwrap() {
-                match r {
-                    AnyResource::IpPool(r) => upsert(&client, r).await,
-                    AnyResource::Node(r) => upsert(&client, r).await,
-                    AnyResource::BgpPeer(r) => upsert(&client, r).await,
-                    AnyResource::BgpConfiguration(r) => upsert(&client, r).await,
-                    AnyResource::AgentConfiguration(r) => upsert(&client, r).await,
-                    other => panic!("apply: unexpected {other:?}"),
-                }
+                r.apply(&client).await.unwrap();
             }
         });
     }
@@ -198,7 +161,7 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .unwrap();
-        self.agents[i] = Some(Agent(child));
+        self.agents[i] = Some(Process(child));
     }
 
     /// Stops the agent of node `i` (SIGKILL: nothing is cleaned up, like a crash).
@@ -254,18 +217,7 @@ impl Cluster {
 
     /// GET on a node's loopback; the raw response, or "" when nothing answers.
     pub fn http(&self, i: usize, port: u16, path: &str) -> String {
-        let netns = self.nodes[i].netns.path();
-        let path = path.to_owned();
-        std::thread::spawn(move || {
-            netns::enter(&netns).unwrap();
-            let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
-            let _ = conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
-            let mut response = String::new();
-            let _ = conn.read_to_string(&mut response);
-            response
-        })
-        .join()
-        .unwrap()
+        netns::http_get(&self.nodes[i].netns.path(), port, path)
     }
 
     /// The CNI config every node's runtime uses: MTU and node name from the agent's files.

@@ -28,6 +28,7 @@ pub use node::{Node, NodeAddress, NodeBgp};
 pub use validation::{Problem, ValidationError, Validator};
 pub use workload::WorkloadEndpoint;
 
+use crate::client::{Applied, Client};
 use crate::{Error, Result};
 
 /// The apiVersion of every brindle resource.
@@ -206,6 +207,77 @@ macro_rules! any_resource {
         /// Every kind's `kind` name, in a stable order.
         pub const KINDS: &[&str] = &[$(<$spec as Spec>::KIND),*];
 
+        /// The `kind` name for what an operator typed: the kind in any case (`ippool`), its
+        /// plural (`ippools`), or the plural's singular (`workloadendpoint`).
+        pub fn kind_named(typed: &str) -> Option<&'static str> {
+            let typed = typed.to_ascii_lowercase();
+            $(
+                let plural = <$spec as Spec>::PLURAL;
+                if typed == <$spec as Spec>::KIND.to_ascii_lowercase()
+                    || typed == plural
+                    || Some(typed.as_str()) == plural.strip_suffix('s')
+                {
+                    return Some(<$spec as Spec>::KIND);
+                }
+            )*
+            None
+        }
+
+        /// Whether resources of `kind` live in a namespace.
+        pub fn kind_is_namespaced(kind: &str) -> bool {
+            $(if kind == <$spec as Spec>::KIND { return <$spec as Spec>::NAMESPACED; })*
+            false
+        }
+
+        impl AnyResource {
+            /// Every resource of `kind` (a name from [`KINDS`]), sorted by key.
+            pub async fn list(client: &Client, kind: &str) -> Result<Vec<AnyResource>> {
+                $(
+                    if kind == <$spec as Spec>::KIND {
+                        let (items, _) = client.list::<$spec>().await?;
+                        return Ok(items.into_iter().map(AnyResource::$variant).collect());
+                    }
+                )*
+                Err(Error::Invalid(format!("unknown kind \"{kind}\" (known: {})", KINDS.join(", "))))
+            }
+
+            /// One resource of `kind` by name.
+            pub async fn get(client: &Client, kind: &str, namespace: Option<&str>, name: &str) -> Result<AnyResource> {
+                $(
+                    if kind == <$spec as Spec>::KIND {
+                        return client.get::<$spec>(namespace, name).await.map(AnyResource::$variant);
+                    }
+                )*
+                Err(Error::Invalid(format!("unknown kind \"{kind}\" (known: {})", KINDS.join(", "))))
+            }
+
+            /// Creates it; an error if it exists.
+            pub async fn create(self, client: &Client) -> Result<AnyResource> {
+                match self { $(AnyResource::$variant(r) => client.create(r).await.map(AnyResource::$variant)),* }
+            }
+
+            /// Replaces it; an error if it does not exist. See [`Client::replace`].
+            pub async fn replace(self, client: &Client) -> Result<AnyResource> {
+                match self { $(AnyResource::$variant(r) => client.replace(r).await.map(AnyResource::$variant)),* }
+            }
+
+            /// Creates or replaces it. See [`Client::apply`].
+            pub async fn apply(self, client: &Client) -> Result<(AnyResource, Applied)> {
+                match self {
+                    $(AnyResource::$variant(r) => client.apply(r).await.map(|(r, done)| (AnyResource::$variant(r), done))),*
+                }
+            }
+
+            /// Deletes it (at its revision, when it carries one).
+            pub async fn delete(&self, client: &Client) -> Result<()> {
+                match self {
+                    $(AnyResource::$variant(r) => {
+                        client.delete::<$spec>(r.metadata.namespace.as_deref(), r.name(), r.revision()).await
+                    }),*
+                }
+            }
+        }
+
         impl AnyResource {
             /// Decodes a JSON value by its `kind` field.
             pub fn from_value(value: serde_json::Value) -> Result<Self> {
@@ -229,6 +301,11 @@ macro_rules! any_resource {
             /// The metadata.
             pub fn metadata(&self) -> &Metadata {
                 match self { $(AnyResource::$variant(r) => &r.metadata),* }
+            }
+
+            /// The metadata, to change.
+            pub fn metadata_mut(&mut self) -> &mut Metadata {
+                match self { $(AnyResource::$variant(r) => &mut r.metadata),* }
             }
 
             /// Validates the resource on its own.
@@ -283,6 +360,17 @@ pub fn parse_documents(text: &str) -> Result<Vec<AnyResource>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_are_found_by_any_name_an_operator_types() {
+        for typed in ["IPPool", "ippool", "ippools", "IPPOOLS"] {
+            assert_eq!(kind_named(typed), Some("IPPool"), "{typed}");
+        }
+        assert_eq!(kind_named("workloadendpoint"), Some("WorkloadEndpoint"));
+        assert_eq!(kind_named("bgppeers"), Some("BGPPeer"));
+        assert_eq!(kind_named("pools"), None);
+        assert!(kind_is_namespaced("WorkloadEndpoint") && !kind_is_namespaced("Node"));
+    }
 
     #[test]
     fn yaml_with_many_documents_parses_by_kind() {
