@@ -84,6 +84,10 @@ mod tests {
         let child = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id();
         let guard = Process(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !is_running(pid, "sleep") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5)); // until the child has exec'd
+        }
         assert!(is_running(pid, "sleep"));
         assert!(!terminate(pid, "brindle-node"), "a PID running another program is left alone");
         assert!(is_running(pid, "sleep"));
