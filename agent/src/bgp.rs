@@ -42,6 +42,20 @@ fn selects(selector: &str, labels: &BTreeMap<String, String>) -> Result<bool, St
     selector.parse::<Selector>().map(|s| s.matches(labels)).map_err(|e| format!("selector \"{selector}\": {e}"))
 }
 
+/// Whether a BGPPeer applies to the node `name` with `labels`: its `node`, its
+/// `nodeSelector`, or every node when it names neither.
+fn applies_to(
+    spec: &brindle_datastore::resource::BgpPeer,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    match (&spec.node, &spec.node_selector) {
+        (Some(node), _) => Ok(node == name),
+        (None, Some(selector)) => selects(selector, labels),
+        (None, None) => Ok(true),
+    }
+}
+
 /// `10.0.0.1`, `10.0.0.1:1179`, `[fd00::1]:179`, `fd00::1`.
 fn parse_peer_ip(text: &str) -> Option<(IpAddr, Option<u16>)> {
     if let Ok(ip) = text.parse() {
@@ -88,43 +102,44 @@ pub fn plan(me: &Me, cluster: &Cluster, hold_time: u16) -> Plan {
     }
     for resource in &cluster.peers {
         let spec = &resource.spec;
-        let applies = match (&spec.node, &spec.node_selector) {
-            (Some(node), _) => *node == me.name,
-            (None, Some(selector)) => match selects(selector, my_labels) {
+        let applies = match applies_to(spec, &me.name, my_labels) {
+            Ok(yes) => yes,
+            Err(e) => {
+                out.problems.push(format!("BGPPeer {}: {e}", resource.metadata.name));
+                continue;
+            }
+        };
+        if let Some(selector) = &spec.peer_selector {
+            // Selector peerings are symmetric, as in Calico: the nodes the peer applies to
+            // and the nodes it selects peer with each other, whichever side this node is on.
+            let i_am_selected = match selects(selector, my_labels) {
                 Ok(yes) => yes,
                 Err(e) => {
                     out.problems.push(format!("BGPPeer {}: {e}", resource.metadata.name));
-                    false
+                    continue;
                 }
-            },
-            (None, None) => true,
-        };
-        if !applies {
-            continue;
-        }
-        if let Some(selector) = &spec.peer_selector {
+            };
             for node in cluster.nodes.iter().filter(|n| n.metadata.name != me.name) {
-                match selects(selector, &node.metadata.labels) {
-                    Ok(true) => {
-                        if let Some(peer) = node_peer(node) {
-                            let reflects =
-                                node.spec.bgp.as_ref().is_some_and(|b| b.route_reflector_cluster_id.is_some());
-                            let kind = match (peer.rr_client, reflects) {
-                                (true, _) => "client",
-                                (false, true) => "reflector",
-                                (false, false) => "node",
-                            };
-                            out.kinds.entry(peer.address).or_insert(kind);
-                            peers.entry(peer.address).or_insert(peer);
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        out.problems.push(format!("BGPPeer {}: {e}", resource.metadata.name));
-                        break;
-                    }
+                let forward = applies && selects(selector, &node.metadata.labels).unwrap_or(false);
+                let reverse =
+                    i_am_selected && applies_to(spec, &node.metadata.name, &node.metadata.labels).unwrap_or(false);
+                if !(forward || reverse) {
+                    continue;
+                }
+                if let Some(peer) = node_peer(node) {
+                    let reflects = node.spec.bgp.as_ref().is_some_and(|b| b.route_reflector_cluster_id.is_some());
+                    let kind = match (peer.rr_client, reflects) {
+                        (true, _) => "client",
+                        (false, true) => "reflector",
+                        (false, false) => "node",
+                    };
+                    out.kinds.entry(peer.address).or_insert(kind);
+                    peers.entry(peer.address).or_insert(peer);
                 }
             }
+        }
+        if !applies {
+            continue;
         }
         if let Some(text) = &spec.peer_ip {
             let Some((address, port)) = parse_peer_ip(text) else {
@@ -420,11 +435,8 @@ mod tests {
             peer_selector: Some("rr == 'true'".into()),
             ..BgpPeer::default()
         }));
-        c.peers.push(peer(BgpPeer {
-            node_selector: Some("rr == 'true'".into()),
-            peer_selector: Some("all()".into()),
-            ..BgpPeer::default()
-        }));
+        // One BGPPeer, as Calico's docs write it: the reflector learns its clients from the
+        // same resource (selector peerings are symmetric).
         let reflector = plan(&me("a", "10.0.0.1/24"), &c, 90);
         assert_eq!(reflector.peers.len(), 2);
         assert!(reflector.peers.iter().all(|p| p.rr_client), "{:?}", reflector.peers);

@@ -49,8 +49,7 @@ fn node_yaml(cluster: &Cluster, i: usize, reflector: bool) -> String {
 fn route_reflectors_carry_the_routes_with_the_mesh_off() {
     let pool = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
         kind: BGPConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\nspec: {nodeToNodeMeshEnabled: false}\n---\n\
-        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: to-reflectors}\nspec: {nodeSelector: all(), peerSelector: rr == 'true'}\n---\n\
-        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: reflectors-to-all}\nspec: {nodeSelector: rr == 'true', peerSelector: all()}\n";
+        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: to-reflectors}\nspec: {nodeSelector: all(), peerSelector: rr == 'true'}\n";
     let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11), (0, 12), (0, 13)], pool);
     // Two reflectors of one cluster (nodes 0 and 1), two clients.
     let nodes: String = (0..4).map(|i| node_yaml(&cluster, i, i < 2)).collect();

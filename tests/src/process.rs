@@ -47,6 +47,14 @@ fn signal(signal: &str, pid: u32) {
     let _ = Command::new("kill").args([signal, &pid.to_string()]).stderr(std::process::Stdio::null()).status();
 }
 
+/// Whether process `pid` exists and has not exited (a zombie has).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+        .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+}
+
 /// Whether process `pid` exists and runs `program` (the file name of its executable).
 pub fn is_running(pid: u32, program: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -91,7 +99,8 @@ mod tests {
         assert!(is_running(pid, "sleep"));
         assert!(!terminate(pid, "brindle-node"), "a PID running another program is left alone");
         assert!(is_running(pid, "sleep"));
+        assert!(alive(pid));
         drop(guard);
-        assert!(!is_running(pid, "sleep"));
+        assert!(!is_running(pid, "sleep") && !alive(pid));
     }
 }

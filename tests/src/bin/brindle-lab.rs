@@ -1,0 +1,164 @@
+//! `brindle-lab`: a brindle cluster in network namespaces on this machine.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use brindle_e2e::lab::{self, LabState, Matrix, Mode, Options, Peering, Store, cli_name};
+use clap::{Parser, Subcommand};
+
+/// A whole brindle cluster in network namespaces on one machine: nodes on an underlay switch,
+/// brindle-node on each, pods wired by the brindle CNI plugin. It stays up to explore until
+/// `brindle-lab down`. Needs root.
+///
+/// Exit codes: 0 success; 1 failure (the message says why; a failed `up` leaves nothing
+/// behind); 3 `up` built the lab but some pods cannot reach each other, or `ping` found such
+/// a pair (the lab stays up to explore). `exec` exits with the command's own code.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// The lab's name: the prefix of its namespaces and the name of its directory.
+    #[arg(long, global = true, default_value = "lab")]
+    name: String,
+    /// Where labs keep their state, datastore and logs.
+    #[arg(long, global = true, default_value = lab::DEFAULT_DIR)]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Builds the lab and prints its nodes, BGP sessions, pods and reachability matrix.
+    Up {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// How many pods on each node.
+        #[arg(long, default_value_t = 2)]
+        pods_per_node: usize,
+        /// How pod traffic crosses between nodes.
+        #[arg(long, value_enum, default_value = "vxlan")]
+        mode: Mode,
+        /// How nodes learn each other's blocks: a BGP mesh, a route reflector (node-0), or
+        /// no BGP (routes from the datastore).
+        #[arg(long, value_enum, default_value = "mesh")]
+        peering: Peering,
+        /// The datastore: an SQLite file, or an etcd server in the router's namespace.
+        #[arg(long, value_enum, default_value = "sqlite")]
+        datastore: Store,
+        /// Where brindle-node, brindle and brindle-ipam are (default: beside this program).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Shows the nodes, their agents and BGP sessions, and the pods.
+    Status,
+    /// Pings between every pair of pods and prints the matrix; exit 0 only when all reach.
+    Ping,
+    /// Runs a command in a node's (or a pod's, the router's, the switch's) namespace, with
+    /// BRINDLE_DATASTORE, BRINDLE_STATUS_SOCKET and PATH set so `brindlectl` works there.
+    Exec {
+        /// `node-0` (or `0`), a pod such as `pod-0-1`, `router` or `switch`.
+        node: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stops the lab's processes and removes its namespaces and files.
+    Down,
+}
+
+const PARTLY_UNREACHABLE: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("brindle-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let dir = lab::lab_dir(&cli.dir, &cli.name);
+    match cli.command {
+        Cmd::Up { nodes, pods_per_node, mode, peering, datastore, bin_dir } => {
+            let bin_dir = match bin_dir {
+                Some(dir) => dir,
+                None => std::env::current_exe()?.parent().context("this program has no directory")?.to_owned(),
+            };
+            let options = Options { nodes, pods_per_node, mode, peering, datastore };
+            eprintln!(
+                "brindle-lab: building {:?}: {nodes} nodes, {pods_per_node} pods each, {} encapsulation, \
+                 {} peering, {} datastore",
+                cli.name,
+                cli_name(&mode),
+                cli_name(&peering),
+                cli_name(&datastore)
+            );
+            let started = Instant::now();
+            let state = lab::up(&cli.name, &dir, &bin_dir, &options)?;
+            eprint!("  waiting for every pod to reach every other ... ");
+            let matrix = Matrix::settle(&state, Duration::from_secs(60));
+            eprintln!("{:.1} s", started.elapsed().as_secs_f64());
+            println!("\n{}", lab::render_status(&state));
+            println!("{}", matrix.render(&state));
+            let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or("brindle-lab".into());
+            let mut named = String::new();
+            if cli.name != "lab" {
+                named += &format!(" --name {}", cli.name);
+            }
+            if cli.dir != std::path::Path::new(lab::DEFAULT_DIR) {
+                named += &format!(" --dir {}", cli.dir.display());
+            }
+            println!("The lab is up in {:.1} s. Explore it:", started.elapsed().as_secs_f64());
+            println!("  {me}{named} status");
+            println!("  {me}{named} ping");
+            println!("  {me}{named} exec node-0 -- ip route");
+            println!("  {me}{named} exec node-0 -- brindlectl node status");
+            println!("  {me}{named} down");
+            Ok(if matrix.complete() { ExitCode::SUCCESS } else { ExitCode::from(PARTLY_UNREACHABLE) })
+        }
+        Cmd::Status => {
+            print!("{}", lab::render_status(&LabState::load(&dir)?));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ping => {
+            let state = LabState::load(&dir)?;
+            let matrix = Matrix::measure(&state);
+            print!("{}", matrix.render(&state));
+            Ok(if matrix.complete() { ExitCode::SUCCESS } else { ExitCode::from(PARTLY_UNREACHABLE) })
+        }
+        Cmd::Exec { node, command } => {
+            let state = LabState::load(&dir)?;
+            let netns = state.netns_of(&node)?;
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", netns]).args(&command);
+            cmd.env("BRINDLE_DATASTORE", &state.datastore);
+            if let Some(lab_node) = state.nodes.iter().find(|n| n.netns == netns) {
+                cmd.env("BRINDLE_STATUS_SOCKET", lab_node.status_socket());
+                cmd.env("BRINDLE_ENDPOINT_RECORD_DIR", lab_node.state_dir.join("endpoints"));
+                cmd.env("NODENAME", &lab_node.name);
+            }
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{path}", state.bin_dir.display()));
+            let status = cmd.status().with_context(|| format!("running {command:?} in {netns}"))?;
+            Ok(ExitCode::from(status.code().map_or(1, |c| c as u8)))
+        }
+        Cmd::Down => {
+            let state = LabState::load(&dir)?;
+            let removed = lab::teardown(&state, &dir);
+            println!(
+                "lab {:?} is down: {} processes stopped, {} namespaces removed, {} deleted",
+                state.name,
+                removed.processes,
+                removed.namespaces,
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

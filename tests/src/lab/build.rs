@@ -1,0 +1,309 @@
+//! `brindle-lab up`: builds the lab step by step, recording each part in the lab's state as
+//! soon as it exists, so a failure (or an interrupted run) can always be taken down.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use brindle_datastore::resource::parse_documents;
+use serde_json::json;
+
+use super::progress::Progress;
+use super::state::{LabNode, LabPod, LabState};
+use super::topology::{Options, Store, cli_name, node_name, pod_name};
+use super::{in_netns, teardown};
+use crate::cni::{Attachment, exec_in};
+use crate::netns::{Netns, http_get};
+use crate::process::alive;
+use crate::underlay::Underlay;
+
+/// The binaries a lab runs, looked up in the bin directory.
+pub const BINARIES: &[&str] = &["brindle-node", "brindle", "brindle-ipam"];
+
+/// How long agents get to become ready, and pods to reach each other.
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// The etcd client port inside the router's namespace.
+const ETCD_PORT: u16 = 2379;
+
+/// Builds lab `name` in `dir` with brindle's binaries from `bin_dir`. On failure, whatever
+/// was built is removed again.
+pub fn up(name: &str, dir: &Path, bin_dir: &Path, options: &Options) -> anyhow::Result<LabState> {
+    options.check()?;
+    for binary in BINARIES {
+        let path = bin_dir.join(binary);
+        if !path.is_file() {
+            bail!(
+                "{} is missing: build brindle first (cargo build --release -p brindle-agent -p brindle-cni) \
+                 or point --bin-dir at the binaries",
+                path.display()
+            );
+        }
+    }
+    if options.mode.needs_ipip() && !kernel_has_ipip()? {
+        bail!(
+            "mode {} needs the kernel's ipip module, and this kernel has none (a new network namespace \
+             gets no tunl0); choose --mode vxlan or vxlan-crosssubnet",
+            cli_name(&options.mode)
+        );
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "a lab named {name:?} exists ({}); take it down first (brindle-lab down --name {name})",
+            dir.display()
+        ),
+        other => other.with_context(|| format!("creating {}", dir.display()))?,
+    }
+    let mut state = LabState {
+        name: name.to_owned(),
+        options: options.clone(),
+        bin_dir: bin_dir.to_owned(),
+        datastore: String::new(),
+        switch: String::new(),
+        router: String::new(),
+        etcd_pid: None,
+        nodes: Vec::new(),
+        pods: Vec::new(),
+    };
+    match build(&mut state, dir) {
+        Ok(()) => Ok(state),
+        Err(e) => {
+            eprintln!("  taking down what was built ...");
+            teardown(&state, dir);
+            Err(e)
+        }
+    }
+}
+
+fn build(state: &mut LabState, dir: &Path) -> anyhow::Result<()> {
+    let options = state.options.clone();
+    let mut progress = Progress::new(6);
+    let underlay =
+        progress.step(&format!("underlay: switch and router, {} subnet(s)", options.subnets().len()), || {
+            Underlay::build(
+                Netns::named(&format!("{}-switch", state.name))?,
+                Netns::named(&format!("{}-router", state.name))?,
+                options.subnets(),
+            )
+        })?;
+    let gateway = underlay.gateway(0)?;
+    state.switch = underlay.switch.name.clone();
+    state.router = underlay.router.name.clone();
+    state.save(dir)?;
+
+    let store = match options.datastore {
+        Store::Sqlite => "sqlite",
+        Store::Etcd => "etcd",
+    };
+    progress.step(&format!("datastore: {store}"), || start_datastore(state, dir, gateway))?;
+    state.save(dir)?;
+
+    let addresses: Vec<std::net::Ipv4Addr> =
+        (0..options.nodes).map(|i| node_address(&options, i)).collect::<anyhow::Result<_>>()?;
+    progress.step("resources: pool, agent configuration, BGP topology", || {
+        apply(state, &options.resources(addresses[0]))
+    })?;
+
+    progress.step(&format!("nodes: {} namespaces on the underlay, brindle-node on each", options.nodes), || {
+        for i in 0..options.nodes {
+            start_node(state, &underlay, dir, i)?;
+            state.save(dir)?;
+        }
+        Ok(())
+    })?;
+    progress.step("agents ready (BGP sessions up, first sync programmed)", || wait_ready(state))?;
+    progress.step(&format!("pods: {} per node through the brindle CNI plugin", options.pods_per_node), || {
+        for i in 0..options.nodes {
+            for j in 0..options.pods_per_node {
+                add_pod(state, i, j)?;
+                state.save(dir)?;
+            }
+        }
+        Ok(())
+    })?;
+    underlay.keep();
+    Ok(())
+}
+
+/// Whether IP-in-IP can run: a fresh namespace has `tunl0` only with the ipip module.
+fn kernel_has_ipip() -> anyhow::Result<bool> {
+    let probe = Netns::new("brindle-lab", "probe")?;
+    Ok(probe.ip(&["link", "show"])?.contains("tunl0"))
+}
+
+fn node_address(options: &Options, i: usize) -> anyhow::Result<std::net::Ipv4Addr> {
+    let (subnet, host) = options.placement(i);
+    let net: ipnetwork::Ipv4Network = options.subnets()[subnet].parse()?;
+    net.nth(host).with_context(|| format!("{net} has no host {host}"))
+}
+
+fn start_datastore(state: &mut LabState, dir: &Path, gateway: std::net::Ipv4Addr) -> anyhow::Result<()> {
+    match state.options.datastore {
+        Store::Sqlite => {
+            state.datastore = format!("sqlite://{}", dir.join("brindle.db").display());
+            Ok(())
+        }
+        Store::Etcd => {
+            let client = format!("http://{gateway}:{ETCD_PORT}");
+            let log = std::fs::File::create(dir.join("etcd.log"))?;
+            let child = Command::new("ip")
+                .args(["netns", "exec", &state.router, "etcd", "--name=lab"])
+                .arg(format!("--data-dir={}", dir.join("etcd").display()))
+                .arg(format!("--listen-client-urls={client},http://127.0.0.1:{ETCD_PORT}"))
+                .arg(format!("--advertise-client-urls={client}"))
+                .args([
+                    "--listen-peer-urls=http://127.0.0.1:2380",
+                    "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                ])
+                .args(["--initial-cluster=lab=http://127.0.0.1:2380", "--log-level=warn"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .context("starting etcd (is etcd-server installed?)")?;
+            state.etcd_pid = Some(child.id());
+            state.datastore = format!("etcd://{gateway}:{ETCD_PORT}");
+            let router = PathBuf::from(format!("/var/run/netns/{}", state.router));
+            wait_for("etcd to become healthy", Duration::from_secs(20), || {
+                http_get(&router, ETCD_PORT, "/health").contains("\"health\":\"true\"")
+            })
+            .map_err(|e| e.context(std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default()))
+        }
+    }
+}
+
+/// Creates or replaces `yaml`'s resources, from inside the router's namespace (where an etcd
+/// datastore listens).
+pub fn apply(state: &LabState, yaml: &str) -> anyhow::Result<()> {
+    let resources = parse_documents(yaml)?;
+    let selection = state.datastore.clone();
+    in_netns(&state.router, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let client = brindle_datastore::Client::new(brindle_datastore::connect(&selection).await?);
+            for r in resources {
+                r.apply(&client).await?;
+            }
+            anyhow::Ok(())
+        })
+    })?
+}
+
+fn start_node(state: &mut LabState, underlay: &Underlay, dir: &Path, i: usize) -> anyhow::Result<()> {
+    let (subnet, host) = state.options.placement(i);
+    let netns = Netns::named(&format!("{}-{}", state.name, node_name(i)))?;
+    let address = underlay.attach(&netns, subnet, host)?;
+    let state_dir = dir.join("nodes").join(node_name(i));
+    std::fs::create_dir_all(&state_dir)?;
+    let log = dir.join(format!("{}.log", node_name(i)));
+    let child = Command::new("ip")
+        .args(["netns", "exec", &netns.name])
+        .arg(state.bin_dir.join("brindle-node"))
+        .args(["--datastore", &state.datastore, "--nodename", &node_name(i), "--log", "info"])
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .arg("--status-socket")
+        .arg(state_dir.join("node.sock"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .process_group(0)
+        .spawn()
+        .context("starting brindle-node")?;
+    state.nodes.push(LabNode {
+        name: node_name(i),
+        netns: netns.keep(),
+        address,
+        agent_pid: child.id(),
+        state_dir,
+        log,
+    });
+    Ok(())
+}
+
+fn wait_ready(state: &LabState) -> anyhow::Result<()> {
+    for node in &state.nodes {
+        let path = PathBuf::from(format!("/var/run/netns/{}", node.netns));
+        let mut exited = false;
+        wait_for(&format!("{} to become ready", node.name), SETTLE, || {
+            exited = !alive(node.agent_pid);
+            exited || http_get(&path, 9099, "/readiness").starts_with("HTTP/1.0 200")
+        })
+        .and_then(|()| match exited {
+            true => bail!("brindle-node on {} exited", node.name),
+            false => Ok(()),
+        })
+        .map_err(|e| {
+            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            e.context(format!(
+                "the last lines of {}:\n{}",
+                node.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// The CNI configuration node `i`'s runtime uses.
+fn cni_conf(state: &LabState, node: &LabNode) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "brindle",
+        "datastore": state.datastore,
+        "nodename_file": node.state_dir.join("nodename"),
+        "mtu_file": node.state_dir.join("mtu"),
+        "endpoint_record_dir": node.state_dir.join("endpoints"),
+        "ipam": {"type": "brindle-ipam"},
+    })
+}
+
+fn add_pod(state: &mut LabState, i: usize, j: usize) -> anyhow::Result<()> {
+    let name = pod_name(i, j);
+    let netns = Netns::named(&format!("{}-{name}", state.name))?;
+    let container_id = format!("{:032x}", (u128::from(std::process::id()) << 64) | ((i as u128) << 32) | j as u128);
+    let attachment = Attachment {
+        container_id: container_id.clone(),
+        netns: netns.path(),
+        ifname: "eth0".into(),
+        pod_namespace: "default".into(),
+        pod_name: name.clone(),
+    };
+    let node = &state.nodes[i];
+    let out = exec_in(
+        &node.netns,
+        &state.bin_dir.join("brindle"),
+        "ADD",
+        &cni_conf(state, node),
+        &attachment,
+        &state.bin_dir.display().to_string(),
+    )?;
+    let result = out.into_result().with_context(|| format!("CNI ADD for {name} on {}", node.name))?;
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .with_context(|| format!("CNI ADD for {name} gave no address: {result}"))?
+        .to_owned();
+    state.pods.push(LabPod { name, node: i, netns: netns.keep(), ip, container_id });
+    Ok(())
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("waited {within:?} for {what}")
+}

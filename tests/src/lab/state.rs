@@ -1,0 +1,124 @@
+//! What a running lab is made of, written when `up` succeeds and read by every later command:
+//! its namespaces, its processes' PIDs and its files, so `down` removes exactly those.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::topology::Options;
+
+/// The default parent of every lab's directory (gone on reboot, as the namespaces are).
+pub const DEFAULT_DIR: &str = "/var/run/brindle-lab";
+
+/// A lab that is up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    /// Its name (the prefix of its namespaces).
+    pub name: String,
+    /// What it was built with.
+    pub options: Options,
+    /// Where brindle's binaries were taken from.
+    pub bin_dir: PathBuf,
+    /// The datastore selection every component uses.
+    pub datastore: String,
+    /// The switch's namespace.
+    pub switch: String,
+    /// The router's namespace.
+    pub router: String,
+    /// etcd's PID when the datastore is etcd.
+    pub etcd_pid: Option<u32>,
+    /// The nodes.
+    pub nodes: Vec<LabNode>,
+    /// The pods.
+    pub pods: Vec<LabPod>,
+}
+
+/// One node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabNode {
+    /// Its name in the datastore.
+    pub name: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its underlay address.
+    pub address: std::net::Ipv4Addr,
+    /// brindle-node's PID.
+    pub agent_pid: u32,
+    /// Its agent's state directory (MTU and node-name files, status socket, endpoint records).
+    pub state_dir: PathBuf,
+    /// Its agent's log.
+    pub log: PathBuf,
+}
+
+impl LabNode {
+    /// The agent's status socket.
+    pub fn status_socket(&self) -> PathBuf {
+        self.state_dir.join("node.sock")
+    }
+}
+
+/// One pod.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabPod {
+    /// Its name (namespace `default`).
+    pub name: String,
+    /// The index of its node.
+    pub node: usize,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its IPv4 address.
+    pub ip: String,
+    /// The sandbox's container ID.
+    pub container_id: String,
+}
+
+/// The directory of lab `name` under `parent`.
+pub fn lab_dir(parent: &Path, name: &str) -> PathBuf {
+    parent.join(name)
+}
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+impl LabState {
+    /// Reads the state of the lab in `dir`.
+    pub fn load(dir: &Path) -> anyhow::Result<LabState> {
+        let path = state_file(dir);
+        let text = match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                anyhow::bail!("no lab is up here ({} does not exist); start one with `brindle-lab up`", path.display())
+            }
+            other => other.with_context(|| format!("reading {}", path.display()))?,
+        };
+        serde_json::from_str(&text).with_context(|| format!("{} is not a lab's state", path.display()))
+    }
+
+    /// Writes it atomically into `dir`.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let path = state_file(dir);
+        let staged = dir.join(".state.json.new");
+        std::fs::write(&staged, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", staged.display()))?;
+        std::fs::rename(&staged, &path).with_context(|| format!("installing {}", path.display()))
+    }
+
+    /// The namespace of a node, a pod, or `router`/`switch`, by name (or a node's index).
+    pub fn netns_of(&self, what: &str) -> anyhow::Result<&str> {
+        if let Some(node) = self.nodes.iter().enumerate().find(|(i, n)| n.name == what || i.to_string() == what) {
+            return Ok(&node.1.netns);
+        }
+        if let Some(pod) = self.pods.iter().find(|p| p.name == what) {
+            return Ok(&pod.netns);
+        }
+        match what {
+            "router" => Ok(&self.router),
+            "switch" => Ok(&self.switch),
+            _ => {
+                let nodes: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+                anyhow::bail!("no node, pod, router or switch named {what:?} in this lab (nodes: {})", nodes.join(", "))
+            }
+        }
+    }
+}

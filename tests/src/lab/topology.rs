@@ -1,0 +1,189 @@
+//! What a lab is made of, decided before anything is built: the options an operator gives,
+//! where each node sits on the underlay, and the resources that describe the cluster.
+
+use serde::{Deserialize, Serialize};
+
+/// How pod traffic crosses between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// VXLAN between every pair of nodes.
+    Vxlan,
+    /// VXLAN only between nodes in different subnets (two subnets and a router).
+    VxlanCrosssubnet,
+    /// IP-in-IP between every pair of nodes (needs the kernel's ipip module).
+    Ipip,
+    /// IP-in-IP only between subnets (needs the ipip module).
+    IpipCrosssubnet,
+    /// No encapsulation: nodes share one subnet and route pod addresses directly.
+    None,
+}
+
+/// How nodes learn each other's blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Peering {
+    /// The embedded BGP speaker, full node-to-node mesh.
+    Mesh,
+    /// The embedded BGP speaker, mesh off, node-0 a route reflector for the others.
+    Rr,
+    /// No BGP: routes come from the datastore (which node owns which block).
+    None,
+}
+
+/// Where the cluster's state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Store {
+    /// An SQLite file in the lab's directory.
+    Sqlite,
+    /// An etcd server in the router's namespace.
+    Etcd,
+}
+
+/// Everything `brindle-lab up` is asked for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Options {
+    /// How many nodes.
+    pub nodes: usize,
+    /// How many pods on each node.
+    pub pods_per_node: usize,
+    /// The encapsulation.
+    pub mode: Mode,
+    /// The BGP topology.
+    pub peering: Peering,
+    /// The datastore.
+    pub datastore: Store,
+}
+
+/// The underlay's subnets; CrossSubnet modes use both, the others the first.
+pub const SUBNETS: [&str; 2] = ["10.250.0.0/24", "10.250.1.0/24"];
+
+/// The pods' pool.
+pub const POOL_CIDR: &str = "10.244.0.0/16";
+
+/// The most nodes a lab has (host numbers .10 up in a /24).
+pub const MAX_NODES: usize = 200;
+
+/// The name an enum value has on the command line (`vxlan-crosssubnet`).
+pub fn cli_name<T: clap::ValueEnum>(value: &T) -> String {
+    value.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+}
+
+impl Mode {
+    /// Whether nodes sit in two subnets behind a router.
+    pub fn cross_subnet(self) -> bool {
+        matches!(self, Mode::VxlanCrosssubnet | Mode::IpipCrosssubnet)
+    }
+
+    /// Whether the mode needs the kernel's ipip module.
+    pub fn needs_ipip(self) -> bool {
+        matches!(self, Mode::Ipip | Mode::IpipCrosssubnet)
+    }
+
+    /// The pool's `ipipMode` and `vxlanMode`.
+    fn pool_modes(self) -> (&'static str, &'static str) {
+        match self {
+            Mode::Vxlan => ("Never", "Always"),
+            Mode::VxlanCrosssubnet => ("Never", "CrossSubnet"),
+            Mode::Ipip => ("Always", "Never"),
+            Mode::IpipCrosssubnet => ("CrossSubnet", "Never"),
+            Mode::None => ("Never", "Never"),
+        }
+    }
+}
+
+impl Options {
+    /// Rejects what cannot be built, saying why.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!((1..=MAX_NODES).contains(&self.nodes), "--nodes must be between 1 and {MAX_NODES}");
+        anyhow::ensure!(self.pods_per_node <= 50, "--pods-per-node must be at most 50");
+        Ok(())
+    }
+
+    /// Node `i`'s place on the underlay: (subnet index, host number).
+    pub fn placement(&self, i: usize) -> (usize, u32) {
+        let subnet = if self.mode.cross_subnet() { i % 2 } else { 0 };
+        (subnet, 10 + i as u32)
+    }
+
+    /// The subnets the underlay needs.
+    pub fn subnets(&self) -> &'static [&'static str] {
+        if self.mode.cross_subnet() { &SUBNETS } else { &SUBNETS[..1] }
+    }
+
+    /// The resources that make the cluster: the pool, the BGP backend and topology, and for
+    /// route reflection the reflector's Node (labelled, with a cluster ID) made before its
+    /// agent starts. `reflector_address` is node-0's underlay address.
+    pub fn resources(&self, reflector_address: std::net::Ipv4Addr) -> String {
+        let (ipip, vxlan) = self.mode.pool_modes();
+        let mut yaml = format!(
+            "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {{name: pods}}\n\
+             spec: {{cidr: {POOL_CIDR}, ipipMode: {ipip}, vxlanMode: {vxlan}, natOutgoing: true}}\n"
+        );
+        let backend = if self.peering == Peering::None { "None" } else { "Embedded" };
+        yaml += &format!(
+            "---\nkind: AgentConfiguration\napiVersion: brindle.io/v1\nmetadata: {{name: default}}\n\
+             spec: {{bgpBackend: {backend}}}\n"
+        );
+        if self.peering == Peering::Rr {
+            yaml += &format!(
+                "---\nkind: BGPConfiguration\napiVersion: brindle.io/v1\nmetadata: {{name: default}}\n\
+                 spec: {{nodeToNodeMeshEnabled: false}}\n\
+                 ---\nkind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {{name: to-reflectors}}\n\
+                 spec: {{nodeSelector: all(), peerSelector: route-reflector == 'true'}}\n\
+                 ---\nkind: Node\napiVersion: brindle.io/v1\n\
+                 metadata: {{name: {}, labels: {{route-reflector: 'true'}}}}\n\
+                 spec: {{bgp: {{ipv4Address: {reflector_address}/24, routeReflectorClusterID: 224.0.0.1}}}}\n",
+                node_name(0)
+            );
+        }
+        yaml
+    }
+}
+
+/// Node `i`'s name in the datastore.
+pub fn node_name(i: usize) -> String {
+    format!("node-{i}")
+}
+
+/// The name of pod `j` on node `i`.
+pub fn pod_name(i: usize, j: usize) -> String {
+    format!("pod-{i}-{j}")
+}
+
+#[cfg(test)]
+mod tests {
+    use brindle_datastore::resource::{AnyResource, parse_documents};
+
+    use super::*;
+
+    fn options(mode: Mode, peering: Peering) -> Options {
+        Options { nodes: 3, pods_per_node: 2, mode, peering, datastore: Store::Sqlite }
+    }
+
+    #[test]
+    fn the_resources_of_every_combination_are_valid() {
+        for mode in [Mode::Vxlan, Mode::VxlanCrosssubnet, Mode::Ipip, Mode::IpipCrosssubnet, Mode::None] {
+            for peering in [Peering::Mesh, Peering::Rr, Peering::None] {
+                let yaml = options(mode, peering).resources("10.250.0.10".parse().unwrap());
+                let resources = parse_documents(&yaml).unwrap_or_else(|e| panic!("{mode:?} {peering:?}: {e}"));
+                for r in &resources {
+                    r.validate().unwrap_or_else(|e| panic!("{mode:?} {peering:?}: {e}"));
+                }
+                let reflector = resources.iter().any(|r| matches!(r, AnyResource::Node(_)));
+                assert_eq!(reflector, peering == Peering::Rr);
+            }
+        }
+    }
+
+    #[test]
+    fn cross_subnet_modes_alternate_nodes_between_two_subnets() {
+        let cross = options(Mode::VxlanCrosssubnet, Peering::Mesh);
+        assert_eq!((0..3).map(|i| cross.placement(i)).collect::<Vec<_>>(), [(0, 10), (1, 11), (0, 12)]);
+        assert_eq!(cross.subnets().len(), 2);
+        let flat = options(Mode::None, Peering::None);
+        assert_eq!(flat.placement(2), (0, 12));
+        assert_eq!(flat.subnets().len(), 1);
+    }
+}

@@ -1,0 +1,153 @@
+//! `brindle-lab` as a newcomer runs it: `up` builds a cluster where every pod reaches every
+//! other, `status`, `ping` and `exec` work on it, and `down` leaves nothing behind: no
+//! namespace, no process, no file. A failed `up` leaves nothing either.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use brindle_e2e::lab::LabState;
+use brindle_e2e::netns::unique;
+use brindle_e2e::process::is_running;
+
+/// A lab directory and name unique to this test; whatever is left is taken down on drop.
+struct Lab {
+    name: String,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        Lab { name: format!("bl{}", unique()), dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_brindle-lab"))
+            .args(["--name", &self.name, "--dir"])
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(&self.name)
+    }
+
+    fn namespaces(&self) -> Vec<String> {
+        let listing = std::fs::read_dir("/var/run/netns").map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+        listing
+            .into_iter()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("{}-", self.name)))
+            .collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.state_dir().join("state.json").exists() {
+            let _ = self.run(&["down"]);
+        }
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// `up` with `args`, every check a newcomer would make, then `down` and nothing left.
+fn up_explore_down(args: &[&str], nodes: usize, pods: usize) {
+    let lab = Lab::new();
+    let out = lab.run(&[&["up"], args].concat());
+    assert!(out.status.success(), "up failed:\n{}", text(&out));
+    let shown = text(&out);
+    assert!(shown.contains(&format!("all {} pod pairs reach each other", pods * (pods - 1))), "{shown}");
+    assert!(shown.contains("[6/6]"), "progress is shown: {shown}");
+
+    let state = LabState::load(&lab.state_dir()).unwrap();
+    assert_eq!((state.nodes.len(), state.pods.len()), (nodes, pods));
+    assert!(state.nodes.iter().all(|n| is_running(n.agent_pid, "brindle-node")));
+
+    let status = lab.run(&["status"]);
+    let shown = text(&status);
+    assert!(status.status.success(), "{shown}");
+    assert_eq!(shown.matches("ready (pid").count(), nodes, "{shown}");
+    assert!(!shown.contains("Idle") && !shown.contains("Active"), "every BGP session is established: {shown}");
+
+    let ping = lab.run(&["ping"]);
+    assert!(ping.status.success(), "{}", text(&ping));
+
+    // exec runs in the node's namespace with the lab's datastore in the environment.
+    let routes = lab.run(&["exec", "node-1", "--", "ip", "route"]);
+    assert!(text(&routes).contains("proto 98"), "{}", text(&routes));
+    let env = lab.run(&["exec", "node-0", "--", "printenv", "BRINDLE_DATASTORE"]);
+    assert_eq!(String::from_utf8_lossy(&env.stdout).trim(), state.datastore);
+    let failing = lab.run(&["exec", "node-0", "--", "false"]);
+    assert_eq!(failing.status.code(), Some(1), "exec passes the command's exit code on");
+
+    // A second lab of the same name is refused, and the first one is untouched by that.
+    let again = lab.run(&["up"]);
+    assert!(!again.status.success() && text(&again).contains("take it down first"), "{}", text(&again));
+    assert!(lab.state_dir().join("state.json").exists());
+
+    let down = lab.run(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert_eq!(lab.namespaces(), Vec::<String>::new(), "namespaces left behind");
+    for node in &state.nodes {
+        assert!(!is_running(node.agent_pid, "brindle-node"), "{}'s agent still runs", node.name);
+    }
+    if let Some(pid) = state.etcd_pid {
+        assert!(!is_running(pid, "etcd"), "etcd still runs");
+    }
+    assert!(!lab.state_dir().exists(), "the lab's directory is left behind");
+    let status = lab.run(&["status"]);
+    assert!(!status.status.success() && text(&status).contains("no lab is up"), "{}", text(&status));
+}
+
+#[test]
+fn the_default_lab_comes_up_reaches_everything_and_goes_away_without_a_trace() {
+    up_explore_down(&[], 3, 6);
+}
+
+#[test]
+fn a_cross_subnet_lab_with_a_route_reflector_on_etcd_does_too() {
+    up_explore_down(
+        &[
+            "--nodes",
+            "4",
+            "--pods-per-node",
+            "1",
+            "--mode",
+            "vxlan-crosssubnet",
+            "--peering",
+            "rr",
+            "--datastore",
+            "etcd",
+        ],
+        4,
+        4,
+    );
+}
+
+#[test]
+fn a_failed_up_leaves_nothing_behind() {
+    let lab = Lab::new();
+    let missing = lab.run(&["up", "--bin-dir", "/nonexistent"]);
+    assert!(!missing.status.success());
+    assert!(text(&missing).contains("/nonexistent/brindle-node is missing"), "{}", text(&missing));
+    assert!(!lab.state_dir().exists());
+
+    // A failure in the middle of the build: the agents cannot be started from a directory
+    // holding stand-ins that exit at once.
+    let fake = tempfile::tempdir().unwrap();
+    for binary in brindle_e2e::lab::BINARIES {
+        let path = fake.path().join(binary);
+        std::fs::write(&path, "#!/bin/sh\nexit 1\n").unwrap();
+        Command::new("chmod").arg("755").arg(&path).status().unwrap();
+    }
+    let broken = lab.run(&["up", "--nodes", "2", "--bin-dir", &fake.path().display().to_string()]);
+    assert!(!broken.status.success());
+    assert!(text(&broken).contains("brindle-node on node-0 exited"), "{}", text(&broken));
+    assert_eq!(lab.namespaces(), Vec::<String>::new(), "namespaces left behind");
+    assert!(!lab.state_dir().exists());
+}
