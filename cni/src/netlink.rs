@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use crate::error::{Error, Result};
@@ -120,6 +121,38 @@ pub async fn routes(handle: &Handle, ipv6: bool) -> Result<Vec<RouteMessage>> {
         .try_collect()
         .await
         .map_err(|e| Error::Internal(format!("listing routes: {e}")))
+}
+
+/// A route attribute's address.
+pub fn route_address(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some((*v4).into()),
+        RouteAddress::Inet6(v6) => Some((*v6).into()),
+        _ => None,
+    }
+}
+
+/// A neighbour entry's link-layer address.
+pub fn neighbour_lladdr(m: &NeighbourMessage) -> Option<Vec<u8>> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(l) => Some(l.clone()),
+        _ => None,
+    })
+}
+
+/// A neighbour entry's IP: the neighbour's address (ARP, NDP), or the remote VTEP (FDB,
+/// where the bridge family leaves the address undecoded).
+pub fn neighbour_ip(m: &NeighbourMessage) -> Option<IpAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(&bytes[..]).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(&bytes[..]).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 /// Writes a sysctl through /proc (in the calling thread's network namespace).

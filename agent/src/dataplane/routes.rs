@@ -7,13 +7,11 @@ use std::net::IpAddr;
 
 use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use crate::calc::Target;
-use brindle_cni::netlink::ROUTE_PROTOCOL;
+use brindle_cni::netlink::{ROUTE_PROTOCOL, route_address};
 
 /// The devices routes leave through.
 #[derive(Debug, Clone, Default)]
@@ -77,14 +75,6 @@ fn shape_of(target: &Target, devices: &Devices) -> Option<Shape> {
     })
 }
 
-fn address(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some((*v4).into()),
-        RouteAddress::Inet6(v6) => Some((*v6).into()),
-        _ => None,
-    }
-}
-
 fn read_shape(r: &RouteMessage) -> Option<(IpNetwork, Shape)> {
     let mut dst = None;
     let mut shape = Shape {
@@ -95,8 +85,8 @@ fn read_shape(r: &RouteMessage) -> Option<(IpNetwork, Shape)> {
     };
     for attr in &r.attributes {
         match attr {
-            RouteAttribute::Destination(d) => dst = address(d),
-            RouteAttribute::Gateway(g) => shape.gateway = address(g),
+            RouteAttribute::Destination(d) => dst = route_address(d),
+            RouteAttribute::Gateway(g) => shape.gateway = route_address(g),
             RouteAttribute::Oif(i) => shape.oif = Some(*i),
             _ => {}
         }
@@ -217,7 +207,7 @@ mod tests {
 
     fn attributes(m: &RouteMessage) -> (Option<IpAddr>, Option<u32>) {
         let gateway =
-            m.attributes.iter().find_map(|a| if let RouteAttribute::Gateway(g) = a { address(g) } else { None });
+            m.attributes.iter().find_map(|a| if let RouteAttribute::Gateway(g) = a { route_address(g) } else { None });
         let oif = m.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None });
         (gateway, oif)
     }

@@ -7,10 +7,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
-};
+use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourMessage, NeighbourState};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
+
+use brindle_cni::netlink::{neighbour_ip, neighbour_lladdr};
 
 use crate::calc::Vtep;
 
@@ -139,28 +139,6 @@ pub async fn remove(handle: &Handle) -> anyhow::Result<bool> {
     Ok(brindle_cni::netlink::delete_link(handle, DEVICE).await?)
 }
 
-fn lladdr(m: &NeighbourMessage) -> Option<Vec<u8>> {
-    m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(l) => Some(l.clone()),
-        _ => None,
-    })
-}
-
-/// The entry's IP: the neighbour's address (ARP), or the remote VTEP (FDB, where the
-/// bridge family leaves the address undecoded).
-fn destination(m: &NeighbourMessage) -> Option<IpAddr> {
-    m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
-        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
-        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => match bytes.len() {
-            4 => <[u8; 4]>::try_from(&bytes[..]).ok().map(IpAddr::from),
-            16 => <[u8; 16]>::try_from(&bytes[..]).ok().map(IpAddr::from),
-            _ => None,
-        },
-        _ => None,
-    })
-}
-
 async fn neighbours(handle: &Handle, family: AddressFamily, index: u32) -> anyhow::Result<Vec<NeighbourMessage>> {
     let all: Vec<NeighbourMessage> =
         handle.neighbours().get().set_address_family(family).execute().try_collect().await?;
@@ -173,8 +151,8 @@ pub async fn sync_vteps(handle: &Handle, index: u32, vteps: &[Vtep]) -> anyhow::
     let arp = neighbours(handle, AddressFamily::Inet, index).await?;
     for vtep in vteps {
         let present = arp.iter().any(|m| {
-            destination(m) == Some(IpAddr::V4(vtep.tunnel_ip))
-                && lladdr(m).as_deref() == Some(&vtep.mac[..])
+            neighbour_ip(m) == Some(IpAddr::V4(vtep.tunnel_ip))
+                && neighbour_lladdr(m).as_deref() == Some(&vtep.mac[..])
                 && m.header.state == NeighbourState::Permanent
         });
         if !present {
@@ -192,17 +170,17 @@ pub async fn sync_vteps(handle: &Handle, index: u32, vteps: &[Vtep]) -> anyhow::
         }
     }
     for m in arp.iter().filter(|m| m.header.state == NeighbourState::Permanent) {
-        if !vteps.iter().any(|v| destination(m) == Some(IpAddr::V4(v.tunnel_ip))) {
-            tracing::debug!(ip = ?destination(m), "ARP entry removed");
+        if !vteps.iter().any(|v| neighbour_ip(m) == Some(IpAddr::V4(v.tunnel_ip))) {
+            tracing::debug!(ip = ?neighbour_ip(m), "ARP entry removed");
             handle.neighbours().del(m.clone()).execute().await?;
             changes += 1;
         }
     }
     let fdb = neighbours(handle, AddressFamily::Bridge, index).await?;
     for vtep in vteps {
-        let present = fdb
-            .iter()
-            .any(|m| lladdr(m).as_deref() == Some(&vtep.mac[..]) && destination(m) == Some(IpAddr::V4(vtep.node_ip)));
+        let present = fdb.iter().any(|m| {
+            neighbour_lladdr(m).as_deref() == Some(&vtep.mac[..]) && neighbour_ip(m) == Some(IpAddr::V4(vtep.node_ip))
+        });
         if !present {
             tracing::debug!(node = %vtep.node_ip, "FDB entry added");
             handle
@@ -218,12 +196,12 @@ pub async fn sync_vteps(handle: &Handle, index: u32, vteps: &[Vtep]) -> anyhow::
             changes += 1;
         }
     }
-    for m in fdb.iter().filter(|m| destination(m).is_some()) {
-        let wanted = vteps
-            .iter()
-            .any(|v| lladdr(m).as_deref() == Some(&v.mac[..]) && destination(m) == Some(IpAddr::V4(v.node_ip)));
+    for m in fdb.iter().filter(|m| neighbour_ip(m).is_some()) {
+        let wanted = vteps.iter().any(|v| {
+            neighbour_lladdr(m).as_deref() == Some(&v.mac[..]) && neighbour_ip(m) == Some(IpAddr::V4(v.node_ip))
+        });
         if !wanted {
-            tracing::debug!(node = ?destination(m), "FDB entry removed");
+            tracing::debug!(node = ?neighbour_ip(m), "FDB entry removed");
             handle.neighbours().del(m.clone()).execute().await?;
             changes += 1;
         }

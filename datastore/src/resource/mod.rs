@@ -342,7 +342,11 @@ pub fn parse_documents(text: &str) -> Result<Vec<AnyResource>> {
             single => vec![single],
         }
     } else {
-        serde_saphyr::from_multiple(text).map_err(|e| Error::Invalid(format!("YAML: {e}")))?
+        // YAML 1.2 booleans only: a label value such as `y` or `on` stays a string (the
+        // "Norway problem" of YAML 1.1).
+        let mut options = serde_saphyr::Options::default();
+        options.strict_booleans = true;
+        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| Error::Invalid(format!("YAML: {e}")))?
     };
     values
         .into_iter()

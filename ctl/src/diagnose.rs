@@ -1,0 +1,380 @@
+//! `diagnose POD_A POD_B`: the path between two pods explained. From the datastore: each
+//! pod's endpoint, address, block and owner, pool and encapsulation, and the nodes' tunnel
+//! settings; from that, the route each node should have toward the other pod. Run on one of
+//! the two nodes, it also reads that node's kernel — the pod's veth and host route, proxy ARP,
+//! the route toward the other pod, the VXLAN device with its ARP and FDB entries, MTUs — and
+//! says exactly what is missing.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use anyhow::{Context, bail};
+use brindle_datastore::Client;
+use brindle_datastore::ipam::{Block, Ipam};
+use brindle_datastore::resource::{EncapMode, IpPool, Node, Resource, WorkloadEndpoint};
+use ipnetwork::IpNetwork;
+
+use crate::kernel::Kernel;
+
+/// The VXLAN device the agent makes.
+const VXLAN_DEVICE: &str = "vxlan.brindle";
+/// The IP-in-IP device.
+const IPIP_DEVICE: &str = "tunl0";
+
+/// One pod as the datastore knows it.
+#[derive(Debug, Clone)]
+struct Pod {
+    endpoint: Resource<WorkloadEndpoint>,
+    ip: IpAddr,
+    block: Option<Block>,
+    pool: Option<Resource<IpPool>>,
+    node: Option<Resource<Node>>,
+}
+
+impl Pod {
+    fn label(&self) -> String {
+        format!("{}/{}", self.endpoint.metadata.namespace.as_deref().unwrap_or("default"), self.endpoint.spec.pod)
+    }
+    fn node_name(&self) -> &str {
+        &self.endpoint.spec.node
+    }
+}
+
+/// How traffic from one node reaches another's pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Hop {
+    /// Both pods on one node: the other pod's host route.
+    Local,
+    /// Through vxlan.brindle to the far node's tunnel address.
+    Vxlan { tunnel: IpAddr, mac: String, underlay: IpAddr },
+    /// Through tunl0 to the far node's address.
+    Ipip { underlay: IpAddr },
+    /// Straight to the far node's address.
+    Direct { underlay: IpAddr },
+}
+
+/// What diagnose found, as lines of checks in sections.
+#[derive(Debug, Default)]
+pub struct Findings {
+    text: String,
+    problems: usize,
+}
+
+impl Findings {
+    fn section(&mut self, title: &str) {
+        let _ = writeln!(self.text, "\n{title}");
+    }
+    fn ok(&mut self, line: impl AsRef<str>) {
+        let _ = writeln!(self.text, "  ✓ {}", line.as_ref());
+    }
+    fn note(&mut self, line: impl AsRef<str>) {
+        let _ = writeln!(self.text, "  · {}", line.as_ref());
+    }
+    fn problem(&mut self, line: impl AsRef<str>) {
+        self.problems += 1;
+        let _ = writeln!(self.text, "  ✗ {}", line.as_ref());
+    }
+    fn check(&mut self, good: bool, ok: impl AsRef<str>, bad: impl AsRef<str>) {
+        if good { self.ok(ok) } else { self.problem(bad) }
+    }
+
+    /// How many problems were found.
+    pub fn problems(&self) -> usize {
+        self.problems
+    }
+
+    /// The report.
+    pub fn render(&self) -> String {
+        let verdict = match self.problems {
+            0 => "\nNo problem found on the path.\n".to_owned(),
+            n => format!("\n{n} problem(s) found; each ✗ line says what is missing.\n"),
+        };
+        format!("{}{verdict}", self.text.trim_start_matches('\n'))
+    }
+}
+
+/// Finds a pod's endpoint by `namespace/name`, `name` (namespace default) or IP.
+fn find_endpoint<'a>(
+    endpoints: &'a [Resource<WorkloadEndpoint>],
+    what: &str,
+) -> anyhow::Result<&'a Resource<WorkloadEndpoint>> {
+    if let Ok(ip) = what.parse::<IpAddr>() {
+        return endpoints
+            .iter()
+            .find(|e| e.spec.ip_networks.iter().any(|n| n.ip() == ip))
+            .with_context(|| format!("no WorkloadEndpoint has address {ip}"));
+    }
+    let (namespace, pod) = what.split_once('/').unwrap_or(("default", what));
+    endpoints.iter().find(|e| e.spec.pod == pod && e.metadata.namespace.as_deref() == Some(namespace)).with_context(
+        || format!("no WorkloadEndpoint for pod {namespace}/{pod} (is it running, and wired by brindle?)"),
+    )
+}
+
+async fn load_pod(
+    what: &str,
+    endpoints: &[Resource<WorkloadEndpoint>],
+    blocks: &[Block],
+    pools: &[Resource<IpPool>],
+    nodes: &[Resource<Node>],
+) -> anyhow::Result<Pod> {
+    let endpoint = find_endpoint(endpoints, what)?.clone();
+    let Some(ip) = endpoint.spec.ip_networks.iter().map(IpNetwork::ip).find(IpAddr::is_ipv4) else {
+        bail!("WorkloadEndpoint {} has no IPv4 address", endpoint.metadata.name);
+    };
+    Ok(Pod {
+        ip,
+        block: blocks.iter().find(|b| b.cidr.contains(ip)).cloned(),
+        pool: pools.iter().find(|p| p.spec.cidr.contains(ip)).cloned(),
+        node: nodes.iter().find(|n| n.metadata.name == endpoint.spec.node).cloned(),
+        endpoint,
+    })
+}
+
+/// Checks what the datastore says about one pod.
+fn datastore_checks(f: &mut Findings, pod: &Pod) {
+    f.section(&format!("{} — datastore", pod.label()));
+    f.ok(format!(
+        "WorkloadEndpoint {}: address {}, node {}, host veth {}",
+        pod.endpoint.metadata.name,
+        pod.ip,
+        pod.node_name(),
+        pod.endpoint.spec.interface_name
+    ));
+    match &pod.pool {
+        Some(pool) => f.ok(format!(
+            "IPPool {} ({}): ipipMode {:?}, vxlanMode {:?}{}",
+            pool.metadata.name,
+            pool.spec.cidr,
+            pool.spec.ipip_mode,
+            pool.spec.vxlan_mode,
+            if pool.spec.disabled { ", disabled for new pods" } else { "" }
+        )),
+        None => f.problem(format!("{} is in no IPPool: no node routes it", pod.ip)),
+    }
+    match &pod.block {
+        None => f.problem(format!("no IPAM block holds {}: the address is not allocated", pod.ip)),
+        Some(block) => {
+            let owner = block.owner.as_deref().unwrap_or("(none)");
+            let holder = block.holder(pod.ip);
+            let container = &pod.endpoint.spec.container_id;
+            match holder {
+                Some(a) if a.handle.ends_with(container.as_str()) => f.ok(format!(
+                    "block {} (owner {owner}) holds {} for this pod (handle {})",
+                    block.cidr, pod.ip, a.handle
+                )),
+                Some(a) => f.problem(format!(
+                    "block {} holds {} for handle {}, not for this pod's container {container}: two pods share an address",
+                    block.cidr, pod.ip, a.handle
+                )),
+                None => f.problem(format!(
+                    "block {} does not hold {}: IPAM thinks the address is free and may give it to another pod",
+                    block.cidr, pod.ip
+                )),
+            }
+            if block.owner.as_deref() != Some(pod.node_name()) {
+                f.note(format!(
+                    "the address is borrowed from {owner}'s block; nodes route it as a /32 to {}",
+                    pod.node_name()
+                ));
+            }
+        }
+    }
+    match &pod.node {
+        None => f.problem(format!("Node {} does not exist", pod.node_name())),
+        Some(node) => match node.spec.ipv4() {
+            Some(address) => f.ok(format!("Node {}: address {address}", node.metadata.name)),
+            None => {
+                f.problem(format!("Node {} has no IPv4 address: other nodes cannot route to it", node.metadata.name))
+            }
+        },
+    }
+}
+
+/// How `from`'s node sends to `to`'s pods, per `to`'s pool; an error in words when the
+/// datastore lacks what the hop needs.
+fn hop(from: &Pod, to: &Pod) -> Result<Hop, String> {
+    if from.node_name() == to.node_name() {
+        return Ok(Hop::Local);
+    }
+    let pool = to.pool.as_ref().ok_or("the destination is in no pool")?;
+    let far = to.node.as_ref().ok_or_else(|| format!("node {} does not exist", to.node_name()))?;
+    let far_address = far.spec.ipv4().ok_or_else(|| format!("node {} has no IPv4 address", to.node_name()))?;
+    let near_address = from.node.as_ref().and_then(|n| n.spec.ipv4());
+    let same_subnet = near_address.is_some_and(|near| near.contains(far_address.ip()));
+    let encap = |mode: EncapMode| match mode {
+        EncapMode::Always => true,
+        EncapMode::CrossSubnet => !same_subnet,
+        EncapMode::Never => false,
+    };
+    if encap(pool.spec.vxlan_mode) {
+        let tunnel = far.spec.ipv4_vxlan_tunnel_addr.ok_or_else(|| {
+            format!("node {} has no ipv4VXLANTunnelAddr yet (its agent assigns one at start)", to.node_name())
+        })?;
+        let mac = far
+            .spec
+            .vxlan_tunnel_mac_addr
+            .clone()
+            .ok_or_else(|| format!("node {} has no vxlanTunnelMACAddr yet", to.node_name()))?;
+        return Ok(Hop::Vxlan { tunnel: tunnel.into(), mac, underlay: far_address.ip() });
+    }
+    if encap(pool.spec.ipip_mode) {
+        return Ok(Hop::Ipip { underlay: far_address.ip() });
+    }
+    Ok(Hop::Direct { underlay: far_address.ip() })
+}
+
+/// The prefix `from`'s node routes toward `to`: its whole block when `to`'s node owns the
+/// block, its /32 when the address is borrowed.
+fn destination(to: &Pod) -> IpNetwork {
+    match &to.block {
+        Some(b) if b.owner.as_deref() == Some(to.node_name()) => b.cidr,
+        _ => IpNetwork::new(to.ip, 32).expect("a /32 is valid"),
+    }
+}
+
+fn describe_hop(hop: &Hop, to: &Pod) -> String {
+    let dst = destination(to);
+    match hop {
+        Hop::Local => format!("same node: {} dev {}", to.ip, to.endpoint.spec.interface_name),
+        Hop::Vxlan { tunnel, underlay, .. } => {
+            format!("VXLAN: {dst} via {tunnel} dev {VXLAN_DEVICE} onlink (to node {} at {underlay})", to.node_name())
+        }
+        Hop::Ipip { underlay } => format!("IP-in-IP: {dst} via {underlay} dev {IPIP_DEVICE} onlink"),
+        Hop::Direct { underlay } => format!("no encapsulation: {dst} via {underlay}"),
+    }
+}
+
+/// Checks this node's kernel for the local pod `here` and the path to `there`.
+fn kernel_checks(f: &mut Findings, kernel: &Kernel, here: &Pod, there: &Pod, hop: Option<&Hop>) {
+    f.section(&format!("{} — kernel of {} (this node)", here.label(), here.node_name()));
+    let veth = &here.endpoint.spec.interface_name;
+    match kernel.link(veth) {
+        None => f.problem(format!("host veth {veth} does not exist: the pod is cut off (re-create the pod)")),
+        Some(link) => {
+            f.check(link.up, format!("host veth {veth} is up, MTU {}", link.mtu), format!("host veth {veth} is down"));
+            let proxy_arp = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{veth}/proxy_arp"))
+                .map(|v| v.trim() == "1")
+                .unwrap_or(false);
+            f.check(
+                proxy_arp,
+                format!("proxy ARP on {veth}: the pod's gateway 169.254.1.1 answers"),
+                format!("proxy ARP is off on {veth}: the pod cannot resolve its gateway 169.254.1.1"),
+            );
+            if let Some(vxlan) = kernel.link(VXLAN_DEVICE)
+                && matches!(hop, Some(Hop::Vxlan { .. }))
+                && link.mtu > vxlan.mtu
+            {
+                f.problem(format!(
+                    "the pod's MTU {} is larger than {VXLAN_DEVICE}'s {}: large packets across nodes are dropped",
+                    link.mtu, vxlan.mtu
+                ));
+            }
+        }
+    }
+    match kernel.route_to(here.ip) {
+        Some(r) if r.device.as_deref() == Some(veth.as_str()) && r.dst.prefix() == 32 => {
+            f.ok(format!("host route to the pod: {r}"))
+        }
+        other => f.problem(format!(
+            "no host route {}/32 dev {veth} (the kernel would use: {}); the agent repairs this on its next resync",
+            here.ip,
+            other.map_or("nothing".to_owned(), ToString::to_string)
+        )),
+    }
+
+    f.section(&format!("toward {} ({} on {})", there.label(), there.ip, there.node_name()));
+    let Some(hop) = hop else {
+        f.problem("cannot tell how this node should reach it (see the datastore problems above)");
+        return;
+    };
+    f.note(format!("expected: {}", describe_hop(hop, there)));
+    let actual = kernel.route_to(there.ip);
+    let shown = actual.map_or("no route at all".to_owned(), ToString::to_string);
+    let dst = destination(there);
+    let (device, gateway): (String, Option<IpAddr>) = match hop {
+        Hop::Local => (there.endpoint.spec.interface_name.clone(), None),
+        Hop::Vxlan { tunnel, .. } => (VXLAN_DEVICE.into(), Some(*tunnel)),
+        Hop::Ipip { underlay } => (IPIP_DEVICE.into(), Some(*underlay)),
+        Hop::Direct { underlay } => (String::new(), Some(*underlay)),
+    };
+    let matches = actual.is_some_and(|r| {
+        !r.blackhole && r.gateway == gateway && (device.is_empty() || r.device.as_deref() == Some(device.as_str()))
+    });
+    if matches {
+        f.ok(format!("route: {shown}"));
+    } else {
+        let expected = if *hop == Hop::Local { format!("{}/32", there.ip) } else { dst.to_string() };
+        f.problem(format!(
+            "route to {expected} is missing or wrong: the kernel uses `{shown}`; brindle-node programs it from {} \
+             (check `brindlectl node status` on this node)",
+            if matches!(hop, Hop::Local) { "the pod's endpoint" } else { "BGP or the datastore" }
+        ));
+    }
+    if let Hop::Vxlan { tunnel, mac, underlay } = hop {
+        match kernel.link(VXLAN_DEVICE) {
+            None => f.problem(format!("{VXLAN_DEVICE} does not exist")),
+            Some(dev) => {
+                f.check(dev.up, format!("{VXLAN_DEVICE} is up, MTU {}", dev.mtu), format!("{VXLAN_DEVICE} is down"));
+                let arp = kernel.arp.iter().any(|n| n.index == dev.index && n.ip == *tunnel && n.mac == *mac);
+                f.check(
+                    arp,
+                    format!("ARP: {tunnel} is at {mac}"),
+                    format!(
+                        "no ARP entry {tunnel} lladdr {mac} on {VXLAN_DEVICE}: packets stop at neighbour resolution"
+                    ),
+                );
+                let fdb = kernel.fdb.iter().any(|n| n.index == dev.index && n.mac == *mac && n.ip == *underlay);
+                f.check(
+                    fdb,
+                    format!("FDB: {mac} is behind {underlay}"),
+                    format!(
+                        "no FDB entry {mac} dst {underlay} on {VXLAN_DEVICE}: the encapsulated packet has nowhere to go"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Explains the path between pods `a` and `b`. `local_node` is where this runs (its kernel is
+/// read when it hosts one of the pods).
+pub async fn diagnose(client: &Client, a: &str, b: &str, local_node: Option<&str>) -> anyhow::Result<Findings> {
+    let (endpoints, _) = client.list::<WorkloadEndpoint>().await?;
+    let (pools, _) = client.list::<IpPool>().await?;
+    let (nodes, _) = client.list::<Node>().await?;
+    let blocks: Vec<Block> = Ipam::new(client.clone()).blocks().await?.into_iter().map(|(b, _)| b).collect();
+    let a = load_pod(a, &endpoints, &blocks, &pools, &nodes).await?;
+    let b = load_pod(b, &endpoints, &blocks, &pools, &nodes).await?;
+
+    let mut f = Findings::default();
+    datastore_checks(&mut f, &a);
+    datastore_checks(&mut f, &b);
+    f.section("path");
+    let a_to_b = hop(&a, &b);
+    let b_to_a = hop(&b, &a);
+    for (from, to, hop) in [(&a, &b, &a_to_b), (&b, &a, &b_to_a)] {
+        match hop {
+            Ok(h) => f.ok(format!("{} → {}: {}", from.node_name(), to.label(), describe_hop(h, to))),
+            Err(why) => f.problem(format!("{} → {}: {why}", from.node_name(), to.label())),
+        }
+    }
+
+    let here = local_node.filter(|n| *n == a.node_name() || *n == b.node_name());
+    match here {
+        None => f.note(format!(
+            "run this on {} or {} to check their kernels too (this is {})",
+            a.node_name(),
+            b.node_name(),
+            local_node.unwrap_or("an unknown node")
+        )),
+        Some(node) => {
+            let kernel = Kernel::read().await.context("reading this node's routes and neighbours")?;
+            for (pod, other, hop) in [(&a, &b, &a_to_b), (&b, &a, &b_to_a)] {
+                if pod.node_name() == node {
+                    kernel_checks(&mut f, &kernel, pod, other, hop.as_ref().ok());
+                }
+            }
+        }
+    }
+    Ok(f)
+}

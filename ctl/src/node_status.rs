@@ -1,0 +1,88 @@
+//! `node status`: what the local agent says on its status socket — its sync state, problems,
+//! and BGP peers.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::output::table;
+
+/// The agent's default status socket.
+pub const DEFAULT_SOCKET: &str = "/var/run/brindle/node.sock";
+
+/// Asks the agent listening on `socket`.
+pub fn query(socket: &Path) -> anyhow::Result<Value> {
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!("cannot reach brindle-node's status socket {} (is the agent running on this node?)", socket.display())
+    })?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).with_context(|| format!("reading {}", socket.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("brindle-node answered something that is not JSON: {text}"))
+}
+
+fn since(epoch_secs: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = now.saturating_sub(epoch_secs);
+    match secs {
+        0..120 => format!("{secs}s ago"),
+        120..7200 => format!("{}m ago", secs / 60),
+        7200..172800 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+/// The status as tables.
+pub fn render(status: &Value) -> String {
+    let mut out = format!(
+        "brindle-node on {} is {}\n",
+        status["node"].as_str().unwrap_or("?"),
+        if status["ready"] == true { "ready (in sync with the datastore, dataplane programmed)" } else { "not ready" }
+    );
+    for problem in status["problems"].as_array().into_iter().flatten() {
+        out += &format!("problem: {}\n", problem.as_str().unwrap_or_default());
+    }
+    match status["bgp"]["peers"].as_array() {
+        None => out += "\nBGP is off on this node (routes between nodes come from the datastore)\n",
+        Some(peers) if peers.is_empty() => out += "\nBGP is on, with no peers configured\n",
+        Some(peers) => {
+            let rows: Vec<Vec<String>> = peers
+                .iter()
+                .map(|p| {
+                    vec![
+                        p["address"].as_str().unwrap_or("?").to_owned(),
+                        p["type"].as_str().unwrap_or("?").to_owned(),
+                        p["state"].as_str().unwrap_or("?").to_owned(),
+                        since(p["since"].as_u64().unwrap_or(0)),
+                        format!("{} in, {} out", p["routes"], p["advertised"]),
+                        p["reason"].as_str().unwrap_or("").to_owned(),
+                    ]
+                })
+                .collect();
+            out += "\nBGP peers:\n";
+            out += &table(&["PEER", "TYPE", "STATE", "SINCE", "ROUTES", "INFO"].map(String::from), &rows);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_down_show_their_reason() {
+        let status = serde_json::json!({
+            "node": "n1", "ready": false, "problems": ["IP-in-IP needs the ipip module"],
+            "bgp": {"peers": [{"address": "10.0.0.2", "type": "mesh", "state": "Active", "since": 0,
+                               "reason": "connection refused", "routes": 0, "advertised": 0}]}
+        });
+        let shown = render(&status);
+        assert!(shown.contains("not ready") && shown.contains("problem: IP-in-IP"), "{shown}");
+        let row = shown.lines().find(|l| l.starts_with("10.0.0.2")).unwrap();
+        assert!(row.contains("mesh") && row.contains("Active") && row.ends_with("connection refused"), "{row}");
+    }
+}

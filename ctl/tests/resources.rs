@@ -1,0 +1,213 @@
+//! brindlectl against both datastore backends, as an operator runs it: files of resources
+//! created, read back in every format, replaced, labelled, patched and deleted; validation
+//! errors that name the resource, field and problem; `ipam check` finding a planted leak and
+//! `ipam release --from-report` giving it back.
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+
+use brindle_datastore::testing::{Backend, TestStore};
+
+const RESOURCES: &str = "\
+kind: IPPool
+apiVersion: brindle.io/v1
+metadata: {name: pods}
+spec: {cidr: 10.244.0.0/16, vxlanMode: Always}
+---
+kind: BGPPeer
+apiVersion: brindle.io/v1
+metadata: {name: tor}
+spec: {peerIP: 10.0.0.254, asNumber: 65001}
+";
+
+struct Ctl {
+    store: TestStore,
+    scratch: tempfile::TempDir,
+}
+
+impl Ctl {
+    fn new(backend: Backend) -> Ctl {
+        Ctl { store: TestStore::start(backend).unwrap(), scratch: tempfile::tempdir().unwrap() }
+    }
+
+    /// Runs brindlectl with the datastore in BRINDLE_DATASTORE and `stdin`.
+    fn run_with(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_brindlectl"))
+            .args(args)
+            .args(["--config", "/nonexistent"])
+            .env("BRINDLE_DATASTORE", self.store.selection())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, "")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "brindlectl {args:?} failed: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn file(&self, name: &str, content: &str) -> String {
+        let path = self.scratch.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn round_trips(backend: Backend) {
+    let ctl = Ctl::new(backend);
+    let file = ctl.file("resources.yaml", RESOURCES);
+    let created = ctl.ok(&["create", "-f", &file]);
+    assert_eq!(created, "IPPool \"pods\" created\nBGPPeer \"tor\" created\n");
+    let again = ctl.run(&["create", "-f", &file]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again).contains("IPPool \"pods\" already exists"), "{}", text(&again));
+
+    // What get prints in YAML or JSON goes back in unchanged.
+    for format in ["yaml", "json"] {
+        let shown = ctl.ok(&["get", "ippools", "-o", format]);
+        let back = ctl.run_with(&["apply", "-f", "-"], &shown);
+        assert_eq!(String::from_utf8_lossy(&back.stdout), "IPPool \"pods\" unchanged\n", "{format}: {}", text(&back));
+    }
+    let table = ctl.ok(&["get", "ippool", "pods"]);
+    assert!(
+        table.lines().nth(1).unwrap().split_whitespace().eq([
+            "pods",
+            "10.244.0.0/16",
+            "Never",
+            "Always",
+            "false",
+            "false"
+        ]),
+        "{table}"
+    );
+    let peers = ctl.ok(&["get", "bgpp", "-o", "wide"]);
+    assert!(peers.contains("10.0.0.254") && peers.contains("65001"), "{peers}");
+
+    // apply changes, replace needs the resource to exist, label and patch edit in place.
+    let changed = RESOURCES.replace("vxlanMode: Always", "vxlanMode: CrossSubnet");
+    assert!(ctl.run_with(&["apply", "-f", "-"], &changed).status.success());
+    assert!(ctl.ok(&["get", "ippool", "pods", "-o", "json"]).contains("\"CrossSubnet\""));
+    let missing = ctl.run_with(&["replace", "-f", "-"], &RESOURCES.replace("name: tor", "name: nobody"));
+    assert!(
+        text(&missing).contains("BGPPeer \"nobody\"") && text(&missing).contains("not found"),
+        "{}",
+        text(&missing)
+    );
+    ctl.ok(&["label", "ippool", "pods", "team=net"]);
+    let relabel = ctl.run(&["label", "ippool", "pods", "team=other"]);
+    assert!(!relabel.status.success() && text(&relabel).contains("--overwrite"), "{}", text(&relabel));
+    ctl.ok(&["patch", "ippool", "pods", "-p", r#"{"spec":{"natOutgoing":true}}"#]);
+    let pool = ctl.ok(&["get", "ippool", "pods", "-o", "json"]);
+    let pool: serde_json::Value = serde_json::from_str(&pool).unwrap();
+    assert_eq!(
+        (pool["metadata"]["labels"]["team"].as_str(), pool["spec"]["natOutgoing"].as_bool()),
+        (Some("net"), Some(true))
+    );
+    let bad_patch = ctl.run(&["patch", "ippool", "pods", "-p", r#"{"spec":{"blockSize":99}}"#]);
+    assert_eq!(bad_patch.status.code(), Some(1));
+    assert!(text(&bad_patch).contains("IPPool \"pods\" is invalid: spec.blockSize"), "{}", text(&bad_patch));
+
+    // Validation errors name the resource, the field and the problem; nothing is written.
+    let overlapping =
+        "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: other}\nspec: {cidr: 10.244.128.0/17}\n";
+    let out = ctl.run_with(&["create", "-f", "-"], overlapping);
+    assert!(
+        text(&out).contains("IPPool \"other\" is invalid: spec.cidr \"10.244.128.0/17\": overlaps IPPool \"pods\""),
+        "{}",
+        text(&out)
+    );
+    let typo =
+        "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: t}\nspec: {cidr: 10.9.0.0/16, natOutgoin: true}\n";
+    let out = ctl.run_with(&["apply", "-f", "-"], typo);
+    assert!(text(&out).contains("spec") && text(&out).contains("natOutgoin"), "{}", text(&out));
+    assert!(!ctl.ok(&["get", "ippools"]).contains("other"));
+    let unknown = ctl.run(&["get", "widgets"]);
+    assert!(text(&unknown).contains("unknown kind \"widgets\""), "{}", text(&unknown));
+
+    assert_eq!(ctl.ok(&["delete", "-f", &file]), "IPPool \"pods\" deleted\nBGPPeer \"tor\" deleted\n");
+    let gone = ctl.run(&["delete", "ippool", "pods"]);
+    assert!(text(&gone).contains("IPPool \"pods\"") && text(&gone).contains("not found"), "{}", text(&gone));
+}
+
+#[test]
+fn resources_round_trip_on_sqlite() {
+    round_trips(Backend::Sqlite);
+}
+
+#[test]
+fn resources_round_trip_on_etcd() {
+    round_trips(Backend::Etcd);
+}
+
+#[test]
+fn ipam_check_finds_a_planted_leak_and_release_from_report_frees_it() {
+    let ctl = Ctl::new(Backend::Sqlite);
+    ctl.ok(&["create", "-f", &ctl.file("pool.yaml", RESOURCES)]);
+    ctl.ok(&[
+        "create",
+        "-f",
+        &ctl.file("node.yaml", "kind: Node\napiVersion: brindle.io/v1\nmetadata: {name: n1}\nspec: {}\n"),
+    ]);
+    // A pod's address whose pod never got (or lost) its endpoint: a leak.
+    let selection = ctl.store.selection();
+    let leaked = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let client = brindle_datastore::Client::new(brindle_datastore::connect(&selection).await.unwrap());
+        let request = brindle_datastore::ipam::AllocateRequest {
+            holder: brindle_datastore::ipam::Allocation {
+                handle: "k8s-pod-network.deadbeef".into(),
+                node: "n1".into(),
+                pod: Some("ghost".into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            ipv4: 1,
+            ..Default::default()
+        };
+        brindle_datastore::ipam::Ipam::new(client).allocate(&request).await.unwrap()[0].ip
+    });
+
+    let report = ctl.scratch.path().join("report.json").display().to_string();
+    let check = ctl.run(&["ipam", "check", "-o", &report]);
+    assert_eq!(check.status.code(), Some(3), "{}", text(&check));
+    assert!(text(&check).contains(&leaked.to_string()) && text(&check).contains("default/ghost"), "{}", text(&check));
+    let shown = ctl.ok(&["ipam", "show", "--ip", &leaked.to_string()]);
+    assert!(shown.contains("is in use") && shown.contains("k8s-pod-network.deadbeef"), "{shown}");
+    assert!(ctl.ok(&["ipam", "show", "--show-blocks"]).contains("n1"));
+
+    assert!(ctl.ok(&["ipam", "release", "--from-report", &report]).starts_with("released 1 of 1"));
+    assert!(ctl.ok(&["ipam", "show", "--ip", &leaked.to_string()]).contains("is free"));
+    assert_eq!(ctl.run(&["ipam", "check"]).status.code(), Some(0));
+    // A second release from the same report changes nothing.
+    assert!(ctl.ok(&["ipam", "release", "--from-report", &report]).starts_with("released 0 of 1"));
+}
+
+#[test]
+fn an_unreachable_datastore_and_a_missing_agent_are_clear_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_brindlectl"))
+        .args(["--datastore", "etcd://127.0.0.1:1?timeout=1s", "get", "ippools"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).starts_with("brindlectl: "), "{}", text(&out));
+    let out = Command::new(env!("CARGO_BIN_EXE_brindlectl"))
+        .args(["node", "status", "--socket", "/nonexistent/node.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("is the agent running on this node?"), "{}", text(&out));
+    let usage = Command::new(env!("CARGO_BIN_EXE_brindlectl")).args(["get"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+}
