@@ -12,6 +12,7 @@ packages=(
     bird2 gobgpd                 # reference BGP speakers for interop tests and benchmarks
     iptables ipset iputils-ping  # the dataplane's firewall and pool sets; reachability checks in tests
     containernetworking-plugins  # reference CNI plugins (ptp, host-local, portmap, bandwidth)
+    python3 python3-pip          # kubernetes-validate checks the manifest against Kubernetes' schema
 )
 
 missing=()
@@ -26,6 +27,13 @@ if ((${#missing[@]})); then
     echo "install-deps: installing ${missing[*]}" >&2
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The manifest's schema check: kubernetes-validate from PyPI (Debian does not package it).
+if ! command -v kubernetes-validate >/dev/null; then
+    echo "install-deps: installing kubernetes-validate" >&2
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate 2>/dev/null \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubernetes-validate
 fi
 
 # The Rust toolchain (1.89 or newer) comes from rustup; Debian 12's cargo is too old.

@@ -1,0 +1,38 @@
+#!/bin/sh
+# brindle's install-cni step, run by the DaemonSet's init container on every node: copies the
+# CNI plugins into the host's CNI bin directory (atomically, so a runtime never executes a
+# half-written binary) and writes the network configuration list from CNI_NETWORK_CONFIG with
+# its placeholders filled in. Safe to run again; it only replaces what differs.
+set -eu
+
+bin_src=${BRINDLE_BIN_DIR:-/usr/local/bin}
+bin_dst=${HOST_CNI_BIN_DIR:-/host/opt/cni/bin}
+net_dst=${HOST_CNI_NET_DIR:-/host/etc/cni/net.d}
+conf_name=${CNI_CONF_NAME:-10-brindle.conflist}
+: "${CNI_NETWORK_CONFIG:?CNI_NETWORK_CONFIG must hold the conflist template}"
+: "${KUBERNETES_NODE_NAME:?KUBERNETES_NODE_NAME must be the node name}"
+
+mkdir -p "$bin_dst" "$net_dst"
+for plugin in brindle brindle-ipam; do
+    if ! cmp -s "$bin_src/$plugin" "$bin_dst/$plugin"; then
+        cp "$bin_src/$plugin" "$bin_dst/.$plugin.new"
+        chmod 0755 "$bin_dst/.$plugin.new"
+        mv -f "$bin_dst/.$plugin.new" "$bin_dst/$plugin"
+        echo "install-cni: installed $bin_dst/$plugin"
+    fi
+done
+
+# Placeholders: __DATASTORE__, __KUBERNETES_NODE_NAME__, __CNI_MTU__ (0 = the agent's file).
+escape() { printf '%s' "$1" | sed -e 's/[\/&|]/\\&/g'; }
+printf '%s\n' "$CNI_NETWORK_CONFIG" \
+    | sed -e "s|__DATASTORE__|$(escape "${BRINDLE_DATASTORE:-sqlite:///var/lib/brindle/brindle.db}")|g" \
+          -e "s|__KUBERNETES_NODE_NAME__|$(escape "$KUBERNETES_NODE_NAME")|g" \
+          -e "s|__CNI_MTU__|${CNI_MTU:-0}|g" \
+    > "$net_dst/.$conf_name.new"
+chmod 0600 "$net_dst/.$conf_name.new"
+if cmp -s "$net_dst/.$conf_name.new" "$net_dst/$conf_name"; then
+    rm -f "$net_dst/.$conf_name.new"
+else
+    mv -f "$net_dst/.$conf_name.new" "$net_dst/$conf_name"
+    echo "install-cni: wrote $net_dst/$conf_name"
+fi
