@@ -11,6 +11,7 @@ use brindle_datastore::resource::parse_documents;
 use serde_json::json;
 
 use super::progress::Progress;
+use super::report::agent_status;
 use super::state::{LabNode, LabPod, LabState};
 use super::topology::{Options, Store, cli_name, node_name, pod_name};
 use super::{in_netns, teardown};
@@ -116,7 +117,10 @@ fn build(state: &mut LabState, dir: &Path) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
-    progress.step("agents ready (BGP sessions up, first sync programmed)", || wait_ready(state))?;
+    progress.step("agents ready, every BGP session established", || {
+        wait_ready(state)?;
+        wait_for("every BGP session to be established", SETTLE, || state.nodes.iter().all(sessions_established))
+    })?;
     progress.step(&format!("pods: {} per node through the brindle CNI plugin", options.pods_per_node), || {
         for i in 0..options.nodes {
             for j in 0..options.pods_per_node {
@@ -250,6 +254,15 @@ fn wait_ready(state: &LabState) -> anyhow::Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Whether every BGP peer of the node's agent is established (true when BGP is off).
+fn sessions_established(node: &LabNode) -> bool {
+    let status = agent_status(node);
+    match status["bgp"]["peers"].as_array() {
+        None => !status.is_null(),
+        Some(peers) => peers.iter().all(|p| p["state"] == "Established"),
+    }
 }
 
 /// The CNI configuration node `i`'s runtime uses.
