@@ -54,6 +54,7 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
         "asn": asn,
         "cluster_id": node_bgp.and_then(|b| b.route_reflector_cluster_id),
         "graceful_restart": 120,
+        "debug": cluster.bgp.log_severity_screen == Some(brindle_datastore::resource::LogSeverity::Debug),
         "pools": cluster.pools.iter().map(|p| p.spec.cidr).filter(|c| c.is_ipv4()).collect::<Vec<_>>(),
         "originate": plan
             .originate
@@ -139,6 +140,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("neighbor 10.0.0.3 port 179 as 64512;\n  hold time 90;\n  direct;\n}"), "{text}");
+    }
+
+    #[test]
+    fn bgp_debug_severity_turns_on_birds_protocol_debugging() {
+        let mut c = cluster(true);
+        assert!(!rendered(&me("b", "10.0.0.2/24"), &c).contains("debug protocols"));
+        c.bgp.log_severity_screen = Some(brindle_datastore::resource::LogSeverity::Debug);
+        assert!(rendered(&me("b", "10.0.0.2/24"), &c).contains("\ndebug protocols all;\n"));
     }
 
     #[test]

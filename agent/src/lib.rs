@@ -7,6 +7,7 @@ pub mod bgp;
 pub mod bird;
 pub mod calc;
 pub mod dataplane;
+pub mod logging;
 pub mod startup;
 pub mod status;
 pub mod syncer;

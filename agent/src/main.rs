@@ -18,6 +18,7 @@ use brindle_agent::autodetect::{self, Method};
 use brindle_agent::bgp::Bgp;
 use brindle_agent::calc::{self, Cluster, Learned, Me};
 use brindle_agent::dataplane::{Dataplane, Host, iptables};
+use brindle_agent::logging::Logging;
 use brindle_agent::status::{self, Metrics};
 use brindle_agent::{startup, syncer};
 
@@ -65,9 +66,11 @@ struct Args {
     /// routes on the others.
     #[arg(long, default_value_t = 90)]
     bgp_hold_time: u16,
-    /// Log filter (`warn`, `info`, `debug`, or tracing directives).
-    #[arg(long, env = "BRINDLE_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter (`warn`, `info`, `debug`, or tracing directives), fixed for the process's
+    /// life. Default: AgentConfiguration's and BGPConfiguration's `logSeverityScreen`, applied
+    /// as they change, else warnings and errors only.
+    #[arg(long, env = "BRINDLE_LOG")]
+    log: Option<String>,
 }
 
 /// Where inter-node routes come from.
@@ -83,15 +86,12 @@ enum BgpBackend {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
-        .with_writer(std::io::stderr)
-        .init();
+    let logging = Logging::init(args.log.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(run(args))
+    runtime.block_on(run(args, logging))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     let name = match &args.nodename {
         Some(n) => n.clone(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")?.trim().to_lowercase(),
@@ -104,6 +104,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(own) => own.spec,
         None => client.find::<AgentConfiguration>(None, "default").await?.map(|c| c.spec).unwrap_or_default(),
     };
+    logging.set_agent(config.log_severity_screen);
 
     let netlink = brindle_cni::netlink::connect()?;
     let v4 = autodetect::detect(&netlink, &args.ip_autodetection_method, false)
@@ -229,6 +230,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         };
         // Nothing touches the kernel before the first complete sync.
         let Some(cluster) = rx.borrow_and_update().clone() else { continue };
+        logging.set_bgp(cluster.bgp.log_severity_screen);
         if backend == BgpBackend::Embedded && bgp.is_none() {
             bgp = Some(Bgp::start(&me, &cluster).await.context("starting the BGP speaker")?);
         }

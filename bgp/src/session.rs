@@ -222,7 +222,10 @@ async fn run(
             }
             message = async { s.conn.as_mut().expect("guarded").read(&s.codec).await }, if s.conn.is_some() => {
                 match message {
-                    Ok(m) => Some(Event::Message(m)),
+                    Ok(m) => {
+                        tracing::debug!(peer = %s.params.remote, kind = m.kind(), "received");
+                        Some(Event::Message(m))
+                    }
                     Err(ReadError::Decode(e)) => Some(Event::DecodeFailed(e)),
                     Err(ReadError::Closed(reason)) => {
                         s.conn = None;
@@ -250,6 +253,11 @@ impl Session {
     async fn report_state(&mut self) {
         let now = (self.fsm.state(), self.fsm.last_error().map(str::to_owned));
         if now != self.reported {
+            match (&now.0, &now.1) {
+                (State::Established, _) => tracing::info!(peer = %self.params.remote, "session established"),
+                (state, Some(reason)) => tracing::info!(peer = %self.params.remote, ?state, %reason, "session state"),
+                (state, None) => tracing::debug!(peer = %self.params.remote, ?state, "session state"),
+            }
             self.reported = now.clone();
             self.tell(FromSession::State(now.0, now.1)).await;
         }
@@ -279,6 +287,11 @@ impl Session {
                         }
                     }
                     Action::Send(message) => {
+                        if let Message::Notification(n) = &message {
+                            tracing::info!(peer = %self.params.remote, notification = ?n, "NOTIFICATION sent");
+                        } else {
+                            tracing::debug!(peer = %self.params.remote, kind = message.kind(), "sent");
+                        }
                         if let Some(conn) = self.conn.as_mut()
                             && let Err(e) = conn.send(std::slice::from_ref(&message), &self.codec).await
                         {

@@ -222,17 +222,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", resources::write_all(&connect(&cli).await?, write, resources).await?);
         }
         Cmd::Delete { filename, kind, name, namespace } => {
-            let targets = match (filename, kind, name) {
-                (Some(file), _, _) => resources::read_file(file)?,
+            let from_file = filename.as_deref().map(resources::read_file).transpose()?;
+            let client = connect(&cli).await?;
+            let targets = match (from_file, kind, name) {
+                (Some(resources), _, _) => resources,
                 (None, Some(kind), Some(name)) => {
                     let kind = resources::kind(kind)?;
-                    let client = connect(&cli).await?;
                     let ns = resources::namespace_for(kind, namespace);
                     vec![AnyResource::get(&client, kind, ns.as_deref(), name).await?]
                 }
                 _ => anyhow::bail!("say what to delete: -f FILE, or KIND NAME"),
             };
-            print!("{}", resources::write_all(&connect(&cli).await?, Write::Delete, targets).await?);
+            print!("{}", resources::write_all(&client, Write::Delete, targets).await?);
         }
         Cmd::Get { kind, name, output, namespace, all_namespaces, record_dir, network } => {
             let kind = resources::kind(kind)?;

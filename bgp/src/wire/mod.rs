@@ -48,6 +48,19 @@ pub enum Message {
     RouteRefresh(RouteRefresh),
 }
 
+impl Message {
+    /// The message type's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Open(_) => "OPEN",
+            Message::Update(_) => "UPDATE",
+            Message::Notification(_) => "NOTIFICATION",
+            Message::Keepalive => "KEEPALIVE",
+            Message::RouteRefresh(_) => "ROUTE-REFRESH",
+        }
+    }
+}
+
 /// A NOTIFICATION.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {

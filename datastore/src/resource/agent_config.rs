@@ -8,17 +8,28 @@ use serde::{Deserialize, Serialize};
 use super::{Spec, Validator};
 
 /// How loudly a component logs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogSeverity {
     /// Everything.
     Debug,
     /// Normal operation.
-    #[default]
     Info,
     /// Problems only.
     Warning,
     /// Failures only.
     Error,
+}
+
+impl LogSeverity {
+    /// The level as a `tracing` filter directive.
+    pub fn directive(self) -> &'static str {
+        match self {
+            LogSeverity::Debug => "debug",
+            LogSeverity::Info => "info",
+            LogSeverity::Warning => "warn",
+            LogSeverity::Error => "error",
+        }
+    }
 }
 
 /// Which iptables the agent drives.
@@ -81,8 +92,10 @@ pub struct AgentConfiguration {
     /// The same for IPv6.
     #[serde(rename = "ipv6AutodetectionMethod")]
     pub ipv6_autodetection_method: String,
-    /// The agent's log level.
-    pub log_severity_screen: LogSeverity,
+    /// The agent's log level; unset, the agent logs warnings and errors only (its `--log`
+    /// flag, when given, wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_severity_screen: Option<LogSeverity>,
     /// The health endpoint's port (on 127.0.0.1).
     pub health_port: u16,
     /// Whether Prometheus metrics are served.
@@ -104,7 +117,7 @@ impl Default for AgentConfiguration {
             interface_prefix: "brin".into(),
             ipv4_autodetection_method: "first-found".into(),
             ipv6_autodetection_method: "none".into(),
-            log_severity_screen: LogSeverity::Info,
+            log_severity_screen: None,
             health_port: 9099,
             prometheus_metrics_enabled: true,
             prometheus_metrics_port: 9091,

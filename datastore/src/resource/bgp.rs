@@ -182,9 +182,10 @@ pub struct BgpConfiguration {
     /// The TCP port BGP listens on.
     #[serde(default = "default_port")]
     pub listen_port: u16,
-    /// The speaker's log level.
-    #[serde(default)]
-    pub log_severity_screen: super::LogSeverity,
+    /// The BGP speaker's log level (the embedded speaker's, or BIRD's: Debug turns on its
+    /// protocol debugging); unset, the agent's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_severity_screen: Option<super::LogSeverity>,
     /// Named communities.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub communities: Vec<Community>,
@@ -205,7 +206,7 @@ impl Default for BgpConfiguration {
             as_number: default_asn(),
             node_to_node_mesh_enabled: true,
             listen_port: default_port(),
-            log_severity_screen: super::LogSeverity::default(),
+            log_severity_screen: None,
             communities: Vec::new(),
             prefix_advertisements: Vec::new(),
             service_cluster_ips: Vec::new(),

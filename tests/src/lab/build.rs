@@ -209,7 +209,7 @@ fn start_node(state: &mut LabState, underlay: &Underlay, dir: &Path, i: usize) -
     let child = Command::new("ip")
         .args(["netns", "exec", &netns.name])
         .arg(state.bin_dir.join("brindle-node"))
-        .args(["--datastore", &state.datastore, "--nodename", &node_name(i), "--log", "info"])
+        .args(["--datastore", &state.datastore, "--nodename", &node_name(i)])
         .arg("--state-dir")
         .arg(&state_dir)
         .arg("--status-socket")

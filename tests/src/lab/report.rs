@@ -74,10 +74,9 @@ impl Matrix {
 
     /// The matrix as a table: rows ping columns.
     pub fn render(&self, state: &LabState) -> String {
-        let width = state.pods.iter().map(|p| p.name.len()).max().unwrap_or(3).max(3);
-        let mut out = format!("{:width$}", "from \\ to");
-        let width = width.max(9);
-        out = format!("{out:width$}");
+        let corner = "from \\ to";
+        let width = state.pods.iter().map(|p| p.name.len()).max().unwrap_or(0).max(corner.len());
+        let mut out = format!("{corner:width$}");
         for pod in &state.pods {
             let _ = write!(out, "  {:>w$}", pod.name, w = pod.name.len());
         }

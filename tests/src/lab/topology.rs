@@ -124,7 +124,7 @@ impl Options {
         let backend = if self.peering == Peering::None { "None" } else { "Embedded" };
         yaml += &format!(
             "---\nkind: AgentConfiguration\napiVersion: brindle.io/v1\nmetadata: {{name: default}}\n\
-             spec: {{bgpBackend: {backend}}}\n"
+             spec: {{bgpBackend: {backend}, logSeverityScreen: Info}}\n"
         );
         if self.peering == Peering::Rr {
             yaml += &format!(
