@@ -7,7 +7,9 @@
 #
 #   bench/bgp-receive.sh [N]        (as root; builds brindle-bgp in release mode)
 #
-# RECEIVERS="brindle bird" picks receivers; PROFILE=FILE records brindle-bgp with perf into FILE.
+# RECEIVERS="brindle bird" picks receivers; PROFILE=FILE records brindle-bgp with perf into FILE;
+# BASELINE=PATH adds receiver "baseline": another brindle-bgp build, to compare two versions in
+# one run (e.g. RECEIVERS="baseline brindle bird baseline brindle").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
@@ -97,23 +99,24 @@ EOF
 # held <receiver>: how many prefixes the receiver holds now.
 held() {
     case $1 in
-        brindle) "$BRINDLE" status --json --socket "$work/brindle.sock" 2>/dev/null | awk -F: '/prefixes_accepted/ { gsub(/[ ,]/, "", $2); print $2; exit }' ;;
+        brindle|baseline) "$(binary "$1")" status --json --socket "$work/brindle.sock" 2>/dev/null | awk -F: '/prefixes_accepted/ { gsub(/[ ,]/, "", $2); print $2; exit }' ;;
         bird) birdc -s "$work/receiver.ctl" show protocols all upstream 2>/dev/null | awk '/Routes:/ { print $2; exit }' ;;
         gobgp) ip netns exec "$tag-r" gobgp neighbor 10.77.0.1 2>/dev/null | awk '/Accepted:/ { print $2; exit }' ;;
     esac
 }
 
+binary() { if [ "$1" = baseline ]; then echo "${BASELINE:?BASELINE=PATH names the baseline brindle-bgp}"; else echo "$BRINDLE"; fi; }
 cpu_seconds() { awk '{ print ($14 + $15) / 100 }' "/proc/$1/stat"; }
 peak_rss_kib() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
 
 measure() {
     local name=$1 pid
     case $name in
-        brindle)
-            if [ -n "${PROFILE:-}" ]; then
+        brindle|baseline)
+            if [ -n "${PROFILE:-}" ] && [ "$name" = brindle ]; then
                 ip netns exec "$tag-r" perf record -F 999 -g -o "$PROFILE" -- "$BRINDLE" run --config "$work/brindle.toml" &
             else
-                ip netns exec "$tag-r" "$BRINDLE" run --config "$work/brindle.toml" &
+                ip netns exec "$tag-r" "$(binary "$name")" run --config "$work/brindle.toml" &
             fi ;;
         bird) ip netns exec "$tag-r" bird -f -c "$work/bird-receiver.conf" -s "$work/receiver.ctl" -P "$work/receiver.pid" & ;;
         gobgp) ip netns exec "$tag-r" gobgpd -f "$work/gobgp.toml" -p --pprof-disable -l warn >/dev/null & ;;
@@ -162,9 +165,9 @@ for r in ${RECEIVERS:-brindle bird gobgp}; do
 done
 
 printf '\n%-8s %10s %10s %10s %12s %10s %10s %10s\n' receiver prefixes seconds cpu_s peak_MiB B/route cpu/BIRD rss/BIRD
-bird_line=$(printf '%s\n' "${results[@]}" | awk '$1 == "bird"')
-bird_cpu=$(echo "$bird_line" | awk '{ print $4 }')
-bird_rss=$(echo "$bird_line" | awk '{ print $5 }')
+# Ratios are to BIRD's mean over its runs.
+bird_cpu=$(printf '%s\n' "${results[@]}" | awk '$1 == "bird" { s += $4; n++ } END { if (n) print s / n }')
+bird_rss=$(printf '%s\n' "${results[@]}" | awk '$1 == "bird" { s += $5; n++ } END { if (n) print s / n }')
 for line in "${results[@]}"; do
     echo "$line" | awk -v bc="$bird_cpu" -v br="$bird_rss" '{
         printf "%-8s %10d %10.2f %10.2f %12.1f %10.0f %10.2f %10.2f\n", $1, $2, $3, $4, $5 / 1024, $5 * 1024 / ($2 > 0 ? $2 : 1), (bc > 0 ? $4 / bc : 0), (br > 0 ? $5 / br : 0) }'

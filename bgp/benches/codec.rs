@@ -17,7 +17,7 @@ fn full_update() -> Update {
         Attribute::new(Value::LocalPref(100)),
         Attribute::new(Value::Communities(vec![0xfc00_0001, 0xfc00_0002])),
     ];
-    let mut update = Update { attributes, ..Update::default() };
+    let mut update = Update { attributes: attributes.into(), ..Update::default() };
     let codec = Codec { four_octet_as: true, ebgp: false };
     // As many /24s as fit in one message.
     for i in 0u32.. {

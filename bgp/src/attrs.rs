@@ -87,7 +87,7 @@ impl PathAttrs {
         let mut attrs = PathAttrs::local(None);
         let mut as4_path = None;
         let mut as4_aggregator = None;
-        for a in &update.attributes {
+        for a in update.attributes.iter() {
             match &a.value {
                 Value::Origin(o) => attrs.origin = *o,
                 Value::AsPath(p) => attrs.as_path = p.clone(),
@@ -289,7 +289,7 @@ mod tests {
         attrs.communities = vec![0xfc00_0001];
         for four in [true, false] {
             let update = Update {
-                attributes: attrs.to_attributes(true, four),
+                attributes: attrs.to_attributes(true, four).into(),
                 nlri: vec!["10.1.0.0/16".parse().unwrap()],
                 ..Update::default()
             };

@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use crate::attrs::{Interner, PathAttrs};
-use crate::wire::{Family, Update};
+use crate::wire::{Attribute, Family, Update};
 
 /// A peer's index in the RIB.
 pub type PeerId = u16;
@@ -134,6 +134,18 @@ struct PeerState {
     config: PeerConfig,
     session: Option<PeerSession>,
     counts: PeerCounts,
+    /// The attribute sets made from the decoded attribute lists the peer sent recently, by
+    /// the list's address (the decoder shares one list between UPDATEs with the same bytes).
+    interned: FxHashMap<usize, Interned>,
+}
+
+/// A decoded attribute list (held, so its address stays its own) and the attribute sets made
+/// from it.
+#[derive(Debug)]
+struct Interned {
+    _source: Arc<[Attribute]>,
+    ipv4: Option<Arc<PathAttrs>>,
+    mp: Option<Arc<PathAttrs>>,
 }
 
 /// A path to a prefix.
@@ -213,6 +225,9 @@ impl Key for [u8; 17] {
 
 type Paths = SmallVec<[Path; 1]>;
 
+/// How many decoded attribute lists a peer's cache of attribute sets remembers.
+const INTERNED_PER_PEER: usize = 4096;
+
 /// What an export depends on: the source attribute set (by address; the cache holds the set
 /// alive so the address cannot be reused), the sending and receiving peers, and the family.
 type ExportKey = (usize, PeerId, PeerId, bool);
@@ -247,7 +262,7 @@ impl Rib {
 
     /// Registers a peer; its session is down until [`Rib::peer_up`].
     pub fn add_peer(&mut self, config: PeerConfig) -> PeerId {
-        let state = PeerState { config, session: None, counts: PeerCounts::default() };
+        let state = PeerState { config, session: None, counts: PeerCounts::default(), interned: FxHashMap::default() };
         match self.peers.iter().position(Option::is_none) {
             Some(free) => {
                 self.peers[free] = Some(state);
@@ -323,43 +338,61 @@ impl Rib {
     pub fn update(&mut self, peer: PeerId, update: &Update) -> Vec<BestChange> {
         let Some(state) = self.state(peer) else { return Vec::new() };
         let four_octet = state.session.as_ref().is_some_and(|s| s.four_octet_as);
-        let mut changes = Vec::new();
-        let mut withdrawn: Vec<IpNetwork> = update.withdrawn.clone();
-        if let Some(u) = update.mp_unreach() {
-            withdrawn.extend(u.withdrawn.iter().copied());
-        }
-        let mut announced: Vec<IpNetwork> = update.nlri.clone();
-        if let Some(r) = update.mp_reach() {
-            announced.extend(r.nlri.iter().copied());
-        }
+        let withdrawn = update.withdrawn.iter().chain(update.mp_unreach().into_iter().flat_map(|u| u.withdrawn.iter()));
+        let mp_nlri: &[IpNetwork] = update.mp_reach().map_or(&[], |r| &r.nlri[..]);
+        let announced = update.nlri.len() + mp_nlri.len();
+        let mut changes = Vec::with_capacity(announced);
         if update.treat_as_withdraw() {
-            withdrawn.append(&mut announced);
+            let all: Vec<IpNetwork> = withdrawn.chain(&update.nlri).chain(mp_nlri).copied().collect();
+            return all.into_iter().filter_map(|prefix| self.remove_path(prefix, peer)).collect();
         }
-        for prefix in withdrawn {
+        for &prefix in withdrawn {
             changes.extend(self.remove_path(prefix, peer));
         }
-        if announced.is_empty() {
+        if announced == 0 {
             return changes;
         }
+        let (ipv4_attrs, mp_attrs) = self.interned(peer, update, four_octet);
+        for (shared, prefixes) in [(ipv4_attrs, &update.nlri[..]), (mp_attrs, mp_nlri)] {
+            for &prefix in prefixes {
+                match shared.clone().ok_or(Refusal::NoNextHop).and_then(|a| self.admit(peer, &prefix, a)) {
+                    Ok(attrs) => changes.extend(self.set_path(prefix, Path { peer, attrs, stale: false })),
+                    Err(_) => changes.extend(self.remove_path(prefix, peer)),
+                }
+            }
+        }
+        changes
+    }
+
+    /// The shared attribute sets of an UPDATE's IPv4 and multiprotocol routes: those of the
+    /// peer's previous UPDATE when the decoder handed over the same attribute list.
+    fn interned(
+        &mut self,
+        peer: PeerId,
+        update: &Update,
+        four_octet: bool,
+    ) -> (Option<Arc<PathAttrs>>, Option<Arc<PathAttrs>>) {
+        let key = update.attributes.as_ptr() as usize;
+        if let Some(hit) = self.state(peer).and_then(|s| s.interned.get(&key)) {
+            return (hit.ipv4.clone(), hit.mp.clone());
+        }
         let attrs = PathAttrs::from_update(update, four_octet);
-        let mp_attrs = update.mp_reach().map(|r| {
+        let mp = update.mp_reach().map(|r| {
             let mut a = attrs.clone();
             let hops = r.next_hops();
             a.next_hop = hops.first().copied();
             a.link_local_next_hop = hops.get(1).and_then(|h| if let IpAddr::V6(v) = h { Some(*v) } else { None });
             self.interner.intern(a)
         });
-        let ipv4_attrs = attrs.next_hop.is_some().then(|| self.interner.intern(attrs));
-        let from_mp = update.mp_reach().map(|r| r.nlri.len()).unwrap_or(0);
-        let split = announced.len() - from_mp;
-        for (i, prefix) in announced.into_iter().enumerate() {
-            let shared = if i < split { ipv4_attrs.clone() } else { mp_attrs.clone() };
-            match shared.ok_or(Refusal::NoNextHop).and_then(|a| self.admit(peer, &prefix, a)) {
-                Ok(attrs) => changes.extend(self.set_path(prefix, Path { peer, attrs, stale: false })),
-                Err(_) => changes.extend(self.remove_path(prefix, peer)),
+        let ipv4 = attrs.next_hop.is_some().then(|| self.interner.intern(attrs));
+        if let Some(state) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
+            if state.interned.len() >= INTERNED_PER_PEER {
+                state.interned.clear();
             }
+            let entry = Interned { _source: Arc::clone(&update.attributes), ipv4: ipv4.clone(), mp: mp.clone() };
+            state.interned.insert(key, entry);
         }
-        changes
+        (ipv4, mp)
     }
 
     /// Import checks: loops (AS_PATH for external peers, ORIGINATOR_ID and CLUSTER_LIST for
@@ -382,6 +415,7 @@ impl Rib {
     pub fn peer_up(&mut self, peer: PeerId, session: PeerSession) -> Vec<Export> {
         let Some(state) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) else { return Vec::new() };
         state.session = Some(session);
+        state.interned.clear();
         self.export_cache.clear();
         self.refresh(peer)
     }
@@ -407,6 +441,7 @@ impl Rib {
         if let Some(state) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
             state.session = None;
             state.counts.advertised = 0;
+            state.interned.clear();
         }
         if keep_routes {
             for paths in

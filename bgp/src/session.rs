@@ -44,13 +44,16 @@ pub(crate) enum FromSession {
     State(State, Option<String>),
     /// Established, with what was agreed and our address on the connection.
     Established(Negotiated, IpAddr),
-    /// An UPDATE arrived.
-    Update(Update),
+    /// UPDATEs arrived (all that were buffered, in order).
+    Updates(Vec<Update>),
     /// The peer asks for our routes of a family again.
     RouteRefresh(Family),
     /// The session left Established.
     Down { reason: String, keep_routes: bool },
 }
+
+/// The most UPDATEs handed to the speaker at once.
+const MAX_BATCH: usize = 256;
 
 /// How to run one session.
 #[derive(Debug, Clone)]
@@ -69,6 +72,8 @@ struct Connection {
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
     buffer: BytesMut,
+    /// The last UPDATE's decoded attributes, reused when the next carries the same bytes.
+    attributes: wire::update::AttributeCache,
     local: SocketAddr,
     outgoing: bool,
 }
@@ -83,17 +88,33 @@ impl Connection {
         let local = stream.local_addr()?;
         stream.set_nodelay(true)?;
         let (reader, writer) = stream.into_split();
-        Ok(Connection { reader, writer, buffer: BytesMut::with_capacity(64 * 1024), local, outgoing })
+        Ok(Connection {
+            reader,
+            writer,
+            buffer: BytesMut::with_capacity(64 * 1024),
+            attributes: wire::update::AttributeCache::default(),
+            local,
+            outgoing,
+        })
+    }
+
+    /// The next message if it is already in the buffer, whole.
+    fn buffered(&mut self, codec: &Codec) -> Option<Result<Message, DecodeError>> {
+        match wire::frame_length(&self.buffer) {
+            Err(e) => Some(Err(e)),
+            Ok(Some(len)) if self.buffer.len() >= len => {
+                let frame = self.buffer.split_to(len);
+                Some(wire::decode_cached(&frame, codec, &mut self.attributes))
+            }
+            Ok(_) => None,
+        }
     }
 
     /// Reads one message. Cancel-safe: partial data stays in the buffer.
     async fn read(&mut self, codec: &Codec) -> Result<Message, ReadError> {
         loop {
-            if let Some(len) = wire::frame_length(&self.buffer).map_err(ReadError::Decode)?
-                && self.buffer.len() >= len
-            {
-                let frame = self.buffer.split_to(len);
-                return wire::decode(&frame, codec).map_err(ReadError::Decode);
+            if let Some(message) = self.buffered(codec) {
+                return message.map_err(ReadError::Decode);
             }
             match self.reader.read_buf(&mut self.buffer).await {
                 Ok(0) => return Err(ReadError::Closed("the peer closed the connection".into())),
@@ -152,6 +173,8 @@ struct Session {
     codec: Codec,
     to_speaker: mpsc::Sender<(IpAddr, FromSession)>,
     reported: (State, Option<String>),
+    /// UPDATEs received and not yet handed to the speaker: one hand-over per batch.
+    updates: Vec<Update>,
 }
 
 async fn run(
@@ -168,6 +191,7 @@ async fn run(
         codec: Codec { four_octet_as: false, ebgp },
         to_speaker,
         reported: (State::Idle, None),
+        updates: Vec::new(),
     };
     let mut connecting: Option<std::pin::Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>> = None;
     let actions = s.fsm.handle(Event::Start, Instant::now().into_std());
@@ -235,8 +259,26 @@ async fn run(
             }
         };
         if let Some(event) = event {
-            let actions = s.fsm.handle(event, Instant::now().into_std());
+            let now = Instant::now().into_std();
+            let actions = s.fsm.handle(event, now);
             s.apply(actions, &mut connecting).await;
+            // Messages already buffered are handled now, so their UPDATEs reach the speaker
+            // in one hand-over.
+            while s.updates.len() < MAX_BATCH
+                && let Some(conn) = s.conn.as_mut()
+                && let Some(next) = conn.buffered(&s.codec)
+            {
+                let event = match next {
+                    Ok(m) => {
+                        tracing::debug!(peer = %s.params.remote, kind = m.kind(), "received");
+                        Event::Message(m)
+                    }
+                    Err(e) => Event::DecodeFailed(e),
+                };
+                let actions = s.fsm.handle(event, now);
+                s.apply(actions, &mut connecting).await;
+            }
+            s.flush_updates().await;
         }
         s.report_state().await;
         if rx.is_closed() && s.fsm.state() == State::Idle {
@@ -246,8 +288,17 @@ async fn run(
 }
 
 impl Session {
-    async fn tell(&self, message: FromSession) {
+    /// Hands a message to the speaker, after the UPDATEs received before it.
+    async fn tell(&mut self, message: FromSession) {
+        self.flush_updates().await;
         let _ = self.to_speaker.send((self.params.remote.ip(), message)).await;
+    }
+
+    async fn flush_updates(&mut self) {
+        if !self.updates.is_empty() {
+            let updates = std::mem::take(&mut self.updates);
+            let _ = self.to_speaker.send((self.params.remote.ip(), FromSession::Updates(updates))).await;
+        }
     }
 
     async fn report_state(&mut self) {
@@ -310,7 +361,7 @@ impl Session {
                         self.report_state().await;
                         self.tell(FromSession::Established(negotiated, local)).await;
                     }
-                    Action::Update(update) => self.tell(FromSession::Update(update)).await,
+                    Action::Update(update) => self.updates.push(update),
                     Action::RouteRefresh(refresh) => self.tell(FromSession::RouteRefresh(refresh.family)).await,
                     Action::Down { reason, keep_routes } => self.tell(FromSession::Down { reason, keep_routes }).await,
                 }

@@ -485,17 +485,21 @@ impl Core {
                 messages.extend(negotiated.families.iter().map(|f| Message::Update(Update::end_of_rib_marker(*f))));
                 let _ = sender.send(ToSession::Send(messages)).await;
             }
-            FromSession::Update(update) => {
-                let changes = match update.end_of_rib() {
-                    Some(family) => {
-                        if family == Family::IPV4_UNICAST || family == Family::IPV6_UNICAST {
-                            peer.stale_until = None;
+            FromSession::Updates(updates) => {
+                for update in updates {
+                    let changes = match update.end_of_rib() {
+                        Some(family) => {
+                            if (family == Family::IPV4_UNICAST || family == Family::IPV6_UNICAST)
+                                && let Some(peer) = self.peers.get_mut(&address)
+                            {
+                                peer.stale_until = None;
+                            }
+                            self.rib.sweep_stale(id, Some(family))
                         }
-                        self.rib.sweep_stale(id, Some(family))
-                    }
-                    None => self.rib.update(id, &update),
-                };
-                self.propagate(changes).await;
+                        None => self.rib.update(id, &update),
+                    };
+                    self.propagate(changes).await;
+                }
             }
             FromSession::RouteRefresh(family) => {
                 let four = peer.negotiated.as_ref().is_some_and(|n| n.four_octet_as);
@@ -644,7 +648,7 @@ fn pack(exports: Vec<Export>, codec: &Codec) -> Vec<Message> {
     for run in chunks(&withdrawn_v6, room(&[], codec).saturating_sub(7)) {
         let unreach = MpUnreach { family: Family::IPV6_UNICAST, withdrawn: run, raw_withdrawn: Vec::new() };
         messages.push(Message::Update(Update {
-            attributes: vec![Attribute::new(Value::MpUnreach(unreach))],
+            attributes: vec![Attribute::new(Value::MpUnreach(unreach))].into(),
             ..Update::default()
         }));
     }
@@ -659,13 +663,13 @@ fn pack(exports: Vec<Export>, codec: &Codec) -> Vec<Message> {
                 let mut attributes =
                     vec![Attribute::new(Value::MpReach(MpReach::new(Family::IPV6_UNICAST, &hops, run)))];
                 attributes.extend(base.iter().cloned());
-                messages.push(Message::Update(Update { attributes, ..Update::default() }));
+                messages.push(Message::Update(Update { attributes: attributes.into(), ..Update::default() }));
             }
         } else {
-            let attributes = attrs.to_attributes(true, codec.four_octet_as);
+            let attributes: std::sync::Arc<[Attribute]> = attrs.to_attributes(true, codec.four_octet_as).into();
             for run in chunks(&prefixes, room(&attributes, codec)) {
                 messages.push(Message::Update(Update {
-                    attributes: attributes.clone(),
+                    attributes: std::sync::Arc::clone(&attributes),
                     nlri: run,
                     ..Update::default()
                 }));

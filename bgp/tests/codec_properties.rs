@@ -78,7 +78,7 @@ fn update(four_octet: bool) -> impl Strategy<Value = Update> {
                 let hop: IpAddr = "fd00::1".parse().unwrap();
                 attributes.push(Attribute::new(Value::MpReach(MpReach::new(Family::IPV6_UNICAST, &[hop], v6))));
             }
-            Update { withdrawn, attributes, nlri, errors: Vec::new() }
+            Update { withdrawn, attributes: attributes.into(), nlri, errors: Vec::new() }
         })
 }
 

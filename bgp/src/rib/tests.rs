@@ -46,7 +46,7 @@ fn announce(prefixes: &[&str], path: &[u32], next_hop: &str, extra: Vec<Value>) 
         Attribute::new(Value::NextHop(ip(next_hop))),
     ];
     attributes.extend(extra.into_iter().map(Attribute::new));
-    Update { attributes, nlri: prefixes.iter().map(|p| net(p)).collect(), ..Update::default() }
+    Update { attributes: attributes.into(), nlri: prefixes.iter().map(|p| net(p)).collect(), ..Update::default() }
 }
 
 fn withdraw(prefixes: &[&str]) -> Update {
@@ -278,7 +278,8 @@ fn ipv6_routes_take_the_mp_next_hop_and_share_attributes() {
             Attribute::new(Value::Origin(Origin::Igp)),
             Attribute::new(Value::AsPath(AsPath::default())),
             Attribute::new(Value::MpReach(MpReach::new(Family::IPV6_UNICAST, &[hop], nlri))),
-        ],
+        ]
+        .into(),
         ..Update::default()
     };
     rib.update(a, &update);

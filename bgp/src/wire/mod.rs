@@ -202,6 +202,12 @@ pub fn frame_length(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
 
 /// Decodes exactly one message (header included) from `frame`.
 pub fn decode(frame: &[u8], codec: &Codec) -> Result<Message, DecodeError> {
+    decode_cached(frame, codec, &mut update::AttributeCache::default())
+}
+
+/// [`decode`] for a session: UPDATEs whose attribute bytes equal the previous UPDATE's reuse
+/// its decoded attributes from `cache`.
+pub fn decode_cached(frame: &[u8], codec: &Codec, cache: &mut update::AttributeCache) -> Result<Message, DecodeError> {
     let length = frame_length(frame)?.ok_or_else(|| {
         header_error(
             subcode::BAD_MESSAGE_LENGTH,
@@ -239,7 +245,7 @@ pub fn decode(frame: &[u8], codec: &Codec) -> Result<Message, DecodeError> {
             if let Some(e) = bad_length(23, false) {
                 return Err(e);
             }
-            update::parse_update(body, codec).map(Message::Update)
+            update::parse_update(body, codec, cache).map(Message::Update)
         }
         NOTIFICATION => {
             if let Some(e) = bad_length(21, false) {

@@ -82,6 +82,32 @@ fn open_with_a_4_octet_as_uses_as_trans() {
 }
 
 #[test]
+fn updates_with_attribute_bytes_seen_before_share_one_decoded_list() {
+    let mut cache = update::AttributeCache::default();
+    let decode_update = |bytes: &[u8], codec: &Codec, cache: &mut update::AttributeCache| {
+        let Message::Update(u) = decode_cached(bytes, codec, cache).unwrap() else { panic!() };
+        u
+    };
+    let a = decode_update(&message(2, &update_body(&[], IBGP_ATTRS, &[24, 10, 1, 1])), &FOUR, &mut cache);
+    let b = decode_update(&message(2, &update_body(&[], IBGP_ATTRS, &[24, 10, 1, 2])), &FOUR, &mut cache);
+    assert!(std::sync::Arc::ptr_eq(&a.attributes, &b.attributes), "decoded once, shared");
+    assert_eq!(b.nlri[0].to_string(), "10.1.2.0/24");
+    // Other bytes, or the same bytes under another codec, are decoded afresh.
+    let mut other = IBGP_ATTRS.to_vec();
+    *other.last_mut().unwrap() = 200;
+    let c = decode_update(&message(2, &update_body(&[], &other, &[24, 10, 1, 3])), &FOUR, &mut cache);
+    assert!(!std::sync::Arc::ptr_eq(&b.attributes, &c.attributes));
+    assert_eq!(c.attribute(tc::LOCAL_PREF).unwrap().value, Value::LocalPref(200));
+    // Senders interleave attribute sets: an earlier one is still remembered.
+    let again = decode_update(&message(2, &update_body(&[], IBGP_ATTRS, &[24, 10, 1, 5])), &FOUR, &mut cache);
+    assert!(std::sync::Arc::ptr_eq(&a.attributes, &again.attributes));
+    let d = decode_update(&message(2, &update_body(&[], &other, &[24, 10, 1, 4])), &TWO, &mut cache);
+    assert!(!std::sync::Arc::ptr_eq(&c.attributes, &d.attributes));
+    let fresh = decode(&message(2, &update_body(&[], &other, &[24, 10, 1, 4])), &TWO).unwrap();
+    assert_eq!(Message::Update(d), fresh, "a cached decode equals a fresh one");
+}
+
+#[test]
 fn update_with_every_attribute_round_trips() {
     let mut attrs = IBGP_ATTRS.to_vec();
     attrs.extend_from_slice(&[

@@ -1,6 +1,8 @@
 //! UPDATE (RFC 4271 §4.3) with RFC 7606 revised error handling.
 
-use std::collections::HashSet;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use bytes::{BufMut, BytesMut};
 use ipnetwork::IpNetwork;
@@ -17,7 +19,8 @@ pub struct Update {
     /// Withdrawn IPv4 routes.
     pub withdrawn: Vec<IpNetwork>,
     /// Path attributes in the order received (malformed ones that RFC 7606 discards removed).
-    pub attributes: Vec<Attribute>,
+    /// Shared: consecutive UPDATEs with the same attribute bytes share one decoded list.
+    pub attributes: Arc<[Attribute]>,
     /// Announced IPv4 routes.
     pub nlri: Vec<IpNetwork>,
     /// Malformed attributes handled without a session reset.
@@ -57,7 +60,7 @@ impl Update {
         if !self.withdrawn.is_empty() || !self.nlri.is_empty() {
             return None;
         }
-        match self.attributes.as_slice() {
+        match &self.attributes[..] {
             [] => Some(Family::IPV4_UNICAST),
             [only] => match &only.value {
                 Value::MpUnreach(u) if u.withdrawn.is_empty() && u.raw_withdrawn.is_empty() => Some(u.family),
@@ -73,7 +76,7 @@ impl Update {
             return Update::default();
         }
         let unreach = MpUnreach { family, withdrawn: Vec::new(), raw_withdrawn: Vec::new() };
-        Update { attributes: vec![Attribute::new(Value::MpUnreach(unreach))], ..Update::default() }
+        Update { attributes: vec![Attribute::new(Value::MpUnreach(unreach))].into(), ..Update::default() }
     }
 }
 
@@ -82,7 +85,45 @@ fn read_u16(input: &[u8], at: usize) -> Option<u16> {
 }
 
 /// Parses an UPDATE body.
-pub(crate) fn parse_update(body: &[u8], codec: &Codec) -> Result<Update, DecodeError> {
+/// The attribute sections a session decoded recently, so an UPDATE whose attribute bytes were
+/// seen before (a sender spreads each attribute set over many UPDATEs) reuses the decoded list
+/// instead of decoding it again.
+#[derive(Debug, Default)]
+pub struct AttributeCache {
+    codec: Codec,
+    entries: FxHashMap<Vec<u8>, CachedAttributes>,
+}
+
+#[derive(Debug)]
+struct CachedAttributes {
+    attributes: Arc<[Attribute]>,
+    errors: Vec<AttributeError>,
+}
+
+impl AttributeCache {
+    /// How many attribute sections are remembered; past that the cache starts over.
+    const CAPACITY: usize = 4096;
+
+    fn parse(&mut self, bytes: &[u8], codec: &Codec) -> Result<(Arc<[Attribute]>, Vec<AttributeError>), DecodeError> {
+        if self.codec != *codec {
+            self.entries.clear();
+            self.codec = *codec;
+        }
+        if let Some(hit) = self.entries.get(bytes) {
+            return Ok((Arc::clone(&hit.attributes), hit.errors.clone()));
+        }
+        let (attributes, errors) = parse_attributes(bytes, codec)?;
+        let attributes: Arc<[Attribute]> = attributes.into();
+        if self.entries.len() >= Self::CAPACITY {
+            self.entries.clear();
+        }
+        self.entries
+            .insert(bytes.to_vec(), CachedAttributes { attributes: Arc::clone(&attributes), errors: errors.clone() });
+        Ok((attributes, errors))
+    }
+}
+
+pub(crate) fn parse_update(body: &[u8], codec: &Codec, cache: &mut AttributeCache) -> Result<Update, DecodeError> {
     let list_error = |why: String| update_error(subcode::MALFORMED_ATTRIBUTE_LIST, Vec::new(), why);
     let withdrawn_len =
         usize::from(read_u16(body, 0).ok_or_else(|| list_error("UPDATE shorter than 4 octets".into()))?);
@@ -100,7 +141,7 @@ pub(crate) fn parse_update(body: &[u8], codec: &Codec) -> Result<Update, DecodeE
 
     let withdrawn = parse_prefixes(withdrawn_bytes, Family::IPV4_UNICAST)?;
     let nlri = parse_prefixes(nlri_bytes, Family::IPV4_UNICAST)?;
-    let (attributes, mut errors) = parse_attributes(attrs_bytes, codec)?;
+    let (attributes, mut errors) = cache.parse(attrs_bytes, codec)?;
 
     let announces = !nlri.is_empty() || attributes.iter().any(|a| matches!(a.value, Value::MpReach(_)));
     if announces {
@@ -126,7 +167,7 @@ pub(crate) fn parse_update(body: &[u8], codec: &Codec) -> Result<Update, DecodeE
 fn parse_attributes(mut input: &[u8], codec: &Codec) -> Result<(Vec<Attribute>, Vec<AttributeError>), DecodeError> {
     let mut attributes = Vec::new();
     let mut errors = Vec::new();
-    let mut seen = HashSet::new();
+    let mut seen = [false; 256];
     while !input.is_empty() {
         let overrun = |why: String| AttributeError {
             type_code: 0,
@@ -149,7 +190,7 @@ fn parse_attributes(mut input: &[u8], codec: &Codec) -> Result<(Vec<Attribute>, 
             break;
         };
         input = &input[header + value.len()..];
-        if !seen.insert(code) {
+        if std::mem::replace(&mut seen[usize::from(code)], true) {
             if code == type_code::MP_REACH_NLRI || code == type_code::MP_UNREACH_NLRI {
                 return Err(update_error(
                     subcode::MALFORMED_ATTRIBUTE_LIST,
