@@ -179,14 +179,6 @@ pub enum Export {
     Withdraw(IpNetwork),
 }
 
-/// Why a received route was not accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    Loop,
-    Filtered,
-    NoNextHop,
-}
-
 trait Key: Copy + Eq + Hash {
     fn of(prefix: &IpNetwork) -> Self;
     fn prefix(self) -> IpNetwork;
@@ -354,10 +346,14 @@ impl Rib {
         }
         let (ipv4_attrs, mp_attrs) = self.interned(peer, update, four_octet);
         for (shared, prefixes) in [(ipv4_attrs, &update.nlri[..]), (mp_attrs, mp_nlri)] {
+            // Loops are a property of the attributes: checked once for all the prefixes.
+            let usable = shared.filter(|a| !self.loops(peer, a));
             for &prefix in prefixes {
-                match shared.clone().ok_or(Refusal::NoNextHop).and_then(|a| self.admit(peer, &prefix, a)) {
-                    Ok(attrs) => changes.extend(self.set_path(prefix, Path { peer, attrs, stale: false })),
-                    Err(_) => changes.extend(self.remove_path(prefix, peer)),
+                match &usable {
+                    Some(attrs) if self.imports(peer, &prefix) => {
+                        changes.extend(self.set_path(prefix, Path { peer, attrs: Arc::clone(attrs), stale: false }))
+                    }
+                    _ => changes.extend(self.remove_path(prefix, peer)),
                 }
             }
         }
@@ -395,20 +391,18 @@ impl Rib {
         (ipv4, mp)
     }
 
-    /// Import checks: loops (AS_PATH for external peers, ORIGINATOR_ID and CLUSTER_LIST for
-    /// reflection) and the peer's import filter.
-    fn admit(&self, peer: PeerId, prefix: &IpNetwork, attrs: Arc<PathAttrs>) -> Result<Arc<PathAttrs>, Refusal> {
-        let state = self.state(peer).ok_or(Refusal::Filtered)?;
-        if state.config.peer_as != self.local_as && attrs.as_path.contains(self.local_as) {
-            return Err(Refusal::Loop);
-        }
-        if attrs.originator_id == Some(self.router_id) || attrs.cluster_list.contains(&self.cluster_id) {
-            return Err(Refusal::Loop);
-        }
-        if !state.config.import.accepts(prefix) {
-            return Err(Refusal::Filtered);
-        }
-        Ok(attrs)
+    /// Whether routes with `attrs` from `peer` would loop: our AS in the AS_PATH of an
+    /// external peer's route, or our router ID or cluster ID in a reflected one's.
+    fn loops(&self, peer: PeerId, attrs: &PathAttrs) -> bool {
+        let external = self.state(peer).is_some_and(|s| s.config.peer_as != self.local_as);
+        (external && attrs.as_path.contains(self.local_as))
+            || attrs.originator_id == Some(self.router_id)
+            || attrs.cluster_list.contains(&self.cluster_id)
+    }
+
+    /// Whether `peer`'s import filter lets `prefix` in.
+    fn imports(&self, peer: PeerId, prefix: &IpNetwork) -> bool {
+        self.state(peer).is_some_and(|s| s.config.import.accepts(prefix))
     }
 
     /// Marks the session up and returns everything the peer should be sent now.
@@ -604,6 +598,11 @@ fn place(
     peers: &[Option<PeerState>],
     local_as: u32,
 ) -> Option<(Option<(Option<Path>, Path)>, bool)> {
+    if paths.is_empty() {
+        // A new prefix: no comparison, no previous best.
+        paths.push(path.clone());
+        return Some((Some((None, path)), true));
+    }
     let old_best = paths.first().cloned();
     let fresh = match paths.iter_mut().find(|p| p.peer == path.peer) {
         Some(existing) if same(existing, &path) => return None,

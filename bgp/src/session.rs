@@ -52,6 +52,9 @@ pub(crate) enum FromSession {
     Down { reason: String, keep_routes: bool },
 }
 
+/// How much a read asks the kernel for, at least.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// The most UPDATEs handed to the speaker at once.
 const MAX_BATCH: usize = 256;
 
@@ -91,7 +94,7 @@ impl Connection {
         Ok(Connection {
             reader,
             writer,
-            buffer: BytesMut::with_capacity(64 * 1024),
+            buffer: BytesMut::with_capacity(READ_CHUNK),
             attributes: wire::update::AttributeCache::default(),
             local,
             outgoing,
@@ -115,6 +118,10 @@ impl Connection {
         loop {
             if let Some(message) = self.buffered(codec) {
                 return message.map_err(ReadError::Decode);
+            }
+            // Keep room for a large read: a full BytesMut would read 64 octets at a time.
+            if self.buffer.capacity() - self.buffer.len() < READ_CHUNK / 4 {
+                self.buffer.reserve(READ_CHUNK);
             }
             match self.reader.read_buf(&mut self.buffer).await {
                 Ok(0) => return Err(ReadError::Closed("the peer closed the connection".into())),
