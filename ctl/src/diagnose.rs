@@ -110,7 +110,7 @@ fn find_endpoint<'a>(
     )
 }
 
-async fn load_pod(
+fn load_pod(
     what: &str,
     endpoints: &[Resource<WorkloadEndpoint>],
     blocks: &[Block],
@@ -343,8 +343,8 @@ pub async fn diagnose(client: &Client, a: &str, b: &str, local_node: Option<&str
     let (pools, _) = client.list::<IpPool>().await?;
     let (nodes, _) = client.list::<Node>().await?;
     let blocks: Vec<Block> = Ipam::new(client.clone()).blocks().await?.into_iter().map(|(b, _)| b).collect();
-    let a = load_pod(a, &endpoints, &blocks, &pools, &nodes).await?;
-    let b = load_pod(b, &endpoints, &blocks, &pools, &nodes).await?;
+    let a = load_pod(a, &endpoints, &blocks, &pools, &nodes)?;
+    let b = load_pod(b, &endpoints, &blocks, &pools, &nodes)?;
 
     let mut f = Findings::default();
     datastore_checks(&mut f, &a);
