@@ -58,7 +58,9 @@ pub struct Config {
     pub restarting: bool,
     /// Our forwarding state survived the restart (the F bit of each family).
     pub forwarding_preserved: bool,
-    /// Pause between connection attempts.
+    /// The longest pause between connection attempts. A refused attempt is retried sooner
+    /// at first (after [`FIRST_CONNECT_RETRY`], doubling up to this), so a peer that starts a
+    /// moment after us is reached at once.
     pub connect_retry: Duration,
     /// The first pause before restarting after an error; doubles up to `error_wait_max`.
     pub error_wait_min: Duration,
@@ -207,6 +209,10 @@ pub enum Action {
     },
 }
 
+/// The first pause after a refused connection; it doubles with each refusal up to
+/// [`Config::connect_retry`].
+pub const FIRST_CONNECT_RETRY: Duration = Duration::from_secs(1);
+
 /// The hold time used between connecting and receiving the peer's OPEN (RFC 4271 §8: "large").
 const OPEN_HOLD_TIME: Duration = Duration::from_secs(240);
 
@@ -220,6 +226,7 @@ pub struct Fsm {
     hold_at: Option<Instant>,
     keepalive_at: Option<Instant>,
     restart_at: Option<Instant>,
+    connect_wait: Duration,
     error_wait: Duration,
     last_error: Option<String>,
     stopped: bool,
@@ -229,6 +236,7 @@ impl Fsm {
     /// A machine in Idle.
     pub fn new(config: Config) -> Self {
         let error_wait = config.error_wait_min;
+        let connect_wait = FIRST_CONNECT_RETRY.min(config.connect_retry);
         Fsm {
             config,
             state: State::Idle,
@@ -237,6 +245,7 @@ impl Fsm {
             hold_at: None,
             keepalive_at: None,
             restart_at: None,
+            connect_wait,
             error_wait,
             last_error: None,
             stopped: true,
@@ -310,7 +319,8 @@ impl Fsm {
                     self.hold_at = None;
                     self.keepalive_at = None;
                     self.state = State::Active;
-                    self.connect_retry_at = Some(now + self.config.connect_retry);
+                    self.connect_retry_at = Some(now + self.connect_wait);
+                    self.connect_wait = (self.connect_wait * 2).min(self.config.connect_retry);
                     vec![Action::Disconnect]
                 }
                 State::Active => {
@@ -480,6 +490,7 @@ impl Fsm {
                 self.state = State::Established;
                 self.hold_at = self.hold_interval().map(|i| now + i);
                 self.error_wait = self.config.error_wait_min;
+                self.connect_wait = FIRST_CONNECT_RETRY.min(self.config.connect_retry);
                 self.last_error = None;
                 vec![Action::Established(self.negotiated.clone().expect("negotiated in OpenSent"))]
             }

@@ -276,12 +276,21 @@ fn connect_retry_redials_and_errors_back_off_up_to_the_maximum() {
     let t0 = Instant::now();
     let mut fsm = Fsm::new(config());
     fsm.handle(Event::Start, t0);
-    fsm.handle(Event::TcpFailed { reason: "connection refused".into() }, t0);
-    assert_eq!(fsm.state(), State::Active);
-    assert_eq!(fsm.last_error(), Some("connection refused"));
-    let actions = fsm.on_timer(t0 + secs(5));
-    assert!(actions.contains(&Action::Connect), "{actions:?}");
-    assert_eq!(fsm.state(), State::Connect);
+    // A refused connection is retried after 1 s, then 2, 4, and at most every 5 s.
+    let mut now = t0;
+    let mut retries = Vec::new();
+    for _ in 0..5 {
+        fsm.handle(Event::TcpFailed { reason: "connection refused".into() }, now);
+        assert_eq!(fsm.state(), State::Active);
+        assert_eq!(fsm.last_error(), Some("connection refused"));
+        let retry = fsm.next_deadline().unwrap();
+        retries.push((retry - now).as_secs());
+        now = retry;
+        let actions = fsm.on_timer(now);
+        assert!(actions.contains(&Action::Connect), "{actions:?}");
+        assert_eq!(fsm.state(), State::Connect);
+    }
+    assert_eq!(retries, [1, 2, 4, 5, 5]);
 
     // Each failed OPEN exchange doubles the wait before the next start: 5, 10, 20, 30, 30 s.
     let mut now = t0;

@@ -87,7 +87,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         && cli.name.len() <= 32
         && cli.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         && !cli.name.starts_with('-');
-    anyhow::ensure!(name_ok, "--name {:?}: use up to 32 letters, digits and dashes (it prefixes namespace names)", cli.name);
+    anyhow::ensure!(
+        name_ok,
+        "--name {:?}: use up to 32 letters, digits and dashes (it prefixes namespace names)",
+        cli.name
+    );
     let dir = lab::lab_dir(&cli.dir, &cli.name);
     match cli.command {
         Cmd::Up { nodes, pods_per_node, mode, peering, datastore, bin_dir } => {
