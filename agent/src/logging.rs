@@ -55,12 +55,14 @@ impl Logging {
         if self.fixed || wanted == self.current {
             return;
         }
-        match EnvFilter::try_new(&wanted).map(|f| self.handle.reload(f)) {
-            Ok(Ok(())) => {
+        let reloaded = EnvFilter::try_new(&wanted)
+            .map_err(|e| e.to_string())
+            .and_then(|f| self.handle.reload(f).map_err(|e| e.to_string()));
+        match reloaded {
+            Ok(()) => {
                 tracing::info!(filter = %wanted, "log levels changed");
                 self.current = wanted;
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot change the log levels"),
             Err(e) => tracing::warn!(error = %e, "cannot change the log levels"),
         }
     }

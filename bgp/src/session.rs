@@ -253,11 +253,8 @@ async fn run(
             }
             message = async { s.conn.as_mut().expect("guarded").read(&s.codec).await }, if s.conn.is_some() => {
                 match message {
-                    Ok(m) => {
-                        tracing::debug!(peer = %s.params.remote, kind = m.kind(), "received");
-                        Some(Event::Message(m))
-                    }
-                    Err(ReadError::Decode(e)) => Some(Event::DecodeFailed(e)),
+                    Ok(m) => Some(s.received(Ok(m))),
+                    Err(ReadError::Decode(e)) => Some(s.received(Err(e))),
                     Err(ReadError::Closed(reason)) => {
                         s.conn = None;
                         Some(Event::TcpFailed { reason })
@@ -275,13 +272,7 @@ async fn run(
                 && let Some(conn) = s.conn.as_mut()
                 && let Some(next) = conn.buffered(&s.codec)
             {
-                let event = match next {
-                    Ok(m) => {
-                        tracing::debug!(peer = %s.params.remote, kind = m.kind(), "received");
-                        Event::Message(m)
-                    }
-                    Err(e) => Event::DecodeFailed(e),
-                };
+                let event = s.received(next);
                 let actions = s.fsm.handle(event, now);
                 s.apply(actions, &mut connecting).await;
             }
@@ -295,6 +286,17 @@ async fn run(
 }
 
 impl Session {
+    /// The event for a message read from the connection (or the reason it could not be decoded).
+    fn received(&self, message: Result<Message, DecodeError>) -> Event {
+        match message {
+            Ok(m) => {
+                tracing::debug!(peer = %self.params.remote, kind = m.kind(), "received");
+                Event::Message(m)
+            }
+            Err(e) => Event::DecodeFailed(e),
+        }
+    }
+
     /// Hands a message to the speaker, after the UPDATEs received before it.
     async fn tell(&mut self, message: FromSession) {
         self.flush_updates().await;

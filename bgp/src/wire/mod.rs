@@ -205,8 +205,8 @@ pub fn decode(frame: &[u8], codec: &Codec) -> Result<Message, DecodeError> {
     decode_cached(frame, codec, &mut update::AttributeCache::default())
 }
 
-/// [`decode`] for a session: UPDATEs whose attribute bytes equal the previous UPDATE's reuse
-/// its decoded attributes from `cache`.
+/// [`decode`] for a session: an UPDATE whose attribute bytes the session decoded recently
+/// reuses that decoded list from `cache`.
 pub fn decode_cached(frame: &[u8], codec: &Codec, cache: &mut update::AttributeCache) -> Result<Message, DecodeError> {
     let length = frame_length(frame)?.ok_or_else(|| {
         header_error(

@@ -19,7 +19,7 @@ pub struct Update {
     /// Withdrawn IPv4 routes.
     pub withdrawn: Vec<IpNetwork>,
     /// Path attributes in the order received (malformed ones that RFC 7606 discards removed).
-    /// Shared: consecutive UPDATEs with the same attribute bytes share one decoded list.
+    /// Shared: UPDATEs of one session with the same attribute bytes share one decoded list.
     pub attributes: Arc<[Attribute]>,
     /// Announced IPv4 routes.
     pub nlri: Vec<IpNetwork>,
