@@ -13,6 +13,21 @@ use serde_json::{Map, Value};
 /// The PATH plugins run with.
 pub const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The CNI configuration a node's runtime uses with brindle: the datastore, and the MTU,
+/// node-name files and endpoint records in the node agent's state directory.
+pub fn node_conf(datastore: &str, state_dir: &Path) -> Value {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "brindle",
+        "datastore": datastore,
+        "nodename_file": state_dir.join("nodename"),
+        "mtu_file": state_dir.join("mtu"),
+        "endpoint_record_dir": state_dir.join("endpoints"),
+        "ipam": {"type": "brindle-ipam"},
+    })
+}
+
 /// One attachment of a container to a network.
 #[derive(Debug, Clone)]
 pub struct Attachment {

@@ -8,3 +8,4 @@ pub mod lab;
 pub mod netns;
 pub mod process;
 pub mod underlay;
+pub mod wait;

@@ -123,6 +123,12 @@ pub fn ping(netns: &str, ip: &str) -> bool {
     output(Command::new("ip").args(["netns", "exec", netns, "ping", "-c", "1", "-W", "1", ip])).0
 }
 
+/// Whether this kernel has IP-in-IP: a fresh namespace gets `tunl0` only with the ipip module.
+pub fn kernel_has_ipip() -> anyhow::Result<bool> {
+    let probe = Netns::new("ipip", "probe")?;
+    Ok(probe.ip(&["link", "show"])?.contains("tunl0"))
+}
+
 /// Joins two namespaces with a veth pair named `<a_end>`/`<b_end>`.
 pub fn veth(a: &Netns, a_end: &str, b: &Netns, b_end: &str) -> anyhow::Result<()> {
     run(Command::new("ip")

@@ -4,7 +4,6 @@
 //! every agent and remove every namespace even when a test fails.
 #![allow(dead_code)]
 
-use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,11 +12,13 @@ use std::time::{Duration, Instant};
 use brindle_datastore::Client;
 use brindle_datastore::resource::parse_documents;
 use brindle_datastore::testing::SqliteFile;
-use brindle_e2e::cni::{Attachment, exec_in};
+use brindle_e2e::cni::{Attachment, exec_in, node_conf};
+use brindle_e2e::lab::agent_status;
 use brindle_e2e::netns::{self, Netns, unique};
 use brindle_e2e::process::Process;
 use brindle_e2e::underlay::Underlay;
-use serde_json::{Value, json};
+use brindle_e2e::wait::wait_for;
+use serde_json::Value;
 
 /// One node.
 pub struct Node {
@@ -74,8 +75,7 @@ pub struct Cluster {
 /// Why IP-in-IP cannot run here, if it cannot: a fresh namespace has `tunl0` only where the
 /// kernel has the ipip module.
 pub fn ipip_missing() -> Option<String> {
-    let probe = Netns::new("agt", "probe").unwrap();
-    (!probe.ip(&["link", "show"]).unwrap().contains("tunl0")).then(|| {
+    (!netns::kernel_has_ipip().unwrap()).then(|| {
         "skipped: this kernel has no ipip module (a fresh network namespace has no tunl0); \
          the IP-in-IP routes and their netlink requests are checked by the agent's unit tests"
             .to_owned()
@@ -197,22 +197,17 @@ impl Cluster {
 
     /// Waits until node `i`'s agent answers /readiness with 200.
     pub fn wait_ready(&self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.http(i, 9099, "/readiness").starts_with("HTTP/1.0 200") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("agent {i} never became ready; its log:\n{}", self.agent_log(i));
+        wait_for(&format!("agent {i} to become ready"), Duration::from_secs(20), || {
+            self.http(i, 9099, "/readiness").starts_with("HTTP/1.0 200")
+        })
+        .unwrap_or_else(|e| panic!("{e}; its log:\n{}", self.agent_log(i)));
     }
 
     /// What node `i`'s agent says on its status socket.
     pub fn status(&self, i: usize) -> Value {
-        let mut conn = std::os::unix::net::UnixStream::connect(self.nodes[i].state.path().join("node.sock")).unwrap();
-        let mut text = String::new();
-        conn.read_to_string(&mut text).unwrap();
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("status is not JSON ({e}): {text}"))
+        let status = agent_status(&self.nodes[i].state.path().join("node.sock"));
+        assert!(!status.is_null(), "agent {i} gave no JSON status on its socket");
+        status
     }
 
     /// GET on a node's loopback; the raw response, or "" when nothing answers.
@@ -222,17 +217,7 @@ impl Cluster {
 
     /// The CNI config every node's runtime uses: MTU and node name from the agent's files.
     pub fn cni_conf(&self, i: usize) -> Value {
-        let state = self.nodes[i].state.path();
-        json!({
-            "cniVersion": "1.0.0",
-            "name": "k8s-pod-network",
-            "type": "brindle",
-            "datastore": self.selection(),
-            "nodename_file": state.join("nodename"),
-            "mtu_file": state.join("mtu"),
-            "endpoint_record_dir": state.join("endpoints"),
-            "ipam": {"type": "brindle-ipam"},
-        })
+        node_conf(&self.selection(), self.nodes[i].state.path())
     }
 
     /// Makes a pod on node `i` through the CNI plugin; returns its index.
@@ -288,14 +273,7 @@ impl Cluster {
     }
 
     /// Waits until `check` holds, or fails with `what`.
-    pub fn eventually(&self, within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if check() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{what}: not within {within:?}");
+    pub fn eventually(&self, within: Duration, what: &str, check: impl FnMut() -> bool) {
+        wait_for(what, within, check).unwrap_or_else(|e| panic!("{e}"));
     }
 }

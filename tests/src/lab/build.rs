@@ -4,21 +4,21 @@
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use brindle_datastore::resource::parse_documents;
-use serde_json::json;
 
 use super::progress::Progress;
 use super::report::agent_status;
 use super::state::{LabNode, LabPod, LabState};
 use super::topology::{Options, Store, cli_name, node_name, pod_name};
 use super::{in_netns, teardown};
-use crate::cni::{Attachment, exec_in};
+use crate::cni::{Attachment, exec_in, node_conf};
 use crate::netns::{Netns, http_get};
 use crate::process::alive;
 use crate::underlay::Underlay;
+use crate::wait::wait_for;
 
 /// The binaries a lab runs, looked up in the bin directory.
 pub const BINARIES: &[&str] = &["brindle-node", "brindle", "brindle-ipam"];
@@ -43,7 +43,7 @@ pub fn up(name: &str, dir: &Path, bin_dir: &Path, options: &Options) -> anyhow::
             );
         }
     }
-    if options.mode.needs_ipip() && !kernel_has_ipip()? {
+    if options.mode.needs_ipip() && !crate::netns::kernel_has_ipip()? {
         bail!(
             "mode {} needs the kernel's ipip module, and this kernel has none (a new network namespace \
              gets no tunl0); choose --mode vxlan or vxlan-crosssubnet",
@@ -132,12 +132,6 @@ fn build(state: &mut LabState, dir: &Path) -> anyhow::Result<()> {
     })?;
     underlay.keep();
     Ok(())
-}
-
-/// Whether IP-in-IP can run: a fresh namespace has `tunl0` only with the ipip module.
-fn kernel_has_ipip() -> anyhow::Result<bool> {
-    let probe = Netns::new("brindle-lab", "probe")?;
-    Ok(probe.ip(&["link", "show"])?.contains("tunl0"))
 }
 
 fn node_address(options: &Options, i: usize) -> anyhow::Result<std::net::Ipv4Addr> {
@@ -258,25 +252,11 @@ fn wait_ready(state: &LabState) -> anyhow::Result<()> {
 
 /// Whether every BGP peer of the node's agent is established (true when BGP is off).
 fn sessions_established(node: &LabNode) -> bool {
-    let status = agent_status(node);
+    let status = agent_status(&node.status_socket());
     match status["bgp"]["peers"].as_array() {
         None => !status.is_null(),
         Some(peers) => peers.iter().all(|p| p["state"] == "Established"),
     }
-}
-
-/// The CNI configuration node `i`'s runtime uses.
-fn cni_conf(state: &LabState, node: &LabNode) -> serde_json::Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "k8s-pod-network",
-        "type": "brindle",
-        "datastore": state.datastore,
-        "nodename_file": node.state_dir.join("nodename"),
-        "mtu_file": node.state_dir.join("mtu"),
-        "endpoint_record_dir": node.state_dir.join("endpoints"),
-        "ipam": {"type": "brindle-ipam"},
-    })
 }
 
 fn add_pod(state: &mut LabState, i: usize, j: usize) -> anyhow::Result<()> {
@@ -295,7 +275,7 @@ fn add_pod(state: &mut LabState, i: usize, j: usize) -> anyhow::Result<()> {
         &node.netns,
         &state.bin_dir.join("brindle"),
         "ADD",
-        &cni_conf(state, node),
+        &node_conf(&state.datastore, &node.state_dir),
         &attachment,
         &state.bin_dir.display().to_string(),
     )?;
@@ -307,16 +287,4 @@ fn add_pod(state: &mut LabState, i: usize, j: usize) -> anyhow::Result<()> {
         .to_owned();
     state.pods.push(LabPod { name, node: i, netns: netns.keep(), ip, container_id });
     Ok(())
-}
-
-/// Polls `check` until it holds or `within` passes.
-pub fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("waited {within:?} for {what}")
 }

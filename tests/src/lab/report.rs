@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use super::state::{LabNode, LabState};
+use super::state::LabState;
 use super::topology::cli_name;
 use crate::netns::ping;
 use crate::process::is_running;
@@ -106,9 +106,9 @@ impl Matrix {
     }
 }
 
-/// What a node's agent says on its status socket (null when it does not answer).
-pub fn agent_status(node: &LabNode) -> Value {
-    let Ok(mut conn) = std::os::unix::net::UnixStream::connect(node.status_socket()) else { return Value::Null };
+/// What a node agent says on its status socket (null when it does not answer).
+pub fn agent_status(socket: &std::path::Path) -> Value {
+    let Ok(mut conn) = std::os::unix::net::UnixStream::connect(socket) else { return Value::Null };
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     let mut text = String::new();
     let _ = conn.read_to_string(&mut text);
@@ -139,7 +139,7 @@ pub fn render_status(state: &LabState) -> String {
     let _ = writeln!(out, "{:<8} {:<12} {:<24} BGP", "NODE", "ADDRESS", "AGENT");
     let mut sessions = String::new();
     for node in &state.nodes {
-        let status = agent_status(node);
+        let status = agent_status(&node.status_socket());
         let agent = if !is_running(node.agent_pid, "brindle-node") {
             format!("not running (pid {})", node.agent_pid)
         } else if status["ready"] == true {
