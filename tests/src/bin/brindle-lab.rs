@@ -57,7 +57,8 @@ enum Cmd {
     /// Pings between every pair of pods and prints the matrix; exit 0 only when all reach.
     Ping,
     /// Runs a command in a node's (or a pod's, the router's, the switch's) namespace, with
-    /// BRINDLE_DATASTORE, BRINDLE_STATUS_SOCKET and PATH set so `brindlectl` works there.
+    /// BRINDLE_DATASTORE, and in a node also BRINDLE_STATUS_SOCKET, BRINDLE_ENDPOINT_RECORD_DIR
+    /// and NODENAME, and brindle's binaries first on PATH, so `brindlectl` works there.
     Exec {
         /// `node-0` (or `0`), a pod such as `pod-0-1`, `router` or `switch`.
         node: String,
