@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use brindle_bgp::attrs::PathAttrs;
@@ -20,6 +20,17 @@ use crate::calc::{Cluster, Learned, Me};
 
 /// How long a starting agent waits for its peers before BGP alone decides its routes.
 const CONVERGENCE_LIMIT: Duration = Duration::from_secs(30);
+
+/// This node's BGP settings that do not come from the resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The hold time proposed to peers, in seconds.
+    pub hold_time: u16,
+    /// Where Kubernetes secrets are mounted, one directory per secret (the layout of a secret
+    /// volume): a BGPPeer's `password.secretKeyRef {name, key}` is the file
+    /// `<secrets_dir>/<name>/<key>`.
+    pub secrets_dir: PathBuf,
+}
 
 /// What BGP should be doing for a cluster snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,7 +79,8 @@ fn parse_peer_ip(text: &str) -> Option<(IpAddr, Option<u16>)> {
 /// so they never collide) and every BGPPeer that applies to this node; route reflectors
 /// treat nodes outside their cluster as clients; only prefixes inside pools are imported
 /// and exported.
-pub fn plan(me: &Me, cluster: &Cluster, hold_time: u16) -> Plan {
+pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
+    let hold_time = settings.hold_time;
     let pools: Vec<IpNetwork> = cluster.pools.iter().map(|p| p.spec.cidr).collect();
     let filter = PrefixFilter::only(&pools);
     let my_ip = me.ipv4.map(|n| n.ip());
@@ -155,15 +167,15 @@ pub fn plan(me: &Me, cluster: &Cluster, hold_time: u16) -> Plan {
             peer.import = filter.clone();
             peer.export = filter.clone();
             if let Some(password) = &spec.password {
-                match &password.file {
-                    Some(file) => {
-                        out.passwords.insert(address, file.clone());
+                let file = match (&password.file, &password.secret_key_ref) {
+                    (Some(file), _) => file.clone(),
+                    (None, Some(secret)) => settings.secrets_dir.join(&secret.name).join(&secret.key),
+                    (None, None) => {
+                        out.problems.push(format!("BGPPeer {}: password names no source", resource.metadata.name));
+                        continue;
                     }
-                    None => out.problems.push(format!(
-                        "BGPPeer {}: secretKeyRef passwords need Kubernetes; use password.file on this node",
-                        resource.metadata.name
-                    )),
-                }
+                };
+                out.passwords.insert(address, file);
             }
             out.kinds
                 .insert(address, if spec.node.is_some() || spec.node_selector.is_some() { "node" } else { "global" });
@@ -223,6 +235,16 @@ fn attach_communities(cluster: &Cluster, out: &mut Plan) {
 pub struct Bgp {
     speaker: Speaker,
     applied: Plan,
+    /// The peers last given to the speaker, passwords filled in.
+    applied_peers: Vec<PeerSpec>,
+}
+
+/// Reads the TCP MD5 password of the peer at `address` from `file` (surrounding white space,
+/// such as a final newline, is not part of it).
+pub fn read_password(address: IpAddr, file: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("reading the BGP password of {address} from {}: {e}", file.display()))?;
+    Ok(text.trim().to_owned())
 }
 
 /// One peer as `brindlectl node status` shows it.
@@ -268,22 +290,32 @@ impl Bgp {
         let speaker = Speaker::start(config).await?;
         let (tx, rx) = watch::channel(Learned::default());
         tokio::spawn(follow(speaker.clone(), tx));
-        Ok((Bgp { speaker, applied: Plan::default() }, rx))
+        Ok((Bgp { speaker, applied: Plan::default(), applied_peers: Vec::new() }, rx))
     }
 
-    /// Tells the speaker what changed since the last plan.
+    /// Tells the speaker what changed since the last plan. Passwords are read from their
+    /// files every time, so a rotated secret reaches the session at the next resync. A peer
+    /// whose password cannot be read keeps the session it had (or gets none yet); the error
+    /// names it, and every other change is still applied.
     pub async fn apply(&mut self, plan: Plan) -> anyhow::Result<()> {
-        if plan.peers != self.applied.peers || plan.passwords != self.applied.passwords {
-            let mut peers = plan.peers.clone();
-            for peer in &mut peers {
-                if let Some(file) = plan.passwords.get(&peer.address) {
-                    let password = std::fs::read_to_string(file).map_err(|e| {
-                        anyhow::anyhow!("reading the BGP password of {} from {}: {e}", peer.address, file.display())
-                    })?;
-                    peer.password = Some(password.trim().to_owned());
+        let mut unreadable = Vec::new();
+        let mut peers = Vec::with_capacity(plan.peers.len());
+        for peer in &plan.peers {
+            let Some(file) = plan.passwords.get(&peer.address) else {
+                peers.push(peer.clone());
+                continue;
+            };
+            match read_password(peer.address, file) {
+                Ok(password) => peers.push(PeerSpec { password: Some(password), ..peer.clone() }),
+                Err(e) => {
+                    unreadable.push(format!("{e:#}"));
+                    peers.extend(self.applied_peers.iter().find(|p| p.address == peer.address).cloned());
                 }
             }
-            self.speaker.set_peers(peers).await?;
+        }
+        if peers != self.applied_peers {
+            self.speaker.set_peers(peers.clone()).await?;
+            self.applied_peers = peers;
         }
         for (prefix, communities) in &plan.originate {
             if self.applied.originate.get(prefix) == Some(communities) {
@@ -299,7 +331,7 @@ impl Bgp {
             self.speaker.withdraw(*prefix).await?;
         }
         self.applied = plan;
-        Ok(())
+        if unreadable.is_empty() { Ok(()) } else { Err(anyhow::anyhow!(unreadable.join("; "))) }
     }
 
     /// Every peer's state.
@@ -380,38 +412,10 @@ async fn follow(speaker: Speaker, tx: watch::Sender<Learned>) {
 #[cfg(test)]
 mod tests {
     use brindle_datastore::ipam::{Allocation, AllocationKind, Block};
-    use brindle_datastore::resource::{BgpPeer, IpPool, NodeBgp};
+    use brindle_datastore::resource::BgpPeer;
 
     use super::*;
-
-    fn node(name: &str, ip: &str, labels: &[(&str, &str)], cluster_id: Option<&str>) -> Resource<Node> {
-        let bgp = NodeBgp {
-            ipv4_address: Some(ip.parse().unwrap()),
-            route_reflector_cluster_id: cluster_id.map(|c| c.parse().unwrap()),
-            ..NodeBgp::default()
-        };
-        let mut r = Resource::new(name, Node { bgp: Some(bgp), ..Node::default() });
-        r.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        r
-    }
-
-    fn me(name: &str, ip: &str) -> Me {
-        Me { name: name.into(), ipv4: Some(ip.parse().unwrap()), ipv6: None, ipip_supported: false }
-    }
-
-    fn cluster(mesh: bool) -> Cluster {
-        let mut c = Cluster {
-            pools: vec![Resource::new("p", IpPool::new("10.244.0.0/16".parse().unwrap()))],
-            nodes: vec![
-                node("a", "10.0.0.1/24", &[("rr", "true")], Some("1.0.0.1")),
-                node("b", "10.0.0.2/24", &[], None),
-                node("c", "10.0.0.3/24", &[], None),
-            ],
-            ..Cluster::default()
-        };
-        c.bgp.node_to_node_mesh_enabled = mesh;
-        c
-    }
+    use crate::fixtures::{cluster, me, settings};
 
     fn peer(spec: BgpPeer) -> Resource<BgpPeer> {
         Resource::new("peer", spec)
@@ -419,7 +423,7 @@ mod tests {
 
     #[test]
     fn the_mesh_is_opened_by_the_lower_address_only() {
-        let p = plan(&me("b", "10.0.0.2/24"), &cluster(true), 90);
+        let p = plan(&me("b", "10.0.0.2/24"), &cluster(true), &settings());
         let addresses: Vec<String> = p.peers.iter().map(|p| p.address.to_string()).collect();
         assert_eq!(addresses, ["10.0.0.1", "10.0.0.3"]);
         assert!(p.peers[0].passive, "b waits for a, whose address is lower");
@@ -437,10 +441,10 @@ mod tests {
         }));
         // One BGPPeer, as Calico's docs write it: the reflector learns its clients from the
         // same resource (selector peerings are symmetric).
-        let reflector = plan(&me("a", "10.0.0.1/24"), &c, 90);
+        let reflector = plan(&me("a", "10.0.0.1/24"), &c, &settings());
         assert_eq!(reflector.peers.len(), 2);
         assert!(reflector.peers.iter().all(|p| p.rr_client), "{:?}", reflector.peers);
-        let client = plan(&me("b", "10.0.0.2/24"), &c, 90);
+        let client = plan(&me("b", "10.0.0.2/24"), &c, &settings());
         let addresses: Vec<String> = client.peers.iter().map(|p| p.address.to_string()).collect();
         assert_eq!(addresses, ["10.0.0.1"], "with the mesh off a client peers only with the reflector");
         assert!(!client.peers[0].rr_client);
@@ -466,7 +470,7 @@ mod tests {
             peer_ip: Some("10.0.0.253".into()),
             ..BgpPeer::default()
         }));
-        let b = plan(&me("b", "10.0.0.2/24"), &c, 90);
+        let b = plan(&me("b", "10.0.0.2/24"), &c, &settings());
         let external = b.peers.iter().find(|p| p.address.to_string() == "10.0.0.254").expect("the external peer");
         assert_eq!((external.port, external.asn), (1179, 65001));
         assert!(external.keep_original_next_hop);
@@ -476,8 +480,29 @@ mod tests {
             Some("/etc/brindle/bgp-pw")
         );
         assert!(b.problems.iter().any(|p| p.contains("!!bad")), "{:?}", b.problems);
-        let c_plan = plan(&me("c", "10.0.0.3/24"), &c, 90);
+        let c_plan = plan(&me("c", "10.0.0.3/24"), &c, &settings());
         assert!(c_plan.peers.iter().all(|p| p.address.to_string() != "10.0.0.254"), "the peer is b's alone");
+    }
+
+    #[test]
+    fn a_secret_reference_is_read_from_the_mounted_secret() {
+        use brindle_datastore::resource::{BgpPassword, SecretKeyRef};
+        let mut c = cluster(true);
+        c.peers.push(peer(BgpPeer {
+            peer_ip: Some("10.0.0.254".into()),
+            as_number: Some(65001),
+            password: Some(BgpPassword {
+                secret_key_ref: Some(SecretKeyRef { name: "bgp-secrets".into(), key: "upstream".into() }),
+                file: None,
+            }),
+            ..BgpPeer::default()
+        }));
+        let b = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        assert_eq!(
+            b.passwords[&"10.0.0.254".parse::<IpAddr>().unwrap()],
+            Path::new("/etc/brindle/secrets/bgp-secrets/upstream")
+        );
+        assert!(b.problems.is_empty(), "{:?}", b.problems);
     }
 
     #[test]
@@ -494,10 +519,10 @@ mod tests {
         theirs.allocate(borrowed, 0, 0).unwrap();
         c.blocks = vec![Block::new("10.244.0.0/26".parse().unwrap(), Some("b".into())), theirs];
         let originated: Vec<String> =
-            plan(&me("b", "10.0.0.2/24"), &c, 90).originate.keys().map(ToString::to_string).collect();
+            plan(&me("b", "10.0.0.2/24"), &c, &settings()).originate.keys().map(ToString::to_string).collect();
         assert_eq!(originated, ["10.244.0.0/26", "10.244.1.0/32"]);
         c.pools[0].spec.disable_bgp_export = true;
-        assert!(plan(&me("b", "10.0.0.2/24"), &c, 90).originate.is_empty());
+        assert!(plan(&me("b", "10.0.0.2/24"), &c, &settings()).originate.is_empty());
     }
 
     #[test]
@@ -514,7 +539,7 @@ mod tests {
             },
             PrefixAdvertisement { cidr: "10.96.0.0/12".parse().unwrap(), communities: vec!["99999:1".into()] },
         ];
-        let p = plan(&me("b", "10.0.0.2/24"), &c, 90);
+        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
         assert_eq!(p.originate[&"10.244.0.0/26".parse().unwrap()], ["64512:100", "1:2:3"]);
         assert!(p.originate[&"10.96.0.0/12".parse().unwrap()].is_empty(), "the bad community is dropped");
         assert!(p.problems.iter().any(|e| e.contains("99999:1")), "{:?}", p.problems);

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
-use crate::bgp::Plan;
+use crate::bgp::{Plan, read_password};
 use crate::calc::{Cluster, Me};
 
 /// The shipped template.
@@ -20,17 +20,7 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
     let asn = node_bgp.and_then(|b| b.as_number).unwrap_or(cluster.bgp.as_number);
     let mut peers = Vec::new();
     for peer in plan.peers.iter().filter(|p| p.address.is_ipv4()) {
-        let password = match plan.passwords.get(&peer.address) {
-            Some(file) => Some(
-                std::fs::read_to_string(file)
-                    .map_err(|e| {
-                        anyhow::anyhow!("reading the BGP password of {} from {}: {e}", peer.address, file.display())
-                    })?
-                    .trim()
-                    .to_owned(),
-            ),
-            None => None,
-        };
+        let password = plan.passwords.get(&peer.address).map(|file| read_password(peer.address, file)).transpose()?;
         if password.as_deref().is_some_and(|p| p.contains(['"', '\\', '\n'])) {
             anyhow::bail!("the BGP password of {} has a character BIRD's configuration cannot carry", peer.address);
         }
@@ -80,39 +70,16 @@ fn bird_community(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use brindle_datastore::ipam::Block;
-    use brindle_datastore::resource::{BgpPassword, BgpPeer, IpPool, Node, NodeBgp, Resource};
+    use brindle_datastore::resource::{BgpPassword, BgpPeer, Resource};
     use brindle_render::{Outcome, TemplateResource, render};
 
     use super::*;
     use crate::bgp::plan;
-
-    fn node(name: &str, ip: &str, labels: &[(&str, &str)], cluster_id: Option<&str>) -> Resource<Node> {
-        let bgp = NodeBgp {
-            ipv4_address: Some(ip.parse().unwrap()),
-            route_reflector_cluster_id: cluster_id.map(|c| c.parse().unwrap()),
-            ..NodeBgp::default()
-        };
-        let mut r = Resource::new(name, Node { bgp: Some(bgp), ..Node::default() });
-        r.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        r
-    }
-
-    fn me(name: &str, ip: &str) -> Me {
-        Me { name: name.into(), ipv4: Some(ip.parse().unwrap()), ipv6: None, ipip_supported: false }
-    }
+    use crate::fixtures::{self, me, settings};
 
     fn cluster(mesh: bool) -> Cluster {
-        let mut c = Cluster {
-            pools: vec![Resource::new("p", IpPool::new("10.244.0.0/16".parse().unwrap()))],
-            nodes: vec![
-                node("a", "10.0.0.1/24", &[("rr", "true")], Some("1.0.0.1")),
-                node("b", "10.0.0.2/24", &[], None),
-                node("c", "10.0.0.3/24", &[], None),
-            ],
-            blocks: vec![Block::new("10.244.0.0/26".parse().unwrap(), Some("a".into()))],
-            ..Cluster::default()
-        };
-        c.bgp.node_to_node_mesh_enabled = mesh;
+        let mut c = fixtures::cluster(mesh);
+        c.blocks = vec![Block::new("10.244.0.0/26".parse().unwrap(), Some("a".into()))];
         c
     }
 
@@ -127,7 +94,7 @@ mod tests {
             check_cmd: Some("bird -p -c {src}".into()),
             reload_cmd: None,
         };
-        let ctx = context(me, cluster, &plan(me, cluster, 90)).unwrap();
+        let ctx = context(me, cluster, &plan(me, cluster, &settings())).unwrap();
         assert_eq!(render(&resource, TEMPLATE, &ctx).unwrap(), Outcome::Installed);
         std::fs::read_to_string(&resource.dest).unwrap()
     }

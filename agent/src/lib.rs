@@ -7,6 +7,8 @@ pub mod bgp;
 pub mod bird;
 pub mod calc;
 pub mod dataplane;
+#[cfg(test)]
+mod fixtures;
 pub mod logging;
 pub mod startup;
 pub mod status;

@@ -66,6 +66,11 @@ struct Args {
     /// routes on the others.
     #[arg(long, default_value_t = 90)]
     bgp_hold_time: u16,
+    /// Where Kubernetes secrets are mounted, one directory per secret (as a secret volume
+    /// lays them out): a BGPPeer's `password.secretKeyRef {name, key}` is read from
+    /// `DIR/name/key`, again at every resync, so rotated secrets take effect.
+    #[arg(long, env = "BRINDLE_SECRETS_DIR", default_value = "/etc/brindle/secrets")]
+    secrets_dir: PathBuf,
     /// Log filter (`warn`, `info`, `debug`, or tracing directives), fixed for the process's
     /// life. Default: AgentConfiguration's and BGPConfiguration's `logSeverityScreen`, applied
     /// as they change, else warnings and errors only.
@@ -177,6 +182,8 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     });
     let (tx, mut rx) = watch::channel::<syncer::Published>(None);
     tokio::spawn(syncer::run(store, name.clone(), tx, Arc::clone(&metrics)));
+    let bgp_settings =
+        brindle_agent::bgp::Settings { hold_time: args.bgp_hold_time, secrets_dir: args.secrets_dir.clone() };
     let resync_every = args.resync_interval.unwrap_or(config.route_refresh_interval).max(Duration::from_secs(1));
     let mut resync = tokio::time::interval(resync_every);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -235,7 +242,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
             bgp = Some(Bgp::start(&me, &cluster).await.context("starting the BGP speaker")?);
         }
         if backend == BgpBackend::Bird {
-            let plan = brindle_agent::bgp::plan(&me, &cluster, args.bgp_hold_time);
+            let plan = brindle_agent::bgp::plan(&me, &cluster, &bgp_settings);
             if let Err(e) = render_bird(&me, &cluster, &plan, &args.state_dir, &mut bird) {
                 metrics.error("bgp");
                 tracing::warn!(error = %format!("{e:#}"), "BIRD configuration not updated");
@@ -245,7 +252,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         let bird_learned = Learned { routes: Default::default(), converged: true };
         let learned = match bgp.as_mut() {
             Some((speaker, learned)) => {
-                let plan = brindle_agent::bgp::plan(&me, &cluster, args.bgp_hold_time);
+                let plan = brindle_agent::bgp::plan(&me, &cluster, &bgp_settings);
                 if plan.problems != last_bgp_problems {
                     for problem in &plan.problems {
                         tracing::warn!(%problem, "BGP peering skipped");

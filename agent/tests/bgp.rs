@@ -88,25 +88,30 @@ fn route_reflectors_carry_the_routes_with_the_mesh_off() {
 }
 
 #[test]
-fn an_external_bird_gets_the_pod_blocks_and_only_routes_inside_pools_come_back() {
+fn an_external_bird_with_a_secret_password_gets_the_pod_blocks_and_only_routes_inside_pools_come_back() {
     let pool = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
-        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: upstream}\nspec: {peerIP: 10.250.0.50, asNumber: 65001}\n";
+        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: upstream}\nspec: {peerIP: 10.250.0.50, asNumber: 65001, password: {secretKeyRef: {name: bgp-secrets, key: upstream}}}\n";
     let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11)], pool);
     let router = brindle_e2e::netns::Netns::new("agt", "bird").unwrap();
     cluster.underlay.attach(&router, 0, 50).unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // The secret as kubelet mounts a secret volume: one file per key.
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::create_dir(secrets.path().join("bgp-secrets")).unwrap();
+    std::fs::write(secrets.path().join("bgp-secrets/upstream"), "md5-s3cret\n").unwrap();
     let neighbors: String = cluster
         .nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| format!("protocol bgp node{i} {{ local as 65001; neighbor {} as 64512; ipv4 {{ import all; export all; }}; }}\n", n.address))
+        .map(|(i, n)| format!("protocol bgp node{i} {{ local as 65001; neighbor {} as 64512; password \"md5-s3cret\"; ipv4 {{ import all; export all; }}; }}\n", n.address))
         .collect();
     let config = format!(
         "router id 10.250.0.50;\nprotocol device {{}}\n\
          protocol static {{ ipv4; route 10.244.200.0/24 blackhole; route 192.168.77.0/24 blackhole; }}\n{neighbors}"
     );
     let bird = brindle_e2e::bird::Bird::start(&router, dir.path(), &config).unwrap();
-    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
+    cluster.agent_args =
+        vec!["--bgp".into(), "embedded".into(), "--secrets-dir".into(), secrets.path().display().to_string()];
     cluster.start_all();
     for i in 0..2 {
         cluster.add_pod(i, |_| {});

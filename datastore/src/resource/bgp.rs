@@ -124,8 +124,26 @@ impl Spec for BgpPeer {
                 "",
                 "give exactly one of secretKeyRef or file",
             );
+            if let Some(secret) = &password.secret_key_ref {
+                v.dns_subdomain("spec.password.secretKeyRef.name", &secret.name);
+                v.require(
+                    is_secret_key(&secret.key),
+                    "spec.password.secretKeyRef.key",
+                    &secret.key,
+                    "must be letters, digits, '-', '_' and '.' (not '.' or '..'), at most 253 characters",
+                );
+            }
         }
     }
+}
+
+/// A key of a Kubernetes secret: what becomes a file name in a secret volume.
+fn is_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && key != ".."
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// A named community value that prefix advertisements can refer to.
@@ -300,6 +318,24 @@ mod tests {
             ..BgpPeer::default()
         };
         assert!(problems(peer).contains("give exactly one of secretKeyRef or file"));
+    }
+
+    #[test]
+    fn a_secret_reference_cannot_leave_its_secret() {
+        let with_secret = |name: &str, key: &str| BgpPeer {
+            peer_ip: Some("10.0.0.1".into()),
+            as_number: Some(64512),
+            password: Some(BgpPassword {
+                secret_key_ref: Some(SecretKeyRef { name: name.into(), key: key.into() }),
+                file: None,
+            }),
+            ..BgpPeer::default()
+        };
+        assert_eq!(problems(with_secret("bgp-secrets", "rr_1.password")), "");
+        let err = problems(with_secret("../etc", ".."));
+        assert!(err.contains("spec.password.secretKeyRef.name \"../etc\""), "{err}");
+        assert!(err.contains("spec.password.secretKeyRef.key \"..\""), "{err}");
+        assert!(problems(with_secret("s", "a/b")).contains("secretKeyRef.key \"a/b\""));
     }
 
     #[test]

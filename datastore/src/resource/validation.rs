@@ -71,6 +71,11 @@ impl Validator {
         }
     }
 
+    /// Checks a name of another Kubernetes object is a DNS-1123 subdomain.
+    pub fn dns_subdomain(&mut self, field: &str, name: &str) {
+        self.require(is_dns_subdomain(name), field, name, "must be a Kubernetes object name (a DNS-1123 subdomain)");
+    }
+
     /// Checks a label selector parses.
     pub fn selector(&mut self, field: &str, selector: &str) {
         if let Err(e) = selector.parse::<Selector>() {
