@@ -77,13 +77,27 @@ fn parse_peer_ip(text: &str) -> Option<(IpAddr, Option<u16>)> {
 
 /// The plan for `me`: the node-to-node mesh (each session opened by the lower address only,
 /// so they never collide) and every BGPPeer that applies to this node; route reflectors
-/// treat nodes outside their cluster as clients; only prefixes inside pools are imported
-/// and exported.
+/// treat nodes outside their cluster as clients. Nodes with addresses of both families peer
+/// once per family, as Calico's BIRD does, and each session carries its own family only:
+/// imports inside the pools, exports inside the pools and the advertised service ranges.
 pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
     let hold_time = settings.hold_time;
     let pools: Vec<IpNetwork> = cluster.pools.iter().map(|p| p.spec.cidr).collect();
-    let filter = PrefixFilter::only(&pools);
-    let my_ip = me.ipv4.map(|n| n.ip());
+    let services: Vec<IpNetwork> =
+        cluster.bgp.service_cluster_ips.iter().chain(&cluster.bgp.service_external_ips).map(|s| s.cidr).collect();
+    let of_family = |ranges: &[IpNetwork], v6: bool| -> PrefixFilter {
+        PrefixFilter::only(&ranges.iter().copied().filter(|r| r.is_ipv6() == v6).collect::<Vec<_>>())
+    };
+    let import = [of_family(&pools, false), of_family(&pools, true)];
+    let exportable: Vec<IpNetwork> = pools.iter().chain(&services).copied().collect();
+    let export = [of_family(&exportable, false), of_family(&exportable, true)];
+    let with_filters = |mut peer: PeerSpec| -> PeerSpec {
+        let family = usize::from(peer.address.is_ipv6());
+        peer.import = import[family].clone();
+        peer.export = export[family].clone();
+        peer
+    };
+    let my_address = |v6: bool| if v6 { me.ipv6 } else { me.ipv4 }.map(|n| n.ip());
     let no_labels = BTreeMap::new();
     let my_node = cluster.nodes.iter().find(|n| n.metadata.name == me.name);
     let my_labels = my_node.map_or(&no_labels, |n| &n.metadata.labels);
@@ -91,23 +105,31 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
     let mut out = Plan::default();
     let mut peers: BTreeMap<IpAddr, PeerSpec> = BTreeMap::new();
 
-    let node_peer = |node: &Resource<Node>| -> Option<PeerSpec> {
-        let address = node.spec.ipv4()?.ip();
+    // One session per family both nodes have an address of.
+    let node_peers = |node: &Resource<Node>| -> Vec<PeerSpec> {
         let node_bgp = node.spec.bgp.as_ref();
-        let mut peer = PeerSpec::new(address, node_bgp.and_then(|b| b.as_number).unwrap_or(cluster.bgp.as_number));
-        peer.port = cluster.bgp.listen_port;
-        peer.hold_time = hold_time;
-        peer.passive = my_ip.is_some_and(|mine| mine > address);
-        peer.local_address = my_ip;
-        // A reflector reflects for every node that is not a reflector of its own cluster.
-        peer.rr_client =
-            my_cluster_id.is_some() && node_bgp.and_then(|b| b.route_reflector_cluster_id) != my_cluster_id;
-        peer.import = filter.clone();
-        peer.export = filter.clone();
-        Some(peer)
+        let theirs = [node_bgp.and_then(|b| b.ipv4_address), node_bgp.and_then(|b| b.ipv6_address)];
+        theirs
+            .into_iter()
+            .flatten()
+            .filter_map(|their| {
+                let address = their.ip();
+                let mine = my_address(address.is_ipv6())?;
+                let mut peer =
+                    PeerSpec::new(address, node_bgp.and_then(|b| b.as_number).unwrap_or(cluster.bgp.as_number));
+                peer.port = cluster.bgp.listen_port;
+                peer.hold_time = hold_time;
+                peer.passive = mine > address;
+                peer.local_address = Some(mine);
+                // A reflector reflects for every node that is not a reflector of its own cluster.
+                peer.rr_client =
+                    my_cluster_id.is_some() && node_bgp.and_then(|b| b.route_reflector_cluster_id) != my_cluster_id;
+                Some(with_filters(peer))
+            })
+            .collect()
     };
     if cluster.bgp.node_to_node_mesh_enabled {
-        for peer in cluster.nodes.iter().filter(|n| n.metadata.name != me.name).filter_map(node_peer) {
+        for peer in cluster.nodes.iter().filter(|n| n.metadata.name != me.name).flat_map(node_peers) {
             out.kinds.entry(peer.address).or_insert("mesh");
             peers.entry(peer.address).or_insert(peer);
         }
@@ -138,8 +160,8 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
                 if !(forward || reverse) {
                     continue;
                 }
-                if let Some(peer) = node_peer(node) {
-                    let reflects = node.spec.bgp.as_ref().is_some_and(|b| b.route_reflector_cluster_id.is_some());
+                let reflects = node.spec.bgp.as_ref().is_some_and(|b| b.route_reflector_cluster_id.is_some());
+                for peer in node_peers(node) {
                     let kind = match (peer.rr_client, reflects) {
                         (true, _) => "client",
                         (false, true) => "reflector",
@@ -163,9 +185,8 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
             peer.hold_time = hold_time;
             peer.keep_original_next_hop = spec.keep_original_next_hop;
             peer.max_restart_time = spec.max_restart_time.map(|d| d.as_secs().min(u64::from(u16::MAX)) as u16);
-            peer.local_address = if address.is_ipv4() { my_ip } else { me.ipv6.map(|n| n.ip()) };
-            peer.import = filter.clone();
-            peer.export = filter.clone();
+            peer.local_address = my_address(address.is_ipv6());
+            let peer = with_filters(peer);
             if let Some(password) = &spec.password {
                 let file = match (&password.file, &password.secret_key_ref) {
                     (Some(file), _) => file.clone(),
@@ -200,8 +221,8 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
         }
     }
     // Service ranges are advertised by every node, so traffic to them spreads over all.
-    for service in cluster.bgp.service_cluster_ips.iter().chain(&cluster.bgp.service_external_ips) {
-        out.originate.insert(service.cidr, Vec::new());
+    for service in &services {
+        out.originate.insert(*service, Vec::new());
     }
     attach_communities(cluster, &mut out);
     out
@@ -269,7 +290,8 @@ pub struct PeerReport {
 }
 
 impl Bgp {
-    /// Starts the speaker on `me`'s address. Returns it and the learned routes as they change.
+    /// Starts the speaker on `me`'s addresses (IPv4, and IPv6 when the node has one).
+    /// Returns it and the learned routes as they change.
     pub async fn start(me: &Me, cluster: &Cluster) -> anyhow::Result<(Bgp, watch::Receiver<Learned>)> {
         let Some(IpAddr::V4(router_id)) = me.ipv4.map(|n| n.ip()) else {
             anyhow::bail!("BGP needs the node's IPv4 address as its router ID")
@@ -279,7 +301,11 @@ impl Bgp {
         let config = SpeakerConfig {
             asn: node_bgp.and_then(|b| b.as_number).unwrap_or(cluster.bgp.as_number),
             router_id,
-            listen: Some(SocketAddr::new(router_id.into(), cluster.bgp.listen_port)),
+            listen: [me.ipv4, me.ipv6]
+                .into_iter()
+                .flatten()
+                .map(|n| SocketAddr::new(n.ip(), cluster.bgp.listen_port))
+                .collect(),
             cluster_id: node_bgp.and_then(|b| b.route_reflector_cluster_id),
             graceful_restart: Some(120),
             forwarding_preserved: true,
@@ -429,6 +455,38 @@ mod tests {
         assert!(p.peers[0].passive, "b waits for a, whose address is lower");
         assert!(!p.peers[1].passive, "b connects to c");
         assert!(p.peers.iter().all(|p| p.asn == 64512 && !p.rr_client));
+    }
+
+    #[test]
+    fn dual_stack_nodes_peer_once_per_family_each_session_carrying_its_own() {
+        use brindle_datastore::resource::IpPool;
+        let mut c = cluster(true);
+        c.pools.push(Resource::new("p6", IpPool::new("fd00:10:244::/56".parse().unwrap())));
+        for (node, ip) in c.nodes.iter_mut().zip(["fd00::1/64", "fd00::2/64"]) {
+            node.spec.bgp.as_mut().unwrap().ipv6_address = Some(ip.parse().unwrap());
+        }
+        let mut b = me("b", "10.0.0.2/24");
+        b.ipv6 = Some("fd00::2/64".parse().unwrap());
+        let p = plan(&b, &c, &settings());
+        let addresses: Vec<String> = p.peers.iter().map(|p| p.address.to_string()).collect();
+        assert_eq!(addresses, ["10.0.0.1", "10.0.0.3", "fd00::1"], "c has no IPv6 address, so no IPv6 session");
+        let v6 = &p.peers[2];
+        assert!(v6.passive, "fd00::1 is lower, so it connects");
+        assert_eq!(v6.local_address, Some("fd00::2".parse().unwrap()));
+        let (v4_block, v6_block) = ("10.244.1.0/26".parse().unwrap(), "fd00:10:244::/122".parse().unwrap());
+        assert!(v6.import.accepts(&v6_block) && !v6.import.accepts(&v4_block));
+        assert!(p.peers[0].export.accepts(&v4_block) && !p.peers[0].export.accepts(&v6_block));
+        assert_eq!(p.kinds[&v6.address], "mesh");
+    }
+
+    #[test]
+    fn service_ranges_pass_the_export_filter_but_not_the_import_filter() {
+        use brindle_datastore::resource::ServiceCidr;
+        let mut c = cluster(true);
+        c.bgp.service_cluster_ips = vec![ServiceCidr { cidr: "10.96.0.0/12".parse().unwrap() }];
+        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        let services = "10.96.0.0/12".parse().unwrap();
+        assert!(p.peers.iter().all(|peer| peer.export.accepts(&services) && !peer.import.accepts(&services)));
     }
 
     #[test]

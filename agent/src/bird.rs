@@ -18,14 +18,39 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
     };
     let node_bgp = cluster.nodes.iter().find(|n| n.metadata.name == me.name).and_then(|n| n.spec.bgp.as_ref());
     let asn = node_bgp.and_then(|b| b.as_number).unwrap_or(cluster.bgp.as_number);
+    // One family per address the node has: its filters, kernel and static protocols and
+    // peer template, as the embedded speaker keeps each session to its own family.
+    let families: Vec<Value> = [(false, me.ipv4), (true, me.ipv6)]
+        .into_iter()
+        .filter_map(|(v6, local)| Some((v6, local?.ip())))
+        .map(|(v6, local)| {
+            json!({
+                "name": if v6 { "ipv6" } else { "ipv4" },
+                "suffix": if v6 { "6" } else { "4" },
+                "local": local,
+                "pools": cluster.pools.iter().map(|p| p.spec.cidr).filter(|c| c.is_ipv6() == v6).collect::<Vec<_>>(),
+                "originate": plan
+                    .originate
+                    .iter()
+                    .filter(|(p, _)| p.is_ipv6() == v6)
+                    .map(|(prefix, communities)| json!({ "prefix": prefix, "communities": communities.iter().map(|c| bird_community(c)).collect::<Vec<_>>() }))
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let family_of =
+        |address: IpAddr| families.iter().find(|f| f["name"] == if address.is_ipv6() { "ipv6" } else { "ipv4" });
     let mut peers = Vec::new();
-    for peer in plan.peers.iter().filter(|p| p.address.is_ipv4()) {
+    for peer in &plan.peers {
+        let Some(family) = family_of(peer.address) else { continue };
         let password = plan.passwords.get(&peer.address).map(|file| read_password(peer.address, file)).transpose()?;
         if password.as_deref().is_some_and(|p| p.contains(['"', '\\', '\n'])) {
             anyhow::bail!("the BGP password of {} has a character BIRD's configuration cannot carry", peer.address);
         }
+        let mine = if peer.address.is_ipv6() { me.ipv6 } else { me.ipv4 };
         peers.push(json!({
-            "name": format!("peer_{}", peer.address.to_string().replace('.', "_")),
+            "name": format!("peer_{}", peer.address.to_string().replace(['.', ':'], "_")),
+            "family": family,
             "address": peer.address,
             "port": peer.port,
             "asn": peer.asn,
@@ -34,7 +59,7 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
             "rr_client": peer.rr_client,
             "hold_time": peer.hold_time,
             "keep_next_hop": peer.keep_original_next_hop,
-            "direct": me.ipv4.is_some_and(|net| net.contains(peer.address)),
+            "direct": mine.is_some_and(|net| net.contains(peer.address)),
             "password": password,
         }));
     }
@@ -45,13 +70,7 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
         "cluster_id": node_bgp.and_then(|b| b.route_reflector_cluster_id),
         "graceful_restart": 120,
         "debug": cluster.bgp.log_severity_screen == Some(brindle_datastore::resource::LogSeverity::Debug),
-        "pools": cluster.pools.iter().map(|p| p.spec.cidr).filter(|c| c.is_ipv4()).collect::<Vec<_>>(),
-        "originate": plan
-            .originate
-            .iter()
-            .filter(|(p, _)| p.is_ipv4())
-            .map(|(prefix, communities)| json!({ "prefix": prefix, "communities": communities.iter().map(|c| bird_community(c)).collect::<Vec<_>>() }))
-            .collect::<Vec<_>>(),
+        "families": families,
         "peers": peers,
     }))
 }
@@ -107,6 +126,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("neighbor 10.0.0.3 port 179 as 64512;\n  hold time 90;\n  direct;\n}"), "{text}");
+    }
+
+    #[test]
+    fn a_dual_stack_node_peers_once_per_family_and_passes_bird_p() {
+        use brindle_datastore::resource::IpPool;
+        let mut c = cluster(true);
+        c.pools.push(Resource::new("p6", IpPool::new("fd00:10:244::/56".parse().unwrap())));
+        c.blocks.push(Block::new("fd00:10:244::/122".parse().unwrap(), Some("a".into())));
+        for (node, ip) in c.nodes.iter_mut().zip(["fd00::1/64", "fd00::2/64", "fd00::3/64"]) {
+            node.spec.bgp.as_mut().unwrap().ipv6_address = Some(ip.parse().unwrap());
+        }
+        let mut a = me("a", "10.0.0.1/24");
+        a.ipv6 = Some("fd00::1/64".parse().unwrap());
+        let text = rendered(&a, &c);
+        assert!(text.contains("protocol bgp peer_fd00__2 from brindle_peer6 {\n  neighbor fd00::2 port 179"), "{text}");
+        assert!(text.contains("protocol bgp peer_10_0_0_2 from brindle_peer4 {"), "{text}");
+        assert!(text.contains("local fd00::1 as 64512;"), "{text}");
+        assert!(text.contains("if net ~ [ fd00:10:244::/56+ ] then accept;"), "{text}");
+        assert!(text.contains("route fd00:10:244::/122 blackhole;"), "{text}");
+        // A node without an IPv6 address has no IPv6 sessions at all.
+        let text = rendered(&me("b", "10.0.0.2/24"), &c);
+        assert!(!text.contains("ipv6"), "{text}");
     }
 
     #[test]

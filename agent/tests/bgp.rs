@@ -8,28 +8,46 @@ use std::time::Duration;
 use common::Cluster;
 
 #[test]
-fn a_three_node_mesh_routes_pods_by_bgp() {
+fn a_three_node_dual_stack_mesh_routes_pods_by_bgp() {
     // The backend chosen cluster-wide by AgentConfiguration, not by a flag.
     let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+        kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods-v6}\nspec: {cidr: 'fd00:10:244::/56'}\n---\n\
         kind: AgentConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\nspec: {bgpBackend: Embedded}\n";
     let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11), (0, 12)], yaml);
+    cluster.add_ipv6();
+    cluster.agent_args = vec!["--ip6-autodetection-method".into(), "interface=eth0".into()];
     cluster.start_all();
     for i in 0..3 {
-        cluster.add_pod(i, |_| {});
-    }
-    // Each node learns the two other nodes' blocks over BGP.
-    for i in 0..3 {
-        cluster.eventually(Duration::from_secs(15), &format!("node {i} learns two blocks"), || {
-            cluster.http(i, 9091, "/metrics").contains("brindle_bgp_routes_learned 2")
+        cluster.add_pod(i, |conf| {
+            conf["ipam"] = serde_json::json!({"type": "brindle-ipam", "assign_ipv4": "true", "assign_ipv6": "true"});
         });
     }
+    // Each node learns the two other nodes' blocks of each family over BGP: IPv4 blocks
+    // over the IPv4 sessions, IPv6 blocks over the IPv6 sessions.
+    for i in 0..3 {
+        cluster.eventually(Duration::from_secs(15), &format!("node {i} learns four blocks"), || {
+            cluster.http(i, 9091, "/metrics").contains("brindle_bgp_routes_learned 4")
+        });
+    }
+    let peers = cluster.status(0)["bgp"]["peers"].as_array().cloned().unwrap_or_default();
+    let mut addresses: Vec<&str> = peers.iter().filter_map(|p| p["address"].as_str()).collect();
+    addresses.sort_unstable();
+    assert_eq!(addresses, ["10.250.0.11", "10.250.0.12", "fd00:250::11", "fd00:250::12"], "{peers:?}");
+    assert!(peers.iter().all(|p| p["state"] == "Established" && p["routes"] == 1), "{peers:?}");
     let failing = cluster.reachability(Duration::from_secs(10));
     assert!(failing.is_empty(), "pod pairs that cannot talk: {failing:?}\n{}", cluster.agent_log(0));
     // The kernel's routes match the other nodes' blocks, each via its node.
     let routes = cluster.ip(0, &["route", "show", "proto", "98"]);
+    let routes_v6 = cluster.ip(0, &["-6", "route", "show", "proto", "98"]);
     for other in [1, 2] {
         let via = format!("via {} dev eth0", cluster.nodes[other].address);
         assert_eq!(routes.lines().filter(|l| l.contains(&via)).count(), 1, "{routes}");
+        let via = format!("via fd00:250::{} dev eth0", cluster.nodes[other].address.octets()[3]);
+        assert_eq!(
+            routes_v6.lines().filter(|l| l.starts_with("fd00:10:244:") && l.contains(&via)).count(),
+            1,
+            "{routes_v6}"
+        );
     }
 }
 
@@ -229,29 +247,36 @@ fn an_agent_restart_loses_no_packet() {
 }
 
 #[test]
-fn a_mixed_cluster_with_one_bird_node_routes_pod_traffic() {
-    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n";
+fn a_dual_stack_mixed_cluster_with_one_bird_node_routes_pod_traffic() {
+    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+        kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods-v6}\nspec: {cidr: 'fd00:10:244::/56'}\n";
     let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11), (0, 12)], yaml);
-    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
-    cluster.node_args.insert(0, vec!["--bgp".into(), "bird".into()]);
+    cluster.add_ipv6();
+    let v6 = ["--ip6-autodetection-method".to_owned(), "interface=eth0".to_owned()];
+    cluster.agent_args = [&["--bgp".to_owned(), "embedded".to_owned()][..], &v6].concat();
+    cluster.node_args.insert(0, [&["--bgp".to_owned(), "bird".to_owned()][..], &v6].concat());
     cluster.start_all();
     for i in 0..3 {
-        cluster.add_pod(i, |_| {});
+        cluster.add_pod(i, |conf| {
+            conf["ipam"] = serde_json::json!({"type": "brindle-ipam", "assign_ipv4": "true", "assign_ipv6": "true"});
+        });
     }
-    // BIRD on node 0 learned the two other blocks and put them in the kernel itself.
+    // BIRD on node 0 learned the two other blocks of each family and put them in the kernel
+    // itself.
     cluster.eventually(Duration::from_secs(20), "BIRD installs the other nodes' blocks", || {
         cluster.ip(0, &["route", "show", "proto", "bird"]).lines().count() == 2
+            && cluster.ip(0, &["-6", "route", "show", "proto", "bird"]).lines().count() == 2
     });
     for i in 1..3 {
-        cluster.eventually(Duration::from_secs(15), &format!("node {i} learns two blocks"), || {
-            cluster.http(i, 9091, "/metrics").contains("brindle_bgp_routes_learned 2")
+        cluster.eventually(Duration::from_secs(15), &format!("node {i} learns four blocks"), || {
+            cluster.http(i, 9091, "/metrics").contains("brindle_bgp_routes_learned 4")
         });
     }
     let failing = cluster.reachability(Duration::from_secs(10));
     assert!(failing.is_empty(), "pod pairs that cannot talk: {failing:?}\n{}", cluster.agent_log(0));
-    // The rendered configuration is where the agent says.
+    // The rendered configuration is where the agent says: a session per peer and family.
     let conf = std::fs::read_to_string(cluster.nodes[0].state.path().join("bird/bird.conf")).unwrap();
-    assert_eq!(conf.matches("protocol bgp peer_").count(), 2, "{conf}");
+    assert_eq!(conf.matches("protocol bgp peer_").count(), 4, "{conf}");
 }
 
 #[test]

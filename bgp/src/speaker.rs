@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use ipnetwork::IpNetwork;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -34,8 +34,9 @@ pub struct SpeakerConfig {
     pub asn: u32,
     /// Our BGP identifier.
     pub router_id: Ipv4Addr,
-    /// Where to accept connections (`None`: never; every peer must be active).
-    pub listen: Option<SocketAddr>,
+    /// Where to accept connections, one listener each (none: never; every peer must be
+    /// active). A node with IPv4 and IPv6 peers listens on an address of each family.
+    pub listen: Vec<SocketAddr>,
     /// The route reflection cluster ID (defaults to the router ID).
     pub cluster_id: Option<Ipv4Addr>,
     /// Graceful restart time offered to peers, in seconds (`None`: not offered).
@@ -182,12 +183,12 @@ pub struct Speaker {
 }
 
 impl Speaker {
-    /// Starts the speaker (and its listener, if configured).
+    /// Starts the speaker (and its listeners, if configured).
     pub async fn start(config: SpeakerConfig) -> Result<Speaker, SpeakerError> {
-        let listener = match config.listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| SpeakerError::Listen(addr, e))?),
-            None => None,
-        };
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        for &addr in &config.listen {
+            listeners.push(TcpListener::bind(addr).await.map_err(|e| SpeakerError::Listen(addr, e))?);
+        }
         let (commands, rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(4096);
         let (from_sessions, sessions_rx) = mpsc::channel(1024);
@@ -199,7 +200,7 @@ impl Speaker {
             from_sessions,
             started: SystemTime::now(),
         };
-        tokio::spawn(core.run(rx, sessions_rx, listener));
+        tokio::spawn(core.run(rx, sessions_rx, Listeners(listeners)));
         Ok(Speaker { commands, events })
     }
 
@@ -267,12 +268,41 @@ struct Core {
     started: SystemTime,
 }
 
+/// The listening sockets.
+struct Listeners(Vec<TcpListener>);
+
+impl Listeners {
+    /// The next connection on any of them.
+    async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        std::future::poll_fn(|cx| {
+            for listener in &self.0 {
+                if let std::task::Poll::Ready(accepted) = listener.poll_accept(cx) {
+                    return std::task::Poll::Ready(accepted);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// Sets (or with `None` removes) the TCP MD5 key for `peer` on every listener of its
+    /// family, so its connections are signed and checked.
+    fn set_md5(&self, peer: IpAddr, password: Option<&str>) -> std::io::Result<()> {
+        for listener in &self.0 {
+            if listener.local_addr()?.is_ipv4() == peer.is_ipv4() {
+                crate::md5::set_md5(listener, peer, password)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Core {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut sessions: mpsc::Receiver<(IpAddr, FromSession)>,
-        listener: Option<TcpListener>,
+        listeners: Listeners,
     ) {
         loop {
             let stale_deadline = self.peers.values().filter_map(|p| p.stale_until).min();
@@ -284,12 +314,12 @@ impl Core {
                         let _ = done.send(());
                         return;
                     }
-                    Some(command) => self.command(command, listener.as_ref()).await,
+                    Some(command) => self.command(command, &listeners).await,
                 },
                 Some((peer, event)) = sessions.recv() => self.session_event(peer, event).await,
-                accepted = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => {
+                accepted = listeners.accept(), if !listeners.0.is_empty() => {
                     if let Ok((stream, remote)) = accepted {
-                        match self.peers.get(&remote.ip()) {
+                        match self.peers.get(&remote.ip().to_canonical()) {
                             Some(peer) => {
                                 let _ = peer.session.send(ToSession::Incoming(stream)).await;
                             }
@@ -311,10 +341,10 @@ impl Core {
         }
     }
 
-    async fn command(&mut self, command: Command, listener: Option<&TcpListener>) {
+    async fn command(&mut self, command: Command, listeners: &Listeners) {
         match command {
             Command::SetPeers(specs, done) => {
-                let _ = done.send(self.set_peers(specs, listener).await);
+                let _ = done.send(self.set_peers(specs, listeners).await);
             }
             Command::Originate(prefix, attrs) => {
                 let changes = self.rib.originate(prefix, attrs);
@@ -376,17 +406,15 @@ impl Core {
         }
     }
 
-    async fn set_peers(&mut self, specs: Vec<PeerSpec>, listener: Option<&TcpListener>) -> Result<(), SpeakerError> {
+    async fn set_peers(&mut self, specs: Vec<PeerSpec>, listeners: &Listeners) -> Result<(), SpeakerError> {
         let wanted: HashMap<IpAddr, PeerSpec> = specs.into_iter().map(|s| (s.address, s)).collect();
         let gone: Vec<IpAddr> =
             self.peers.iter().filter(|(a, p)| wanted.get(a) != Some(&p.spec)).map(|(a, _)| *a).collect();
         for address in gone {
             if let Some(peer) = self.peers.remove(&address) {
                 let _ = peer.session.send(ToSession::Stop("peer de-configured".into())).await;
-                if let Some(l) = listener
-                    && peer.spec.password.is_some()
-                {
-                    let _ = crate::md5::set_md5(l, address, None);
+                if peer.spec.password.is_some() {
+                    let _ = listeners.set_md5(address, None);
                 }
                 let changes = self.rib.remove_peer(peer.id);
                 self.propagate(changes).await;
@@ -396,8 +424,8 @@ impl Core {
             if self.peers.contains_key(&address) {
                 continue;
             }
-            if let (Some(l), Some(password)) = (listener, &spec.password) {
-                crate::md5::set_md5(l, address, Some(password)).map_err(|e| SpeakerError::Md5(address, e))?;
+            if let Some(password) = &spec.password {
+                listeners.set_md5(address, Some(password)).map_err(|e| SpeakerError::Md5(address, e))?;
             }
             let id = self.rib.add_peer(PeerConfig {
                 address,

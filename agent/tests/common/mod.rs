@@ -40,6 +40,8 @@ pub struct Pod {
     pub attachment: Attachment,
     /// Its IPv4 address.
     pub ip: String,
+    /// Its IPv6 address, when it has one.
+    pub ipv6: Option<String>,
     /// The node it runs on.
     pub node: usize,
 }
@@ -116,6 +118,15 @@ impl Cluster {
         };
         cluster.apply(yaml);
         cluster
+    }
+
+    /// Gives every node the IPv6 address `fd00:250::N/64` on its underlay interface, where
+    /// `N` is the last octet of its IPv4 address, making the cluster dual-stack.
+    pub fn add_ipv6(&self) {
+        for node in &self.nodes {
+            let address = format!("fd00:250::{}/64", node.address.octets()[3]);
+            node.netns.ip(&["-6", "addr", "add", &address, "dev", "eth0", "nodad"]).unwrap();
+        }
     }
 
     /// The datastore selection every component uses.
@@ -243,19 +254,31 @@ impl Cluster {
         )
         .unwrap();
         let result = out.into_result().unwrap();
-        let ip = result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
-        self.pods.push(Pod { netns, attachment, ip, node: i });
+        let addresses: Vec<String> = result["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ip| ip["address"].as_str().unwrap().split('/').next().unwrap().to_owned())
+            .collect();
+        let ip = addresses.iter().find(|a| !a.contains(':')).expect("an IPv4 address").clone();
+        let ipv6 = addresses.into_iter().find(|a| a.contains(':'));
+        self.pods.push(Pod { netns, attachment, ip, ipv6, node: i });
         self.pods.len() - 1
     }
 
-    /// Waits until every pod reaches every other pod; the pairs that never did otherwise.
+    /// Waits until every pod reaches every other pod, at its IPv4 address and, when both
+    /// have one, at its IPv6 address; the pairs that never did otherwise.
     pub fn reachability(&self, within: Duration) -> Vec<(usize, usize)> {
         let deadline = Instant::now() + within;
         loop {
             let mut failing = Vec::new();
             for (a, from) in self.pods.iter().enumerate() {
                 for (b, to) in self.pods.iter().enumerate() {
-                    if a != b && !from.ping(&to.ip) {
+                    let v6_ok = match (&from.ipv6, &to.ipv6) {
+                        (Some(_), Some(ip)) => from.ping(ip),
+                        _ => true,
+                    };
+                    if a != b && !(from.ping(&to.ip) && v6_ok) {
                         failing.push((a, b));
                     }
                 }

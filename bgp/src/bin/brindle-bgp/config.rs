@@ -107,7 +107,7 @@ impl Config {
         SpeakerConfig {
             asn: self.asn,
             router_id: self.router_id,
-            listen: Some(self.listen),
+            listen: vec![self.listen],
             cluster_id: self.cluster_id,
             graceful_restart: (self.graceful_restart > 0).then_some(self.graceful_restart),
             forwarding_preserved: false,
