@@ -2,16 +2,16 @@
 //! mesh), which prefixes to originate (this node's blocks and borrowed addresses), and the
 //! learned best routes fed back into the calculation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use brindle_bgp::attrs::PathAttrs;
 use brindle_bgp::fsm::State;
-use brindle_bgp::rib::PrefixFilter;
+use brindle_bgp::rib::{FilterRule, PrefixFilter};
 use brindle_bgp::speaker::{PeerSpec, RouteEvent, Speaker, SpeakerConfig};
-use brindle_datastore::resource::{Node, Resource};
+use brindle_datastore::resource::{BgpFilter, BgpFilterRule, FilterAction, Node, Resource};
 use brindle_datastore::selector::Selector;
 use ipnetwork::IpNetwork;
 use tokio::sync::watch;
@@ -45,8 +45,44 @@ pub struct Plan {
     /// The prefixes this node originates, with the communities each carries (`aa:nn` or
     /// `aa:bb:cc`).
     pub originate: BTreeMap<IpNetwork, Vec<String>>,
+    /// Peers whose BGPFilters put rules in front of the default filters.
+    pub filtered: BTreeSet<IpAddr>,
     /// Peerings that could not be set up, in words.
     pub problems: Vec<String>,
+}
+
+/// Puts the rules of the BGPFilters `names`, in order, in front of `peer`'s default import
+/// and export filters, for the peer's family. A filter that does not exist is left out and
+/// named in `problems`. Returns whether any rule was added.
+fn prepend_filters(
+    peer: &mut PeerSpec,
+    names: &[String],
+    filters: &[Resource<BgpFilter>],
+    problems: &mut Vec<String>,
+) -> bool {
+    let v6 = peer.address.is_ipv6();
+    let as_rule = |rule: &BgpFilterRule| {
+        let (prefix, min_len, max_len, negate) = rule.matching(v6);
+        FilterRule { prefix, min_len, max_len, negate, accept: rule.action == FilterAction::Accept }
+    };
+    let (mut import, mut export) = (Vec::new(), Vec::new());
+    for name in names {
+        let Some(filter) = filters.iter().find(|f| &f.metadata.name == name) else {
+            problems.push(format!("BGPFilter {name} does not exist; peer {} gets the default filters", peer.address));
+            continue;
+        };
+        let spec = &filter.spec;
+        let (imports, exports) =
+            if v6 { (&spec.import_v6, &spec.export_v6) } else { (&spec.import_v4, &spec.export_v4) };
+        import.extend(imports.iter().map(as_rule));
+        export.extend(exports.iter().map(as_rule));
+    }
+    let added = !(import.is_empty() && export.is_empty());
+    import.append(&mut peer.import.rules);
+    peer.import.rules = import;
+    export.append(&mut peer.export.rules);
+    peer.export.rules = export;
+    added
 }
 
 fn selects(selector: &str, labels: &BTreeMap<String, String>) -> Result<bool, String> {
@@ -161,14 +197,20 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
                     continue;
                 }
                 let reflects = node.spec.bgp.as_ref().is_some_and(|b| b.route_reflector_cluster_id.is_some());
-                for peer in node_peers(node) {
+                for mut peer in node_peers(node) {
+                    if peers.contains_key(&peer.address) {
+                        continue;
+                    }
+                    if prepend_filters(&mut peer, &spec.filters, &cluster.filters, &mut out.problems) {
+                        out.filtered.insert(peer.address);
+                    }
                     let kind = match (peer.rr_client, reflects) {
                         (true, _) => "client",
                         (false, true) => "reflector",
                         (false, false) => "node",
                     };
-                    out.kinds.entry(peer.address).or_insert(kind);
-                    peers.entry(peer.address).or_insert(peer);
+                    out.kinds.insert(peer.address, kind);
+                    peers.insert(peer.address, peer);
                 }
             }
         }
@@ -186,7 +228,10 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
             peer.keep_original_next_hop = spec.keep_original_next_hop;
             peer.max_restart_time = spec.max_restart_time.map(|d| d.as_secs().min(u64::from(u16::MAX)) as u16);
             peer.local_address = my_address(address.is_ipv6());
-            let peer = with_filters(peer);
+            let mut peer = with_filters(peer);
+            if prepend_filters(&mut peer, &spec.filters, &cluster.filters, &mut out.problems) {
+                out.filtered.insert(address);
+            }
             if let Some(password) = &spec.password {
                 let file = match (&password.file, &password.secret_key_ref) {
                     (Some(file), _) => file.clone(),
@@ -477,6 +522,50 @@ mod tests {
         assert!(v6.import.accepts(&v6_block) && !v6.import.accepts(&v4_block));
         assert!(p.peers[0].export.accepts(&v4_block) && !p.peers[0].export.accepts(&v6_block));
         assert_eq!(p.kinds[&v6.address], "mesh");
+    }
+
+    #[test]
+    fn bgp_filters_come_before_the_defaults_in_the_order_the_peer_names_them() {
+        use brindle_datastore::resource::{BgpFilter, BgpFilterRule, MatchOperator};
+        let rule = |action, cidr: &str| BgpFilterRule {
+            action,
+            match_operator: Some(MatchOperator::In),
+            cidr: Some(cidr.parse().unwrap()),
+            prefix_length: None,
+        };
+        let mut c = cluster(true);
+        c.filters = vec![
+            Resource::new(
+                "outside",
+                BgpFilter { import_v4: vec![rule(FilterAction::Accept, "192.168.0.0/16")], ..BgpFilter::default() },
+            ),
+            Resource::new(
+                "no-pool-slice",
+                BgpFilter {
+                    import_v4: vec![rule(FilterAction::Reject, "10.244.128.0/17")],
+                    export_v4: vec![rule(FilterAction::Reject, "192.168.0.0/16")],
+                    ..BgpFilter::default()
+                },
+            ),
+        ];
+        c.peers.push(peer(BgpPeer {
+            peer_ip: Some("10.0.0.254".into()),
+            as_number: Some(65001),
+            filters: vec!["outside".into(), "missing".into(), "no-pool-slice".into()],
+            ..BgpPeer::default()
+        }));
+        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        let external = p.peers.iter().find(|p| p.address.to_string() == "10.0.0.254").unwrap();
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        assert!(external.import.accepts(&net("192.168.5.0/24")), "let in by the first filter");
+        assert!(!external.import.accepts(&net("10.244.200.0/24")), "kept out by the second");
+        assert!(external.import.accepts(&net("10.244.1.0/26")), "the defaults decide the rest");
+        assert!(!external.import.accepts(&net("172.16.0.0/24")));
+        assert!(!external.export.accepts(&net("192.168.1.0/24")));
+        assert!(p.filtered.contains(&external.address) && p.filtered.len() == 1, "{:?}", p.filtered);
+        assert!(p.problems.iter().any(|e| e.contains("BGPFilter missing does not exist")), "{:?}", p.problems);
+        let mesh = p.peers.iter().find(|p| p.address.to_string() == "10.0.0.1").unwrap();
+        assert!(!mesh.import.accepts(&net("192.168.5.0/24")), "mesh sessions keep the defaults");
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
+use brindle_bgp::rib::{FilterRule, PrefixFilter};
+
 use crate::bgp::{Plan, read_password};
 use crate::calc::{Cluster, Me};
 
@@ -48,6 +50,9 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
             anyhow::bail!("the BGP password of {} has a character BIRD's configuration cannot carry", peer.address);
         }
         let mine = if peer.address.is_ipv6() { me.ipv6 } else { me.ipv4 };
+        // BGPFilter rules come first, then the defaults, as in the embedded speaker.
+        let filtered = plan.filtered.contains(&peer.address);
+        let rules = |filter: &PrefixFilter| filtered.then(|| filter.rules.iter().map(bird_rule).collect::<Vec<_>>());
         peers.push(json!({
             "name": format!("peer_{}", peer.address.to_string().replace(['.', ':'], "_")),
             "family": family,
@@ -61,6 +66,8 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
             "keep_next_hop": peer.keep_original_next_hop,
             "direct": mine.is_some_and(|net| net.contains(peer.address)),
             "password": password,
+            "import_rules": rules(&peer.import),
+            "export_rules": rules(&peer.export),
         }));
     }
     Ok(json!({
@@ -73,6 +80,14 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
         "families": families,
         "peers": peers,
     }))
+}
+
+/// A prefix filter rule as a BIRD filter statement: `if net ~ [ 10.0.0.0/8{8,32} ] then
+/// accept;`, negated with `!`.
+fn bird_rule(rule: &FilterRule) -> String {
+    let test = format!("net ~ [ {}{{{},{}}} ]", rule.prefix, rule.min_len, rule.max_len);
+    let test = if rule.negate { format!("!({test})") } else { test };
+    format!("if {test} then {};", if rule.accept { "accept" } else { "reject" })
 }
 
 /// A community as a BIRD filter statement: `aa:nn` -> `bgp_community.add((aa,nn));`,
@@ -148,6 +163,51 @@ mod tests {
         // A node without an IPv6 address has no IPv6 sessions at all.
         let text = rendered(&me("b", "10.0.0.2/24"), &c);
         assert!(!text.contains("ipv6"), "{text}");
+    }
+
+    #[test]
+    fn a_peer_with_a_bgp_filter_gets_its_own_filters_and_passes_bird_p() {
+        use brindle_datastore::resource::{BgpFilter, BgpFilterRule, FilterAction, MatchOperator, PrefixLength};
+        let mut c = cluster(true);
+        c.filters.push(Resource::new(
+            "upstream",
+            BgpFilter {
+                import_v4: vec![BgpFilterRule {
+                    action: FilterAction::Accept,
+                    match_operator: Some(MatchOperator::In),
+                    cidr: Some("192.168.0.0/16".parse().unwrap()),
+                    prefix_length: Some(PrefixLength { min: None, max: Some(24) }),
+                }],
+                export_v4: vec![BgpFilterRule {
+                    action: FilterAction::Reject,
+                    match_operator: Some(MatchOperator::NotIn),
+                    cidr: Some("10.244.0.0/17".parse().unwrap()),
+                    prefix_length: None,
+                }],
+                ..BgpFilter::default()
+            },
+        ));
+        c.peers.push(Resource::new(
+            "upstream",
+            BgpPeer {
+                peer_ip: Some("192.0.2.9".into()),
+                as_number: Some(65001),
+                keep_original_next_hop: true,
+                filters: vec!["upstream".into()],
+                ..BgpPeer::default()
+            },
+        ));
+        let text = rendered(&me("a", "10.0.0.1/24"), &c);
+        assert!(
+            text.contains(
+                "  ipv4 {\n    next hop keep;\n    # BGPFilter rules, then the defaults.\n    import filter {\n      \
+                 if net ~ [ 192.168.0.0/16{16,24} ] then accept;\n      \
+                 if net ~ [ 10.244.0.0/16{16,32} ] then accept;\n      reject;\n    };"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("      if !(net ~ [ 10.244.0.0/17{17,32} ]) then reject;\n"), "{text}");
+        assert_eq!(text.matches("import filter {").count(), 1, "mesh peers keep the shared filters: {text}");
     }
 
     #[test]

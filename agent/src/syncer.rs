@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_datastore::ipam::Block;
-use brindle_datastore::resource::{BgpConfiguration, BgpPeer, IpPool, Node, Resource, Spec, WorkloadEndpoint};
+use brindle_datastore::resource::{
+    BgpConfiguration, BgpFilter, BgpPeer, IpPool, Node, Resource, Spec, WorkloadEndpoint,
+};
 use brindle_datastore::{Datastore, WatchEvent, keys};
 use tokio::sync::watch;
 
@@ -119,5 +121,6 @@ fn decode(cache: &BTreeMap<String, Vec<u8>>, node: &str) -> Cluster {
         workloads,
         bgp,
         peers: decode_kind::<BgpPeer>(cache),
+        filters: decode_kind::<BgpFilter>(cache),
     }
 }

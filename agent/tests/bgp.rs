@@ -156,9 +156,16 @@ fn an_external_bird_with_a_secret_password_gets_the_pod_blocks_and_only_routes_i
 }
 
 #[test]
-fn an_external_gobgp_gets_the_pod_blocks_and_only_routes_inside_pools_come_back() {
+/// GoBGP as an external peer with a BGPFilter: the filter lets one route from outside the
+/// pools in and keeps one service range from going out; the defaults decide the rest.
+fn an_external_gobgp_with_a_bgp_filter_gets_what_it_allows() {
     let pool = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
-        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: upstream}\nspec: {peerIP: 10.250.0.51, asNumber: 65002}\n";
+        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: upstream}\nspec: {peerIP: 10.250.0.51, asNumber: 65002, filters: [upstream]}\n---\n\
+        kind: BGPFilter\napiVersion: brindle.io/v1\nmetadata: {name: upstream}\nspec:\n  \
+          importV4: [{action: Accept, matchOperator: In, cidr: 192.168.79.0/24}]\n  \
+          exportV4: [{action: Reject, matchOperator: Equal, cidr: 10.96.0.0/16}]\n---\n\
+        kind: BGPConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\nspec:\n  \
+          serviceClusterIPs: [{cidr: 10.96.0.0/16}]\n  serviceExternalIPs: [{cidr: 172.30.0.0/24}]\n";
     let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11)], pool);
     let router = brindle_e2e::netns::Netns::new("agt", "gobgp").unwrap();
     cluster.underlay.attach(&router, 0, 51).unwrap();
@@ -184,6 +191,7 @@ fn an_external_gobgp_gets_the_pod_blocks_and_only_routes_inside_pools_come_back(
     cluster.eventually(Duration::from_secs(10), "GoBGP's API answers", || gobgp(&["global"]).contains("AS"));
     gobgp(&["global", "rib", "add", "10.244.201.0/24", "-a", "ipv4"]);
     gobgp(&["global", "rib", "add", "192.168.78.0/24", "-a", "ipv4"]);
+    gobgp(&["global", "rib", "add", "192.168.79.0/24", "-a", "ipv4"]);
     cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
     cluster.start_all();
     for i in 0..2 {
@@ -192,13 +200,17 @@ fn an_external_gobgp_gets_the_pod_blocks_and_only_routes_inside_pools_come_back(
     cluster.eventually(Duration::from_secs(20), "GoBGP learns the nodes' blocks", || {
         gobgp(&["global", "rib", "-a", "ipv4"]).matches("/26").count() >= 2
     });
-    cluster.eventually(Duration::from_secs(10), "the route inside the pool is installed", || {
+    cluster.eventually(Duration::from_secs(10), "the routes inside the pool and the filter are installed", || {
         cluster.ip(1, &["route", "show", "10.244.201.0/24"]).contains("via 10.250.0.51")
+            && cluster.ip(1, &["route", "show", "192.168.79.0/24"]).contains("via 10.250.0.51")
     });
     assert!(
         cluster.ip(1, &["route", "show", "192.168.78.0/24"]).is_empty(),
-        "a route outside every pool was installed"
+        "a route outside every pool and every filter was installed"
     );
+    let rib = gobgp(&["global", "rib", "-a", "ipv4"]);
+    assert!(rib.contains("172.30.0.0/24"), "the service range the filter allows is missing:\n{rib}");
+    assert!(!rib.contains("10.96.0.0/16"), "the service range the filter rejects was sent:\n{rib}");
     drop(daemon);
 }
 

@@ -29,7 +29,7 @@ pub const LOCAL: PeerId = PeerId::MAX;
 /// The LOCAL_PREF of routes that arrive without one.
 pub const DEFAULT_LOCAL_PREF: u32 = 100;
 
-/// One accept-or-reject rule on prefixes.
+/// One accept-or-reject rule on prefixes of one family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterRule {
     /// The range the rule covers.
@@ -38,8 +38,19 @@ pub struct FilterRule {
     pub min_len: u8,
     /// Longest prefix length matched.
     pub max_len: u8,
+    /// The rule matches the prefixes of its family that the range and lengths do not.
+    pub negate: bool,
     /// Accept (true) or reject.
     pub accept: bool,
+}
+
+impl FilterRule {
+    /// Whether the rule decides `prefix`.
+    pub fn matches(&self, prefix: &IpNetwork) -> bool {
+        self.prefix.is_ipv4() == prefix.is_ipv4()
+            && (self.prefix.contains(prefix.network()) && (self.min_len..=self.max_len).contains(&prefix.prefix()))
+                != self.negate
+    }
 }
 
 /// An ordered list of rules; the first that matches decides, otherwise `default_accept`.
@@ -66,6 +77,7 @@ impl PrefixFilter {
                 prefix: *r,
                 min_len: r.prefix(),
                 max_len: if r.is_ipv4() { 32 } else { 128 },
+                negate: false,
                 accept: true,
             })
             .collect();
@@ -74,14 +86,7 @@ impl PrefixFilter {
 
     /// Whether `prefix` passes.
     pub fn accepts(&self, prefix: &IpNetwork) -> bool {
-        self.rules
-            .iter()
-            .find(|r| {
-                r.prefix.is_ipv4() == prefix.is_ipv4()
-                    && r.prefix.contains(prefix.network())
-                    && (r.min_len..=r.max_len).contains(&prefix.prefix())
-            })
-            .map_or(self.default_accept, |r| r.accept)
+        self.rules.iter().find(|r| r.matches(prefix)).map_or(self.default_accept, |r| r.accept)
     }
 }
 

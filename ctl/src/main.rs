@@ -63,7 +63,7 @@ enum Cmd {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
-    /// Shows resources of a kind: ippools, nodes, bgppeers, bgpconfigurations,
+    /// Shows resources of a kind: ippools, nodes, bgppeers, bgpfilters, bgpconfigurations,
     /// agentconfigurations, ipamconfigurations, workloadendpoints.
     Get {
         /// The kind.

@@ -58,6 +58,7 @@ fn columns(kind: &str) -> &'static [Column] {
             Column { header: "ASN", pointer: "/spec/asNumber", wide_only: false },
             Column { header: "KEEP-NEXT-HOP", pointer: "/spec/keepOriginalNextHop", wide_only: true },
             Column { header: "MAX-RESTART", pointer: "/spec/maxRestartTime", wide_only: true },
+            Column { header: "FILTERS", pointer: "/spec/filters", wide_only: true },
         ],
         "BGPConfiguration" => &[
             Column { header: "NAME", pointer: "/metadata/name", wide_only: false },

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use brindle_datastore::ipam::{AllocationKind, Block};
-use brindle_datastore::resource::{BgpConfiguration, BgpPeer, EncapMode, IpPool, Node, Resource, WorkloadEndpoint};
+use brindle_datastore::resource::{
+    BgpConfiguration, BgpFilter, BgpPeer, EncapMode, IpPool, Node, Resource, WorkloadEndpoint,
+};
 use ipnetwork::IpNetwork;
 
 /// What the calculation needs to know about this node.
@@ -36,6 +38,8 @@ pub struct Cluster {
     pub bgp: BgpConfiguration,
     /// BGP peerings beyond the mesh.
     pub peers: Vec<Resource<BgpPeer>>,
+    /// Import and export rules BGPPeers name.
+    pub filters: Vec<Resource<BgpFilter>>,
 }
 
 /// What BGP has taught this node.
@@ -235,15 +239,17 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
     }
 
     // Learned prefixes that are not blocks the datastore knows (external peers' routes
-    // inside a pool): routed toward the next hop as the pool says.
+    // inside a pool, or outside every pool when a BGPFilter let them in): routed toward the
+    // next hop as the pool says.
     if let Some(learned) = learned {
         for (prefix, next_hop) in &learned.routes {
             if out.routes.contains_key(prefix) {
                 continue;
             }
-            let Some(pool) = cluster.pools.iter().find(|p| p.spec.cidr.contains(prefix.network())) else { continue };
+            let pool = cluster.pools.iter().find(|p| p.spec.cidr.contains(prefix.network()));
             let mine = if prefix.is_ipv4() { me.ipv4 } else { me.ipv6 };
-            let target = match (encap(&pool.spec, mine, *next_hop), next_hop) {
+            let how = pool.map_or(Encap::None, |pool| encap(&pool.spec, mine, *next_hop)); // no pool: natively
+            let target = match (how, next_hop) {
                 (Encap::Vxlan, _) => continue,
                 (Encap::Ipip, IpAddr::V4(via)) if me.ipip_supported => Target::Ipip { via: *via },
                 (Encap::None, via) if same_subnet(mine, *via) => Target::Direct { via: *via },

@@ -41,9 +41,7 @@ fn cluster(pool: Resource<IpPool>) -> Cluster {
             node("c", "10.0.1.3/24", Some(("10.244.2.1", "02:00:00:00:00:0c"))),
         ],
         blocks: vec![block("10.244.0.0/26", "a"), block("10.244.1.0/26", "b"), block("10.244.2.0/26", "c")],
-        workloads: Vec::new(),
-        bgp: Default::default(),
-        peers: Vec::new(),
+        ..Cluster::default()
     }
 }
 
@@ -152,8 +150,14 @@ fn with_bgp_remote_blocks_follow_learned_routes_once_converged() {
     // the pool is routed to its next hop.
     let mut learned = Learned { converged: true, ..Learned::default() };
     learned.routes.insert("10.244.9.0/24".parse().unwrap(), "10.0.0.254".parse().unwrap());
+    // Outside every pool (a BGPFilter let it in): routed natively, if the next hop is near.
+    learned.routes.insert("192.168.77.0/24".parse().unwrap(), "10.0.0.254".parse().unwrap());
+    learned.routes.insert("192.168.78.0/24".parse().unwrap(), "172.16.0.1".parse().unwrap());
     let d = desired(&me(false), &c, Some(&learned));
     assert_eq!(route(&d, "10.244.1.0/26"), None);
     assert_eq!(route(&d, "10.244.9.0/24"), Some(Target::Direct { via: "10.0.0.254".parse().unwrap() }));
+    assert_eq!(route(&d, "192.168.77.0/24"), Some(Target::Direct { via: "10.0.0.254".parse().unwrap() }));
+    assert_eq!(route(&d, "192.168.78.0/24"), None);
+    assert!(d.problems.iter().any(|p| p.contains("192.168.78.0/24 via 172.16.0.1")), "{:?}", d.problems);
     assert_eq!(route(&d, "10.244.0.0/26"), Some(Target::Blackhole), "own blocks stay blackholed");
 }

@@ -235,6 +235,18 @@ fn import_filters_keep_foreign_prefixes_out() {
 }
 
 #[test]
+fn negated_rules_match_the_rest_of_their_family_only() {
+    let not_in = FilterRule { prefix: net("10.0.0.0/8"), min_len: 8, max_len: 32, negate: true, accept: false };
+    assert!(not_in.matches(&net("192.168.0.0/24")));
+    assert!(!not_in.matches(&net("10.1.0.0/16")));
+    assert!(!not_in.matches(&net("fd00::/64")), "an IPv4 rule never decides an IPv6 prefix");
+    let not_equal = FilterRule { prefix: net("10.1.0.0/16"), min_len: 16, max_len: 16, negate: true, accept: true };
+    assert!(not_equal.matches(&net("10.1.0.0/24")) && !not_equal.matches(&net("10.1.0.0/16")));
+    let filter = PrefixFilter { rules: vec![not_in], default_accept: true };
+    assert!(!filter.accepts(&net("192.168.0.0/24")) && filter.accepts(&net("10.9.0.0/16")));
+}
+
+#[test]
 fn graceful_restart_keeps_stale_routes_until_end_of_rib() {
     let mut rib = Rib::new(ASN, ME, None);
     let a = peer(&mut rib, 2, ASN, false);

@@ -37,6 +37,9 @@ pub struct BgpPeer {
     /// How long the peer's routes are kept while it restarts (graceful restart).
     #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub max_restart_time: Option<Duration>,
+    /// BGPFilters whose rules come, in this order, before the defaults on these sessions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
 }
 
 /// Where a BGP password comes from.
@@ -116,6 +119,9 @@ impl Spec for BgpPeer {
                     );
                 }
             }
+        }
+        for (i, name) in self.filters.iter().enumerate() {
+            v.dns_subdomain(&format!("spec.filters[{i}]"), name);
         }
         if let Some(password) = &self.password {
             v.require(

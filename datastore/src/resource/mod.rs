@@ -8,6 +8,7 @@
 
 mod agent_config;
 mod bgp;
+mod bgp_filter;
 mod ipam_config;
 mod ippool;
 mod node;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use agent_config::{AgentConfiguration, BgpBackend, IptablesBackend, LogSeverity};
 pub use bgp::{BgpConfiguration, BgpPassword, BgpPeer, Community, PrefixAdvertisement, SecretKeyRef, ServiceCidr};
+pub use bgp_filter::{BgpFilter, BgpFilterRule, FilterAction, MatchOperator, PrefixLength};
 pub use ipam_config::IpamConfiguration;
 pub use ippool::{EncapMode, IpPool, PoolUse};
 pub use node::{Node, NodeAddress, NodeBgp};
@@ -327,6 +329,7 @@ any_resource! {
     Node(Node),
     BgpPeer(BgpPeer),
     BgpConfiguration(BgpConfiguration),
+    BgpFilter(BgpFilter),
     AgentConfiguration(AgentConfiguration),
     IpamConfiguration(IpamConfiguration),
     WorkloadEndpoint(WorkloadEndpoint),
@@ -372,6 +375,7 @@ mod tests {
         }
         assert_eq!(kind_named("workloadendpoint"), Some("WorkloadEndpoint"));
         assert_eq!(kind_named("bgppeers"), Some("BGPPeer"));
+        assert_eq!(kind_named("BGPFilter"), Some("BGPFilter"));
         assert_eq!(kind_named("pools"), None);
         assert!(kind_is_namespaced("WorkloadEndpoint") && !kind_is_namespaced("Node"));
     }
