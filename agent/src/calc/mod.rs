@@ -124,6 +124,39 @@ fn same_subnet(mine: Option<IpNetwork>, theirs: IpAddr) -> bool {
     mine.is_some_and(|net| net.contains(theirs))
 }
 
+/// Why a learned next hop cannot carry traffic, if it cannot: it must be another host on a
+/// real network, not this node, a pod (inside a pool), nor an unspecified, loopback,
+/// link-local or multicast address.
+fn next_hop_flaw(next_hop: IpAddr, me: &Me, cluster: &Cluster) -> Option<&'static str> {
+    let link_local = match next_hop {
+        IpAddr::V4(a) => a.is_link_local() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_unicast_link_local(),
+    };
+    if [me.ipv4, me.ipv6].into_iter().flatten().any(|mine| mine.ip() == next_hop) {
+        Some("is this node")
+    } else if next_hop.is_unspecified() || next_hop.is_loopback() || next_hop.is_multicast() || link_local {
+        Some("is not a host address another node can be reached at")
+    } else if cluster.pools.iter().any(|p| p.spec.cidr.contains(next_hop)) {
+        Some("is inside an IP pool (a pod's address)")
+    } else {
+        None
+    }
+}
+
+/// `learned` without the routes whose next hop [`next_hop_flaw`] refuses, each named in
+/// `problems`.
+fn with_sane_next_hops(learned: &Learned, me: &Me, cluster: &Cluster, problems: &mut Vec<String>) -> Learned {
+    let mut routes = learned.routes.clone();
+    routes.retain(|prefix, next_hop| match next_hop_flaw(*next_hop, me, cluster) {
+        Some(flaw) => {
+            problems.push(format!("learned {prefix} via {next_hop}, which {flaw}; not installed"));
+            false
+        }
+        None => true,
+    });
+    Learned { routes, converged: learned.converged }
+}
+
 /// How a pool reaches a remote node.
 enum Encap {
     None,
@@ -150,6 +183,14 @@ fn encap(pool: &IpPool, my_net: Option<IpNetwork>, peer: IpAddr) -> Encap {
 /// a speaker (`None`: routes come from the datastore alone).
 pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired {
     let mut out = Desired::default();
+    let sane;
+    let learned = match learned {
+        Some(learned) => {
+            sane = with_sane_next_hops(learned, me, cluster, &mut out.problems);
+            Some(&sane)
+        }
+        None => None,
+    };
     let nodes: BTreeMap<&str, &Node> = cluster.nodes.iter().map(|n| (n.metadata.name.as_str(), &n.spec)).collect();
     let pool_of = |cidr: &IpNetwork| cluster.pools.iter().find(|p| p.spec.cidr.contains(cidr.network()));
     for pool in &cluster.pools {

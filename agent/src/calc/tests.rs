@@ -159,5 +159,25 @@ fn with_bgp_remote_blocks_follow_learned_routes_once_converged() {
     assert_eq!(route(&d, "192.168.77.0/24"), Some(Target::Direct { via: "10.0.0.254".parse().unwrap() }));
     assert_eq!(route(&d, "192.168.78.0/24"), None);
     assert!(d.problems.iter().any(|p| p.contains("192.168.78.0/24 via 172.16.0.1")), "{:?}", d.problems);
+}
+
+#[test]
+fn learned_routes_with_a_next_hop_that_cannot_carry_traffic_are_not_installed() {
+    let c = cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never));
+    let mut learned = Learned { converged: true, ..Learned::default() };
+    let bad = [("192.168.1.0/24", "10.0.0.1"), ("192.168.2.0/24", "10.244.1.5"), ("192.168.3.0/24", "169.254.1.1")];
+    for (prefix, next_hop) in bad {
+        learned.routes.insert(prefix.parse().unwrap(), next_hop.parse().unwrap());
+    }
+    // A block of another node, announced with this node as its next hop: not installed
+    // either (it would loop), and the block is left without a route rather than a wrong one.
+    learned.routes.insert("10.244.1.0/26".parse().unwrap(), "10.0.0.1".parse().unwrap());
+    let d = desired(&me(false), &c, Some(&learned));
+    for (prefix, next_hop) in bad {
+        assert_eq!(route(&d, prefix), None, "{prefix} via {next_hop}");
+        assert!(d.problems.iter().any(|p| p.contains(&format!("{prefix} via {next_hop}"))), "{:?}", d.problems);
+    }
+    assert_eq!(route(&d, "10.244.1.0/26"), None);
+    assert!(d.problems.iter().any(|p| p.contains("via 10.0.0.1, which is this node")), "{:?}", d.problems);
     assert_eq!(route(&d, "10.244.0.0/26"), Some(Target::Blackhole), "own blocks stay blackholed");
 }
