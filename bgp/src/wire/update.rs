@@ -84,7 +84,6 @@ fn read_u16(input: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*input.get(at)?, *input.get(at + 1)?]))
 }
 
-/// Parses an UPDATE body.
 /// The attribute sections a session decoded recently, so an UPDATE whose attribute bytes were
 /// seen before (a sender spreads each attribute set over many UPDATEs) reuses the decoded list
 /// instead of decoding it again.
@@ -123,6 +122,7 @@ impl AttributeCache {
     }
 }
 
+/// Parses an UPDATE body.
 pub(crate) fn parse_update(body: &[u8], codec: &Codec, cache: &mut AttributeCache) -> Result<Update, DecodeError> {
     let list_error = |why: String| update_error(subcode::MALFORMED_ATTRIBUTE_LIST, Vec::new(), why);
     let withdrawn_len =
