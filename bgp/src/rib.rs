@@ -192,9 +192,9 @@ trait Key: Copy + Eq + Hash {
 /// IPv4 prefixes packed as address << 8 | length.
 impl Key for u64 {
     fn of(prefix: &IpNetwork) -> Self {
-        match prefix.network() {
-            IpAddr::V4(a) => (u64::from(u32::from(a)) << 8) | u64::from(prefix.prefix()),
-            IpAddr::V6(_) => 0,
+        match prefix {
+            IpNetwork::V4(n) => (u64::from(u32::from(n.network())) << 8) | u64::from(n.prefix()),
+            IpNetwork::V6(_) => 0,
         }
     }
     fn prefix(self) -> IpNetwork {
@@ -464,8 +464,13 @@ impl Rib {
         let mut out = Vec::new();
         let peers: Vec<PeerId> =
             (0..self.peers.len() as PeerId).filter(|p| self.state(*p).is_some_and(|s| s.session.is_some())).collect();
+        let source = |path: &Option<Path>| path.as_ref().map(|p| p.peer);
         for change in changes {
             for &peer in &peers {
+                // A peer is never sent its own routes: nothing to do when every path is its.
+                if source(&change.old).is_none_or(|p| p == peer) && source(&change.new).is_none_or(|p| p == peer) {
+                    continue;
+                }
                 let before = change.old.as_ref().and_then(|p| self.export(p, peer, &change.prefix));
                 let after = change.new.as_ref().and_then(|p| self.export(p, peer, &change.prefix));
                 let message = match (&before, after) {
@@ -553,21 +558,23 @@ impl Rib {
 
     fn set_path(&mut self, prefix: IpNetwork, path: Path) -> Option<BestChange> {
         let peer = path.peer;
-        let changed = if prefix.is_ipv4() {
-            let paths = self.v4.entry(u64::of(&prefix)).or_default();
-            place(paths, path, &self.peers, self.local_as)
-        } else {
-            let paths = self.v6.entry(<[u8; 17]>::of(&prefix)).or_default();
-            place(paths, path, &self.peers, self.local_as)
+        let paths = match prefix {
+            IpNetwork::V4(_) => self.v4.entry(u64::of(&prefix)).or_default(),
+            IpNetwork::V6(_) => self.v6.entry(<[u8; 17]>::of(&prefix)).or_default(),
         };
-        if let Some((_, fresh)) = &changed
-            && let Some(s) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut)
-            && *fresh
-        {
+        let (change, fresh) = if paths.is_empty() {
+            // A new prefix (most of a table arriving): no comparison, no previous best.
+            paths.push(path.clone());
+            (Some(BestChange { prefix, old: None, new: Some(path) }), true)
+        } else {
+            let (change, fresh) = place(paths, path, &self.peers, self.local_as)?;
+            (change.map(|(old, new)| BestChange { prefix, old, new: Some(new) }), fresh)
+        };
+        if fresh && let Some(s) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
             s.counts.received += 1;
             s.counts.accepted += 1;
         }
-        changed.and_then(|(c, _)| c).map(|(old, new)| BestChange { prefix, old, new: Some(new) })
+        change
     }
 
     fn remove_path(&mut self, prefix: IpNetwork, peer: PeerId) -> Option<BestChange> {
@@ -594,8 +601,8 @@ impl Rib {
     }
 }
 
-/// Puts `path` among `paths` (replacing the same peer's), keeping the best first. Returns
-/// `Some((best change, whether the peer's path is new))` when anything changed.
+/// Puts `path` among `paths` (not empty; replacing the same peer's), keeping the best first.
+/// Returns `Some((best change, whether the peer's path is new))` when anything changed.
 #[allow(clippy::type_complexity)]
 fn place(
     paths: &mut Paths,
@@ -603,11 +610,6 @@ fn place(
     peers: &[Option<PeerState>],
     local_as: u32,
 ) -> Option<(Option<(Option<Path>, Path)>, bool)> {
-    if paths.is_empty() {
-        // A new prefix: no comparison, no previous best.
-        paths.push(path.clone());
-        return Some((Some((None, path)), true));
-    }
     let old_best = paths.first().cloned();
     let fresh = match paths.iter_mut().find(|p| p.peer == path.peer) {
         Some(existing) if same(existing, &path) => return None,

