@@ -164,11 +164,27 @@ for r in ${RECEIVERS:-brindle bird gobgp}; do
     echo "  ${results[-1]}" >&2
 done
 
-printf '\n%-8s %10s %10s %10s %12s %10s %10s %10s\n' receiver prefixes seconds cpu_s peak_MiB B/route cpu/BIRD rss/BIRD
-# Ratios are to BIRD's mean over its runs.
-bird_cpu=$(printf '%s\n' "${results[@]}" | awk '$1 == "bird" { s += $4; n++ } END { if (n) print s / n }')
-bird_rss=$(printf '%s\n' "${results[@]}" | awk '$1 == "bird" { s += $5; n++ } END { if (n) print s / n }')
-for line in "${results[@]}"; do
-    echo "$line" | awk -v bc="$bird_cpu" -v br="$bird_rss" '{
+# median <receiver> <column>: the receiver's median of a column over its runs.
+median() {
+    printf '%s\n' "${results[@]}" | awk -v r="$1" -v c="$2" '$1 == r { print $c }' | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+
+# Ratios are to BIRD's median over its runs; with several runs of a receiver (this machine
+# varies by 20% run to run), its medians follow.
+bird_cpu=$(median bird 4)
+bird_rss=$(median bird 5)
+row() {
+    awk -v bc="$bird_cpu" -v br="$bird_rss" '{
         printf "%-8s %10d %10.2f %10.2f %12.1f %10.0f %10.2f %10.2f\n", $1, $2, $3, $4, $5 / 1024, $5 * 1024 / ($2 > 0 ? $2 : 1), (bc > 0 ? $4 / bc : 0), (br > 0 ? $5 / br : 0) }'
-done
+}
+header() { printf '\n%-8s %10s %10s %10s %12s %10s %10s %10s\n' "$1" prefixes seconds cpu_s peak_MiB B/route cpu/BIRD rss/BIRD; }
+header receiver
+for line in "${results[@]}"; do echo "$line" | row; done
+receivers=$(printf '%s\n' "${results[@]}" | awk '!seen[$1]++ { print $1 }')
+if [ "$(printf '%s\n' "${results[@]}" | wc -l)" -gt "$(echo "$receivers" | wc -l)" ]; then
+    header median
+    for r in $receivers; do
+        echo "$r $(median "$r" 2) $(median "$r" 3) $(median "$r" 4) $(median "$r" 5)" | row
+    done
+fi

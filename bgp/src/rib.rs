@@ -240,6 +240,8 @@ pub struct Rib {
     v4: FxHashMap<u64, Paths>,
     v6: FxHashMap<[u8; 17], Paths>,
     export_cache: HashMap<ExportKey, (Arc<PathAttrs>, Arc<PathAttrs>)>,
+    /// Room for the attribute handles an UPDATE's prefixes take, kept between UPDATEs.
+    handles: Vec<Arc<PathAttrs>>,
 }
 
 impl Rib {
@@ -254,6 +256,7 @@ impl Rib {
             v4: FxHashMap::default(),
             v6: FxHashMap::default(),
             export_cache: HashMap::new(),
+            handles: Vec::new(),
         }
     }
 
@@ -323,7 +326,8 @@ impl Rib {
     /// Originates `prefix` with `attrs` (replacing an earlier origination).
     pub fn originate(&mut self, prefix: IpNetwork, attrs: PathAttrs) -> Vec<BestChange> {
         let attrs = self.interner.intern(attrs);
-        self.set_path(prefix, Path { peer: LOCAL, attrs, stale: false }).into_iter().collect()
+        let path = Path { peer: LOCAL, attrs, stale: false };
+        self.set_path(prefix, path.clone(), path).into_iter().collect()
     }
 
     /// Stops originating `prefix`.
@@ -331,38 +335,49 @@ impl Rib {
         self.remove_path(prefix, LOCAL).into_iter().collect()
     }
 
-    /// Applies an UPDATE from an established peer. Returns the best-path changes.
-    pub fn update(&mut self, peer: PeerId, update: &Update) -> Vec<BestChange> {
-        let Some(state) = self.state(peer) else { return Vec::new() };
+    /// Applies an UPDATE from an established peer, appending the best-path changes to
+    /// `changes` (a receiver keeps one buffer for all its UPDATEs).
+    pub fn update(&mut self, peer: PeerId, update: &Update, changes: &mut Vec<BestChange>) {
+        let Some(state) = self.state(peer) else { return };
         let four_octet = state.session.as_ref().is_some_and(|s| s.four_octet_as);
         let withdrawn = update.withdrawn.iter().chain(update.mp_unreach().into_iter().flat_map(|u| u.withdrawn.iter()));
         let mp_nlri: &[IpNetwork] = update.mp_reach().map_or(&[], |r| &r.nlri[..]);
         let announced = update.nlri.len() + mp_nlri.len();
-        let mut changes = Vec::with_capacity(announced);
         if update.treat_as_withdraw() {
-            let all: Vec<IpNetwork> = withdrawn.chain(&update.nlri).chain(mp_nlri).copied().collect();
-            return all.into_iter().filter_map(|prefix| self.remove_path(prefix, peer)).collect();
+            for &prefix in withdrawn.chain(&update.nlri).chain(mp_nlri) {
+                changes.extend(self.remove_path(prefix, peer));
+            }
+            return;
         }
         for &prefix in withdrawn {
             changes.extend(self.remove_path(prefix, peer));
         }
         if announced == 0 {
-            return changes;
+            return;
         }
         let (ipv4_attrs, mp_attrs) = self.interned(peer, update, four_octet);
+        let mut handles = std::mem::take(&mut self.handles);
         for (shared, prefixes) in [(ipv4_attrs, &update.nlri[..]), (mp_attrs, mp_nlri)] {
             // Loops are a property of the attributes: checked once for all the prefixes.
             let usable = shared.filter(|a| !self.loops(peer, a));
+            if let Some(attrs) = &usable {
+                // Two handles per prefix (the table's and the change's), taken together up
+                // front: an atomic increment waits for every store before it, so one per
+                // prefix in the loop below would wait for each table write to land.
+                handles.clear();
+                handles.extend(std::iter::repeat_with(|| Arc::clone(attrs)).take(2 * prefixes.len()));
+            }
             for &prefix in prefixes {
-                match &usable {
-                    Some(attrs) if self.imports(peer, &prefix) => {
-                        changes.extend(self.set_path(prefix, Path { peer, attrs: Arc::clone(attrs), stale: false }))
+                match (&usable, handles.pop().zip(handles.pop())) {
+                    (Some(_), Some((attrs, twin))) if self.imports(peer, &prefix) => {
+                        let path = Path { peer, attrs, stale: false };
+                        changes.extend(self.set_path(prefix, path, Path { peer, attrs: twin, stale: false }));
                     }
                     _ => changes.extend(self.remove_path(prefix, peer)),
                 }
             }
         }
-        changes
+        self.handles = handles;
     }
 
     /// The shared attribute sets of an UPDATE's IPv4 and multiprotocol routes: those of the
@@ -556,7 +571,9 @@ impl Rib {
         self.interner.collect_garbage();
     }
 
-    fn set_path(&mut self, prefix: IpNetwork, path: Path) -> Option<BestChange> {
+    /// Puts `path` in the table; `twin` (the same path) is the new best path of the change
+    /// if there is one.
+    fn set_path(&mut self, prefix: IpNetwork, path: Path, twin: Path) -> Option<BestChange> {
         let peer = path.peer;
         let paths = match prefix {
             IpNetwork::V4(_) => self.v4.entry(u64::of(&prefix)).or_default(),
@@ -564,8 +581,8 @@ impl Rib {
         };
         let (change, fresh) = if paths.is_empty() {
             // A new prefix (most of a table arriving): no comparison, no previous best.
-            paths.push(path.clone());
-            (Some(BestChange { prefix, old: None, new: Some(path) }), true)
+            paths.push(path);
+            (Some(BestChange { prefix, old: None, new: Some(twin) }), true)
         } else {
             let (change, fresh) = place(paths, path, &self.peers, self.local_as)?;
             (change.map(|(old, new)| BestChange { prefix, old, new: Some(new) }), fresh)

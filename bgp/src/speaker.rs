@@ -514,20 +514,23 @@ impl Core {
                 let _ = sender.send(ToSession::Send(messages)).await;
             }
             FromSession::Updates(updates) => {
+                // The changes of the whole batch go out together: one round of exports for
+                // the many small UPDATEs a sender spreads a table over.
+                let mut changes = Vec::new();
                 for update in updates {
-                    let changes = match update.end_of_rib() {
+                    match update.end_of_rib() {
                         Some(family) => {
                             if (family == Family::IPV4_UNICAST || family == Family::IPV6_UNICAST)
                                 && let Some(peer) = self.peers.get_mut(&address)
                             {
                                 peer.stale_until = None;
                             }
-                            self.rib.sweep_stale(id, Some(family))
+                            changes.extend(self.rib.sweep_stale(id, Some(family)));
                         }
-                        None => self.rib.update(id, &update),
-                    };
-                    self.propagate(changes).await;
+                        None => self.rib.update(id, &update, &mut changes),
+                    }
                 }
+                self.propagate(changes).await;
             }
             FromSession::RouteRefresh(family) => {
                 let four = peer.negotiated.as_ref().is_some_and(|n| n.four_octet_as);

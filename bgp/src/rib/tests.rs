@@ -28,6 +28,13 @@ fn peer(rib: &mut Rib, n: u8, peer_as: u32, rr_client: bool) -> PeerId {
     id
 }
 
+/// Applies `update` from `peer`; the best-path changes.
+fn apply(rib: &mut Rib, peer: PeerId, update: &Update) -> Vec<BestChange> {
+    let mut changes = Vec::new();
+    rib.update(peer, update, &mut changes);
+    changes
+}
+
 fn session(n: u8) -> PeerSession {
     PeerSession {
         router_id: Ipv4Addr::new(10, 255, 0, n),
@@ -97,27 +104,27 @@ fn the_decision_process_prefers_in_rfc_order() {
     let ibgp_b = peer(&mut rib, 3, ASN, false);
     let ebgp = peer(&mut rib, 4, 65001, false);
 
-    rib.update(ibgp_a, &announce(&["10.1.0.0/16"], &[65001, 65002], "10.0.0.2", vec![]));
-    rib.update(ibgp_b, &announce(&["10.1.0.0/16"], &[65001, 65002], "10.0.0.3", vec![Value::LocalPref(200)]));
+    apply(&mut rib, ibgp_a, &announce(&["10.1.0.0/16"], &[65001, 65002], "10.0.0.2", vec![]));
+    apply(&mut rib, ibgp_b, &announce(&["10.1.0.0/16"], &[65001, 65002], "10.0.0.3", vec![Value::LocalPref(200)]));
     assert_eq!(best_peer(&rib, "10.1.0.0/16"), Some(ibgp_b), "higher LOCAL_PREF");
 
-    rib.update(ibgp_b, &announce(&["10.2.0.0/16"], &[65001, 65002, 65003], "10.0.0.3", vec![]));
-    rib.update(ibgp_a, &announce(&["10.2.0.0/16"], &[65001, 65002], "10.0.0.2", vec![]));
+    apply(&mut rib, ibgp_b, &announce(&["10.2.0.0/16"], &[65001, 65002, 65003], "10.0.0.3", vec![]));
+    apply(&mut rib, ibgp_a, &announce(&["10.2.0.0/16"], &[65001, 65002], "10.0.0.2", vec![]));
     assert_eq!(best_peer(&rib, "10.2.0.0/16"), Some(ibgp_a), "shorter AS_PATH");
 
-    rib.update(ibgp_a, &announce(&["10.3.0.0/16"], &[65001], "10.0.0.2", vec![Value::Med(50)]));
-    rib.update(ibgp_b, &announce(&["10.3.0.0/16"], &[65001], "10.0.0.3", vec![Value::Med(10)]));
+    apply(&mut rib, ibgp_a, &announce(&["10.3.0.0/16"], &[65001], "10.0.0.2", vec![Value::Med(50)]));
+    apply(&mut rib, ibgp_b, &announce(&["10.3.0.0/16"], &[65001], "10.0.0.3", vec![Value::Med(10)]));
     assert_eq!(best_peer(&rib, "10.3.0.0/16"), Some(ibgp_b), "lower MED from the same neighbour AS");
 
-    rib.update(ibgp_a, &announce(&["10.4.0.0/16"], &[65001], "10.0.0.2", vec![]));
-    rib.update(ebgp, &announce(&["10.4.0.0/16"], &[65001], "10.0.0.4", vec![]));
+    apply(&mut rib, ibgp_a, &announce(&["10.4.0.0/16"], &[65001], "10.0.0.2", vec![]));
+    apply(&mut rib, ebgp, &announce(&["10.4.0.0/16"], &[65001], "10.0.0.4", vec![]));
     assert_eq!(best_peer(&rib, "10.4.0.0/16"), Some(ebgp), "eBGP over iBGP");
 
-    rib.update(ibgp_b, &announce(&["10.5.0.0/16"], &[65001], "10.0.0.3", vec![]));
-    rib.update(ibgp_a, &announce(&["10.5.0.0/16"], &[65001], "10.0.0.2", vec![]));
+    apply(&mut rib, ibgp_b, &announce(&["10.5.0.0/16"], &[65001], "10.0.0.3", vec![]));
+    apply(&mut rib, ibgp_a, &announce(&["10.5.0.0/16"], &[65001], "10.0.0.2", vec![]));
     assert_eq!(best_peer(&rib, "10.5.0.0/16"), Some(ibgp_a), "lower router ID");
 
-    let changes = rib.update(ibgp_a, &withdraw(&["10.5.0.0/16"]));
+    let changes = apply(&mut rib, ibgp_a, &withdraw(&["10.5.0.0/16"]));
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].new.as_ref().map(|p| p.peer), Some(ibgp_b), "the next best takes over");
 }
@@ -129,7 +136,7 @@ fn ibgp_routes_are_not_passed_to_ibgp_peers_but_go_to_ebgp_rewritten() {
     let b = peer(&mut rib, 3, ASN, false);
     let external = peer(&mut rib, 4, 65001, false);
     let changes =
-        rib.update(a, &announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![Value::LocalPref(300), Value::Med(7)]));
+        apply(&mut rib, a, &announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![Value::LocalPref(300), Value::Med(7)]));
     let exports = rib.exports(&changes);
     assert!(sent_to(&exports, b).is_empty(), "split horizon");
     assert!(sent_to(&exports, a).is_empty(), "never back to the sender");
@@ -152,7 +159,7 @@ fn an_external_peer_can_keep_the_original_next_hop() {
     });
     rib.peer_up(keeps, session(5));
     rib.originate(net("10.244.0.0/26"), PathAttrs::local(None));
-    let changes = rib.update(a, &announce(&["10.244.1.0/26"], &[], "10.0.0.2", vec![]));
+    let changes = apply(&mut rib, a, &announce(&["10.244.1.0/26"], &[], "10.0.0.2", vec![]));
     let exports = rib.exports(&changes);
     let [Export::Announce(_, attrs)] = sent_to(&exports, keeps)[..] else { panic!("{exports:?}") };
     assert_eq!(attrs.next_hop, Some(IpAddr::V4(ip("10.0.0.2"))), "the node that owns the block");
@@ -168,7 +175,7 @@ fn a_reflector_reflects_without_touching_the_next_hop() {
     let second_non_client = peer(&mut rib, 5, ASN, false);
 
     let exports = {
-        let changes = rib.update(client, &announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![]));
+        let changes = apply(&mut rib, client, &announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![]));
         rib.exports(&changes)
     };
     for to in [other_client, non_client, second_non_client] {
@@ -179,7 +186,7 @@ fn a_reflector_reflects_without_touching_the_next_hop() {
     }
     assert!(sent_to(&exports, client).is_empty());
 
-    let changes = rib.update(non_client, &announce(&["10.2.0.0/16"], &[], "10.0.0.4", vec![]));
+    let changes = apply(&mut rib, non_client, &announce(&["10.2.0.0/16"], &[], "10.0.0.4", vec![]));
     let exports = rib.exports(&changes);
     assert_eq!(sent_to(&exports, client).len(), 1);
     assert_eq!(sent_to(&exports, other_client).len(), 1);
@@ -191,9 +198,10 @@ fn loops_are_refused() {
     let mut rib = Rib::new(ASN, ME, Some(ip("10.255.255.1")));
     let client = peer(&mut rib, 2, ASN, true);
     let external = peer(&mut rib, 4, 65001, false);
-    rib.update(external, &announce(&["10.1.0.0/16"], &[65001, ASN], "10.0.0.4", vec![]));
-    rib.update(client, &announce(&["10.2.0.0/16"], &[], "10.0.0.2", vec![Value::OriginatorId(ME)]));
-    rib.update(
+    apply(&mut rib, external, &announce(&["10.1.0.0/16"], &[65001, ASN], "10.0.0.4", vec![]));
+    apply(&mut rib, client, &announce(&["10.2.0.0/16"], &[], "10.0.0.2", vec![Value::OriginatorId(ME)]));
+    apply(
+        &mut rib,
         client,
         &announce(&["10.3.0.0/16"], &[], "10.0.0.2", vec![Value::ClusterList(vec![ip("10.255.255.1")])]),
     );
@@ -204,7 +212,7 @@ fn loops_are_refused() {
 fn treat_as_withdraw_removes_the_routes() {
     let mut rib = Rib::new(ASN, ME, None);
     let a = peer(&mut rib, 2, ASN, false);
-    rib.update(a, &announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![]));
+    apply(&mut rib, a, &announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![]));
     let mut broken = announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![]);
     broken.errors.push(crate::wire::AttributeError {
         type_code: 1,
@@ -212,7 +220,7 @@ fn treat_as_withdraw_removes_the_routes() {
         subcode: 6,
         reason: "ORIGIN 9".into(),
     });
-    let changes = rib.update(a, &broken);
+    let changes = apply(&mut rib, a, &broken);
     assert_eq!(changes.len(), 1);
     assert!(rib.is_empty());
 }
@@ -229,7 +237,7 @@ fn import_filters_keep_foreign_prefixes_out() {
         keep_next_hop: false,
     });
     rib.peer_up(id, session(2));
-    rib.update(id, &announce(&["10.244.3.0/26", "192.168.0.0/24", "10.0.0.0/8"], &[], "10.0.0.2", vec![]));
+    apply(&mut rib, id, &announce(&["10.244.3.0/26", "192.168.0.0/24", "10.0.0.0/8"], &[], "10.0.0.2", vec![]));
     let held: Vec<String> = rib.routes().map(|(p, _)| p.to_string()).collect();
     assert_eq!(held, ["10.244.3.0/26"]);
 }
@@ -251,12 +259,12 @@ fn graceful_restart_keeps_stale_routes_until_end_of_rib() {
     let mut rib = Rib::new(ASN, ME, None);
     let a = peer(&mut rib, 2, ASN, false);
     let watcher = peer(&mut rib, 3, 65001, false);
-    rib.update(a, &announce(&["10.1.0.0/16", "10.2.0.0/16"], &[], "10.0.0.2", vec![]));
+    apply(&mut rib, a, &announce(&["10.1.0.0/16", "10.2.0.0/16"], &[], "10.0.0.2", vec![]));
     assert!(rib.peer_down(a, true).is_empty(), "stale routes stay best: nothing changes");
     assert!(rib.paths(&net("10.1.0.0/16"))[0].stale);
 
     rib.peer_up(a, session(2));
-    let changes = rib.update(a, &announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![]));
+    let changes = apply(&mut rib, a, &announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![]));
     assert!(!rib.paths(&net("10.1.0.0/16"))[0].stale, "refreshed");
     assert!(rib.exports(&changes).is_empty(), "the same route again is not news to anyone");
     let changes = rib.sweep_stale(a, Some(Family::IPV4_UNICAST));
@@ -271,7 +279,7 @@ fn a_peer_going_down_without_graceful_restart_withdraws_everything() {
     let mut rib = Rib::new(ASN, ME, None);
     let a = peer(&mut rib, 2, ASN, false);
     let b = peer(&mut rib, 3, 65001, false);
-    rib.update(a, &announce(&["10.1.0.0/16", "10.2.0.0/16"], &[], "10.0.0.2", vec![]));
+    apply(&mut rib, a, &announce(&["10.1.0.0/16", "10.2.0.0/16"], &[], "10.0.0.2", vec![]));
     assert_eq!(rib.counts(a).accepted, 2);
     let changes = rib.peer_down(a, false);
     assert_eq!(changes.len(), 2);
@@ -294,7 +302,7 @@ fn ipv6_routes_take_the_mp_next_hop_and_share_attributes() {
         .into(),
         ..Update::default()
     };
-    rib.update(a, &update);
+    apply(&mut rib, a, &update);
     assert_eq!(rib.len(), 100);
     assert_eq!(rib.paths(&net("fd00:7::/64"))[0].attrs.next_hop, Some(hop));
     assert_eq!(rib.attribute_sets(), 1, "100 routes, one shared attribute set");

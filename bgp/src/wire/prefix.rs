@@ -56,8 +56,9 @@ impl std::fmt::Display for Family {
 pub fn parse_prefixes(mut input: &[u8], family: Family) -> Result<Vec<IpNetwork>, DecodeError> {
     let max = family.max_prefix_len().unwrap_or(0);
     let ipv6 = family == Family::IPV6_UNICAST;
-    // Room for a table's typical /24s (four octets each) without growing.
-    let mut prefixes = Vec::with_capacity(input.len() / 4 + 1);
+    // Room for a table's typical /24s (four octets each) without growing; nothing allocated
+    // for an empty run (most UPDATEs withdraw nothing).
+    let mut prefixes = Vec::with_capacity(input.len().div_ceil(4));
     while let Some((&len, rest)) = input.split_first() {
         let bad = |why: String| update_error(subcode::INVALID_NETWORK_FIELD, Vec::new(), why);
         if len > max {

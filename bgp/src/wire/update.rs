@@ -146,11 +146,9 @@ pub(crate) fn parse_update(body: &[u8], codec: &Codec, cache: &mut AttributeCach
     let announces = !nlri.is_empty() || attributes.iter().any(|a| matches!(a.value, Value::MpReach(_)));
     if announces {
         let present = |code| attributes.iter().any(|a| a.type_code == code);
-        let mut required = vec![type_code::ORIGIN, type_code::AS_PATH];
-        if !nlri.is_empty() {
-            required.push(type_code::NEXT_HOP);
-        }
-        for code in required {
+        // NEXT_HOP only with IPv4 NLRI (MP_REACH_NLRI carries its own).
+        let required = [type_code::ORIGIN, type_code::AS_PATH, type_code::NEXT_HOP];
+        for code in required.into_iter().take(if nlri.is_empty() { 2 } else { 3 }) {
             if !present(code) && !errors.iter().any(|e| e.type_code == code) {
                 errors.push(AttributeError {
                     type_code: code,
