@@ -97,13 +97,19 @@ fn receive(frames: &[Vec<u8>]) -> Rib {
     );
     let mut cache = AttributeCache::default();
     let mut changes = Vec::new();
-    // As the speaker does: the changes of the UPDATEs of one read go out together.
+    // As the session and the speaker do: the UPDATEs of one read are decoded, their table
+    // entries looked up together, then applied, and their changes go out together.
     for batch in frames.chunks(BATCH) {
-        for frame in batch {
-            let Ok(Message::Update(update)) = wire::decode_cached(frame, &CODEC, &mut cache) else {
-                panic!("the stream holds UPDATEs only")
-            };
-            rib.update(peer, &update, &mut changes);
+        let updates: Vec<Update> = batch
+            .iter()
+            .map(|frame| match wire::decode_cached(frame, &CODEC, &mut cache) {
+                Ok(Message::Update(update)) => update,
+                other => panic!("the stream holds UPDATEs only, not {other:?}"),
+            })
+            .collect();
+        updates.iter().for_each(|u| rib.prefetch(u));
+        for update in &updates {
+            rib.update(peer, update, &mut changes);
         }
         std::hint::black_box(rib.exports(&changes));
         changes.clear();

@@ -327,12 +327,23 @@ impl Rib {
     pub fn originate(&mut self, prefix: IpNetwork, attrs: PathAttrs) -> Vec<BestChange> {
         let attrs = self.interner.intern(attrs);
         let path = Path { peer: LOCAL, attrs, stale: false };
-        self.set_path(prefix, path.clone(), path).into_iter().collect()
+        let mut changes = Vec::new();
+        self.set_path(prefix, path.clone(), path, &mut changes);
+        changes
     }
 
     /// Stops originating `prefix`.
     pub fn withdraw_local(&mut self, prefix: IpNetwork) -> Vec<BestChange> {
         self.remove_path(prefix, LOCAL).into_iter().collect()
+    }
+
+    /// Looks up the table entries of an UPDATE's IPv4 prefixes without changing anything, so
+    /// that applying it soon after finds them in the cache: a speaker does this for a whole
+    /// batch first, letting the processor overlap the batch's table misses.
+    pub fn prefetch(&self, update: &Update) {
+        for prefix in &update.nlri {
+            std::hint::black_box(self.v4.get(&u64::of(prefix)));
+        }
     }
 
     /// Applies an UPDATE from an established peer, appending the best-path changes to
@@ -371,7 +382,7 @@ impl Rib {
                 match (&usable, handles.pop().zip(handles.pop())) {
                     (Some(_), Some((attrs, twin))) if self.imports(peer, &prefix) => {
                         let path = Path { peer, attrs, stale: false };
-                        changes.extend(self.set_path(prefix, path, Path { peer, attrs: twin, stale: false }));
+                        self.set_path(prefix, path, Path { peer, attrs: twin, stale: false }, changes);
                     }
                     _ => changes.extend(self.remove_path(prefix, peer)),
                 }
@@ -572,26 +583,28 @@ impl Rib {
     }
 
     /// Puts `path` in the table; `twin` (the same path) is the new best path of the change
-    /// if there is one.
-    fn set_path(&mut self, prefix: IpNetwork, path: Path, twin: Path) -> Option<BestChange> {
+    /// appended to `changes`, if there is one. (Appended rather than returned: the change is
+    /// not read back right away, so the table write it follows need not land first.)
+    fn set_path(&mut self, prefix: IpNetwork, path: Path, twin: Path, changes: &mut Vec<BestChange>) {
         let peer = path.peer;
         let paths = match prefix {
             IpNetwork::V4(_) => self.v4.entry(u64::of(&prefix)).or_default(),
             IpNetwork::V6(_) => self.v6.entry(<[u8; 17]>::of(&prefix)).or_default(),
         };
-        let (change, fresh) = if paths.is_empty() {
+        let fresh = if paths.is_empty() {
             // A new prefix (most of a table arriving): no comparison, no previous best.
             paths.push(path);
-            (Some(BestChange { prefix, old: None, new: Some(twin) }), true)
+            changes.push(BestChange { prefix, old: None, new: Some(twin) });
+            true
         } else {
-            let (change, fresh) = place(paths, path, &self.peers, self.local_as)?;
-            (change.map(|(old, new)| BestChange { prefix, old, new: Some(new) }), fresh)
+            let Some((change, fresh)) = place(paths, path, &self.peers, self.local_as) else { return };
+            changes.extend(change.map(|(old, new)| BestChange { prefix, old, new: Some(new) }));
+            fresh
         };
         if fresh && let Some(s) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
             s.counts.received += 1;
             s.counts.accepted += 1;
         }
-        change
     }
 
     fn remove_path(&mut self, prefix: IpNetwork, peer: PeerId) -> Option<BestChange> {

@@ -15,7 +15,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -106,8 +106,11 @@ impl Connection {
         match wire::frame_length(&self.buffer) {
             Err(e) => Some(Err(e)),
             Ok(Some(len)) if self.buffer.len() >= len => {
-                let frame = self.buffer.split_to(len);
-                Some(wire::decode_cached(&frame, codec, &mut self.attributes))
+                // Decoded in place, then skipped: splitting the frame off would make the
+                // buffer shared and cost two atomic operations per message.
+                let message = wire::decode_cached(&self.buffer[..len], codec, &mut self.attributes);
+                self.buffer.advance(len);
+                Some(message)
             }
             Ok(_) => None,
         }

@@ -517,6 +517,7 @@ impl Core {
                 // The changes of the whole batch go out together: one round of exports for
                 // the many small UPDATEs a sender spreads a table over.
                 let mut changes = Vec::new();
+                updates.iter().for_each(|u| self.rib.prefetch(u));
                 for update in updates {
                     match update.end_of_rib() {
                         Some(family) => {
