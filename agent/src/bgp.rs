@@ -11,6 +11,7 @@ use brindle_bgp::attrs::PathAttrs;
 use brindle_bgp::fsm::State;
 use brindle_bgp::rib::{FilterRule, PrefixFilter};
 use brindle_bgp::speaker::{PeerSpec, RouteEvent, Speaker, SpeakerConfig};
+use brindle_bgp::wire::Family;
 use brindle_datastore::resource::{BgpFilter, BgpFilterRule, FilterAction, Node, Resource};
 use brindle_datastore::selector::Selector;
 use ipnetwork::IpNetwork;
@@ -47,7 +48,7 @@ pub struct Plan {
     pub originate: BTreeMap<IpNetwork, Vec<String>>,
     /// Peers whose BGPFilters put rules in front of the default filters.
     pub filtered: BTreeSet<IpAddr>,
-    /// Peerings that could not be set up, in words.
+    /// What is wrong with the peerings, in words: a peering left out, a filter missing.
     pub problems: Vec<String>,
 }
 
@@ -127,13 +128,15 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
     let import = [of_family(&pools, false), of_family(&pools, true)];
     let exportable: Vec<IpNetwork> = pools.iter().chain(&services).copied().collect();
     let export = [of_family(&exportable, false), of_family(&exportable, true)];
+    // Each session carries the family of its addresses, and only prefixes of it.
     let with_filters = |mut peer: PeerSpec| -> PeerSpec {
         let family = usize::from(peer.address.is_ipv6());
+        peer.families = vec![if peer.address.is_ipv6() { Family::IPV6_UNICAST } else { Family::IPV4_UNICAST }];
         peer.import = import[family].clone();
         peer.export = export[family].clone();
         peer
     };
-    let my_address = |v6: bool| if v6 { me.ipv6 } else { me.ipv4 }.map(|n| n.ip());
+
     let no_labels = BTreeMap::new();
     let my_node = cluster.nodes.iter().find(|n| n.metadata.name == me.name);
     let my_labels = my_node.map_or(&no_labels, |n| &n.metadata.labels);
@@ -150,7 +153,7 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
             .flatten()
             .filter_map(|their| {
                 let address = their.ip();
-                let mine = my_address(address.is_ipv6())?;
+                let mine = me.address_like(address).map(|n| n.ip())?;
                 let mut peer =
                     PeerSpec::new(address, node_bgp.and_then(|b| b.as_number).unwrap_or(cluster.bgp.as_number));
                 peer.port = cluster.bgp.listen_port;
@@ -222,25 +225,40 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
                 out.problems.push(format!("BGPPeer {}: peerIP \"{text}\" is not an address", resource.metadata.name));
                 continue;
             };
+            let name = &resource.metadata.name;
+            let Some(local) = me.address_like(address).map(|n| n.ip()) else {
+                out.problems.push(format!("BGPPeer {name}: this node has no address of {address}'s family"));
+                continue;
+            };
+            let password = match spec.password.as_ref().map(|p| (&p.file, &p.secret_key_ref)) {
+                None => None,
+                Some((Some(file), _)) => Some(file.clone()),
+                Some((None, Some(secret))) => match secret.file_in(&settings.secrets_dir) {
+                    Some(file) => Some(file),
+                    None => {
+                        out.problems.push(format!("BGPPeer {name}: secretKeyRef does not name a secret key"));
+                        continue;
+                    }
+                },
+                Some((None, None)) => {
+                    out.problems.push(format!("BGPPeer {name}: password names no source"));
+                    continue;
+                }
+            };
             let mut peer = PeerSpec::new(address, spec.as_number.unwrap_or(cluster.bgp.as_number));
             peer.port = port.unwrap_or(179);
             peer.hold_time = hold_time;
             peer.keep_original_next_hop = spec.keep_original_next_hop;
             peer.max_restart_time = spec.max_restart_time.map(|d| d.as_secs().min(u64::from(u16::MAX)) as u16);
-            peer.local_address = my_address(address.is_ipv6());
+            peer.local_address = Some(local);
             let mut peer = with_filters(peer);
+            // A later BGPPeer for the same address replaces an earlier one whole.
+            out.passwords.remove(&address);
+            out.filtered.remove(&address);
             if prepend_filters(&mut peer, &spec.filters, &cluster.filters, &mut out.problems) {
                 out.filtered.insert(address);
             }
-            if let Some(password) = &spec.password {
-                let file = match (&password.file, &password.secret_key_ref) {
-                    (Some(file), _) => file.clone(),
-                    (None, Some(secret)) => settings.secrets_dir.join(&secret.name).join(&secret.key),
-                    (None, None) => {
-                        out.problems.push(format!("BGPPeer {}: password names no source", resource.metadata.name));
-                        continue;
-                    }
-                };
+            if let Some(file) = password {
                 out.passwords.insert(address, file);
             }
             out.kinds
@@ -366,8 +384,9 @@ impl Bgp {
 
     /// Tells the speaker what changed since the last plan. Passwords are read from their
     /// files every time, so a rotated secret reaches the session at the next resync. A peer
-    /// whose password cannot be read keeps the session it had (or gets none yet); the error
-    /// names it, and every other change is still applied.
+    /// whose password cannot be read keeps the session it had if that one was signed, and
+    /// otherwise gets none (it must not go on unsigned); the error names it, and every other
+    /// change is still applied.
     pub async fn apply(&mut self, plan: Plan) -> anyhow::Result<()> {
         let mut unreadable = Vec::new();
         let mut peers = Vec::with_capacity(plan.peers.len());
@@ -380,7 +399,8 @@ impl Bgp {
                 Ok(password) => peers.push(PeerSpec { password: Some(password), ..peer.clone() }),
                 Err(e) => {
                     unreadable.push(format!("{e:#}"));
-                    peers.extend(self.applied_peers.iter().find(|p| p.address == peer.address).cloned());
+                    let signed = self.applied_peers.iter().find(|p| p.address == peer.address && p.password.is_some());
+                    peers.extend(signed.cloned());
                 }
             }
         }
@@ -517,6 +537,7 @@ mod tests {
         assert_eq!(addresses, ["10.0.0.1", "10.0.0.3", "fd00::1"], "c has no IPv6 address, so no IPv6 session");
         let v6 = &p.peers[2];
         assert!(v6.passive, "fd00::1 is lower, so it connects");
+        assert_eq!(v6.families, [Family::IPV6_UNICAST], "an IPv6 session offers IPv6 only");
         assert_eq!(v6.local_address, Some("fd00::2".parse().unwrap()));
         let (v4_block, v6_block) = ("10.244.1.0/26".parse().unwrap(), "fd00:10:244::/122".parse().unwrap());
         assert!(v6.import.accepts(&v6_block) && !v6.import.accepts(&v4_block));
@@ -543,7 +564,7 @@ mod tests {
                 "no-pool-slice",
                 BgpFilter {
                     import_v4: vec![rule(FilterAction::Reject, "10.244.128.0/17")],
-                    export_v4: vec![rule(FilterAction::Reject, "192.168.0.0/16")],
+                    export_v4: vec![rule(FilterAction::Reject, "10.244.128.0/17")],
                     ..BgpFilter::default()
                 },
             ),
@@ -561,7 +582,9 @@ mod tests {
         assert!(!external.import.accepts(&net("10.244.200.0/24")), "kept out by the second");
         assert!(external.import.accepts(&net("10.244.1.0/26")), "the defaults decide the rest");
         assert!(!external.import.accepts(&net("172.16.0.0/24")));
-        assert!(!external.export.accepts(&net("192.168.1.0/24")));
+        assert!(!external.export.accepts(&net("10.244.200.0/26")), "a slice of the pool kept in");
+        assert!(external.export.accepts(&net("10.244.1.0/26")), "the rest of the pool still goes out");
+        assert_eq!(external.families, [Family::IPV4_UNICAST]);
         assert!(p.filtered.contains(&external.address) && p.filtered.len() == 1, "{:?}", p.filtered);
         assert!(p.problems.iter().any(|e| e.contains("BGPFilter missing does not exist")), "{:?}", p.problems);
         let mesh = p.peers.iter().find(|p| p.address.to_string() == "10.0.0.1").unwrap();
@@ -629,6 +652,21 @@ mod tests {
         assert!(b.problems.iter().any(|p| p.contains("!!bad")), "{:?}", b.problems);
         let c_plan = plan(&me("c", "10.0.0.3/24"), &c, &settings());
         assert!(c_plan.peers.iter().all(|p| p.address.to_string() != "10.0.0.254"), "the peer is b's alone");
+    }
+
+    #[test]
+    fn a_later_peer_for_the_same_address_replaces_the_earlier_whole_and_families_must_match() {
+        use brindle_datastore::resource::BgpPassword;
+        let mut c = cluster(true);
+        let password = BgpPassword { file: Some("/etc/brindle/pw".into()), secret_key_ref: None };
+        let upstream = BgpPeer { peer_ip: Some("10.0.0.254".into()), as_number: Some(65001), ..BgpPeer::default() };
+        c.peers.push(peer(BgpPeer { password: Some(password), ..upstream.clone() }));
+        c.peers.push(peer(upstream));
+        c.peers.push(peer(BgpPeer { peer_ip: Some("fd00::9".into()), as_number: Some(65001), ..BgpPeer::default() }));
+        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        assert!(p.passwords.is_empty(), "the later peer has no password: {:?}", p.passwords);
+        assert!(p.peers.iter().all(|peer| peer.address.is_ipv4()), "{:?}", p.peers);
+        assert!(p.problems.iter().any(|e| e.contains("no address of fd00::9's family")), "{:?}", p.problems);
     }
 
     #[test]

@@ -45,11 +45,19 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
     let mut peers = Vec::new();
     for peer in &plan.peers {
         let Some(family) = family_of(peer.address) else { continue };
-        let password = plan.passwords.get(&peer.address).map(|file| read_password(peer.address, file)).transpose()?;
+        let password = match plan.passwords.get(&peer.address).map(|file| read_password(peer.address, file)) {
+            Some(Err(e)) => {
+                // One unreadable secret costs that peer its session, not the whole render.
+                tracing::warn!(error = %format!("{e:#}"), "BGP peer left out of BIRD's configuration");
+                continue;
+            }
+            Some(Ok(password)) => Some(password),
+            None => None,
+        };
         if password.as_deref().is_some_and(|p| p.contains(['"', '\\', '\n'])) {
             anyhow::bail!("the BGP password of {} has a character BIRD's configuration cannot carry", peer.address);
         }
-        let mine = if peer.address.is_ipv6() { me.ipv6 } else { me.ipv4 };
+        let mine = me.address_like(peer.address);
         // BGPFilter rules come first, then the defaults, as in the embedded speaker.
         let filtered = plan.filtered.contains(&peer.address);
         let rules = |filter: &PrefixFilter| filtered.then(|| filter.rules.iter().map(bird_rule).collect::<Vec<_>>());

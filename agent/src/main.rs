@@ -255,7 +255,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
                 let plan = brindle_agent::bgp::plan(&me, &cluster, &bgp_settings);
                 if plan.problems != last_bgp_problems {
                     for problem in &plan.problems {
-                        tracing::warn!(%problem, "BGP peering skipped");
+                        tracing::warn!(%problem, "BGP peering problem");
                     }
                     last_bgp_problems.clone_from(&plan.problems);
                 }

@@ -582,9 +582,10 @@ impl Rib {
         self.interner.collect_garbage();
     }
 
-    /// Puts `path` in the table; `twin` (the same path) is the new best path of the change
-    /// appended to `changes`, if there is one. (Appended rather than returned: the change is
-    /// not read back right away, so the table write it follows need not land first.)
+    /// Puts `path` in the table and appends the best-path change, if any, to `changes`. For a
+    /// new prefix `twin` (the same path) is the change's new best; otherwise it is dropped and
+    /// the change holds its own clones. (Appended rather than returned: the change is not
+    /// read back right away, so the table write it follows need not land first.)
     fn set_path(&mut self, prefix: IpNetwork, path: Path, twin: Path, changes: &mut Vec<BestChange>) {
         let peer = path.peer;
         let paths = match prefix {

@@ -75,11 +75,13 @@ pub struct PeerSpec {
     pub keep_original_next_hop: bool,
     /// The longest this peer's routes are kept while it restarts, whatever it asks for.
     pub max_restart_time: Option<u16>,
+    /// The address families offered (multiprotocol capabilities).
+    pub families: Vec<Family>,
 }
 
 impl PeerSpec {
-    /// A peer with the defaults (port 179, hold time 90, active, everything imported and
-    /// exported).
+    /// A peer with the defaults (port 179, hold time 90, active, IPv4 and IPv6 unicast,
+    /// everything imported and exported).
     pub fn new(address: IpAddr, asn: u32) -> Self {
         PeerSpec {
             address,
@@ -94,6 +96,7 @@ impl PeerSpec {
             export: PrefixFilter::default(),
             keep_original_next_hop: false,
             max_restart_time: None,
+            families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
         }
     }
 }
@@ -442,7 +445,7 @@ impl Core {
             fsm_config.restarting = self.config.graceful_restart.is_some() && self.recently_started();
             fsm_config.forwarding_preserved = self.config.forwarding_preserved;
             fsm_config.hold_expiry_keeps_routes = self.config.hold_expiry_keeps_routes;
-            fsm_config.families = vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST];
+            fsm_config.families = spec.families.clone();
             let params = SessionParams {
                 remote: SocketAddr::new(address, spec.port),
                 local: spec.local_address,
@@ -652,13 +655,21 @@ fn chunks(prefixes: &[IpNetwork], room: usize) -> Vec<Vec<IpNetwork>> {
 }
 
 /// Packs exports into as few UPDATEs as fit: withdrawals together, announcements grouped by
-/// their (shared) attributes.
+/// their (shared) attributes. That order is not the exports' order, so only the last export
+/// of a prefix is sent (a batch of received UPDATEs can change one prefix more than once).
 fn pack(exports: Vec<Export>, codec: &Codec) -> Vec<Message> {
+    let prefix = |e: &Export| match e {
+        Export::Announce(p, _) | Export::Withdraw(p) => *p,
+    };
+    let last: HashMap<IpNetwork, usize> = exports.iter().enumerate().map(|(i, e)| (prefix(e), i)).collect();
     let mut withdrawn_v4 = Vec::new();
     let mut withdrawn_v6 = Vec::new();
     let mut groups: Vec<(Arc<PathAttrs>, bool, Vec<IpNetwork>)> = Vec::new();
     let mut index: HashMap<(usize, bool), usize> = HashMap::new();
-    for export in exports {
+    for (i, export) in exports.into_iter().enumerate() {
+        if last.get(&prefix(&export)) != Some(&i) {
+            continue;
+        }
         match export {
             Export::Withdraw(p) if p.is_ipv4() => withdrawn_v4.push(p),
             Export::Withdraw(p) => withdrawn_v6.push(p),
@@ -714,6 +725,33 @@ fn pack(exports: Vec<Export>, codec: &Codec) -> Vec<Message> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packing_sends_only_the_last_export_of_a_prefix() {
+        let (a, b) = (
+            Arc::new(PathAttrs::local(Some("10.0.0.1".parse().unwrap()))),
+            Arc::new(PathAttrs::local(Some("10.0.0.2".parse().unwrap()))),
+        );
+        let (x, y): (IpNetwork, IpNetwork) = ("10.1.0.0/16".parse().unwrap(), "10.2.0.0/16".parse().unwrap());
+        // x announced then withdrawn, y announced with a then with b, in one batch: packing
+        // puts withdrawals first, so sending all four would leave x announced and y with a.
+        let exports = vec![
+            Export::Announce(x, Arc::clone(&a)),
+            Export::Announce(y, Arc::clone(&a)),
+            Export::Withdraw(x),
+            Export::Announce(y, Arc::clone(&b)),
+        ];
+        let messages = pack(exports, &Codec { four_octet_as: true, ebgp: false });
+        let updates: Vec<&Update> =
+            messages.iter().map(|m| if let Message::Update(u) = m { u } else { panic!() }).collect();
+        assert_eq!(updates.len(), 2, "{updates:?}");
+        assert_eq!((updates[0].withdrawn.as_slice(), updates[0].nlri.as_slice()), (&[x][..], &[][..]));
+        assert_eq!(updates[1].nlri, [y]);
+        assert_eq!(
+            updates[1].attribute(crate::wire::attribute::type_code::NEXT_HOP).map(|a| &a.value),
+            Some(&Value::NextHop("10.0.0.2".parse().unwrap()))
+        );
+    }
 
     #[test]
     fn packing_fills_updates_without_exceeding_the_limit() {

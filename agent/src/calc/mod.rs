@@ -1,6 +1,7 @@
 //! The desired dataplane, computed from the cluster's state: a pure function, so every rule
 //! of DESIGN.md's encapsulation table is tested without a kernel.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -21,6 +22,13 @@ pub struct Me {
     pub ipv6: Option<IpNetwork>,
     /// Whether the kernel can do IP-in-IP here.
     pub ipip_supported: bool,
+}
+
+impl Me {
+    /// The node's address (with its prefix length) of the family of `other`.
+    pub fn address_like(&self, other: IpAddr) -> Option<IpNetwork> {
+        if other.is_ipv6() { self.ipv6 } else { self.ipv4 }
+    }
 }
 
 /// The cluster as the syncer last saw it.
@@ -144,17 +152,27 @@ fn next_hop_flaw(next_hop: IpAddr, me: &Me, cluster: &Cluster) -> Option<&'stati
 }
 
 /// `learned` without the routes whose next hop [`next_hop_flaw`] refuses, each named in
-/// `problems`.
-fn with_sane_next_hops(learned: &Learned, me: &Me, cluster: &Cluster, problems: &mut Vec<String>) -> Learned {
-    let mut routes = learned.routes.clone();
-    routes.retain(|prefix, next_hop| match next_hop_flaw(*next_hop, me, cluster) {
-        Some(flaw) => {
-            problems.push(format!("learned {prefix} via {next_hop}, which {flaw}; not installed"));
-            false
-        }
-        None => true,
-    });
-    Learned { routes, converged: learned.converged }
+/// `problems` (copied only when one is refused).
+fn with_sane_next_hops<'a>(
+    learned: &'a Learned,
+    me: &Me,
+    cluster: &Cluster,
+    problems: &mut Vec<String>,
+) -> Cow<'a, Learned> {
+    let refused: Vec<(IpNetwork, IpAddr, &str)> = learned
+        .routes
+        .iter()
+        .filter_map(|(prefix, next_hop)| next_hop_flaw(*next_hop, me, cluster).map(|flaw| (*prefix, *next_hop, flaw)))
+        .collect();
+    if refused.is_empty() {
+        return Cow::Borrowed(learned);
+    }
+    let mut sane = learned.clone();
+    for (prefix, next_hop, flaw) in refused {
+        problems.push(format!("learned {prefix} via {next_hop}, which {flaw}; not installed"));
+        sane.routes.remove(&prefix);
+    }
+    Cow::Owned(sane)
 }
 
 /// How a pool reaches a remote node.
@@ -183,14 +201,8 @@ fn encap(pool: &IpPool, my_net: Option<IpNetwork>, peer: IpAddr) -> Encap {
 /// a speaker (`None`: routes come from the datastore alone).
 pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired {
     let mut out = Desired::default();
-    let sane;
-    let learned = match learned {
-        Some(learned) => {
-            sane = with_sane_next_hops(learned, me, cluster, &mut out.problems);
-            Some(&sane)
-        }
-        None => None,
-    };
+    let sane = learned.map(|learned| with_sane_next_hops(learned, me, cluster, &mut out.problems));
+    let learned = sane.as_deref();
     let nodes: BTreeMap<&str, &Node> = cluster.nodes.iter().map(|n| (n.metadata.name.as_str(), &n.spec)).collect();
     let pool_of = |cidr: &IpNetwork| cluster.pools.iter().find(|p| p.spec.cidr.contains(cidr.network()));
     for pool in &cluster.pools {
@@ -209,11 +221,9 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
             out.problems.push(format!("{dst} belongs to node {node_name}, which is not registered"));
             return;
         };
-        let (mine, theirs) = if dst.is_ipv4() {
-            (me.ipv4, node.ipv4().map(|n| n.ip()))
-        } else {
-            (me.ipv6, node.bgp.as_ref().and_then(|b| b.ipv6_address).map(|n| n.ip()))
-        };
+        let mine = me.address_like(dst.ip());
+        let theirs = if dst.is_ipv4() { node.ipv4() } else { node.bgp.as_ref().and_then(|b| b.ipv6_address) };
+        let theirs = theirs.map(|n| n.ip());
         let Some(peer) = theirs else {
             out.problems.push(format!("node {node_name} has no address of {dst}'s family; no route to {dst}"));
             return;
@@ -288,7 +298,14 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
                 continue;
             }
             let pool = cluster.pools.iter().find(|p| p.spec.cidr.contains(prefix.network()));
-            let mine = if prefix.is_ipv4() { me.ipv4 } else { me.ipv6 };
+            let mine = me.address_like(prefix.ip());
+            // A route of ours replaces the kernel's route to the same prefix: never one the
+            // node itself depends on (its subnet, or a default or wider route covering it).
+            let own_subnet = mine.and_then(|m| IpNetwork::new(m.network(), m.prefix()).ok());
+            if pool.is_none() && own_subnet.is_some_and(|net| prefix.contains(net.ip()) || net.contains(prefix.ip())) {
+                out.problems.push(format!("learned {prefix} overlaps this node's own subnet; not installed"));
+                continue;
+            }
             let how = pool.map_or(Encap::None, |pool| encap(&pool.spec, mine, *next_hop)); // no pool: natively
             let target = match (how, next_hop) {
                 (Encap::Vxlan, _) => continue,

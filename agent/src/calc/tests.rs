@@ -153,12 +153,19 @@ fn with_bgp_remote_blocks_follow_learned_routes_once_converged() {
     // Outside every pool (a BGPFilter let it in): routed natively, if the next hop is near.
     learned.routes.insert("192.168.77.0/24".parse().unwrap(), "10.0.0.254".parse().unwrap());
     learned.routes.insert("192.168.78.0/24".parse().unwrap(), "172.16.0.1".parse().unwrap());
+    // Never a route the node itself depends on: a default route, or its own subnet.
+    learned.routes.insert("0.0.0.0/0".parse().unwrap(), "10.0.0.254".parse().unwrap());
+    learned.routes.insert("10.0.0.0/25".parse().unwrap(), "10.0.0.254".parse().unwrap());
     let d = desired(&me(false), &c, Some(&learned));
     assert_eq!(route(&d, "10.244.1.0/26"), None);
     assert_eq!(route(&d, "10.244.9.0/24"), Some(Target::Direct { via: "10.0.0.254".parse().unwrap() }));
     assert_eq!(route(&d, "192.168.77.0/24"), Some(Target::Direct { via: "10.0.0.254".parse().unwrap() }));
     assert_eq!(route(&d, "192.168.78.0/24"), None);
     assert!(d.problems.iter().any(|p| p.contains("192.168.78.0/24 via 172.16.0.1")), "{:?}", d.problems);
+    for taken in ["0.0.0.0/0", "10.0.0.0/25"] {
+        assert_eq!(route(&d, taken), None, "{taken}");
+        assert!(d.problems.iter().any(|p| p.contains(&format!("{taken} overlaps this node's own subnet"))));
+    }
 }
 
 #[test]
@@ -173,9 +180,11 @@ fn learned_routes_with_a_next_hop_that_cannot_carry_traffic_are_not_installed() 
     // either (it would loop), and the block is left without a route rather than a wrong one.
     learned.routes.insert("10.244.1.0/26".parse().unwrap(), "10.0.0.1".parse().unwrap());
     let d = desired(&me(false), &c, Some(&learned));
-    for (prefix, next_hop) in bad {
+    let reasons = ["which is this node", "which is inside an IP pool", "which is not a host address"];
+    for ((prefix, next_hop), reason) in bad.into_iter().zip(reasons) {
         assert_eq!(route(&d, prefix), None, "{prefix} via {next_hop}");
-        assert!(d.problems.iter().any(|p| p.contains(&format!("{prefix} via {next_hop}"))), "{:?}", d.problems);
+        let said = format!("{prefix} via {next_hop}, {reason}");
+        assert!(d.problems.iter().any(|p| p.contains(&said)), "{said}: {:?}", d.problems);
     }
     assert_eq!(route(&d, "10.244.1.0/26"), None);
     assert!(d.problems.iter().any(|p| p.contains("via 10.0.0.1, which is this node")), "{:?}", d.problems);

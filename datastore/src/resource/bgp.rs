@@ -1,12 +1,13 @@
 //! BGPPeer and BGPConfiguration: who the nodes peer with, and the cluster's BGP settings.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+use super::validation::is_dns_subdomain;
 use super::{Spec, Validator};
 
 /// The BGPPeer spec: one peering, global or for selected nodes.
@@ -62,6 +63,15 @@ pub struct SecretKeyRef {
     pub name: String,
     /// The key within it.
     pub key: String,
+}
+
+impl SecretKeyRef {
+    /// The file the key is in when the secret is mounted as a volume at `dir/<name>`, or
+    /// `None` when the name or key could lead elsewhere (checked again here, as a resource
+    /// may have been stored before validation knew the rule).
+    pub fn file_in(&self, dir: &Path) -> Option<PathBuf> {
+        (is_dns_subdomain(&self.name) && is_secret_key(&self.key)).then(|| dir.join(&self.name).join(&self.key))
+    }
 }
 
 impl BgpPeer {
@@ -136,19 +146,20 @@ impl Spec for BgpPeer {
                     is_secret_key(&secret.key),
                     "spec.password.secretKeyRef.key",
                     &secret.key,
-                    "must be letters, digits, '-', '_' and '.' (not '.' or '..'), at most 253 characters",
+                    "must be letters, digits, '-', '_' and '.' (not '.' nor starting with '..'), at most 253 characters",
                 );
             }
         }
     }
 }
 
-/// A key of a Kubernetes secret: what becomes a file name in a secret volume.
+/// A key of a Kubernetes secret, as Kubernetes allows them: what becomes a file name in a
+/// secret volume (never `.`, `..` or kubelet's own `..data`-style names).
 fn is_secret_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 253
         && key != "."
-        && key != ".."
+        && !key.starts_with("..")
         && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -342,6 +353,13 @@ mod tests {
         assert!(err.contains("spec.password.secretKeyRef.name \"../etc\""), "{err}");
         assert!(err.contains("spec.password.secretKeyRef.key \"..\""), "{err}");
         assert!(problems(with_secret("s", "a/b")).contains("secretKeyRef.key \"a/b\""));
+        assert!(problems(with_secret("s", "..data")).contains("secretKeyRef.key \"..data\""));
+        // The agent checks again before it reads (a resource may predate the rule).
+        let dir = Path::new("/etc/brindle/secrets");
+        let file = |name: &str, key: &str| SecretKeyRef { name: name.into(), key: key.into() }.file_in(dir);
+        assert_eq!(file("bgp-secrets", "rr"), Some(dir.join("bgp-secrets/rr")));
+        assert_eq!(file("bgp-secrets", "/etc/shadow"), None);
+        assert_eq!(file("..", "x"), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! BGPFilter: import and export rules a BGPPeer adds in front of brindle's defaults, as in
 //! Calico. The first rule that matches a prefix decides; a prefix no rule matches is treated
-//! as without the filter (imported and exported only inside the pools).
+//! as without the filter (imported only inside the pools; exported inside the pools and the
+//! advertised service ranges).
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,14 @@ pub struct PrefixLength {
     pub max: Option<u8>,
 }
 
+impl PrefixLength {
+    /// The shortest and longest lengths with the defaults filled in: `cidr`'s own length, and
+    /// the family's longest (`v6`: 128, else 32).
+    fn bounds(self, cidr: IpNetwork, v6: bool) -> (u8, u8) {
+        (self.min.unwrap_or(cidr.prefix()), self.max.unwrap_or(if v6 { 128 } else { 32 }))
+    }
+}
+
 impl BgpFilterRule {
     /// The range, the length bounds and whether the match is negated, for the rule's family
     /// (`v6`): what a prefix filter needs.
@@ -85,15 +94,13 @@ impl BgpFilterRule {
             let everything = if v6 { "::/0" } else { "0.0.0.0/0" };
             return (everything.parse().expect("a valid network"), 0, longest, false);
         };
-        let exact = (cidr, cidr.prefix(), cidr.prefix());
-        let (range, min, max) = match self.match_operator {
-            Some(MatchOperator::Equal | MatchOperator::NotEqual) => exact,
+        let (min, max) = match self.match_operator {
+            Some(MatchOperator::Equal | MatchOperator::NotEqual) => (cidr.prefix(), cidr.prefix()),
             Some(MatchOperator::In | MatchOperator::NotIn) | None => {
-                let bounds = self.prefix_length.unwrap_or_default();
-                (cidr, bounds.min.unwrap_or(cidr.prefix()), bounds.max.unwrap_or(longest))
+                self.prefix_length.unwrap_or_default().bounds(cidr, v6)
             }
         };
-        (range, min, max, matches!(self.match_operator, Some(MatchOperator::NotEqual | MatchOperator::NotIn)))
+        (cidr, min, max, matches!(self.match_operator, Some(MatchOperator::NotEqual | MatchOperator::NotIn)))
     }
 }
 
@@ -135,7 +142,7 @@ impl BgpFilterRule {
                 "works with matchOperator In or NotIn only",
             );
             let longest = if v6 { 128 } else { 32 };
-            let (min, max) = (bounds.min.unwrap_or(cidr.prefix()), bounds.max.unwrap_or(longest));
+            let (min, max) = bounds.bounds(cidr, v6);
             v.require(
                 cidr.prefix() <= min && min <= max && max <= longest,
                 &format!("{at}.prefixLength"),

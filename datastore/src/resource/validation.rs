@@ -133,7 +133,7 @@ pub(crate) fn check_metadata(metadata: &Metadata, namespaced: bool, v: &mut Vali
     }
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     s.len() <= 253
         && edge_ok(s.chars().next())
