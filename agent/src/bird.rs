@@ -22,14 +22,12 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
     let asn = node_bgp.and_then(|b| b.as_number).unwrap_or(cluster.bgp.as_number);
     // One family per address the node has: its filters, kernel and static protocols and
     // peer template, as the embedded speaker keeps each session to its own family.
-    let families: Vec<Value> = [(false, me.ipv4), (true, me.ipv6)]
-        .into_iter()
-        .filter_map(|(v6, local)| Some((v6, local?.ip())))
-        .map(|(v6, local)| {
+    let families: [Option<Value>; 2] = [(false, me.ipv4), (true, me.ipv6)].map(|(v6, local)| {
+        local.map(|local| {
             json!({
                 "name": if v6 { "ipv6" } else { "ipv4" },
                 "suffix": if v6 { "6" } else { "4" },
-                "local": local,
+                "local": local.ip(),
                 "pools": cluster.pools.iter().map(|p| p.spec.cidr).filter(|c| c.is_ipv6() == v6).collect::<Vec<_>>(),
                 "originate": plan
                     .originate
@@ -39,12 +37,10 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
                     .collect::<Vec<_>>(),
             })
         })
-        .collect();
-    let family_of =
-        |address: IpAddr| families.iter().find(|f| f["name"] == if address.is_ipv6() { "ipv6" } else { "ipv4" });
+    });
     let mut peers = Vec::new();
     for peer in &plan.peers {
-        let Some(family) = family_of(peer.address) else { continue };
+        let Some(family) = &families[usize::from(peer.address.is_ipv6())] else { continue };
         let password = match plan.passwords.get(&peer.address).map(|file| read_password(peer.address, file)) {
             Some(Err(e)) => {
                 // One unreadable secret costs that peer its session, not the whole render.
@@ -85,7 +81,7 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
         "cluster_id": node_bgp.and_then(|b| b.route_reflector_cluster_id),
         "graceful_restart": 120,
         "debug": cluster.bgp.log_severity_screen == Some(brindle_datastore::resource::LogSeverity::Debug),
-        "families": families,
+        "families": families.iter().flatten().collect::<Vec<_>>(),
         "peers": peers,
     }))
 }

@@ -613,7 +613,7 @@ impl Core {
                 let four = peer.negotiated.as_ref().is_some_and(|n| n.four_octet_as);
                 let _ = peer
                     .session
-                    .send(ToSession::Send(pack(exports, &Codec { four_octet_as: four, ebgp: false })))
+                    .send(ToSession::Send(pack(last_per_prefix(exports), &Codec { four_octet_as: four, ebgp: false })))
                     .await;
             }
         }
@@ -654,22 +654,24 @@ fn chunks(prefixes: &[IpNetwork], room: usize) -> Vec<Vec<IpNetwork>> {
     out
 }
 
-/// Packs exports into as few UPDATEs as fit: withdrawals together, announcements grouped by
-/// their (shared) attributes. That order is not the exports' order, so only the last export
-/// of a prefix is sent (a batch of received UPDATEs can change one prefix more than once).
-fn pack(exports: Vec<Export>, codec: &Codec) -> Vec<Message> {
+/// The last export of each prefix, in their order: a batch of received UPDATEs can change
+/// one prefix more than once, and [`pack`] does not keep the order of what it is given.
+fn last_per_prefix(exports: Vec<Export>) -> Vec<Export> {
     let prefix = |e: &Export| match e {
         Export::Announce(p, _) | Export::Withdraw(p) => *p,
     };
     let last: HashMap<IpNetwork, usize> = exports.iter().enumerate().map(|(i, e)| (prefix(e), i)).collect();
+    exports.into_iter().enumerate().filter(|(i, e)| last.get(&prefix(e)) == Some(i)).map(|(_, e)| e).collect()
+}
+
+/// Packs exports (each prefix at most once) into as few UPDATEs as fit: withdrawals
+/// together, announcements grouped by their (shared) attributes.
+fn pack(exports: Vec<Export>, codec: &Codec) -> Vec<Message> {
     let mut withdrawn_v4 = Vec::new();
     let mut withdrawn_v6 = Vec::new();
     let mut groups: Vec<(Arc<PathAttrs>, bool, Vec<IpNetwork>)> = Vec::new();
     let mut index: HashMap<(usize, bool), usize> = HashMap::new();
-    for (i, export) in exports.into_iter().enumerate() {
-        if last.get(&prefix(&export)) != Some(&i) {
-            continue;
-        }
+    for export in exports {
         match export {
             Export::Withdraw(p) if p.is_ipv4() => withdrawn_v4.push(p),
             Export::Withdraw(p) => withdrawn_v6.push(p),
@@ -727,7 +729,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn packing_sends_only_the_last_export_of_a_prefix() {
+    fn a_batch_sends_only_the_last_export_of_a_prefix() {
         let (a, b) = (
             Arc::new(PathAttrs::local(Some("10.0.0.1".parse().unwrap()))),
             Arc::new(PathAttrs::local(Some("10.0.0.2".parse().unwrap()))),
@@ -741,7 +743,7 @@ mod tests {
             Export::Withdraw(x),
             Export::Announce(y, Arc::clone(&b)),
         ];
-        let messages = pack(exports, &Codec { four_octet_as: true, ebgp: false });
+        let messages = pack(last_per_prefix(exports), &Codec { four_octet_as: true, ebgp: false });
         let updates: Vec<&Update> =
             messages.iter().map(|m| if let Message::Update(u) = m { u } else { panic!() }).collect();
         assert_eq!(updates.len(), 2, "{updates:?}");

@@ -140,7 +140,7 @@ fn next_hop_flaw(next_hop: IpAddr, me: &Me, cluster: &Cluster) -> Option<&'stati
         IpAddr::V4(a) => a.is_link_local() || a.is_broadcast(),
         IpAddr::V6(a) => a.is_unicast_link_local(),
     };
-    if [me.ipv4, me.ipv6].into_iter().flatten().any(|mine| mine.ip() == next_hop) {
+    if me.address_like(next_hop).is_some_and(|mine| mine.ip() == next_hop) {
         Some("is this node")
     } else if next_hop.is_unspecified() || next_hop.is_loopback() || next_hop.is_multicast() || link_local {
         Some("is not a host address another node can be reached at")
@@ -297,12 +297,11 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
             if out.routes.contains_key(prefix) {
                 continue;
             }
-            let pool = cluster.pools.iter().find(|p| p.spec.cidr.contains(prefix.network()));
+            let pool = pool_of(prefix);
             let mine = me.address_like(prefix.ip());
             // A route of ours replaces the kernel's route to the same prefix: never one the
             // node itself depends on (its subnet, or a default or wider route covering it).
-            let own_subnet = mine.and_then(|m| IpNetwork::new(m.network(), m.prefix()).ok());
-            if pool.is_none() && own_subnet.is_some_and(|net| prefix.contains(net.ip()) || net.contains(prefix.ip())) {
+            if pool.is_none() && mine.is_some_and(|net| prefix.contains(net.ip()) || net.contains(prefix.ip())) {
                 out.problems.push(format!("learned {prefix} overlaps this node's own subnet; not installed"));
                 continue;
             }
