@@ -9,7 +9,6 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -19,6 +18,9 @@ use smallvec::SmallVec;
 
 use crate::attrs::{Interner, PathAttrs};
 use crate::wire::{Attribute, Family, Update};
+use table::{Key, PrefixTable};
+
+mod table;
 
 /// A peer's index in the RIB.
 pub type PeerId = u16;
@@ -184,42 +186,6 @@ pub enum Export {
     Withdraw(IpNetwork),
 }
 
-trait Key: Copy + Eq + Hash {
-    fn of(prefix: &IpNetwork) -> Self;
-    fn prefix(self) -> IpNetwork;
-}
-
-/// IPv4 prefixes packed as address << 8 | length.
-impl Key for u64 {
-    fn of(prefix: &IpNetwork) -> Self {
-        match prefix {
-            IpNetwork::V4(n) => (u64::from(u32::from(n.network())) << 8) | u64::from(n.prefix()),
-            IpNetwork::V6(_) => 0,
-        }
-    }
-    fn prefix(self) -> IpNetwork {
-        IpNetwork::new(IpAddr::V4(Ipv4Addr::from((self >> 8) as u32)), (self & 0xff) as u8)
-            .expect("stored prefixes are valid")
-    }
-}
-
-/// IPv6 prefixes as 16 address octets and the length.
-impl Key for [u8; 17] {
-    fn of(prefix: &IpNetwork) -> Self {
-        let mut k = [0u8; 17];
-        if let IpAddr::V6(a) = prefix.network() {
-            k[..16].copy_from_slice(&a.octets());
-        }
-        k[16] = prefix.prefix();
-        k
-    }
-    fn prefix(self) -> IpNetwork {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&self[..16]);
-        IpNetwork::new(IpAddr::V6(Ipv6Addr::from(a)), self[16]).expect("stored prefixes are valid")
-    }
-}
-
 type Paths = SmallVec<[Path; 1]>;
 
 /// How many decoded attribute lists a peer's cache of attribute sets remembers.
@@ -237,8 +203,8 @@ pub struct Rib {
     cluster_id: Ipv4Addr,
     peers: Vec<Option<PeerState>>,
     interner: Interner,
-    v4: FxHashMap<u64, Paths>,
-    v6: FxHashMap<[u8; 17], Paths>,
+    v4: PrefixTable<u64>,
+    v6: PrefixTable<[u8; 17]>,
     export_cache: HashMap<ExportKey, (Arc<PathAttrs>, Arc<PathAttrs>)>,
     /// Room for the attribute handles an UPDATE's prefixes take, kept between UPDATEs.
     handles: Vec<Arc<PathAttrs>>,
@@ -253,8 +219,8 @@ impl Rib {
             cluster_id: cluster_id.unwrap_or(router_id),
             peers: Vec::new(),
             interner: Interner::default(),
-            v4: FxHashMap::default(),
-            v6: FxHashMap::default(),
+            v4: PrefixTable::default(),
+            v6: PrefixTable::default(),
             export_cache: HashMap::new(),
             handles: Vec::new(),
         }
@@ -319,7 +285,7 @@ impl Rib {
 
     /// The paths to one prefix, best first.
     pub fn paths(&self, prefix: &IpNetwork) -> &[Path] {
-        let found = if prefix.is_ipv4() { self.v4.get(&u64::of(prefix)) } else { self.v6.get(&<[u8; 17]>::of(prefix)) };
+        let found = if prefix.is_ipv4() { self.v4.get(u64::of(prefix)) } else { self.v6.get(<[u8; 17]>::of(prefix)) };
         found.map_or(&[], |p| p.as_slice())
     }
 
@@ -337,12 +303,16 @@ impl Rib {
         self.remove_path(prefix, LOCAL).into_iter().collect()
     }
 
-    /// Looks up the table entries of an UPDATE's IPv4 prefixes without changing anything, so
-    /// that applying it soon after finds them in the cache: a speaker does this for a whole
-    /// batch first, letting the processor overlap the batch's table misses.
+    /// Asks the processor to fetch the table slots of an UPDATE's announced prefixes, without
+    /// waiting: a speaker does this for a whole batch before applying it, so that the batch's
+    /// cache misses overlap instead of each prefix waiting for its own.
     pub fn prefetch(&self, update: &Update) {
-        for prefix in &update.nlri {
-            std::hint::black_box(self.v4.get(&u64::of(prefix)));
+        let mp_nlri: &[IpNetwork] = update.mp_reach().map_or(&[], |r| &r.nlri[..]);
+        for prefix in update.nlri.iter().chain(mp_nlri) {
+            match prefix {
+                IpNetwork::V4(_) => self.v4.prefetch(u64::of(prefix)),
+                IpNetwork::V6(_) => self.v6.prefetch(<[u8; 17]>::of(prefix)),
+            }
         }
     }
 
@@ -470,7 +440,7 @@ impl Rib {
         }
         if keep_routes {
             for paths in
-                self.v4.values_mut().map(|p| p.as_mut_slice()).chain(self.v6.values_mut().map(|p| p.as_mut_slice()))
+                self.v4.paths_mut().map(|p| p.as_mut_slice()).chain(self.v6.paths_mut().map(|p| p.as_mut_slice()))
             {
                 paths.iter_mut().filter(|p| p.peer == peer).for_each(|p| p.stale = true);
             }
@@ -589,8 +559,12 @@ impl Rib {
     fn set_path(&mut self, prefix: IpNetwork, path: Path, twin: Path, changes: &mut Vec<BestChange>) {
         let peer = path.peer;
         let paths = match prefix {
-            IpNetwork::V4(_) => self.v4.entry(u64::of(&prefix)).or_default(),
-            IpNetwork::V6(_) => self.v6.entry(<[u8; 17]>::of(&prefix)).or_default(),
+            IpNetwork::V4(_) => self.v4.get_or_insert(u64::of(&prefix)),
+            IpNetwork::V6(_) => self.v6.get_or_insert(<[u8; 17]>::of(&prefix)),
+        };
+        let Some(paths) = paths else {
+            tracing::warn!(%prefix, "the table is full: route dropped");
+            return;
         };
         let fresh = if paths.is_empty() {
             // A new prefix (most of a table arriving): no comparison, no previous best.
@@ -667,14 +641,14 @@ fn same(a: &Path, b: &Path) -> bool {
 /// Removes `peer`'s path to the prefix. `None` when it had none; otherwise the best change,
 /// if the removed path was the best.
 #[allow(clippy::type_complexity)]
-fn take_path<K: Key>(table: &mut FxHashMap<K, Paths>, key: K, peer: PeerId) -> Option<Option<(Path, Option<Path>)>> {
-    let paths = table.get_mut(&key)?;
+fn take_path<K: Key>(table: &mut PrefixTable<K>, key: K, peer: PeerId) -> Option<Option<(Path, Option<Path>)>> {
+    let paths = table.get_mut(key)?;
     let at = paths.iter().position(|p| p.peer == peer)?;
     let old_best = paths[0].clone();
     paths.remove(at);
     let new_best = paths.first().cloned();
     if paths.is_empty() {
-        table.remove(&key);
+        table.remove(key);
     }
     let changed = at == 0;
     Some(changed.then_some((old_best, new_best)))
