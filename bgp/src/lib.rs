@@ -6,6 +6,7 @@
 pub mod attrs;
 pub mod fsm;
 mod md5;
+mod receive;
 pub mod rib;
 mod session;
 pub mod speaker;

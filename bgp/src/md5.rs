@@ -1,8 +1,8 @@
 //! TCP MD5 signatures (RFC 2385) through the kernel's `TCP_MD5SIG` socket option: set on a
 //! connecting socket for its peer, and on the listening socket once per peer address.
 //!
-//! This is the crate's only unsafe code: one `setsockopt` call with the kernel's
-//! `struct tcp_md5sig`, which the libc crate does not define for Linux.
+//! The unsafe code here is one `setsockopt` call with the kernel's `struct tcp_md5sig`, which
+//! the libc crate does not define for Linux.
 #![allow(unsafe_code)]
 
 use std::io;

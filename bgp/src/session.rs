@@ -16,13 +16,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::fsm::{self, Action, Event, Fsm, Negotiated, State, Survivor};
+use crate::receive::Receiver;
 use crate::wire::error::subcode;
 use crate::wire::{self, Codec, DecodeError, Family, Message, Notification, Update};
 
@@ -72,7 +73,7 @@ pub(crate) struct SessionParams {
 }
 
 struct Connection {
-    reader: OwnedReadHalf,
+    receiver: Receiver,
     writer: OwnedWriteHalf,
     buffer: BytesMut,
     /// The last UPDATE's decoded attributes, reused when the next carries the same bytes.
@@ -92,7 +93,7 @@ impl Connection {
         stream.set_nodelay(true)?;
         let (reader, writer) = stream.into_split();
         Ok(Connection {
-            reader,
+            receiver: Receiver::new(reader),
             writer,
             buffer: BytesMut::with_capacity(READ_CHUNK),
             attributes: wire::update::AttributeCache::default(),
@@ -126,7 +127,7 @@ impl Connection {
             if self.buffer.capacity() - self.buffer.len() < READ_CHUNK / 4 {
                 self.buffer.reserve(READ_CHUNK);
             }
-            match self.reader.read_buf(&mut self.buffer).await {
+            match self.receiver.read(&mut self.buffer).await {
                 Ok(0) => return Err(ReadError::Closed("the peer closed the connection".into())),
                 Ok(_) => {}
                 Err(e) => return Err(ReadError::Closed(describe(&e, false))),
