@@ -208,6 +208,8 @@ pub struct Rib {
     export_cache: HashMap<ExportKey, (Arc<PathAttrs>, Arc<PathAttrs>)>,
     /// Room for the attribute handles an UPDATE's prefixes take, kept between UPDATEs.
     handles: Vec<Arc<PathAttrs>>,
+    /// Routes dropped because a prefix table was full.
+    dropped: u64,
 }
 
 impl Rib {
@@ -223,6 +225,7 @@ impl Rib {
             v6: PrefixTable::default(),
             export_cache: HashMap::new(),
             handles: Vec::new(),
+            dropped: 0,
         }
     }
 
@@ -563,7 +566,11 @@ impl Rib {
             IpNetwork::V6(_) => self.v6.get_or_insert(<[u8; 17]>::of(&prefix)),
         };
         let Some(paths) = paths else {
-            tracing::warn!(%prefix, "the table is full: route dropped");
+            // Said at the first drop and then at every power of two, not once per route.
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                tracing::warn!(%prefix, dropped = self.dropped, "the prefix table is full: routes dropped");
+            }
             return;
         };
         let fresh = if paths.is_empty() {
