@@ -5,7 +5,7 @@
 #   docker build -t ghcr.io/brindle-net/brindle:v0.1.0 .
 
 FROM rust:1.89-bookworm AS build
-RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends protobuf-compiler && rm -rf /var/lib/apt/lists/*
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p brindle-agent -p brindle-cni -p brindlectl
