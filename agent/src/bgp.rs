@@ -698,8 +698,7 @@ mod tests {
             handle: "n.x".into(),
             kind: AllocationKind::Workload,
             node: "b".into(),
-            pod: None,
-            namespace: None,
+            ..Allocation::default()
         };
         theirs.allocate(borrowed, 0, 0).unwrap();
         c.blocks = vec![Block::new("10.244.0.0/26".parse().unwrap(), Some("b".into())), theirs];

@@ -160,13 +160,22 @@ fn no_encap_cluster_then_switched_to_vxlan_without_restart() {
         .unwrap();
     assert!(node0.metadata.annotations["brindle.io/ipv4-detection"].starts_with(&address), "{:?}", node0.metadata);
 
-    // A node that goes away: its blocks lose their owner and the others drop its routes.
+    // A node that goes away: once garbage collection has seen it gone for the grace period
+    // (none here) its blocks lose their owner, and the others drop its routes.
     let gone = cluster.nodes[2].name.clone();
     cluster.stop_agent(2);
-    let ipam = brindle_datastore::ipam::Ipam::new(cluster.client());
-    cluster.runtime.block_on(ipam.release_node(&gone)).unwrap();
     let client = cluster.client();
     cluster.runtime.block_on(client.delete::<brindle_datastore::resource::Node>(None, &gone, None)).unwrap();
+    cluster.apply(
+        "apiVersion: brindle.io/v1\nkind: IPAMConfiguration\nmetadata: {name: default}\nspec: {leakGracePeriod: 0s}\n",
+    );
+    let ipam = brindle_datastore::ipam::Ipam::new(cluster.client());
+    for _ in 0..2 {
+        cluster.runtime.block_on(ipam.collect_garbage()).unwrap();
+    }
+    let owners: Vec<Option<String>> =
+        cluster.runtime.block_on(ipam.blocks()).unwrap().into_iter().map(|(b, _)| b.owner).collect();
+    assert!(!owners.contains(&Some(gone.clone())), "{owners:?}");
     let node2_address = cluster.nodes[2].address.to_string();
     let state = || {
         format!(

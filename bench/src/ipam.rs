@@ -90,6 +90,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                     node: node.clone(),
                     pod: Some(format!("pod-{prefix}-{i}")),
                     namespace: Some("bench".into()),
+                    ..Allocation::default()
                 };
                 let request = AllocateRequest { holder, ipv4: 1, ..AllocateRequest::default() };
                 let got = ipam.allocate(&request).await.with_context(|| format!("allocate {handle}"))?;

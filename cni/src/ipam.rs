@@ -142,6 +142,7 @@ pub fn holder(conf: &NetConf, request: &Request, node: &str) -> Allocation {
         node: node.to_owned(),
         pod: request.pod.name.clone(),
         namespace: request.pod.namespace.clone(),
+        ..Allocation::default()
     }
 }
 

@@ -65,8 +65,7 @@ fn gc_releases_only_what_is_not_valid(backend: Backend) {
         handle: "k8s-pod-network.orphan".into(),
         kind: brindle_datastore::ipam::AllocationKind::Workload,
         node: node.name.clone(),
-        pod: None,
-        namespace: None,
+        ..Default::default()
     };
     let ipam = brindle_datastore::ipam::Ipam::new(node.client());
     let request = brindle_datastore::ipam::AllocateRequest { holder: orphan_holder, ipv4: 1, ..Default::default() };

@@ -1,12 +1,14 @@
-//! `ipam show`, `ipam check` and `ipam release`: how full the pools and blocks are, what is
-//! leaked or out of step, and giving leaked addresses back.
+//! `ipam show`, `ipam check`, `ipam gc` and `ipam release`: how full the pools and blocks are,
+//! what is leaked or out of step and when garbage collection frees it, and giving addresses
+//! back.
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use brindle_datastore::Client;
-use brindle_datastore::ipam::{Block, CheckReport, Ipam};
+use brindle_datastore::ipam::{Block, BlockOutcome, CheckReport, Ipam, Leak, LeakOutcome};
 use brindle_datastore::resource::{IpPool, Resource};
 use ipnetwork::IpNetwork;
 
@@ -104,14 +106,44 @@ fn show_ip(pools: &[Resource<IpPool>], blocks: &[Block], ip: IpAddr) -> String {
     }
 }
 
-/// The `ipam check` report in words, and the report itself.
-pub async fn check(client: &Client) -> anyhow::Result<(String, CheckReport)> {
-    let report = Ipam::new(client.clone()).check().await?;
+/// `1h 2m 3s` for a span of milliseconds, to the second.
+fn span(ms: u64) -> String {
+    humantime::format_duration(Duration::from_secs(ms.div_ceil(1000))).to_string()
+}
+
+/// When a leak or a gone node's blocks may go, as the RELEASE column says it.
+fn when(releasable: bool, first_seen_ms: u64, release_after_ms: u64, now_ms: u64) -> String {
+    if releasable {
+        return "now".into();
+    }
+    let wait = release_after_ms.saturating_sub(now_ms);
+    let at = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(release_after_ms.max(now_ms)));
+    if first_seen_ms < now_ms {
+        format!("in {} ({at})", span(wait))
+    } else {
+        // Nothing has recorded it yet: the wait starts with the first acting pass that sees it.
+        format!("{} after the first `ipam gc --apply` that sees it", span(release_after_ms - first_seen_ms))
+    }
+}
+
+fn pod_of(leak: &Leak) -> String {
+    match (&leak.namespace, &leak.pod) {
+        (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
+        _ => "-".into(),
+    }
+}
+
+/// A report in words: counts, then leaks and gone nodes with when each may go, then blocks out
+/// of step.
+pub fn describe(report: &CheckReport) -> String {
+    let releasable = report.leaked.iter().filter(|l| l.releasable).count();
     let mut out = format!(
-        "{} blocks, {} addresses in use, {} leaked, {} blocks out of step, {} empty owned blocks\n",
+        "{} blocks, {} addresses in use, {} leaked ({releasable} releasable now), {} gone nodes, \
+         {} blocks out of step, {} empty owned blocks\n",
         report.blocks,
         report.allocations,
         report.leaked.len(),
+        report.gone_nodes.len(),
         report.mismatched_blocks.len(),
         report.empty_blocks.len()
     );
@@ -120,15 +152,37 @@ pub async fn check(client: &Client) -> anyhow::Result<(String, CheckReport)> {
             .leaked
             .iter()
             .map(|l| {
-                let pod = match (&l.namespace, &l.pod) {
-                    (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
-                    _ => "-".into(),
-                };
-                vec![l.ip.to_string(), l.handle.clone(), l.node.clone(), pod, l.reason.clone()]
+                vec![
+                    l.ip.to_string(),
+                    l.handle.clone(),
+                    l.node.clone(),
+                    pod_of(l),
+                    l.reason.clone(),
+                    when(l.releasable, l.first_seen_ms, l.release_after_ms, report.at_ms),
+                ]
             })
             .collect();
-        out += "\nLeaked addresses (release with `brindlectl ipam release --from-report FILE`):\n";
-        out += &table(&["IP", "HANDLE", "NODE", "POD", "WHY"].map(String::from), &rows);
+        out += &format!(
+            "\nLeaked addresses (released once {} old and seen leaked by an `ipam gc --apply` that long before):\n",
+            span(report.grace_ms)
+        );
+        out += &table(&["IP", "HANDLE", "NODE", "POD", "WHY", "RELEASE"].map(String::from), &rows);
+    }
+    if !report.gone_nodes.is_empty() {
+        let rows: Vec<Vec<String>> = report
+            .gone_nodes
+            .iter()
+            .map(|n| {
+                let blocks: Vec<String> = n.blocks.iter().map(ToString::to_string).collect();
+                vec![
+                    n.node.clone(),
+                    blocks.join(","),
+                    when(n.releasable, n.first_seen_ms, n.release_after_ms, report.at_ms),
+                ]
+            })
+            .collect();
+        out += "\nNodes that are gone but own blocks (empty blocks are deleted, the others lose their owner):\n";
+        out += &table(&["NODE", "BLOCKS", "RELEASE"].map(String::from), &rows);
     }
     if !report.mismatched_blocks.is_empty() {
         let rows: Vec<Vec<String>> = report
@@ -139,7 +193,55 @@ pub async fn check(client: &Client) -> anyhow::Result<(String, CheckReport)> {
         out += "\nBlocks out of step:\n";
         out += &table(&["BLOCK", "OWNER", "WHY"].map(String::from), &rows);
     }
-    Ok((out, report))
+    out
+}
+
+/// The `ipam check` report in words, and the report itself.
+pub async fn check(client: &Client) -> anyhow::Result<(String, CheckReport)> {
+    let report = Ipam::new(client.clone()).check().await?;
+    Ok((describe(&report), report))
+}
+
+/// `ipam gc`: a dry run describes what a pass would do; with `apply`, a pass acts and says what
+/// it did.
+pub async fn gc(client: &Client, apply: bool) -> anyhow::Result<String> {
+    let ipam = Ipam::new(client.clone());
+    if !apply {
+        let report = ipam.check().await?;
+        let leaks = report.leaked.iter().filter(|l| l.releasable).count();
+        let nodes = report.gone_nodes.iter().filter(|n| n.releasable).count();
+        return Ok(format!(
+            "{}\ndry run: a pass now would release {leaks} addresses and take the blocks of {nodes} gone nodes; \
+             nothing was changed or recorded (run with --apply to act)\n",
+            describe(&report)
+        ));
+    }
+    let outcome = ipam.collect_garbage().await?;
+    let mut out = describe(&outcome.report);
+    out += &describe_releases(&outcome.leaks);
+    for (cidr, node, result) in &outcome.blocks {
+        out += &match result {
+            BlockOutcome::Deleted => format!("deleted block {cidr} of gone node {node} (it was empty)\n"),
+            BlockOutcome::Disowned => {
+                format!("block {cidr} of gone node {node} has no owner now; its free addresses are any node's\n")
+            }
+            BlockOutcome::Kept(why) => format!("left block {cidr} of node {node}: {why}\n"),
+        };
+    }
+    Ok(out)
+}
+
+fn describe_releases(outcomes: &[(Leak, LeakOutcome)]) -> String {
+    let mut out = String::new();
+    for (leak, outcome) in outcomes {
+        out += &match outcome {
+            LeakOutcome::Released => {
+                format!("released {} (handle {}, node {}, pod {})\n", leak.ip, leak.handle, leak.node, pod_of(leak))
+            }
+            LeakOutcome::Kept(why) => format!("left {} (handle {}): {why}\n", leak.ip, leak.handle),
+        };
+    }
+    out
 }
 
 /// Releases addresses by IP; says what each held, or that it was free.
@@ -155,34 +257,22 @@ pub async fn release_ips(client: &Client, ips: &[IpAddr]) -> anyhow::Result<Stri
     Ok(out)
 }
 
-/// Releases the leaks an `ipam check -o FILE` report lists, each only if the same handle
-/// still holds it (an address reused since the report is left alone).
+/// Releases the leaks an `ipam check -o FILE` report found releasable, each only if its
+/// holder is still missing and the same handle still holds it.
 pub async fn release_from_report(client: &Client, path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let report: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not an `ipam check` report", path.display()))?;
-    let leaks = report["leaked"]
-        .as_array()
-        .with_context(|| format!("{}: no \"leaked\" list (write one with `ipam check -o FILE`)", path.display()))?;
-    let ipam = Ipam::new(client.clone());
-    let (mut released, mut kept) = (0, 0);
-    for (i, leak) in leaks.iter().enumerate() {
-        let ip: IpAddr = leak["ip"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("{}: leaked[{i}].ip is not an address", path.display()))?;
-        let handle =
-            leak["handle"].as_str().with_context(|| format!("{}: leaked[{i}].handle is missing", path.display()))?;
-        if ipam.release_handle_ips(handle, &[ip]).await?.is_empty() {
-            kept += 1;
-        } else {
-            released += 1;
-        }
-    }
-    Ok(format!(
-        "released {released} of {} leaked addresses; {kept} had been released or reused since the report\n",
-        leaks.len()
-    ))
+    let report: CheckReport = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a report of `brindlectl ipam check -o FILE`", path.display()))?;
+    let (releasable, waiting): (Vec<Leak>, Vec<Leak>) = report.leaked.into_iter().partition(|l| l.releasable);
+    let outcomes = Ipam::new(client.clone()).release_leaks(&releasable).await?;
+    let released = outcomes.iter().filter(|(_, o)| *o == LeakOutcome::Released).count();
+    let mut out = format!(
+        "released {released} of {} releasable leaks; {} more were not releasable yet when the report was made\n",
+        releasable.len(),
+        waiting.len()
+    );
+    out += &describe_releases(&outcomes);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -195,5 +285,12 @@ mod tests {
         assert_eq!(usage_bar(1, 65536), "[#-------------------]   0.0%");
         assert_eq!(usage_bar(64, 64), "[####################] 100.0%");
         assert_eq!(addresses(&"::/0".parse().unwrap()), u128::MAX);
+    }
+
+    #[test]
+    fn release_times_say_now_a_wait_or_what_starts_the_wait() {
+        assert_eq!(when(true, 0, 0, 5_000), "now");
+        assert_eq!(when(false, 1_000, 901_000, 61_000), "in 14m (1970-01-01T00:15:01Z)");
+        assert_eq!(when(false, 5_000, 905_000, 5_000), "15m after the first `ipam gc --apply` that sees it");
     }
 }

@@ -149,20 +149,47 @@ enum IpamCmd {
         #[arg(long)]
         show_blocks: bool,
     },
-    /// Finds leaked addresses and blocks that disagree with nodes and pools; exit 3 when it
-    /// finds any.
+    /// Finds leaked addresses, nodes that are gone but own blocks, and blocks that disagree
+    /// with their pool, and says when garbage collection may release each; changes nothing.
+    /// Exit 3 when it finds any.
     Check {
         /// Also write the report as JSON, for `ipam release --from-report`.
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Garbage collection: releases addresses whose pod or node is gone and takes the blocks
+    /// of deleted nodes. A dry run unless --apply.
+    ///
+    /// An address is leaked when its holder is missing: no WorkloadEndpoint has the container
+    /// its handle names (a pod's address), or its Node does not exist (a tunnel address). A
+    /// leaked address is released only when it was allocated at least the grace period ago
+    /// (IPAMConfiguration leakGracePeriod, 15m by default) and an earlier pass with --apply
+    /// saw the same address leaked by the same handle at least the grace period before. A pod
+    /// whose CNI ADD is still running (its address taken, its endpoint not yet written) is
+    /// therefore never touched, however often this runs. Before each release the holder is
+    /// looked up again, and the address is freed by compare-and-swap only if the same handle
+    /// still holds it.
+    ///
+    /// A node that no longer exists but still owns blocks loses them by the same two-pass
+    /// rule: empty blocks are deleted, the others keep their addresses in use and lose their
+    /// owner, so any node can claim them. Its tunnel addresses and the addresses of its pods
+    /// whose endpoints are gone are leaks like any other.
+    ///
+    /// Each pass with --apply records what it saw in the datastore for the next one; a dry run
+    /// reads that record and changes nothing. Run it periodically (the manifest's CronJob runs
+    /// it every 10 minutes).
+    Gc {
+        /// Act: release, take blocks, and record this pass.
+        #[arg(long)]
+        apply: bool,
+    },
     /// Releases addresses.
     Release {
-        /// An address to release (repeatable).
+        /// An address to release, whoever holds it (repeatable).
         #[arg(long, required_unless_present = "from_report")]
         ip: Vec<IpAddr>,
-        /// Releases the leaks an `ipam check -o FILE` report lists, each only if still held
-        /// by the same handle.
+        /// Releases the leaks an `ipam check -o FILE` report found releasable, each only if
+        /// its holder is still missing and the same handle still holds it.
         #[arg(long, conflicts_with = "ip")]
         from_report: Option<PathBuf>,
     },
@@ -285,6 +312,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !report.is_clean() {
                 return Ok(ExitCode::from(FOUND_PROBLEMS));
             }
+        }
+        Cmd::Ipam(IpamCmd::Gc { apply }) => {
+            print!("{}", ipam::gc(&connect(&cli).await?, *apply).await?);
         }
         Cmd::Ipam(IpamCmd::Release { ip, from_report }) => {
             let client = connect(&cli).await?;

@@ -152,22 +152,14 @@ fn resources_round_trip_on_etcd() {
     round_trips(Backend::Etcd);
 }
 
-#[test]
-fn ipam_check_finds_a_planted_leak_and_release_from_report_frees_it() {
-    let ctl = Ctl::new(Backend::Sqlite);
-    ctl.ok(&["create", "-f", &ctl.file("pool.yaml", RESOURCES)]);
-    ctl.ok(&[
-        "create",
-        "-f",
-        &ctl.file("node.yaml", "kind: Node\napiVersion: brindle.io/v1\nmetadata: {name: n1}\nspec: {}\n"),
-    ]);
-    // A pod's address whose pod never got (or lost) its endpoint: a leak.
+/// Takes an address for a pod that never got (or lost) its endpoint: a leak.
+fn plant_leak(ctl: &Ctl, container: &str) -> std::net::IpAddr {
     let selection = ctl.store.selection();
-    let leaked = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
         let client = brindle_datastore::Client::new(brindle_datastore::connect(&selection).await.unwrap());
         let request = brindle_datastore::ipam::AllocateRequest {
             holder: brindle_datastore::ipam::Allocation {
-                handle: "k8s-pod-network.deadbeef".into(),
+                handle: format!("k8s-pod-network.{container}"),
                 node: "n1".into(),
                 pod: Some("ghost".into()),
                 namespace: Some("default".into()),
@@ -177,21 +169,61 @@ fn ipam_check_finds_a_planted_leak_and_release_from_report_frees_it() {
             ..Default::default()
         };
         brindle_datastore::ipam::Ipam::new(client).allocate(&request).await.unwrap()[0].ip
-    });
+    })
+}
 
-    let report = ctl.scratch.path().join("report.json").display().to_string();
-    let check = ctl.run(&["ipam", "check", "-o", &report]);
+/// Whether `ipam gc --apply` said it released an address.
+fn releases_any(said: &str) -> bool {
+    said.lines().any(|l| l.starts_with("released "))
+}
+
+#[test]
+fn ipam_gc_and_release_from_report_free_a_leak_only_after_an_earlier_pass_saw_it() {
+    let ctl = Ctl::new(Backend::Sqlite);
+    ctl.ok(&["create", "-f", &ctl.file("pool.yaml", RESOURCES)]);
+    let setup = "kind: Node\napiVersion: brindle.io/v1\nmetadata: {name: n1}\nspec: {}\n---\n\
+                 kind: IPAMConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\n\
+                 spec: {leakGracePeriod: 0s}\n";
+    ctl.ok(&["create", "-f", &ctl.file("setup.yaml", setup)]);
+    let leaked = plant_leak(&ctl, "deadbeef");
+
+    let early = ctl.scratch.path().join("early.json").display().to_string();
+    let check = ctl.run(&["ipam", "check", "-o", &early]);
     assert_eq!(check.status.code(), Some(3), "{}", text(&check));
-    assert!(text(&check).contains(&leaked.to_string()) && text(&check).contains("default/ghost"), "{}", text(&check));
+    let said = text(&check);
+    assert!(said.contains(&leaked.to_string()) && said.contains("default/ghost"), "{said}");
+    assert!(said.contains("0s after the first `ipam gc --apply` that sees it"), "{said}");
     let shown = ctl.ok(&["ipam", "show", "--ip", &leaked.to_string()]);
     assert!(shown.contains("is in use") && shown.contains("k8s-pod-network.deadbeef"), "{shown}");
     assert!(ctl.ok(&["ipam", "show", "--show-blocks"]).contains("n1"));
 
+    // Nothing has seen the leak before: neither a report nor a pass may free it yet, and a
+    // dry run records nothing.
+    let released = ctl.ok(&["ipam", "release", "--from-report", &early]);
+    assert!(released.starts_with("released 0 of 0 releasable leaks; 1 more were not releasable yet"), "{released}");
+    for _ in 0..2 {
+        assert!(ctl.ok(&["ipam", "gc"]).contains("a pass now would release 0 addresses"));
+    }
+    let first = ctl.ok(&["ipam", "gc", "--apply"]);
+    assert!(!releases_any(&first), "{first}");
+    assert!(ctl.ok(&["ipam", "gc"]).contains("a pass now would release 1 addresses"));
+
+    let report = ctl.scratch.path().join("report.json").display().to_string();
+    let check = ctl.run(&["ipam", "check", "-o", &report]);
+    assert!(text(&check).contains(" now"), "{}", text(&check));
     assert!(ctl.ok(&["ipam", "release", "--from-report", &report]).starts_with("released 1 of 1"));
     assert!(ctl.ok(&["ipam", "show", "--ip", &leaked.to_string()]).contains("is free"));
     assert_eq!(ctl.run(&["ipam", "check"]).status.code(), Some(0));
-    // A second release from the same report changes nothing.
-    assert!(ctl.ok(&["ipam", "release", "--from-report", &report]).starts_with("released 0 of 1"));
+    // A second release from the same report changes nothing and says why.
+    let again = ctl.ok(&["ipam", "release", "--from-report", &report]);
+    assert!(again.starts_with("released 0 of 1") && again.contains("released or taken by another handle"), "{again}");
+
+    // The CronJob's way: passes with --apply alone.
+    let second = plant_leak(&ctl, "cafe");
+    assert!(!releases_any(&ctl.ok(&["ipam", "gc", "--apply"])));
+    let pass = ctl.ok(&["ipam", "gc", "--apply"]);
+    assert!(pass.contains(&format!("released {second} (handle k8s-pod-network.cafe")), "{pass}");
+    assert_eq!(ctl.run(&["ipam", "check"]).status.code(), Some(0));
 }
 
 #[test]

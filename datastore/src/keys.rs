@@ -10,6 +10,9 @@ pub const RESOURCES: &str = "/brindle/v1/";
 /// The prefix of every IPAM block key.
 pub const BLOCKS: &str = "/brindle/ipam/v1/blocks/";
 
+/// Where garbage collection keeps what its last pass saw (outside the blocks' prefix).
+pub const IPAM_GC_RECORD: &str = "/brindle/ipam/v1/gc";
+
 /// The prefix of every resource of kind `S`.
 pub fn kind_prefix<S: Spec>() -> String {
     format!("{RESOURCES}{}/", S::PLURAL)
@@ -39,5 +42,6 @@ mod tests {
         assert_eq!(resource::<WorkloadEndpoint>(Some("ns1"), "pod-eth0"), "/brindle/v1/workloadendpoints/ns1/pod-eth0");
         assert_eq!(block(&"10.244.0.64/26".parse().unwrap()), "/brindle/ipam/v1/blocks/10.244.0.64-26");
         assert_eq!(block(&"fd00::40/122".parse().unwrap()), "/brindle/ipam/v1/blocks/fd00::40-122");
+        assert!(!IPAM_GC_RECORD.starts_with(BLOCKS), "listing the blocks must not return the record");
     }
 }

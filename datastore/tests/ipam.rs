@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, Ipam};
+use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, GcOutcome, Ipam, LeakOutcome};
 use brindle_datastore::resource::{IpPool, IpamConfiguration, Node, Resource, WorkloadEndpoint};
 use brindle_datastore::testing::{Backend, TestStore};
 use brindle_datastore::{Client, Error};
@@ -21,8 +21,9 @@ per_backend!(
     node_selector_and_disabled_pools,
     released_addresses_return_in_fifo_order_after_the_cooldown,
     dual_stack_and_rollback,
-    check_finds_a_planted_leak_and_an_orphan_block,
-    release_node_frees_addresses_and_blocks,
+    gc_frees_a_planted_orphan_only_after_two_passes_a_grace_period_apart,
+    release_leaves_an_address_that_changed_hands_or_found_its_holder,
+    a_deleted_nodes_addresses_come_back_to_the_pool,
     tunnel_address_is_stable,
 );
 
@@ -51,6 +52,7 @@ fn holder(handle: &str, node: &str) -> Allocation {
         node: node.into(),
         pod: Some(format!("pod-{handle}")),
         namespace: Some("default".into()),
+        ..Allocation::default()
     }
 }
 
@@ -225,50 +227,153 @@ async fn dual_stack_and_rollback(backend: Backend) {
     assert_eq!(in_use, 2, "the IPv4 address of the failed request was given back");
 }
 
-async fn check_finds_a_planted_leak_and_an_orphan_block(backend: Backend) {
-    let f = fixture(backend, &[("p", "10.19.0.0/24", 26)]).await;
-    f.client.create(Resource::new("n1", Node::default())).await.unwrap();
-    let live = one(&f.ipam, &v4("k8s-pod-network.live", "n1")).await;
+/// An IPAM client on a clock the test moves, with this IPAM configuration.
+async fn manual_clock(f: &Fixture, config: IpamConfiguration) -> (Ipam, Arc<AtomicU64>) {
+    set_config(&f.client, config).await;
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    (Ipam::new(f.client.clone()).with_clock(clock), now)
+}
+
+fn grace(grace: Duration) -> IpamConfiguration {
+    IpamConfiguration { leak_grace_period: grace, ..IpamConfiguration::default() }
+}
+
+fn endpoint(node: &str, container: &str, ip: IpAddr) -> Resource<WorkloadEndpoint> {
     let mut endpoint = Resource::new(
-        "n1-k8s-live-eth0",
+        format!("{node}-k8s-{container}-eth0"),
         WorkloadEndpoint {
-            node: "n1".into(),
+            node: node.into(),
             orchestrator: "k8s".into(),
-            pod: "live".into(),
+            pod: container.into(),
             endpoint: "eth0".into(),
-            container_id: "live".into(),
+            container_id: container.into(),
             interface_name: "brin1".into(),
             mac: None,
-            ip_networks: vec![ipnetwork::IpNetwork::new(live, 32).unwrap()],
+            ip_networks: vec![ipnetwork::IpNetwork::new(ip, 32).unwrap()],
             profiles: vec![],
         },
     );
     endpoint.metadata.namespace = Some("default".into());
-    f.client.create(endpoint).await.unwrap();
-    assert!(f.ipam.check().await.unwrap().is_clean());
-
-    let leaked = one(&f.ipam, &v4("k8s-pod-network.dead", "n1")).await;
-    one(&f.ipam, &v4("k8s-pod-network.elsewhere", "ghost")).await;
-    let report = f.ipam.check().await.unwrap();
-    let leaks: Vec<_> = report.leaked.iter().map(|l| (l.ip, l.handle.as_str())).collect();
-    assert!(leaks.contains(&(leaked, "k8s-pod-network.dead")), "{report:?}");
-    assert_eq!(report.mismatched_blocks.len(), 1, "{report:?}");
-    assert!(report.mismatched_blocks[0].reason.contains("node \"ghost\", does not exist"));
-    assert!(!report.is_clean());
+    endpoint
 }
 
-async fn release_node_frees_addresses_and_blocks(backend: Backend) {
-    let f = fixture(backend, &[("p", "10.20.0.0/24", 28)]).await;
-    for i in 0..20 {
-        one(&f.ipam, &v4(&format!("net.gone{i}"), "gone")).await;
+fn released(outcome: &GcOutcome) -> Vec<IpAddr> {
+    outcome.leaks.iter().filter(|(_, o)| *o == LeakOutcome::Released).map(|(l, _)| l.ip).collect()
+}
+
+async fn gc_frees_a_planted_orphan_only_after_two_passes_a_grace_period_apart(backend: Backend) {
+    let f = fixture(backend, &[("p", "10.19.0.0/24", 26)]).await;
+    let (ipam, now) = manual_clock(&f, grace(Duration::from_secs(60))).await;
+    f.client.create(Resource::new("n1", Node::default())).await.unwrap();
+    let live = one(&ipam, &v4("k8s-pod-network.live", "n1")).await;
+    f.client.create(endpoint("n1", "live", live)).await.unwrap();
+    let orphan = one(&ipam, &v4("k8s-pod-network.dead", "n1")).await;
+
+    // Passes until a grace period after the first sighting see it and leave it alone.
+    for step in [0, 30_000, 29_999] {
+        now.fetch_add(step, Ordering::SeqCst);
+        let pass = ipam.collect_garbage().await.unwrap();
+        assert!(released(&pass).is_empty(), "{pass:?}");
+        assert_eq!(pass.report.leaked.len(), 1);
+        assert_eq!(pass.report.leaked[0].ip, orphan);
     }
-    let kept = one(&f.ipam, &v4("net.stay", "stay")).await;
-    let released = f.ipam.release_node("gone").await.unwrap();
-    assert_eq!(released.len(), 20);
-    let blocks = f.ipam.blocks().await.unwrap();
-    assert_eq!(blocks.len(), 1, "the gone node's empty blocks are deleted");
-    assert!(blocks[0].0.cidr.contains(kept));
-    assert_eq!(blocks[0].0.owner.as_deref(), Some("stay"));
+    let check = ipam.check().await.unwrap();
+    assert_eq!(check.leaked[0].first_seen_ms, 1_000_000, "the first sighting, from the first pass");
+    assert_eq!(check.leaked[0].release_after_ms, 1_060_000);
+    assert!(!check.leaked[0].releasable);
+
+    now.fetch_add(1, Ordering::SeqCst);
+    let second = ipam.collect_garbage().await.unwrap();
+    assert_eq!(released(&second), [orphan]);
+    let after = ipam.check().await.unwrap();
+    assert!(after.leaked.is_empty() && after.is_clean(), "{after:?}");
+    let block = &ipam.blocks().await.unwrap()[0].0;
+    assert_eq!(block.holder(live).map(|a| a.handle.as_str()), Some("k8s-pod-network.live"));
+    assert_eq!(block.holder(orphan), None);
+}
+
+async fn release_leaves_an_address_that_changed_hands_or_found_its_holder(backend: Backend) {
+    let f = fixture(backend, &[("p", "10.22.0.0/30", 30)]).await;
+    let config = IpamConfiguration { release_cooldown: Duration::ZERO, ..grace(Duration::ZERO) };
+    let (ipam, now) = manual_clock(&f, config).await;
+    f.client.create(Resource::new("n1", Node::default())).await.unwrap();
+    let returning = one(&ipam, &v4("k8s-pod-network.returning", "n1")).await;
+    let reused = one(&ipam, &v4("k8s-pod-network.reused", "n1")).await;
+    for pod in ["live0", "live1"] {
+        let ip = one(&ipam, &v4(&format!("k8s-pod-network.{pod}"), "n1")).await;
+        f.client.create(endpoint("n1", pod, ip)).await.unwrap();
+    }
+    ipam.collect_garbage().await.unwrap();
+    now.fetch_add(1, Ordering::SeqCst);
+    let report = ipam.check().await.unwrap();
+    assert_eq!(report.leaked.iter().filter(|l| l.releasable).count(), 2, "{report:?}");
+
+    // Between the judgement and the release: one holder appears, one address changes hands.
+    f.client.create(endpoint("n1", "returning", returning)).await.unwrap();
+    ipam.release_handle("k8s-pod-network.reused").await.unwrap();
+    assert_eq!(one(&ipam, &v4("k8s-pod-network.new", "n1")).await, reused, "the only free address");
+
+    let outcomes = ipam.release_leaks(&report.leaked).await.unwrap();
+    assert!(outcomes.iter().all(|(_, o)| matches!(o, LeakOutcome::Kept(_))), "{outcomes:?}");
+    let block = &ipam.blocks().await.unwrap()[0].0;
+    assert_eq!(block.holder(returning).map(|a| a.handle.as_str()), Some("k8s-pod-network.returning"));
+    assert_eq!(block.holder(reused).map(|a| a.handle.as_str()), Some("k8s-pod-network.new"));
+}
+
+async fn a_deleted_nodes_addresses_come_back_to_the_pool(backend: Backend) {
+    // Four /28 blocks: the gone node fills one (tunnel + 15 pods) and starts a second (5
+    // pods); the staying node has the third.
+    let f = fixture(backend, &[("p", "10.20.0.0/26", 28)]).await;
+    let (ipam, now) = manual_clock(&f, grace(Duration::from_secs(60))).await;
+    for node in ["gone", "stay"] {
+        f.client.create(Resource::new(node, Node::default())).await.unwrap();
+    }
+    let tunnel = ipam.tunnel_address("gone", false).await.unwrap().ip;
+    let mut pods = Vec::new();
+    for i in 0..20 {
+        pods.push(one(&ipam, &v4(&format!("net.gone{i}"), "gone")).await);
+    }
+    // One pod of the gone node still has its endpoint: its address (and so its block) stays.
+    f.client.create(endpoint("gone", "gone0", pods[0])).await.unwrap();
+    let kept = one(&ipam, &v4("net.stay", "stay")).await;
+    f.client.create(endpoint("stay", "stay", kept)).await.unwrap();
+    f.client.delete::<Node>(None, "gone", None).await.unwrap();
+
+    now.fetch_add(60_000, Ordering::SeqCst);
+    let first = ipam.collect_garbage().await.unwrap();
+    assert!(released(&first).is_empty() && first.blocks.is_empty(), "one pass is not enough: {first:?}");
+    assert_eq!(first.report.gone_nodes.len(), 1);
+    assert_eq!(first.report.gone_nodes[0].blocks.len(), 2);
+
+    now.fetch_add(60_000, Ordering::SeqCst);
+    let second = ipam.collect_garbage().await.unwrap();
+    let mut freed = released(&second);
+    freed.sort();
+    let mut expected: Vec<IpAddr> = pods[1..].iter().copied().chain([tunnel]).collect();
+    expected.sort();
+    assert_eq!(freed, expected, "the tunnel address and every pod address without an endpoint");
+    let blocks = ipam.blocks().await.unwrap();
+    let held = blocks.iter().find(|(b, _)| b.cidr.contains(pods[0])).unwrap().0.clone();
+    assert_eq!((held.owner.as_deref(), held.in_use()), (None, 1), "the block with a live pod loses its owner");
+    assert_eq!(blocks.len(), 2, "the emptied block is deleted: {blocks:?}");
+    assert!(ipam.check().await.unwrap().is_clean());
+
+    // Other nodes can use the free space, even under strict affinity: three new nodes claim
+    // the three blocks not owned by "stay", the disowned one among them.
+    now.fetch_add(60_000, Ordering::SeqCst); // past the released addresses' cooldown
+    let mut config = f.client.get::<IpamConfiguration>(None, "default").await.unwrap();
+    config.spec.strict_affinity = true;
+    f.client.update(config).await.unwrap();
+    for node in ["x1", "x2", "x3"] {
+        one(&ipam, &v4(&format!("net.{node}"), node)).await;
+    }
+    let claimed = ipam.blocks().await.unwrap();
+    let owner = claimed.iter().find(|(b, _)| b.cidr == held.cidr).unwrap().0.owner.clone();
+    assert!(owner.is_some_and(|o| o.starts_with('x')), "{claimed:?}");
 }
 
 async fn tunnel_address_is_stable(backend: Backend) {

@@ -96,13 +96,8 @@ fn ipip_routes_via_node_addresses_or_explains_the_missing_module() {
 fn borrowed_addresses_get_host_routes_and_local_workloads_their_veth() {
     let mut c = cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never));
     // b borrowed an address from c's block.
-    let holder = Allocation {
-        handle: "n.x".into(),
-        kind: AllocationKind::Workload,
-        node: "b".into(),
-        pod: None,
-        namespace: None,
-    };
+    let holder =
+        Allocation { handle: "n.x".into(), kind: AllocationKind::Workload, node: "b".into(), ..Allocation::default() };
     c.blocks[2].allocate(holder, 0, 0).unwrap();
     let wep = WorkloadEndpoint {
         node: "a".into(),

@@ -39,6 +39,12 @@ pub struct Allocation {
     /// The pod's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// When the address was handed out, in milliseconds since the Unix epoch (set by the
+    /// block; 0 for allocations stored before brindle recorded it). Garbage collection leaves
+    /// an address alone while it is younger than the grace period, so a pod whose ADD is still
+    /// in flight keeps it.
+    #[serde(default)]
+    pub allocated_at_ms: u64,
 }
 
 /// A released address at rest.
@@ -101,8 +107,9 @@ impl Block {
         self.released.iter().filter(|r| r.at_ms.saturating_add(cooldown_ms) > now_ms).count()
     }
 
-    /// Takes the next address for `allocation`, or `None` when none is available.
-    pub fn allocate(&mut self, allocation: Allocation, now_ms: u64, cooldown_ms: u64) -> Option<IpAddr> {
+    /// Takes the next address for `allocation`, stamped with `now_ms`, or `None` when none is
+    /// available.
+    pub fn allocate(&mut self, mut allocation: Allocation, now_ms: u64, cooldown_ms: u64) -> Option<IpAddr> {
         let ordinal = if u64::from(self.next_fresh) < self.size() {
             self.next_fresh += 1;
             self.next_fresh - 1
@@ -113,18 +120,19 @@ impl Block {
             }
             self.released.pop_front()?.ordinal
         };
+        allocation.allocated_at_ms = now_ms;
         self.allocations.insert(ordinal, allocation);
         Some(self.ip(ordinal))
     }
 
     /// Releases every address held by `handle`; returns them.
     pub fn release_handle(&mut self, handle: &str, now_ms: u64) -> Vec<IpAddr> {
-        self.release_where(|a| a.handle == handle, now_ms)
-    }
-
-    /// Releases every address used on `node`; returns them.
-    pub fn release_node(&mut self, node: &str, now_ms: u64) -> Vec<IpAddr> {
-        self.release_where(|a| a.node == node, now_ms)
+        let ordinals: Vec<u32> = self.allocations.iter().filter(|(_, a)| a.handle == handle).map(|(o, _)| *o).collect();
+        for ordinal in &ordinals {
+            self.allocations.remove(ordinal);
+            self.released.push_back(Released { ordinal: *ordinal, at_ms: now_ms });
+        }
+        ordinals.into_iter().map(|o| self.ip(o)).collect()
     }
 
     /// Releases one address; returns its holder, or `None` if it was not taken.
@@ -133,15 +141,6 @@ impl Block {
         let allocation = self.allocations.remove(&ordinal)?;
         self.released.push_back(Released { ordinal, at_ms: now_ms });
         Some(allocation)
-    }
-
-    fn release_where(&mut self, mut matches: impl FnMut(&Allocation) -> bool, now_ms: u64) -> Vec<IpAddr> {
-        let ordinals: Vec<u32> = self.allocations.iter().filter(|(_, a)| matches(a)).map(|(o, _)| *o).collect();
-        for ordinal in &ordinals {
-            self.allocations.remove(ordinal);
-            self.released.push_back(Released { ordinal: *ordinal, at_ms: now_ms });
-        }
-        ordinals.into_iter().map(|o| self.ip(o)).collect()
     }
 
     /// Every taken address and its holder, in address order.
@@ -216,19 +215,17 @@ mod tests {
     }
 
     #[test]
-    fn release_by_handle_ip_and_node() {
+    fn release_by_handle_and_ip() {
         let mut b = block("fd00::/126");
         let first = b.allocate(alloc("pod-a"), 0, 0).unwrap();
         b.allocate(alloc("pod-a"), 0, 0).unwrap();
-        let mut other = alloc("pod-b");
-        other.node = "n2".into();
-        let third = b.allocate(other.clone(), 0, 0).unwrap();
+        let third = b.allocate(alloc("pod-b"), 3, 0).unwrap();
         assert_eq!(third.to_string(), "fd00::2");
-        assert_eq!(b.holder(third), Some(&other));
+        assert_eq!(b.holder(third), Some(&Allocation { allocated_at_ms: 3, ..alloc("pod-b") }), "stamped when taken");
         assert_eq!(b.release_ip(first, 5).map(|a| a.handle), Some("pod-a".into()));
         assert_eq!(b.release_ip(first, 5), None, "already free");
         assert_eq!(b.release_handle("pod-a", 5), vec!["fd00::1".parse::<IpAddr>().unwrap()]);
-        assert_eq!(b.release_node("n2", 5), vec![third]);
+        assert_eq!(b.release_handle("pod-b", 5), vec![third]);
         assert!(b.is_empty());
         assert_eq!(b.release_ip("10.0.0.1".parse().unwrap(), 5), None, "outside the block");
     }

@@ -11,6 +11,7 @@
 
 mod block;
 mod check;
+mod gc;
 pub mod pools;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -21,7 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ipnetwork::IpNetwork;
 
 pub use block::{Allocation, AllocationKind, Block, Released};
-pub use check::{BlockIssue, CheckReport, Leak};
+pub use check::{BlockIssue, CheckReport, GcRecord, GoneNode, Leak, LeakSighting};
+pub use gc::{BlockOutcome, GcOutcome, LeakOutcome};
 use pools::Family;
 
 use crate::client::Client;
@@ -385,33 +387,6 @@ impl Ipam {
         Ok(released)
     }
 
-    /// Frees everything of a node that has gone: its addresses are released and its blocks lose
-    /// their owner (empty ones are deleted). Returns the released addresses.
-    pub async fn release_node(&self, node: &str) -> Result<Vec<IpAddr>> {
-        let mut released = Vec::new();
-        for (cidr, (block, _)) in self.list_blocks().await? {
-            let involved = block.owner.as_deref() == Some(node) || block.allocations().any(|(_, a)| a.node == node);
-            if !involved {
-                continue;
-            }
-            let got = self
-                .edit_block(cidr, |b, now| {
-                    let ips = b.release_node(node, now);
-                    let owned = b.owner.as_deref() == Some(node);
-                    if owned {
-                        b.owner = None;
-                    }
-                    (owned || !ips.is_empty()).then_some(ips)
-                })
-                .await?;
-            released.extend(got.unwrap_or_default());
-        }
-        if let Some(owned) = self.cache().owned.as_mut() {
-            owned.remove(node);
-        }
-        Ok(released)
-    }
-
     /// The node's tunnel address of a family: the one it already holds, or a new one.
     pub async fn tunnel_address(&self, node: &str, ipv6: bool) -> Result<Assigned> {
         let family = if ipv6 { "ipv6" } else { "ipv4" };
@@ -424,7 +399,7 @@ impl Ipam {
             }
         }
         let holder =
-            Allocation { handle, kind: AllocationKind::Tunnel, node: node.to_owned(), pod: None, namespace: None };
+            Allocation { handle, kind: AllocationKind::Tunnel, node: node.to_owned(), ..Allocation::default() };
         let request =
             AllocateRequest { holder, ipv4: u32::from(!ipv6), ipv6: u32::from(ipv6), ..AllocateRequest::default() };
         self.allocate(&request)
@@ -438,15 +413,6 @@ impl Ipam {
         let mut blocks: Vec<_> = self.list_blocks().await?.into_values().collect();
         blocks.sort_by_key(|(b, _)| b.cidr);
         Ok(blocks)
-    }
-
-    /// Looks for leaks, empty blocks, and blocks that disagree with nodes and pools.
-    pub async fn check(&self) -> Result<CheckReport> {
-        let blocks = self.blocks().await?;
-        let (nodes, _) = self.client.list::<Node>().await?;
-        let (pools, _) = self.client.list::<IpPool>().await?;
-        let (endpoints, _) = self.client.list::<crate::resource::WorkloadEndpoint>().await?;
-        Ok(check::check(&blocks, &nodes, &pools, &endpoints))
     }
 
     /// Reads (or reuses) the pools, IPAM settings and node labels.

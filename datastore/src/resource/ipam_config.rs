@@ -20,11 +20,22 @@ pub struct IpamConfiguration {
     /// inherits the conntrack entries of the one before it.
     #[serde(with = "humantime_serde")]
     pub release_cooldown: Duration,
+    /// How long garbage collection waits before it releases an address whose holder (pod or
+    /// node) is missing: the allocation must be at least this old, and an earlier pass must
+    /// have seen the same leak at least this long before. The same wait applies before a
+    /// deleted node's blocks lose their owner. Longer than any CNI ADD can take.
+    #[serde(with = "humantime_serde")]
+    pub leak_grace_period: Duration,
 }
 
 impl Default for IpamConfiguration {
     fn default() -> Self {
-        IpamConfiguration { strict_affinity: false, max_blocks_per_node: 0, release_cooldown: Duration::from_secs(60) }
+        IpamConfiguration {
+            strict_affinity: false,
+            max_blocks_per_node: 0,
+            release_cooldown: Duration::from_secs(60),
+            leak_grace_period: Duration::from_secs(15 * 60),
+        }
     }
 }
 
