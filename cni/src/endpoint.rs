@@ -4,6 +4,7 @@
 use brindle_datastore::resource::{Resource, WorkloadEndpoint};
 use brindle_datastore::{Client, Error as StoreError};
 use ipnetwork::IpNetwork;
+use sha1::{Digest, Sha1};
 
 use crate::error::Result;
 
@@ -24,6 +25,25 @@ pub struct EndpointId {
     pub ifname: String,
 }
 
+/// The longest resource name (a DNS subdomain).
+const MAX_NAME: usize = 253;
+
+/// `<node>-<orchestrator>-<pod>-<interface>`, lower-cased. A resource name is a DNS subdomain:
+/// a name with other characters (an `_` in a container ID, say) has them turned into `-`, and
+/// one longer than 253 (a long node name and a long pod name) keeps its start; either way it
+/// then ends in a digest of the whole, so it stays unique.
+fn endpoint_name(node: &str, orchestrator: &str, pod: &str, ifname: &str) -> String {
+    let full = format!("{node}-{orchestrator}-{pod}-{ifname}").to_lowercase();
+    let clean: String =
+        full.chars().map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' { c } else { '-' }).collect();
+    if clean == full && full.len() <= MAX_NAME && full.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+        return full;
+    }
+    let digest: String = Sha1::digest(full.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let keep = clean.len().min(MAX_NAME - digest.len() - 1);
+    format!("{}-{digest}", clean[..keep].trim_end_matches(['-', '.']))
+}
+
 impl EndpointId {
     /// The endpoint of an attachment.
     pub fn new(node: &str, namespace: Option<&str>, pod: Option<&str>, container_id: &str, ifname: &str) -> Self {
@@ -33,7 +53,7 @@ impl EndpointId {
         };
         EndpointId {
             namespace: namespace.unwrap_or("default").to_owned(),
-            name: format!("{node}-{orchestrator}-{pod}-{ifname}").to_lowercase(),
+            name: endpoint_name(node, orchestrator, &pod, ifname),
             orchestrator,
             pod,
             container_id: container_id.to_owned(),
@@ -93,6 +113,30 @@ impl EndpointId {
         match client.delete::<WorkloadEndpoint>(Some(&self.namespace), &self.name, existing.revision()).await {
             Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_stay_within_a_resource_name_and_unique() {
+        assert_eq!(endpoint_name("node-1", "k8s", "Web-0", "eth0"), "node-1-k8s-web-0-eth0");
+        let long_pod = "p".repeat(243);
+        let a = endpoint_name("node-with-a-long-name", "k8s", &long_pod, "eth0");
+        let b = endpoint_name("node-with-a-long-name", "k8s", &long_pod, "eth1");
+        assert_eq!(a.len(), MAX_NAME);
+        assert_ne!(a, b, "the digest keeps interfaces apart");
+        assert!(a.starts_with("node-with-a-long-name-k8s-ppp"), "{a}");
+        let odd = endpoint_name("n1", "cni", "Ab_c.", "eth0");
+        assert!(odd.starts_with("n1-cni-ab-c.-eth0-"), "{odd}");
+        assert_ne!(odd, endpoint_name("n1", "cni", "Ab-c.", "eth0"), "'_' and '-' stay apart");
+        for name in [a, odd] {
+            let mut validator = brindle_datastore::resource::Validator::new("WorkloadEndpoint", &name);
+            validator.dns_subdomain("metadata.name", &name);
+            assert!(validator.finish().is_ok(), "{name}");
         }
     }
 }

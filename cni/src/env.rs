@@ -82,6 +82,14 @@ impl PodArgs {
     }
 }
 
+/// The spec's rule for `CNI_CONTAINERID`: an alphanumeric character, then any of
+/// alphanumerics, `_`, `.` and `-` (ASCII only).
+fn valid_container_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 /// Everything a request carries besides the config on stdin.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -124,10 +132,13 @@ impl Request {
                 why: format!("\"{ifname}\" is not a valid interface name"),
             });
         }
-        if container_id.contains(['/', '\0']) {
+        if !container_id.is_empty() && !valid_container_id(&container_id) {
             return Err(Error::InvalidEnv {
                 var: "CNI_CONTAINERID",
-                why: format!("\"{container_id}\" contains a character a container ID cannot have"),
+                why: format!(
+                    "{container_id:?} is not a container ID: it must start with a letter or digit and hold only \
+                     letters, digits, '_', '.' and '-'"
+                ),
             });
         }
         let path = required("CNI_PATH", matches!(command, Add | Del | Check | Gc))?;
@@ -184,5 +195,24 @@ mod tests {
         assert_eq!(Request::from_env(env(&[("CNI_COMMAND", "VERSION")])).unwrap().command, Command::Version);
         let e = Request::from_env(env(&[("CNI_COMMAND", "ATTACH")])).unwrap_err();
         assert!(e.to_string().contains("ATTACH"), "{e}");
+    }
+
+    #[test]
+    fn container_ids_follow_the_spec() {
+        let del = |id: &str| {
+            Request::from_env(env(&[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", id),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", "/opt/cni/bin"),
+            ]))
+        };
+        for good in ["c1", "0f3e", "a_b.c-d", "A"] {
+            assert!(del(good).is_ok(), "{good}");
+        }
+        for bad in ["abc\ndef", "-a", ".hidden", "a/b", "a b", "é", "a\0b"] {
+            let e = del(bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidEnv { var: "CNI_CONTAINERID", .. }), "{bad:?}: {e}");
+        }
     }
 }

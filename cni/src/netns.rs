@@ -27,7 +27,18 @@ impl Netns {
                 Error::Io(format!("opening network namespace {}: {e}", path.display()))
             }
         })?;
-        Ok(Netns { file, path: path.to_owned() })
+        // The kernel says whether it is a network namespace: joining it as one fails for a
+        // regular file, a directory or another kind of namespace. A thread of its own joins
+        // it and ends, so nothing else is done before the check.
+        let joined = std::thread::scope(|scope| scope.spawn(|| setns(&file, CloneFlags::CLONE_NEWNET)).join());
+        match joined {
+            Ok(Ok(())) => Ok(Netns { file, path: path.to_owned() }),
+            Ok(Err(e)) => Err(Error::InvalidEnv {
+                var: "CNI_NETNS",
+                why: format!("{} is not a network namespace: {e}", path.display()),
+            }),
+            Err(_) => Err(Error::Internal("the thread checking the network namespace panicked".into())),
+        }
     }
 
     /// The namespace's path.

@@ -105,7 +105,13 @@ async fn add(inv: &Invocation) -> Result<Value> {
         if ips.is_empty() {
             return Err(Error::Internal(format!("IPAM plugin {} returned no address", ipam.name())));
         }
-        let plan = wiring::Plan { host_veth: host_veth(inv), ifname: request.ifname.clone(), mtu, addresses: ips };
+        let plan = wiring::Plan {
+            host_veth: host_veth(inv),
+            container_id: request.container_id.clone(),
+            ifname: request.ifname.clone(),
+            mtu,
+            addresses: ips,
+        };
         let pod_mac = wiring::attach(&host, &netns, &plan).await?;
         undo.host_veth = Some(plan.host_veth.clone());
         let mut result = plan.result(&pod_mac, &netns);
@@ -161,7 +167,7 @@ impl Undo {
             tracing::warn!(error = %e, "rollback: could not delete the endpoint");
         }
         if let Some(veth) = &self.host_veth
-            && let Err(e) = wiring::detach(host, veth).await
+            && let Err(e) = wiring::detach(host, veth, &inv.request.container_id, false).await
         {
             tracing::warn!(error = %e, "rollback: could not delete the veth");
         }
@@ -185,10 +191,11 @@ async fn del(inv: &Invocation) -> Result<()> {
     let record = Record::load(&record_dir, &conf.name, &request.container_id, &request.ifname)?;
     let veth = record.as_ref().map_or_else(|| host_veth(inv), |r| r.host_veth.clone());
     // A host end of this name made for a newer sandbox of the pod is not ours to remove.
-    let newer_sandbox = record.is_none() && newer_sandbox_owns(&record_dir, inv, &veth)?;
+    let claimed = claimed_by_another(&record_dir, &conf.name, &request.container_id, &veth)?;
     // Deleting a veth blocks in the kernel for a while (it waits for the network stack to
     // let go of it); the datastore work runs meanwhile.
-    let kernel = (!newer_sandbox).then(|| std::thread::spawn(move || wiring::detach_blocking(&veth)));
+    let container = request.container_id.clone();
+    let kernel = std::thread::spawn(move || wiring::detach_blocking(&veth, &container, claimed));
     let node = match &record {
         Some(r) => r.node.clone(),
         None => conf.node_name()?,
@@ -214,18 +221,14 @@ async fn del(inv: &Invocation) -> Result<()> {
         }
     }
     .await;
-    if let Some(kernel) = kernel {
-        kernel.join().unwrap_or_else(|_| Err(Error::Internal("the thread deleting the veth panicked".into())))?;
-    }
+    kernel.join().unwrap_or_else(|_| Err(Error::Internal("the thread deleting the veth panicked".into())))?;
     datastore?;
     Record::remove(&record_dir, &conf.name, &request.container_id, &request.ifname)
 }
 
 /// Whether another container's record claims this host veth.
-fn newer_sandbox_owns(record_dir: &std::path::Path, inv: &Invocation, veth: &str) -> Result<bool> {
-    Ok(Record::list(record_dir, &inv.conf.name)?
-        .iter()
-        .any(|r| r.host_veth == veth && r.container_id != inv.request.container_id))
+fn claimed_by_another(record_dir: &std::path::Path, network: &str, container_id: &str, veth: &str) -> Result<bool> {
+    Ok(Record::list(record_dir, network)?.iter().any(|r| r.host_veth == veth && r.container_id != container_id))
 }
 
 async fn check(inv: &Invocation) -> Result<()> {
@@ -270,7 +273,8 @@ async fn gc(inv: &Invocation) -> Result<()> {
     };
     for record in Record::list(&record_dir, &conf.name)?.into_iter().filter(|r| !is_valid(r)) {
         tracing::info!(container = %record.container_id, veth = %record.host_veth, "garbage-collecting an attachment");
-        wiring::detach(&host, &record.host_veth).await?;
+        let claimed = claimed_by_another(&record_dir, &conf.name, &record.container_id, &record.host_veth)?;
+        wiring::detach(&host, &record.host_veth, &record.container_id, claimed).await?;
         let endpoint = EndpointId::new(
             &record.node,
             record.pod_namespace.as_deref(),

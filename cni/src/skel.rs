@@ -63,13 +63,22 @@ where
     }
 }
 
+/// The largest network config read from stdin: real ones are a few KiB.
+const MAX_CONFIG: u64 = 1024 * 1024;
+
 fn invoke<F>(error_version: &mut String, handle: F) -> Result<Option<Value>>
 where
     F: AsyncFnOnce(&Invocation) -> Result<Option<Value>>,
 {
     let request = Request::from_env(|k| std::env::var(k).ok())?;
     let mut stdin = Vec::new();
-    std::io::stdin().read_to_end(&mut stdin).map_err(|e| Error::Io(format!("reading the config on stdin: {e}")))?;
+    std::io::stdin()
+        .take(MAX_CONFIG + 1)
+        .read_to_end(&mut stdin)
+        .map_err(|e| Error::Io(format!("reading the config on stdin: {e}")))?;
+    if stdin.len() as u64 > MAX_CONFIG {
+        return Err(Error::Decode(format!("the config on stdin is larger than {} KiB", MAX_CONFIG / 1024)));
+    }
     if request.command == Command::Version {
         return Ok(Some(version_answer(&stdin)));
     }

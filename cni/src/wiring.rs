@@ -42,11 +42,34 @@ pub fn host_veth_name(namespace: &str, pod: &str, ifname: &str) -> String {
     format!("brin{}", &hex[..11])
 }
 
+/// The mark a host veth carries as its alias: the container it was made for. DEL and GC
+/// remove a host veth only when it carries their container's mark, so a late DEL of an old
+/// sandbox never removes the interface of the pod's new one (both get the same name).
+pub fn owner_mark(container_id: &str) -> String {
+    // IFALIASZ is 256 bytes with the NUL; an ID that long is shortened to a digest.
+    if container_id.len() <= 200 {
+        format!("brindle:{container_id}")
+    } else {
+        let digest: String = Sha1::digest(container_id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        format!("brindle:sha1:{digest}")
+    }
+}
+
+/// The owner mark on a link, if it has one.
+fn mark_of(link: &rtnetlink::packet_route::link::LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|a| match a {
+        rtnetlink::packet_route::link::LinkAttribute::IfAlias(alias) => Some(alias.as_str()),
+        _ => None,
+    })
+}
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// The host end's name.
     pub host_veth: String,
+    /// The container it is for (its mark, see [`owner_mark`]).
+    pub container_id: String,
     /// The pod end's name (`CNI_IFNAME`).
     pub ifname: String,
     /// Both ends' MTU.
@@ -110,6 +133,7 @@ pub async fn attach(host: &Handle, netns: &Netns, plan: &Plan) -> Result<String>
         .build();
     let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(plan.host_veth.clone())
+        .alias(owner_mark(&plan.container_id))
         .mtu(plan.mtu)
         .address(HOST_MAC.to_vec())
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
@@ -140,6 +164,15 @@ async fn finish_attach(host: &Handle, netns: &Netns, plan: &Plan) -> Result<Stri
     let has_v4 = plan.addresses.iter().any(IpAddr::is_ipv4);
     let has_v6 = plan.addresses.iter().any(IpAddr::is_ipv6);
     let veth = &plan.host_veth;
+    // Before the link is up, whatever the pod's families: the pod is untrusted. Its router
+    // advertisements must never configure the host (no default route, no address from them),
+    // and its packets must come from its own addresses (strict reverse-path filtering: a
+    // source routed anywhere but back through this veth is dropped).
+    if std::path::Path::new(&format!("/proc/sys/net/ipv6/conf/{veth}")).exists() {
+        netlink::sysctl(&format!("net/ipv6/conf/{veth}/accept_ra"), "0")?;
+        netlink::sysctl(&format!("net/ipv6/conf/{veth}/autoconf"), "0")?;
+    }
+    netlink::sysctl(&format!("net/ipv4/conf/{veth}/rp_filter"), "1")?;
     if has_v4 {
         // Answer ARP for every address at once (proxy_delay 0; the default delays replies by
         // up to 0.8 s).
@@ -151,7 +184,6 @@ async fn finish_attach(host: &Handle, netns: &Netns, plan: &Plan) -> Result<Stri
         // The link-local gateway must answer at once: no duplicate address detection.
         netlink::sysctl(&format!("net/ipv6/conf/{veth}/disable_ipv6"), "0")?;
         netlink::sysctl(&format!("net/ipv6/conf/{veth}/accept_dad"), "0")?;
-        netlink::sysctl(&format!("net/ipv6/conf/{veth}/accept_ra"), "0")?;
         netlink::sysctl(&format!("net/ipv6/conf/{veth}/forwarding"), "1")?;
     }
     let index = netlink::link(host, veth)
@@ -209,20 +241,31 @@ async fn configure_pod(plan: &Plan) -> Result<String> {
     Ok(netlink::mac_of(&link))
 }
 
-/// Removes the host end (and with it the pod end and the host routes). Returns whether it
-/// existed.
-pub async fn detach(host: &Handle, host_veth: &str) -> Result<bool> {
+/// Removes the host end (and with it the pod end and the host routes) if it belongs to
+/// `container_id`: it carries that container's mark, or, for a veth made before brindle marked
+/// them, no other container's record claims it (`claimed_by_another`). Returns whether it
+/// removed it.
+pub async fn detach(host: &Handle, host_veth: &str, container_id: &str, claimed_by_another: bool) -> Result<bool> {
+    let Some(link) = netlink::link(host, host_veth).await? else { return Ok(false) };
+    let ours = match mark_of(&link) {
+        Some(mark) => mark == owner_mark(container_id),
+        None => !claimed_by_another,
+    };
+    if !ours {
+        tracing::info!(veth = %host_veth, container = %container_id, "the host veth belongs to another sandbox; left alone");
+        return Ok(false);
+    }
     netlink::delete_link(host, host_veth).await
 }
 
 /// [`detach`] on the calling thread, with its own runtime and netlink socket (for a thread
 /// of its own, so the caller can do other work while the kernel tears the veth down).
-pub fn detach_blocking(host_veth: &str) -> Result<bool> {
+pub fn detach_blocking(host_veth: &str, container_id: &str, claimed_by_another: bool) -> Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("starting a runtime: {e}")))?;
-    runtime.block_on(async { detach(&netlink::connect()?, host_veth).await })
+    runtime.block_on(async { detach(&netlink::connect()?, host_veth, container_id, claimed_by_another).await })
 }
 
 /// Compares the kernel with a previous result; returns every difference found.

@@ -130,6 +130,61 @@ fn an_exhausted_pool_rolls_back_and_status_says_so(backend: Backend) {
 }
 
 #[test]
+fn input_that_is_not_what_it_claims_is_refused_before_anything_is_allocated() {
+    let node = Node::new(Backend::Sqlite);
+    let conf = node.conf("1.0.0", false);
+    let pod = Pod::new("claims");
+    let path = common::cni_path();
+    let file = node.scratch.path().join("not-a-netns");
+    std::fs::write(&file, "").unwrap();
+    let (file, dir) = (file.display().to_string(), node.scratch.path().display().to_string());
+    for (netns, what) in
+        [(file.as_str(), "a file"), (dir.as_str(), "a directory"), ("/proc/self/ns/uts", "a UTS namespace")]
+    {
+        let out = exec_env(BRINDLE, &conf, &vars("ADD", &pod, netns, &path));
+        assert_eq!(out.code(), 4, "{what}: {}", out.stdout);
+        assert_eq!(out.json["details"], "CNI_NETNS", "{what}: {}", out.stdout);
+        assert!(out.stdout.contains("is not a network namespace"), "{what}: {}", out.stdout);
+    }
+
+    // A container ID the spec forbids (a newline in it).
+    let netns = pod.netns.path().display().to_string();
+    let mut newline = vars("ADD", &pod, &netns, &path);
+    newline[1].1 = "abc\ndef";
+    let out = exec_env(BRINDLE, &conf, &newline);
+    assert_eq!(out.code(), 4, "{}", out.stdout);
+    assert_eq!(out.json["details"], "CNI_CONTAINERID", "{}", out.stdout);
+
+    // A config of 2 MiB is refused without being read whole.
+    let mut huge = conf.clone();
+    huge["padding"] = json!("x".repeat(2 << 20));
+    let out = exec_env(BRINDLE, &huge, &vars("ADD", &pod, &netns, &path));
+    assert_eq!(out.code(), 6, "{}", &out.stdout[..out.stdout.len().min(300)]);
+    assert!(out.stdout.contains("larger than 1024 KiB"), "{}", out.stdout);
+
+    // Nothing was allocated, not even an address now resting in a cooldown.
+    let ipam = brindle_datastore::ipam::Ipam::new(node.client());
+    assert!(node.runtime.block_on(ipam.blocks()).unwrap().is_empty(), "IPAM was touched");
+    node.assert_clean();
+}
+
+#[test]
+fn a_pod_name_of_the_longest_kind_gets_an_endpoint() {
+    let node = Node::new(Backend::Sqlite);
+    let conf = node.conf("1.0.0", false);
+    let mut pod = Pod::new("long");
+    pod.attachment.pod_name = format!("p{}", "o".repeat(241)) + "d";
+    assert_eq!(pod.attachment.pod_name.len(), 243);
+    let result = node.brindle("ADD", &conf, &pod).result();
+    assert_eq!(node.endpoints(), 1);
+    assert!(pod.ping(common::NODE_V4), "the pod cannot reach its node");
+    let mut del = conf.clone();
+    del["prevResult"] = result;
+    node.brindle("DEL", &del, &pod).result();
+    node.assert_clean();
+}
+
+#[test]
 fn an_etcd_outage_is_try_again_later_and_leaves_nothing() {
     let mut node = Node::new(Backend::Etcd);
     let conf = node.conf("1.1.0", false);
