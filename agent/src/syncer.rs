@@ -19,6 +19,12 @@ use crate::status::Metrics;
 /// Everything under this prefix is brindle's.
 const ROOT: &str = "/brindle/";
 
+/// Whether the cluster is decoded from this key: resources and IPAM blocks (not, say, the
+/// garbage collector's record), so a change elsewhere costs no recomputation.
+fn decoded(key: &str) -> bool {
+    key.starts_with(keys::RESOURCES) || key.starts_with(keys::BLOCKS)
+}
+
 /// What the syncer publishes: the cluster, or nothing before the first complete list.
 pub type Published = Option<Arc<Cluster>>;
 
@@ -56,12 +62,15 @@ async fn sync_once(
         while let Ok(Some(more)) = tokio::time::timeout(Duration::from_millis(20), watch.next()).await {
             events.push(more?);
         }
+        let mut relevant = false;
         for event in events {
             match event {
                 WatchEvent::Put(kv) => {
+                    relevant |= decoded(&kv.key);
                     cache.insert(kv.key, kv.value);
                 }
                 WatchEvent::Delete { key, .. } => {
+                    relevant |= decoded(&key);
                     cache.remove(&key);
                 }
                 WatchEvent::Compacted { compact_revision } => {
@@ -70,6 +79,9 @@ async fn sync_once(
             }
         }
         metrics.watch_batch();
+        if !relevant {
+            continue;
+        }
         if tx.send(Some(Arc::new(decode(&cache, node)))).is_err() {
             return Ok(());
         }

@@ -167,7 +167,7 @@ fn no_encap_cluster_then_switched_to_vxlan_without_restart() {
     let client = cluster.client();
     cluster.runtime.block_on(client.delete::<brindle_datastore::resource::Node>(None, &gone, None)).unwrap();
     cluster.apply(
-        "apiVersion: brindle.io/v1\nkind: IPAMConfiguration\nmetadata: {name: default}\nspec: {leakGracePeriod: 0s}\n",
+        "apiVersion: brindle.io/v1\nkind: IPAMConfiguration\nmetadata: {name: default}\nspec: {leakGracePeriod: 1ms}\n",
     );
     let ipam = brindle_datastore::ipam::Ipam::new(cluster.client());
     for _ in 0..2 {

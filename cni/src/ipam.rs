@@ -86,16 +86,17 @@ impl Store {
     }
 
     /// Releases every workload allocation of this network on this node whose attachment is
-    /// not valid any more. Returns the released handles.
+    /// not valid any more. Returns the released handles. Allocations are matched to the
+    /// network exactly (network `a` never collects those of network `a.b`); those stored
+    /// without their network are left to `brindlectl ipam gc`.
     pub async fn gc(&self, network: &str, node: &str, valid: &[Attachment]) -> Result<Vec<String>> {
         let valid: HashSet<String> = valid.iter().map(|a| handle(network, &a.container_id)).collect();
-        let prefix = format!("{network}.");
         let mut stale: std::collections::BTreeMap<String, Vec<IpAddr>> = Default::default();
         for (block, _) in self.ipam.blocks().await? {
             for (ip, a) in block.allocations() {
                 if a.kind == AllocationKind::Workload
                     && a.node == node
-                    && a.handle.starts_with(&prefix)
+                    && a.network.as_deref() == Some(network)
                     && !valid.contains(&a.handle)
                 {
                     stale.entry(a.handle.clone()).or_default().push(ip);
@@ -134,10 +135,16 @@ impl Store {
     }
 }
 
-/// The allocation's attributes for an attachment.
+/// The plugin type that writes a WorkloadEndpoint for every attachment it makes.
+pub const ENDPOINT_WRITER: &str = "brindle";
+
+/// The allocation's attributes for an attachment. An endpoint is expected when the main plugin
+/// is `brindle` (in process, or running `brindle-ipam` as its delegate: the config names it).
 pub fn holder(conf: &NetConf, request: &Request, node: &str) -> Allocation {
     Allocation {
         handle: handle(&conf.name, &request.container_id),
+        network: Some(conf.name.clone()),
+        endpoint: conf.plugin == ENDPOINT_WRITER,
         kind: AllocationKind::Workload,
         node: node.to_owned(),
         pod: request.pod.name.clone(),

@@ -2,7 +2,7 @@
 //! and over; every ADD pauses for 2.5 s between taking its address and returning it to the
 //! plugin, which writes the pod's WorkloadEndpoint only after that (a slow node, or a slow
 //! IPAM). Meanwhile `brindlectl ipam gc --apply` runs every second, so every ADD in flight is
-//! seen by two or three passes. With a grace period shorter than an ADD (try `0s`) the test
+//! seen by two or three passes. With a grace period shorter than an ADD (try `1ms`) the test
 //! fails: live pods lose their addresses. No address may ever be
 //! held by two live pods, no live pod may lose its address, and an orphan planted at the start
 //! must be freed once passes a grace period apart have seen it: garbage collection is really
@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use brindle_datastore::ipam::{AllocateRequest, Allocation, Ipam};
+use brindle_datastore::resource::Resource;
 use brindle_datastore::testing::Backend;
 use common::{Node, Pod};
 use serde_json::{Value, json};
@@ -106,10 +107,11 @@ fn runtime(conf: &Value, cni_path: &str, slots: usize, live: &Live, stop: &Atomi
     problems
 }
 
-/// Every live pod's address is held by its own handle.
-async fn check_live(ipam: &Ipam, live: &Live) -> Vec<String> {
-    let live = live.lock().unwrap().clone();
-    let blocks = ipam.blocks().await.unwrap();
+/// Every live pod's address is held by its own handle. The runtimes wait while this reads, so
+/// no pod comes or goes between the two reads.
+fn check_live(tokio: &tokio::runtime::Runtime, ipam: &Ipam, live: &Live) -> Vec<String> {
+    let live = live.lock().unwrap();
+    let blocks = tokio.block_on(ipam.blocks()).unwrap();
     live.iter()
         .filter_map(|(ip, handle)| {
             let holder = blocks.iter().find(|(b, _)| b.cidr.contains(*ip)).and_then(|(b, _)| b.holder(*ip));
@@ -124,6 +126,12 @@ async fn check_live(ipam: &Ipam, live: &Live) -> Vec<String> {
 
 fn churn_with_gc_every_second_never_costs_a_live_pod_its_address(backend: Backend) {
     let node = Node::new(backend);
+    // The node is registered, as its agent does: garbage collection frees everything of a node
+    // that does not exist.
+    let client = node.client();
+    node.runtime
+        .block_on(client.create(Resource::new(node.name.clone(), brindle_datastore::resource::Node::default())))
+        .unwrap();
     node.apply(&format!(
         "kind: IPAMConfiguration\napiVersion: brindle.io/v1\nmetadata: {{name: default}}\n\
          spec: {{leakGracePeriod: {GRACE}, releaseCooldown: 0s}}\n"
@@ -137,6 +145,8 @@ fn churn_with_gc_every_second_never_costs_a_live_pod_its_address(backend: Backen
 
     let orphan_holder = Allocation {
         handle: "k8s-pod-network.orphan".into(),
+        network: Some("k8s-pod-network".into()),
+        endpoint: true,
         node: node.name.clone(),
         pod: Some("orphan".into()),
         namespace: Some("default".into()),
@@ -168,7 +178,7 @@ fn churn_with_gc_every_second_never_costs_a_live_pod_its_address(backend: Backen
                 assert!(out.status.success(), "ipam gc --apply: {}", String::from_utf8_lossy(&out.stderr));
                 said += &String::from_utf8_lossy(&out.stdout);
                 passes += 1;
-                problems.extend(tokio.block_on(check_live(&ipam, &live)));
+                problems.extend(check_live(&tokio, &ipam, &live));
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
             stop.store(true, Ordering::SeqCst);

@@ -63,6 +63,8 @@ fn gc_releases_only_what_is_not_valid(backend: Backend) {
     // An allocation whose record was lost (a crash between IPAM and the veth) is found too.
     let orphan_holder = brindle_datastore::ipam::Allocation {
         handle: "k8s-pod-network.orphan".into(),
+        network: Some("k8s-pod-network".into()),
+        endpoint: true,
         kind: brindle_datastore::ipam::AllocationKind::Workload,
         node: node.name.clone(),
         ..Default::default()
@@ -75,7 +77,13 @@ fn gc_releases_only_what_is_not_valid(backend: Backend) {
     other.holder.node = "another-node".into();
     other.holder.handle = "k8s-pod-network.elsewhere".into();
     node.runtime.block_on(ipam.allocate(&other)).unwrap();
-    assert_eq!(node.allocations(), 4);
+    // Nor is a live attachment of network "k8s-pod-network.x" on this node, whose handle
+    // starts with this network's name and a dot.
+    let mut longer = request.clone();
+    longer.holder.network = Some("k8s-pod-network.x".into());
+    longer.holder.handle = "k8s-pod-network.x.c1".into();
+    node.runtime.block_on(ipam.allocate(&longer)).unwrap();
+    assert_eq!(node.allocations(), 5);
 
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": keep.container_id, "ifname": "eth0"}]);
@@ -85,7 +93,7 @@ fn gc_releases_only_what_is_not_valid(backend: Backend) {
         &[("CNI_COMMAND", "GC"), ("CNI_PATH", &common::cni_path())],
     );
     assert!(out.ok, "GC failed: {}", out.stdout);
-    assert_eq!(node.allocations(), 2, "the kept pod and the other node's address remain");
+    assert_eq!(node.allocations(), 3, "the kept pod, the other node's and the other network's addresses remain");
     assert_eq!(node.endpoints(), 1);
     let links = node.links();
     assert!(links.contains(kept["interfaces"][0]["name"].as_str().unwrap()), "{links}");
@@ -97,4 +105,39 @@ fn gc_releases_only_what_is_not_valid(backend: Backend) {
         "the kept pod was disturbed"
     );
     node.brindle("DEL", &conf, &keep).result();
+}
+
+#[test]
+fn a_late_del_of_an_old_sandbox_leaves_the_new_one_alone() {
+    let node = Node::new(Backend::Sqlite);
+    let conf = node.conf("1.0.0", false);
+    // Two sandboxes of one pod: the runtime made a new one before the old one's DEL came.
+    let old = Pod::new("web");
+    let mut new = Pod::new("web");
+    new.attachment.pod_name.clone_from(&old.attachment.pod_name);
+    let old_result = node.brindle("ADD", &conf, &old).result();
+    let new_result = node.brindle("ADD", &conf, &new).result();
+    assert_eq!(old_result["interfaces"][0]["name"], new_result["interfaces"][0]["name"], "one host veth name");
+
+    let mut del = conf.clone();
+    del["prevResult"] = old_result;
+    node.brindle("DEL", &del, &old).result();
+
+    // The new sandbox keeps its interface, its route, its endpoint, its record and its address.
+    let new_ip = ip_of(&new_result);
+    let new_ip = new_ip.split('/').next().unwrap();
+    let (_, inside) = new.exec("ip", &["-o", "link", "show", "eth0"]);
+    assert!(inside.contains("eth0"), "the new sandbox lost eth0: {inside}");
+    assert!(new.ping(common::NODE_V4), "the new sandbox cannot reach its node");
+    assert!(node.routes().contains(new_ip), "{}", node.routes());
+    assert_eq!(node.endpoints(), 1);
+    assert_eq!(node.allocations(), 1, "the old sandbox's address is released, the new one's kept");
+    let mut check = conf.clone();
+    check["prevResult"] = new_result.clone();
+    node.brindle("CHECK", &check, &new).result();
+
+    let mut del = conf.clone();
+    del["prevResult"] = new_result;
+    node.brindle("DEL", &del, &new).result();
+    node.assert_clean();
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use brindle_datastore::Client;
-use brindle_datastore::ipam::{Block, BlockOutcome, CheckReport, Ipam, Leak, LeakOutcome};
+use brindle_datastore::ipam::{Block, CheckReport, Ipam, Leak, LeakOutcome, NodeOutcome};
 use brindle_datastore::resource::{IpPool, Resource};
 use ipnetwork::IpNetwork;
 
@@ -111,15 +111,19 @@ fn span(ms: u64) -> String {
     humantime::format_duration(Duration::from_secs(ms.div_ceil(1000))).to_string()
 }
 
-/// When a leak or a gone node's blocks may go, as the RELEASE column says it.
-fn when(releasable: bool, first_seen_ms: u64, release_after_ms: u64, now_ms: u64) -> String {
+/// When a leak or a gone node may go, as the RELEASE column says it. `recorded`: a pass has
+/// recorded the sighting (an earlier one, or the acting pass that made this report).
+fn when(report: &CheckReport, releasable: bool, first_seen_ms: u64, release_after_ms: u64, recorded: bool) -> String {
     if releasable {
         return "now".into();
     }
-    let wait = release_after_ms.saturating_sub(now_ms);
-    let at = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(release_after_ms.max(now_ms)));
-    if first_seen_ms < now_ms {
-        format!("in {} ({at})", span(wait))
+    if report.grace_ms == 0 {
+        return "never (leakGracePeriod is 0: releasing is off)".into();
+    }
+    let now = report.at_ms;
+    if recorded || first_seen_ms < now {
+        let at = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(release_after_ms.max(now)));
+        format!("in {} ({at})", span(release_after_ms.saturating_sub(now)))
     } else {
         // Nothing has recorded it yet: the wait starts with the first acting pass that sees it.
         format!("{} after the first `ipam gc --apply` that sees it", span(release_after_ms - first_seen_ms))
@@ -127,24 +131,25 @@ fn when(releasable: bool, first_seen_ms: u64, release_after_ms: u64, now_ms: u64
 }
 
 fn pod_of(leak: &Leak) -> String {
-    match (&leak.namespace, &leak.pod) {
+    match (&leak.holder.namespace, &leak.holder.pod) {
         (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
         _ => "-".into(),
     }
 }
 
-/// A report in words: counts, then leaks and gone nodes with when each may go, then blocks out
-/// of step.
-pub fn describe(report: &CheckReport) -> String {
+/// A report in words: counts, then leaks and gone nodes with when each may go, then blocks and
+/// addresses out of step. `recorded`: an acting pass made it and recorded its sightings.
+pub fn describe(report: &CheckReport, recorded: bool) -> String {
     let releasable = report.leaked.iter().filter(|l| l.releasable).count();
     let mut out = format!(
         "{} blocks, {} addresses in use, {} leaked ({releasable} releasable now), {} gone nodes, \
-         {} blocks out of step, {} empty owned blocks\n",
+         {} blocks out of step, {} address conflicts, {} empty owned blocks\n",
         report.blocks,
         report.allocations,
         report.leaked.len(),
         report.gone_nodes.len(),
         report.mismatched_blocks.len(),
+        report.conflicts.len(),
         report.empty_blocks.len()
     );
     if !report.leaked.is_empty() {
@@ -154,11 +159,11 @@ pub fn describe(report: &CheckReport) -> String {
             .map(|l| {
                 vec![
                     l.ip.to_string(),
-                    l.handle.clone(),
-                    l.node.clone(),
+                    l.holder.handle.clone(),
+                    l.holder.node.clone(),
                     pod_of(l),
                     l.reason.clone(),
-                    when(l.releasable, l.first_seen_ms, l.release_after_ms, report.at_ms),
+                    when(report, l.releasable, l.first_seen_ms, l.release_after_ms, recorded),
                 ]
             })
             .collect();
@@ -176,13 +181,14 @@ pub fn describe(report: &CheckReport) -> String {
                 let blocks: Vec<String> = n.blocks.iter().map(ToString::to_string).collect();
                 vec![
                     n.node.clone(),
-                    blocks.join(","),
-                    when(n.releasable, n.first_seen_ms, n.release_after_ms, report.at_ms),
+                    if blocks.is_empty() { "-".into() } else { blocks.join(",") },
+                    n.endpoints.len().to_string(),
+                    when(report, n.releasable, n.first_seen_ms, n.release_after_ms, recorded),
                 ]
             })
             .collect();
-        out += "\nNodes that are gone but own blocks (empty blocks are deleted, the others lose their owner):\n";
-        out += &table(&["NODE", "BLOCKS", "RELEASE"].map(String::from), &rows);
+        out += "\nNodes that do not exist (their endpoints are deleted; their blocks lose their owner):\n";
+        out += &table(&["NODE", "BLOCKS", "ENDPOINTS", "CLEARED"].map(String::from), &rows);
     }
     if !report.mismatched_blocks.is_empty() {
         let rows: Vec<Vec<String>> = report
@@ -193,13 +199,24 @@ pub fn describe(report: &CheckReport) -> String {
         out += "\nBlocks out of step:\n";
         out += &table(&["BLOCK", "OWNER", "WHY"].map(String::from), &rows);
     }
+    if !report.conflicts.is_empty() {
+        let rows: Vec<Vec<String>> = report
+            .conflicts
+            .iter()
+            .map(|c| {
+                vec![c.ip.to_string(), c.endpoints.join(","), c.holder.clone().unwrap_or("-".into()), c.reason.clone()]
+            })
+            .collect();
+        out += "\nAddresses the endpoints and IPAM disagree on (garbage collection leaves these to you):\n";
+        out += &table(&["IP", "ENDPOINTS", "IPAM HANDLE", "WHY"].map(String::from), &rows);
+    }
     out
 }
 
 /// The `ipam check` report in words, and the report itself.
 pub async fn check(client: &Client) -> anyhow::Result<(String, CheckReport)> {
     let report = Ipam::new(client.clone()).check().await?;
-    Ok((describe(&report), report))
+    Ok((describe(&report, false), report))
 }
 
 /// `ipam gc`: a dry run describes what a pass would do; with `apply`, a pass acts and says what
@@ -211,22 +228,26 @@ pub async fn gc(client: &Client, apply: bool) -> anyhow::Result<String> {
         let leaks = report.leaked.iter().filter(|l| l.releasable).count();
         let nodes = report.gone_nodes.iter().filter(|n| n.releasable).count();
         return Ok(format!(
-            "{}\ndry run: a pass now would release {leaks} addresses and take the blocks of {nodes} gone nodes; \
+            "{}\ndry run: a pass now would release {leaks} addresses and clear {nodes} gone nodes; \
              nothing was changed or recorded (run with --apply to act)\n",
-            describe(&report)
+            describe(&report, false)
         ));
     }
     let outcome = ipam.collect_garbage().await?;
-    let mut out = describe(&outcome.report);
+    let mut out = describe(&outcome.report, true);
     out += &describe_releases(&outcome.leaks);
-    for (cidr, node, result) in &outcome.blocks {
+    for (node, result) in &outcome.nodes {
         out += &match result {
-            BlockOutcome::Deleted => format!("deleted block {cidr} of gone node {node} (it was empty)\n"),
-            BlockOutcome::Disowned => {
-                format!("block {cidr} of gone node {node} has no owner now; its free addresses are any node's\n")
+            NodeOutcome::EndpointDeleted(path) => format!("deleted endpoint {path} of gone node {node}\n"),
+            NodeOutcome::BlockDeleted(cidr) => format!("deleted block {cidr} of gone node {node} (it was empty)\n"),
+            NodeOutcome::BlockDisowned(cidr) => {
+                format!("block {cidr} of gone node {node} has no owner now; any node may claim it\n")
             }
-            BlockOutcome::Kept(why) => format!("left block {cidr} of node {node}: {why}\n"),
+            NodeOutcome::Kept(why) => format!("left what gone node {node} has: {why}\n"),
         };
+    }
+    for cidr in &outcome.idle_blocks_deleted {
+        out += &format!("deleted block {cidr}: no owner, no address in use or resting\n");
     }
     Ok(out)
 }
@@ -234,11 +255,12 @@ pub async fn gc(client: &Client, apply: bool) -> anyhow::Result<String> {
 fn describe_releases(outcomes: &[(Leak, LeakOutcome)]) -> String {
     let mut out = String::new();
     for (leak, outcome) in outcomes {
+        let holder = &leak.holder;
         out += &match outcome {
             LeakOutcome::Released => {
-                format!("released {} (handle {}, node {}, pod {})\n", leak.ip, leak.handle, leak.node, pod_of(leak))
+                format!("released {} (handle {}, node {}, pod {})\n", leak.ip, holder.handle, holder.node, pod_of(leak))
             }
-            LeakOutcome::Kept(why) => format!("left {} (handle {}): {why}\n", leak.ip, leak.handle),
+            LeakOutcome::Kept(why) => format!("left {} (handle {}): {why}\n", leak.ip, holder.handle),
         };
     }
     out
@@ -261,8 +283,13 @@ pub async fn release_ips(client: &Client, ips: &[IpAddr]) -> anyhow::Result<Stri
 /// holder is still missing and the same handle still holds it.
 pub async fn release_from_report(client: &Client, path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let report: CheckReport = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a report of `brindlectl ipam check -o FILE`", path.display()))?;
+    let report: CheckReport = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a report of this brindlectl's `ipam check -o FILE` (an older one, or another file): \
+             run `ipam check -o FILE` again",
+            path.display()
+        )
+    })?;
     let (releasable, waiting): (Vec<Leak>, Vec<Leak>) = report.leaked.into_iter().partition(|l| l.releasable);
     let outcomes = Ipam::new(client.clone()).release_leaks(&releasable).await?;
     let released = outcomes.iter().filter(|(_, o)| *o == LeakOutcome::Released).count();
@@ -289,8 +316,12 @@ mod tests {
 
     #[test]
     fn release_times_say_now_a_wait_or_what_starts_the_wait() {
-        assert_eq!(when(true, 0, 0, 5_000), "now");
-        assert_eq!(when(false, 1_000, 901_000, 61_000), "in 14m (1970-01-01T00:15:01Z)");
-        assert_eq!(when(false, 5_000, 905_000, 5_000), "15m after the first `ipam gc --apply` that sees it");
+        let report = |at_ms, grace_ms| CheckReport { at_ms, grace_ms, ..CheckReport::default() };
+        assert_eq!(when(&report(5_000, 900_000), true, 0, 0, false), "now");
+        assert_eq!(when(&report(61_000, 900_000), false, 1_000, 901_000, false), "in 14m (1970-01-01T00:15:01Z)");
+        let new = report(5_000, 900_000);
+        assert_eq!(when(&new, false, 5_000, 905_000, false), "15m after the first `ipam gc --apply` that sees it");
+        assert_eq!(when(&new, false, 5_000, 905_000, true), "in 15m (1970-01-01T00:15:05Z)", "an acting pass saw it");
+        assert!(when(&report(5_000, 0), false, 5_000, u64::MAX, true).starts_with("never"));
     }
 }

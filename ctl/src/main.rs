@@ -157,26 +157,30 @@ enum IpamCmd {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Garbage collection: releases addresses whose pod or node is gone and takes the blocks
-    /// of deleted nodes. A dry run unless --apply.
+    /// Garbage collection: releases addresses whose pod or node is gone and clears what
+    /// deleted nodes left. A dry run unless --apply.
     ///
-    /// An address is leaked when its holder is missing: no WorkloadEndpoint has the container
-    /// its handle names (a pod's address), or its Node does not exist (a tunnel address). A
-    /// leaked address is released only when it was allocated at least the grace period ago
-    /// (IPAMConfiguration leakGracePeriod, 15m by default) and an earlier pass with --apply
-    /// saw the same address leaked by the same handle at least the grace period before. A pod
-    /// whose CNI ADD is still running (its address taken, its endpoint not yet written) is
-    /// therefore never touched, however often this runs. Before each release the holder is
-    /// looked up again, and the address is freed by compare-and-swap only if the same handle
-    /// still holds it.
+    /// An address is leaked when its holder is missing: its node does not exist, or, for a
+    /// pod's address taken by the brindle plugin, no WorkloadEndpoint has the container its
+    /// handle names (a tunnel address is held by its node; a pod's address taken by
+    /// brindle-ipam under another plugin is held as long as its node exists). A leaked address
+    /// is released only when it was allocated at least the grace period ago
+    /// (IPAMConfiguration leakGracePeriod, 15m by default; 0 turns releasing off) and an
+    /// earlier pass with --apply saw the same address leaked by the same handle at least the
+    /// grace period before. A pod whose CNI ADD is still running (its address taken, its
+    /// endpoint not yet written) therefore keeps its address however often this runs, as long
+    /// as no ADD takes longer than the grace period. Before each release the holder is looked
+    /// up again, and the address is freed by compare-and-swap only if the same handle still
+    /// holds it.
     ///
-    /// A node that no longer exists but still owns blocks loses them by the same two-pass
-    /// rule: empty blocks are deleted, the others keep their addresses in use and lose their
-    /// owner, so any node can claim them. Its tunnel addresses and the addresses of its pods
-    /// whose endpoints are gone are leaks like any other.
+    /// A node that no longer exists is cleared by the same two-pass rule: its endpoints are
+    /// deleted (no pod runs on a node that does not exist), its addresses released, and its
+    /// blocks lose their owner, so any node can claim them; a block with nothing in use is
+    /// deleted once its released addresses have rested for releaseCooldown.
     ///
     /// Each pass with --apply records what it saw in the datastore for the next one; a dry run
-    /// reads that record and changes nothing. Run it periodically (the manifest's CronJob runs
+    /// reads that record and changes nothing. A pass whose clock is more than a minute behind
+    /// the last recorded pass refuses to act. Run it periodically (the manifest's CronJob runs
     /// it every 10 minutes).
     Gc {
         /// Act: release, take blocks, and record this pass.

@@ -160,6 +160,8 @@ fn plant_leak(ctl: &Ctl, container: &str) -> std::net::IpAddr {
         let request = brindle_datastore::ipam::AllocateRequest {
             holder: brindle_datastore::ipam::Allocation {
                 handle: format!("k8s-pod-network.{container}"),
+                network: Some("k8s-pod-network".into()),
+                endpoint: true,
                 node: "n1".into(),
                 pod: Some("ghost".into()),
                 namespace: Some("default".into()),
@@ -183,7 +185,7 @@ fn ipam_gc_and_release_from_report_free_a_leak_only_after_an_earlier_pass_saw_it
     ctl.ok(&["create", "-f", &ctl.file("pool.yaml", RESOURCES)]);
     let setup = "kind: Node\napiVersion: brindle.io/v1\nmetadata: {name: n1}\nspec: {}\n---\n\
                  kind: IPAMConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\n\
-                 spec: {leakGracePeriod: 0s}\n";
+                 spec: {leakGracePeriod: 1ms}\n";
     ctl.ok(&["create", "-f", &ctl.file("setup.yaml", setup)]);
     let leaked = plant_leak(&ctl, "deadbeef");
 
@@ -192,7 +194,7 @@ fn ipam_gc_and_release_from_report_free_a_leak_only_after_an_earlier_pass_saw_it
     assert_eq!(check.status.code(), Some(3), "{}", text(&check));
     let said = text(&check);
     assert!(said.contains(&leaked.to_string()) && said.contains("default/ghost"), "{said}");
-    assert!(said.contains("0s after the first `ipam gc --apply` that sees it"), "{said}");
+    assert!(said.contains("1s after the first `ipam gc --apply` that sees it"), "{said}");
     let shown = ctl.ok(&["ipam", "show", "--ip", &leaked.to_string()]);
     assert!(shown.contains("is in use") && shown.contains("k8s-pod-network.deadbeef"), "{shown}");
     assert!(ctl.ok(&["ipam", "show", "--show-blocks"]).contains("n1"));
@@ -210,7 +212,7 @@ fn ipam_gc_and_release_from_report_free_a_leak_only_after_an_earlier_pass_saw_it
 
     let report = ctl.scratch.path().join("report.json").display().to_string();
     let check = ctl.run(&["ipam", "check", "-o", &report]);
-    assert!(text(&check).contains(" now"), "{}", text(&check));
+    assert!(text(&check).contains("(1 releasable now)"), "{}", text(&check));
     assert!(ctl.ok(&["ipam", "release", "--from-report", &report]).starts_with("released 1 of 1"));
     assert!(ctl.ok(&["ipam", "show", "--ip", &leaked.to_string()]).contains("is free"));
     assert_eq!(ctl.run(&["ipam", "check"]).status.code(), Some(0));

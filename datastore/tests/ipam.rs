@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, GcOutcome, Ipam, LeakOutcome};
+use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, GcOutcome, Ipam, LeakOutcome, NodeOutcome};
 use brindle_datastore::resource::{IpPool, IpamConfiguration, Node, Resource, WorkloadEndpoint};
 use brindle_datastore::testing::{Backend, TestStore};
 use brindle_datastore::{Client, Error};
@@ -24,6 +24,7 @@ per_backend!(
     gc_frees_a_planted_orphan_only_after_two_passes_a_grace_period_apart,
     release_leaves_an_address_that_changed_hands_or_found_its_holder,
     a_deleted_nodes_addresses_come_back_to_the_pool,
+    an_unowned_block_is_deleted_only_after_its_addresses_rested,
     tunnel_address_is_stable,
 );
 
@@ -45,9 +46,13 @@ async fn fixture(backend: Backend, pools: &[(&str, &str, u8)]) -> Fixture {
     Fixture { _server: server, client, ipam }
 }
 
+/// A pod's address as the `brindle` plugin takes it: handle `<network>.<container>`, an
+/// endpoint expected.
 fn holder(handle: &str, node: &str) -> Allocation {
     Allocation {
         handle: handle.into(),
+        network: handle.split_once('.').map(|(network, _)| network.into()),
+        endpoint: true,
         kind: AllocationKind::Workload,
         node: node.into(),
         pod: Some(format!("pod-{handle}")),
@@ -266,20 +271,24 @@ fn released(outcome: &GcOutcome) -> Vec<IpAddr> {
 }
 
 async fn gc_frees_a_planted_orphan_only_after_two_passes_a_grace_period_apart(backend: Backend) {
-    let f = fixture(backend, &[("p", "10.19.0.0/24", 26)]).await;
+    let f = fixture(backend, &[("p", "10.19.0.0/24", 26), ("p6", "fd00:19::/64", 122)]).await;
     let (ipam, now) = manual_clock(&f, grace(Duration::from_secs(60))).await;
     f.client.create(Resource::new("n1", Node::default())).await.unwrap();
     let live = one(&ipam, &v4("k8s-pod-network.live", "n1")).await;
     f.client.create(endpoint("n1", "live", live)).await.unwrap();
-    let orphan = one(&ipam, &v4("k8s-pod-network.dead", "n1")).await;
+    let request =
+        AllocateRequest { holder: holder("k8s-pod-network.dead", "n1"), ipv4: 1, ipv6: 1, ..Default::default() };
+    let mut orphans: Vec<IpAddr> = ipam.allocate(&request).await.unwrap().iter().map(|a| a.ip).collect();
+    orphans.sort();
 
-    // Passes until a grace period after the first sighting see it and leave it alone.
+    // Passes until a grace period after the first sighting see them and leave them alone.
     for step in [0, 30_000, 29_999] {
         now.fetch_add(step, Ordering::SeqCst);
         let pass = ipam.collect_garbage().await.unwrap();
         assert!(released(&pass).is_empty(), "{pass:?}");
-        assert_eq!(pass.report.leaked.len(), 1);
-        assert_eq!(pass.report.leaked[0].ip, orphan);
+        let mut seen: Vec<IpAddr> = pass.report.leaked.iter().map(|l| l.ip).collect();
+        seen.sort();
+        assert_eq!(seen, orphans);
     }
     let check = ipam.check().await.unwrap();
     assert_eq!(check.leaked[0].first_seen_ms, 1_000_000, "the first sighting, from the first pass");
@@ -288,17 +297,27 @@ async fn gc_frees_a_planted_orphan_only_after_two_passes_a_grace_period_apart(ba
 
     now.fetch_add(1, Ordering::SeqCst);
     let second = ipam.collect_garbage().await.unwrap();
-    assert_eq!(released(&second), [orphan]);
+    let mut freed = released(&second);
+    freed.sort();
+    assert_eq!(freed, orphans, "the IPv4 and the IPv6 orphan");
     let after = ipam.check().await.unwrap();
     assert!(after.leaked.is_empty() && after.is_clean(), "{after:?}");
-    let block = &ipam.blocks().await.unwrap()[0].0;
+    let blocks = ipam.blocks().await.unwrap();
+    let block = &blocks.iter().find(|(b, _)| b.cidr.contains(live)).unwrap().0;
     assert_eq!(block.holder(live).map(|a| a.handle.as_str()), Some("k8s-pod-network.live"));
-    assert_eq!(block.holder(orphan), None);
+    for orphan in orphans {
+        assert!(blocks.iter().all(|(b, _)| b.holder(orphan).is_none()), "{orphan} is still taken");
+    }
+
+    // A clock well behind the last pass's does not act.
+    now.fetch_sub(10 * 60_000, Ordering::SeqCst);
+    let err = ipam.collect_garbage().await.unwrap_err().to_string();
+    assert!(err.contains("clock is 600 s behind the last garbage-collection pass"), "{err}");
 }
 
 async fn release_leaves_an_address_that_changed_hands_or_found_its_holder(backend: Backend) {
     let f = fixture(backend, &[("p", "10.22.0.0/30", 30)]).await;
-    let config = IpamConfiguration { release_cooldown: Duration::ZERO, ..grace(Duration::ZERO) };
+    let config = IpamConfiguration { release_cooldown: Duration::ZERO, ..grace(Duration::from_millis(1)) };
     let (ipam, now) = manual_clock(&f, config).await;
     f.client.create(Resource::new("n1", Node::default())).await.unwrap();
     let returning = one(&ipam, &v4("k8s-pod-network.returning", "n1")).await;
@@ -325,55 +344,93 @@ async fn release_leaves_an_address_that_changed_hands_or_found_its_holder(backen
 }
 
 async fn a_deleted_nodes_addresses_come_back_to_the_pool(backend: Backend) {
-    // Four /28 blocks: the gone node fills one (tunnel + 15 pods) and starts a second (5
-    // pods); the staying node has the third.
-    let f = fixture(backend, &[("p", "10.20.0.0/26", 28)]).await;
+    // Two /28 blocks: the gone node has the first (its tunnel address and 14 pods), the staying
+    // node fills the second and borrows the first's last address.
+    let f = fixture(backend, &[("p", "10.20.0.0/27", 28)]).await;
     let (ipam, now) = manual_clock(&f, grace(Duration::from_secs(60))).await;
     for node in ["gone", "stay"] {
         f.client.create(Resource::new(node, Node::default())).await.unwrap();
     }
     let tunnel = ipam.tunnel_address("gone", false).await.unwrap().ip;
-    let mut pods = Vec::new();
-    for i in 0..20 {
-        pods.push(one(&ipam, &v4(&format!("net.gone{i}"), "gone")).await);
+    let mut gone = vec![tunnel];
+    for i in 0..14 {
+        gone.push(one(&ipam, &v4(&format!("net.gone{i}"), "gone")).await);
     }
-    // One pod of the gone node still has its endpoint: its address (and so its block) stays.
-    f.client.create(endpoint("gone", "gone0", pods[0])).await.unwrap();
-    let kept = one(&ipam, &v4("net.stay", "stay")).await;
-    f.client.create(endpoint("stay", "stay", kept)).await.unwrap();
+    // A pod of the gone node whose endpoint is still there: no pod runs on a node that does
+    // not exist, so its address goes too, and its endpoint with it.
+    f.client.create(endpoint("gone", "gone0", gone[1])).await.unwrap();
+    let mut stay = Vec::new();
+    for i in 0..17 {
+        let ip = one(&ipam, &v4(&format!("net.stay{i}"), "stay")).await;
+        f.client.create(endpoint("stay", &format!("stay{i}"), ip)).await.unwrap();
+        stay.push(ip);
+    }
+    let borrowed = stay[16];
+    let first_block = ipam.blocks().await.unwrap()[0].0.clone();
+    assert!(first_block.cidr.contains(borrowed) && first_block.owner.as_deref() == Some("gone"));
     f.client.delete::<Node>(None, "gone", None).await.unwrap();
 
     now.fetch_add(60_000, Ordering::SeqCst);
     let first = ipam.collect_garbage().await.unwrap();
-    assert!(released(&first).is_empty() && first.blocks.is_empty(), "one pass is not enough: {first:?}");
+    assert!(released(&first).is_empty() && first.nodes.is_empty(), "one pass is not enough: {first:?}");
     assert_eq!(first.report.gone_nodes.len(), 1);
-    assert_eq!(first.report.gone_nodes[0].blocks.len(), 2);
+    assert_eq!(first.report.gone_nodes[0].blocks, [first_block.cidr]);
+    assert_eq!(first.report.gone_nodes[0].endpoints, ["default/gone-k8s-gone0-eth0"]);
 
     now.fetch_add(60_000, Ordering::SeqCst);
     let second = ipam.collect_garbage().await.unwrap();
     let mut freed = released(&second);
     freed.sort();
-    let mut expected: Vec<IpAddr> = pods[1..].iter().copied().chain([tunnel]).collect();
-    expected.sort();
-    assert_eq!(freed, expected, "the tunnel address and every pod address without an endpoint");
+    gone.sort();
+    assert_eq!(freed, gone, "the tunnel address and every pod address of the gone node");
+    let cleared: Vec<&NodeOutcome> = second.nodes.iter().map(|(_, o)| o).collect();
+    assert_eq!(
+        cleared,
+        [
+            &NodeOutcome::EndpointDeleted("default/gone-k8s-gone0-eth0".into()),
+            &NodeOutcome::BlockDisowned(first_block.cidr)
+        ],
+        "the block keeps the borrowed address of a live pod"
+    );
     let blocks = ipam.blocks().await.unwrap();
-    let held = blocks.iter().find(|(b, _)| b.cidr.contains(pods[0])).unwrap().0.clone();
-    assert_eq!((held.owner.as_deref(), held.in_use()), (None, 1), "the block with a live pod loses its owner");
-    assert_eq!(blocks.len(), 2, "the emptied block is deleted: {blocks:?}");
-    assert!(ipam.check().await.unwrap().is_clean());
+    let held = blocks.iter().find(|(b, _)| b.cidr == first_block.cidr).unwrap().0.clone();
+    assert_eq!((held.owner.as_deref(), held.in_use()), (None, 1));
+    assert_eq!(held.holder(borrowed).map(|a| a.handle.as_str()), Some("net.stay16"));
+    assert!(ipam.check().await.unwrap().is_clean(), "{:?}", ipam.check().await.unwrap());
 
-    // Other nodes can use the free space, even under strict affinity: three new nodes claim
-    // the three blocks not owned by "stay", the disowned one among them.
-    now.fetch_add(60_000, Ordering::SeqCst); // past the released addresses' cooldown
+    // Other nodes can use the free space, even under strict affinity: the disowned block is
+    // the only one a new node can claim, and its released addresses come back after their rest.
+    now.fetch_add(60_000, Ordering::SeqCst);
     let mut config = f.client.get::<IpamConfiguration>(None, "default").await.unwrap();
     config.spec.strict_affinity = true;
     f.client.update(config).await.unwrap();
-    for node in ["x1", "x2", "x3"] {
-        one(&ipam, &v4(&format!("net.{node}"), node)).await;
-    }
+    let new = one(&ipam, &v4("net.x1", "x1")).await;
+    assert!(first_block.cidr.contains(new), "{new}");
     let claimed = ipam.blocks().await.unwrap();
-    let owner = claimed.iter().find(|(b, _)| b.cidr == held.cidr).unwrap().0.owner.clone();
-    assert!(owner.is_some_and(|o| o.starts_with('x')), "{claimed:?}");
+    assert_eq!(claimed.iter().find(|(b, _)| b.cidr == first_block.cidr).unwrap().0.owner.as_deref(), Some("x1"));
+}
+
+async fn an_unowned_block_is_deleted_only_after_its_addresses_rested(backend: Backend) {
+    let f = fixture(backend, &[("p", "10.23.0.0/28", 28)]).await;
+    let (ipam, now) = manual_clock(&f, grace(Duration::from_secs(60))).await;
+    f.client.create(Resource::new("n1", Node::default())).await.unwrap();
+    let pod = one(&ipam, &v4("net.pod", "n1")).await;
+    f.client.create(endpoint("n1", "pod", pod)).await.unwrap();
+    f.client.delete::<Node>(None, "n1", None).await.unwrap();
+    for _ in 0..2 {
+        now.fetch_add(60_000, Ordering::SeqCst);
+        ipam.collect_garbage().await.unwrap();
+    }
+    // Released just now: the emptied block stays, without an owner, while the address rests
+    // (60 s), so a claimer cannot hand it out at once.
+    let blocks = ipam.blocks().await.unwrap();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!((blocks[0].0.owner.as_deref(), blocks[0].0.in_use()), (None, 0));
+    now.fetch_add(59_000, Ordering::SeqCst);
+    assert!(ipam.collect_garbage().await.unwrap().idle_blocks_deleted.is_empty());
+    now.fetch_add(1_000, Ordering::SeqCst);
+    assert_eq!(ipam.collect_garbage().await.unwrap().idle_blocks_deleted, [blocks[0].0.cidr]);
+    assert!(ipam.blocks().await.unwrap().is_empty());
 }
 
 async fn tunnel_address_is_stable(backend: Backend) {

@@ -16,8 +16,10 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
-/// Programs named at run time rather than in a `Command::new` literal, and where.
+/// Programs named at run time, or in a shell command line, rather than as a literal the scan
+/// finds, and where.
 const NAMED_AT_RUN_TIME: &[(&str, &str)] = &[
+    ("birdc", "agent/src/main.rs: BIRD's reload command, run through sh"),
     ("iptables-legacy-save", "agent/src/dataplane/iptables.rs: Backend::tool"),
     ("iptables-legacy-restore", "agent/src/dataplane/iptables.rs: Backend::tool"),
     ("ip6tables-legacy-save", "agent/src/dataplane/iptables.rs: Backend::tool"),
@@ -35,8 +37,12 @@ const NAMED_AT_RUN_TIME: &[(&str, &str)] = &[
 /// Crates that compile protobuf at build time do it through one of these, which run `protoc`.
 const PROTOBUF_BUILDERS: &[&str] = &["prost-build", "tonic-build", "tonic-prost-build"];
 
-/// Where the product's code lives (what the image runs), as opposed to tests and benches.
-const PRODUCT_SOURCES: &[&str] = &["agent/src", "cni/src", "ctl/src", "config-render/src"];
+/// Where the product's code lives (what the image runs and the libraries it links), as
+/// opposed to tests and benches.
+const PRODUCT_SOURCES: &[&str] = &["agent/src", "cni/src", "ctl/src", "config-render/src", "datastore/src", "bgp/src"];
+
+/// Files under the product's sources that only tests compile.
+const TEST_ONLY_FILES: &[&str] = &["tests.rs", "fixtures.rs", "testing.rs"];
 
 /// One line of scripts/packages.txt.
 #[derive(Debug)]
@@ -86,17 +92,42 @@ fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Every `Command::new("literal")` under `dir`.
-fn executed_programs(dir: &Path) -> Vec<Need> {
+/// The literal program names in one line of Rust: `Command::new("p")`, a namespace
+/// helper's `.command("p")`, and `"netns", "exec", <namespace>, "p"`.
+fn programs_in(line: &str) -> Vec<&str> {
+    let literal = |rest: &'static str| {
+        line.match_indices(rest).filter_map(move |(i, _)| {
+            let tail = &line[i + rest.len()..];
+            tail.find('"').map(|end| &tail[..end])
+        })
+    };
+    let mut found: Vec<&str> = literal("Command::new(\"").chain(literal(".command(\"")).collect();
+    for (i, marker) in line.match_indices("\"netns\", \"exec\", ") {
+        // Skip the namespace argument; a literal after it is the program.
+        let after_namespace = line[i + marker.len()..].split_once(", ").map(|(_, rest)| rest);
+        if let Some(program) = after_namespace.and_then(|rest| rest.strip_prefix('"')).and_then(|r| r.split('"').next())
+        {
+            found.push(program);
+        }
+    }
+    found
+}
+
+/// Every program named literally under `dir` (see [`programs_in`]), test-only files left out
+/// when `product_only`.
+fn executed_programs(dir: &Path, product_only: bool) -> Vec<Need> {
     let mut files = Vec::new();
     rust_sources(dir, &mut files);
     let mut needs = Vec::new();
     for file in files {
+        let name = file.file_name().unwrap().to_string_lossy();
+        if product_only && TEST_ONLY_FILES.contains(&name.as_ref()) {
+            continue;
+        }
         let text = std::fs::read_to_string(&file).unwrap();
         let relative = file.strip_prefix(repo()).unwrap().display().to_string();
         for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with("//")) {
-            for (_, rest) in line.match_indices("Command::new(\"").map(|(i, _)| line.split_at(i + 14)) {
-                let program = &rest[..rest.find('"').unwrap()];
+            for program in programs_in(line) {
                 needs.push(Need { what: program.to_owned(), used_by: format!("{relative}:{}", number + 1) });
             }
         }
@@ -109,7 +140,7 @@ fn executed_programs(dir: &Path) -> Vec<Need> {
 fn build_needs() -> Vec<Need> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["metadata", "--format-version", "1", "--locked"])
         .current_dir(repo())
         .output()
         .unwrap();
@@ -211,7 +242,9 @@ fn essential(package: &str) -> bool {
 /// from PyPI or crates.io. Problems are collected, not panicked on, so one run names them all.
 fn providers(needs: &[Need], list: &[Entry], problems: &mut Vec<String>) -> BTreeMap<Need, String> {
     let mut found = BTreeMap::new();
-    for need in needs {
+    let mut asked = BTreeSet::new();
+    // One question per program or file (dpkg is slow to ask), naming its first user.
+    for need in needs.iter().filter(|n| asked.insert(n.what.clone())) {
         let Some(path) = locate(&need.what) else {
             problems.push(format!(
                 "{} (used by {}) is not on this machine: run scripts/install-deps.sh, or add the package \
@@ -241,6 +274,15 @@ fn providers(needs: &[Need], list: &[Entry], problems: &mut Vec<String>) -> BTre
 }
 
 #[test]
+fn the_scan_reads_every_way_a_program_is_named() {
+    assert_eq!(programs_in(r#"let out = Command::new("ipset").args(["list"]);"#), ["ipset"]);
+    assert_eq!(programs_in(r#"run(self.netns.command("bridge").args(["fdb"]))"#), ["bridge"]);
+    assert_eq!(programs_in(r#".args(["netns", "exec", &state.router, "etcd", "--name=lab"])"#), ["etcd"]);
+    assert_eq!(programs_in(r#".args(["netns", "exec", &node.netns.name])"#), Vec::<&str>::new());
+    assert_eq!(programs_in(r#"Command::new(binary)"#), Vec::<&str>::new());
+}
+
+#[test]
 fn every_program_and_file_the_build_and_the_tests_use_comes_from_the_install_list() {
     let list = install_list();
     let mut problems = Vec::new();
@@ -256,13 +298,15 @@ fn every_program_and_file_the_build_and_the_tests_use_comes_from_the_install_lis
         }
     }
 
-    let mut needs = executed_programs(&repo());
+    let mut needs = executed_programs(&repo(), false);
     needs.extend(
         NAMED_AT_RUN_TIME.iter().map(|(what, used_by)| Need { what: (*what).into(), used_by: (*used_by).into() }),
     );
     needs.extend(build_needs());
     assert!(needs.iter().any(|n| n.what == "protoc"), "etcd-client compiles protobuf: the scan must see it");
-    assert!(needs.iter().any(|n| n.what == "bird"), "the tests run BIRD: the scan must see it");
+    for program in ["bird", "etcd", "gobgp", "ss"] {
+        assert!(needs.iter().any(|n| n.what == program), "the tests run {program}: the scan must see it");
+    }
 
     let non_debian: BTreeSet<String> = list.iter().filter(|e| e.source != "debian").map(|e| e.name.clone()).collect();
     for (need, package) in providers(&needs, &list, &mut problems) {
@@ -306,7 +350,7 @@ fn the_image_installs_what_the_build_needs_and_what_the_product_executes() {
     let build = providers(&build_needs(), &list, &mut problems);
     let mut product = Vec::new();
     for dir in PRODUCT_SOURCES {
-        product.extend(executed_programs(&repo().join(dir)));
+        product.extend(executed_programs(&repo().join(dir), true));
     }
     product.extend(
         NAMED_AT_RUN_TIME

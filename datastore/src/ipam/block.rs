@@ -28,9 +28,19 @@ pub enum AllocationKind {
 pub struct Allocation {
     /// The release handle: `<network>.<containerID>` for pods.
     pub handle: String,
+    /// The CNI network a pod's address was taken for (the first part of its handle; both
+    /// parts may hold dots, so it is kept apart). `None` for tunnel addresses and for
+    /// allocations stored before brindle recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
     /// What the address is for.
     #[serde(default)]
     pub kind: AllocationKind,
+    /// Whether the plugin that took it writes a WorkloadEndpoint for it (the `brindle`
+    /// plugin does; `brindle-ipam` under another plugin cannot). Garbage collection judges a
+    /// pod's address by its endpoint only when one is expected.
+    #[serde(default)]
+    pub endpoint: bool,
     /// The node the address is used on.
     pub node: String,
     /// The pod, for workload addresses.

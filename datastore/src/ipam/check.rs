@@ -1,27 +1,28 @@
 //! The judgement behind `ipam check` and garbage collection: which addresses have lost their
-//! holder, which blocks belong to nodes that are gone, which blocks disagree with their pool,
-//! and which of those may be released now. Pure: the caller reads the resources, the record
-//! the previous pass left and the clock.
+//! holder, which nodes are gone, which blocks disagree with their pool, which addresses the
+//! endpoints and IPAM disagree on, and which of those may be released now. Pure: the caller
+//! reads the resources, the record the previous pass left and the clock.
 //!
-//! An address is released only when all three hold:
-//! - its holder is missing: no WorkloadEndpoint has its container (a pod's address), or its
-//!   Node is gone (a tunnel address);
-//! - it was allocated at least a grace period ago;
+//! An address's holder is missing when its node does not exist, or, for a pod's address taken
+//! by the `brindle` plugin (which writes a WorkloadEndpoint for every attachment), when no
+//! WorkloadEndpoint has its container. An address is released only when, besides,
+//! - it was allocated at least a grace period ago, and
 //! - an earlier pass saw the same leak (same address, same handle) at least a grace period
 //!   before.
 //!
-//! A node that is gone loses its blocks by the same two-pass rule. The CNI plugin takes a pod's
-//! address before it writes the pod's WorkloadEndpoint, so during an ADD the address has no
-//! holder; the age rule keeps garbage collection away from it however often it runs, and the
-//! two-pass rule keeps one wrong clock or one odd moment from costing a live pod its address.
+//! A gone node's endpoints and blocks go by the same two-pass rule. The CNI plugin takes a
+//! pod's address before it writes the pod's WorkloadEndpoint, so during an ADD the address has
+//! no holder; the age rule keeps garbage collection away from it however often it runs, as
+//! long as the grace period is longer than an ADD takes, and the two-pass rule keeps one odd
+//! moment from costing a live pod its address. A grace period of zero turns releasing off.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use super::{AllocationKind, Block};
+use super::{Allocation, AllocationKind, Block};
 use crate::resource::{IpPool, Node, Resource, WorkloadEndpoint};
 use crate::selector::Selector;
 use crate::store::Revision;
@@ -32,45 +33,35 @@ use crate::store::Revision;
 pub struct Leak {
     /// The address.
     pub ip: IpAddr,
-    /// Its handle: only an address this handle still holds is released.
-    pub handle: String,
-    /// A pod's address or a node's tunnel address.
-    pub kind: AllocationKind,
-    /// The node it was allocated for.
-    pub node: String,
-    /// The pod, for workload addresses.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    /// The pod's namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
+    /// Its allocation: the handle (only an address this handle still holds is released), the
+    /// node, the pod, when it was made.
+    pub holder: Allocation,
     /// Why it counts as leaked.
     pub reason: String,
-    /// When it was allocated (ms since the Unix epoch; 0 when not recorded).
-    pub allocated_at_ms: u64,
     /// When a pass first saw it without its holder.
     pub first_seen_ms: u64,
-    /// The earliest time a pass may release it.
+    /// The earliest time a pass may release it (`u64::MAX` while releasing is off).
     pub release_after_ms: u64,
-    /// Whether this pass may release it: old enough, and seen by an earlier pass a grace
-    /// period ago.
+    /// Whether this pass may release it.
     pub releasable: bool,
 }
 
-/// A node that owns blocks but no longer exists.
+/// A node that does not exist but still has blocks, endpoints or addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GoneNode {
     /// The node's name.
     pub node: String,
-    /// The blocks it still owns: empty ones are deleted, the others lose their owner so any
-    /// node can use their free addresses.
+    /// The blocks it still owns: they lose their owner, and are deleted once empty and past
+    /// the release cooldown.
     pub blocks: Vec<IpNetwork>,
+    /// Its WorkloadEndpoints (`namespace/name`): no pod runs on a node that does not exist.
+    pub endpoints: Vec<String>,
     /// When a pass first saw it missing.
     pub first_seen_ms: u64,
-    /// The earliest time a pass may take its blocks away.
+    /// The earliest time a pass may clear it (`u64::MAX` while releasing is off).
     pub release_after_ms: u64,
-    /// Whether this pass may take its blocks away.
+    /// Whether this pass may clear it.
     pub releasable: bool,
 }
 
@@ -85,13 +76,27 @@ pub struct BlockIssue {
     pub reason: String,
 }
 
+/// An address whose endpoints and IPAM disagree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressConflict {
+    /// The address.
+    pub ip: IpAddr,
+    /// The endpoints that claim it (`namespace/name`).
+    pub endpoints: Vec<String>,
+    /// The handle IPAM gives it to, if any.
+    pub holder: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
 /// What a pass found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckReport {
     /// When the pass looked (ms since the Unix epoch).
     pub at_ms: u64,
-    /// The grace period it applied (IPAMConfiguration `leakGracePeriod`), in milliseconds.
+    /// The grace period it applied (IPAMConfiguration `leakGracePeriod`), in milliseconds; 0
+    /// means releasing is off.
     pub grace_ms: u64,
     /// How many blocks there are.
     pub blocks: usize,
@@ -99,43 +104,61 @@ pub struct CheckReport {
     pub allocations: usize,
     /// Addresses whose pod or node is missing, releasable or not yet.
     pub leaked: Vec<Leak>,
-    /// Nodes that own blocks but do not exist.
+    /// Nodes that do not exist but still have blocks, endpoints or addresses.
     pub gone_nodes: Vec<GoneNode>,
     /// Owned blocks with no address taken (not a fault: the owner keeps them for new pods).
     pub empty_blocks: Vec<BlockIssue>,
     /// Blocks that disagree with their pool.
     pub mismatched_blocks: Vec<BlockIssue>,
+    /// Addresses two endpoints claim, or that an endpoint claims while IPAM gives them to
+    /// another container.
+    pub conflicts: Vec<AddressConflict>,
 }
 
 impl CheckReport {
     /// Whether nothing needs fixing (empty blocks are fine).
     pub fn is_clean(&self) -> bool {
-        self.leaked.is_empty() && self.gone_nodes.is_empty() && self.mismatched_blocks.is_empty()
+        self.leaked.is_empty()
+            && self.gone_nodes.is_empty()
+            && self.mismatched_blocks.is_empty()
+            && self.conflicts.is_empty()
     }
 
-    /// What the next pass needs to know of this one: when each leak and each gone node was
-    /// first seen.
+    /// What the next pass needs to know of this one: when it ran, and since when each leak
+    /// and each gone node has been seen.
     pub fn record(&self) -> GcRecord {
         GcRecord {
+            at_ms: self.at_ms,
             leaks: self
                 .leaked
                 .iter()
-                .map(|l| LeakSighting { ip: l.ip, handle: l.handle.clone(), first_seen_ms: l.first_seen_ms })
+                .map(|l| LeakSighting { ip: l.ip, handle: l.holder.handle.clone(), first_seen_ms: l.first_seen_ms })
                 .collect(),
             gone_nodes: self.gone_nodes.iter().map(|n| (n.node.clone(), n.first_seen_ms)).collect(),
         }
     }
 }
 
-/// What a garbage-collection pass leaves for the next: since when each leak and each gone node
-/// has been seen. Stored in the datastore beside the blocks.
+/// What a garbage-collection pass leaves for the next: when it ran, and since when each leak
+/// and each gone node has been seen. Stored in the datastore beside the blocks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GcRecord {
+    /// When the pass ran (a later pass on a clock behind this one refuses to act).
+    #[serde(default)]
+    pub at_ms: u64,
     /// Addresses seen without their holder.
     pub leaks: Vec<LeakSighting>,
-    /// Nodes seen missing while owning blocks, with when they were first seen.
+    /// Nodes seen missing, with when they were first seen.
     pub gone_nodes: BTreeMap<String, u64>,
+}
+
+impl GcRecord {
+    /// Whether `other` holds the same sightings (when the pass ran aside): a pass that saw
+    /// nothing new need not write.
+    pub fn same_sightings(&self, other: &GcRecord) -> bool {
+        self.leaks == other.leaks && self.gone_nodes == other.gone_nodes
+    }
 }
 
 /// One address seen without its holder.
@@ -159,49 +182,125 @@ pub(super) struct Inputs<'a> {
     pub endpoints: &'a [Resource<WorkloadEndpoint>],
 }
 
-/// The container ID a handle `<network>.<containerID>` was made for.
-fn container_of(handle: &str) -> &str {
-    handle.rsplit_once('.').map_or(handle, |(_, id)| id)
+/// Who can hold an address: the nodes and the endpoints' containers that exist.
+pub(super) struct Holders<'a> {
+    nodes: HashSet<&'a str>,
+    containers: HashSet<&'a str>,
 }
 
-/// Why an allocation's holder counts as missing, if it does.
-pub(super) fn missing_holder(
-    kind: AllocationKind,
-    handle: &str,
-    node: &str,
-    containers: &HashSet<&str>,
-    nodes: &HashSet<&str>,
-) -> Option<String> {
-    match kind {
-        AllocationKind::Workload if !containers.contains(container_of(handle)) => {
-            Some(format!("no WorkloadEndpoint has container ID \"{}\"", container_of(handle)))
+impl<'a> Holders<'a> {
+    pub(super) fn new(nodes: &'a [Resource<Node>], endpoints: &'a [Resource<WorkloadEndpoint>]) -> Self {
+        Holders {
+            nodes: nodes.iter().map(|n| n.metadata.name.as_str()).collect(),
+            containers: endpoints.iter().map(|e| e.spec.container_id.as_str()).collect(),
         }
-        AllocationKind::Tunnel if !nodes.contains(node) => {
-            Some(format!("tunnel address of node \"{node}\", which does not exist"))
+    }
+
+    pub(super) fn node_exists(&self, node: &str) -> bool {
+        self.nodes.contains(node)
+    }
+
+    /// Why an allocation's holder counts as missing, if it does.
+    pub(super) fn missing(&self, allocation: &Allocation) -> Option<String> {
+        if !self.node_exists(&allocation.node) {
+            return Some(format!("its node \"{}\" does not exist", allocation.node));
         }
-        _ => None,
+        if allocation.kind == AllocationKind::Tunnel || !allocation.endpoint {
+            // A tunnel address is held by its node; a pod's address taken by brindle-ipam
+            // under another plugin has no endpoint to look for.
+            return None;
+        }
+        let named = containers_named(allocation);
+        if named.iter().any(|c| self.containers.contains(c)) {
+            return None;
+        }
+        let container = named.last().copied().unwrap_or(allocation.handle.as_str());
+        Some(format!("no WorkloadEndpoint has container ID \"{container}\""))
     }
 }
 
+/// The container IDs a pod's handle `<network>.<containerID>` may name: exactly the part after
+/// its network when the allocation recorded it; otherwise whatever follows any of its dots,
+/// since both parts may hold dots. Longest first.
+fn containers_named(allocation: &Allocation) -> Vec<&str> {
+    let handle = allocation.handle.as_str();
+    if let Some(container) =
+        allocation.network.as_deref().and_then(|n| handle.strip_prefix(n)).and_then(|rest| rest.strip_prefix('.'))
+    {
+        return vec![container];
+    }
+    handle.match_indices('.').map(|(i, _)| &handle[i + 1..]).collect()
+}
+
+/// Addresses that two endpoints claim, or that an endpoint claims while its block gives them
+/// to another container. An endpoint's address outside every block (another IPAM plugin gave
+/// it) is not brindle's to judge.
+fn conflicts(blocks: &[(Block, Revision)], endpoints: &[Resource<WorkloadEndpoint>]) -> Vec<AddressConflict> {
+    let mut claims: BTreeMap<IpAddr, Vec<&Resource<WorkloadEndpoint>>> = BTreeMap::new();
+    for endpoint in endpoints {
+        for network in &endpoint.spec.ip_networks {
+            claims.entry(network.ip()).or_default().push(endpoint);
+        }
+    }
+    let mut found = Vec::new();
+    for (ip, claimants) in claims {
+        let holder = blocks.iter().find(|(b, _)| b.cidr.contains(ip)).and_then(|(b, _)| b.holder(ip));
+        let reason = if claimants.len() > 1 {
+            format!("{} endpoints claim it", claimants.len())
+        } else {
+            let container = claimants[0].spec.container_id.as_str();
+            match holder {
+                Some(a) if !containers_named(a).contains(&container) => {
+                    format!("its endpoint's container is \"{container}\", but IPAM gives it to handle \"{}\"", a.handle)
+                }
+                _ => continue,
+            }
+        };
+        found.push(AddressConflict {
+            ip,
+            endpoints: claimants.iter().map(|e| endpoint_path(e)).collect(),
+            holder: holder.map(|a| a.handle.clone()),
+            reason,
+        });
+    }
+    found
+}
+
+/// `namespace/name` of an endpoint.
+pub(super) fn endpoint_path(endpoint: &Resource<WorkloadEndpoint>) -> String {
+    format!("{}/{}", endpoint.metadata.namespace.as_deref().unwrap_or_default(), endpoint.metadata.name)
+}
+
 /// When something first seen at `first_seen` (by an earlier pass when `seen_before`) and made at
-/// `made` may be released, and whether it may be now.
+/// `made` may be released, and whether it may be now. A grace period of zero means never.
 fn timing(made: u64, first_seen: u64, seen_before: bool, now: u64, grace: u64) -> (u64, bool) {
+    if grace == 0 {
+        return (u64::MAX, false);
+    }
     let after = made.max(first_seen).saturating_add(grace);
     (after, seen_before && after <= now)
 }
 
+/// The first sighting: the earlier pass's, but never later than now (a pass whose clock ran
+/// ahead must not postpone a release for ever).
+fn first_seen(earlier: Option<u64>, now: u64) -> (u64, bool) {
+    match earlier {
+        Some(at) => (at.min(now), true),
+        None => (now, false),
+    }
+}
+
 pub(super) fn check(inputs: Inputs<'_>, previous: &GcRecord, now_ms: u64, grace_ms: u64) -> CheckReport {
-    let node_names: HashSet<&str> = inputs.nodes.iter().map(|n| n.metadata.name.as_str()).collect();
-    let containers: HashSet<&str> = inputs.endpoints.iter().map(|e| e.spec.container_id.as_str()).collect();
+    let holders = Holders::new(inputs.nodes, inputs.endpoints);
     let sightings: HashMap<(IpAddr, &str), u64> =
         previous.leaks.iter().map(|s| ((s.ip, s.handle.as_str()), s.first_seen_ms)).collect();
     let mut report = CheckReport { at_ms: now_ms, grace_ms, blocks: inputs.blocks.len(), ..CheckReport::default() };
-    let mut gone: BTreeMap<&str, Vec<IpNetwork>> = BTreeMap::new();
+    let mut gone: BTreeMap<&str, (Vec<IpNetwork>, Vec<String>)> = BTreeMap::new();
     for (block, _) in inputs.blocks {
         let issue = |reason: String| BlockIssue { cidr: block.cidr, owner: block.owner.clone(), reason };
         let pool = inputs.pools.iter().find(|p| p.spec.cidr.contains(block.cidr.network()));
         match (&block.owner, pool) {
-            (Some(owner), _) if !node_names.contains(owner.as_str()) => gone.entry(owner).or_default().push(block.cidr),
+            (Some(owner), _) if !holders.node_exists(owner) => gone.entry(owner).or_default().0.push(block.cidr),
             (_, None) => report.mismatched_blocks.push(issue("no IPPool contains it any more".into())),
             (Some(owner), Some(pool)) => {
                 let labels = inputs.nodes.iter().find(|n| &n.metadata.name == owner).map(|n| &n.metadata.labels);
@@ -221,56 +320,57 @@ pub(super) fn check(inputs: Inputs<'_>, previous: &GcRecord, now_ms: u64, grace_
         }
         for (ip, a) in block.allocations() {
             report.allocations += 1;
-            let Some(reason) = missing_holder(a.kind, &a.handle, &a.node, &containers, &node_names) else {
-                continue;
-            };
-            let seen = sightings.get(&(ip, a.handle.as_str())).copied();
-            let first_seen_ms = seen.unwrap_or(now_ms);
+            let Some(reason) = holders.missing(a) else { continue };
+            if !holders.node_exists(&a.node) {
+                gone.entry(&a.node).or_default();
+            }
+            let (first_seen_ms, seen_before) = first_seen(sightings.get(&(ip, a.handle.as_str())).copied(), now_ms);
             let (release_after_ms, releasable) =
-                timing(a.allocated_at_ms, first_seen_ms, seen.is_some(), now_ms, grace_ms);
-            report.leaked.push(Leak {
-                ip,
-                handle: a.handle.clone(),
-                kind: a.kind,
-                node: a.node.clone(),
-                pod: a.pod.clone(),
-                namespace: a.namespace.clone(),
-                reason,
-                allocated_at_ms: a.allocated_at_ms,
-                first_seen_ms,
-                release_after_ms,
-                releasable,
-            });
+                timing(a.allocated_at_ms, first_seen_ms, seen_before, now_ms, grace_ms);
+            report.leaked.push(Leak { ip, holder: a.clone(), reason, first_seen_ms, release_after_ms, releasable });
         }
     }
-    for (node, blocks) in gone {
-        let seen = previous.gone_nodes.get(node).copied();
-        let first_seen_ms = seen.unwrap_or(now_ms);
-        let (release_after_ms, releasable) = timing(0, first_seen_ms, seen.is_some(), now_ms, grace_ms);
-        report.gone_nodes.push(GoneNode { node: node.to_owned(), blocks, first_seen_ms, release_after_ms, releasable });
+    for endpoint in inputs.endpoints.iter().filter(|e| !holders.node_exists(&e.spec.node)) {
+        gone.entry(&endpoint.spec.node).or_default().1.push(endpoint_path(endpoint));
+    }
+    report.conflicts = conflicts(inputs.blocks, inputs.endpoints);
+    for (node, (blocks, endpoints)) in gone {
+        let (first_seen_ms, seen_before) = first_seen(previous.gone_nodes.get(node).copied(), now_ms);
+        let (release_after_ms, releasable) = timing(0, first_seen_ms, seen_before, now_ms, grace_ms);
+        let node = node.to_owned();
+        report.gone_nodes.push(GoneNode { node, blocks, endpoints, first_seen_ms, release_after_ms, releasable });
     }
     report
+}
+
+/// The blocks no node owns that hold nothing and rest no address: nothing is lost by deleting
+/// them.
+pub(super) fn idle_unowned(blocks: &[(Block, Revision)], now_ms: u64, cooldown_ms: u64) -> BTreeSet<IpNetwork> {
+    blocks
+        .iter()
+        .filter(|(b, _)| b.owner.is_none() && b.is_empty() && b.cooling(now_ms, cooldown_ms) == 0)
+        .map(|(b, _)| b.cidr)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipam::Allocation;
 
     const GRACE: u64 = 900_000;
 
-    fn endpoint(container: &str) -> Resource<WorkloadEndpoint> {
+    fn endpoint(node: &str, container: &str, ip: &str) -> Resource<WorkloadEndpoint> {
         let mut r = Resource::new(
-            "n1-k8s-pod-eth0",
+            format!("{node}-k8s-{container}-eth0"),
             WorkloadEndpoint {
-                node: "n1".into(),
+                node: node.into(),
                 orchestrator: "k8s".into(),
-                pod: "pod".into(),
+                pod: container.into(),
                 endpoint: "eth0".into(),
                 container_id: container.into(),
                 interface_name: "brin0".into(),
                 mac: None,
-                ip_networks: vec![],
+                ip_networks: vec![format!("{ip}/32").parse().unwrap()],
                 profiles: vec![],
             },
         );
@@ -278,8 +378,24 @@ mod tests {
         r
     }
 
-    fn holder(handle: &str, kind: AllocationKind) -> Allocation {
-        Allocation { handle: handle.into(), kind, node: "n1".into(), ..Allocation::default() }
+    /// A pod's address as the `brindle` plugin takes it: network `net`, an endpoint expected.
+    fn pod(handle: &str) -> Allocation {
+        Allocation {
+            handle: handle.into(),
+            network: Some("net".into()),
+            endpoint: true,
+            node: "n1".into(),
+            ..Allocation::default()
+        }
+    }
+
+    fn tunnel() -> Allocation {
+        Allocation {
+            handle: "tunnel-ipv4.n1".into(),
+            kind: AllocationKind::Tunnel,
+            node: "n1".into(),
+            ..Allocation::default()
+        }
     }
 
     struct World {
@@ -290,11 +406,11 @@ mod tests {
     }
 
     impl World {
-        /// Node n1 with a block of pool p, and `handles` allocated in it at `at`.
-        fn new(handles: &[(&str, AllocationKind)], at: u64) -> World {
+        /// Node n1 with a block of pool p, and `holders` allocated in it at `at`.
+        fn new(holders: &[Allocation], at: u64) -> World {
             let mut block = Block::new("10.0.0.0/26".parse().unwrap(), Some("n1".into()));
-            for (handle, kind) in handles {
-                block.allocate(holder(handle, *kind), at, 0);
+            for holder in holders {
+                block.allocate(holder.clone(), at, 0);
             }
             World {
                 blocks: vec![(block, 1)],
@@ -312,12 +428,12 @@ mod tests {
     }
 
     fn releasable(report: &CheckReport) -> Vec<String> {
-        report.leaked.iter().filter(|l| l.releasable).map(|l| l.handle.clone()).collect()
+        report.leaked.iter().filter(|l| l.releasable).map(|l| l.holder.handle.clone()).collect()
     }
 
     #[test]
     fn a_leak_is_releasable_only_when_old_and_seen_a_grace_period_earlier() {
-        let world = World::new(&[("net.dead", AllocationKind::Workload)], 1_000);
+        let world = World::new(&[pod("net.dead")], 1_000);
         let first = world.check(&GcRecord::default(), 2_000_000);
         assert_eq!(first.leaked.len(), 1);
         assert!(first.leaked[0].reason.contains("\"dead\""));
@@ -334,10 +450,31 @@ mod tests {
     }
 
     #[test]
+    fn an_allocation_stamped_after_its_sighting_waits_a_grace_period_from_its_stamp() {
+        // The allocating node's clock runs ahead of the collector's: the allocation looks made
+        // after the pass that first saw it. It still gets its whole grace period.
+        let world = World::new(&[pod("net.skewed")], 5_000_000);
+        let first = world.check(&GcRecord::default(), 1_000_000);
+        let report = world.check(&first.record(), 1_000_000 + GRACE);
+        assert!(releasable(&report).is_empty(), "{report:?}");
+        assert_eq!(report.leaked[0].release_after_ms, 5_000_000 + GRACE);
+    }
+
+    #[test]
+    fn a_sighting_from_a_clock_ahead_is_taken_as_now() {
+        let world = World::new(&[pod("net.dead")], 0);
+        let mut record = world.check(&GcRecord::default(), 1_000).record();
+        record.leaks[0].first_seen_ms = u64::MAX - 1;
+        let report = world.check(&record, 2_000);
+        assert_eq!(report.leaked[0].first_seen_ms, 2_000, "never later than now");
+        assert!(releasable(&world.check(&report.record(), 2_000 + GRACE)).contains(&"net.dead".to_owned()));
+    }
+
+    #[test]
     fn a_young_allocation_without_its_endpoint_is_never_releasable() {
         // An ADD in flight: the address is taken, the WorkloadEndpoint not yet written. Passes
         // every second for less than a grace period never release it.
-        let world = World::new(&[("net.adding", AllocationKind::Workload)], 5_000_000);
+        let world = World::new(&[pod("net.adding")], 5_000_000);
         let mut record = GcRecord::default();
         for now in (5_000_000..5_000_000 + GRACE).step_by(1_000) {
             let report = world.check(&record, now);
@@ -346,13 +483,24 @@ mod tests {
         }
         // Once its endpoint exists, it is no longer a leak at all.
         let mut world = world;
-        world.endpoints.push(endpoint("adding"));
+        world.endpoints.push(endpoint("n1", "adding", "10.0.0.0"));
         assert!(world.check(&record, 5_000_000 + 2 * GRACE).leaked.is_empty());
     }
 
     #[test]
+    fn a_grace_period_of_zero_releases_nothing() {
+        let world = World::new(&[pod("net.dead")], 0);
+        let inputs = Inputs { blocks: &world.blocks, nodes: &world.nodes, pools: &world.pools, endpoints: &[] };
+        let first = check(inputs, &GcRecord::default(), 1_000, 0);
+        let second = check(inputs, &first.record(), 1_000_000_000, 0);
+        assert_eq!(second.leaked.len(), 1, "still reported");
+        assert!(!second.leaked[0].releasable);
+        assert_eq!(second.leaked[0].release_after_ms, u64::MAX);
+    }
+
+    #[test]
     fn a_sighting_counts_only_for_the_same_address_and_handle() {
-        let world = World::new(&[("net.new-owner", AllocationKind::Workload)], 0);
+        let world = World::new(&[pod("net.new-owner")], 0);
         let mut record = world.check(&GcRecord::default(), 1_000).record();
         record.leaks[0].handle = "net.old-owner".into();
         let report = world.check(&record, 1_000 + GRACE);
@@ -361,38 +509,70 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_and_nodes_hold_their_addresses() {
-        let mut world = World::new(
-            &[
-                ("net.live", AllocationKind::Workload),
-                ("tunnel-ipv4.n1", AllocationKind::Tunnel),
-                ("net.dead", AllocationKind::Workload),
-            ],
-            0,
-        );
-        world.endpoints.push(endpoint("live"));
+    fn endpoints_nodes_and_other_plugins_hold_their_addresses() {
+        let under_another_plugin = Allocation { endpoint: false, ..pod("net.ptp-pod") };
+        let dotted = pod("net.with.dots");
+        let mut world =
+            World::new(&[pod("net.live"), tunnel(), pod("net.dead"), under_another_plugin, dotted.clone()], 0);
+        world.endpoints.push(endpoint("n1", "live", "10.0.0.0"));
+        world.endpoints.push(endpoint("n1", "with.dots", "10.0.0.4"));
         let report = world.check(&GcRecord::default(), 10);
-        assert_eq!(report.allocations, 3);
-        let leaked: Vec<&str> = report.leaked.iter().map(|l| l.handle.as_str()).collect();
-        assert_eq!(leaked, ["net.dead"]);
-        assert!(report.gone_nodes.is_empty());
+        assert_eq!(report.allocations, 5);
+        let leaked: Vec<&str> = report.leaked.iter().map(|l| l.holder.handle.as_str()).collect();
+        assert_eq!(leaked, ["net.dead"], "a container ID with dots is found by its network");
+        assert!(report.gone_nodes.is_empty() && report.conflicts.is_empty(), "{report:?}");
     }
 
     #[test]
-    fn a_gone_node_loses_its_blocks_and_tunnel_address_after_two_passes() {
-        let mut world = World::new(&[("tunnel-ipv4.n1", AllocationKind::Tunnel)], 0);
+    fn another_network_of_a_longer_name_is_not_mistaken_for_ours() {
+        // Network `net.x`, container `c`: handle `net.x.c`. An endpoint of container `x.c`
+        // (network `net`) must not hold it.
+        let other = Allocation { network: Some("net.x".into()), ..pod("net.x.c") };
+        let mut world = World::new(&[other], 0);
+        world.endpoints.push(endpoint("n1", "x.c", "10.0.0.9"));
+        let report = world.check(&GcRecord::default(), 10);
+        assert_eq!(report.leaked.len(), 1, "{report:?}");
+        assert!(report.leaked[0].reason.contains("\"c\""), "{}", report.leaked[0].reason);
+    }
+
+    #[test]
+    fn a_gone_node_loses_its_endpoints_blocks_and_addresses_after_two_passes() {
+        let mut world = World::new(&[tunnel(), pod("net.live-before")], 0);
         world.blocks.push((Block::new("10.0.0.64/26".parse().unwrap(), Some("n1".into())), 2));
+        world.endpoints.push(endpoint("n1", "live-before", "10.0.0.1"));
         world.nodes.clear();
         let first = world.check(&GcRecord::default(), 100);
         assert_eq!(first.gone_nodes.len(), 1);
         assert_eq!(first.gone_nodes[0].blocks.len(), 2);
+        assert_eq!(first.gone_nodes[0].endpoints, ["default/n1-k8s-live-before-eth0"]);
         assert!(!first.gone_nodes[0].releasable);
-        assert!(first.leaked[0].reason.contains("tunnel address of node \"n1\""));
+        let reasons: Vec<&str> = first.leaked.iter().map(|l| l.reason.as_str()).collect();
+        assert_eq!(reasons, ["its node \"n1\" does not exist"; 2], "its pod's endpoint does not hold it");
         assert!(first.mismatched_blocks.is_empty(), "a missing owner is a gone node, not a pool mismatch");
 
         let second = world.check(&first.record(), 100 + GRACE);
         assert!(second.gone_nodes[0].releasable);
-        assert_eq!(releasable(&second), ["tunnel-ipv4.n1"]);
+        assert_eq!(releasable(&second), ["tunnel-ipv4.n1", "net.live-before"]);
+    }
+
+    #[test]
+    fn addresses_the_endpoints_and_ipam_disagree_on_are_conflicts() {
+        let mut world = World::new(&[pod("net.a"), pod("net.b")], 0);
+        world.endpoints.push(endpoint("n1", "a", "10.0.0.0"));
+        world.endpoints.push(endpoint("n1", "b", "10.0.0.0"));
+        world.endpoints.push(endpoint("n1", "c", "10.0.0.1"));
+        world.endpoints.push(endpoint("n1", "outside", "192.168.9.9"));
+        let report = world.check(&GcRecord::default(), 10);
+        let conflicts: Vec<(String, &str)> =
+            report.conflicts.iter().map(|c| (c.ip.to_string(), c.reason.as_str())).collect();
+        assert_eq!(
+            conflicts,
+            [
+                ("10.0.0.0".into(), "2 endpoints claim it"),
+                ("10.0.0.1".into(), "its endpoint's container is \"c\", but IPAM gives it to handle \"net.b\""),
+            ]
+        );
+        assert!(!report.is_clean());
     }
 
     #[test]
@@ -414,8 +594,20 @@ mod tests {
     }
 
     #[test]
+    fn idle_unowned_blocks_are_those_with_nothing_held_or_resting() {
+        let mut resting = Block::new("10.0.1.0/26".parse().unwrap(), None);
+        resting.allocate(pod("net.x"), 0, 0);
+        resting.release_handle("net.x", 1_000);
+        let idle = Block::new("10.0.2.0/26".parse().unwrap(), None);
+        let owned = Block::new("10.0.3.0/26".parse().unwrap(), Some("n1".into()));
+        let blocks = vec![(resting, 1), (idle, 2), (owned, 3)];
+        assert_eq!(idle_unowned(&blocks, 30_000, 60_000), BTreeSet::from(["10.0.2.0/26".parse().unwrap()]));
+        assert_eq!(idle_unowned(&blocks, 61_000, 60_000).len(), 2, "the rest is over");
+    }
+
+    #[test]
     fn the_report_round_trips_as_json() {
-        let world = World::new(&[("net.dead", AllocationKind::Workload)], 0);
+        let world = World::new(&[pod("net.dead")], 0);
         let report = world.check(&GcRecord::default(), 7);
         let json = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<CheckReport>(&json).unwrap(), report);

@@ -1,11 +1,12 @@
 //! Garbage collection over the datastore. A pass reads the blocks, nodes, pools, workload
-//! endpoints, the grace period and the record the previous pass left; judges them (see
+//! endpoints, the IPAM settings and the record the previous pass left; judges them (see
 //! [`check`](super::check) for the rules); and, when it acts, releases what the judgement allows
 //! and records what it saw for the next pass.
 //!
 //! Acting re-checks everything it is about to free against a fresh read: an address is freed
 //! only if its holder is still missing and, by compare-and-swap on its block, the same handle
-//! still holds it; a gone node's blocks lose their owner only if the node is still missing.
+//! still holds it; a gone node's endpoints and blocks are taken only if the node is still
+//! missing.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -13,11 +14,14 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::Ipam;
-use super::check::{self, CheckReport, GcRecord, GoneNode, Inputs, Leak, missing_holder};
+use super::check::{self, CheckReport, GcRecord, GoneNode, Holders, Inputs, Leak};
 use crate::keys;
 use crate::resource::{IpPool, IpamConfiguration, Node, WorkloadEndpoint};
 use crate::store::Revision;
 use crate::{Error, Result};
+
+/// How far behind the last pass's clock a pass may be before it refuses to act.
+const CLOCK_TOLERANCE_MS: u64 = 60_000;
 
 /// What happened to one address a pass or a report wanted to release.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,13 +33,16 @@ pub enum LeakOutcome {
     Kept(String),
 }
 
-/// What happened to a gone node's blocks.
+/// What happened to something of a gone node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BlockOutcome {
-    /// The block was empty and is deleted.
-    Deleted,
-    /// The block keeps its addresses in use and has no owner now: any node may use the rest.
-    Disowned,
+pub enum NodeOutcome {
+    /// Its endpoint was deleted.
+    EndpointDeleted(String),
+    /// Its block was empty and at rest, and is deleted.
+    BlockDeleted(IpNetwork),
+    /// Its block has no owner now: any node may claim it (it is deleted once empty and past
+    /// the release cooldown).
+    BlockDisowned(IpNetwork),
     /// Left alone, and why.
     Kept(String),
 }
@@ -47,8 +54,10 @@ pub struct GcOutcome {
     pub report: CheckReport,
     /// Each releasable leak and what became of it.
     pub leaks: Vec<(Leak, LeakOutcome)>,
-    /// Each block of a releasable gone node and what became of it.
-    pub blocks: Vec<(IpNetwork, String, BlockOutcome)>,
+    /// Each releasable gone node and what became of its endpoints and blocks.
+    pub nodes: Vec<(String, NodeOutcome)>,
+    /// Blocks no node owned, empty and at rest, deleted.
+    pub idle_blocks_deleted: Vec<IpNetwork>,
 }
 
 impl Ipam {
@@ -56,35 +65,47 @@ impl Ipam {
     /// anything: what is leaked, and when each leak may be released.
     pub async fn check(&self) -> Result<CheckReport> {
         let (record, _) = self.gc_record().await?;
-        self.judge(&record).await
+        Ok(self.judge(&record).await?.0)
     }
 
-    /// One garbage-collection pass: releases what may be released now, takes the blocks of
-    /// nodes that have been gone for the grace period, and records the rest for the next pass.
+    /// One garbage-collection pass: releases what may be released now, clears nodes that have
+    /// been gone for the grace period, deletes idle blocks no node owns, and records the rest
+    /// for the next pass.
     pub async fn collect_garbage(&self) -> Result<GcOutcome> {
         let (previous, revision) = self.gc_record().await?;
-        let report = self.judge(&previous).await?;
+        let (report, cooldown_ms) = self.judge(&previous).await?;
+        if report.at_ms.saturating_add(CLOCK_TOLERANCE_MS) < previous.at_ms {
+            return Err(Error::Invalid(format!(
+                "this machine's clock is {} s behind the last garbage-collection pass's; nothing was changed \
+                 (set the clock right, e.g. with NTP)",
+                (previous.at_ms - report.at_ms) / 1000
+            )));
+        }
         let releasable: Vec<Leak> = report.leaked.iter().filter(|l| l.releasable).cloned().collect();
         let leaks = self.release_leaks(&releasable).await?;
-        let mut blocks = Vec::new();
+        let mut nodes = Vec::new();
         for gone in report.gone_nodes.iter().filter(|n| n.releasable) {
-            blocks.extend(self.take_blocks(gone).await?.into_iter().map(|(cidr, o)| (cidr, gone.node.clone(), o)));
+            nodes.extend(self.clear_node(gone).await?.into_iter().map(|o| (gone.node.clone(), o)));
         }
+        let idle_blocks_deleted = self.delete_idle_blocks(cooldown_ms).await?;
 
         // The next pass needs only what is still there.
         let mut record = report.record();
-        let released: HashSet<(IpAddr, &str)> =
-            leaks.iter().filter(|(_, o)| *o == LeakOutcome::Released).map(|(l, _)| (l.ip, l.handle.as_str())).collect();
+        let released: HashSet<(IpAddr, &str)> = leaks
+            .iter()
+            .filter(|(_, o)| *o == LeakOutcome::Released)
+            .map(|(l, _)| (l.ip, l.holder.handle.as_str()))
+            .collect();
         record.leaks.retain(|s| !released.contains(&(s.ip, s.handle.as_str())));
-        for (_, node, outcome) in &blocks {
-            if !matches!(outcome, BlockOutcome::Kept(_)) {
+        for (node, outcome) in &nodes {
+            if !matches!(outcome, NodeOutcome::Kept(_)) {
                 record.gone_nodes.remove(node);
             }
         }
-        if record != previous {
+        if !record.same_sightings(&previous) {
             self.store_gc_record(&record, revision).await?;
         }
-        Ok(GcOutcome { report, leaks, blocks })
+        Ok(GcOutcome { report, leaks, nodes, idle_blocks_deleted })
     }
 
     /// Releases leaks judged releasable (by a pass, or in a report an operator kept), each
@@ -94,16 +115,16 @@ impl Ipam {
             return Ok(Vec::new());
         }
         let (nodes, endpoints) = tokio::try_join!(self.client.list::<Node>(), self.client.list::<WorkloadEndpoint>())?;
-        let node_names: HashSet<&str> = nodes.0.iter().map(|n| n.metadata.name.as_str()).collect();
-        let containers: HashSet<&str> = endpoints.0.iter().map(|e| e.spec.container_id.as_str()).collect();
+        let holders = Holders::new(&nodes.0, &endpoints.0);
         let mut outcomes = Vec::with_capacity(leaks.len());
         for leak in leaks {
-            let outcome = if missing_holder(leak.kind, &leak.handle, &leak.node, &containers, &node_names).is_none() {
+            let holder = &leak.holder;
+            let outcome = if holders.missing(holder).is_none() {
                 LeakOutcome::Kept("its holder exists again".into())
-            } else if self.release_handle_ips(&leak.handle, &[leak.ip]).await?.is_empty() {
+            } else if self.release_handle_ips(&holder.handle, &[leak.ip]).await?.is_empty() {
                 LeakOutcome::Kept("released or taken by another handle since it was judged".into())
             } else {
-                tracing::info!(ip = %leak.ip, handle = %leak.handle, node = %leak.node, reason = %leak.reason, "released a leaked address");
+                tracing::info!(ip = %leak.ip, handle = %holder.handle, node = %holder.node, reason = %leak.reason, "released a leaked address");
                 LeakOutcome::Released
             };
             outcomes.push((leak.clone(), outcome));
@@ -111,36 +132,65 @@ impl Ipam {
         Ok(outcomes)
     }
 
-    /// Takes a gone node's blocks, if the node is still missing: empty ones are deleted, the
-    /// others lose their owner.
-    async fn take_blocks(&self, gone: &GoneNode) -> Result<Vec<(IpNetwork, BlockOutcome)>> {
+    /// Clears a gone node, if it is still missing: deletes its endpoints (each only if it is
+    /// still on that node), then takes its blocks (they lose their owner; empty ones at rest
+    /// are deleted).
+    async fn clear_node(&self, gone: &GoneNode) -> Result<Vec<NodeOutcome>> {
         if self.client.find::<Node>(None, &gone.node).await?.is_some() {
-            let kept = BlockOutcome::Kept(format!("node \"{}\" exists again", gone.node));
-            return Ok(gone.blocks.iter().map(|cidr| (*cidr, kept.clone())).collect());
+            return Ok(vec![NodeOutcome::Kept(format!("node \"{}\" exists again", gone.node))]);
         }
-        let mut outcomes = Vec::with_capacity(gone.blocks.len());
+        let mut outcomes = Vec::new();
+        for path in &gone.endpoints {
+            let (namespace, name) = path.split_once('/').unwrap_or(("", path));
+            let namespace = Some(namespace).filter(|n| !n.is_empty());
+            let Some(endpoint) = self.client.find::<WorkloadEndpoint>(namespace, name).await? else { continue };
+            if endpoint.spec.node != gone.node {
+                continue;
+            }
+            match self.client.delete::<WorkloadEndpoint>(namespace, name, endpoint.revision()).await {
+                Ok(()) | Err(Error::NotFound(_)) => outcomes.push(NodeOutcome::EndpointDeleted(path.clone())),
+                Err(Error::Conflict { .. }) => {
+                    outcomes.push(NodeOutcome::Kept(format!("endpoint {path} changed meanwhile")))
+                }
+                Err(e) => return Err(e),
+            }
+        }
         for &cidr in &gone.blocks {
             let taken = self
-                .edit_block(cidr, |b, _| {
-                    if b.owner.as_deref() != Some(gone.node.as_str()) {
-                        return None;
-                    }
-                    b.owner = None;
-                    Some(if b.is_empty() { BlockOutcome::Deleted } else { BlockOutcome::Disowned })
-                })
+                .edit_block(cidr, |b, _| (b.owner.as_deref() == Some(gone.node.as_str())).then(|| b.owner = None))
                 .await?;
-            let outcome = taken.unwrap_or_else(|| BlockOutcome::Kept("it has another owner or is gone".into()));
-            tracing::info!(block = %cidr, node = %gone.node, ?outcome, "took a block of a node that is gone");
-            outcomes.push((cidr, outcome));
+            let outcome = match (taken, self.cache().blocks.contains_key(&cidr)) {
+                (None, _) => NodeOutcome::Kept(format!("block {cidr} has another owner or is gone")),
+                (Some(()), true) => NodeOutcome::BlockDisowned(cidr),
+                (Some(()), false) => NodeOutcome::BlockDeleted(cidr),
+            };
+            outcomes.push(outcome);
         }
         if let Some(owned) = self.cache().owned.as_mut() {
             owned.remove(&gone.node);
         }
+        for outcome in &outcomes {
+            tracing::info!(node = %gone.node, ?outcome, "cleared what a gone node left");
+        }
         Ok(outcomes)
     }
 
-    /// Reads everything a judgement needs and judges it against `record`.
-    async fn judge(&self, record: &GcRecord) -> Result<CheckReport> {
+    /// Deletes the blocks no node owns that hold nothing and rest no address.
+    async fn delete_idle_blocks(&self, cooldown_ms: u64) -> Result<Vec<IpNetwork>> {
+        let idle = check::idle_unowned(&self.blocks().await?, (self.clock)(), cooldown_ms);
+        let mut deleted = Vec::new();
+        for cidr in idle {
+            let edited = self.edit_block(cidr, |b, _| (b.owner.is_none() && b.is_empty()).then_some(())).await?;
+            if edited.is_some() && !self.cache().blocks.contains_key(&cidr) {
+                deleted.push(cidr);
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Reads everything a judgement needs and judges it against `record`. Returns the report
+    /// and the release cooldown.
+    async fn judge(&self, record: &GcRecord) -> Result<(CheckReport, u64)> {
         let blocks = self.blocks().await?;
         let (nodes, pools, endpoints, config) = tokio::try_join!(
             self.client.list::<Node>(),
@@ -148,19 +198,24 @@ impl Ipam {
             self.client.list::<WorkloadEndpoint>(),
             self.client.find::<IpamConfiguration>(None, "default"),
         )?;
-        let grace = config.map(|c| c.spec).unwrap_or_default().leak_grace_period;
+        let config = config.map(|c| c.spec).unwrap_or_default();
+        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let inputs = Inputs { blocks: &blocks, nodes: &nodes.0, pools: &pools.0, endpoints: &endpoints.0 };
-        Ok(check::check(inputs, record, (self.clock)(), u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)))
+        let report = check::check(inputs, record, (self.clock)(), millis(config.leak_grace_period));
+        Ok((report, millis(config.release_cooldown)))
     }
 
-    /// The record the last acting pass left, with its revision (`None`: no pass has acted).
+    /// The record the last acting pass left, with its revision (`None`: no pass has acted). A
+    /// record that cannot be read is reported and replaced: losing it only delays releases.
     async fn gc_record(&self) -> Result<(GcRecord, Option<Revision>)> {
         match self.client.store().get(keys::IPAM_GC_RECORD).await {
-            Ok(kv) => {
-                let record = serde_json::from_slice(&kv.value)
-                    .map_err(|e| Error::Invalid(format!("stored garbage-collection record at {}: {e}", kv.key)))?;
-                Ok((record, Some(kv.revision)))
-            }
+            Ok(kv) => match serde_json::from_slice(&kv.value) {
+                Ok(record) => Ok((record, Some(kv.revision))),
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, error = %e, "the garbage-collection record is unreadable; starting afresh");
+                    Ok((GcRecord::default(), Some(kv.revision)))
+                }
+            },
             Err(Error::NotFound(_)) => Ok((GcRecord::default(), None)),
             Err(e) => Err(e),
         }

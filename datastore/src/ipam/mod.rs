@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ipnetwork::IpNetwork;
 
 pub use block::{Allocation, AllocationKind, Block, Released};
-pub use check::{BlockIssue, CheckReport, GcRecord, GoneNode, Leak, LeakSighting};
-pub use gc::{BlockOutcome, GcOutcome, LeakOutcome};
+pub use check::{AddressConflict, BlockIssue, CheckReport, GcRecord, GoneNode, Leak, LeakSighting};
+pub use gc::{GcOutcome, LeakOutcome, NodeOutcome};
 use pools::Family;
 
 use crate::client::Client;
@@ -511,7 +511,8 @@ impl Ipam {
     /// Read-modify-writes one block with compare-and-swap, retrying lost races. `change` edits
     /// a copy and returns `Some` if it changed something to write. A cached copy is tried
     /// first; a decision not to change is only trusted on a fresh read. An unowned block left
-    /// empty is deleted rather than written.
+    /// empty is deleted rather than written, once no released address in it is still resting
+    /// (deleting it sooner would hand those out fresh to the next claimer).
     async fn edit_block<T>(
         &self,
         cidr: IpNetwork,
@@ -536,7 +537,10 @@ impl Ipam {
                 }
             };
             let key = keys::block(&cidr);
-            let written = if edited.is_empty() && edited.owner.is_none() {
+            let idle = edited.is_empty()
+                && edited.owner.is_none()
+                && edited.cooling((self.clock)(), self.release_cooldown_ms().await?) == 0;
+            let written = if idle {
                 self.client.store().delete(&key, Some(revision)).await.map(|()| None)
             } else {
                 let value =
@@ -570,6 +574,14 @@ impl Ipam {
             }
         }
         Err(Error::Unavailable(format!("block {cidr}: gave up after {MAX_ATTEMPTS} lost races")))
+    }
+}
+
+impl Ipam {
+    /// The release cooldown, read fresh (only for the rare decision to delete a block).
+    async fn release_cooldown_ms(&self) -> Result<u64> {
+        let config = self.client.find::<IpamConfiguration>(None, "default").await?.map(|c| c.spec).unwrap_or_default();
+        Ok(u64::try_from(config.release_cooldown.as_millis()).unwrap_or(u64::MAX))
     }
 }
 
