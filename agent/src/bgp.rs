@@ -105,7 +105,7 @@ fn applies_to(
 }
 
 /// `10.0.0.1`, `10.0.0.1:1179`, `[fd00::1]:179`, `fd00::1`.
-fn parse_peer_ip(text: &str) -> Option<(IpAddr, Option<u16>)> {
+pub(crate) fn parse_peer_ip(text: &str) -> Option<(IpAddr, Option<u16>)> {
     if let Ok(ip) = text.parse() {
         return Some((ip, None));
     }

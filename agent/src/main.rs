@@ -45,9 +45,10 @@ struct Args {
     /// Where `/liveness` and `/readiness` are served.
     #[arg(long, default_value = "127.0.0.1:9099")]
     health_listen: SocketAddr,
-    /// Where Prometheus metrics are served (`/metrics`); empty turns them off.
-    #[arg(long, default_value = "0.0.0.0:9091")]
-    metrics_listen: String,
+    /// Where Prometheus metrics are served (`/metrics`): ADDRESS:PORT, or `off`. By default
+    /// this node's address, port 9091 (never every address: workloads may not read them).
+    #[arg(long, env = "BRINDLE_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Full resync interval (default: AgentConfiguration's routeRefreshInterval).
     #[arg(long, value_parser = humantime::parse_duration)]
     resync_interval: Option<Duration>,
@@ -136,6 +137,11 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     // AgentConfiguration's `mtu` wins over the detected uplink MTU.
     let uplink_mtu = if config.mtu != 0 { config.mtu } else { v4.mtu };
     let std::net::IpAddr::V4(local) = v4.address.ip() else { anyhow::bail!("the IPv4 method found an IPv6 address") };
+    let metrics_listen = match args.metrics_listen.as_deref() {
+        Some("off") => None,
+        Some(listen) => Some(listen.parse::<SocketAddr>().with_context(|| format!("--metrics-listen {listen}"))?),
+        None => Some(SocketAddr::new(v4.address.ip(), 9091)),
+    };
     let host = Host {
         uplink: v4.interface.clone(),
         ipv4: Some(local),
@@ -143,6 +149,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         vxlan_vni: config.vxlan_vni,
         vxlan_port: config.vxlan_port,
         vxlan_mac: startup::vxlan_mac(&name),
+        metrics_port: metrics_listen.map(|l| l.port()),
     };
     let dataplane = Dataplane::new(host, backend)?;
 
@@ -153,22 +160,10 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     });
     tracing::info!(?backend, "BGP backend");
     let metrics = Arc::new(Metrics::default());
-    tokio::spawn({
-        let metrics = Arc::clone(&metrics);
-        async move {
-            if let Err(e) = status::serve(args.health_listen, metrics, false).await {
-                tracing::error!(error = %e, "health endpoint failed");
-            }
-        }
-    });
-    if !args.metrics_listen.is_empty() {
-        let listen: SocketAddr = args.metrics_listen.parse().context("--metrics-listen")?;
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            if let Err(e) = status::serve(listen, metrics, true).await {
-                tracing::error!(error = %e, "metrics endpoint failed");
-            }
-        });
+    let health = status::bind(args.health_listen).await?;
+    tokio::spawn(status::serve(health, Arc::clone(&metrics), false));
+    if let Some(listen) = metrics_listen {
+        tokio::spawn(status::serve(status::bind(listen).await?, Arc::clone(&metrics), true));
     }
 
     let (status_tx, mut status_rx) = tokio::sync::mpsc::channel::<status::StatusRequest>(16);

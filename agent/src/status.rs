@@ -161,12 +161,30 @@ impl Metrics {
     }
 }
 
-/// Serves health (and metrics, when `metrics` is true) on `listen` until the task is dropped.
-pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>, with_metrics: bool) -> anyhow::Result<()> {
+/// Listens for health (and metrics) requests on `listen`.
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
-    tracing::info!(%listen, "serving health{}", if with_metrics { " and metrics" } else { "" });
+    tracing::info!(%listen, "serving health and metrics");
+    Ok(listener)
+}
+
+/// After a failed accept (out of file descriptors, say): logs it and pauses, so the listener
+/// lives as long as the agent instead of ending with the error.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accepting a connection failed; trying again in 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Serves health (and metrics, when `with_metrics` is true) until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, with_metrics: bool) {
     loop {
-        let (mut conn, _) = listener.accept().await?;
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             let mut request = [0u8; 1024];
@@ -206,7 +224,13 @@ pub async fn serve_socket(
         tokio::net::UnixListener::bind(&path).map_err(|e| anyhow::anyhow!("listening on {}: {e}", path.display()))?;
     tracing::info!(socket = %path.display(), "serving status");
     loop {
-        let (mut conn, _) = listener.accept().await?;
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
         let requests = requests.clone();
         tokio::spawn(async move {
             let (tx, rx) = tokio::sync::oneshot::channel();

@@ -26,7 +26,7 @@ fn a_three_node_dual_stack_mesh_routes_pods_by_bgp() {
     // over the IPv4 sessions, IPv6 blocks over the IPv6 sessions.
     for i in 0..3 {
         cluster.eventually(Duration::from_secs(15), &format!("node {i} learns four blocks"), || {
-            cluster.http(i, 9091, "/metrics").contains("brindle_bgp_routes_learned 4")
+            cluster.metrics(i).contains("brindle_bgp_routes_learned 4")
         });
     }
     let peers = cluster.status(0)["bgp"]["peers"].as_array().cloned().unwrap_or_default();
@@ -79,7 +79,7 @@ fn route_reflectors_carry_the_routes_with_the_mesh_off() {
     }
     for i in 0..4 {
         cluster.eventually(Duration::from_secs(15), &format!("node {i} learns the three other blocks"), || {
-            cluster.http(i, 9091, "/metrics").contains("brindle_bgp_routes_learned 3")
+            cluster.metrics(i).contains("brindle_bgp_routes_learned 3")
         });
     }
     let failing = cluster.reachability(Duration::from_secs(10));
@@ -225,7 +225,7 @@ fn an_agent_restart_loses_no_packet() {
     }
     for i in 0..3 {
         cluster.eventually(Duration::from_secs(15), &format!("node {i} learns two blocks"), || {
-            cluster.http(i, 9091, "/metrics").contains("brindle_bgp_routes_learned 2")
+            cluster.metrics(i).contains("brindle_bgp_routes_learned 2")
         });
     }
     // 600 pings, one every 10 ms, from a pod on node 1 to the pod on node 0, while node 0's
@@ -281,7 +281,7 @@ fn a_dual_stack_mixed_cluster_with_one_bird_node_routes_pod_traffic() {
     });
     for i in 1..3 {
         cluster.eventually(Duration::from_secs(15), &format!("node {i} learns four blocks"), || {
-            cluster.http(i, 9091, "/metrics").contains("brindle_bgp_routes_learned 4")
+            cluster.metrics(i).contains("brindle_bgp_routes_learned 4")
         });
     }
     let failing = cluster.reachability(Duration::from_secs(10));
@@ -302,7 +302,7 @@ fn a_vanished_node_loses_its_routes_within_the_hold_time() {
     }
     for i in 0..3 {
         cluster.eventually(Duration::from_secs(15), &format!("node {i} learns two blocks"), || {
-            cluster.http(i, 9091, "/metrics").contains("brindle_bgp_routes_learned 2")
+            cluster.metrics(i).contains("brindle_bgp_routes_learned 2")
         });
     }
     // Node 2 drops off the network without a word (its sessions just go silent).
@@ -314,7 +314,7 @@ fn a_vanished_node_loses_its_routes_within_the_hold_time() {
     });
     eprintln!("a vanished node's routes went after {:?} (hold time 6 s)", started.elapsed());
     cluster.eventually(Duration::from_secs(12), "node 1 forgets node 2's block too", || {
-        cluster.http(1, 9091, "/metrics").contains("brindle_bgp_routes_learned 1")
+        cluster.metrics(1).contains("brindle_bgp_routes_learned 1")
     });
 }
 

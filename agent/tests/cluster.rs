@@ -129,7 +129,7 @@ fn vxlan_cluster_reaches_everything_and_repairs_drift() {
     cluster.wait_ready(0);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(cluster.ip(0, &["route", "show", "proto", "98"]), before);
-    let metrics = cluster.http(0, 9091, "/metrics");
+    let metrics = cluster.metrics(0);
     assert!(
         metrics.contains("brindle_route_changes_total 0"),
         "the restart changed routes:\n{metrics}\n{}",

@@ -103,7 +103,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     // does not grow with pods; a resync is one iptables-save per table and, only when
     // something differs, one iptables-restore.
     let backend = iptables::Backend::detect();
-    let rules = iptables::Rules { pools: vec!["10.244.0.0/16".parse()?], nat_pools: vec!["10.244.0.0/16".parse()?] };
+    let rules = iptables::Rules {
+        pools: vec!["10.244.0.0/16".parse()?],
+        nat_pools: vec!["10.244.0.0/16".parse()?],
+        nodes: vec!["10.250.0.10".parse()?],
+        control_hosts: vec!["10.250.0.10".parse()?],
+        vxlan_port: 4789,
+        control_ports: vec![179, 9091],
+    };
     iptables::sync(backend, false, &rules).context("first iptables sync")?;
     let started = Instant::now();
     let restored = iptables::sync(backend, false, &rules)?;
@@ -149,7 +156,7 @@ fn agent_memory(runtime: &tokio::runtime::Runtime, ns: &Netns, blocks: usize) ->
     })?;
     let state = tempfile::tempdir()?;
     let mut child = std::process::Command::new(&agent)
-        .args(["--datastore", &db.selection(), "--nodename", "bench-self", "--metrics-listen", ""])
+        .args(["--datastore", &db.selection(), "--nodename", "bench-self", "--metrics-listen", "off"])
         .arg("--state-dir")
         .arg(state.path())
         .stderr(std::process::Stdio::null())

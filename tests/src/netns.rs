@@ -102,12 +102,18 @@ impl Drop for Netns {
 /// GET `path` from `127.0.0.1:port` inside the namespace at `netns`: the raw response, or ""
 /// when nothing answers.
 pub fn http_get(netns: &Path, port: u16, path: &str) -> String {
+    http_get_at(netns, std::net::Ipv4Addr::LOCALHOST.into(), port, path)
+}
+
+/// GET `path` from `address:port` inside the namespace at `netns`: the raw response, or ""
+/// when nothing answers.
+pub fn http_get_at(netns: &Path, address: std::net::IpAddr, port: u16, path: &str) -> String {
     let (netns, path) = (netns.to_owned(), path.to_owned());
     std::thread::spawn(move || {
         if enter(&netns).is_err() {
             return String::new();
         }
-        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+        let Ok(mut conn) = std::net::TcpStream::connect((address, port)) else { return String::new() };
         let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
         let _ = std::io::Write::write_all(&mut conn, format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
         let mut response = String::new();

@@ -114,6 +114,14 @@ pub struct Desired {
     pub pools: Vec<IpNetwork>,
     /// CIDRs of pools with natOutgoing.
     pub nat_pools: Vec<IpNetwork>,
+    /// Every node's underlay addresses, both families: the only sources VXLAN and IP-in-IP
+    /// are taken from.
+    pub node_addresses: Vec<IpAddr>,
+    /// The hosts of the underlay's control plane: every node and every external BGP peer.
+    /// Workloads may not open BGP (or reach the metrics port) toward any of them.
+    pub control_hosts: Vec<IpAddr>,
+    /// The port BGP listens on (BGPConfiguration `listenPort`).
+    pub bgp_port: u16,
     /// Things that could not be done, in words (logged and reported).
     pub problems: Vec<String>,
 }
@@ -211,6 +219,25 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
             out.nat_pools.push(pool.spec.cidr);
         }
     }
+    out.node_addresses = cluster
+        .nodes
+        .iter()
+        .flat_map(|n| [n.spec.ipv4(), n.spec.bgp.as_ref().and_then(|b| b.ipv6_address)])
+        .flatten()
+        .map(|net| net.ip())
+        .collect();
+    out.node_addresses.sort();
+    out.node_addresses.dedup();
+    out.control_hosts = out.node_addresses.clone();
+    out.control_hosts.extend(
+        cluster
+            .peers
+            .iter()
+            .filter_map(|p| p.spec.peer_ip.as_deref().and_then(crate::bgp::parse_peer_ip).map(|(ip, _)| ip)),
+    );
+    out.control_hosts.sort();
+    out.control_hosts.dedup();
+    out.bgp_port = cluster.bgp.listen_port;
     out.vxlan = cluster.pools.iter().any(|p| p.spec.vxlan_mode != EncapMode::Never && !p.spec.disabled);
     out.ipip =
         me.ipip_supported && cluster.pools.iter().any(|p| p.spec.ipip_mode != EncapMode::Never && !p.spec.disabled);

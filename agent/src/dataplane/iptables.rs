@@ -6,6 +6,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use std::net::IpAddr;
+
 use ipnetwork::IpNetwork;
 
 /// The tag on every rule of ours.
@@ -50,34 +52,113 @@ pub struct Rules {
     pub pools: Vec<IpNetwork>,
     /// The natOutgoing pools of the family.
     pub nat_pools: Vec<IpNetwork>,
+    /// Every node's address of the family: the only sources of VXLAN and IP-in-IP.
+    pub nodes: Vec<IpAddr>,
+    /// Nodes and external BGP peers of the family: no workload reaches their control ports.
+    pub control_hosts: Vec<IpAddr>,
+    /// The VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// The node's control-plane TCP ports (BGP, metrics).
+    pub control_ports: Vec<u16>,
 }
 
 fn set_name(kind: &str, v6: bool) -> String {
     format!("brin-{kind}-{}", if v6 { "v6" } else { "v4" })
 }
 
-/// One table's part: its name, the built-in chains that jump to our chain, our rules.
+/// Our sets: name suffix, ipset type, members.
+fn sets(rules: &Rules) -> [(&'static str, &'static str, Vec<String>); 4] {
+    let text = |items: &[IpNetwork]| items.iter().map(ToString::to_string).collect();
+    let ips = |items: &[IpAddr]| items.iter().map(ToString::to_string).collect();
+    [
+        ("pools", "hash:net", text(&rules.pools)),
+        ("nat", "hash:net", text(&rules.nat_pools)),
+        ("nodes", "hash:ip", ips(&rules.nodes)),
+        ("hosts", "hash:ip", ips(&rules.control_hosts)),
+    ]
+}
+
+/// One table's part: its name, the built-in chains that jump to our chain, our rules (grouped
+/// by chain, chains in name order, as `iptables-save` lists them).
 struct Table {
     name: &'static str,
     jumps: Vec<(&'static str, &'static str)>,
     rules: Vec<String>,
 }
 
-/// Our chains per table, in `iptables-save` form.
-fn chains(v6: bool) -> Vec<Table> {
-    let nat_rule = format!(
-        "-A brin-POSTROUTING -m set --match-set {} src -m set ! --match-set {} dst -m comment --comment \"{TAG}: natOutgoing\" -j MASQUERADE",
-        set_name("nat", v6),
-        set_name("pools", v6)
+/// A rule of ours: `-A <chain> <matches> -m comment --comment "brindle: <why>" -j <target>`,
+/// written as `iptables-save` prints it, so what the kernel holds compares equal.
+fn rule(chain: &str, matches: &str, why: &str, target: &str) -> String {
+    let matches = if matches.is_empty() { String::new() } else { format!("{matches} ") };
+    format!("-A {chain} {matches}-m comment --comment \"{TAG}: {why}\" -j {target}")
+}
+
+/// Our chains per table, in `iptables-save` form. A workload is untrusted: it sends only from
+/// its own addresses, never tunnels (VXLAN, IP-in-IP) and never reaches the BGP or metrics
+/// port of a node or a BGP peer; tunnels are taken only from nodes.
+fn chains(v6: bool, rules: &Rules) -> Vec<Table> {
+    let nodes = set_name("nodes", v6);
+    let hosts = set_name("hosts", v6);
+    let vxlan = rules.vxlan_port;
+    let ports: Vec<String> = rules.control_ports.iter().map(u16::to_string).collect();
+    let ports = ports.join(",");
+    let mut input = vec![
+        rule(
+            "brin-INPUT",
+            &format!("-p udp -m udp --dport {vxlan} -m set ! --match-set {nodes} src"),
+            "VXLAN only from nodes",
+            "DROP",
+        ),
+        rule("brin-INPUT", &format!("-p ipencap -m set ! --match-set {nodes} src"), "IP-in-IP only from nodes", "DROP"),
+        rule(
+            "brin-INPUT",
+            &format!("-i brin+ -p tcp -m multiport --dports {ports}"),
+            "workloads never reach this node's BGP or metrics",
+            "DROP",
+        ),
+    ];
+    if v6 {
+        input.push(rule(
+            "brin-INPUT",
+            "-i brin+ -p ipv6-icmp -m icmp6 --icmpv6-type 134",
+            "workloads never advertise routes",
+            "DROP",
+        ));
+    }
+    let forward = vec![
+        rule("brin-FORWARD", &format!("-i brin+ -p udp -m udp --dport {vxlan}"), "workloads never send VXLAN", "DROP"),
+        rule("brin-FORWARD", "-i brin+ -p ipencap", "workloads never send IP-in-IP", "DROP"),
+        rule("brin-FORWARD", "-i brin+ -p ipv6", "workloads never send 6in4", "DROP"),
+        rule(
+            "brin-FORWARD",
+            &format!("-i brin+ -p tcp -m multiport --dports {ports} -m set --match-set {hosts} dst"),
+            "workloads never reach BGP or metrics of nodes and peers",
+            "DROP",
+        ),
+        rule("brin-FORWARD", "-i brin+", "from workloads", "ACCEPT"),
+        rule("brin-FORWARD", "-o brin+", "to workloads", "ACCEPT"),
+    ];
+    let nat_rule = rule(
+        "brin-POSTROUTING",
+        &format!("-m set --match-set {} src -m set ! --match-set {} dst", set_name("nat", v6), set_name("pools", v6)),
+        "natOutgoing",
+        "MASQUERADE",
     );
     vec![
         Table {
+            name: "raw",
+            jumps: vec![("PREROUTING", "brin-PREROUTING")],
+            rules: vec![rule(
+                "brin-PREROUTING",
+                "-i brin+ -m rpfilter --invert",
+                "workloads send only from their own addresses",
+                "DROP",
+            )],
+        },
+        Table {
             name: "filter",
-            jumps: vec![("FORWARD", "brin-FORWARD")],
-            rules: vec![
-                format!("-A brin-FORWARD -i brin+ -m comment --comment \"{TAG}: from workloads\" -j ACCEPT"),
-                format!("-A brin-FORWARD -o brin+ -m comment --comment \"{TAG}: to workloads\" -j ACCEPT"),
-            ],
+            jumps: vec![("INPUT", "brin-INPUT"), ("FORWARD", "brin-FORWARD")],
+            rules: forward.into_iter().chain(input).collect(),
         },
         Table { name: "nat", jumps: vec![("POSTROUTING", "brin-POSTROUTING")], rules: vec![nat_rule] },
     ]
@@ -87,18 +168,18 @@ fn jump(builtin: &str, chain: &str) -> String {
     format!("-A {builtin} -m comment --comment \"{TAG}: jump\" -j {chain}")
 }
 
-/// The `ipset restore` script that makes both sets hold exactly these CIDRs, swapped in
+/// The `ipset restore` script that makes every set hold exactly its members, swapped in
 /// atomically.
 fn ipset_script(rules: &Rules, v6: bool) -> String {
     let family = if v6 { "inet6" } else { "inet" };
     let mut script = String::new();
-    for (kind, cidrs) in [("pools", &rules.pools), ("nat", &rules.nat_pools)] {
+    for (kind, kind_type, members) in sets(rules) {
         let name = set_name(kind, v6);
         let tmp = format!("{name}-tmp");
-        script += &format!("create {name} hash:net family {family} -exist\n");
-        script += &format!("create {tmp} hash:net family {family} -exist\nflush {tmp}\n");
-        for cidr in cidrs {
-            script += &format!("add {tmp} {cidr}\n");
+        script += &format!("create {name} {kind_type} family {family} -exist\n");
+        script += &format!("create {tmp} {kind_type} family {family} -exist\nflush {tmp}\n");
+        for member in members {
+            script += &format!("add {tmp} {member}\n");
         }
         script += &format!("swap {tmp} {name}\ndestroy {tmp}\n");
     }
@@ -121,9 +202,9 @@ fn run_with_input(program: &str, args: &[&str], input: &str) -> anyhow::Result<(
     Ok(())
 }
 
-fn current_sets(v6: bool) -> String {
+fn current_sets(rules: &Rules, v6: bool) -> String {
     let mut listing = String::new();
-    for kind in ["pools", "nat"] {
+    for (kind, kind_type, _) in sets(rules) {
         let out = Command::new("ipset").args(["list", &set_name(kind, v6)]).output();
         match out {
             Ok(out) if out.status.success() => {
@@ -131,7 +212,8 @@ fn current_sets(v6: bool) -> String {
                 let mut members: Vec<&str> =
                     text.lines().skip_while(|l| !l.starts_with("Members:")).skip(1).filter(|l| !l.is_empty()).collect();
                 members.sort();
-                listing += &format!("{kind}:{}\n", members.join(","));
+                let typed = text.lines().any(|l| l == format!("Type: {kind_type}"));
+                listing += &format!("{kind}{}:{}\n", if typed { "" } else { " of another type" }, members.join(","));
             }
             // A set that does not exist never matches what is wanted, even an empty one.
             _ => listing += &format!("{kind} missing\n"),
@@ -142,8 +224,7 @@ fn current_sets(v6: bool) -> String {
 
 fn wanted_sets(rules: &Rules) -> String {
     let mut listing = String::new();
-    for (kind, cidrs) in [("pools", &rules.pools), ("nat", &rules.nat_pools)] {
-        let mut members: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+    for (kind, _, mut members) in sets(rules) {
         members.sort();
         listing += &format!("{kind}:{}\n", members.join(","));
     }
@@ -152,11 +233,11 @@ fn wanted_sets(rules: &Rules) -> String {
 
 /// Makes the sets and chains of one family match. Returns whether iptables-restore ran.
 pub fn sync(backend: Backend, v6: bool, rules: &Rules) -> anyhow::Result<bool> {
-    if current_sets(v6) != wanted_sets(rules) {
+    if current_sets(rules, v6) != wanted_sets(rules) {
         run_with_input("ipset", &["restore", "-exist"], &ipset_script(rules, v6))?;
     }
     let mut script = String::new();
-    for Table { name: table, jumps, rules: body } in chains(v6) {
+    for Table { name: table, jumps, rules: body } in chains(v6, rules) {
         let saved = Command::new(backend.tool(v6, "save")).args(["-t", table]).output()?;
         let saved = String::from_utf8_lossy(&saved.stdout);
         let ours: Vec<&str> = saved.lines().filter(|l| l.starts_with("-A brin-")).collect();
@@ -195,23 +276,54 @@ pub fn sync(backend: Backend, v6: bool, rules: &Rules) -> anyhow::Result<bool> {
 mod tests {
     use super::*;
 
+    fn rules() -> Rules {
+        Rules {
+            pools: vec!["10.244.0.0/16".parse().unwrap()],
+            nat_pools: vec![],
+            nodes: vec!["10.0.0.1".parse().unwrap()],
+            control_hosts: vec!["10.0.0.1".parse().unwrap(), "10.0.0.254".parse().unwrap()],
+            vxlan_port: 4789,
+            control_ports: vec![179, 9091],
+        }
+    }
+
     #[test]
     fn ipsets_are_swapped_in_whole() {
-        let rules = Rules { pools: vec!["10.244.0.0/16".parse().unwrap()], nat_pools: vec![] };
-        let script = ipset_script(&rules, false);
+        let script = ipset_script(&rules(), false);
         assert!(
             script.contains("add brin-pools-v4-tmp 10.244.0.0/16\nswap brin-pools-v4-tmp brin-pools-v4\n"),
             "{script}"
         );
         assert!(script.contains("create brin-nat-v4 hash:net family inet -exist"), "{script}");
+        assert!(script.contains("create brin-nodes-v4 hash:ip family inet -exist"), "{script}");
+        assert!(script.contains("add brin-hosts-v4-tmp 10.0.0.254\n"), "{script}");
     }
 
     #[test]
-    fn every_rule_is_tagged_and_in_our_chains() {
-        for table in chains(false) {
-            for rule in table.rules {
-                assert!(rule.starts_with("-A brin-") && rule.contains("--comment \"brindle"), "{rule}");
+    fn every_rule_is_tagged_in_our_chains_and_in_save_order() {
+        for v6 in [false, true] {
+            for table in chains(v6, &rules()) {
+                for rule in &table.rules {
+                    assert!(rule.starts_with("-A brin-") && rule.contains("--comment \"brindle"), "{rule}");
+                }
+                let chains: Vec<&str> = table.rules.iter().map(|r| r.split(' ').nth(1).unwrap()).collect();
+                assert!(chains.is_sorted(), "iptables-save lists chains by name: {chains:?}");
             }
         }
+    }
+
+    #[test]
+    fn workloads_are_kept_off_the_control_plane() {
+        let filter: Vec<String> = chains(false, &rules()).into_iter().find(|t| t.name == "filter").unwrap().rules;
+        let text = filter.join("\n");
+        assert!(
+            text.contains("-A brin-INPUT -p udp -m udp --dport 4789 -m set ! --match-set brin-nodes-v4 src"),
+            "{text}"
+        );
+        assert!(text.contains("-A brin-INPUT -i brin+ -p tcp -m multiport --dports 179,9091"), "{text}");
+        let drops_before_accept = filter.iter().position(|r| r.contains("from workloads")).unwrap();
+        assert!(filter[..drops_before_accept].iter().all(|r| r.ends_with("-j DROP")), "{text}");
+        let v6: Vec<String> = chains(true, &rules()).into_iter().flat_map(|t| t.rules).collect();
+        assert!(v6.iter().any(|r| r.contains("--icmpv6-type 134")), "router advertisements from workloads");
     }
 }

@@ -29,6 +29,8 @@ pub struct Host {
     pub vxlan_port: u16,
     /// This node's VXLAN MAC.
     pub vxlan_mac: [u8; 6],
+    /// The port metrics are served on, if they are: no workload may reach it.
+    pub metrics_port: Option<u16>,
 }
 
 /// The outcome of one pass.
@@ -121,6 +123,10 @@ impl Dataplane {
             let rules = iptables::Rules {
                 pools: desired.pools.iter().filter(|p| p.is_ipv6() == v6).copied().collect(),
                 nat_pools: desired.nat_pools.iter().filter(|p| p.is_ipv6() == v6).copied().collect(),
+                nodes: desired.node_addresses.iter().filter(|a| a.is_ipv6() == v6).copied().collect(),
+                control_hosts: desired.control_hosts.iter().filter(|a| a.is_ipv6() == v6).copied().collect(),
+                vxlan_port: self.host.vxlan_port,
+                control_ports: [Some(desired.bgp_port), self.host.metrics_port].into_iter().flatten().collect(),
             };
             match iptables::sync(self.backend, v6, &rules) {
                 Ok(ran) => applied.iptables_restored |= ran,

@@ -161,7 +161,7 @@ impl Cluster {
             .args(["netns", "exec", &node.netns.name])
             .arg(env!("CARGO_BIN_EXE_brindle-node"))
             .args(["--datastore", &self.selection(), "--nodename", &node.name])
-            .args(["--metrics-listen", "127.0.0.1:9091", "--resync-interval", "2s", "--log", "info,brindle_node=debug"])
+            .args(["--resync-interval", "2s", "--log", "info,brindle_node=debug"])
             .arg("--state-dir")
             .arg(node.state.path())
             .arg("--status-socket")
@@ -224,6 +224,12 @@ impl Cluster {
     /// GET on a node's loopback; the raw response, or "" when nothing answers.
     pub fn http(&self, i: usize, port: u16, path: &str) -> String {
         netns::http_get(&self.nodes[i].netns.path(), port, path)
+    }
+
+    /// Node `i`'s metrics, served on its address (port 9091), as Prometheus scrapes them.
+    pub fn metrics(&self, i: usize) -> String {
+        let node = &self.nodes[i];
+        netns::http_get_at(&node.netns.path(), node.address.into(), 9091, "/metrics")
     }
 
     /// The CNI config every node's runtime uses: MTU and node name from the agent's files.
