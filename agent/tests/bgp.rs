@@ -335,3 +335,58 @@ fn an_ip_in_ip_mesh_where_the_kernel_has_ipip() {
     assert!(failing.is_empty(), "{failing:?}");
     assert!(cluster.ip(0, &["route", "show", "proto", "98"]).contains("dev tunl0"));
 }
+
+#[test]
+fn a_pool_created_and_deleted_resets_no_session_and_loses_no_packet() {
+    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11), (0, 12)], yaml);
+    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
+    cluster.start_all();
+    for i in 0..3 {
+        cluster.add_pod(i, |_| {});
+    }
+    for i in 0..3 {
+        cluster.eventually(Duration::from_secs(15), &format!("node {i} learns two blocks"), || {
+            cluster.metrics(i).contains("brindle_bgp_routes_learned 2")
+        });
+    }
+    let sessions = |i: usize| -> Vec<(String, String, String)> {
+        let peers = cluster.status(i)["bgp"]["peers"].as_array().cloned().unwrap_or_default();
+        peers.iter().map(|p| (p["address"].to_string(), p["state"].to_string(), p["since"].to_string())).collect()
+    };
+    let before: Vec<_> = (0..3).map(sessions).collect();
+    // Every route change node 1 makes while the pools change, as `ip monitor` sees it.
+    let monitor = cluster.nodes[1]
+        .netns
+        .command("ip")
+        .args(["monitor", "route"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let target = cluster.pods[0].ip.clone();
+    let pinger = cluster.pods[1]
+        .netns
+        .command("ping")
+        .args(["-i", "0.01", "-c", "400", "-W", "1", &target])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.apply("kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: extra}\nspec: {cidr: 10.99.0.0/16}\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    let client = cluster.client();
+    cluster.runtime.block_on(client.delete::<brindle_datastore::resource::IpPool>(None, "extra", None)).unwrap();
+    let out = pinger.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answered = text.lines().filter(|l| l.contains("icmp_seq=")).count();
+    // Stop `ip monitor`: ours, by its PID.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(monitor.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let changes = String::from_utf8_lossy(&monitor.wait_with_output().unwrap().stdout).into_owned();
+
+    assert_eq!(answered, 400, "pings lost while a pool came and went:\n{text}");
+    let after: Vec<_> = (0..3).map(sessions).collect();
+    assert_eq!(before, after, "a session was reset (its state or since changed)");
+    let block_of_node0 = cluster.ip(1, &["route", "show", "proto", "98"]);
+    let deleted: Vec<&str> = changes.lines().filter(|l| l.starts_with("Deleted") && l.contains("10.244.")).collect();
+    assert!(deleted.is_empty(), "routes to pods were deleted: {deleted:?}\nnow:\n{block_of_node0}");
+}

@@ -8,7 +8,7 @@
 //! the withdraw or replacement for it is computed from the change itself, as BIRD does.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -421,16 +421,55 @@ impl Rib {
     /// Everything an established peer should hold from us (for a ROUTE-REFRESH, or right
     /// after the session comes up).
     pub fn refresh(&mut self, peer: PeerId) -> Vec<Export> {
+        self.exported_to(peer).into_iter().map(|(prefix, attrs)| Export::Announce(prefix, attrs)).collect()
+    }
+
+    /// What `peer` should hold from us now, by prefix (also its advertised count).
+    fn exported_to(&mut self, peer: PeerId) -> BTreeMap<IpNetwork, Arc<PathAttrs>> {
         let bests: Vec<(IpNetwork, Path)> =
             self.routes().filter_map(|(p, paths)| paths.first().map(|b| (p, b.clone()))).collect();
-        let out: Vec<Export> = bests
+        let out: BTreeMap<IpNetwork, Arc<PathAttrs>> = bests
             .into_iter()
-            .filter_map(|(prefix, best)| self.export(&best, peer, &prefix).map(|attrs| Export::Announce(prefix, attrs)))
+            .filter_map(|(prefix, best)| self.export(&best, peer, &prefix).map(|attrs| (prefix, attrs)))
             .collect();
         if let Some(s) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
             s.counts.advertised = out.len();
         }
         out
+    }
+
+    /// Gives a peer a new configuration without touching its session (soft reconfiguration,
+    /// as BIRD's `reload`): the paths its new import filter refuses are dropped, and it is
+    /// sent the difference between what it held from us and what it should hold now. Returns
+    /// the best-path changes, for the other peers (`peer` itself is covered by the second
+    /// part), and this peer's announcements and withdrawals. Routes the new filter accepts but
+    /// the old one refused were never kept: the caller asks the peer for them again
+    /// (ROUTE-REFRESH).
+    pub fn reconfigure(&mut self, peer: PeerId, config: PeerConfig) -> (Vec<BestChange>, Vec<Export>) {
+        let established = self.state(peer).is_some_and(|s| s.session.is_some());
+        let before = if established { self.exported_to(peer) } else { BTreeMap::new() };
+        let Some(state) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) else {
+            return (Vec::new(), Vec::new());
+        };
+        let import = config.import.clone();
+        state.config = config;
+        self.export_cache.clear();
+        let changes = self.drop_paths(peer, |prefix, _| !import.accepts(prefix));
+        if !established {
+            return (changes, Vec::new());
+        }
+        let after = self.exported_to(peer);
+        let mut exports: Vec<Export> = before
+            .keys()
+            .filter(|prefix| !after.contains_key(prefix))
+            .map(|prefix| Export::Withdraw(*prefix))
+            .collect();
+        for (prefix, attrs) in after {
+            if before.get(&prefix).is_none_or(|old| !Arc::ptr_eq(old, &attrs) && **old != *attrs) {
+                exports.push(Export::Announce(prefix, attrs));
+            }
+        }
+        (changes, exports)
     }
 
     /// Marks the session down. With `keep_routes` (graceful restart) the peer's paths stay,

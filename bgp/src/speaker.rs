@@ -25,7 +25,7 @@ use crate::fsm::{self, Negotiated, State};
 use crate::rib::{BestChange, Export, PeerConfig, PeerId, PeerSession, PrefixFilter, Rib};
 use crate::session::{self, FromSession, SessionParams, ToSession};
 use crate::wire::attribute::put_attribute;
-use crate::wire::{Attribute, Codec, Family, Message, MpReach, MpUnreach, Update, Value};
+use crate::wire::{Attribute, Codec, Family, Message, MpReach, MpUnreach, RouteRefresh, Update, Value};
 
 /// The speaker's own settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +80,17 @@ pub struct PeerSpec {
 }
 
 impl PeerSpec {
+    /// Whether `other` differs from this spec only in what a running session can take without
+    /// a reset: its filters and next-hop keeping (which change what it is sent and what is
+    /// kept from it, nothing the other peers are sent of its routes).
+    pub fn differs_softly(&self, other: &PeerSpec) -> bool {
+        let mut same = other.clone();
+        same.import.clone_from(&self.import);
+        same.export.clone_from(&self.export);
+        same.keep_original_next_hop = self.keep_original_next_hop;
+        same == *self
+    }
+
     /// A peer with the defaults (port 179, hold time 90, active, IPv4 and IPv6 unicast,
     /// everything imported and exported).
     pub fn new(address: IpAddr, asn: u32) -> Self {
@@ -411,6 +422,16 @@ impl Core {
 
     async fn set_peers(&mut self, specs: Vec<PeerSpec>, listeners: &Listeners) -> Result<(), SpeakerError> {
         let wanted: HashMap<IpAddr, PeerSpec> = specs.into_iter().map(|s| (s.address, s)).collect();
+        // A change of filters only is applied to the running session.
+        let soft: Vec<PeerSpec> = self
+            .peers
+            .iter()
+            .filter_map(|(a, p)| wanted.get(a).filter(|w| **w != p.spec && p.spec.differs_softly(w)))
+            .cloned()
+            .collect();
+        for spec in soft {
+            self.reconfigure(spec).await;
+        }
         let gone: Vec<IpAddr> =
             self.peers.iter().filter(|(a, p)| wanted.get(a) != Some(&p.spec)).map(|(a, _)| *a).collect();
         for address in gone {
@@ -469,6 +490,45 @@ impl Core {
             );
         }
         Ok(())
+    }
+
+    /// Soft reconfiguration of a peer whose spec differs from `spec` in filters or next-hop
+    /// keeping only: the session stays up. A wider import filter needs the routes the old
+    /// one refused: the peer is asked to send them again (ROUTE-REFRESH), or, if it cannot be,
+    /// its session is reset (left to the caller: the spec stays different).
+    async fn reconfigure(&mut self, spec: PeerSpec) {
+        let Some(peer) = self.peers.get(&spec.address) else { return };
+        let established = peer.state == State::Established;
+        let refresh = peer.negotiated.as_ref().filter(|n| n.route_refresh).map(|n| n.families.clone());
+        if spec.import != peer.spec.import && established && refresh.is_none() {
+            return;
+        }
+        let (id, session) = (peer.id, peer.session.clone());
+        let four = peer.negotiated.as_ref().is_some_and(|n| n.four_octet_as);
+        let import_changed = spec.import != peer.spec.import;
+        let config = PeerConfig {
+            address: spec.address,
+            peer_as: spec.asn,
+            rr_client: spec.rr_client,
+            import: spec.import.clone(),
+            export: spec.export.clone(),
+            keep_next_hop: spec.keep_original_next_hop,
+        };
+        tracing::info!(peer = %spec.address, "peer reconfigured without a reset");
+        if let Some(entry) = self.peers.get_mut(&spec.address) {
+            entry.spec = spec;
+        }
+        let (changes, exports) = self.rib.reconfigure(id, config);
+        self.propagate_except(changes, Some(id)).await;
+        let mut messages = pack(last_per_prefix(exports), &Codec { four_octet_as: four, ebgp: false });
+        if import_changed {
+            let families = refresh.unwrap_or_default();
+            messages
+                .extend(families.into_iter().map(|family| Message::RouteRefresh(RouteRefresh { family, subtype: 0 })));
+        }
+        if !messages.is_empty() {
+            let _ = session.send(ToSession::Send(messages)).await;
+        }
     }
 
     /// Within the first minutes after start, sessions announce the restart (R bit), so peers
@@ -598,6 +658,12 @@ impl Core {
 
     /// Sends best-path changes to the peers and to subscribers.
     async fn propagate(&mut self, changes: Vec<BestChange>) {
+        self.propagate_except(changes, None).await;
+    }
+
+    /// [`Core::propagate`], sending nothing to `except` (a peer whose exports were worked out
+    /// whole).
+    async fn propagate_except(&mut self, changes: Vec<BestChange>, except: Option<PeerId>) {
         if changes.is_empty() {
             return;
         }
@@ -605,7 +671,7 @@ impl Core {
             self.publish(&changes);
         }
         let mut per_peer: HashMap<PeerId, Vec<Export>> = HashMap::new();
-        for (peer, export) in self.rib.exports(&changes) {
+        for (peer, export) in self.rib.exports(&changes).into_iter().filter(|(peer, _)| Some(*peer) != except) {
             per_peer.entry(peer).or_default().push(export);
         }
         for peer in self.peers.values() {

@@ -307,3 +307,48 @@ fn ipv6_routes_take_the_mp_next_hop_and_share_attributes() {
     assert_eq!(rib.paths(&net("fd00:7::/64"))[0].attrs.next_hop, Some(hop));
     assert_eq!(rib.attribute_sets(), 1, "100 routes, one shared attribute set");
 }
+
+#[test]
+fn a_soft_reconfiguration_drops_what_the_new_import_refuses_and_sends_what_the_export_changed() {
+    let mut rib = Rib::new(ASN, ME, None);
+    let a = peer(&mut rib, 2, 65001, false);
+    let b = peer(&mut rib, 3, 65002, false);
+    apply(&mut rib, a, &announce(&["10.1.0.0/24", "10.2.0.0/24"], &[65001], "10.0.0.2", vec![]));
+    rib.originate(net("10.244.0.0/26"), PathAttrs::local(None));
+    rib.originate(net("10.245.0.0/26"), PathAttrs::local(None));
+    let config = |import: &[&str], export: &[&str]| PeerConfig {
+        address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        peer_as: 65001,
+        rr_client: false,
+        import: PrefixFilter::only(&import.iter().map(|p| net(p)).collect::<Vec<_>>()),
+        export: PrefixFilter::only(&export.iter().map(|p| net(p)).collect::<Vec<_>>()),
+        keep_next_hop: false,
+    };
+
+    // Import only 10.1/16 from a, export only 10.244/16 to it.
+    let (changes, exports) = rib.reconfigure(a, config(&["10.1.0.0/16"], &["10.244.0.0/16"]));
+    let changed: Vec<IpNetwork> = changes.iter().map(|c| c.prefix).collect();
+    assert_eq!(changed, [net("10.2.0.0/24")], "only the refused route goes");
+    assert_eq!(best_peer(&rib, "10.1.0.0/24"), Some(a), "the accepted one stays, untouched");
+    assert!(rib.paths(&net("10.2.0.0/24")).is_empty());
+    // a held 10.244, 10.245 and b's nothing; now it should hold 10.244 only.
+    let sent: Vec<String> = exports
+        .iter()
+        .map(|e| match e {
+            Export::Announce(p, _) => format!("+{p}"),
+            Export::Withdraw(p) => format!("-{p}"),
+        })
+        .collect();
+    assert_eq!(sent, ["-10.245.0.0/26"], "10.244 was sent already and is unchanged");
+    assert_eq!(rib.counts(a).advertised, 1);
+    // The other peer hears of the withdrawn route through the changes.
+    let to_b = rib.exports(&changes);
+    assert_eq!(sent_to(&to_b, b), [&Export::Withdraw(net("10.2.0.0/24"))]);
+
+    // Exporting more announces what is now let out; a peer that is down gets nothing.
+    let (_, exports) = rib.reconfigure(a, config(&["10.1.0.0/16"], &["10.244.0.0/16", "10.245.0.0/16"]));
+    assert!(matches!(&exports[..], [Export::Announce(p, _)] if *p == net("10.245.0.0/26")), "{exports:?}");
+    rib.peer_down(b, false);
+    let (_, exports) = rib.reconfigure(b, config(&[], &[]));
+    assert!(exports.is_empty());
+}
