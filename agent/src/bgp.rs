@@ -104,14 +104,6 @@ fn applies_to(
     }
 }
 
-/// `10.0.0.1`, `10.0.0.1:1179`, `[fd00::1]:179`, `fd00::1`.
-pub(crate) fn parse_peer_ip(text: &str) -> Option<(IpAddr, Option<u16>)> {
-    if let Ok(ip) = text.parse() {
-        return Some((ip, None));
-    }
-    text.parse::<SocketAddr>().ok().map(|a| (a.ip(), Some(a.port())))
-}
-
 /// The plan for `me`: the node-to-node mesh (each session opened by the lower address only,
 /// so they never collide) and every BGPPeer that applies to this node; route reflectors
 /// treat nodes outside their cluster as clients. Nodes with addresses of both families peer
@@ -221,7 +213,7 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
             continue;
         }
         if let Some(text) = &spec.peer_ip {
-            let Some((address, port)) = parse_peer_ip(text) else {
+            let Some((address, port)) = spec.peer_address() else {
                 out.problems.push(format!("BGPPeer {}: peerIP \"{text}\" is not an address", resource.metadata.name));
                 continue;
             };

@@ -217,10 +217,12 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
                     Some((speaker, _)) => speaker.report().await.ok(),
                     None => None,
                 };
+                let datastore = metrics.datastore_problem();
                 let report = serde_json::json!({
                     "node": name,
                     "ready": metrics.is_ready(),
-                    "problems": last_problems.iter().chain(&last_bgp_problems).collect::<Vec<_>>(),
+                    "notReady": metrics.not_ready_reason(),
+                    "problems": datastore.iter().chain(&last_problems).chain(&last_bgp_problems).collect::<Vec<_>>(),
                     "bgp": peers.map(|peers| serde_json::json!({ "peers": peers })),
                 });
                 let _ = reply.send(report.to_string());
@@ -395,8 +397,20 @@ impl Agent<'_> {
         if !full {
             self.metrics.watch_lag(took);
         }
-        let ready = applied.failures.is_empty() && bgp_ok;
-        if ready && !self.metrics.is_ready() {
+        let ready = if let Some((driver, e)) = applied.failures.first() {
+            Err(format!("the {driver} driver failed: {e}"))
+        } else if !bgp_ok {
+            Err("no BGP session is established".to_owned())
+        } else if let Some(first) = desired.unrouted.first() {
+            Err(format!(
+                "no route to {} block(s) of other nodes ({first}{}); the problems say why",
+                desired.unrouted.len(),
+                if desired.unrouted.len() > 1 { ", ..." } else { "" }
+            ))
+        } else {
+            Ok(())
+        };
+        if ready.is_ok() && !self.metrics.is_ready() {
             tracing::warn!(routes = desired.routes.len(), "dataplane in sync");
         }
         self.metrics.set_ready(ready);

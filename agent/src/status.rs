@@ -7,15 +7,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+/// A lock that a panic elsewhere does not poison for good.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The agent's counters and gauges.
 #[derive(Debug, Default)]
 pub struct Metrics {
     ready: AtomicBool,
+    /// Why the agent is not ready, when it is not.
+    not_ready: Mutex<String>,
+    /// Since when the datastore has been unreachable, and the last error.
+    datastore_down: Mutex<Option<(SystemTime, String)>>,
     routes: AtomicU64,
     route_changes: AtomicU64,
     applies: AtomicU64,
@@ -31,14 +40,50 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Marks the dataplane in sync (or not).
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    /// Marks the dataplane in sync, or not and why.
+    pub fn set_ready(&self, ready: Result<(), String>) {
+        self.ready.store(ready.is_ok(), Ordering::Relaxed);
+        *lock(&self.not_ready) = ready.err().unwrap_or_default();
     }
 
-    /// Whether the dataplane is in sync.
+    /// Records that the datastore could not be reached (the first time since it last could).
+    pub fn datastore_unreachable(&self, error: &str) {
+        let mut down = lock(&self.datastore_down);
+        let since = down.as_ref().map_or_else(SystemTime::now, |(since, _)| *since);
+        *down = Some((since, error.to_owned()));
+    }
+
+    /// Records that the datastore answered.
+    pub fn datastore_reachable(&self) {
+        *lock(&self.datastore_down) = None;
+    }
+
+    /// What is wrong with the datastore connection, in words, if anything.
+    pub fn datastore_problem(&self) -> Option<String> {
+        let down = lock(&self.datastore_down);
+        let (since, error) = down.as_ref()?;
+        let ago = since.elapsed().unwrap_or_default().as_secs();
+        Some(format!(
+            "the datastore is unreachable since {} ({ago} s): {error}",
+            humantime::format_rfc3339_seconds(*since)
+        ))
+    }
+
+    /// Whether the dataplane is in sync with a datastore that answers.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && lock(&self.datastore_down).is_none()
+    }
+
+    /// Why the agent is not ready ("" when it is).
+    pub fn not_ready_reason(&self) -> String {
+        match self.datastore_problem() {
+            Some(problem) => problem,
+            None if self.ready.load(Ordering::Relaxed) => String::new(),
+            None => {
+                let why = lock(&self.not_ready);
+                if why.is_empty() { "not in sync with the datastore yet".into() } else { why.clone() }
+            }
+        }
     }
 
     /// Records one application of the desired state.
@@ -80,7 +125,7 @@ impl Metrics {
 
     /// Counts an error of a kind (`datastore`, `routes`, `vxlan`, `iptables`, `sysctl`).
     pub fn error(&self, kind: &'static str) {
-        *self.errors.lock().unwrap_or_else(|p| p.into_inner()).entry(kind).or_default() += 1;
+        *lock(&self.errors).entry(kind).or_default() += 1;
     }
 
     /// The Prometheus text exposition.
@@ -154,7 +199,7 @@ impl Metrics {
             get(&self.bgp_routes).to_string(),
         );
         let _ = writeln!(out, "# HELP brindle_errors_total Errors by kind.\n# TYPE brindle_errors_total counter");
-        for (kind, count) in self.errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (kind, count) in lock(&self.errors).iter() {
             let _ = writeln!(out, "brindle_errors_total{{kind=\"{kind}\"}} {count}");
         }
         out
@@ -194,7 +239,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, with_metrics: b
             let (status, body) = match path {
                 "/liveness" => ("200 OK", "ok\n".to_owned()),
                 "/readiness" if metrics.is_ready() => ("200 OK", "ready\n".to_owned()),
-                "/readiness" => ("503 Service Unavailable", "not in sync yet\n".to_owned()),
+                "/readiness" => ("503 Service Unavailable", format!("{}\n", metrics.not_ready_reason())),
                 "/metrics" if with_metrics => ("200 OK", metrics.render()),
                 _ => ("404 Not Found", "not found\n".to_owned()),
             };
@@ -260,5 +305,24 @@ mod tests {
         assert!(text.contains("brindle_iptables_restore_errors_total 1"), "{text}");
         assert!(text.contains("brindle_errors_total{kind=\"routes\"} 1"), "{text}");
         assert!(text.contains("brindle_ready 0"), "{text}");
+    }
+
+    #[test]
+    fn readiness_says_why_not_and_a_datastore_outage_wins() {
+        let m = Metrics::default();
+        assert_eq!(m.not_ready_reason(), "not in sync with the datastore yet");
+        m.set_ready(Ok(()));
+        assert!(m.is_ready() && m.not_ready_reason().is_empty());
+        m.datastore_unreachable("connection refused");
+        let first = m.datastore_problem().unwrap();
+        m.datastore_unreachable("timed out");
+        let again = m.datastore_problem().unwrap();
+        assert!(!m.is_ready());
+        assert!(again.starts_with(first.split(" (").next().unwrap()), "the outage keeps its start: {first} / {again}");
+        assert!(again.ends_with("timed out") && m.not_ready_reason() == again, "{again}");
+        m.datastore_reachable();
+        assert!(m.is_ready());
+        m.set_ready(Err("no route to 10.244.1.0/26".into()));
+        assert_eq!(m.not_ready_reason(), "no route to 10.244.1.0/26");
     }
 }

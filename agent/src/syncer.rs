@@ -28,17 +28,27 @@ fn decoded(key: &str) -> bool {
 /// What the syncer publishes: the cluster, or nothing before the first complete list.
 pub type Published = Option<Arc<Cluster>>;
 
-/// Keeps `tx` up to date with the datastore until the receiver side is gone.
+/// The first and the longest wait before listing again after the datastore failed.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
+
+/// Keeps `tx` up to date with the datastore until the receiver side is gone. While the
+/// datastore cannot be reached, `metrics` says so and since when (the agent is not ready);
+/// after it answers again, the wait before the next attempt starts over.
 pub async fn run(store: Arc<dyn Datastore>, node: String, tx: watch::Sender<Published>, metrics: Arc<Metrics>) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = BACKOFF.0;
     loop {
-        match sync_once(&*store, &node, &tx, &metrics).await {
+        let mut listed = false;
+        match sync_once(&*store, &node, &tx, &metrics, &mut listed).await {
             Ok(()) => return,
             Err(e) => {
                 metrics.error("datastore");
+                metrics.datastore_unreachable(&format!("{e:#}"));
+                if listed {
+                    backoff = BACKOFF.0;
+                }
                 tracing::warn!(error = %e, "datastore sync interrupted; listing again in {backoff:?}");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff = (backoff * 2).min(BACKOFF.1);
             }
         }
     }
@@ -49,8 +59,11 @@ async fn sync_once(
     node: &str,
     tx: &watch::Sender<Published>,
     metrics: &Metrics,
+    listed: &mut bool,
 ) -> anyhow::Result<()> {
     let listing = store.list(ROOT).await?;
+    *listed = true;
+    metrics.datastore_reachable();
     let mut cache: BTreeMap<String, Vec<u8>> = listing.items.into_iter().map(|kv| (kv.key, kv.value)).collect();
     tx.send_replace(Some(Arc::new(decode(&cache, node))));
     tracing::info!(keys = cache.len(), revision = listing.revision, "in sync with the datastore");

@@ -284,3 +284,31 @@ fn ip_in_ip_cluster_where_the_kernel_has_ipip() {
     assert_full_mesh(&cluster);
     assert!(cluster.ip(0, &["route", "show", "proto", "98"]).contains("dev tunl0"));
 }
+
+#[test]
+fn an_agent_that_cannot_route_to_another_nodes_pods_is_not_ready_and_says_why() {
+    // Two subnets, no encapsulation and no BGP: neither node can reach the other's block.
+    let mut cluster = Cluster::new(&["10.250.0.0/24", "10.251.0.0/24"], &[(0, 10), (1, 10)], &pool("Never", false));
+    cluster.start_agent(0);
+    cluster.start_agent(1);
+    cluster.eventually(Duration::from_secs(10), "the agents publish the pod MTU", || {
+        (0..2).all(|i| cluster.nodes[i].state.path().join("mtu").exists())
+    });
+    cluster.add_pod(0, |_| {});
+    cluster.add_pod(1, |_| {});
+    cluster.eventually(Duration::from_secs(10), "node 0 says it cannot route", || {
+        let readiness = cluster.http(0, 9099, "/readiness");
+        readiness.starts_with("HTTP/1.0 503") && readiness.contains("no route to 1 block(s) of other nodes")
+    });
+    let status = cluster.status(0);
+    assert!(status["ready"] == false && status["notReady"].as_str().unwrap().contains("no route"), "{status}");
+    let problems = status["problems"].to_string();
+    assert!(
+        problems.contains("is not on this node's subnet") && problems.contains("does not encapsulate"),
+        "{problems}"
+    );
+    // VXLAN across subnets routes it, and the agent is ready again.
+    cluster.apply(&pool("CrossSubnet", false));
+    cluster.wait_ready(0);
+    assert_full_mesh(&cluster);
+}

@@ -40,7 +40,14 @@ pub fn render(status: &Value) -> String {
     let mut out = format!(
         "brindle-node on {} is {}\n",
         status["node"].as_str().unwrap_or("?"),
-        if status["ready"] == true { "ready (in sync with the datastore, dataplane programmed)" } else { "not ready" }
+        if status["ready"] == true {
+            "ready (in sync with the datastore, dataplane programmed)".to_owned()
+        } else {
+            match status["notReady"].as_str() {
+                Some(why) if !why.is_empty() => format!("not ready: {why}"),
+                _ => "not ready".to_owned(),
+            }
+        }
     );
     for problem in status["problems"].as_array().into_iter().flatten() {
         out += &format!("problem: {}\n", problem.as_str().unwrap_or_default());

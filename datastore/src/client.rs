@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::keys;
-use crate::resource::{self, Resource, Spec, ValidationError, Validator};
+use crate::resource::{self, Node, Resource, Spec, ValidationError, Validator};
 use crate::store::{Datastore, KeyValue, Revision};
 use crate::{Error, Result};
 
@@ -81,17 +81,62 @@ impl Client {
     }
 
     /// Creates a resource after filling its defaults and validating it.
+    ///
+    /// Kinds whose resources can conflict with each other (overlapping pools) are created
+    /// under a guard, so two writers cannot both pass the check: each reads the guard key,
+    /// checks against the others, creates, then bumps the guard by compare-and-swap on the
+    /// revision it read. A writer whose bump fails took part in a race it may have lost: it
+    /// deletes what it created and checks again against what the winner created.
     pub async fn create<S: Spec>(&self, mut r: Resource<S>) -> Result<Resource<S>> {
         r.spec.complete();
         r.validate()?;
-        self.check_conflicts(&r).await?;
         let key = keys::resource::<S>(r.metadata.namespace.as_deref(), &r.metadata.name);
-        let revision = self.store.create(&key, &encode(&r)?).await.map_err(|e| match e {
-            Error::AlreadyExists(_) => Error::AlreadyExists(format!("{} \"{}\"", S::KIND, r.metadata.name)),
-            other => other,
-        })?;
-        r.metadata.resource_version = Some(revision.to_string());
-        Ok(r)
+        let value = encode(&r)?;
+        let mut attempt = 0;
+        loop {
+            let guard = if S::HAS_CONFLICTS { Some(self.guard_revision::<S>().await?) } else { None };
+            self.check_conflicts(&r).await?;
+            let revision = self.store.create(&key, &value).await.map_err(|e| match e {
+                Error::AlreadyExists(_) => Error::AlreadyExists(format!("{} \"{}\"", S::KIND, r.metadata.name)),
+                other => other,
+            })?;
+            let Some(guard) = guard else {
+                r.metadata.resource_version = Some(revision.to_string());
+                return Ok(r);
+            };
+            let guard_key = keys::create_guard::<S>();
+            let bumped = match guard {
+                Some(expected) => self.store.update(&guard_key, b"{}", expected).await.map(drop),
+                None => self.store.create(&guard_key, b"{}").await.map(drop),
+            };
+            match bumped {
+                Ok(()) => {
+                    r.metadata.resource_version = Some(revision.to_string());
+                    return Ok(r);
+                }
+                Err(Error::Conflict { .. } | Error::AlreadyExists(_) | Error::NotFound(_))
+                    if attempt < RACE_RETRIES =>
+                {
+                    attempt += 1;
+                    self.store.delete(&key, Some(revision)).await?;
+                }
+                Err(e) => {
+                    // Unknown whether another writer raced: take the resource back rather than
+                    // risk a conflict no check saw.
+                    let _ = self.store.delete(&key, Some(revision)).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The revision of the create guard of kind `S` (`None`: not written yet).
+    async fn guard_revision<S: Spec>(&self) -> Result<Option<Revision>> {
+        match self.store.get(&keys::create_guard::<S>()).await {
+            Ok(kv) => Ok(Some(kv.revision)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Replaces a resource. `r.metadata.resourceVersion` must be the revision it was read at;
@@ -178,17 +223,22 @@ impl Client {
         })
     }
 
-    /// Checks the resource against the others of its kind (e.g. overlapping pools).
+    /// Checks the resource against the others of its kind (e.g. overlapping pools) and
+    /// against the nodes (e.g. a pool holding a node's address).
     async fn check_conflicts<S: Spec>(&self, r: &Resource<S>) -> Result<()> {
-        if !S::HAS_CONFLICTS {
-            return Ok(());
-        }
-        let (others, _) = self.list::<S>().await?;
         let mut v = Validator::new(S::KIND, &r.metadata.name);
-        for other in
-            others.iter().filter(|o| o.metadata.name != r.metadata.name || o.metadata.namespace != r.metadata.namespace)
-        {
-            r.spec.check_conflict(other, &mut v);
+        if S::HAS_CONFLICTS {
+            let (others, _) = self.list::<S>().await?;
+            let is_other =
+                |o: &&Resource<S>| o.metadata.name != r.metadata.name || o.metadata.namespace != r.metadata.namespace;
+            for other in others.iter().filter(is_other) {
+                r.spec.check_conflict(other, &mut v);
+            }
+        }
+        if S::CONFLICTS_WITH_NODES {
+            for node in self.list::<Node>().await?.0 {
+                r.spec.check_node(&node, &mut v);
+            }
         }
         v.finish().map_err(|e: ValidationError| e.into())
     }

@@ -13,6 +13,12 @@ pub const BLOCKS: &str = "/brindle/ipam/v1/blocks/";
 /// Where garbage collection keeps what its last pass saw (outside the blocks' prefix).
 pub const IPAM_GC_RECORD: &str = "/brindle/ipam/v1/gc";
 
+/// The key whose revision serializes creating resources of kind `S` that can conflict with
+/// each other (overlapping pools): see `Client::create`. Outside the resources' prefix.
+pub fn create_guard<S: Spec>() -> String {
+    format!("/brindle/guards/v1/{}", S::PLURAL)
+}
+
 /// The prefix of every resource of kind `S`.
 pub fn kind_prefix<S: Spec>() -> String {
     format!("{RESOURCES}{}/", S::PLURAL)
@@ -43,5 +49,6 @@ mod tests {
         assert_eq!(block(&"10.244.0.64/26".parse().unwrap()), "/brindle/ipam/v1/blocks/10.244.0.64-26");
         assert_eq!(block(&"fd00::40/122".parse().unwrap()), "/brindle/ipam/v1/blocks/fd00::40-122");
         assert!(!IPAM_GC_RECORD.starts_with(BLOCKS), "listing the blocks must not return the record");
+        assert!(!create_guard::<IpPool>().starts_with(RESOURCES), "listing resources must not return a guard");
     }
 }

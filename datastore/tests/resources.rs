@@ -4,14 +4,16 @@
 mod common;
 
 use brindle_datastore::resource::{AnyResource, kind_named, parse_documents};
-use brindle_datastore::resource::{BgpConfiguration, IpPool, Resource, WorkloadEndpoint};
+use brindle_datastore::resource::{BgpConfiguration, IpPool, Node, NodeBgp, Resource, WorkloadEndpoint};
 use brindle_datastore::testing::Backend;
 use brindle_datastore::{Applied, Client, Error};
 
 per_backend!(
     pools_are_validated_and_cas_protected,
     namespaced_resources_are_keyed_by_namespace,
-    apply_creates_replaces_and_skips_what_is_unchanged
+    apply_creates_replaces_and_skips_what_is_unchanged,
+    concurrent_overlapping_pools_are_never_both_created,
+    a_pool_may_not_hold_a_nodes_address,
 );
 
 async fn pools_are_validated_and_cas_protected(backend: Backend) {
@@ -127,4 +129,44 @@ async fn apply_creates_replaces_and_skips_what_is_unchanged(backend: Backend) {
     listed[0].delete(&client).await.unwrap();
     assert!(AnyResource::list(&client, kind).await.unwrap().is_empty());
     assert!(matches!(AnyResource::get(&client, kind, None, "p").await, Err(Error::NotFound(_))));
+}
+
+async fn concurrent_overlapping_pools_are_never_both_created(backend: Backend) {
+    let (_server, store) = common::open(backend).await;
+    // Pairs of overlapping pools created at the same moment, each through its own client.
+    for round in 0..8u8 {
+        let (a, b) = (Client::new(store.clone()), Client::new(store.clone()));
+        let wide = Resource::new(format!("wide-{round}"), IpPool::new(format!("10.{round}.0.0/16").parse().unwrap()));
+        let narrow =
+            Resource::new(format!("narrow-{round}"), IpPool::new(format!("10.{round}.128.0/17").parse().unwrap()));
+        let (first, second) = tokio::join!(a.create(wide), b.create(narrow));
+        let created = usize::from(first.is_ok()) + usize::from(second.is_ok());
+        assert!(created <= 1, "round {round}: both overlapping pools were created");
+        for refused in [first.err(), second.err()].into_iter().flatten() {
+            assert!(refused.to_string().contains("overlaps IPPool"), "round {round}: {refused}");
+        }
+    }
+    let (pools, _) = Client::new(store).list::<IpPool>().await.unwrap();
+    for (i, p) in pools.iter().enumerate() {
+        for q in &pools[i + 1..] {
+            assert!(!p.spec.cidr.contains(q.spec.cidr.network()) && !q.spec.cidr.contains(p.spec.cidr.network()));
+        }
+    }
+}
+
+async fn a_pool_may_not_hold_a_nodes_address(backend: Backend) {
+    let (_server, store) = common::open(backend).await;
+    let client = Client::new(store);
+    let node = Node {
+        bgp: Some(NodeBgp { ipv4_address: Some("10.250.0.10/24".parse().unwrap()), ..NodeBgp::default() }),
+        ..Node::default()
+    };
+    client.create(Resource::new("node-0", node)).await.unwrap();
+    let err =
+        client.create(Resource::new("underlay", IpPool::new("10.250.0.0/24".parse().unwrap()))).await.unwrap_err();
+    assert!(
+        err.to_string().contains("spec.cidr \"10.250.0.0/24\": contains 10.250.0.10, the address of node \"node-0\""),
+        "{err}"
+    );
+    assert!(client.list::<IpPool>().await.unwrap().0.is_empty());
 }

@@ -151,3 +151,52 @@ fn a_failed_up_leaves_nothing_behind() {
     assert_eq!(lab.namespaces(), Vec::<String>::new(), "namespaces left behind");
     assert!(!lab.state_dir().exists());
 }
+
+#[test]
+fn a_datastore_outage_makes_the_agents_unready_and_their_pods_keep_talking() {
+    let lab = Lab::new();
+    let up = lab.run(&["up", "--nodes", "2", "--pods-per-node", "1", "--datastore", "etcd"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let state = LabState::load(&lab.state_dir()).unwrap();
+    let etcd = nix::unistd::Pid::from_raw(state.etcd_pid.expect("an etcd lab has etcd") as i32);
+    assert!(is_running(etcd.as_raw() as u32, "etcd"));
+    let node = &state.nodes[0];
+    let readiness =
+        || brindle_e2e::netns::http_get(&PathBuf::from("/var/run/netns").join(&node.netns), 9099, "/readiness");
+    // Whatever happens, etcd runs again before the lab is taken down.
+    struct Thaw(nix::unistd::Pid);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    let _thaw = Thaw(etcd);
+    let freeze = |frozen: bool| {
+        let signal = if frozen { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
+        nix::sys::signal::kill(etcd, signal).unwrap();
+    };
+    let wait = |what: &str, check: &mut dyn FnMut() -> bool| {
+        brindle_e2e::wait::wait_for(what, std::time::Duration::from_secs(60), check).unwrap();
+    };
+
+    freeze(true);
+    wait("node-0 to report the outage", &mut || readiness().contains("the datastore is unreachable since"));
+    assert!(readiness().starts_with("HTTP/1.0 503"), "{}", readiness());
+    let status = lab.run(&["exec", "node-0", "--", "brindlectl", "node", "status"]);
+    assert!(text(&status).contains("not ready: the datastore is unreachable since"), "{}", text(&status));
+    let ping = lab.run(&["ping"]);
+    assert!(ping.status.success(), "pods stop talking when the datastore is away: {}", text(&ping));
+
+    freeze(false);
+    wait("node-0 to be ready again", &mut || readiness().starts_with("HTTP/1.0 200"));
+
+    // A later outage is retried at once: the wait between attempts started over.
+    let logged = std::fs::read_to_string(&node.log).unwrap().len();
+    freeze(true);
+    wait("node-0 to report the second outage", &mut || readiness().contains("the datastore is unreachable since"));
+    freeze(false);
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    let retry = log[logged..].lines().find(|l| l.contains("listing again in")).unwrap_or_default().to_owned();
+    assert!(retry.contains("listing again in 200ms"), "{retry}");
+    wait("node-0 to be ready after the second outage", &mut || readiness().starts_with("HTTP/1.0 200"));
+}

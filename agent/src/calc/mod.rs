@@ -122,6 +122,9 @@ pub struct Desired {
     pub control_hosts: Vec<IpAddr>,
     /// The port BGP listens on (BGPConfiguration `listenPort`).
     pub bgp_port: u16,
+    /// Blocks of other registered nodes with no route: their pods are out of reach, and the
+    /// agent is not ready (blocks of nodes that are gone wait for garbage collection).
+    pub unrouted: Vec<IpNetwork>,
     /// Things that could not be done, in words (logged and reported).
     pub problems: Vec<String>,
 }
@@ -229,12 +232,7 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
     out.node_addresses.sort();
     out.node_addresses.dedup();
     out.control_hosts = out.node_addresses.clone();
-    out.control_hosts.extend(
-        cluster
-            .peers
-            .iter()
-            .filter_map(|p| p.spec.peer_ip.as_deref().and_then(crate::bgp::parse_peer_ip).map(|(ip, _)| ip)),
-    );
+    out.control_hosts.extend(cluster.peers.iter().filter_map(|p| p.spec.peer_address().map(|(ip, _)| ip)));
     out.control_hosts.sort();
     out.control_hosts.dedup();
     out.bgp_port = cluster.bgp.listen_port;
@@ -352,6 +350,14 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
             out.routes.insert(*net, Target::Workload { interface: workload.spec.interface_name.clone() });
         }
     }
+
+    out.unrouted = cluster
+        .blocks
+        .iter()
+        .filter(|b| b.owner.as_deref().is_some_and(|o| o != me.name && nodes.contains_key(o)))
+        .filter(|b| pool_of(&b.cidr).is_some() && !out.routes.contains_key(&b.cidr))
+        .map(|b| b.cidr)
+        .collect();
 
     if out.vxlan {
         for (name, node) in &nodes {

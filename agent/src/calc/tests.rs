@@ -185,3 +185,26 @@ fn learned_routes_with_a_next_hop_that_cannot_carry_traffic_are_not_installed() 
     assert!(d.problems.iter().any(|p| p.contains("via 10.0.0.1, which is this node")), "{:?}", d.problems);
     assert_eq!(route(&d, "10.244.0.0/26"), Some(Target::Blackhole), "own blocks stay blackholed");
 }
+
+#[test]
+fn blocks_of_registered_nodes_without_a_route_are_unrouted_and_those_of_gone_nodes_are_not() {
+    let mut c = cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never));
+    assert!(desired(&me(false), &c, None).unrouted.is_empty(), "VXLAN reaches every node");
+    c.nodes[2].spec.ipv4_vxlan_tunnel_addr = None;
+    assert_eq!(desired(&me(false), &c, None).unrouted, ["10.244.2.0/26".parse::<IpNetwork>().unwrap()]);
+    c.nodes.pop();
+    assert!(desired(&me(false), &c, None).unrouted.is_empty(), "node c is gone: its block waits for GC");
+}
+
+#[test]
+fn the_firewall_knows_every_node_and_bgp_peer_and_the_bgp_port() {
+    let mut c = cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never));
+    let peer = BgpPeer { peer_ip: Some("192.0.2.1:1179".into()), ..BgpPeer::default() };
+    c.peers.push(Resource::new("tor", peer));
+    c.bgp.listen_port = 1179;
+    let d = desired(&me(false), &c, None);
+    let text = |ips: &[IpAddr]| ips.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(text(&d.node_addresses), ["10.0.0.1", "10.0.0.2", "10.0.1.3"]);
+    assert_eq!(text(&d.control_hosts), ["10.0.0.1", "10.0.0.2", "10.0.1.3", "192.0.2.1"]);
+    assert_eq!(d.bgp_port, 1179);
+}

@@ -75,17 +75,29 @@ impl SecretKeyRef {
 }
 
 impl BgpPeer {
-    /// The peer's address and port (179 unless `peerIP` names one).
-    pub fn peer_address(&self) -> Option<SocketAddr> {
-        parse_peer_ip(self.peer_ip.as_deref()?).ok()
+    /// The peer's address and the port `peerIP` names, if it names one (`None`: no `peerIP`,
+    /// or one that is not an address).
+    pub fn peer_address(&self) -> Option<(IpAddr, Option<u16>)> {
+        parse_peer_ip(self.peer_ip.as_deref()?)
     }
 }
 
-fn parse_peer_ip(s: &str) -> Result<SocketAddr, ()> {
+/// A `peerIP`: `10.0.0.1`, `10.0.0.1:1179`, `fd00::1`, `[fd00::1]:1179`; the port when given.
+fn parse_peer_ip(s: &str) -> Option<(IpAddr, Option<u16>)> {
     if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, 179));
+        return Some((ip, None));
     }
-    s.parse::<SocketAddr>().map_err(|_| ())
+    s.parse::<SocketAddr>().ok().map(|a| (a.ip(), Some(a.port())))
+}
+
+/// Whether another host can be a BGP peer at `ip`: not unspecified, loopback, multicast,
+/// broadcast or link-local (which would need an interface to be named).
+fn is_peer_host(ip: IpAddr) -> bool {
+    let special = match ip {
+        IpAddr::V4(a) => a.is_broadcast() || a.is_link_local(),
+        IpAddr::V6(a) => a.is_unicast_link_local(),
+    };
+    !(special || ip.is_unspecified() || ip.is_loopback() || ip.is_multicast())
 }
 
 impl Spec for BgpPeer {
@@ -107,12 +119,20 @@ impl Spec for BgpPeer {
             (Some(_), Some(sel)) => v.problem("spec.peerSelector", sel, "cannot be used together with spec.peerIP"),
             (None, None) => v.problem("spec.peerIP", "", "one of peerIP or peerSelector is required"),
             (Some(ip), None) => {
-                if parse_peer_ip(ip).is_err() {
-                    v.problem(
+                match parse_peer_ip(ip) {
+                    None => v.problem(
                         "spec.peerIP",
                         ip,
                         "must be an IP address, optionally with a port (10.0.0.1:179, [fd00::1]:179)",
-                    );
+                    ),
+                    Some((address, _)) if !is_peer_host(address) => v.problem(
+                        "spec.peerIP",
+                        ip,
+                        "must be the unicast address of another host (not loopback, multicast, broadcast, \
+                         link-local or unspecified)",
+                    ),
+                    Some((_, Some(0))) => v.problem("spec.peerIP", ip, "the port must be 1-65535"),
+                    Some(_) => {}
                 }
                 match self.as_number {
                     Some(asn) => v.as_number("spec.asNumber", asn),
@@ -318,12 +338,27 @@ mod tests {
     #[test]
     fn peer_ip_takes_an_optional_port() {
         let peer = BgpPeer { peer_ip: Some("[fd00::1]:1179".into()), as_number: Some(65000), ..BgpPeer::default() };
-        assert_eq!(peer.peer_address().unwrap().port(), 1179);
+        assert_eq!(peer.peer_address(), Some(("fd00::1".parse().unwrap(), Some(1179))));
         assert_eq!(problems(peer), "");
         let peer = BgpPeer { peer_ip: Some("10.0.0.300".into()), ..BgpPeer::default() };
         let err = problems(peer);
         assert!(err.contains("spec.peerIP \"10.0.0.300\""), "{err}");
         assert!(err.contains("spec.asNumber: is required with peerIP"), "{err}");
+    }
+
+    #[test]
+    fn peer_ip_is_another_hosts_unicast_address() {
+        for bad in ["127.0.0.1", "224.0.0.5", "0.0.0.0", "255.255.255.255", "169.254.1.1", "::1", "fe80::1", "ff02::5"]
+        {
+            let peer = BgpPeer { peer_ip: Some(bad.into()), as_number: Some(65000), ..BgpPeer::default() };
+            let err = problems(peer);
+            assert!(
+                err.contains(&format!("spec.peerIP \"{bad}\": must be the unicast address of another host")),
+                "{err}"
+            );
+        }
+        let peer = BgpPeer { peer_ip: Some("10.0.0.1:0".into()), as_number: Some(65000), ..BgpPeer::default() };
+        assert!(problems(peer).contains("the port must be 1-65535"));
     }
 
     #[test]

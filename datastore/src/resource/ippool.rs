@@ -182,6 +182,22 @@ impl Spec for IpPool {
         }
     }
 
+    const CONFLICTS_WITH_NODES: bool = true;
+
+    fn check_node(&self, node: &super::Resource<super::Node>, v: &mut Validator) {
+        if let Some(address) = node.spec.known_addresses().find(|a| self.cidr.contains(*a)) {
+            v.problem(
+                "spec.cidr",
+                self.cidr,
+                format!(
+                    "contains {address}, the address of node \"{}\": pods would be given node addresses and \
+                     every route to a node inside a pool is refused",
+                    node.metadata.name
+                ),
+            );
+        }
+    }
+
     fn complete(&mut self) {
         self.block_size = Some(self.block_size());
     }

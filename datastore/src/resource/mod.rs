@@ -86,6 +86,13 @@ pub trait Spec: Serialize + DeserializeOwned + Clone + Debug + PartialEq + Send 
     /// Records a problem if `self` may not exist beside `other` (e.g. overlapping pools).
     fn check_conflict(&self, _other: &Resource<Self>, _v: &mut Validator) {}
 
+    /// Whether resources of this kind can conflict with nodes (see [`Spec::check_node`]);
+    /// only then does a write read the nodes.
+    const CONFLICTS_WITH_NODES: bool = false;
+
+    /// Records a problem if `self` may not exist beside `node` (a pool holding its address).
+    fn check_node(&self, _node: &Resource<Node>, _v: &mut Validator) {}
+
     /// Fills defaults that depend on other fields (e.g. a pool's block size on its family),
     /// so what is stored says exactly what is in force.
     fn complete(&mut self) {}

@@ -68,6 +68,13 @@ impl Node {
     pub fn ipv4(&self) -> Option<IpNetwork> {
         self.bgp.as_ref().and_then(|b| b.ipv4_address)
     }
+
+    /// Every address the node is known by: its BGP addresses of both families and the
+    /// addresses it lists.
+    pub fn known_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let bgp = self.bgp.iter().flat_map(|b| [b.ipv4_address, b.ipv6_address]).flatten().map(|n| n.ip());
+        bgp.chain(self.addresses.iter().map(|a| a.address))
+    }
 }
 
 impl Spec for Node {

@@ -3,7 +3,6 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use brindle_bgp::attrs::PathAttrs;
 use brindle_bgp::rib::PrefixFilter;
 use brindle_bgp::speaker::{PeerSpec, SpeakerConfig};
@@ -79,28 +78,83 @@ struct Originate {
     communities: Vec<String>,
 }
 
+/// A configuration that cannot be used, in words naming the field (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// Why `asn` cannot be an AS number, if it cannot.
+fn unusable_asn(asn: u32) -> Option<&'static str> {
+    match asn {
+        0 => Some("0 is reserved (RFC 7607)"),
+        23456 => Some("23456 is AS_TRANS, reserved (RFC 6793)"),
+        _ => None,
+    }
+}
+
+/// Why a peer cannot be at `ip`, if it cannot.
+fn unusable_peer(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        _ if ip.is_unspecified() => Some("is unspecified"),
+        _ if ip.is_multicast() => Some("is a multicast address"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("is the broadcast address"),
+        _ => None,
+    }
+}
+
 impl Config {
-    /// Reads and checks a configuration file.
-    pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let config: Config =
-            toml::from_str(&text).with_context(|| format!("{} is not a valid configuration", path.display()))?;
-        for p in &config.peers {
+    /// Reads and checks a configuration file; every error names the file and the field.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let fail = |what: String| ConfigError(format!("{}: {what}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let config: Config = toml::from_str(&text).map_err(|e| fail(format!("not a valid configuration: {e}")))?;
+        config.check().map_err(fail)?;
+        Ok(config)
+    }
+
+    /// The rules TOML cannot express.
+    fn check(&self) -> Result<(), String> {
+        if let Some(why) = unusable_asn(self.asn) {
+            return Err(format!("asn: {why}"));
+        }
+        if self.router_id.is_unspecified() {
+            return Err("router_id: 0.0.0.0 is not a BGP identifier (RFC 6286: it must be nonzero)".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.peers {
+            let peer = format!("peer {}", p.address);
+            if !seen.insert(p.address) {
+                return Err(format!("{peer}: listed twice; give each peer once"));
+            }
+            if let Some(why) = unusable_peer(p.address) {
+                return Err(format!("{peer}: address {why}"));
+            }
+            if let Some(why) = unusable_asn(p.asn) {
+                return Err(format!("{peer}: asn: {why}"));
+            }
             if p.hold_time.is_some_and(|h| h == 1 || h == 2) {
-                bail!("peer {}: hold_time must be 0 or at least 3", p.address);
+                return Err(format!("{peer}: hold_time must be 0 or at least 3"));
+            }
+            if p.port == Some(0) {
+                return Err(format!("{peer}: port must be 1-65535"));
+            }
+            if let Some(local) = p.local_address
+                && local.is_ipv4() != p.address.is_ipv4()
+            {
+                return Err(format!("{peer}: local_address {local} is not of the peer's address family"));
             }
         }
-        for o in &config.originate {
+        for o in &self.originate {
             if o.prefix.network() != o.prefix.ip() {
-                bail!(
+                return Err(format!(
                     "originate {}: host bits are set (did you mean {}/{}?)",
                     o.prefix,
                     o.prefix.network(),
                     o.prefix.prefix()
-                );
+                ));
             }
         }
-        Ok(config)
+        Ok(())
     }
 
     pub fn speaker(&self) -> SpeakerConfig {
@@ -144,5 +198,40 @@ impl Config {
                 Ok((o.prefix, attrs))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml: &str) -> Result<(), String> {
+        toml::from_str::<Config>(toml).map_err(|e| e.to_string())?.check()
+    }
+
+    const PEER: &str = "[[peers]]\naddress = \"10.0.0.2\"\nasn = 65002\n";
+
+    #[test]
+    fn unusable_values_are_refused_by_field() {
+        let base = "asn = 65001\nrouter_id = \"10.0.0.1\"\n";
+        assert_eq!(check(&format!("{base}{PEER}")), Ok(()));
+        let cases = [
+            ("asn = 0\nrouter_id = \"10.0.0.1\"\n", "asn: 0 is reserved"),
+            ("asn = 65001\nrouter_id = \"0.0.0.0\"\n", "router_id: 0.0.0.0 is not a BGP identifier"),
+            (&format!("{base}{PEER}{PEER}"), "peer 10.0.0.2: listed twice"),
+            (
+                &format!("{base}[[peers]]\naddress = \"224.0.0.5\"\nasn = 65002\n"),
+                "peer 224.0.0.5: address is a multicast",
+            ),
+            (&format!("{base}[[peers]]\naddress = \"10.0.0.3\"\nasn = 0\n"), "peer 10.0.0.3: asn: 0 is reserved"),
+            (
+                &format!("{base}[[peers]]\naddress = \"10.0.0.3\"\nasn = 65002\nlocal_address = \"fd00::1\"\n"),
+                "local_address fd00::1 is not of the peer's address family",
+            ),
+        ];
+        for (toml, expected) in cases {
+            let err = check(toml).unwrap_err();
+            assert!(err.contains(expected), "{toml}: {err}");
+        }
     }
 }

@@ -75,9 +75,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("brindle-bgp: {e:#}");
-            let usage = e
-                .chain()
-                .any(|c| c.to_string().contains("not a valid configuration") || c.to_string().contains("cannot read"));
+            let usage = e.chain().any(|c| c.is::<config::ConfigError>());
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
