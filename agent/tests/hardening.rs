@@ -17,10 +17,10 @@ const ONE_SUBNET: &[&str] = &["10.250.0.0/24"];
 const THREE_NODES: &[(usize, u32)] = &[(0, 10), (0, 11), (0, 12)];
 const PORT: &str = "5555";
 
-/// The packet builder (common/craft.py) run inside `netns`.
+/// The packet builder (common/craft.py) run inside `netns` by Debian's Python.
 fn craft(netns: &Netns, args: &[&str]) -> Command {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/craft.py");
-    let mut command = netns.command("python3");
+    let mut command = netns.command("/usr/bin/python3");
     command.arg(script).args(args);
     command
 }
