@@ -42,11 +42,13 @@ struct Args {
     /// The same for IPv6; none when not given.
     #[arg(long, env = "IP6_AUTODETECTION_METHOD")]
     ip6_autodetection_method: Option<Method>,
-    /// Where `/liveness` and `/readiness` are served.
-    #[arg(long, default_value = "127.0.0.1:9099")]
-    health_listen: SocketAddr,
+    /// Where `/liveness` and `/readiness` are served (default: 127.0.0.1, AgentConfiguration
+    /// `healthPort`, 9099).
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
     /// Where Prometheus metrics are served (`/metrics`): ADDRESS:PORT, or `off`. By default
-    /// this node's address, port 9091 (never every address: workloads may not read them).
+    /// this node's address and AgentConfiguration `prometheusMetricsPort` (9091), or off when
+    /// `prometheusMetricsEnabled` is false; never every address of the node.
     #[arg(long, env = "BRINDLE_METRICS_LISTEN")]
     metrics_listen: Option<String>,
     /// Full resync interval (default: AgentConfiguration's routeRefreshInterval).
@@ -140,8 +142,11 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     let metrics_listen = match args.metrics_listen.as_deref() {
         Some("off") => None,
         Some(listen) => Some(listen.parse::<SocketAddr>().with_context(|| format!("--metrics-listen {listen}"))?),
-        None => Some(SocketAddr::new(v4.address.ip(), 9091)),
+        None => {
+            config.prometheus_metrics_enabled.then(|| SocketAddr::new(v4.address.ip(), config.prometheus_metrics_port))
+        }
     };
+    let health_listen = args.health_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], config.health_port)));
     let host = Host {
         uplink: v4.interface.clone(),
         ipv4: Some(local),
@@ -149,7 +154,6 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         vxlan_vni: config.vxlan_vni,
         vxlan_port: config.vxlan_port,
         vxlan_mac: startup::vxlan_mac(&name),
-        metrics_port: metrics_listen.map(|l| l.port()),
     };
     let dataplane = Dataplane::new(host, backend)?;
 
@@ -160,7 +164,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     });
     tracing::info!(?backend, "BGP backend");
     let metrics = Arc::new(Metrics::default());
-    let health = status::bind(args.health_listen).await?;
+    let health = status::bind(health_listen).await?;
     tokio::spawn(status::serve(health, Arc::clone(&metrics), false));
     if let Some(listen) = metrics_listen {
         tokio::spawn(status::serve(status::bind(listen).await?, Arc::clone(&metrics), true));
@@ -410,7 +414,7 @@ impl Agent<'_> {
         } else {
             Ok(())
         };
-        if ready.is_ok() && !self.metrics.is_ready() {
+        if ready.is_ok() && !self.metrics.dataplane_ready() {
             tracing::warn!(routes = desired.routes.len(), "dataplane in sync");
         }
         self.metrics.set_ready(ready);

@@ -69,6 +69,11 @@ impl Metrics {
         ))
     }
 
+    /// Whether the last pass left the dataplane in sync (whatever the datastore does now).
+    pub fn dataplane_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
     /// Whether the dataplane is in sync with a datastore that answers.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && lock(&self.datastore_down).is_none()
@@ -206,11 +211,9 @@ impl Metrics {
     }
 }
 
-/// Listens for health (and metrics) requests on `listen`.
+/// Listens for health or metrics requests on `listen`.
 pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
-    tracing::info!(%listen, "serving health and metrics");
-    Ok(listener)
+    TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))
 }
 
 /// After a failed accept (out of file descriptors, say): logs it and pauses, so the listener
@@ -222,6 +225,9 @@ async fn accept_failed(e: std::io::Error) {
 
 /// Serves health (and metrics, when `with_metrics` is true) until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, with_metrics: bool) {
+    if let Ok(listen) = listener.local_addr() {
+        tracing::info!(%listen, "serving {}", if with_metrics { "health and metrics" } else { "health" });
+    }
     loop {
         let mut conn = match listener.accept().await {
             Ok((conn, _)) => conn,

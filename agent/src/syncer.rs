@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use brindle_datastore::ipam::Block;
 use brindle_datastore::resource::{
@@ -31,19 +31,23 @@ pub type Published = Option<Arc<Cluster>>;
 /// The first and the longest wait before listing again after the datastore failed.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
 
+/// How long a sync must have held before its failure starts the waits over (a watch that fails
+/// as soon as it starts keeps backing off).
+const HELD: Duration = Duration::from_secs(1);
+
 /// Keeps `tx` up to date with the datastore until the receiver side is gone. While the
-/// datastore cannot be reached, `metrics` says so and since when (the agent is not ready);
-/// after it answers again, the wait before the next attempt starts over.
+/// datastore cannot be reached, `metrics` says so and since when (the agent is not ready); a
+/// watch that ends for another reason (compacted history) is listed again without that. After
+/// a sync that held for a while, the wait before the next attempt starts over.
 pub async fn run(store: Arc<dyn Datastore>, node: String, tx: watch::Sender<Published>, metrics: Arc<Metrics>) {
     let mut backoff = BACKOFF.0;
     loop {
-        let mut listed = false;
-        match sync_once(&*store, &node, &tx, &metrics, &mut listed).await {
+        let mut synced_at = None;
+        match sync_once(&*store, &node, &tx, &metrics, &mut synced_at).await {
             Ok(()) => return,
             Err(e) => {
                 metrics.error("datastore");
-                metrics.datastore_unreachable(&format!("{e:#}"));
-                if listed {
+                if synced_at.is_some_and(|at: Instant| at.elapsed() >= HELD) {
                     backoff = BACKOFF.0;
                 }
                 tracing::warn!(error = %e, "datastore sync interrupted; listing again in {backoff:?}");
@@ -59,21 +63,25 @@ async fn sync_once(
     node: &str,
     tx: &watch::Sender<Published>,
     metrics: &Metrics,
-    listed: &mut bool,
+    synced_at: &mut Option<Instant>,
 ) -> anyhow::Result<()> {
-    let listing = store.list(ROOT).await?;
-    *listed = true;
+    let unreachable = |e: brindle_datastore::Error| {
+        metrics.datastore_unreachable(&e.to_string());
+        e
+    };
+    let listing = store.list(ROOT).await.map_err(unreachable)?;
+    *synced_at = Some(Instant::now());
     metrics.datastore_reachable();
     let mut cache: BTreeMap<String, Vec<u8>> = listing.items.into_iter().map(|kv| (kv.key, kv.value)).collect();
     tx.send_replace(Some(Arc::new(decode(&cache, node))));
     tracing::info!(keys = cache.len(), revision = listing.revision, "in sync with the datastore");
-    let mut watch = store.watch(ROOT, listing.revision).await?;
+    let mut watch = store.watch(ROOT, listing.revision).await.map_err(unreachable)?;
     loop {
         let Some(first) = watch.next().await else { anyhow::bail!("the watch ended") };
-        let mut events = vec![first?];
+        let mut events = vec![first.map_err(unreachable)?];
         // Take everything already queued, so a burst becomes one recomputation.
         while let Ok(Some(more)) = tokio::time::timeout(Duration::from_millis(20), watch.next()).await {
-            events.push(more?);
+            events.push(more.map_err(unreachable)?);
         }
         let mut relevant = false;
         for event in events {

@@ -1,7 +1,7 @@
 //! A pod is untrusted. In three-node clusters with real agents, pods try what an attacker in a
 //! pod would: inject VXLAN into another node, forge their source address, advertise
-//! themselves as an IPv6 router to their node, and open BGP or metrics connections to nodes
-//! (also while their own node's agent is down). Each attempt fails; the same packets from a
+//! themselves as an IPv6 router to their node, and open BGP connections to nodes (also while
+//! their own node's agent is down). Each attempt fails; the same packets from a
 //! node, where that is legitimate, get through, so every test shows its packets were right.
 
 mod common;
@@ -104,6 +104,17 @@ fn router_advertisements_from_a_pod_change_nothing_on_its_node() {
         let (_, addr) = netns::output(pod.netns.command("ip").args(["-6", "addr", "show", "dev", "eth0"]));
         addr.contains("scope link") && !addr.contains("tentative")
     });
+    // The host veth takes no advertisement and configures nothing from one, whatever the
+    // node's forwarding setting.
+    let links = cluster.ip(0, &["-o", "link", "show"]);
+    let veth = links.lines().filter_map(|l| l.split(": ").nth(1)).find(|n| n.starts_with("brin"));
+    let veth = veth.expect("the pod's host veth").split('@').next().unwrap().to_owned();
+    for setting in ["accept_ra", "autoconf"] {
+        let (_, value) = netns::output(
+            cluster.nodes[0].netns.command("sysctl").args(["-n", &format!("net.ipv6.conf.{veth}.{setting}")]),
+        );
+        assert_eq!(value.trim(), "0", "{setting} on {veth}");
+    }
     run(craft(&pod.netns, &["ra", "eth0", "2001:db8:1::"]));
     std::thread::sleep(Duration::from_millis(500));
     let routes = cluster.ip(0, &["-6", "route", "show"]);
@@ -113,8 +124,10 @@ fn router_advertisements_from_a_pod_change_nothing_on_its_node() {
 }
 
 #[test]
-fn no_pod_reaches_bgp_or_metrics_of_any_node_even_with_its_agent_down() {
-    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+fn no_pod_speaks_bgp_to_any_node_even_with_its_agent_down() {
+    // natOutgoing: a pod's connections to other nodes leave as its node's, which is what a
+    // peer would take for the node's own session.
+    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16, natOutgoing: true}\n---\n\
                 kind: AgentConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\nspec: {bgpBackend: Embedded}\n";
     let mut cluster = Cluster::new(ONE_SUBNET, THREE_NODES, yaml);
     cluster.start_all();
@@ -127,22 +140,20 @@ fn no_pod_reaches_bgp_or_metrics_of_any_node_even_with_its_agent_down() {
         });
     }
     let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.address.to_string()).collect();
-    // The ports are open: the nodes reach each other's BGP and metrics.
-    for port in ["179", "9091"] {
-        assert!(connects(&cluster.nodes[2].netns, &nodes[1], port), "node 2 to node 1:{port}");
-        assert!(connects(&cluster.nodes[0].netns, &nodes[0], port), "node 0 to itself:{port}");
-    }
-    // A pod reaches neither on its own node nor on another, with its agent up or down (it
-    // would then answer for its node: its traffic to other nodes leaves as the node's).
+    // The port is open: the nodes reach each other's BGP.
+    assert!(connects(&cluster.nodes[2].netns, &nodes[1], "179"), "node 2 to node 1");
+    assert!(connects(&cluster.nodes[0].netns, &nodes[0], "179"), "node 0 to itself");
+    // A pod reaches it neither on its own node nor on another, with its agent up or down
+    // (then the pod would hold its node's session with node 1).
     for agent_up in [true, false] {
         for target in [0, 1] {
-            for port in ["179", "9091"] {
-                let pod = &cluster.pods[attacker].netns;
-                assert!(!connects(pod, &nodes[target], port), "pod to node {target}:{port}, agent up: {agent_up}");
-            }
+            let pod = &cluster.pods[attacker].netns;
+            assert!(!connects(pod, &nodes[target], "179"), "pod to node {target}:179, agent up: {agent_up}");
         }
         cluster.stop_agent(0);
     }
-    // Pod traffic as such still flows.
+    // Pod traffic as such still flows; metrics listen on the node's address, not on every one.
     assert!(cluster.pods[attacker].ping(&cluster.pods[1].ip));
+    let (_, listening) = netns::output(cluster.nodes[1].netns.command("ss").args(["-ltn", "sport", "= :9091"]));
+    assert!(listening.contains(&format!("{}:9091", nodes[1])) && !listening.contains("0.0.0.0:9091"), "{listening}");
 }

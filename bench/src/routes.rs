@@ -108,8 +108,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         nat_pools: vec!["10.244.0.0/16".parse()?],
         nodes: vec!["10.250.0.10".parse()?],
         control_hosts: vec!["10.250.0.10".parse()?],
-        vxlan_port: 4789,
-        control_ports: vec![179, 9091],
+        vxlan_port: Some(4789),
+        ipip: false,
+        bgp_ports: vec![179],
     };
     iptables::sync(backend, false, &rules).context("first iptables sync")?;
     let started = Instant::now();

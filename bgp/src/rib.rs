@@ -499,9 +499,16 @@ impl Rib {
 
     /// Turns best-path changes into what each established peer must be sent.
     pub fn exports(&mut self, changes: &[BestChange]) -> Vec<(PeerId, Export)> {
+        self.exports_except(changes, None)
+    }
+
+    /// [`Rib::exports`] for every established peer but `except` (one whose exports were
+    /// worked out whole, by [`Rib::reconfigure`]).
+    pub fn exports_except(&mut self, changes: &[BestChange], except: Option<PeerId>) -> Vec<(PeerId, Export)> {
         let mut out = Vec::new();
-        let peers: Vec<PeerId> =
-            (0..self.peers.len() as PeerId).filter(|p| self.state(*p).is_some_and(|s| s.session.is_some())).collect();
+        let peers: Vec<PeerId> = (0..self.peers.len() as PeerId)
+            .filter(|p| Some(*p) != except && self.state(*p).is_some_and(|s| s.session.is_some()))
+            .collect();
         let source = |path: &Option<Path>| path.as_ref().map(|p| p.peer);
         for change in changes {
             for &peer in &peers {

@@ -671,7 +671,7 @@ impl Core {
             self.publish(&changes);
         }
         let mut per_peer: HashMap<PeerId, Vec<Export>> = HashMap::new();
-        for (peer, export) in self.rib.exports(&changes).into_iter().filter(|(peer, _)| Some(*peer) != except) {
+        for (peer, export) in self.rib.exports_except(&changes, except) {
             per_peer.entry(peer).or_default().push(export);
         }
         for peer in self.peers.values() {

@@ -28,20 +28,28 @@ pub struct EndpointId {
 /// The longest resource name (a DNS subdomain).
 const MAX_NAME: usize = 253;
 
-/// `<node>-<orchestrator>-<pod>-<interface>`, lower-cased. A resource name is a DNS subdomain:
-/// a name with other characters (an `_` in a container ID, say) has them turned into `-`, and
-/// one longer than 253 (a long node name and a long pod name) keeps its start; either way it
-/// then ends in a digest of the whole, so it stays unique.
+/// `<node>-<orchestrator>-<pod>-<interface>`, lower-cased. A resource name is a DNS subdomain
+/// (dot-separated labels of letters, digits and inner dashes): a name that is not one (an `_`
+/// in a container ID, an empty label) becomes one label with `-` for everything else, and one
+/// longer than 253 (a long node name and a long pod name) keeps its start; either way it then
+/// ends in a digest of the whole, so it stays unique.
 fn endpoint_name(node: &str, orchestrator: &str, pod: &str, ifname: &str) -> String {
     let full = format!("{node}-{orchestrator}-{pod}-{ifname}").to_lowercase();
-    let clean: String =
-        full.chars().map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' { c } else { '-' }).collect();
-    if clean == full && full.len() <= MAX_NAME && full.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+    let valid_labels = full.split('.').all(|label| {
+        !label.is_empty()
+            && label.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && label.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    });
+    if valid_labels && full.len() <= MAX_NAME {
         return full;
     }
+    // Anything else becomes one label of letters, digits and dashes.
+    let clean: String =
+        full.chars().map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' }).collect();
     let digest: String = Sha1::digest(full.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
     let keep = clean.len().min(MAX_NAME - digest.len() - 1);
-    format!("{}-{digest}", clean[..keep].trim_end_matches(['-', '.']))
+    format!("{}-{digest}", clean[..keep].trim_end_matches('-'))
 }
 
 impl EndpointId {
@@ -131,7 +139,8 @@ mod tests {
         assert_ne!(a, b, "the digest keeps interfaces apart");
         assert!(a.starts_with("node-with-a-long-name-k8s-ppp"), "{a}");
         let odd = endpoint_name("n1", "cni", "Ab_c.", "eth0");
-        assert!(odd.starts_with("n1-cni-ab-c.-eth0-"), "{odd}");
+        assert!(odd.starts_with("n1-cni-ab-c--eth0-"), "{odd}");
+        assert_eq!(endpoint_name("n1", "k8s", "web.v2", "eth0.100"), "n1-k8s-web.v2-eth0.100", "dotted labels stay");
         assert_ne!(odd, endpoint_name("n1", "cni", "Ab-c.", "eth0"), "'_' and '-' stay apart");
         for name in [a, odd] {
             let mut validator = brindle_datastore::resource::Validator::new("WorkloadEndpoint", &name);

@@ -133,7 +133,6 @@ pub async fn attach(host: &Handle, netns: &Netns, plan: &Plan) -> Result<String>
         .build();
     let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(plan.host_veth.clone())
-        .alias(owner_mark(&plan.container_id))
         .mtu(plan.mtu)
         .address(HOST_MAC.to_vec())
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
@@ -191,11 +190,13 @@ async fn finish_attach(host: &Handle, netns: &Netns, plan: &Plan) -> Result<Stri
         .ok_or_else(|| Error::Internal(format!("veth {veth} vanished right after it was made")))?
         .header
         .index;
+    // The mark goes on with the link up: the kernel takes an alias only on a change, not on
+    // creation.
     host.link()
-        .set(LinkUnspec::new_with_index(index).up().build())
+        .set(LinkUnspec::new_with_index(index).alias(owner_mark(&plan.container_id)).up().build())
         .execute()
         .await
-        .map_err(|e| Error::Internal(format!("setting {veth} up: {e}")))?;
+        .map_err(|e| Error::Internal(format!("marking {veth} and setting it up: {e}")))?;
 
     let pod_mac = netns.run(async || configure_pod(plan).await)?;
 

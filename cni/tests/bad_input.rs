@@ -119,7 +119,7 @@ fn an_exhausted_pool_rolls_back_and_status_says_so(backend: Backend) {
     assert_eq!(out.code(), 100, "{}", out.stdout);
     assert!(out.stdout.contains("tiny") || out.stdout.contains("10.99.0.0/30"), "{}", out.stdout);
     assert_eq!(node.allocations(), 4);
-    assert_eq!(node.links().matches("brin").count(), 4);
+    assert_eq!(node.host_veths(), 4);
     // STATUS: no room is "not available" (50); so is the IPAM plugin's STATUS.
     assert_eq!(status(&conf).code(), 50);
     assert_eq!(exec_env(BRINDLE_IPAM, &conf, &[("CNI_COMMAND", "STATUS")]).code(), 50);
@@ -196,7 +196,7 @@ fn an_etcd_outage_is_try_again_later_and_leaves_nothing() {
     etcd.stop();
     let out = node.brindle("ADD", &conf, &pod);
     assert_eq!(out.code(), 11, "{}", out.stdout);
-    assert_eq!(node.links().matches("brin").count(), 1, "the failed ADD left a veth: {}", node.links());
+    assert_eq!(node.host_veths(), 1, "the failed ADD left a veth: {}", node.links());
     let out = exec_env(BRINDLE, &conf, &[("CNI_COMMAND", "STATUS")]);
     assert_eq!(out.code(), 50, "{}", out.stdout);
     let Some(brindle_datastore::testing::TestStore::Etcd(etcd)) = node.store.as_mut() else { unreachable!() };

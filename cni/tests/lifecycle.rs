@@ -97,7 +97,7 @@ fn gc_releases_only_what_is_not_valid(backend: Backend) {
     assert_eq!(node.endpoints(), 1);
     let links = node.links();
     assert!(links.contains(kept["interfaces"][0]["name"].as_str().unwrap()), "{links}");
-    assert_eq!(links.matches("brin").count(), 1, "{links}");
+    assert_eq!(node.host_veths(), 1, "{links}");
     let kept_ip = ip_of(&kept);
     let kept_ip = kept_ip.split('/').next().unwrap();
     assert!(
@@ -119,6 +119,18 @@ fn a_late_del_of_an_old_sandbox_leaves_the_new_one_alone() {
     let new_result = node.brindle("ADD", &conf, &new).result();
     assert_eq!(old_result["interfaces"][0]["name"], new_result["interfaces"][0]["name"], "one host veth name");
 
+    // The host veth carries the new sandbox's mark; and the old sandbox's record is gone as if
+    // the node had rebooted, so only the mark can tell whose veth it is.
+    let veth = new_result["interfaces"][0]["name"].as_str().unwrap().to_owned();
+    let link = node.links();
+    let line = link.lines().find(|l| l.contains(&format!(" {veth}@"))).unwrap_or_default();
+    assert!(line.contains(&format!("alias brindle:{}", new.container_id)), "{line}");
+    for record in std::fs::read_dir(node.records.path()).unwrap().flatten() {
+        if record.file_name().to_string_lossy().contains(&new.container_id) {
+            std::fs::remove_file(record.path()).unwrap();
+        }
+    }
+
     let mut del = conf.clone();
     del["prevResult"] = old_result;
     node.brindle("DEL", &del, &old).result();
@@ -132,9 +144,6 @@ fn a_late_del_of_an_old_sandbox_leaves_the_new_one_alone() {
     assert!(node.routes().contains(new_ip), "{}", node.routes());
     assert_eq!(node.endpoints(), 1);
     assert_eq!(node.allocations(), 1, "the old sandbox's address is released, the new one's kept");
-    let mut check = conf.clone();
-    check["prevResult"] = new_result.clone();
-    node.brindle("CHECK", &check, &new).result();
 
     let mut del = conf.clone();
     del["prevResult"] = new_result;

@@ -95,7 +95,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             let guard = if S::HAS_CONFLICTS { Some(self.guard_revision::<S>().await?) } else { None };
-            self.check_conflicts(&r).await?;
+            self.check_conflicts(&r, true).await?;
             let revision = self.store.create(&key, &value).await.map_err(|e| match e {
                 Error::AlreadyExists(_) => Error::AlreadyExists(format!("{} \"{}\"", S::KIND, r.metadata.name)),
                 other => other,
@@ -153,7 +153,7 @@ impl Client {
         let old = self.get::<S>(namespace.as_deref(), &r.metadata.name).await?;
         r.spec.complete();
         r.validate_update(&old)?;
-        self.check_conflicts(&r).await?;
+        self.check_conflicts(&r, false).await?;
         let key = keys::resource::<S>(namespace.as_deref(), &r.metadata.name);
         let revision = self.store.update(&key, &encode(&r)?, expected).await?;
         r.metadata.resource_version = Some(revision.to_string());
@@ -223,9 +223,10 @@ impl Client {
         })
     }
 
-    /// Checks the resource against the others of its kind (e.g. overlapping pools) and
-    /// against the nodes (e.g. a pool holding a node's address).
-    async fn check_conflicts<S: Spec>(&self, r: &Resource<S>) -> Result<()> {
+    /// Checks the resource against the others of its kind (e.g. overlapping pools) and, when
+    /// `creating`, against the nodes (e.g. a pool holding a node's address: one that came to
+    /// hold one, a node registered later, can still be changed, say disabled).
+    async fn check_conflicts<S: Spec>(&self, r: &Resource<S>, creating: bool) -> Result<()> {
         let mut v = Validator::new(S::KIND, &r.metadata.name);
         if S::HAS_CONFLICTS {
             let (others, _) = self.list::<S>().await?;
@@ -235,7 +236,7 @@ impl Client {
                 r.spec.check_conflict(other, &mut v);
             }
         }
-        if S::CONFLICTS_WITH_NODES {
+        if creating && S::CONFLICTS_WITH_NODES {
             for node in self.list::<Node>().await?.0 {
                 r.spec.check_node(&node, &mut v);
             }

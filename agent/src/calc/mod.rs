@@ -118,12 +118,14 @@ pub struct Desired {
     /// are taken from.
     pub node_addresses: Vec<IpAddr>,
     /// The hosts of the underlay's control plane: every node and every external BGP peer.
-    /// Workloads may not open BGP (or reach the metrics port) toward any of them.
+    /// Workloads may not open BGP toward any of them.
     pub control_hosts: Vec<IpAddr>,
-    /// The port BGP listens on (BGPConfiguration `listenPort`).
-    pub bgp_port: u16,
-    /// Blocks of other registered nodes with no route: their pods are out of reach, and the
-    /// agent is not ready (blocks of nodes that are gone wait for garbage collection).
+    /// The ports BGP speaks on: BGPConfiguration `listenPort` and every BGPPeer's own.
+    pub bgp_ports: Vec<u16>,
+    /// Blocks (and borrowed addresses) of other nodes that this node cannot route because of
+    /// a problem of its own (configuration, a refused next hop): their pods are out of reach,
+    /// and the agent is not ready. A block its owner does not advertise (its session is down)
+    /// or of a node that is gone is not counted: that is not this node's to fix.
     pub unrouted: Vec<IpNetwork>,
     /// Things that could not be done, in words (logged and reported).
     pub problems: Vec<String>,
@@ -186,6 +188,16 @@ fn with_sane_next_hops<'a>(
     Cow::Owned(sane)
 }
 
+/// Whether a route toward another node's addresses could be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Routed,
+    /// A problem of this node's stops it.
+    Unroutable,
+    /// The other node does not offer it (not registered, or not advertised over BGP).
+    Unadvertised,
+}
+
 /// How a pool reaches a remote node.
 enum Encap {
     None,
@@ -212,6 +224,7 @@ fn encap(pool: &IpPool, my_net: Option<IpNetwork>, peer: IpAddr) -> Encap {
 /// a speaker (`None`: routes come from the datastore alone).
 pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired {
     let mut out = Desired::default();
+    let heard = learned;
     let sane = learned.map(|learned| with_sane_next_hops(learned, me, cluster, &mut out.problems));
     let learned = sane.as_deref();
     let nodes: BTreeMap<&str, &Node> = cluster.nodes.iter().map(|n| (n.metadata.name.as_str(), &n.spec)).collect();
@@ -222,36 +235,35 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
             out.nat_pools.push(pool.spec.cidr);
         }
     }
-    out.node_addresses = cluster
-        .nodes
-        .iter()
-        .flat_map(|n| [n.spec.ipv4(), n.spec.bgp.as_ref().and_then(|b| b.ipv6_address)])
-        .flatten()
-        .map(|net| net.ip())
-        .collect();
+    out.node_addresses = cluster.nodes.iter().flat_map(|n| n.spec.known_addresses()).collect();
     out.node_addresses.sort();
     out.node_addresses.dedup();
     out.control_hosts = out.node_addresses.clone();
     out.control_hosts.extend(cluster.peers.iter().filter_map(|p| p.spec.peer_address().map(|(ip, _)| ip)));
     out.control_hosts.sort();
     out.control_hosts.dedup();
-    out.bgp_port = cluster.bgp.listen_port;
+    out.bgp_ports = std::iter::once(cluster.bgp.listen_port)
+        .chain(cluster.peers.iter().filter_map(|p| p.spec.peer_address().and_then(|(_, port)| port)))
+        .collect();
+    out.bgp_ports.sort_unstable();
+    out.bgp_ports.dedup();
     out.vxlan = cluster.pools.iter().any(|p| p.spec.vxlan_mode != EncapMode::Never && !p.spec.disabled);
     out.ipip =
         me.ipip_supported && cluster.pools.iter().any(|p| p.spec.ipip_mode != EncapMode::Never && !p.spec.disabled);
 
-    // Routes toward another node for `dst`, per the pool's mode.
-    let remote = |out: &mut Desired, dst: IpNetwork, pool: &IpPool, node_name: &str| {
+    // Routes toward another node for `dst`, per the pool's mode; whether this node could
+    // route it (a problem of its own stops it) or the other node's BGP did not advertise it.
+    let remote = |out: &mut Desired, dst: IpNetwork, pool: &IpPool, node_name: &str| -> Reach {
         let Some(node) = nodes.get(node_name) else {
             out.problems.push(format!("{dst} belongs to node {node_name}, which is not registered"));
-            return;
+            return Reach::Unadvertised;
         };
         let mine = me.address_like(dst.ip());
         let theirs = if dst.is_ipv4() { node.ipv4() } else { node.bgp.as_ref().and_then(|b| b.ipv6_address) };
         let theirs = theirs.map(|n| n.ip());
         let Some(peer) = theirs else {
             out.problems.push(format!("node {node_name} has no address of {dst}'s family; no route to {dst}"));
-            return;
+            return Reach::Unroutable;
         };
         let mut peer = peer;
         if let Some(learned) = learned
@@ -259,7 +271,13 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
         {
             match learned.routes.get(&dst) {
                 Some(next_hop) => peer = *next_hop,
-                None if learned.converged => return,
+                // Refused by this node (its next hop): a problem of ours, already named.
+                None if heard.is_some_and(|h| h.routes.contains_key(&dst)) => return Reach::Unroutable,
+                None if learned.converged => {
+                    out.problems
+                        .push(format!("{dst} of node {node_name} is not advertised over BGP (is its session up?)"));
+                    return Reach::Unadvertised;
+                }
                 None => {}
             }
         }
@@ -268,7 +286,7 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
                 Some(via) if dst.is_ipv4() => Target::Vxlan { via },
                 _ => {
                     out.problems.push(format!("node {node_name} has no VXLAN tunnel address yet; no route to {dst}"));
-                    return;
+                    return Reach::Unroutable;
                 }
             },
             (Encap::Ipip, IpAddr::V4(via)) if me.ipip_supported => Target::Ipip { via },
@@ -277,7 +295,7 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
                     "pool {} uses IP-in-IP, which this kernel lacks (no ipip module); no route to {dst}",
                     pool.cidr
                 ));
-                return;
+                return Reach::Unroutable;
             }
             (Encap::None, peer) if same_subnet(mine, peer) => Target::Direct { via: peer },
             (Encap::None, peer) => {
@@ -286,10 +304,11 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
                      {dst} needs BGP or a router that knows it",
                     pool.cidr
                 ));
-                return;
+                return Reach::Unroutable;
             }
         };
         out.routes.insert(dst, target);
+        Reach::Routed
     };
 
     for block in &cluster.blocks {
@@ -298,8 +317,10 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
             Some(owner) if owner == me.name => {
                 out.routes.insert(block.cidr, Target::Blackhole);
             }
-            Some(owner) => remote(&mut out, block.cidr, &pool.spec, owner),
-            None => {}
+            Some(owner) if remote(&mut out, block.cidr, &pool.spec, owner) == Reach::Unroutable => {
+                out.unrouted.push(block.cidr);
+            }
+            Some(_) | None => {}
         }
         // Addresses borrowed from the block's owner: a /32 (/128) toward where they are used.
         for (ip, allocation) in block.allocations() {
@@ -309,7 +330,9 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
                 && used_on != me.name
             {
                 let host = IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix");
-                remote(&mut out, host, &pool.spec, used_on);
+                if remote(&mut out, host, &pool.spec, used_on) == Reach::Unroutable {
+                    out.unrouted.push(host);
+                }
             }
         }
     }
@@ -350,14 +373,6 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
             out.routes.insert(*net, Target::Workload { interface: workload.spec.interface_name.clone() });
         }
     }
-
-    out.unrouted = cluster
-        .blocks
-        .iter()
-        .filter(|b| b.owner.as_deref().is_some_and(|o| o != me.name && nodes.contains_key(o)))
-        .filter(|b| pool_of(&b.cidr).is_some() && !out.routes.contains_key(&b.cidr))
-        .map(|b| b.cidr)
-        .collect();
 
     if out.vxlan {
         for (name, node) in &nodes {

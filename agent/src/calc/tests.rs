@@ -184,6 +184,10 @@ fn learned_routes_with_a_next_hop_that_cannot_carry_traffic_are_not_installed() 
     assert_eq!(route(&d, "10.244.1.0/26"), None);
     assert!(d.problems.iter().any(|p| p.contains("via 10.0.0.1, which is this node")), "{:?}", d.problems);
     assert_eq!(route(&d, "10.244.0.0/26"), Some(Target::Blackhole), "own blocks stay blackholed");
+    // The refusal is this node's doing: the block counts as unrouted (not ready). Node c's
+    // block, which c does not advertise at all, does not: its session is c's problem.
+    assert_eq!(d.unrouted, ["10.244.1.0/26".parse::<IpNetwork>().unwrap()]);
+    assert!(d.problems.iter().any(|p| p.contains("10.244.2.0/26 of node c is not advertised over BGP")));
 }
 
 #[test]
@@ -197,14 +201,17 @@ fn blocks_of_registered_nodes_without_a_route_are_unrouted_and_those_of_gone_nod
 }
 
 #[test]
-fn the_firewall_knows_every_node_and_bgp_peer_and_the_bgp_port() {
+fn the_firewall_knows_every_node_address_and_bgp_peer_and_their_ports() {
     let mut c = cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never));
     let peer = BgpPeer { peer_ip: Some("192.0.2.1:1179".into()), ..BgpPeer::default() };
     c.peers.push(Resource::new("tor", peer));
-    c.bgp.listen_port = 1179;
+    c.nodes[1].spec.addresses.push(brindle_datastore::resource::NodeAddress {
+        address: "10.9.9.2".parse().unwrap(),
+        kind: "InternalIP".into(),
+    });
     let d = desired(&me(false), &c, None);
     let text = |ips: &[IpAddr]| ips.iter().map(ToString::to_string).collect::<Vec<_>>();
-    assert_eq!(text(&d.node_addresses), ["10.0.0.1", "10.0.0.2", "10.0.1.3"]);
-    assert_eq!(text(&d.control_hosts), ["10.0.0.1", "10.0.0.2", "10.0.1.3", "192.0.2.1"]);
-    assert_eq!(d.bgp_port, 1179);
+    assert_eq!(text(&d.node_addresses), ["10.0.0.1", "10.0.0.2", "10.0.1.3", "10.9.9.2"], "every address a node has");
+    assert_eq!(text(&d.control_hosts), ["10.0.0.1", "10.0.0.2", "10.0.1.3", "10.9.9.2", "192.0.2.1"]);
+    assert_eq!(d.bgp_ports, [179, 1179], "the cluster's port and the peer's own");
 }

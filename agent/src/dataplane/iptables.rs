@@ -54,12 +54,14 @@ pub struct Rules {
     pub nat_pools: Vec<IpNetwork>,
     /// Every node's address of the family: the only sources of VXLAN and IP-in-IP.
     pub nodes: Vec<IpAddr>,
-    /// Nodes and external BGP peers of the family: no workload reaches their control ports.
+    /// Nodes and external BGP peers of the family: no workload speaks BGP to them.
     pub control_hosts: Vec<IpAddr>,
-    /// The VXLAN UDP port.
-    pub vxlan_port: u16,
-    /// The node's control-plane TCP ports (BGP, metrics).
-    pub control_ports: Vec<u16>,
+    /// The VXLAN UDP port, when this node uses VXLAN (only then are its rules in place).
+    pub vxlan_port: Option<u16>,
+    /// Whether this node uses IP-in-IP (only then are its rules in place).
+    pub ipip: bool,
+    /// The ports BGP speaks on.
+    pub bgp_ports: Vec<u16>,
 }
 
 fn set_name(kind: &str, v6: bool) -> String {
@@ -94,29 +96,42 @@ fn rule(chain: &str, matches: &str, why: &str, target: &str) -> String {
 }
 
 /// Our chains per table, in `iptables-save` form. A workload is untrusted: it sends only from
-/// its own addresses, never tunnels (VXLAN, IP-in-IP) and never reaches the BGP or metrics
-/// port of a node or a BGP peer; tunnels are taken only from nodes.
+/// its own addresses, never tunnels (VXLAN, IP-in-IP) and never speaks BGP to a node or a BGP
+/// peer; tunnels are taken only from nodes. Tunnel rules are in place only while this node
+/// uses the tunnel, so other users of the port or protocol are left alone otherwise.
 fn chains(v6: bool, rules: &Rules) -> Vec<Table> {
     let nodes = set_name("nodes", v6);
     let hosts = set_name("hosts", v6);
-    let vxlan = rules.vxlan_port;
-    let ports: Vec<String> = rules.control_ports.iter().map(u16::to_string).collect();
+    let ports: Vec<String> = rules.bgp_ports.iter().map(u16::to_string).collect();
     let ports = ports.join(",");
-    let mut input = vec![
-        rule(
+    let mut input = Vec::new();
+    let mut forward = Vec::new();
+    if let Some(vxlan) = rules.vxlan_port {
+        let udp = format!("-p udp -m udp --dport {vxlan}");
+        input.push(rule(
             "brin-INPUT",
-            &format!("-p udp -m udp --dport {vxlan} -m set ! --match-set {nodes} src"),
+            &format!("{udp} -m set ! --match-set {nodes} src"),
             "VXLAN only from nodes",
             "DROP",
-        ),
-        rule("brin-INPUT", &format!("-p ipencap -m set ! --match-set {nodes} src"), "IP-in-IP only from nodes", "DROP"),
-        rule(
+        ));
+        forward.push(rule("brin-FORWARD", &format!("-i brin+ {udp}"), "workloads never send VXLAN", "DROP"));
+    }
+    if rules.ipip {
+        let ipip = "-p ipencap";
+        input.push(rule(
             "brin-INPUT",
-            &format!("-i brin+ -p tcp -m multiport --dports {ports}"),
-            "workloads never reach this node's BGP or metrics",
+            &format!("{ipip} -m set ! --match-set {nodes} src"),
+            "IP-in-IP only from nodes",
             "DROP",
-        ),
-    ];
+        ));
+        forward.push(rule("brin-FORWARD", &format!("-i brin+ {ipip}"), "workloads never send IP-in-IP", "DROP"));
+    }
+    input.push(rule(
+        "brin-INPUT",
+        &format!("-i brin+ -p tcp -m multiport --dports {ports}"),
+        "workloads never speak BGP to this node",
+        "DROP",
+    ));
     if v6 {
         input.push(rule(
             "brin-INPUT",
@@ -125,19 +140,16 @@ fn chains(v6: bool, rules: &Rules) -> Vec<Table> {
             "DROP",
         ));
     }
-    let forward = vec![
-        rule("brin-FORWARD", &format!("-i brin+ -p udp -m udp --dport {vxlan}"), "workloads never send VXLAN", "DROP"),
-        rule("brin-FORWARD", "-i brin+ -p ipencap", "workloads never send IP-in-IP", "DROP"),
-        rule("brin-FORWARD", "-i brin+ -p ipv6", "workloads never send 6in4", "DROP"),
+    forward.extend([
         rule(
             "brin-FORWARD",
             &format!("-i brin+ -p tcp -m multiport --dports {ports} -m set --match-set {hosts} dst"),
-            "workloads never reach BGP or metrics of nodes and peers",
+            "workloads never speak BGP to nodes and peers",
             "DROP",
         ),
         rule("brin-FORWARD", "-i brin+", "from workloads", "ACCEPT"),
         rule("brin-FORWARD", "-o brin+", "to workloads", "ACCEPT"),
-    ];
+    ]);
     let nat_rule = rule(
         "brin-POSTROUTING",
         &format!("-m set --match-set {} src -m set ! --match-set {} dst", set_name("nat", v6), set_name("pools", v6)),
@@ -282,8 +294,9 @@ mod tests {
             nat_pools: vec![],
             nodes: vec!["10.0.0.1".parse().unwrap()],
             control_hosts: vec!["10.0.0.1".parse().unwrap(), "10.0.0.254".parse().unwrap()],
-            vxlan_port: 4789,
-            control_ports: vec![179, 9091],
+            vxlan_port: Some(4789),
+            ipip: true,
+            bgp_ports: vec![179, 1179],
         }
     }
 
@@ -320,10 +333,14 @@ mod tests {
             text.contains("-A brin-INPUT -p udp -m udp --dport 4789 -m set ! --match-set brin-nodes-v4 src"),
             "{text}"
         );
-        assert!(text.contains("-A brin-INPUT -i brin+ -p tcp -m multiport --dports 179,9091"), "{text}");
+        assert!(text.contains("-A brin-INPUT -i brin+ -p tcp -m multiport --dports 179,1179"), "{text}");
         let drops_before_accept = filter.iter().position(|r| r.contains("from workloads")).unwrap();
         assert!(filter[..drops_before_accept].iter().all(|r| r.ends_with("-j DROP")), "{text}");
         let v6: Vec<String> = chains(true, &rules()).into_iter().flat_map(|t| t.rules).collect();
         assert!(v6.iter().any(|r| r.contains("--icmpv6-type 134")), "router advertisements from workloads");
+        // No tunnel in use: its port and protocol are left to whoever else uses them.
+        let untunnelled = Rules { vxlan_port: None, ipip: false, ..rules() };
+        let all: Vec<String> = chains(false, &untunnelled).into_iter().flat_map(|t| t.rules).collect();
+        assert!(!all.iter().any(|r| r.contains("4789") || r.contains("ipencap")), "{all:?}");
     }
 }

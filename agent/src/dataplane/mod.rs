@@ -29,8 +29,6 @@ pub struct Host {
     pub vxlan_port: u16,
     /// This node's VXLAN MAC.
     pub vxlan_mac: [u8; 6],
-    /// The port metrics are served on, if they are: no workload may reach it.
-    pub metrics_port: Option<u16>,
 }
 
 /// The outcome of one pass.
@@ -125,8 +123,9 @@ impl Dataplane {
                 nat_pools: desired.nat_pools.iter().filter(|p| p.is_ipv6() == v6).copied().collect(),
                 nodes: desired.node_addresses.iter().filter(|a| a.is_ipv6() == v6).copied().collect(),
                 control_hosts: desired.control_hosts.iter().filter(|a| a.is_ipv6() == v6).copied().collect(),
-                vxlan_port: self.host.vxlan_port,
-                control_ports: [Some(desired.bgp_port), self.host.metrics_port].into_iter().flatten().collect(),
+                vxlan_port: desired.vxlan.then_some(self.host.vxlan_port),
+                ipip: desired.ipip,
+                bgp_ports: desired.bgp_ports.clone(),
             };
             match iptables::sync(self.backend, v6, &rules) {
                 Ok(ran) => applied.iptables_restored |= ran,

@@ -196,6 +196,11 @@ impl Node {
     pub fn links(&self) -> String {
         run(Command::new("ip").args(["-o", "link", "show"]))
     }
+
+    /// How many host veths of pods the node has.
+    pub fn host_veths(&self) -> usize {
+        self.links().lines().filter(|l| l.split(": ").nth(1).is_some_and(|name| name.starts_with("brin"))).count()
+    }
 }
 
 /// A pod: a network namespace and the identity kubelet gives the runtime.

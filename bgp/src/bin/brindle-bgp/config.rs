@@ -145,6 +145,11 @@ impl Config {
             }
         }
         for o in &self.originate {
+            for c in &o.communities {
+                PathAttrs::local(None)
+                    .add_community(c)
+                    .map_err(|e| format!("originate {}: communities: {e}", o.prefix))?;
+            }
             if o.prefix.network() != o.prefix.ip() {
                 return Err(format!(
                     "originate {}: host bits are set (did you mean {}/{}?)",
@@ -224,6 +229,10 @@ mod tests {
                 "peer 224.0.0.5: address is a multicast",
             ),
             (&format!("{base}[[peers]]\naddress = \"10.0.0.3\"\nasn = 0\n"), "peer 10.0.0.3: asn: 0 is reserved"),
+            (
+                &format!("{base}[[originate]]\nprefix = \"10.9.0.0/24\"\ncommunities = [\"gold\"]\n"),
+                "originate 10.9.0.0/24: communities:",
+            ),
             (
                 &format!("{base}[[peers]]\naddress = \"10.0.0.3\"\nasn = 65002\nlocal_address = \"fd00::1\"\n"),
                 "local_address fd00::1 is not of the peer's address family",
