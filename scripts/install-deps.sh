@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what brindle needs to build, test and run its lab on Debian 12, as root: exactly the
-# list in scripts/packages.txt (Debian packages, Python tools, cargo tools). Safe to run again:
+# list in scripts/packages.txt (Debian packages, Python tools, cargo tools), and kube-apiserver
+# with kubectl built from the Go module proxy (scripts/kube-build.sh). Safe to run again:
 # it only installs what is missing, so a second run takes a second.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -50,3 +51,7 @@ for tool in $(entries cargo); do
         cargo install --locked --quiet "$tool"
     fi
 done
+
+# kube-apiserver and kubectl for the Kubernetes datastore's tests, the lab and the benchmarks:
+# built from the Go module proxy once per machine (scripts/kube-build.sh).
+./kube-build.sh >/dev/null

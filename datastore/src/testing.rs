@@ -1,5 +1,6 @@
 //! Throwaway datastores for tests: a real etcd server on free loopback ports in a temporary
-//! directory, or an SQLite file in one. Both clean up when dropped, even when a test fails.
+//! directory, an SQLite file in one, or a real kube-apiserver (with its own etcd) holding
+//! brindle's CustomResourceDefinitions. All clean up when dropped, even when a test fails.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -19,6 +20,8 @@ pub enum Backend {
     Etcd,
     /// An SQLite file.
     Sqlite,
+    /// A real kube-apiserver.
+    Kubernetes,
 }
 
 /// A running test datastore of either kind.
@@ -28,6 +31,8 @@ pub enum TestStore {
     Etcd(EtcdServer),
     /// A private SQLite file.
     Sqlite(SqliteFile),
+    /// A private kube-apiserver.
+    Kubernetes(KubeApiServer),
 }
 
 impl TestStore {
@@ -36,6 +41,7 @@ impl TestStore {
         Ok(match backend {
             Backend::Etcd => TestStore::Etcd(EtcdServer::start()?),
             Backend::Sqlite => TestStore::Sqlite(SqliteFile::new()?),
+            Backend::Kubernetes => TestStore::Kubernetes(KubeApiServer::start()?),
         })
     }
 
@@ -44,6 +50,7 @@ impl TestStore {
         match self {
             TestStore::Etcd(e) => e.selection(),
             TestStore::Sqlite(s) => s.selection(),
+            TestStore::Kubernetes(k) => k.selection(),
         }
     }
 }
@@ -193,5 +200,139 @@ impl EtcdServer {
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The Kubernetes release the tests run (scripts/kube-build.sh builds it).
+pub const KUBERNETES_VERSION: &str = include_str!("../../scripts/kubernetes-version");
+
+/// Where kube-apiserver and kubectl are: `BRINDLE_KUBE_BIN`, or the cache
+/// scripts/kube-build.sh fills.
+pub fn kube_bin_dir() -> PathBuf {
+    match std::env::var_os("BRINDLE_KUBE_BIN") {
+        Some(dir) => dir.into(),
+        None => PathBuf::from(format!("/var/cache/brindle/kubernetes/v{}", KUBERNETES_VERSION.trim())),
+    }
+}
+
+/// A private kube-apiserver on a free loopback port, with its own etcd, a static admin token,
+/// a service-account signing key, and brindle's CustomResourceDefinitions established. Killed
+/// on drop.
+#[derive(Debug)]
+pub struct KubeApiServer {
+    etcd: EtcdServer,
+    dir: TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl KubeApiServer {
+    /// Starts the API server and waits until it is ready and brindle's kinds are served.
+    pub fn start() -> std::io::Result<Self> {
+        let bin = kube_bin_dir();
+        if !bin.join("kube-apiserver").is_file() {
+            return Err(std::io::Error::other(format!(
+                "{} has no kube-apiserver: run scripts/install-deps.sh (it builds Kubernetes {} once)",
+                bin.display(),
+                KUBERNETES_VERSION.trim()
+            )));
+        }
+        let etcd = EtcdServer::start()?;
+        let dir = tempfile::Builder::new().prefix("brindle-kube-").tempdir()?;
+        let key = dir.path().join("sa.key");
+        let public = dir.path().join("sa.pub");
+        run(Command::new("openssl").args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"]).arg(&key))?;
+        run(Command::new("openssl").args(["ec", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public))?;
+        std::fs::write(dir.path().join("tokens.csv"), "brindle-admin-token,admin,admin,system:masters\n")?;
+        let mut server = KubeApiServer { etcd, dir, port: free_port()?, child: None };
+        let log = std::fs::File::create(server.dir.path().join("kube-apiserver.log"))?;
+        let child = Command::new(bin.join("kube-apiserver"))
+            .arg(format!("--etcd-servers=http://{}", server.etcd.endpoint()))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"])
+            .arg(format!("--secure-port={}", server.port))
+            .arg(format!("--cert-dir={}", server.dir.path().join("certs").display()))
+            .arg(format!("--token-auth-file={}", server.dir.path().join("tokens.csv").display()))
+            .arg(format!("--service-account-key-file={}", public.display()))
+            .arg(format!("--service-account-signing-key-file={}", key.display()))
+            .args(["--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=RBAC"])
+            .args(["--service-cluster-ip-range=10.96.0.0/16", "--v=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        server.child = Some(child);
+        server.write_kubeconfig()?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !server.kubectl(&["get", "--raw", "/readyz"]).is_ok_and(|out| out.trim() == "ok") {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(server.dir.path().join("kube-apiserver.log")).unwrap_or_default();
+                let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+                return Err(std::io::Error::other(format!("kube-apiserver did not become ready: {tail}")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let crds = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": crate::store::kubernetes::layout::crds(&crate::store::kubernetes::layout::collections()),
+        });
+        let file = server.dir.path().join("crds.json");
+        std::fs::write(&file, crds.to_string())?;
+        server.kubectl(&["apply", "-f", &file.display().to_string()])?;
+        server.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=30s"])?;
+        Ok(server)
+    }
+
+    fn write_kubeconfig(&self) -> std::io::Result<()> {
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{}\n    \
+             certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: brindle-admin-token\n\
+             contexts:\n- name: test\n  context: {{cluster: test, user: admin}}\ncurrent-context: test\n",
+            self.port,
+            self.dir.path().join("certs/apiserver.crt").display()
+        );
+        std::fs::write(self.kubeconfig(), kubeconfig)
+    }
+
+    /// The admin's kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// `kubernetes:///<kubeconfig>` with a short call timeout.
+    pub fn selection(&self) -> String {
+        format!("kubernetes://{}?timeout=5s", self.kubeconfig().display())
+    }
+
+    /// The API server's etcd (to compact its history, say).
+    pub fn etcd(&self) -> &EtcdServer {
+        &self.etcd
+    }
+
+    /// Runs kubectl against the server as the admin; its output.
+    pub fn kubectl(&self, args: &[&str]) -> std::io::Result<String> {
+        let out = Command::new(kube_bin_dir().join("kubectl")).arg("--kubeconfig").arg(self.kubeconfig()).args(args).output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr))));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for KubeApiServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn run(command: &mut Command) -> std::io::Result<()> {
+    let out = command.output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("{command:?}: {}", String::from_utf8_lossy(&out.stderr))))
     }
 }

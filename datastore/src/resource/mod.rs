@@ -216,6 +216,10 @@ macro_rules! any_resource {
         /// Every kind's `kind` name, in a stable order.
         pub const KINDS: &[&str] = &[$(<$spec as Spec>::KIND),*];
 
+        /// Every kind with its plural and whether it is namespaced, in the order of [`KINDS`].
+        pub const KIND_NAMES: &[(&str, &str, bool)] =
+            &[$((<$spec as Spec>::KIND, <$spec as Spec>::PLURAL, <$spec as Spec>::NAMESPACED)),*];
+
         /// The `kind` name for what an operator typed: the kind in any case (`ippool`), its
         /// plural (`ippools`), or the plural's singular (`workloadendpoint`).
         pub fn kind_named(typed: &str) -> Option<&'static str> {

@@ -7,6 +7,7 @@
 //! list again.
 
 mod etcd;
+pub mod kubernetes;
 mod selection;
 mod sqlite;
 
@@ -18,7 +19,8 @@ use tokio::sync::mpsc;
 
 use crate::Result;
 pub use etcd::EtcdStore;
-pub use selection::{EtcdOptions, Selection, SqliteOptions};
+pub use kubernetes::KubernetesStore;
+pub use selection::{EtcdOptions, KubernetesOptions, Selection, SqliteOptions};
 pub use sqlite::SqliteStore;
 
 /// A store-wide revision: every write moves it forward by one.
@@ -128,8 +130,8 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn watch(&self, prefix: &str, after: Revision) -> Result<Watch>;
 }
 
-/// Opens the backend a selection string names: `etcd://host:port[,host:port][?options]` or
-/// `sqlite:///path/to/file`.
+/// Opens the backend a selection string names: `etcd://host:port[,host:port][?options]`,
+/// `sqlite:///path/to/file` or `kubernetes://[/path/to/kubeconfig]`.
 pub async fn connect(selection: &str) -> Result<Arc<dyn Datastore>> {
     connect_with(selection.parse()?).await
 }
@@ -139,6 +141,7 @@ pub async fn connect_with(selection: Selection) -> Result<Arc<dyn Datastore>> {
     Ok(match selection {
         Selection::Etcd(options) => Arc::new(EtcdStore::connect(options).await?),
         Selection::Sqlite(options) => Arc::new(SqliteStore::open(options).await?),
+        Selection::Kubernetes(options) => Arc::new(KubernetesStore::connect(options).await?),
     })
 }
 

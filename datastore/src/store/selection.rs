@@ -4,6 +4,8 @@
 //! etcd://127.0.0.1:2379,10.0.0.2:2379?cacert=/etc/brindle/ca.pem&cert=...&key=...&timeout=5s
 //! etcd://127.0.0.1:2379?username=brindle&password=...
 //! sqlite:///var/lib/brindle/brindle.db?timeout=5s&poll=100ms
+//! kubernetes://                                  (in-cluster, KUBECONFIG or ~/.kube/config)
+//! kubernetes:///etc/cni/net.d/brindle-kubeconfig?timeout=5s
 //! ```
 
 use std::path::PathBuf;
@@ -23,6 +25,18 @@ pub enum Selection {
     Etcd(EtcdOptions),
     /// An SQLite file on this host.
     Sqlite(SqliteOptions),
+    /// The Kubernetes API.
+    Kubernetes(KubernetesOptions),
+}
+
+/// How to reach the Kubernetes API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesOptions {
+    /// A kubeconfig file; `None`: the in-cluster service account, `KUBECONFIG`, or
+    /// `~/.kube/config`, in that order.
+    pub kubeconfig: Option<PathBuf>,
+    /// The bound on every call.
+    pub timeout: Duration,
 }
 
 /// How to reach etcd.
@@ -89,11 +103,25 @@ impl FromStr for Selection {
 
     fn from_str(s: &str) -> Result<Self> {
         let invalid = |why: String| Error::Invalid(format!("datastore \"{s}\": {why}"));
-        let (scheme, rest) =
-            s.split_once("://").ok_or_else(|| invalid("expected etcd://host:port or sqlite:///path".into()))?;
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| invalid("expected etcd://host:port, sqlite:///path or kubernetes://[/kubeconfig]".into()))?;
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         let params = parse_query(query).map_err(invalid)?;
         match scheme {
+            "kubernetes" => {
+                let mut options = KubernetesOptions {
+                    kubeconfig: (!location.is_empty()).then(|| PathBuf::from(location)),
+                    timeout: DEFAULT_TIMEOUT,
+                };
+                for (name, value) in params {
+                    match name {
+                        "timeout" => options.timeout = parse_duration(name, value).map_err(invalid)?,
+                        _ => return Err(invalid(format!("unknown option \"{name}\""))),
+                    }
+                }
+                Ok(Selection::Kubernetes(options))
+            }
             "etcd" => {
                 let mut options = EtcdOptions::new(location.split(',').filter(|e| !e.is_empty()).map(str::to_owned));
                 if options.endpoints.is_empty() {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use brindle_datastore::testing::{Backend, TestStore};
 use brindle_datastore::{Datastore, Revision};
 
-/// Runs each listed async test body once per backend, as `etcd::name` and `sqlite::name`.
+/// Runs each listed async test body once per backend, as `etcd::name`, `sqlite::name` and
+/// `kubernetes::name`.
 #[macro_export]
 macro_rules! per_backend {
     ($($name:ident),* $(,)?) => {
@@ -26,6 +27,14 @@ macro_rules! per_backend {
                 }
             )*
         }
+        mod kubernetes {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(brindle_datastore::testing::Backend::Kubernetes).await
+                }
+            )*
+        }
     };
 }
 
@@ -42,11 +51,14 @@ pub async fn open_with(backend: Backend, extra: &str) -> (TestStore, Arc<dyn Dat
     (server, store)
 }
 
-/// Throws away history up to `revision`: etcd's compaction, or SQLite's when its history
-/// limit is small.
+/// Throws away history up to `revision`: etcd's compaction (the API server's etcd for
+/// Kubernetes), or SQLite's when its history limit is small.
 pub async fn compact(server: &TestStore, revision: Revision) {
-    if let TestStore::Etcd(etcd) = server {
-        let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await.expect("connect etcd");
-        client.compact(revision, None).await.expect("compact");
-    }
+    let etcd = match server {
+        TestStore::Etcd(etcd) => etcd,
+        TestStore::Kubernetes(kube) => kube.etcd(),
+        TestStore::Sqlite(_) => return,
+    };
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await.expect("connect etcd");
+    client.compact(revision, None).await.expect("compact");
 }

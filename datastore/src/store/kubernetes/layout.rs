@@ -1,0 +1,426 @@
+//! Where each key lives in the Kubernetes API, and how a stored value and an API object turn
+//! into each other. Pure: no I/O.
+//!
+//! - `/brindle/v1/<plural>/[<namespace>/]<name>`: a custom resource of brindle's kind (group
+//!   `brindle.io`), the value's metadata and spec as they are, so `kubectl get ippools` shows
+//!   what brindlectl shows.
+//! - `/brindle/v1/nodes/<name>`: the Kubernetes Node of that name. Its labels and
+//!   annotations are the brindle Node's; the brindle spec is the annotation `brindle.io/node`.
+//! - `/brindle/ipam/v1/blocks/<cidr>`: an `IPAMBlock` whose spec is the block.
+//! - Any other key: a `KeyValue` holding the key and the value's bytes (base64).
+
+use std::collections::BTreeMap;
+
+use kube::core::ApiResource;
+use serde_json::{Map, Value, json};
+use sha1::{Digest, Sha1};
+
+use crate::keys;
+use crate::resource::KIND_NAMES;
+use crate::store::{KeyValue, Revision};
+use crate::{Error, Result};
+
+/// brindle's API group.
+pub const GROUP: &str = "brindle.io";
+/// Its version.
+pub const VERSION: &str = "v1";
+/// The annotation that carries a brindle Node's spec on the Kubernetes Node.
+pub const NODE_SPEC_ANNOTATION: &str = "brindle.io/node";
+
+/// How values of a collection are shaped as API objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A brindle resource as a custom resource of its kind.
+    Resource,
+    /// A brindle Node as the Kubernetes Node.
+    Node,
+    /// An IPAM block as an `IPAMBlock`.
+    Block,
+    /// Any other key as a `KeyValue`.
+    Record,
+}
+
+/// One kind of API object and the keys it holds.
+#[derive(Debug, Clone)]
+pub struct Collection {
+    /// Every key of the collection starts with this (the records' is empty: any other key).
+    pub prefix: String,
+    /// The API resource.
+    pub api: ApiResource,
+    /// Whether objects live in namespaces.
+    pub namespaced: bool,
+    /// How values map onto objects.
+    pub shape: Shape,
+}
+
+fn brindle_api(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: GROUP.into(),
+        version: VERSION.into(),
+        api_version: format!("{GROUP}/{VERSION}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// Every collection: brindle's kinds (Node mapped onto the Kubernetes Node), IPAM blocks, and
+/// the records, last (they take every key the others do not).
+pub fn collections() -> Vec<Collection> {
+    let mut out: Vec<Collection> = KIND_NAMES
+        .iter()
+        .map(|&(kind, plural, namespaced)| {
+            let prefix = format!("{}{plural}/", keys::RESOURCES);
+            if kind == "Node" {
+                let api = ApiResource {
+                    group: String::new(),
+                    version: "v1".into(),
+                    api_version: "v1".into(),
+                    kind: "Node".into(),
+                    plural: "nodes".into(),
+                };
+                Collection { prefix, api, namespaced: false, shape: Shape::Node }
+            } else {
+                Collection { prefix, api: brindle_api(kind, plural), namespaced, shape: Shape::Resource }
+            }
+        })
+        .collect();
+    out.push(Collection {
+        prefix: keys::BLOCKS.into(),
+        api: brindle_api("IPAMBlock", "ipamblocks"),
+        namespaced: false,
+        shape: Shape::Block,
+    });
+    out.push(Collection {
+        prefix: String::new(),
+        api: brindle_api("KeyValue", "keyvalues"),
+        namespaced: false,
+        shape: Shape::Record,
+    });
+    out
+}
+
+/// Where one key's object is: its collection (an index into [`collections`]), namespace and
+/// name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// The collection's index.
+    pub collection: usize,
+    /// The namespace, for namespaced kinds.
+    pub namespace: Option<String>,
+    /// The object's name.
+    pub name: String,
+}
+
+/// The object a key is stored as.
+pub fn place(collections: &[Collection], key: &str) -> Place {
+    for (i, c) in collections.iter().enumerate() {
+        let Some(rest) = key.strip_prefix(&c.prefix).filter(|_| !c.prefix.is_empty()) else { continue };
+        match c.shape {
+            Shape::Resource | Shape::Node => {
+                let parts: Vec<&str> = rest.split('/').collect();
+                match (c.namespaced, parts.as_slice()) {
+                    (false, [name]) if is_object_name(name) => {
+                        return Place { collection: i, namespace: None, name: (*name).into() };
+                    }
+                    (true, [namespace, name]) if is_object_name(namespace) && is_object_name(name) => {
+                        return Place { collection: i, namespace: Some((*namespace).into()), name: (*name).into() };
+                    }
+                    _ => {}
+                }
+            }
+            Shape::Block => return Place { collection: i, namespace: None, name: block_name(rest) },
+            Shape::Record => {}
+        }
+    }
+    let record = collections.iter().position(|c| c.shape == Shape::Record).expect("the records' collection");
+    Place { collection: record, namespace: None, name: record_name(key) }
+}
+
+/// The collections a listing or a watch of `prefix` reads: those whose keys can start with it.
+pub fn covering(collections: &[Collection], prefix: &str) -> Vec<usize> {
+    collections
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.shape == Shape::Record || c.prefix.starts_with(prefix) || prefix.starts_with(&c.prefix))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn is_object_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253
+}
+
+/// A block's object name: its key's CIDR part as a DNS name (`10.244.0.64-26`,
+/// `fd00--40-122`).
+fn block_name(cidr: &str) -> String {
+    cidr.to_ascii_lowercase().replace(':', "-")
+}
+
+/// A record's object name: a digest of its key.
+fn record_name(key: &str) -> String {
+    let digest: String = Sha1::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    format!("kv-{digest}")
+}
+
+/// The revision an object carries.
+pub fn revision_of(object: &Value) -> Result<Revision> {
+    let text = object["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+    text.parse().map_err(|_| Error::Invalid(format!("the API server gave resourceVersion \"{text}\", not a number")))
+}
+
+fn parse_json(key: &str, value: &[u8]) -> Result<Map<String, Value>> {
+    match serde_json::from_slice(value) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(Error::Invalid(format!("{key}: the Kubernetes datastore stores a JSON object here"))),
+    }
+}
+
+/// The metadata a value may set: name, namespace, labels, annotations.
+fn own_metadata(metadata: &Value) -> Map<String, Value> {
+    let mut out = Map::new();
+    for field in ["name", "namespace", "labels", "annotations"] {
+        if let Some(v) = metadata.get(field).filter(|v| !v.is_null()) {
+            out.insert(field.into(), v.clone());
+        }
+    }
+    out
+}
+
+/// The API object (without a resourceVersion) for `value` stored at `key`, placed at `place`.
+pub fn to_object(collection: &Collection, place: &Place, key: &str, value: &[u8]) -> Result<Value> {
+    let mut metadata = Map::new();
+    metadata.insert("name".into(), place.name.clone().into());
+    if let Some(namespace) = &place.namespace {
+        metadata.insert("namespace".into(), namespace.clone().into());
+    }
+    let api = &collection.api;
+    let object = match collection.shape {
+        Shape::Resource => {
+            let mut value = parse_json(key, value)?;
+            let mut own = own_metadata(value.get("metadata").unwrap_or(&Value::Null));
+            own.extend(metadata);
+            value.insert("metadata".into(), own.into());
+            value.insert("apiVersion".into(), api.api_version.clone().into());
+            value.insert("kind".into(), api.kind.clone().into());
+            Value::Object(value)
+        }
+        Shape::Node => {
+            let value = parse_json(key, value)?;
+            let mut own = own_metadata(value.get("metadata").unwrap_or(&Value::Null));
+            own.extend(metadata);
+            let spec = value.get("spec").cloned().unwrap_or_else(|| json!({}));
+            let annotations = own.entry("annotations").or_insert_with(|| json!({}));
+            match spec.as_object().is_some_and(Map::is_empty) {
+                true => drop(annotations.as_object_mut().map(|a| a.remove(NODE_SPEC_ANNOTATION))),
+                false => annotations[NODE_SPEC_ANNOTATION] = spec.to_string().into(),
+            }
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": own})
+        }
+        Shape::Block => {
+            let spec = parse_json(key, value)?;
+            json!({"apiVersion": api.api_version, "kind": api.kind, "metadata": metadata, "spec": spec})
+        }
+        Shape::Record => {
+            use base64::Engine;
+            let data = base64::engine::general_purpose::STANDARD.encode(value);
+            json!({"apiVersion": api.api_version, "kind": api.kind, "metadata": metadata, "spec": {"key": key, "value": data}})
+        }
+    };
+    Ok(object)
+}
+
+/// The key and value an API object holds, with its revision; `None` for an object that is not
+/// one of ours (a record without a key).
+pub fn from_object(collection: &Collection, object: &Value) -> Result<Option<KeyValue>> {
+    let revision = revision_of(object)?;
+    let metadata = &object["metadata"];
+    let name = metadata["name"].as_str().unwrap_or_default();
+    let (key, value) = match collection.shape {
+        Shape::Resource => {
+            let key = match metadata["namespace"].as_str() {
+                Some(namespace) => format!("{}{namespace}/{name}", collection.prefix),
+                None => format!("{}{name}", collection.prefix),
+            };
+            let mut value = Map::new();
+            value.insert("apiVersion".into(), collection.api.api_version.clone().into());
+            value.insert("kind".into(), collection.api.kind.clone().into());
+            value.insert("metadata".into(), own_metadata(metadata).into());
+            if let Some(spec) = object.get("spec") {
+                value.insert("spec".into(), spec.clone());
+            }
+            (key, Value::Object(value))
+        }
+        Shape::Node => {
+            let mut own = own_metadata(metadata);
+            let spec = match own.get_mut("annotations").and_then(Value::as_object_mut) {
+                Some(annotations) => match annotations.remove(NODE_SPEC_ANNOTATION) {
+                    Some(Value::String(text)) => serde_json::from_str(&text).map_err(|e| {
+                        Error::Invalid(format!("Node {name}: annotation {NODE_SPEC_ANNOTATION} is not JSON: {e}"))
+                    })?,
+                    _ => json!({}),
+                },
+                None => json!({}),
+            };
+            if own.get("annotations").and_then(Value::as_object).is_some_and(Map::is_empty) {
+                own.remove("annotations");
+            }
+            let value = json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Node", "metadata": own, "spec": spec});
+            (format!("{}{name}", collection.prefix), value)
+        }
+        Shape::Block => {
+            let spec = object.get("spec").cloned().unwrap_or(Value::Null);
+            let cidr = spec["cidr"].as_str().and_then(|c| c.parse().ok());
+            let Some(cidr) = cidr else {
+                return Err(Error::Invalid(format!("IPAMBlock {name} has no valid spec.cidr")));
+            };
+            (keys::block(&cidr), spec)
+        }
+        Shape::Record => {
+            use base64::Engine;
+            let (Some(key), Some(data)) = (object["spec"]["key"].as_str(), object["spec"]["value"].as_str()) else {
+                return Ok(None);
+            };
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| Error::Invalid(format!("KeyValue {name}: spec.value is not base64: {e}")))?;
+            return Ok(Some(KeyValue { key: key.into(), value: bytes, revision }));
+        }
+    };
+    let bytes = serde_json::to_vec(&value).map_err(|e| Error::Invalid(format!("{key}: {e}")))?;
+    Ok(Some(KeyValue { key, value: bytes, revision }))
+}
+
+/// The CustomResourceDefinitions the collections need (not Node: Kubernetes has it), as
+/// `apiextensions.k8s.io/v1` objects. Specs keep every field (the resource model validates
+/// them on every write through brindle).
+pub fn crds(collections: &[Collection]) -> Vec<Value> {
+    let short: BTreeMap<&str, &str> = [("IPPool", "ipp"), ("WorkloadEndpoint", "wep"), ("BGPPeer", "bgpp")].into();
+    collections
+        .iter()
+        .filter(|c| c.api.group == GROUP)
+        .map(|c| {
+            let spec_schema = match c.shape {
+                Shape::Record => json!({
+                    "type": "object",
+                    "required": ["key", "value"],
+                    "properties": {"key": {"type": "string"}, "value": {"type": "string", "format": "byte"}},
+                }),
+                _ => json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+            };
+            let mut names = json!({
+                "kind": c.api.kind,
+                "plural": c.api.plural,
+                "singular": c.api.kind.to_ascii_lowercase(),
+                "categories": ["brindle"],
+            });
+            if let Some(s) = short.get(c.api.kind.as_str()) {
+                names["shortNames"] = json!([s]);
+            }
+            json!({
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": format!("{}.{GROUP}", c.api.plural)},
+                "spec": {
+                    "group": GROUP,
+                    "scope": if c.namespaced { "Namespaced" } else { "Cluster" },
+                    "names": names,
+                    "versions": [{
+                        "name": VERSION,
+                        "served": true,
+                        "storage": true,
+                        "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec_schema}}},
+                    }],
+                },
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(c: &[Collection], key: &str, value: &[u8]) -> (Place, Value) {
+        let place = place(c, key);
+        let mut object = to_object(&c[place.collection], &place, key, value).unwrap();
+        object["metadata"]["resourceVersion"] = "42".into();
+        object["metadata"]["uid"] = "server-set".into();
+        (place, object)
+    }
+
+    #[test]
+    fn resources_blocks_nodes_and_other_keys_have_their_places() {
+        let c = collections();
+        let shape = |key: &str| c[place(&c, key).collection].shape;
+        assert_eq!(shape("/brindle/v1/ippools/default"), Shape::Resource);
+        assert_eq!(shape("/brindle/v1/nodes/node-1"), Shape::Node);
+        assert_eq!(shape("/brindle/ipam/v1/blocks/10.244.0.64-26"), Shape::Block);
+        assert_eq!(shape("/brindle/ipam/v1/gc"), Shape::Record);
+        assert_eq!(shape("/t/a"), Shape::Record);
+        assert_eq!(shape("/brindle/v1/ippools/a/b"), Shape::Record, "not a resource key");
+        let wep = place(&c, "/brindle/v1/workloadendpoints/ns1/pod-eth0");
+        assert_eq!((wep.namespace.as_deref(), wep.name.as_str()), (Some("ns1"), "pod-eth0"));
+        assert_eq!(place(&c, "/brindle/ipam/v1/blocks/fd00::40-122").name, "fd00--40-122");
+        assert_ne!(place(&c, "/t/a").name, place(&c, "/t/b").name);
+    }
+
+    #[test]
+    fn a_listing_reads_the_collections_its_prefix_can_hold() {
+        let c = collections();
+        let kinds = |prefix: &str| -> Vec<String> { covering(&c, prefix).iter().map(|i| c[*i].api.kind.clone()).collect() };
+        assert_eq!(kinds("/brindle/v1/ippools/"), ["IPPool", "KeyValue"]);
+        assert_eq!(kinds("/brindle/ipam/v1/blocks/"), ["IPAMBlock", "KeyValue"]);
+        assert_eq!(kinds("/brindle/").len(), c.len(), "everything");
+        assert_eq!(kinds("/t/"), ["KeyValue"]);
+    }
+
+    #[test]
+    fn values_round_trip_through_their_objects() {
+        let c = collections();
+        let pool = br#"{"apiVersion":"brindle.io/v1","kind":"IPPool","metadata":{"name":"p","labels":{"a":"b"}},"spec":{"cidr":"10.0.0.0/16"}}"#;
+        for (key, value) in [
+            ("/brindle/v1/ippools/p", &pool[..]),
+            ("/brindle/ipam/v1/blocks/10.0.0.0-26", br#"{"cidr":"10.0.0.0/26","owner":"n1"}"#),
+            ("/t/a", b"\x00 not json"),
+        ] {
+            let (place, object) = kv(&c, key, value);
+            let back = from_object(&c[place.collection], &object).unwrap().unwrap();
+            assert_eq!(back.key, key);
+            assert_eq!(back.revision, 42);
+            let (a, b): (Result<Value, _>, Result<Value, _>) = (serde_json::from_slice(value), serde_json::from_slice(&back.value));
+            match (a, b) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{key}"),
+                _ => assert_eq!(back.value, value, "{key}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_brindle_node_is_the_kubernetes_node_with_its_spec_in_an_annotation() {
+        let c = collections();
+        let node = br#"{"apiVersion":"brindle.io/v1","kind":"Node","metadata":{"name":"n1","labels":{"rr":"true"}},"spec":{"bgp":{"ipv4Address":"10.0.0.1/24"}}}"#;
+        let (place, mut object) = kv(&c, "/brindle/v1/nodes/n1", node);
+        assert_eq!(object["apiVersion"], "v1");
+        assert_eq!(object["metadata"]["annotations"][NODE_SPEC_ANNOTATION], r#"{"bgp":{"ipv4Address":"10.0.0.1/24"}}"#);
+        // What kubelet adds stays the Node's: its labels are the brindle Node's.
+        object["metadata"]["labels"]["kubernetes.io/hostname"] = "n1".into();
+        object["status"] = json!({"capacity": {"cpu": "2"}});
+        let back = from_object(&c[place.collection], &object).unwrap().unwrap();
+        let back: Value = serde_json::from_slice(&back.value).unwrap();
+        assert_eq!(back["spec"]["bgp"]["ipv4Address"], "10.0.0.1/24");
+        assert_eq!(back["metadata"]["labels"]["kubernetes.io/hostname"], "n1");
+        assert!(back["metadata"].get("annotations").is_none(), "the spec annotation is not shown twice");
+        assert!(back["metadata"].get("uid").is_none() && back.get("status").is_none());
+    }
+
+    #[test]
+    fn every_brindle_kind_has_a_definition() {
+        let c = collections();
+        let crds = crds(&c);
+        let names: Vec<&str> = crds.iter().map(|d| d["metadata"]["name"].as_str().unwrap()).collect();
+        assert!(names.contains(&"ippools.brindle.io") && names.contains(&"ipamblocks.brindle.io"));
+        assert!(!names.iter().any(|n| n.starts_with("nodes.")), "Kubernetes has Nodes");
+        let wep = crds.iter().find(|d| d["spec"]["names"]["kind"] == "WorkloadEndpoint").unwrap();
+        assert_eq!(wep["spec"]["scope"], "Namespaced");
+    }
+}

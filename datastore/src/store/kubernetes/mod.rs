@@ -1,0 +1,403 @@
+//! The Kubernetes backend: brindle's keys as objects of the Kubernetes API (see [`layout`]),
+//! through kube-rs.
+//!
+//! Revisions are the API server's `resourceVersion`s, which are its etcd's revisions, so they
+//! order every write of the cluster. Compare-and-swap is an update or delete carrying the
+//! expected `resourceVersion` (a `409 Conflict` otherwise). A listing of several collections
+//! reads the first at the latest revision and the others at exactly that revision, so it is
+//! one snapshot. A watch follows each collection it covers from the same revision, with
+//! bookmarks, and resumes where it was after a dropped connection; `410 Gone` (history
+//! compacted away) becomes [`WatchEvent::Compacted`]. Events of one collection come in
+//! revision order; those of different collections are interleaved as they arrive. Every call
+//! is bounded by the configured timeout, and the API server's message is kept in errors.
+
+pub mod layout;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams, Preconditions, VersionMatch, WatchParams};
+use kube::core::WatchEvent as KubeEvent;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use self::layout::{Collection, Place, Shape};
+use super::{AbortOnDrop, Datastore, KeyValue, Listing, Revision, WATCH_BUFFER, Watch, WatchEvent};
+use crate::{Error, Result};
+
+pub use super::selection::KubernetesOptions;
+
+/// The longest pause between two attempts to re-establish a broken watch.
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long one watch request lasts before the server ends it (and it is resumed).
+const WATCH_SECONDS: u32 = 290;
+
+/// The Kubernetes backend.
+#[derive(Clone)]
+pub struct KubernetesStore {
+    client: kube::Client,
+    collections: Vec<Collection>,
+    options: KubernetesOptions,
+}
+
+impl std::fmt::Debug for KubernetesStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kubeconfig = self.options.kubeconfig.as_ref().map(|p| p.display().to_string());
+        write!(f, "KubernetesStore({})", kubeconfig.as_deref().unwrap_or("in-cluster"))
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("Kubernetes API {what}: {e}"))
+}
+
+/// The API server's refusal, if that is what `e` is.
+fn status(e: &kube::Error) -> Option<&kube::core::Status> {
+    match e {
+        kube::Error::Api(status) => Some(status),
+        _ => None,
+    }
+}
+
+impl KubernetesStore {
+    /// Connects with the kubeconfig the options name, or the in-cluster service account (or
+    /// `KUBECONFIG`, or `~/.kube/config`) when they name none.
+    pub async fn connect(options: KubernetesOptions) -> Result<Self> {
+        let config = match &options.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| Error::Invalid(format!("kubeconfig {}: {e}", path.display())))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| Error::Invalid(format!("kubeconfig {}: {e}", path.display())))?
+            }
+            None => kube::Config::infer().await.map_err(|e| {
+                Error::Invalid(format!("no Kubernetes configuration (in-cluster, KUBECONFIG or ~/.kube/config): {e}"))
+            })?,
+        };
+        let mut config = config;
+        config.connect_timeout = Some(options.timeout);
+        config.read_timeout = None; // watches stay open; every other call has its own bound
+        let client = kube::Client::try_from(config).map_err(|e| unavailable("client", e))?;
+        Ok(KubernetesStore { client, collections: layout::collections(), options })
+    }
+
+    fn api(&self, collection: &Collection, namespace: Option<&str>) -> Api<DynamicObject> {
+        match (collection.namespaced, namespace) {
+            (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &collection.api),
+            _ => Api::all_with(self.client.clone(), &collection.api),
+        }
+    }
+
+    fn api_of(&self, place: &Place) -> (&Collection, Api<DynamicObject>) {
+        let collection = &self.collections[place.collection];
+        (collection, self.api(collection, place.namespace.as_deref()))
+    }
+
+    /// Runs one call with the configured bound; API refusals are mapped by `refused`.
+    async fn call<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = kube::Result<T>>,
+        refused: impl FnOnce(&kube::core::Status) -> Option<Error>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.options.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(match status(&e).and_then(refused) {
+                Some(mapped) => mapped,
+                None => match status(&e) {
+                    Some(s) if s.code == 400 || s.code == 422 => Error::Invalid(format!("Kubernetes API {what}: {}", s.message)),
+                    Some(s) => unavailable(what, format!("{} ({})", s.message, s.code)),
+                    None => unavailable(what, e),
+                },
+            }),
+            Err(_) => Err(unavailable(what, format!("no answer within {:?}", self.options.timeout))),
+        }
+    }
+
+    async fn get_object(&self, key: &str) -> Result<(Place, Value)> {
+        let place = layout::place(&self.collections, key);
+        let (_, api) = self.api_of(&place);
+        let not_found = |s: &kube::core::Status| (s.code == 404).then(|| Error::NotFound(key.to_owned()));
+        let object = self.call("get", api.get(&place.name), not_found).await?;
+        Ok((place, to_value(object)?))
+    }
+
+    async fn key_value(&self, place: &Place, object: &Value, key: &str) -> Result<KeyValue> {
+        layout::from_object(&self.collections[place.collection], object)?
+            .filter(|kv| kv.key == key)
+            .ok_or_else(|| Error::NotFound(key.to_owned()))
+    }
+
+    /// The conflict error for `key`, carrying what is stored now.
+    async fn conflict(&self, key: &str, expected: Revision) -> Error {
+        match self.get(key).await {
+            Ok(current) => Error::Conflict {
+                key: key.to_owned(),
+                expected,
+                actual: current.revision,
+                current: Some(Box::new(current)),
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// Lists one collection, at `at` exactly or (`None`) at the latest revision.
+    async fn list_collection(&self, index: usize, at: Option<Revision>) -> Result<(Vec<KeyValue>, Revision)> {
+        let collection = &self.collections[index];
+        let mut params = ListParams::default();
+        if let Some(at) = at {
+            params = params.at(&at.to_string()).matching(VersionMatch::Exact);
+        }
+        let list = self.call("list", self.api(collection, None).list(&params), |_| None).await?;
+        let revision = list.metadata.resource_version.as_deref().unwrap_or_default();
+        let revision: Revision = revision
+            .parse()
+            .map_err(|_| Error::Invalid(format!("the API server gave list resourceVersion \"{revision}\"")))?;
+        let mut items = Vec::with_capacity(list.items.len());
+        for object in list.items {
+            if let Some(kv) = layout::from_object(collection, &to_value(object)?)? {
+                items.push(kv);
+            }
+        }
+        Ok((items, revision))
+    }
+
+    /// Creates the namespace a namespaced object needs, when the cluster lacks it (a real
+    /// cluster's pods live in namespaces that exist; a test's may not).
+    async fn ensure_namespace(&self, namespace: &str) -> Result<()> {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let object = k8s_openapi::api::core::v1::Namespace {
+            metadata: kube::core::ObjectMeta { name: Some(namespace.to_owned()), ..Default::default() },
+            ..Default::default()
+        };
+        let exists = |s: &kube::core::Status| (s.code == 409).then_some(Error::AlreadyExists(namespace.to_owned()));
+        match self.call("create namespace", namespaces.create(&PostParams::default(), &object), exists).await {
+            Ok(_) | Err(Error::AlreadyExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn to_value(object: DynamicObject) -> Result<Value> {
+    serde_json::to_value(object).map_err(|e| Error::Invalid(format!("an object of the API server: {e}")))
+}
+
+fn from_value(object: Value) -> Result<DynamicObject> {
+    serde_json::from_value(object).map_err(|e| Error::Invalid(format!("cannot build an API object: {e}")))
+}
+
+#[async_trait]
+impl Datastore for KubernetesStore {
+    async fn get(&self, key: &str) -> Result<KeyValue> {
+        let (place, object) = self.get_object(key).await?;
+        self.key_value(&place, &object, key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing> {
+        let mut items = Vec::new();
+        let mut revision = None;
+        for index in layout::covering(&self.collections, prefix) {
+            let (found, at) = self.list_collection(index, revision).await?;
+            revision.get_or_insert(at);
+            items.extend(found.into_iter().filter(|kv| kv.key.starts_with(prefix)));
+        }
+        items.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(Listing { items, revision: revision.unwrap_or_default() })
+    }
+
+    async fn create(&self, key: &str, value: &[u8]) -> Result<Revision> {
+        let place = layout::place(&self.collections, key);
+        let (collection, api) = self.api_of(&place);
+        let object = from_value(layout::to_object(collection, &place, key, value)?)?;
+        let refused = |s: &kube::core::Status| match s.code {
+            409 => Some(Error::AlreadyExists(key.to_owned())),
+            404 => Some(Error::NotFound(s.message.clone())),
+            _ => None,
+        };
+        let created = match self.call("create", api.create(&PostParams::default(), &object), refused).await {
+            // Only a missing namespace makes a create "not found".
+            Err(Error::NotFound(_)) if place.namespace.is_some() => {
+                self.ensure_namespace(place.namespace.as_deref().unwrap_or_default()).await?;
+                self.call("create", api.create(&PostParams::default(), &object), refused).await?
+            }
+            other => other?,
+        };
+        layout::revision_of(&to_value(created)?)
+    }
+
+    async fn update(&self, key: &str, value: &[u8], expected: Revision) -> Result<Revision> {
+        let place = layout::place(&self.collections, key);
+        let (collection, api) = self.api_of(&place);
+        let mut object = layout::to_object(collection, &place, key, value)?;
+        if collection.shape == Shape::Node {
+            // A Node holds much besides what brindle writes: keep it, change labels and
+            // annotations only.
+            let (_, mut current) = self.get_object(key).await?;
+            if layout::revision_of(&current)? != expected {
+                return Err(self.conflict(key, expected).await);
+            }
+            current["metadata"]["labels"] = object["metadata"]["labels"].take();
+            current["metadata"]["annotations"] = object["metadata"]["annotations"].take();
+            object = current;
+        }
+        object["metadata"]["resourceVersion"] = expected.to_string().into();
+        let refused = |s: &kube::core::Status| match s.code {
+            404 => Some(Error::NotFound(key.to_owned())),
+            409 => Some(Error::Conflict { key: key.to_owned(), expected, actual: 0, current: None }),
+            _ => None,
+        };
+        match self.call("update", api.replace(&place.name, &PostParams::default(), &from_value(object)?), refused).await {
+            Ok(updated) => layout::revision_of(&to_value(updated)?),
+            Err(Error::Conflict { .. }) => Err(self.conflict(key, expected).await),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<()> {
+        let place = layout::place(&self.collections, key);
+        let (_, api) = self.api_of(&place);
+        if self.collections[place.collection].shape == Shape::Record {
+            // The record's name is a digest: make sure it is this key's.
+            self.get(key).await?;
+        }
+        let params = DeleteParams {
+            preconditions: expected.map(|rv| Preconditions { resource_version: Some(rv.to_string()), uid: None }),
+            ..DeleteParams::default()
+        };
+        let refused = |s: &kube::core::Status| match s.code {
+            404 => Some(Error::NotFound(key.to_owned())),
+            409 => Some(Error::Conflict { key: key.to_owned(), expected: expected.unwrap_or_default(), actual: 0, current: None }),
+            _ => None,
+        };
+        match self.call("delete", api.delete(&place.name, &params), refused).await {
+            Ok(_) => Ok(()),
+            Err(Error::Conflict { .. }) => Err(self.conflict(key, expected.unwrap_or_default()).await),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<Watch> {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let tasks: Vec<AbortOnDrop> = layout::covering(&self.collections, prefix)
+            .into_iter()
+            .map(|index| {
+                let follow = Follow {
+                    api: self.api(&self.collections[index], None),
+                    collection: self.collections[index].clone(),
+                    prefix: prefix.to_owned(),
+                    tx: tx.clone(),
+                };
+                AbortOnDrop(tokio::spawn(follow.run(after)))
+            })
+            .collect();
+        Ok(Watch::new(rx, tasks))
+    }
+}
+
+/// One collection's part of a watch.
+struct Follow {
+    api: Api<DynamicObject>,
+    collection: Collection,
+    prefix: String,
+    tx: mpsc::Sender<Result<WatchEvent>>,
+}
+
+impl Follow {
+    /// Streams the collection's changes after `after` into `tx` until the receiver is gone or
+    /// the history is compacted away.
+    async fn run(self, after: Revision) {
+        let mut from = after;
+        let mut retry = Duration::from_millis(100);
+        // What was last said of each key: a Node rewritten by kubelet, with nothing of
+        // brindle's changed, is not news.
+        let mut last: HashMap<String, Vec<u8>> = HashMap::new();
+        loop {
+            let params = WatchParams::default().timeout(WATCH_SECONDS);
+            let stream = match self.api.watch(&params, &from.to_string()).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    if self.tx.send(Err(unavailable("watch", e))).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(WATCH_RETRY_MAX);
+                    continue;
+                }
+            };
+            let mut stream = stream.boxed();
+            loop {
+                let event = match stream.try_next().await {
+                    Ok(Some(event)) => event,
+                    Ok(None) => break, // the server ended this request: resume from `from`
+                    Err(e) => {
+                        if self.tx.send(Err(unavailable("watch", e))).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(WATCH_RETRY_MAX);
+                        break;
+                    }
+                };
+                retry = Duration::from_millis(100);
+                let outcome = match event {
+                    KubeEvent::Added(o) | KubeEvent::Modified(o) => self.changed(o, false, &mut last),
+                    KubeEvent::Deleted(o) => self.changed(o, true, &mut last),
+                    KubeEvent::Bookmark(b) => Ok((b.metadata.resource_version.parse().ok(), None)),
+                    KubeEvent::Error(status) if status.code == 410 => {
+                        let _ = self.tx.send(Ok(WatchEvent::Compacted { compact_revision: from + 1 })).await;
+                        return;
+                    }
+                    KubeEvent::Error(status) => Err(unavailable("watch", status.message)),
+                };
+                match outcome {
+                    Ok((revision, event)) => {
+                        if let Some(revision) = revision {
+                            from = from.max(revision);
+                        }
+                        if let Some(event) = event
+                            && self.tx.send(Ok(event)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        if self.tx.send(Err(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The event for a changed object (with its revision), or none when it is not news.
+    fn changed(
+        &self,
+        object: DynamicObject,
+        deleted: bool,
+        last: &mut HashMap<String, Vec<u8>>,
+    ) -> Result<(Option<Revision>, Option<WatchEvent>)> {
+        let object = to_value(object)?;
+        let Some(kv) = layout::from_object(&self.collection, &object)? else {
+            return Ok((layout::revision_of(&object).ok(), None));
+        };
+        let revision = Some(kv.revision);
+        if !kv.key.starts_with(&self.prefix) {
+            return Ok((revision, None));
+        }
+        if deleted {
+            last.remove(&kv.key);
+            return Ok((revision, Some(WatchEvent::Delete { key: kv.key, revision: kv.revision })));
+        }
+        if self.collection.shape == Shape::Node && last.get(&kv.key) == Some(&kv.value) {
+            return Ok((revision, None));
+        }
+        if self.collection.shape == Shape::Node {
+            last.insert(kv.key.clone(), kv.value.clone());
+        }
+        Ok((revision, Some(WatchEvent::Put(kv))))
+    }
+}
