@@ -105,8 +105,13 @@ impl Client {
                 return Ok(r);
             };
             let guard_key = keys::create_guard::<S>();
+            // The value changes with every bump: a store may take an unchanged value as no write
+            // at all (the Kubernetes API does), and the bump must be one.
             let bumped = match guard {
-                Some(expected) => self.store.update(&guard_key, b"{}", expected).await.map(drop),
+                Some(expected) => {
+                    let value = format!("{{\"after\":{expected}}}");
+                    self.store.update(&guard_key, value.as_bytes(), expected).await.map(drop)
+                }
                 None => self.store.create(&guard_key, b"{}").await.map(drop),
             };
             match bumped {

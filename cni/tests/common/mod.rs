@@ -16,7 +16,8 @@ pub use brindle_e2e::cni::{Attachment, ConfList, Outcome};
 use brindle_e2e::netns::{self, Netns, unique};
 use serde_json::{Value, json};
 
-/// Runs each listed test once per datastore, as `etcd::name` and `sqlite::name`.
+/// Runs each listed test once per datastore, as `etcd::name`, `sqlite::name` and
+/// `kubernetes::name`.
 #[macro_export]
 macro_rules! per_backend {
     ($($name:ident),* $(,)?) => {
@@ -25,6 +26,9 @@ macro_rules! per_backend {
         }
         mod sqlite {
             $( #[test] fn $name() { super::$name(brindle_datastore::testing::Backend::Sqlite) } )*
+        }
+        mod kubernetes {
+            $( #[test] fn $name() { super::$name(brindle_datastore::testing::Backend::Kubernetes) } )*
         }
     };
 }

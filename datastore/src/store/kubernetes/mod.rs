@@ -10,6 +10,11 @@
 //! compacted away) becomes [`WatchEvent::Compacted`]. Events of one collection come in
 //! revision order; those of different collections are interleaved as they arrive. Every call
 //! is bounded by the configured timeout, and the API server's message is kept in errors.
+//!
+//! One difference from the other backends: an update that stores exactly what is there is no
+//! write for the API server, and the revision stays. Compare-and-swap is unaffected (nothing
+//! changed); a caller that needs every write to move the revision writes something new.
+//! Another: a Node exists with or without brindle; deleting its brindle view deletes it.
 
 pub mod layout;
 
