@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kubectl of one Kubernetes release from the Go module proxy, once
-# per machine, into a cache keyed by the version: the tests, the lab and the benchmarks run a
-# real API server. Nothing of Kubernetes' source is kept in this repository: a throwaway
-# wrapper module requires k8s.io/kubernetes and pins its staging modules (k8s.io/api, ...) to
-# the matching v0.x release, which is all `go build` needs.
+# Builds kube-apiserver and kubectl of one Kubernetes release, and the etcd it runs on, from
+# the Go module proxy, once per machine, into a cache keyed by both versions
+# (scripts/kubernetes-version: Kubernetes on the first line, etcd on the second): the tests,
+# the lab and the benchmarks run a real API server. Nothing of their source is kept in this
+# repository: throwaway wrapper modules require k8s.io/kubernetes (its staging modules,
+# k8s.io/api and the rest, pinned to the matching v0.x release) and go.etcd.io/etcd/server/v3,
+# which is all `go build` needs. Debian's etcd (3.4) lacks the progress notifications the API
+# server's watch cache relies on, so the tests' API server runs on this etcd.
 #
-#   scripts/kube-build.sh          prints the directory holding both programs
+#   scripts/kube-build.sh          prints the directory holding the three programs
 set -euo pipefail
 
-version=${KUBE_VERSION:-$(cat "$(dirname "$0")/kubernetes-version")}
-cache=${BRINDLE_KUBE_CACHE:-/var/cache/brindle/kubernetes}/v$version
-if [ -x "$cache/kube-apiserver" ] && [ -x "$cache/kubectl" ]; then
+version=$(sed -n 1p "$(dirname "$0")/kubernetes-version")
+etcd_version=$(sed -n 2p "$(dirname "$0")/kubernetes-version")
+cache=${BRINDLE_KUBE_CACHE:-/var/cache/brindle/kubernetes}/v$version-etcd$etcd_version
+if [ -x "$cache/kube-apiserver" ] && [ -x "$cache/kubectl" ] && [ -x "$cache/etcd" ]; then
     echo "$cache"
     exit 0
 fi
@@ -18,7 +22,7 @@ if ! command -v go >/dev/null; then
     echo "kube-build: go not found: install Go 1.26 or newer (the Kubernetes $version build needs it)" >&2
     exit 1
 fi
-echo "kube-build: building kube-apiserver and kubectl v$version (once per machine, about 6 minutes)" >&2
+echo "kube-build: building kube-apiserver, kubectl v$version and etcd v$etcd_version (once per machine, about 7 minutes)" >&2
 work=$(mktemp -d /tmp/brindle-kube-build.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -43,6 +47,25 @@ go mod tidy >/dev/null 2>&1
 mkdir -p "$work/bin"
 go build -o "$work/bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
 go build -o "$work/bin/kubectl" k8s.io/kubernetes/cmd/kubectl
+
+mkdir -p "$work/etcd"
+cd "$work/etcd"
+go mod init brindle.local/etcd-build >/dev/null 2>&1
+cat >main.go <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+go get "go.etcd.io/etcd/server/v3@v$etcd_version" >/dev/null 2>&1
+go mod tidy >/dev/null 2>&1
+go build -o "$work/bin/etcd" .
+
 mkdir -p "$cache"
-mv "$work/bin/kube-apiserver" "$work/bin/kubectl" "$cache/"
+mv "$work/bin/kube-apiserver" "$work/bin/kubectl" "$work/bin/etcd" "$cache/"
 echo "$cache"

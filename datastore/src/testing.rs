@@ -82,6 +82,7 @@ impl SqliteFile {
 #[derive(Debug)]
 pub struct EtcdServer {
     dir: TempDir,
+    program: PathBuf,
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
@@ -94,8 +95,14 @@ fn free_port() -> std::io::Result<u16> {
 impl EtcdServer {
     /// Starts etcd (the `etcd` binary on PATH) and waits until it reports healthy.
     pub fn start() -> std::io::Result<Self> {
+        EtcdServer::start_program(Path::new("etcd"))
+    }
+
+    /// Starts the etcd binary `program` and waits until it reports healthy.
+    pub fn start_program(program: &Path) -> std::io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("brindle-etcd-").tempdir()?;
-        let mut server = EtcdServer { dir, client_port: free_port()?, peer_port: free_port()?, child: None };
+        let program = program.to_owned();
+        let mut server = EtcdServer { dir, program, client_port: free_port()?, peer_port: free_port()?, child: None };
         server.launch()?;
         Ok(server)
     }
@@ -151,7 +158,7 @@ impl EtcdServer {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log"))?;
-        let child = Command::new("etcd")
+        let child = Command::new(&self.program)
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -203,16 +210,18 @@ impl Drop for EtcdServer {
     }
 }
 
-/// The Kubernetes release the tests run (scripts/kube-build.sh builds it).
-pub const KUBERNETES_VERSION: &str = include_str!("../../scripts/kubernetes-version");
+/// The Kubernetes release the tests run, and its etcd's (scripts/kube-build.sh builds both).
+const VERSIONS: &str = include_str!("../../scripts/kubernetes-version");
 
-/// Where kube-apiserver and kubectl are: `BRINDLE_KUBE_BIN`, or the cache
+/// Where kube-apiserver, kubectl and their etcd are: `BRINDLE_KUBE_BIN`, or the cache
 /// scripts/kube-build.sh fills.
 pub fn kube_bin_dir() -> PathBuf {
-    match std::env::var_os("BRINDLE_KUBE_BIN") {
-        Some(dir) => dir.into(),
-        None => PathBuf::from(format!("/var/cache/brindle/kubernetes/v{}", KUBERNETES_VERSION.trim())),
+    if let Some(dir) = std::env::var_os("BRINDLE_KUBE_BIN") {
+        return dir.into();
     }
+    let mut versions = VERSIONS.lines();
+    let (kubernetes, etcd) = (versions.next().unwrap_or_default(), versions.next().unwrap_or_default());
+    PathBuf::from(format!("/var/cache/brindle/kubernetes/v{kubernetes}-etcd{etcd}"))
 }
 
 /// A private kube-apiserver on a free loopback port, with its own etcd, a static admin token,
@@ -232,12 +241,11 @@ impl KubeApiServer {
         let bin = kube_bin_dir();
         if !bin.join("kube-apiserver").is_file() {
             return Err(std::io::Error::other(format!(
-                "{} has no kube-apiserver: run scripts/install-deps.sh (it builds Kubernetes {} once)",
-                bin.display(),
-                KUBERNETES_VERSION.trim()
+                "{} has no kube-apiserver: run scripts/install-deps.sh (it builds Kubernetes once per machine)",
+                bin.display()
             )));
         }
-        let etcd = EtcdServer::start()?;
+        let etcd = EtcdServer::start_program(&bin.join("etcd"))?;
         let dir = tempfile::Builder::new().prefix("brindle-kube-").tempdir()?;
         let key = dir.path().join("sa.key");
         let public = dir.path().join("sa.pub");
