@@ -163,6 +163,14 @@ fn churn_with_gc_every_second_never_costs_a_live_pod_its_address(backend: Backen
         let runtimes: Vec<_> =
             (0..RUNTIMES).map(|_| s.spawn(|| runtime(&conf, &cni_path, PODS / RUNTIMES, &live, &stop))).collect();
         let gc = s.spawn(|| {
+            // The runtimes stop when this thread ends, also when it fails.
+            struct Stop<'a>(&'a AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let _stop = Stop(&stop);
             let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let ipam = tokio.block_on(async {
                 Ipam::new(brindle_datastore::Client::new(brindle_datastore::connect(&selection).await.unwrap()))
@@ -181,7 +189,6 @@ fn churn_with_gc_every_second_never_costs_a_live_pod_its_address(backend: Backen
                 problems.extend(check_live(&tokio, &ipam, &live));
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
-            stop.store(true, Ordering::SeqCst);
             (problems, passes, said)
         });
         let (mut problems, passes, said) = gc.join().unwrap();

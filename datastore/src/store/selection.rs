@@ -170,7 +170,7 @@ impl FromStr for Selection {
                 }
                 Ok(Selection::Sqlite(options))
             }
-            other => Err(invalid(format!("unknown scheme \"{other}\" (etcd or sqlite)"))),
+            other => Err(invalid(format!("unknown scheme \"{other}\" (etcd, sqlite or kubernetes)"))),
         }
     }
 }
@@ -199,6 +199,18 @@ mod tests {
         assert_eq!(o.endpoints, ["10.0.0.1:2379", "10.0.0.2:2379"]);
         assert_eq!(o.ca_cert, Some("/ca.pem".into()));
         assert_eq!(o.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn kubernetes_in_cluster_or_with_a_kubeconfig() {
+        let Selection::Kubernetes(o) = "kubernetes://".parse().unwrap() else { panic!("not kubernetes") };
+        assert_eq!((o.kubeconfig, o.timeout), (None, DEFAULT_TIMEOUT));
+        let s: Selection = "kubernetes:///etc/cni/net.d/brindle-kubeconfig?timeout=3s".parse().unwrap();
+        let Selection::Kubernetes(o) = s else { panic!("not kubernetes") };
+        assert_eq!(o.kubeconfig, Some("/etc/cni/net.d/brindle-kubeconfig".into()));
+        assert_eq!(o.timeout, Duration::from_secs(3));
+        let err = "kubernetes://?poll=1s".parse::<Selection>().unwrap_err().to_string();
+        assert!(err.contains("unknown option \"poll\""), "{err}");
     }
 
     #[test]
