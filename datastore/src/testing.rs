@@ -319,9 +319,17 @@ impl KubeApiServer {
 
     /// Runs kubectl against the server as the admin; its output.
     pub fn kubectl(&self, args: &[&str]) -> std::io::Result<String> {
-        let out = Command::new(kube_bin_dir().join("kubectl")).arg("--kubeconfig").arg(self.kubeconfig()).args(args).output()?;
+        let out = Command::new(kube_bin_dir().join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()?;
         if !out.status.success() {
-            return Err(std::io::Error::other(format!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr))));
+            return Err(std::io::Error::other(format!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

@@ -264,7 +264,8 @@ pub fn from_object(collection: &Collection, object: &Value) -> Result<Option<Key
             if own.get("annotations").and_then(Value::as_object).is_some_and(Map::is_empty) {
                 own.remove("annotations");
             }
-            let value = json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Node", "metadata": own, "spec": spec});
+            let value =
+                json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Node", "metadata": own, "spec": spec});
             (format!("{}{name}", collection.prefix), value)
         }
         Shape::Block => {
@@ -367,7 +368,8 @@ mod tests {
     #[test]
     fn a_listing_reads_the_collections_its_prefix_can_hold() {
         let c = collections();
-        let kinds = |prefix: &str| -> Vec<String> { covering(&c, prefix).iter().map(|i| c[*i].api.kind.clone()).collect() };
+        let kinds =
+            |prefix: &str| -> Vec<String> { covering(&c, prefix).iter().map(|i| c[*i].api.kind.clone()).collect() };
         assert_eq!(kinds("/brindle/v1/ippools/"), ["IPPool", "KeyValue"]);
         assert_eq!(kinds("/brindle/ipam/v1/blocks/"), ["IPAMBlock", "KeyValue"]);
         assert_eq!(kinds("/brindle/").len(), c.len(), "everything");
@@ -387,7 +389,8 @@ mod tests {
             let back = from_object(&c[place.collection], &object).unwrap().unwrap();
             assert_eq!(back.key, key);
             assert_eq!(back.revision, 42);
-            let (a, b): (Result<Value, _>, Result<Value, _>) = (serde_json::from_slice(value), serde_json::from_slice(&back.value));
+            let (a, b): (Result<Value, _>, Result<Value, _>) =
+                (serde_json::from_slice(value), serde_json::from_slice(&back.value));
             match (a, b) {
                 (Ok(a), Ok(b)) => assert_eq!(a, b, "{key}"),
                 _ => assert_eq!(back.value, value, "{key}"),

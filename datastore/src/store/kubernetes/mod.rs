@@ -113,7 +113,9 @@ impl KubernetesStore {
             Ok(Err(e)) => Err(match status(&e).and_then(refused) {
                 Some(mapped) => mapped,
                 None => match status(&e) {
-                    Some(s) if s.code == 400 || s.code == 422 => Error::Invalid(format!("Kubernetes API {what}: {}", s.message)),
+                    Some(s) if s.code == 400 || s.code == 422 => {
+                        Error::Invalid(format!("Kubernetes API {what}: {}", s.message))
+                    }
                     Some(s) => unavailable(what, format!("{} ({})", s.message, s.code)),
                     None => unavailable(what, e),
                 },
@@ -254,7 +256,8 @@ impl Datastore for KubernetesStore {
             409 => Some(Error::Conflict { key: key.to_owned(), expected, actual: 0, current: None }),
             _ => None,
         };
-        match self.call("update", api.replace(&place.name, &PostParams::default(), &from_value(object)?), refused).await {
+        match self.call("update", api.replace(&place.name, &PostParams::default(), &from_value(object)?), refused).await
+        {
             Ok(updated) => layout::revision_of(&to_value(updated)?),
             Err(Error::Conflict { .. }) => Err(self.conflict(key, expected).await),
             Err(e) => Err(e),
@@ -274,7 +277,12 @@ impl Datastore for KubernetesStore {
         };
         let refused = |s: &kube::core::Status| match s.code {
             404 => Some(Error::NotFound(key.to_owned())),
-            409 => Some(Error::Conflict { key: key.to_owned(), expected: expected.unwrap_or_default(), actual: 0, current: None }),
+            409 => Some(Error::Conflict {
+                key: key.to_owned(),
+                expected: expected.unwrap_or_default(),
+                actual: 0,
+                current: None,
+            }),
             _ => None,
         };
         match self.call("delete", api.delete(&place.name, &params), refused).await {
