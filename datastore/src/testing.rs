@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -158,21 +159,8 @@ impl EtcdServer {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log"))?;
-        let child = Command::new(&self.program)
-            .arg("--name=test")
-            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
-            .arg("--logger=zap")
-            .arg("--log-level=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| {
+        let child =
+            etcd_command(None, &self.program, self.dir.path(), &client, &peer).stderr(log).spawn().map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot start etcd (is etcd-server installed?): {e}"))
             })?;
         self.child = Some(child);
@@ -224,20 +212,70 @@ pub fn kube_bin_dir() -> PathBuf {
     PathBuf::from(format!("/var/cache/brindle/kubernetes/v{kubernetes}-etcd{etcd}"))
 }
 
-/// A private kube-apiserver on a free loopback port, with its own etcd, a static admin token,
-/// a service-account signing key, and brindle's CustomResourceDefinitions established. Killed
-/// on drop.
+/// Where a [`KubeApiServer`] runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubePlacement {
+    /// The network namespace its processes run in; `None`: this one, on loopback and free
+    /// ports. In a namespace of its own (a lab's router) it takes the standard ports.
+    pub netns: Option<String>,
+    /// The address it serves on, and clients reach it at.
+    pub address: std::net::Ipv4Addr,
+    /// Its directory; `None`: a private temporary one, removed on drop.
+    pub dir: Option<PathBuf>,
+}
+
+/// A private kube-apiserver with its own etcd, a static admin token, a service-account
+/// signing key, and brindle's CustomResourceDefinitions established. Killed on drop, unless
+/// detached (a lab's outlives the command that made it).
 #[derive(Debug)]
 pub struct KubeApiServer {
-    etcd: EtcdServer,
-    dir: TempDir,
+    placement: KubePlacement,
+    dir: PathBuf,
+    _temp: Option<TempDir>,
     port: u16,
+    etcd: Option<Child>,
+    etcd_port: u16,
     child: Option<Child>,
 }
 
+/// A command that runs `program` in `netns` (or here).
+fn in_netns(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// etcd serving clients on `client` and peers on `peer`, with its data under `dir`.
+fn etcd_command(netns: Option<&str>, program: &Path, dir: &Path, client: &str, peer: &str) -> Command {
+    let mut command = in_netns(netns, program);
+    command
+        .arg("--name=test")
+        .arg(format!("--data-dir={}", dir.join("data").display()))
+        .arg(format!("--listen-client-urls={client}"))
+        .arg(format!("--advertise-client-urls={client}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster=test={peer}"))
+        .args(["--logger=zap", "--log-level=warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    command
+}
+
 impl KubeApiServer {
-    /// Starts the API server and waits until it is ready and brindle's kinds are served.
+    /// Starts an API server on loopback in this namespace, in a temporary directory.
     pub fn start() -> std::io::Result<Self> {
+        KubeApiServer::start_at(KubePlacement { netns: None, address: std::net::Ipv4Addr::LOCALHOST, dir: None })
+    }
+
+    /// Starts an API server as `placement` says and waits until it is ready and brindle's
+    /// kinds are served.
+    pub fn start_at(placement: KubePlacement) -> std::io::Result<Self> {
         let bin = kube_bin_dir();
         if !bin.join("kube-apiserver").is_file() {
             return Err(std::io::Error::other(format!(
@@ -245,21 +283,48 @@ impl KubeApiServer {
                 bin.display()
             )));
         }
-        let etcd = EtcdServer::start_program(&bin.join("etcd"))?;
-        let dir = tempfile::Builder::new().prefix("brindle-kube-").tempdir()?;
-        let key = dir.path().join("sa.key");
-        let public = dir.path().join("sa.pub");
+        let (temp, dir) = match &placement.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                (None, dir.clone())
+            }
+            None => {
+                let temp = tempfile::Builder::new().prefix("brindle-kube-").tempdir()?;
+                let dir = temp.path().to_owned();
+                (Some(temp), dir)
+            }
+        };
+        let (port, etcd_port, peer_port) = match placement.netns {
+            Some(_) => (6443, 2379, 2380),
+            None => (free_port()?, free_port()?, free_port()?),
+        };
+        let mut server = KubeApiServer { placement, dir, _temp: temp, port, etcd: None, etcd_port, child: None };
+        let netns = server.placement.netns.clone();
+        let netns = netns.as_deref();
+        let etcd_log = std::fs::File::create(server.dir.join("etcd.log"))?;
+        let client = format!("http://127.0.0.1:{etcd_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let etcd = etcd_command(netns, &bin.join("etcd"), &server.dir.join("etcd"), &client, &peer)
+            .stderr(etcd_log)
+            .process_group(0)
+            .spawn()?;
+        server.etcd = Some(etcd);
+
+        let key = server.dir.join("sa.key");
+        let public = server.dir.join("sa.pub");
         run(Command::new("openssl").args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"]).arg(&key))?;
         run(Command::new("openssl").args(["ec", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public))?;
-        std::fs::write(dir.path().join("tokens.csv"), "brindle-admin-token,admin,admin,system:masters\n")?;
-        let mut server = KubeApiServer { etcd, dir, port: free_port()?, child: None };
-        let log = std::fs::File::create(server.dir.path().join("kube-apiserver.log"))?;
-        let child = Command::new(bin.join("kube-apiserver"))
-            .arg(format!("--etcd-servers=http://{}", server.etcd.endpoint()))
-            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"])
-            .arg(format!("--secure-port={}", server.port))
-            .arg(format!("--cert-dir={}", server.dir.path().join("certs").display()))
-            .arg(format!("--token-auth-file={}", server.dir.path().join("tokens.csv").display()))
+        std::fs::write(server.dir.join("tokens.csv"), "brindle-admin-token,admin,admin,system:masters\n")?;
+        let log = std::fs::File::create(server.dir.join("kube-apiserver.log"))?;
+        let address = server.placement.address;
+        let child = in_netns(netns, &bin.join("kube-apiserver"))
+            .arg(format!("--etcd-servers={client}"))
+            .arg(format!("--bind-address={address}"))
+            .arg(format!("--advertise-address={address}"))
+            .arg("--endpoint-reconciler-type=none")
+            .arg(format!("--secure-port={port}"))
+            .arg(format!("--cert-dir={}", server.dir.join("certs").display()))
+            .arg(format!("--token-auth-file={}", server.dir.join("tokens.csv").display()))
             .arg(format!("--service-account-key-file={}", public.display()))
             .arg(format!("--service-account-signing-key-file={}", key.display()))
             .args(["--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=RBAC"])
@@ -267,13 +332,14 @@ impl KubeApiServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
+            .process_group(0)
             .spawn()?;
         server.child = Some(child);
         server.write_kubeconfig()?;
         let deadline = Instant::now() + START_TIMEOUT;
         while !server.kubectl(&["get", "--raw", "/readyz"]).is_ok_and(|out| out.trim() == "ok") {
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(server.dir.path().join("kube-apiserver.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(server.dir.join("kube-apiserver.log")).unwrap_or_default();
                 let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
                 return Err(std::io::Error::other(format!("kube-apiserver did not become ready: {tail}")));
             }
@@ -284,7 +350,7 @@ impl KubeApiServer {
             "kind": "List",
             "items": crate::store::kubernetes::layout::crds(&crate::store::kubernetes::layout::collections()),
         });
-        let file = server.dir.path().join("crds.json");
+        let file = server.dir.join("crds.json");
         std::fs::write(&file, crds.to_string())?;
         server.kubectl(&["apply", "-f", &file.display().to_string()])?;
         server.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=30s"])?;
@@ -293,18 +359,19 @@ impl KubeApiServer {
 
     fn write_kubeconfig(&self) -> std::io::Result<()> {
         let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{}\n    \
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{}:{}\n    \
              certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: brindle-admin-token\n\
              contexts:\n- name: test\n  context: {{cluster: test, user: admin}}\ncurrent-context: test\n",
+            self.placement.address,
             self.port,
-            self.dir.path().join("certs/apiserver.crt").display()
+            self.dir.join("certs/apiserver.crt").display()
         );
         std::fs::write(self.kubeconfig(), kubeconfig)
     }
 
     /// The admin's kubeconfig.
     pub fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
+        self.dir.join("kubeconfig")
     }
 
     /// `kubernetes:///<kubeconfig>` with a short call timeout.
@@ -312,32 +379,37 @@ impl KubeApiServer {
         format!("kubernetes://{}?timeout=5s", self.kubeconfig().display())
     }
 
-    /// The API server's etcd (to compact its history, say).
-    pub fn etcd(&self) -> &EtcdServer {
-        &self.etcd
+    /// `127.0.0.1:<port>` of the API server's etcd (in its namespace).
+    pub fn etcd_endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.etcd_port)
     }
 
-    /// Runs kubectl against the server as the admin; its output.
+    /// Runs kubectl against the server as the admin (in its namespace); its output.
     pub fn kubectl(&self, args: &[&str]) -> std::io::Result<String> {
-        let out = Command::new(kube_bin_dir().join("kubectl"))
+        let out = in_netns(self.placement.netns.as_deref(), &kube_bin_dir().join("kubectl"))
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
             .args(args)
             .output()?;
         if !out.status.success() {
-            return Err(std::io::Error::other(format!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            )));
+            let said = String::from_utf8_lossy(&out.stderr);
+            return Err(std::io::Error::other(format!("kubectl {}: {said}", args.join(" "))));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The PIDs of etcd and the API server, which keep running: whoever detaches stops them.
+    pub fn detach(mut self) -> (u32, u32) {
+        let etcd = self.etcd.take().map_or(0, |c| c.id());
+        let server = self.child.take().map_or(0, |c| c.id());
+        (etcd, server)
     }
 }
 
 impl Drop for KubeApiServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for child in [self.child.take(), self.etcd.take()].into_iter().flatten() {
+            let mut child = child;
             let _ = child.kill();
             let _ = child.wait();
         }

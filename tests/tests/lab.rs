@@ -99,6 +99,9 @@ fn up_explore_down(args: &[&str], nodes: usize, pods: usize) {
     if let Some(pid) = state.etcd_pid {
         assert!(!is_running(pid, "etcd"), "etcd still runs");
     }
+    if let Some(pid) = state.apiserver_pid {
+        assert!(!is_running(pid, "kube-apiserver"), "kube-apiserver still runs");
+    }
     assert!(!lab.state_dir().exists(), "the lab's directory is left behind");
     let status = lab.run(&["status"]);
     assert!(!status.status.success() && text(&status).contains("no lab is up"), "{}", text(&status));
@@ -127,6 +130,11 @@ fn a_cross_subnet_lab_with_a_route_reflector_on_etcd_does_too() {
         4,
         4,
     );
+}
+
+#[test]
+fn a_lab_on_the_kubernetes_datastore_does_too() {
+    up_explore_down(&["--pods-per-node", "1", "--datastore", "kubernetes"], 3, 3);
 }
 
 #[test]

@@ -54,11 +54,11 @@ pub async fn open_with(backend: Backend, extra: &str) -> (TestStore, Arc<dyn Dat
 /// Throws away history up to `revision`: etcd's compaction (the API server's etcd for
 /// Kubernetes), or SQLite's when its history limit is small.
 pub async fn compact(server: &TestStore, revision: Revision) {
-    let etcd = match server {
-        TestStore::Etcd(etcd) => etcd,
-        TestStore::Kubernetes(kube) => kube.etcd(),
+    let endpoint = match server {
+        TestStore::Etcd(etcd) => etcd.endpoint(),
+        TestStore::Kubernetes(kube) => kube.etcd_endpoint(),
         TestStore::Sqlite(_) => return,
     };
-    let mut client = etcd_client::Client::connect([etcd.endpoint()], None).await.expect("connect etcd");
+    let mut client = etcd_client::Client::connect([endpoint], None).await.expect("connect etcd");
     client.compact(revision, None).await.expect("compact");
 }

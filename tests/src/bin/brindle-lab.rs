@@ -45,7 +45,8 @@ enum Cmd {
         /// no BGP (routes from the datastore).
         #[arg(long, value_enum, default_value = "mesh")]
         peering: Peering,
-        /// The datastore: an SQLite file, or an etcd server in the router's namespace.
+        /// The datastore: an SQLite file, an etcd server, or a kube-apiserver (with its own
+        /// etcd) in the router's namespace.
         #[arg(long, value_enum, default_value = "sqlite")]
         datastore: Store,
         /// Where brindle-node, brindle and brindle-ipam are (default: beside this program).

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use brindle_datastore::resource::parse_documents;
+use brindle_datastore::testing::{KubeApiServer, KubePlacement};
 
 use super::progress::Progress;
 use super::report::agent_status;
@@ -68,6 +69,7 @@ pub fn up(name: &str, dir: &Path, bin_dir: &Path, options: &Options) -> anyhow::
         switch: String::new(),
         router: String::new(),
         etcd_pid: None,
+        apiserver_pid: None,
         nodes: Vec::new(),
         pods: Vec::new(),
     };
@@ -100,6 +102,7 @@ fn build(state: &mut LabState, dir: &Path) -> anyhow::Result<()> {
     let store = match options.datastore {
         Store::Sqlite => "sqlite",
         Store::Etcd => "etcd",
+        Store::Kubernetes => "kubernetes",
     };
     progress.step(&format!("datastore: {store}"), || start_datastore(state, dir, gateway))?;
     state.save(dir)?;
@@ -172,6 +175,19 @@ fn start_datastore(state: &mut LabState, dir: &Path, gateway: std::net::Ipv4Addr
                 http_get(&router, ETCD_PORT, "/health").contains("\"health\":\"true\"")
             })
             .map_err(|e| e.context(std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default()))
+        }
+        Store::Kubernetes => {
+            let placement = KubePlacement {
+                netns: Some(state.router.clone()),
+                address: gateway,
+                dir: Some(dir.join("kubernetes")),
+            };
+            let server = KubeApiServer::start_at(placement).context("starting kube-apiserver")?;
+            state.datastore = server.selection();
+            let (etcd, apiserver) = server.detach();
+            state.etcd_pid = Some(etcd);
+            state.apiserver_pid = Some(apiserver);
+            Ok(())
         }
     }
 }

@@ -50,6 +50,9 @@ pub fn teardown(state: &LabState, dir: &Path) -> Removed {
     for node in &state.nodes {
         removed.processes += usize::from(terminate(node.agent_pid, "brindle-node"));
     }
+    if let Some(pid) = state.apiserver_pid {
+        removed.processes += usize::from(terminate(pid, "kube-apiserver"));
+    }
     if let Some(pid) = state.etcd_pid {
         removed.processes += usize::from(terminate(pid, "etcd"));
     }

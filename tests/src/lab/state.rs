@@ -26,8 +26,11 @@ pub struct LabState {
     pub switch: String,
     /// The router's namespace.
     pub router: String,
-    /// etcd's PID when the datastore is etcd.
+    /// etcd's PID when the datastore is etcd (or the API server's etcd).
     pub etcd_pid: Option<u32>,
+    /// kube-apiserver's PID when the datastore is Kubernetes.
+    #[serde(default)]
+    pub apiserver_pid: Option<u32>,
     /// The nodes.
     pub nodes: Vec<LabNode>,
     /// The pods.

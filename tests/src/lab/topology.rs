@@ -39,6 +39,8 @@ pub enum Store {
     Sqlite,
     /// An etcd server in the router's namespace.
     Etcd,
+    /// A kube-apiserver (with its own etcd) in the router's namespace.
+    Kubernetes,
 }
 
 /// Everything `brindle-lab up` is asked for.
