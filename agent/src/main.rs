@@ -2,7 +2,7 @@
 //! and sysctls in line with the datastore (DESIGN.md, "Data flow in the agent").
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,11 @@ struct Args {
     /// Full resync interval (default: AgentConfiguration's routeRefreshInterval).
     #[arg(long, value_parser = humantime::parse_duration)]
     resync_interval: Option<Duration>,
+    /// Where to keep a kubeconfig for the CNI plugin on the host, made from this agent's
+    /// service account and rewritten when its token rotates (the Kubernetes datastore in a
+    /// cluster; the conflist names the file).
+    #[arg(long, env = "BRINDLE_CNI_KUBECONFIG")]
+    cni_kubeconfig: Option<PathBuf>,
     /// The status socket (`brindlectl node status` asks it).
     #[arg(long, default_value = "/var/run/brindle/node.sock")]
     status_socket: PathBuf,
@@ -124,6 +129,20 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         None => None,
     };
     startup::register(&client, &name, Some(&v4), v6.as_ref()).await?;
+    let default_pools = startup::default_pools(|k| std::env::var(k).ok()).context("the default pools")?;
+    startup::ensure_default_pools(&client, default_pools).await.context("creating the default pools")?;
+    let write_cni_kubeconfig = || {
+        let Some(path) = &args.cni_kubeconfig else { return };
+        let service_account = Path::new("/var/run/secrets/kubernetes.io/serviceaccount");
+        let result = match startup::cni_kubeconfig(service_account, |k| std::env::var(k).ok()) {
+            Some(text) => startup::publish(path, &text).map(drop),
+            None => Err(anyhow::anyhow!("no service account here (not in a pod?)")),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %format!("{e:#}"), path = %path.display(), "cannot write the CNI plugin's kubeconfig");
+        }
+    };
+    write_cni_kubeconfig();
     startup::publish(&args.state_dir.join("nodename"), &name)?;
     let ipip_supported = brindle_cni::netlink::link(&netlink, "tunl0").await?.is_some();
     if !ipip_supported {
@@ -232,7 +251,10 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
                 let _ = reply.send(report.to_string());
                 continue;
             }
-            _ = resync.tick() => true,
+            _ = resync.tick() => {
+                write_cni_kubeconfig(); // its token rotates
+                true
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         };

@@ -91,6 +91,66 @@ pub async fn ensure_tunnel_address(client: &Client, ipam: &Ipam, name: &str) -> 
     anyhow::bail!("could not record the tunnel address of node {name}")
 }
 
+/// The pools the agents create when a cluster has none, from the environment as Calico's
+/// `CALICO_IPV4POOL_*` are read: `BRINDLE_IPV4POOL_CIDR` (and `_VXLAN`, `_IPIP`: `Always`,
+/// `CrossSubnet` or `Never`; `_NAT_OUTGOING`: `true` unless `false`), and the same for
+/// `BRINDLE_IPV6POOL_`. Errors name the variable.
+pub fn default_pools(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Vec<Resource<IpPool>>> {
+    let mut pools = Vec::new();
+    for (family, name) in [("IPV4", "default-ipv4-ippool"), ("IPV6", "default-ipv6-ippool")] {
+        let key = |field: &str| format!("BRINDLE_{family}POOL_{field}");
+        let Some(cidr) = var(&key("CIDR")).filter(|c| !c.is_empty()) else { continue };
+        let mut pool = IpPool::new(cidr.parse().map_err(|e| anyhow::anyhow!("{}: {cidr:?}: {e}", key("CIDR")))?);
+        for (field, mode) in [("VXLAN", &mut pool.vxlan_mode), ("IPIP", &mut pool.ipip_mode)] {
+            if let Some(text) = var(&key(field)).filter(|t| !t.is_empty()) {
+                *mode = serde_json::from_value(serde_json::Value::String(text.clone()))
+                    .map_err(|_| anyhow::anyhow!("{}: {text:?} is not Always, CrossSubnet or Never", key(field)))?;
+            }
+        }
+        pool.nat_outgoing = var(&key("NAT_OUTGOING")).is_none_or(|t| t != "false");
+        pools.push(Resource::new(name, pool));
+    }
+    Ok(pools)
+}
+
+/// Creates `pools` if the cluster has no pool at all (the first agent to start does; the
+/// others find it there).
+pub async fn ensure_default_pools(client: &Client, pools: Vec<Resource<IpPool>>) -> anyhow::Result<()> {
+    if pools.is_empty() || !client.list::<IpPool>().await?.0.is_empty() {
+        return Ok(());
+    }
+    for pool in pools {
+        let name = pool.metadata.name.clone();
+        match client.create(pool).await {
+            Ok(created) => tracing::warn!(pool = %name, cidr = %created.spec.cidr, "created the default IP pool"),
+            // Another agent was first, or made an overlapping one: either way a pool is there.
+            Err(brindle_datastore::Error::AlreadyExists(_) | brindle_datastore::Error::Validation(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The kubeconfig the CNI plugin on the host reaches the API server with: this agent's
+/// service account (its current token and CA from `service_account`, the API server from
+/// `KUBERNETES_SERVICE_HOST`/`_PORT`). `None` outside a pod.
+pub fn cni_kubeconfig(service_account: &Path, var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    use base64::Engine;
+    let token = std::fs::read_to_string(service_account.join("token")).ok()?;
+    let ca = std::fs::read(service_account.join("ca.crt")).ok()?;
+    let host = var("KUBERNETES_SERVICE_HOST")?;
+    let port = var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|| "443".into());
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    Some(format!(
+        "# Written by brindle-node for the brindle CNI plugin; rewritten when its token rotates.\n\
+         apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: https://{host}:{port}\n    \
+         certificate-authority-data: {}\nusers:\n- name: brindle\n  user:\n    token: {}\n\
+         contexts:\n- name: brindle\n  context: {{cluster: local, user: brindle}}\ncurrent-context: brindle\n",
+        base64::engine::general_purpose::STANDARD.encode(ca),
+        token.trim()
+    ))
+}
+
 /// The pod MTU: the uplink's minus the largest encapsulation overhead the pools use.
 pub fn pod_mtu(uplink_mtu: u32, pools: &[Resource<IpPool>]) -> u32 {
     let overhead = pools
@@ -124,6 +184,46 @@ pub fn publish(path: &Path, content: &str) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_pools_come_from_the_environment_and_errors_name_the_variable() {
+        let env = |pairs: &'static [(&str, &str)]| {
+            move |k: &str| pairs.iter().find(|(name, _)| *name == k).map(|(_, v)| (*v).to_owned())
+        };
+        assert!(default_pools(env(&[])).unwrap().is_empty());
+        let pools = default_pools(env(&[
+            ("BRINDLE_IPV4POOL_CIDR", "10.244.0.0/16"),
+            ("BRINDLE_IPV4POOL_VXLAN", "CrossSubnet"),
+            ("BRINDLE_IPV6POOL_CIDR", "fd00:244::/56"),
+            ("BRINDLE_IPV6POOL_NAT_OUTGOING", "false"),
+        ]))
+        .unwrap();
+        assert_eq!(pools.len(), 2);
+        assert_eq!(
+            (pools[0].metadata.name.as_str(), pools[0].spec.vxlan_mode),
+            ("default-ipv4-ippool", EncapMode::CrossSubnet)
+        );
+        assert!(pools[0].spec.nat_outgoing && !pools[1].spec.nat_outgoing);
+        let err =
+            default_pools(env(&[("BRINDLE_IPV4POOL_CIDR", "10.0.0.0/8"), ("BRINDLE_IPV4POOL_IPIP", "sometimes")]));
+        assert!(err.unwrap_err().to_string().contains("BRINDLE_IPV4POOL_IPIP"));
+        assert!(default_pools(env(&[("BRINDLE_IPV4POOL_CIDR", "ten")])).unwrap_err().to_string().contains("_CIDR"));
+    }
+
+    #[test]
+    fn the_cni_kubeconfig_carries_the_service_accounts_token_and_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "tok-1\n").unwrap();
+        std::fs::write(dir.path().join("ca.crt"), "CA").unwrap();
+        let var = |k: &str| match k {
+            "KUBERNETES_SERVICE_HOST" => Some("10.96.0.1".to_owned()),
+            _ => None,
+        };
+        let text = cni_kubeconfig(dir.path(), var).unwrap();
+        assert!(text.contains("server: https://10.96.0.1:443") && text.contains("token: tok-1\n"), "{text}");
+        assert!(text.contains("certificate-authority-data: Q0E="), "{text}");
+        assert!(cni_kubeconfig(dir.path(), |_| None).is_none(), "outside a pod");
+    }
 
     #[test]
     fn vxlan_macs_are_stable_unicast_and_local() {

@@ -121,6 +121,9 @@ enum Cmd {
     /// The local node.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// The Kubernetes datastore.
+    #[command(subcommand)]
+    Kubernetes(KubernetesCmd),
     /// Explains the path between two pods (`namespace/name`, `name`, or an IP), from the
     /// datastore and, on one of their nodes, from the kernel; says what is missing.
     Diagnose {
@@ -197,6 +200,13 @@ enum IpamCmd {
         #[arg(long, conflicts_with = "ip")]
         from_report: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KubernetesCmd {
+    /// Prints brindle's CustomResourceDefinitions as YAML (`| kubectl apply -f -`);
+    /// manifests/brindle.yaml holds the same.
+    Crds,
 }
 
 #[derive(Debug, Subcommand)]
@@ -327,6 +337,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => ipam::release_ips(&client, ip).await?,
             };
             print!("{text}");
+        }
+        Cmd::Kubernetes(KubernetesCmd::Crds) => {
+            let layout = brindle_datastore::store::kubernetes::layout::collections();
+            let crds = brindle_datastore::store::kubernetes::layout::crds(&layout);
+            print!("{}", serde_saphyr::to_string_multiple(&crds).context("writing the definitions as YAML")?);
         }
         Cmd::Node(NodeCmd::Status { socket, json }) => {
             let status = node_status::query(socket)?;

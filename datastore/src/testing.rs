@@ -222,6 +222,9 @@ pub struct KubePlacement {
     pub address: std::net::Ipv4Addr,
     /// Its directory; `None`: a private temporary one, removed on drop.
     pub dir: Option<PathBuf>,
+    /// Whether to install brindle's CustomResourceDefinitions (not when a test installs a
+    /// manifest that holds them).
+    pub crds: bool,
 }
 
 /// A private kube-apiserver with its own etcd, a static admin token, a service-account
@@ -270,7 +273,12 @@ fn etcd_command(netns: Option<&str>, program: &Path, dir: &Path, client: &str, p
 impl KubeApiServer {
     /// Starts an API server on loopback in this namespace, in a temporary directory.
     pub fn start() -> std::io::Result<Self> {
-        KubeApiServer::start_at(KubePlacement { netns: None, address: std::net::Ipv4Addr::LOCALHOST, dir: None })
+        KubeApiServer::start_at(KubePlacement {
+            netns: None,
+            address: std::net::Ipv4Addr::LOCALHOST,
+            dir: None,
+            crds: true,
+        })
     }
 
     /// Starts an API server as `placement` says and waits until it is ready and brindle's
@@ -328,7 +336,7 @@ impl KubeApiServer {
             .arg(format!("--service-account-key-file={}", public.display()))
             .arg(format!("--service-account-signing-key-file={}", key.display()))
             .args(["--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=RBAC"])
-            .args(["--service-cluster-ip-range=10.96.0.0/16", "--v=1"])
+            .args(["--service-cluster-ip-range=10.96.0.0/16", "--allow-privileged=true", "--v=1"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -345,6 +353,9 @@ impl KubeApiServer {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        if !server.placement.crds {
+            return Ok(server);
+        }
         let crds = serde_json::json!({
             "apiVersion": "v1",
             "kind": "List",
@@ -358,15 +369,27 @@ impl KubeApiServer {
     }
 
     fn write_kubeconfig(&self) -> std::io::Result<()> {
-        let kubeconfig = format!(
+        std::fs::write(self.kubeconfig(), self.kubeconfig_text("brindle-admin-token"))
+    }
+
+    fn kubeconfig_text(&self, token: &str) -> String {
+        format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{}:{}\n    \
-             certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: brindle-admin-token\n\
-             contexts:\n- name: test\n  context: {{cluster: test, user: admin}}\ncurrent-context: test\n",
+             certificate-authority: {}\nusers:\n- name: user\n  user:\n    token: {token}\n\
+             contexts:\n- name: test\n  context: {{cluster: test, user: user}}\ncurrent-context: test\n",
             self.placement.address,
             self.port,
             self.dir.join("certs/apiserver.crt").display()
-        );
-        std::fs::write(self.kubeconfig(), kubeconfig)
+        )
+    }
+
+    /// A kubeconfig for the service account `namespace/name`, with a token the API server
+    /// issues for it (an hour's): the account's roles and nothing more.
+    pub fn kubeconfig_for(&self, namespace: &str, name: &str) -> std::io::Result<PathBuf> {
+        let token = self.kubectl(&["create", "token", name, "-n", namespace, "--duration=1h"])?;
+        let path = self.dir.join(format!("kubeconfig-{namespace}-{name}"));
+        std::fs::write(&path, self.kubeconfig_text(token.trim()))?;
+        Ok(path)
     }
 
     /// The admin's kubeconfig.

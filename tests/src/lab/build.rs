@@ -181,6 +181,7 @@ fn start_datastore(state: &mut LabState, dir: &Path, gateway: std::net::Ipv4Addr
                 netns: Some(state.router.clone()),
                 address: gateway,
                 dir: Some(dir.join("kubernetes")),
+                crds: true,
             };
             let server = KubeApiServer::start_at(placement).context("starting kube-apiserver")?;
             state.datastore = server.selection();

@@ -111,37 +111,44 @@ pub struct Place {
     pub name: String,
 }
 
-/// The object a key is stored as.
-pub fn place(collections: &[Collection], key: &str) -> Place {
+/// The object a key is stored as. A key under a kind's prefix must name one object of it.
+pub fn place(collections: &[Collection], key: &str) -> Result<Place> {
     for (i, c) in collections.iter().enumerate() {
         let Some(rest) = key.strip_prefix(&c.prefix).filter(|_| !c.prefix.is_empty()) else { continue };
-        match c.shape {
-            Shape::Resource | Shape::Node => {
-                let parts: Vec<&str> = rest.split('/').collect();
-                match (c.namespaced, parts.as_slice()) {
-                    (false, [name]) if is_object_name(name) => {
-                        return Place { collection: i, namespace: None, name: (*name).into() };
-                    }
-                    (true, [namespace, name]) if is_object_name(namespace) && is_object_name(name) => {
-                        return Place { collection: i, namespace: Some((*namespace).into()), name: (*name).into() };
-                    }
-                    _ => {}
-                }
+        let parts: Vec<&str> = rest.split('/').collect();
+        let place = match (c.shape, c.namespaced, parts.as_slice()) {
+            (Shape::Block, _, [cidr]) if !cidr.is_empty() => {
+                Place { collection: i, namespace: None, name: block_name(cidr) }
             }
-            Shape::Block => return Place { collection: i, namespace: None, name: block_name(rest) },
-            Shape::Record => {}
-        }
+            (Shape::Resource | Shape::Node, false, [name]) if is_object_name(name) => {
+                Place { collection: i, namespace: None, name: (*name).into() }
+            }
+            (Shape::Resource | Shape::Node, true, [namespace, name])
+                if is_object_name(namespace) && is_object_name(name) =>
+            {
+                Place { collection: i, namespace: Some((*namespace).into()), name: (*name).into() }
+            }
+            _ => return Err(Error::Invalid(format!("{key}: not a key of a {}", c.api.kind))),
+        };
+        return Ok(place);
     }
     let record = collections.iter().position(|c| c.shape == Shape::Record).expect("the records' collection");
-    Place { collection: record, namespace: None, name: record_name(key) }
+    Ok(Place { collection: record, namespace: None, name: record_name(key) })
 }
 
 /// The collections a listing or a watch of `prefix` reads: those whose keys can start with it.
+/// The records are read unless the prefix lies inside another collection's keys (a listing of
+/// pools or blocks reads nothing else, and needs no right to records).
 pub fn covering(collections: &[Collection], prefix: &str) -> Vec<usize> {
+    let inside_another =
+        collections.iter().any(|c| c.shape != Shape::Record && !c.prefix.is_empty() && prefix.starts_with(&c.prefix));
     collections
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.shape == Shape::Record || c.prefix.starts_with(prefix) || prefix.starts_with(&c.prefix))
+        .filter(|(_, c)| match c.shape {
+            Shape::Record => !inside_another,
+            _ => c.prefix.starts_with(prefix) || prefix.starts_with(&c.prefix),
+        })
         .map(|(i, _)| i)
         .collect()
 }
@@ -342,7 +349,7 @@ mod tests {
     use super::*;
 
     fn kv(c: &[Collection], key: &str, value: &[u8]) -> (Place, Value) {
-        let place = place(c, key);
+        let place = place(c, key).unwrap();
         let mut object = to_object(&c[place.collection], &place, key, value).unwrap();
         object["metadata"]["resourceVersion"] = "42".into();
         object["metadata"]["uid"] = "server-set".into();
@@ -352,17 +359,17 @@ mod tests {
     #[test]
     fn resources_blocks_nodes_and_other_keys_have_their_places() {
         let c = collections();
-        let shape = |key: &str| c[place(&c, key).collection].shape;
+        let shape = |key: &str| c[place(&c, key).unwrap().collection].shape;
         assert_eq!(shape("/brindle/v1/ippools/default"), Shape::Resource);
         assert_eq!(shape("/brindle/v1/nodes/node-1"), Shape::Node);
         assert_eq!(shape("/brindle/ipam/v1/blocks/10.244.0.64-26"), Shape::Block);
         assert_eq!(shape("/brindle/ipam/v1/gc"), Shape::Record);
         assert_eq!(shape("/t/a"), Shape::Record);
-        assert_eq!(shape("/brindle/v1/ippools/a/b"), Shape::Record, "not a resource key");
-        let wep = place(&c, "/brindle/v1/workloadendpoints/ns1/pod-eth0");
+        assert!(place(&c, "/brindle/v1/ippools/a/b").is_err(), "not a pool's key");
+        let wep = place(&c, "/brindle/v1/workloadendpoints/ns1/pod-eth0").unwrap();
         assert_eq!((wep.namespace.as_deref(), wep.name.as_str()), (Some("ns1"), "pod-eth0"));
-        assert_eq!(place(&c, "/brindle/ipam/v1/blocks/fd00::40-122").name, "fd00--40-122");
-        assert_ne!(place(&c, "/t/a").name, place(&c, "/t/b").name);
+        assert_eq!(place(&c, "/brindle/ipam/v1/blocks/fd00::40-122").unwrap().name, "fd00--40-122");
+        assert_ne!(place(&c, "/t/a").unwrap().name, place(&c, "/t/b").unwrap().name);
     }
 
     #[test]
@@ -370,8 +377,9 @@ mod tests {
         let c = collections();
         let kinds =
             |prefix: &str| -> Vec<String> { covering(&c, prefix).iter().map(|i| c[*i].api.kind.clone()).collect() };
-        assert_eq!(kinds("/brindle/v1/ippools/"), ["IPPool", "KeyValue"]);
-        assert_eq!(kinds("/brindle/ipam/v1/blocks/"), ["IPAMBlock", "KeyValue"]);
+        assert_eq!(kinds("/brindle/v1/ippools/"), ["IPPool"]);
+        assert_eq!(kinds("/brindle/ipam/v1/blocks/"), ["IPAMBlock"]);
+        assert_eq!(kinds("/brindle/ipam/v1/"), ["IPAMBlock", "KeyValue"]);
         assert_eq!(kinds("/brindle/").len(), c.len(), "everything");
         assert_eq!(kinds("/t/"), ["KeyValue"]);
     }

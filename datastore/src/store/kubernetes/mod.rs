@@ -125,7 +125,7 @@ impl KubernetesStore {
     }
 
     async fn get_object(&self, key: &str) -> Result<(Place, Value)> {
-        let place = layout::place(&self.collections, key);
+        let place = layout::place(&self.collections, key)?;
         let (_, api) = self.api_of(&place);
         let not_found = |s: &kube::core::Status| (s.code == 404).then(|| Error::NotFound(key.to_owned()));
         let object = self.call("get", api.get(&place.name), not_found).await?;
@@ -216,7 +216,7 @@ impl Datastore for KubernetesStore {
     }
 
     async fn create(&self, key: &str, value: &[u8]) -> Result<Revision> {
-        let place = layout::place(&self.collections, key);
+        let place = layout::place(&self.collections, key)?;
         let (collection, api) = self.api_of(&place);
         let object = from_value(layout::to_object(collection, &place, key, value)?)?;
         let refused = |s: &kube::core::Status| match s.code {
@@ -236,7 +236,7 @@ impl Datastore for KubernetesStore {
     }
 
     async fn update(&self, key: &str, value: &[u8], expected: Revision) -> Result<Revision> {
-        let place = layout::place(&self.collections, key);
+        let place = layout::place(&self.collections, key)?;
         let (collection, api) = self.api_of(&place);
         let mut object = layout::to_object(collection, &place, key, value)?;
         if collection.shape == Shape::Node {
@@ -265,7 +265,7 @@ impl Datastore for KubernetesStore {
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<()> {
-        let place = layout::place(&self.collections, key);
+        let place = layout::place(&self.collections, key)?;
         let (_, api) = self.api_of(&place);
         if self.collections[place.collection].shape == Shape::Record {
             // The record's name is a digest: make sure it is this key's.
