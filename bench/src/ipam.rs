@@ -2,8 +2,9 @@
 //!
 //! Each measured phase runs in separate OS processes (`ipam-worker`), one datastore client
 //! each, started together; the rate is operations over the phase's wall time. The reference
-//! is a worker doing compare-and-swap writes on a key of its own with the same client, so the
-//! ratio says what IPAM's bookkeeping costs on top of the store's own write rate.
+//! is a worker doing compare-and-swap writes on a key of its own with the same client (on the
+//! Kubernetes API: updates of one small custom resource), so the ratio says what IPAM's
+//! bookkeeping costs on top of the store's own write rate.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -23,7 +24,11 @@ const CONTEXT_TTL: Duration = Duration::from_secs(2);
 pub enum Which {
     Etcd,
     Sqlite,
+    Kubernetes,
+    /// etcd and SQLite.
     Both,
+    /// etcd, SQLite and Kubernetes.
+    All,
 }
 
 /// Options of `brindle-bench ipam`.
@@ -169,7 +174,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let backends: &[(Backend, &str)] = match args.backend {
         Which::Etcd => &[(Backend::Etcd, "etcd")],
         Which::Sqlite => &[(Backend::Sqlite, "sqlite")],
+        Which::Kubernetes => &[(Backend::Kubernetes, "k8s")],
         Which::Both => &[(Backend::Etcd, "etcd"), (Backend::Sqlite, "sqlite")],
+        Which::All => &[(Backend::Etcd, "etcd"), (Backend::Sqlite, "sqlite"), (Backend::Kubernetes, "k8s")],
     };
     let n = args.operations;
     let mut rows = Vec::new();
