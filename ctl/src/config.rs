@@ -13,7 +13,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/brindle/brindlectl.yaml";
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
-    /// A datastore selection (`etcd://...` or `sqlite://...`).
+    /// A datastore selection (`kubernetes://...`, `etcd://...` or `sqlite://...`).
     datastore: Option<String>,
 }
 

@@ -31,9 +31,13 @@ use crate::resources::Write;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// The datastore: `etcd://host:2379,...?cacert=...` or `sqlite:///path`.
+    /// The datastore: `kubernetes://[/kubeconfig]`, `etcd://host:2379,...?cacert=...` or
+    /// `sqlite:///path`.
     #[arg(long, global = true, env = "BRINDLE_DATASTORE")]
     datastore: Option<String>,
+    /// The Kubernetes API as the datastore, through this kubeconfig (`kubernetes://<PATH>`).
+    #[arg(long, global = true, conflicts_with = "datastore")]
+    kubeconfig: Option<PathBuf>,
     /// The config file naming the datastore.
     #[arg(long, global = true, default_value = config::DEFAULT_CONFIG)]
     config: PathBuf,
@@ -244,7 +248,8 @@ fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
-    let selection = config::datastore(cli.datastore.as_deref(), &cli.config)?;
+    let named = cli.kubeconfig.as_ref().map(|path| format!("kubernetes://{}", path.display()));
+    let selection = config::datastore(named.as_deref().or(cli.datastore.as_deref()), &cli.config)?;
     let store = brindle_datastore::connect(&selection)
         .await
         .with_context(|| format!("cannot open the datastore {selection}"))?;
