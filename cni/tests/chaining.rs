@@ -34,6 +34,8 @@ fn portmap_and_bandwidth_chain_after_brindle(backend: Backend) {
             "bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 1_000_000, "egressRate": 8_000_000, "egressBurst": 1_000_000},
         }),
         cni_path: common::cni_path(),
+        runner: Vec::new(),
+        root: None,
     };
     let pod = Pod::new("web");
     let result = conflist.add(&pod.attachment).unwrap().unwrap_or_else(|e| panic!("ADD failed: {}", e.stdout));

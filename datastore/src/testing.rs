@@ -379,7 +379,7 @@ impl KubeApiServer {
              contexts:\n- name: test\n  context: {{cluster: test, user: user}}\ncurrent-context: test\n",
             self.placement.address,
             self.port,
-            self.dir.join("certs/apiserver.crt").display()
+            self.ca_cert().display()
         )
     }
 
@@ -390,6 +390,16 @@ impl KubeApiServer {
         let path = self.dir.join(format!("kubeconfig-{namespace}-{name}"));
         std::fs::write(&path, self.kubeconfig_text(token.trim()))?;
         Ok(path)
+    }
+
+    /// The address and port the API server serves on.
+    pub fn endpoint(&self) -> (std::net::Ipv4Addr, u16) {
+        (self.placement.address, self.port)
+    }
+
+    /// The certificate a client checks the API server's against (a pod's `ca.crt`).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("certs/apiserver.crt")
     }
 
     /// The admin's kubeconfig.

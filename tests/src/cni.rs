@@ -2,6 +2,7 @@
 //! on stdin, one JSON document back; and network configuration lists with libcni's
 //! semantics.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -160,6 +161,12 @@ pub struct ConfList {
     pub runtime_config: Value,
     /// Where plugins are looked up, `:`-separated.
     pub cni_path: String,
+    /// The command each plugin runs under (a node's view of its own files), as a runtime on
+    /// that node would run it; empty: here, directly.
+    pub runner: Vec<OsString>,
+    /// Where the files the runner shows at `/` are seen from here, to find plugins in
+    /// `cni_path`; `None`: the runner shows this machine's.
+    pub root: Option<PathBuf>,
 }
 
 impl ConfList {
@@ -192,10 +199,14 @@ impl ConfList {
     /// The binary of plugin `index`, found in `cni_path`.
     pub fn binary(&self, index: usize) -> anyhow::Result<PathBuf> {
         let kind = self.list["plugins"][index]["type"].as_str().context("plugin without a type")?;
+        let seen = |p: &Path| match &self.root {
+            Some(root) => root.join(p.strip_prefix("/").unwrap_or(p)),
+            None => p.to_owned(),
+        };
         self.cni_path
             .split(':')
             .map(|dir| Path::new(dir).join(kind))
-            .find(|p| p.is_file())
+            .find(|p| seen(p).is_file())
             .with_context(|| format!("plugin {kind} not found in {}", self.cni_path))
     }
 
@@ -206,7 +217,17 @@ impl ConfList {
         prev: Option<&Value>,
         attachment: &Attachment,
     ) -> anyhow::Result<Outcome> {
-        exec(&self.binary(index)?, command, &self.plugin_conf(index, prev), attachment, &self.cni_path)
+        let binary = self.binary(index)?;
+        let cmd = match self.runner.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&binary);
+                cmd
+            }
+            None => Command::new(&binary),
+        };
+        let conf = self.plugin_conf(index, prev).to_string();
+        run_plugin(cmd, &binary, conf.as_bytes(), &attachment.vars(command, &self.cni_path))
     }
 
     /// ADD through every plugin; the last result is the list's. Stops at the first failure

@@ -4,6 +4,7 @@
 
 pub mod bird;
 pub mod cni;
+pub mod kubelet;
 pub mod lab;
 pub mod netns;
 pub mod process;

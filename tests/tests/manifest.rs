@@ -140,18 +140,34 @@ fn the_dockerfile_builds_every_program_the_manifest_runs_into_the_image_it_names
     assert_eq!(images.len(), 1, "one image for everything: {images:?}");
     let image = images.into_iter().next().unwrap();
     assert!(dockerfile.contains(&format!("docker build -t {image} .")), "the Dockerfile names {image}");
-    for program in ["brindle-node", "brindle", "brindle-ipam", "brindlectl"] {
-        assert!(dockerfile.contains(&format!("target/release/{program} ")), "the image lacks {program}");
-    }
-    assert!(text.contains("/opt/brindle/install-cni.sh") && dockerfile.contains("/opt/brindle/install-cni.sh"));
+    image_files(); // every program is in it, where the manifest runs it from
+    assert!(text.contains("/opt/brindle/install-cni.sh") && text.contains("/usr/local/bin/brindle-node"));
 }
 
-/// The manifest applied to a real API server, and brindle at work with nothing but its roles:
-/// the agent (as the DaemonSet runs it, which creates the default pool), the CNI plugin (ADD
-/// and DEL with the agent's account) and IPAM garbage collection (with its own account).
+/// The programs of the image, where the Dockerfile puts them: (path in the image, file here).
+fn image_files() -> Vec<(PathBuf, PathBuf)> {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_brindle-lab")).parent().unwrap();
+    let mut files = Vec::new();
+    for program in ["brindle-node", "brindle", "brindle-ipam", "brindlectl"] {
+        assert!(dockerfile.contains(&format!("target/release/{program} ")), "the image lacks {program}");
+        files.push((Path::new("/usr/local/bin").join(program), bin_dir.join(program)));
+    }
+    assert!(dockerfile.contains("COPY manifests/install-cni.sh /opt/brindle/install-cni.sh"));
+    files.push(("/opt/brindle/install-cni.sh".into(), repo().join("manifests/install-cni.sh")));
+    files
+}
+
+/// The manifest applied to a real API server, and its pods run as kubelet would run them
+/// (their commands, environment, volumes and service accounts exactly as the manifest gives
+/// them): install-cni installs the plugins and a conflist, the agent registers, creates the
+/// default pool and becomes ready, the CNI plugin the conflist names ADDs and DELs a pod on
+/// the host with the kubeconfig the agent keeps for it, and the GC CronJob's pod does a pass,
+/// all with nothing but the manifest's roles.
 #[test]
-fn the_manifest_applies_and_its_roles_are_all_brindle_needs() {
+fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() {
     use brindle_datastore::testing::{KubeApiServer, KubePlacement};
+    use brindle_e2e::kubelet::Kubelet;
     use brindle_e2e::netns::{self, UplinkedNode};
 
     // A node with an uplink and a default route; the API server on its loopback.
@@ -162,77 +178,90 @@ fn the_manifest_applies_and_its_roles_are_all_brindle_needs() {
     let manifest = repo().join("manifests/brindle.yaml").display().to_string();
     server.kubectl(&["apply", "--server-side", "-f", &manifest]).unwrap();
     server.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=30s"]).unwrap();
-
-    // The Node, as kubelet registers it.
     let scratch = tempfile::tempdir().unwrap();
+
+    // The API server checks brindle's resources against their schemas: a pool with a mode
+    // that does not exist, a block size that is not a number and no CIDR is refused, every
+    // field named.
+    let bad_pool = scratch.path().join("bad-pool.yaml");
+    std::fs::write(
+        &bad_pool,
+        "apiVersion: brindle.io/v1\nkind: IPPool\nmetadata: {name: bad}\nspec: {vxlanMode: Sometimes, blockSize: big}\n",
+    )
+    .unwrap();
+    let refused = server.kubectl(&["create", "-f", &bad_pool.display().to_string()]).unwrap_err().to_string();
+    for field in ["spec.vxlanMode", "spec.blockSize", "spec.cidr"] {
+        assert!(refused.contains(field), "the refusal names {field}: {refused}");
+    }
+
+    // The Node, as kubelet registers it, and the node's own files.
     let node_yaml = scratch.path().join("node.yaml");
     std::fs::write(&node_yaml, "apiVersion: v1\nkind: Node\nmetadata: {name: mft-node}\n").unwrap();
     server.kubectl(&["create", "-f", &node_yaml.display().to_string()]).unwrap();
-    let agent_account = server.kubeconfig_for("brindle-system", "brindle-node").unwrap();
-    let gc_account = server.kubeconfig_for("brindle-system", "brindle-ipam-gc").unwrap();
-    let as_agent = format!("kubernetes://{}", agent_account.display());
+    let host = scratch.path().join("host");
+    let kubelet = Kubelet::new("mft-node", &host, image_files(), &server).unwrap();
 
-    // The agent with the DaemonSet's pool variables.
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_brindle-lab")).parent().unwrap();
+    // The DaemonSet's pod: install-cni runs to completion, then the agent starts.
     let daemonset = documents().into_iter().find(|d| d["kind"] == "DaemonSet").unwrap();
-    let env = daemonset["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
-    let value =
-        |name: &str| env.iter().find(|e| e["name"] == name).and_then(|e| e["value"].as_str()).unwrap().to_owned();
-    let state = scratch.path().join("state");
-    let log = std::fs::File::create(scratch.path().join("agent.log")).unwrap();
-    let agent = Command::new(bin_dir.join("brindle-node"))
-        .args(["--datastore", &as_agent, "--nodename", "mft-node", "--metrics-listen", "off"])
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--status-socket")
-        .arg(state.join("node.sock"))
-        .env("BRINDLE_IPV4POOL_CIDR", value("BRINDLE_IPV4POOL_CIDR"))
-        .env("BRINDLE_IPV4POOL_VXLAN", value("BRINDLE_IPV4POOL_VXLAN"))
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let agent = brindle_e2e::process::Process(agent);
-    let ready = brindle_e2e::wait::wait_for("the agent to become ready", std::time::Duration::from_secs(30), || {
+    let pod = kubelet.pod("brindle-system", &daemonset["spec"]["template"]["spec"]).unwrap();
+    let installed = pod.container("install-cni").unwrap().output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&installed.stdout), String::from_utf8_lossy(&installed.stderr));
+    assert!(installed.status.success(), "install-cni: {said}");
+    let conflist_path = kubelet.host_path("/etc/cni/net.d/10-brindle.conflist");
+    let conflist: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&conflist_path).unwrap()).unwrap();
+    assert_eq!(conflist["plugins"][0]["datastore"], "kubernetes:///etc/cni/net.d/brindle-kubeconfig");
+    assert_eq!(conflist["plugins"][0]["nodename"], "mft-node");
+    for plugin in ["brindle", "brindle-ipam"] {
+        assert!(kubelet.host_path("/opt/cni/bin").join(plugin).is_file(), "install-cni installed {plugin}");
+    }
+
+    let log_path = scratch.path().join("agent.log");
+    let mut agent = pod.container("brindle-node").unwrap();
+    agent.stderr(std::fs::File::create(&log_path).unwrap());
+    let agent = brindle_e2e::process::Process(agent.spawn().unwrap());
+    let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let ready = brindle_e2e::wait::wait_for("the agent to become ready", std::time::Duration::from_secs(60), || {
         netns::http_get(&node.node.path(), 9099, "/readiness").starts_with("HTTP/1.0 200")
     });
-    let agent_log = || std::fs::read_to_string(scratch.path().join("agent.log")).unwrap_or_default();
     assert!(ready.is_ok(), "{}", agent_log());
     let pools = server.kubectl(&["get", "ippools", "-o", "name"]).unwrap();
     assert_eq!(pools.trim(), "ippool.brindle.io/default-ipv4-ippool", "the first agent made the default pool");
+    let node_object = server.kubectl(&["get", "node", "mft-node", "-o", "json"]).unwrap();
+    assert!(node_object.contains("brindle.io/node"), "the agent registered on its Node: {node_object}");
 
-    // The CNI plugin, with the agent's account, as kubelet's runtime calls it.
-    let pod = netns::Netns::new("mft", "pod").unwrap();
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "brindle",
-        "datastore": as_agent, "nodename": "mft-node", "mtu": 1400,
-        "endpoint_record_dir": scratch.path().join("records"),
-        "ipam": {"type": "brindle-ipam"},
-    });
+    // The runtime on the node runs the conflist, as it finds it, from /opt/cni/bin (where the
+    // node's own CNI package put the reference plugins the list chains).
+    for plugin in ["portmap", "bandwidth"] {
+        std::fs::copy(Path::new("/usr/lib/cni").join(plugin), kubelet.host_path("/opt/cni/bin").join(plugin)).unwrap();
+    }
+    let runtime = brindle_e2e::cni::ConfList {
+        list: conflist,
+        runtime_config: serde_json::json!({}),
+        cni_path: "/opt/cni/bin".into(),
+        runner: kubelet
+            .host_runner(&["/etc/cni/net.d", "/opt/cni/bin", "/var/run/brindle", "/var/lib/brindle"])
+            .unwrap(),
+        root: Some(host.clone()),
+    };
+    let pod_ns = netns::Netns::new("mft", "pod").unwrap();
     let attachment = brindle_e2e::cni::Attachment {
         container_id: "mft0".into(),
-        netns: pod.path(),
+        netns: pod_ns.path(),
         ifname: "eth0".into(),
         pod_namespace: "default".into(),
         pod_name: "web".into(),
     };
-    let plugin = bin_dir.join("brindle");
-    let cni_path = bin_dir.display().to_string();
-    let added = brindle_e2e::cni::exec(&plugin, "ADD", &conf, &attachment, &cni_path).unwrap();
-    assert!(added.ok, "ADD with the agent's roles: {}{}", added.stdout, added.stderr);
+    let added = runtime.add(&attachment).unwrap().unwrap_or_else(|o| panic!("ADD: {}{}", o.stdout, o.stderr));
     let endpoints = server.kubectl(&["get", "workloadendpoints", "-A", "-o", "name"]).unwrap();
     assert!(endpoints.contains("workloadendpoint.brindle.io/mft-node-k8s-web-eth0"), "{endpoints}");
 
-    // Garbage collection with its own account.
-    let gc = Command::new(bin_dir.join("brindlectl"))
-        .args(["--datastore", &format!("kubernetes://{}", gc_account.display()), "ipam", "gc", "--apply"])
-        .output()
-        .unwrap();
+    // The CronJob's pod: one garbage collection pass with its own account.
+    let cronjob = documents().into_iter().find(|d| d["kind"] == "CronJob").unwrap();
+    let gc_pod = kubelet.pod("brindle-system", &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]).unwrap();
+    let gc = gc_pod.container("ipam-gc").unwrap().output().unwrap();
     assert!(gc.status.success(), "ipam gc --apply with its roles: {}", String::from_utf8_lossy(&gc.stderr));
 
-    let mut del = conf.clone();
-    del["prevResult"] = added.json;
-    let deleted = brindle_e2e::cni::exec(&plugin, "DEL", &del, &attachment, &cni_path).unwrap();
-    assert!(deleted.ok, "DEL with the agent's roles: {}{}", deleted.stdout, deleted.stderr);
+    runtime.del(&attachment, &added).unwrap().unwrap_or_else(|o| panic!("DEL: {}{}", o.stdout, o.stderr));
     drop(agent);
     assert!(!agent_log().contains("forbidden"), "the agent was refused something: {}", agent_log());
 }

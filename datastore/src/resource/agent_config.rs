@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Spec, Validator};
 
 /// How loudly a component logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum LogSeverity {
     /// Everything.
     Debug,
@@ -33,7 +34,7 @@ impl LogSeverity {
 }
 
 /// Which iptables the agent drives.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum IptablesBackend {
     /// Use whichever the host already uses.
     #[default]
@@ -45,7 +46,7 @@ pub enum IptablesBackend {
 }
 
 /// Where the agent learns routes between nodes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum BgpBackend {
     /// No BGP: routes come from the datastore (which node owns which block).
     #[default]
@@ -62,14 +63,16 @@ fn secs(s: u64) -> Duration {
 }
 
 /// The AgentConfiguration spec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct AgentConfiguration {
     /// How often routes are compared with the kernel's and repaired.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub route_refresh_interval: Duration,
     /// How often the iptables chains are compared and repaired.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub iptables_refresh_interval: Duration,
     /// Which iptables to program.
     pub iptables_backend: IptablesBackend,

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::validation::is_dns_subdomain;
 use super::{Spec, Validator};
 
 /// The BGPPeer spec: one peering, global or for selected nodes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BgpPeer {
     /// Only this node peers (otherwise every node, or those `nodeSelector` picks).
@@ -37,6 +38,7 @@ pub struct BgpPeer {
     pub keep_original_next_hop: bool,
     /// How long the peer's routes are kept while it restarts (graceful restart).
     #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
     pub max_restart_time: Option<Duration>,
     /// BGPFilters whose rules come, in this order, before the defaults on these sessions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -44,7 +46,7 @@ pub struct BgpPeer {
 }
 
 /// Where a BGP password comes from.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BgpPassword {
     /// A key of a Kubernetes secret in brindle's namespace.
@@ -56,7 +58,7 @@ pub struct BgpPassword {
 }
 
 /// A key of a Kubernetes secret.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretKeyRef {
     /// The secret's name.
@@ -184,7 +186,7 @@ fn is_secret_key(key: &str) -> bool {
 }
 
 /// A named community value that prefix advertisements can refer to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Community {
     /// The name used in `prefixAdvertisements`.
@@ -194,10 +196,11 @@ pub struct Community {
 }
 
 /// Communities to attach to the routes inside a CIDR.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrefixAdvertisement {
     /// The routes it applies to.
+    #[schemars(with = "String")]
     pub cidr: IpNetwork,
     /// Community names (from `communities`) or literal values.
     #[serde(default)]
@@ -205,10 +208,11 @@ pub struct PrefixAdvertisement {
 }
 
 /// A service range to advertise.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceCidr {
     /// The range.
+    #[schemars(with = "String")]
     pub cidr: IpNetwork,
 }
 
@@ -225,7 +229,7 @@ fn default_port() -> u16 {
 }
 
 /// The BGPConfiguration spec: `default` for the cluster, `node.<name>` to override for one node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BgpConfiguration {
     /// The cluster's AS number.

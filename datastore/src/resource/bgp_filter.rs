@@ -4,12 +4,13 @@
 //! advertised service ranges).
 
 use ipnetwork::IpNetwork;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Spec, Validator};
 
 /// The BGPFilter spec: ordered rules per direction and family.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BgpFilter {
     /// Rules for IPv4 prefixes sent to the peer.
@@ -27,7 +28,7 @@ pub struct BgpFilter {
 }
 
 /// One rule: which prefixes it matches and what happens to them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BgpFilterRule {
     /// Accept or Reject.
@@ -37,6 +38,7 @@ pub struct BgpFilterRule {
     pub match_operator: Option<MatchOperator>,
     /// The range compared with; without it the rule matches every prefix of its family.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
     pub cidr: Option<IpNetwork>,
     /// With `In`/`NotIn`: only prefixes this long count as in the range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,7 +46,7 @@ pub struct BgpFilterRule {
 }
 
 /// What a matching rule does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum FilterAction {
     /// Import or export the prefix.
     Accept,
@@ -53,7 +55,7 @@ pub enum FilterAction {
 }
 
 /// How a rule's `cidr` is compared with a prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum MatchOperator {
     /// The prefix is exactly `cidr`.
     Equal,
@@ -66,7 +68,7 @@ pub enum MatchOperator {
 }
 
 /// Bounds on a prefix's length.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrefixLength {
     /// Shortest (default: the cidr's own length).

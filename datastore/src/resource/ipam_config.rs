@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Spec, Validator};
 
 /// The IPAMConfiguration spec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct IpamConfiguration {
     /// Never borrow addresses from another node's block: a node with no free block gets an
@@ -19,12 +20,14 @@ pub struct IpamConfiguration {
     /// How long a released address rests before it is handed out again, so a new pod never
     /// inherits the conntrack entries of the one before it.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub release_cooldown: Duration,
     /// How long garbage collection waits before it releases an address whose holder (pod or
     /// node) is missing: the allocation must be at least this old, and an earlier pass must
     /// have seen the same leak at least this long before. The same wait applies before a
     /// deleted node's blocks lose their owner. Longer than any CNI ADD can take.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub leak_grace_period: Duration,
 }
 

@@ -2,12 +2,13 @@
 //! carried between nodes.
 
 use ipnetwork::IpNetwork;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Spec, Validator};
 
 /// When a pool's traffic is encapsulated.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum EncapMode {
     /// Never encapsulate.
     #[default]
@@ -19,7 +20,7 @@ pub enum EncapMode {
 }
 
 /// What a pool's addresses may be used for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum PoolUse {
     /// Pod addresses.
     Workload,
@@ -40,10 +41,11 @@ fn is_default_uses(uses: &[PoolUse]) -> bool {
 }
 
 /// The IPPool spec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IpPool {
     /// The pool's range. Immutable.
+    #[schemars(with = "String")]
     pub cidr: IpNetwork,
     /// The prefix length of the blocks the pool is cut into: 20-32 for IPv4 (default 26),
     /// 116-128 for IPv6 (default 122). Immutable.

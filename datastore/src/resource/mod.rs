@@ -18,6 +18,7 @@ mod workload;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +38,7 @@ use crate::{Error, Result};
 pub const API_VERSION: &str = "brindle.io/v1";
 
 /// Identity and bookkeeping common to every resource.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
     /// The resource's name, unique within its kind (and namespace).
@@ -65,7 +66,9 @@ impl Metadata {
 }
 
 /// A kind of resource: its spec type, names, and rules.
-pub trait Spec: Serialize + DeserializeOwned + Clone + Debug + PartialEq + Send + Sync + 'static {
+pub trait Spec:
+    Serialize + DeserializeOwned + schemars::JsonSchema + Clone + Debug + PartialEq + Send + Sync + 'static
+{
     /// The `kind` field, e.g. `IPPool`.
     const KIND: &'static str;
     /// The lower-case plural used in keys and on the command line, e.g. `ippools`.
@@ -233,6 +236,12 @@ macro_rules! any_resource {
                     return Some(<$spec as Spec>::KIND);
                 }
             )*
+            None
+        }
+
+        /// The JSON schema of `kind`'s spec, made by `generator`.
+        pub fn spec_schema(kind: &str, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+            $(if kind == <$spec as Spec>::KIND { return Some(generator.root_schema_for::<$spec>()); })*
             None
         }
 

@@ -3,12 +3,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Spec, Validator};
 
 /// The Node spec.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Node {
     /// The node's BGP identity.
@@ -32,14 +33,16 @@ pub struct Node {
 }
 
 /// A node's BGP identity.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeBgp {
     /// The node's IPv4 address with its subnet's prefix length, e.g. `10.0.0.5/24`.
     #[serde(default, rename = "ipv4Address", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
     pub ipv4_address: Option<IpNetwork>,
     /// The node's IPv6 address with its prefix length.
     #[serde(default, rename = "ipv6Address", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
     pub ipv6_address: Option<IpNetwork>,
     /// The node's own AS number; the cluster-wide one when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,7 +56,7 @@ pub struct NodeBgp {
 }
 
 /// One address of a node, as Kubernetes reports them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeAddress {
     /// The address.

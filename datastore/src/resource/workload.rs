@@ -1,6 +1,7 @@
 //! WorkloadEndpoint: one pod interface, written by the CNI plugin.
 
 use ipnetwork::IpNetwork;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Spec, Validator};
@@ -14,7 +15,7 @@ fn default_endpoint() -> String {
 }
 
 /// The WorkloadEndpoint spec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadEndpoint {
     /// The node the pod runs on.
@@ -37,6 +38,7 @@ pub struct WorkloadEndpoint {
     pub mac: Option<String>,
     /// The pod's addresses, each a /32 or /128.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub ip_networks: Vec<IpNetwork>,
     /// Profiles (policy groups) the endpoint belongs to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -305,9 +305,33 @@ pub fn from_object(collection: &Collection, object: &Value) -> Result<Option<Key
     Ok(Some(KeyValue { key, value: bytes, revision }))
 }
 
+/// The schema Kubernetes checks a kind's spec against: the spec type's own (field names,
+/// types, enums, required fields), made structural as the API server requires (enums hoisted,
+/// no `additionalProperties: false`) and without defaults, so the API server stores exactly
+/// what brindle wrote and the resource model alone fills defaults.
+fn spec_schema(kind: &str) -> Option<Value> {
+    let mut generator = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .with_transform(schemars::transform::AddNullable::default())
+        .with_transform(kube_core::schema::StructuralSchemaRewriter)
+        .with_transform(kube_core::schema::OptionalEnum)
+        .with_transform(schemars::transform::RecursiveTransform(|schema: &mut schemars::Schema| {
+            if let Some(object) = schema.as_object_mut() {
+                object.remove("default");
+                object.remove("title");
+            }
+        }))
+        .into_generator();
+    let schema = crate::resource::spec_schema(kind, &mut generator)?;
+    Some(schema.to_value())
+}
+
 /// The CustomResourceDefinitions the collections need (not Node: Kubernetes has it), as
-/// `apiextensions.k8s.io/v1` objects. Specs keep every field (the resource model validates
-/// them on every write through brindle).
+/// `apiextensions.k8s.io/v1` objects. The API server validates every write against the
+/// kind's schema, so `kubectl apply` of a malformed resource is refused naming the field.
 pub fn crds(collections: &[Collection]) -> Vec<Value> {
     let short: BTreeMap<&str, &str> = [("IPPool", "ipp"), ("WorkloadEndpoint", "wep"), ("BGPPeer", "bgpp")].into();
     collections
@@ -320,7 +344,18 @@ pub fn crds(collections: &[Collection]) -> Vec<Value> {
                     "required": ["key", "value"],
                     "properties": {"key": {"type": "string"}, "value": {"type": "string", "format": "byte"}},
                 }),
-                _ => json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+                Shape::Block => json!({
+                    "type": "object",
+                    "required": ["cidr", "state"],
+                    "properties": {
+                        "cidr": {"type": "string"},
+                        "owner": {"type": "string", "nullable": true},
+                        "state": {"type": "string"},
+                    },
+                }),
+                Shape::Resource | Shape::Node => {
+                    spec_schema(&c.api.kind).expect("every brindle kind has a spec schema")
+                }
             };
             let mut names = json!({
                 "kind": c.api.kind,
@@ -343,7 +378,11 @@ pub fn crds(collections: &[Collection]) -> Vec<Value> {
                         "name": VERSION,
                         "served": true,
                         "storage": true,
-                        "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec_schema}}},
+                        "schema": {"openAPIV3Schema": {
+                            "type": "object",
+                            "required": ["spec"],
+                            "properties": {"spec": spec_schema},
+                        }},
                     }],
                 },
             })
@@ -440,5 +479,41 @@ mod tests {
         assert!(!names.iter().any(|n| n.starts_with("nodes.")), "Kubernetes has Nodes");
         let wep = crds.iter().find(|d| d["spec"]["names"]["kind"] == "WorkloadEndpoint").unwrap();
         assert_eq!(wep["spec"]["scope"], "Namespaced");
+    }
+
+    /// Every node of a schema has a type (or keeps unknown fields) and none uses `anyOf`,
+    /// `oneOf`, `allOf` or `$ref`: what the API server requires of a structural schema.
+    fn assert_structural(schema: &Value, path: &str) {
+        let object = schema.as_object().unwrap_or_else(|| panic!("{path}: not an object"));
+        assert!(
+            object.contains_key("type") || object.contains_key("x-kubernetes-preserve-unknown-fields"),
+            "{path} has no type: {schema}"
+        );
+        for word in ["anyOf", "oneOf", "allOf", "$ref", "default"] {
+            assert!(!object.contains_key(word), "{path} uses {word}: {schema}");
+        }
+        for (name, property) in object.get("properties").and_then(Value::as_object).into_iter().flatten() {
+            assert_structural(property, &format!("{path}.{name}"));
+        }
+        for (word, suffix) in [("items", "[]"), ("additionalProperties", "{}")] {
+            if let Some(inner) = object.get(word).filter(|v| v.is_object()) {
+                assert_structural(inner, &format!("{path}{suffix}"));
+            }
+        }
+    }
+
+    #[test]
+    fn every_schema_is_structural_and_describes_the_spec() {
+        for crd in crds(&collections()) {
+            let name = crd["metadata"]["name"].as_str().unwrap();
+            let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            assert_structural(schema, name);
+        }
+        let crds = crds(&collections());
+        let pool = crds.iter().find(|d| d["spec"]["names"]["kind"] == "IPPool").unwrap();
+        let spec = &pool["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["required"], json!(["cidr"]));
+        assert_eq!(spec["properties"]["vxlanMode"]["enum"], json!(["Never", "Always", "CrossSubnet"]));
+        assert_eq!(spec["properties"]["blockSize"]["type"], "integer");
     }
 }
