@@ -12,24 +12,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, Ipam};
 use brindle_datastore::resource::{IpPool, Resource};
-use brindle_datastore::testing::{Backend, TestStore};
+use brindle_datastore::testing::TestStore;
 use brindle_datastore::{Client, Error};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
+
+use crate::stores::Which;
 use tokio::process::Command;
 
 /// How long a long-lived IPAM client reuses pools and settings.
 const CONTEXT_TTL: Duration = Duration::from_secs(2);
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Which {
-    Etcd,
-    Sqlite,
-    Kubernetes,
-    /// etcd and SQLite.
-    Both,
-    /// etcd, SQLite and Kubernetes.
-    All,
-}
 
 /// Options of `brindle-bench ipam`.
 #[derive(Args)]
@@ -171,13 +162,7 @@ struct Row {
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    let backends: &[(Backend, &str)] = match args.backend {
-        Which::Etcd => &[(Backend::Etcd, "etcd")],
-        Which::Sqlite => &[(Backend::Sqlite, "sqlite")],
-        Which::Kubernetes => &[(Backend::Kubernetes, "k8s")],
-        Which::Both => &[(Backend::Etcd, "etcd"), (Backend::Sqlite, "sqlite")],
-        Which::All => &[(Backend::Etcd, "etcd"), (Backend::Sqlite, "sqlite"), (Backend::Kubernetes, "k8s")],
-    };
+    let backends = args.backend.backends();
     let n = args.operations;
     let mut rows = Vec::new();
     for &(backend, name) in backends {

@@ -1,8 +1,10 @@
 //! brindle-bench: runs brindle and a reference system in the same run and prints ratios.
 
+mod agent_start;
 mod cni;
 mod ipam;
 mod routes;
+mod stores;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,9 @@ enum Command {
     /// Programming remote-block routes (10,000 and 100,000) with brindle-node's route driver
     /// against `ip -batch` of the same routes, a no-change resync, and an iptables resync.
     Routes(routes::BenchArgs),
+    /// brindle-node from start to ready with 1,000 other nodes' blocks in the datastore, on
+    /// etcd, SQLite and the Kubernetes API in one run.
+    AgentStart(agent_start::BenchArgs),
     /// One benchmark process (started by `ipam`; also used by the multi-process tests).
     #[command(hide = true)]
     IpamWorker(ipam::WorkerArgs),
@@ -36,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Cni(args) => cni::bench(args),
         Command::Routes(args) => routes::bench(args),
+        Command::AgentStart(args) => agent_start::bench(args),
         Command::Ipam(args) => runtime.block_on(ipam::bench(args)),
         Command::IpamWorker(args) => runtime.block_on(ipam::worker(args)),
     }

@@ -13,6 +13,8 @@ use brindle_e2e::netns::{Netns, enter, run};
 use clap::Args;
 use ipnetwork::IpNetwork;
 
+use crate::agent_start;
+
 /// Options of `brindle-bench routes`.
 #[derive(Args)]
 pub struct BenchArgs {
@@ -96,7 +98,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     if args.agent_blocks > 0 {
-        agent_memory(&runtime, &ns, args.agent_blocks)?;
+        agent_memory(&runtime, args.agent_blocks)?;
     }
 
     // iptables: brindle's rules match pod veths by the `brin+` wildcard, so their number
@@ -131,70 +133,17 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Runs brindle-node against a datastore of `blocks` remote blocks (40 other nodes on the
 /// uplink) and reports its memory once it is in sync.
-fn agent_memory(runtime: &tokio::runtime::Runtime, ns: &Netns, blocks: usize) -> anyhow::Result<()> {
-    use brindle_datastore::ipam::Block;
-    use brindle_datastore::resource::{IpPool, Node, NodeBgp, Resource};
-
-    let agent = std::env::current_exe()?.parent().context("program directory")?.join("brindle-node");
-    if !agent.is_file() {
-        bail!("{} not found: build it with `cargo build --release -p brindle-agent`", agent.display());
-    }
+fn agent_memory(runtime: &tokio::runtime::Runtime, blocks: usize) -> anyhow::Result<()> {
     let db = brindle_datastore::testing::SqliteFile::new()?;
     eprintln!("writing {blocks} blocks to the datastore...");
-    runtime.block_on(async {
-        let store = brindle_datastore::connect(&db.selection()).await?;
-        let client = brindle_datastore::Client::new(std::sync::Arc::clone(&store));
-        client.create(Resource::new("bench", IpPool::new("10.64.0.0/10".parse()?))).await?;
-        for i in 0..40u8 {
-            let bgp = NodeBgp { ipv4_address: Some(format!("10.250.0.{}/24", 10 + i).parse()?), ..NodeBgp::default() };
-            client.create(Resource::new(format!("peer-{i}"), Node { bgp: Some(bgp), ..Node::default() })).await?;
-        }
-        for (i, dst) in desired(blocks).into_keys().enumerate() {
-            let block = Block::new(dst, Some(format!("peer-{}", i % 40)));
-            store.create(&brindle_datastore::keys::block(&dst), &serde_json::to_vec(&block)?).await?;
-        }
-        anyhow::Ok(())
-    })?;
-    let state = tempfile::tempdir()?;
-    let mut child = std::process::Command::new(&agent)
-        .args(["--datastore", &db.selection(), "--nodename", "bench-self", "--metrics-listen", "off"])
-        .arg("--state-dir")
-        .arg(state.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let started = Instant::now();
-    let ready = loop {
-        let response = std::net::TcpStream::connect("127.0.0.1:9099").ok().and_then(|mut c| {
-            use std::io::{Read, Write};
-            c.write_all(b"GET /readiness HTTP/1.0\r\n\r\n").ok()?;
-            let mut text = String::new();
-            c.read_to_string(&mut text).ok()?;
-            Some(text)
-        });
-        if response.is_some_and(|r| r.starts_with("HTTP/1.0 200")) {
-            break true;
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
-    let _ = child.kill();
-    let _ = child.wait();
-    if !ready {
-        bail!("brindle-node did not get in sync within 2 minutes");
-    }
-    let routes = count_routes(ns)?;
-    let field = |name: &str| {
-        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).unwrap_or("?").to_owned()
-    };
+    runtime.block_on(agent_start::populate(&db.selection(), 40, blocks))?;
+    let start = agent_start::start_agent(&db.selection())?;
     println!(
-        "\nbrindle-node with {routes} routes from {blocks} blocks: in sync {:.2} s after start, RSS {} KiB, peak {} KiB",
-        started.elapsed().as_secs_f64(),
-        field("VmRSS:"),
-        field("VmHWM:")
+        "\nbrindle-node with {} routes from {blocks} blocks: in sync {:.2} s after start, RSS {} KiB, peak {} KiB",
+        start.routes,
+        start.to_ready.as_secs_f64(),
+        start.rss_kib,
+        start.peak_kib
     );
-    run(std::process::Command::new("ip").args(["route", "flush", "proto", "98"]))?;
     Ok(())
 }

@@ -203,16 +203,32 @@ impl Datastore for KubernetesStore {
         self.key_value(&place, &object, key).await
     }
 
+    /// One snapshot of every collection the prefix covers. A read at the latest revision is
+    /// quick (the API server brings its cache up to date on demand) and a read at an exact
+    /// revision is not (it waits, about a second, for the cache of a kind nobody writes to
+    /// catch up on its own). So the collections are read at the latest revision together, and
+    /// when they all come back at the same revision that is the snapshot; a write between
+    /// the reads makes them differ, and after a few tries they are read at the newest
+    /// revision exactly.
     async fn list(&self, prefix: &str) -> Result<Listing> {
-        let mut items = Vec::new();
-        let mut revision = None;
-        for index in layout::covering(&self.collections, prefix) {
-            let (found, at) = self.list_collection(index, revision).await?;
-            revision.get_or_insert(at);
-            items.extend(found.into_iter().filter(|kv| kv.key.starts_with(prefix)));
+        const LATEST_TRIES: usize = 3;
+        let covering = layout::covering(&self.collections, prefix);
+        let mut parts = Vec::new();
+        for _ in 0..LATEST_TRIES {
+            parts = futures::future::try_join_all(covering.iter().map(|&i| self.list_collection(i, None))).await?;
+            if parts.windows(2).all(|w| w[0].1 == w[1].1) {
+                break;
+            }
         }
+        let newest = parts.iter().map(|(_, at)| *at).max().unwrap_or_default();
+        if parts.iter().any(|(_, at)| *at != newest) {
+            let at = Some(newest);
+            parts = futures::future::try_join_all(covering.iter().map(|&i| self.list_collection(i, at))).await?;
+        }
+        let mut items: Vec<KeyValue> =
+            parts.into_iter().flat_map(|(found, _)| found).filter(|kv| kv.key.starts_with(prefix)).collect();
         items.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(Listing { items, revision: revision.unwrap_or_default() })
+        Ok(Listing { items, revision: newest })
     }
 
     async fn create(&self, key: &str, value: &[u8]) -> Result<Revision> {
