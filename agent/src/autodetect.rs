@@ -5,11 +5,8 @@
 use std::net::{IpAddr, UdpSocket};
 use std::str::FromStr;
 
-use futures::TryStreamExt;
+use brindle_kernel::Kernel;
 use ipnetwork::IpNetwork;
-use rtnetlink::Handle;
-use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 
 /// Interfaces `first-found` never picks: loopback, pods, tunnels, other CNIs' bridges.
 const SKIPPED: &[&str] =
@@ -71,41 +68,22 @@ struct Candidate {
     addresses: Vec<IpNetwork>,
 }
 
-async fn candidates(handle: &Handle, v6: bool) -> anyhow::Result<Vec<Candidate>> {
-    let links: Vec<_> = handle.link().get().execute().try_collect().await?;
-    let addresses: Vec<_> = handle.address().get().execute().try_collect().await?;
-    let mut out: Vec<Candidate> = links
-        .iter()
-        .map(|l| Candidate {
-            index: l.header.index,
-            name: l
-                .attributes
-                .iter()
-                .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
-                .unwrap_or_default(),
-            up: l.header.flags.contains(LinkFlags::Up),
-            mtu: l
-                .attributes
-                .iter()
-                .find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None })
-                .unwrap_or(1500),
-            addresses: addresses
-                .iter()
-                .filter(|m| {
-                    m.header.index == l.header.index
-                        && m.header.scope == rtnetlink::packet_route::address::AddressScope::Universe
-                })
-                .filter_map(|m| {
-                    m.attributes.iter().find_map(|a| match a {
-                        AddressAttribute::Address(ip) if ip.is_ipv6() == v6 => {
-                            IpNetwork::new(*ip, m.header.prefix_len).ok()
-                        }
-                        _ => None,
-                    })
-                })
-                .collect(),
-        })
-        .collect();
+/// A global address: not loopback, not link-local (what the kernel scopes `universe`).
+fn is_global(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
+        IpAddr::V6(a) => !a.is_loopback() && !a.is_unicast_link_local(),
+    }
+}
+
+async fn candidates(kernel: &dyn Kernel, v6: bool) -> anyhow::Result<Vec<Candidate>> {
+    let mut out = Vec::new();
+    for link in kernel.links().await? {
+        let addresses = kernel.addresses(link.index).await?;
+        let addresses = addresses.into_iter().filter(|a| a.is_ipv6() == v6 && is_global(a.ip())).collect();
+        let mtu = if link.mtu == 0 { 1500 } else { link.mtu };
+        out.push(Candidate { index: link.index, name: link.name, up: link.up, mtu, addresses });
+    }
     out.sort_by_key(|c| c.index);
     Ok(out)
 }
@@ -118,8 +96,8 @@ fn name_matches(pattern: &str, name: &str) -> bool {
 }
 
 /// Detects the node's address of one family.
-pub async fn detect(handle: &Handle, method: &Method, v6: bool) -> anyhow::Result<Detected> {
-    let all = candidates(handle, v6).await?;
+pub async fn detect(kernel: &dyn Kernel, method: &Method, v6: bool) -> anyhow::Result<Detected> {
+    let all = candidates(kernel, v6).await?;
     let pick = |c: &Candidate, address: IpNetwork, reason: String| Detected {
         address,
         interface: c.name.clone(),
@@ -178,5 +156,31 @@ mod tests {
         assert!("skip".parse::<Method>().unwrap_err().contains("first-found"));
         assert!("cidr=10.0.0.0/33".parse::<Method>().is_err());
         assert!(name_matches("ens*", "ens3") && !name_matches("ens*", "eth0") && name_matches("eth0", "eth0"));
+    }
+
+    #[test]
+    fn first_found_skips_pods_tunnels_and_link_local_addresses() {
+        use brindle_kernel::fake::FakeKernel;
+        let kernel = FakeKernel::new();
+        let lo = kernel.add_link("lo", 65536);
+        let pod = kernel.add_link("brin0123456789a", 1500);
+        let eth0 = kernel.add_link("eth0", 9000);
+        let eth1 = kernel.add_link("eth1", 1500);
+        let mut state = kernel.state();
+        state.addresses.insert(lo, ["127.0.0.1/8".parse().unwrap()].into());
+        state.addresses.insert(pod, ["10.244.0.1/32".parse().unwrap()].into());
+        state.addresses.insert(eth0, ["169.254.3.3/16".parse().unwrap(), "10.0.0.5/24".parse().unwrap()].into());
+        state.addresses.insert(eth1, ["192.168.9.2/24".parse().unwrap()].into());
+        drop(state);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let found = runtime.block_on(detect(&kernel, &Method::FirstFound, false)).unwrap();
+        assert_eq!(
+            (found.address, found.interface.as_str(), found.mtu),
+            ("10.0.0.5/24".parse().unwrap(), "eth0", 9000)
+        );
+        let by_cidr = runtime.block_on(detect(&kernel, &"cidr=192.168.0.0/16".parse().unwrap(), false)).unwrap();
+        assert_eq!(by_cidr.interface, "eth1");
+        let error = runtime.block_on(detect(&kernel, &Method::FirstFound, true)).unwrap_err().to_string();
+        assert!(error.contains("no IPv6 address"), "{error}");
     }
 }

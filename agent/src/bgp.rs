@@ -441,52 +441,52 @@ impl Bgp {
 }
 
 /// Follows the speaker's best-route changes into `tx`, and marks convergence once every
-/// peer has been up (or after [`CONVERGENCE_LIMIT`]).
+/// peer has been up (or after [`CONVERGENCE_LIMIT`]). Each event changes the shared table in
+/// place (no copy of the table per route), and readers wake once for a burst.
 async fn follow(speaker: Speaker, tx: watch::Sender<Learned>) {
     let mut events = speaker.subscribe();
     let started = Instant::now();
-    let mut routes: BTreeMap<IpNetwork, IpAddr> = BTreeMap::new();
-    let mut converged = false;
     let mut all_up_since: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             event = events.recv() => match event {
                 Ok(RouteEvent::Best { prefix, attrs, peer: Some(_) }) => {
-                    match attrs.next_hop {
-                        Some(next_hop) => routes.insert(prefix, next_hop),
-                        None => routes.remove(&prefix),
-                    };
+                    tx.send_if_modified(|learned| match attrs.next_hop {
+                        Some(next_hop) => learned.routes.insert(prefix, next_hop) != Some(next_hop),
+                        None => learned.routes.remove(&prefix).is_some(),
+                    });
                 }
                 Ok(RouteEvent::Best { prefix, peer: None, .. }) | Ok(RouteEvent::Unreachable(prefix)) => {
-                    routes.remove(&prefix);
+                    tx.send_if_modified(|learned| learned.routes.remove(&prefix).is_some());
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     // Start over from the speaker's table.
                     tracing::warn!(missed, "fell behind the speaker's route events; re-reading its table");
                     if let Ok(table) = speaker.routes().await {
-                        routes = table
+                        let routes: BTreeMap<IpNetwork, IpAddr> = table
                             .into_iter()
                             .filter(|r| r.best && r.peer.is_some())
                             .filter_map(|r| r.attrs.next_hop.map(|nh| (r.prefix, nh)))
                             .collect();
+                        tx.send_if_modified(|learned| std::mem::replace(&mut learned.routes, routes) != learned.routes);
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
-            _ = tick.tick(), if !converged => {
+            _ = tick.tick(), if !tx.borrow().converged => {
                 // Every peer up, and a moment for their tables to arrive.
                 let all_up = speaker.status().await.is_ok_and(|peers| peers.iter().all(|p| p.state == State::Established));
                 all_up_since = if all_up { all_up_since.or(Some(Instant::now())) } else { None };
-                converged = all_up_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
+                let converged = all_up_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
                     || started.elapsed() > CONVERGENCE_LIMIT;
                 if converged {
                     tracing::info!(after = ?started.elapsed(), "BGP converged");
+                    tx.send_modify(|learned| learned.converged = true);
                 }
             }
         }
-        let learned = Learned { routes: routes.clone(), converged };
-        if *tx.borrow() != learned && tx.send(learned).is_err() {
+        if tx.is_closed() {
             return;
         }
     }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use brindle_datastore::Client;
 use brindle_datastore::ipam::Ipam;
-use brindle_datastore::resource::{AgentConfiguration, IptablesBackend, Node};
+use brindle_datastore::resource::{AgentConfiguration, IptablesBackend};
+use brindle_kernel::Kernel;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -111,7 +112,6 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     };
     let store = brindle_datastore::connect(&args.datastore).await.context("connecting to the datastore")?;
     let client = Client::new(Arc::clone(&store));
-    let ipam = Ipam::new(client.clone());
     // `node.<name>` overrides the cluster's `default`, as Calico's FelixConfiguration does.
     let config = match client.find::<AgentConfiguration>(None, &format!("node.{name}")).await? {
         Some(own) => own.spec,
@@ -119,13 +119,13 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     };
     logging.set_agent(config.log_severity_screen);
 
-    let netlink = brindle_cni::netlink::connect()?;
-    let v4 = autodetect::detect(&netlink, &args.ip_autodetection_method, false)
+    let kernel = Arc::new(brindle_kernel::netlink::Netlink::connect()?);
+    let v4 = autodetect::detect(&*kernel, &args.ip_autodetection_method, false)
         .await
         .context("detecting the IPv4 address")?;
     tracing::warn!(address = %v4.address, interface = %v4.interface, reason = %v4.reason, "node address");
     let v6 = match &args.ip6_autodetection_method {
-        Some(method) => Some(autodetect::detect(&netlink, method, true).await.context("detecting the IPv6 address")?),
+        Some(method) => Some(autodetect::detect(&*kernel, method, true).await.context("detecting the IPv6 address")?),
         None => None,
     };
     startup::register(&client, &name, Some(&v4), v6.as_ref()).await?;
@@ -144,7 +144,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     };
     write_cni_kubeconfig();
     startup::publish(&args.state_dir.join("nodename"), &name)?;
-    let ipip_supported = brindle_cni::netlink::link(&netlink, "tunl0").await?.is_some();
+    let ipip_supported = kernel.links().await?.iter().any(|l| l.name == brindle_kernel::names::IPIP_DEVICE);
     if !ipip_supported {
         tracing::warn!("this kernel has no IP-in-IP (no tunl0): IP-in-IP pools cannot be routed; the others work");
     }
@@ -174,7 +174,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         vxlan_port: config.vxlan_port,
         vxlan_mac: startup::vxlan_mac(&name),
     };
-    let dataplane = Dataplane::new(host, backend)?;
+    let dataplane = Dataplane::new(kernel, host, backend);
 
     let backend = args.bgp.unwrap_or(match config.bgp_backend {
         brindle_datastore::resource::BgpBackend::None => BgpBackend::None,
@@ -200,6 +200,14 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     });
     let (tx, mut rx) = watch::channel::<syncer::Published>(None);
     tokio::spawn(syncer::run(store, name.clone(), tx, Arc::clone(&metrics)));
+    tokio::spawn(startup::keep_tunnel_address(
+        client.clone(),
+        Ipam::new(client.clone()),
+        name.clone(),
+        me.ipip_supported,
+        rx.clone(),
+        Arc::clone(&metrics),
+    ));
     let bgp_settings =
         brindle_agent::bgp::Settings { hold_time: args.bgp_hold_time, secrets_dir: args.secrets_dir.clone() };
     let resync_every = args.resync_interval.unwrap_or(config.route_refresh_interval).max(Duration::from_secs(1));
@@ -212,15 +220,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     let mut bgp: Option<(Bgp, watch::Receiver<Learned>)> = None;
     let mut bird: Option<BirdProcess> = None;
     let mut last_bgp_problems = Vec::new();
-    let agent = Agent {
-        client: &client,
-        ipam: &ipam,
-        me: &me,
-        dataplane: &dataplane,
-        metrics: &metrics,
-        state_dir: &args.state_dir,
-        uplink_mtu,
-    };
+    let agent = Agent { me: &me, dataplane: &dataplane, metrics: &metrics, state_dir: &args.state_dir, uplink_mtu };
 
     loop {
         let learned_changed = async {
@@ -364,8 +364,6 @@ fn render_bird(
 
 /// What one pass needs.
 struct Agent<'a> {
-    client: &'a Client,
-    ipam: &'a Ipam,
     me: &'a Me,
     dataplane: &'a Dataplane,
     metrics: &'a Metrics,
@@ -402,18 +400,10 @@ impl Agent<'_> {
                 Err(e) => tracing::warn!(error = %e, "could not publish the pod MTU"),
             }
         }
-        let mine = cluster.nodes.iter().find(|n| n.metadata.name == self.me.name).map(|n| &n.spec);
-        let mut tunnel_ip = mine.and_then(|n: &Node| n.ipv4_vxlan_tunnel_addr);
-        if (desired.vxlan || desired.ipip) && tunnel_ip.is_none() {
-            match startup::ensure_tunnel_address(self.client, self.ipam, &self.me.name).await {
-                Ok(ip) => tunnel_ip = Some(ip),
-                Err(e) => {
-                    self.metrics.error("datastore");
-                    tracing::warn!(error = %e, "no VXLAN tunnel address yet");
-                }
-            }
-        }
-        let applied = self.dataplane.apply(&desired, tunnel_ip).await;
+        // The tunnel address is the Node's (startup::keep_tunnel_address assigns it).
+        let mine = cluster.nodes.iter().find(|n| n.metadata.name == self.me.name);
+        let tunnel_ip = mine.and_then(|n| n.spec.ipv4_vxlan_tunnel_addr);
+        let applied = self.dataplane.apply(&desired, tunnel_ip, full).await;
         for (driver, _) in &applied.failures {
             self.metrics.error(driver);
         }

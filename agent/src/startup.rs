@@ -34,7 +34,7 @@ pub async fn register(client: &Client, name: &str, v4: Option<&Detected>, v6: Op
             .flatten()
             .map(|d| NodeAddress { address: d.address.ip(), kind: "InternalIP".into() })
             .collect();
-        node.spec.vxlan_tunnel_mac_addr = Some(brindle_cni::netlink::format_mac(&vxlan_mac(name)));
+        node.spec.vxlan_tunnel_mac_addr = Some(brindle_kernel::format_mac(&vxlan_mac(name)));
         // Why these addresses, for whoever wonders later (`brindlectl get node -o yaml`).
         for (key, detected) in [("brindle.io/ipv4-detection", v4), ("brindle.io/ipv6-detection", v6)] {
             match detected {
@@ -89,6 +89,43 @@ pub async fn ensure_tunnel_address(client: &Client, ipam: &Ipam, name: &str) -> 
         }
     }
     anyhow::bail!("could not record the tunnel address of node {name}")
+}
+
+/// Whether this node needs a tunnel address it lacks: a pool encapsulates (IP-in-IP only where
+/// the kernel has it) and its Node records none.
+pub fn needs_tunnel_address(cluster: &crate::calc::Cluster, name: &str, ipip_supported: bool) -> bool {
+    let encapsulates = cluster.pools.iter().any(|p| {
+        !p.spec.disabled
+            && (p.spec.vxlan_mode != EncapMode::Never || (ipip_supported && p.spec.ipip_mode != EncapMode::Never))
+    });
+    let has = cluster.nodes.iter().any(|n| n.metadata.name == name && n.spec.ipv4_vxlan_tunnel_addr.is_some());
+    encapsulates && !has
+}
+
+/// Keeps this node's tunnel address, beside the agent's passes: whenever the cluster needs
+/// one ([`needs_tunnel_address`]), it is assigned and recorded on the Node, and the passes
+/// read it back from the Node like any other fact. Failures are retried every second.
+pub async fn keep_tunnel_address(
+    client: Client,
+    ipam: Ipam,
+    name: String,
+    ipip_supported: bool,
+    mut cluster: tokio::sync::watch::Receiver<crate::syncer::Published>,
+    metrics: std::sync::Arc<crate::status::Metrics>,
+) {
+    loop {
+        let needed =
+            cluster.borrow_and_update().as_ref().is_some_and(|c| needs_tunnel_address(c, &name, ipip_supported));
+        if needed && let Err(e) = ensure_tunnel_address(&client, &ipam, &name).await {
+            metrics.error("datastore");
+            tracing::warn!(error = %e, "no tunnel address yet; trying again in a second");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        }
+        if cluster.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The pools the agents create when a cluster has none, from the environment as Calico's
@@ -153,17 +190,7 @@ pub fn cni_kubeconfig(service_account: &Path, var: impl Fn(&str) -> Option<Strin
 
 /// The pod MTU: the uplink's minus the largest encapsulation overhead the pools use.
 pub fn pod_mtu(uplink_mtu: u32, pools: &[Resource<IpPool>]) -> u32 {
-    let overhead = pools
-        .iter()
-        .filter(|p| !p.spec.disabled)
-        .map(|p| match (p.spec.vxlan_mode, p.spec.ipip_mode) {
-            (EncapMode::Never, EncapMode::Never) => 0,
-            (EncapMode::Never, _) => 20,
-            _ if p.spec.cidr.is_ipv6() => 70,
-            _ => 50,
-        })
-        .max()
-        .unwrap_or(0);
+    let overhead = pools.iter().filter(|p| !p.spec.disabled).map(|p| p.spec.max_overhead()).max().unwrap_or(0);
     uplink_mtu.saturating_sub(overhead)
 }
 
@@ -184,6 +211,20 @@ pub fn publish(path: &Path, content: &str) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tunnel_address_is_needed_only_by_an_encapsulating_pool_and_only_once() {
+        let mut cluster = crate::fixtures::cluster(true);
+        assert!(!needs_tunnel_address(&cluster, "a", true), "the pool does not encapsulate");
+        cluster.pools[0].spec.ipip_mode = EncapMode::Always;
+        assert!(needs_tunnel_address(&cluster, "a", true));
+        assert!(!needs_tunnel_address(&cluster, "a", false), "no ipip module: no IP-in-IP to carry");
+        cluster.pools[0].spec.vxlan_mode = EncapMode::CrossSubnet;
+        assert!(needs_tunnel_address(&cluster, "a", false));
+        cluster.nodes[0].spec.ipv4_vxlan_tunnel_addr = Some("10.244.0.0".parse().unwrap());
+        assert!(!needs_tunnel_address(&cluster, "a", true), "node a has one");
+        assert!(needs_tunnel_address(&cluster, "b", true));
+    }
 
     #[test]
     fn default_pools_come_from_the_environment_and_errors_name_the_variable() {

@@ -50,6 +50,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     enter(&ns.path())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let kernel = {
+        let _entered = runtime.enter();
+        brindle_kernel::netlink::Netlink::connect()?
+    };
     println!("Programming remote-block routes in a fresh namespace (seconds; lower is better)\n");
     println!("{:>8}  {:>10}  {:>10}  {:>7}  {:>16}", "routes", "ip -batch", "brindle", "ratio", "resync, no change");
     for &count in &args.counts {
@@ -72,14 +76,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
         eprintln!("{count} routes: brindle...");
         let (ours, resync) = runtime.block_on(async {
-            let handle = brindle_cni::netlink::connect()?;
-            let devices = routes::Devices::read(&handle, "eth0").await?;
+            let devices = routes::Devices::read(&kernel, "eth0").await?;
             let started = Instant::now();
-            let changes = routes::sync(&handle, &routes, &devices).await?;
+            let changes = routes::sync(&kernel, &routes, &devices).await?;
             let ours = started.elapsed();
             anyhow::ensure!(changes == count, "brindle made {changes} changes for {count} routes");
             let started = Instant::now();
-            let again = routes::sync(&handle, &routes, &devices).await?;
+            let again = routes::sync(&kernel, &routes, &devices).await?;
             anyhow::ensure!(again == 0, "a resync with nothing to change made {again} changes");
             anyhow::Ok((ours, started.elapsed()))
         })?;
@@ -104,7 +107,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     // iptables: brindle's rules match pod veths by the `brin+` wildcard, so their number
     // does not grow with pods; a resync is one iptables-save per table and, only when
     // something differs, one iptables-restore.
-    let backend = iptables::Backend::detect();
+    let backend = iptables::Backend::detect(&kernel);
     let rules = iptables::Rules {
         pools: vec!["10.244.0.0/16".parse()?],
         nat_pools: vec!["10.244.0.0/16".parse()?],
@@ -114,13 +117,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         ipip: false,
         bgp_ports: vec![179],
     };
-    iptables::sync(backend, false, &rules).context("first iptables sync")?;
+    iptables::sync(&kernel, backend, false, &rules).context("first iptables sync")?;
     let started = Instant::now();
-    let restored = iptables::sync(backend, false, &rules)?;
+    let restored = iptables::sync(&kernel, backend, false, &rules)?;
     let unchanged = started.elapsed();
     run(std::process::Command::new("iptables").args(["-F", "brin-FORWARD"]))?;
     let started = Instant::now();
-    iptables::sync(backend, false, &rules)?;
+    iptables::sync(&kernel, backend, false, &rules)?;
     let repaired = started.elapsed();
     println!(
         "\niptables resync ({backend:?}), any number of endpoints: {:.1} ms with nothing to change{}, {:.1} ms repairing a flushed chain",

@@ -147,6 +147,15 @@ impl From<rtnetlink::Error> for Error {
     }
 }
 
+impl From<brindle_kernel::Error> for Error {
+    fn from(e: brindle_kernel::Error) -> Self {
+        match e {
+            brindle_kernel::Error::Io(m) => Error::Io(m),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e.to_string())

@@ -15,7 +15,6 @@ pub mod env;
 pub mod error;
 pub mod ipam;
 pub mod ipam_plugin;
-pub mod netlink;
 pub mod netns;
 pub mod plugin;
 pub mod record;

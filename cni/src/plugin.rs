@@ -15,7 +15,8 @@ use crate::netns::Netns;
 use crate::record::Record;
 use crate::skel::Invocation;
 use crate::version::Version;
-use crate::{netlink, wiring};
+use crate::wiring;
+use brindle_kernel::netlink;
 
 /// Where addresses come from.
 enum Ipam {

@@ -10,14 +10,13 @@ use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 use sha1::{Digest, Sha1};
 
 use crate::error::{Error, Result};
-use crate::netlink;
 use crate::netns::Netns;
 use crate::result::{CniResult, Interface, IpConfig, Route};
+use brindle_kernel::netlink;
 
 /// The host end's MAC address.
 pub const HOST_MAC: [u8; 6] = [0xee; 6];
@@ -39,7 +38,7 @@ pub fn host_veth_name(namespace: &str, pod: &str, ifname: &str) -> String {
     }
     let digest = hasher.finalize();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("brin{}", &hex[..11])
+    format!("{}{}", brindle_kernel::names::WORKLOAD_PREFIX, &hex[..11])
 }
 
 /// The mark a host veth carries as its alias: the container it was made for. DEL and GC
@@ -95,7 +94,11 @@ impl Plan {
     pub fn result(&self, pod_mac: &str, netns: &Netns) -> CniResult {
         CniResult {
             interfaces: vec![
-                Interface { name: self.host_veth.clone(), mac: netlink::format_mac(&HOST_MAC), sandbox: String::new() },
+                Interface {
+                    name: self.host_veth.clone(),
+                    mac: brindle_kernel::format_mac(&HOST_MAC),
+                    sandbox: String::new(),
+                },
                 Interface {
                     name: self.ifname.clone(),
                     mac: pod_mac.to_owned(),
@@ -256,7 +259,7 @@ pub async fn detach(host: &Handle, host_veth: &str, container_id: &str, claimed_
         tracing::info!(veth = %host_veth, container = %container_id, "the host veth belongs to another sandbox; left alone");
         return Ok(false);
     }
-    netlink::delete_link(host, host_veth).await
+    Ok(netlink::delete_link(host, host_veth).await?)
 }
 
 /// [`detach`] on the calling thread, with its own runtime and netlink socket (for a thread
@@ -285,12 +288,9 @@ pub async fn check(
             if link.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Up) {
                 let mut all = netlink::routes(host, false).await?;
                 all.extend(netlink::routes(host, true).await?);
+                let all: Vec<_> = all.iter().filter_map(netlink::route_of).collect();
                 for &ip in &expected {
-                    let found = all.iter().any(|r| {
-                        r.header.destination_prefix_length == host_prefix(ip).prefix()
-                            && route_dst(r) == Some(ip)
-                            && route_oif(r) == Some(link.header.index)
-                    });
+                    let found = all.iter().any(|r| r.dst == host_prefix(ip) && r.oif == Some(link.header.index));
                     if !found {
                         problems.push(format!("host route {} dev {host_veth} is missing", host_prefix(ip)));
                     }
@@ -342,11 +342,12 @@ async fn check_pod(ifname: &str, expected: &[IpAddr], prev: &CniResult) -> Resul
     }
     let mut routes = netlink::routes(&pod, false).await?;
     routes.extend(netlink::routes(&pod, true).await?);
+    let routes: Vec<_> = routes.iter().filter_map(netlink::route_of).collect();
     for want in &prev.routes {
         let found = routes.iter().any(|r| {
-            r.header.destination_prefix_length == want.dst.prefix()
-                && (want.dst.prefix() == 0 || route_dst(r) == Some(want.dst.ip()))
-                && route_gateway(r) == want.gw
+            r.dst.prefix() == want.dst.prefix()
+                && (want.dst.prefix() == 0 || r.dst.ip() == want.dst.ip())
+                && r.gateway == want.gw
         });
         if !found {
             let via = want.gw.map(|g| format!(" via {g}")).unwrap_or_default();
@@ -354,35 +355,6 @@ async fn check_pod(ifname: &str, expected: &[IpAddr], prev: &CniResult) -> Resul
         }
     }
     Ok(problems)
-}
-
-fn address_of(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some((*v4).into()),
-        RouteAddress::Inet6(v6) => Some((*v6).into()),
-        _ => None,
-    }
-}
-
-fn route_dst(r: &rtnetlink::packet_route::route::RouteMessage) -> Option<IpAddr> {
-    r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(d) => address_of(d),
-        _ => None,
-    })
-}
-
-fn route_gateway(r: &rtnetlink::packet_route::route::RouteMessage) -> Option<IpAddr> {
-    r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Gateway(g) => address_of(g),
-        _ => None,
-    })
-}
-
-fn route_oif(r: &rtnetlink::packet_route::route::RouteMessage) -> Option<u32> {
-    r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Oif(i) => Some(*i),
-        _ => None,
-    })
 }
 
 #[cfg(test)]

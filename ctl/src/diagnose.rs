@@ -11,15 +11,12 @@ use std::net::IpAddr;
 use anyhow::{Context, bail};
 use brindle_datastore::Client;
 use brindle_datastore::ipam::{Block, Ipam};
-use brindle_datastore::resource::{EncapMode, IpPool, Node, Resource, WorkloadEndpoint};
+use brindle_datastore::resource::{Encapsulation, IpPool, Node, Resource, WorkloadEndpoint};
 use ipnetwork::IpNetwork;
 
-use crate::kernel::Kernel;
+use brindle_kernel::names::{IPIP_DEVICE, ROUTE_PROTOCOL, VXLAN_DEVICE};
 
-/// The VXLAN device the agent makes.
-const VXLAN_DEVICE: &str = "vxlan.brindle";
-/// The IP-in-IP device.
-const IPIP_DEVICE: &str = "tunl0";
+use crate::kernel::Kernel;
 
 /// One pod as the datastore knows it.
 #[derive(Debug, Clone)]
@@ -173,7 +170,7 @@ fn datastore_checks(f: &mut Findings, pod: &Pod) {
             }
             if block.owner.as_deref() != Some(pod.node_name()) {
                 f.note(format!(
-                    "the address is borrowed from {owner}'s block; nodes route it as a /32 to {}",
+                    "the address is borrowed from {owner}'s block; nodes route it alone (/32, /128) to {}",
                     pod.node_name()
                 ));
             }
@@ -181,11 +178,13 @@ fn datastore_checks(f: &mut Findings, pod: &Pod) {
     }
     match &pod.node {
         None => f.problem(format!("Node {} does not exist", pod.node_name())),
-        Some(node) => match node.spec.ipv4() {
+        Some(node) => match node.spec.address_like(pod.ip) {
             Some(address) => f.ok(format!("Node {}: address {address}", node.metadata.name)),
-            None => {
-                f.problem(format!("Node {} has no IPv4 address: other nodes cannot route to it", node.metadata.name))
-            }
+            None => f.problem(format!(
+                "Node {} has no {} address: other nodes cannot route to it",
+                node.metadata.name,
+                if pod.ip.is_ipv4() { "IPv4" } else { "IPv6" }
+            )),
         },
     }
 }
@@ -198,29 +197,33 @@ fn hop(from: &Pod, to: &Pod) -> Result<Hop, String> {
     }
     let pool = to.pool.as_ref().ok_or("the destination is in no pool")?;
     let far = to.node.as_ref().ok_or_else(|| format!("node {} does not exist", to.node_name()))?;
-    let far_address = far.spec.ipv4().ok_or_else(|| format!("node {} has no IPv4 address", to.node_name()))?;
-    let near_address = from.node.as_ref().and_then(|n| n.spec.ipv4());
-    let same_subnet = near_address.is_some_and(|near| near.contains(far_address.ip()));
-    let encap = |mode: EncapMode| match mode {
-        EncapMode::Always => true,
-        EncapMode::CrossSubnet => !same_subnet,
-        EncapMode::Never => false,
-    };
-    if encap(pool.spec.vxlan_mode) {
-        let tunnel = far.spec.ipv4_vxlan_tunnel_addr.ok_or_else(|| {
-            format!("node {} has no ipv4VXLANTunnelAddr yet (its agent assigns one at start)", to.node_name())
-        })?;
-        let mac = far
-            .spec
-            .vxlan_tunnel_mac_addr
-            .clone()
-            .ok_or_else(|| format!("node {} has no vxlanTunnelMACAddr yet", to.node_name()))?;
-        return Ok(Hop::Vxlan { tunnel: tunnel.into(), mac, underlay: far_address.ip() });
+    let family = if to.ip.is_ipv4() { "IPv4" } else { "IPv6" };
+    let far_address =
+        far.spec.address_like(to.ip).ok_or_else(|| format!("node {} has no {family} address", to.node_name()))?;
+    let near_address = from.node.as_ref().and_then(|n| n.spec.address_like(to.ip));
+    match pool.spec.encapsulation_toward(near_address, far_address.ip()) {
+        Encapsulation::Vxlan if to.ip.is_ipv6() => {
+            Err(format!("pool {} asks for VXLAN over IPv6, which brindle-node does not program yet", pool.spec.cidr))
+        }
+        Encapsulation::Vxlan => {
+            let tunnel = far.spec.ipv4_vxlan_tunnel_addr.ok_or_else(|| {
+                format!("node {} has no ipv4VXLANTunnelAddr yet (its agent assigns one at start)", to.node_name())
+            })?;
+            let mac = far
+                .spec
+                .vxlan_tunnel_mac_addr
+                .clone()
+                .ok_or_else(|| format!("node {} has no vxlanTunnelMACAddr yet", to.node_name()))?;
+            Ok(Hop::Vxlan { tunnel: tunnel.into(), mac, underlay: far_address.ip() })
+        }
+        Encapsulation::Ipip => Ok(Hop::Ipip { underlay: far_address.ip() }),
+        Encapsulation::None => Ok(Hop::Direct { underlay: far_address.ip() }),
     }
-    if encap(pool.spec.ipip_mode) {
-        return Ok(Hop::Ipip { underlay: far_address.ip() });
-    }
-    Ok(Hop::Direct { underlay: far_address.ip() })
+}
+
+/// `ip` alone: /32 or /128.
+fn host_prefix(ip: IpAddr) -> IpNetwork {
+    IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("a host prefix is valid")
 }
 
 /// The prefix `from`'s node routes toward `to`: its whole block when `to`'s node owns the
@@ -228,7 +231,7 @@ fn hop(from: &Pod, to: &Pod) -> Result<Hop, String> {
 fn destination(to: &Pod) -> IpNetwork {
     match &to.block {
         Some(b) if b.owner.as_deref() == Some(to.node_name()) => b.cidr,
-        _ => IpNetwork::new(to.ip, 32).expect("a /32 is valid"),
+        _ => host_prefix(to.ip),
     }
 }
 
@@ -272,7 +275,7 @@ fn kernel_checks(f: &mut Findings, kernel: &Kernel, here: &Pod, there: &Pod, hop
         }
     }
     match kernel.route_to(here.ip) {
-        Some(r) if r.device.as_deref() == Some(veth.as_str()) && r.dst.prefix() == 32 => {
+        Some(r) if r.device.as_deref() == Some(veth.as_str()) && r.route.dst == host_prefix(here.ip) => {
             f.ok(format!("host route to the pod: {r}"))
         }
         other => f.problem(format!(
@@ -298,17 +301,27 @@ fn kernel_checks(f: &mut Findings, kernel: &Kernel, here: &Pod, there: &Pod, hop
         Hop::Direct { underlay } => (String::new(), Some(*underlay)),
     };
     let matches = actual.is_some_and(|r| {
-        !r.blackhole && r.gateway == gateway && (device.is_empty() || r.device.as_deref() == Some(device.as_str()))
+        !r.route.blackhole
+            && r.route.gateway == gateway
+            && (device.is_empty() || r.device.as_deref() == Some(device.as_str()))
     });
+    let learned = matches!(hop, Hop::Direct { .. })
+        && actual
+            .is_some_and(|r| !r.route.blackhole && r.route.gateway.is_some() && r.route.protocol == ROUTE_PROTOCOL);
     if matches {
         f.ok(format!("route: {shown}"));
+    } else if learned {
+        f.ok(format!("route: {shown} (a next hop BGP chose, not the node's own address)"));
     } else {
-        let expected = if *hop == Hop::Local { format!("{}/32", there.ip) } else { dst.to_string() };
+        let expected = if *hop == Hop::Local { host_prefix(there.ip) } else { dst }.to_string();
         f.problem(format!(
             "route to {expected} is missing or wrong: the kernel uses `{shown}`; brindle-node programs it from {} \
              (check `brindlectl node status` on this node)",
             if matches!(hop, Hop::Local) { "the pod's endpoint" } else { "BGP or the datastore" }
         ));
+    }
+    if matches!(hop, Hop::Ipip { .. }) && kernel.link(IPIP_DEVICE).is_none() {
+        f.problem(format!("this kernel has no {IPIP_DEVICE} (no ipip module): IP-in-IP pools cannot be routed here"));
     }
     if let Hop::Vxlan { tunnel, mac, underlay } = hop {
         match kernel.link(VXLAN_DEVICE) {

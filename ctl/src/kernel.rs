@@ -1,15 +1,10 @@
-//! A snapshot of this node's kernel networking state, read over rtnetlink in the calling
-//! thread's namespace: links, IPv4 routes of the main table, and the VXLAN device's ARP and
-//! FDB entries. `diagnose` compares it with what the datastore says should be there.
+//! A snapshot of this node's kernel networking state, read through the kernel layer in the
+//! calling thread's namespace: links, routes of the main table, and ARP and FDB entries.
+//! `diagnose` compares it with what the datastore says should be there.
 
 use std::net::IpAddr;
 
-use brindle_cni::netlink::{self, format_mac, neighbour_ip, neighbour_lladdr, route_address};
-use futures::TryStreamExt;
-use ipnetwork::IpNetwork;
-use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::packet_route::route::{RouteAttribute, RouteType};
+use brindle_kernel::{Kernel as _, Table, format_mac};
 
 /// A network device.
 #[derive(Debug, Clone)]
@@ -24,34 +19,18 @@ pub struct Link {
     pub mtu: u32,
 }
 
-/// A route.
+/// A route, with its device's name.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// What it covers.
-    pub dst: IpNetwork,
-    /// Its next hop.
-    pub gateway: Option<IpAddr>,
+    /// The route.
+    pub route: brindle_kernel::Route,
     /// Its device's name.
     pub device: Option<String>,
-    /// A blackhole (drops what it covers).
-    pub blackhole: bool,
-    /// Its routing protocol number (98 for brindle's).
-    pub protocol: u8,
 }
 
 impl std::fmt::Display for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.blackhole {
-            write!(f, "blackhole ")?;
-        }
-        write!(f, "{}", self.dst)?;
-        if let Some(gw) = self.gateway {
-            write!(f, " via {gw}")?;
-        }
-        if let Some(dev) = &self.device {
-            write!(f, " dev {dev}")?;
-        }
-        write!(f, " proto {}", self.protocol)
+        f.write_str(&self.route.describe(self.device.as_deref()))
     }
 }
 
@@ -71,7 +50,7 @@ pub struct Neighbour {
 pub struct Kernel {
     /// Every link.
     pub links: Vec<Link>,
-    /// IPv4 routes.
+    /// Routes of the main table, both families.
     pub routes: Vec<Route>,
     /// ARP entries.
     pub arp: Vec<Neighbour>,
@@ -82,52 +61,21 @@ pub struct Kernel {
 impl Kernel {
     /// Reads the snapshot.
     pub async fn read() -> anyhow::Result<Kernel> {
-        let handle = netlink::connect()?;
-        let mut kernel = Kernel::default();
-        let links: Vec<_> = handle.link().get().execute().try_collect().await?;
-        for m in links {
-            let mut link =
-                Link { name: String::new(), index: m.header.index, up: m.header.flags.contains(LinkFlags::Up), mtu: 0 };
-            for a in &m.attributes {
-                match a {
-                    LinkAttribute::IfName(n) => link.name = n.clone(),
-                    LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
-                    _ => {}
-                }
-            }
-            kernel.links.push(link);
+        let kernel = brindle_kernel::netlink::Netlink::connect()?;
+        let mut snapshot = Kernel::default();
+        for link in kernel.links().await? {
+            snapshot.links.push(Link { name: link.name, index: link.index, up: link.up, mtu: link.mtu });
         }
-        for m in netlink::routes(&handle, false).await? {
-            let (mut dst, mut gateway, mut oif) = (None, None, None);
-            for a in &m.attributes {
-                match a {
-                    RouteAttribute::Destination(d) => dst = route_address(d),
-                    RouteAttribute::Gateway(g) => gateway = route_address(g),
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    _ => {}
-                }
-            }
-            let dst = match dst {
-                Some(ip) => IpNetwork::new(ip, m.header.destination_prefix_length)?,
-                None => "0.0.0.0/0".parse()?,
-            };
-            kernel.routes.push(Route {
-                dst,
-                gateway,
-                device: oif.and_then(|i| kernel.name_of(i).map(str::to_owned)),
-                blackhole: m.header.kind == RouteType::BlackHole,
-                protocol: u8::from(m.header.protocol),
-            });
+        for route in kernel.routes(None).await? {
+            let device = route.oif.and_then(|i| snapshot.name_of(i).map(str::to_owned));
+            snapshot.routes.push(Route { route, device });
         }
-        for (family, into) in [(AddressFamily::Inet, &mut kernel.arp), (AddressFamily::Bridge, &mut kernel.fdb)] {
-            let entries: Vec<_> = handle.neighbours().get().set_address_family(family).execute().try_collect().await?;
-            for m in entries {
-                if let (Some(ip), Some(mac)) = (neighbour_ip(&m), neighbour_lladdr(&m)) {
-                    into.push(Neighbour { ip, mac: format_mac(&mac), index: m.header.ifindex });
-                }
+        for (table, into) in [(Table::Arp, &mut snapshot.arp), (Table::Fdb, &mut snapshot.fdb)] {
+            for n in kernel.neighbours(table, None).await? {
+                into.push(Neighbour { ip: n.ip, mac: format_mac(&n.mac), index: n.index });
             }
         }
-        Ok(kernel)
+        Ok(snapshot)
     }
 
     /// A link by name.
@@ -141,6 +89,6 @@ impl Kernel {
 
     /// The route the kernel uses for `ip`: the longest prefix that covers it.
     pub fn route_to(&self, ip: IpAddr) -> Option<&Route> {
-        self.routes.iter().filter(|r| r.dst.contains(ip)).max_by_key(|r| r.dst.prefix())
+        self.routes.iter().filter(|r| r.route.dst.contains(ip)).max_by_key(|r| r.route.dst.prefix())
     }
 }

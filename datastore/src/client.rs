@@ -249,3 +249,109 @@ impl Client {
         v.finish().map_err(|e: ValidationError| e.into())
     }
 }
+
+/// A resource of any kind through a [`Client`]: the kind's own call, chosen by name.
+mod any {
+    use futures::future::BoxFuture;
+
+    use super::{Applied, Client};
+    use crate::resource::{AnyResource, KINDS, KindVisitor, Resource, ResourceVisitor, Spec, visit_kind};
+    use crate::{Error, Result};
+
+    fn unknown(kind: &str) -> Error {
+        Error::Invalid(format!("unknown kind \"{kind}\" (known: {})", KINDS.join(", ")))
+    }
+
+    struct List<'a>(&'a Client);
+
+    impl<'a> KindVisitor for List<'a> {
+        type Output = BoxFuture<'a, Result<Vec<AnyResource>>>;
+        fn visit<S: Spec>(self, wrap: fn(Resource<S>) -> AnyResource) -> Self::Output {
+            Box::pin(async move { Ok(self.0.list::<S>().await?.0.into_iter().map(wrap).collect()) })
+        }
+    }
+
+    struct Get<'a> {
+        client: &'a Client,
+        namespace: Option<&'a str>,
+        name: &'a str,
+    }
+
+    impl<'a> KindVisitor for Get<'a> {
+        type Output = BoxFuture<'a, Result<AnyResource>>;
+        fn visit<S: Spec>(self, wrap: fn(Resource<S>) -> AnyResource) -> Self::Output {
+            Box::pin(async move { self.client.get::<S>(self.namespace, self.name).await.map(wrap) })
+        }
+    }
+
+    struct Delete<'a> {
+        client: &'a Client,
+        resource: &'a AnyResource,
+    }
+
+    impl<'a> KindVisitor for Delete<'a> {
+        type Output = BoxFuture<'a, Result<()>>;
+        fn visit<S: Spec>(self, _: fn(Resource<S>) -> AnyResource) -> Self::Output {
+            let metadata = self.resource.metadata();
+            let revision = metadata.resource_version.as_deref().and_then(|v| v.parse().ok());
+            Box::pin(self.client.delete::<S>(metadata.namespace.as_deref(), &metadata.name, revision))
+        }
+    }
+
+    /// Which write.
+    #[derive(Clone, Copy)]
+    enum Write {
+        Create,
+        Replace,
+        Apply,
+    }
+
+    struct Writer<'a>(&'a Client, Write);
+
+    impl<'a> ResourceVisitor for Writer<'a> {
+        type Output = BoxFuture<'a, Result<(AnyResource, Applied)>>;
+        fn visit<S: Spec>(self, r: Resource<S>, wrap: fn(Resource<S>) -> AnyResource) -> Self::Output {
+            let Writer(client, write) = self;
+            Box::pin(async move {
+                let (r, done) = match write {
+                    Write::Create => (client.create(r).await?, Applied::Created),
+                    Write::Replace => (client.replace(r).await?, Applied::Replaced),
+                    Write::Apply => client.apply(r).await?,
+                };
+                Ok((wrap(r), done))
+            })
+        }
+    }
+
+    impl AnyResource {
+        /// Every resource of `kind` (a name from [`KINDS`]), sorted by key.
+        pub async fn list(client: &Client, kind: &str) -> Result<Vec<AnyResource>> {
+            visit_kind(kind, List(client)).ok_or_else(|| unknown(kind))?.await
+        }
+
+        /// One resource of `kind` by name.
+        pub async fn get(client: &Client, kind: &str, namespace: Option<&str>, name: &str) -> Result<AnyResource> {
+            visit_kind(kind, Get { client, namespace, name }).ok_or_else(|| unknown(kind))?.await
+        }
+
+        /// Creates it; an error if it exists.
+        pub async fn create(self, client: &Client) -> Result<AnyResource> {
+            self.visit(Writer(client, Write::Create)).await.map(|(r, _)| r)
+        }
+
+        /// Replaces it; an error if it does not exist. See [`Client::replace`].
+        pub async fn replace(self, client: &Client) -> Result<AnyResource> {
+            self.visit(Writer(client, Write::Replace)).await.map(|(r, _)| r)
+        }
+
+        /// Creates or replaces it. See [`Client::apply`].
+        pub async fn apply(self, client: &Client) -> Result<(AnyResource, Applied)> {
+            self.visit(Writer(client, Write::Apply)).await
+        }
+
+        /// Deletes it (at its revision, when it carries one).
+        pub async fn delete(&self, client: &Client) -> Result<()> {
+            visit_kind(self.kind(), Delete { client, resource: self }).ok_or_else(|| unknown(self.kind()))?.await
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use brindle_datastore::ipam::{AllocationKind, Block};
 use brindle_datastore::resource::{
-    BgpConfiguration, BgpFilter, BgpPeer, EncapMode, IpPool, Node, Resource, WorkloadEndpoint,
+    BgpConfiguration, BgpFilter, BgpPeer, EncapMode, Encapsulation, IpPool, Node, Resource, WorkloadEndpoint,
 };
 use ipnetwork::IpNetwork;
 
@@ -131,16 +131,6 @@ pub struct Desired {
     pub problems: Vec<String>,
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
 fn same_subnet(mine: Option<IpNetwork>, theirs: IpAddr) -> bool {
     mine.is_some_and(|net| net.contains(theirs))
 }
@@ -198,28 +188,6 @@ enum Reach {
     Unadvertised,
 }
 
-/// How a pool reaches a remote node.
-enum Encap {
-    None,
-    Vxlan,
-    Ipip,
-}
-
-fn encap(pool: &IpPool, my_net: Option<IpNetwork>, peer: IpAddr) -> Encap {
-    let applies = |mode: EncapMode| match mode {
-        EncapMode::Never => false,
-        EncapMode::Always => true,
-        EncapMode::CrossSubnet => !same_subnet(my_net, peer),
-    };
-    if applies(pool.vxlan_mode) {
-        Encap::Vxlan
-    } else if applies(pool.ipip_mode) {
-        Encap::Ipip
-    } else {
-        Encap::None
-    }
-}
-
 /// Computes the desired dataplane for `me`; `learned` holds BGP's routes when the agent runs
 /// a speaker (`None`: routes come from the datastore alone).
 pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired {
@@ -259,15 +227,14 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
             return Reach::Unadvertised;
         };
         let mine = me.address_like(dst.ip());
-        let theirs = if dst.is_ipv4() { node.ipv4() } else { node.bgp.as_ref().and_then(|b| b.ipv6_address) };
-        let theirs = theirs.map(|n| n.ip());
+        let theirs = node.address_like(dst.ip()).map(|n| n.ip());
         let Some(peer) = theirs else {
             out.problems.push(format!("node {node_name} has no address of {dst}'s family; no route to {dst}"));
             return Reach::Unroutable;
         };
         let mut peer = peer;
         if let Some(learned) = learned
-            && !matches!(encap(pool, mine, peer), Encap::Vxlan)
+            && pool.encapsulation_toward(mine, peer) != Encapsulation::Vxlan
         {
             match learned.routes.get(&dst) {
                 Some(next_hop) => peer = *next_hop,
@@ -281,24 +248,24 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
                 None => {}
             }
         }
-        let target = match (encap(pool, mine, peer), peer) {
-            (Encap::Vxlan, _) => match node.ipv4_vxlan_tunnel_addr {
+        let target = match (pool.encapsulation_toward(mine, peer), peer) {
+            (Encapsulation::Vxlan, _) => match node.ipv4_vxlan_tunnel_addr {
                 Some(via) if dst.is_ipv4() => Target::Vxlan { via },
                 _ => {
                     out.problems.push(format!("node {node_name} has no VXLAN tunnel address yet; no route to {dst}"));
                     return Reach::Unroutable;
                 }
             },
-            (Encap::Ipip, IpAddr::V4(via)) if me.ipip_supported => Target::Ipip { via },
-            (Encap::Ipip, _) => {
+            (Encapsulation::Ipip, IpAddr::V4(via)) if me.ipip_supported => Target::Ipip { via },
+            (Encapsulation::Ipip, _) => {
                 out.problems.push(format!(
                     "pool {} uses IP-in-IP, which this kernel lacks (no ipip module); no route to {dst}",
                     pool.cidr
                 ));
                 return Reach::Unroutable;
             }
-            (Encap::None, peer) if same_subnet(mine, peer) => Target::Direct { via: peer },
-            (Encap::None, peer) => {
+            (Encapsulation::None, peer) if same_subnet(mine, peer) => Target::Direct { via: peer },
+            (Encapsulation::None, peer) => {
                 out.problems.push(format!(
                     "node {node_name} ({peer}) is not on this node's subnet and pool {} does not encapsulate; \
                      {dst} needs BGP or a router that knows it",
@@ -353,11 +320,11 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
                 out.problems.push(format!("learned {prefix} overlaps this node's own subnet; not installed"));
                 continue;
             }
-            let how = pool.map_or(Encap::None, |pool| encap(&pool.spec, mine, *next_hop)); // no pool: natively
+            let how = pool.map_or(Encapsulation::None, |pool| pool.spec.encapsulation_toward(mine, *next_hop)); // no pool: natively
             let target = match (how, next_hop) {
-                (Encap::Vxlan, _) => continue,
-                (Encap::Ipip, IpAddr::V4(via)) if me.ipip_supported => Target::Ipip { via: *via },
-                (Encap::None, via) if same_subnet(mine, *via) => Target::Direct { via: *via },
+                (Encapsulation::Vxlan, _) => continue,
+                (Encapsulation::Ipip, IpAddr::V4(via)) if me.ipip_supported => Target::Ipip { via: *via },
+                (Encapsulation::None, via) if same_subnet(mine, *via) => Target::Direct { via: *via },
                 _ => {
                     out.problems
                         .push(format!("learned {prefix} via {next_hop}, which this node cannot reach directly"));
@@ -384,7 +351,7 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
             else {
                 continue;
             };
-            match parse_mac(mac) {
+            match brindle_kernel::parse_mac(mac) {
                 Some(mac) => out.vteps.push(Vtep { tunnel_ip, mac, node_ip }),
                 None => out.problems.push(format!("node {name} has a malformed VXLAN MAC \"{mac}\"")),
             }

@@ -128,14 +128,6 @@ fn nat_outgoing_lists_enabled_nat_pools_and_all_pools() {
 }
 
 #[test]
-fn macs_parse_strictly() {
-    assert_eq!(parse_mac("66:aa:00:01:02:ff"), Some([0x66, 0xaa, 0, 1, 2, 0xff]));
-    assert_eq!(parse_mac("66:aa:00:01:02"), None);
-    assert_eq!(parse_mac("66:aa:00:01:02:ff:00"), None);
-    assert_eq!(parse_mac("zz:aa:00:01:02:ff"), None);
-}
-
-#[test]
 fn with_bgp_remote_blocks_follow_learned_routes_once_converged() {
     let c = cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never));
     // Before convergence, nothing learned yet: the datastore's routes stand (no churn).

@@ -3,35 +3,42 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkUnspec};
-
-/// The device's name.
-pub const DEVICE: &str = "tunl0";
+use brindle_kernel::Kernel;
+use brindle_kernel::names::IPIP_DEVICE;
+use ipnetwork::IpNetwork;
 
 /// Brings `tunl0` up with `address`. Returns whether anything changed.
-pub async fn ensure(handle: &Handle, address: Ipv4Addr, mtu: u32) -> anyhow::Result<bool> {
-    let link = brindle_cni::netlink::link(handle, DEVICE)
+pub async fn ensure(kernel: &dyn Kernel, address: Ipv4Addr, mtu: u32) -> anyhow::Result<bool> {
+    let link = kernel
+        .links()
         .await?
-        .ok_or_else(|| anyhow::anyhow!("{DEVICE} does not exist: this kernel has no ipip module"))?;
-    let index = link.header.index;
-    let addresses: Vec<_> = handle.address().get().set_link_index_filter(index).execute().try_collect().await?;
-    let present = addresses.iter().any(|m| {
-        m.attributes.iter().any(|a| matches!(a, rtnetlink::packet_route::address::AddressAttribute::Address(ip) if *ip == IpAddr::V4(address)))
-    });
+        .into_iter()
+        .find(|l| l.name == IPIP_DEVICE)
+        .ok_or_else(|| anyhow::anyhow!("{IPIP_DEVICE} does not exist: this kernel has no ipip module"))?;
+    let present = kernel.addresses(link.index).await?.iter().any(|a| a.ip() == IpAddr::V4(address));
     if !present {
-        handle
-            .address()
-            .add(index, address.into(), 32)
-            .execute()
-            .await
-            .map_err(|e| anyhow::anyhow!("adding {address} to {DEVICE}: {e}"))?;
+        kernel.add_address(link.index, IpNetwork::new(address.into(), 32)?).await?;
     }
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
-        .execute()
-        .await
-        .map_err(|e| anyhow::anyhow!("setting {DEVICE} up: {e}"))?;
-    Ok(!present)
+    let changed = !present || !link.up || link.mtu != mtu;
+    kernel.set_up(link.index, mtu).await?;
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use brindle_kernel::fake::FakeKernel;
+
+    #[test]
+    fn tunl0_gets_the_address_once_and_a_kernel_without_it_is_named() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let kernel = FakeKernel::new();
+        let address = "10.244.3.0".parse().unwrap();
+        let error = runtime.block_on(ensure(&kernel, address, 1480)).unwrap_err().to_string();
+        assert!(error.contains("no ipip module"), "{error}");
+        kernel.add_link(IPIP_DEVICE, 1480);
+        assert!(runtime.block_on(ensure(&kernel, address, 1480)).unwrap());
+        assert!(!runtime.block_on(ensure(&kernel, address, 1480)).unwrap());
+        assert_eq!(kernel.take_log(), ["address add 10.244.3.0/32 dev 1"]);
+    }
 }

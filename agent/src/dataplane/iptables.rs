@@ -3,11 +3,9 @@
 //! Nothing of anyone else's is flushed or reordered; a transaction runs only when what the
 //! kernel holds differs from what we want.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use std::net::IpAddr;
 
+use brindle_kernel::Kernel;
 use ipnetwork::IpNetwork;
 
 /// The tag on every rule of ours.
@@ -34,11 +32,11 @@ impl Backend {
 
     /// The backend the host already uses: the one holding more rules (as kube-proxy decides);
     /// nf_tables when neither holds any.
-    pub fn detect() -> Backend {
+    pub fn detect(kernel: &dyn Kernel) -> Backend {
         let rules = |backend: Backend| {
-            Command::new(backend.tool(false, "save"))
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("-A")).count())
+            kernel
+                .run(&backend.tool(false, "save"), &[], None)
+                .map(|o| o.stdout.lines().filter(|l| l.starts_with("-A")).count())
                 .unwrap_or(0)
         };
         if rules(Backend::Legacy) > rules(Backend::Nft) { Backend::Legacy } else { Backend::Nft }
@@ -198,29 +196,20 @@ fn ipset_script(rules: &Rules, v6: bool) -> String {
     script
 }
 
-fn run_with_input(program: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("running {program}: {e}"))?;
-    child.stdin.take().expect("piped stdin").write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        anyhow::bail!("{program} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+fn run_with_input(kernel: &dyn Kernel, program: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
+    let out = kernel.run(program, args, Some(input))?;
+    if !out.success {
+        anyhow::bail!("{program} failed: {}", out.stderr.trim());
     }
     Ok(())
 }
 
-fn current_sets(rules: &Rules, v6: bool) -> String {
+fn current_sets(kernel: &dyn Kernel, rules: &Rules, v6: bool) -> String {
     let mut listing = String::new();
     for (kind, kind_type, _) in sets(rules) {
-        let out = Command::new("ipset").args(["list", &set_name(kind, v6)]).output();
-        match out {
-            Ok(out) if out.status.success() => {
-                let text = String::from_utf8_lossy(&out.stdout);
+        match kernel.run("ipset", &["list", &set_name(kind, v6)], None) {
+            Ok(out) if out.success => {
+                let text = out.stdout;
                 let mut members: Vec<&str> =
                     text.lines().skip_while(|l| !l.starts_with("Members:")).skip(1).filter(|l| !l.is_empty()).collect();
                 members.sort();
@@ -244,14 +233,17 @@ fn wanted_sets(rules: &Rules) -> String {
 }
 
 /// Makes the sets and chains of one family match. Returns whether iptables-restore ran.
-pub fn sync(backend: Backend, v6: bool, rules: &Rules) -> anyhow::Result<bool> {
-    if current_sets(rules, v6) != wanted_sets(rules) {
-        run_with_input("ipset", &["restore", "-exist"], &ipset_script(rules, v6))?;
+pub fn sync(kernel: &dyn Kernel, backend: Backend, v6: bool, rules: &Rules) -> anyhow::Result<bool> {
+    if current_sets(kernel, rules, v6) != wanted_sets(rules) {
+        run_with_input(kernel, "ipset", &["restore", "-exist"], &ipset_script(rules, v6))?;
     }
     let mut script = String::new();
     for Table { name: table, jumps, rules: body } in chains(v6, rules) {
-        let saved = Command::new(backend.tool(v6, "save")).args(["-t", table]).output()?;
-        let saved = String::from_utf8_lossy(&saved.stdout);
+        let saved = kernel.run(&backend.tool(v6, "save"), &["-t", table], None)?;
+        if !saved.success {
+            anyhow::bail!("{} -t {table} failed: {}", backend.tool(v6, "save"), saved.stderr.trim());
+        }
+        let saved = saved.stdout;
         let ours: Vec<&str> = saved.lines().filter(|l| l.starts_with("-A brin-")).collect();
         let missing_jumps: Vec<String> = jumps
             .iter()
@@ -280,13 +272,79 @@ pub fn sync(backend: Backend, v6: bool, rules: &Rules) -> anyhow::Result<bool> {
         return Ok(false);
     }
     tracing::debug!(%script, "iptables-restore");
-    run_with_input(&backend.tool(v6, "restore"), &["--noflush", "--wait"], &script)?;
+    run_with_input(kernel, &backend.tool(v6, "restore"), &["--noflush", "--wait"], &script)?;
     Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use brindle_kernel::Output;
+    use brindle_kernel::fake::FakeKernel;
+    use std::sync::{Arc, Mutex};
+
+    /// A fake whose iptables-save prints what the last iptables-restore loaded (as if the
+    /// kernel held it) and whose ipset lists what the last restore made.
+    fn kernel_with_iptables() -> FakeKernel {
+        let saved: Arc<Mutex<String>> = Arc::default();
+        let sets: Arc<Mutex<String>> = Arc::default();
+        FakeKernel::new().with_programs(move |program, args, stdin| {
+            let ok = |stdout: String| Output { success: true, stdout, stderr: String::new() };
+            match program {
+                "iptables-nft-restore" => {
+                    *saved.lock().unwrap() += stdin.unwrap_or_default();
+                    ok(String::new())
+                }
+                "iptables-nft-save" => {
+                    let table = format!("*{}", args[1]);
+                    let text = saved.lock().unwrap().clone();
+                    // A jump inserted with `-I CHAIN 1` is listed as `-A CHAIN`.
+                    let body: Vec<String> = text
+                        .split("COMMIT\n")
+                        .filter(|t| t.starts_with(&table))
+                        .flat_map(|t| t.lines())
+                        .map(|l| l.replacen(" 1 -m comment", " -m comment", 1).replacen("-I ", "-A ", 1))
+                        .collect();
+                    ok(body.join("\n"))
+                }
+                "ipset" if args[0] == "restore" => {
+                    *sets.lock().unwrap() = stdin.unwrap_or_default().to_owned();
+                    ok(String::new())
+                }
+                "ipset" => {
+                    let script = sets.lock().unwrap().clone();
+                    let name = args[1];
+                    if !script.contains(&format!("create {name} ")) {
+                        return Output { success: false, stdout: String::new(), stderr: "does not exist".into() };
+                    }
+                    let kind = script.lines().find(|l| l.starts_with(&format!("create {name} "))).unwrap();
+                    let members: Vec<&str> =
+                        script.lines().filter_map(|l| l.strip_prefix(&format!("add {name}-tmp "))).collect();
+                    ok(format!(
+                        "Name: {name}\nType: {}\nMembers:\n{}\n",
+                        kind.split(' ').nth(2).unwrap(),
+                        members.join("\n")
+                    ))
+                }
+                _ => ok(String::new()),
+            }
+        })
+    }
+
+    #[test]
+    fn a_resync_with_nothing_to_change_runs_no_restore() {
+        let kernel = kernel_with_iptables();
+        assert!(sync(&kernel, Backend::Nft, false, &rules()).unwrap(), "the first sync loads the rules");
+        let first = kernel.take_log();
+        assert!(first.iter().any(|l| l.starts_with("run ipset restore")), "{first:?}");
+        assert!(!sync(&kernel, Backend::Nft, false, &rules()).unwrap(), "nothing differs");
+        let again = kernel.take_log();
+        assert!(again.iter().all(|l| l.contains("save") || l.starts_with("run ipset list")), "{again:?}");
+        // A failing save is an error naming the program, not an empty table.
+        kernel.fail("iptables-nft-save");
+        let error = sync(&kernel, Backend::Nft, false, &rules()).unwrap_err().to_string();
+        assert!(error.contains("iptables-nft-save -t"), "{error}");
+    }
 
     fn rules() -> Rules {
         Rules {

@@ -9,8 +9,9 @@ pub mod sysctl;
 pub mod vxlan;
 
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 
-use rtnetlink::Handle;
+use brindle_kernel::Kernel;
 
 use crate::calc::Desired;
 
@@ -42,37 +43,41 @@ pub struct Applied {
     pub failures: Vec<(&'static str, String)>,
 }
 
-/// The kernel, through netlink and the iptables tools.
+/// The kernel, through the kernel layer: the only writer.
 pub struct Dataplane {
-    handle: Handle,
+    kernel: Arc<dyn Kernel>,
     host: Host,
     backend: iptables::Backend,
+    /// The iptables rules last applied, IPv4 and IPv6: between full resyncs iptables is
+    /// touched only when they change.
+    applied_rules: Mutex<[Option<iptables::Rules>; 2]>,
 }
 
 impl Dataplane {
-    /// Connects to the kernel and picks the iptables backend.
-    pub fn new(host: Host, backend: Option<iptables::Backend>) -> anyhow::Result<Dataplane> {
-        let handle = brindle_cni::netlink::connect()?;
-        let backend = backend.unwrap_or_else(iptables::Backend::detect);
+    /// Drives `kernel`, with the iptables backend given or the one the host uses.
+    pub fn new(kernel: Arc<dyn Kernel>, host: Host, backend: Option<iptables::Backend>) -> Dataplane {
+        let backend = backend.unwrap_or_else(|| iptables::Backend::detect(&*kernel));
         tracing::info!(?backend, uplink = %host.uplink, "dataplane ready");
-        Ok(Dataplane { handle, host, backend })
+        Dataplane { kernel, host, backend, applied_rules: Mutex::default() }
     }
 
     /// One pass over every driver. `tunnel_ip` is this node's tunnel address (on the VXLAN
-    /// device and on `tunl0`), if it has one.
-    pub async fn apply(&self, desired: &Desired, tunnel_ip: Option<Ipv4Addr>) -> Applied {
+    /// device and on `tunl0`), if it has one. A `full` pass checks everything against the
+    /// kernel; another leaves iptables alone when its rules have not changed.
+    pub async fn apply(&self, desired: &Desired, tunnel_ip: Option<Ipv4Addr>, full: bool) -> Applied {
+        let kernel = &*self.kernel;
         let mut applied = Applied::default();
         let mut fail = |driver, e: anyhow::Error| {
             tracing::warn!(driver, error = %e, "dataplane driver failed; the next resync retries");
             applied.failures.push((driver, format!("{e:#}")));
         };
-        if let Err(e) = sysctl::ensure(desired) {
+        if let Err(e) = sysctl::ensure(kernel, desired) {
             fail("sysctl", e);
         }
         match (desired.vxlan, self.host.ipv4, tunnel_ip) {
             (true, Some(local), Some(tunnel_ip)) => {
                 let result = async {
-                    let devices = routes::Devices::read(&self.handle, &self.host.uplink).await?;
+                    let devices = routes::Devices::read(kernel, &self.host.uplink).await?;
                     let device = vxlan::Device {
                         vni: self.host.vxlan_vni,
                         port: self.host.vxlan_port,
@@ -82,9 +87,9 @@ impl Dataplane {
                         tunnel_ip,
                         mtu: self.host.uplink_mtu.saturating_sub(50),
                     };
-                    let (index, changed) = vxlan::ensure(&self.handle, &device).await?;
-                    sysctl::vxlan_device()?;
-                    let changes = vxlan::sync_vteps(&self.handle, index, &desired.vteps).await?;
+                    let (index, changed) = vxlan::ensure(kernel, &device).await?;
+                    sysctl::vxlan_device(kernel)?;
+                    let changes = vxlan::sync_vteps(kernel, index, &desired.vteps).await?;
                     anyhow::Ok(changes + usize::from(changed))
                 }
                 .await;
@@ -94,14 +99,14 @@ impl Dataplane {
                 }
             }
             (true, _, _) => fail("vxlan", anyhow::anyhow!("a pool uses VXLAN but this node has no tunnel address yet")),
-            (false, _, _) => match vxlan::remove(&self.handle).await {
+            (false, _, _) => match vxlan::remove(kernel).await {
                 Ok(removed) => applied.changes += usize::from(removed),
                 Err(e) => fail("vxlan", e),
             },
         }
         if desired.ipip {
             match tunnel_ip {
-                Some(ip) => match ipip::ensure(&self.handle, ip, self.host.uplink_mtu.saturating_sub(20)).await {
+                Some(ip) => match ipip::ensure(kernel, ip, self.host.uplink_mtu.saturating_sub(20)).await {
                     Ok(changed) => applied.changes += usize::from(changed),
                     Err(e) => fail("ipip", e),
                 },
@@ -109,8 +114,8 @@ impl Dataplane {
             }
         }
         let routed = async {
-            let devices = routes::Devices::read(&self.handle, &self.host.uplink).await?;
-            routes::sync(&self.handle, &desired.routes, &devices).await
+            let devices = routes::Devices::read(kernel, &self.host.uplink).await?;
+            routes::sync(kernel, &desired.routes, &devices).await
         }
         .await;
         match routed {
@@ -127,9 +132,27 @@ impl Dataplane {
                 ipip: desired.ipip,
                 bgp_ports: desired.bgp_ports.clone(),
             };
-            match iptables::sync(self.backend, v6, &rules) {
-                Ok(ran) => applied.iptables_restored |= ran,
-                Err(e) => fail("iptables", e),
+            let family = usize::from(v6);
+            let last = self.applied_rules.lock().unwrap_or_else(|e| e.into_inner())[family].clone();
+            if !full && last.as_ref() == Some(&rules) {
+                continue;
+            }
+            // The iptables programs run off the async threads: the BGP speaker shares them.
+            let (kernel, backend, wanted) = (Arc::clone(&self.kernel), self.backend, rules.clone());
+            let outcome = tokio::task::spawn_blocking(move || iptables::sync(&*kernel, backend, v6, &wanted))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("the iptables task failed: {e}")));
+            let mut last = self.applied_rules.lock().unwrap_or_else(|e| e.into_inner());
+            match outcome {
+                Ok(ran) => {
+                    applied.iptables_restored |= ran;
+                    last[family] = Some(rules);
+                }
+                Err(e) => {
+                    last[family] = None;
+                    drop(last);
+                    fail("iptables", e);
+                }
             }
         }
         applied

@@ -3,15 +3,12 @@
 //! plugin makes them, the agent only repairs them).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 
-use futures::{StreamExt, TryStreamExt};
+use brindle_kernel::names::{self, ROUTE_PROTOCOL};
+use brindle_kernel::{Kernel, Route, RouteChange};
 use ipnetwork::IpNetwork;
-use rtnetlink::packet_route::route::{RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType};
-use rtnetlink::{Handle, RouteMessageBuilder};
 
 use crate::calc::Target;
-use brindle_cni::netlink::{ROUTE_PROTOCOL, route_address};
 
 /// The devices routes leave through.
 #[derive(Debug, Clone, Default)]
@@ -24,17 +21,8 @@ pub struct Devices {
 
 impl Devices {
     /// Reads every link.
-    pub async fn read(handle: &Handle, uplink: &str) -> anyhow::Result<Devices> {
-        let links: Vec<_> = handle.link().get().execute().try_collect().await?;
-        let by_name: HashMap<String, u32> = links
-            .iter()
-            .filter_map(|l| {
-                l.attributes.iter().find_map(|a| match a {
-                    rtnetlink::packet_route::link::LinkAttribute::IfName(n) => Some((n.clone(), l.header.index)),
-                    _ => None,
-                })
-            })
-            .collect();
+    pub async fn read(kernel: &dyn Kernel, uplink: &str) -> anyhow::Result<Devices> {
+        let by_name: HashMap<String, u32> = kernel.links().await?.into_iter().map(|l| (l.name, l.index)).collect();
         let uplink = *by_name.get(uplink).ok_or_else(|| anyhow::anyhow!("the uplink {uplink} is gone"))?;
         Ok(Devices { by_name, uplink })
     }
@@ -44,199 +32,152 @@ impl Devices {
     }
 }
 
-/// A route as the kernel holds it, reduced to what we compare.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Shape {
-    blackhole: bool,
-    gateway: Option<IpAddr>,
-    oif: Option<u32>,
-    onlink: bool,
-}
-
-fn shape_of(target: &Target, devices: &Devices) -> Option<Shape> {
+/// The kernel route for `target`; `None` when its device is not there (a pod's veth already
+/// gone, the tunnel not made yet).
+fn route_for(dst: IpNetwork, target: &Target, devices: &Devices) -> Option<Route> {
     let dev = |name: &str| devices.by_name.get(name).copied();
     Some(match target {
-        Target::Blackhole => Shape { blackhole: true, gateway: None, oif: None, onlink: false },
-        Target::Direct { via } => {
-            Shape { blackhole: false, gateway: Some(*via), oif: Some(devices.uplink), onlink: false }
-        }
-        Target::Vxlan { via } => Shape {
-            blackhole: false,
-            gateway: Some((*via).into()),
-            oif: Some(dev(super::vxlan::DEVICE)?),
-            onlink: true,
-        },
-        Target::Ipip { via } => {
-            Shape { blackhole: false, gateway: Some((*via).into()), oif: Some(dev("tunl0")?), onlink: true }
-        }
-        Target::Workload { interface } => {
-            Shape { blackhole: false, gateway: None, oif: Some(dev(interface)?), onlink: false }
-        }
+        Target::Blackhole => Route::blackhole(dst),
+        Target::Direct { via } => Route::ours(dst, Some(*via), Some(devices.uplink), false),
+        Target::Vxlan { via } => Route::ours(dst, Some((*via).into()), Some(dev(names::VXLAN_DEVICE)?), true),
+        Target::Ipip { via } => Route::ours(dst, Some((*via).into()), Some(dev(names::IPIP_DEVICE)?), true),
+        Target::Workload { interface } => Route::ours(dst, None, Some(dev(interface)?), false),
     })
 }
 
-fn read_shape(r: &RouteMessage) -> Option<(IpNetwork, Shape)> {
-    let mut dst = None;
-    let mut shape = Shape {
-        blackhole: r.header.kind == RouteType::BlackHole,
-        gateway: None,
-        oif: None,
-        onlink: r.header.flags.contains(RouteFlags::Onlink),
-    };
-    for attr in &r.attributes {
-        match attr {
-            RouteAttribute::Destination(d) => dst = route_address(d),
-            RouteAttribute::Gateway(g) => shape.gateway = route_address(g),
-            RouteAttribute::Oif(i) => shape.oif = Some(*i),
-            _ => {}
-        }
-    }
-    let dst = dst.or_else(|| match r.header.address_family {
-        rtnetlink::packet_route::AddressFamily::Inet6 => Some(IpAddr::from([0u16; 8])),
-        _ => Some(IpAddr::from([0u8; 4])),
-    })?;
-    Some((IpNetwork::new(dst, r.header.destination_prefix_length).ok()?, shape))
-}
-
-fn message(dst: IpNetwork, shape: &Shape) -> anyhow::Result<RouteMessage> {
-    let mut builder = RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(dst.ip(), dst.prefix())?
-        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
-    if shape.blackhole {
-        builder = builder.kind(RouteType::BlackHole);
-    } else {
-        builder = builder.scope(if shape.gateway.is_some() { RouteScope::Universe } else { RouteScope::Link });
-    }
-    if let Some(oif) = shape.oif {
-        builder = builder.output_interface(oif);
-    }
-    if let Some(gw) = shape.gateway {
-        builder = builder.gateway(gw)?;
-    }
-    if shape.onlink {
-        builder = builder.onlink();
-    }
-    Ok(builder.build())
-}
-
-/// Our routes in the kernel, both families, main table.
-async fn ours(handle: &Handle) -> anyhow::Result<Vec<RouteMessage>> {
-    let mut all = Vec::new();
-    for filter in [
-        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-    ] {
-        let routes: Vec<RouteMessage> = handle.route().get(filter).execute().try_collect().await?;
-        all.extend(routes.into_iter().filter(|r| r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)));
-    }
-    Ok(all)
-}
-
-/// How many route requests are in flight at once.
-const IN_FLIGHT: usize = 256;
-
-/// One change to make.
-enum Change {
-    Replace(RouteMessage),
-    Remove(RouteMessage),
-}
-
-/// Makes the kernel's routes of our protocol match `desired`. Returns how many changed.
-pub async fn sync(handle: &Handle, desired: &BTreeMap<IpNetwork, Target>, devices: &Devices) -> anyhow::Result<usize> {
-    let actual: BTreeMap<IpNetwork, (Shape, RouteMessage)> =
-        ours(handle).await?.into_iter().filter_map(|r| read_shape(&r).map(|(dst, s)| (dst, (s, r)))).collect();
-    // Requests go out many at a time on the one socket: at 100,000 routes the round trips,
-    // not the kernel, are what takes time.
-    let mut requests = Vec::new();
+/// The changes that make `actual` (our routes in the kernel) match `desired`.
+fn diff(desired: &BTreeMap<IpNetwork, Target>, actual: &[Route], devices: &Devices) -> Vec<RouteChange> {
+    let actual: BTreeMap<IpNetwork, &Route> = actual.iter().map(|r| (r.dst, r)).collect();
+    let mut changes = Vec::new();
     for (dst, target) in desired {
-        let Some(want) = shape_of(target, devices) else {
-            // The device is not there (a pod's veth already gone, the tunnel not made yet).
-            continue;
-        };
-        if actual.get(dst).is_some_and(|(have, _)| *have == want) {
+        let Some(want) = route_for(*dst, target, devices) else { continue };
+        if actual.get(dst).is_some_and(|have| **have == want) {
             continue;
         }
-        tracing::debug!(%dst, ?want, have = ?actual.get(dst).map(|(s, _)| s), "route replaced");
-        requests.push((format!("{dst}"), Change::Replace(message(*dst, &want)?)));
+        tracing::debug!(%dst, want = %want, have = ?actual.get(dst).map(|r| r.to_string()), "route replaced");
+        changes.push(RouteChange::Replace(want));
     }
-    for (dst, (shape, route)) in &actual {
-        if desired.contains_key(dst) {
+    for (dst, route) in actual {
+        if desired.contains_key(&dst) {
             continue;
         }
         // A pod's route goes with its veth; one to a veth that is not in the datastore yet
         // was just made by the CNI plugin.
-        if shape.oif.and_then(|i| devices.name_of(i)).is_some_and(|n| n.starts_with("brin")) {
+        if route.oif.and_then(|i| devices.name_of(i)).is_some_and(names::is_workload) {
             continue;
         }
         tracing::debug!(%dst, "route removed");
-        requests.push((format!("removing {dst}"), Change::Remove(route.clone())));
+        changes.push(RouteChange::Remove(route.clone()));
     }
-    let changes = requests.len();
-    let failures: Vec<String> = futures::stream::iter(requests)
-        .map(|(what, change)| async move {
-            let outcome = match change {
-                Change::Replace(m) => handle.route().add(m).replace().execute().await,
-                Change::Remove(m) => match handle.route().del(m).execute().await {
-                    Err(e) if brindle_cni::netlink::is_missing(&e) => Ok(()),
-                    other => other,
-                },
-            };
-            outcome.err().map(|e| format!("{what}: {e}"))
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .filter_map(|failure| async move { failure })
-        .collect()
-        .await;
+    changes
+}
+
+/// Makes the kernel's routes of our protocol match `desired`. Returns how many changed.
+pub async fn sync(
+    kernel: &dyn Kernel,
+    desired: &BTreeMap<IpNetwork, Target>,
+    devices: &Devices,
+) -> anyhow::Result<usize> {
+    let actual = kernel.routes(Some(ROUTE_PROTOCOL)).await?;
+    let changes = diff(desired, &actual, devices);
+    let count = changes.len();
+    let failures = kernel.change_routes(changes).await;
     if !failures.is_empty() {
+        let failures: Vec<String> = failures.iter().map(ToString::to_string).collect();
         anyhow::bail!("{} route(s) could not be programmed: {}", failures.len(), failures.join("; "));
     }
-    Ok(changes)
+    Ok(count)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use brindle_kernel::fake::FakeKernel;
 
-    fn devices() -> Devices {
-        let by_name = [("eth0", 2), ("tunl0", 7), (crate::dataplane::vxlan::DEVICE, 9)]
-            .into_iter()
-            .map(|(n, i)| (n.to_owned(), i))
-            .collect();
-        Devices { by_name, uplink: 2 }
+    fn kernel() -> (FakeKernel, Devices) {
+        let kernel = FakeKernel::new();
+        let mut by_name = HashMap::new();
+        for name in ["eth0", names::IPIP_DEVICE, names::VXLAN_DEVICE, "brin0123456789a"] {
+            by_name.insert(name.to_owned(), kernel.add_link(name, 1500));
+        }
+        let uplink = by_name["eth0"];
+        (kernel, Devices { by_name, uplink })
     }
 
-    fn attributes(m: &RouteMessage) -> (Option<IpAddr>, Option<u32>) {
-        let gateway =
-            m.attributes.iter().find_map(|a| if let RouteAttribute::Gateway(g) = a { route_address(g) } else { None });
-        let oif = m.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None });
-        (gateway, oif)
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    fn run(future: impl std::future::Future<Output = anyhow::Result<usize>>) -> anyhow::Result<usize> {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
     }
 
     #[test]
-    fn ip_in_ip_routes_go_onlink_through_tunl0_to_the_node() {
-        let target = Target::Ipip { via: "10.0.1.3".parse().unwrap() };
-        let shape = shape_of(&target, &devices()).unwrap();
-        let m = message("10.244.2.0/26".parse().unwrap(), &shape).unwrap();
-        assert_eq!(attributes(&m), (Some("10.0.1.3".parse().unwrap()), Some(7)));
-        assert!(m.header.flags.contains(RouteFlags::Onlink));
-        assert_eq!(m.header.protocol, RouteProtocol::Other(ROUTE_PROTOCOL));
-        assert_eq!(m.header.destination_prefix_length, 26);
+    fn tunnel_routes_go_onlink_through_their_device_and_wait_for_it() {
+        let (_, devices) = kernel();
+        let ipip = route_for(net("10.244.2.0/26"), &Target::Ipip { via: "10.0.1.3".parse().unwrap() }, &devices);
+        let ipip = ipip.unwrap();
+        assert_eq!((ipip.oif, ipip.onlink, ipip.protocol), (Some(devices.by_name["tunl0"]), true, ROUTE_PROTOCOL));
+        let vxlan = route_for(net("10.244.1.0/26"), &Target::Vxlan { via: "10.244.1.1".parse().unwrap() }, &devices);
+        assert_eq!(vxlan.unwrap().oif, Some(devices.by_name[names::VXLAN_DEVICE]));
         // Without tunl0 (no ipip module) there is nothing to program.
-        let mut without = devices();
+        let mut without = devices.clone();
         without.by_name.remove("tunl0");
-        assert!(shape_of(&target, &without).is_none());
+        assert!(
+            route_for(net("10.244.2.0/26"), &Target::Ipip { via: "10.0.1.3".parse().unwrap() }, &without).is_none()
+        );
     }
 
     #[test]
-    fn blackholes_and_vxlan_routes_have_the_right_shape() {
-        let m = message("10.244.0.0/26".parse().unwrap(), &shape_of(&Target::Blackhole, &devices()).unwrap()).unwrap();
-        assert_eq!(m.header.kind, RouteType::BlackHole);
-        assert_eq!(attributes(&m), (None, None));
-        let vxlan = shape_of(&Target::Vxlan { via: "10.244.1.1".parse().unwrap() }, &devices()).unwrap();
-        let m = message("10.244.1.0/26".parse().unwrap(), &vxlan).unwrap();
-        assert_eq!(attributes(&m), (Some("10.244.1.1".parse().unwrap()), Some(9)));
-        assert!(m.header.flags.contains(RouteFlags::Onlink));
-        // What the kernel reports back compares equal, so a resync changes nothing.
-        assert_eq!(read_shape(&m).map(|(_, s)| s), Some(vxlan));
+    fn a_sync_changes_only_what_differs_and_a_second_changes_nothing() {
+        let (kernel, devices) = kernel();
+        let via = "10.0.0.7".parse().unwrap();
+        // Someone else's route, ours that is wrong, ours that is stale, a pod's that is new.
+        kernel.add_route(Route {
+            protocol: 2,
+            ..Route::ours(net("10.9.0.0/16"), Some(via), Some(devices.uplink), false)
+        });
+        kernel.add_route(Route::ours(
+            net("10.244.1.0/26"),
+            Some("10.0.0.8".parse().unwrap()),
+            Some(devices.uplink),
+            false,
+        ));
+        kernel.add_route(Route::ours(net("10.244.9.0/26"), Some(via), Some(devices.uplink), false));
+        kernel.add_route(Route::ours(net("10.244.0.5/32"), None, Some(devices.by_name["brin0123456789a"]), false));
+        let desired: BTreeMap<IpNetwork, Target> = [
+            (net("10.244.1.0/26"), Target::Direct { via }),
+            (net("10.244.0.0/26"), Target::Blackhole),
+            (net("10.244.0.9/32"), Target::Workload { interface: "brin-gone".into() }),
+        ]
+        .into();
+        assert_eq!(run(sync(&kernel, &desired, &devices)).unwrap(), 3);
+        assert_eq!(
+            kernel.take_log(),
+            [
+                "route replace blackhole 10.244.0.0/26 proto 98",
+                &format!("route replace 10.244.1.0/26 via 10.0.0.7 oif {} proto 98", devices.uplink),
+                &format!("route del 10.244.9.0/26 via 10.0.0.7 oif {} proto 98", devices.uplink),
+            ]
+        );
+        let kept = kernel.state().routes.keys().map(ToString::to_string).collect::<Vec<_>>();
+        assert!(kept.contains(&"10.9.0.0/16".to_owned()) && kept.contains(&"10.244.0.5/32".to_owned()), "{kept:?}");
+        assert_eq!(run(sync(&kernel, &desired, &devices)).unwrap(), 0);
+        assert!(kernel.take_log().is_empty());
+    }
+
+    #[test]
+    fn a_refused_route_is_reported_and_the_next_sync_retries_only_it() {
+        let (kernel, devices) = kernel();
+        let via = "10.0.0.7".parse().unwrap();
+        let desired: BTreeMap<IpNetwork, Target> =
+            [(net("10.244.1.0/26"), Target::Direct { via }), (net("10.244.2.0/26"), Target::Direct { via })].into();
+        kernel.fail("10.244.2.0/26");
+        let error = run(sync(&kernel, &desired, &devices)).unwrap_err().to_string();
+        assert!(error.starts_with("1 route(s) could not be programmed") && error.contains("10.244.2.0/26"), "{error}");
+        kernel.take_log();
+        kernel.heal();
+        assert_eq!(run(sync(&kernel, &desired, &devices)).unwrap(), 1);
+        assert_eq!(kernel.take_log().len(), 1);
     }
 }

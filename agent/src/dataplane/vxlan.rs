@@ -2,20 +2,14 @@
 //! MAC) and an FDB entry (MAC -> node address) for every remote VTEP. Learning is off: the
 //! datastore is the only source of VTEPs.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::TryStreamExt;
-use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourMessage, NeighbourState};
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
-
-use brindle_cni::netlink::{neighbour_ip, neighbour_lladdr};
+use brindle_kernel::names::VXLAN_DEVICE;
+use brindle_kernel::{Kernel, Neighbour, NewVxlan, Table, Vxlan};
+use ipnetwork::IpNetwork;
 
 use crate::calc::Vtep;
-
-/// The device's name.
-pub const DEVICE: &str = "vxlan.brindle";
 
 /// How the device should look.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,97 +30,60 @@ pub struct Device {
     pub mtu: u32,
 }
 
-fn vxlan_info(link: &LinkMessage) -> Vec<InfoVxlan> {
-    link.attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
-                LinkInfo::Data(InfoData::Vxlan(v)) => Some(v.clone()),
-                _ => None,
-            }),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
-fn matches(link: &LinkMessage, want: &Device) -> bool {
-    let info = vxlan_info(link);
-    let mac = brindle_cni::netlink::mac_of(link);
-    info.contains(&InfoVxlan::Id(want.vni))
-        && info.contains(&InfoVxlan::Port(want.port))
-        && info.contains(&InfoVxlan::Local(want.local))
-        && mac == brindle_cni::netlink::format_mac(&want.mac)
-}
-
 /// Makes the device exist as `want` says, with its address, up. Returns its index and
 /// whether anything changed.
-pub async fn ensure(handle: &Handle, want: &Device) -> anyhow::Result<(u32, bool)> {
+pub async fn ensure(kernel: &dyn Kernel, want: &Device) -> anyhow::Result<(u32, bool)> {
+    let identity = Vxlan { vni: want.vni, port: want.port, local: want.local };
+    let existing = kernel.links().await?.into_iter().find(|l| l.name == VXLAN_DEVICE);
     let mut changed = false;
-    let existing = brindle_cni::netlink::link(handle, DEVICE).await?;
     let index = match existing {
-        Some(link) if matches(&link, want) => link.header.index,
+        Some(link) if link.vxlan.as_ref() == Some(&identity) && link.mac == Some(want.mac) => link.index,
         other => {
             if other.is_some() {
-                tracing::info!("recreating {DEVICE}: its VNI, port, local address or MAC changed");
-                brindle_cni::netlink::delete_link(handle, DEVICE).await?;
+                tracing::info!("recreating {VXLAN_DEVICE}: its VNI, port, local address or MAC changed");
+                kernel.delete_link(VXLAN_DEVICE).await?;
             }
-            let message = LinkVxlan::new(DEVICE, want.vni)
-                .port(want.port)
-                .local(want.local)
-                .dev(want.uplink)
-                .learning(false)
-                .mtu(want.mtu)
-                .address(want.mac.to_vec())
-                .build();
-            handle.link().add(message).execute().await.map_err(|e| anyhow::anyhow!("creating {DEVICE}: {e}"))?;
+            let device = NewVxlan {
+                name: VXLAN_DEVICE.into(),
+                vxlan: identity,
+                uplink: want.uplink,
+                mtu: want.mtu,
+                mac: want.mac,
+            };
+            kernel.add_vxlan(&device).await?;
             changed = true;
-            disable_tx_checksum_where_broken();
-            brindle_cni::netlink::link(handle, DEVICE)
+            disable_tx_checksum_where_broken(kernel);
+            kernel
+                .links()
                 .await?
-                .ok_or_else(|| anyhow::anyhow!("{DEVICE} vanished right after it was made"))?
-                .header
+                .into_iter()
+                .find(|l| l.name == VXLAN_DEVICE)
+                .ok_or_else(|| anyhow::anyhow!("{VXLAN_DEVICE} vanished right after it was made"))?
                 .index
         }
     };
-    let addresses: Vec<_> = handle.address().get().set_link_index_filter(index).execute().try_collect().await?;
-    let has_address = addresses.iter().any(|m| {
-        m.attributes.iter().any(|a| matches!(a, rtnetlink::packet_route::address::AddressAttribute::Address(ip) if *ip == IpAddr::V4(want.tunnel_ip)))
-    });
-    if !has_address {
-        handle
-            .address()
-            .add(index, want.tunnel_ip.into(), 32)
-            .execute()
-            .await
-            .map_err(|e| anyhow::anyhow!("adding {} to {DEVICE}: {e}", want.tunnel_ip))?;
+    if !kernel.addresses(index).await?.iter().any(|a| a.ip() == IpAddr::V4(want.tunnel_ip)) {
+        kernel.add_address(index, IpNetwork::new(want.tunnel_ip.into(), 32)?).await?;
         changed = true;
     }
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).mtu(want.mtu).up().build())
-        .execute()
-        .await
-        .map_err(|e| anyhow::anyhow!("setting {DEVICE} up: {e}"))?;
+    kernel.set_up(index, want.mtu).await?;
     Ok((index, changed))
 }
 
 /// Kernels before 5.7 compute wrong checksums when offloading them for VXLAN packets that
 /// carry pod traffic (Calico's "ChecksumOffloadBroken"); there, offload is turned off on the
 /// device with ethtool. Newer kernels keep it.
-fn disable_tx_checksum_where_broken() {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+fn disable_tx_checksum_where_broken(kernel: &dyn Kernel) {
+    let release = kernel.sysctl("kernel/osrelease").unwrap_or_default();
+    let mut parts = release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
     let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if version >= (5, 7) {
         return;
     }
-    let outcome = std::process::Command::new("ethtool").args(["-K", DEVICE, "tx-checksum-ip-generic", "off"]).status();
-    match outcome {
-        Ok(status) if status.success() => {
-            tracing::info!(kernel = %release.trim(), "VXLAN tx checksum offload turned off")
-        }
+    match kernel.run("ethtool", &["-K", VXLAN_DEVICE, "tx-checksum-ip-generic", "off"], None) {
+        Ok(out) if out.success => tracing::info!(kernel = %release, "VXLAN tx checksum offload turned off"),
         other => tracing::warn!(
-            kernel = %release.trim(),
+            kernel = %release,
             ?other,
             "this kernel miscomputes offloaded VXLAN checksums and ethtool could not turn offload off; \
              cross-node pod traffic may be dropped"
@@ -135,76 +92,127 @@ fn disable_tx_checksum_where_broken() {
 }
 
 /// Removes the device when no pool needs it. Returns whether it existed.
-pub async fn remove(handle: &Handle) -> anyhow::Result<bool> {
-    Ok(brindle_cni::netlink::delete_link(handle, DEVICE).await?)
+pub async fn remove(kernel: &dyn Kernel) -> anyhow::Result<bool> {
+    Ok(kernel.delete_link(VXLAN_DEVICE).await?)
 }
 
-async fn neighbours(handle: &Handle, family: AddressFamily, index: u32) -> anyhow::Result<Vec<NeighbourMessage>> {
-    let all: Vec<NeighbourMessage> =
-        handle.neighbours().get().set_address_family(family).execute().try_collect().await?;
-    Ok(all.into_iter().filter(|m| m.header.ifindex == index).collect())
+/// The entries the VTEPs need: (on the FDB, address, MAC).
+fn wanted(vteps: &[Vtep]) -> BTreeSet<(bool, IpAddr, [u8; 6])> {
+    vteps.iter().flat_map(|v| [(false, IpAddr::V4(v.tunnel_ip), v.mac), (true, IpAddr::V4(v.node_ip), v.mac)]).collect()
 }
 
 /// Makes the ARP and FDB entries on the device match the VTEPs. Returns how many changed.
-pub async fn sync_vteps(handle: &Handle, index: u32, vteps: &[Vtep]) -> anyhow::Result<usize> {
+pub async fn sync_vteps(kernel: &dyn Kernel, index: u32, vteps: &[Vtep]) -> anyhow::Result<usize> {
+    let want = wanted(vteps);
+    let entry = |fdb: bool, ip: IpAddr, mac: [u8; 6]| Neighbour {
+        table: if fdb { Table::Fdb } else { Table::Arp },
+        index,
+        ip,
+        mac,
+        permanent: true,
+    };
+    let mut have = BTreeSet::new();
+    let mut stale = Vec::new();
+    for table in [Table::Arp, Table::Fdb] {
+        for n in kernel.neighbours(table, Some(index)).await? {
+            let key = (table == Table::Fdb, n.ip, n.mac);
+            // Entries the kernel learned are not ours to judge (learning is off, but an ARP
+            // reply still makes one); only permanent ones are.
+            if want.contains(&key) && (n.permanent || table == Table::Fdb) {
+                have.insert(key);
+            } else if n.permanent {
+                stale.push(n);
+            }
+        }
+    }
     let mut changes = 0;
-    let arp = neighbours(handle, AddressFamily::Inet, index).await?;
-    for vtep in vteps {
-        let present = arp.iter().any(|m| {
-            neighbour_ip(m) == Some(IpAddr::V4(vtep.tunnel_ip))
-                && neighbour_lladdr(m).as_deref() == Some(&vtep.mac[..])
-                && m.header.state == NeighbourState::Permanent
-        });
-        if !present {
-            tracing::debug!(ip = %vtep.tunnel_ip, "ARP entry added");
-            handle
-                .neighbours()
-                .add(index, vtep.tunnel_ip.into())
-                .link_layer_address(&vtep.mac)
-                .state(NeighbourState::Permanent)
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| anyhow::anyhow!("ARP entry for {}: {e}", vtep.tunnel_ip))?;
-            changes += 1;
-        }
+    for &(fdb, ip, mac) in want.difference(&have) {
+        tracing::debug!(%ip, fdb, "VTEP entry added");
+        kernel.set_neighbour(&entry(fdb, ip, mac)).await?;
+        changes += 1;
     }
-    for m in arp.iter().filter(|m| m.header.state == NeighbourState::Permanent) {
-        if !vteps.iter().any(|v| neighbour_ip(m) == Some(IpAddr::V4(v.tunnel_ip))) {
-            tracing::debug!(ip = ?neighbour_ip(m), "ARP entry removed");
-            handle.neighbours().del(m.clone()).execute().await?;
-            changes += 1;
-        }
-    }
-    let fdb = neighbours(handle, AddressFamily::Bridge, index).await?;
-    for vtep in vteps {
-        let present = fdb.iter().any(|m| {
-            neighbour_lladdr(m).as_deref() == Some(&vtep.mac[..]) && neighbour_ip(m) == Some(IpAddr::V4(vtep.node_ip))
-        });
-        if !present {
-            tracing::debug!(node = %vtep.node_ip, "FDB entry added");
-            handle
-                .neighbours()
-                .add_bridge(index, &vtep.mac)
-                .destination(vtep.node_ip.into())
-                .flags(NeighbourFlags::Own)
-                .state(NeighbourState::Permanent)
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| anyhow::anyhow!("FDB entry for {}: {e}", vtep.node_ip))?;
-            changes += 1;
-        }
-    }
-    for m in fdb.iter().filter(|m| neighbour_ip(m).is_some()) {
-        let wanted = vteps.iter().any(|v| {
-            neighbour_lladdr(m).as_deref() == Some(&v.mac[..]) && neighbour_ip(m) == Some(IpAddr::V4(v.node_ip))
-        });
-        if !wanted {
-            tracing::debug!(node = ?neighbour_ip(m), "FDB entry removed");
-            handle.neighbours().del(m.clone()).execute().await?;
-            changes += 1;
-        }
+    for n in stale {
+        tracing::debug!(ip = %n.ip, table = ?n.table, "VTEP entry removed");
+        kernel.delete_neighbour(&n).await?;
+        changes += 1;
     }
     Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use brindle_kernel::fake::FakeKernel;
+
+    fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
+    }
+
+    fn device(uplink: u32) -> Device {
+        Device {
+            vni: 4096,
+            port: 4789,
+            local: "10.0.0.2".parse().unwrap(),
+            uplink,
+            mac: [0x66, 0, 0, 0, 0, 2],
+            tunnel_ip: "10.244.0.0".parse().unwrap(),
+            mtu: 1450,
+        }
+    }
+
+    #[test]
+    fn the_device_is_made_once_and_remade_only_when_its_identity_changes() {
+        let kernel = FakeKernel::new();
+        kernel.state().sysctls.insert("kernel/osrelease".into(), "6.1.0-13-amd64".into());
+        let uplink = kernel.add_link("eth0", 1500);
+        let (index, changed) = block_on(ensure(&kernel, &device(uplink))).unwrap();
+        assert!(changed);
+        assert_eq!(
+            kernel.take_log(),
+            [
+                "link add vxlan.brindle vni 4096",
+                &format!("address add 10.244.0.0/32 dev {index}"),
+                "link set vxlan.brindle up mtu 1450"
+            ]
+        );
+        assert_eq!(block_on(ensure(&kernel, &device(uplink))).unwrap(), (index, false));
+        assert!(kernel.take_log().is_empty(), "nothing to change");
+        let moved = Device { vni: 4097, ..device(uplink) };
+        let (_, changed) = block_on(ensure(&kernel, &moved)).unwrap();
+        assert!(changed);
+        assert_eq!(kernel.take_log()[..2], ["link del vxlan.brindle", "link add vxlan.brindle vni 4097"]);
+    }
+
+    #[test]
+    fn old_kernels_get_checksum_offload_turned_off() {
+        let kernel = FakeKernel::new();
+        kernel.state().sysctls.insert("kernel/osrelease".into(), "5.4.0-150-generic".into());
+        let uplink = kernel.add_link("eth0", 1500);
+        block_on(ensure(&kernel, &device(uplink))).unwrap();
+        assert!(kernel.take_log().contains(&"run ethtool -K vxlan.brindle tx-checksum-ip-generic off".to_owned()));
+    }
+
+    #[test]
+    fn vteps_are_added_and_removed_and_a_failure_is_retried() {
+        let kernel = FakeKernel::new();
+        let index = kernel.add_link(VXLAN_DEVICE, 1450);
+        let vtep = |n: u8| Vtep {
+            tunnel_ip: Ipv4Addr::new(10, 244, n, 0),
+            mac: [0x66, 0, 0, 0, 0, n],
+            node_ip: Ipv4Addr::new(10, 0, 0, n),
+        };
+        assert_eq!(block_on(sync_vteps(&kernel, index, &[vtep(1), vtep(2)])).unwrap(), 4);
+        assert_eq!(block_on(sync_vteps(&kernel, index, &[vtep(1), vtep(2)])).unwrap(), 0);
+        kernel.take_log();
+        // Node 2 leaves, node 3 joins; the kernel refuses node 3's FDB entry once.
+        kernel.fail("Fdb 10.0.0.3");
+        assert!(block_on(sync_vteps(&kernel, index, &[vtep(1), vtep(3)])).is_err());
+        kernel.heal();
+        let changed = block_on(sync_vteps(&kernel, index, &[vtep(1), vtep(3)])).unwrap();
+        assert!(changed >= 1);
+        let left: Vec<IpAddr> = kernel.state().neighbours.iter().map(|n| n.ip).collect();
+        assert_eq!(left.len(), 4);
+        assert!(!left.contains(&IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))), "{left:?}");
+        assert!(left.contains(&IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3))), "{left:?}");
+    }
 }

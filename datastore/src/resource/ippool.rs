@@ -1,6 +1,8 @@
 //! IPPool: a range pods (and tunnel devices) take addresses from, and how traffic to it is
 //! carried between nodes.
 
+use std::net::IpAddr;
+
 use ipnetwork::IpNetwork;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -98,6 +100,63 @@ impl IpPool {
     /// Whether the pool may serve `usage`.
     pub fn allows(&self, usage: PoolUse) -> bool {
         self.allowed_uses.contains(&usage)
+    }
+
+    /// How the pool's traffic travels from a node whose address (with its subnet's prefix
+    /// length) is `mine` to another node at `peer`: VXLAN, else IP-in-IP (IPv4 only), each
+    /// when its mode is `Always`, or `CrossSubnet` and `peer` is outside `mine`'s subnet;
+    /// otherwise unencapsulated. The one rule the agent programs and `diagnose` explains.
+    pub fn encapsulation_toward(&self, mine: Option<IpNetwork>, peer: IpAddr) -> Encapsulation {
+        let same_subnet = mine.is_some_and(|net| net.contains(peer));
+        let applies = |mode: EncapMode| match mode {
+            EncapMode::Never => false,
+            EncapMode::Always => true,
+            EncapMode::CrossSubnet => !same_subnet,
+        };
+        if applies(self.vxlan_mode) {
+            Encapsulation::Vxlan
+        } else if self.cidr.is_ipv4() && applies(self.ipip_mode) {
+            Encapsulation::Ipip
+        } else {
+            Encapsulation::None
+        }
+    }
+
+    /// The most the pool's encapsulation can add to a packet, in bytes: what the pod MTU
+    /// leaves for it.
+    pub fn max_overhead(&self) -> u32 {
+        let v6 = self.cidr.is_ipv6();
+        if self.vxlan_mode != EncapMode::Never {
+            Encapsulation::Vxlan.overhead(v6)
+        } else if self.ipip_mode != EncapMode::Never && !v6 {
+            Encapsulation::Ipip.overhead(v6)
+        } else {
+            0
+        }
+    }
+}
+
+/// How a packet travels between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encapsulation {
+    /// As it is, routed to the node.
+    None,
+    /// In VXLAN (UDP) to the node's VTEP.
+    Vxlan,
+    /// In IP-in-IP to the node.
+    Ipip,
+}
+
+impl Encapsulation {
+    /// The bytes it adds to a packet of the family: VXLAN 50 over IPv4 and 70 over IPv6
+    /// (outer IP, UDP, VXLAN and Ethernet headers), IP-in-IP 20.
+    pub fn overhead(self, ipv6: bool) -> u32 {
+        match self {
+            Encapsulation::None => 0,
+            Encapsulation::Ipip => 20,
+            Encapsulation::Vxlan if ipv6 => 70,
+            Encapsulation::Vxlan => 50,
+        }
     }
 }
 
@@ -281,5 +340,30 @@ mod tests {
         let err = new.validate_update(&old).unwrap_err().to_string();
         assert!(err.contains("spec.cidr \"10.1.0.0/16\": is immutable (was 10.0.0.0/16)"), "{err}");
         assert!(err.contains("spec.blockSize \"28\": is immutable (was 26)"), "{err}");
+    }
+
+    #[test]
+    fn encapsulation_follows_the_modes_and_the_subnet() {
+        let mut pool = IpPool::new("10.244.0.0/16".parse().unwrap());
+        let mine = Some("10.0.0.5/24".parse().unwrap());
+        let (near, far) = ("10.0.0.9".parse().unwrap(), "10.0.1.9".parse().unwrap());
+        assert_eq!(pool.encapsulation_toward(mine, far), Encapsulation::None);
+        pool.ipip_mode = EncapMode::CrossSubnet;
+        assert_eq!(pool.encapsulation_toward(mine, near), Encapsulation::None);
+        assert_eq!(pool.encapsulation_toward(mine, far), Encapsulation::Ipip);
+        assert_eq!(pool.max_overhead(), 20);
+        pool.vxlan_mode = EncapMode::Always;
+        assert_eq!(pool.encapsulation_toward(mine, near), Encapsulation::Vxlan, "VXLAN wins");
+        assert_eq!(pool.max_overhead(), 50);
+        let mut v6 = IpPool::new("fd00:10:244::/64".parse().unwrap());
+        v6.ipip_mode = EncapMode::Always;
+        assert_eq!(
+            v6.encapsulation_toward(None, "fd00::9".parse().unwrap()),
+            Encapsulation::None,
+            "no IP-in-IP for IPv6"
+        );
+        assert_eq!(v6.max_overhead(), 0);
+        v6.vxlan_mode = EncapMode::CrossSubnet;
+        assert_eq!(v6.max_overhead(), 70);
     }
 }

@@ -26,12 +26,11 @@ pub use agent_config::{AgentConfiguration, BgpBackend, IptablesBackend, LogSever
 pub use bgp::{BgpConfiguration, BgpPassword, BgpPeer, Community, PrefixAdvertisement, SecretKeyRef, ServiceCidr};
 pub use bgp_filter::{BgpFilter, BgpFilterRule, FilterAction, MatchOperator, PrefixLength};
 pub use ipam_config::IpamConfiguration;
-pub use ippool::{EncapMode, IpPool, PoolUse};
+pub use ippool::{EncapMode, Encapsulation, IpPool, PoolUse};
 pub use node::{Node, NodeAddress, NodeBgp};
 pub use validation::{Problem, ValidationError, Validator};
 pub use workload::WorkloadEndpoint;
 
-use crate::client::{Applied, Client};
 use crate::{Error, Result};
 
 /// The apiVersion of every brindle resource.
@@ -204,6 +203,22 @@ fn decode_error<E: std::fmt::Display>(kind: &str, e: serde_path_to_error::Error<
     }
 }
 
+/// Work done with the type of a kind chosen by name at run time (see [`visit_kind`]).
+pub trait KindVisitor {
+    /// What the work gives.
+    type Output;
+    /// Does the work with spec type `S`; `wrap` makes an [`AnyResource`] of a `Resource<S>`.
+    fn visit<S: Spec>(self, wrap: fn(Resource<S>) -> AnyResource) -> Self::Output;
+}
+
+/// Work done with a resource of any kind as its own type (see [`AnyResource::visit`]).
+pub trait ResourceVisitor {
+    /// What the work gives.
+    type Output;
+    /// Does the work with `resource`; `wrap` makes an [`AnyResource`] of a `Resource<S>`.
+    fn visit<S: Spec>(self, resource: Resource<S>, wrap: fn(Resource<S>) -> AnyResource) -> Self::Output;
+}
+
 macro_rules! any_resource {
     ($($variant:ident($spec:ty)),* $(,)?) => {
         /// A resource of any kind, as found in a file of many documents.
@@ -251,52 +266,17 @@ macro_rules! any_resource {
             false
         }
 
+        /// Runs `visitor` with the spec type of `kind` (a name from [`KINDS`]); `None` for a
+        /// kind that does not exist.
+        pub fn visit_kind<V: KindVisitor>(kind: &str, visitor: V) -> Option<V::Output> {
+            $(if kind == <$spec as Spec>::KIND { return Some(visitor.visit::<$spec>(AnyResource::$variant)); })*
+            None
+        }
+
         impl AnyResource {
-            /// Every resource of `kind` (a name from [`KINDS`]), sorted by key.
-            pub async fn list(client: &Client, kind: &str) -> Result<Vec<AnyResource>> {
-                $(
-                    if kind == <$spec as Spec>::KIND {
-                        let (items, _) = client.list::<$spec>().await?;
-                        return Ok(items.into_iter().map(AnyResource::$variant).collect());
-                    }
-                )*
-                Err(Error::Invalid(format!("unknown kind \"{kind}\" (known: {})", KINDS.join(", "))))
-            }
-
-            /// One resource of `kind` by name.
-            pub async fn get(client: &Client, kind: &str, namespace: Option<&str>, name: &str) -> Result<AnyResource> {
-                $(
-                    if kind == <$spec as Spec>::KIND {
-                        return client.get::<$spec>(namespace, name).await.map(AnyResource::$variant);
-                    }
-                )*
-                Err(Error::Invalid(format!("unknown kind \"{kind}\" (known: {})", KINDS.join(", "))))
-            }
-
-            /// Creates it; an error if it exists.
-            pub async fn create(self, client: &Client) -> Result<AnyResource> {
-                match self { $(AnyResource::$variant(r) => client.create(r).await.map(AnyResource::$variant)),* }
-            }
-
-            /// Replaces it; an error if it does not exist. See [`Client::replace`].
-            pub async fn replace(self, client: &Client) -> Result<AnyResource> {
-                match self { $(AnyResource::$variant(r) => client.replace(r).await.map(AnyResource::$variant)),* }
-            }
-
-            /// Creates or replaces it. See [`Client::apply`].
-            pub async fn apply(self, client: &Client) -> Result<(AnyResource, Applied)> {
-                match self {
-                    $(AnyResource::$variant(r) => client.apply(r).await.map(|(r, done)| (AnyResource::$variant(r), done))),*
-                }
-            }
-
-            /// Deletes it (at its revision, when it carries one).
-            pub async fn delete(&self, client: &Client) -> Result<()> {
-                match self {
-                    $(AnyResource::$variant(r) => {
-                        client.delete::<$spec>(r.metadata.namespace.as_deref(), r.name(), r.revision()).await
-                    }),*
-                }
+            /// Runs `visitor` with the resource as its own type.
+            pub fn visit<V: ResourceVisitor>(self, visitor: V) -> V::Output {
+                match self { $(AnyResource::$variant(r) => visitor.visit(r, AnyResource::$variant)),* }
             }
         }
 

@@ -72,6 +72,11 @@ impl Node {
         self.bgp.as_ref().and_then(|b| b.ipv4_address)
     }
 
+    /// The node's address of `ip`'s family (with its subnet's prefix length).
+    pub fn address_like(&self, ip: IpAddr) -> Option<IpNetwork> {
+        self.bgp.as_ref().and_then(|b| if ip.is_ipv4() { b.ipv4_address } else { b.ipv6_address })
+    }
+
     /// Every address the node is known by: its BGP addresses of both families and the
     /// addresses it lists.
     pub fn known_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {

@@ -1,0 +1,279 @@
+//! brindle-kernel: every kernel effect brindle has, in one place.
+//!
+//! The [`Kernel`] trait is what the agent's drivers and `brindlectl` see: links, addresses,
+//! routes (thousands of requests in flight, many to a datagram), ARP and FDB entries, sysctls, and the programs that
+//! drive iptables and ipset. [`netlink::Netlink`] does it over rtnetlink in the calling
+//! thread's network namespace; [`fake::FakeKernel`] keeps the same state in memory, records
+//! every change and fails on demand, so a driver's diff, apply and retry are unit-tested
+//! without a kernel. The node's naming constants ([`names`]) live here once.
+//!
+//! The CNI plugin, which works in two namespaces at once (a veth pair between the node and a
+//! pod), uses the rtnetlink helpers of [`netlink`] directly.
+
+mod batch;
+pub mod fake;
+pub mod names;
+pub mod netlink;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use async_trait::async_trait;
+use ipnetwork::IpNetwork;
+
+/// What went wrong, naming the object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The kernel refused a request.
+    #[error("{what}: {message}")]
+    Refused {
+        /// The object and the change, e.g. `adding route 10.0.0.0/26 via 10.0.0.1`.
+        what: String,
+        /// The kernel's answer.
+        message: String,
+    },
+    /// The object is not there.
+    #[error("{0} does not exist")]
+    Missing(String),
+    /// A file or a program could not be used.
+    #[error("{0}")]
+    Io(String),
+    /// A program ran and failed.
+    #[error("{program} failed: {message}")]
+    Program {
+        /// The program and its arguments.
+        program: String,
+        /// What it said.
+        message: String,
+    },
+}
+
+/// The result of a kernel operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A VXLAN device's identity: what makes a device that exists right or wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vxlan {
+    /// VNI.
+    pub vni: u32,
+    /// UDP port.
+    pub port: u16,
+    /// The local underlay address.
+    pub local: Ipv4Addr,
+}
+
+/// A network device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Its name.
+    pub name: String,
+    /// Its index.
+    pub index: u32,
+    /// Administratively up.
+    pub up: bool,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its MAC address.
+    pub mac: Option<[u8; 6]>,
+    /// Its VXLAN identity, for a VXLAN device.
+    pub vxlan: Option<Vxlan>,
+}
+
+/// A VXLAN device to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVxlan {
+    /// Its name.
+    pub name: String,
+    /// Its identity.
+    pub vxlan: Vxlan,
+    /// The underlay device's index.
+    pub uplink: u32,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+}
+
+/// A route of the main table, reduced to what brindle sets and compares.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// What it covers.
+    pub dst: IpNetwork,
+    /// A blackhole: drops what it covers.
+    pub blackhole: bool,
+    /// Its next hop.
+    pub gateway: Option<IpAddr>,
+    /// Its device's index.
+    pub oif: Option<u32>,
+    /// The next hop is on the device whatever its address (tunnels).
+    pub onlink: bool,
+    /// Its routing protocol number ([`names::ROUTE_PROTOCOL`] for brindle's).
+    pub protocol: u8,
+}
+
+impl Route {
+    /// A route of brindle's protocol.
+    pub fn ours(dst: IpNetwork, gateway: Option<IpAddr>, oif: Option<u32>, onlink: bool) -> Route {
+        Route { dst, blackhole: false, gateway, oif, onlink, protocol: names::ROUTE_PROTOCOL }
+    }
+
+    /// A blackhole of brindle's protocol.
+    pub fn blackhole(dst: IpNetwork) -> Route {
+        Route { dst, blackhole: true, gateway: None, oif: None, onlink: false, protocol: names::ROUTE_PROTOCOL }
+    }
+}
+
+impl Route {
+    /// The route as `ip route` prints it, its device named `device` when given (else by index).
+    pub fn describe(&self, device: Option<&str>) -> String {
+        let mut text = String::new();
+        if self.blackhole {
+            text += "blackhole ";
+        }
+        text += &self.dst.to_string();
+        if let Some(gw) = self.gateway {
+            text += &format!(" via {gw}");
+        }
+        match (device, self.oif) {
+            (Some(name), _) => text += &format!(" dev {name}"),
+            (None, Some(oif)) => text += &format!(" oif {oif}"),
+            (None, None) => {}
+        }
+        if self.onlink {
+            text += " onlink";
+        }
+        text + &format!(" proto {}", self.protocol)
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe(None))
+    }
+}
+
+/// One change to the routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Add the route, or replace the one to the same destination.
+    Replace(Route),
+    /// Remove the route; one already gone is not an error.
+    Remove(Route),
+}
+
+/// Which neighbour table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// IPv4 ARP: an address's MAC.
+    Arp,
+    /// The bridge FDB: a MAC's remote VTEP (VXLAN).
+    Fdb,
+}
+
+/// A static neighbour entry: on ARP, `ip` has `mac`; on the FDB, `mac` is behind the VTEP
+/// `ip`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Neighbour {
+    /// The table.
+    pub table: Table,
+    /// The device's index.
+    pub index: u32,
+    /// The address (ARP) or the remote VTEP (FDB).
+    pub ip: IpAddr,
+    /// The MAC.
+    pub mac: [u8; 6],
+    /// Permanent (set by someone, not learned).
+    pub permanent: bool,
+}
+
+/// What a program printed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Whether it exited with 0.
+    pub success: bool,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+/// The kernel, as brindle changes it.
+#[async_trait]
+pub trait Kernel: Send + Sync {
+    /// Every link.
+    async fn links(&self) -> Result<Vec<Link>>;
+
+    /// Creates a VXLAN device (down, learning off).
+    async fn add_vxlan(&self, device: &NewVxlan) -> Result<()>;
+
+    /// Deletes a link; returns whether it existed.
+    async fn delete_link(&self, name: &str) -> Result<bool>;
+
+    /// Sets a link's MTU and brings it up.
+    async fn set_up(&self, index: u32, mtu: u32) -> Result<()>;
+
+    /// The addresses on a link.
+    async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>>;
+
+    /// Adds an address to a link.
+    async fn add_address(&self, index: u32, address: IpNetwork) -> Result<()>;
+
+    /// The routes of the main table, both families; of one protocol only when given.
+    async fn routes(&self, protocol: Option<u8>) -> Result<Vec<Route>>;
+
+    /// Makes the changes, many in flight at once; returns what failed, each naming its route.
+    async fn change_routes(&self, changes: Vec<RouteChange>) -> Vec<Error>;
+
+    /// The entries of a neighbour table, on one device when given.
+    async fn neighbours(&self, table: Table, index: Option<u32>) -> Result<Vec<Neighbour>>;
+
+    /// Adds or replaces a permanent neighbour entry.
+    async fn set_neighbour(&self, entry: &Neighbour) -> Result<()>;
+
+    /// Deletes a neighbour entry; one already gone is not an error.
+    async fn delete_neighbour(&self, entry: &Neighbour) -> Result<()>;
+
+    /// A sysctl's value (`net/ipv4/ip_forward`), trimmed.
+    fn sysctl(&self, path: &str) -> Result<String>;
+
+    /// Sets a sysctl.
+    fn set_sysctl(&self, path: &str, value: &str) -> Result<()>;
+
+    /// Runs one of the programs that drive the kernel (iptables-save and -restore, ipset,
+    /// ethtool) with `stdin`, and returns what it printed. Only failing to start it is an
+    /// error; its exit status is in the output.
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<Output>;
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Reads `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>().ok()?;
+    bytes.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_read_back_what_they_print() {
+        let mac = [0xee, 0xee, 0x0a, 0x01, 0x02, 0xff];
+        assert_eq!(format_mac(&mac), "ee:ee:0a:01:02:ff");
+        assert_eq!(parse_mac("ee:ee:0a:01:02:ff"), Some(mac));
+        assert_eq!(parse_mac("ee:ee:0a:01:02"), None);
+        assert_eq!(parse_mac("zz:ee:0a:01:02:ff"), None);
+        assert_eq!(parse_mac("ee:ee:0a:01:02:ff:00"), None);
+    }
+
+    #[test]
+    fn routes_print_like_ip_route() {
+        let r = Route::ours("10.244.1.0/26".parse().unwrap(), Some("10.0.0.2".parse().unwrap()), Some(3), true);
+        assert_eq!(r.to_string(), "10.244.1.0/26 via 10.0.0.2 oif 3 onlink proto 98");
+        assert_eq!(Route::blackhole("10.244.0.0/26".parse().unwrap()).to_string(), "blackhole 10.244.0.0/26 proto 98");
+        assert_eq!(r.describe(Some("eth0")), "10.244.1.0/26 via 10.0.0.2 dev eth0 onlink proto 98");
+    }
+}

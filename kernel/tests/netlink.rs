@@ -1,0 +1,93 @@
+//! The kernel layer against a real kernel, in a namespace made for each test: what it reads
+//! back is what it wrote, many routes go in and out in one call, and a refusal names exactly
+//! the route the kernel refused.
+
+use brindle_e2e::netns::{Netns, enter};
+use brindle_kernel::netlink::Netlink;
+use brindle_kernel::{Kernel, Neighbour, Route, RouteChange, Table, names::ROUTE_PROTOCOL};
+use ipnetwork::IpNetwork;
+
+/// A namespace with `eth0` (10.250.0.2/24, up), entered by this thread.
+fn node(tag: &str) -> Netns {
+    let ns = Netns::new("krn", tag).unwrap();
+    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]).unwrap();
+    ns.ip(&["addr", "add", "10.250.0.2/24", "dev", "eth0"]).unwrap();
+    ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    ns.ip(&["link", "set", "eth1", "up"]).unwrap();
+    enter(&ns.path()).unwrap();
+    ns
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn thousands_of_routes_go_in_and_out_and_a_refusal_names_its_route() {
+    let ns = node("rt");
+    runtime().block_on(async {
+        let kernel = Netlink::connect().unwrap();
+        let eth0 = kernel.links().await.unwrap().into_iter().find(|l| l.name == "eth0").unwrap();
+        assert!(eth0.up);
+        let via = "10.250.0.10".parse().unwrap();
+        let routes: Vec<Route> = (0..5000u32)
+            .map(|i| {
+                let dst = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 64, 0, 0)) + i * 64);
+                Route::ours(IpNetwork::new(dst.into(), 26).unwrap(), Some(via), Some(eth0.index), false)
+            })
+            .collect();
+        // One route the kernel must refuse: its gateway is on no network of this node.
+        let unreachable =
+            Route::ours("10.99.0.0/26".parse().unwrap(), Some("192.0.2.1".parse().unwrap()), Some(eth0.index), false);
+        let mut changes: Vec<RouteChange> = routes.iter().cloned().map(RouteChange::Replace).collect();
+        changes.insert(2500, RouteChange::Replace(unreachable));
+        let failures = kernel.change_routes(changes).await;
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].to_string().contains("adding route 10.99.0.0/26 via 192.0.2.1"), "{}", failures[0]);
+        let ours = kernel.routes(Some(ROUTE_PROTOCOL)).await.unwrap();
+        assert_eq!(ours.len(), 5000);
+        assert!(ours.contains(&routes[4999]), "what is read back is what was written");
+        assert_eq!(ns.ip(&["route", "show", "proto", "98"]).unwrap().lines().count(), 5000);
+
+        // Removing them, and one that is not there, fails nothing.
+        let mut removals: Vec<RouteChange> = routes.into_iter().map(RouteChange::Remove).collect();
+        removals.push(RouteChange::Remove(Route::blackhole("10.98.0.0/26".parse().unwrap())));
+        assert!(kernel.change_routes(removals).await.is_empty());
+        assert!(kernel.routes(Some(ROUTE_PROTOCOL)).await.unwrap().is_empty());
+    });
+}
+
+#[test]
+fn addresses_neighbours_and_sysctls_read_back_as_written() {
+    let ns = node("nb");
+    runtime().block_on(async {
+        let kernel = Netlink::connect().unwrap();
+        let eth0 = kernel.links().await.unwrap().into_iter().find(|l| l.name == "eth0").unwrap();
+        kernel.add_address(eth0.index, "10.251.0.1/32".parse().unwrap()).await.unwrap();
+        let addresses = kernel.addresses(eth0.index).await.unwrap();
+        assert!(
+            addresses.contains(&"10.251.0.1/32".parse().unwrap())
+                && addresses.contains(&"10.250.0.2/24".parse().unwrap())
+        );
+        let entry = Neighbour {
+            table: Table::Arp,
+            index: eth0.index,
+            ip: "10.250.0.77".parse().unwrap(),
+            mac: [0x66, 0, 0, 0, 0, 0x77],
+            permanent: true,
+        };
+        kernel.set_neighbour(&entry).await.unwrap();
+        assert!(kernel.neighbours(Table::Arp, Some(eth0.index)).await.unwrap().contains(&entry));
+        assert!(
+            ns.ip(&["neigh", "show", "dev", "eth0"])
+                .unwrap()
+                .contains("10.250.0.77 lladdr 66:00:00:00:00:77 PERMANENT")
+        );
+        kernel.delete_neighbour(&entry).await.unwrap();
+        kernel.delete_neighbour(&entry).await.unwrap(); // gone already: not an error
+        assert!(!kernel.neighbours(Table::Arp, Some(eth0.index)).await.unwrap().contains(&entry));
+        kernel.set_sysctl("net/ipv4/conf/eth0/rp_filter", "2").unwrap();
+        assert_eq!(kernel.sysctl("net/ipv4/conf/eth0/rp_filter").unwrap(), "2");
+        assert!(!kernel.delete_link("no-such-link").await.unwrap());
+    });
+}
