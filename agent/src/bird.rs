@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use brindle_bgp::rib::{FilterRule, PrefixFilter};
 
-use crate::bgp::{Plan, read_password};
+use crate::bgp::read_password;
+use crate::calc::bgp::Plan;
 use crate::calc::{Cluster, Me};
 
 /// The shipped template.
@@ -112,7 +113,7 @@ mod tests {
     use brindle_render::{Outcome, TemplateResource, render};
 
     use super::*;
-    use crate::bgp::plan;
+    use crate::calc::bgp::plan;
     use crate::fixtures::{self, me, settings};
 
     fn cluster(mesh: bool) -> Cluster {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use brindle_datastore::resource::{IpPool, Node, NodeBgp, Resource};
 
-use crate::bgp::Settings;
+use crate::calc::bgp::Settings;
 use crate::calc::{Cluster, Me};
 
 /// A node with a BGP IPv4 address, labels and, for reflectors, a cluster ID.
@@ -21,7 +21,13 @@ pub fn node(name: &str, ip: &str, labels: &[(&str, &str)], cluster_id: Option<&s
 
 /// The agent's view of itself on node `name` with IPv4 address `ip`.
 pub fn me(name: &str, ip: &str) -> Me {
-    Me { name: name.into(), ipv4: Some(ip.parse().unwrap()), ipv6: None, ipip_supported: false }
+    Me {
+        name: name.into(),
+        ipv4: Some(ip.parse().unwrap()),
+        ipv6: None,
+        ipip_supported: false,
+        tunnels: Default::default(),
+    }
 }
 
 /// Pool 10.244.0.0/16 and nodes a (a reflector labelled `rr=true`), b and c on 10.0.0.0/24.

@@ -5,6 +5,7 @@
 pub mod autodetect;
 pub mod bgp;
 pub mod bird;
+pub mod bird_daemon;
 pub mod calc;
 pub mod dataplane;
 #[cfg(test)]

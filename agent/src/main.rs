@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use brindle_agent::autodetect::{self, Method};
 use brindle_agent::bgp::Bgp;
 use brindle_agent::calc::{self, Cluster, Learned, Me};
-use brindle_agent::dataplane::{Dataplane, Host, iptables};
+use brindle_agent::dataplane::{Dataplane, iptables};
 use brindle_agent::logging::Logging;
 use brindle_agent::status::{self, Metrics};
 use brindle_agent::{startup, syncer};
@@ -149,7 +149,6 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         tracing::warn!("this kernel has no IP-in-IP (no tunl0): IP-in-IP pools cannot be routed; the others work");
     }
 
-    let me = Me { name: name.clone(), ipv4: Some(v4.address), ipv6: v6.as_ref().map(|d| d.address), ipip_supported };
     let backend = match config.iptables_backend {
         IptablesBackend::Auto => None,
         IptablesBackend::Legacy => Some(iptables::Backend::Legacy),
@@ -157,7 +156,22 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     };
     // AgentConfiguration's `mtu` wins over the detected uplink MTU.
     let uplink_mtu = if config.mtu != 0 { config.mtu } else { v4.mtu };
-    let std::net::IpAddr::V4(local) = v4.address.ip() else { anyhow::bail!("the IPv4 method found an IPv6 address") };
+    if !v4.address.is_ipv4() {
+        anyhow::bail!("the IPv4 method found an IPv6 address");
+    }
+    let tunnels = calc::Tunnels {
+        uplink_mtu,
+        vxlan_vni: config.vxlan_vni,
+        vxlan_port: config.vxlan_port,
+        vxlan_mac: startup::vxlan_mac(&name),
+    };
+    let me = Me {
+        name: name.clone(),
+        ipv4: Some(v4.address),
+        ipv6: v6.as_ref().map(|d| d.address),
+        ipip_supported,
+        tunnels,
+    };
     let metrics_listen = match args.metrics_listen.as_deref() {
         Some("off") => None,
         Some(listen) => Some(listen.parse::<SocketAddr>().with_context(|| format!("--metrics-listen {listen}"))?),
@@ -166,15 +180,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         }
     };
     let health_listen = args.health_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], config.health_port)));
-    let host = Host {
-        uplink: v4.interface.clone(),
-        ipv4: Some(local),
-        uplink_mtu,
-        vxlan_vni: config.vxlan_vni,
-        vxlan_port: config.vxlan_port,
-        vxlan_mac: startup::vxlan_mac(&name),
-    };
-    let dataplane = Dataplane::new(kernel, host, backend);
+    let dataplane = Dataplane::new(kernel, v4.interface.clone(), backend);
 
     let backend = args.bgp.unwrap_or(match config.bgp_backend {
         brindle_datastore::resource::BgpBackend::None => BgpBackend::None,
@@ -208,8 +214,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         rx.clone(),
         Arc::clone(&metrics),
     ));
-    let bgp_settings =
-        brindle_agent::bgp::Settings { hold_time: args.bgp_hold_time, secrets_dir: args.secrets_dir.clone() };
+    let bgp_settings = calc::bgp::Settings { hold_time: args.bgp_hold_time, secrets_dir: args.secrets_dir.clone() };
     let resync_every = args.resync_interval.unwrap_or(config.route_refresh_interval).max(Duration::from_secs(1));
     let mut resync = tokio::time::interval(resync_every);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -218,9 +223,9 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     let mut last_problems = Vec::new();
     let mut last_mtu = None;
     let mut bgp: Option<(Bgp, watch::Receiver<Learned>)> = None;
-    let mut bird: Option<BirdProcess> = None;
+    let mut bird: Option<brindle_agent::bird_daemon::BirdProcess> = None;
     let mut last_bgp_problems = Vec::new();
-    let agent = Agent { me: &me, dataplane: &dataplane, metrics: &metrics, state_dir: &args.state_dir, uplink_mtu };
+    let agent = Agent { me: &me, dataplane: &dataplane, metrics: &metrics, state_dir: &args.state_dir };
 
     loop {
         let learned_changed = async {
@@ -264,24 +269,24 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         if backend == BgpBackend::Embedded && bgp.is_none() {
             bgp = Some(Bgp::start(&me, &cluster).await.context("starting the BGP speaker")?);
         }
-        if backend == BgpBackend::Bird {
-            let plan = brindle_agent::bgp::plan(&me, &cluster, &bgp_settings);
-            if let Err(e) = render_bird(&me, &cluster, &plan, &args.state_dir, &mut bird) {
-                metrics.error("bgp");
-                tracing::warn!(error = %format!("{e:#}"), "BIRD configuration not updated");
+        // The BGP plan, one per pass, for whichever backend carries it out.
+        let plan = calc::bgp::plan(&me, &cluster, &bgp_settings);
+        if plan.problems != last_bgp_problems {
+            for problem in &plan.problems {
+                tracing::warn!(%problem, "BGP peering problem");
             }
+            last_bgp_problems.clone_from(&plan.problems);
+        }
+        if backend == BgpBackend::Bird
+            && let Err(e) = brindle_agent::bird_daemon::render_and_run(&me, &cluster, &plan, &args.state_dir, &mut bird)
+        {
+            metrics.error("bgp");
+            tracing::warn!(error = %format!("{e:#}"), "BIRD configuration not updated");
         }
         // BIRD installs the routes it learns itself; the agent leaves them to it.
         let bird_learned = Learned { routes: Default::default(), converged: true };
         let learned = match bgp.as_mut() {
             Some((speaker, learned)) => {
-                let plan = brindle_agent::bgp::plan(&me, &cluster, &bgp_settings);
-                if plan.problems != last_bgp_problems {
-                    for problem in &plan.problems {
-                        tracing::warn!(%problem, "BGP peering problem");
-                    }
-                    last_bgp_problems.clone_from(&plan.problems);
-                }
                 if let Err(e) = speaker.apply(plan).await {
                     metrics.error("bgp");
                     tracing::warn!(error = %e, "could not update the BGP speaker");
@@ -308,67 +313,12 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// BIRD run by the agent; stopped (SIGTERM, its kernel routes persist) with the agent.
-struct BirdProcess {
-    child: std::process::Child,
-    socket: PathBuf,
-}
-
-impl Drop for BirdProcess {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Renders BIRD's configuration from the plan (checked with `bird -p`), starts BIRD the
-/// first time, and has it reload when the configuration changed.
-fn render_bird(
-    me: &Me,
-    cluster: &Cluster,
-    plan: &brindle_agent::bgp::Plan,
-    state_dir: &std::path::Path,
-    bird: &mut Option<BirdProcess>,
-) -> anyhow::Result<()> {
-    let dir = state_dir.join("bird");
-    let socket = dir.join("bird.ctl");
-    let resource = brindle_render::TemplateResource {
-        src: "bird.conf.j2".into(),
-        dest: dir.join("bird.conf"),
-        keys: Vec::new(),
-        mode: 0o640,
-        check_cmd: Some("bird -p -c {src}".into()),
-        reload_cmd: bird.as_ref().map(|b| format!("birdc -s {} configure", b.socket.display())),
-    };
-    let context = brindle_agent::bird::context(me, cluster, plan)?;
-    brindle_render::render(&resource, brindle_agent::bird::TEMPLATE, &context)?;
-    if bird.as_mut().is_none_or(|b| b.child.try_wait().ok().flatten().is_some()) {
-        let child = std::process::Command::new("bird")
-            .arg("-f")
-            .arg("-c")
-            .arg(&resource.dest)
-            .arg("-s")
-            .arg(&socket)
-            .arg("-P")
-            .arg(dir.join("bird.pid"))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .context("starting bird (Debian package bird2)")?;
-        tracing::warn!(pid = child.id(), "BIRD started");
-        *bird = Some(BirdProcess { child, socket });
-    }
-    Ok(())
-}
-
 /// What one pass needs.
 struct Agent<'a> {
     me: &'a Me,
     dataplane: &'a Dataplane,
     metrics: &'a Metrics,
     state_dir: &'a std::path::Path,
-    uplink_mtu: u32,
 }
 
 impl Agent<'_> {
@@ -393,17 +343,14 @@ impl Agent<'_> {
             }
             last_problems.clone_from(&desired.problems);
         }
-        let mtu = startup::pod_mtu(self.uplink_mtu, &cluster.pools);
+        let mtu = desired.pod_mtu;
         if *last_mtu != Some(mtu) {
             match startup::publish(&self.state_dir.join("mtu"), &mtu.to_string()) {
                 Ok(_) => *last_mtu = Some(mtu),
                 Err(e) => tracing::warn!(error = %e, "could not publish the pod MTU"),
             }
         }
-        // The tunnel address is the Node's (startup::keep_tunnel_address assigns it).
-        let mine = cluster.nodes.iter().find(|n| n.metadata.name == self.me.name);
-        let tunnel_ip = mine.and_then(|n| n.spec.ipv4_vxlan_tunnel_addr);
-        let applied = self.dataplane.apply(&desired, tunnel_ip, full).await;
+        let applied = self.dataplane.apply(&desired, full).await;
         for (driver, _) in &applied.failures {
             self.metrics.error(driver);
         }

@@ -188,12 +188,6 @@ pub fn cni_kubeconfig(service_account: &Path, var: impl Fn(&str) -> Option<Strin
     ))
 }
 
-/// The pod MTU: the uplink's minus the largest encapsulation overhead the pools use.
-pub fn pod_mtu(uplink_mtu: u32, pools: &[Resource<IpPool>]) -> u32 {
-    let overhead = pools.iter().filter(|p| !p.spec.disabled).map(|p| p.spec.max_overhead()).max().unwrap_or(0);
-    uplink_mtu.saturating_sub(overhead)
-}
-
 /// Writes a file atomically (temporary file, fsync, rename), only when its content differs.
 pub fn publish(path: &Path, content: &str) -> anyhow::Result<bool> {
     if std::fs::read_to_string(path).is_ok_and(|c| c == content) {
@@ -273,17 +267,5 @@ mod tests {
         assert_ne!(mac, vxlan_mac("node-2"));
         assert_eq!(mac[0] & 0x01, 0, "unicast");
         assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
-    }
-
-    #[test]
-    fn pod_mtu_subtracts_the_largest_overhead() {
-        let mut vxlan = IpPool::new("10.244.0.0/16".parse().unwrap());
-        vxlan.vxlan_mode = EncapMode::Always;
-        let mut ipip = IpPool::new("10.245.0.0/16".parse().unwrap());
-        ipip.ipip_mode = EncapMode::CrossSubnet;
-        let plain = IpPool::new("10.246.0.0/16".parse().unwrap());
-        assert_eq!(pod_mtu(1500, &[Resource::new("p", plain.clone())]), 1500);
-        assert_eq!(pod_mtu(1500, &[Resource::new("p", plain), Resource::new("q", ipip.clone())]), 1480);
-        assert_eq!(pod_mtu(9000, &[Resource::new("p", ipip), Resource::new("q", vxlan)]), 8950);
     }
 }

@@ -1,5 +1,7 @@
 //! The desired dataplane, computed from the cluster's state: a pure function, so every rule
-//! of DESIGN.md's encapsulation table is tested without a kernel.
+//! of DESIGN.md's encapsulation table is tested without a kernel. `bgp` plans the BGP side.
+
+pub mod bgp;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -22,6 +24,27 @@ pub struct Me {
     pub ipv6: Option<IpNetwork>,
     /// Whether the kernel can do IP-in-IP here.
     pub ipip_supported: bool,
+    /// The node's own tunnel settings.
+    pub tunnels: Tunnels,
+}
+
+/// This node's tunnel settings (from its AgentConfiguration and its uplink).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnels {
+    /// The uplink's MTU, which every device's MTU derives from.
+    pub uplink_mtu: u32,
+    /// The VXLAN network identifier.
+    pub vxlan_vni: u32,
+    /// The VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// This node's VXLAN device MAC (the one its Node publishes).
+    pub vxlan_mac: [u8; 6],
+}
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Tunnels { uplink_mtu: 1500, vxlan_vni: 4096, vxlan_port: 4789, vxlan_mac: [0x66, 0, 0, 0, 0, 0] }
+    }
 }
 
 impl Me {
@@ -99,6 +122,32 @@ pub struct Vtep {
     pub node_ip: Ipv4Addr,
 }
 
+/// The VXLAN device as it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanDevice {
+    /// VNI.
+    pub vni: u32,
+    /// UDP port.
+    pub port: u16,
+    /// This node's underlay address (the VTEP).
+    pub local: Ipv4Addr,
+    /// The device's MAC.
+    pub mac: [u8; 6],
+    /// This node's tunnel address, on the device.
+    pub address: Ipv4Addr,
+    /// The device's MTU: the uplink's less VXLAN's overhead.
+    pub mtu: u32,
+}
+
+/// `tunl0` as it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpipDevice {
+    /// This node's tunnel address, on the device.
+    pub address: Ipv4Addr,
+    /// The device's MTU: the uplink's less IP-in-IP's overhead.
+    pub mtu: u32,
+}
+
 /// Everything the dataplane should hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
@@ -108,6 +157,13 @@ pub struct Desired {
     pub vxlan: bool,
     /// Whether this node needs `tunl0` (a pool uses IP-in-IP and the kernel has it).
     pub ipip: bool,
+    /// The VXLAN device, once this node has a tunnel address (`None` while `vxlan` waits
+    /// for one).
+    pub vxlan_device: Option<VxlanDevice>,
+    /// `tunl0`, once this node has a tunnel address.
+    pub ipip_device: Option<IpipDevice>,
+    /// The pods' MTU: the uplink's less the largest overhead the pools' encapsulation adds.
+    pub pod_mtu: u32,
     /// Remote VTEPs.
     pub vteps: Vec<Vtep>,
     /// Every pool's CIDR (the "inside" of natOutgoing).
@@ -188,6 +244,12 @@ enum Reach {
     Unadvertised,
 }
 
+/// The pod MTU: the uplink's less the largest encapsulation overhead the enabled pools use.
+pub fn pod_mtu(uplink_mtu: u32, pools: &[Resource<IpPool>]) -> u32 {
+    let overhead = pools.iter().filter(|p| !p.spec.disabled).map(|p| p.spec.max_overhead()).max().unwrap_or(0);
+    uplink_mtu.saturating_sub(overhead)
+}
+
 /// Computes the desired dataplane for `me`; `learned` holds BGP's routes when the agent runs
 /// a speaker (`None`: routes come from the datastore alone).
 pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired {
@@ -218,6 +280,23 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
     out.vxlan = cluster.pools.iter().any(|p| p.spec.vxlan_mode != EncapMode::Never && !p.spec.disabled);
     out.ipip =
         me.ipip_supported && cluster.pools.iter().any(|p| p.spec.ipip_mode != EncapMode::Never && !p.spec.disabled);
+    out.pod_mtu = pod_mtu(me.tunnels.uplink_mtu, &cluster.pools);
+    let tunnel_address = nodes.get(me.name.as_str()).and_then(|n| n.ipv4_vxlan_tunnel_addr);
+    let uplink_mtu = me.tunnels.uplink_mtu;
+    if let (true, Some(address), Some(IpAddr::V4(local))) = (out.vxlan, tunnel_address, me.ipv4.map(|n| n.ip())) {
+        out.vxlan_device = Some(VxlanDevice {
+            vni: me.tunnels.vxlan_vni,
+            port: me.tunnels.vxlan_port,
+            local,
+            mac: me.tunnels.vxlan_mac,
+            address,
+            mtu: uplink_mtu.saturating_sub(Encapsulation::Vxlan.overhead(false)),
+        });
+    }
+    if let (true, Some(address)) = (out.ipip, tunnel_address) {
+        let mtu = uplink_mtu.saturating_sub(Encapsulation::Ipip.overhead(false));
+        out.ipip_device = Some(IpipDevice { address, mtu });
+    }
 
     // Routes toward another node for `dst`, per the pool's mode; whether this node could
     // route it (a problem of its own stops it) or the other node's BGP did not advertise it.

@@ -29,7 +29,13 @@ fn block(cidr: &str, owner: &str) -> Block {
 }
 
 fn me(ipip: bool) -> Me {
-    Me { name: "a".into(), ipv4: Some("10.0.0.1/24".parse().unwrap()), ipv6: None, ipip_supported: ipip }
+    Me {
+        name: "a".into(),
+        ipv4: Some("10.0.0.1/24".parse().unwrap()),
+        ipv6: None,
+        ipip_supported: ipip,
+        tunnels: Tunnels::default(),
+    }
 }
 
 fn cluster(pool: Resource<IpPool>) -> Cluster {
@@ -206,4 +212,31 @@ fn the_firewall_knows_every_node_address_and_bgp_peer_and_their_ports() {
     assert_eq!(text(&d.node_addresses), ["10.0.0.1", "10.0.0.2", "10.0.1.3", "10.9.9.2"], "every address a node has");
     assert_eq!(text(&d.control_hosts), ["10.0.0.1", "10.0.0.2", "10.0.1.3", "10.9.9.2", "192.0.2.1"]);
     assert_eq!(d.bgp_ports, [179, 1179], "the cluster's port and the peer's own");
+}
+
+#[test]
+fn pod_mtu_subtracts_the_largest_overhead() {
+    let mut vxlan = IpPool::new("10.244.0.0/16".parse().unwrap());
+    vxlan.vxlan_mode = EncapMode::Always;
+    let mut ipip = IpPool::new("10.245.0.0/16".parse().unwrap());
+    ipip.ipip_mode = EncapMode::CrossSubnet;
+    let plain = IpPool::new("10.246.0.0/16".parse().unwrap());
+    assert_eq!(pod_mtu(1500, &[Resource::new("p", plain.clone())]), 1500);
+    assert_eq!(pod_mtu(1500, &[Resource::new("p", plain), Resource::new("q", ipip.clone())]), 1480);
+    assert_eq!(pod_mtu(9000, &[Resource::new("p", ipip), Resource::new("q", vxlan)]), 8950);
+}
+
+#[test]
+fn tunnel_devices_are_desired_once_the_node_has_its_tunnel_address() {
+    let mut c = cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never));
+    c.nodes[0].spec.ipv4_vxlan_tunnel_addr = None;
+    let d = desired(&me(true), &c, None);
+    assert!(d.vxlan && d.vxlan_device.is_none(), "no tunnel address yet: {d:?}");
+    c.nodes[0].spec.ipv4_vxlan_tunnel_addr = Some("10.244.0.0".parse().unwrap());
+    let device = desired(&me(true), &c, None).vxlan_device.unwrap();
+    assert_eq!(
+        (device.address, device.local, device.mtu),
+        ("10.244.0.0".parse().unwrap(), "10.0.0.1".parse().unwrap(), 1450)
+    );
+    assert_eq!(desired(&me(true), &c, None).pod_mtu, 1450);
 }

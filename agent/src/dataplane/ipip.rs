@@ -1,14 +1,17 @@
 //! `tunl0`, the kernel's IP-in-IP device (it exists in every namespace once the ipip module
 //! is loaded): up, with this node's tunnel address and the uplink MTU minus 20.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use brindle_kernel::Kernel;
 use brindle_kernel::names::IPIP_DEVICE;
 use ipnetwork::IpNetwork;
 
-/// Brings `tunl0` up with `address`. Returns whether anything changed.
-pub async fn ensure(kernel: &dyn Kernel, address: Ipv4Addr, mtu: u32) -> anyhow::Result<bool> {
+use crate::calc::IpipDevice;
+
+/// Brings `tunl0` up with its address and MTU. Returns whether anything changed.
+pub async fn ensure(kernel: &dyn Kernel, want: &IpipDevice) -> anyhow::Result<bool> {
+    let (address, mtu) = (want.address, want.mtu);
     let link = kernel
         .links()
         .await?
@@ -33,12 +36,12 @@ mod tests {
     fn tunl0_gets_the_address_once_and_a_kernel_without_it_is_named() {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let kernel = FakeKernel::new();
-        let address = "10.244.3.0".parse().unwrap();
-        let error = runtime.block_on(ensure(&kernel, address, 1480)).unwrap_err().to_string();
+        let want = IpipDevice { address: "10.244.3.0".parse().unwrap(), mtu: 1480 };
+        let error = runtime.block_on(ensure(&kernel, &want)).unwrap_err().to_string();
         assert!(error.contains("no ipip module"), "{error}");
         kernel.add_link(IPIP_DEVICE, 1480);
-        assert!(runtime.block_on(ensure(&kernel, address, 1480)).unwrap());
-        assert!(!runtime.block_on(ensure(&kernel, address, 1480)).unwrap());
+        assert!(runtime.block_on(ensure(&kernel, &want)).unwrap());
+        assert!(!runtime.block_on(ensure(&kernel, &want)).unwrap());
         assert_eq!(kernel.take_log(), ["address add 10.244.3.0/32 dev 1"]);
     }
 }

@@ -8,29 +8,11 @@ pub mod routes;
 pub mod sysctl;
 pub mod vxlan;
 
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use brindle_kernel::Kernel;
 
 use crate::calc::Desired;
-
-/// What the dataplane knows about this node beyond the desired state.
-#[derive(Debug, Clone)]
-pub struct Host {
-    /// The uplink interface.
-    pub uplink: String,
-    /// The node's IPv4 address on it.
-    pub ipv4: Option<Ipv4Addr>,
-    /// The uplink's MTU.
-    pub uplink_mtu: u32,
-    /// VXLAN VNI.
-    pub vxlan_vni: u32,
-    /// VXLAN UDP port.
-    pub vxlan_port: u16,
-    /// This node's VXLAN MAC.
-    pub vxlan_mac: [u8; 6],
-}
 
 /// The outcome of one pass.
 #[derive(Debug, Default)]
@@ -46,7 +28,8 @@ pub struct Applied {
 /// The kernel, through the kernel layer: the only writer.
 pub struct Dataplane {
     kernel: Arc<dyn Kernel>,
-    host: Host,
+    /// The uplink's name.
+    uplink: String,
     backend: iptables::Backend,
     /// The iptables rules last applied, IPv4 and IPv6: between full resyncs iptables is
     /// touched only when they change.
@@ -54,17 +37,17 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Drives `kernel`, with the iptables backend given or the one the host uses.
-    pub fn new(kernel: Arc<dyn Kernel>, host: Host, backend: Option<iptables::Backend>) -> Dataplane {
+    /// Drives `kernel` for a node whose uplink is `uplink`, with the iptables backend given
+    /// or the one the host uses.
+    pub fn new(kernel: Arc<dyn Kernel>, uplink: String, backend: Option<iptables::Backend>) -> Dataplane {
         let backend = backend.unwrap_or_else(|| iptables::Backend::detect(&*kernel));
-        tracing::info!(?backend, uplink = %host.uplink, "dataplane ready");
-        Dataplane { kernel, host, backend, applied_rules: Mutex::default() }
+        tracing::info!(?backend, %uplink, "dataplane ready");
+        Dataplane { kernel, uplink, backend, applied_rules: Mutex::default() }
     }
 
-    /// One pass over every driver. `tunnel_ip` is this node's tunnel address (on the VXLAN
-    /// device and on `tunl0`), if it has one. A `full` pass checks everything against the
-    /// kernel; another leaves iptables alone when its rules have not changed.
-    pub async fn apply(&self, desired: &Desired, tunnel_ip: Option<Ipv4Addr>, full: bool) -> Applied {
+    /// One pass over every driver. A `full` pass checks everything against the kernel;
+    /// another leaves iptables alone when its rules have not changed.
+    pub async fn apply(&self, desired: &Desired, full: bool) -> Applied {
         let kernel = &*self.kernel;
         let mut applied = Applied::default();
         let mut fail = |driver, e: anyhow::Error| {
@@ -74,20 +57,11 @@ impl Dataplane {
         if let Err(e) = sysctl::ensure(kernel, desired) {
             fail("sysctl", e);
         }
-        match (desired.vxlan, self.host.ipv4, tunnel_ip) {
-            (true, Some(local), Some(tunnel_ip)) => {
+        match (desired.vxlan, &desired.vxlan_device) {
+            (true, Some(device)) => {
                 let result = async {
-                    let devices = routes::Devices::read(kernel, &self.host.uplink).await?;
-                    let device = vxlan::Device {
-                        vni: self.host.vxlan_vni,
-                        port: self.host.vxlan_port,
-                        local,
-                        uplink: devices.uplink,
-                        mac: self.host.vxlan_mac,
-                        tunnel_ip,
-                        mtu: self.host.uplink_mtu.saturating_sub(50),
-                    };
-                    let (index, changed) = vxlan::ensure(kernel, &device).await?;
+                    let devices = routes::Devices::read(kernel, &self.uplink).await?;
+                    let (index, changed) = vxlan::ensure(kernel, device, devices.uplink).await?;
                     sysctl::vxlan_device(kernel)?;
                     let changes = vxlan::sync_vteps(kernel, index, &desired.vteps).await?;
                     anyhow::Ok(changes + usize::from(changed))
@@ -98,15 +72,15 @@ impl Dataplane {
                     Err(e) => fail("vxlan", e),
                 }
             }
-            (true, _, _) => fail("vxlan", anyhow::anyhow!("a pool uses VXLAN but this node has no tunnel address yet")),
-            (false, _, _) => match vxlan::remove(kernel).await {
+            (true, None) => fail("vxlan", anyhow::anyhow!("a pool uses VXLAN but this node has no tunnel address yet")),
+            (false, _) => match vxlan::remove(kernel).await {
                 Ok(removed) => applied.changes += usize::from(removed),
                 Err(e) => fail("vxlan", e),
             },
         }
         if desired.ipip {
-            match tunnel_ip {
-                Some(ip) => match ipip::ensure(kernel, ip, self.host.uplink_mtu.saturating_sub(20)).await {
+            match &desired.ipip_device {
+                Some(device) => match ipip::ensure(kernel, device).await {
                     Ok(changed) => applied.changes += usize::from(changed),
                     Err(e) => fail("ipip", e),
                 },
@@ -114,7 +88,7 @@ impl Dataplane {
             }
         }
         let routed = async {
-            let devices = routes::Devices::read(kernel, &self.host.uplink).await?;
+            let devices = routes::Devices::read(kernel, &self.uplink).await?;
             routes::sync(kernel, &desired.routes, &devices).await
         }
         .await;
@@ -128,7 +102,7 @@ impl Dataplane {
                 nat_pools: desired.nat_pools.iter().filter(|p| p.is_ipv6() == v6).copied().collect(),
                 nodes: desired.node_addresses.iter().filter(|a| a.is_ipv6() == v6).copied().collect(),
                 control_hosts: desired.control_hosts.iter().filter(|a| a.is_ipv6() == v6).copied().collect(),
-                vxlan_port: desired.vxlan.then_some(self.host.vxlan_port),
+                vxlan_port: desired.vxlan_device.as_ref().map(|d| d.port),
                 ipip: desired.ipip,
                 bgp_ports: desired.bgp_ports.clone(),
             };

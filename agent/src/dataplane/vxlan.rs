@@ -3,36 +3,17 @@
 //! datastore is the only source of VTEPs.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use brindle_kernel::names::VXLAN_DEVICE;
 use brindle_kernel::{Kernel, Neighbour, NewVxlan, Table, Vxlan};
 use ipnetwork::IpNetwork;
 
-use crate::calc::Vtep;
+use crate::calc::{Vtep, VxlanDevice};
 
-/// How the device should look.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
-    /// VNI.
-    pub vni: u32,
-    /// UDP port.
-    pub port: u16,
-    /// This node's underlay address.
-    pub local: Ipv4Addr,
-    /// The uplink's index.
-    pub uplink: u32,
-    /// The device's MAC (the one published in the Node resource).
-    pub mac: [u8; 6],
-    /// This node's tunnel address.
-    pub tunnel_ip: Ipv4Addr,
-    /// The device MTU.
-    pub mtu: u32,
-}
-
-/// Makes the device exist as `want` says, with its address, up. Returns its index and
-/// whether anything changed.
-pub async fn ensure(kernel: &dyn Kernel, want: &Device) -> anyhow::Result<(u32, bool)> {
+/// Makes the device exist as `want` says, on the uplink `uplink` (an index), with its
+/// address, up. Returns its index and whether anything changed.
+pub async fn ensure(kernel: &dyn Kernel, want: &VxlanDevice, uplink: u32) -> anyhow::Result<(u32, bool)> {
     let identity = Vxlan { vni: want.vni, port: want.port, local: want.local };
     let existing = kernel.links().await?.into_iter().find(|l| l.name == VXLAN_DEVICE);
     let mut changed = false;
@@ -43,13 +24,7 @@ pub async fn ensure(kernel: &dyn Kernel, want: &Device) -> anyhow::Result<(u32, 
                 tracing::info!("recreating {VXLAN_DEVICE}: its VNI, port, local address or MAC changed");
                 kernel.delete_link(VXLAN_DEVICE).await?;
             }
-            let device = NewVxlan {
-                name: VXLAN_DEVICE.into(),
-                vxlan: identity,
-                uplink: want.uplink,
-                mtu: want.mtu,
-                mac: want.mac,
-            };
+            let device = NewVxlan { name: VXLAN_DEVICE.into(), vxlan: identity, uplink, mtu: want.mtu, mac: want.mac };
             kernel.add_vxlan(&device).await?;
             changed = true;
             disable_tx_checksum_where_broken(kernel);
@@ -62,8 +37,8 @@ pub async fn ensure(kernel: &dyn Kernel, want: &Device) -> anyhow::Result<(u32, 
                 .index
         }
     };
-    if !kernel.addresses(index).await?.iter().any(|a| a.ip() == IpAddr::V4(want.tunnel_ip)) {
-        kernel.add_address(index, IpNetwork::new(want.tunnel_ip.into(), 32)?).await?;
+    if !kernel.addresses(index).await?.iter().any(|a| a.ip() == IpAddr::V4(want.address)) {
+        kernel.add_address(index, IpNetwork::new(want.address.into(), 32)?).await?;
         changed = true;
     }
     kernel.set_up(index, want.mtu).await?;
@@ -141,6 +116,8 @@ pub async fn sync_vteps(kernel: &dyn Kernel, index: u32, vteps: &[Vtep]) -> anyh
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
     use brindle_kernel::fake::FakeKernel;
 
@@ -148,14 +125,13 @@ mod tests {
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
     }
 
-    fn device(uplink: u32) -> Device {
-        Device {
+    fn device() -> VxlanDevice {
+        VxlanDevice {
             vni: 4096,
             port: 4789,
             local: "10.0.0.2".parse().unwrap(),
-            uplink,
             mac: [0x66, 0, 0, 0, 0, 2],
-            tunnel_ip: "10.244.0.0".parse().unwrap(),
+            address: "10.244.0.0".parse().unwrap(),
             mtu: 1450,
         }
     }
@@ -165,7 +141,7 @@ mod tests {
         let kernel = FakeKernel::new();
         kernel.state().sysctls.insert("kernel/osrelease".into(), "6.1.0-13-amd64".into());
         let uplink = kernel.add_link("eth0", 1500);
-        let (index, changed) = block_on(ensure(&kernel, &device(uplink))).unwrap();
+        let (index, changed) = block_on(ensure(&kernel, &device(), uplink)).unwrap();
         assert!(changed);
         assert_eq!(
             kernel.take_log(),
@@ -175,10 +151,10 @@ mod tests {
                 "link set vxlan.brindle up mtu 1450"
             ]
         );
-        assert_eq!(block_on(ensure(&kernel, &device(uplink))).unwrap(), (index, false));
+        assert_eq!(block_on(ensure(&kernel, &device(), uplink)).unwrap(), (index, false));
         assert!(kernel.take_log().is_empty(), "nothing to change");
-        let moved = Device { vni: 4097, ..device(uplink) };
-        let (_, changed) = block_on(ensure(&kernel, &moved)).unwrap();
+        let moved = VxlanDevice { vni: 4097, ..device() };
+        let (_, changed) = block_on(ensure(&kernel, &moved, uplink)).unwrap();
         assert!(changed);
         assert_eq!(kernel.take_log()[..2], ["link del vxlan.brindle", "link add vxlan.brindle vni 4097"]);
     }
@@ -188,7 +164,7 @@ mod tests {
         let kernel = FakeKernel::new();
         kernel.state().sysctls.insert("kernel/osrelease".into(), "5.4.0-150-generic".into());
         let uplink = kernel.add_link("eth0", 1500);
-        block_on(ensure(&kernel, &device(uplink))).unwrap();
+        block_on(ensure(&kernel, &device(), uplink)).unwrap();
         assert!(kernel.take_log().contains(&"run ethtool -K vxlan.brindle tx-checksum-ip-generic off".to_owned()));
     }
 

@@ -1,0 +1,534 @@
+//! The BGP plan, pure: for a cluster snapshot, which peers this node has (the node-to-node
+//! mesh, route reflectors, BGPPeers), with which filters and passwords, and which prefixes it
+//! originates (its blocks, borrowed addresses, service ranges) with their communities. The
+//! embedded speaker (`crate::bgp`) and BIRD's configuration (`crate::bird`) both carry it out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use brindle_bgp::attrs::PathAttrs;
+use brindle_bgp::rib::{FilterRule, PrefixFilter};
+use brindle_bgp::speaker::PeerSpec;
+use brindle_bgp::wire::Family;
+use brindle_datastore::resource::{BgpFilter, BgpFilterRule, FilterAction, Node, Resource};
+use brindle_datastore::selector::Selector;
+use ipnetwork::IpNetwork;
+
+use crate::calc::{Cluster, Me};
+
+/// This node's BGP settings that do not come from the resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The hold time proposed to peers, in seconds.
+    pub hold_time: u16,
+    /// Where Kubernetes secrets are mounted, one directory per secret (the layout of a secret
+    /// volume): a BGPPeer's `password.secretKeyRef {name, key}` is the file
+    /// `<secrets_dir>/<name>/<key>`.
+    pub secrets_dir: PathBuf,
+}
+
+/// What BGP should be doing for a cluster snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The sessions (passwords not yet filled in).
+    pub peers: Vec<PeerSpec>,
+    /// Files holding the TCP MD5 password of a peer.
+    pub passwords: BTreeMap<IpAddr, PathBuf>,
+    /// Why each peer is a peer: `mesh`, `reflector` (it reflects for us), `client` (we
+    /// reflect for it), `node` (a BGPPeer for selected nodes) or `global`.
+    pub kinds: BTreeMap<IpAddr, &'static str>,
+    /// The prefixes this node originates, with the communities each carries (`aa:nn` or
+    /// `aa:bb:cc`).
+    pub originate: BTreeMap<IpNetwork, Vec<String>>,
+    /// Peers whose BGPFilters put rules in front of the default filters.
+    pub filtered: BTreeSet<IpAddr>,
+    /// What is wrong with the peerings, in words: a peering left out, a filter missing.
+    pub problems: Vec<String>,
+}
+
+/// Puts the rules of the BGPFilters `names`, in order, in front of `peer`'s default import
+/// and export filters, for the peer's family. A filter that does not exist is left out and
+/// named in `problems`. Returns whether any rule was added.
+fn prepend_filters(
+    peer: &mut PeerSpec,
+    names: &[String],
+    filters: &[Resource<BgpFilter>],
+    problems: &mut Vec<String>,
+) -> bool {
+    let v6 = peer.address.is_ipv6();
+    let as_rule = |rule: &BgpFilterRule| {
+        let (prefix, min_len, max_len, negate) = rule.matching(v6);
+        FilterRule { prefix, min_len, max_len, negate, accept: rule.action == FilterAction::Accept }
+    };
+    let (mut import, mut export) = (Vec::new(), Vec::new());
+    for name in names {
+        let Some(filter) = filters.iter().find(|f| &f.metadata.name == name) else {
+            problems.push(format!("BGPFilter {name} does not exist; peer {} gets the default filters", peer.address));
+            continue;
+        };
+        let spec = &filter.spec;
+        let (imports, exports) =
+            if v6 { (&spec.import_v6, &spec.export_v6) } else { (&spec.import_v4, &spec.export_v4) };
+        import.extend(imports.iter().map(as_rule));
+        export.extend(exports.iter().map(as_rule));
+    }
+    let added = !(import.is_empty() && export.is_empty());
+    import.append(&mut peer.import.rules);
+    peer.import.rules = import;
+    export.append(&mut peer.export.rules);
+    peer.export.rules = export;
+    added
+}
+
+fn selects(selector: &str, labels: &BTreeMap<String, String>) -> Result<bool, String> {
+    selector.parse::<Selector>().map(|s| s.matches(labels)).map_err(|e| format!("selector \"{selector}\": {e}"))
+}
+
+/// Whether a BGPPeer applies to the node `name` with `labels`: its `node`, its
+/// `nodeSelector`, or every node when it names neither.
+fn applies_to(
+    spec: &brindle_datastore::resource::BgpPeer,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    match (&spec.node, &spec.node_selector) {
+        (Some(node), _) => Ok(node == name),
+        (None, Some(selector)) => selects(selector, labels),
+        (None, None) => Ok(true),
+    }
+}
+
+/// The plan for `me`: the node-to-node mesh (each session opened by the lower address only,
+/// so they never collide) and every BGPPeer that applies to this node; route reflectors
+/// treat nodes outside their cluster as clients. Nodes with addresses of both families peer
+/// once per family, as Calico's BIRD does, and each session carries its own family only:
+/// imports inside the pools, exports inside the pools and the advertised service ranges.
+pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
+    let hold_time = settings.hold_time;
+    let pools: Vec<IpNetwork> = cluster.pools.iter().map(|p| p.spec.cidr).collect();
+    let services: Vec<IpNetwork> =
+        cluster.bgp.service_cluster_ips.iter().chain(&cluster.bgp.service_external_ips).map(|s| s.cidr).collect();
+    let of_family = |ranges: &[IpNetwork], v6: bool| -> PrefixFilter {
+        PrefixFilter::only(&ranges.iter().copied().filter(|r| r.is_ipv6() == v6).collect::<Vec<_>>())
+    };
+    let import = [of_family(&pools, false), of_family(&pools, true)];
+    let exportable: Vec<IpNetwork> = pools.iter().chain(&services).copied().collect();
+    let export = [of_family(&exportable, false), of_family(&exportable, true)];
+    // Each session carries the family of its addresses, and only prefixes of it.
+    let with_filters = |mut peer: PeerSpec| -> PeerSpec {
+        let family = usize::from(peer.address.is_ipv6());
+        peer.families = vec![if peer.address.is_ipv6() { Family::IPV6_UNICAST } else { Family::IPV4_UNICAST }];
+        peer.import = import[family].clone();
+        peer.export = export[family].clone();
+        peer
+    };
+
+    let no_labels = BTreeMap::new();
+    let my_node = cluster.nodes.iter().find(|n| n.metadata.name == me.name);
+    let my_labels = my_node.map_or(&no_labels, |n| &n.metadata.labels);
+    let my_cluster_id = my_node.and_then(|n| n.spec.bgp.as_ref()).and_then(|b| b.route_reflector_cluster_id);
+    let mut out = Plan::default();
+    let mut peers: BTreeMap<IpAddr, PeerSpec> = BTreeMap::new();
+
+    // One session per family both nodes have an address of.
+    let node_peers = |node: &Resource<Node>| -> Vec<PeerSpec> {
+        let node_bgp = node.spec.bgp.as_ref();
+        let theirs = [node_bgp.and_then(|b| b.ipv4_address), node_bgp.and_then(|b| b.ipv6_address)];
+        theirs
+            .into_iter()
+            .flatten()
+            .filter_map(|their| {
+                let address = their.ip();
+                let mine = me.address_like(address).map(|n| n.ip())?;
+                let mut peer =
+                    PeerSpec::new(address, node_bgp.and_then(|b| b.as_number).unwrap_or(cluster.bgp.as_number));
+                peer.port = cluster.bgp.listen_port;
+                peer.hold_time = hold_time;
+                peer.passive = mine > address;
+                peer.local_address = Some(mine);
+                // A reflector reflects for every node that is not a reflector of its own cluster.
+                peer.rr_client =
+                    my_cluster_id.is_some() && node_bgp.and_then(|b| b.route_reflector_cluster_id) != my_cluster_id;
+                Some(with_filters(peer))
+            })
+            .collect()
+    };
+    if cluster.bgp.node_to_node_mesh_enabled {
+        for peer in cluster.nodes.iter().filter(|n| n.metadata.name != me.name).flat_map(node_peers) {
+            out.kinds.entry(peer.address).or_insert("mesh");
+            peers.entry(peer.address).or_insert(peer);
+        }
+    }
+    for resource in &cluster.peers {
+        let spec = &resource.spec;
+        let applies = match applies_to(spec, &me.name, my_labels) {
+            Ok(yes) => yes,
+            Err(e) => {
+                out.problems.push(format!("BGPPeer {}: {e}", resource.metadata.name));
+                continue;
+            }
+        };
+        if let Some(selector) = &spec.peer_selector {
+            // Selector peerings are symmetric, as in Calico: the nodes the peer applies to
+            // and the nodes it selects peer with each other, whichever side this node is on.
+            let i_am_selected = match selects(selector, my_labels) {
+                Ok(yes) => yes,
+                Err(e) => {
+                    out.problems.push(format!("BGPPeer {}: {e}", resource.metadata.name));
+                    continue;
+                }
+            };
+            for node in cluster.nodes.iter().filter(|n| n.metadata.name != me.name) {
+                let forward = applies && selects(selector, &node.metadata.labels).unwrap_or(false);
+                let reverse =
+                    i_am_selected && applies_to(spec, &node.metadata.name, &node.metadata.labels).unwrap_or(false);
+                if !(forward || reverse) {
+                    continue;
+                }
+                let reflects = node.spec.bgp.as_ref().is_some_and(|b| b.route_reflector_cluster_id.is_some());
+                for mut peer in node_peers(node) {
+                    if peers.contains_key(&peer.address) {
+                        continue;
+                    }
+                    if prepend_filters(&mut peer, &spec.filters, &cluster.filters, &mut out.problems) {
+                        out.filtered.insert(peer.address);
+                    }
+                    let kind = match (peer.rr_client, reflects) {
+                        (true, _) => "client",
+                        (false, true) => "reflector",
+                        (false, false) => "node",
+                    };
+                    out.kinds.insert(peer.address, kind);
+                    peers.insert(peer.address, peer);
+                }
+            }
+        }
+        if !applies {
+            continue;
+        }
+        if let Some(text) = &spec.peer_ip {
+            let Some((address, port)) = spec.peer_address() else {
+                out.problems.push(format!("BGPPeer {}: peerIP \"{text}\" is not an address", resource.metadata.name));
+                continue;
+            };
+            let name = &resource.metadata.name;
+            let Some(local) = me.address_like(address).map(|n| n.ip()) else {
+                out.problems.push(format!("BGPPeer {name}: this node has no address of {address}'s family"));
+                continue;
+            };
+            let password = match spec.password.as_ref().map(|p| (&p.file, &p.secret_key_ref)) {
+                None => None,
+                Some((Some(file), _)) => Some(file.clone()),
+                Some((None, Some(secret))) => match secret.file_in(&settings.secrets_dir) {
+                    Some(file) => Some(file),
+                    None => {
+                        out.problems.push(format!("BGPPeer {name}: secretKeyRef does not name a secret key"));
+                        continue;
+                    }
+                },
+                Some((None, None)) => {
+                    out.problems.push(format!("BGPPeer {name}: password names no source"));
+                    continue;
+                }
+            };
+            let mut peer = PeerSpec::new(address, spec.as_number.unwrap_or(cluster.bgp.as_number));
+            peer.port = port.unwrap_or(179);
+            peer.hold_time = hold_time;
+            peer.keep_original_next_hop = spec.keep_original_next_hop;
+            peer.max_restart_time = spec.max_restart_time.map(|d| d.as_secs().min(u64::from(u16::MAX)) as u16);
+            peer.local_address = Some(local);
+            let mut peer = with_filters(peer);
+            // A later BGPPeer for the same address replaces an earlier one whole.
+            out.passwords.remove(&address);
+            out.filtered.remove(&address);
+            if prepend_filters(&mut peer, &spec.filters, &cluster.filters, &mut out.problems) {
+                out.filtered.insert(address);
+            }
+            if let Some(file) = password {
+                out.passwords.insert(address, file);
+            }
+            out.kinds
+                .insert(address, if spec.node.is_some() || spec.node_selector.is_some() { "node" } else { "global" });
+            peers.insert(address, peer);
+        }
+    }
+    out.peers = peers.into_values().collect();
+    for block in &cluster.blocks {
+        let in_exported_pool =
+            cluster.pools.iter().any(|p| p.spec.cidr.contains(block.cidr.network()) && !p.spec.disable_bgp_export);
+        if !in_exported_pool {
+            continue;
+        }
+        if block.owner.as_deref() == Some(me.name.as_str()) {
+            out.originate.insert(block.cidr, Vec::new());
+        }
+        for (ip, allocation) in block.allocations() {
+            if allocation.node == me.name && block.owner.as_deref() != Some(me.name.as_str()) {
+                out.originate
+                    .insert(IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix"), Vec::new());
+            }
+        }
+    }
+    // Service ranges are advertised by every node, so traffic to them spreads over all.
+    for service in &services {
+        out.originate.insert(*service, Vec::new());
+    }
+    attach_communities(cluster, &mut out);
+    out
+}
+
+/// Gives each originated prefix the communities of every prefixAdvertisement that covers
+/// it; names resolve through BGPConfiguration's `communities`, other entries are literal.
+fn attach_communities(cluster: &Cluster, out: &mut Plan) {
+    for advertisement in &cluster.bgp.prefix_advertisements {
+        let mut values = Vec::new();
+        for entry in &advertisement.communities {
+            let value =
+                cluster.bgp.communities.iter().find(|c| c.name == *entry).map_or(entry.as_str(), |c| c.value.as_str());
+            match PathAttrs::local(None).add_community(value) {
+                Ok(()) => values.push(value.to_owned()),
+                Err(e) => out.problems.push(format!("prefixAdvertisement {}: {e}", advertisement.cidr)),
+            }
+        }
+        for (prefix, communities) in out.originate.iter_mut() {
+            let covered = advertisement.cidr.is_ipv4() == prefix.is_ipv4()
+                && advertisement.cidr.contains(prefix.network())
+                && prefix.prefix() >= advertisement.cidr.prefix();
+            if covered {
+                communities.extend(values.iter().cloned());
+            }
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use brindle_datastore::ipam::{Allocation, AllocationKind, Block};
+    use brindle_datastore::resource::BgpPeer;
+
+    use super::*;
+    use crate::fixtures::{cluster, me, settings};
+
+    fn peer(spec: BgpPeer) -> Resource<BgpPeer> {
+        Resource::new("peer", spec)
+    }
+
+    #[test]
+    fn the_mesh_is_opened_by_the_lower_address_only() {
+        let p = plan(&me("b", "10.0.0.2/24"), &cluster(true), &settings());
+        let addresses: Vec<String> = p.peers.iter().map(|p| p.address.to_string()).collect();
+        assert_eq!(addresses, ["10.0.0.1", "10.0.0.3"]);
+        assert!(p.peers[0].passive, "b waits for a, whose address is lower");
+        assert!(!p.peers[1].passive, "b connects to c");
+        assert!(p.peers.iter().all(|p| p.asn == 64512 && !p.rr_client));
+    }
+
+    #[test]
+    fn dual_stack_nodes_peer_once_per_family_each_session_carrying_its_own() {
+        use brindle_datastore::resource::IpPool;
+        let mut c = cluster(true);
+        c.pools.push(Resource::new("p6", IpPool::new("fd00:10:244::/56".parse().unwrap())));
+        for (node, ip) in c.nodes.iter_mut().zip(["fd00::1/64", "fd00::2/64"]) {
+            node.spec.bgp.as_mut().unwrap().ipv6_address = Some(ip.parse().unwrap());
+        }
+        let mut b = me("b", "10.0.0.2/24");
+        b.ipv6 = Some("fd00::2/64".parse().unwrap());
+        let p = plan(&b, &c, &settings());
+        let addresses: Vec<String> = p.peers.iter().map(|p| p.address.to_string()).collect();
+        assert_eq!(addresses, ["10.0.0.1", "10.0.0.3", "fd00::1"], "c has no IPv6 address, so no IPv6 session");
+        let v6 = &p.peers[2];
+        assert!(v6.passive, "fd00::1 is lower, so it connects");
+        assert_eq!(v6.families, [Family::IPV6_UNICAST], "an IPv6 session offers IPv6 only");
+        assert_eq!(v6.local_address, Some("fd00::2".parse().unwrap()));
+        let (v4_block, v6_block) = ("10.244.1.0/26".parse().unwrap(), "fd00:10:244::/122".parse().unwrap());
+        assert!(v6.import.accepts(&v6_block) && !v6.import.accepts(&v4_block));
+        assert!(p.peers[0].export.accepts(&v4_block) && !p.peers[0].export.accepts(&v6_block));
+        assert_eq!(p.kinds[&v6.address], "mesh");
+    }
+
+    #[test]
+    fn bgp_filters_come_before_the_defaults_in_the_order_the_peer_names_them() {
+        use brindle_datastore::resource::{BgpFilter, BgpFilterRule, MatchOperator};
+        let rule = |action, cidr: &str| BgpFilterRule {
+            action,
+            match_operator: Some(MatchOperator::In),
+            cidr: Some(cidr.parse().unwrap()),
+            prefix_length: None,
+        };
+        let mut c = cluster(true);
+        c.filters = vec![
+            Resource::new(
+                "outside",
+                BgpFilter { import_v4: vec![rule(FilterAction::Accept, "192.168.0.0/16")], ..BgpFilter::default() },
+            ),
+            Resource::new(
+                "no-pool-slice",
+                BgpFilter {
+                    import_v4: vec![rule(FilterAction::Reject, "10.244.128.0/17")],
+                    export_v4: vec![rule(FilterAction::Reject, "10.244.128.0/17")],
+                    ..BgpFilter::default()
+                },
+            ),
+        ];
+        c.peers.push(peer(BgpPeer {
+            peer_ip: Some("10.0.0.254".into()),
+            as_number: Some(65001),
+            filters: vec!["outside".into(), "missing".into(), "no-pool-slice".into()],
+            ..BgpPeer::default()
+        }));
+        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        let external = p.peers.iter().find(|p| p.address.to_string() == "10.0.0.254").unwrap();
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        assert!(external.import.accepts(&net("192.168.5.0/24")), "let in by the first filter");
+        assert!(!external.import.accepts(&net("10.244.200.0/24")), "kept out by the second");
+        assert!(external.import.accepts(&net("10.244.1.0/26")), "the defaults decide the rest");
+        assert!(!external.import.accepts(&net("172.16.0.0/24")));
+        assert!(!external.export.accepts(&net("10.244.200.0/26")), "a slice of the pool kept in");
+        assert!(external.export.accepts(&net("10.244.1.0/26")), "the rest of the pool still goes out");
+        assert_eq!(external.families, [Family::IPV4_UNICAST]);
+        assert!(p.filtered.contains(&external.address) && p.filtered.len() == 1, "{:?}", p.filtered);
+        assert!(p.problems.iter().any(|e| e.contains("BGPFilter missing does not exist")), "{:?}", p.problems);
+        let mesh = p.peers.iter().find(|p| p.address.to_string() == "10.0.0.1").unwrap();
+        assert!(!mesh.import.accepts(&net("192.168.5.0/24")), "mesh sessions keep the defaults");
+    }
+
+    #[test]
+    fn service_ranges_pass_the_export_filter_but_not_the_import_filter() {
+        use brindle_datastore::resource::ServiceCidr;
+        let mut c = cluster(true);
+        c.bgp.service_cluster_ips = vec![ServiceCidr { cidr: "10.96.0.0/12".parse().unwrap() }];
+        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        let services = "10.96.0.0/12".parse().unwrap();
+        assert!(p.peers.iter().all(|peer| peer.export.accepts(&services) && !peer.import.accepts(&services)));
+    }
+
+    #[test]
+    fn reflectors_take_other_nodes_as_clients_and_clients_peer_only_with_them() {
+        let mut c = cluster(false);
+        c.peers.push(peer(BgpPeer {
+            node_selector: Some("all()".into()),
+            peer_selector: Some("rr == 'true'".into()),
+            ..BgpPeer::default()
+        }));
+        // One BGPPeer, as Calico's docs write it: the reflector learns its clients from the
+        // same resource (selector peerings are symmetric).
+        let reflector = plan(&me("a", "10.0.0.1/24"), &c, &settings());
+        assert_eq!(reflector.peers.len(), 2);
+        assert!(reflector.peers.iter().all(|p| p.rr_client), "{:?}", reflector.peers);
+        let client = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        let addresses: Vec<String> = client.peers.iter().map(|p| p.address.to_string()).collect();
+        assert_eq!(addresses, ["10.0.0.1"], "with the mesh off a client peers only with the reflector");
+        assert!(!client.peers[0].rr_client);
+    }
+
+    #[test]
+    fn external_peers_apply_to_their_nodes_with_port_and_password_file() {
+        let mut c = cluster(true);
+        c.peers.push(peer(BgpPeer {
+            node: Some("b".into()),
+            peer_ip: Some("10.0.0.254:1179".into()),
+            as_number: Some(65001),
+            password: Some(brindle_datastore::resource::BgpPassword {
+                file: Some("/etc/brindle/bgp-pw".into()),
+                secret_key_ref: None,
+            }),
+            keep_original_next_hop: true,
+            max_restart_time: Some(std::time::Duration::from_secs(30)),
+            ..BgpPeer::default()
+        }));
+        c.peers.push(peer(BgpPeer {
+            node_selector: Some("!!bad".into()),
+            peer_ip: Some("10.0.0.253".into()),
+            ..BgpPeer::default()
+        }));
+        let b = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        let external = b.peers.iter().find(|p| p.address.to_string() == "10.0.0.254").expect("the external peer");
+        assert_eq!((external.port, external.asn), (1179, 65001));
+        assert!(external.keep_original_next_hop);
+        assert_eq!(external.max_restart_time, Some(30));
+        assert_eq!(
+            b.passwords.get(&external.address).map(|p| p.display().to_string()).as_deref(),
+            Some("/etc/brindle/bgp-pw")
+        );
+        assert!(b.problems.iter().any(|p| p.contains("!!bad")), "{:?}", b.problems);
+        let c_plan = plan(&me("c", "10.0.0.3/24"), &c, &settings());
+        assert!(c_plan.peers.iter().all(|p| p.address.to_string() != "10.0.0.254"), "the peer is b's alone");
+    }
+
+    #[test]
+    fn a_later_peer_for_the_same_address_replaces_the_earlier_whole_and_families_must_match() {
+        use brindle_datastore::resource::BgpPassword;
+        let mut c = cluster(true);
+        let password = BgpPassword { file: Some("/etc/brindle/pw".into()), secret_key_ref: None };
+        let upstream = BgpPeer { peer_ip: Some("10.0.0.254".into()), as_number: Some(65001), ..BgpPeer::default() };
+        c.peers.push(peer(BgpPeer { password: Some(password), ..upstream.clone() }));
+        c.peers.push(peer(upstream));
+        c.peers.push(peer(BgpPeer { peer_ip: Some("fd00::9".into()), as_number: Some(65001), ..BgpPeer::default() }));
+        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        assert!(p.passwords.is_empty(), "the later peer has no password: {:?}", p.passwords);
+        assert!(p.peers.iter().all(|peer| peer.address.is_ipv4()), "{:?}", p.peers);
+        assert!(p.problems.iter().any(|e| e.contains("no address of fd00::9's family")), "{:?}", p.problems);
+    }
+
+    #[test]
+    fn a_secret_reference_is_read_from_the_mounted_secret() {
+        use brindle_datastore::resource::{BgpPassword, SecretKeyRef};
+        let mut c = cluster(true);
+        c.peers.push(peer(BgpPeer {
+            peer_ip: Some("10.0.0.254".into()),
+            as_number: Some(65001),
+            password: Some(BgpPassword {
+                secret_key_ref: Some(SecretKeyRef { name: "bgp-secrets".into(), key: "upstream".into() }),
+                file: None,
+            }),
+            ..BgpPeer::default()
+        }));
+        let b = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        assert_eq!(
+            b.passwords[&"10.0.0.254".parse::<IpAddr>().unwrap()],
+            Path::new("/etc/brindle/secrets/bgp-secrets/upstream")
+        );
+        assert!(b.problems.is_empty(), "{:?}", b.problems);
+    }
+
+    #[test]
+    fn own_blocks_and_borrowed_addresses_are_originated_unless_export_is_disabled() {
+        let mut c = cluster(true);
+        let mut theirs = Block::new("10.244.1.0/26".parse().unwrap(), Some("c".into()));
+        let borrowed = Allocation {
+            handle: "n.x".into(),
+            kind: AllocationKind::Workload,
+            node: "b".into(),
+            ..Allocation::default()
+        };
+        theirs.allocate(borrowed, 0, 0).unwrap();
+        c.blocks = vec![Block::new("10.244.0.0/26".parse().unwrap(), Some("b".into())), theirs];
+        let originated: Vec<String> =
+            plan(&me("b", "10.0.0.2/24"), &c, &settings()).originate.keys().map(ToString::to_string).collect();
+        assert_eq!(originated, ["10.244.0.0/26", "10.244.1.0/32"]);
+        c.pools[0].spec.disable_bgp_export = true;
+        assert!(plan(&me("b", "10.0.0.2/24"), &c, &settings()).originate.is_empty());
+    }
+
+    #[test]
+    fn service_ranges_are_advertised_and_communities_attached_by_range() {
+        use brindle_datastore::resource::{Community, PrefixAdvertisement, ServiceCidr};
+        let mut c = cluster(true);
+        c.blocks = vec![Block::new("10.244.0.0/26".parse().unwrap(), Some("b".into()))];
+        c.bgp.service_cluster_ips = vec![ServiceCidr { cidr: "10.96.0.0/12".parse().unwrap() }];
+        c.bgp.communities = vec![Community { name: "pods".into(), value: "64512:100".into() }];
+        c.bgp.prefix_advertisements = vec![
+            PrefixAdvertisement {
+                cidr: "10.244.0.0/16".parse().unwrap(),
+                communities: vec!["pods".into(), "1:2:3".into()],
+            },
+            PrefixAdvertisement { cidr: "10.96.0.0/12".parse().unwrap(), communities: vec!["99999:1".into()] },
+        ];
+        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        assert_eq!(p.originate[&"10.244.0.0/26".parse().unwrap()], ["64512:100", "1:2:3"]);
+        assert!(p.originate[&"10.96.0.0/12".parse().unwrap()].is_empty(), "the bad community is dropped");
+        assert!(p.problems.iter().any(|e| e.contains("99999:1")), "{:?}", p.problems);
+    }
+}
