@@ -5,9 +5,16 @@
 # each: seconds from the first route to every prefix held, the receiver's CPU seconds for that,
 # and its peak RSS; then the ratios to BIRD.
 #
+# Two more receivers put the table into the kernel, and are counted there: "node" is
+# brindle-node (its embedded speaker, a BGPPeer for the sender with a BGPFilter that lets
+# everything in, an SQLite datastore), "birdkernel" is BIRD 2 exporting to the kernel with its
+# kernel protocol; their ratios are to birdkernel:
+#
+#   RECEIVERS="node birdkernel" bench/bgp-receive.sh 100000
+#
 #   bench/bgp-receive.sh [N]        (as root; builds brindle-bgp in release mode)
 #
-# RECEIVERS="brindle bird" picks receivers; PROFILE=FILE records brindle-bgp with perf into FILE;
+# RECEIVERS="brindle bird" picks receivers; PROFILE=FILE records brindle-bgp (or brindle-node) with perf into FILE;
 # BASELINE=PATH adds receiver "baseline": another brindle-bgp build, to compare two versions in
 # one run (e.g. RECEIVERS="baseline brindle bird baseline brindle").
 set -euo pipefail
@@ -15,8 +22,10 @@ cd "$(dirname "$0")/.."
 N=${1:-1000000}
 SETS=250
 scripts/install-deps.sh
-cargo build --release --locked -p brindle-bgp >&2
+cargo build --release --locked -p brindle-bgp -p brindle-agent -p brindlectl >&2
 BRINDLE=$PWD/target/release/brindle-bgp
+NODE=$PWD/target/release/brindle-node
+CTL=$PWD/target/release/brindlectl
 
 tag=bb$$
 work=$(mktemp -d /tmp/brindle-bench-bgp.XXXXXX)
@@ -80,6 +89,30 @@ protocol device {}
 protocol bgp upstream { local 10.77.0.2 as 64512; neighbor 10.77.0.1 as 64512; direct; passive on; hold time 240;
   ipv4 { import all; export none; gateway direct; }; }
 EOF
+cat > "$work/bird-kernel.conf" <<EOF
+router id 10.77.0.2;
+protocol device {}
+protocol kernel { ipv4 { export all; }; merge paths off; }
+protocol bgp upstream { local 10.77.0.2 as 64512; neighbor 10.77.0.1 as 64512; direct; passive on; hold time 240;
+  ipv4 { import all; export none; gateway direct; }; }
+EOF
+cat > "$work/node-resources.yaml" <<EOF
+apiVersion: brindle.io/v1
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {asNumber: 64512, nodeToNodeMeshEnabled: false}
+---
+apiVersion: brindle.io/v1
+kind: BGPFilter
+metadata: {name: everything}
+spec:
+  importV4: [{action: Accept}]
+---
+apiVersion: brindle.io/v1
+kind: BGPPeer
+metadata: {name: feed}
+spec: {peerIP: 10.77.0.1, asNumber: 64512, filters: [everything]}
+EOF
 cat > "$work/gobgp.toml" <<EOF
 [global.config]
   as = 64512
@@ -102,6 +135,8 @@ held() {
         brindle|baseline) "$(binary "$1")" status --json --socket "$work/brindle.sock" 2>/dev/null | awk -F: '/prefixes_accepted/ { gsub(/[ ,]/, "", $2); print $2; exit }' ;;
         bird) birdc -s "$work/receiver.ctl" show protocols all upstream 2>/dev/null | awk '/Routes:/ { print $2; exit }' ;;
         gobgp) ip netns exec "$tag-r" gobgp neighbor 10.77.0.1 2>/dev/null | awk '/Accepted:/ { print $2; exit }' ;;
+        node) ip -n "$tag-r" route show proto 98 | wc -l ;;
+        birdkernel) ip -n "$tag-r" route show proto bird | wc -l ;;
     esac
 }
 
@@ -120,6 +155,13 @@ measure() {
             fi ;;
         bird) ip netns exec "$tag-r" bird -f -c "$work/bird-receiver.conf" -s "$work/receiver.ctl" -P "$work/receiver.pid" & ;;
         gobgp) ip netns exec "$tag-r" gobgpd -f "$work/gobgp.toml" -p --pprof-disable -l warn >/dev/null & ;;
+        node)
+            rm -rf "$work/node" && mkdir -p "$work/node"
+            "$CTL" --datastore "sqlite://$work/node/brindle.db" apply -f "$work/node-resources.yaml" >/dev/null
+            ip netns exec "$tag-r" ${PROFILE:+perf record -F 499 --call-graph dwarf,16384 -o "$PROFILE" --} "$NODE" --datastore "sqlite://$work/node/brindle.db" --nodename receiver \
+                --bgp embedded --metrics-listen off --state-dir "$work/node" --status-socket "$work/node/node.sock" \
+                2>"$work/node/agent.log" & ;;
+        birdkernel) ip netns exec "$tag-r" bird -f -c "$work/bird-kernel.conf" -s "$work/receiver.ctl" -P "$work/receiver.pid" & ;;
     esac
     local wrapper=$!
     pids+=("$wrapper")
@@ -145,8 +187,9 @@ measure() {
         if [ "$stable" -gt 600 ]; then echo "$name stalled at $count of $routes" >&2; break; fi
         polls=$((polls + 1))
         if [ $((polls % 20)) = 0 ]; then echo "  $name: $count of $routes" >&2; fi
-        # Asking GoBGP walks its whole table (seconds at a million routes): ask it rarely.
-        if [ "$name" = gobgp ]; then sleep 5; else sleep 0.05; fi
+        # Asking GoBGP walks its whole table (seconds at a million routes): ask it rarely; the
+        # kernel's table is listed whole too.
+        case $name in gobgp) sleep 5 ;; node | birdkernel) sleep 0.2 ;; *) sleep 0.05 ;; esac
     done
     local secs cpu rss
     secs=$(echo "$now - ${first:-$start}" | bc)
@@ -154,6 +197,9 @@ measure() {
     rss=$(peak_rss_kib "$pid")
     kill "$sender" "$pid" 2>/dev/null || true
     wait "$sender" "$pid" 2>/dev/null || true
+    # The kernel's copy goes before the next receiver's turn.
+    ip -n "$tag-r" route flush proto 98 2>/dev/null || true
+    ip -n "$tag-r" route flush proto bird 2>/dev/null || true
     printf '%s %s %s %s %s\n' "$name" "$count" "$secs" "$cpu" "$rss"
 }
 
@@ -172,8 +218,11 @@ median() {
 
 # Ratios are to BIRD's median over its runs; with several runs of a receiver (this machine
 # varies by 20% run to run), its medians follow.
-bird_cpu=$(median bird 4)
-bird_rss=$(median bird 5)
+# The kernel receivers are compared with BIRD's kernel protocol when BIRD itself did not run.
+reference=bird
+if [ -z "$(median bird 4)" ]; then reference=birdkernel; fi
+bird_cpu=$(median "$reference" 4)
+bird_rss=$(median "$reference" 5)
 row() {
     awk -v bc="$bird_cpu" -v br="$bird_rss" '{
         printf "%-8s %10d %10.2f %10.2f %12.1f %10.0f %10.2f %10.2f\n", $1, $2, $3, $4, $5 / 1024, $5 * 1024 / ($2 > 0 ? $2 : 1), (bc > 0 ? $4 / bc : 0), (br > 0 ? $5 / br : 0) }'

@@ -27,6 +27,11 @@ use crate::session::{self, FromSession, SessionParams, ToSession};
 use crate::wire::attribute::put_attribute;
 use crate::wire::{Attribute, Codec, Family, Message, MpReach, MpUnreach, RouteRefresh, Update, Value};
 
+/// Best-route events buffered for subscribers. A subscriber that falls further behind must
+/// re-read the whole table, which while a full table arrives costs far more than the events;
+/// 65,536 of them (a few MB) make that rare.
+const ROUTE_EVENTS: usize = 1 << 16;
+
 /// The speaker's own settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpeakerConfig {
@@ -204,7 +209,7 @@ impl Speaker {
             listeners.push(TcpListener::bind(addr).await.map_err(|e| SpeakerError::Listen(addr, e))?);
         }
         let (commands, rx) = mpsc::channel(256);
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(ROUTE_EVENTS);
         let (from_sessions, sessions_rx) = mpsc::channel(1024);
         let core = Core {
             rib: Rib::new(config.asn, config.router_id, config.cluster_id),
