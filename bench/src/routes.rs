@@ -78,11 +78,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let (ours, resync) = runtime.block_on(async {
             let devices = routes::Devices::read(&kernel, "eth0").await?;
             let started = Instant::now();
-            let changes = routes::sync(&kernel, &routes, &devices).await?;
+            let (changes, _) = routes::sync(&kernel, &routes, &devices, None).await?;
             let ours = started.elapsed();
             anyhow::ensure!(changes == count, "brindle made {changes} changes for {count} routes");
             let started = Instant::now();
-            let again = routes::sync(&kernel, &routes, &devices).await?;
+            let (again, _) = routes::sync(&kernel, &routes, &devices, None).await?;
             anyhow::ensure!(again == 0, "a resync with nothing to change made {again} changes");
             anyhow::Ok((ours, started.elapsed()))
         })?;

@@ -46,7 +46,7 @@ async fn many_processes(backend: Backend, same_node: bool) {
     let per_process = if backend == Backend::Kubernetes { 100 } else { PER_PROCESS };
     let exe = Path::new(env!("CARGO_BIN_EXE_brindle-bench"));
     let server = TestStore::start(backend).unwrap();
-    let selection = server.selection();
+    let selection = server.patient_selection();
     let client = Client::new(brindle_datastore::connect(&selection).await.unwrap());
     client.create(Resource::new("p", IpPool::new("10.40.0.0/16".parse().unwrap()))).await.unwrap();
 

@@ -54,6 +54,20 @@ impl TestStore {
             TestStore::Kubernetes(k) => k.selection(),
         }
     }
+
+    /// The selection with a patient call timeout (30 s), for tests that load the machine on
+    /// purpose: they check what contention does to correctness, not how long a call takes.
+    pub fn patient_selection(&self) -> String {
+        let selection = self.selection();
+        match selection.split_once("timeout=") {
+            Some((before, after)) => {
+                let rest = after.split_once('&').map_or(String::new(), |(_, rest)| format!("&{rest}"));
+                format!("{before}timeout=30s{rest}")
+            }
+            None if selection.contains('?') => format!("{selection}&timeout=30s"),
+            None => format!("{selection}?timeout=30s"),
+        }
+    }
 }
 
 /// An SQLite database file in a private temporary directory.

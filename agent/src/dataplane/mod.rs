@@ -8,9 +8,10 @@ pub mod routes;
 pub mod sysctl;
 pub mod vxlan;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use brindle_kernel::Kernel;
+use brindle_kernel::{Kernel, Route};
 
 use crate::calc::Desired;
 
@@ -34,6 +35,16 @@ pub struct Dataplane {
     /// The iptables rules last applied, IPv4 and IPv6: between full resyncs iptables is
     /// touched only when they change.
     applied_rules: Mutex<[Option<iptables::Rules>; 2]>,
+    /// What the last route sync left: between full resyncs the routes driver diffs against
+    /// it instead of listing the kernel's table.
+    programmed: Mutex<Option<Programmed>>,
+}
+
+/// Our routes as a sync left them, with the devices it saw. It stands for the kernel's table
+/// until a device comes, goes or changes (which takes routes with it) or a sync fails.
+struct Programmed {
+    devices: HashMap<String, u32>,
+    routes: Vec<Route>,
 }
 
 impl Dataplane {
@@ -42,7 +53,7 @@ impl Dataplane {
     pub fn new(kernel: Arc<dyn Kernel>, uplink: String, backend: Option<iptables::Backend>) -> Dataplane {
         let backend = backend.unwrap_or_else(|| iptables::Backend::detect(&*kernel));
         tracing::info!(?backend, %uplink, "dataplane ready");
-        Dataplane { kernel, uplink, backend, applied_rules: Mutex::default() }
+        Dataplane { kernel, uplink, backend, applied_rules: Mutex::default(), programmed: Mutex::default() }
     }
 
     /// One pass over every driver. A `full` pass checks everything against the kernel;
@@ -89,7 +100,12 @@ impl Dataplane {
         }
         let routed = async {
             let devices = routes::Devices::read(kernel, &self.uplink).await?;
-            routes::sync(kernel, &desired.routes, &devices).await
+            let known = self.programmed.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let known = known.filter(|p| !full && p.devices == devices.by_name).map(|p| p.routes);
+            let (changes, routes) = routes::sync(kernel, &desired.routes, &devices, known).await?;
+            let programmed = Programmed { devices: devices.by_name, routes };
+            *self.programmed.lock().unwrap_or_else(|e| e.into_inner()) = Some(programmed);
+            anyhow::Ok(changes)
         }
         .await;
         match routed {

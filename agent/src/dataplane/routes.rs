@@ -72,21 +72,39 @@ fn diff(desired: &BTreeMap<IpNetwork, Target>, actual: &[Route], devices: &Devic
     changes
 }
 
-/// Makes the kernel's routes of our protocol match `desired`. Returns how many changed.
+/// Our routes as they are after `changes` were made to `before`.
+fn after(before: Vec<Route>, changes: &[RouteChange]) -> Vec<Route> {
+    let mut routes: BTreeMap<IpNetwork, Route> = before.into_iter().map(|r| (r.dst, r)).collect();
+    for change in changes {
+        match change {
+            RouteChange::Replace(route) => drop(routes.insert(route.dst, route.clone())),
+            RouteChange::Remove(route) => drop(routes.remove(&route.dst)),
+        }
+    }
+    routes.into_values().collect()
+}
+
+/// Makes the kernel's routes of our protocol match `desired`, judged against `known` (what
+/// an earlier sync left, when nothing may have changed since) or against the kernel's own
+/// table. Returns how many changed and our routes as they now are, for the next sync.
 pub async fn sync(
     kernel: &dyn Kernel,
     desired: &BTreeMap<IpNetwork, Target>,
     devices: &Devices,
-) -> anyhow::Result<usize> {
-    let actual = kernel.routes(Some(ROUTE_PROTOCOL)).await?;
+    known: Option<Vec<Route>>,
+) -> anyhow::Result<(usize, Vec<Route>)> {
+    let actual = match known {
+        Some(known) => known,
+        None => kernel.routes(Some(ROUTE_PROTOCOL)).await?,
+    };
     let changes = diff(desired, &actual, devices);
     let count = changes.len();
-    let failures = kernel.change_routes(changes).await;
+    let failures = kernel.change_routes(changes.clone()).await;
     if !failures.is_empty() {
         let failures: Vec<String> = failures.iter().map(ToString::to_string).collect();
         anyhow::bail!("{} route(s) could not be programmed: {}", failures.len(), failures.join("; "));
     }
-    Ok(count)
+    Ok((count, after(actual, &changes)))
 }
 
 #[cfg(test)]
@@ -108,7 +126,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn run(future: impl std::future::Future<Output = anyhow::Result<usize>>) -> anyhow::Result<usize> {
+    fn run<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
     }
 
@@ -151,7 +169,7 @@ mod tests {
             (net("10.244.0.9/32"), Target::Workload { interface: "brin-gone".into() }),
         ]
         .into();
-        assert_eq!(run(sync(&kernel, &desired, &devices)).unwrap(), 3);
+        assert_eq!(run(sync(&kernel, &desired, &devices, None)).map(|(n, _)| n).unwrap(), 3);
         assert_eq!(
             kernel.take_log(),
             [
@@ -162,8 +180,26 @@ mod tests {
         );
         let kept = kernel.state().routes.keys().map(ToString::to_string).collect::<Vec<_>>();
         assert!(kept.contains(&"10.9.0.0/16".to_owned()) && kept.contains(&"10.244.0.5/32".to_owned()), "{kept:?}");
-        assert_eq!(run(sync(&kernel, &desired, &devices)).unwrap(), 0);
+        assert_eq!(run(sync(&kernel, &desired, &devices, None)).map(|(n, _)| n).unwrap(), 0);
         assert!(kernel.take_log().is_empty());
+    }
+
+    #[test]
+    fn a_sync_judged_against_what_it_programmed_matches_one_judged_against_the_kernel() {
+        let (kernel, devices) = kernel();
+        let via = "10.0.0.7".parse().unwrap();
+        let first: BTreeMap<IpNetwork, Target> =
+            [(net("10.244.1.0/26"), Target::Direct { via }), (net("10.244.2.0/26"), Target::Blackhole)].into();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (_, known) = runtime.block_on(sync(&kernel, &first, &devices, None)).unwrap();
+        let second: BTreeMap<IpNetwork, Target> =
+            [(net("10.244.2.0/26"), Target::Blackhole), (net("10.244.3.0/26"), Target::Direct { via })].into();
+        kernel.take_log();
+        let (changed, known) = runtime.block_on(sync(&kernel, &second, &devices, Some(known))).unwrap();
+        assert_eq!(changed, 2, "{:?}", kernel.take_log());
+        let mut held: Vec<Route> = kernel.state().routes.values().cloned().collect();
+        held.sort_by_key(|r| r.dst);
+        assert_eq!(known, held, "what the sync says it left is what the kernel holds");
     }
 
     #[test]
@@ -173,11 +209,11 @@ mod tests {
         let desired: BTreeMap<IpNetwork, Target> =
             [(net("10.244.1.0/26"), Target::Direct { via }), (net("10.244.2.0/26"), Target::Direct { via })].into();
         kernel.fail("10.244.2.0/26");
-        let error = run(sync(&kernel, &desired, &devices)).unwrap_err().to_string();
+        let error = run(sync(&kernel, &desired, &devices, None)).map(|(n, _)| n).unwrap_err().to_string();
         assert!(error.starts_with("1 route(s) could not be programmed") && error.contains("10.244.2.0/26"), "{error}");
         kernel.take_log();
         kernel.heal();
-        assert_eq!(run(sync(&kernel, &desired, &devices)).unwrap(), 1);
+        assert_eq!(run(sync(&kernel, &desired, &devices, None)).map(|(n, _)| n).unwrap(), 1);
         assert_eq!(kernel.take_log().len(), 1);
     }
 }
