@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use brindle_agent::calc::Target;
 use brindle_agent::dataplane::{iptables, routes};
-use brindle_e2e::netns::{Netns, enter, run};
+use brindle_e2e::netns::{Netns, run};
 use clap::Args;
 use ipnetwork::IpNetwork;
 
@@ -42,13 +42,8 @@ fn count_routes(ns: &Netns) -> anyhow::Result<usize> {
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let ns = Netns::new("rtb", "node")?;
-    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])?;
-    ns.ip(&["addr", "add", "10.250.0.2/24", "dev", "eth0"])?;
-    ns.ip(&["link", "set", "eth0", "up"])?;
-    ns.ip(&["link", "set", "eth1", "up"])?;
+    let ns = agent_start::node_namespace("rtb")?;
     let scratch = tempfile::tempdir()?;
-    enter(&ns.path())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let kernel = {
         let _entered = runtime.enter();

@@ -4,20 +4,7 @@
 
 use std::net::IpAddr;
 
-use brindle_kernel::{Kernel as _, Table, format_mac};
-
-/// A network device.
-#[derive(Debug, Clone)]
-pub struct Link {
-    /// Its name.
-    pub name: String,
-    /// Its index.
-    pub index: u32,
-    /// Administratively up.
-    pub up: bool,
-    /// Its MTU.
-    pub mtu: u32,
-}
+use brindle_kernel::{Kernel as _, Link, Table, format_mac};
 
 /// A route, with its device's name.
 #[derive(Debug, Clone)]
@@ -62,10 +49,7 @@ impl Kernel {
     /// Reads the snapshot.
     pub async fn read() -> anyhow::Result<Kernel> {
         let kernel = brindle_kernel::netlink::Netlink::connect()?;
-        let mut snapshot = Kernel::default();
-        for link in kernel.links().await? {
-            snapshot.links.push(Link { name: link.name, index: link.index, up: link.up, mtu: link.mtu });
-        }
+        let mut snapshot = Kernel { links: kernel.links().await?, ..Kernel::default() };
         for route in kernel.routes(None).await? {
             let device = route.oif.and_then(|i| snapshot.name_of(i).map(str::to_owned));
             snapshot.routes.push(Route { route, device });

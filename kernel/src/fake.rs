@@ -132,10 +132,14 @@ impl FakeKernel {
         self.failing.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
+    /// Whether the test said to refuse the request logged as `line`.
+    fn refuses(&self, line: &str) -> bool {
+        self.failing.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|f| line.contains(f.as_str()))
+    }
+
     /// Records a change, or refuses it if the test said so.
     fn change(&self, line: String) -> Result<()> {
-        let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|f| line.contains(f.as_str()));
-        if failing {
+        if self.refuses(&line) {
             return Err(Error::Refused { what: line, message: "refused by the test".into() });
         }
         self.log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
@@ -265,8 +269,7 @@ impl Kernel for FakeKernel {
 
     fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<Output> {
         let line = format!("run {program} {}", args.join(" "));
-        let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|f| line.contains(f.as_str()));
-        if failing {
+        if self.refuses(&line) {
             return Ok(Output { success: false, stdout: String::new(), stderr: "refused by the test".into() });
         }
         self.log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
