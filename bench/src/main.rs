@@ -3,6 +3,7 @@
 mod agent_start;
 mod cni;
 mod ipam;
+mod lab;
 mod routes;
 mod stores;
 
@@ -30,6 +31,10 @@ enum Command {
     /// brindle-node from start to ready with 1,000 other nodes' blocks in the datastore, on
     /// etcd, SQLite and the Kubernetes API in one run.
     AgentStart(agent_start::BenchArgs),
+    /// A lab of 100 nodes (one pod each) as a full mesh and with two route reflectors: the
+    /// time until every session is established and every pod pair reaches, and each agent's
+    /// CPU seconds, idle CPU and memory.
+    Lab(lab::BenchArgs),
     /// One benchmark process (started by `ipam`; also used by the multi-process tests).
     #[command(hide = true)]
     IpamWorker(ipam::WorkerArgs),
@@ -42,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Cni(args) => cni::bench(args),
         Command::Routes(args) => routes::bench(args),
         Command::AgentStart(args) => agent_start::bench(args),
+        Command::Lab(args) => lab::bench(args),
         Command::Ipam(args) => runtime.block_on(ipam::bench(args)),
         Command::IpamWorker(args) => runtime.block_on(ipam::worker(args)),
     }

@@ -26,8 +26,14 @@ impl Lab {
         let dir = tempfile::tempdir().unwrap();
         let name = format!("ctl{}", unique());
         let bin_dir = Path::new(env!("CARGO_BIN_EXE_brindlectl")).parent().unwrap();
-        let options =
-            Options { nodes: 3, pods_per_node: 1, mode: Mode::Vxlan, peering: Peering::Mesh, datastore: Store::Sqlite };
+        let options = Options {
+            nodes: 3,
+            pods_per_node: 1,
+            mode: Mode::Vxlan,
+            peering: Peering::Mesh,
+            datastore: Store::Sqlite,
+            reflectors: 1,
+        };
         let state = lab::up(&name, &dir.path().join(&name), bin_dir, &options).unwrap();
         let lab = Lab { state, dir };
         let matrix = lab::Matrix::settle(&lab.state, std::time::Duration::from_secs(30));

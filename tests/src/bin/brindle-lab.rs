@@ -41,10 +41,13 @@ enum Cmd {
         /// How pod traffic crosses between nodes.
         #[arg(long, value_enum, default_value = "vxlan")]
         mode: Mode,
-        /// How nodes learn each other's blocks: a BGP mesh, a route reflector (node-0), or
-        /// no BGP (routes from the datastore).
+        /// How nodes learn each other's blocks: a BGP mesh, route reflectors (node-0 onwards),
+        /// or no BGP (routes from the datastore).
         #[arg(long, value_enum, default_value = "mesh")]
         peering: Peering,
+        /// How many route reflectors with `--peering rr` (they share one cluster ID).
+        #[arg(long, default_value_t = 1)]
+        reflectors: usize,
         /// The datastore: an SQLite file, an etcd server, or a kube-apiserver (with its own
         /// etcd) in the router's namespace.
         #[arg(long, value_enum, default_value = "sqlite")]
@@ -96,12 +99,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     let dir = lab::lab_dir(&cli.dir, &cli.name);
     match cli.command {
-        Cmd::Up { nodes, pods_per_node, mode, peering, datastore, bin_dir } => {
+        Cmd::Up { nodes, pods_per_node, mode, peering, reflectors, datastore, bin_dir } => {
             let bin_dir = match bin_dir {
                 Some(dir) => dir,
                 None => std::env::current_exe()?.parent().context("this program has no directory")?.to_owned(),
             };
-            let options = Options { nodes, pods_per_node, mode, peering, datastore };
+            let options = Options { nodes, pods_per_node, mode, peering, datastore, reflectors };
             eprintln!(
                 "brindle-lab: building {:?}: {nodes} nodes, {pods_per_node} pods each, {} encapsulation, \
                  {} peering, {} datastore",

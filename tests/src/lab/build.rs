@@ -86,6 +86,7 @@ pub fn up(name: &str, dir: &Path, bin_dir: &Path, options: &Options) -> anyhow::
 fn build(state: &mut LabState, dir: &Path) -> anyhow::Result<()> {
     let options = state.options.clone();
     let mut progress = Progress::new(6);
+    size_neighbour_tables(&options)?;
     let underlay =
         progress.step(&format!("underlay: switch and router, {} subnet(s)", options.subnets().len()), || {
             Underlay::build(
@@ -109,9 +110,8 @@ fn build(state: &mut LabState, dir: &Path) -> anyhow::Result<()> {
 
     let addresses: Vec<std::net::Ipv4Addr> =
         (0..options.nodes).map(|i| node_address(&options, i)).collect::<anyhow::Result<_>>()?;
-    progress.step("resources: pool, agent configuration, BGP topology", || {
-        apply(state, &options.resources(addresses[0]))
-    })?;
+    progress
+        .step("resources: pool, agent configuration, BGP topology", || apply(state, &options.resources(&addresses)))?;
 
     progress.step(&format!("nodes: {} namespaces on the underlay, brindle-node on each", options.nodes), || {
         for i in 0..options.nodes {
@@ -134,6 +134,32 @@ fn build(state: &mut LabState, dir: &Path) -> anyhow::Result<()> {
         Ok(())
     })?;
     underlay.keep();
+    Ok(())
+}
+
+/// The kernel's neighbour tables are shared by every namespace (their `gc_thresh` limits are
+/// the initial namespace's), and a lab's nodes each hold an entry for every other node on the
+/// underlay and on the VXLAN device: past 1,024 in all (Debian's default, about 22 nodes) the
+/// kernel drops entries, sessions flap and pods stop reaching. Raises the limits to what the lab
+/// needs, never lowers them, and says so.
+fn size_neighbour_tables(options: &Options) -> anyhow::Result<()> {
+    let entries_per_node = 2 * options.nodes + options.pods_per_node + 8;
+    let needed = options.nodes * entries_per_node;
+    for family in ["ipv4", "ipv6"] {
+        let dir = Path::new("/proc/sys/net").join(family).join("neigh/default");
+        for (name, want) in [("gc_thresh2", 2 * needed), ("gc_thresh3", 4 * needed)] {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let have: usize = text.trim().parse().with_context(|| format!("{}: {text:?}", path.display()))?;
+            if have < want {
+                std::fs::write(&path, want.to_string()).with_context(|| format!("raising {}", path.display()))?;
+                eprintln!(
+                    "  net.{family}.neigh.default.{name} raised from {have} to {want} for {} nodes",
+                    options.nodes
+                );
+            }
+        }
+    }
     Ok(())
 }
 

@@ -25,7 +25,8 @@ pub enum Mode {
 pub enum Peering {
     /// The embedded BGP speaker, full node-to-node mesh.
     Mesh,
-    /// The embedded BGP speaker, mesh off, node-0 a route reflector for the others.
+    /// The embedded BGP speaker, mesh off, the first `reflectors` nodes route reflectors
+    /// (one cluster ID) for the others.
     Rr,
     /// No BGP: routes come from the datastore (which node owns which block).
     None,
@@ -56,6 +57,13 @@ pub struct Options {
     pub peering: Peering,
     /// The datastore.
     pub datastore: Store,
+    /// How many route reflectors (with `Peering::Rr`): node-0 onwards.
+    #[serde(default = "one")]
+    pub reflectors: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The underlay's subnets; CrossSubnet modes use both, the others the first.
@@ -100,6 +108,11 @@ impl Options {
     pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!((1..=MAX_NODES).contains(&self.nodes), "--nodes must be between 1 and {MAX_NODES}");
         anyhow::ensure!(self.pods_per_node <= 50, "--pods-per-node must be at most 50");
+        anyhow::ensure!(
+            (1..=self.nodes).contains(&self.reflectors),
+            "--reflectors must be between 1 and --nodes ({})",
+            self.nodes
+        );
         Ok(())
     }
 
@@ -115,9 +128,9 @@ impl Options {
     }
 
     /// The resources that make the cluster: the pool, the BGP backend and topology, and for
-    /// route reflection the reflector's Node (labelled, with a cluster ID) made before its
-    /// agent starts. `reflector_address` is node-0's underlay address.
-    pub fn resources(&self, reflector_address: std::net::Ipv4Addr) -> String {
+    /// route reflection the reflectors' Nodes (labelled, with one cluster ID) made before
+    /// their agents start. `addresses` are the nodes' underlay addresses, node-0 first.
+    pub fn resources(&self, addresses: &[std::net::Ipv4Addr]) -> String {
         let (ipip, vxlan) = self.mode.pool_modes();
         let mut yaml = format!(
             "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {{name: pods}}\n\
@@ -129,16 +142,18 @@ impl Options {
              spec: {{bgpBackend: {backend}, logSeverityScreen: Info}}\n"
         );
         if self.peering == Peering::Rr {
-            yaml += &format!(
-                "---\nkind: BGPConfiguration\napiVersion: brindle.io/v1\nmetadata: {{name: default}}\n\
-                 spec: {{nodeToNodeMeshEnabled: false}}\n\
-                 ---\nkind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {{name: to-reflectors}}\n\
-                 spec: {{nodeSelector: all(), peerSelector: route-reflector == 'true'}}\n\
-                 ---\nkind: Node\napiVersion: brindle.io/v1\n\
-                 metadata: {{name: {}, labels: {{route-reflector: 'true'}}}}\n\
-                 spec: {{bgp: {{ipv4Address: {reflector_address}/24, routeReflectorClusterID: 224.0.0.1}}}}\n",
-                node_name(0)
-            );
+            yaml += "---\nkind: BGPConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\n\
+                     spec: {nodeToNodeMeshEnabled: false}\n\
+                     ---\nkind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: to-reflectors}\n\
+                     spec: {nodeSelector: all(), peerSelector: route-reflector == 'true'}\n";
+            for (i, address) in addresses.iter().take(self.reflectors).enumerate() {
+                yaml += &format!(
+                    "---\nkind: Node\napiVersion: brindle.io/v1\n\
+                     metadata: {{name: {}, labels: {{route-reflector: 'true'}}}}\n\
+                     spec: {{bgp: {{ipv4Address: {address}/24, routeReflectorClusterID: 224.0.0.1}}}}\n",
+                    node_name(i)
+                );
+            }
         }
         yaml
     }
@@ -161,20 +176,21 @@ mod tests {
     use super::*;
 
     fn options(mode: Mode, peering: Peering) -> Options {
-        Options { nodes: 3, pods_per_node: 2, mode, peering, datastore: Store::Sqlite }
+        Options { nodes: 3, pods_per_node: 2, mode, peering, datastore: Store::Sqlite, reflectors: 2 }
     }
 
     #[test]
     fn the_resources_of_every_combination_are_valid() {
         for mode in [Mode::Vxlan, Mode::VxlanCrosssubnet, Mode::Ipip, Mode::IpipCrosssubnet, Mode::None] {
             for peering in [Peering::Mesh, Peering::Rr, Peering::None] {
-                let yaml = options(mode, peering).resources("10.250.0.10".parse().unwrap());
+                let addresses = ["10.250.0.10".parse().unwrap(), "10.250.0.11".parse().unwrap()];
+                let yaml = options(mode, peering).resources(&addresses);
                 let resources = parse_documents(&yaml).unwrap_or_else(|e| panic!("{mode:?} {peering:?}: {e}"));
                 for r in &resources {
                     r.validate().unwrap_or_else(|e| panic!("{mode:?} {peering:?}: {e}"));
                 }
-                let reflector = resources.iter().any(|r| matches!(r, AnyResource::Node(_)));
-                assert_eq!(reflector, peering == Peering::Rr);
+                let reflectors = resources.iter().filter(|r| matches!(r, AnyResource::Node(_))).count();
+                assert_eq!(reflectors, if peering == Peering::Rr { 2 } else { 0 });
             }
         }
     }
