@@ -5,16 +5,17 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use brindle_bgp::attrs::PathAttrs;
 use brindle_bgp::fsm::State;
 use brindle_bgp::speaker::{PeerSpec, RouteEvent, Speaker, SpeakerConfig};
 use ipnetwork::IpNetwork;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::calc::bgp::Plan;
-use crate::calc::{Cluster, Learned, Me};
+use crate::calc::{Cluster, LearnedChanges, Me};
 
 /// How long a starting agent waits for its peers before BGP alone decides its routes.
 const CONVERGENCE_LIMIT: Duration = Duration::from_secs(30);
@@ -33,6 +34,33 @@ pub fn read_password(address: IpAddr, file: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("reading the BGP password of {address} from {}: {e}", file.display()))?;
     Ok(text.trim().to_owned())
+}
+
+/// BGP's best-route changes on their way from the speaker to the agent's loop: coalesced, so
+/// a burst of events is one wake-up and a prefix that changed twice is taken in once, and never
+/// a copy of the table.
+#[derive(Debug, Default)]
+pub struct LearnedFeed {
+    pending: Mutex<LearnedChanges>,
+    ready: Notify,
+}
+
+impl LearnedFeed {
+    fn change(&self, change: impl FnOnce(&mut LearnedChanges)) {
+        change(&mut self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        self.ready.notify_one();
+    }
+
+    /// Waits until something changed since the last [`LearnedFeed::take`] (at once when it
+    /// already has).
+    pub async fn changed(&self) {
+        self.ready.notified().await;
+    }
+
+    /// What changed since the last time.
+    pub fn take(&self) -> LearnedChanges {
+        std::mem::take(&mut self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// One peer as `brindlectl node status` shows it.
@@ -58,8 +86,8 @@ pub struct PeerReport {
 
 impl Bgp {
     /// Starts the speaker on `me`'s addresses (IPv4, and IPv6 when the node has one).
-    /// Returns it and the learned routes as they change.
-    pub async fn start(me: &Me, cluster: &Cluster) -> anyhow::Result<(Bgp, watch::Receiver<Learned>)> {
+    /// Returns it and the feed of its learned routes' changes.
+    pub async fn start(me: &Me, cluster: &Cluster) -> anyhow::Result<(Bgp, Arc<LearnedFeed>)> {
         let Some(IpAddr::V4(router_id)) = me.ipv4.map(|n| n.ip()) else {
             anyhow::bail!("BGP needs the node's IPv4 address as its router ID")
         };
@@ -81,9 +109,9 @@ impl Bgp {
             hold_expiry_keeps_routes: false,
         };
         let speaker = Speaker::start(config).await?;
-        let (tx, rx) = watch::channel(Learned::default());
-        tokio::spawn(follow(speaker.clone(), tx));
-        Ok((Bgp { speaker, applied: Plan::default(), applied_peers: Vec::new() }, rx))
+        let feed = Arc::new(LearnedFeed::default());
+        tokio::spawn(follow(speaker.clone(), Arc::clone(&feed)));
+        Ok((Bgp { speaker, applied: Plan::default(), applied_peers: Vec::new() }, feed))
     }
 
     /// Tells the speaker what changed since the last plan. Passwords are read from their
@@ -152,53 +180,57 @@ impl Bgp {
     }
 }
 
-/// Follows the speaker's best-route changes into `tx`, and marks convergence once every
-/// peer has been up (or after [`CONVERGENCE_LIMIT`]). Each event changes the shared table in
-/// place (no copy of the table per route), and readers wake once for a burst.
-async fn follow(speaker: Speaker, tx: watch::Sender<Learned>) {
+/// Follows the speaker's best-route changes into `feed`, and marks convergence once every
+/// peer has been up (or after [`CONVERGENCE_LIMIT`]). Stops when the agent lets go of the feed.
+async fn follow(speaker: Speaker, feed: Arc<LearnedFeed>) {
     let mut events = speaker.subscribe();
     let started = Instant::now();
     let mut all_up_since: Option<Instant> = None;
+    let mut converged = false;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             event = events.recv() => match event {
                 Ok(RouteEvent::Best { prefix, attrs, peer: Some(_) }) => {
-                    tx.send_if_modified(|learned| match attrs.next_hop {
-                        Some(next_hop) => learned.routes.insert(prefix, next_hop) != Some(next_hop),
-                        None => learned.routes.remove(&prefix).is_some(),
+                    feed.change(|pending| {
+                        pending.routes.insert(prefix, attrs.next_hop);
                     });
                 }
                 Ok(RouteEvent::Best { prefix, peer: None, .. }) | Ok(RouteEvent::Unreachable(prefix)) => {
-                    tx.send_if_modified(|learned| learned.routes.remove(&prefix).is_some());
+                    feed.change(|pending| {
+                        pending.routes.insert(prefix, None);
+                    });
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     // Start over from the speaker's table.
                     tracing::warn!(missed, "fell behind the speaker's route events; re-reading its table");
                     if let Ok(table) = speaker.routes().await {
-                        let routes: BTreeMap<IpNetwork, IpAddr> = table
+                        let table: BTreeMap<IpNetwork, IpAddr> = table
                             .into_iter()
                             .filter(|r| r.best && r.peer.is_some())
                             .filter_map(|r| r.attrs.next_hop.map(|nh| (r.prefix, nh)))
                             .collect();
-                        tx.send_if_modified(|learned| std::mem::replace(&mut learned.routes, routes) != learned.routes);
+                        feed.change(|pending| {
+                            pending.routes.clear();
+                            pending.table = Some(table);
+                        });
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
-            _ = tick.tick(), if !tx.borrow().converged => {
+            _ = tick.tick(), if !converged => {
                 // Every peer up, and a moment for their tables to arrive.
                 let all_up = speaker.status().await.is_ok_and(|peers| peers.iter().all(|p| p.state == State::Established));
                 all_up_since = if all_up { all_up_since.or(Some(Instant::now())) } else { None };
-                let converged = all_up_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
+                converged = all_up_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
                     || started.elapsed() > CONVERGENCE_LIMIT;
                 if converged {
                     tracing::info!(after = ?started.elapsed(), "BGP converged");
-                    tx.send_modify(|learned| learned.converged = true);
+                    feed.change(|pending| pending.converged = true);
                 }
             }
         }
-        if tx.is_closed() {
+        if Arc::strong_count(&feed) == 1 {
             return;
         }
     }

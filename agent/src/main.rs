@@ -1,6 +1,7 @@
 //! brindle-node, the agent on every node: keeps the kernel's routes, VXLAN tunnel, iptables
 //! and sysctls in line with the datastore (DESIGN.md, "Data flow in the agent").
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,13 +13,14 @@ use brindle_datastore::ipam::Ipam;
 use brindle_datastore::resource::{AgentConfiguration, IptablesBackend};
 use brindle_kernel::Kernel;
 use clap::Parser;
+use ipnetwork::IpNetwork;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use brindle_agent::autodetect::{self, Method};
-use brindle_agent::bgp::Bgp;
+use brindle_agent::bgp::{Bgp, LearnedFeed};
 use brindle_agent::calc::{self, Cluster, Learned, Me};
-use brindle_agent::dataplane::{Dataplane, iptables};
+use brindle_agent::dataplane::{Applied, Dataplane, iptables};
 use brindle_agent::logging::Logging;
 use brindle_agent::status::{self, Metrics};
 use brindle_agent::{startup, syncer};
@@ -220,26 +222,35 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut last_problems = Vec::new();
-    let mut last_mtu = None;
-    let mut bgp: Option<(Bgp, watch::Receiver<Learned>)> = None;
+    let mut bgp: Option<(Bgp, Arc<LearnedFeed>)> = None;
+    // BGP's best routes as the agent holds them (BIRD installs the routes it learns itself:
+    // the agent leaves them to it, as if converged on nothing).
+    let mut learned = Learned { converged: backend == BgpBackend::Bird, ..Learned::default() };
     let mut bird: Option<brindle_agent::bird_daemon::BirdProcess> = None;
     let mut last_bgp_problems = Vec::new();
-    let agent = Agent { me: &me, dataplane: &dataplane, metrics: &metrics, state_dir: &args.state_dir };
+    let mut agent = Agent {
+        me: &me,
+        dataplane: &dataplane,
+        metrics: &metrics,
+        state_dir: &args.state_dir,
+        problems: Vec::new(),
+        mtu: None,
+        desired: None,
+    };
 
     loop {
         let learned_changed = async {
-            match bgp.as_mut() {
-                Some((_, learned)) => learned.changed().await.is_ok(),
+            match &bgp {
+                Some((_, feed)) => feed.changed().await,
                 None => std::future::pending().await,
             }
         };
-        let full = tokio::select! {
+        let (full, bgp_only) = tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() { anyhow::bail!("the datastore syncer stopped") }
-                false
+                (false, false)
             }
-            true = learned_changed => false,
+            () = learned_changed => (false, true),
             Some(reply) = status_rx.recv() => {
                 let peers = match &bgp {
                     Some((speaker, _)) => speaker.report().await.ok(),
@@ -250,7 +261,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
                     "node": name,
                     "ready": metrics.is_ready(),
                     "notReady": metrics.not_ready_reason(),
-                    "problems": datastore.iter().chain(&last_problems).chain(&last_bgp_problems).collect::<Vec<_>>(),
+                    "problems": datastore.iter().chain(&agent.problems).chain(&last_bgp_problems).collect::<Vec<_>>(),
                     "bgp": peers.map(|peers| serde_json::json!({ "peers": peers })),
                 });
                 let _ = reply.send(report.to_string());
@@ -258,11 +269,30 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
             }
             _ = resync.tick() => {
                 write_cni_kubeconfig(); // its token rotates
-                true
+                (true, false)
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         };
+        let relearned = bgp.as_ref().and_then(|(_, feed)| learned.take_in(feed.take()));
+        tracing::debug!(full, bgp_only, relearned = ?relearned.as_ref().map(BTreeSet::len), "pass");
+        // Only BGP changed, and only some prefixes: recalculate and program those alone.
+        // (The cluster is cloned out first: a borrow of `rx` held across an await would stop
+        // the syncer's next send, on this same thread.)
+        let unchanged_cluster = if rx.has_changed().unwrap_or(true) { None } else { rx.borrow().clone() };
+        if bgp_only
+            && let (Some(prefixes), Some(cluster)) = (relearned, unchanged_cluster)
+            && agent.desired.is_some()
+        {
+            if !prefixes.is_empty() {
+                let bgp_ok = match &bgp {
+                    Some((speaker, _)) => bgp_established(speaker).await,
+                    None => true,
+                };
+                agent.relearn(&cluster, &learned, &prefixes, bgp_ok).await;
+            }
+            continue;
+        }
         // Nothing touches the kernel before the first complete sync.
         let Some(cluster) = rx.borrow_and_update().clone() else { continue };
         logging.set_bgp(cluster.bgp.log_severity_screen);
@@ -283,27 +313,19 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
             metrics.error("bgp");
             tracing::warn!(error = %format!("{e:#}"), "BIRD configuration not updated");
         }
-        // BIRD installs the routes it learns itself; the agent leaves them to it.
-        let bird_learned = Learned { routes: Default::default(), converged: true };
-        let learned = match bgp.as_mut() {
-            Some((speaker, learned)) => {
-                if let Err(e) = speaker.apply(plan).await {
-                    metrics.error("bgp");
-                    tracing::warn!(error = %e, "could not update the BGP speaker");
-                }
-                Some(learned.borrow_and_update().clone())
-            }
-            None if backend == BgpBackend::Bird => Some(bird_learned),
-            None => None,
-        };
+        if let Some((speaker, _)) = bgp.as_mut()
+            && let Err(e) = speaker.apply(plan).await
+        {
+            metrics.error("bgp");
+            tracing::warn!(error = %e, "could not update the BGP speaker");
+        }
         // With BGP, ready needs a session up (or no peer to have one with).
         let bgp_ok = match &bgp {
-            Some((speaker, _)) => {
-                speaker.report().await.is_ok_and(|p| p.is_empty() || p.iter().any(|p| p.state == "Established"))
-            }
+            Some((speaker, _)) => bgp_established(speaker).await,
             None => true,
         };
-        agent.pass(&cluster, learned.as_ref(), bgp_ok, full, &mut last_problems, &mut last_mtu).await;
+        let learned = (backend != BgpBackend::None).then_some(&learned);
+        agent.pass(&cluster, learned, bgp_ok, full).await;
     }
     if let Some((speaker, _)) = &bgp {
         speaker.shutdown().await;
@@ -313,44 +335,63 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What one pass needs.
+/// Whether the speaker has a session up (or no peer to have one with).
+async fn bgp_established(speaker: &Bgp) -> bool {
+    speaker.report().await.is_ok_and(|p| p.is_empty() || p.iter().any(|p| p.state == "Established"))
+}
+
+/// The passes: what they need, and what the last one left.
 struct Agent<'a> {
     me: &'a Me,
     dataplane: &'a Dataplane,
     metrics: &'a Metrics,
     state_dir: &'a std::path::Path,
+    /// The problems last logged (reported on the status socket).
+    problems: Vec<String>,
+    /// The pod MTU last published.
+    mtu: Option<u32>,
+    /// The last desired state, for passes that recalculate BGP's prefixes alone.
+    desired: Option<calc::Desired>,
 }
 
 impl Agent<'_> {
     /// Computes the desired state from `cluster` and applies it.
-    async fn pass(
-        &self,
-        cluster: &Cluster,
-        learned: Option<&Learned>,
-        bgp_ok: bool,
-        full: bool,
-        last_problems: &mut Vec<String>,
-        last_mtu: &mut Option<u32>,
-    ) {
+    async fn pass(&mut self, cluster: &Cluster, learned: Option<&Learned>, bgp_ok: bool, full: bool) {
         let started = Instant::now();
         let desired = calc::desired(self.me, cluster, learned);
         if let Some(learned) = learned {
             self.metrics.bgp_routes(learned.routes.len());
         }
-        if desired.problems != *last_problems {
-            for problem in &desired.problems {
-                tracing::warn!(%problem, "cannot program");
-            }
-            last_problems.clone_from(&desired.problems);
-        }
         let mtu = desired.pod_mtu;
-        if *last_mtu != Some(mtu) {
+        if self.mtu != Some(mtu) {
             match startup::publish(&self.state_dir.join("mtu"), &mtu.to_string()) {
-                Ok(_) => *last_mtu = Some(mtu),
+                Ok(_) => self.mtu = Some(mtu),
                 Err(e) => tracing::warn!(error = %e, "could not publish the pod MTU"),
             }
         }
         let applied = self.dataplane.apply(&desired, full).await;
+        self.settle(desired, &applied, bgp_ok, full, started);
+    }
+
+    /// Recalculates and programs the routes of `prefixes` alone, after BGP changed only them.
+    async fn relearn(&mut self, cluster: &Cluster, learned: &Learned, prefixes: &BTreeSet<IpNetwork>, bgp_ok: bool) {
+        let Some(mut desired) = self.desired.take() else { return };
+        let started = Instant::now();
+        desired.relearn(self.me, cluster, learned, prefixes);
+        self.metrics.bgp_routes(learned.routes.len());
+        let applied = self.dataplane.apply_routes(&desired, prefixes).await;
+        self.settle(desired, &applied, bgp_ok, false, started);
+    }
+
+    /// Logs new problems, counts and reports what a pass did, and keeps its desired state.
+    fn settle(&mut self, desired: calc::Desired, applied: &Applied, bgp_ok: bool, full: bool, started: Instant) {
+        let problems = desired.all_problems();
+        if problems != self.problems {
+            for problem in &problems {
+                tracing::warn!(%problem, "cannot program");
+            }
+            self.problems = problems;
+        }
         for (driver, _) in &applied.failures {
             self.metrics.error(driver);
         }
@@ -380,5 +421,6 @@ impl Agent<'_> {
         if applied.changes > 0 {
             tracing::info!(changes = applied.changes, full, ?took, "dataplane updated");
         }
+        self.desired = Some(desired);
     }
 }

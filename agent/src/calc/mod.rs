@@ -3,8 +3,7 @@
 
 pub mod bgp;
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
 use brindle_datastore::ipam::{AllocationKind, Block};
@@ -82,6 +81,47 @@ pub struct Learned {
     /// yet keep the routes the datastore implies (the same ones), so a restarting agent
     /// changes nothing.
     pub converged: bool,
+}
+
+/// What changed in BGP's best routes since they were last taken in (coalesced: the latest of
+/// each prefix).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LearnedChanges {
+    /// Prefix -> its next hop now (`None`: no longer learned).
+    pub routes: HashMap<IpNetwork, Option<IpAddr>>,
+    /// The whole table, when it was read anew; it replaces what was learned, and `routes`
+    /// came after it.
+    pub table: Option<BTreeMap<IpNetwork, IpAddr>>,
+    /// BGP converged meanwhile.
+    pub converged: bool,
+}
+
+impl Learned {
+    /// Takes in `changes`. Returns the prefixes whose next hop changed, or `None` when every
+    /// route must be recalculated (the table was replaced, or BGP converged just now, which
+    /// changes what an unlearned block means).
+    pub fn take_in(&mut self, changes: LearnedChanges) -> Option<BTreeSet<IpNetwork>> {
+        let mut everything = false;
+        if let Some(table) = changes.table {
+            self.routes = table;
+            everything = true;
+        }
+        if changes.converged && !self.converged {
+            self.converged = true;
+            everything = true;
+        }
+        let mut changed = BTreeSet::new();
+        for (prefix, next_hop) in changes.routes {
+            let before = match next_hop {
+                Some(next_hop) => self.routes.insert(prefix, next_hop),
+                None => self.routes.remove(&prefix),
+            };
+            if before != next_hop {
+                changed.insert(prefix);
+            }
+        }
+        (!everything).then_some(changed)
+    }
 }
 
 /// Where a route sends its packets.
@@ -182,9 +222,92 @@ pub struct Desired {
     /// a problem of its own (configuration, a refused next hop): their pods are out of reach,
     /// and the agent is not ready. A block its owner does not advertise (its session is down)
     /// or of a node that is gone is not counted: that is not this node's to fix.
-    pub unrouted: Vec<IpNetwork>,
-    /// Things that could not be done, in words (logged and reported).
+    pub unrouted: BTreeSet<IpNetwork>,
+    /// Things that could not be done, in words (logged and reported), beyond single routes.
     pub problems: Vec<String>,
+    /// Why a route is missing or not what BGP said, by prefix.
+    pub route_problems: BTreeMap<IpNetwork, String>,
+    /// The prefixes the cluster's state decides, and how: what [`Desired::relearn`] needs to
+    /// recalculate one prefix alone.
+    origins: BTreeMap<IpNetwork, Origin>,
+}
+
+/// What the cluster's state says a prefix is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// This node's: its own block or a local pod's address (BGP has no say).
+    Local,
+    /// Another node's block, or an address of one borrowed by another node: toward that node.
+    Remote(String),
+}
+
+/// The route of one prefix, decided alone.
+#[derive(Debug, Default)]
+struct Decision {
+    target: Option<Target>,
+    problem: Option<String>,
+    /// Unroutable because of a problem of this node's.
+    unrouted: bool,
+}
+
+impl Decision {
+    fn route(target: Target) -> Decision {
+        Decision { target: Some(target), ..Decision::default() }
+    }
+
+    /// No route, and why (`unrouted`: a problem of this node's stops it).
+    fn refused(problem: String, unrouted: bool) -> Decision {
+        Decision { target: None, problem: Some(problem), unrouted }
+    }
+
+    fn nothing() -> Decision {
+        Decision::default()
+    }
+}
+
+impl Desired {
+    /// Every problem, those of single routes after the others.
+    pub fn all_problems(&self) -> Vec<String> {
+        self.problems.iter().chain(self.route_problems.values()).cloned().collect()
+    }
+
+    /// Recalculates the routes of the `changed` prefixes alone, after BGP changed only them
+    /// (`learned` as it is now; `me` and `cluster` as this was calculated from). The result is
+    /// what [`desired`] would give, at the cost of the change rather than of the table.
+    pub fn relearn<'p>(
+        &mut self,
+        me: &Me,
+        cluster: &Cluster,
+        learned: &Learned,
+        changed: impl IntoIterator<Item = &'p IpNetwork>,
+    ) {
+        let routing = Routing::new(me, cluster, Some(learned));
+        for prefix in changed {
+            let decision = match self.origins.get(prefix) {
+                Some(Origin::Local) => continue,
+                Some(Origin::Remote(node)) => routing.toward_node(*prefix, node),
+                None => routing.learned_only(*prefix),
+            };
+            self.settle(*prefix, decision);
+        }
+    }
+
+    /// Puts `decision` in place of whatever `prefix` had.
+    fn settle(&mut self, prefix: IpNetwork, decision: Decision) {
+        match decision.target {
+            Some(target) => drop(self.routes.insert(prefix, target)),
+            None => drop(self.routes.remove(&prefix)),
+        }
+        match decision.problem {
+            Some(problem) => drop(self.route_problems.insert(prefix, problem)),
+            None => drop(self.route_problems.remove(&prefix)),
+        }
+        if decision.unrouted {
+            self.unrouted.insert(prefix);
+        } else {
+            self.unrouted.remove(&prefix);
+        }
+    }
 }
 
 fn same_subnet(mine: Option<IpNetwork>, theirs: IpAddr) -> bool {
@@ -210,55 +333,145 @@ fn next_hop_flaw(next_hop: IpAddr, me: &Me, cluster: &Cluster) -> Option<&'stati
     }
 }
 
-/// `learned` without the routes whose next hop [`next_hop_flaw`] refuses, each named in
-/// `problems` (copied only when one is refused).
-fn with_sane_next_hops<'a>(
-    learned: &'a Learned,
-    me: &Me,
-    cluster: &Cluster,
-    problems: &mut Vec<String>,
-) -> Cow<'a, Learned> {
-    let refused: Vec<(IpNetwork, IpAddr, &str)> = learned
-        .routes
-        .iter()
-        .filter_map(|(prefix, next_hop)| next_hop_flaw(*next_hop, me, cluster).map(|flaw| (*prefix, *next_hop, flaw)))
-        .collect();
-    if refused.is_empty() {
-        return Cow::Borrowed(learned);
-    }
-    let mut sane = learned.clone();
-    for (prefix, next_hop, flaw) in refused {
-        problems.push(format!("learned {prefix} via {next_hop}, which {flaw}; not installed"));
-        sane.routes.remove(&prefix);
-    }
-    Cow::Owned(sane)
-}
-
-/// Whether a route toward another node's addresses could be made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reach {
-    Routed,
-    /// A problem of this node's stops it.
-    Unroutable,
-    /// The other node does not offer it (not registered, or not advertised over BGP).
-    Unadvertised,
-}
-
 /// The pod MTU: the uplink's less the largest encapsulation overhead the enabled pools use.
 pub fn pod_mtu(uplink_mtu: u32, pools: &[Resource<IpPool>]) -> u32 {
     let overhead = pools.iter().filter(|p| !p.spec.disabled).map(|p| p.spec.max_overhead()).max().unwrap_or(0);
     uplink_mtu.saturating_sub(overhead)
 }
 
+/// What BGP says of a prefix, as this node takes it.
+enum Heard {
+    /// Nothing (not learned, or no speaker).
+    Nothing,
+    /// A next hop this node refuses, and why.
+    Refused(String),
+    /// A next hop to use.
+    Via(IpAddr),
+}
+
+/// The routes toward other nodes and BGP's prefixes, decided one prefix at a time so that a
+/// change BGP makes to one prefix is recalculated alone.
+struct Routing<'a> {
+    me: &'a Me,
+    cluster: &'a Cluster,
+    nodes: BTreeMap<&'a str, &'a Node>,
+    learned: Option<&'a Learned>,
+}
+
+impl<'a> Routing<'a> {
+    fn new(me: &'a Me, cluster: &'a Cluster, learned: Option<&'a Learned>) -> Routing<'a> {
+        let nodes = cluster.nodes.iter().map(|n| (n.metadata.name.as_str(), &n.spec)).collect();
+        Routing { me, cluster, nodes, learned }
+    }
+
+    fn pool_of(&self, prefix: &IpNetwork) -> Option<&'a IpPool> {
+        self.cluster.pools.iter().find(|p| p.spec.cidr.contains(prefix.network())).map(|p| &p.spec)
+    }
+
+    fn heard(&self, prefix: &IpNetwork) -> Heard {
+        let Some(next_hop) = self.learned.and_then(|l| l.routes.get(prefix)) else { return Heard::Nothing };
+        match next_hop_flaw(*next_hop, self.me, self.cluster) {
+            Some(flaw) => Heard::Refused(format!("learned {prefix} via {next_hop}, which {flaw}; not installed")),
+            None => Heard::Via(*next_hop),
+        }
+    }
+
+    /// The route toward node `node_name` for `dst` (its block, or an address of its own it
+    /// lent to that node), per the pool's mode.
+    fn toward_node(&self, dst: IpNetwork, node_name: &str) -> Decision {
+        let Some(pool) = self.pool_of(&dst) else { return Decision::nothing() };
+        let Some(node) = self.nodes.get(node_name) else {
+            return Decision::refused(format!("{dst} belongs to node {node_name}, which is not registered"), false);
+        };
+        let mine = self.me.address_like(dst.ip());
+        let Some(mut peer) = node.address_like(dst.ip()).map(|n| n.ip()) else {
+            return Decision::refused(
+                format!("node {node_name} has no address of {dst}'s family; no route to {dst}"),
+                true,
+            );
+        };
+        if let Some(learned) = self.learned
+            && pool.encapsulation_toward(mine, peer) != Encapsulation::Vxlan
+        {
+            match self.heard(&dst) {
+                Heard::Via(next_hop) => peer = next_hop,
+                // A problem of this node's: no route rather than a wrong one.
+                Heard::Refused(problem) => return Decision::refused(problem, true),
+                Heard::Nothing if learned.converged => {
+                    return Decision::refused(
+                        format!("{dst} of node {node_name} is not advertised over BGP (is its session up?)"),
+                        false,
+                    );
+                }
+                Heard::Nothing => {}
+            }
+        }
+        match (pool.encapsulation_toward(mine, peer), peer) {
+            (Encapsulation::Vxlan, _) => match node.ipv4_vxlan_tunnel_addr {
+                Some(via) if dst.is_ipv4() => Decision::route(Target::Vxlan { via }),
+                _ => Decision::refused(
+                    format!("node {node_name} has no VXLAN tunnel address yet; no route to {dst}"),
+                    true,
+                ),
+            },
+            (Encapsulation::Ipip, IpAddr::V4(via)) if self.me.ipip_supported => Decision::route(Target::Ipip { via }),
+            (Encapsulation::Ipip, _) => Decision::refused(
+                format!(
+                    "pool {} uses IP-in-IP, which this kernel lacks (no ipip module); no route to {dst}",
+                    pool.cidr
+                ),
+                true,
+            ),
+            (Encapsulation::None, peer) if same_subnet(mine, peer) => Decision::route(Target::Direct { via: peer }),
+            (Encapsulation::None, peer) => Decision::refused(
+                format!(
+                    "node {node_name} ({peer}) is not on this node's subnet and pool {} does not encapsulate; \
+                     {dst} needs BGP or a router that knows it",
+                    pool.cidr
+                ),
+                true,
+            ),
+        }
+    }
+
+    /// A learned prefix the cluster's state does not know (external peers' routes inside a
+    /// pool, or outside every pool when a BGPFilter let them in): toward its next hop as the
+    /// pool says.
+    fn learned_only(&self, prefix: IpNetwork) -> Decision {
+        let next_hop = match self.heard(&prefix) {
+            Heard::Via(next_hop) => next_hop,
+            Heard::Refused(problem) => return Decision::refused(problem, false),
+            Heard::Nothing => return Decision::nothing(),
+        };
+        let pool = self.pool_of(&prefix);
+        let mine = self.me.address_like(prefix.ip());
+        // A route of ours replaces the kernel's route to the same prefix: never one the node
+        // itself depends on (its subnet, or a default or wider route covering it).
+        if pool.is_none() && mine.is_some_and(|net| prefix.contains(net.ip()) || net.contains(prefix.ip())) {
+            return Decision::refused(
+                format!("learned {prefix} overlaps this node's own subnet; not installed"),
+                false,
+            );
+        }
+        let how = pool.map_or(Encapsulation::None, |pool| pool.encapsulation_toward(mine, next_hop)); // no pool: natively
+        match (how, next_hop) {
+            // VXLAN reaches the node itself, not the next hop BGP names.
+            (Encapsulation::Vxlan, _) => Decision::nothing(),
+            (Encapsulation::Ipip, IpAddr::V4(via)) if self.me.ipip_supported => Decision::route(Target::Ipip { via }),
+            (Encapsulation::None, via) if same_subnet(mine, via) => Decision::route(Target::Direct { via }),
+            _ => Decision::refused(
+                format!("learned {prefix} via {next_hop}, which this node cannot reach directly"),
+                false,
+            ),
+        }
+    }
+}
+
 /// Computes the desired dataplane for `me`; `learned` holds BGP's routes when the agent runs
 /// a speaker (`None`: routes come from the datastore alone).
 pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired {
     let mut out = Desired::default();
-    let heard = learned;
-    let sane = learned.map(|learned| with_sane_next_hops(learned, me, cluster, &mut out.problems));
-    let learned = sane.as_deref();
-    let nodes: BTreeMap<&str, &Node> = cluster.nodes.iter().map(|n| (n.metadata.name.as_str(), &n.spec)).collect();
-    let pool_of = |cidr: &IpNetwork| cluster.pools.iter().find(|p| p.spec.cidr.contains(cidr.network()));
+    let routing = Routing::new(me, cluster, learned);
     for pool in &cluster.pools {
         out.pools.push(pool.spec.cidr);
         if pool.spec.nat_outgoing && !pool.spec.disabled {
@@ -281,7 +494,7 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
     out.ipip =
         me.ipip_supported && cluster.pools.iter().any(|p| p.spec.ipip_mode != EncapMode::Never && !p.spec.disabled);
     out.pod_mtu = pod_mtu(me.tunnels.uplink_mtu, &cluster.pools);
-    let tunnel_address = nodes.get(me.name.as_str()).and_then(|n| n.ipv4_vxlan_tunnel_addr);
+    let tunnel_address = routing.nodes.get(me.name.as_str()).and_then(|n| n.ipv4_vxlan_tunnel_addr);
     let uplink_mtu = me.tunnels.uplink_mtu;
     if let (true, Some(address), Some(IpAddr::V4(local))) = (out.vxlan, tunnel_address, me.ipv4.map(|n| n.ip())) {
         out.vxlan_device = Some(VxlanDevice {
@@ -298,77 +511,21 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
         out.ipip_device = Some(IpipDevice { address, mtu });
     }
 
-    // Routes toward another node for `dst`, per the pool's mode; whether this node could
-    // route it (a problem of its own stops it) or the other node's BGP did not advertise it.
-    let remote = |out: &mut Desired, dst: IpNetwork, pool: &IpPool, node_name: &str| -> Reach {
-        let Some(node) = nodes.get(node_name) else {
-            out.problems.push(format!("{dst} belongs to node {node_name}, which is not registered"));
-            return Reach::Unadvertised;
-        };
-        let mine = me.address_like(dst.ip());
-        let theirs = node.address_like(dst.ip()).map(|n| n.ip());
-        let Some(peer) = theirs else {
-            out.problems.push(format!("node {node_name} has no address of {dst}'s family; no route to {dst}"));
-            return Reach::Unroutable;
-        };
-        let mut peer = peer;
-        if let Some(learned) = learned
-            && pool.encapsulation_toward(mine, peer) != Encapsulation::Vxlan
-        {
-            match learned.routes.get(&dst) {
-                Some(next_hop) => peer = *next_hop,
-                // Refused by this node (its next hop): a problem of ours, already named.
-                None if heard.is_some_and(|h| h.routes.contains_key(&dst)) => return Reach::Unroutable,
-                None if learned.converged => {
-                    out.problems
-                        .push(format!("{dst} of node {node_name} is not advertised over BGP (is its session up?)"));
-                    return Reach::Unadvertised;
-                }
-                None => {}
-            }
-        }
-        let target = match (pool.encapsulation_toward(mine, peer), peer) {
-            (Encapsulation::Vxlan, _) => match node.ipv4_vxlan_tunnel_addr {
-                Some(via) if dst.is_ipv4() => Target::Vxlan { via },
-                _ => {
-                    out.problems.push(format!("node {node_name} has no VXLAN tunnel address yet; no route to {dst}"));
-                    return Reach::Unroutable;
-                }
-            },
-            (Encapsulation::Ipip, IpAddr::V4(via)) if me.ipip_supported => Target::Ipip { via },
-            (Encapsulation::Ipip, _) => {
-                out.problems.push(format!(
-                    "pool {} uses IP-in-IP, which this kernel lacks (no ipip module); no route to {dst}",
-                    pool.cidr
-                ));
-                return Reach::Unroutable;
-            }
-            (Encapsulation::None, peer) if same_subnet(mine, peer) => Target::Direct { via: peer },
-            (Encapsulation::None, peer) => {
-                out.problems.push(format!(
-                    "node {node_name} ({peer}) is not on this node's subnet and pool {} does not encapsulate; \
-                     {dst} needs BGP or a router that knows it",
-                    pool.cidr
-                ));
-                return Reach::Unroutable;
-            }
-        };
-        out.routes.insert(dst, target);
-        Reach::Routed
-    };
-
+    // What the cluster's state says each prefix is: this node's own blocks and pods, other
+    // nodes' blocks, and addresses borrowed from a block's owner (a /32 or /128 toward where
+    // they are used).
     for block in &cluster.blocks {
-        let Some(pool) = pool_of(&block.cidr) else { continue };
+        if routing.pool_of(&block.cidr).is_none() {
+            continue;
+        }
         match block.owner.as_deref() {
             Some(owner) if owner == me.name => {
+                out.origins.insert(block.cidr, Origin::Local);
                 out.routes.insert(block.cidr, Target::Blackhole);
             }
-            Some(owner) if remote(&mut out, block.cidr, &pool.spec, owner) == Reach::Unroutable => {
-                out.unrouted.push(block.cidr);
-            }
-            Some(_) | None => {}
+            Some(owner) => drop(out.origins.insert(block.cidr, Origin::Remote(owner.to_owned()))),
+            None => {}
         }
-        // Addresses borrowed from the block's owner: a /32 (/128) toward where they are used.
         for (ip, allocation) in block.allocations() {
             let used_on = allocation.node.as_str();
             if allocation.kind == AllocationKind::Workload
@@ -376,52 +533,38 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
                 && used_on != me.name
             {
                 let host = IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix");
-                if remote(&mut out, host, &pool.spec, used_on) == Reach::Unroutable {
-                    out.unrouted.push(host);
-                }
+                out.origins.insert(host, Origin::Remote(used_on.to_owned()));
             }
         }
     }
-
-    // Learned prefixes that are not blocks the datastore knows (external peers' routes
-    // inside a pool, or outside every pool when a BGPFilter let them in): routed toward the
-    // next hop as the pool says.
-    if let Some(learned) = learned {
-        for (prefix, next_hop) in &learned.routes {
-            if out.routes.contains_key(prefix) {
-                continue;
-            }
-            let pool = pool_of(prefix);
-            let mine = me.address_like(prefix.ip());
-            // A route of ours replaces the kernel's route to the same prefix: never one the
-            // node itself depends on (its subnet, or a default or wider route covering it).
-            if pool.is_none() && mine.is_some_and(|net| prefix.contains(net.ip()) || net.contains(prefix.ip())) {
-                out.problems.push(format!("learned {prefix} overlaps this node's own subnet; not installed"));
-                continue;
-            }
-            let how = pool.map_or(Encapsulation::None, |pool| pool.spec.encapsulation_toward(mine, *next_hop)); // no pool: natively
-            let target = match (how, next_hop) {
-                (Encapsulation::Vxlan, _) => continue,
-                (Encapsulation::Ipip, IpAddr::V4(via)) if me.ipip_supported => Target::Ipip { via: *via },
-                (Encapsulation::None, via) if same_subnet(mine, *via) => Target::Direct { via: *via },
-                _ => {
-                    out.problems
-                        .push(format!("learned {prefix} via {next_hop}, which this node cannot reach directly"));
-                    continue;
-                }
-            };
-            out.routes.insert(*prefix, target);
-        }
-    }
-
     for workload in &cluster.workloads {
         for net in &workload.spec.ip_networks {
+            out.origins.insert(*net, Origin::Local);
             out.routes.insert(*net, Target::Workload { interface: workload.spec.interface_name.clone() });
+        }
+    }
+    let remote: Vec<(IpNetwork, String)> = out
+        .origins
+        .iter()
+        .filter_map(|(prefix, origin)| match origin {
+            Origin::Remote(node) => Some((*prefix, node.clone())),
+            Origin::Local => None,
+        })
+        .collect();
+    for (prefix, node) in remote {
+        out.settle(prefix, routing.toward_node(prefix, &node));
+    }
+    if let Some(learned) = learned {
+        for prefix in learned.routes.keys() {
+            if !out.origins.contains_key(prefix) {
+                let decision = routing.learned_only(*prefix);
+                out.settle(*prefix, decision);
+            }
         }
     }
 
     if out.vxlan {
-        for (name, node) in &nodes {
+        for (name, node) in &routing.nodes {
             if *name == me.name {
                 continue;
             }

@@ -62,7 +62,7 @@ fn own_blocks_are_blackholed_and_no_encap_goes_direct_on_the_subnet() {
     assert_eq!(route(&d, "10.244.1.0/26"), Some(Target::Direct { via: "10.0.0.2".parse().unwrap() }));
     // c is on another subnet: no-encap cannot reach it without BGP, and says so.
     assert_eq!(route(&d, "10.244.2.0/26"), None);
-    assert!(d.problems.iter().any(|p| p.contains("node c") && p.contains("BGP")), "{:?}", d.problems);
+    assert!(d.all_problems().iter().any(|p| p.contains("node c") && p.contains("BGP")), "{:?}", d.all_problems());
     assert!(!d.vxlan && d.vteps.is_empty());
 }
 
@@ -92,7 +92,7 @@ fn ipip_routes_via_node_addresses_or_explains_the_missing_module() {
     assert!(with.ipip && !with.vxlan);
     let without = desired(&me(false), &c, None);
     assert_eq!(route(&without, "10.244.2.0/26"), None);
-    assert!(without.problems.iter().any(|p| p.contains("no ipip module")), "{:?}", without.problems);
+    assert!(without.all_problems().iter().any(|p| p.contains("no ipip module")), "{:?}", without.all_problems());
     assert!(!without.ipip);
     // Own blocks are still blackholed: the other modes keep working.
     assert_eq!(route(&without, "10.244.0.0/26"), Some(Target::Blackhole));
@@ -154,10 +154,10 @@ fn with_bgp_remote_blocks_follow_learned_routes_once_converged() {
     assert_eq!(route(&d, "10.244.9.0/24"), Some(Target::Direct { via: "10.0.0.254".parse().unwrap() }));
     assert_eq!(route(&d, "192.168.77.0/24"), Some(Target::Direct { via: "10.0.0.254".parse().unwrap() }));
     assert_eq!(route(&d, "192.168.78.0/24"), None);
-    assert!(d.problems.iter().any(|p| p.contains("192.168.78.0/24 via 172.16.0.1")), "{:?}", d.problems);
+    assert!(d.all_problems().iter().any(|p| p.contains("192.168.78.0/24 via 172.16.0.1")), "{:?}", d.all_problems());
     for taken in ["0.0.0.0/0", "10.0.0.0/25"] {
         assert_eq!(route(&d, taken), None, "{taken}");
-        assert!(d.problems.iter().any(|p| p.contains(&format!("{taken} overlaps this node's own subnet"))));
+        assert!(d.all_problems().iter().any(|p| p.contains(&format!("{taken} overlaps this node's own subnet"))));
     }
 }
 
@@ -177,15 +177,15 @@ fn learned_routes_with_a_next_hop_that_cannot_carry_traffic_are_not_installed() 
     for ((prefix, next_hop), reason) in bad.into_iter().zip(reasons) {
         assert_eq!(route(&d, prefix), None, "{prefix} via {next_hop}");
         let said = format!("{prefix} via {next_hop}, {reason}");
-        assert!(d.problems.iter().any(|p| p.contains(&said)), "{said}: {:?}", d.problems);
+        assert!(d.all_problems().iter().any(|p| p.contains(&said)), "{said}: {:?}", d.all_problems());
     }
     assert_eq!(route(&d, "10.244.1.0/26"), None);
-    assert!(d.problems.iter().any(|p| p.contains("via 10.0.0.1, which is this node")), "{:?}", d.problems);
+    assert!(d.all_problems().iter().any(|p| p.contains("via 10.0.0.1, which is this node")), "{:?}", d.all_problems());
     assert_eq!(route(&d, "10.244.0.0/26"), Some(Target::Blackhole), "own blocks stay blackholed");
     // The refusal is this node's doing: the block counts as unrouted (not ready). Node c's
     // block, which c does not advertise at all, does not: its session is c's problem.
-    assert_eq!(d.unrouted, ["10.244.1.0/26".parse::<IpNetwork>().unwrap()]);
-    assert!(d.problems.iter().any(|p| p.contains("10.244.2.0/26 of node c is not advertised over BGP")));
+    assert_eq!(d.unrouted, ["10.244.1.0/26".parse::<IpNetwork>().unwrap()].into());
+    assert!(d.all_problems().iter().any(|p| p.contains("10.244.2.0/26 of node c is not advertised over BGP")));
 }
 
 #[test]
@@ -193,7 +193,7 @@ fn blocks_of_registered_nodes_without_a_route_are_unrouted_and_those_of_gone_nod
     let mut c = cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never));
     assert!(desired(&me(false), &c, None).unrouted.is_empty(), "VXLAN reaches every node");
     c.nodes[2].spec.ipv4_vxlan_tunnel_addr = None;
-    assert_eq!(desired(&me(false), &c, None).unrouted, ["10.244.2.0/26".parse::<IpNetwork>().unwrap()]);
+    assert_eq!(desired(&me(false), &c, None).unrouted, ["10.244.2.0/26".parse::<IpNetwork>().unwrap()].into());
     c.nodes.pop();
     assert!(desired(&me(false), &c, None).unrouted.is_empty(), "node c is gone: its block waits for GC");
 }
@@ -239,4 +239,70 @@ fn tunnel_devices_are_desired_once_the_node_has_its_tunnel_address() {
         ("10.244.0.0".parse().unwrap(), "10.0.0.1".parse().unwrap(), 1450)
     );
     assert_eq!(desired(&me(true), &c, None).pod_mtu, 1450);
+}
+
+#[test]
+fn recalculating_the_prefixes_bgp_changed_gives_what_a_full_calculation_gives() {
+    let mut c = cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never));
+    // An address of c's block lent to b (10.244.2.0): a /32 toward b.
+    let holder =
+        Allocation { handle: "n.x".into(), kind: AllocationKind::Workload, node: "b".into(), ..Allocation::default() };
+    c.blocks[2].allocate(holder, 0, 0).unwrap();
+    let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let mut learned = Learned { converged: true, ..Learned::default() };
+    learned.routes.insert(net("10.244.1.0/26"), ip("10.0.0.2"));
+    learned.routes.insert(net("10.244.2.0/26"), ip("10.0.0.3"));
+    learned.routes.insert(net("192.168.1.0/24"), ip("10.0.0.254"));
+    let mut kept = desired(&me(false), &c, Some(&learned));
+    // Withdrawn, moved, refused (this node as next hop), new outside every pool, new and
+    // unreachable, a borrowed address learned, and our own block announced back to us.
+    let changes = LearnedChanges {
+        routes: [
+            (net("10.244.1.0/26"), None),
+            (net("10.244.2.0/26"), Some(ip("10.0.0.9"))),
+            (net("192.168.1.0/24"), Some(ip("10.0.0.1"))),
+            (net("192.168.2.0/24"), Some(ip("10.0.0.254"))),
+            (net("192.168.3.0/24"), Some(ip("172.16.0.1"))),
+            (net("10.244.2.0/32"), Some(ip("10.0.0.2"))),
+            (net("10.244.0.0/26"), Some(ip("10.0.0.2"))),
+        ]
+        .into(),
+        ..LearnedChanges::default()
+    };
+    let changed = learned.take_in(changes).expect("only some prefixes changed");
+    assert_eq!(changed.len(), 7);
+    kept.relearn(&me(false), &c, &learned, &changed);
+    let full = desired(&me(false), &c, Some(&learned));
+    assert_eq!(kept, full);
+    assert_eq!(route(&kept, "10.244.2.0/26"), Some(Target::Direct { via: "10.0.0.9".parse().unwrap() }));
+    assert_eq!(route(&kept, "10.244.0.0/26"), Some(Target::Blackhole), "BGP has no say over our own block");
+    assert!(kept.unrouted.is_empty(), "{:?}", kept.unrouted);
+    // And back: the withdrawn block returns, the refused route is healed.
+    let back = LearnedChanges {
+        routes: [(net("10.244.1.0/26"), Some(ip("10.0.0.2"))), (net("192.168.1.0/24"), Some(ip("10.0.0.254")))].into(),
+        ..LearnedChanges::default()
+    };
+    let changed = learned.take_in(back).unwrap();
+    kept.relearn(&me(false), &c, &learned, &changed);
+    assert_eq!(kept, desired(&me(false), &c, Some(&learned)));
+    assert!(!kept.all_problems().iter().any(|p| p.contains("192.168.1.0/24")), "{:?}", kept.all_problems());
+}
+
+#[test]
+fn taking_in_changes_says_which_prefixes_changed_or_that_everything_did() {
+    let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let mut learned = Learned::default();
+    let first = LearnedChanges { routes: [(net("10.1.0.0/16"), Some(ip("10.0.0.2")))].into(), ..Default::default() };
+    assert_eq!(learned.take_in(first.clone()), Some([net("10.1.0.0/16")].into()));
+    assert_eq!(learned.take_in(first), Some(BTreeSet::new()), "the same next hop again is no change");
+    let gone = LearnedChanges { routes: [(net("10.9.0.0/16"), None)].into(), ..Default::default() };
+    assert_eq!(learned.take_in(gone), Some(BTreeSet::new()), "withdrawing what was never learned is no change");
+    // Convergence changes what every unlearned block means; a new table replaces the old.
+    assert_eq!(learned.take_in(LearnedChanges { converged: true, ..Default::default() }), None);
+    let table = LearnedChanges { table: Some([(net("10.2.0.0/16"), ip("10.0.0.3"))].into()), ..Default::default() };
+    assert_eq!(learned.take_in(table), None);
+    assert_eq!(learned.routes.keys().copied().collect::<Vec<_>>(), [net("10.2.0.0/16")]);
+    assert!(learned.converged);
 }

@@ -8,10 +8,11 @@ pub mod routes;
 pub mod sysctl;
 pub mod vxlan;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use brindle_kernel::{Kernel, Route};
+use brindle_kernel::Kernel;
+use ipnetwork::IpNetwork;
 
 use crate::calc::Desired;
 
@@ -44,7 +45,7 @@ pub struct Dataplane {
 /// until a device comes, goes or changes (which takes routes with it) or a sync fails.
 struct Programmed {
     devices: HashMap<String, u32>,
-    routes: Vec<Route>,
+    routes: routes::Programmed,
 }
 
 impl Dataplane {
@@ -98,17 +99,7 @@ impl Dataplane {
                 None => fail("ipip", anyhow::anyhow!("a pool uses IP-in-IP but this node has no tunnel address yet")),
             }
         }
-        let routed = async {
-            let devices = routes::Devices::read(kernel, &self.uplink).await?;
-            let known = self.programmed.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let known = known.filter(|p| !full && p.devices == devices.by_name).map(|p| p.routes);
-            let (changes, routes) = routes::sync(kernel, &desired.routes, &devices, known).await?;
-            let programmed = Programmed { devices: devices.by_name, routes };
-            *self.programmed.lock().unwrap_or_else(|e| e.into_inner()) = Some(programmed);
-            anyhow::Ok(changes)
-        }
-        .await;
-        match routed {
+        match self.sync_routes(desired, None, full).await {
             Ok(n) => applied.changes += n,
             Err(e) => fail("routes", e),
         }
@@ -146,5 +137,44 @@ impl Dataplane {
             }
         }
         applied
+    }
+
+    /// After BGP changed the routes of `prefixes` alone (nothing else in `desired` changed):
+    /// programs those, judged against what the last sync left, and touches nothing else.
+    pub async fn apply_routes(&self, desired: &Desired, prefixes: &BTreeSet<IpNetwork>) -> Applied {
+        let mut applied = Applied::default();
+        match self.sync_routes(desired, Some(prefixes), false).await {
+            Ok(n) => applied.changes = n,
+            Err(e) => {
+                tracing::warn!(driver = "routes", error = %e, "dataplane driver failed; the next resync retries");
+                applied.failures.push(("routes", format!("{e:#}")));
+            }
+        }
+        applied
+    }
+
+    /// The routes driver: `prefixes` alone when given and what the last sync left still
+    /// stands for the kernel (no device came, went or changed, not `full`), else every route.
+    async fn sync_routes(
+        &self,
+        desired: &Desired,
+        prefixes: Option<&BTreeSet<IpNetwork>>,
+        full: bool,
+    ) -> anyhow::Result<usize> {
+        let kernel = &*self.kernel;
+        let devices = routes::Devices::read(kernel, &self.uplink).await?;
+        // Taken out while the sync runs: after a failure the kernel's table is read again.
+        let known = self.programmed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let known = known.filter(|p| !full && p.devices == devices.by_name).map(|p| p.routes);
+        let (changes, routes) = match (prefixes, known) {
+            (Some(prefixes), Some(mut known)) => {
+                let changes = routes::sync_prefixes(kernel, &desired.routes, &devices, &mut known, prefixes).await?;
+                (changes, known)
+            }
+            (_, known) => routes::sync(kernel, &desired.routes, &devices, known).await?,
+        };
+        *self.programmed.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Programmed { devices: devices.by_name, routes });
+        Ok(changes)
     }
 }

@@ -2,7 +2,7 @@
 //! protocol are ever touched; routes to pod veths are left to die with the veth (the CNI
 //! plugin makes them, the agent only repairs them).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use brindle_kernel::names::{self, ROUTE_PROTOCOL};
 use brindle_kernel::{Kernel, Route, RouteChange};
@@ -45,66 +45,89 @@ fn route_for(dst: IpNetwork, target: &Target, devices: &Devices) -> Option<Route
     })
 }
 
-/// The changes that make `actual` (our routes in the kernel) match `desired`.
-fn diff(desired: &BTreeMap<IpNetwork, Target>, actual: &[Route], devices: &Devices) -> Vec<RouteChange> {
-    let actual: BTreeMap<IpNetwork, &Route> = actual.iter().map(|r| (r.dst, r)).collect();
-    let mut changes = Vec::new();
-    for (dst, target) in desired {
-        let Some(want) = route_for(*dst, target, devices) else { continue };
-        if actual.get(dst).is_some_and(|have| **have == want) {
-            continue;
+/// Our routes in the kernel, by destination.
+pub type Programmed = BTreeMap<IpNetwork, Route>;
+
+/// The change that makes `have` (our route to `dst` in the kernel, if any) what `want` says.
+fn change_for(dst: IpNetwork, want: Option<&Target>, have: Option<&Route>, devices: &Devices) -> Option<RouteChange> {
+    match want {
+        Some(target) => {
+            let want = route_for(dst, target, devices)?;
+            if have == Some(&want) {
+                return None;
+            }
+            tracing::debug!(%dst, want = %want, have = ?have.map(ToString::to_string), "route replaced");
+            Some(RouteChange::Replace(want))
         }
-        tracing::debug!(%dst, want = %want, have = ?actual.get(dst).map(|r| r.to_string()), "route replaced");
-        changes.push(RouteChange::Replace(want));
+        None => {
+            let have = have?;
+            // A pod's route goes with its veth; one to a veth that is not in the datastore
+            // yet was just made by the CNI plugin.
+            if have.oif.and_then(|i| devices.name_of(i)).is_some_and(names::is_workload) {
+                return None;
+            }
+            tracing::debug!(%dst, "route removed");
+            Some(RouteChange::Remove(have.clone()))
+        }
     }
-    for (dst, route) in actual {
-        if desired.contains_key(&dst) {
-            continue;
-        }
-        // A pod's route goes with its veth; one to a veth that is not in the datastore yet
-        // was just made by the CNI plugin.
-        if route.oif.and_then(|i| devices.name_of(i)).is_some_and(names::is_workload) {
-            continue;
-        }
-        tracing::debug!(%dst, "route removed");
-        changes.push(RouteChange::Remove(route.clone()));
-    }
-    changes
 }
 
-/// Our routes as they are after `changes` were made to `before`.
-fn after(before: Vec<Route>, changes: &[RouteChange]) -> Vec<Route> {
-    let mut routes: BTreeMap<IpNetwork, Route> = before.into_iter().map(|r| (r.dst, r)).collect();
-    for change in changes {
-        match change {
-            RouteChange::Replace(route) => drop(routes.insert(route.dst, route.clone())),
-            RouteChange::Remove(route) => drop(routes.remove(&route.dst)),
-        }
-    }
-    routes.into_values().collect()
-}
-
-/// Makes the kernel's routes of our protocol match `desired`, judged against `known` (what
-/// an earlier sync left, when nothing may have changed since) or against the kernel's own
-/// table. Returns how many changed and our routes as they now are, for the next sync.
-pub async fn sync(
+/// Makes the kernel's routes of `prefixes` (ours, judged against `known`) match `desired`,
+/// and `known` match the kernel after. Returns how many changed.
+async fn change(
     kernel: &dyn Kernel,
     desired: &BTreeMap<IpNetwork, Target>,
     devices: &Devices,
-    known: Option<Vec<Route>>,
-) -> anyhow::Result<(usize, Vec<Route>)> {
-    let actual = match known {
-        Some(known) => known,
-        None => kernel.routes(Some(ROUTE_PROTOCOL)).await?,
-    };
-    let changes = diff(desired, &actual, devices);
+    known: &mut Programmed,
+    prefixes: impl Iterator<Item = IpNetwork>,
+) -> anyhow::Result<usize> {
+    let changes: Vec<RouteChange> =
+        prefixes.filter_map(|dst| change_for(dst, desired.get(&dst), known.get(&dst), devices)).collect();
     let count = changes.len();
-    let failures = kernel.change_routes(changes.clone()).await;
+    for change in &changes {
+        match change {
+            RouteChange::Replace(route) => drop(known.insert(route.dst, route.clone())),
+            RouteChange::Remove(route) => drop(known.remove(&route.dst)),
+        }
+    }
+    let failures = kernel.change_routes(changes).await;
     if !failures.is_empty() {
         let failures: Vec<String> = failures.iter().map(ToString::to_string).collect();
         anyhow::bail!("{} route(s) could not be programmed: {}", failures.len(), failures.join("; "));
     }
-    Ok((count, after(actual, &changes)))
+    Ok(count)
+}
+
+/// Makes the kernel's routes of our protocol match `desired`, judged against `known` (what
+/// an earlier sync left, when nothing may have changed since) or against the kernel's own
+/// table. Returns how many changed and our routes as they now are, for the next sync (after a
+/// failure the caller must read the kernel again: what the kernel refused is unknown).
+pub async fn sync(
+    kernel: &dyn Kernel,
+    desired: &BTreeMap<IpNetwork, Target>,
+    devices: &Devices,
+    known: Option<Programmed>,
+) -> anyhow::Result<(usize, Programmed)> {
+    let mut known = match known {
+        Some(known) => known,
+        None => kernel.routes(Some(ROUTE_PROTOCOL)).await?.into_iter().map(|r| (r.dst, r)).collect(),
+    };
+    let stale: Vec<IpNetwork> = known.keys().filter(|dst| !desired.contains_key(dst)).copied().collect();
+    let prefixes = desired.keys().copied().chain(stale);
+    let count = change(kernel, desired, devices, &mut known, prefixes).await?;
+    Ok((count, known))
+}
+
+/// Like [`sync`] for the `prefixes` alone (those a BGP change touched), judged against
+/// `known`, which it brings up to date.
+pub async fn sync_prefixes(
+    kernel: &dyn Kernel,
+    desired: &BTreeMap<IpNetwork, Target>,
+    devices: &Devices,
+    known: &mut Programmed,
+    prefixes: &BTreeSet<IpNetwork>,
+) -> anyhow::Result<usize> {
+    change(kernel, desired, devices, known, prefixes.iter().copied()).await
 }
 
 #[cfg(test)]
@@ -197,9 +220,35 @@ mod tests {
         kernel.take_log();
         let (changed, known) = runtime.block_on(sync(&kernel, &second, &devices, Some(known))).unwrap();
         assert_eq!(changed, 2, "{:?}", kernel.take_log());
-        let mut held: Vec<Route> = kernel.state().routes.values().cloned().collect();
-        held.sort_by_key(|r| r.dst);
+        let held: Programmed = kernel.state().routes.values().map(|r| (r.dst, r.clone())).collect();
         assert_eq!(known, held, "what the sync says it left is what the kernel holds");
+    }
+
+    #[test]
+    fn a_sync_of_some_prefixes_touches_only_them_and_keeps_what_it_knows_true() {
+        let (kernel, devices) = kernel();
+        let via = "10.0.0.7".parse().unwrap();
+        let mut desired: BTreeMap<IpNetwork, Target> =
+            [(net("10.244.1.0/26"), Target::Direct { via }), (net("10.244.2.0/26"), Target::Direct { via })].into();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (_, mut known) = runtime.block_on(sync(&kernel, &desired, &devices, None)).unwrap();
+        kernel.take_log();
+        // BGP withdrew one prefix, taught a new one and moved one; only two are said to change.
+        desired.remove(&net("10.244.1.0/26"));
+        desired.insert(net("10.244.3.0/26"), Target::Direct { via });
+        desired.insert(net("10.244.2.0/26"), Target::Direct { via: "10.0.0.8".parse().unwrap() });
+        let told = [net("10.244.1.0/26"), net("10.244.3.0/26")].into();
+        let changed = runtime.block_on(sync_prefixes(&kernel, &desired, &devices, &mut known, &told)).unwrap();
+        assert_eq!(changed, 2);
+        assert_eq!(
+            kernel.take_log(),
+            [
+                format!("route del 10.244.1.0/26 via 10.0.0.7 oif {} proto 98", devices.uplink),
+                format!("route replace 10.244.3.0/26 via 10.0.0.7 oif {} proto 98", devices.uplink),
+            ]
+        );
+        let held: Programmed = kernel.state().routes.values().map(|r| (r.dst, r.clone())).collect();
+        assert_eq!(known, held);
     }
 
     #[test]
