@@ -2,7 +2,7 @@
 //! prefixes made to match it, passwords read from their files, and the learned best routes
 //! fed back into the calculation.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use brindle_bgp::fsm::State;
 use brindle_bgp::speaker::{PeerSpec, RouteEvent, Speaker, SpeakerConfig};
 use ipnetwork::IpNetwork;
 use tokio::sync::Notify;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::calc::bgp::Plan;
 use crate::calc::{Cluster, LearnedChanges, Me};
@@ -190,22 +191,40 @@ async fn follow(speaker: Speaker, feed: Arc<LearnedFeed>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
-            event = events.recv() => match event {
-                Ok(RouteEvent::Best { prefix, attrs, peer: Some(_) }) => {
-                    feed.change(|pending| {
-                        pending.routes.insert(prefix, attrs.next_hop);
-                    });
+            event = events.recv() => {
+                // Everything already buffered is taken in at once, under one lock and one
+                // wake-up (recv alone would hand over a budget's worth per turn of this task).
+                let mut lagged = None;
+                let mut closed = false;
+                feed.change(|pending| {
+                    let mut next = Some(event);
+                    while let Some(event) = next.take() {
+                        match event {
+                            Ok(RouteEvent::Best { prefix, attrs, peer: Some(_) }) => {
+                                pending.routes.insert(prefix, attrs.next_hop);
+                            }
+                            Ok(RouteEvent::Best { prefix, peer: None, .. }) | Ok(RouteEvent::Unreachable(prefix)) => {
+                                pending.routes.insert(prefix, None);
+                            }
+                            Err(RecvError::Lagged(missed)) => lagged = Some(missed),
+                            Err(RecvError::Closed) => closed = true,
+                        }
+                        next = match events.try_recv() {
+                            Ok(event) => Some(Ok(event)),
+                            Err(TryRecvError::Lagged(missed)) => Some(Err(RecvError::Lagged(missed))),
+                            Err(TryRecvError::Empty) => None,
+                            Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                        };
+                    }
+                });
+                if closed {
+                    return;
                 }
-                Ok(RouteEvent::Best { prefix, peer: None, .. }) | Ok(RouteEvent::Unreachable(prefix)) => {
-                    feed.change(|pending| {
-                        pending.routes.insert(prefix, None);
-                    });
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                if let Some(missed) = lagged {
                     // Start over from the speaker's table.
                     tracing::warn!(missed, "fell behind the speaker's route events; re-reading its table");
                     if let Ok(table) = speaker.routes().await {
-                        let table: BTreeMap<IpNetwork, IpAddr> = table
+                        let table: HashMap<IpNetwork, IpAddr> = table
                             .into_iter()
                             .filter(|r| r.best && r.peer.is_some())
                             .filter_map(|r| r.attrs.next_hop.map(|nh| (r.prefix, nh)))
@@ -216,8 +235,7 @@ async fn follow(speaker: Speaker, feed: Arc<LearnedFeed>) {
                         });
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            },
+            }
             _ = tick.tick(), if !converged => {
                 // Every peer up, and a moment for their tables to arrive.
                 let all_up = speaker.status().await.is_ok_and(|peers| peers.iter().all(|p| p.state == State::Established));

@@ -28,9 +28,14 @@ use crate::wire::attribute::put_attribute;
 use crate::wire::{Attribute, Codec, Family, Message, MpReach, MpUnreach, RouteRefresh, Update, Value};
 
 /// Best-route events buffered for subscribers. A subscriber that falls further behind must
-/// re-read the whole table, which while a full table arrives costs far more than the events;
-/// 65,536 of them (a few MB) make that rare.
+/// re-read the whole table, which while a full table arrives costs far more than the events.
 const ROUTE_EVENTS: usize = 1 << 16;
+
+/// Best-route events the speaker publishes before it yields, so that subscribers sharing its
+/// thread (a current-thread runtime) drain them before the buffer overflows: a full table
+/// arrives in UPDATEs of hundreds of prefixes, and a turn of the speaker's task may take in a
+/// hundred of them.
+const EVENTS_BETWEEN_YIELDS: usize = ROUTE_EVENTS / 4;
 
 /// The speaker's own settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,6 +223,7 @@ impl Speaker {
             events: events.clone(),
             from_sessions,
             started: SystemTime::now(),
+            published_unyielded: 0,
         };
         tokio::spawn(core.run(rx, sessions_rx, Listeners(listeners)));
         Ok(Speaker { commands, events })
@@ -285,6 +291,8 @@ struct Core {
     events: broadcast::Sender<RouteEvent>,
     from_sessions: mpsc::Sender<(IpAddr, FromSession)>,
     started: SystemTime,
+    /// Events published since the task last yielded.
+    published_unyielded: usize,
 }
 
 /// The listening sockets.
@@ -674,6 +682,11 @@ impl Core {
         }
         if self.events.receiver_count() > 0 {
             self.publish(&changes);
+            self.published_unyielded += changes.len();
+            if self.published_unyielded >= EVENTS_BETWEEN_YIELDS {
+                self.published_unyielded = 0;
+                tokio::task::yield_now().await;
+            }
         }
         let mut per_peer: HashMap<PeerId, Vec<Export>> = HashMap::new();
         for (peer, export) in self.rib.exports_except(&changes, except) {

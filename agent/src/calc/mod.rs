@@ -76,7 +76,7 @@ pub struct Cluster {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Learned {
     /// Best routes: prefix -> next hop.
-    pub routes: BTreeMap<IpNetwork, IpAddr>,
+    pub routes: HashMap<IpNetwork, IpAddr>,
     /// Whether BGP has converged since start. Until then, remote blocks BGP has not taught
     /// yet keep the routes the datastore implies (the same ones), so a restarting agent
     /// changes nothing.
@@ -91,7 +91,7 @@ pub struct LearnedChanges {
     pub routes: HashMap<IpNetwork, Option<IpAddr>>,
     /// The whole table, when it was read anew; it replaces what was learned, and `routes`
     /// came after it.
-    pub table: Option<BTreeMap<IpNetwork, IpAddr>>,
+    pub table: Option<HashMap<IpNetwork, IpAddr>>,
     /// BGP converged meanwhile.
     pub converged: bool,
 }
