@@ -11,6 +11,7 @@ pub mod dataplane;
 #[cfg(test)]
 mod fixtures;
 pub mod logging;
+pub mod passes;
 pub mod startup;
 pub mod status;
 pub mod syncer;

@@ -1,11 +1,10 @@
 //! brindle-node, the agent on every node: keeps the kernel's routes, VXLAN tunnel, iptables
 //! and sysctls in line with the datastore (DESIGN.md, "Data flow in the agent").
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use brindle_datastore::Client;
@@ -13,15 +12,13 @@ use brindle_datastore::ipam::Ipam;
 use brindle_datastore::resource::{AgentConfiguration, IptablesBackend};
 use brindle_kernel::Kernel;
 use clap::Parser;
-use ipnetwork::IpNetwork;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use brindle_agent::autodetect::{self, Method};
-use brindle_agent::bgp::{Bgp, LearnedFeed};
-use brindle_agent::calc::{self, Cluster, Learned, Me};
-use brindle_agent::dataplane::{Applied, Dataplane, iptables};
+use brindle_agent::calc::{self, Me};
+use brindle_agent::dataplane::{Dataplane, iptables};
 use brindle_agent::logging::Logging;
+use brindle_agent::passes::{BgpBackend, Passes};
 use brindle_agent::status::{self, Metrics};
 use brindle_agent::{startup, syncer};
 
@@ -87,17 +84,6 @@ struct Args {
     /// as they change, else warnings and errors only.
     #[arg(long, env = "BRINDLE_LOG")]
     log: Option<String>,
-}
-
-/// Where inter-node routes come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum BgpBackend {
-    /// The datastore alone.
-    None,
-    /// The embedded BGP speaker.
-    Embedded,
-    /// BIRD 2, run by the agent with a configuration rendered from the same plan.
-    Bird,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -197,7 +183,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         tokio::spawn(status::serve(status::bind(listen).await?, Arc::clone(&metrics), true));
     }
 
-    let (status_tx, mut status_rx) = tokio::sync::mpsc::channel::<status::StatusRequest>(16);
+    let (status_tx, status_rx) = tokio::sync::mpsc::channel::<status::StatusRequest>(16);
     tokio::spawn({
         let path = args.status_socket.clone();
         async move {
@@ -206,7 +192,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
             }
         }
     });
-    let (tx, mut rx) = watch::channel::<syncer::Published>(None);
+    let (tx, rx) = watch::channel::<syncer::Published>(None);
     tokio::spawn(syncer::run(store, name.clone(), tx, Arc::clone(&metrics)));
     tokio::spawn(startup::keep_tunnel_address(
         client.clone(),
@@ -216,211 +202,14 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         rx.clone(),
         Arc::clone(&metrics),
     ));
-    let bgp_settings = calc::bgp::Settings { hold_time: args.bgp_hold_time, secrets_dir: args.secrets_dir.clone() };
-    let resync_every = args.resync_interval.unwrap_or(config.route_refresh_interval).max(Duration::from_secs(1));
-    let mut resync = tokio::time::interval(resync_every);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut bgp: Option<(Bgp, Arc<LearnedFeed>)> = None;
-    // BGP's best routes as the agent holds them (BIRD installs the routes it learns itself:
-    // the agent leaves them to it, as if converged on nothing).
-    let mut learned = Learned { converged: backend == BgpBackend::Bird, ..Learned::default() };
-    let mut bird: Option<brindle_agent::bird_daemon::BirdProcess> = None;
-    let mut last_bgp_problems = Vec::new();
-    let mut agent = Agent {
+    let passes = Passes {
         me: &me,
         dataplane: &dataplane,
         metrics: &metrics,
         state_dir: &args.state_dir,
-        problems: Vec::new(),
-        mtu: None,
-        desired: None,
+        backend,
+        bgp_settings: calc::bgp::Settings { hold_time: args.bgp_hold_time, secrets_dir: args.secrets_dir.clone() },
+        resync_every: args.resync_interval.unwrap_or(config.route_refresh_interval).max(Duration::from_secs(1)),
     };
-
-    loop {
-        let learned_changed = async {
-            match &bgp {
-                Some((_, feed)) => feed.changed().await,
-                None => std::future::pending().await,
-            }
-        };
-        let (full, bgp_only) = tokio::select! {
-            changed = rx.changed() => {
-                if changed.is_err() { anyhow::bail!("the datastore syncer stopped") }
-                (false, false)
-            }
-            () = learned_changed => (false, true),
-            Some(reply) = status_rx.recv() => {
-                let peers = match &bgp {
-                    Some((speaker, _)) => speaker.report().await.ok(),
-                    None => None,
-                };
-                let datastore = metrics.datastore_problem();
-                let report = serde_json::json!({
-                    "node": name,
-                    "ready": metrics.is_ready(),
-                    "notReady": metrics.not_ready_reason(),
-                    "problems": datastore.iter().chain(&agent.problems).chain(&last_bgp_problems).collect::<Vec<_>>(),
-                    "bgp": peers.map(|peers| serde_json::json!({ "peers": peers })),
-                });
-                let _ = reply.send(report.to_string());
-                continue;
-            }
-            _ = resync.tick() => {
-                write_cni_kubeconfig(); // its token rotates
-                (true, false)
-            }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        };
-        let relearned = bgp.as_ref().and_then(|(_, feed)| learned.take_in(feed.take()));
-        tracing::debug!(full, bgp_only, relearned = ?relearned.as_ref().map(BTreeSet::len), "pass");
-        // Only BGP changed, and only some prefixes: recalculate and program those alone.
-        // (The cluster is cloned out first: a borrow of `rx` held across an await would stop
-        // the syncer's next send, on this same thread.)
-        let unchanged_cluster = if rx.has_changed().unwrap_or(true) { None } else { rx.borrow().clone() };
-        if bgp_only
-            && let (Some(prefixes), Some(cluster)) = (relearned, unchanged_cluster)
-            && agent.desired.is_some()
-        {
-            if !prefixes.is_empty() {
-                let bgp_ok = match &bgp {
-                    Some((speaker, _)) => bgp_established(speaker).await,
-                    None => true,
-                };
-                agent.relearn(&cluster, &learned, &prefixes, bgp_ok).await;
-            }
-            continue;
-        }
-        // Nothing touches the kernel before the first complete sync.
-        let Some(cluster) = rx.borrow_and_update().clone() else { continue };
-        logging.set_bgp(cluster.bgp.log_severity_screen);
-        if backend == BgpBackend::Embedded && bgp.is_none() {
-            bgp = Some(Bgp::start(&me, &cluster).await.context("starting the BGP speaker")?);
-        }
-        // The BGP plan, one per pass, for whichever backend carries it out.
-        let plan = calc::bgp::plan(&me, &cluster, &bgp_settings);
-        if plan.problems != last_bgp_problems {
-            for problem in &plan.problems {
-                tracing::warn!(%problem, "BGP peering problem");
-            }
-            last_bgp_problems.clone_from(&plan.problems);
-        }
-        if backend == BgpBackend::Bird
-            && let Err(e) = brindle_agent::bird_daemon::render_and_run(&me, &cluster, &plan, &args.state_dir, &mut bird)
-        {
-            metrics.error("bgp");
-            tracing::warn!(error = %format!("{e:#}"), "BIRD configuration not updated");
-        }
-        if let Some((speaker, _)) = bgp.as_mut()
-            && let Err(e) = speaker.apply(plan).await
-        {
-            metrics.error("bgp");
-            tracing::warn!(error = %e, "could not update the BGP speaker");
-        }
-        // With BGP, ready needs a session up (or no peer to have one with).
-        let bgp_ok = match &bgp {
-            Some((speaker, _)) => bgp_established(speaker).await,
-            None => true,
-        };
-        let learned = (backend != BgpBackend::None).then_some(&learned);
-        agent.pass(&cluster, learned, bgp_ok, full).await;
-    }
-    if let Some((speaker, _)) = &bgp {
-        speaker.shutdown().await;
-    }
-    drop(bird);
-    tracing::warn!("stopping; the dataplane stays in place");
-    Ok(())
-}
-
-/// Whether the speaker has a session up (or no peer to have one with).
-async fn bgp_established(speaker: &Bgp) -> bool {
-    speaker.report().await.is_ok_and(|p| p.is_empty() || p.iter().any(|p| p.state == "Established"))
-}
-
-/// The passes: what they need, and what the last one left.
-struct Agent<'a> {
-    me: &'a Me,
-    dataplane: &'a Dataplane,
-    metrics: &'a Metrics,
-    state_dir: &'a std::path::Path,
-    /// The problems last logged (reported on the status socket).
-    problems: Vec<String>,
-    /// The pod MTU last published.
-    mtu: Option<u32>,
-    /// The last desired state, for passes that recalculate BGP's prefixes alone.
-    desired: Option<calc::Desired>,
-}
-
-impl Agent<'_> {
-    /// Computes the desired state from `cluster` and applies it.
-    async fn pass(&mut self, cluster: &Cluster, learned: Option<&Learned>, bgp_ok: bool, full: bool) {
-        let started = Instant::now();
-        let desired = calc::desired(self.me, cluster, learned);
-        if let Some(learned) = learned {
-            self.metrics.bgp_routes(learned.routes.len());
-        }
-        let mtu = desired.pod_mtu;
-        if self.mtu != Some(mtu) {
-            match startup::publish(&self.state_dir.join("mtu"), &mtu.to_string()) {
-                Ok(_) => self.mtu = Some(mtu),
-                Err(e) => tracing::warn!(error = %e, "could not publish the pod MTU"),
-            }
-        }
-        let applied = self.dataplane.apply(&desired, full).await;
-        self.settle(desired, &applied, bgp_ok, full, started);
-    }
-
-    /// Recalculates and programs the routes of `prefixes` alone, after BGP changed only them.
-    async fn relearn(&mut self, cluster: &Cluster, learned: &Learned, prefixes: &BTreeSet<IpNetwork>, bgp_ok: bool) {
-        let Some(mut desired) = self.desired.take() else { return };
-        let started = Instant::now();
-        desired.relearn(self.me, cluster, learned, prefixes);
-        self.metrics.bgp_routes(learned.routes.len());
-        let applied = self.dataplane.apply_routes(&desired, prefixes).await;
-        self.settle(desired, &applied, bgp_ok, false, started);
-    }
-
-    /// Logs new problems, counts and reports what a pass did, and keeps its desired state.
-    fn settle(&mut self, desired: calc::Desired, applied: &Applied, bgp_ok: bool, full: bool, started: Instant) {
-        let problems = desired.all_problems();
-        if problems != self.problems {
-            for problem in &problems {
-                tracing::warn!(%problem, "cannot program");
-            }
-            self.problems = problems;
-        }
-        for (driver, _) in &applied.failures {
-            self.metrics.error(driver);
-        }
-        self.metrics.iptables_restore(applied.failures.iter().all(|(d, _)| *d != "iptables"));
-        let took = started.elapsed();
-        self.metrics.applied(took, desired.routes.len(), applied.changes, full);
-        if !full {
-            self.metrics.watch_lag(took);
-        }
-        let ready = if let Some((driver, e)) = applied.failures.first() {
-            Err(format!("the {driver} driver failed: {e}"))
-        } else if !bgp_ok {
-            Err("no BGP session is established".to_owned())
-        } else if let Some(first) = desired.unrouted.first() {
-            Err(format!(
-                "no route to {} block(s) of other nodes ({first}{}); the problems say why",
-                desired.unrouted.len(),
-                if desired.unrouted.len() > 1 { ", ..." } else { "" }
-            ))
-        } else {
-            Ok(())
-        };
-        if ready.is_ok() && !self.metrics.dataplane_ready() {
-            tracing::warn!(routes = desired.routes.len(), "dataplane in sync");
-        }
-        self.metrics.set_ready(ready);
-        if applied.changes > 0 {
-            tracing::info!(changes = applied.changes, full, ?took, "dataplane updated");
-        }
-        self.desired = Some(desired);
-    }
+    passes.run(rx, status_rx, &mut logging, write_cni_kubeconfig).await
 }
