@@ -208,3 +208,62 @@ fn a_datastore_outage_makes_the_agents_unready_and_their_pods_keep_talking() {
     assert!(retry.contains("listing again in 200ms"), "{retry}");
     wait("node-0 to be ready after the second outage", &mut || readiness().starts_with("HTTP/1.0 200"));
 }
+
+/// Runs `args` on `lab`, asserting success; returns stdout.
+fn ok(lab: &Lab, args: &[&str]) -> String {
+    let out = lab.run(args);
+    assert!(out.status.success(), "{args:?} failed:\n{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `probe --json` on `port`: from pod, to pod, answered.
+fn probe(lab: &Lab, port: &str) -> serde_json::Value {
+    let json = ok(lab, &["probe", "--port", port, "--json"]);
+    let probe: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(probe["port"], port);
+    probe["results"].clone()
+}
+
+#[test]
+fn pods_come_and_go_with_namespaces_labels_and_servers_and_probe_says_who_answers() {
+    let lab = Lab::new();
+    ok(&lab, &["up", "--nodes", "2", "--pods-per-node", "0"]);
+    ok(&lab, &["pod", "add", "x/a", "--node", "0", "--labels", "app=a,team=blue", "--serve", "tcp:80,udp:81"]);
+    ok(&lab, &["pod", "add", "y/b", "--node", "node-1", "--serve", "tcp:80"]);
+    ok(&lab, &["pod", "add", "c", "--node", "1"]);
+    let again = lab.run(&["pod", "add", "x/a", "--node", "1"]);
+    assert!(!again.status.success() && text(&again).contains("exists"), "{}", text(&again));
+
+    // Only pods with a server on the port answer, across nodes and on the same node.
+    let tcp = probe(&lab, "tcp:80");
+    for (from, to, answered) in [
+        ("x/a", "y/b", true),
+        ("y/b", "x/a", true),
+        ("default/c", "x/a", true),
+        ("default/c", "y/b", true),
+        ("x/a", "default/c", false),
+    ] {
+        assert_eq!(tcp[from][to], answered, "{from} -> {to} on tcp:80: {tcp}");
+    }
+    let udp = probe(&lab, "udp:81");
+    assert_eq!(udp["y/b"]["x/a"], true, "{udp}");
+    assert_eq!(udp["x/a"]["y/b"], false, "{udp}");
+    assert_eq!(probe(&lab, "tcp:81")["default/c"]["x/a"], false, "nothing listens on tcp:81");
+
+    // The labels are on the pod's WorkloadEndpoint, where policy selectors will read them.
+    let endpoints = ok(&lab, &["exec", "node-0", "--", "brindlectl", "get", "workloadendpoints", "-A", "-o", "json"]);
+    assert!(endpoints.contains("\"team\": \"blue\"") || endpoints.contains("\"team\":\"blue\""), "{endpoints}");
+
+    let state = LabState::load(&lab.state_dir()).unwrap();
+    let server = state.pods.iter().find(|p| p.key() == "x/a").and_then(|p| p.server_pid).unwrap();
+    ok(&lab, &["pod", "del", "x/a"]);
+    assert!(!is_running(server, "brindle-lab"), "the pod's server is stopped with it");
+    let tcp = probe(&lab, "tcp:80");
+    assert!(tcp.get("x/a").is_none() && tcp["default/c"].get("x/a").is_none(), "{tcp}");
+    assert!(!lab.namespaces().iter().any(|n| n.ends_with("-p0")), "{:?}", lab.namespaces());
+
+    let last_server = state.pods.iter().find(|p| p.key() == "y/b").and_then(|p| p.server_pid).unwrap();
+    ok(&lab, &["down"]);
+    assert!(!is_running(last_server, "brindle-lab"), "down stops the servers");
+    assert_eq!(lab.namespaces(), Vec::<String>::new());
+}

@@ -5,6 +5,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use brindle_e2e::lab::pods::{self, NewPod, Port, Probe};
 use brindle_e2e::lab::{self, LabState, Matrix, Mode, Options, Peering, Store, cli_name};
 use clap::{Parser, Subcommand};
 
@@ -70,8 +71,55 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Adds or deletes a pod (a namespace wired by the CNI plugin on a node).
+    Pod {
+        #[command(subcommand)]
+        action: PodCmd,
+    },
+    /// Tries one port from every pod to every other pod (TCP connect, or UDP request and
+    /// answer) and prints the matrix. Always exits 0 when it could probe: the matrix is the
+    /// answer.
+    Probe {
+        /// The port, `tcp:PORT` or `udp:PORT`.
+        #[arg(long, default_value = "tcp:80")]
+        port: Port,
+        /// JSON (`{"port": "tcp:80", "results": {"x/a": {"y/b": true, ...}, ...}}`) instead
+        /// of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stops the lab's processes and removes its namespaces and files.
     Down,
+    /// Answers on the given ports until killed (the server inside a pod).
+    #[command(hide = true)]
+    Serve {
+        /// Comma-separated `tcp:PORT` and `udp:PORT`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        ports: Vec<Port>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PodCmd {
+    /// Adds pod NAMESPACE/NAME to a node, through the brindle CNI plugin as a runtime calls it.
+    Add {
+        /// `NAMESPACE/NAME` (a bare NAME is in `default`).
+        pod: String,
+        /// The node: `node-1` or `1`.
+        #[arg(long)]
+        node: String,
+        /// Labels for its WorkloadEndpoint: `k=v,k2=v2`.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        /// Ports a small server in the pod answers on: `tcp:80,tcp:81,udp:80`.
+        #[arg(long, value_delimiter = ',')]
+        serve: Vec<Port>,
+    },
+    /// Deletes pod NAMESPACE/NAME (its server, its CNI attachment and its namespace).
+    Del {
+        /// `NAMESPACE/NAME` (a bare NAME is in `default`).
+        pod: String,
+    },
 }
 
 const PARTLY_UNREACHABLE: u8 = 3;
@@ -161,6 +209,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd.env("PATH", format!("{}:{path}", state.bin_dir.display()));
             let status = cmd.status().with_context(|| format!("running {command:?} in {netns}"))?;
             Ok(ExitCode::from(status.code().map_or(1, |c| c as u8)))
+        }
+        Cmd::Pod { action: PodCmd::Add { pod, node, labels, serve } } => {
+            let mut state = LabState::load(&dir)?;
+            let (namespace, name) = pods::split_key(&pod);
+            let node = state
+                .nodes
+                .iter()
+                .enumerate()
+                .find(|(i, n)| n.name == node || i.to_string() == node)
+                .map(|(i, _)| i)
+                .with_context(|| format!("no node {node:?} in this lab"))?;
+            let labels = labels
+                .iter()
+                .map(|l| {
+                    l.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .with_context(|| format!("--labels {l:?}: write key=value"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let new = NewPod { namespace: namespace.into(), name: name.into(), node, labels, serve };
+            pods::add(&mut state, &new)?;
+            state.save(&dir)?;
+            let added = state.pods.last().context("the pod just added")?;
+            println!("pod {} on {} at {}", added.key(), state.nodes[node].name, added.ip);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pod { action: PodCmd::Del { pod } } => {
+            let mut state = LabState::load(&dir)?;
+            pods::delete(&mut state, &pod)?;
+            state.save(&dir)?;
+            println!("pod {pod} deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe { port, json } => {
+            let state = LabState::load(&dir)?;
+            let probe = Probe::measure(&state, port)?;
+            if json {
+                println!("{}", serde_json::to_string(&probe)?);
+            } else {
+                print!("{}", probe.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Serve { ports } => {
+            pods::serve(&ports)?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Down => {
             let state = LabState::load(&dir)?;

@@ -328,6 +328,14 @@ fn add_pod(state: &mut LabState, i: usize, j: usize) -> anyhow::Result<()> {
         .and_then(|a| a.split('/').next())
         .with_context(|| format!("CNI ADD for {name} gave no address: {result}"))?
         .to_owned();
-    state.pods.push(LabPod { name, node: i, netns: netns.keep(), ip, container_id });
+    state.pods.push(LabPod {
+        name,
+        namespace: "default".into(),
+        node: i,
+        netns: netns.keep(),
+        ip,
+        container_id,
+        server_pid: None,
+    });
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! namespace, process and file it made, and `down` removes exactly those.
 
 mod build;
+pub mod pods;
 mod progress;
 mod report;
 mod state;
@@ -47,6 +48,9 @@ pub struct Removed {
 /// when one before it fails; what was already gone is skipped.
 pub fn teardown(state: &LabState, dir: &Path) -> Removed {
     let mut removed = Removed::default();
+    for pid in state.pods.iter().filter_map(|p| p.server_pid) {
+        removed.processes += usize::from(terminate(pid, "brindle-lab"));
+    }
     for node in &state.nodes {
         removed.processes += usize::from(terminate(node.agent_pid, "brindle-node"));
     }

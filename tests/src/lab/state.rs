@@ -64,8 +64,11 @@ impl LabNode {
 /// One pod.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabPod {
-    /// Its name (namespace `default`).
+    /// Its name.
     pub name: String,
+    /// Its Kubernetes namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
     /// The index of its node.
     pub node: usize,
     /// Its network namespace.
@@ -74,6 +77,20 @@ pub struct LabPod {
     pub ip: String,
     /// The sandbox's container ID.
     pub container_id: String,
+    /// The PID of its server (`brindle-lab serve`), if it has one.
+    #[serde(default)]
+    pub server_pid: Option<u32>,
+}
+
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+
+impl LabPod {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
 }
 
 /// The directory of lab `name` under `parent`.
@@ -112,7 +129,7 @@ impl LabState {
         if let Some(node) = self.nodes.iter().enumerate().find(|(i, n)| n.name == what || i.to_string() == what) {
             return Ok(&node.1.netns);
         }
-        if let Some(pod) = self.pods.iter().find(|p| p.name == what) {
+        if let Some(pod) = self.pods.iter().find(|p| p.name == what || p.key() == what) {
             return Ok(&pod.netns);
         }
         match what {

@@ -1,0 +1,372 @@
+//! Pods beyond the ones `up` makes: added to a node with a namespace, labels and small servers
+//! on chosen ports, deleted again, and probed port by port from every pod to every pod (what
+//! network policy tests ask of a lab).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use brindle_datastore::resource::WorkloadEndpoint;
+
+use super::in_netns;
+use super::state::{LabPod, LabState};
+use crate::cni::{Attachment, exec_in, node_conf};
+use crate::netns::{Netns, enter};
+use crate::process::terminate;
+
+/// How long a probe waits for a connection or an answer.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// What a server answers on every port.
+const ANSWER: &[u8] = b"brindle-lab\n";
+
+/// A transport and port, written `tcp:80` or `udp:53`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Port {
+    /// UDP rather than TCP.
+    pub udp: bool,
+    /// The port number.
+    pub number: u16,
+}
+
+impl std::str::FromStr for Port {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Port, String> {
+        let (proto, number) = text.split_once(':').ok_or_else(|| format!("{text:?}: write tcp:PORT or udp:PORT"))?;
+        let udp = match proto {
+            "tcp" => false,
+            "udp" => true,
+            _ => return Err(format!("{text:?}: the transport is tcp or udp")),
+        };
+        let number =
+            number.parse::<u16>().ok().filter(|n| *n > 0).ok_or_else(|| format!("{text:?}: no port number"))?;
+        Ok(Port { udp, number })
+    }
+}
+
+impl std::fmt::Display for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", if self.udp { "udp" } else { "tcp" }, self.number)
+    }
+}
+
+/// A pod to add.
+#[derive(Debug, Clone, Default)]
+pub struct NewPod {
+    /// Its Kubernetes namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The index of its node.
+    pub node: usize,
+    /// Its labels (on its WorkloadEndpoint).
+    pub labels: BTreeMap<String, String>,
+    /// The ports a server in it answers on.
+    pub serve: Vec<Port>,
+}
+
+/// Splits `NAMESPACE/NAME` (a bare name is in `default`).
+pub fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("default", key))
+}
+
+/// Wires `pod` into its node through the CNI plugin as a runtime would, labels its
+/// WorkloadEndpoint, and starts its server. Records it in `state`; on failure nothing of it
+/// is left.
+pub fn add(state: &mut LabState, pod: &NewPod) -> anyhow::Result<()> {
+    let key = format!("{}/{}", pod.namespace, pod.name);
+    if state.pods.iter().any(|p| p.key() == key) {
+        bail!("pod {key} exists in this lab");
+    }
+    let Some(node) = state.nodes.get(pod.node) else {
+        bail!("no node {} in this lab (it has {})", pod.node, state.nodes.len())
+    };
+    // The first namespace name no pod of the lab has (pods come and go).
+    let index = (0u128..).find(|i| !state.pods.iter().any(|p| p.netns == format!("{}-p{i}", state.name))).unwrap_or(0);
+    let netns = Netns::named(&format!("{}-p{}", state.name, index))?;
+    let container_id = format!("{:032x}", (u128::from(std::process::id()) << 64) | (1 << 63) | index);
+    let attachment = Attachment {
+        container_id: container_id.clone(),
+        netns: netns.path(),
+        ifname: "eth0".into(),
+        pod_namespace: pod.namespace.clone(),
+        pod_name: pod.name.clone(),
+    };
+    let conf = node_conf(&state.datastore, &node.state_dir);
+    let bin_dir = state.bin_dir.display().to_string();
+    let result = exec_in(&node.netns, &state.bin_dir.join("brindle"), "ADD", &conf, &attachment, &bin_dir)?
+        .into_result()
+        .with_context(|| format!("CNI ADD for {key} on {}", node.name))?;
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .with_context(|| format!("CNI ADD for {key} gave no address: {result}"))?
+        .to_owned();
+    let mut added = LabPod {
+        name: pod.name.clone(),
+        namespace: pod.namespace.clone(),
+        node: pod.node,
+        netns: netns.name.clone(),
+        ip,
+        container_id,
+        server_pid: None,
+    };
+    let finish = (|| {
+        if !pod.labels.is_empty() {
+            label(state, &added, &pod.labels)?;
+        }
+        if !pod.serve.is_empty() {
+            added.server_pid = Some(serve_in(state, &netns.name, &pod.serve)?);
+        }
+        anyhow::Ok(())
+    })();
+    if let Err(e) = finish {
+        let _ = exec_in(&node.netns, &state.bin_dir.join("brindle"), "DEL", &conf, &attachment, &bin_dir);
+        return Err(e);
+    }
+    netns.keep();
+    state.pods.push(added);
+    Ok(())
+}
+
+/// Sets `labels` on the pod's WorkloadEndpoint (from the router's namespace, where the
+/// datastore listens).
+fn label(state: &LabState, pod: &LabPod, labels: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    let (selection, namespace, name, labels) =
+        (state.datastore.clone(), pod.namespace.clone(), pod.name.clone(), labels.clone());
+    in_netns(&state.router, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let client = brindle_datastore::Client::new(brindle_datastore::connect(&selection).await?);
+            let (endpoints, _) = client.list::<WorkloadEndpoint>().await?;
+            let mut endpoint = endpoints
+                .into_iter()
+                .find(|e| e.metadata.namespace.as_deref() == Some(namespace.as_str()) && e.spec.pod == name)
+                .with_context(|| format!("no WorkloadEndpoint for pod {namespace}/{name}"))?;
+            endpoint.metadata.labels.extend(labels);
+            client.update(endpoint).await?;
+            anyhow::Ok(())
+        })
+    })?
+}
+
+/// Starts `brindle-lab serve` (beside the lab's binaries, or this program) in namespace
+/// `netns`; returns its PID once it answers.
+fn serve_in(state: &LabState, netns: &str, ports: &[Port]) -> anyhow::Result<u32> {
+    let me = std::env::current_exe()?;
+    let program = match me.file_name().and_then(|n| n.to_str()) {
+        Some("brindle-lab") => me.clone(),
+        _ => state.bin_dir.join("brindle-lab"),
+    };
+    let list: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    let child = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(&program)
+        .args(["serve", "--ports", &list.join(",")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {} serve", program.display()))?;
+    let pid = child.id();
+    let first = ports[0];
+    let path = std::path::PathBuf::from(format!("/var/run/netns/{netns}"));
+    let up = crate::wait::wait_for("the pod's server to answer", Duration::from_secs(5), || {
+        in_thread_of(&path, || answers("127.0.0.1".parse().expect("an address"), first)).unwrap_or(false)
+    });
+    if let Err(e) = up {
+        terminate(pid, "brindle-lab");
+        return Err(e);
+    }
+    Ok(pid)
+}
+
+/// Runs `work` on a thread inside the namespace at `path`.
+fn in_thread_of<T: Send>(path: &std::path::Path, work: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter(path)?;
+                Ok(work())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("a probe thread panicked"))?
+    })
+}
+
+/// Stops the pod's server, deletes it through the CNI plugin and removes its namespace.
+pub fn delete(state: &mut LabState, key: &str) -> anyhow::Result<()> {
+    let (namespace, name) = split_key(key);
+    let at = state
+        .pods
+        .iter()
+        .position(|p| p.namespace == namespace && p.name == name)
+        .with_context(|| format!("no pod {namespace}/{name} in this lab"))?;
+    let pod = state.pods[at].clone();
+    if let Some(pid) = pod.server_pid {
+        terminate(pid, "brindle-lab");
+    }
+    let node = &state.nodes[pod.node];
+    let attachment = Attachment {
+        container_id: pod.container_id.clone(),
+        netns: std::path::PathBuf::from(format!("/var/run/netns/{}", pod.netns)),
+        ifname: "eth0".into(),
+        pod_namespace: pod.namespace.clone(),
+        pod_name: pod.name.clone(),
+    };
+    let conf = node_conf(&state.datastore, &node.state_dir);
+    exec_in(
+        &node.netns,
+        &state.bin_dir.join("brindle"),
+        "DEL",
+        &conf,
+        &attachment,
+        &state.bin_dir.display().to_string(),
+    )?
+    .into_result()
+    .with_context(|| format!("CNI DEL for {key}"))?;
+    Netns::remove(&pod.netns);
+    state.pods.remove(at);
+    Ok(())
+}
+
+/// Answers on every port until killed: TCP connections get [`ANSWER`], UDP datagrams get it
+/// back.
+pub fn serve(ports: &[Port]) -> anyhow::Result<()> {
+    let mut workers = Vec::new();
+    for port in ports {
+        let address = SocketAddr::from(([0, 0, 0, 0], port.number));
+        if port.udp {
+            let socket = UdpSocket::bind(address).with_context(|| format!("binding {port}"))?;
+            workers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(ANSWER, from);
+                }
+            }));
+        } else {
+            let listener = TcpListener::bind(address).with_context(|| format!("binding {port}"))?;
+            workers.push(std::thread::spawn(move || {
+                for mut conn in listener.incoming().flatten() {
+                    let _ = conn.write_all(ANSWER);
+                }
+            }));
+        }
+    }
+    for worker in workers {
+        let _ = worker.join();
+    }
+    Ok(())
+}
+
+/// Whether `to` answers on `port` from the calling thread's namespace within the timeout.
+fn answers(to: std::net::IpAddr, port: Port) -> bool {
+    let address = SocketAddr::new(to, port.number);
+    let mut answer = [0u8; 32];
+    if port.udp {
+        let Ok(socket) = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))) else { return false };
+        let _ = socket.set_read_timeout(Some(PROBE_TIMEOUT));
+        // A datagram may be lost: ask twice.
+        (0..2).any(|_| {
+            socket.send_to(b"probe", address).is_ok()
+                && socket.recv_from(&mut answer).is_ok_and(|(n, from)| from == address && &answer[..n] == ANSWER)
+        })
+    } else {
+        let Ok(mut conn) = TcpStream::connect_timeout(&address, PROBE_TIMEOUT) else { return false };
+        let _ = conn.set_read_timeout(Some(PROBE_TIMEOUT));
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got);
+        got == ANSWER
+    }
+}
+
+/// Which pod reached which on one port: `reached[from][to]`, keyed `namespace/name`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Probe {
+    /// The port probed.
+    pub port: String,
+    /// From pod, to pod: whether it answered.
+    pub results: BTreeMap<String, BTreeMap<String, bool>>,
+}
+
+impl Probe {
+    /// Probes `port` from every pod to every other pod (each source pod on a thread of its
+    /// own, inside its namespace).
+    pub fn measure(state: &LabState, port: Port) -> anyhow::Result<Probe> {
+        let pods = &state.pods;
+        let rows: Vec<anyhow::Result<(String, BTreeMap<String, bool>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = pods
+                .iter()
+                .map(|from| {
+                    scope.spawn(move || {
+                        enter(&std::path::PathBuf::from(format!("/var/run/netns/{}", from.netns)))?;
+                        let row = pods
+                            .iter()
+                            .filter(|to| to.key() != from.key())
+                            .map(|to| {
+                                let reached = to.ip.parse().is_ok_and(|ip| answers(ip, port));
+                                (to.key(), reached)
+                            })
+                            .collect();
+                        anyhow::Ok((from.key(), row))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a probe thread panicked"))))
+                .collect()
+        });
+        Ok(Probe { port: port.to_string(), results: rows.into_iter().collect::<anyhow::Result<_>>()? })
+    }
+
+    /// The matrix as a table: rows probe columns.
+    pub fn render(&self) -> String {
+        let names: Vec<&String> = self.results.keys().collect();
+        let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(4);
+        let mut out = format!("{:width$}", self.port);
+        for name in &names {
+            out += &format!("  {name:>w$}", w = name.len());
+        }
+        out.push('\n');
+        for (from, row) in &self.results {
+            out += &format!("{from:width$}");
+            for to in &names {
+                let mark = match row.get(*to) {
+                    None => "·",
+                    Some(true) => "✓",
+                    Some(false) => "✗",
+                };
+                out += &format!("  {mark:>w$}", w = to.len());
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_written_transport_colon_number() {
+        assert_eq!("tcp:80".parse::<Port>(), Ok(Port { udp: false, number: 80 }));
+        assert_eq!("udp:53".parse::<Port>().map(|p| p.to_string()), Ok("udp:53".to_owned()));
+        for bad in ["80", "sctp:80", "tcp:0", "tcp:http", "tcp:70000"] {
+            assert!(bad.parse::<Port>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bare_pod_name_is_in_the_default_namespace() {
+        assert_eq!(split_key("x/a"), ("x", "a"));
+        assert_eq!(split_key("a"), ("default", "a"));
+    }
+}
