@@ -93,6 +93,7 @@ impl EndpointId {
             mac: Some(mac.to_owned()).filter(|m| !m.is_empty()),
             ip_networks: addresses,
             profiles: Vec::new(),
+            service_account_name: None,
         };
         let mut resource = Resource::new(self.name.clone(), spec);
         resource.metadata.namespace = Some(self.namespace.clone());

@@ -260,6 +260,7 @@ fn endpoint(node: &str, container: &str, ip: IpAddr) -> Resource<WorkloadEndpoin
             mac: None,
             ip_networks: vec![ipnetwork::IpNetwork::new(ip, 32).unwrap()],
             profiles: vec![],
+            service_account_name: None,
         },
     );
     endpoint.metadata.namespace = Some("default".into());

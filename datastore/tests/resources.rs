@@ -79,6 +79,7 @@ async fn namespaced_resources_are_keyed_by_namespace(backend: Backend) {
                 mac: Some("ee:ee:ee:ee:ee:ee".into()),
                 ip_networks: vec!["10.244.0.5/32".parse().unwrap()],
                 profiles: vec![],
+                service_account_name: None,
             },
         );
         r.metadata.namespace = Some(ns.into());

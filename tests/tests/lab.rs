@@ -229,7 +229,7 @@ fn pods_come_and_go_with_namespaces_labels_and_servers_and_probe_says_who_answer
     let lab = Lab::new();
     ok(&lab, &["up", "--nodes", "2", "--pods-per-node", "0"]);
     ok(&lab, &["pod", "add", "x/a", "--node", "0", "--labels", "app=a,team=blue", "--serve", "tcp:80,udp:81"]);
-    ok(&lab, &["pod", "add", "y/b", "--node", "node-1", "--serve", "tcp:80"]);
+    ok(&lab, &["pod", "add", "y/b", "--node", "node-1", "--serve", "tcp:80", "--service-account", "robot"]);
     ok(&lab, &["pod", "add", "c", "--node", "1"]);
     let again = lab.run(&["pod", "add", "x/a", "--node", "1"]);
     assert!(!again.status.success() && text(&again).contains("exists"), "{}", text(&again));
@@ -252,7 +252,11 @@ fn pods_come_and_go_with_namespaces_labels_and_servers_and_probe_says_who_answer
 
     // The labels are on the pod's WorkloadEndpoint, where policy selectors will read them.
     let endpoints = ok(&lab, &["exec", "node-0", "--", "brindlectl", "get", "workloadendpoints", "-A", "-o", "json"]);
-    assert!(endpoints.contains("\"team\": \"blue\"") || endpoints.contains("\"team\":\"blue\""), "{endpoints}");
+    let endpoints: serde_json::Value = serde_json::from_str(&endpoints).unwrap();
+    let items = endpoints.as_array().or_else(|| endpoints["items"].as_array()).cloned().unwrap_or_default();
+    let of = |pod: &str| items.iter().find(|e| e["spec"]["pod"] == pod).cloned().unwrap_or_default();
+    assert_eq!(of("a")["metadata"]["labels"]["team"], "blue", "{endpoints}");
+    assert_eq!(of("b")["spec"]["serviceAccountName"], "robot", "{endpoints}");
 
     let state = LabState::load(&lab.state_dir()).unwrap();
     let server = state.pods.iter().find(|p| p.key() == "x/a").and_then(|p| p.server_pid).unwrap();

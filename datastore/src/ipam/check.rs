@@ -372,6 +372,7 @@ mod tests {
                 mac: None,
                 ip_networks: vec![format!("{ip}/32").parse().unwrap()],
                 profiles: vec![],
+                service_account_name: None,
             },
         );
         r.metadata.namespace = Some("default".into());

@@ -43,6 +43,10 @@ pub struct WorkloadEndpoint {
     /// Profiles (policy groups) the endpoint belongs to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<String>,
+    /// The pod's service account (what policies' `serviceAccountSelector` and rules'
+    /// `serviceAccounts` match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
 }
 
 impl Spec for WorkloadEndpoint {

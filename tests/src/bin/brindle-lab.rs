@@ -111,6 +111,9 @@ enum PodCmd {
         /// Labels for its WorkloadEndpoint: `k=v,k2=v2`.
         #[arg(long, value_delimiter = ',')]
         labels: Vec<String>,
+        /// Its service account (on its WorkloadEndpoint).
+        #[arg(long)]
+        service_account: Option<String>,
         /// Ports a small server in the pod answers on: `tcp:80,tcp:81,udp:80`.
         #[arg(long, value_delimiter = ',')]
         serve: Vec<Port>,
@@ -210,7 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let status = cmd.status().with_context(|| format!("running {command:?} in {netns}"))?;
             Ok(ExitCode::from(status.code().map_or(1, |c| c as u8)))
         }
-        Cmd::Pod { action: PodCmd::Add { pod, node, labels, serve } } => {
+        Cmd::Pod { action: PodCmd::Add { pod, node, labels, service_account, serve } } => {
             let mut state = LabState::load(&dir)?;
             let (namespace, name) = pods::split_key(&pod);
             let node = state
@@ -228,7 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .with_context(|| format!("--labels {l:?}: write key=value"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let new = NewPod { namespace: namespace.into(), name: name.into(), node, labels, serve };
+            let new = NewPod { namespace: namespace.into(), name: name.into(), node, labels, service_account, serve };
             pods::add(&mut state, &new)?;
             state.save(&dir)?;
             let added = state.pods.last().context("the pod just added")?;

@@ -66,6 +66,8 @@ pub struct NewPod {
     pub node: usize,
     /// Its labels (on its WorkloadEndpoint).
     pub labels: BTreeMap<String, String>,
+    /// Its service account (on its WorkloadEndpoint).
+    pub service_account: Option<String>,
     /// The ports a server in it answers on.
     pub serve: Vec<Port>,
 }
@@ -117,8 +119,8 @@ pub fn add(state: &mut LabState, pod: &NewPod) -> anyhow::Result<()> {
         server_pid: None,
     };
     let finish = (|| {
-        if !pod.labels.is_empty() {
-            label(state, &added, &pod.labels)?;
+        if !pod.labels.is_empty() || pod.service_account.is_some() {
+            describe(state, &added, &pod.labels, pod.service_account.as_deref())?;
         }
         if !pod.serve.is_empty() {
             added.server_pid = Some(serve_in(state, &netns.name, &pod.serve)?);
@@ -134,11 +136,17 @@ pub fn add(state: &mut LabState, pod: &NewPod) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sets `labels` on the pod's WorkloadEndpoint (from the router's namespace, where the
-/// datastore listens).
-fn label(state: &LabState, pod: &LabPod, labels: &BTreeMap<String, String>) -> anyhow::Result<()> {
+/// Puts `labels` and `service_account` on the pod's WorkloadEndpoint (from the router's
+/// namespace, where the datastore listens), as the Kubernetes integration will from the Pod.
+fn describe(
+    state: &LabState,
+    pod: &LabPod,
+    labels: &BTreeMap<String, String>,
+    service_account: Option<&str>,
+) -> anyhow::Result<()> {
     let (selection, namespace, name, labels) =
         (state.datastore.clone(), pod.namespace.clone(), pod.name.clone(), labels.clone());
+    let service_account = service_account.map(str::to_owned);
     in_netns(&state.router, move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async {
@@ -149,6 +157,7 @@ fn label(state: &LabState, pod: &LabPod, labels: &BTreeMap<String, String>) -> a
                 .find(|e| e.metadata.namespace.as_deref() == Some(namespace.as_str()) && e.spec.pod == name)
                 .with_context(|| format!("no WorkloadEndpoint for pod {namespace}/{name}"))?;
             endpoint.metadata.labels.extend(labels);
+            endpoint.spec.service_account_name = service_account;
             client.update(endpoint).await?;
             anyhow::Ok(())
         })
