@@ -543,17 +543,14 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
             out.routes.insert(*net, Target::Workload { interface: workload.spec.interface_name.clone() });
         }
     }
-    let remote: Vec<(IpNetwork, String)> = out
-        .origins
-        .iter()
-        .filter_map(|(prefix, origin)| match origin {
-            Origin::Remote(node) => Some((*prefix, node.clone())),
-            Origin::Local => None,
-        })
-        .collect();
-    for (prefix, node) in remote {
-        out.settle(prefix, routing.toward_node(prefix, &node));
+    // Settling a prefix leaves the origins alone: they are lent out meanwhile, not copied.
+    let origins = std::mem::take(&mut out.origins);
+    for (prefix, origin) in &origins {
+        if let Origin::Remote(node) = origin {
+            out.settle(*prefix, routing.toward_node(*prefix, node));
+        }
     }
+    out.origins = origins;
     if let Some(learned) = learned {
         for prefix in learned.routes.keys() {
             if !out.origins.contains_key(prefix) {

@@ -51,6 +51,13 @@ fn cluster(pool: Resource<IpPool>) -> Cluster {
     }
 }
 
+/// An address of c's block (10.244.2.0) lent to node b.
+fn lend_from_c_to_b(c: &mut Cluster) {
+    let holder =
+        Allocation { handle: "n.x".into(), kind: AllocationKind::Workload, node: "b".into(), ..Allocation::default() };
+    c.blocks[2].allocate(holder, 0, 0).unwrap();
+}
+
 fn route(d: &Desired, dst: &str) -> Option<Target> {
     d.routes.get(&dst.parse().unwrap()).cloned()
 }
@@ -102,9 +109,7 @@ fn ipip_routes_via_node_addresses_or_explains_the_missing_module() {
 fn borrowed_addresses_get_host_routes_and_local_workloads_their_veth() {
     let mut c = cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never));
     // b borrowed an address from c's block.
-    let holder =
-        Allocation { handle: "n.x".into(), kind: AllocationKind::Workload, node: "b".into(), ..Allocation::default() };
-    c.blocks[2].allocate(holder, 0, 0).unwrap();
+    lend_from_c_to_b(&mut c);
     let wep = WorkloadEndpoint {
         node: "a".into(),
         orchestrator: "k8s".into(),
@@ -246,9 +251,7 @@ fn tunnel_devices_are_desired_once_the_node_has_its_tunnel_address() {
 fn recalculating_the_prefixes_bgp_changed_gives_what_a_full_calculation_gives() {
     let mut c = cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never));
     // An address of c's block lent to b (10.244.2.0): a /32 toward b.
-    let holder =
-        Allocation { handle: "n.x".into(), kind: AllocationKind::Workload, node: "b".into(), ..Allocation::default() };
-    c.blocks[2].allocate(holder, 0, 0).unwrap();
+    lend_from_c_to_b(&mut c);
     let net = |s: &str| s.parse::<IpNetwork>().unwrap();
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     let mut learned = Learned { converged: true, ..Learned::default() };

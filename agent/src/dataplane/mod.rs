@@ -27,6 +27,14 @@ pub struct Applied {
     pub failures: Vec<(&'static str, String)>,
 }
 
+impl Applied {
+    /// Records that `driver` failed (the next resync retries it).
+    fn failed(&mut self, driver: &'static str, e: anyhow::Error) {
+        tracing::warn!(driver, error = %e, "dataplane driver failed; the next resync retries");
+        self.failures.push((driver, format!("{e:#}")));
+    }
+}
+
 /// The kernel, through the kernel layer: the only writer.
 pub struct Dataplane {
     kernel: Arc<dyn Kernel>,
@@ -62,12 +70,8 @@ impl Dataplane {
     pub async fn apply(&self, desired: &Desired, full: bool) -> Applied {
         let kernel = &*self.kernel;
         let mut applied = Applied::default();
-        let mut fail = |driver, e: anyhow::Error| {
-            tracing::warn!(driver, error = %e, "dataplane driver failed; the next resync retries");
-            applied.failures.push((driver, format!("{e:#}")));
-        };
         if let Err(e) = sysctl::ensure(kernel, desired) {
-            fail("sysctl", e);
+            applied.failed("sysctl", e);
         }
         match (desired.vxlan, &desired.vxlan_device) {
             (true, Some(device)) => {
@@ -81,27 +85,30 @@ impl Dataplane {
                 .await;
                 match result {
                     Ok(n) => applied.changes += n,
-                    Err(e) => fail("vxlan", e),
+                    Err(e) => applied.failed("vxlan", e),
                 }
             }
-            (true, None) => fail("vxlan", anyhow::anyhow!("a pool uses VXLAN but this node has no tunnel address yet")),
+            (true, None) => {
+                applied.failed("vxlan", anyhow::anyhow!("a pool uses VXLAN but this node has no tunnel address yet"))
+            }
             (false, _) => match vxlan::remove(kernel).await {
                 Ok(removed) => applied.changes += usize::from(removed),
-                Err(e) => fail("vxlan", e),
+                Err(e) => applied.failed("vxlan", e),
             },
         }
         if desired.ipip {
             match &desired.ipip_device {
                 Some(device) => match ipip::ensure(kernel, device).await {
                     Ok(changed) => applied.changes += usize::from(changed),
-                    Err(e) => fail("ipip", e),
+                    Err(e) => applied.failed("ipip", e),
                 },
-                None => fail("ipip", anyhow::anyhow!("a pool uses IP-in-IP but this node has no tunnel address yet")),
+                None => applied
+                    .failed("ipip", anyhow::anyhow!("a pool uses IP-in-IP but this node has no tunnel address yet")),
             }
         }
         match self.sync_routes(desired, None, full).await {
             Ok(n) => applied.changes += n,
-            Err(e) => fail("routes", e),
+            Err(e) => applied.failed("routes", e),
         }
         for v6 in [false, true] {
             let rules = iptables::Rules {
@@ -132,7 +139,7 @@ impl Dataplane {
                 Err(e) => {
                     last[family] = None;
                     drop(last);
-                    fail("iptables", e);
+                    applied.failed("iptables", e);
                 }
             }
         }
@@ -145,10 +152,7 @@ impl Dataplane {
         let mut applied = Applied::default();
         match self.sync_routes(desired, Some(prefixes), false).await {
             Ok(n) => applied.changes = n,
-            Err(e) => {
-                tracing::warn!(driver = "routes", error = %e, "dataplane driver failed; the next resync retries");
-                applied.failures.push(("routes", format!("{e:#}")));
-            }
+            Err(e) => applied.failed("routes", e),
         }
         applied
     }
