@@ -29,9 +29,9 @@ pub struct Start {
     /// From spawning the agent to its readiness endpoint answering 200.
     pub to_ready: Duration,
     /// Resident memory then, KiB.
-    pub rss_kib: String,
+    pub rss_kib: u64,
     /// Peak resident memory, KiB.
-    pub peak_kib: String,
+    pub peak_kib: u64,
     /// brindle's routes in the namespace then.
     pub routes: usize,
 }
@@ -98,17 +98,28 @@ pub fn start_agent(selection: &str) -> anyhow::Result<Start> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+    let memory = memory_kib(child.id());
     let _ = child.kill();
     let _ = child.wait();
     let Some(to_ready) = ready else { bail!("brindle-node was not ready within 5 minutes") };
-    let status = status?;
-    let field = |name: &str| {
-        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).unwrap_or("?").to_owned()
-    };
+    let (rss_kib, peak_kib) = memory?;
     let routes = run(std::process::Command::new("ip").args(["route", "show", "proto", "98"]))?.lines().count();
     run(std::process::Command::new("ip").args(["route", "flush", "proto", "98"]))?;
-    Ok(Start { to_ready, rss_kib: field("VmRSS:"), peak_kib: field("VmHWM:"), routes })
+    Ok(Start { to_ready, rss_kib, peak_kib, routes })
+}
+
+/// Resident and peak resident memory of process `pid` (VmRSS, VmHWM), KiB.
+pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("process {pid}"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} for process {pid}"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 fn readiness() -> Option<String> {

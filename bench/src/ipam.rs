@@ -85,15 +85,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             let ipam = Ipam::new(Client::new(store)).with_context_ttl(CONTEXT_TTL);
             for i in 0..count {
                 let handle = format!("{prefix}-{i}");
-                let holder = Allocation {
-                    handle: handle.clone(),
-                    kind: AllocationKind::Workload,
-                    node: node.clone(),
-                    pod: Some(format!("pod-{prefix}-{i}")),
-                    namespace: Some("bench".into()),
-                    ..Allocation::default()
-                };
-                let request = AllocateRequest { holder, ipv4: 1, ..AllocateRequest::default() };
+                let request = AllocateRequest { holder: holder(&node, &handle), ipv4: 1, ..AllocateRequest::default() };
                 let got = ipam.allocate(&request).await.with_context(|| format!("allocate {handle}"))?;
                 println!("{handle} {}", got[0].ip);
             }
@@ -168,20 +160,26 @@ struct Row {
     release: f64,
 }
 
+/// What the allocation phase records for the address of `handle` on `node`.
+fn holder(node: &str, handle: &str) -> Allocation {
+    Allocation {
+        handle: handle.to_owned(),
+        kind: AllocationKind::Workload,
+        node: node.to_owned(),
+        pod: Some(format!("pod-{handle}")),
+        namespace: Some("bench".into()),
+        ..Allocation::default()
+    }
+}
+
 /// The size of a half-full /26 block as the allocation phase writes it: what each allocation
 /// sends to the store on average.
 fn half_full_block_bytes() -> anyhow::Result<usize> {
     let mut block = brindle_datastore::ipam::Block::new("10.64.0.0/26".parse()?, Some("node-0".into()));
     for i in 0..32 {
-        let holder = Allocation {
-            handle: format!("net.r0p0-{i}"),
-            kind: AllocationKind::Workload,
-            node: "node-0".into(),
-            pod: Some(format!("pod-net.r0p0-{i}")),
-            namespace: Some("bench".into()),
-            ..Allocation::default()
-        };
-        block.allocate(holder, 1_764_000_000_000, 0).context("a fresh block has room")?;
+        block
+            .allocate(holder("node-0", &format!("net.r0p0-{i}")), 1_764_000_000_000, 0)
+            .context("a fresh block has room")?;
     }
     Ok(serde_json::to_vec(&block)?.len())
 }

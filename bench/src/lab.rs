@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use brindle_e2e::lab::{self, LabState, Matrix, Mode, Options, Peering, Store, agent_status, cli_name};
+use brindle_e2e::lab::{
+    self, LabState, Matrix, Mode, Options, Peering, Store, agent_status, cli_name, established_sessions,
+};
 use clap::{Args, ValueEnum};
 
 /// Options of `brindle-bench lab`.
@@ -79,31 +81,15 @@ fn usage(pid: u32) -> anyhow::Result<(f64, f64, f64)> {
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat.rsplit_once(')').context("malformed stat")?.1.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat; 12 and 13 counted from after the name.
+    // utime and stime are fields 14 and 15 of stat: 11 and 12 from 0 at the state after the name.
     let cpu = (ticks(11) + ticks(12)) / TICKS_PER_SECOND;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    Ok((cpu, kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0))
+    let (rss, peak) = crate::agent_start::memory_kib(pid)?;
+    Ok((cpu, rss as f64 / 1024.0, peak as f64 / 1024.0))
 }
 
 /// The lab's sessions as its agents report them: established ones per node.
 fn established(state: &LabState) -> Vec<usize> {
-    state
-        .nodes
-        .iter()
-        .map(|node| {
-            let status = agent_status(&node.status_socket());
-            let peers = status["bgp"]["peers"].as_array().cloned().unwrap_or_default();
-            peers.iter().filter(|p| p["state"] == "Established").count()
-        })
-        .collect()
+    state.nodes.iter().map(|node| established_sessions(&agent_status(&node.status_socket()))).collect()
 }
 
 /// Builds one lab, measures it and takes it down (also on failure).

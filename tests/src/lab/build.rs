@@ -10,12 +10,12 @@ use anyhow::{Context, bail};
 use brindle_datastore::resource::parse_documents;
 use brindle_datastore::testing::{KubeApiServer, KubePlacement};
 
+use super::pods::{self, NewPod};
 use super::progress::Progress;
 use super::report::agent_status;
-use super::state::{LabNode, LabPod, LabState};
+use super::state::{LabNode, LabState};
 use super::topology::{Options, Store, cli_name, node_name, pod_name};
 use super::{in_netns, teardown};
-use crate::cni::{Attachment, exec_in, node_conf};
 use crate::netns::{Netns, http_get};
 use crate::process::alive;
 use crate::underlay::Underlay;
@@ -127,7 +127,8 @@ fn build(state: &mut LabState, dir: &Path) -> anyhow::Result<()> {
     progress.step(&format!("pods: {} per node through the brindle CNI plugin", options.pods_per_node), || {
         for i in 0..options.nodes {
             for j in 0..options.pods_per_node {
-                add_pod(state, i, j)?;
+                let pod = NewPod { namespace: "default".into(), name: pod_name(i, j), node: i, ..NewPod::default() };
+                pods::add(state, &pod)?;
                 state.save(dir)?;
             }
         }
@@ -300,42 +301,4 @@ fn sessions_established(node: &LabNode) -> bool {
         None => !status.is_null(),
         Some(peers) => peers.iter().all(|p| p["state"] == "Established"),
     }
-}
-
-fn add_pod(state: &mut LabState, i: usize, j: usize) -> anyhow::Result<()> {
-    let name = pod_name(i, j);
-    let netns = Netns::named(&format!("{}-{name}", state.name))?;
-    let container_id = format!("{:032x}", (u128::from(std::process::id()) << 64) | ((i as u128) << 32) | j as u128);
-    let attachment = Attachment {
-        container_id: container_id.clone(),
-        netns: netns.path(),
-        ifname: "eth0".into(),
-        pod_namespace: "default".into(),
-        pod_name: name.clone(),
-    };
-    let node = &state.nodes[i];
-    let out = exec_in(
-        &node.netns,
-        &state.bin_dir.join("brindle"),
-        "ADD",
-        &node_conf(&state.datastore, &node.state_dir),
-        &attachment,
-        &state.bin_dir.display().to_string(),
-    )?;
-    let result = out.into_result().with_context(|| format!("CNI ADD for {name} on {}", node.name))?;
-    let ip = result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .with_context(|| format!("CNI ADD for {name} gave no address: {result}"))?
-        .to_owned();
-    state.pods.push(LabPod {
-        name,
-        namespace: "default".into(),
-        node: i,
-        netns: netns.keep(),
-        ip,
-        container_id,
-        server_pid: None,
-    });
-    Ok(())
 }

@@ -14,7 +14,7 @@ mod topology;
 use std::path::Path;
 
 pub use build::{BINARIES, apply, up};
-pub use report::{Matrix, agent_status, render_status};
+pub use report::{Matrix, agent_status, established_sessions, render_status};
 pub use state::{DEFAULT_DIR, LabNode, LabPod, LabState, lab_dir};
 pub use topology::{MAX_NODES, Mode, Options, POOL_CIDR, Peering, Store, cli_name};
 

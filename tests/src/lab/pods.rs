@@ -185,28 +185,14 @@ fn serve_in(state: &LabState, netns: &str, ports: &[Port]) -> anyhow::Result<u32
         .with_context(|| format!("starting {} serve", program.display()))?;
     let pid = child.id();
     let first = ports[0];
-    let path = std::path::PathBuf::from(format!("/var/run/netns/{netns}"));
     let up = crate::wait::wait_for("the pod's server to answer", Duration::from_secs(5), || {
-        in_thread_of(&path, || answers("127.0.0.1".parse().expect("an address"), first)).unwrap_or(false)
+        in_netns(netns, || answers("127.0.0.1".parse().expect("an address"), first)).unwrap_or(false)
     });
     if let Err(e) = up {
         terminate(pid, "brindle-lab");
         return Err(e);
     }
     Ok(pid)
-}
-
-/// Runs `work` on a thread inside the namespace at `path`.
-fn in_thread_of<T: Send>(path: &std::path::Path, work: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                enter(path)?;
-                Ok(work())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("a probe thread panicked"))?
-    })
 }
 
 /// Stops the pod's server, deletes it through the CNI plugin and removes its namespace.

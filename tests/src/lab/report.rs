@@ -115,6 +115,12 @@ pub fn agent_status(socket: &std::path::Path) -> Value {
     serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
+/// How many of the BGP sessions an agent's status (from [`agent_status`]) lists are
+/// established.
+pub fn established_sessions(status: &Value) -> usize {
+    status["bgp"]["peers"].as_array().map_or(0, |peers| peers.iter().filter(|p| p["state"] == "Established").count())
+}
+
 fn ago(since: u64) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let secs = now.saturating_sub(since);
@@ -151,8 +157,7 @@ pub fn render_status(state: &LabState) -> String {
         let bgp = if status["bgp"].is_null() {
             "off".to_owned()
         } else {
-            let up = peers.iter().filter(|p| p["state"] == "Established").count();
-            format!("{up}/{} established", peers.len())
+            format!("{}/{} established", established_sessions(&status), peers.len())
         };
         let _ = writeln!(out, "{:<8} {:<12} {:<24} {bgp}", node.name, node.address.to_string(), agent);
         for peer in &peers {
