@@ -11,7 +11,9 @@ mod bgp;
 mod bgp_filter;
 mod ipam_config;
 mod ippool;
+mod kubernetes;
 mod node;
+mod policy;
 pub mod validation;
 mod workload;
 
@@ -27,13 +29,21 @@ pub use bgp::{BgpConfiguration, BgpPassword, BgpPeer, Community, PrefixAdvertise
 pub use bgp_filter::{BgpFilter, BgpFilterRule, FilterAction, MatchOperator, PrefixLength};
 pub use ipam_config::IpamConfiguration;
 pub use ippool::{EncapMode, Encapsulation, IpPool, PoolUse};
+pub use kubernetes::{
+    IntOrString, IpBlock, KubernetesNetworkPolicy, LabelRequirement, LabelSelector, Namespace, NetworkPolicyEgressRule,
+    NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+};
 pub use node::{Node, NodeAddress, NodeBgp};
+pub use policy::{
+    Action, DEFAULT_TIER, DEFAULT_TIER_ORDER, EntityRule, GlobalNetworkPolicy, IcmpMatch, NetworkPolicy, PolicySpec,
+    PolicyType, Port, PortMatch, Protocol, Rule, ServiceAccountMatch, Tier,
+};
 pub use validation::{Problem, ValidationError, Validator};
 pub use workload::WorkloadEndpoint;
 
 use crate::{Error, Result};
 
-/// The apiVersion of every brindle resource.
+/// The apiVersion of brindle's own kinds.
 pub const API_VERSION: &str = "brindle.io/v1";
 
 /// Identity and bookkeeping common to every resource.
@@ -68,8 +78,14 @@ impl Metadata {
 pub trait Spec:
     Serialize + DeserializeOwned + schemars::JsonSchema + Clone + Debug + PartialEq + Send + Sync + 'static
 {
-    /// The `kind` field, e.g. `IPPool`.
+    /// The kind's name in brindle, e.g. `IPPool`: unique among kinds, and the `kind` field
+    /// unless [`Spec::WIRE_KIND`] says otherwise.
     const KIND: &'static str;
+    /// The `apiVersion` field: brindle's, or Kubernetes' for its own kinds.
+    const API_VERSION: &'static str = API_VERSION;
+    /// The `kind` field where it differs from [`Spec::KIND`] (Kubernetes' `NetworkPolicy`,
+    /// which brindle calls `KubernetesNetworkPolicy` beside its own).
+    const WIRE_KIND: &'static str = Self::KIND;
     /// The lower-case plural used in keys and on the command line, e.g. `ippools`.
     const PLURAL: &'static str;
     /// Whether names are scoped by a namespace.
@@ -159,12 +175,13 @@ struct Envelope<S> {
     api_version: String,
     kind: String,
     metadata: Metadata,
-    spec: S,
+    /// Absent in a Kubernetes Namespace as users write it: the spec's defaults then.
+    spec: Option<S>,
 }
 
 impl<S: Spec> Serialize for Resource<S> {
     fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
-        EnvelopeRef { api_version: API_VERSION, kind: S::KIND, metadata: &self.metadata, spec: &self.spec }
+        EnvelopeRef { api_version: S::API_VERSION, kind: S::WIRE_KIND, metadata: &self.metadata, spec: &self.spec }
             .serialize(serializer)
     }
 }
@@ -173,13 +190,18 @@ impl<'de, S: Spec> Deserialize<'de> for Resource<S> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let envelope = Envelope::<S>::deserialize(deserializer)?;
-        if envelope.api_version != API_VERSION {
-            return Err(D::Error::custom(format!("apiVersion \"{}\" is not {API_VERSION}", envelope.api_version)));
+        if envelope.api_version != S::API_VERSION {
+            let wanted = S::API_VERSION;
+            return Err(D::Error::custom(format!("apiVersion \"{}\" is not {wanted}", envelope.api_version)));
         }
-        if envelope.kind != S::KIND {
-            return Err(D::Error::custom(format!("kind \"{}\" is not {}", envelope.kind, S::KIND)));
+        if envelope.kind != S::WIRE_KIND {
+            return Err(D::Error::custom(format!("kind \"{}\" is not {}", envelope.kind, S::WIRE_KIND)));
         }
-        Ok(Resource { metadata: envelope.metadata, spec: envelope.spec })
+        let spec = match envelope.spec {
+            Some(spec) => spec,
+            None => serde_json::from_value(serde_json::json!({})).map_err(|_| D::Error::missing_field("spec"))?,
+        };
+        Ok(Resource { metadata: envelope.metadata, spec })
     }
 }
 
@@ -281,11 +303,19 @@ macro_rules! any_resource {
         }
 
         impl AnyResource {
-            /// Decodes a JSON value by its `kind` field.
+            /// Decodes a JSON value by its `apiVersion` and `kind` fields (Kubernetes'
+            /// `NetworkPolicy` and brindle's share a kind name).
             pub fn from_value(value: serde_json::Value) -> Result<Self> {
-                let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
+                let field = |name: &str| value.get(name).and_then(|k| k.as_str()).unwrap_or_default().to_owned();
+                let (api_version, kind) = (field("apiVersion"), field("kind"));
                 $(
-                    if kind == <$spec as Spec>::KIND {
+                    if kind == <$spec as Spec>::WIRE_KIND && api_version == <$spec as Spec>::API_VERSION {
+                        return from_value::<$spec>(value).map(AnyResource::$variant);
+                    }
+                )*
+                // A known kind under another apiVersion: its own decoding names the mismatch.
+                $(
+                    if kind == <$spec as Spec>::WIRE_KIND {
                         return from_value::<$spec>(value).map(AnyResource::$variant);
                     }
                 )*
@@ -333,6 +363,11 @@ any_resource! {
     AgentConfiguration(AgentConfiguration),
     IpamConfiguration(IpamConfiguration),
     WorkloadEndpoint(WorkloadEndpoint),
+    Namespace(Namespace),
+    KubernetesNetworkPolicy(KubernetesNetworkPolicy),
+    NetworkPolicy(NetworkPolicy),
+    GlobalNetworkPolicy(GlobalNetworkPolicy),
+    Tier(Tier),
 }
 
 /// Parses a file of resources: one JSON object, a JSON array, or YAML with one or more

@@ -105,6 +105,18 @@ impl Validator {
         self.require(ok, field, mac, "must be a MAC address like ee:ee:ee:ee:ee:ee");
     }
 
+    /// Checks a named port is an IANA service name: 1-15 lower-case letters, digits and
+    /// single inner '-', at least one letter.
+    pub fn port_name(&mut self, field: &str, name: &str) {
+        let ok = (1..=15).contains(&name.len())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && name.chars().any(|c| c.is_ascii_lowercase())
+            && !name.starts_with('-')
+            && !name.ends_with('-')
+            && !name.contains("--");
+        self.require(ok, field, name, "must be a port name (1-15 lower-case letters, digits and '-')");
+    }
+
     /// Ends the check: `Ok` when nothing was found.
     pub fn finish(self) -> Result<(), ValidationError> {
         if self.error.problems.is_empty() { Ok(()) } else { Err(self.error) }

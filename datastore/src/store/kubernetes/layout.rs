@@ -4,6 +4,8 @@
 //! - `/brindle/v1/<plural>/[<namespace>/]<name>`: a custom resource of brindle's kind (group
 //!   `brindle.io`), the value's metadata and spec as they are, so `kubectl get ippools` shows
 //!   what brindlectl shows.
+//! - `/brindle/v1/namespaces/<name>` and `/brindle/v1/kubernetesnetworkpolicies/<ns>/<name>`:
+//!   Kubernetes' own Namespace and NetworkPolicy, as they are.
 //! - `/brindle/v1/nodes/<name>`: the Kubernetes Node of that name. Its labels and
 //!   annotations are the brindle Node's; the brindle spec is the annotation `brindle.io/node`.
 //! - `/brindle/ipam/v1/blocks/<cidr>`: an `IPAMBlock` whose spec shows the block's CIDR and
@@ -73,17 +75,25 @@ pub fn collections() -> Vec<Collection> {
         .iter()
         .map(|&(kind, plural, namespaced)| {
             let prefix = format!("{}{plural}/", keys::RESOURCES);
-            if kind == "Node" {
-                let api = ApiResource {
-                    group: String::new(),
-                    version: "v1".into(),
-                    api_version: "v1".into(),
-                    kind: "Node".into(),
-                    plural: "nodes".into(),
-                };
-                Collection { prefix, api, namespaced: false, shape: Shape::Node }
-            } else {
-                Collection { prefix, api: brindle_api(kind, plural), namespaced, shape: Shape::Resource }
+            let kubernetes = |group: &str, kind: &str, plural: &str| ApiResource {
+                group: group.into(),
+                version: "v1".into(),
+                api_version: if group.is_empty() { "v1".into() } else { format!("{group}/v1") },
+                kind: kind.into(),
+                plural: plural.into(),
+            };
+            match kind {
+                "Node" => Collection { prefix, api: kubernetes("", "Node", "nodes"), namespaced, shape: Shape::Node },
+                "Namespace" => {
+                    Collection { prefix, api: kubernetes("", kind, "namespaces"), namespaced, shape: Shape::Resource }
+                }
+                "KubernetesNetworkPolicy" => Collection {
+                    prefix,
+                    api: kubernetes("networking.k8s.io", "NetworkPolicy", "networkpolicies"),
+                    namespaced,
+                    shape: Shape::Resource,
+                },
+                _ => Collection { prefix, api: brindle_api(kind, plural), namespaced, shape: Shape::Resource },
             }
         })
         .collect();
@@ -486,7 +496,9 @@ mod tests {
     fn assert_structural(schema: &Value, path: &str) {
         let object = schema.as_object().unwrap_or_else(|| panic!("{path}: not an object"));
         assert!(
-            object.contains_key("type") || object.contains_key("x-kubernetes-preserve-unknown-fields"),
+            ["type", "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string"]
+                .iter()
+                .any(|k| object.contains_key(*k)),
             "{path} has no type: {schema}"
         );
         for word in ["anyOf", "oneOf", "allOf", "$ref", "default"] {
