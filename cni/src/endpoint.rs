@@ -94,6 +94,7 @@ impl EndpointId {
             ip_networks: addresses,
             profiles: Vec::new(),
             service_account_name: None,
+            ports: vec![],
         };
         let mut resource = Resource::new(self.name.clone(), spec);
         resource.metadata.namespace = Some(self.namespace.clone());

@@ -8,6 +8,7 @@ pub mod client;
 mod error;
 pub mod ipam;
 pub mod keys;
+pub mod policy;
 pub mod resource;
 pub mod selector;
 pub mod store;

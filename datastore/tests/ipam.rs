@@ -261,6 +261,7 @@ fn endpoint(node: &str, container: &str, ip: IpAddr) -> Resource<WorkloadEndpoin
             ip_networks: vec![ipnetwork::IpNetwork::new(ip, 32).unwrap()],
             profiles: vec![],
             service_account_name: None,
+            ports: vec![],
         },
     );
     endpoint.metadata.namespace = Some("default".into());

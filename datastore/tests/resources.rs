@@ -80,6 +80,7 @@ async fn namespaced_resources_are_keyed_by_namespace(backend: Backend) {
                 ip_networks: vec!["10.244.0.5/32".parse().unwrap()],
                 profiles: vec![],
                 service_account_name: None,
+                ports: vec![],
             },
         );
         r.metadata.namespace = Some(ns.into());

@@ -121,6 +121,7 @@ fn borrowed_addresses_get_host_routes_and_local_workloads_their_veth() {
         ip_networks: vec!["10.244.0.5/32".parse().unwrap()],
         profiles: Vec::new(),
         service_account_name: None,
+        ports: vec![],
     };
     c.workloads.push(Resource::new("a-k8s-web-eth0", wep));
     let d = desired(&me(false), &c, None);

@@ -373,6 +373,7 @@ mod tests {
                 ip_networks: vec![format!("{ip}/32").parse().unwrap()],
                 profiles: vec![],
                 service_account_name: None,
+                ports: vec![],
             },
         );
         r.metadata.namespace = Some("default".into());

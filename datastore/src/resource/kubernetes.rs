@@ -301,7 +301,7 @@ impl Spec for KubernetesNetworkPolicy {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+
     use crate::resource::{AnyResource, parse_documents};
 
     #[test]

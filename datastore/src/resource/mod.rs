@@ -39,7 +39,7 @@ pub use policy::{
     PolicyType, Port, PortMatch, Protocol, Rule, ServiceAccountMatch, Tier,
 };
 pub use validation::{Problem, ValidationError, Validator};
-pub use workload::WorkloadEndpoint;
+pub use workload::{EndpointPort, WorkloadEndpoint};
 
 use crate::{Error, Result};
 

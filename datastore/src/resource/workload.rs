@@ -47,6 +47,21 @@ pub struct WorkloadEndpoint {
     /// `serviceAccounts` match).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    /// The pod's named ports (what policies' named ports resolve to).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<EndpointPort>,
+}
+
+/// A named port of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointPort {
+    /// The name policies use.
+    pub name: String,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+    /// The port number.
+    pub port: u16,
 }
 
 impl Spec for WorkloadEndpoint {
@@ -66,6 +81,16 @@ impl Spec for WorkloadEndpoint {
         );
         if let Some(mac) = &self.mac {
             v.mac("spec.mac", mac);
+        }
+        for (i, port) in self.ports.iter().enumerate() {
+            v.port_name(&format!("spec.ports[{i}].name"), &port.name);
+            v.require(
+                ["TCP", "UDP", "SCTP"].contains(&port.protocol.as_str()),
+                &format!("spec.ports[{i}].protocol"),
+                &port.protocol,
+                "must be TCP, UDP or SCTP",
+            );
+            v.require(port.port != 0, &format!("spec.ports[{i}].port"), port.port, "must be 1-65535");
         }
         for (i, net) in self.ip_networks.iter().enumerate() {
             let host = if net.is_ipv4() { 32 } else { 128 };
