@@ -27,6 +27,7 @@ pub fn me(name: &str, ip: &str) -> Me {
         ipv6: None,
         ipip_supported: false,
         tunnels: Default::default(),
+        to_host: Default::default(),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod dataplane;
 mod fixtures;
 pub mod logging;
 pub mod passes;
+pub mod policy;
 pub mod startup;
 pub mod status;
 pub mod syncer;

@@ -159,6 +159,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         ipv6: v6.as_ref().map(|d| d.address),
         ipip_supported,
         tunnels,
+        to_host: config.default_endpoint_to_host_action,
     };
     let metrics_listen = match args.metrics_listen.as_deref() {
         Some("off") => None,

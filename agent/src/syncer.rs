@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use brindle_datastore::ipam::Block;
 use brindle_datastore::resource::{
-    BgpConfiguration, BgpFilter, BgpPeer, IpPool, Node, Resource, Spec, WorkloadEndpoint,
+    BgpConfiguration, BgpFilter, BgpPeer, GlobalNetworkPolicy, IpPool, KubernetesNetworkPolicy, Namespace,
+    NetworkPolicy, Node, Resource, Spec, Tier, WorkloadEndpoint,
 };
 use brindle_datastore::{Datastore, WatchEvent, keys};
 use tokio::sync::watch;
@@ -124,7 +125,7 @@ fn decode_kind<S: Spec>(cache: &BTreeMap<String, Vec<u8>>) -> Vec<Resource<S>> {
         .collect()
 }
 
-/// The cluster from the raw cache; this node's workloads only.
+/// The cluster from the raw cache.
 fn decode(cache: &BTreeMap<String, Vec<u8>>, node: &str) -> Cluster {
     let blocks = cache
         .range(keys::BLOCKS.to_owned()..)
@@ -137,8 +138,6 @@ fn decode(cache: &BTreeMap<String, Vec<u8>>, node: &str) -> Cluster {
             }
         })
         .collect();
-    let mut workloads = decode_kind::<WorkloadEndpoint>(cache);
-    workloads.retain(|w| w.spec.node == node);
     let configs = decode_kind::<BgpConfiguration>(cache);
     let own = format!("node.{node}");
     let bgp = configs
@@ -151,7 +150,12 @@ fn decode(cache: &BTreeMap<String, Vec<u8>>, node: &str) -> Cluster {
         pools: decode_kind::<IpPool>(cache),
         nodes: decode_kind::<Node>(cache),
         blocks,
-        workloads,
+        workloads: decode_kind::<WorkloadEndpoint>(cache),
+        namespaces: decode_kind::<Namespace>(cache),
+        kubernetes_policies: decode_kind::<KubernetesNetworkPolicy>(cache),
+        network_policies: decode_kind::<NetworkPolicy>(cache),
+        global_policies: decode_kind::<GlobalNetworkPolicy>(cache),
+        tiers: decode_kind::<Tier>(cache),
         bgp,
         peers: decode_kind::<BgpPeer>(cache),
         filters: decode_kind::<BgpFilter>(cache),

@@ -99,9 +99,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         agent_memory(&runtime, args.agent_blocks)?;
     }
 
-    // iptables: brindle's rules match pod veths by the `brin+` wildcard, so their number
-    // does not grow with pods; a resync is one iptables-save per table and, only when
-    // something differs, one iptables-restore.
+    // iptables: brindle's base rules match pod veths by the `brin+` wildcard (no policy
+    // here); a resync is one iptables-save per table and, only when something differs, one
+    // iptables-restore.
     let backend = iptables::Backend::detect(&kernel);
     let rules = iptables::Rules {
         pools: vec!["10.244.0.0/16".parse()?],
@@ -111,6 +111,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         vxlan_port: Some(4789),
         ipip: false,
         bgp_ports: vec![179],
+        ..iptables::Rules::default()
     };
     iptables::sync(&kernel, backend, false, &rules).context("first iptables sync")?;
     let started = Instant::now();

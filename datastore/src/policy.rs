@@ -10,7 +10,7 @@
 //! `default` tier at order 1000 whose rules allow, as Calico converts it.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use ipnetwork::IpNetwork;
@@ -116,29 +116,43 @@ impl<'a> EndpointView<'a> {
 /// Namespaces' labels by name (a namespace without a Namespace resource has none).
 pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
 
-fn selects(source: &str, labels: &BTreeMap<String, String>) -> bool {
-    // Validation refused what does not parse; a selector that still does not selects nothing.
-    source.parse::<Selector>().is_ok_and(|s| s.matches(labels))
+/// Parsed selectors by source, so each is parsed once however many endpoints it is matched
+/// against.
+#[derive(Debug, Default)]
+pub struct Selectors(HashMap<String, Option<Selector>>);
+
+impl Selectors {
+    /// Whether the selector `source` selects `labels`. Validation refused what does not
+    /// parse; a selector that still does not selects nothing.
+    pub fn selects(&mut self, source: &str, labels: &BTreeMap<String, String>) -> bool {
+        let parsed = self.0.entry(source.to_owned()).or_insert_with(|| source.parse().ok());
+        parsed.as_ref().is_some_and(|s| s.matches(labels))
+    }
 }
 
 impl Selection {
     /// Whether `endpoint` is in the set.
-    pub fn contains(&self, endpoint: EndpointView<'_>, namespaces: &NamespaceLabels) -> bool {
+    pub fn contains(
+        &self,
+        endpoint: EndpointView<'_>,
+        namespaces: &NamespaceLabels,
+        selectors: &mut Selectors,
+    ) -> bool {
         let in_scope = match &self.namespaces {
             NamespaceScope::Any => true,
             NamespaceScope::Named(ns) => endpoint.namespace == ns,
             NamespaceScope::Selected(s) => {
                 let empty = BTreeMap::new();
-                selects(s, namespaces.get(endpoint.namespace).unwrap_or(&empty))
+                selectors.selects(s, namespaces.get(endpoint.namespace).unwrap_or(&empty))
             }
         };
         let account_ok = self.service_accounts.is_empty()
             || endpoint.service_account.is_some_and(|sa| self.service_accounts.iter().any(|n| n == sa));
         let account_selected = self.service_account_selector.as_ref().is_none_or(|s| {
             let name = endpoint.service_account.unwrap_or_default();
-            selects(s, &[(SERVICE_ACCOUNT_NAME_LABEL.to_owned(), name.to_owned())].into())
+            selectors.selects(s, &[(SERVICE_ACCOUNT_NAME_LABEL.to_owned(), name.to_owned())].into())
         });
-        in_scope && account_ok && account_selected && selects(&self.selector, endpoint.labels)
+        in_scope && account_ok && account_selected && selectors.selects(&self.selector, endpoint.labels)
     }
 }
 
@@ -455,6 +469,7 @@ impl Policies {
         endpoint: EndpointView<'_>,
         namespaces: &NamespaceLabels,
         direction: Direction,
+        selectors: &mut Selectors,
     ) -> Vec<(&'p TierPolicies, Vec<&'p Policy>)> {
         self.tiers
             .iter()
@@ -462,7 +477,7 @@ impl Policies {
                 let policies: Vec<&Policy> = tier
                     .policies
                     .iter()
-                    .filter(|p| p.rules(direction).is_some() && p.applies_to.contains(endpoint, namespaces))
+                    .filter(|p| p.rules(direction).is_some() && p.applies_to.contains(endpoint, namespaces, selectors))
                     .collect();
                 (!policies.is_empty()).then_some((tier, policies))
             })
@@ -552,14 +567,17 @@ spec:
         assert_eq!(names, [("security", vec!["quarantine"]), ("default", vec!["a-early", "web", "b-late"])]);
         let namespaces = NamespaceLabels::new();
         let db = endpoint("x", "db", &[("app", "db")]);
-        let applying = all.applying(EndpointView::of(&db), &namespaces, Direction::Ingress);
+        let applying = all.applying(EndpointView::of(&db), &namespaces, Direction::Ingress, &mut Selectors::default());
         let names: Vec<Vec<&str>> =
             applying.iter().map(|(_, ps)| ps.iter().map(|p| p.id.name.as_str()).collect()).collect();
         assert_eq!(names, [vec!["a-early", "web", "b-late"]]);
         // Egress: only the quarantine selects for it, and not this endpoint.
-        assert!(all.applying(EndpointView::of(&db), &namespaces, Direction::Egress).is_empty());
+        assert!(
+            all.applying(EndpointView::of(&db), &namespaces, Direction::Egress, &mut Selectors::default()).is_empty()
+        );
         let other = endpoint("z", "q", &[("quarantined", "true")]);
-        let applying = all.applying(EndpointView::of(&other), &namespaces, Direction::Egress);
+        let applying =
+            all.applying(EndpointView::of(&other), &namespaces, Direction::Egress, &mut Selectors::default());
         assert_eq!(applying.len(), 1);
         assert!(applying[0].1[0].egress.as_ref().unwrap().is_empty(), "selected with no rules: isolated");
     }
@@ -577,8 +595,16 @@ spec:
         assert_eq!((rules[1].protocol, &rules[1].destination.ports), (Some(17), &vec![PortMatch::Range(53, 54)]));
         assert_eq!(rules[2].source.not_nets, ["10.9.0.0/16".parse::<IpNetwork>().unwrap()]);
         let namespaces: NamespaceLabels = [("y".to_owned(), [("ns".to_owned(), "y".to_owned())].into())].into();
-        assert!(pods.contains(EndpointView::of(&endpoint("y", "a", &[("app", "api")])), &namespaces));
-        assert!(!pods.contains(EndpointView::of(&endpoint("x", "a", &[("app", "api")])), &namespaces));
+        assert!(pods.contains(
+            EndpointView::of(&endpoint("y", "a", &[("app", "api")])),
+            &namespaces,
+            &mut Selectors::default()
+        ));
+        assert!(!pods.contains(
+            EndpointView::of(&endpoint("x", "a", &[("app", "api")])),
+            &namespaces,
+            &mut Selectors::default()
+        ));
     }
 
     #[test]
@@ -602,6 +628,10 @@ spec:
         assert_eq!(rules[0].source.not_endpoints.as_ref().unwrap().selector, "bad == 'yes'");
         let second = rules[1].source.endpoints.as_ref().unwrap();
         assert_eq!((second.selector.as_str(), second.service_accounts.as_slice()), ("all()", &["api".to_owned()][..]));
-        assert!(second.contains(EndpointView::of(&endpoint("z", "e", &[])), &NamespaceLabels::new()));
+        assert!(second.contains(
+            EndpointView::of(&endpoint("z", "e", &[])),
+            &NamespaceLabels::new(),
+            &mut Selectors::default()
+        ));
     }
 }

@@ -5,10 +5,13 @@ pub mod bgp;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use brindle_datastore::ipam::{AllocationKind, Block};
+use brindle_datastore::policy::{NamespaceLabels, Policies};
 use brindle_datastore::resource::{
-    BgpConfiguration, BgpFilter, BgpPeer, EncapMode, Encapsulation, IpPool, Node, Resource, WorkloadEndpoint,
+    BgpConfiguration, BgpFilter, BgpPeer, EncapMode, Encapsulation, EndpointToHostAction, GlobalNetworkPolicy, IpPool,
+    KubernetesNetworkPolicy, Namespace, NetworkPolicy, Node, Resource, Tier, WorkloadEndpoint,
 };
 use ipnetwork::IpNetwork;
 
@@ -25,6 +28,8 @@ pub struct Me {
     pub ipip_supported: bool,
     /// The node's own tunnel settings.
     pub tunnels: Tunnels,
+    /// What happens to workload-to-host traffic its policy allowed.
+    pub to_host: EndpointToHostAction,
 }
 
 /// This node's tunnel settings (from its AgentConfiguration and its uplink).
@@ -64,6 +69,16 @@ pub struct Cluster {
     pub blocks: Vec<Block>,
     /// This node's workload endpoints.
     pub workloads: Vec<Resource<WorkloadEndpoint>>,
+    /// Namespaces (their labels).
+    pub namespaces: Vec<Resource<Namespace>>,
+    /// Kubernetes NetworkPolicies.
+    pub kubernetes_policies: Vec<Resource<KubernetesNetworkPolicy>>,
+    /// brindle NetworkPolicies.
+    pub network_policies: Vec<Resource<NetworkPolicy>>,
+    /// brindle GlobalNetworkPolicies.
+    pub global_policies: Vec<Resource<GlobalNetworkPolicy>>,
+    /// Policy tiers.
+    pub tiers: Vec<Resource<Tier>>,
     /// The cluster's BGP settings (`default`, or this node's `node.<name>`).
     pub bgp: BgpConfiguration,
     /// BGP peerings beyond the mesh.
@@ -218,6 +233,10 @@ pub struct Desired {
     pub control_hosts: Vec<IpAddr>,
     /// The ports BGP speaks on: BGPConfiguration `listenPort` and every BGPPeer's own.
     pub bgp_ports: Vec<u16>,
+    /// What happens to workload-to-host traffic its policy allowed.
+    pub to_host: EndpointToHostAction,
+    /// Network policy for this node's endpoints, both families.
+    pub policy: Arc<crate::policy::Program>,
     /// Blocks (and borrowed addresses) of other nodes that this node cannot route because of
     /// a problem of its own (configuration, a refused next hop): their pods are out of reach,
     /// and the agent is not ready. A block its owner does not advertise (its session is down)
@@ -331,6 +350,19 @@ fn next_hop_flaw(next_hop: IpAddr, me: &Me, cluster: &Cluster) -> Option<&'stati
     } else {
         None
     }
+}
+
+/// Network policy compiled for this node's endpoints.
+fn policy_program(me: &Me, cluster: &Cluster) -> crate::policy::Program {
+    let policies = Policies::new(
+        &cluster.tiers,
+        &cluster.kubernetes_policies,
+        &cluster.network_policies,
+        &cluster.global_policies,
+    );
+    let namespaces: NamespaceLabels =
+        cluster.namespaces.iter().map(|n| (n.metadata.name.clone(), n.metadata.labels.clone())).collect();
+    crate::policy::Compiler::new(&policies, &cluster.workloads, &namespaces).compile(&me.name)
 }
 
 /// The pod MTU: the uplink's less the largest encapsulation overhead the enabled pools use.
@@ -490,6 +522,8 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
         .collect();
     out.bgp_ports.sort_unstable();
     out.bgp_ports.dedup();
+    out.to_host = me.to_host;
+    out.policy = Arc::new(policy_program(me, cluster));
     out.vxlan = cluster.pools.iter().any(|p| p.spec.vxlan_mode != EncapMode::Never && !p.spec.disabled);
     out.ipip =
         me.ipip_supported && cluster.pools.iter().any(|p| p.spec.ipip_mode != EncapMode::Never && !p.spec.disabled);
@@ -537,7 +571,7 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
             }
         }
     }
-    for workload in &cluster.workloads {
+    for workload in cluster.workloads.iter().filter(|w| w.spec.node == me.name) {
         for net in &workload.spec.ip_networks {
             out.origins.insert(*net, Origin::Local);
             out.routes.insert(*net, Target::Workload { interface: workload.spec.interface_name.clone() });

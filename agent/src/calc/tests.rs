@@ -35,6 +35,7 @@ fn me(ipip: bool) -> Me {
         ipv6: None,
         ipip_supported: ipip,
         tunnels: Tunnels::default(),
+        to_host: Default::default(),
     }
 }
 

@@ -1,12 +1,17 @@
 //! iptables through `iptables-restore --noflush --wait` transactions on our own `brin-`
-//! chains, with one jump from each built-in chain we need, and ipsets for the pool CIDRs.
-//! Nothing of anyone else's is flushed or reordered; a transaction runs only when what the
-//! kernel holds differs from what we want.
+//! chains, with one jump from each built-in chain we need, and ipsets for the pool CIDRs and
+//! the policy program's selectors. Nothing of anyone else's is flushed or reordered; a chain is
+//! rewritten only when what the kernel holds of it differs from what we want, and a policy
+//! set changes by the members that differ.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use brindle_datastore::resource::EndpointToHostAction;
 use brindle_kernel::Kernel;
 use ipnetwork::IpNetwork;
+
+use crate::policy::{self, FamilyProgram, IpSet};
 
 /// The tag on every rule of ours.
 const TAG: &str = "brindle";
@@ -60,6 +65,10 @@ pub struct Rules {
     pub ipip: bool,
     /// The ports BGP speaks on.
     pub bgp_ports: Vec<u16>,
+    /// What happens to workload-to-host traffic the workload's policy allowed.
+    pub to_host: EndpointToHostAction,
+    /// The family's policy chains and sets.
+    pub policy: FamilyProgram,
 }
 
 fn set_name(kind: &str, v6: bool) -> String {
@@ -78,26 +87,32 @@ fn sets(rules: &Rules) -> [(&'static str, &'static str, Vec<String>); 4] {
     ]
 }
 
-/// One table's part: its name, the built-in chains that jump to our chain, our rules (grouped
-/// by chain, chains in name order, as `iptables-save` lists them).
+/// One table's part: the built-in chains that jump to ours, and our chains with their rules.
 struct Table {
     name: &'static str,
     jumps: Vec<(&'static str, &'static str)>,
-    rules: Vec<String>,
+    chains: BTreeMap<String, Vec<String>>,
 }
 
 /// A rule of ours: `-A <chain> <matches> -m comment --comment "brindle: <why>" -j <target>`,
 /// written as `iptables-save` prints it, so what the kernel holds compares equal.
-fn rule(chain: &str, matches: &str, why: &str, target: &str) -> String {
+pub(crate) fn rule(chain: &str, matches: &str, why: &str, target: &str) -> String {
     let matches = if matches.is_empty() { String::new() } else { format!("{matches} ") };
     format!("-A {chain} {matches}-m comment --comment \"{TAG}: {why}\" -j {target}")
 }
 
+/// The same as [`rule`] with `-g` (go to `target`; its end returns to our caller's caller).
+pub(crate) fn goto_rule(chain: &str, matches: &str, why: &str, target: &str) -> String {
+    let matches = if matches.is_empty() { String::new() } else { format!("{matches} ") };
+    format!("-A {chain} {matches}-m comment --comment \"{TAG}: {why}\" -g {target}")
+}
+
 /// Our chains per table, in `iptables-save` form. A workload is untrusted: it sends only from
 /// its own addresses, never tunnels (VXLAN, IP-in-IP) and never speaks BGP to a node or a BGP
-/// peer; tunnels are taken only from nodes. Tunnel rules are in place only while this node
-/// uses the tunnel, so other users of the port or protocol are left alone otherwise.
-fn chains(v6: bool, rules: &Rules) -> Vec<Table> {
+/// peer; tunnels are taken only from nodes; what it sends and receives passes its policy
+/// (replies of allowed flows pass, INVALID is dropped). Tunnel rules are in place only while
+/// this node uses the tunnel, so other users of the port or protocol are left alone otherwise.
+fn tables(v6: bool, rules: &Rules) -> Vec<Table> {
     let nodes = set_name("nodes", v6);
     let hosts = set_name("hosts", v6);
     let ports: Vec<String> = rules.bgp_ports.iter().map(u16::to_string).collect();
@@ -138,6 +153,18 @@ fn chains(v6: bool, rules: &Rules) -> Vec<Table> {
             "DROP",
         ));
     }
+    let established = "-m conntrack --ctstate RELATED,ESTABLISHED";
+    let invalid = "-m conntrack --ctstate INVALID";
+    input.extend([
+        rule("brin-INPUT", &format!("-i brin+ {established}"), "replies to the host", "ACCEPT"),
+        rule("brin-INPUT", &format!("-i brin+ {invalid}"), "invalid from workloads", "DROP"),
+        rule("brin-INPUT", "-i brin+", "the sending workload's policy", policy::FROM_WORKLOADS),
+    ]);
+    match rules.to_host {
+        EndpointToHostAction::Accept => input.push(rule("brin-INPUT", "-i brin+", "workload to host", "ACCEPT")),
+        EndpointToHostAction::Drop => input.push(rule("brin-INPUT", "-i brin+", "workload to host", "DROP")),
+        EndpointToHostAction::Return => {}
+    }
     forward.extend([
         rule(
             "brin-FORWARD",
@@ -145,6 +172,12 @@ fn chains(v6: bool, rules: &Rules) -> Vec<Table> {
             "workloads never speak BGP to nodes and peers",
             "DROP",
         ),
+        rule("brin-FORWARD", &format!("-i brin+ {established}"), "replies of allowed flows", "ACCEPT"),
+        rule("brin-FORWARD", &format!("-o brin+ {established}"), "replies of allowed flows", "ACCEPT"),
+        rule("brin-FORWARD", &format!("-i brin+ {invalid}"), "invalid from workloads", "DROP"),
+        rule("brin-FORWARD", &format!("-o brin+ {invalid}"), "invalid to workloads", "DROP"),
+        rule("brin-FORWARD", "-i brin+", "the sending workload's policy", policy::FROM_WORKLOADS),
+        rule("brin-FORWARD", "-o brin+", "the receiving workload's policy", policy::TO_WORKLOADS),
         rule("brin-FORWARD", "-i brin+", "from workloads", "ACCEPT"),
         rule("brin-FORWARD", "-o brin+", "to workloads", "ACCEPT"),
     ]);
@@ -154,23 +187,30 @@ fn chains(v6: bool, rules: &Rules) -> Vec<Table> {
         "natOutgoing",
         "MASQUERADE",
     );
+    let mut filter = rules.policy.chains.clone();
+    filter.insert("brin-FORWARD".into(), forward);
+    filter.insert("brin-INPUT".into(), input);
     vec![
         Table {
             name: "raw",
             jumps: vec![("PREROUTING", "brin-PREROUTING")],
-            rules: vec![rule(
-                "brin-PREROUTING",
-                "-i brin+ -m rpfilter --invert",
-                "workloads send only from their own addresses",
-                "DROP",
-            )],
+            chains: [(
+                "brin-PREROUTING".to_owned(),
+                vec![rule(
+                    "brin-PREROUTING",
+                    "-i brin+ -m rpfilter --invert",
+                    "workloads send only from their own addresses",
+                    "DROP",
+                )],
+            )]
+            .into(),
         },
+        Table { name: "filter", jumps: vec![("INPUT", "brin-INPUT"), ("FORWARD", "brin-FORWARD")], chains: filter },
         Table {
-            name: "filter",
-            jumps: vec![("INPUT", "brin-INPUT"), ("FORWARD", "brin-FORWARD")],
-            rules: forward.into_iter().chain(input).collect(),
+            name: "nat",
+            jumps: vec![("POSTROUTING", "brin-POSTROUTING")],
+            chains: [("brin-POSTROUTING".to_owned(), vec![nat_rule])].into(),
         },
-        Table { name: "nat", jumps: vec![("POSTROUTING", "brin-POSTROUTING")], rules: vec![nat_rule] },
     ]
 }
 
@@ -203,7 +243,6 @@ fn run_with_input(kernel: &dyn Kernel, program: &str, args: &[&str], input: &str
     }
     Ok(())
 }
-
 fn current_sets(kernel: &dyn Kernel, rules: &Rules, v6: bool) -> String {
     let mut listing = String::new();
     for (kind, kind_type, _) in sets(rules) {
@@ -232,48 +271,146 @@ fn wanted_sets(rules: &Rules) -> String {
     listing
 }
 
+/// The policy sets of one family the kernel holds (`ipset save`), by name.
+fn current_policy_sets(kernel: &dyn Kernel, v6: bool) -> anyhow::Result<BTreeMap<String, IpSet>> {
+    let out = kernel.run("ipset", &["save"], None)?;
+    if !out.success {
+        anyhow::bail!("ipset save failed: {}", out.stderr.trim());
+    }
+    let prefix = format!("{}{}-", policy::SET_PREFIX, if v6 { '6' } else { '4' });
+    let mut sets: BTreeMap<String, IpSet> = BTreeMap::new();
+    for line in out.stdout.lines() {
+        let mut words = line.split(' ');
+        match (words.next(), words.next(), words.next()) {
+            (Some("create"), Some(name), Some(kind)) if name.starts_with(&prefix) => {
+                let kind = if kind == "hash:ip,port" { "hash:ip,port" } else { "hash:net" };
+                sets.insert(name.to_owned(), IpSet { kind, members: BTreeSet::new() });
+            }
+            (Some("add"), Some(name), Some(member)) => {
+                if let Some(set) = sets.get_mut(name) {
+                    set.members.insert(member.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(sets)
+}
+
+/// The `ipset restore` script that brings the policy sets from `current` to `wanted` member by
+/// member.
+fn policy_set_script(current: &BTreeMap<String, IpSet>, wanted: &BTreeMap<String, IpSet>, v6: bool) -> String {
+    let family = if v6 { "inet6" } else { "inet" };
+    let empty = BTreeSet::new();
+    let mut script = String::new();
+    for (name, set) in wanted {
+        let held = match current.get(name) {
+            Some(held) => &held.members,
+            None => {
+                script += &format!("create {name} {} family {family} maxelem 1048576\n", set.kind);
+                &empty
+            }
+        };
+        for member in set.members.difference(held) {
+            script += &format!("add {name} {member}\n");
+        }
+        for member in held.difference(&set.members) {
+            script += &format!("del {name} {member}\n");
+        }
+    }
+    script
+}
+
+/// Our chains in a table as `iptables-save` lists them: every `brin-` chain with its rules.
+fn saved_chains(saved: &str) -> BTreeMap<String, Vec<String>> {
+    let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in saved.lines() {
+        if let Some(declared) = line.strip_prefix(':').filter(|l| l.starts_with("brin-")) {
+            chains.entry(declared.split(' ').next().unwrap_or_default().to_owned()).or_default();
+        } else if let Some(rest) = line.strip_prefix("-A brin-") {
+            let chain = format!("brin-{}", rest.split(' ').next().unwrap_or_default());
+            chains.entry(chain).or_default().push(line.to_owned());
+        }
+    }
+    chains
+}
+
+/// The `iptables-restore --noflush` script for one table: the chains that differ declared
+/// (which empties them) and written, chains no longer wanted emptied and deleted, missing jumps
+/// inserted; empty when the kernel already holds it all.
+fn table_script(table: &Table, saved: &str) -> String {
+    let held = saved_chains(saved);
+    let changed: Vec<(&String, &Vec<String>)> =
+        table.chains.iter().filter(|(name, body)| held.get(*name) != Some(body)).collect();
+    let stale: Vec<&String> = held.keys().filter(|name| !table.chains.contains_key(*name)).collect();
+    let missing_jumps: Vec<String> = table
+        .jumps
+        .iter()
+        .filter(|(builtin, chain)| !saved.lines().any(|l| l == jump(builtin, chain)))
+        .map(|(builtin, chain)| format!("-I {builtin} 1 -m comment --comment \"{TAG}: jump\" -j {chain}"))
+        .collect();
+    if changed.is_empty() && stale.is_empty() && missing_jumps.is_empty() {
+        return String::new();
+    }
+    let mut script = format!("*{}\n", table.name);
+    for (name, _) in &changed {
+        script += &format!(":{name} - [0:0]\n");
+    }
+    for name in &stale {
+        script += &format!("-F {name}\n");
+    }
+    for (_, body) in &changed {
+        for rule in *body {
+            script += rule;
+            script += "\n";
+        }
+    }
+    for rule in &missing_jumps {
+        script += rule;
+        script += "\n";
+    }
+    for name in &stale {
+        script += &format!("-X {name}\n");
+    }
+    script += "COMMIT\n";
+    script
+}
+
 /// Makes the sets and chains of one family match. Returns whether iptables-restore ran.
 pub fn sync(kernel: &dyn Kernel, backend: Backend, v6: bool, rules: &Rules) -> anyhow::Result<bool> {
     if current_sets(kernel, rules, v6) != wanted_sets(rules) {
         run_with_input(kernel, "ipset", &["restore", "-exist"], &ipset_script(rules, v6))?;
     }
+    // Sets are filled before the rules that match them, and destroyed after.
+    let held_sets = current_policy_sets(kernel, v6)?;
+    let set_script = policy_set_script(&held_sets, &rules.policy.sets, v6);
+    if !set_script.is_empty() {
+        run_with_input(kernel, "ipset", &["restore", "-exist"], &set_script)?;
+    }
     let mut script = String::new();
-    for Table { name: table, jumps, rules: body } in chains(v6, rules) {
-        let saved = kernel.run(&backend.tool(v6, "save"), &["-t", table], None)?;
+    for table in tables(v6, rules) {
+        let saved = kernel.run(&backend.tool(v6, "save"), &["-t", table.name], None)?;
         if !saved.success {
-            anyhow::bail!("{} -t {table} failed: {}", backend.tool(v6, "save"), saved.stderr.trim());
+            anyhow::bail!("{} -t {} failed: {}", backend.tool(v6, "save"), table.name, saved.stderr.trim());
         }
-        let saved = saved.stdout;
-        let ours: Vec<&str> = saved.lines().filter(|l| l.starts_with("-A brin-")).collect();
-        let missing_jumps: Vec<String> = jumps
-            .iter()
-            .filter(|(builtin, chain)| !saved.lines().any(|l| l == jump(builtin, chain)))
-            .map(|(builtin, chain)| format!("-I {builtin} 1 -m comment --comment \"{TAG}: jump\" -j {chain}"))
-            .collect();
-        let chain_missing = jumps.iter().any(|(_, chain)| !saved.lines().any(|l| l.starts_with(&format!(":{chain} "))));
-        if ours == body.iter().map(String::as_str).collect::<Vec<_>>() && missing_jumps.is_empty() && !chain_missing {
-            continue;
-        }
-        script += &format!("*{table}\n");
-        for (_, chain) in &jumps {
-            script += &format!(":{chain} - [0:0]\n");
-        }
-        for rule in &body {
-            script += rule;
-            script += "\n";
-        }
-        for rule in &missing_jumps {
-            script += rule;
-            script += "\n";
-        }
-        script += "COMMIT\n";
+        script += &table_script(&table, &saved.stdout);
     }
-    if script.is_empty() {
-        return Ok(false);
+    let ran = !script.is_empty();
+    if ran {
+        tracing::debug!(%script, "iptables-restore");
+        run_with_input(kernel, &backend.tool(v6, "restore"), &["--noflush", "--wait"], &script)?;
     }
-    tracing::debug!(%script, "iptables-restore");
-    run_with_input(kernel, &backend.tool(v6, "restore"), &["--noflush", "--wait"], &script)?;
-    Ok(true)
+    let stale: String = held_sets
+        .keys()
+        .filter(|name| !rules.policy.sets.contains_key(*name))
+        .map(|name| format!("destroy {name}\n"))
+        .collect();
+    if !stale.is_empty()
+        && let Err(e) = run_with_input(kernel, "ipset", &["restore", "-exist"], &stale)
+    {
+        tracing::warn!(error = %e, "stale policy sets stay until the next resync");
+    }
+    Ok(ran)
 }
 
 #[cfg(test)]
@@ -311,6 +448,7 @@ mod tests {
                     *sets.lock().unwrap() = stdin.unwrap_or_default().to_owned();
                     ok(String::new())
                 }
+                "ipset" if args[0] == "save" => ok(String::new()),
                 "ipset" => {
                     let script = sets.lock().unwrap().clone();
                     let name = args[1];
@@ -355,6 +493,7 @@ mod tests {
             vxlan_port: Some(4789),
             ipip: true,
             bgp_ports: vec![179, 1179],
+            ..Rules::default()
         }
     }
 
@@ -371,34 +510,108 @@ mod tests {
     }
 
     #[test]
-    fn every_rule_is_tagged_in_our_chains_and_in_save_order() {
+    fn every_rule_is_tagged_and_in_its_chain() {
         for v6 in [false, true] {
-            for table in chains(v6, &rules()) {
-                for rule in &table.rules {
-                    assert!(rule.starts_with("-A brin-") && rule.contains("--comment \"brindle"), "{rule}");
+            for table in tables(v6, &rules()) {
+                for (chain, body) in &table.chains {
+                    for rule in body {
+                        assert!(rule.starts_with(&format!("-A {chain} ")), "{rule}");
+                        assert!(rule.contains("--comment \"brindle"), "{rule}");
+                    }
                 }
-                let chains: Vec<&str> = table.rules.iter().map(|r| r.split(' ').nth(1).unwrap()).collect();
-                assert!(chains.is_sorted(), "iptables-save lists chains by name: {chains:?}");
             }
         }
     }
 
+    fn filter_chain(rules: &Rules, chain: &str) -> Vec<String> {
+        let mut tables = tables(false, rules);
+        let filter = tables.iter_mut().find(|t| t.name == "filter").unwrap();
+        filter.chains.remove(chain).unwrap()
+    }
+
     #[test]
-    fn workloads_are_kept_off_the_control_plane() {
-        let filter: Vec<String> = chains(false, &rules()).into_iter().find(|t| t.name == "filter").unwrap().rules;
-        let text = filter.join("\n");
+    fn workloads_are_kept_off_the_control_plane_and_pass_their_policy() {
+        let input = filter_chain(&rules(), "brin-INPUT");
+        let forward = filter_chain(&rules(), "brin-FORWARD");
+        let text = input.join("\n");
         assert!(
             text.contains("-A brin-INPUT -p udp -m udp --dport 4789 -m set ! --match-set brin-nodes-v4 src"),
             "{text}"
         );
         assert!(text.contains("-A brin-INPUT -i brin+ -p tcp -m multiport --dports 179,1179"), "{text}");
-        let drops_before_accept = filter.iter().position(|r| r.contains("from workloads")).unwrap();
-        assert!(filter[..drops_before_accept].iter().all(|r| r.ends_with("-j DROP")), "{text}");
-        let v6: Vec<String> = chains(true, &rules()).into_iter().flat_map(|t| t.rules).collect();
+        // Control-plane drops come before anything accepts; policy before the final accepts.
+        for chain in [&input, &forward] {
+            let first_accept = chain.iter().position(|r| r.ends_with("-j ACCEPT")).unwrap();
+            assert!(chain[..first_accept].iter().all(|r| r.ends_with("-j DROP")), "{chain:#?}");
+            let dispatch = chain.iter().position(|r| r.ends_with("-j brin-from-wl")).unwrap();
+            assert!(chain[dispatch..].iter().filter(|r| r.ends_with("-j ACCEPT")).all(|r| !r.contains("ctstate")));
+        }
+        let v6: Vec<String> =
+            tables(true, &rules()).into_iter().flat_map(|t| t.chains.into_values().flatten()).collect();
         assert!(v6.iter().any(|r| r.contains("--icmpv6-type 134")), "router advertisements from workloads");
         // No tunnel in use: its port and protocol are left to whoever else uses them.
         let untunnelled = Rules { vxlan_port: None, ipip: false, ..rules() };
-        let all: Vec<String> = chains(false, &untunnelled).into_iter().flat_map(|t| t.rules).collect();
+        let all: Vec<String> =
+            tables(false, &untunnelled).into_iter().flat_map(|t| t.chains.into_values().flatten()).collect();
         assert!(!all.iter().any(|r| r.contains("4789") || r.contains("ipencap")), "{all:?}");
+        // Workload to host follows the configured action once policy allowed it.
+        let to_host = |action| filter_chain(&Rules { to_host: action, ..rules() }, "brin-INPUT").pop().unwrap();
+        assert!(to_host(EndpointToHostAction::Accept).ends_with("workload to host\" -j ACCEPT"));
+        assert!(to_host(EndpointToHostAction::Drop).ends_with("workload to host\" -j DROP"));
+        assert!(to_host(EndpointToHostAction::Return).ends_with("-j brin-from-wl"));
+    }
+
+    #[test]
+    fn only_chains_that_differ_are_rewritten_and_stale_ones_removed() {
+        let table = Table {
+            name: "filter",
+            jumps: vec![("FORWARD", "brin-FORWARD")],
+            chains: [
+                ("brin-FORWARD".to_owned(), vec![rule("brin-FORWARD", "", "a", "brin-tw-x")]),
+                ("brin-tw-x".to_owned(), vec![rule("brin-tw-x", "", "b", "DROP")]),
+                ("brin-tw-y".to_owned(), vec![]),
+            ]
+            .into(),
+        };
+        let saved = format!(
+            ":FORWARD ACCEPT [0:0]\n:brin-FORWARD - [0:0]\n:brin-tw-x - [0:0]\n:brin-tw-old - [0:0]\n{}\n{}\n{}\n{}\n",
+            jump("FORWARD", "brin-FORWARD"),
+            rule("brin-FORWARD", "", "a", "brin-tw-x"),
+            rule("brin-tw-x", "", "old", "DROP"),
+            rule("brin-tw-old", "", "c", "ACCEPT"),
+        );
+        let script = table_script(&table, &saved);
+        assert_eq!(
+            script,
+            format!(
+                "*filter\n:brin-tw-x - [0:0]\n:brin-tw-y - [0:0]\n-F brin-tw-old\n{}\n-X brin-tw-old\nCOMMIT\n",
+                rule("brin-tw-x", "", "b", "DROP")
+            )
+        );
+        let now = format!(
+            ":brin-FORWARD - [0:0]\n:brin-tw-x - [0:0]\n:brin-tw-y - [0:0]\n{}\n{}\n{}\n",
+            jump("FORWARD", "brin-FORWARD"),
+            rule("brin-FORWARD", "", "a", "brin-tw-x"),
+            rule("brin-tw-x", "", "b", "DROP"),
+        );
+        assert_eq!(table_script(&table, &now), "", "nothing differs");
+    }
+
+    #[test]
+    fn policy_sets_change_by_their_members() {
+        let set = |kind, members: &[&str]| IpSet { kind, members: members.iter().map(|m| (*m).to_owned()).collect() };
+        let held: BTreeMap<String, IpSet> =
+            [("brin-p4-a".to_owned(), set("hash:net", &["10.0.0.1", "10.0.0.2"]))].into();
+        let wanted: BTreeMap<String, IpSet> = [
+            ("brin-p4-a".to_owned(), set("hash:net", &["10.0.0.2", "10.0.0.3"])),
+            ("brin-p4-b".to_owned(), set("hash:ip,port", &["10.0.0.3,tcp:80"])),
+        ]
+        .into();
+        assert_eq!(
+            policy_set_script(&held, &wanted, false),
+            "add brin-p4-a 10.0.0.3\ndel brin-p4-a 10.0.0.1\n\
+             create brin-p4-b hash:ip,port family inet maxelem 1048576\nadd brin-p4-b 10.0.0.3,tcp:80\n"
+        );
+        assert_eq!(policy_set_script(&wanted, &wanted, false), "");
     }
 }

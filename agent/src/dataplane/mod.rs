@@ -119,6 +119,8 @@ impl Dataplane {
                 vxlan_port: desired.vxlan_device.as_ref().map(|d| d.port),
                 ipip: desired.ipip,
                 bgp_ports: desired.bgp_ports.clone(),
+                to_host: desired.to_host,
+                policy: desired.policy[usize::from(v6)].clone(),
             };
             let family = usize::from(v6);
             let last = self.applied_rules.lock().unwrap_or_else(|e| e.into_inner())[family].clone();

@@ -45,6 +45,19 @@ pub enum IptablesBackend {
     NFT,
 }
 
+/// What happens to traffic from a workload to its own host once the workload's egress policy
+/// allowed it (Calico's DefaultEndpointToHostAction).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum EndpointToHostAction {
+    /// Accepted.
+    #[default]
+    Accept,
+    /// Dropped.
+    Drop,
+    /// Left to the host's own INPUT rules.
+    Return,
+}
+
 /// Where the agent learns routes between nodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum BgpBackend {
@@ -76,6 +89,8 @@ pub struct AgentConfiguration {
     pub iptables_refresh_interval: Duration,
     /// Which iptables to program.
     pub iptables_backend: IptablesBackend,
+    /// What happens to workload-to-host traffic once the workload's policy allowed it.
+    pub default_endpoint_to_host_action: EndpointToHostAction,
     /// Where routes between nodes come from: `None`, `Embedded` or `BIRD`.
     pub bgp_backend: BgpBackend,
     /// The uplink MTU to derive pod and tunnel MTUs from; 0 detects it.
@@ -113,6 +128,7 @@ impl Default for AgentConfiguration {
             route_refresh_interval: secs(90),
             iptables_refresh_interval: secs(90),
             iptables_backend: IptablesBackend::Auto,
+            default_endpoint_to_host_action: EndpointToHostAction::Accept,
             bgp_backend: BgpBackend::None,
             mtu: 0,
             vxlan_vni: 4096,

@@ -24,7 +24,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use agent_config::{AgentConfiguration, BgpBackend, IptablesBackend, LogSeverity};
+pub use agent_config::{AgentConfiguration, BgpBackend, EndpointToHostAction, IptablesBackend, LogSeverity};
 pub use bgp::{BgpConfiguration, BgpPassword, BgpPeer, Community, PrefixAdvertisement, SecretKeyRef, ServiceCidr};
 pub use bgp_filter::{BgpFilter, BgpFilterRule, FilterAction, MatchOperator, PrefixLength};
 pub use ipam_config::IpamConfiguration;

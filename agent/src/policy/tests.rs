@@ -1,0 +1,181 @@
+use std::collections::BTreeMap;
+
+use brindle_datastore::policy::Policies;
+use brindle_datastore::resource::{AnyResource, EndpointPort, Metadata, Resource, WorkloadEndpoint, parse_documents};
+
+use super::*;
+
+struct World {
+    policies: Policies,
+    endpoints: Vec<Resource<WorkloadEndpoint>>,
+    namespaces: NamespaceLabels,
+}
+
+fn world(text: &str) -> World {
+    let (mut tiers, mut knp, mut np, mut gnp) = (vec![], vec![], vec![], vec![]);
+    for doc in parse_documents(text).unwrap() {
+        doc.validate().unwrap();
+        match doc {
+            AnyResource::Tier(r) => tiers.push(r),
+            AnyResource::KubernetesNetworkPolicy(r) => knp.push(r),
+            AnyResource::NetworkPolicy(r) => np.push(r),
+            AnyResource::GlobalNetworkPolicy(r) => gnp.push(r),
+            other => panic!("{other:?}"),
+        }
+    }
+    let endpoints = vec![
+        endpoint("x", "a", "n1", "brin-a", "10.0.1.1", &[("app", "web")]),
+        endpoint("x", "b", "n1", "brin-b", "10.0.1.2", &[("app", "db")]),
+        endpoint("y", "c", "n2", "brin-c", "10.0.2.1", &[("app", "web")]),
+    ];
+    let namespaces: NamespaceLabels = [
+        ("x".to_owned(), [("ns".to_owned(), "x".to_owned())].into()),
+        ("y".to_owned(), [("ns".to_owned(), "y".to_owned())].into()),
+    ]
+    .into();
+    World { policies: Policies::new(&tiers, &knp, &np, &gnp), endpoints, namespaces }
+}
+
+fn endpoint(
+    ns: &str,
+    name: &str,
+    node: &str,
+    iface: &str,
+    ip: &str,
+    labels: &[(&str, &str)],
+) -> Resource<WorkloadEndpoint> {
+    let mut metadata = Metadata::named(name);
+    metadata.namespace = Some(ns.into());
+    metadata.labels = labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect::<BTreeMap<_, _>>();
+    let spec = WorkloadEndpoint {
+        node: node.into(),
+        orchestrator: "k8s".into(),
+        pod: name.into(),
+        endpoint: "eth0".into(),
+        container_id: name.into(),
+        interface_name: iface.into(),
+        mac: None,
+        ip_networks: vec![format!("{ip}/32").parse().unwrap()],
+        profiles: vec![],
+        service_account_name: None,
+        ports: vec![EndpointPort { name: "http".into(), protocol: "TCP".into(), port: 8080 }],
+    };
+    Resource { metadata, spec }
+}
+
+fn compile(w: &World) -> Program {
+    Compiler::new(&w.policies, &w.endpoints, &w.namespaces).compile("n1")
+}
+
+const DB_FROM_WEB: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 5432}, {port: http}]
+";
+
+#[test]
+fn local_endpoints_are_dispatched_and_unknown_interfaces_dropped() {
+    let program = compile(&world(DB_FROM_WEB));
+    let v4 = &program[0];
+    let to = &v4.chains[TO_WORKLOADS];
+    assert_eq!(to.len(), 3, "two local endpoints and the drop: {to:#?}");
+    assert!(to[0].starts_with("-A brin-to-wl -o brin-a ") && to[0].ends_with("-g brin-tw-brin-a"), "{}", to[0]);
+    assert!(to[2].ends_with("-j DROP"));
+    assert!(!v4.chains.contains_key("brin-tw-brin-c"), "not this node's");
+    // a: no policy selects it; b: isolated for ingress by the one policy.
+    assert!(v4.chains["brin-tw-brin-a"].is_empty());
+    assert!(v4.chains["brin-fw-brin-b"].is_empty(), "not isolated for egress");
+    let b = &v4.chains["brin-tw-brin-b"];
+    let chain = policy_chain(&w_id("db"), Direction::Ingress);
+    assert!(b[1].ends_with(&format!("-j {chain}")), "{b:#?}");
+    assert!(b[2].ends_with("-j RETURN") && b[3].ends_with("-j DROP"), "allowed returns, else the tier drops: {b:#?}");
+}
+
+fn w_id(name: &str) -> PolicyId {
+    PolicyId { kind: "KubernetesNetworkPolicy", namespace: Some("x".into()), name: name.into() }
+}
+
+#[test]
+fn selectors_and_named_ports_are_sets_of_every_node_s_endpoints() {
+    let program = compile(&world(DB_FROM_WEB));
+    let v4 = &program[0];
+    let rules = &v4.chains[&policy_chain(&w_id("db"), Direction::Ingress)];
+    let text = rules.join("\n");
+    assert!(text.contains("-p tcp -m set --match-set brin-p4-"), "{text}");
+    assert!(text.contains(" src -m multiport --dports 5432 "), "{text}");
+    assert!(text.contains(" dst,dst "), "the named port: {text}");
+    let web: Vec<&IpSet> = v4.sets.values().filter(|s| s.kind == "hash:net").collect();
+    assert_eq!(web.len(), 1);
+    assert_eq!(web[0].members, ["10.0.1.1", "10.0.2.1"].map(str::to_owned).into(), "web pods of both nodes");
+    let named: Vec<&IpSet> = v4.sets.values().filter(|s| s.kind == "hash:ip,port").collect();
+    assert_eq!(
+        named[0].members,
+        ["10.0.1.1,tcp:8080", "10.0.1.2,tcp:8080", "10.0.2.1,tcp:8080"].map(str::to_owned).into()
+    );
+    // IPv6 has the same chains, sets without members.
+    let v6 = &program[1];
+    assert_eq!(v6.chains.keys().collect::<Vec<_>>(), v4.chains.keys().collect::<Vec<_>>());
+    assert!(v6.sets.values().all(|s| s.members.is_empty()));
+}
+
+#[test]
+fn calico_rules_keep_their_order_actions_and_tiers() {
+    let w = world(
+        "
+apiVersion: brindle.io/v1
+kind: Tier
+metadata: {name: security}
+spec: {order: 1}
+---
+apiVersion: brindle.io/v1
+kind: GlobalNetworkPolicy
+metadata: {name: guard}
+spec:
+  tier: security
+  ingress:
+  - {action: Log, protocol: ICMP, icmp: {type: 8}}
+  - {action: Deny, source: {nets: [192.168.0.0/16], notNets: [192.168.1.0/24]}}
+  - {action: Pass}
+---
+apiVersion: brindle.io/v1
+kind: NetworkPolicy
+metadata: {name: v6-only, namespace: x}
+spec:
+  ingress: [{action: Allow, ipVersion: 6}]
+",
+    );
+    let program = compile(&w);
+    let v4 = &program[0];
+    let a = &v4.chains["brin-tw-brin-a"];
+    let tiers: Vec<&String> = a.iter().filter(|r| r.contains("end of tier")).collect();
+    assert!(tiers[0].contains("tier security") && tiers[1].contains("tier default"), "{a:#?}");
+    let guard = PolicyId { kind: "GlobalNetworkPolicy", namespace: None, name: "guard".into() };
+    let rules = &v4.chains[&policy_chain(&guard, Direction::Ingress)];
+    assert!(
+        rules[0].contains("-p icmp -m icmp --icmp-type 8 ")
+            && rules[0].contains("-j LOG --log-prefix \"brindle guard: \"")
+    );
+    assert!(rules[1].contains("-m set --match-set brin-p4-") && rules[1].contains("-m set ! --match-set brin-p4-"));
+    assert!(rules[1].ends_with("-j DROP"));
+    assert!(rules[2].ends_with(&format!("-j MARK --set-xmark {PASS_MARK:#x}/{PASS_MARK:#x}")));
+    assert!(rules[3].ends_with("-j RETURN"));
+    // The IPv6-only rule and the ICMP (not ICMPv6) rule stay in their families.
+    let v6_only = PolicyId { kind: "NetworkPolicy", namespace: Some("x".into()), name: "v6-only".into() };
+    assert!(v4.chains[&policy_chain(&v6_only, Direction::Ingress)].is_empty());
+    assert_eq!(program[1].chains[&policy_chain(&v6_only, Direction::Ingress)].len(), 2);
+    assert!(!program[1].chains[&policy_chain(&guard, Direction::Ingress)].iter().any(|r| r.contains("icmp")));
+}
+
+#[test]
+fn long_port_lists_are_split_by_multiport_slots() {
+    let ports: Vec<PortMatch> = (1..=20).map(|p| PortMatch::Range(p, p)).chain([PortMatch::Range(100, 200)]).collect();
+    let chunks = multiport_chunks(&ports);
+    assert_eq!(chunks.len(), 2, "{chunks:?}");
+    assert_eq!(chunks[0].split(',').count(), 15);
+    assert_eq!(chunks[1], "16,17,18,19,20,100:200");
+}
