@@ -17,6 +17,7 @@ use super::state::{LabPod, LabState};
 use crate::cni::{Attachment, exec_in, node_conf};
 use crate::netns::{Netns, enter};
 use crate::process::terminate;
+use crate::wait::wait_for;
 
 /// How long a probe waits for a connection or an answer.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
@@ -118,6 +119,7 @@ pub fn add(state: &mut LabState, pod: &NewPod) -> anyhow::Result<()> {
         container_id,
         server_pid: None,
     };
+    let host_interface = result["interfaces"][0]["name"].as_str().unwrap_or_default().to_owned();
     let finish = (|| {
         if !pod.labels.is_empty() || pod.service_account.is_some() {
             describe(state, &added, &pod.labels, pod.service_account.as_deref())?;
@@ -125,15 +127,35 @@ pub fn add(state: &mut LabState, pod: &NewPod) -> anyhow::Result<()> {
         if !pod.serve.is_empty() {
             added.server_pid = Some(serve_in(state, &netns.name, &pod.serve)?);
         }
-        anyhow::Ok(())
+        wait_for_policy(&node.netns, &host_interface)
     })();
     if let Err(e) = finish {
+        if let Some(pid) = added.server_pid {
+            terminate(pid, "brindle-lab");
+        }
         let _ = exec_in(&node.netns, &state.bin_dir.join("brindle"), "DEL", &conf, &attachment, &bin_dir);
         return Err(e);
     }
     netns.keep();
     state.pods.push(added);
     Ok(())
+}
+
+/// Waits until the node's agent has the pod's policy in place (until then its traffic is
+/// dropped), as a user would before sending from it.
+fn wait_for_policy(node_netns: &str, host_interface: &str) -> anyhow::Result<()> {
+    let dispatch = format!("-g brin-fw-{host_interface}");
+    let programmed = || {
+        ["iptables-nft-save", "iptables-legacy-save"].iter().any(|save| {
+            Command::new(save)
+                .args(["-t", "filter"])
+                .output()
+                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(&dispatch))
+        })
+    };
+    in_netns(node_netns, || {
+        wait_for(&format!("the agent to program the policy of {host_interface}"), Duration::from_secs(30), programmed)
+    })?
 }
 
 /// Puts `labels` and `service_account` on the pod's WorkloadEndpoint (from the router's
