@@ -91,6 +91,30 @@ fn columns(kind: &str) -> &'static [Column] {
             Column { header: "MAC", pointer: "/spec/mac", wide_only: true },
             Column { header: "CONTAINER", pointer: "/spec/containerID", wide_only: true },
         ],
+        "NetworkPolicy" | "KubernetesNetworkPolicy" => &[
+            Column { header: "NAMESPACE", pointer: "/metadata/namespace", wide_only: false },
+            Column { header: "NAME", pointer: "/metadata/name", wide_only: false },
+            Column { header: "API", pointer: "/apiVersion", wide_only: false },
+            Column { header: "TIER", pointer: "/spec/tier", wide_only: false },
+            Column { header: "ORDER", pointer: "/spec/order", wide_only: false },
+            Column { header: "SELECTOR", pointer: "/spec/selector", wide_only: true },
+            Column { header: "POD-SELECTOR", pointer: "/spec/podSelector", wide_only: true },
+        ],
+        "GlobalNetworkPolicy" => &[
+            Column { header: "NAME", pointer: "/metadata/name", wide_only: false },
+            Column { header: "TIER", pointer: "/spec/tier", wide_only: false },
+            Column { header: "ORDER", pointer: "/spec/order", wide_only: false },
+            Column { header: "SELECTOR", pointer: "/spec/selector", wide_only: false },
+            Column { header: "NAMESPACE-SELECTOR", pointer: "/spec/namespaceSelector", wide_only: true },
+        ],
+        "Tier" => &[
+            Column { header: "NAME", pointer: "/metadata/name", wide_only: false },
+            Column { header: "ORDER", pointer: "/spec/order", wide_only: false },
+        ],
+        "Namespace" => &[
+            Column { header: "NAME", pointer: "/metadata/name", wide_only: false },
+            Column { header: "LABELS", pointer: "/metadata/labels", wide_only: false },
+        ],
         _ => &[Column { header: "NAME", pointer: "/metadata/name", wide_only: false }],
     }
 }

@@ -100,7 +100,20 @@ const SHORT_NAMES: &[(&str, &str)] = &[
     ("ipamconfig", "IPAMConfiguration"),
     ("wep", "WorkloadEndpoint"),
     ("weps", "WorkloadEndpoint"),
+    ("netpol", "KubernetesNetworkPolicy"),
+    ("knp", "KubernetesNetworkPolicy"),
+    ("gnp", "GlobalNetworkPolicy"),
+    ("ns", "Namespace"),
 ];
+
+/// The kinds a listing of `kind` shows: NetworkPolicies of both APIs together (as Kubernetes
+/// and brindle both call theirs `networkpolicies`), every other kind alone.
+pub fn listed_with(kind: &'static str) -> &'static [&'static str] {
+    match kind {
+        "NetworkPolicy" => &["NetworkPolicy", "KubernetesNetworkPolicy"],
+        _ => std::slice::from_ref(KINDS.iter().find(|k| **k == kind).expect("a kind from KINDS")),
+    }
+}
 
 /// The kind an operator typed (kind, plural or short name), or an error listing the kinds.
 pub fn kind(typed: &str) -> anyhow::Result<&'static str> {
@@ -128,7 +141,10 @@ pub async fn get(
             Ok(vec![AnyResource::get(client, kind, ns.as_deref(), name).await?])
         }
         None => {
-            let all = AnyResource::list(client, kind).await?;
+            let mut all = Vec::new();
+            for kind in listed_with(kind) {
+                all.extend(AnyResource::list(client, kind).await?);
+            }
             Ok(match namespace.filter(|_| kind_is_namespaced(kind)) {
                 Some(ns) => all.into_iter().filter(|r| r.metadata().namespace.as_deref() == Some(ns)).collect(),
                 None => all,
