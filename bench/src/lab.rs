@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use brindle_e2e::lab::{
-    self, LabState, Matrix, Mode, Options, Peering, Store, agent_status, cli_name, established_sessions,
+    self, Iptables, LabState, Matrix, Mode, Options, Peering, Store, agent_status, cli_name, established_sessions,
 };
 use clap::{Args, ValueEnum};
 
@@ -163,6 +163,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         peering: Peering::Mesh,
         datastore: args.datastore,
         reflectors: args.reflectors,
+        iptables: Iptables::Nft,
     };
     base.check()?;
     let mut labs = Vec::new();

@@ -1,12 +1,13 @@
 //! `brindle-lab`: a brindle cluster in network namespaces on this machine.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use brindle_e2e::lab::pods::{self, NewPod, Port, Probe};
-use brindle_e2e::lab::{self, LabState, Matrix, Mode, Options, Peering, Store, cli_name};
+use brindle_e2e::lab::{self, Iptables, LabState, Matrix, Mode, Options, Peering, Store, cli_name};
 use clap::{Parser, Subcommand};
 
 /// A whole brindle cluster in network namespaces on one machine: nodes on an underlay switch,
@@ -53,6 +54,9 @@ enum Cmd {
         /// etcd) in the router's namespace.
         #[arg(long, value_enum, default_value = "sqlite")]
         datastore: Store,
+        /// Which iptables the agents program.
+        #[arg(long, value_enum, default_value = "nft")]
+        iptables: Iptables,
         /// Where brindle-node, brindle and brindle-ipam are (default: beside this program).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -123,6 +127,24 @@ enum PodCmd {
         /// `NAMESPACE/NAME` (a bare NAME is in `default`).
         pod: String,
     },
+    /// Gives pod NAMESPACE/NAME exactly these labels (policy selectors follow).
+    Label {
+        /// `NAMESPACE/NAME` (a bare NAME is in `default`).
+        pod: String,
+        /// `k=v,k2=v2`; none removes every label.
+        #[arg(value_delimiter = ',')]
+        labels: Vec<String>,
+    },
+}
+
+/// `k=v` pairs as a map; an error names the one that is not.
+fn parse_labels(labels: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    labels
+        .iter()
+        .map(|l| {
+            l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).with_context(|| format!("{l:?}: write key=value"))
+        })
+        .collect()
 }
 
 const PARTLY_UNREACHABLE: u8 = 3;
@@ -150,12 +172,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     let dir = lab::lab_dir(&cli.dir, &cli.name);
     match cli.command {
-        Cmd::Up { nodes, pods_per_node, mode, peering, reflectors, datastore, bin_dir } => {
+        Cmd::Up { nodes, pods_per_node, mode, peering, reflectors, datastore, iptables, bin_dir } => {
             let bin_dir = match bin_dir {
                 Some(dir) => dir,
                 None => std::env::current_exe()?.parent().context("this program has no directory")?.to_owned(),
             };
-            let options = Options { nodes, pods_per_node, mode, peering, datastore, reflectors };
+            let options = Options { nodes, pods_per_node, mode, peering, datastore, reflectors, iptables };
             eprintln!(
                 "brindle-lab: building {:?}: {nodes} nodes, {pods_per_node} pods each, {} encapsulation, \
                  {} peering, {} datastore",
@@ -223,14 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .find(|(i, n)| n.name == node || i.to_string() == node)
                 .map(|(i, _)| i)
                 .with_context(|| format!("no node {node:?} in this lab"))?;
-            let labels = labels
-                .iter()
-                .map(|l| {
-                    l.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .with_context(|| format!("--labels {l:?}: write key=value"))
-                })
-                .collect::<anyhow::Result<_>>()?;
+            let labels = parse_labels(&labels).context("--labels")?;
             let new = NewPod { namespace: namespace.into(), name: name.into(), node, labels, service_account, serve };
             pods::add(&mut state, &new)?;
             state.save(&dir)?;
@@ -243,6 +258,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pods::delete(&mut state, &pod)?;
             state.save(&dir)?;
             println!("pod {pod} deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pod { action: PodCmd::Label { pod, labels } } => {
+            let mut state = LabState::load(&dir)?;
+            let (namespace, name) = pods::split_key(&pod);
+            pods::relabel(&mut state, &format!("{namespace}/{name}"), parse_labels(&labels)?)?;
+            state.save(&dir)?;
+            println!("pod {namespace}/{name} labelled");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Probe { port, json } => {

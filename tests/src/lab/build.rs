@@ -220,21 +220,33 @@ fn start_datastore(state: &mut LabState, dir: &Path, gateway: std::net::Ipv4Addr
     }
 }
 
-/// Creates or replaces `yaml`'s resources, from inside the router's namespace (where an etcd
-/// datastore listens).
-pub fn apply(state: &LabState, yaml: &str) -> anyhow::Result<()> {
-    let resources = parse_documents(yaml)?;
+/// Runs `work` with a client of the lab's datastore, from inside the router's namespace (where
+/// an etcd or Kubernetes datastore listens).
+pub fn with_client<T, F, Fut>(state: &LabState, work: F) -> anyhow::Result<T>
+where
+    T: Send,
+    F: FnOnce(brindle_datastore::Client) -> Fut + Send,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     let selection = state.datastore.clone();
     in_netns(&state.router, move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async {
             let client = brindle_datastore::Client::new(brindle_datastore::connect(&selection).await?);
-            for r in resources {
-                r.apply(&client).await?;
-            }
-            anyhow::Ok(())
+            work(client).await
         })
     })?
+}
+
+/// Creates or replaces `yaml`'s resources.
+pub fn apply(state: &LabState, yaml: &str) -> anyhow::Result<()> {
+    let resources = parse_documents(yaml)?;
+    with_client(state, |client| async move {
+        for r in resources {
+            r.apply(&client).await?;
+        }
+        Ok(())
+    })
 }
 
 fn start_node(state: &mut LabState, underlay: &Underlay, dir: &Path, i: usize) -> anyhow::Result<()> {

@@ -10,9 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use brindle_datastore::resource::WorkloadEndpoint;
+use brindle_datastore::resource::{EndpointPort, WorkloadEndpoint};
 
-use super::in_netns;
+use super::{in_netns, with_client};
 use super::state::{LabPod, LabState};
 use crate::cni::{Attachment, exec_in, node_conf};
 use crate::netns::{Netns, enter};
@@ -25,13 +25,25 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 /// What a server answers on every port.
 const ANSWER: &[u8] = b"brindle-lab\n";
 
-/// A transport and port, written `tcp:80` or `udp:53`.
+/// A transport and port, written `tcp:80` or `udp:53` (also in the lab's state file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Port {
     /// UDP rather than TCP.
     pub udp: bool,
     /// The port number.
     pub number: u16,
+}
+
+impl serde::Serialize for Port {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Port {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl std::str::FromStr for Port {
@@ -118,12 +130,13 @@ pub fn add(state: &mut LabState, pod: &NewPod) -> anyhow::Result<()> {
         ip,
         container_id,
         server_pid: None,
+        labels: pod.labels.clone(),
+        service_account: pod.service_account.clone(),
+        serve: pod.serve.clone(),
     };
     let host_interface = result["interfaces"][0]["name"].as_str().unwrap_or_default().to_owned();
     let finish = (|| {
-        if !pod.labels.is_empty() || pod.service_account.is_some() {
-            describe(state, &added, &pod.labels, pod.service_account.as_deref())?;
-        }
+        describe(state, &added, &pod.labels, pod.service_account.as_deref(), &pod.serve)?;
         if !pod.serve.is_empty() {
             added.server_pid = Some(serve_in(state, &netns.name, &pod.serve)?);
         }
@@ -158,32 +171,50 @@ fn wait_for_policy(node_netns: &str, host_interface: &str) -> anyhow::Result<()>
     })?
 }
 
-/// Puts `labels` and `service_account` on the pod's WorkloadEndpoint (from the router's
-/// namespace, where the datastore listens), as the Kubernetes integration will from the Pod.
+/// Sets the labels, service account and named ports (`serve-80-tcp` for `tcp:80`, as
+/// Kubernetes' own policy tests name them) of the pod's WorkloadEndpoint, as the Kubernetes
+/// integration will from the Pod.
 fn describe(
     state: &LabState,
     pod: &LabPod,
     labels: &BTreeMap<String, String>,
     service_account: Option<&str>,
+    serve: &[Port],
 ) -> anyhow::Result<()> {
-    let (selection, namespace, name, labels) =
-        (state.datastore.clone(), pod.namespace.clone(), pod.name.clone(), labels.clone());
+    let (namespace, name, labels) = (pod.namespace.clone(), pod.name.clone(), labels.clone());
     let service_account = service_account.map(str::to_owned);
-    in_netns(&state.router, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        runtime.block_on(async {
-            let client = brindle_datastore::Client::new(brindle_datastore::connect(&selection).await?);
-            let (endpoints, _) = client.list::<WorkloadEndpoint>().await?;
-            let mut endpoint = endpoints
-                .into_iter()
-                .find(|e| e.metadata.namespace.as_deref() == Some(namespace.as_str()) && e.spec.pod == name)
-                .with_context(|| format!("no WorkloadEndpoint for pod {namespace}/{name}"))?;
-            endpoint.metadata.labels.extend(labels);
-            endpoint.spec.service_account_name = service_account;
-            client.update(endpoint).await?;
-            anyhow::Ok(())
+    let ports: Vec<EndpointPort> = serve
+        .iter()
+        .map(|p| {
+            let protocol = if p.udp { "UDP" } else { "TCP" };
+            EndpointPort {
+                name: format!("serve-{}-{}", p.number, protocol.to_ascii_lowercase()),
+                protocol: protocol.into(),
+                port: p.number,
+            }
         })
-    })?
+        .collect();
+    with_client(state, |client| async move {
+        let (endpoints, _) = client.list::<WorkloadEndpoint>().await?;
+        let mut endpoint = endpoints
+            .into_iter()
+            .find(|e| e.metadata.namespace.as_deref() == Some(namespace.as_str()) && e.spec.pod == name)
+            .with_context(|| format!("no WorkloadEndpoint for pod {namespace}/{name}"))?;
+        endpoint.metadata.labels = labels;
+        endpoint.spec.service_account_name = service_account;
+        endpoint.spec.ports = ports;
+        client.update(endpoint).await?;
+        Ok(())
+    })
+}
+
+/// Gives pod `key` (`namespace/name`) exactly `labels`.
+pub fn relabel(state: &mut LabState, key: &str, labels: BTreeMap<String, String>) -> anyhow::Result<()> {
+    let Some(at) = state.pods.iter().position(|p| p.key() == key) else { bail!("no pod {key} in this lab") };
+    let pod = &mut state.pods[at];
+    pod.labels = labels;
+    let pod = pod.clone();
+    describe(state, &pod, &pod.labels, pod.service_account.as_deref(), &pod.serve)
 }
 
 /// Starts `brindle-lab serve` (beside the lab's binaries, or this program) in namespace
@@ -313,8 +344,8 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Probes `port` from every pod to every other pod (each source pod on a thread of its
-    /// own, inside its namespace).
+    /// Probes `port` from every pod to every other pod, every pair at once (each on a thread
+    /// inside the source pod's namespace), so a probe takes one timeout however many pods.
     pub fn measure(state: &LabState, port: Port) -> anyhow::Result<Probe> {
         let pods = &state.pods;
         let rows: Vec<anyhow::Result<(String, BTreeMap<String, bool>)>> = std::thread::scope(|scope| {
@@ -323,14 +354,15 @@ impl Probe {
                 .map(|from| {
                     scope.spawn(move || {
                         enter(&std::path::PathBuf::from(format!("/var/run/netns/{}", from.netns)))?;
-                        let row = pods
-                            .iter()
-                            .filter(|to| to.key() != from.key())
-                            .map(|to| {
-                                let reached = to.ip.parse().is_ok_and(|ip| answers(ip, port));
-                                (to.key(), reached)
-                            })
-                            .collect();
+                        // Threads made here start in the pod's namespace too.
+                        let row = std::thread::scope(|inner| {
+                            let probes: Vec<_> = pods
+                                .iter()
+                                .filter(|to| to.key() != from.key())
+                                .map(|to| inner.spawn(move || (to.key(), to.ip.parse().is_ok_and(|ip| answers(ip, port)))))
+                                .collect();
+                            probes.into_iter().filter_map(|p| p.join().ok()).collect()
+                        });
                         anyhow::Ok((from.key(), row))
                     })
                 })

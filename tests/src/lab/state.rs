@@ -1,11 +1,13 @@
 //! What a running lab is made of, written when `up` succeeds and read by every later command:
 //! its namespaces, its processes' PIDs and its files, so `down` removes exactly those.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::pods::Port;
 use super::topology::Options;
 
 /// The default parent of every lab's directory (gone on reboot, as the namespaces are).
@@ -80,6 +82,15 @@ pub struct LabPod {
     /// The PID of its server (`brindle-lab serve`), if it has one.
     #[serde(default)]
     pub server_pid: Option<u32>,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Its service account.
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// The ports its server answers on.
+    #[serde(default)]
+    pub serve: Vec<Port>,
 }
 
 fn default_namespace() -> String {

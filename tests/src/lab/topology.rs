@@ -44,6 +44,17 @@ pub enum Store {
     Kubernetes,
 }
 
+/// Which iptables the agents program.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Iptables {
+    /// iptables-nft (nf_tables).
+    #[default]
+    Nft,
+    /// iptables-legacy.
+    Legacy,
+}
+
 /// Everything `brindle-lab up` is asked for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Options {
@@ -60,6 +71,9 @@ pub struct Options {
     /// How many route reflectors (with `Peering::Rr`): node-0 onwards.
     #[serde(default = "one")]
     pub reflectors: usize,
+    /// The agents' iptables.
+    #[serde(default)]
+    pub iptables: Iptables,
 }
 
 fn one() -> usize {
@@ -137,9 +151,13 @@ impl Options {
              spec: {{cidr: {POOL_CIDR}, ipipMode: {ipip}, vxlanMode: {vxlan}, natOutgoing: true}}\n"
         );
         let backend = if self.peering == Peering::None { "None" } else { "Embedded" };
+        let iptables = match self.iptables {
+            Iptables::Nft => "NFT",
+            Iptables::Legacy => "Legacy",
+        };
         yaml += &format!(
             "---\nkind: AgentConfiguration\napiVersion: brindle.io/v1\nmetadata: {{name: default}}\n\
-             spec: {{bgpBackend: {backend}, logSeverityScreen: Info}}\n"
+             spec: {{bgpBackend: {backend}, iptablesBackend: {iptables}, logSeverityScreen: Info}}\n"
         );
         if self.peering == Peering::Rr {
             yaml += "---\nkind: BGPConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\n\
@@ -176,7 +194,15 @@ mod tests {
     use super::*;
 
     fn options(mode: Mode, peering: Peering) -> Options {
-        Options { nodes: 3, pods_per_node: 2, mode, peering, datastore: Store::Sqlite, reflectors: 2 }
+        Options {
+            nodes: 3,
+            pods_per_node: 2,
+            mode,
+            peering,
+            datastore: Store::Sqlite,
+            reflectors: 2,
+            iptables: Iptables::Nft,
+        }
     }
 
     #[test]
