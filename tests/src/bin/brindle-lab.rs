@@ -142,7 +142,9 @@ fn parse_labels(labels: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     labels
         .iter()
         .map(|l| {
-            l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).with_context(|| format!("{l:?}: write key=value"))
+            l.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("{l:?}: write key=value"))
         })
         .collect()
 }

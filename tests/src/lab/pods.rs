@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use brindle_datastore::resource::{EndpointPort, WorkloadEndpoint};
 
-use super::{in_netns, with_client};
 use super::state::{LabPod, LabState};
+use super::{in_netns, with_client};
 use crate::cni::{Attachment, exec_in, node_conf};
 use crate::netns::{Netns, enter};
 use crate::process::terminate;
@@ -359,7 +359,9 @@ impl Probe {
                             let probes: Vec<_> = pods
                                 .iter()
                                 .filter(|to| to.key() != from.key())
-                                .map(|to| inner.spawn(move || (to.key(), to.ip.parse().is_ok_and(|ip| answers(ip, port)))))
+                                .map(|to| {
+                                    inner.spawn(move || (to.key(), to.ip.parse().is_ok_and(|ip| answers(ip, port))))
+                                })
                                 .collect();
                             probes.into_iter().filter_map(|p| p.join().ok()).collect()
                         });
