@@ -6,25 +6,21 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use brindle_e2e::lab::{self, LabState, Mode, Options, Peering, Store};
-use brindle_e2e::netns::unique;
+use brindle_e2e::lab::{self, Iptables, Mode, Options, Peering, Store, TestLab};
 
 /// A lab taken down on drop, whatever happens in the test.
-struct Lab {
-    state: LabState,
-    dir: tempfile::TempDir,
-}
+struct Lab(TestLab);
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        lab::teardown(&self.state, &self.dir.path().join(&self.state.name));
+impl std::ops::Deref for Lab {
+    type Target = TestLab;
+
+    fn deref(&self) -> &TestLab {
+        &self.0
     }
 }
 
 impl Lab {
     fn up() -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        let name = format!("ctl{}", unique());
         let bin_dir = Path::new(env!("CARGO_BIN_EXE_brindlectl")).parent().unwrap();
         let options = Options {
             nodes: 3,
@@ -33,9 +29,9 @@ impl Lab {
             peering: Peering::Mesh,
             datastore: Store::Sqlite,
             reflectors: 1,
+            iptables: Iptables::Nft,
         };
-        let state = lab::up(&name, &dir.path().join(&name), bin_dir, &options).unwrap();
-        let lab = Lab { state, dir };
+        let lab = Lab(TestLab::up("ctl", bin_dir, &options).unwrap());
         let matrix = lab::Matrix::settle(&lab.state, std::time::Duration::from_secs(30));
         assert!(matrix.complete(), "{}", matrix.render(&lab.state));
         lab

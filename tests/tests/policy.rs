@@ -15,7 +15,7 @@ use brindle_datastore::resource::{
     parse_documents,
 };
 use brindle_e2e::lab::pods::{self, NewPod, Port, Probe};
-use brindle_e2e::lab::{self, Iptables, LabState, Mode, Options, Peering, Store};
+use brindle_e2e::lab::{self, Iptables, LabState, Mode, Options, Peering, Store, TestLab};
 use brindle_e2e::netns::unique;
 
 const PORTS: [&str; 4] = ["tcp:80", "tcp:81", "udp:80", "udp:81"];
@@ -25,17 +25,9 @@ const PODS: [&str; 3] = ["a", "b", "c"];
 /// How long policy may take to be enforced on every node before the matrix must be right.
 const CONVERGENCE: Duration = Duration::from_secs(20);
 
-/// A lab for the suite, taken down whatever happens.
+/// The suite's lab (taken down whatever happens).
 struct Cluster {
-    state: LabState,
-    dir: std::path::PathBuf,
-    _parent: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        lab::teardown(&self.state, &self.dir);
-    }
+    lab: TestLab,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -45,9 +37,6 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 impl Cluster {
     /// Three nodes, namespaces x, y, z and pods a, b, c in each, every pod serving every port.
     fn up(iptables: Iptables) -> Cluster {
-        let parent = tempfile::tempdir().unwrap();
-        let name = format!("np{}", unique());
-        let dir = lab::lab_dir(parent.path(), &name);
         let bin_dir = Path::new(env!("CARGO_BIN_EXE_brindle-lab")).parent().unwrap();
         let options = Options {
             nodes: 3,
@@ -58,13 +47,12 @@ impl Cluster {
             reflectors: 1,
             iptables,
         };
-        let state = lab::up(&name, &dir, bin_dir, &options).unwrap();
-        let mut cluster = Cluster { state, dir, _parent: parent };
+        let mut cluster = Cluster { lab: TestLab::up("np", bin_dir, &options).unwrap() };
         let namespaces: String = NAMESPACES
             .iter()
             .map(|ns| format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n"))
             .collect();
-        lab::apply(&cluster.state, &namespaces).unwrap();
+        lab::apply(&cluster.lab.state, &namespaces).unwrap();
         let mut node = 0;
         for ns in NAMESPACES {
             for pod in PODS {
@@ -95,7 +83,7 @@ impl Cluster {
             service_account: service_account.map(str::to_owned),
             serve: PORTS.iter().map(|p| p.parse().unwrap()).collect(),
         };
-        pods::add(&mut self.state, &new).unwrap();
+        pods::add(&mut self.lab.state, &new).unwrap();
     }
 
     /// The world as the evaluator sees it, with `policies`.
@@ -103,6 +91,7 @@ impl Cluster {
         World {
             namespaces: NAMESPACES.iter().map(|ns| ((*ns).to_owned(), labels(&[("ns", ns)]))).collect(),
             pods: self
+                .lab
                 .state
                 .pods
                 .iter()
@@ -120,7 +109,7 @@ impl Cluster {
     /// Makes the Kubernetes NetworkPolicies in the datastore exactly `policies`.
     fn set_policies(&self, policies: &[Resource<KubernetesNetworkPolicy>]) {
         let wanted = policies.to_vec();
-        lab::with_client(&self.state, |client| async move {
+        lab::with_client(&self.lab.state, |client| async move {
             let (held, _) = client.list::<KubernetesNetworkPolicy>().await?;
             for old in held {
                 let gone = !wanted
@@ -158,7 +147,7 @@ impl Cluster {
                     .iter()
                     .map(|p| {
                         let port: Port = p.parse().unwrap();
-                        scope.spawn(move || (port, Probe::measure(&self.state, port).unwrap()))
+                        scope.spawn(move || (port, Probe::measure(&self.lab.state, port).unwrap()))
                     })
                     .collect();
                 probes.into_iter().map(|h| h.join().unwrap()).collect()
@@ -174,7 +163,7 @@ impl Cluster {
                     }
                 }
             }
-            let complete = measured.iter().all(|(_, p)| p.results.len() == self.state.pods.len());
+            let complete = measured.iter().all(|(_, p)| p.results.len() == self.lab.state.pods.len());
             if wrong.is_empty() && complete {
                 return;
             }
@@ -491,7 +480,7 @@ fn catalogue(state: &LabState) -> Vec<(&'static str, Vec<Resource<KubernetesNetw
 fn run_suite(iptables: Iptables) -> Cluster {
     let started = Instant::now();
     let mut cluster = Cluster::up(iptables);
-    let catalogue = catalogue(&cluster.state);
+    let catalogue = catalogue(&cluster.lab.state);
     let cases = catalogue.len();
     for (case, policies) in &catalogue {
         let began = Instant::now();
@@ -524,9 +513,9 @@ fn run_suite(iptables: Iptables) -> Cluster {
     )];
     cluster.set_policies(&friends);
     cluster.expect("x/a from friends: none yet", &cluster.world(&friends));
-    pods::relabel(&mut cluster.state, "y/c", labels(&[("pod", "c"), ("role", "friend")])).unwrap();
+    pods::relabel(&mut cluster.lab.state, "y/c", labels(&[("pod", "c"), ("role", "friend")])).unwrap();
     cluster.expect("y/c relabelled a friend", &cluster.world(&friends));
-    pods::relabel(&mut cluster.state, "y/c", labels(&[("pod", "c")])).unwrap();
+    pods::relabel(&mut cluster.lab.state, "y/c", labels(&[("pod", "c")])).unwrap();
     cluster.expect("y/c a friend no more", &cluster.world(&friends));
 
     // New pods join: one a friend from its first packet, one isolated by its namespace's policy.
@@ -544,12 +533,12 @@ fn run_suite(iptables: Iptables) -> Cluster {
 fn calico_semantics(cluster: &mut Cluster) {
     cluster.set_policies(&[]);
     cluster.add_pod_as("x", "s", 2, &[("pod", "s")], Some("robot"));
-    let ip = |key: &str| cluster.state.pods.iter().find(|p| p.key() == key).unwrap().ip.clone();
+    let ip = |key: &str| cluster.lab.state.pods.iter().find(|p| p.key() == key).unwrap().ip.clone();
     let namespace = |key: &str| key.split('/').next().unwrap().to_owned();
     let pod = |key: &str| key.split('/').nth(1).unwrap().to_owned();
-    let apply = |yaml: &str| lab::apply(&cluster.state, yaml).unwrap();
+    let apply = |yaml: &str| lab::apply(&cluster.lab.state, yaml).unwrap();
     let remove = |kind: &'static str, namespace: Option<&'static str>, name: &'static str| {
-        lab::with_client(&cluster.state, move |client| async move {
+        lab::with_client(&cluster.lab.state, move |client| async move {
             AnyResource::get(&client, kind, namespace, name).await?.delete(&client).await?;
             Ok(())
         })
@@ -609,7 +598,7 @@ fn calico_semantics(cluster: &mut Cluster) {
         "apiVersion: brindle.io/v1\nkind: GlobalNetworkPolicy\nmetadata: {name: no-ping}\n\
          spec: {selector: pod == 'c', ingress: [{action: Deny, protocol: ICMP, icmp: {type: 8}}, {action: Allow}]}\n",
     );
-    let x_a = cluster.state.pods.iter().find(|p| p.key() == "x/a").unwrap().netns.clone();
+    let x_a = cluster.lab.state.pods.iter().find(|p| p.key() == "x/a").unwrap().netns.clone();
     brindle_e2e::wait::wait_for("pings to y/c to be refused", CONVERGENCE, || {
         !brindle_e2e::netns::ping(&x_a, &ip("y/c"))
     })
@@ -624,7 +613,7 @@ fn calico_semantics(cluster: &mut Cluster) {
 /// arrives is counted at the receiver (a reply could never come back to a stolen address, so
 /// an unanswered ping would prove nothing).
 fn spoofing_is_dropped(cluster: &Cluster) {
-    let pod = |key: &str| cluster.state.pods.iter().find(|p| p.key() == key).unwrap().clone();
+    let pod = |key: &str| cluster.lab.state.pods.iter().find(|p| p.key() == key).unwrap().clone();
     let (a, b, c) = (pod("x/a"), pod("y/b"), pod("z/c"));
     let run = |netns: &str, args: &[&str]| {
         let out = std::process::Command::new("ip").args(["netns", "exec", netns]).args(args).output().unwrap();
@@ -658,7 +647,7 @@ fn spoofing_is_dropped(cluster: &Cluster) {
 
     // A workload interface with no endpoint, wired by hand as the CNI plugin would wire one.
     let rogue = brindle_e2e::netns::Netns::new("np", "rogue").unwrap();
-    let node = &cluster.state.nodes[0].netns;
+    let node = &cluster.lab.state.nodes[0].netns;
     let host_end = format!("brinrogue{}", unique());
     let link = std::process::Command::new("ip")
         .args(["link", "add", &host_end, "netns", node, "type", "veth", "peer", "name", "eth0", "netns", &rogue.name])

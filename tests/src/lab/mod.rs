@@ -35,6 +35,29 @@ pub fn in_netns<T: Send>(netns: &str, work: impl FnOnce() -> T + Send) -> anyhow
     })
 }
 
+/// A lab for a test: built in a directory of its own, taken down on drop whatever happens.
+pub struct TestLab {
+    /// The lab.
+    pub state: LabState,
+    parent: tempfile::TempDir,
+}
+
+impl TestLab {
+    /// Builds a lab named `prefix` and a unique tag, with the binaries in `bin_dir`.
+    pub fn up(prefix: &str, bin_dir: &Path, options: &Options) -> anyhow::Result<TestLab> {
+        let parent = tempfile::tempdir()?;
+        let name = format!("{prefix}{}", crate::netns::unique());
+        let state = up(&name, &lab_dir(parent.path(), &name), bin_dir, options)?;
+        Ok(TestLab { state, parent })
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        teardown(&self.state, &lab_dir(self.parent.path(), &self.state.name));
+    }
+}
+
 /// What `down` removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Removed {
