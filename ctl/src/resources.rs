@@ -46,8 +46,15 @@ fn describe(r: &AnyResource) -> String {
     }
 }
 
-/// Applies `write` to every resource, reporting each; an error naming those that failed.
+/// Applies `write` to every resource, reporting each; an error naming those that failed. A
+/// file with an invalid resource is refused whole before anything is written.
 pub async fn write_all(client: &Client, write: Write, resources: Vec<AnyResource>) -> anyhow::Result<String> {
+    if !matches!(write, Write::Delete) {
+        let invalid: Vec<String> = resources.iter().filter_map(|r| r.validate().err()).map(|e| e.to_string()).collect();
+        if !invalid.is_empty() {
+            bail!("{}\nnothing was written", invalid.join("\n"));
+        }
+    }
     let mut report = String::new();
     let mut failed = Vec::new();
     for r in resources {

@@ -20,6 +20,26 @@ metadata: {name: tor}
 spec: {peerIP: 10.0.0.254, asNumber: 65001}
 ";
 
+const POLICIES: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {team: a}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{ports: [{port: 5432}]}]
+---
+apiVersion: brindle.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-ssh, namespace: x}
+spec:
+  order: 10
+  ingress: [{action: Deny, protocol: TCP, source: {nets: [10.0.0.0/8], selector: role == 'ops'}, destination: {ports: [22]}}]
+";
+
 struct Ctl {
     store: TestStore,
     scratch: tempfile::TempDir,
@@ -137,6 +157,38 @@ fn round_trips(backend: Backend) {
     let unknown = ctl.run(&["get", "widgets"]);
     assert!(text(&unknown).contains("unknown kind \"widgets\""), "{}", text(&unknown));
 
+    // Policies: Kubernetes' as kubectl takes them and brindle's, listed together; a file with a
+    // bad policy is refused whole, naming each field.
+    let policies = ctl.file("policies.yaml", POLICIES);
+    assert_eq!(
+        ctl.ok(&["apply", "-f", &policies]),
+        "Namespace \"x\" created\nKubernetesNetworkPolicy \"x/db\" created\nNetworkPolicy \"x/deny-ssh\" created\n"
+    );
+    let listed = ctl.ok(&["get", "networkpolicies", "-A"]);
+    assert!(listed.contains("networking.k8s.io/v1") && listed.contains("deny-ssh"), "{listed}");
+    let kubernetes = ctl.ok(&["get", "netpol", "db", "-n", "x", "-o", "yaml"]);
+    assert!(kubernetes.contains("kind: NetworkPolicy") && kubernetes.contains("podSelector"), "{kubernetes}");
+    let bad = POLICIES.replace("action: Deny", "action: Reject");
+    let out = ctl.run_with(&["apply", "-f", "-"], &bad);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("spec.ingress[0].action") && text(&out).contains("Reject"), "{}", text(&out));
+    let bad = POLICIES
+        .replace("name: db", "name: db2")
+        .replace("port: 5432", "port: Not_A_Port")
+        .replace("10.0.0.0/8", "10.0.0.1/8")
+        .replace("role == 'ops'", "role === 'ops'");
+    let out = ctl.run_with(&["apply", "-f", "-"], &bad);
+    for field in [
+        "spec.ingress[0].ports[0].port \"Not_A_Port\"",
+        "spec.ingress[0].source.nets[0] \"10.0.0.1/8\"",
+        "spec.ingress[0].source.selector \"role === 'ops'\"",
+        "nothing was written",
+    ] {
+        assert!(text(&out).contains(field), "{field} in {}", text(&out));
+    }
+    assert!(!ctl.ok(&["get", "netpol", "-A"]).contains("db2"), "the valid part of a refused file is not written");
+    ctl.ok(&["delete", "-f", &policies]);
+
     assert_eq!(ctl.ok(&["delete", "-f", &file]), "IPPool \"pods\" deleted\nBGPPeer \"tor\" deleted\n");
     let gone = ctl.run(&["delete", "ippool", "pods"]);
     assert!(text(&gone).contains("IPPool \"pods\"") && text(&gone).contains("not found"), "{}", text(&gone));
@@ -150,6 +202,11 @@ fn resources_round_trip_on_sqlite() {
 #[test]
 fn resources_round_trip_on_etcd() {
     round_trips(Backend::Etcd);
+}
+
+#[test]
+fn resources_round_trip_on_kubernetes() {
+    round_trips(Backend::Kubernetes);
 }
 
 /// Takes an address for a pod that never got (or lost) its endpoint: a leak.
