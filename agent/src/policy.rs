@@ -18,8 +18,8 @@ use brindle_datastore::policy::{
     Direction, EndpointView, NamespaceLabels, NormalRule, Policies, PolicyId, Selection, Selectors, Side,
 };
 use brindle_datastore::resource::{Action, PortMatch, Resource, WorkloadEndpoint};
+use brindle_kernel::names::digest;
 use ipnetwork::IpNetwork;
-use sha1::{Digest, Sha1};
 
 use crate::dataplane::iptables::{goto_rule, rule};
 
@@ -28,10 +28,7 @@ pub const ALLOW_MARK: u32 = 0x10000;
 /// The mark bit of a packet a policy passed to the next tier.
 pub const PASS_MARK: u32 = 0x20000;
 
-/// The dispatch chain for traffic from workloads.
-pub const FROM_WORKLOADS: &str = "brin-from-wl";
-/// The dispatch chain for traffic to workloads.
-pub const TO_WORKLOADS: &str = "brin-to-wl";
+pub use brindle_kernel::names::{FROM_WORKLOADS, TO_WORKLOADS};
 
 /// The prefix of every policy ipset's name (then `4-` or `6-` and a digest).
 pub const SET_PREFIX: &str = "brin-p";
@@ -58,24 +55,18 @@ pub struct FamilyProgram {
 /// The policy program of both families: `[IPv4, IPv6]`.
 pub type Program = [FamilyProgram; 2];
 
-fn digest(text: &str) -> String {
-    Sha1::digest(text.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
 fn family_digit(v6: bool) -> char {
     if v6 { '6' } else { '4' }
 }
 
 /// The chain of one policy's rules for one direction.
 pub fn policy_chain(id: &PolicyId, direction: Direction) -> String {
-    let d = if direction == Direction::Ingress { 'i' } else { 'e' };
-    format!("brin-p{d}-{}", digest(&id.to_string()))
+    brindle_kernel::names::policy_chain(&id.to_string(), direction == Direction::Ingress)
 }
 
 /// The chain of one endpoint's policy for one direction (`fw`: from it, its egress).
 pub fn endpoint_chain(interface: &str, direction: Direction) -> String {
-    let d = if direction == Direction::Ingress { "tw" } else { "fw" };
-    format!("brin-{d}-{interface}")
+    brindle_kernel::names::endpoint_chain(interface, direction == Direction::Ingress)
 }
 
 fn protocol_name(number: u8) -> String {

@@ -2,6 +2,7 @@
 
 mod config;
 mod diagnose;
+mod filter;
 mod ipam;
 mod kernel;
 mod node_status;
@@ -224,6 +225,13 @@ enum NodeCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Packets and bytes each policy rule on this node has matched (both families), and the
+    /// drops at each endpoint's tier ends, busiest first.
+    PolicyCounters {
+        /// JSON: `[{"rule": "...", "packets": N, "bytes": N}, ...]`.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Exit code when a check finds a problem.
@@ -354,6 +362,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", node_status::render(&status));
+            }
+        }
+        Cmd::Node(NodeCmd::PolicyCounters { json }) => {
+            let counters = filter::Filter::read().context("reading this node's iptables counters")?.counters();
+            if *json {
+                let rows: Vec<serde_json::Value> = counters
+                    .iter()
+                    .map(|(rule, packets, bytes)| serde_json::json!({"rule": rule, "packets": packets, "bytes": bytes}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let rows: Vec<Vec<String>> =
+                    counters.iter().map(|(rule, p, b)| vec![rule.clone(), p.to_string(), b.to_string()]).collect();
+                print!("{}", output::table(&["RULE".into(), "PACKETS".into(), "BYTES".into()], &rows));
             }
         }
         Cmd::Diagnose { pod_a, pod_b } => {

@@ -12,11 +12,12 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
 use crate::resource::{
-    Action, DEFAULT_TIER, DEFAULT_TIER_ORDER, EntityRule, GlobalNetworkPolicy, IcmpMatch, IntOrString,
+    Action, DEFAULT_TIER, DEFAULT_TIER_ORDER, EndpointPort, EntityRule, GlobalNetworkPolicy, IcmpMatch, IntOrString,
     KubernetesNetworkPolicy, LabelSelector, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, PolicySpec, PortMatch,
     Resource, Rule, Tier, WorkloadEndpoint,
 };
@@ -100,6 +101,8 @@ pub struct EndpointView<'a> {
     pub labels: &'a BTreeMap<String, String>,
     /// Its service account.
     pub service_account: Option<&'a str>,
+    /// Its named ports.
+    pub ports: &'a [EndpointPort],
 }
 
 impl<'a> EndpointView<'a> {
@@ -109,6 +112,7 @@ impl<'a> EndpointView<'a> {
             namespace: endpoint.metadata.namespace.as_deref().unwrap_or_default(),
             labels: &endpoint.metadata.labels,
             service_account: endpoint.spec.service_account_name.as_deref(),
+            ports: &endpoint.spec.ports,
         }
     }
 }
@@ -485,6 +489,179 @@ impl Policies {
     }
 }
 
+/// A packet, as policy judges it: addresses, protocol, ports and, where they are pods, its
+/// endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<'a> {
+    /// Where it comes from.
+    pub source: IpAddr,
+    /// The source pod, if it is one.
+    pub source_endpoint: Option<EndpointView<'a>>,
+    /// Where it goes.
+    pub destination: IpAddr,
+    /// The destination pod, if it is one.
+    pub destination_endpoint: Option<EndpointView<'a>>,
+    /// The IP protocol number.
+    pub protocol: u8,
+    /// The source port (TCP, UDP, SCTP, UDPLite).
+    pub source_port: Option<u16>,
+    /// The destination port.
+    pub destination_port: Option<u16>,
+    /// ICMP type and code.
+    pub icmp: Option<(u8, u8)>,
+}
+
+fn protocol_label(protocol: u8) -> &'static str {
+    match protocol {
+        17 => "UDP",
+        132 => "SCTP",
+        _ => "TCP",
+    }
+}
+
+impl Side {
+    fn matches(
+        &self,
+        ip: IpAddr,
+        endpoint: Option<EndpointView<'_>>,
+        port: Option<u16>,
+        protocol: u8,
+        namespaces: &NamespaceLabels,
+        selectors: &mut Selectors,
+    ) -> bool {
+        let in_set = |selection: &Selection, selectors: &mut Selectors| {
+            endpoint.is_some_and(|e| selection.contains(e, namespaces, selectors))
+        };
+        let port_is = |p: &PortMatch| match (p, port) {
+            (PortMatch::Range(a, b), Some(port)) => (*a..=*b).contains(&port),
+            (PortMatch::Named(name), Some(port)) => endpoint.is_some_and(|e| {
+                e.ports.iter().any(|n| n.name == *name && n.port == port && n.protocol == protocol_label(protocol))
+            }),
+            (_, None) => false,
+        };
+        (self.nets.is_empty() || self.nets.iter().any(|n| n.contains(ip)))
+            && !self.not_nets.iter().any(|n| n.contains(ip))
+            && self.endpoints.as_ref().is_none_or(|s| in_set(s, selectors))
+            && !self.not_endpoints.as_ref().is_some_and(|s| in_set(s, selectors))
+            && (self.ports.is_empty() || self.ports.iter().any(port_is))
+            && !self.not_ports.iter().any(port_is)
+    }
+}
+
+impl NormalRule {
+    /// Whether the rule matches `packet`.
+    pub fn matches(&self, packet: &Packet<'_>, namespaces: &NamespaceLabels, selectors: &mut Selectors) -> bool {
+        let icmp_is =
+            |m: &IcmpMatch| packet.icmp.is_some_and(|(t, c)| t == m.kind && m.code.is_none_or(|code| code == c));
+        self.ip_version.is_none_or(|v| (v == 6) == packet.destination.is_ipv6())
+            && self.protocol.is_none_or(|p| p == packet.protocol)
+            && self.not_protocol != Some(packet.protocol)
+            && self.icmp.as_ref().is_none_or(icmp_is)
+            && !self.not_icmp.as_ref().is_some_and(icmp_is)
+            && self.source.matches(
+                packet.source,
+                packet.source_endpoint,
+                packet.source_port,
+                packet.protocol,
+                namespaces,
+                selectors,
+            )
+            && self.destination.matches(
+                packet.destination,
+                packet.destination_endpoint,
+                packet.destination_port,
+                packet.protocol,
+                namespaces,
+                selectors,
+            )
+    }
+}
+
+/// What decided a packet's fate in one direction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// No policy selects the endpoint for the direction: it is not isolated.
+    NotIsolated,
+    /// A rule decided (`Allow` or `Deny`).
+    Rule {
+        /// The tier.
+        tier: String,
+        /// The policy.
+        policy: PolicyId,
+        /// The rule's index in its direction.
+        index: usize,
+        /// What it did.
+        action: Action,
+    },
+    /// A tier with policies for the endpoint had no rule that allowed it: denied.
+    EndOfTier(String),
+    /// Every tier passed it on: allowed.
+    AllPassed,
+}
+
+/// The verdict of one direction, with how it was reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    /// Whether the packet may pass.
+    pub allowed: bool,
+    /// What decided.
+    pub decision: Decision,
+    /// Every policy consulted, in order, with its tier, and rules that logged it.
+    pub consulted: Vec<String>,
+}
+
+impl Policies {
+    /// Judges `packet` for `endpoint` (the source for egress, the destination for ingress)
+    /// as the dataplane does: tier by tier, policy by policy, the first rule that matches.
+    pub fn judge(
+        &self,
+        endpoint: EndpointView<'_>,
+        direction: Direction,
+        packet: &Packet<'_>,
+        namespaces: &NamespaceLabels,
+        selectors: &mut Selectors,
+    ) -> Judgement {
+        let applying = self.applying(endpoint, namespaces, direction, selectors);
+        let mut consulted = Vec::new();
+        if applying.is_empty() {
+            return Judgement { allowed: true, decision: Decision::NotIsolated, consulted };
+        }
+        'tiers: for (tier, policies) in applying {
+            for policy in policies {
+                let order = policy.order.map_or("none".to_owned(), |o| o.to_string());
+                consulted.push(format!("tier {}: {} (order {order})", tier.name, policy.id));
+                let rules = policy.rules(direction).unwrap_or_default();
+                for (index, rule) in rules.iter().enumerate() {
+                    if !rule.matches(packet, namespaces, selectors) {
+                        continue;
+                    }
+                    let decided = |allowed| Judgement {
+                        allowed,
+                        decision: Decision::Rule {
+                            tier: tier.name.clone(),
+                            policy: policy.id.clone(),
+                            index,
+                            action: rule.action,
+                        },
+                        consulted: consulted.clone(),
+                    };
+                    match rule.action {
+                        Action::Allow => return decided(true),
+                        Action::Deny => return decided(false),
+                        Action::Log => consulted.push(format!("  logged by rule {index}")),
+                        Action::Pass => {
+                            consulted.push(format!("  passed to the next tier by rule {index}"));
+                            continue 'tiers;
+                        }
+                    }
+                }
+            }
+            return Judgement { allowed: false, decision: Decision::EndOfTier(tier.name.clone()), consulted };
+        }
+        Judgement { allowed: true, decision: Decision::AllPassed, consulted }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,6 +782,48 @@ spec:
             &namespaces,
             &mut Selectors::default()
         ));
+    }
+
+    #[test]
+    fn judging_follows_tiers_order_and_the_first_matching_rule() {
+        let all = policies(MIXED);
+        let namespaces: NamespaceLabels = [("y".to_owned(), [("ns".to_owned(), "y".to_owned())].into())].into();
+        let db = endpoint("x", "db", &[("app", "db")]);
+        let api = endpoint("y", "api", &[("app", "api")]);
+        let packet = |port, protocol| Packet {
+            source: "10.244.1.1".parse().unwrap(),
+            source_endpoint: Some(EndpointView::of(&api)),
+            destination: "10.244.2.2".parse().unwrap(),
+            destination_endpoint: Some(EndpointView::of(&db)),
+            protocol,
+            source_port: Some(40000),
+            destination_port: Some(port),
+            icmp: None,
+        };
+        let judge = |p: &Packet<'_>| {
+            all.judge(EndpointView::of(&db), Direction::Ingress, p, &namespaces, &mut Selectors::default())
+        };
+        // a-early denies ssh before anything allows it.
+        let ssh = judge(&packet(22, 6));
+        assert!(!ssh.allowed);
+        assert!(
+            matches!(&ssh.decision, Decision::Rule { policy, action: Action::Deny, .. } if policy.name == "a-early")
+        );
+        // The Kubernetes policy allows api pods of y on 80; b-late, after it, would allow anything.
+        let web = judge(&packet(80, 6));
+        assert!(matches!(&web.decision, Decision::Rule { policy, index: 0, .. } if policy.name == "web"), "{web:?}");
+        let other = judge(&packet(9999, 6));
+        assert!(matches!(&other.decision, Decision::Rule { policy, .. } if policy.name == "b-late"), "{other:?}");
+        assert_eq!(other.consulted.len(), 3, "{:?}", other.consulted);
+        // Egress: not isolated.
+        let out =
+            all.judge(EndpointView::of(&db), Direction::Egress, &packet(80, 6), &namespaces, &mut Selectors::default());
+        assert_eq!(out.decision, Decision::NotIsolated);
+        // The quarantine tier selects and has no rules: the end of its tier denies.
+        let q = endpoint("z", "q", &[("quarantined", "true")]);
+        let out =
+            all.judge(EndpointView::of(&q), Direction::Ingress, &packet(80, 6), &namespaces, &mut Selectors::default());
+        assert_eq!((out.allowed, out.decision), (false, Decision::EndOfTier("security".into())));
     }
 
     #[test]

@@ -18,3 +18,42 @@ pub const IPIP_DEVICE: &str = "tunl0";
 pub fn is_workload(name: &str) -> bool {
     name.starts_with(WORKLOAD_PREFIX)
 }
+
+/// The chain that dispatches traffic from workloads to their endpoints' egress chains.
+pub const FROM_WORKLOADS: &str = "brin-from-wl";
+
+/// The chain that dispatches traffic to workloads to their endpoints' ingress chains.
+pub const TO_WORKLOADS: &str = "brin-to-wl";
+
+/// An endpoint's policy chain: `brin-tw-<iface>` for traffic to it (its ingress),
+/// `brin-fw-<iface>` for traffic from it (its egress).
+pub fn endpoint_chain(interface: &str, ingress: bool) -> String {
+    format!("brin-{}-{interface}", if ingress { "tw" } else { "fw" })
+}
+
+/// A policy's chain for one direction, named by a digest of `policy` (its kind, namespace
+/// and name as text): `brin-pi-<16 hex>` (ingress) or `brin-pe-<16 hex>` (egress).
+pub fn policy_chain(policy: &str, ingress: bool) -> String {
+    format!("brin-p{}-{}", if ingress { 'i' } else { 'e' }, digest(policy))
+}
+
+/// A short stable digest of `text` (FNV-1a, 64 bits, as 16 hex digits): names derived from
+/// what they stand for fit iptables' and ipset's 28- and 31-character limits.
+pub fn digest(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_names_fit_the_kernel_s_limits() {
+        let chain = policy_chain("KubernetesNetworkPolicy some-long-namespace/a-very-long-policy-name", true);
+        assert!(chain.len() <= 28 && chain.starts_with("brin-pi-"), "{chain}");
+        assert_eq!(endpoint_chain("brin0123456789a", false), "brin-fw-brin0123456789a");
+        assert_ne!(digest("a"), digest("b"));
+        assert_eq!(digest(""), "cbf29ce484222325", "FNV-1a's offset basis");
+    }
+}
