@@ -136,6 +136,9 @@ enum Cmd {
         pod_a: String,
         /// The second pod.
         pod_b: String,
+        /// What policy is judged for: `tcp/80`, `udp/53` (default: a ping).
+        #[arg(long)]
+        port: Option<diagnose::Probe>,
     },
 }
 
@@ -378,9 +381,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", output::table(&["RULE".into(), "PACKETS".into(), "BYTES".into()], &rows));
             }
         }
-        Cmd::Diagnose { pod_a, pod_b } => {
+        Cmd::Diagnose { pod_a, pod_b, port } => {
             let client = connect(&cli).await?;
-            let findings = diagnose::diagnose(&client, pod_a, pod_b, config::local_node().as_deref()).await?;
+            let findings = diagnose::diagnose(&client, pod_a, pod_b, config::local_node().as_deref(), *port).await?;
             print!("{}", findings.render());
             if findings.problems() > 0 {
                 return Ok(ExitCode::from(FOUND_PROBLEMS));

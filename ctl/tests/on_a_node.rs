@@ -39,17 +39,10 @@ impl Lab {
 
     /// brindlectl on node `i`, as `brindle-lab exec` runs it.
     fn ctl(&self, i: usize, args: &[&str]) -> Output {
-        let node = &self.state.nodes[i];
-        Command::new("ip")
-            .args(["netns", "exec", &node.netns, env!("CARGO_BIN_EXE_brindlectl")])
-            .args(args)
-            .args(["--config", "/nonexistent"])
-            .env("BRINDLE_DATASTORE", &self.state.datastore)
-            .env("BRINDLE_STATUS_SOCKET", node.status_socket())
-            .env("BRINDLE_ENDPOINT_RECORD_DIR", node.state_dir.join("endpoints"))
-            .env("NODENAME", &node.name)
-            .output()
-            .unwrap()
+        let mut command = vec![env!("CARGO_BIN_EXE_brindlectl")];
+        command.extend(args);
+        command.extend(["--config", "/nonexistent"]);
+        self.state.command_in(&i.to_string(), &command).unwrap().output().unwrap()
     }
 }
 

@@ -666,10 +666,59 @@ fn spoofing_is_dropped(cluster: &Cluster) {
     assert_eq!(arrived("10.244.251.1"), 0, "an interface with no endpoint gets nowhere");
 }
 
+/// `brindlectl diagnose` names the policy and rule that decide, and finds a set member the
+/// kernel lost.
+fn diagnose_explains(cluster: &Cluster) {
+    let policies = vec![policy(
+        "x",
+        "p",
+        "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}",
+    )];
+    cluster.set_policies(&policies);
+    cluster.expect("x/a from x/b only, for diagnose", &cluster.world(&policies));
+    let state = &cluster.lab.state;
+    let x_a = state.pods.iter().find(|p| p.key() == "x/a").unwrap();
+    let x_b_ip = state.pods.iter().find(|p| p.key() == "x/b").unwrap().ip.clone();
+    let node = x_a.node.to_string();
+    let diagnose = |from: &str| {
+        let out = state
+            .command_in(&node, &["brindlectl", "diagnose", from, "x/a", "--port", "tcp/80"])
+            .unwrap()
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, denied) = diagnose("y/b");
+    assert_eq!(code, Some(0), "{denied}");
+    assert!(denied.contains("tier default: KubernetesNetworkPolicy x/p (order 1000)"), "{denied}");
+    assert!(denied.contains("ingress of x/a: denied: no rule of tier default allowed it"), "{denied}");
+    let (code, allowed) = diagnose("x/b");
+    assert_eq!(code, Some(0), "{allowed}");
+    assert!(
+        allowed.contains("ingress of x/a: allowed by KubernetesNetworkPolicy x/p, ingress rule 0 (Allow)"),
+        "{allowed}"
+    );
+    assert!(allowed.contains(&format!("its sets hold {x_b_ip}")), "{allowed}");
+
+    // The kernel loses x/b from the set the rule matches it by: diagnose names the set.
+    let saved = state.command_in(&node, &["ipset", "save"]).unwrap().output().unwrap();
+    let saved = String::from_utf8_lossy(&saved.stdout).into_owned();
+    for line in saved.lines().filter(|l| l.starts_with("add brin-p4-") && l.ends_with(&format!(" {x_b_ip}"))) {
+        let set = line.split(' ').nth(1).unwrap();
+        assert!(state.command_in(&node, &["ipset", "del", set, &x_b_ip]).unwrap().status().unwrap().success());
+    }
+    let (code, broken) = diagnose("x/b");
+    assert_eq!(code, Some(3), "{broken}");
+    assert!(broken.contains(&format!("{x_b_ip} is missing from set brin-p4-")), "{broken}");
+    cluster.set_policies(&[]);
+    cluster.expect("no policy after diagnose", &cluster.world(&[]));
+}
+
 #[test]
 fn kubernetes_network_policy_truth_table_on_nft_then_calico_semantics_and_spoofing() {
     let mut cluster = run_suite(Iptables::Nft);
     spoofing_is_dropped(&cluster);
+    diagnose_explains(&cluster);
     calico_semantics(&mut cluster);
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -223,18 +223,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Exec { node, command } => {
             let state = LabState::load(&dir)?;
-            let netns = state.netns_of(&node)?;
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", netns]).args(&command);
-            cmd.env("BRINDLE_DATASTORE", &state.datastore);
-            if let Some(lab_node) = state.nodes.iter().find(|n| n.netns == netns) {
-                cmd.env("BRINDLE_STATUS_SOCKET", lab_node.status_socket());
-                cmd.env("BRINDLE_ENDPOINT_RECORD_DIR", lab_node.state_dir.join("endpoints"));
-                cmd.env("NODENAME", &lab_node.name);
-            }
-            let path = std::env::var("PATH").unwrap_or_default();
-            cmd.env("PATH", format!("{}:{path}", state.bin_dir.display()));
-            let status = cmd.status().with_context(|| format!("running {command:?} in {netns}"))?;
+            let status = state
+                .command_in(&node, &command)?
+                .status()
+                .with_context(|| format!("running {command:?} in {node}"))?;
             Ok(ExitCode::from(status.code().map_or(1, |c| c as u8)))
         }
         Cmd::Pod { action: PodCmd::Add { pod, node, labels, service_account, serve } } => {

@@ -135,6 +135,28 @@ impl LabState {
         std::fs::rename(&staged, &path).with_context(|| format!("installing {}", path.display()))
     }
 
+    /// `command` to run in the namespace of `what` (see [`LabState::netns_of`]) as an operator
+    /// there would: with BRINDLE_DATASTORE, in a node also BRINDLE_STATUS_SOCKET,
+    /// BRINDLE_ENDPOINT_RECORD_DIR and NODENAME, and brindle's binaries first on PATH.
+    pub fn command_in(
+        &self,
+        what: &str,
+        command: &[impl AsRef<std::ffi::OsStr>],
+    ) -> anyhow::Result<std::process::Command> {
+        let netns = self.netns_of(what)?;
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", netns]).args(command);
+        cmd.env("BRINDLE_DATASTORE", &self.datastore);
+        if let Some(node) = self.nodes.iter().find(|n| n.netns == netns) {
+            cmd.env("BRINDLE_STATUS_SOCKET", node.status_socket());
+            cmd.env("BRINDLE_ENDPOINT_RECORD_DIR", node.state_dir.join("endpoints"));
+            cmd.env("NODENAME", &node.name);
+        }
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("PATH", format!("{}:{path}", self.bin_dir.display()));
+        Ok(cmd)
+    }
+
     /// The namespace of a node, a pod, or `router`/`switch`, by name (or a node's index).
     pub fn netns_of(&self, what: &str) -> anyhow::Result<&str> {
         if let Some(node) = self.nodes.iter().enumerate().find(|(i, n)| n.name == what || i.to_string() == what) {

@@ -3,7 +3,12 @@
 //! settings; from that, the route each node should have toward the other pod. Run on one of
 //! the two nodes, it also reads that node's kernel — the pod's veth and host route, proxy ARP,
 //! the route toward the other pod, the VXLAN device with its ARP and FDB entries, MTUs — and
-//! says exactly what is missing.
+//! says exactly what is missing. Then policy: what decides each direction, and whether the
+//! node's kernel holds it (`policy`).
+
+mod policy;
+
+pub use policy::Probe;
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -11,11 +16,16 @@ use std::net::IpAddr;
 use anyhow::{Context, bail};
 use brindle_datastore::Client;
 use brindle_datastore::ipam::{Block, Ipam};
-use brindle_datastore::resource::{Encapsulation, IpPool, Node, Resource, WorkloadEndpoint};
+use brindle_datastore::policy::{NamespaceLabels, Policies};
+use brindle_datastore::resource::{
+    Encapsulation, GlobalNetworkPolicy, IpPool, KubernetesNetworkPolicy, Namespace, NetworkPolicy, Node, Resource,
+    Tier, WorkloadEndpoint,
+};
 use ipnetwork::IpNetwork;
 
 use brindle_kernel::names::{IPIP_DEVICE, ROUTE_PROTOCOL, VXLAN_DEVICE};
 
+use crate::filter::Filter;
 use crate::kernel::Kernel;
 
 /// One pod as the datastore knows it.
@@ -351,7 +361,26 @@ fn kernel_checks(f: &mut Findings, kernel: &Kernel, here: &Pod, there: &Pod, hop
 
 /// Explains the path between pods `a` and `b`. `local_node` is where this runs (its kernel is
 /// read when it hosts one of the pods).
-pub async fn diagnose(client: &Client, a: &str, b: &str, local_node: Option<&str>) -> anyhow::Result<Findings> {
+/// Every policy and namespace, as the agents see them.
+async fn load_policies(client: &Client) -> anyhow::Result<(Policies, NamespaceLabels)> {
+    let (tiers, _) = client.list::<Tier>().await?;
+    let (kubernetes, _) = client.list::<KubernetesNetworkPolicy>().await?;
+    let (namespaced, _) = client.list::<NetworkPolicy>().await?;
+    let (global, _) = client.list::<GlobalNetworkPolicy>().await?;
+    let (namespaces, _) = client.list::<Namespace>().await?;
+    let labels = namespaces.into_iter().map(|n| (n.metadata.name, n.metadata.labels)).collect();
+    Ok((Policies::new(&tiers, &kubernetes, &namespaced, &global), labels))
+}
+
+/// Explains the path and the policy between pods `a` and `b` (for `probe`, or a ping), with
+/// the kernel's part when run on `local_node`, one of theirs.
+pub async fn diagnose(
+    client: &Client,
+    a: &str,
+    b: &str,
+    local_node: Option<&str>,
+    probe: Option<Probe>,
+) -> anyhow::Result<Findings> {
     let (endpoints, _) = client.list::<WorkloadEndpoint>().await?;
     let (pools, _) = client.list::<IpPool>().await?;
     let (nodes, _) = client.list::<Node>().await?;
@@ -373,6 +402,11 @@ pub async fn diagnose(client: &Client, a: &str, b: &str, local_node: Option<&str
     }
 
     let here = local_node.filter(|n| *n == a.node_name() || *n == b.node_name());
+    let (policies, namespaces) = load_policies(client).await?;
+    let filter = match here {
+        Some(_) => Some(Filter::read().context("reading this node's iptables and ipsets")?),
+        None => None,
+    };
     match here {
         None => f.note(format!(
             "run this on {} or {} to check their kernels too (this is {})",
@@ -389,5 +423,7 @@ pub async fn diagnose(client: &Client, a: &str, b: &str, local_node: Option<&str
             }
         }
     }
+    let kernel = filter.as_ref().zip(here);
+    policy::checks(&mut f, &policies, &namespaces, [&a, &b], probe, kernel);
     Ok(f)
 }
