@@ -69,6 +69,21 @@ pub fn endpoint_chain(interface: &str, direction: Direction) -> String {
     brindle_kernel::names::endpoint_chain(interface, direction == Direction::Ingress)
 }
 
+/// The dispatch branch of an interface: its first five characters (the prefix and one digest
+/// digit), when they can start a chain's name.
+fn dispatch_group(interface: &str) -> Option<String> {
+    interface.get(..5).filter(|g| g.chars().all(|c| c.is_ascii_alphanumeric())).map(str::to_owned)
+}
+
+/// The dispatch chain of a direction: its root, or the branch of `group`.
+fn dispatch_chain(direction: Direction, group: Option<&str>) -> String {
+    let root = if direction == Direction::Egress { FROM_WORKLOADS } else { TO_WORKLOADS };
+    match group.and_then(|g| g.chars().last()) {
+        Some(digit) => format!("{root}-{digit}"),
+        None => root.to_owned(),
+    }
+}
+
 fn protocol_name(number: u8) -> String {
     match number {
         1 => "icmp".into(),
@@ -129,33 +144,62 @@ impl<'a> Compiler<'a> {
         let mut local: Vec<&Resource<WorkloadEndpoint>> =
             self.endpoints.iter().filter(|e| e.spec.node == node).collect();
         local.sort_by(|a, b| a.spec.interface_name.cmp(&b.spec.interface_name));
+        // Endpoint and dispatch chains are the same in both families.
+        let mut shared: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut used: BTreeSet<(PolicyId, Direction)> = BTreeSet::new();
+        let mut groups: BTreeMap<(Direction, Option<String>), Vec<String>> = BTreeMap::new();
+        for endpoint in &local {
+            let interface = &endpoint.spec.interface_name;
+            let name = format!(
+                "endpoint {}/{}",
+                endpoint.metadata.namespace.as_deref().unwrap_or_default(),
+                endpoint.metadata.name
+            );
+            for direction in [Direction::Egress, Direction::Ingress] {
+                let chain = endpoint_chain(interface, direction);
+                let group = dispatch_group(interface);
+                let dispatch = dispatch_chain(direction, group.as_deref());
+                let side = if direction == Direction::Egress { "-i" } else { "-o" };
+                groups.entry((direction, group)).or_default().push(goto_rule(
+                    &dispatch,
+                    &format!("{side} {interface}"),
+                    &name,
+                    &chain,
+                ));
+                let body = self.endpoint_rules(endpoint, direction, &chain, &mut used);
+                shared.insert(chain, body);
+            }
+        }
+        // Dispatch is a tree on the character after the prefix (a hex digit of the veth's
+        // digest): a pod coming or going rewrites one branch, not a chain of every pod.
+        let mut roots: BTreeMap<Direction, Vec<String>> = BTreeMap::new();
+        for ((direction, group), mut rules) in groups {
+            let root = dispatch_chain(direction, None);
+            let side = if direction == Direction::Egress { "-i" } else { "-o" };
+            let Some(group) = group else {
+                roots.entry(direction).or_default().extend(rules);
+                continue;
+            };
+            let branch = dispatch_chain(direction, Some(&group));
+            rules.push(rule(&branch, "", "traffic of an interface with no endpoint", "DROP"));
+            shared.insert(branch.clone(), rules);
+            roots.entry(direction).or_default().push(goto_rule(
+                &root,
+                &format!("{side} {group}+"),
+                &format!("interfaces {group}*"),
+                &branch,
+            ));
+        }
+        for direction in [Direction::Egress, Direction::Ingress] {
+            let root = dispatch_chain(direction, None);
+            let mut rules = roots.remove(&direction).unwrap_or_default();
+            rules.push(rule(&root, "", "traffic of an interface with no endpoint", "DROP"));
+            shared.insert(root, rules);
+        }
         let mut program = Program::default();
         for (family, out) in program.iter_mut().enumerate() {
             let v6 = family == 1;
-            let mut from = Vec::new();
-            let mut to = Vec::new();
-            let mut used: BTreeSet<(PolicyId, Direction)> = BTreeSet::new();
-            for endpoint in &local {
-                let interface = &endpoint.spec.interface_name;
-                let name = format!(
-                    "endpoint {}/{}",
-                    endpoint.metadata.namespace.as_deref().unwrap_or_default(),
-                    endpoint.metadata.name
-                );
-                for (direction, dispatch, side) in
-                    [(Direction::Egress, &mut from, "-i"), (Direction::Ingress, &mut to, "-o")]
-                {
-                    let chain = endpoint_chain(interface, direction);
-                    let dispatch_chain = if direction == Direction::Egress { FROM_WORKLOADS } else { TO_WORKLOADS };
-                    dispatch.push(goto_rule(dispatch_chain, &format!("{side} {interface}"), &name, &chain));
-                    let body = self.endpoint_rules(endpoint, direction, &chain, &mut used);
-                    out.chains.insert(chain, body);
-                }
-            }
-            from.push(rule(FROM_WORKLOADS, "", "traffic from an interface with no endpoint", "DROP"));
-            to.push(rule(TO_WORKLOADS, "", "traffic to an interface with no endpoint", "DROP"));
-            out.chains.insert(FROM_WORKLOADS.into(), from);
-            out.chains.insert(TO_WORKLOADS.into(), to);
+            out.chains.clone_from(&shared);
             let policies = self.policies;
             for tier in &policies.tiers {
                 for policy in &tier.policies {

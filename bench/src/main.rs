@@ -4,6 +4,7 @@ mod agent_start;
 mod cni;
 mod ipam;
 mod lab;
+mod policy;
 mod routes;
 mod stores;
 
@@ -35,6 +36,11 @@ enum Command {
     /// time until every session is established and every pod pair reaches, and each agent's
     /// CPU seconds, idle CPU and memory.
     Lab(lab::BenchArgs),
+    /// Network policy: N endpoints under P NetworkPolicies programmed by brindle against
+    /// `iptables-restore` of the same rules, a resync, one endpoint added beside 50,000 rules,
+    /// and in a 3-node lab a policy until enforced everywhere and CNI ADD until the pod's policy
+    /// is in place (p50, p99).
+    Policy(policy::BenchArgs),
     /// One benchmark process (started by `ipam`; also used by the multi-process tests).
     #[command(hide = true)]
     IpamWorker(ipam::WorkerArgs),
@@ -48,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Routes(args) => routes::bench(args),
         Command::AgentStart(args) => agent_start::bench(args),
         Command::Lab(args) => lab::bench(args),
+        Command::Policy(args) => policy::bench(args),
         Command::Ipam(args) => runtime.block_on(ipam::bench(args)),
         Command::IpamWorker(args) => runtime.block_on(ipam::worker(args)),
     }

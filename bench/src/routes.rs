@@ -113,16 +113,16 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         bgp_ports: vec![179],
         ..iptables::Rules::default()
     };
-    iptables::sync(&kernel, backend, false, &rules).context("first iptables sync")?;
+    iptables::sync(&kernel, backend, false, &rules, None).context("first iptables sync")?;
     let started = Instant::now();
-    let restored = iptables::sync(&kernel, backend, false, &rules)?;
+    let (restored, _) = iptables::sync(&kernel, backend, false, &rules, None)?;
     let unchanged = started.elapsed();
     run(std::process::Command::new("iptables").args(["-F", "brin-FORWARD"]))?;
     let started = Instant::now();
-    iptables::sync(&kernel, backend, false, &rules)?;
+    iptables::sync(&kernel, backend, false, &rules, None)?;
     let repaired = started.elapsed();
     println!(
-        "\niptables resync ({backend:?}), any number of endpoints: {:.1} ms with nothing to change{}, {:.1} ms repairing a flushed chain",
+        "\niptables resync ({backend:?}), base rules without policy: {:.1} ms with nothing to change{}, {:.1} ms repairing a flushed chain",
         unchanged.as_secs_f64() * 1000.0,
         if restored { " (it restored!)" } else { "" },
         repaired.as_secs_f64() * 1000.0

@@ -335,19 +335,34 @@ fn saved_chains(saved: &str) -> BTreeMap<String, Vec<String>> {
     chains
 }
 
+/// What a table holds of ours: our chains, and whether each of its built-in jumps is there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct HeldTable {
+    chains: BTreeMap<String, Vec<String>>,
+    jumps: Vec<bool>,
+}
+
+impl HeldTable {
+    fn from_save(table: &Table, saved: &str) -> HeldTable {
+        let jumps =
+            table.jumps.iter().map(|(builtin, chain)| saved.lines().any(|l| l == jump(builtin, chain))).collect();
+        HeldTable { chains: saved_chains(saved), jumps }
+    }
+}
+
 /// The `iptables-restore --noflush` script for one table: the chains that differ declared
 /// (which empties them) and written, chains no longer wanted emptied and deleted, missing jumps
 /// inserted; empty when the kernel already holds it all.
-fn table_script(table: &Table, saved: &str) -> String {
-    let held = saved_chains(saved);
+fn table_script(table: &Table, held: &HeldTable) -> String {
     let changed: Vec<(&String, &Vec<String>)> =
-        table.chains.iter().filter(|(name, body)| held.get(*name) != Some(body)).collect();
-    let stale: Vec<&String> = held.keys().filter(|name| !table.chains.contains_key(*name)).collect();
+        table.chains.iter().filter(|(name, body)| held.chains.get(*name) != Some(body)).collect();
+    let stale: Vec<&String> = held.chains.keys().filter(|name| !table.chains.contains_key(*name)).collect();
     let missing_jumps: Vec<String> = table
         .jumps
         .iter()
-        .filter(|(builtin, chain)| !saved.lines().any(|l| l == jump(builtin, chain)))
-        .map(|(builtin, chain)| format!("-I {builtin} 1 -m comment --comment \"{TAG}: jump\" -j {chain}"))
+        .zip(held.jumps.iter().chain(std::iter::repeat(&false)))
+        .filter(|(_, present)| !**present)
+        .map(|((builtin, chain), _)| format!("-I {builtin} 1 -m comment --comment \"{TAG}: jump\" -j {chain}"))
         .collect();
     if changed.is_empty() && stale.is_empty() && missing_jumps.is_empty() {
         return String::new();
@@ -376,28 +391,63 @@ fn table_script(table: &Table, saved: &str) -> String {
     script
 }
 
-/// Makes the sets and chains of one family match. Returns whether iptables-restore ran.
-pub fn sync(kernel: &dyn Kernel, backend: Backend, v6: bool, rules: &Rules) -> anyhow::Result<bool> {
-    if current_sets(kernel, rules, v6) != wanted_sets(rules) {
+/// What one family's sync left in the kernel. Between full resyncs it stands for the kernel,
+/// so a change is diffed against it without listing tables and sets (which, with thousands of
+/// endpoints, costs more than the change).
+#[derive(Debug, Clone, Default)]
+pub struct Programmed {
+    base_sets: String,
+    policy_sets: BTreeMap<String, IpSet>,
+    tables: BTreeMap<&'static str, HeldTable>,
+}
+
+/// Makes the sets and chains of one family match: against `known` (what the last sync left)
+/// when given, else against what the kernel lists. Returns whether iptables-restore ran, and
+/// what the kernel now holds.
+pub fn sync(
+    kernel: &dyn Kernel,
+    backend: Backend,
+    v6: bool,
+    rules: &Rules,
+    known: Option<Programmed>,
+) -> anyhow::Result<(bool, Programmed)> {
+    let base_sets = wanted_sets(rules);
+    let held_base = match &known {
+        Some(known) => known.base_sets.clone(),
+        None => current_sets(kernel, rules, v6),
+    };
+    if held_base != base_sets {
         run_with_input(kernel, "ipset", &["restore", "-exist"], &ipset_script(rules, v6))?;
     }
     // Sets are filled before the rules that match them, and destroyed after.
-    let held_sets = current_policy_sets(kernel, v6)?;
+    let held_sets = match &known {
+        Some(known) => known.policy_sets.clone(),
+        None => current_policy_sets(kernel, v6)?,
+    };
     let set_script = policy_set_script(&held_sets, &rules.policy.sets, v6);
     if !set_script.is_empty() {
         run_with_input(kernel, "ipset", &["restore", "-exist"], &set_script)?;
     }
     let mut script = String::new();
+    let mut tables_now = BTreeMap::new();
     for table in tables(v6, rules) {
-        let saved = kernel.run(&backend.tool(v6, "save"), &["-t", table.name], None)?;
-        if !saved.success {
-            anyhow::bail!("{} -t {} failed: {}", backend.tool(v6, "save"), table.name, saved.stderr.trim());
-        }
-        script += &table_script(&table, &saved.stdout);
+        let held = match known.as_ref().and_then(|k| k.tables.get(table.name)) {
+            Some(held) => held.clone(),
+            None => {
+                let saved = kernel.run(&backend.tool(v6, "save"), &["-t", table.name], None)?;
+                if !saved.success {
+                    anyhow::bail!("{} -t {} failed: {}", backend.tool(v6, "save"), table.name, saved.stderr.trim());
+                }
+                HeldTable::from_save(&table, &saved.stdout)
+            }
+        };
+        script += &table_script(&table, &held);
+        tables_now.insert(table.name, HeldTable { jumps: vec![true; table.jumps.len()], chains: table.chains });
     }
     let ran = !script.is_empty();
     if ran {
-        tracing::debug!(%script, "iptables-restore");
+        tracing::debug!(bytes = script.len(), "iptables-restore");
+        tracing::trace!(%script, "iptables-restore");
         run_with_input(kernel, &backend.tool(v6, "restore"), &["--noflush", "--wait"], &script)?;
     }
     let stale: String = held_sets
@@ -408,9 +458,11 @@ pub fn sync(kernel: &dyn Kernel, backend: Backend, v6: bool, rules: &Rules) -> a
     if !stale.is_empty()
         && let Err(e) = run_with_input(kernel, "ipset", &["restore", "-exist"], &stale)
     {
-        tracing::warn!(error = %e, "stale policy sets stay until the next resync");
+        // Left out of what is known to be held, so the next sync tries again.
+        tracing::warn!(error = %e, "stale policy sets stay until the next sync");
     }
-    Ok(ran)
+    let programmed = Programmed { base_sets, policy_sets: rules.policy.sets.clone(), tables: tables_now };
+    Ok((ran, programmed))
 }
 
 #[cfg(test)]
@@ -472,15 +524,24 @@ mod tests {
     #[test]
     fn a_resync_with_nothing_to_change_runs_no_restore() {
         let kernel = kernel_with_iptables();
-        assert!(sync(&kernel, Backend::Nft, false, &rules()).unwrap(), "the first sync loads the rules");
+        let (ran, programmed) = sync(&kernel, Backend::Nft, false, &rules(), None).unwrap();
+        assert!(ran, "the first sync loads the rules");
         let first = kernel.take_log();
         assert!(first.iter().any(|l| l.starts_with("run ipset restore")), "{first:?}");
-        assert!(!sync(&kernel, Backend::Nft, false, &rules()).unwrap(), "nothing differs");
+        assert!(!sync(&kernel, Backend::Nft, false, &rules(), None).unwrap().0, "nothing differs");
         let again = kernel.take_log();
         assert!(again.iter().all(|l| l.contains("save") || l.starts_with("run ipset list")), "{again:?}");
+        // Against what the last sync left, nothing is even read.
+        assert!(!sync(&kernel, Backend::Nft, false, &rules(), Some(programmed.clone())).unwrap().0);
+        assert_eq!(kernel.take_log(), Vec::<String>::new());
+        // A change is written without reading: only the chain that differs.
+        let changed = Rules { bgp_ports: vec![179], ..rules() };
+        let (ran, _) = sync(&kernel, Backend::Nft, false, &changed, Some(programmed)).unwrap();
+        let log = kernel.take_log();
+        assert!(ran && log.len() == 1 && log[0].starts_with("run iptables-nft-restore"), "{log:?}");
         // A failing save is an error naming the program, not an empty table.
         kernel.fail("iptables-nft-save");
-        let error = sync(&kernel, Backend::Nft, false, &rules()).unwrap_err().to_string();
+        let error = sync(&kernel, Backend::Nft, false, &rules(), None).unwrap_err().to_string();
         assert!(error.contains("iptables-nft-save -t"), "{error}");
     }
 
@@ -580,7 +641,7 @@ mod tests {
             rule("brin-tw-x", "", "old", "DROP"),
             rule("brin-tw-old", "", "c", "ACCEPT"),
         );
-        let script = table_script(&table, &saved);
+        let script = table_script(&table, &HeldTable::from_save(&table, &saved));
         assert_eq!(
             script,
             format!(
@@ -594,7 +655,7 @@ mod tests {
             rule("brin-FORWARD", "", "a", "brin-tw-x"),
             rule("brin-tw-x", "", "b", "DROP"),
         );
-        assert_eq!(table_script(&table, &now), "", "nothing differs");
+        assert_eq!(table_script(&table, &HeldTable::from_save(&table, &now)), "", "nothing differs");
     }
 
     #[test]

@@ -41,9 +41,9 @@ pub struct Dataplane {
     /// The uplink's name.
     uplink: String,
     backend: iptables::Backend,
-    /// The iptables rules last applied, IPv4 and IPv6: between full resyncs iptables is
-    /// touched only when they change.
-    applied_rules: Mutex<[Option<iptables::Rules>; 2]>,
+    /// The iptables rules last applied, IPv4 and IPv6, with what that left in the kernel:
+    /// between full resyncs iptables is touched only when they change, and then only where.
+    applied_rules: Mutex<[Option<(iptables::Rules, iptables::Programmed)>; 2]>,
     /// What the last route sync left: between full resyncs the routes driver diffs against
     /// it instead of listing the kernel's table.
     programmed: Mutex<Option<Programmed>>,
@@ -123,26 +123,29 @@ impl Dataplane {
                 policy: desired.policy[usize::from(v6)].clone(),
             };
             let family = usize::from(v6);
-            let last = self.applied_rules.lock().unwrap_or_else(|e| e.into_inner())[family].clone();
-            if !full && last.as_ref() == Some(&rules) {
-                continue;
-            }
+            let last = self.applied_rules.lock().unwrap_or_else(|e| e.into_inner())[family].take();
+            let known = match last {
+                Some((last_rules, programmed)) if !full => {
+                    if last_rules == rules {
+                        self.applied_rules.lock().unwrap_or_else(|e| e.into_inner())[family] =
+                            Some((last_rules, programmed));
+                        continue;
+                    }
+                    Some(programmed)
+                }
+                _ => None,
+            };
             // The iptables programs run off the async threads: the BGP speaker shares them.
             let (kernel, backend, wanted) = (Arc::clone(&self.kernel), self.backend, rules.clone());
-            let outcome = tokio::task::spawn_blocking(move || iptables::sync(&*kernel, backend, v6, &wanted))
+            let outcome = tokio::task::spawn_blocking(move || iptables::sync(&*kernel, backend, v6, &wanted, known))
                 .await
                 .unwrap_or_else(|e| Err(anyhow::anyhow!("the iptables task failed: {e}")));
-            let mut last = self.applied_rules.lock().unwrap_or_else(|e| e.into_inner());
             match outcome {
-                Ok(ran) => {
+                Ok((ran, programmed)) => {
                     applied.iptables_restored |= ran;
-                    last[family] = Some(rules);
+                    self.applied_rules.lock().unwrap_or_else(|e| e.into_inner())[family] = Some((rules, programmed));
                 }
-                Err(e) => {
-                    last[family] = None;
-                    drop(last);
-                    applied.failed("iptables", e);
-                }
+                Err(e) => applied.failed("iptables", e),
             }
         }
         applied

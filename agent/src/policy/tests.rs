@@ -82,6 +82,7 @@ spec:
 fn local_endpoints_are_dispatched_and_unknown_interfaces_dropped() {
     let program = compile(&world(DB_FROM_WEB));
     let v4 = &program[0];
+    // The tree: brin-a and brin-b branch off at "brin-", which is not a name's start.
     let to = &v4.chains[TO_WORKLOADS];
     assert_eq!(to.len(), 3, "two local endpoints and the drop: {to:#?}");
     assert!(to[0].starts_with("-A brin-to-wl -o brin-a ") && to[0].ends_with("-g brin-tw-brin-a"), "{}", to[0]);
@@ -169,6 +170,31 @@ spec:
     assert!(v4.chains[&policy_chain(&v6_only, Direction::Ingress)].is_empty());
     assert_eq!(program[1].chains[&policy_chain(&v6_only, Direction::Ingress)].len(), 2);
     assert!(!program[1].chains[&policy_chain(&guard, Direction::Ingress)].iter().any(|r| r.contains("icmp")));
+}
+
+#[test]
+fn dispatch_branches_on_the_digest_s_first_digit() {
+    let mut w = world(DB_FROM_WEB);
+    for (i, iface) in ["brin0aa", "brin0bb", "brinf00"].iter().enumerate() {
+        let mut e = endpoint("x", &format!("h{i}"), "n1", iface, &format!("10.0.3.{i}"), &[]);
+        e.spec.ports.clear();
+        w.endpoints.push(e);
+    }
+    let v4 = &compile(&w)[0];
+    let root = &v4.chains[FROM_WORKLOADS];
+    assert!(
+        root.iter().any(|r| r.starts_with("-A brin-from-wl -i brin0+ ") && r.ends_with("-g brin-from-wl-0")),
+        "{root:#?}"
+    );
+    assert!(
+        root.iter().any(|r| r.starts_with("-A brin-from-wl -i brinf+ ") && r.ends_with("-g brin-from-wl-f")),
+        "{root:#?}"
+    );
+    assert!(root.last().unwrap().ends_with("-j DROP"));
+    let branch = &v4.chains["brin-from-wl-0"];
+    assert_eq!(branch.len(), 3, "two endpoints and the drop: {branch:#?}");
+    assert!(branch[0].starts_with("-A brin-from-wl-0 -i brin0aa ") && branch[0].ends_with("-g brin-fw-brin0aa"));
+    assert_eq!(v4.chains["brin-to-wl-f"].len(), 2);
 }
 
 #[test]
