@@ -648,9 +648,9 @@ impl Policies {
                     match rule.action {
                         Action::Allow => return decided(true),
                         Action::Deny => return decided(false),
-                        Action::Log => consulted.push(format!("  logged by rule {index}")),
+                        Action::Log => consulted.push(format!("logged by {} rule {index}", policy.id)),
                         Action::Pass => {
-                            consulted.push(format!("  passed to the next tier by rule {index}"));
+                            consulted.push(format!("passed to the next tier by {} rule {index}", policy.id));
                             continue 'tiers;
                         }
                     }

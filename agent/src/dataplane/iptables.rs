@@ -155,6 +155,18 @@ fn tables(v6: bool, rules: &Rules) -> Vec<Table> {
     }
     let established = "-m conntrack --ctstate RELATED,ESTABLISHED";
     let invalid = "-m conntrack --ctstate INVALID";
+    if v6 {
+        // Neighbour discovery with its host is how a pod reaches anything at all; it is not
+        // tracked by conntrack, so no egress policy may stop it.
+        for (kind, what) in [(133, "router solicitations"), (135, "neighbour solicitations"), (136, "neighbour adverts")] {
+            input.push(rule(
+                "brin-INPUT",
+                &format!("-i brin+ -p ipv6-icmp -m icmp6 --icmpv6-type {kind}"),
+                &format!("{what} to the host"),
+                "ACCEPT",
+            ));
+        }
+    }
     input.extend([
         rule("brin-INPUT", &format!("-i brin+ {established}"), "replies to the host", "ACCEPT"),
         rule("brin-INPUT", &format!("-i brin+ {invalid}"), "invalid from workloads", "DROP"),
