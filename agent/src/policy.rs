@@ -15,7 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use brindle_datastore::policy::{
-    Direction, EndpointView, NamespaceLabels, NormalRule, Policies, PolicyId, Selection, Selectors, Side,
+    Direction, EndpointView, NamespaceLabels, NamespaceScope, NormalRule, Policies, PolicyId, Selection, Selectors,
+    Side,
 };
 use brindle_datastore::resource::{Action, PortMatch, Resource, WorkloadEndpoint};
 use brindle_kernel::names::digest;
@@ -111,6 +112,8 @@ pub struct Compiler<'a> {
     endpoints: &'a [Resource<WorkloadEndpoint>],
     namespaces: &'a NamespaceLabels,
     selectors: Selectors,
+    /// Endpoints (indices) by namespace: a selection looks only in its namespaces.
+    by_namespace: BTreeMap<&'a str, Vec<usize>>,
     /// Members of each selection, computed once per compilation.
     members: HashMap<Selection, Vec<usize>>,
 }
@@ -122,14 +125,34 @@ impl<'a> Compiler<'a> {
         endpoints: &'a [Resource<WorkloadEndpoint>],
         namespaces: &'a NamespaceLabels,
     ) -> Self {
-        Compiler { policies, endpoints, namespaces, selectors: Selectors::default(), members: HashMap::new() }
+        let mut by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, e) in endpoints.iter().enumerate() {
+            by_namespace.entry(e.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(i);
+        }
+        Compiler {
+            policies,
+            endpoints,
+            namespaces,
+            selectors: Selectors::default(),
+            by_namespace,
+            members: HashMap::new(),
+        }
     }
 
     fn members_of(&mut self, selection: &Selection) -> Vec<usize> {
         if let Some(found) = self.members.get(selection) {
             return found.clone();
         }
-        let found: Vec<usize> = (0..self.endpoints.len())
+        let candidates: Vec<usize> = match &selection.namespaces {
+            NamespaceScope::Named(ns) => self.by_namespace.get(ns.as_str()).cloned().unwrap_or_default(),
+            _ => {
+                let mut all: Vec<usize> = self.by_namespace.values().flatten().copied().collect();
+                all.sort_unstable();
+                all
+            }
+        };
+        let found: Vec<usize> = candidates
+            .into_iter()
             .filter(|&i| {
                 let view = EndpointView::of(&self.endpoints[i]);
                 selection.contains(view, self.namespaces, &mut self.selectors)

@@ -72,7 +72,7 @@ fn endpoint(i: usize) -> Resource<WorkloadEndpoint> {
 /// Policy `j`: app `a{j}` of its namespace takes two peers on two ports; every third also
 /// limits its egress to 10/8 but the pods, on 443.
 fn policy(j: usize) -> Resource<KubernetesNetworkPolicy> {
-    let egress = if j % 3 == 0 {
+    let egress = if j.is_multiple_of(3) {
         ", policyTypes: [Ingress, Egress], egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.64.0.0/16]}}], ports: [{port: 443}]}]"
     } else {
         ""
@@ -160,6 +160,9 @@ fn secs(d: Duration) -> f64 {
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    // Where to come back to for the lab: this thread's namespace, held open.
+    let home = std::fs::File::open("/proc/thread-self/ns/net").context("opening this thread's namespace")?;
+    let home = std::path::PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&home)));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let kernel = {
         let _entered = runtime.enter();
@@ -245,6 +248,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     if args.lab_rounds > 0 {
+        enter(&home)?;
         lab_latencies(args.iptables, args.lab_rounds)?;
     }
     Ok(())

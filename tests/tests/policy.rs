@@ -561,13 +561,29 @@ fn calico_semantics(cluster: &mut Cluster) {
     apply(
         "apiVersion: brindle.io/v1\nkind: Tier\nmetadata: {name: security}\nspec: {order: 100}\n---\n\
          apiVersion: brindle.io/v1\nkind: GlobalNetworkPolicy\nmetadata: {name: gate}\n\
-         spec: {tier: security, selector: pod == 'a', ingress: [{action: Pass, source: {namespaceSelector: ns == 'y'}}]}\n---\n\
+         spec: {tier: security, selector: pod == 'a', ingress: [{action: Log, source: {namespaceSelector: ns == 'z'}}, \
+         {action: Pass, source: {namespaceSelector: ns == 'y'}}]}\n---\n\
          apiVersion: brindle.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-b, namespace: x}\n\
          spec: {selector: pod == 'a', ingress: [{action: Allow, source: {namespaceSelector: all(), selector: pod == 'b'}}]}\n",
     );
     cluster.expect_that("Pass to the default tier", |from, to, _| {
         pod(to) != "a" || (namespace(from) == "y" && (to != "x/a" || from == "y/b"))
     });
+    // The Log rule counted what it logged, on the nodes of the pods a.
+    let logged: u64 = (0..3)
+        .map(|node| {
+            let out =
+                cluster.lab.state.command_in(&node.to_string(), &["brindlectl", "node", "policy-counters", "--json"]);
+            let out = out.unwrap().output().unwrap();
+            let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let rows = rows.as_array().cloned().unwrap_or_default();
+            rows.iter()
+                .filter(|r| r["rule"] == "GlobalNetworkPolicy gate ingress[0]")
+                .map(|r| r["packets"].as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .sum();
+    assert!(logged > 0, "the Log rule counted nothing");
     remove("GlobalNetworkPolicy", None, "gate");
     remove("NetworkPolicy", Some("x"), "only-b");
 

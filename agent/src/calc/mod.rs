@@ -11,7 +11,7 @@ use brindle_datastore::ipam::{AllocationKind, Block};
 use brindle_datastore::policy::{NamespaceLabels, Policies};
 use brindle_datastore::resource::{
     BgpConfiguration, BgpFilter, BgpPeer, EncapMode, Encapsulation, EndpointToHostAction, GlobalNetworkPolicy, IpPool,
-    KubernetesNetworkPolicy, Namespace, NetworkPolicy, Node, Resource, Tier, WorkloadEndpoint,
+    KubernetesNetworkPolicy, Namespace, NetworkPolicy, Node, Resource, Spec, Tier, WorkloadEndpoint,
 };
 use ipnetwork::IpNetwork;
 
@@ -353,12 +353,24 @@ fn next_hop_flaw(next_hop: IpAddr, me: &Me, cluster: &Cluster) -> Option<&'stati
 }
 
 /// Network policy compiled for this node's endpoints.
-fn policy_program(me: &Me, cluster: &Cluster) -> crate::policy::Program {
+/// A policy that fails validation (written past brindle's checks, e.g. with kubectl against
+/// the CRD) is left out, and the problem says so.
+fn policy_program(me: &Me, cluster: &Cluster, problems: &mut Vec<String>) -> crate::policy::Program {
+    fn valid<S: Spec>(resources: &[Resource<S>], problems: &mut Vec<String>) -> Vec<Resource<S>> {
+        let mut out = Vec::with_capacity(resources.len());
+        for r in resources {
+            match r.validate() {
+                Ok(()) => out.push(r.clone()),
+                Err(e) => problems.push(format!("{e}; it is not enforced")),
+            }
+        }
+        out
+    }
     let policies = Policies::new(
         &cluster.tiers,
-        &cluster.kubernetes_policies,
-        &cluster.network_policies,
-        &cluster.global_policies,
+        &valid(&cluster.kubernetes_policies, problems),
+        &valid(&cluster.network_policies, problems),
+        &valid(&cluster.global_policies, problems),
     );
     let namespaces: NamespaceLabels =
         cluster.namespaces.iter().map(|n| (n.metadata.name.clone(), n.metadata.labels.clone())).collect();
@@ -523,7 +535,7 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
     out.bgp_ports.sort_unstable();
     out.bgp_ports.dedup();
     out.to_host = me.to_host;
-    out.policy = Arc::new(policy_program(me, cluster));
+    out.policy = Arc::new(policy_program(me, cluster, &mut out.problems));
     out.vxlan = cluster.pools.iter().any(|p| p.spec.vxlan_mode != EncapMode::Never && !p.spec.disabled);
     out.ipip =
         me.ipip_supported && cluster.pools.iter().any(|p| p.spec.ipip_mode != EncapMode::Never && !p.spec.disabled);

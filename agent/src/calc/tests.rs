@@ -312,3 +312,26 @@ fn taking_in_changes_says_which_prefixes_changed_or_that_everything_did() {
     assert_eq!(learned.routes.keys().copied().collect::<Vec<_>>(), [net("10.2.0.0/16")]);
     assert!(learned.converged);
 }
+
+#[test]
+fn a_policy_that_fails_validation_is_left_out_and_said_so() {
+    let mut c = cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never));
+    let good = brindle_datastore::resource::parse_documents(
+        "apiVersion: brindle.io/v1\nkind: NetworkPolicy\nmetadata: {name: good, namespace: x}\nspec: {ingress: [{action: Allow}]}\n",
+    )
+    .unwrap();
+    let brindle_datastore::resource::AnyResource::NetworkPolicy(good) = good[0].clone() else { panic!() };
+    let mut bad = good.clone();
+    bad.metadata.name = "bad".into();
+    bad.spec.0.selector = Some("app === 'x'".into());
+    c.network_policies = vec![good, bad];
+    let d = desired(&me(false), &c, None);
+    assert!(
+        d.problems
+            .iter()
+            .any(|p| p.contains("NetworkPolicy \"bad\" is invalid: spec.selector") && p.contains("not enforced")),
+        "{:?}",
+        d.problems
+    );
+    assert!(!d.problems.iter().any(|p| p.contains("\"good\"")), "{:?}", d.problems);
+}

@@ -95,7 +95,8 @@ struct Table {
 }
 
 /// A rule of ours: `-A <chain> <matches> -m comment --comment "brindle: <why>" -j <target>`,
-/// written as `iptables-save` prints it, so what the kernel holds compares equal.
+/// written as `iptables-save` prints it, so what the kernel holds compares equal (`why` holds
+/// no quote or backslash: `iptables-save` would print them escaped).
 pub(crate) fn rule(chain: &str, matches: &str, why: &str, target: &str) -> String {
     let matches = if matches.is_empty() { String::new() } else { format!("{matches} ") };
     format!("-A {chain} {matches}-m comment --comment \"{TAG}: {why}\" -j {target}")
@@ -158,7 +159,9 @@ fn tables(v6: bool, rules: &Rules) -> Vec<Table> {
     if v6 {
         // Neighbour discovery with its host is how a pod reaches anything at all; it is not
         // tracked by conntrack, so no egress policy may stop it.
-        for (kind, what) in [(133, "router solicitations"), (135, "neighbour solicitations"), (136, "neighbour adverts")] {
+        for (kind, what) in
+            [(133, "router solicitations"), (135, "neighbour solicitations"), (136, "neighbour adverts")]
+        {
             input.push(rule(
                 "brin-INPUT",
                 &format!("-i brin+ -p ipv6-icmp -m icmp6 --icmpv6-type {kind}"),
@@ -170,7 +173,7 @@ fn tables(v6: bool, rules: &Rules) -> Vec<Table> {
     input.extend([
         rule("brin-INPUT", &format!("-i brin+ {established}"), "replies to the host", "ACCEPT"),
         rule("brin-INPUT", &format!("-i brin+ {invalid}"), "invalid from workloads", "DROP"),
-        rule("brin-INPUT", "-i brin+", "the sending workload's policy", policy::FROM_WORKLOADS),
+        rule("brin-INPUT", "-i brin+", "policy of the sending workload", policy::FROM_WORKLOADS),
     ]);
     match rules.to_host {
         EndpointToHostAction::Accept => input.push(rule("brin-INPUT", "-i brin+", "workload to host", "ACCEPT")),
@@ -188,8 +191,8 @@ fn tables(v6: bool, rules: &Rules) -> Vec<Table> {
         rule("brin-FORWARD", &format!("-o brin+ {established}"), "replies of allowed flows", "ACCEPT"),
         rule("brin-FORWARD", &format!("-i brin+ {invalid}"), "invalid from workloads", "DROP"),
         rule("brin-FORWARD", &format!("-o brin+ {invalid}"), "invalid to workloads", "DROP"),
-        rule("brin-FORWARD", "-i brin+", "the sending workload's policy", policy::FROM_WORKLOADS),
-        rule("brin-FORWARD", "-o brin+", "the receiving workload's policy", policy::TO_WORKLOADS),
+        rule("brin-FORWARD", "-i brin+", "policy of the sending workload", policy::FROM_WORKLOADS),
+        rule("brin-FORWARD", "-o brin+", "policy of the receiving workload", policy::TO_WORKLOADS),
         rule("brin-FORWARD", "-i brin+", "from workloads", "ACCEPT"),
         rule("brin-FORWARD", "-o brin+", "to workloads", "ACCEPT"),
     ]);
@@ -590,6 +593,8 @@ mod tests {
                     for rule in body {
                         assert!(rule.starts_with(&format!("-A {chain} ")), "{rule}");
                         assert!(rule.contains("--comment \"brindle"), "{rule}");
+                        let comment = rule.split("--comment \"").nth(1).unwrap().split('"').next().unwrap();
+                        assert!(!comment.contains(['\'', '\\']), "iptables-save escapes these: {rule}");
                     }
                 }
             }
