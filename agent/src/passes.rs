@@ -72,7 +72,8 @@ impl Passes<'_> {
         let mut learned = Learned { converged: self.backend == BgpBackend::Bird, ..Learned::default() };
         let mut bird: Option<bird_daemon::BirdProcess> = None;
         let mut last_bgp_problems = Vec::new();
-        let mut agent = Agent { passes: self, problems: Vec::new(), mtu: None, desired: None };
+        let mut agent =
+            Agent { passes: self, problems: Vec::new(), mtu: None, desired: None, policy: Default::default() };
 
         loop {
             let learned_changed = async {
@@ -186,13 +187,15 @@ struct Agent<'a> {
     mtu: Option<u32>,
     /// The last desired state, for passes that recalculate BGP's prefixes alone.
     desired: Option<calc::Desired>,
+    /// What the last pass compiled of policy, reused by the next.
+    policy: crate::policy::Memo,
 }
 
 impl Agent<'_> {
     /// Computes the desired state from `cluster` and applies it.
     async fn pass(&mut self, cluster: &Cluster, learned: Option<&Learned>, bgp_ok: bool, full: bool) {
         let started = Instant::now();
-        let desired = calc::desired(self.passes.me, cluster, learned);
+        let desired = calc::desired_with(self.passes.me, cluster, learned, &mut self.policy);
         if let Some(learned) = learned {
             self.passes.metrics.bgp_routes(learned.routes.len());
         }

@@ -12,7 +12,8 @@
 //! - Selectors, nets and named ports are ipsets named after what they hold, so a pod joining
 //!   a selector is one set member, not a rule rewrite.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use brindle_datastore::policy::{
     Direction, EndpointView, NamespaceLabels, NamespaceScope, NormalRule, Policies, PolicyId, Selection, Selectors,
@@ -43,14 +44,16 @@ pub struct IpSet {
     pub members: BTreeSet<String>,
 }
 
-/// One family's policy program.
+/// One family's policy program. Its pieces are shared with the compiler's [`Memo`] and with
+/// the last program: copying one is cheap, and comparing one with the last compares
+/// pointers where nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FamilyProgram {
     /// Our policy chains (dispatch, endpoints, policies) by name, each its rules in
     /// `iptables-save` form.
-    pub chains: BTreeMap<String, Vec<String>>,
+    pub chains: BTreeMap<String, Arc<Vec<String>>>,
     /// The sets the rules match, by name.
-    pub sets: BTreeMap<String, IpSet>,
+    pub sets: BTreeMap<String, Arc<IpSet>>,
 }
 
 /// The policy program of both families: `[IPv4, IPv6]`.
@@ -106,16 +109,85 @@ fn protocol_label(number: u8) -> &'static str {
     }
 }
 
-/// Compiles policy for the endpoints of `node`, each family on its own.
+/// Where a policy set's members come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SetSource {
+    /// Fixed networks (`hash:net` members).
+    Nets(BTreeSet<String>),
+    /// The addresses of a selection's endpoints.
+    Endpoints(Selection),
+    /// `address,protocol:port` of the named port `name` of a selection's endpoints (all
+    /// endpoints when `None`).
+    NamedPort { owners: Option<Selection>, name: String, label: &'static str },
+}
+
+/// A set a policy chain matches: its name, type and source.
+type SetRequest = (String, &'static str, SetSource);
+
+/// One policy's chain for one direction and family, with the sets it matches.
+#[derive(Debug)]
+struct CompiledPolicy {
+    rules: Arc<Vec<String>>,
+    sets: Vec<SetRequest>,
+}
+
+/// A local endpoint's chains and dispatch rules, and the policies they jump to.
+#[derive(Debug)]
+struct CompiledEndpoint {
+    interface: String,
+    /// `(chain, rules)` for egress, then ingress.
+    chains: [(String, Arc<Vec<String>>); 2],
+    /// The dispatch rules for egress, then ingress.
+    dispatch: [String; 2],
+    used: Vec<(PolicyId, Direction)>,
+}
+
+/// An endpoint's identity across compilations: namespace and name.
+type EndpointKey = (String, String);
+
+fn key_of(endpoint: &Resource<WorkloadEndpoint>) -> EndpointKey {
+    (endpoint.metadata.namespace.clone().unwrap_or_default(), endpoint.metadata.name.clone())
+}
+
+/// Everything of an endpoint that policy depends on, as one number.
+fn fingerprint(endpoint: &Resource<WorkloadEndpoint>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    endpoint.metadata.labels.hash(&mut h);
+    let spec = &endpoint.spec;
+    (&spec.node, &spec.interface_name, &spec.ip_networks, &spec.service_account_name).hash(&mut h);
+    for p in &spec.ports {
+        (&p.name, &p.protocol, p.port).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// What one compilation leaves for the next, which redoes only what changed: while the
+/// policies and namespaces are the same, an unchanged endpoint keeps its chains, a policy its
+/// chains, a selection its members (updated by the endpoints that changed) and a set its
+/// members (rebuilt only when they may have changed). Pieces are shared (`Arc`), so a program
+/// costs little to copy and to compare with the last.
+#[derive(Debug, Default)]
+pub struct Memo {
+    context: Option<(Policies, NamespaceLabels)>,
+    fingerprints: HashMap<EndpointKey, u64>,
+    local: HashMap<EndpointKey, Arc<CompiledEndpoint>>,
+    members: HashMap<Selection, BTreeSet<EndpointKey>>,
+    policies: HashMap<(PolicyId, Direction, bool), Arc<CompiledPolicy>>,
+    sets: HashMap<String, Arc<IpSet>>,
+}
+
+/// Compiles policy for the endpoints of `node`, each family on its own, reusing `memo`.
 pub struct Compiler<'a> {
     policies: &'a Policies,
     endpoints: &'a [Resource<WorkloadEndpoint>],
     namespaces: &'a NamespaceLabels,
+    memo: &'a mut Memo,
     selectors: Selectors,
     /// Endpoints (indices) by namespace: a selection looks only in its namespaces.
     by_namespace: BTreeMap<&'a str, Vec<usize>>,
-    /// Members of each selection, computed once per compilation.
-    members: HashMap<Selection, Vec<usize>>,
+    /// Endpoint indices by key, for this compilation.
+    by_key: HashMap<EndpointKey, usize>,
 }
 
 impl<'a> Compiler<'a> {
@@ -124,73 +196,114 @@ impl<'a> Compiler<'a> {
         policies: &'a Policies,
         endpoints: &'a [Resource<WorkloadEndpoint>],
         namespaces: &'a NamespaceLabels,
+        memo: &'a mut Memo,
     ) -> Self {
         let mut by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut by_key = HashMap::with_capacity(endpoints.len());
         for (i, e) in endpoints.iter().enumerate() {
             by_namespace.entry(e.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(i);
+            by_key.insert(key_of(e), i);
         }
-        Compiler {
-            policies,
-            endpoints,
-            namespaces,
-            selectors: Selectors::default(),
-            by_namespace,
-            members: HashMap::new(),
-        }
+        Compiler { policies, endpoints, namespaces, memo, selectors: Selectors::default(), by_namespace, by_key }
     }
 
-    fn members_of(&mut self, selection: &Selection) -> Vec<usize> {
-        if let Some(found) = self.members.get(selection) {
-            return found.clone();
+    /// The members of `selection`, computed in full the first time it is asked for.
+    fn members_of(&mut self, selection: &Selection) -> &BTreeSet<EndpointKey> {
+        if !self.memo.members.contains_key(selection) {
+            let candidates: Vec<usize> = match &selection.namespaces {
+                NamespaceScope::Named(ns) => self.by_namespace.get(ns.as_str()).cloned().unwrap_or_default(),
+                _ => self.by_namespace.values().flatten().copied().collect(),
+            };
+            let found = candidates
+                .into_iter()
+                .filter(|&i| {
+                    selection.contains(EndpointView::of(&self.endpoints[i]), self.namespaces, &mut self.selectors)
+                })
+                .map(|i| key_of(&self.endpoints[i]))
+                .collect();
+            self.memo.members.insert(selection.clone(), found);
         }
-        let candidates: Vec<usize> = match &selection.namespaces {
-            NamespaceScope::Named(ns) => self.by_namespace.get(ns.as_str()).cloned().unwrap_or_default(),
-            _ => {
-                let mut all: Vec<usize> = self.by_namespace.values().flatten().copied().collect();
-                all.sort_unstable();
-                all
+        &self.memo.members[selection]
+    }
+
+    /// Brings the memo up to date with the endpoints: returns whether any endpoint came,
+    /// went or changed, and the selections whose members changed.
+    fn refresh(&mut self) -> (bool, HashSet<Selection>) {
+        let context_same = self.memo.context.as_ref().is_some_and(|(p, n)| p == self.policies && n == self.namespaces);
+        if !context_same {
+            *self.memo = Memo { context: Some((self.policies.clone(), self.namespaces.clone())), ..Memo::default() };
+        }
+        let mut changed: Vec<EndpointKey> = Vec::new();
+        let mut now: HashMap<EndpointKey, u64> = HashMap::with_capacity(self.endpoints.len());
+        for e in self.endpoints {
+            let (key, print) = (key_of(e), fingerprint(e));
+            if self.memo.fingerprints.get(&key) != Some(&print) {
+                changed.push(key.clone());
             }
-        };
-        let found: Vec<usize> = candidates
-            .into_iter()
-            .filter(|&i| {
-                let view = EndpointView::of(&self.endpoints[i]);
-                selection.contains(view, self.namespaces, &mut self.selectors)
-            })
-            .collect();
-        self.members.insert(selection.clone(), found.clone());
-        found
+            now.insert(key, print);
+        }
+        changed.extend(self.memo.fingerprints.keys().filter(|k| !now.contains_key(*k)).cloned());
+        self.memo.fingerprints = now;
+        let mut dirty = HashSet::new();
+        if changed.is_empty() {
+            return (false, dirty);
+        }
+        for key in &changed {
+            self.memo.local.remove(key);
+        }
+        let selections: Vec<Selection> = self.memo.members.keys().cloned().collect();
+        for selection in selections {
+            for key in &changed {
+                let inside = self.by_key.get(key).is_some_and(|&i| {
+                    selection.contains(EndpointView::of(&self.endpoints[i]), self.namespaces, &mut self.selectors)
+                });
+                let members = self.memo.members.get_mut(&selection).expect("listed above");
+                let was = members.contains(key);
+                if inside {
+                    members.insert(key.clone());
+                } else {
+                    members.remove(key);
+                }
+                // A member that changed may have changed its addresses or ports too.
+                if was || inside {
+                    dirty.insert(selection.clone());
+                }
+            }
+        }
+        (true, dirty)
     }
 
     /// The program for the endpoints on `node`.
     pub fn compile(mut self, node: &str) -> Program {
-        let mut local: Vec<&Resource<WorkloadEndpoint>> =
+        let (endpoints_changed, dirty) = self.refresh();
+        let mut local: Vec<&'a Resource<WorkloadEndpoint>> =
             self.endpoints.iter().filter(|e| e.spec.node == node).collect();
         local.sort_by(|a, b| a.spec.interface_name.cmp(&b.spec.interface_name));
+        let keep: HashSet<EndpointKey> = local.iter().map(|e| key_of(e)).collect();
+        self.memo.local.retain(|k, _| keep.contains(k));
+
         // Endpoint and dispatch chains are the same in both families.
-        let mut shared: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut shared: BTreeMap<String, Arc<Vec<String>>> = BTreeMap::new();
         let mut used: BTreeSet<(PolicyId, Direction)> = BTreeSet::new();
         let mut groups: BTreeMap<(Direction, Option<String>), Vec<String>> = BTreeMap::new();
-        for endpoint in &local {
-            let interface = &endpoint.spec.interface_name;
-            let name = format!(
-                "endpoint {}/{}",
-                endpoint.metadata.namespace.as_deref().unwrap_or_default(),
-                endpoint.metadata.name
-            );
-            for direction in [Direction::Egress, Direction::Ingress] {
-                let chain = endpoint_chain(interface, direction);
-                let group = dispatch_group(interface);
-                let dispatch = dispatch_chain(direction, group.as_deref());
-                let side = if direction == Direction::Egress { "-i" } else { "-o" };
-                groups.entry((direction, group)).or_default().push(goto_rule(
-                    &dispatch,
-                    &format!("{side} {interface}"),
-                    &name,
-                    &chain,
-                ));
-                let body = self.endpoint_rules(endpoint, direction, &chain, &mut used);
-                shared.insert(chain, body);
+        for endpoint in local {
+            let key = key_of(endpoint);
+            let compiled = match self.memo.local.get(&key) {
+                Some(compiled) => Arc::clone(compiled),
+                None => {
+                    let compiled = Arc::new(self.compile_endpoint(endpoint));
+                    self.memo.local.insert(key, Arc::clone(&compiled));
+                    compiled
+                }
+            };
+            used.extend(compiled.used.iter().cloned());
+            for (i, direction) in [Direction::Egress, Direction::Ingress].into_iter().enumerate() {
+                let (chain, body) = &compiled.chains[i];
+                shared.insert(chain.clone(), Arc::clone(body));
+                groups
+                    .entry((direction, dispatch_group(&compiled.interface)))
+                    .or_default()
+                    .push(compiled.dispatch[i].clone());
             }
         }
         // Dispatch is a tree on the character after the prefix (a hex digit of the veth's
@@ -205,20 +318,17 @@ impl<'a> Compiler<'a> {
             };
             let branch = dispatch_chain(direction, Some(&group));
             rules.push(rule(&branch, "", "traffic of an interface with no endpoint", "DROP"));
-            shared.insert(branch.clone(), rules);
-            roots.entry(direction).or_default().push(goto_rule(
-                &root,
-                &format!("{side} {group}+"),
-                &format!("interfaces {group}*"),
-                &branch,
-            ));
+            shared.insert(branch.clone(), Arc::new(rules));
+            let jump = goto_rule(&root, &format!("{side} {group}+"), &format!("interfaces {group}*"), &branch);
+            roots.entry(direction).or_default().push(jump);
         }
         for direction in [Direction::Egress, Direction::Ingress] {
             let root = dispatch_chain(direction, None);
             let mut rules = roots.remove(&direction).unwrap_or_default();
             rules.push(rule(&root, "", "traffic of an interface with no endpoint", "DROP"));
-            shared.insert(root, rules);
+            shared.insert(root, Arc::new(rules));
         }
+
         let mut program = Program::default();
         for (family, out) in program.iter_mut().enumerate() {
             let v6 = family == 1;
@@ -230,10 +340,38 @@ impl<'a> Compiler<'a> {
                         if !used.contains(&(policy.id.clone(), direction)) {
                             continue;
                         }
-                        let chain = policy_chain(&policy.id, direction);
-                        let rules = policy.rules(direction).unwrap_or_default();
-                        let body = self.policy_rules(&policy.id, direction, rules, &chain, v6, &mut out.sets);
-                        out.chains.insert(chain, body);
+                        let memo_key = (policy.id.clone(), direction, v6);
+                        let compiled = match self.memo.policies.get(&memo_key) {
+                            Some(compiled) => Arc::clone(compiled),
+                            None => {
+                                let rules = policy.rules(direction).unwrap_or_default();
+                                let compiled = Arc::new(self.compile_policy(&policy.id, direction, rules, v6));
+                                self.memo.policies.insert(memo_key, Arc::clone(&compiled));
+                                compiled
+                            }
+                        };
+                        out.chains.insert(policy_chain(&policy.id, direction), Arc::clone(&compiled.rules));
+                        for (name, kind, source) in &compiled.sets {
+                            if out.sets.contains_key(name) {
+                                continue;
+                            }
+                            let stale = match source {
+                                SetSource::Nets(_) => false,
+                                SetSource::Endpoints(s) | SetSource::NamedPort { owners: Some(s), .. } => {
+                                    dirty.contains(s)
+                                }
+                                SetSource::NamedPort { owners: None, .. } => endpoints_changed,
+                            };
+                            let set = match self.memo.sets.get(name).filter(|_| !stale) {
+                                Some(set) => Arc::clone(set),
+                                None => {
+                                    let set = Arc::new(IpSet { kind, members: self.set_members(source, v6) });
+                                    self.memo.sets.insert(name.clone(), Arc::clone(&set));
+                                    set
+                                }
+                            };
+                            out.sets.insert(name.clone(), set);
+                        }
                     }
                 }
             }
@@ -241,12 +379,34 @@ impl<'a> Compiler<'a> {
         program
     }
 
+    fn compile_endpoint(&mut self, endpoint: &Resource<WorkloadEndpoint>) -> CompiledEndpoint {
+        let interface = endpoint.spec.interface_name.clone();
+        let name = format!(
+            "endpoint {}/{}",
+            endpoint.metadata.namespace.as_deref().unwrap_or_default(),
+            endpoint.metadata.name
+        );
+        let mut used = Vec::new();
+        let mut chain_of = |direction| {
+            let chain = endpoint_chain(&interface, direction);
+            let body = self.endpoint_rules(endpoint, direction, &chain, &mut used);
+            (chain, Arc::new(body))
+        };
+        let chains = [chain_of(Direction::Egress), chain_of(Direction::Ingress)];
+        let dispatch = [Direction::Egress, Direction::Ingress].map(|direction| {
+            let side = if direction == Direction::Egress { "-i" } else { "-o" };
+            let dispatch = dispatch_chain(direction, dispatch_group(&interface).as_deref());
+            goto_rule(&dispatch, &format!("{side} {interface}"), &name, &endpoint_chain(&interface, direction))
+        });
+        CompiledEndpoint { interface, chains, dispatch, used }
+    }
+
     fn endpoint_rules(
         &mut self,
         endpoint: &Resource<WorkloadEndpoint>,
         direction: Direction,
         chain: &str,
-        used: &mut BTreeSet<(PolicyId, Direction)>,
+        used: &mut Vec<(PolicyId, Direction)>,
     ) -> Vec<String> {
         let view = EndpointView::of(endpoint);
         let applying = self.policies.applying(view, self.namespaces, direction, &mut self.selectors);
@@ -259,7 +419,7 @@ impl<'a> Compiler<'a> {
         let mut rules = vec![rule(chain, "", "policy marks cleared", &clear)];
         for (tier, policies) in applying {
             for policy in policies {
-                used.insert((policy.id.clone(), direction));
+                used.push((policy.id.clone(), direction));
                 let target = policy_chain(&policy.id, direction);
                 rules.push(rule(chain, &not_passed, &format!("tier {} {}", tier.name, policy.id), &target));
                 rules.push(rule(chain, &allowed, &format!("allowed by {}", policy.id), "RETURN"));
@@ -270,20 +430,55 @@ impl<'a> Compiler<'a> {
         rules
     }
 
-    fn policy_rules(
+    /// The members of a set of `source`, as `ipset save` lists them.
+    fn set_members(&mut self, source: &SetSource, v6: bool) -> BTreeSet<String> {
+        let family = |n: &&IpNetwork| n.is_ipv6() == v6;
+        match source {
+            SetSource::Nets(nets) => nets.clone(),
+            SetSource::Endpoints(selection) => {
+                let keys: Vec<EndpointKey> = self.members_of(selection).iter().cloned().collect();
+                keys.iter()
+                    .filter_map(|k| self.by_key.get(k))
+                    .flat_map(|&i| self.endpoints[i].spec.ip_networks.iter().filter(family).map(set_member))
+                    .collect()
+            }
+            SetSource::NamedPort { owners, name, label } => {
+                let owners: Vec<usize> = match owners {
+                    Some(selection) => {
+                        let keys: Vec<EndpointKey> = self.members_of(selection).iter().cloned().collect();
+                        keys.iter().filter_map(|k| self.by_key.get(k).copied()).collect()
+                    }
+                    None => (0..self.endpoints.len()).collect(),
+                };
+                let mut members = BTreeSet::new();
+                for i in owners {
+                    let spec = &self.endpoints[i].spec;
+                    for port in spec.ports.iter().filter(|p| p.name == *name && p.protocol.eq_ignore_ascii_case(label))
+                    {
+                        for net in spec.ip_networks.iter().filter(family) {
+                            members.insert(format!("{},{label}:{}", net.ip(), port.port));
+                        }
+                    }
+                }
+                members
+            }
+        }
+    }
+
+    fn compile_policy(
         &mut self,
         id: &PolicyId,
         direction: Direction,
         rules: &[NormalRule],
-        chain: &str,
         v6: bool,
-        sets: &mut BTreeMap<String, IpSet>,
-    ) -> Vec<String> {
+    ) -> CompiledPolicy {
+        let chain = policy_chain(id, direction);
         let mut out = Vec::new();
+        let mut sets = Vec::new();
         let dir = if direction == Direction::Ingress { "ingress" } else { "egress" };
         for (i, normal) in rules.iter().enumerate() {
             let why = format!("{id} {dir}[{i}]");
-            let Some(variants) = self.rule_matches(normal, v6, sets) else { continue };
+            let Some(variants) = rule_matches(normal, v6, &mut sets) else { continue };
             let (target, then_return) = match normal.action {
                 Action::Allow => (format!("MARK --set-xmark {ALLOW_MARK:#x}/{ALLOW_MARK:#x}"), Some(ALLOW_MARK)),
                 Action::Pass => (format!("MARK --set-xmark {PASS_MARK:#x}/{PASS_MARK:#x}"), Some(PASS_MARK)),
@@ -291,163 +486,122 @@ impl<'a> Compiler<'a> {
                 Action::Log => (format!("LOG --log-prefix \"{}\"", log_prefix(id)), None),
             };
             for matches in &variants {
-                out.push(rule(chain, matches, &why, &target));
+                out.push(rule(&chain, matches, &why, &target));
             }
             if let Some(mark) = then_return {
-                out.push(rule(chain, &format!("-m mark --mark {mark:#x}/{mark:#x}"), &why, "RETURN"));
+                out.push(rule(&chain, &format!("-m mark --mark {mark:#x}/{mark:#x}"), &why, "RETURN"));
             }
         }
-        out
+        CompiledPolicy { rules: Arc::new(out), sets }
     }
+}
 
-    /// The match strings of one rule in one family (several when its ports need several
-    /// rules), or `None` when the rule cannot match in this family.
-    fn rule_matches(&mut self, rule: &NormalRule, v6: bool, sets: &mut BTreeMap<String, IpSet>) -> Option<Vec<String>> {
-        if rule.ip_version.is_some_and(|v| (v == 6) != v6) {
-            return None;
-        }
-        let wrong_icmp = if v6 { 1 } else { 58 };
-        if rule.protocol == Some(wrong_icmp) {
-            return None;
-        }
-        let mut common = String::new();
-        match (rule.protocol, rule.not_protocol) {
-            (Some(p), _) => common += &format!(" -p {}", protocol_name(p)),
-            (None, Some(p)) => common += &format!(" ! -p {}", protocol_name(p)),
-            _ => {}
-        }
-        if let (Some(p), Some(not)) = (rule.protocol, rule.not_protocol)
-            && p == not
-        {
-            return None;
-        }
-        let (icmp_module, icmp_option) = if v6 { ("icmp6", "--icmpv6-type") } else { ("icmp", "--icmp-type") };
-        for (icmp, negate) in [(rule.icmp, ""), (rule.not_icmp, "! ")] {
-            if let Some(icmp) = icmp {
-                let value = match icmp.code {
-                    Some(code) => format!("{}/{code}", icmp.kind),
-                    None => icmp.kind.to_string(),
-                };
-                common += &format!(" -m {icmp_module} {negate}{icmp_option} {value}");
-            }
-        }
-        let mut port_variants = vec![String::new()];
-        for (side, direction) in [(&rule.source, "src"), (&rule.destination, "dst")] {
-            common += &self.side_matches(side, direction, v6, sets)?;
-            let variants = self.port_matches(side, direction, rule.protocol, v6, sets);
-            if let Some(variants) = variants {
-                port_variants =
-                    port_variants.iter().flat_map(|a| variants.iter().map(move |b| format!("{a}{b}"))).collect();
-            }
-        }
-        Some(port_variants.into_iter().map(|ports| format!("{common}{ports}").trim_start().to_owned()).collect())
+/// The match strings of one rule in one family (several when its ports need several rules),
+/// or `None` when the rule cannot match in this family; the sets they match are added to
+/// `sets`.
+fn rule_matches(rule: &NormalRule, v6: bool, sets: &mut Vec<SetRequest>) -> Option<Vec<String>> {
+    if rule.ip_version.is_some_and(|v| (v == 6) != v6) {
+        return None;
     }
+    let wrong_icmp = if v6 { 1 } else { 58 };
+    if rule.protocol == Some(wrong_icmp) {
+        return None;
+    }
+    let mut common = String::new();
+    match (rule.protocol, rule.not_protocol) {
+        (Some(p), Some(not)) if p == not => return None,
+        (Some(p), _) => common += &format!(" -p {}", protocol_name(p)),
+        (None, Some(p)) => common += &format!(" ! -p {}", protocol_name(p)),
+        _ => {}
+    }
+    let (icmp_module, icmp_option) = if v6 { ("icmp6", "--icmpv6-type") } else { ("icmp", "--icmp-type") };
+    for (icmp, negate) in [(rule.icmp, ""), (rule.not_icmp, "! ")] {
+        if let Some(icmp) = icmp {
+            let value = match icmp.code {
+                Some(code) => format!("{}/{code}", icmp.kind),
+                None => icmp.kind.to_string(),
+            };
+            common += &format!(" -m {icmp_module} {negate}{icmp_option} {value}");
+        }
+    }
+    let mut port_variants = vec![String::new()];
+    for (side, direction) in [(&rule.source, "src"), (&rule.destination, "dst")] {
+        common += &side_matches(side, direction, v6, sets)?;
+        if let Some(variants) = port_matches(side, direction, rule.protocol, v6, sets) {
+            port_variants =
+                port_variants.iter().flat_map(|a| variants.iter().map(move |b| format!("{a}{b}"))).collect();
+        }
+    }
+    Some(port_variants.into_iter().map(|ports| format!("{common}{ports}").trim_start().to_owned()).collect())
+}
 
-    /// Nets and endpoint sets of one side; `None` when its nets leave nothing in this family.
-    fn side_matches(
-        &mut self,
-        side: &Side,
-        direction: &str,
-        v6: bool,
-        sets: &mut BTreeMap<String, IpSet>,
-    ) -> Option<String> {
-        let mut out = String::new();
-        let family_nets =
-            |nets: &[IpNetwork]| -> Vec<IpNetwork> { nets.iter().filter(|n| n.is_ipv6() == v6).copied().collect() };
-        let nets = family_nets(&side.nets);
-        if !side.nets.is_empty() && nets.is_empty() {
-            return None;
-        }
-        for (nets, negate) in [(nets, ""), (family_nets(&side.not_nets), "! ")] {
-            if !nets.is_empty() {
-                let members = nets.iter().map(set_member).collect();
-                let name = add_set(sets, v6, "hash:net", &format!("nets {members:?}"), members);
-                out += &format!(" -m set {negate}--match-set {name} {direction}");
-            }
-        }
-        for (selection, negate) in [(&side.endpoints, ""), (&side.not_endpoints, "! ")] {
-            if let Some(selection) = selection {
-                let members = self
-                    .members_of(selection)
-                    .into_iter()
-                    .flat_map(|i| {
-                        self.endpoints[i].spec.ip_networks.iter().filter(|n| n.is_ipv6() == v6).map(set_member)
-                    })
-                    .collect();
-                let name = add_set(sets, v6, "hash:net", &format!("endpoints {selection}"), members);
-                out += &format!(" -m set {negate}--match-set {name} {direction}");
-            }
-        }
-        Some(out)
-    }
+/// A set request named after what it holds; its name.
+fn request(sets: &mut Vec<SetRequest>, v6: bool, kind: &'static str, identity: &str, source: SetSource) -> String {
+    let name = format!("{SET_PREFIX}{}-{}", family_digit(v6), digest(identity));
+    sets.push((name.clone(), kind, source));
+    name
+}
 
-    /// The port matches of one side, one per rule the ports need (numbers by fifteen, one per
-    /// named port); `None` when the side names no ports.
-    fn port_matches(
-        &mut self,
-        side: &Side,
-        direction: &str,
-        protocol: Option<u8>,
-        v6: bool,
-        sets: &mut BTreeMap<String, IpSet>,
-    ) -> Option<Vec<String>> {
-        let option = if direction == "src" { "--sports" } else { "--dports" };
-        let mut negated = String::new();
-        for chunk in multiport_chunks(&side.not_ports) {
-            negated += &format!(" -m multiport ! {option} {chunk}");
-        }
-        if side.ports.is_empty() {
-            return (!negated.is_empty()).then(|| vec![negated]);
-        }
-        let mut variants: Vec<String> =
-            multiport_chunks(&side.ports).into_iter().map(|c| format!(" -m multiport {option} {c}{negated}")).collect();
-        let label = protocol_label(protocol.unwrap_or(6));
-        let owners = match &side.endpoints {
-            Some(selection) => self.members_of(selection),
-            None => (0..self.endpoints.len()).collect(),
-        };
-        for port in &side.ports {
-            let PortMatch::Named(name) = port else { continue };
-            let members = owners
-                .iter()
-                .flat_map(|&i| {
-                    let spec = &self.endpoints[i].spec;
-                    let numbers: Vec<u16> = spec
-                        .ports
-                        .iter()
-                        .filter(|p| p.name == *name && p.protocol.eq_ignore_ascii_case(label))
-                        .map(|p| p.port)
-                        .collect();
-                    spec.ip_networks
-                        .iter()
-                        .filter(|n| n.is_ipv6() == v6)
-                        .flat_map(move |n| numbers.clone().into_iter().map(move |p| format!("{},{label}:{p}", n.ip())))
-                })
-                .collect();
-            let identity = format!("port {name}/{label} of {:?}", side.endpoints.as_ref().map(ToString::to_string));
-            let set = add_set(sets, v6, "hash:ip,port", &identity, members);
-            variants.push(format!(" -m set --match-set {set} {direction},{direction}{negated}"));
-        }
-        Some(variants)
+/// Nets and endpoint sets of one side; `None` when its nets leave nothing in this family.
+fn side_matches(side: &Side, direction: &str, v6: bool, sets: &mut Vec<SetRequest>) -> Option<String> {
+    let mut out = String::new();
+    let family_nets = |nets: &[IpNetwork]| -> BTreeSet<String> {
+        nets.iter().filter(|n| n.is_ipv6() == v6).map(set_member).collect()
+    };
+    let nets = family_nets(&side.nets);
+    if !side.nets.is_empty() && nets.is_empty() {
+        return None;
     }
+    for (nets, negate) in [(nets, ""), (family_nets(&side.not_nets), "! ")] {
+        if !nets.is_empty() {
+            let name = request(sets, v6, "hash:net", &format!("nets {nets:?}"), SetSource::Nets(nets));
+            out += &format!(" -m set {negate}--match-set {name} {direction}");
+        }
+    }
+    for (selection, negate) in [(&side.endpoints, ""), (&side.not_endpoints, "! ")] {
+        if let Some(selection) = selection {
+            let identity = format!("endpoints {selection}");
+            let name = request(sets, v6, "hash:net", &identity, SetSource::Endpoints(selection.clone()));
+            out += &format!(" -m set {negate}--match-set {name} {direction}");
+        }
+    }
+    Some(out)
+}
+
+/// The port matches of one side, one per rule the ports need (numbers by fifteen, one per
+/// named port); `None` when the side names no ports.
+fn port_matches(
+    side: &Side,
+    direction: &str,
+    protocol: Option<u8>,
+    v6: bool,
+    sets: &mut Vec<SetRequest>,
+) -> Option<Vec<String>> {
+    let option = if direction == "src" { "--sports" } else { "--dports" };
+    let mut negated = String::new();
+    for chunk in multiport_chunks(&side.not_ports) {
+        negated += &format!(" -m multiport ! {option} {chunk}");
+    }
+    if side.ports.is_empty() {
+        return (!negated.is_empty()).then(|| vec![negated]);
+    }
+    let mut variants: Vec<String> =
+        multiport_chunks(&side.ports).into_iter().map(|c| format!(" -m multiport {option} {c}{negated}")).collect();
+    let label = protocol_label(protocol.unwrap_or(6));
+    for port in &side.ports {
+        let PortMatch::Named(name) = port else { continue };
+        let identity = format!("port {name}/{label} of {:?}", side.endpoints.as_ref().map(ToString::to_string));
+        let source = SetSource::NamedPort { owners: side.endpoints.clone(), name: name.clone(), label };
+        let set = request(sets, v6, "hash:ip,port", &identity, source);
+        variants.push(format!(" -m set --match-set {set} {direction},{direction}{negated}"));
+    }
+    Some(variants)
 }
 
 /// A member of a `hash:net` set as `ipset save` lists it (a host without its length).
 fn set_member(net: &IpNetwork) -> String {
     let host = if net.is_ipv4() { 32 } else { 128 };
     if net.prefix() == host { net.ip().to_string() } else { net.to_string() }
-}
-
-fn add_set(
-    sets: &mut BTreeMap<String, IpSet>,
-    v6: bool,
-    kind: &'static str,
-    identity: &str,
-    members: BTreeSet<String>,
-) -> String {
-    let name = format!("{SET_PREFIX}{}-{}", family_digit(v6), digest(identity));
-    sets.insert(name.clone(), IpSet { kind, members });
-    name
 }
 
 /// Numeric ports and ranges as `multiport` lists of at most fifteen slots (a range takes

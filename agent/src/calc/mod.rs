@@ -355,7 +355,12 @@ fn next_hop_flaw(next_hop: IpAddr, me: &Me, cluster: &Cluster) -> Option<&'stati
 /// Network policy compiled for this node's endpoints.
 /// A policy that fails validation (written past brindle's checks, e.g. with kubectl against
 /// the CRD) is left out, and the problem says so.
-fn policy_program(me: &Me, cluster: &Cluster, problems: &mut Vec<String>) -> crate::policy::Program {
+fn policy_program(
+    me: &Me,
+    cluster: &Cluster,
+    memo: &mut crate::policy::Memo,
+    problems: &mut Vec<String>,
+) -> crate::policy::Program {
     fn valid<S: Spec>(resources: &[Resource<S>], problems: &mut Vec<String>) -> Vec<Resource<S>> {
         let mut out = Vec::with_capacity(resources.len());
         for r in resources {
@@ -374,7 +379,7 @@ fn policy_program(me: &Me, cluster: &Cluster, problems: &mut Vec<String>) -> cra
     );
     let namespaces: NamespaceLabels =
         cluster.namespaces.iter().map(|n| (n.metadata.name.clone(), n.metadata.labels.clone())).collect();
-    crate::policy::Compiler::new(&policies, &cluster.workloads, &namespaces).compile(&me.name)
+    crate::policy::Compiler::new(&policies, &cluster.workloads, &namespaces, memo).compile(&me.name)
 }
 
 /// The pod MTU: the uplink's less the largest encapsulation overhead the enabled pools use.
@@ -514,6 +519,12 @@ impl<'a> Routing<'a> {
 /// Computes the desired dataplane for `me`; `learned` holds BGP's routes when the agent runs
 /// a speaker (`None`: routes come from the datastore alone).
 pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired {
+    desired_with(me, cluster, learned, &mut crate::policy::Memo::default())
+}
+
+/// [`desired`], reusing what the last calculation compiled of policy (`memo`), so a pod that
+/// comes or goes costs that pod, not every pod and policy again.
+pub fn desired_with(me: &Me, cluster: &Cluster, learned: Option<&Learned>, memo: &mut crate::policy::Memo) -> Desired {
     let mut out = Desired::default();
     let routing = Routing::new(me, cluster, learned);
     for pool in &cluster.pools {
@@ -535,7 +546,7 @@ pub fn desired(me: &Me, cluster: &Cluster, learned: Option<&Learned>) -> Desired
     out.bgp_ports.sort_unstable();
     out.bgp_ports.dedup();
     out.to_host = me.to_host;
-    out.policy = Arc::new(policy_program(me, cluster, &mut out.problems));
+    out.policy = Arc::new(policy_program(me, cluster, memo, &mut out.problems));
     out.vxlan = cluster.pools.iter().any(|p| p.spec.vxlan_mode != EncapMode::Never && !p.spec.disabled);
     out.ipip =
         me.ipip_supported && cluster.pools.iter().any(|p| p.spec.ipip_mode != EncapMode::Never && !p.spec.disabled);

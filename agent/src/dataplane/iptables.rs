@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use brindle_datastore::resource::EndpointToHostAction;
 use brindle_kernel::Kernel;
@@ -91,7 +92,7 @@ fn sets(rules: &Rules) -> [(&'static str, &'static str, Vec<String>); 4] {
 struct Table {
     name: &'static str,
     jumps: Vec<(&'static str, &'static str)>,
-    chains: BTreeMap<String, Vec<String>>,
+    chains: BTreeMap<String, Arc<Vec<String>>>,
 }
 
 /// A rule of ours: `-A <chain> <matches> -m comment --comment "brindle: <why>" -j <target>`,
@@ -203,20 +204,20 @@ fn tables(v6: bool, rules: &Rules) -> Vec<Table> {
         "MASQUERADE",
     );
     let mut filter = rules.policy.chains.clone();
-    filter.insert("brin-FORWARD".into(), forward);
-    filter.insert("brin-INPUT".into(), input);
+    filter.insert("brin-FORWARD".into(), Arc::new(forward));
+    filter.insert("brin-INPUT".into(), Arc::new(input));
     vec![
         Table {
             name: "raw",
             jumps: vec![("PREROUTING", "brin-PREROUTING")],
             chains: [(
                 "brin-PREROUTING".to_owned(),
-                vec![rule(
+                Arc::new(vec![rule(
                     "brin-PREROUTING",
                     "-i brin+ -m rpfilter --invert",
                     "workloads send only from their own addresses",
                     "DROP",
-                )],
+                )]),
             )]
             .into(),
         },
@@ -224,7 +225,7 @@ fn tables(v6: bool, rules: &Rules) -> Vec<Table> {
         Table {
             name: "nat",
             jumps: vec![("POSTROUTING", "brin-POSTROUTING")],
-            chains: [("brin-POSTROUTING".to_owned(), vec![nat_rule])].into(),
+            chains: [("brin-POSTROUTING".to_owned(), Arc::new(vec![nat_rule]))].into(),
         },
     ]
 }
@@ -287,7 +288,7 @@ fn wanted_sets(rules: &Rules) -> String {
 }
 
 /// The policy sets of one family the kernel holds (`ipset save`), by name.
-fn current_policy_sets(kernel: &dyn Kernel, v6: bool) -> anyhow::Result<BTreeMap<String, IpSet>> {
+fn current_policy_sets(kernel: &dyn Kernel, v6: bool) -> anyhow::Result<BTreeMap<String, Arc<IpSet>>> {
     let out = kernel.run("ipset", &["save"], None)?;
     if !out.success {
         anyhow::bail!("ipset save failed: {}", out.stderr.trim());
@@ -309,17 +310,23 @@ fn current_policy_sets(kernel: &dyn Kernel, v6: bool) -> anyhow::Result<BTreeMap
             _ => {}
         }
     }
-    Ok(sets)
+    Ok(sets.into_iter().map(|(name, set)| (name, Arc::new(set))).collect())
 }
 
 /// The `ipset restore` script that brings the policy sets from `current` to `wanted` member by
 /// member.
-fn policy_set_script(current: &BTreeMap<String, IpSet>, wanted: &BTreeMap<String, IpSet>, v6: bool) -> String {
+fn policy_set_script(
+    current: &BTreeMap<String, Arc<IpSet>>,
+    wanted: &BTreeMap<String, Arc<IpSet>>,
+    v6: bool,
+) -> String {
     let family = if v6 { "inet6" } else { "inet" };
     let empty = BTreeSet::new();
     let mut script = String::new();
     for (name, set) in wanted {
         let held = match current.get(name) {
+            // The very set the last sync wrote: nothing to compare.
+            Some(held) if Arc::ptr_eq(held, set) => continue,
             Some(held) => &held.members,
             None => {
                 script += &format!("create {name} {} family {family} maxelem 1048576\n", set.kind);
@@ -353,7 +360,7 @@ fn saved_chains(saved: &str) -> BTreeMap<String, Vec<String>> {
 /// What a table holds of ours: our chains, and whether each of its built-in jumps is there.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct HeldTable {
-    chains: BTreeMap<String, Vec<String>>,
+    chains: BTreeMap<String, Arc<Vec<String>>>,
     jumps: Vec<bool>,
 }
 
@@ -361,7 +368,10 @@ impl HeldTable {
     fn from_save(table: &Table, saved: &str) -> HeldTable {
         let jumps =
             table.jumps.iter().map(|(builtin, chain)| saved.lines().any(|l| l == jump(builtin, chain))).collect();
-        HeldTable { chains: saved_chains(saved), jumps }
+        HeldTable {
+            chains: saved_chains(saved).into_iter().map(|(name, body)| (name, Arc::new(body))).collect(),
+            jumps,
+        }
     }
 }
 
@@ -369,8 +379,8 @@ impl HeldTable {
 /// (which empties them) and written, chains no longer wanted emptied and deleted, missing jumps
 /// inserted; empty when the kernel already holds it all.
 fn table_script(table: &Table, held: &HeldTable) -> String {
-    let changed: Vec<(&String, &Vec<String>)> =
-        table.chains.iter().filter(|(name, body)| held.chains.get(*name) != Some(body)).collect();
+    let changed: Vec<(&String, &Arc<Vec<String>>)> =
+        table.chains.iter().filter(|(name, body)| held.chains.get(*name) != Some(*body)).collect();
     let stale: Vec<&String> = held.chains.keys().filter(|name| !table.chains.contains_key(*name)).collect();
     let missing_jumps: Vec<String> = table
         .jumps
@@ -390,7 +400,7 @@ fn table_script(table: &Table, held: &HeldTable) -> String {
         script += &format!("-F {name}\n");
     }
     for (_, body) in &changed {
-        for rule in *body {
+        for rule in body.iter() {
             script += rule;
             script += "\n";
         }
@@ -412,7 +422,7 @@ fn table_script(table: &Table, held: &HeldTable) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Programmed {
     base_sets: String,
-    policy_sets: BTreeMap<String, IpSet>,
+    policy_sets: BTreeMap<String, Arc<IpSet>>,
     tables: BTreeMap<&'static str, HeldTable>,
 }
 
@@ -590,7 +600,7 @@ mod tests {
         for v6 in [false, true] {
             for table in tables(v6, &rules()) {
                 for (chain, body) in &table.chains {
-                    for rule in body {
+                    for rule in body.iter() {
                         assert!(rule.starts_with(&format!("-A {chain} ")), "{rule}");
                         assert!(rule.contains("--comment \"brindle"), "{rule}");
                         let comment = rule.split("--comment \"").nth(1).unwrap().split('"').next().unwrap();
@@ -604,7 +614,7 @@ mod tests {
     fn filter_chain(rules: &Rules, chain: &str) -> Vec<String> {
         let mut tables = tables(false, rules);
         let filter = tables.iter_mut().find(|t| t.name == "filter").unwrap();
-        filter.chains.remove(chain).unwrap()
+        filter.chains.remove(chain).map(|body| body.to_vec()).unwrap()
     }
 
     #[test]
@@ -625,12 +635,14 @@ mod tests {
             assert!(chain[dispatch..].iter().filter(|r| r.ends_with("-j ACCEPT")).all(|r| !r.contains("ctstate")));
         }
         let v6: Vec<String> =
-            tables(true, &rules()).into_iter().flat_map(|t| t.chains.into_values().flatten()).collect();
+            tables(true, &rules()).into_iter().flat_map(|t| t.chains.into_values().flat_map(|c| c.to_vec())).collect();
         assert!(v6.iter().any(|r| r.contains("--icmpv6-type 134")), "router advertisements from workloads");
         // No tunnel in use: its port and protocol are left to whoever else uses them.
         let untunnelled = Rules { vxlan_port: None, ipip: false, ..rules() };
-        let all: Vec<String> =
-            tables(false, &untunnelled).into_iter().flat_map(|t| t.chains.into_values().flatten()).collect();
+        let all: Vec<String> = tables(false, &untunnelled)
+            .into_iter()
+            .flat_map(|t| t.chains.into_values().flat_map(|c| c.to_vec()))
+            .collect();
         assert!(!all.iter().any(|r| r.contains("4789") || r.contains("ipencap")), "{all:?}");
         // Workload to host follows the configured action once policy allowed it.
         let to_host = |action| filter_chain(&Rules { to_host: action, ..rules() }, "brin-INPUT").pop().unwrap();
@@ -645,9 +657,9 @@ mod tests {
             name: "filter",
             jumps: vec![("FORWARD", "brin-FORWARD")],
             chains: [
-                ("brin-FORWARD".to_owned(), vec![rule("brin-FORWARD", "", "a", "brin-tw-x")]),
-                ("brin-tw-x".to_owned(), vec![rule("brin-tw-x", "", "b", "DROP")]),
-                ("brin-tw-y".to_owned(), vec![]),
+                ("brin-FORWARD".to_owned(), Arc::new(vec![rule("brin-FORWARD", "", "a", "brin-tw-x")])),
+                ("brin-tw-x".to_owned(), Arc::new(vec![rule("brin-tw-x", "", "b", "DROP")])),
+                ("brin-tw-y".to_owned(), Arc::new(vec![])),
             ]
             .into(),
         };
@@ -677,10 +689,12 @@ mod tests {
 
     #[test]
     fn policy_sets_change_by_their_members() {
-        let set = |kind, members: &[&str]| IpSet { kind, members: members.iter().map(|m| (*m).to_owned()).collect() };
-        let held: BTreeMap<String, IpSet> =
+        let set = |kind, members: &[&str]| {
+            Arc::new(IpSet { kind, members: members.iter().map(|m| (*m).to_owned()).collect() })
+        };
+        let held: BTreeMap<String, Arc<IpSet>> =
             [("brin-p4-a".to_owned(), set("hash:net", &["10.0.0.1", "10.0.0.2"]))].into();
-        let wanted: BTreeMap<String, IpSet> = [
+        let wanted: BTreeMap<String, Arc<IpSet>> = [
             ("brin-p4-a".to_owned(), set("hash:net", &["10.0.0.2", "10.0.0.3"])),
             ("brin-p4-b".to_owned(), set("hash:ip,port", &["10.0.0.3,tcp:80"])),
         ]

@@ -64,7 +64,7 @@ fn endpoint(
 }
 
 fn compile(w: &World) -> Program {
-    Compiler::new(&w.policies, &w.endpoints, &w.namespaces).compile("n1")
+    Compiler::new(&w.policies, &w.endpoints, &w.namespaces, &mut Memo::default()).compile("n1")
 }
 
 const DB_FROM_WEB: &str = "
@@ -110,10 +110,10 @@ fn selectors_and_named_ports_are_sets_of_every_node_s_endpoints() {
     assert!(text.contains("-p tcp -m set --match-set brin-p4-"), "{text}");
     assert!(text.contains(" src -m multiport --dports 5432 "), "{text}");
     assert!(text.contains(" dst,dst "), "the named port: {text}");
-    let web: Vec<&IpSet> = v4.sets.values().filter(|s| s.kind == "hash:net").collect();
+    let web: Vec<&Arc<IpSet>> = v4.sets.values().filter(|s| s.kind == "hash:net").collect();
     assert_eq!(web.len(), 1);
     assert_eq!(web[0].members, ["10.0.1.1", "10.0.2.1"].map(str::to_owned).into(), "web pods of both nodes");
-    let named: Vec<&IpSet> = v4.sets.values().filter(|s| s.kind == "hash:ip,port").collect();
+    let named: Vec<&Arc<IpSet>> = v4.sets.values().filter(|s| s.kind == "hash:ip,port").collect();
     assert_eq!(
         named[0].members,
         ["10.0.1.1,tcp:8080", "10.0.1.2,tcp:8080", "10.0.2.1,tcp:8080"].map(str::to_owned).into()
@@ -204,4 +204,39 @@ fn long_port_lists_are_split_by_multiport_slots() {
     assert_eq!(chunks.len(), 2, "{chunks:?}");
     assert_eq!(chunks[0].split(',').count(), 15);
     assert_eq!(chunks[1], "16,17,18,19,20,100:200");
+}
+
+#[test]
+fn a_memo_compiles_changes_to_what_a_fresh_compilation_gives() {
+    let mut w = world(DB_FROM_WEB);
+    let mut memo = Memo::default();
+    let fresh = |w: &World| Compiler::new(&w.policies, &w.endpoints, &w.namespaces, &mut Memo::default()).compile("n1");
+    let first = Compiler::new(&w.policies, &w.endpoints, &w.namespaces, &mut memo).compile("n1");
+    assert_eq!(first, fresh(&w));
+    // Unchanged: the very same pieces come back (the dispatch tree is rebuilt, equal).
+    let again = Compiler::new(&w.policies, &w.endpoints, &w.namespaces, &mut memo).compile("n1");
+    let dispatch = |k: &str| k.starts_with(FROM_WORKLOADS) || k.starts_with(TO_WORKLOADS);
+    assert!(first[0].chains.iter().all(|(k, v)| dispatch(k) || Arc::ptr_eq(v, &again[0].chains[k])));
+    assert_eq!(first, again);
+    assert!(first[0].sets.iter().all(|(k, v)| Arc::ptr_eq(v, &again[0].sets[k])));
+    type Change = Box<dyn Fn(&mut World)>;
+    let steps: Vec<(&str, Change)> = vec![
+        (
+            "a local pod added",
+            Box::new(|w| w.endpoints.push(endpoint("x", "d", "n1", "brin-d", "10.0.1.9", &[("app", "web")]))),
+        ),
+        (
+            "a remote pod joins a selector",
+            Box::new(|w| w.endpoints[2].metadata.labels.insert("app".into(), "db".into()).map(drop).unwrap_or(())),
+        ),
+        ("a local pod leaves one", Box::new(|w| drop(w.endpoints[0].metadata.labels.remove("app")))),
+        ("a named port changes", Box::new(|w| w.endpoints[1].spec.ports[0].port = 9090)),
+        ("a pod goes", Box::new(|w| drop(w.endpoints.remove(1)))),
+        ("the policies change", Box::new(|w| *w = World { endpoints: std::mem::take(&mut w.endpoints), ..world("") })),
+    ];
+    for (step, change) in steps {
+        change(&mut w);
+        let memoised = Compiler::new(&w.policies, &w.endpoints, &w.namespaces, &mut memo).compile("n1");
+        assert_eq!(memoised, fresh(&w), "after {step}");
+    }
 }
