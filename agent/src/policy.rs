@@ -175,6 +175,8 @@ pub struct Memo {
     members: HashMap<Selection, BTreeSet<EndpointKey>>,
     policies: HashMap<(PolicyId, Direction, bool), Arc<CompiledPolicy>>,
     sets: HashMap<String, Arc<IpSet>>,
+    /// Selectors parsed once for as long as the context lasts.
+    selectors: Selectors,
 }
 
 /// Compiles policy for the endpoints of `node`, each family on its own, reusing `memo`.
@@ -183,7 +185,6 @@ pub struct Compiler<'a> {
     endpoints: &'a [Resource<WorkloadEndpoint>],
     namespaces: &'a NamespaceLabels,
     memo: &'a mut Memo,
-    selectors: Selectors,
     /// Endpoints (indices) by namespace: a selection looks only in its namespaces.
     by_namespace: BTreeMap<&'a str, Vec<usize>>,
     /// Endpoint indices by key, for this compilation.
@@ -204,7 +205,7 @@ impl<'a> Compiler<'a> {
             by_namespace.entry(e.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(i);
             by_key.insert(key_of(e), i);
         }
-        Compiler { policies, endpoints, namespaces, memo, selectors: Selectors::default(), by_namespace, by_key }
+        Compiler { policies, endpoints, namespaces, memo, by_namespace, by_key }
     }
 
     /// The members of `selection`, computed in full the first time it is asked for.
@@ -217,7 +218,7 @@ impl<'a> Compiler<'a> {
             let found = candidates
                 .into_iter()
                 .filter(|&i| {
-                    selection.contains(EndpointView::of(&self.endpoints[i]), self.namespaces, &mut self.selectors)
+                    selection.contains(EndpointView::of(&self.endpoints[i]), self.namespaces, &mut self.memo.selectors)
                 })
                 .map(|i| key_of(&self.endpoints[i]))
                 .collect();
@@ -255,7 +256,7 @@ impl<'a> Compiler<'a> {
         for selection in selections {
             for key in &changed {
                 let inside = self.by_key.get(key).is_some_and(|&i| {
-                    selection.contains(EndpointView::of(&self.endpoints[i]), self.namespaces, &mut self.selectors)
+                    selection.contains(EndpointView::of(&self.endpoints[i]), self.namespaces, &mut self.memo.selectors)
                 });
                 let members = self.memo.members.get_mut(&selection).expect("listed above");
                 let was = members.contains(key);
@@ -409,7 +410,7 @@ impl<'a> Compiler<'a> {
         used: &mut Vec<(PolicyId, Direction)>,
     ) -> Vec<String> {
         let view = EndpointView::of(endpoint);
-        let applying = self.policies.applying(view, self.namespaces, direction, &mut self.selectors);
+        let applying = self.policies.applying(view, self.namespaces, direction, &mut self.memo.selectors);
         if applying.is_empty() {
             return Vec::new();
         }
