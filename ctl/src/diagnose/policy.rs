@@ -135,8 +135,12 @@ fn kernel_checks(
     let ingress = direction == Direction::Ingress;
     let chain = endpoint_chain(interface, ingress);
     let dispatch = if ingress { TO_WORKLOADS } else { FROM_WORKLOADS };
-    let dispatched =
-        family.chains.get(dispatch).is_some_and(|rules| rules.iter().any(|r| r.rule.ends_with(&format!("-g {chain}"))));
+    // The dispatch is a tree: the root and its branches all start with the root's name.
+    let dispatched = family
+        .chains
+        .iter()
+        .filter(|(name, _)| name.starts_with(dispatch))
+        .any(|(_, rules)| rules.iter().any(|r| r.rule.ends_with(&format!("-g {chain}"))));
     let Some(rules) = family.chains.get(&chain).filter(|_| dispatched) else {
         f.problem(format!(
             "{node} has no policy chain {chain} behind {dispatch} ({} iptables): {}'s traffic is dropped until the agent programs it",
