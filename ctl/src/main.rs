@@ -69,7 +69,9 @@ enum Cmd {
         namespace: String,
     },
     /// Shows resources of a kind: ippools, nodes, bgppeers, bgpfilters, bgpconfigurations,
-    /// agentconfigurations, ipamconfigurations, workloadendpoints.
+    /// agentconfigurations, ipamconfigurations, workloadendpoints, networkpolicies (brindle's
+    /// and Kubernetes' together; netpol for Kubernetes' alone), globalnetworkpolicies, tiers,
+    /// namespaces.
     Get {
         /// The kind.
         kind: String,
@@ -129,8 +131,9 @@ enum Cmd {
     /// The Kubernetes datastore.
     #[command(subcommand)]
     Kubernetes(KubernetesCmd),
-    /// Explains the path between two pods (`namespace/name`, `name`, or an IP), from the
-    /// datastore and, on one of their nodes, from the kernel; says what is missing.
+    /// Explains the path and the policy between two pods (`namespace/name`, `name`, or an
+    /// IP), from the datastore and, on one of their nodes, from the kernel; says what is
+    /// missing and which policy rule decides each direction.
     Diagnose {
         /// The first pod.
         pod_a: String,

@@ -67,7 +67,8 @@ pub struct Cluster {
     pub nodes: Vec<Resource<Node>>,
     /// IPAM blocks.
     pub blocks: Vec<Block>,
-    /// This node's workload endpoints.
+    /// Every node's workload endpoints (policy's sets hold remote ones; routes only this
+    /// node's).
     pub workloads: Vec<Resource<WorkloadEndpoint>>,
     /// Namespaces (their labels).
     pub namespaces: Vec<Resource<Namespace>>,
@@ -353,6 +354,7 @@ fn next_hop_flaw(next_hop: IpAddr, me: &Me, cluster: &Cluster) -> Option<&'stati
 }
 
 /// Network policy compiled for this node's endpoints.
+///
 /// A policy that fails validation (written past brindle's checks, e.g. with kubectl against
 /// the CRD) is left out, and the problem says so.
 fn policy_program(
