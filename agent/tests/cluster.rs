@@ -56,13 +56,16 @@ fn vxlan_cluster_reaches_everything_and_repairs_drift() {
 
     // natOutgoing: a pod reaches an address outside every pool, which sees the node.
     let router = cluster.underlay.router.path();
+    let (listening, ready) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
         netns::enter(&router).unwrap();
         let listener = TcpListener::bind((OUTSIDE, 8080)).unwrap();
+        listening.send(()).unwrap();
         let (mut conn, peer) = listener.accept().unwrap();
         conn.write_all(b"hi").unwrap();
         peer.ip().to_string()
     });
+    ready.recv().expect("the outside server listens");
     let pod = cluster.pods[0].netns.path();
     let client = std::thread::spawn(move || {
         netns::enter(&pod).unwrap();

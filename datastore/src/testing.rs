@@ -81,7 +81,7 @@ pub struct SqliteFile {
 impl SqliteFile {
     /// A new, not yet created, database path.
     pub fn new() -> std::io::Result<Self> {
-        Ok(SqliteFile { dir: tempfile::Builder::new().prefix("brindle-sqlite-").tempdir()? })
+        Ok(SqliteFile { dir: scratch_dir("brindle-sqlite-")? })
     }
 
     /// The database file.
@@ -105,6 +105,16 @@ pub struct EtcdServer {
     child: Option<Child>,
 }
 
+/// A temporary directory for a test server's data: in memory (`/dev/shm`) where the machine has
+/// it, so a server's syncs never wait on a disk that builds and other suites keep busy (etcd
+/// fails a write with "request timed out" when its log cannot be synced in time).
+fn scratch_dir(prefix: &str) -> std::io::Result<TempDir> {
+    let memory = Path::new("/dev/shm");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    if memory.is_dir() { builder.tempdir_in(memory) } else { builder.tempdir() }
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -117,7 +127,7 @@ impl EtcdServer {
 
     /// Starts the etcd binary `program` and waits until it reports healthy.
     pub fn start_program(program: &Path) -> std::io::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("brindle-etcd-").tempdir()?;
+        let dir = scratch_dir("brindle-etcd-")?;
         let program = program.to_owned();
         let mut server = EtcdServer { dir, program, client_port: free_port()?, peer_port: free_port()?, child: None };
         server.launch()?;
@@ -313,7 +323,7 @@ impl KubeApiServer {
                 (None, dir.clone())
             }
             None => {
-                let temp = tempfile::Builder::new().prefix("brindle-kube-").tempdir()?;
+                let temp = scratch_dir("brindle-kube-")?;
                 let dir = temp.path().to_owned();
                 (Some(temp), dir)
             }
