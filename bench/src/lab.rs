@@ -164,6 +164,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         datastore: args.datastore,
         reflectors: args.reflectors,
         iptables: Iptables::Nft,
+        ipv6: false,
     };
     base.check()?;
     let mut labs = Vec::new();

@@ -300,6 +300,7 @@ fn lab_latencies(iptables: Iptables, rounds: usize) -> anyhow::Result<()> {
         datastore: Store::Sqlite,
         reflectors: 1,
         iptables,
+        ipv6: false,
     };
     eprintln!("lab: 3 nodes...");
     let mut test_lab = TestLab::up("polb", &bin_dir, &options)?;

@@ -30,6 +30,7 @@ impl Lab {
             datastore: Store::Sqlite,
             reflectors: 1,
             iptables: Iptables::Nft,
+            ipv6: false,
         };
         let lab = Lab(TestLab::up("ctl", bin_dir, &options).unwrap());
         let matrix = lab::Matrix::settle(&lab.state, std::time::Duration::from_secs(30));

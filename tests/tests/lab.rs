@@ -66,6 +66,7 @@ fn up_explore_down(args: &[&str], nodes: usize, pods: usize) {
 
     let state = LabState::load(&lab.state_dir()).unwrap();
     assert_eq!((state.nodes.len(), state.pods.len()), (nodes, pods));
+    assert!(state.pods.iter().all(|p| p.ipv6.is_some() == args.contains(&"--ipv6")), "{:?}", state.pods);
     assert!(state.nodes.iter().all(|n| is_running(n.agent_pid, "brindle-node")));
 
     let status = lab.run(&["status"]);
@@ -130,6 +131,11 @@ fn a_cross_subnet_lab_with_a_route_reflector_on_etcd_does_too() {
         4,
         4,
     );
+}
+
+#[test]
+fn a_dual_stack_lab_with_a_route_reflector_does_too_at_both_families() {
+    up_explore_down(&["--pods-per-node", "1", "--mode", "none", "--peering", "rr", "--ipv6"], 3, 3);
 }
 
 #[test]

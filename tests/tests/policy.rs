@@ -3,7 +3,7 @@
 //! three nodes, each answering on TCP 80 and 81 and UDP 80 and 81. For every policy of a
 //! catalogue, the whole reachability matrix on every port must equal what an evaluator of the
 //! Kubernetes semantics written here, independent of brindle's, says. On both iptables
-//! backends.
+//! backends, and on a dual-stack lab at both families' addresses.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -14,8 +14,8 @@ use brindle_datastore::resource::{
     AnyResource, IntOrString, KubernetesNetworkPolicy, LabelSelector, NetworkPolicyPeer, NetworkPolicyPort, Resource,
     parse_documents,
 };
-use brindle_e2e::lab::pods::{self, NewPod, Port, Probe};
-use brindle_e2e::lab::{self, Iptables, LabState, Mode, Options, Peering, Store, TestLab};
+use brindle_e2e::lab::pods::{self, Family, NewPod, Port, Probe};
+use brindle_e2e::lab::{self, Iptables, LabState, Mode, Options, POOL_CIDR, POOL_V6_CIDR, Peering, Store, TestLab};
 use brindle_e2e::netns::unique;
 
 const PORTS: [&str; 4] = ["tcp:80", "tcp:81", "udp:80", "udp:81"];
@@ -28,6 +28,8 @@ const CONVERGENCE: Duration = Duration::from_secs(20);
 /// The suite's lab (taken down whatever happens).
 struct Cluster {
     lab: TestLab,
+    /// The families of addresses the pods have, each checked.
+    families: Vec<Family>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -36,18 +38,21 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 impl Cluster {
     /// Three nodes, namespaces x, y, z and pods a, b, c in each, every pod serving every port.
-    fn up(iptables: Iptables) -> Cluster {
+    /// Dual-stack pods are routed natively, over a BGP mesh; IPv4-only ones through VXLAN.
+    fn up(iptables: Iptables, ipv6: bool) -> Cluster {
         let bin_dir = Path::new(env!("CARGO_BIN_EXE_brindle-lab")).parent().unwrap();
         let options = Options {
             nodes: 3,
             pods_per_node: 0,
-            mode: Mode::Vxlan,
-            peering: Peering::None,
+            mode: if ipv6 { Mode::None } else { Mode::Vxlan },
+            peering: if ipv6 { Peering::Mesh } else { Peering::None },
             datastore: Store::Sqlite,
             reflectors: 1,
             iptables,
+            ipv6,
         };
-        let mut cluster = Cluster { lab: TestLab::up("np", bin_dir, &options).unwrap() };
+        let families = if ipv6 { vec![Family::Ipv4, Family::Ipv6] } else { vec![Family::Ipv4] };
+        let mut cluster = Cluster { lab: TestLab::up("np", bin_dir, &options).unwrap(), families };
         let namespaces: String = NAMESPACES
             .iter()
             .map(|ns| format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n"))
@@ -86,8 +91,8 @@ impl Cluster {
         pods::add(&mut self.lab.state, &new).unwrap();
     }
 
-    /// The world as the evaluator sees it, with `policies`.
-    fn world(&self, policies: &[Resource<KubernetesNetworkPolicy>]) -> World {
+    /// The world as the evaluator sees it at `family`'s addresses, with `policies`.
+    fn world(&self, policies: &[Resource<KubernetesNetworkPolicy>], family: Family) -> World {
         World {
             namespaces: NAMESPACES.iter().map(|ns| ((*ns).to_owned(), labels(&[("ns", ns)]))).collect(),
             pods: self
@@ -99,7 +104,7 @@ impl Cluster {
                     key: p.key(),
                     namespace: p.namespace.clone(),
                     labels: p.labels.clone(),
-                    ip: p.ip.parse().unwrap(),
+                    ip: p.address(family).unwrap(),
                 })
                 .collect(),
             policies: policies.to_vec(),
@@ -129,17 +134,31 @@ impl Cluster {
         .unwrap();
     }
 
-    /// Waits until every port's matrix is what `world` says; panics with the differences
-    /// when it is not within [`CONVERGENCE`].
-    fn expect(&self, case: &str, world: &World) {
-        self.expect_that(case, |from, to, port| {
-            let find = |key: &str| world.pods.iter().find(|p| p.key == key).unwrap();
-            world.allowed(find(from), find(to), port)
+    /// Waits until every port's matrix, at the addresses of every family the pods have, is
+    /// what Kubernetes' semantics say of `policies`; panics with the differences when it is not
+    /// within [`CONVERGENCE`].
+    fn expect(&self, case: &str, policies: &[Resource<KubernetesNetworkPolicy>]) {
+        std::thread::scope(|scope| {
+            for &family in &self.families {
+                let world = self.world(policies, family);
+                scope.spawn(move || {
+                    self.expect_at(case, family, |from, to, port| {
+                        let find = |key: &str| world.pods.iter().find(|p| p.key == key).unwrap();
+                        world.allowed(find(from), find(to), port)
+                    })
+                });
+            }
         });
     }
 
-    /// Waits until every port's matrix is what `allowed(from, to, port)` says.
+    /// Waits until every port's matrix at IPv4 addresses is what `allowed(from, to, port)`
+    /// says.
     fn expect_that(&self, case: &str, allowed: impl Fn(&str, &str, Port) -> bool) {
+        self.expect_at(case, Family::Ipv4, allowed);
+    }
+
+    /// Waits until every port's matrix at `family`'s addresses is what `allowed` says.
+    fn expect_at(&self, case: &str, family: Family, allowed: impl Fn(&str, &str, Port) -> bool) {
         let deadline = Instant::now() + CONVERGENCE;
         loop {
             let measured: Vec<(Port, Probe)> = std::thread::scope(|scope| {
@@ -147,7 +166,7 @@ impl Cluster {
                     .iter()
                     .map(|p| {
                         let port: Port = p.parse().unwrap();
-                        scope.spawn(move || (port, Probe::measure(&self.lab.state, port).unwrap()))
+                        scope.spawn(move || (port, Probe::measure(&self.lab.state, port, family).unwrap()))
                     })
                     .collect();
                 probes.into_iter().map(|h| h.join().unwrap()).collect()
@@ -167,7 +186,12 @@ impl Cluster {
             if wrong.is_empty() && complete {
                 return;
             }
-            assert!(Instant::now() < deadline, "case {case}: {} wrong:\n{}", wrong.len(), wrong.join("\n"));
+            assert!(
+                Instant::now() < deadline,
+                "case {case} at {family:?} addresses: {} wrong:\n{}",
+                wrong.len(),
+                wrong.join("\n")
+            );
         }
     }
 }
@@ -180,7 +204,8 @@ struct Pod {
     ip: IpAddr,
 }
 
-/// Namespaces, pods and policies: what Kubernetes' semantics decide reachability from.
+/// Namespaces, pods and policies: what Kubernetes' semantics decide reachability from, for
+/// traffic between pods' addresses of one family.
 struct World {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pods: Vec<Pod>,
@@ -277,9 +302,17 @@ fn policy(namespace: &str, name: &str, spec: &str) -> Resource<KubernetesNetwork
     }
 }
 
-/// The catalogue: a name and the policies in force, given the lab (for pod addresses).
-fn catalogue(state: &LabState) -> Vec<(&'static str, Vec<Resource<KubernetesNetworkPolicy>>)> {
-    let ip = |key: &str| state.pods.iter().find(|p| p.key() == key).unwrap().ip.clone();
+/// The catalogue: a name and the policies in force, given the lab (for pod addresses) and the
+/// family of addresses its ipBlocks name.
+fn catalogue(state: &LabState, family: Family) -> Vec<(&'static str, Vec<Resource<KubernetesNetworkPolicy>>)> {
+    let ip = |key: &str| {
+        let address = state.pods.iter().find(|p| p.key() == key).unwrap().address(family).unwrap();
+        format!("'{address}/{}'", if address.is_ipv4() { 32 } else { 128 })
+    };
+    let pool = match family {
+        Family::Ipv4 => POOL_CIDR,
+        Family::Ipv6 => POOL_V6_CIDR,
+    };
     let a = "podSelector: {matchLabels: {pod: a}}";
     vec![
         ("no policy", vec![]),
@@ -381,7 +414,7 @@ fn catalogue(state: &LabState) -> Vec<(&'static str, Vec<Resource<KubernetesNetw
         ),
         (
             "x/a from y/b's address (ipBlock)",
-            vec![policy("x", "p", &format!("{{{a}, ingress: [{{from: [{{ipBlock: {{cidr: {}/32}}}}]}}]}}", ip("y/b")))],
+            vec![policy("x", "p", &format!("{{{a}, ingress: [{{from: [{{ipBlock: {{cidr: {}}}}}]}}]}}", ip("y/b")))],
         ),
         (
             "x/a from the pool except y/b and z/c (ipBlock except)",
@@ -389,7 +422,7 @@ fn catalogue(state: &LabState) -> Vec<(&'static str, Vec<Resource<KubernetesNetw
                 "x",
                 "p",
                 &format!(
-                    "{{{a}, ingress: [{{from: [{{ipBlock: {{cidr: 10.244.0.0/16, except: [{}/32, {}/32]}}}}]}}]}}",
+                    "{{{a}, ingress: [{{from: [{{ipBlock: {{cidr: '{pool}', except: [{}, {}]}}}}]}}]}}",
                     ip("y/b"),
                     ip("z/c")
                 ),
@@ -401,7 +434,7 @@ fn catalogue(state: &LabState) -> Vec<(&'static str, Vec<Resource<KubernetesNetw
                 "x",
                 "p",
                 &format!(
-                    "{{{a}, policyTypes: [Egress], egress: [{{to: [{{ipBlock: {{cidr: 10.244.0.0/16, except: [{}/32]}}}}]}}]}}",
+                    "{{{a}, policyTypes: [Egress], egress: [{{to: [{{ipBlock: {{cidr: '{pool}', except: [{}]}}}}]}}]}}",
                     ip("x/b")
                 ),
             )],
@@ -477,15 +510,18 @@ fn catalogue(state: &LabState) -> Vec<(&'static str, Vec<Resource<KubernetesNetw
     ]
 }
 
-fn run_suite(iptables: Iptables) -> Cluster {
+/// The catalogue, a policy updated and deleted, pods relabelled and new pods; on a dual-stack
+/// lab at both families' addresses, with ipBlocks of IPv6 addresses (which no IPv4 packet
+/// matches).
+fn run_suite(iptables: Iptables, ipv6: bool) -> Cluster {
     let started = Instant::now();
-    let mut cluster = Cluster::up(iptables);
-    let catalogue = catalogue(&cluster.lab.state);
+    let mut cluster = Cluster::up(iptables, ipv6);
+    let catalogue = catalogue(&cluster.lab.state, *cluster.families.last().unwrap());
     let cases = catalogue.len();
     for (case, policies) in &catalogue {
         let began = Instant::now();
         cluster.set_policies(policies);
-        cluster.expect(case, &cluster.world(policies));
+        cluster.expect(case, policies);
         eprintln!("{iptables:?}: {case}: enforced as expected in {:.1?}", began.elapsed());
     }
 
@@ -502,7 +538,7 @@ fn run_suite(iptables: Iptables) -> Cluster {
     );
     for (case, policies) in [("x/a from x/b", vec![from_b]), ("updated: from x/c", vec![from_c]), ("deleted", vec![])] {
         cluster.set_policies(&policies);
-        cluster.expect(case, &cluster.world(&policies));
+        cluster.expect(case, &policies);
     }
 
     // A pod relabelled into a selector and out of it.
@@ -512,18 +548,18 @@ fn run_suite(iptables: Iptables) -> Cluster {
         "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: friend}}}]}]}",
     )];
     cluster.set_policies(&friends);
-    cluster.expect("x/a from friends: none yet", &cluster.world(&friends));
+    cluster.expect("x/a from friends: none yet", &friends);
     pods::relabel(&mut cluster.lab.state, "y/c", labels(&[("pod", "c"), ("role", "friend")])).unwrap();
-    cluster.expect("y/c relabelled a friend", &cluster.world(&friends));
+    cluster.expect("y/c relabelled a friend", &friends);
     pods::relabel(&mut cluster.lab.state, "y/c", labels(&[("pod", "c")])).unwrap();
-    cluster.expect("y/c a friend no more", &cluster.world(&friends));
+    cluster.expect("y/c a friend no more", &friends);
 
     // New pods join: one a friend from its first packet, one isolated by its namespace's policy.
     let joined = vec![friends[0].clone(), policy("z", "deny", "{podSelector: {}, policyTypes: [Ingress]}")];
     cluster.set_policies(&joined);
     cluster.add_pod("y", "d", 0, &[("pod", "d"), ("role", "friend")]);
     cluster.add_pod("z", "d", 1, &[("pod", "d")]);
-    cluster.expect("new pods y/d (a friend) and z/d (isolated)", &cluster.world(&joined));
+    cluster.expect("new pods y/d (a friend) and z/d (isolated)", &joined);
     eprintln!("{iptables:?}: {} cases enforced as Kubernetes defines them in {:.1?}", cases + 7, started.elapsed());
     cluster
 }
@@ -625,40 +661,61 @@ fn calico_semantics(cluster: &mut Cluster) {
     remove("Tier", None, "security");
 }
 
-/// A pod sends only from its own address; an interface with no endpoint gets nowhere. What
-/// arrives is counted at the receiver (a reply could never come back to a stolen address, so
-/// an unanswered ping would prove nothing).
-fn spoofing_is_dropped(cluster: &Cluster) {
+/// A pod sends only from its own address (of `family`); an interface with no endpoint gets
+/// nowhere. What arrives is counted at the receiver (a reply could never come back to a
+/// stolen address, so an unanswered ping would prove nothing), and what the rogue interface
+/// sent is counted where it enters its node, so the drop is not a wiring mistake.
+fn spoofing_is_dropped(cluster: &Cluster, family: Family) {
     let pod = |key: &str| cluster.lab.state.pods.iter().find(|p| p.key() == key).unwrap().clone();
     let (a, b, c) = (pod("x/a"), pod("y/b"), pod("z/c"));
+    let address = |pod: &brindle_e2e::lab::LabPod| pod.address(family).unwrap().to_string();
+    let v6 = family == Family::Ipv6;
+    let (iptables, bits, icmp) = if v6 { ("ip6tables-nft", 128, "ipv6-icmp") } else { ("iptables-nft", 32, "icmp") };
+    // Made-up addresses of the pool: one a pod steals, one the rogue interface sends from.
+    let (made_up, rogue_address) =
+        if v6 { ("fd00:10:244:fa::fa", "fd00:10:244:fb::1") } else { ("10.244.250.250", "10.244.251.1") };
     let run = |netns: &str, args: &[&str]| {
         let out = std::process::Command::new("ip").args(["netns", "exec", netns]).args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let target = address(&b);
     let ping_from = |netns: &str, source: &str| {
         let _ = std::process::Command::new("ip")
-            .args(["netns", "exec", netns, "ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", source, &b.ip])
+            .args(["netns", "exec", netns, "ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", source, &target])
             .output();
     };
-    // y/b counts the echo requests that reach it, by source.
-    let sources = [a.ip.clone(), c.ip.clone(), "10.244.250.250".into(), "10.244.251.1".into()];
-    for source in &sources {
-        run(&b.netns, &["iptables-nft", "-A", "INPUT", "-s", &format!("{source}/32"), "-p", "icmp"]);
-    }
-    let arrived = |source: &str| -> u64 {
-        let saved = run(&b.netns, &["iptables-nft-save", "-c", "-t", "filter"]);
-        let line = saved.lines().find(|l| l.contains(&format!("-s {source}/32"))).unwrap().to_owned();
-        line.trim_start_matches('[').split(':').next().unwrap().parse().unwrap()
+    // Packets from `source` counted by a rule (no target) in `table` of `netns`.
+    let count = |netns: &str, table: &str, chain: &str, source: &str| {
+        let rule = format!("-s {source}/{bits}");
+        run(netns, &[iptables, "-t", table, "-A", chain, "-s", &format!("{source}/{bits}"), "-p", icmp]);
+        let (netns, table) = (netns.to_owned(), table.to_owned());
+        move || -> u64 {
+            let saved = run(&netns, &[&format!("{iptables}-save"), "-c", "-t", &table]);
+            let line = saved.lines().find(|l| l.contains(&rule)).unwrap().to_owned();
+            line.trim_start_matches('[').split(':').next().unwrap().parse().unwrap()
+        }
     };
-    ping_from(&a.netns, &a.ip);
-    assert!(arrived(&a.ip) > 0, "from its own address it arrives (the count works)");
+    // y/b counts the echo requests that reach it, by source.
+    let from_a = count(&b.netns, "filter", "INPUT", &address(&a));
+    let stolen = [
+        (address(&c), count(&b.netns, "filter", "INPUT", &address(&c))),
+        (made_up.to_owned(), count(&b.netns, "filter", "INPUT", made_up)),
+    ];
+    let from_rogue = count(&b.netns, "filter", "INPUT", rogue_address);
+    ping_from(&a.netns, &address(&a));
+    assert!(from_a() > 0, "from its own address it arrives (the count works)");
     // x/a takes another pod's address and a made-up one of the pool.
-    for stolen in [&c.ip, "10.244.250.250"] {
-        run(&a.netns, &["ip", "addr", "add", &format!("{stolen}/32"), "dev", "eth0"]);
-        ping_from(&a.netns, stolen);
-        run(&a.netns, &["ip", "addr", "del", &format!("{stolen}/32"), "dev", "eth0"]);
-        assert_eq!(arrived(stolen), 0, "x/a sending as {stolen} must be dropped");
+    for (source, arrived) in &stolen {
+        let prefix = format!("{source}/{bits}");
+        let mut add = vec!["ip", "addr", "add", &prefix, "dev", "eth0"];
+        if v6 {
+            add.push("nodad");
+        }
+        run(&a.netns, &add);
+        ping_from(&a.netns, source);
+        run(&a.netns, &["ip", "addr", "del", &format!("{source}/{bits}"), "dev", "eth0"]);
+        assert_eq!(arrived(), 0, "x/a sending as {source} must be dropped");
     }
 
     // A workload interface with no endpoint, wired by hand as the CNI plugin would wire one.
@@ -670,16 +727,36 @@ fn spoofing_is_dropped(cluster: &Cluster) {
         .status()
         .unwrap();
     assert!(link.success());
-    run(node, &["sysctl", "-qw", &format!("net.ipv4.conf.{host_end}.proxy_arp=1")]);
+    let entered = count(node, "raw", "PREROUTING", rogue_address);
+    if v6 {
+        // The gateway the CNI plugin gives pods: the host end's link-local address, from its MAC.
+        run(node, &["ip", "link", "set", &host_end, "address", "ee:ee:ee:ee:ee:ee"]);
+        run(node, &["sysctl", "-qw", &format!("net.ipv6.conf.{host_end}.accept_dad=0")]);
+        run(&rogue.name, &["sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"]);
+    } else {
+        run(node, &["sysctl", "-qw", &format!("net.ipv4.conf.{host_end}.proxy_arp=1")]);
+    }
     run(node, &["ip", "link", "set", &host_end, "up"]);
-    run(node, &["ip", "route", "add", "10.244.251.1/32", "dev", &host_end]);
-    run(&rogue.name, &["ip", "addr", "add", "10.244.251.1/32", "dev", "eth0"]);
+    run(node, &["ip", "route", "add", &format!("{rogue_address}/{bits}"), "dev", &host_end]);
+    let prefix = format!("{rogue_address}/{bits}");
+    let mut add = vec!["ip", "addr", "add", &prefix, "dev", "eth0"];
+    if v6 {
+        add.push("nodad");
+    }
+    run(&rogue.name, &add);
     run(&rogue.name, &["ip", "link", "set", "eth0", "up"]);
-    run(&rogue.name, &["ip", "route", "add", "169.254.1.1", "dev", "eth0"]);
-    run(&rogue.name, &["ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
-    ping_from(&rogue.name, "10.244.251.1");
+    if v6 {
+        run(&rogue.name, &["ip", "-6", "route", "add", "default", "via", "fe80::ecee:eeff:feee:eeee", "dev", "eth0"]);
+    } else {
+        run(&rogue.name, &["ip", "route", "add", "169.254.1.1", "dev", "eth0"]);
+        run(&rogue.name, &["ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
+    }
+    ping_from(&rogue.name, rogue_address);
+    let sent = entered();
     run(node, &["ip", "link", "del", &host_end]);
-    assert_eq!(arrived("10.244.251.1"), 0, "an interface with no endpoint gets nowhere");
+    assert!(sent > 0, "the rogue interface's pings must reach its node (the wiring works)");
+    assert_eq!(from_rogue(), 0, "an interface with no endpoint gets nowhere");
+    run(node, &[iptables, "-t", "raw", "-D", "PREROUTING", "-s", &format!("{rogue_address}/{bits}"), "-p", icmp]);
 }
 
 /// `brindlectl diagnose` names the policy and rule that decide, and finds a set member the
@@ -691,7 +768,7 @@ fn diagnose_explains(cluster: &Cluster) {
         "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}",
     )];
     cluster.set_policies(&policies);
-    cluster.expect("x/a from x/b only, for diagnose", &cluster.world(&policies));
+    cluster.expect("x/a from x/b only, for diagnose", &policies);
     let state = &cluster.lab.state;
     let x_a = state.pods.iter().find(|p| p.key() == "x/a").unwrap();
     let x_b_ip = state.pods.iter().find(|p| p.key() == "x/b").unwrap().ip.clone();
@@ -727,18 +804,55 @@ fn diagnose_explains(cluster: &Cluster) {
     assert_eq!(code, Some(3), "{broken}");
     assert!(broken.contains(&format!("{x_b_ip} is missing from set brin-p4-")), "{broken}");
     cluster.set_policies(&[]);
-    cluster.expect("no policy after diagnose", &cluster.world(&[]));
+    cluster.expect("no policy after diagnose", &[]);
 }
 
 #[test]
 fn kubernetes_network_policy_truth_table_on_nft_then_calico_semantics_and_spoofing() {
-    let mut cluster = run_suite(Iptables::Nft);
-    spoofing_is_dropped(&cluster);
+    let mut cluster = run_suite(Iptables::Nft, false);
+    spoofing_is_dropped(&cluster, Family::Ipv4);
     diagnose_explains(&cluster);
     calico_semantics(&mut cluster);
 }
 
 #[test]
 fn kubernetes_network_policy_truth_table_on_legacy() {
-    drop(run_suite(Iptables::Legacy));
+    drop(run_suite(Iptables::Legacy, false));
+}
+
+/// The same truth table on a dual-stack lab, at IPv4 and at IPv6 addresses, with ipBlocks of
+/// IPv6 addresses; Calico's `ipVersion` and ICMPv6 rules; no forged IPv6 source gets through.
+#[test]
+fn ipv6_is_enforced_as_ipv4_is_on_a_dual_stack_lab() {
+    let cluster = run_suite(Iptables::Nft, true);
+    spoofing_is_dropped(&cluster, Family::Ipv6);
+    cluster.set_policies(&[]);
+    let apply = |yaml: &str| lab::apply(&cluster.lab.state, yaml).unwrap();
+    let pod = |key: &str| key.split('/').nth(1).unwrap().to_owned();
+
+    // ipVersion: pods c take IPv6 only.
+    apply(
+        "apiVersion: brindle.io/v1\nkind: GlobalNetworkPolicy\nmetadata: {name: c-v6}\n\
+         spec: {selector: pod == 'c', ingress: [{action: Allow, ipVersion: 6}]}\n",
+    );
+    for family in [Family::Ipv4, Family::Ipv6] {
+        cluster.expect_at("pods c take IPv6 only", family, |_, to, _| pod(to) != "c" || family == Family::Ipv6);
+    }
+
+    // ICMPv6: pods c refuse echo requests (type 128) and take everything else.
+    apply(
+        "apiVersion: brindle.io/v1\nkind: GlobalNetworkPolicy\nmetadata: {name: c-v6}\n\
+         spec: {selector: pod == 'c', ingress: [{action: Deny, protocol: ICMPv6, icmp: {type: 128}}, {action: Allow}]}\n",
+    );
+    let state = &cluster.lab.state;
+    let find = |key: &str| state.pods.iter().find(|p| p.key() == key).unwrap();
+    let (x_a, y_b, y_c) = (find("x/a"), find("y/b"), find("y/c"));
+    let y_c_v6 = y_c.ipv6.clone().unwrap();
+    brindle_e2e::wait::wait_for("IPv6 pings to y/c to be refused", CONVERGENCE, || {
+        !brindle_e2e::netns::ping(&x_a.netns, &y_c_v6)
+    })
+    .unwrap();
+    assert!(brindle_e2e::netns::ping(&x_a.netns, &y_c.ip), "IPv4 pings are not ICMPv6");
+    assert!(brindle_e2e::netns::ping(&x_a.netns, y_b.ipv6.as_deref().unwrap()), "y/b is not isolated");
+    cluster.expect_at("ICMPv6 type 128 denied, TCP and UDP allowed", Family::Ipv6, |_, _, _| true);
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use brindle_e2e::lab::pods::{self, NewPod, Port, Probe};
+use brindle_e2e::lab::pods::{self, Family, NewPod, Port, Probe};
 use brindle_e2e::lab::{self, Iptables, LabState, Matrix, Mode, Options, Peering, Store, cli_name};
 use clap::{Parser, Subcommand};
 
@@ -57,6 +57,10 @@ enum Cmd {
         /// Which iptables the agents program.
         #[arg(long, value_enum, default_value = "nft")]
         iptables: Iptables,
+        /// Dual-stack: nodes and pods get IPv6 addresses too (an IPv6 pool, routed natively;
+        /// needs `--mode none`).
+        #[arg(long)]
+        ipv6: bool,
         /// Where brindle-node, brindle and brindle-ipam are (default: beside this program).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -87,6 +91,9 @@ enum Cmd {
         /// The port, `tcp:PORT` or `udp:PORT`.
         #[arg(long, default_value = "tcp:80")]
         port: Port,
+        /// The pods' addresses to probe (ipv6 in a dual-stack lab).
+        #[arg(long, value_enum, default_value = "ipv4")]
+        family: Family,
         /// JSON (`{"port": "tcp:80", "results": {"x/a": {"y/b": true, ...}, ...}}`) instead
         /// of a table.
         #[arg(long)]
@@ -174,12 +181,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     let dir = lab::lab_dir(&cli.dir, &cli.name);
     match cli.command {
-        Cmd::Up { nodes, pods_per_node, mode, peering, reflectors, datastore, iptables, bin_dir } => {
+        Cmd::Up { nodes, pods_per_node, mode, peering, reflectors, datastore, iptables, ipv6, bin_dir } => {
             let bin_dir = match bin_dir {
                 Some(dir) => dir,
                 None => std::env::current_exe()?.parent().context("this program has no directory")?.to_owned(),
             };
-            let options = Options { nodes, pods_per_node, mode, peering, datastore, reflectors, iptables };
+            let options = Options { nodes, pods_per_node, mode, peering, datastore, reflectors, iptables, ipv6 };
             eprintln!(
                 "brindle-lab: building {:?}: {nodes} nodes, {pods_per_node} pods each, {} encapsulation, \
                  {} peering, {} datastore",
@@ -244,7 +251,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pods::add(&mut state, &new)?;
             state.save(&dir)?;
             let added = state.pods.last().context("the pod just added")?;
-            println!("pod {} on {} at {}", added.key(), state.nodes[node].name, added.ip);
+            let ipv6 = added.ipv6.as_deref().map(|a| format!(" and {a}")).unwrap_or_default();
+            println!("pod {} on {} at {}{ipv6}", added.key(), state.nodes[node].name, added.ip);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Pod { action: PodCmd::Del { pod } } => {
@@ -262,9 +270,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("pod {namespace}/{name} labelled");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Probe { port, json } => {
+        Cmd::Probe { port, family, json } => {
             let state = LabState::load(&dir)?;
-            let probe = Probe::measure(&state, port)?;
+            let probe = Probe::measure(&state, port, family)?;
             if json {
                 println!("{}", serde_json::to_string(&probe)?);
             } else {

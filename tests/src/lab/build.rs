@@ -89,11 +89,12 @@ fn build(state: &mut LabState, dir: &Path) -> anyhow::Result<()> {
     size_neighbour_tables(&options)?;
     let underlay =
         progress.step(&format!("underlay: switch and router, {} subnet(s)", options.subnets().len()), || {
-            Underlay::build(
+            let underlay = Underlay::build(
                 Netns::named(&format!("{}-switch", state.name))?,
                 Netns::named(&format!("{}-router", state.name))?,
                 options.subnets(),
-            )
+            )?;
+            if options.ipv6 { underlay.with_ipv6(options.subnets_v6()) } else { Ok(underlay) }
         })?;
     let gateway = underlay.gateway(0)?;
     state.switch = underlay.switch.name.clone();
@@ -260,6 +261,7 @@ fn start_node(state: &mut LabState, underlay: &Underlay, dir: &Path, i: usize) -
         .args(["netns", "exec", &netns.name])
         .arg(state.bin_dir.join("brindle-node"))
         .args(["--datastore", &state.datastore, "--nodename", &node_name(i)])
+        .args(if state.options.ipv6 { &["--ip6-autodetection-method", "interface=eth0"][..] } else { &[] })
         .arg("--state-dir")
         .arg(&state_dir)
         .arg("--status-socket")

@@ -16,7 +16,7 @@ use std::path::Path;
 pub use build::{BINARIES, apply, up, with_client};
 pub use report::{Matrix, agent_status, established_sessions, render_status};
 pub use state::{DEFAULT_DIR, LabNode, LabPod, LabState, lab_dir};
-pub use topology::{Iptables, MAX_NODES, Mode, Options, POOL_CIDR, Peering, Store, cli_name};
+pub use topology::{Iptables, MAX_NODES, Mode, Options, POOL_CIDR, POOL_V6_CIDR, Peering, Store, cli_name};
 
 use crate::netns::{Netns, enter};
 use crate::process::terminate;

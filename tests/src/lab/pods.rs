@@ -68,6 +68,26 @@ impl std::fmt::Display for Port {
     }
 }
 
+/// The address family a probe reaches pods at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Family {
+    /// Pods' IPv4 addresses.
+    #[default]
+    Ipv4,
+    /// Pods' IPv6 addresses (a dual-stack lab).
+    Ipv6,
+}
+
+impl LabPod {
+    /// The pod's address of `family`, if it has one.
+    pub fn address(&self, family: Family) -> Option<std::net::IpAddr> {
+        match family {
+            Family::Ipv4 => self.ip.parse().ok(),
+            Family::Ipv6 => self.ipv6.as_deref()?.parse().ok(),
+        }
+    }
+}
+
 /// A pod to add.
 #[derive(Debug, Clone, Default)]
 pub struct NewPod {
@@ -112,22 +132,36 @@ pub fn add(state: &mut LabState, pod: &NewPod) -> anyhow::Result<()> {
         pod_namespace: pod.namespace.clone(),
         pod_name: pod.name.clone(),
     };
-    let conf = node_conf(&state.datastore, &node.state_dir);
+    let mut conf = node_conf(&state.datastore, &node.state_dir);
+    if state.options.ipv6 {
+        conf["ipam"]["assign_ipv6"] = "true".into();
+    }
     let bin_dir = state.bin_dir.display().to_string();
     let result = exec_in(&node.netns, &state.bin_dir.join("brindle"), "ADD", &conf, &attachment, &bin_dir)?
         .into_result()
         .with_context(|| format!("CNI ADD for {key} on {}", node.name))?;
-    let ip = result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .with_context(|| format!("CNI ADD for {key} gave no address: {result}"))?
-        .to_owned();
+    let addresses: Vec<std::net::IpAddr> = result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect();
+    let ip = addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .with_context(|| format!("CNI ADD for {key} gave no IPv4 address: {result}"))?
+        .to_string();
+    let ipv6 = addresses.iter().find(|a| a.is_ipv6()).map(ToString::to_string);
+    if state.options.ipv6 && ipv6.is_none() {
+        bail!("CNI ADD for {key} gave no IPv6 address in a dual-stack lab: {result}");
+    }
     let mut added = LabPod {
         name: pod.name.clone(),
         namespace: pod.namespace.clone(),
         node: pod.node,
         netns: netns.name.clone(),
         ip,
+        ipv6,
         container_id,
         server_pid: None,
         labels: pod.labels.clone(),
@@ -284,12 +318,13 @@ pub fn delete(state: &mut LabState, key: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Answers on every port until killed: TCP connections get [`ANSWER`], UDP datagrams get it
-/// back.
+/// Answers on every port, over IPv4 and IPv6 alike, until killed: TCP connections get
+/// [`ANSWER`], UDP datagrams get it back.
 pub fn serve(ports: &[Port]) -> anyhow::Result<()> {
     let mut workers = Vec::new();
     for port in ports {
-        let address = SocketAddr::from(([0, 0, 0, 0], port.number));
+        // `[::]` takes IPv4 too (as IPv4-mapped addresses): Linux leaves IPV6_V6ONLY off.
+        let address = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port.number));
         if port.udp {
             let socket = UdpSocket::bind(address).with_context(|| format!("binding {port}"))?;
             workers.push(std::thread::spawn(move || {
@@ -318,7 +353,9 @@ fn answers(to: std::net::IpAddr, port: Port) -> bool {
     let address = SocketAddr::new(to, port.number);
     let mut answer = [0u8; 32];
     if port.udp {
-        let Ok(socket) = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))) else { return false };
+        let any: std::net::IpAddr =
+            if to.is_ipv4() { [0, 0, 0, 0].into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+        let Ok(socket) = UdpSocket::bind(SocketAddr::new(any, 0)) else { return false };
         let _ = socket.set_read_timeout(Some(PROBE_TIMEOUT));
         // A datagram may be lost: ask twice.
         (0..2).any(|_| {
@@ -344,9 +381,10 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Probes `port` from every pod to every other pod, every pair at once (each on a thread
-    /// inside the source pod's namespace), so a probe takes one timeout however many pods.
-    pub fn measure(state: &LabState, port: Port) -> anyhow::Result<Probe> {
+    /// Probes `port` at `family`'s addresses from every pod to every other pod that has one,
+    /// every pair at once (each on a thread inside the source pod's namespace), so a probe
+    /// takes one timeout however many pods.
+    pub fn measure(state: &LabState, port: Port, family: Family) -> anyhow::Result<Probe> {
         let pods = &state.pods;
         let rows: Vec<anyhow::Result<(String, BTreeMap<String, bool>)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = pods
@@ -359,9 +397,8 @@ impl Probe {
                             let probes: Vec<_> = pods
                                 .iter()
                                 .filter(|to| to.key() != from.key())
-                                .map(|to| {
-                                    inner.spawn(move || (to.key(), to.ip.parse().is_ok_and(|ip| answers(ip, port))))
-                                })
+                                .filter_map(|to| Some((to.key(), to.address(family)?)))
+                                .map(|(to, ip)| inner.spawn(move || (to, answers(ip, port))))
                                 .collect();
                             probes.into_iter().filter_map(|p| p.join().ok()).collect()
                         });

@@ -20,8 +20,8 @@ pub struct Matrix {
 }
 
 impl Matrix {
-    /// Pings every pair once (each source pod on a thread of its own); a pair that fails is
-    /// tried once more, so one lost packet does not count.
+    /// Pings every pair once at each address the target has (each source pod on a thread of
+    /// its own); a ping that fails is tried once more, so one lost packet does not count.
     pub fn measure(state: &LabState) -> Matrix {
         let pods = &state.pods;
         let reached = std::thread::scope(|scope| {
@@ -32,7 +32,10 @@ impl Matrix {
                     scope.spawn(move || {
                         pods.iter()
                             .enumerate()
-                            .map(|(b, to)| a == b || ping(&from.netns, &to.ip) || ping(&from.netns, &to.ip))
+                            .map(|(b, to)| {
+                                let reaches = |ip: &str| ping(&from.netns, ip) || ping(&from.netns, ip);
+                                a == b || (reaches(&to.ip) && to.ipv6.as_deref().is_none_or(reaches))
+                            })
                             .collect::<Vec<bool>>()
                     })
                 })
@@ -195,7 +198,8 @@ pub fn render_status(state: &LabState) -> String {
     }
     let _ = writeln!(out, "\n{:<10} {:<8} IP", "POD", "NODE");
     for pod in &state.pods {
-        let _ = writeln!(out, "{:<10} {:<8} {}", pod.name, state.nodes[pod.node].name, pod.ip);
+        let ipv6 = pod.ipv6.as_deref().map(|a| format!("  {a}")).unwrap_or_default();
+        let _ = writeln!(out, "{:<10} {:<8} {}{ipv6}", pod.name, state.nodes[pod.node].name, pod.ip);
     }
     out
 }

@@ -77,6 +77,9 @@ pub struct LabPod {
     pub netns: String,
     /// Its IPv4 address.
     pub ip: String,
+    /// Its IPv6 address, in a dual-stack lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
     /// The sandbox's container ID.
     pub container_id: String,
     /// The PID of its server (`brindle-lab serve`), if it has one.

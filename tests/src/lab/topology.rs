@@ -74,6 +74,9 @@ pub struct Options {
     /// The agents' iptables.
     #[serde(default)]
     pub iptables: Iptables,
+    /// Dual-stack: nodes and pods get an IPv6 address beside their IPv4 one.
+    #[serde(default)]
+    pub ipv6: bool,
 }
 
 fn one() -> usize {
@@ -83,8 +86,14 @@ fn one() -> usize {
 /// The underlay's subnets; CrossSubnet modes use both, the others the first.
 pub const SUBNETS: [&str; 2] = ["10.250.0.0/24", "10.250.1.0/24"];
 
+/// The underlay's IPv6 subnets, beside [`SUBNETS`] in a dual-stack lab.
+pub const SUBNETS_V6: [&str; 2] = ["fd00:250::/64", "fd00:250:1::/64"];
+
 /// The pods' pool.
 pub const POOL_CIDR: &str = "10.244.0.0/16";
+
+/// The pods' IPv6 pool in a dual-stack lab.
+pub const POOL_V6_CIDR: &str = "fd00:10:244::/56";
 
 /// The most nodes a lab has (host numbers .10 up in a /24).
 pub const MAX_NODES: usize = 200;
@@ -127,6 +136,11 @@ impl Options {
             "--reflectors must be between 1 and --nodes ({})",
             self.nodes
         );
+        anyhow::ensure!(
+            !self.ipv6 || self.mode == Mode::None,
+            "--ipv6 needs --mode none: brindle's tunnels (VXLAN, IP-in-IP) carry IPv4 only, so IPv6 pods \
+             are routed natively"
+        );
         Ok(())
     }
 
@@ -141,6 +155,19 @@ impl Options {
         if self.mode.cross_subnet() { &SUBNETS } else { &SUBNETS[..1] }
     }
 
+    /// Node `i`'s IPv6 underlay address in a dual-stack lab: host number `n` of its subnet's
+    /// IPv6 twin (`fd00:250::10` beside `10.250.0.10`).
+    pub fn address_v6(&self, i: usize) -> Option<std::net::Ipv6Addr> {
+        let (subnet, host) = self.placement(i);
+        let net: ipnetwork::Ipv6Network = self.subnets_v6().get(subnet)?.parse().ok()?;
+        Some((u128::from(net.network()) + u128::from(host)).into())
+    }
+
+    /// The IPv6 subnets the underlay needs: one beside each IPv4 subnet, none unless dual-stack.
+    pub fn subnets_v6(&self) -> &'static [&'static str] {
+        if self.ipv6 { &SUBNETS_V6[..self.subnets().len()] } else { &[] }
+    }
+
     /// The resources that make the cluster: the pool, the BGP backend and topology, and for
     /// route reflection the reflectors' Nodes (labelled, with one cluster ID) made before
     /// their agents start. `addresses` are the nodes' underlay addresses, node-0 first.
@@ -150,6 +177,11 @@ impl Options {
             "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {{name: pods}}\n\
              spec: {{cidr: {POOL_CIDR}, ipipMode: {ipip}, vxlanMode: {vxlan}, natOutgoing: true}}\n"
         );
+        if self.ipv6 {
+            yaml += &format!(
+                "---\nkind: IPPool\napiVersion: brindle.io/v1\nmetadata: {{name: pods-v6}}\nspec: {{cidr: '{POOL_V6_CIDR}'}}\n"
+            );
+        }
         let backend = if self.peering == Peering::None { "None" } else { "Embedded" };
         let iptables = match self.iptables {
             Iptables::Nft => "NFT",
@@ -165,10 +197,11 @@ impl Options {
                      ---\nkind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: to-reflectors}\n\
                      spec: {nodeSelector: all(), peerSelector: route-reflector == 'true'}\n";
             for (i, address) in addresses.iter().take(self.reflectors).enumerate() {
+                let ipv6 = self.address_v6(i).map(|a| format!(", ipv6Address: '{a}/64'")).unwrap_or_default();
                 yaml += &format!(
                     "---\nkind: Node\napiVersion: brindle.io/v1\n\
                      metadata: {{name: {}, labels: {{route-reflector: 'true'}}}}\n\
-                     spec: {{bgp: {{ipv4Address: {address}/24, routeReflectorClusterID: 224.0.0.1}}}}\n",
+                     spec: {{bgp: {{ipv4Address: {address}/24{ipv6}, routeReflectorClusterID: 224.0.0.1}}}}\n",
                     node_name(i)
                 );
             }
@@ -202,6 +235,7 @@ mod tests {
             datastore: Store::Sqlite,
             reflectors: 2,
             iptables: Iptables::Nft,
+            ipv6: false,
         }
     }
 
@@ -229,5 +263,21 @@ mod tests {
         let flat = options(Mode::None, Peering::None);
         assert_eq!(flat.placement(2), (0, 12));
         assert_eq!(flat.subnets().len(), 1);
+        assert_eq!(flat.address_v6(2), None);
+    }
+
+    #[test]
+    fn a_dual_stack_lab_routes_ipv6_natively_with_a_second_pool_and_twin_addresses() {
+        let mut dual = Options { ipv6: true, ..options(Mode::None, Peering::Rr) };
+        dual.check().unwrap();
+        assert_eq!(dual.subnets_v6(), ["fd00:250::/64"]);
+        assert_eq!(dual.address_v6(2), Some("fd00:250::c".parse().unwrap()));
+        let yaml = dual.resources(&["10.250.0.10".parse().unwrap(), "10.250.0.11".parse().unwrap()]);
+        let resources = parse_documents(&yaml).unwrap();
+        assert!(resources.iter().all(|r| r.validate().is_ok()), "{yaml}");
+        assert!(yaml.contains(POOL_V6_CIDR) && yaml.contains("ipv6Address: 'fd00:250::a/64'"), "{yaml}");
+        dual.mode = Mode::Vxlan;
+        let refused = dual.check().unwrap_err().to_string();
+        assert!(refused.contains("--ipv6 needs --mode none"), "{refused}");
     }
 }
