@@ -565,7 +565,7 @@ fn run_suite(iptables: Iptables, ipv6: bool) -> Cluster {
 }
 
 /// Calico's semantics, with brindle's own policies: order, Deny before Allow, Pass to the next
-/// tier, GlobalNetworkPolicy by namespace, notNets, ICMP types and service accounts.
+/// tier, a Log rule counted and in the kernel log, GlobalNetworkPolicy by namespace, notNets, ICMP types and service accounts.
 fn calico_semantics(cluster: &mut Cluster) {
     cluster.set_policies(&[]);
     cluster.add_pod_as("x", "s", 2, &[("pod", "s")], Some("robot"));
@@ -592,6 +592,8 @@ fn calico_semantics(cluster: &mut Cluster) {
     remove("NetworkPolicy", Some("x"), "deny-b");
     remove("NetworkPolicy", Some("x"), "allow-all");
 
+    // The kernel logs what LOG rules match in a namespace only with nf_log_all_netns.
+    let logging = KernelLogInNamespaces::on();
     // Tiers: a security tier passes namespace y on to the default tier, denies the rest to
     // every pod a; in the default tier, x's policy then lets y/b alone in.
     apply(
@@ -620,6 +622,14 @@ fn calico_semantics(cluster: &mut Cluster) {
         })
         .sum();
     assert!(logged > 0, "the Log rule counted nothing");
+    // And logged it, with a prefix naming the policy and the source of a pod of z.
+    let from_z: Vec<String> =
+        cluster.lab.state.pods.iter().filter(|p| p.namespace == "z").map(|p| format!("SRC={} ", p.ip)).collect();
+    assert!(
+        logging.lines_since().iter().any(|l| l.contains("brindle gate: ") && from_z.iter().any(|src| l.contains(src))),
+        "no kernel log line with the prefix `brindle gate: ` from a pod of z"
+    );
+    drop(logging);
     remove("GlobalNetworkPolicy", None, "gate");
     remove("NetworkPolicy", Some("x"), "only-b");
 
@@ -659,6 +669,37 @@ fn calico_semantics(cluster: &mut Cluster) {
     cluster.expect_that("ICMP type 8 denied, TCP and UDP allowed", |_, _, _| true);
     remove("GlobalNetworkPolicy", None, "no-ping");
     remove("Tier", None, "security");
+}
+
+/// Turns `net.netfilter.nf_log_all_netns` on (LOG rules outside the initial namespace reach the
+/// kernel log) and back to what it was when dropped.
+struct KernelLogInNamespaces(String, String);
+
+impl KernelLogInNamespaces {
+    const SYSCTL: &str = "/proc/sys/net/netfilter/nf_log_all_netns";
+
+    /// Turns it on and marks the kernel log, so only what is logged after counts.
+    fn on() -> KernelLogInNamespaces {
+        let was = std::fs::read_to_string(Self::SYSCTL).unwrap();
+        std::fs::write(Self::SYSCTL, "1").unwrap();
+        let marker = format!("brindle-e2e policy log check {}", unique());
+        std::fs::write("/dev/kmsg", &marker).unwrap();
+        KernelLogInNamespaces(was.trim().to_owned(), marker)
+    }
+
+    /// The kernel log's lines since [`KernelLogInNamespaces::on`].
+    fn lines_since(&self) -> Vec<String> {
+        let dmesg = std::process::Command::new("dmesg").output().unwrap();
+        let text = String::from_utf8_lossy(&dmesg.stdout);
+        let after = text.lines().skip_while(|l| !l.contains(&self.1)).skip(1);
+        after.map(str::to_owned).collect()
+    }
+}
+
+impl Drop for KernelLogInNamespaces {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::SYSCTL, &self.0);
+    }
 }
 
 /// A pod sends only from its own address (of `family`); an interface with no endpoint gets
