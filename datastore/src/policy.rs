@@ -665,22 +665,8 @@ impl Policies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{AnyResource, Metadata, parse_documents};
-
-    fn policies(text: &str) -> Policies {
-        let (mut tiers, mut knp, mut np, mut gnp) = (vec![], vec![], vec![], vec![]);
-        for doc in parse_documents(text).unwrap() {
-            doc.validate().unwrap();
-            match doc {
-                AnyResource::Tier(r) => tiers.push(r),
-                AnyResource::KubernetesNetworkPolicy(r) => knp.push(r),
-                AnyResource::NetworkPolicy(r) => np.push(r),
-                AnyResource::GlobalNetworkPolicy(r) => gnp.push(r),
-                other => panic!("{other:?}"),
-            }
-        }
-        Policies::new(&tiers, &knp, &np, &gnp)
-    }
+    use crate::resource::Metadata;
+    use crate::testing::policies_from_yaml as policies;
 
     fn endpoint(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Resource<WorkloadEndpoint> {
         let mut metadata = Metadata::named(name);

@@ -95,6 +95,24 @@ impl SqliteFile {
     }
 }
 
+/// The policies of a YAML stream of Tiers and policies of both APIs, each validated as
+/// brindlectl validates it. Panics on anything else: a test's own input is wrong.
+pub fn policies_from_yaml(text: &str) -> crate::policy::Policies {
+    use crate::resource::{AnyResource, parse_documents};
+    let (mut tiers, mut kubernetes, mut namespaced, mut global) = (vec![], vec![], vec![], vec![]);
+    for doc in parse_documents(text).unwrap() {
+        doc.validate().unwrap();
+        match doc {
+            AnyResource::Tier(r) => tiers.push(r),
+            AnyResource::KubernetesNetworkPolicy(r) => kubernetes.push(r),
+            AnyResource::NetworkPolicy(r) => namespaced.push(r),
+            AnyResource::GlobalNetworkPolicy(r) => global.push(r),
+            other => panic!("not a tier or policy: {other:?}"),
+        }
+    }
+    crate::policy::Policies::new(&tiers, &kubernetes, &namespaced, &global)
+}
+
 /// A private etcd server: its own data directory and loopback ports. Killed on drop.
 #[derive(Debug)]
 pub struct EtcdServer {

@@ -1,7 +1,8 @@
 use std::collections::BTreeMap;
 
 use brindle_datastore::policy::Policies;
-use brindle_datastore::resource::{AnyResource, EndpointPort, Metadata, Resource, WorkloadEndpoint, parse_documents};
+use brindle_datastore::resource::{EndpointPort, Metadata, Resource, WorkloadEndpoint};
+use brindle_datastore::testing::policies_from_yaml;
 
 use super::*;
 
@@ -12,17 +13,6 @@ struct World {
 }
 
 fn world(text: &str) -> World {
-    let (mut tiers, mut knp, mut np, mut gnp) = (vec![], vec![], vec![], vec![]);
-    for doc in parse_documents(text).unwrap() {
-        doc.validate().unwrap();
-        match doc {
-            AnyResource::Tier(r) => tiers.push(r),
-            AnyResource::KubernetesNetworkPolicy(r) => knp.push(r),
-            AnyResource::NetworkPolicy(r) => np.push(r),
-            AnyResource::GlobalNetworkPolicy(r) => gnp.push(r),
-            other => panic!("{other:?}"),
-        }
-    }
     let endpoints = vec![
         endpoint("x", "a", "n1", "brin-a", "10.0.1.1", &[("app", "web")]),
         endpoint("x", "b", "n1", "brin-b", "10.0.1.2", &[("app", "db")]),
@@ -33,7 +23,7 @@ fn world(text: &str) -> World {
         ("y".to_owned(), [("ns".to_owned(), "y".to_owned())].into()),
     ]
     .into();
-    World { policies: Policies::new(&tiers, &knp, &np, &gnp), endpoints, namespaces }
+    World { policies: policies_from_yaml(text), endpoints, namespaces }
 }
 
 fn endpoint(
