@@ -11,6 +11,7 @@ pub mod dataplane;
 #[cfg(test)]
 mod fixtures;
 pub mod logging;
+pub mod node_condition;
 pub mod passes;
 pub mod policy;
 pub mod startup;

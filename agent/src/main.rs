@@ -10,6 +10,7 @@ use anyhow::Context;
 use brindle_datastore::Client;
 use brindle_datastore::ipam::Ipam;
 use brindle_datastore::resource::{AgentConfiguration, IptablesBackend};
+use brindle_datastore::store::{KubernetesStore, Selection};
 use brindle_kernel::Kernel;
 use clap::Parser;
 use tokio::sync::watch;
@@ -20,7 +21,7 @@ use brindle_agent::dataplane::{Dataplane, iptables};
 use brindle_agent::logging::Logging;
 use brindle_agent::passes::{BgpBackend, Passes};
 use brindle_agent::status::{self, Metrics};
-use brindle_agent::{startup, syncer};
+use brindle_agent::{node_condition, startup, syncer};
 
 /// The brindle node agent.
 ///
@@ -203,6 +204,10 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         rx.clone(),
         Arc::clone(&metrics),
     ));
+    if let Ok(Selection::Kubernetes(options)) = args.datastore.parse::<Selection>() {
+        let api = KubernetesStore::connect(options).await.context("connecting to the Kubernetes API")?;
+        tokio::spawn(node_condition::keep_network_available(api, name.clone(), metrics.readiness()));
+    }
     let passes = Passes {
         me: &me,
         dataplane: &dataplane,

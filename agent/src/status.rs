@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,7 +20,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The agent's counters and gauges.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    ready: AtomicBool,
+    /// Whether the last pass left the dataplane in sync; watched by whoever acts on it.
+    ready: tokio::sync::watch::Sender<bool>,
     /// Why the agent is not ready, when it is not.
     not_ready: Mutex<String>,
     /// Since when the datastore has been unreachable, and the last error.
@@ -42,7 +43,7 @@ pub struct Metrics {
 impl Metrics {
     /// Marks the dataplane in sync, or not and why.
     pub fn set_ready(&self, ready: Result<(), String>) {
-        self.ready.store(ready.is_ok(), Ordering::Relaxed);
+        self.ready.send_if_modified(|held| std::mem::replace(held, ready.is_ok()) != ready.is_ok());
         *lock(&self.not_ready) = ready.err().unwrap_or_default();
     }
 
@@ -71,19 +72,24 @@ impl Metrics {
 
     /// Whether the last pass left the dataplane in sync (whatever the datastore does now).
     pub fn dataplane_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        *self.ready.borrow()
+    }
+
+    /// Follows [`Metrics::dataplane_ready`]: told each time it changes.
+    pub fn readiness(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     /// Whether the dataplane is in sync with a datastore that answers.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && lock(&self.datastore_down).is_none()
+        self.dataplane_ready() && lock(&self.datastore_down).is_none()
     }
 
     /// Why the agent is not ready ("" when it is).
     pub fn not_ready_reason(&self) -> String {
         match self.datastore_problem() {
             Some(problem) => problem,
-            None if self.ready.load(Ordering::Relaxed) => String::new(),
+            None if self.dataplane_ready() => String::new(),
             None => {
                 let why = lock(&self.not_ready);
                 if why.is_empty() { "not in sync with the datastore yet".into() } else { why.clone() }

@@ -161,7 +161,7 @@ fn image_files() -> Vec<(PathBuf, PathBuf)> {
 /// The manifest applied to a real API server, and its pods run as kubelet would run them
 /// (their commands, environment, volumes and service accounts exactly as the manifest gives
 /// them): install-cni installs the plugins and a conflist, the agent registers, creates the
-/// default pool and becomes ready, the CNI plugin the conflist names ADDs and DELs a pod on
+/// default pool, becomes ready and clears its Node's NetworkUnavailable, the CNI plugin the conflist names ADDs and DELs a pod on
 /// the host with the kubeconfig the agent keeps for it, and the GC CronJob's pod does a pass,
 /// all with nothing but the manifest's roles.
 #[test]
@@ -194,10 +194,21 @@ fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() 
         assert!(refused.contains(field), "the refusal names {field}: {refused}");
     }
 
-    // The Node, as kubelet registers it, and the node's own files.
+    // The Node, as kubelet registers it, with the NetworkUnavailable condition a cloud's node
+    // controller starts it with, and the node's own files.
     let node_yaml = scratch.path().join("node.yaml");
     std::fs::write(&node_yaml, "apiVersion: v1\nkind: Node\nmetadata: {name: mft-node}\n").unwrap();
     server.kubectl(&["create", "-f", &node_yaml.display().to_string()]).unwrap();
+    let unavailable =
+        r#"{"status": {"conditions": [{"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated"}]}}"#;
+    server
+        .kubectl(&["patch", "node", "mft-node", "--subresource=status", "--type=strategic", "-p", unavailable])
+        .unwrap();
+    let network_condition = || {
+        let jsonpath = r#"jsonpath={.status.conditions[?(@.type=="NetworkUnavailable")].status}/{.status.conditions[?(@.type=="NetworkUnavailable")].reason}"#;
+        server.kubectl(&["get", "node", "mft-node", "-o", jsonpath]).unwrap()
+    };
+    assert_eq!(network_condition(), "True/NoRouteCreated");
     let host = scratch.path().join("host");
     let kubelet = Kubelet::new("mft-node", &host, image_files(), &server).unwrap();
 
@@ -228,6 +239,11 @@ fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() 
     assert_eq!(pools.trim(), "ippool.brindle.io/default-ipv4-ippool", "the first agent made the default pool");
     let node_object = server.kubectl(&["get", "node", "mft-node", "-o", "json"]).unwrap();
     assert!(node_object.contains("brindle.io/node"), "the agent registered on its Node: {node_object}");
+    let cleared =
+        brindle_e2e::wait::wait_for("NetworkUnavailable to be False", std::time::Duration::from_secs(10), || {
+            network_condition() == "False/BrindleIsUp"
+        });
+    assert!(cleared.is_ok(), "the condition is {}: {}", network_condition(), agent_log());
 
     // The runtime on the node runs the conflist, as it finds it, from /opt/cni/bin (where the
     // node's own CNI package put the reference plugins the list chains).

@@ -89,6 +89,28 @@ impl KubernetesStore {
         Ok(KubernetesStore { client, collections: layout::collections(), options })
     }
 
+    /// Sets the Kubernetes Node's `NetworkUnavailable` condition to False (reason
+    /// `BrindleIsUp`), as a network plugin does once the node's pod network works: some clouds'
+    /// node controllers start Nodes with it True, and the scheduler keeps pods off such a Node.
+    pub async fn mark_network_available(&self, node: &str) -> Result<()> {
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+        let patch = serde_json::json!({"status": {"conditions": [{
+            "type": "NetworkUnavailable",
+            "status": "False",
+            "reason": "BrindleIsUp",
+            "message": "brindle-node programmed this node's pod network",
+            "lastTransitionTime": now,
+            "lastHeartbeatTime": now,
+        }]}});
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let params = kube::api::PatchParams::default();
+        let not_found =
+            |s: &kube::core::Status| (s.code == 404).then(|| Error::NotFound(format!("Kubernetes Node {node}")));
+        let what = format!("patching Node {node}'s NetworkUnavailable condition");
+        self.call(&what, nodes.patch_status(node, &params, &kube::api::Patch::Strategic(&patch)), not_found).await?;
+        Ok(())
+    }
+
     fn api(&self, collection: &Collection, namespace: Option<&str>) -> Api<DynamicObject> {
         match (collection.namespaced, namespace) {
             (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &collection.api),
