@@ -23,6 +23,9 @@ pub enum Method {
     Cidr(Vec<IpNetwork>),
     /// The address the kernel would use to reach this one.
     CanReach(IpAddr),
+    /// The Kubernetes Node's InternalIP of the family, as kubelet reported it (the Kubernetes
+    /// datastore only).
+    KubernetesInternalIp,
 }
 
 impl FromStr for Method {
@@ -33,6 +36,7 @@ impl FromStr for Method {
             |v: &str| v.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect::<Vec<_>>();
         match s.split_once('=') {
             None if s == "first-found" => Ok(Method::FirstFound),
+            None if s == "kubernetes-internal-ip" => Ok(Method::KubernetesInternalIp),
             Some(("interface", v)) if !list(v).is_empty() => Ok(Method::Interface(list(v))),
             Some(("cidr", v)) => list(v)
                 .iter()
@@ -41,7 +45,8 @@ impl FromStr for Method {
                 .map(Method::Cidr),
             Some(("can-reach", v)) => v.parse().map(Method::CanReach).map_err(|e| format!("can-reach={v}: {e}")),
             _ => Err(format!(
-                "unknown address detection method \"{s}\" (first-found, interface=NAME, cidr=CIDR, can-reach=ADDRESS)"
+                "unknown address detection method \"{s}\" (first-found, interface=NAME, cidr=CIDR, \
+                 can-reach=ADDRESS, kubernetes-internal-ip)"
             )),
         }
     }
@@ -95,8 +100,14 @@ fn name_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
-/// Detects the node's address of one family.
-pub async fn detect(kernel: &dyn Kernel, method: &Method, v6: bool) -> anyhow::Result<Detected> {
+/// Detects the node's address of one family. `internal_ips` are the Kubernetes Node's InternalIP
+/// addresses, which [`Method::KubernetesInternalIp`] looks for on this host's interfaces.
+pub async fn detect(
+    kernel: &dyn Kernel,
+    method: &Method,
+    v6: bool,
+    internal_ips: &[IpAddr],
+) -> anyhow::Result<Detected> {
     let all = candidates(kernel, v6).await?;
     let pick = |c: &Candidate, address: IpNetwork, reason: String| Detected {
         address,
@@ -139,6 +150,28 @@ pub async fn detect(kernel: &dyn Kernel, method: &Method, v6: bool) -> anyhow::R
                     .map(|a| pick(c, *a, format!("can-reach={target}: the kernel's source address toward it")))
             })
         }
+        Method::KubernetesInternalIp => {
+            let wanted: Vec<IpAddr> = internal_ips.iter().copied().filter(|ip| ip.is_ipv6() == v6).collect();
+            if wanted.is_empty() {
+                anyhow::bail!(
+                    "kubernetes-internal-ip: the Kubernetes Node has no {} InternalIP (kubelet's --node-ip sets it)",
+                    if v6 { "IPv6" } else { "IPv4" }
+                );
+            }
+            let found = all.iter().find_map(|c| {
+                c.addresses.iter().find(|a| wanted.contains(&a.ip())).map(|a| {
+                    pick(c, *a, format!("kubernetes-internal-ip: the Node's InternalIP {} is on {}", a.ip(), c.name))
+                })
+            });
+            let on_no_interface = || {
+                let list: Vec<String> = wanted.iter().map(ToString::to_string).collect();
+                anyhow::anyhow!(
+                    "kubernetes-internal-ip: the Node's InternalIP {} is on no interface here",
+                    list.join(", ")
+                )
+            };
+            return found.ok_or_else(on_no_interface);
+        }
     };
     found.ok_or_else(|| anyhow::anyhow!("no {} address found by {method:?}", if v6 { "IPv6" } else { "IPv4" }))
 }
@@ -153,6 +186,7 @@ mod tests {
         assert_eq!("interface=eth0,ens*".parse(), Ok(Method::Interface(vec!["eth0".into(), "ens*".into()])));
         assert_eq!("cidr=10.0.0.0/8".parse(), Ok(Method::Cidr(vec!["10.0.0.0/8".parse().unwrap()])));
         assert_eq!("can-reach=8.8.8.8".parse(), Ok(Method::CanReach("8.8.8.8".parse().unwrap())));
+        assert_eq!("kubernetes-internal-ip".parse(), Ok(Method::KubernetesInternalIp));
         assert!("skip".parse::<Method>().unwrap_err().contains("first-found"));
         assert!("cidr=10.0.0.0/33".parse::<Method>().is_err());
         assert!(name_matches("ens*", "ens3") && !name_matches("ens*", "eth0") && name_matches("eth0", "eth0"));
@@ -173,14 +207,28 @@ mod tests {
         state.addresses.insert(eth1, ["192.168.9.2/24".parse().unwrap()].into());
         drop(state);
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let found = runtime.block_on(detect(&kernel, &Method::FirstFound, false)).unwrap();
+        let found = runtime.block_on(detect(&kernel, &Method::FirstFound, false, &[])).unwrap();
         assert_eq!(
             (found.address, found.interface.as_str(), found.mtu),
             ("10.0.0.5/24".parse().unwrap(), "eth0", 9000)
         );
-        let by_cidr = runtime.block_on(detect(&kernel, &"cidr=192.168.0.0/16".parse().unwrap(), false)).unwrap();
+        let by_cidr = runtime.block_on(detect(&kernel, &"cidr=192.168.0.0/16".parse().unwrap(), false, &[])).unwrap();
         assert_eq!(by_cidr.interface, "eth1");
-        let error = runtime.block_on(detect(&kernel, &Method::FirstFound, true)).unwrap_err().to_string();
+        let error = runtime.block_on(detect(&kernel, &Method::FirstFound, true, &[])).unwrap_err().to_string();
         assert!(error.contains("no IPv6 address"), "{error}");
+
+        // The Node's InternalIP, wherever it is, with its interface's prefix length.
+        let internal = ["fd00::9".parse().unwrap(), "192.168.9.2".parse().unwrap()];
+        let by_node = runtime.block_on(detect(&kernel, &Method::KubernetesInternalIp, false, &internal)).unwrap();
+        assert_eq!((by_node.address, by_node.interface.as_str()), ("192.168.9.2/24".parse().unwrap(), "eth1"));
+        let elsewhere = ["192.168.77.1".parse().unwrap()];
+        let error = runtime
+            .block_on(detect(&kernel, &Method::KubernetesInternalIp, false, &elsewhere))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("InternalIP 192.168.77.1 is on no interface here"), "{error}");
+        let error =
+            runtime.block_on(detect(&kernel, &Method::KubernetesInternalIp, true, &elsewhere)).unwrap_err().to_string();
+        assert!(error.contains("has no IPv6 InternalIP"), "{error}");
     }
 }

@@ -37,7 +37,7 @@ struct Args {
     #[arg(long, env = "NODENAME")]
     nodename: Option<String>,
     /// How to find this node's IPv4 address: first-found, interface=NAME, cidr=CIDR,
-    /// can-reach=ADDRESS.
+    /// can-reach=ADDRESS, kubernetes-internal-ip (the Kubernetes Node's InternalIP).
     #[arg(long, env = "IP_AUTODETECTION_METHOD", default_value = "first-found")]
     ip_autodetection_method: Method,
     /// The same for IPv6; none when not given.
@@ -108,13 +108,31 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     };
     logging.set_agent(config.log_severity_screen);
 
+    // The Kubernetes API beside the datastore, on the Kubernetes datastore: the Node's
+    // addresses and its NetworkUnavailable condition.
+    let kubernetes = match args.datastore.parse::<Selection>() {
+        Ok(Selection::Kubernetes(options)) => {
+            Some(KubernetesStore::connect(options).await.context("connecting to the Kubernetes API")?)
+        }
+        _ => None,
+    };
+    let by_internal_ip = [Some(&args.ip_autodetection_method), args.ip6_autodetection_method.as_ref()]
+        .contains(&Some(&Method::KubernetesInternalIp));
+    let internal_ips = match (&kubernetes, by_internal_ip) {
+        (_, false) => Vec::new(),
+        (Some(api), true) => api.node_internal_ips(&name).await.context("kubernetes-internal-ip")?,
+        (None, true) => anyhow::bail!("kubernetes-internal-ip needs the Kubernetes datastore (kubernetes://)"),
+    };
+
     let kernel = Arc::new(brindle_kernel::netlink::Netlink::connect()?);
-    let v4 = autodetect::detect(&*kernel, &args.ip_autodetection_method, false)
+    let v4 = autodetect::detect(&*kernel, &args.ip_autodetection_method, false, &internal_ips)
         .await
         .context("detecting the IPv4 address")?;
     tracing::warn!(address = %v4.address, interface = %v4.interface, reason = %v4.reason, "node address");
     let v6 = match &args.ip6_autodetection_method {
-        Some(method) => Some(autodetect::detect(&*kernel, method, true).await.context("detecting the IPv6 address")?),
+        Some(method) => Some(
+            autodetect::detect(&*kernel, method, true, &internal_ips).await.context("detecting the IPv6 address")?,
+        ),
         None => None,
     };
     startup::register(&client, &name, Some(&v4), v6.as_ref()).await?;
@@ -204,8 +222,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         rx.clone(),
         Arc::clone(&metrics),
     ));
-    if let Ok(Selection::Kubernetes(options)) = args.datastore.parse::<Selection>() {
-        let api = KubernetesStore::connect(options).await.context("connecting to the Kubernetes API")?;
+    if let Some(api) = kubernetes {
         tokio::spawn(node_condition::keep_network_available(api, name.clone(), metrics.readiness()));
     }
     let passes = Passes {

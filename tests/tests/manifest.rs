@@ -161,7 +161,8 @@ fn image_files() -> Vec<(PathBuf, PathBuf)> {
 /// The manifest applied to a real API server, and its pods run as kubelet would run them
 /// (their commands, environment, volumes and service accounts exactly as the manifest gives
 /// them): install-cni installs the plugins and a conflist, the agent registers, creates the
-/// default pool, becomes ready and clears its Node's NetworkUnavailable, the CNI plugin the conflist names ADDs and DELs a pod on
+/// default pool, takes its Node's InternalIP for its address, becomes ready and clears its
+/// Node's NetworkUnavailable, the CNI plugin the conflist names ADDs and DELs a pod on
 /// the host with the kubeconfig the agent keeps for it, and the GC CronJob's pod does a pass,
 /// all with nothing but the manifest's roles.
 #[test]
@@ -194,16 +195,19 @@ fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() 
         assert!(refused.contains(field), "the refusal names {field}: {refused}");
     }
 
-    // The Node, as kubelet registers it, with the NetworkUnavailable condition a cloud's node
-    // controller starts it with, and the node's own files.
+    // The Node, as kubelet registers it: its InternalIP a second address of the uplink (which
+    // first-found would not take), the NetworkUnavailable condition a cloud's node controller
+    // starts it with; and the node's own files.
+    let uplink = node.node.ip(&["-o", "-4", "addr", "show"]).unwrap();
+    let uplink = uplink.lines().find(|l| l.contains(netns::NODE_V4)).unwrap().split_whitespace().nth(1).unwrap();
+    node.node.ip(&["addr", "add", "10.250.7.2/24", "dev", uplink]).unwrap();
     let node_yaml = scratch.path().join("node.yaml");
     std::fs::write(&node_yaml, "apiVersion: v1\nkind: Node\nmetadata: {name: mft-node}\n").unwrap();
     server.kubectl(&["create", "-f", &node_yaml.display().to_string()]).unwrap();
-    let unavailable =
-        r#"{"status": {"conditions": [{"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated"}]}}"#;
-    server
-        .kubectl(&["patch", "node", "mft-node", "--subresource=status", "--type=strategic", "-p", unavailable])
-        .unwrap();
+    let status = r#"{"status": {
+        "addresses": [{"type": "InternalIP", "address": "10.250.7.2"}, {"type": "Hostname", "address": "mft-node"}],
+        "conditions": [{"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated"}]}}"#;
+    server.kubectl(&["patch", "node", "mft-node", "--subresource=status", "--type=strategic", "-p", status]).unwrap();
     let network_condition = || {
         let jsonpath = r#"jsonpath={.status.conditions[?(@.type=="NetworkUnavailable")].status}/{.status.conditions[?(@.type=="NetworkUnavailable")].reason}"#;
         server.kubectl(&["get", "node", "mft-node", "-o", jsonpath]).unwrap()
@@ -239,6 +243,10 @@ fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() 
     assert_eq!(pools.trim(), "ippool.brindle.io/default-ipv4-ippool", "the first agent made the default pool");
     let node_object = server.kubectl(&["get", "node", "mft-node", "-o", "json"]).unwrap();
     assert!(node_object.contains("brindle.io/node"), "the agent registered on its Node: {node_object}");
+    assert!(
+        node_object.contains(r#"\"ipv4Address\":\"10.250.7.2/24\""#),
+        "its InternalIP is its address: {node_object}"
+    );
     let cleared =
         brindle_e2e::wait::wait_for("NetworkUnavailable to be False", std::time::Duration::from_secs(10), || {
             network_condition() == "False/BrindleIsUp"

@@ -111,6 +111,16 @@ impl KubernetesStore {
         Ok(())
     }
 
+    /// The Kubernetes Node's InternalIP addresses, as kubelet reported them.
+    pub async fn node_internal_ips(&self, node: &str) -> Result<Vec<std::net::IpAddr>> {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let not_found =
+            |s: &kube::core::Status| (s.code == 404).then(|| Error::NotFound(format!("Kubernetes Node {node}")));
+        let object = self.call(&format!("reading Node {node}"), nodes.get(node), not_found).await?;
+        let addresses = object.status.and_then(|s| s.addresses).unwrap_or_default();
+        Ok(addresses.iter().filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect())
+    }
+
     fn api(&self, collection: &Collection, namespace: Option<&str>) -> Api<DynamicObject> {
         match (collection.namespaced, namespace) {
             (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &collection.api),
