@@ -10,7 +10,6 @@ use anyhow::Context;
 use brindle_datastore::Client;
 use brindle_datastore::ipam::Ipam;
 use brindle_datastore::resource::{AgentConfiguration, IptablesBackend};
-use brindle_datastore::store::{KubernetesStore, Selection};
 use brindle_kernel::Kernel;
 use clap::Parser;
 use tokio::sync::watch;
@@ -108,14 +107,8 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     };
     logging.set_agent(config.log_severity_screen);
 
-    // The Kubernetes API beside the datastore, on the Kubernetes datastore: the Node's
-    // addresses and its NetworkUnavailable condition.
-    let kubernetes = match args.datastore.parse::<Selection>() {
-        Ok(Selection::Kubernetes(options)) => {
-            Some(KubernetesStore::connect(options).await.context("connecting to the Kubernetes API")?)
-        }
-        _ => None,
-    };
+    // On the Kubernetes datastore: the Node's addresses and its NetworkUnavailable condition.
+    let kubernetes = store.kubernetes().cloned();
     let by_internal_ip = [Some(&args.ip_autodetection_method), args.ip6_autodetection_method.as_ref()]
         .contains(&Some(&Method::KubernetesInternalIp));
     let internal_ips = match (&kubernetes, by_internal_ip) {

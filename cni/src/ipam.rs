@@ -11,6 +11,7 @@ use std::process::{Command as Process, Stdio};
 use brindle_datastore::Client;
 use brindle_datastore::ipam::pools::Family;
 use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, Ipam};
+use brindle_datastore::store::KubernetesStore;
 
 use crate::config::{Attachment, BrindleIpam, NetConf};
 use crate::env::{Command, Request};
@@ -29,6 +30,8 @@ pub struct Store {
     pub client: Client,
     /// Block IPAM.
     pub ipam: Ipam,
+    /// The Kubernetes API, when it is the datastore.
+    pub kubernetes: Option<KubernetesStore>,
 }
 
 impl Store {
@@ -39,8 +42,9 @@ impl Store {
             brindle_datastore::Error::Invalid(m) => Error::InvalidConfig(format!("datastore: {m}")),
             other => Error::from(other).context("connecting to the datastore"),
         })?;
+        let kubernetes = store.kubernetes().cloned();
         let client = Client::new(store);
-        Ok(Store { ipam: Ipam::new(client.clone()), client })
+        Ok(Store { ipam: Ipam::new(client.clone()), client, kubernetes })
     }
 
     /// Allocates the configured addresses for an attachment.

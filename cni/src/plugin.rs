@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::config::{BRINDLE_IPAM, BrindleIpam};
-use crate::endpoint::EndpointId;
+use crate::endpoint::{self, EndpointId};
 use crate::env::Command;
 use crate::error::{Error, Result};
 use crate::ipam::{self, Store};
@@ -88,6 +88,7 @@ async fn add(inv: &Invocation) -> Result<Value> {
     let node = conf.node_name()?;
     let mtu = conf.pod_mtu()?;
     let store = Store::connect(conf).await?;
+    let facts = endpoint::pod_facts(store.kubernetes.as_ref(), &request.pod).await?;
     let handle = ipam::handle(&conf.name, &request.container_id);
     // A record whose veth is gone (the sandbox's namespace was destroyed under it): its
     // addresses are given back before new ones are taken, so the handle never holds both.
@@ -120,7 +121,7 @@ async fn add(inv: &Invocation) -> Result<Value> {
 
         let endpoint = endpoint_id(inv, &node);
         let networks = plan.addresses.iter().map(|&ip| wiring::host_prefix(ip)).collect();
-        endpoint.write(&store.client, &node, &plan.host_veth, &pod_mac, networks).await?;
+        endpoint.write(&store.client, &node, &plan.host_veth, &pod_mac, networks, facts).await?;
         undo.endpoint = Some(endpoint.clone());
 
         let record = Record {

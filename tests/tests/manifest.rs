@@ -162,8 +162,9 @@ fn image_files() -> Vec<(PathBuf, PathBuf)> {
 /// (their commands, environment, volumes and service accounts exactly as the manifest gives
 /// them): install-cni installs the plugins and a conflist, the agent registers, creates the
 /// default pool, takes its Node's InternalIP for its address, becomes ready and clears its
-/// Node's NetworkUnavailable, the CNI plugin the conflist names ADDs and DELs a pod on
-/// the host with the kubeconfig the agent keeps for it, and the GC CronJob's pod does a pass,
+/// Node's NetworkUnavailable, the CNI plugin the conflist names ADDs (its endpoint carrying the
+/// Pod's labels, service account and named port) and DELs a pod on the host with the
+/// kubeconfig the agent keeps for it, and the GC CronJob's pod does a pass,
 /// all with nothing but the manifest's roles.
 #[test]
 fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() {
@@ -267,6 +268,18 @@ fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() 
             .unwrap(),
         root: Some(host.clone()),
     };
+    // The Pod the runtime wires, as the API server holds it: labels, a service account and a
+    // named port, all of which its WorkloadEndpoint carries for policy.
+    let pod_yaml = scratch.path().join("pod.yaml");
+    std::fs::write(
+        &pod_yaml,
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot, namespace: default}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: default, labels: {app: web, tier: front}}\n\
+         spec: {nodeName: mft-node, serviceAccountName: robot, containers: [{name: web, image: web, \
+         ports: [{name: http, containerPort: 8080}, {containerPort: 9090}]}]}\n",
+    )
+    .unwrap();
+    server.kubectl(&["create", "-f", &pod_yaml.display().to_string()]).unwrap();
     let pod_ns = netns::Netns::new("mft", "pod").unwrap();
     let attachment = brindle_e2e::cni::Attachment {
         container_id: "mft0".into(),
@@ -278,6 +291,12 @@ fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() 
     let added = runtime.add(&attachment).unwrap().unwrap_or_else(|o| panic!("ADD: {}{}", o.stdout, o.stderr));
     let endpoints = server.kubectl(&["get", "workloadendpoints", "-A", "-o", "name"]).unwrap();
     assert!(endpoints.contains("workloadendpoint.brindle.io/mft-node-k8s-web-eth0"), "{endpoints}");
+    let endpoint =
+        server.kubectl(&["get", "workloadendpoint", "-n", "default", "mft-node-k8s-web-eth0", "-o", "json"]).unwrap();
+    let endpoint: serde_json::Value = serde_json::from_str(&endpoint).unwrap();
+    assert_eq!(endpoint["metadata"]["labels"], serde_json::json!({"app": "web", "tier": "front"}), "{endpoint}");
+    assert_eq!(endpoint["spec"]["serviceAccountName"], "robot", "{endpoint}");
+    assert_eq!(endpoint["spec"]["ports"], serde_json::json!([{"name": "http", "protocol": "TCP", "port": 8080}]));
 
     // The CronJob's pod: one garbage collection pass with its own account.
     let cronjob = documents().into_iter().find(|d| d["kind"] == "CronJob").unwrap();

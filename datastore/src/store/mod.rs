@@ -128,6 +128,12 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
 
     /// Streams every change to keys under `prefix` made after revision `after`, in order.
     async fn watch(&self, prefix: &str, after: Revision) -> Result<Watch>;
+
+    /// The Kubernetes API this store is, on the Kubernetes datastore: for what only Kubernetes
+    /// has (Pods, a Node's addresses and conditions).
+    fn kubernetes(&self) -> Option<&KubernetesStore> {
+        None
+    }
 }
 
 /// Opens the backend a selection string names: `etcd://host:port[,host:port][?options]`,

@@ -39,6 +39,42 @@ const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long one watch request lasts before the server ends it (and it is resumed).
 const WATCH_SECONDS: u32 = 290;
 
+/// What a pod's WorkloadEndpoint carries from its Kubernetes Pod, for policy: its labels, its
+/// service account, and its containers' named ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodFacts {
+    /// The Pod's labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `spec.serviceAccountName`.
+    pub service_account: Option<String>,
+    /// Every container port with a name.
+    pub ports: Vec<crate::resource::EndpointPort>,
+}
+
+impl PodFacts {
+    /// The facts of `pod`.
+    pub fn of(pod: &k8s_openapi::api::core::v1::Pod) -> PodFacts {
+        let spec = pod.spec.as_ref();
+        let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+        let ports = containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                Some(crate::resource::EndpointPort {
+                    name: p.name.clone()?,
+                    protocol: p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+                    port: u16::try_from(p.container_port).ok()?,
+                })
+            })
+            .collect();
+        PodFacts {
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            service_account: spec.and_then(|s| s.service_account_name.clone()),
+            ports,
+        }
+    }
+}
+
 /// The Kubernetes backend.
 #[derive(Clone)]
 pub struct KubernetesStore {
@@ -119,6 +155,16 @@ impl KubernetesStore {
         let object = self.call(&format!("reading Node {node}"), nodes.get(node), not_found).await?;
         let addresses = object.status.and_then(|s| s.addresses).unwrap_or_default();
         Ok(addresses.iter().filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect())
+    }
+
+    /// What the WorkloadEndpoint of Pod `namespace/name` takes from it (labels, service account,
+    /// named container ports); None when there is no such Pod.
+    pub async fn pod_facts(&self, namespace: &str, name: &str) -> Result<Option<PodFacts>> {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), namespace);
+        match self.call(&format!("reading Pod {namespace}/{name}"), pods.get_opt(name), |_| None).await? {
+            Some(pod) => Ok(Some(PodFacts::of(&pod))),
+            None => Ok(None),
+        }
     }
 
     fn api(&self, collection: &Collection, namespace: Option<&str>) -> Api<DynamicObject> {
@@ -230,6 +276,10 @@ fn from_value(object: Value) -> Result<DynamicObject> {
 
 #[async_trait]
 impl Datastore for KubernetesStore {
+    fn kubernetes(&self) -> Option<&KubernetesStore> {
+        Some(self)
+    }
+
     async fn get(&self, key: &str) -> Result<KeyValue> {
         let (place, object) = self.get_object(key).await?;
         self.key_value(&place, &object, key).await
@@ -460,5 +510,28 @@ impl Follow {
             last.insert(kv.key.clone(), kv.value.clone());
         }
         Ok((revision, Some(WatchEvent::Put(kv))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pods_facts_are_its_labels_service_account_and_named_ports() {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "x", "labels": {"app": "web"}},
+            "spec": {"serviceAccountName": "robot", "containers": [
+                {"name": "a", "ports": [{"name": "http", "containerPort": 8080}, {"containerPort": 9090}]},
+                {"name": "b", "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"}]},
+            ]},
+        }))
+        .unwrap();
+        let facts = PodFacts::of(&pod);
+        assert_eq!(facts.labels, [("app".to_owned(), "web".to_owned())].into());
+        assert_eq!(facts.service_account.as_deref(), Some("robot"));
+        let ports: Vec<(&str, &str, u16)> =
+            facts.ports.iter().map(|p| (p.name.as_str(), p.protocol.as_str(), p.port)).collect();
+        assert_eq!(ports, [("http", "TCP", 8080), ("dns", "UDP", 53)], "unnamed ports are no use to policy");
     }
 }
