@@ -13,6 +13,7 @@ mod fixtures;
 pub mod logging;
 pub mod node_condition;
 pub mod passes;
+pub mod pod_facts;
 pub mod policy;
 pub mod startup;
 pub mod status;

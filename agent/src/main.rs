@@ -20,7 +20,7 @@ use brindle_agent::dataplane::{Dataplane, iptables};
 use brindle_agent::logging::Logging;
 use brindle_agent::passes::{BgpBackend, Passes};
 use brindle_agent::status::{self, Metrics};
-use brindle_agent::{node_condition, startup, syncer};
+use brindle_agent::{node_condition, pod_facts, startup, syncer};
 
 /// The brindle node agent.
 ///
@@ -216,6 +216,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         Arc::clone(&metrics),
     ));
     if let Some(api) = kubernetes {
+        tokio::spawn(pod_facts::follow_pods(api.clone(), client.clone(), name.clone(), rx.clone()));
         tokio::spawn(node_condition::keep_network_available(api, name.clone(), metrics.readiness()));
     }
     let passes = Passes {

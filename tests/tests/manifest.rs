@@ -163,7 +163,7 @@ fn image_files() -> Vec<(PathBuf, PathBuf)> {
 /// them): install-cni installs the plugins and a conflist, the agent registers, creates the
 /// default pool, takes its Node's InternalIP for its address, becomes ready and clears its
 /// Node's NetworkUnavailable, the CNI plugin the conflist names ADDs (its endpoint carrying the
-/// Pod's labels, service account and named port) and DELs a pod on the host with the
+/// Pod's labels, service account and named port, and following a relabel) and DELs a pod on the host with the
 /// kubeconfig the agent keeps for it, and the GC CronJob's pod does a pass,
 /// all with nothing but the manifest's roles.
 #[test]
@@ -297,6 +297,18 @@ fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() 
     assert_eq!(endpoint["metadata"]["labels"], serde_json::json!({"app": "web", "tier": "front"}), "{endpoint}");
     assert_eq!(endpoint["spec"]["serviceAccountName"], "robot", "{endpoint}");
     assert_eq!(endpoint["spec"]["ports"], serde_json::json!([{"name": "http", "protocol": "TCP", "port": 8080}]));
+    // Relabelled with kubectl, the Pod's endpoint follows (the agent watches its node's Pods).
+    server.kubectl(&["label", "pod", "-n", "default", "web", "tier=back", "--overwrite"]).unwrap();
+    let endpoint_labels = || {
+        let path = "jsonpath={.metadata.labels.tier}";
+        server.kubectl(&["get", "workloadendpoint", "-n", "default", "mft-node-k8s-web-eth0", "-o", path]).unwrap()
+    };
+    let followed = brindle_e2e::wait::wait_for(
+        "the endpoint to follow the Pod's labels",
+        std::time::Duration::from_secs(5),
+        || endpoint_labels() == "back",
+    );
+    assert!(followed.is_ok(), "the endpoint's tier is {:?}: {}", endpoint_labels(), agent_log());
 
     // The CronJob's pod: one garbage collection pass with its own account.
     let cronjob = documents().into_iter().find(|d| d["kind"] == "CronJob").unwrap();

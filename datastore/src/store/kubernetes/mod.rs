@@ -167,6 +167,35 @@ impl KubernetesStore {
         }
     }
 
+    /// Follows the Pods on `node`: `(namespace, name, facts)` for each as it is listed and as it
+    /// changes (all again after a relist), with no facts once it is deleted. A failed watch
+    /// yields its error and resumes after a back-off; the stream never ends on its own.
+    pub fn pods_on(
+        &self,
+        node: &str,
+    ) -> impl futures::Stream<Item = Result<(String, String, Option<PodFacts>)>> + Send + use<> {
+        use kube::runtime::{WatchStreamExt, watcher};
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(self.client.clone());
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        let key = |pod: &k8s_openapi::api::core::v1::Pod| {
+            (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
+        };
+        watcher(pods, config).default_backoff().filter_map(move |event| {
+            futures::future::ready(match event {
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                    let (namespace, name) = key(&pod);
+                    Some(Ok((namespace, name, Some(PodFacts::of(&pod)))))
+                }
+                Ok(watcher::Event::Delete(pod)) => {
+                    let (namespace, name) = key(&pod);
+                    Some(Ok((namespace, name, None)))
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(e) => Some(Err(unavailable("watching Pods", e))),
+            })
+        })
+    }
+
     fn api(&self, collection: &Collection, namespace: Option<&str>) -> Api<DynamicObject> {
         match (collection.namespaced, namespace) {
             (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &collection.api),

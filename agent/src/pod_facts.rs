@@ -1,0 +1,136 @@
+//! On the Kubernetes datastore, this node's WorkloadEndpoints follow their Pods: labels, service
+//! account and named ports as kubectl changes them (the CNI plugin copied them at ADD), so
+//! policy selectors follow too. Level-triggered: the latest facts of every Pod on the node are
+//! compared with the endpoints whenever either changes, so an update lost to a conflict or a
+//! Pod seen before its endpoint is made good at the next change of either.
+
+use std::collections::HashMap;
+
+use brindle_datastore::Client;
+use brindle_datastore::resource::{Resource, WorkloadEndpoint};
+use brindle_datastore::store::KubernetesStore;
+use brindle_datastore::store::kubernetes::PodFacts;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::syncer::Published;
+
+/// Pods by `(namespace, name)`.
+type Known = HashMap<(String, String), PodFacts>;
+
+/// Runs until the cluster it follows has no sender left.
+pub async fn follow_pods(api: KubernetesStore, client: Client, node: String, mut cluster: watch::Receiver<Published>) {
+    let mut known = Known::new();
+    let mut pods = std::pin::pin!(api.pods_on(&node));
+    loop {
+        tokio::select! {
+            next = pods.next() => match next {
+                Some(Ok((namespace, name, Some(facts)))) => drop(known.insert((namespace, name), facts)),
+                Some(Ok((namespace, name, None))) => drop(known.remove(&(namespace, name))),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot follow this node's Pods");
+                    continue;
+                }
+                None => return,
+            },
+            changed = cluster.changed() => if changed.is_err() { return },
+        }
+        let Some(current) = cluster.borrow().clone() else { continue };
+        for (namespace, name, facts) in stale(&current.workloads, &node, &known) {
+            // The endpoint as stored now (the cluster's copy carries no revision to update).
+            let updated = match client.find::<WorkloadEndpoint>(Some(&namespace), &name).await {
+                Ok(found) => found.and_then(|e| with_facts(&e, facts)),
+                Err(e) => {
+                    tracing::warn!(endpoint = %format!("{namespace}/{name}"), error = %e, "cannot read the endpoint");
+                    None
+                }
+            };
+            let Some(updated) = updated else { continue };
+            match client.update(updated).await {
+                Ok(_) => tracing::info!(endpoint = %format!("{namespace}/{name}"), "endpoint follows its Pod"),
+                // A conflict: the endpoint changed meanwhile; its next version comes round.
+                Err(e) => {
+                    tracing::debug!(endpoint = %format!("{namespace}/{name}"), error = %e, "endpoint not updated")
+                }
+            }
+        }
+    }
+}
+
+/// This node's endpoints whose Pod says otherwise than they do: namespace, name and the Pod's
+/// facts.
+fn stale<'a>(
+    workloads: &[Resource<WorkloadEndpoint>],
+    node: &str,
+    known: &'a Known,
+) -> Vec<(String, String, &'a PodFacts)> {
+    workloads
+        .iter()
+        .filter(|e| e.spec.node == node && e.spec.orchestrator == "k8s")
+        .filter_map(|e| {
+            let namespace = e.metadata.namespace.clone()?;
+            let facts = known.get(&(namespace.clone(), e.spec.pod.clone()))?;
+            with_facts(e, facts).map(|_| (namespace, e.name().to_owned(), facts))
+        })
+        .collect()
+}
+
+/// `endpoint` with its Pod's facts, if they differ from what it carries.
+fn with_facts(endpoint: &Resource<WorkloadEndpoint>, facts: &PodFacts) -> Option<Resource<WorkloadEndpoint>> {
+    let same = endpoint.metadata.labels == facts.labels
+        && endpoint.spec.service_account_name == facts.service_account
+        && endpoint.spec.ports == facts.ports;
+    (!same).then(|| {
+        let mut updated = endpoint.clone();
+        updated.metadata.labels.clone_from(&facts.labels);
+        updated.spec.service_account_name.clone_from(&facts.service_account);
+        updated.spec.ports.clone_from(&facts.ports);
+        updated
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use brindle_datastore::resource::Metadata;
+
+    use super::*;
+
+    fn endpoint(node: &str, pod: &str, labels: &[(&str, &str)]) -> Resource<WorkloadEndpoint> {
+        let mut metadata = Metadata::named(format!("{node}-k8s-{pod}-eth0"));
+        metadata.namespace = Some("x".into());
+        metadata.labels = labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        let spec = WorkloadEndpoint {
+            node: node.into(),
+            orchestrator: "k8s".into(),
+            pod: pod.into(),
+            endpoint: "eth0".into(),
+            container_id: "c".into(),
+            interface_name: "brin0".into(),
+            mac: None,
+            ip_networks: vec![],
+            profiles: vec![],
+            service_account_name: None,
+            ports: vec![],
+        };
+        Resource { metadata, spec }
+    }
+
+    #[test]
+    fn only_this_nodes_endpoints_whose_pod_changed_are_rewritten() {
+        let workloads = [
+            endpoint("n1", "a", &[("app", "web")]),
+            endpoint("n1", "b", &[("app", "db")]),
+            endpoint("n1", "unknown", &[]),
+            endpoint("n2", "a", &[]),
+        ];
+        let facts = |app: &str| PodFacts { labels: [("app".into(), app.into())].into(), ..PodFacts::default() };
+        let known: Known =
+            [(("x".into(), "a".into()), facts("web")), (("x".into(), "b".into()), facts("cache"))].into();
+        let stale = stale(&workloads, "n1", &known);
+        assert_eq!(stale.len(), 1, "a is as its Pod says, unknown has no Pod, n2 is another node's");
+        assert_eq!((stale[0].1.as_str(), stale[0].2.labels["app"].as_str()), ("n1-k8s-b-eth0", "cache"));
+        let updated = with_facts(&workloads[1], stale[0].2).unwrap();
+        assert_eq!(updated.metadata.labels["app"], "cache");
+        assert!(with_facts(&updated, stale[0].2).is_none(), "then it is as its Pod says");
+    }
+}
