@@ -91,28 +91,10 @@ fn with_facts(endpoint: &Resource<WorkloadEndpoint>, facts: &PodFacts) -> Option
 
 #[cfg(test)]
 mod tests {
-    use brindle_datastore::resource::Metadata;
-
     use super::*;
 
     fn endpoint(node: &str, pod: &str, labels: &[(&str, &str)]) -> Resource<WorkloadEndpoint> {
-        let mut metadata = Metadata::named(format!("{node}-k8s-{pod}-eth0"));
-        metadata.namespace = Some("x".into());
-        metadata.labels = labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-        let spec = WorkloadEndpoint {
-            node: node.into(),
-            orchestrator: "k8s".into(),
-            pod: pod.into(),
-            endpoint: "eth0".into(),
-            container_id: "c".into(),
-            interface_name: "brin0".into(),
-            mac: None,
-            ip_networks: vec![],
-            profiles: vec![],
-            service_account_name: None,
-            ports: vec![],
-        };
-        Resource { metadata, spec }
+        brindle_datastore::testing::pod_endpoint(node, "x", pod, labels)
     }
 
     #[test]

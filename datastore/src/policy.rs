@@ -665,27 +665,12 @@ impl Policies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::Metadata;
     use crate::testing::policies_from_yaml as policies;
 
     fn endpoint(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Resource<WorkloadEndpoint> {
-        let mut metadata = Metadata::named(name);
-        metadata.namespace = Some(namespace.into());
-        metadata.labels = labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-        let spec = WorkloadEndpoint {
-            node: "n".into(),
-            orchestrator: "k8s".into(),
-            pod: name.into(),
-            endpoint: "eth0".into(),
-            container_id: "c".into(),
-            interface_name: "brin0".into(),
-            mac: None,
-            ip_networks: vec![],
-            profiles: vec![],
-            service_account_name: Some("api".into()),
-            ports: vec![],
-        };
-        Resource { metadata, spec }
+        let mut endpoint = crate::testing::pod_endpoint("n", namespace, name, labels);
+        endpoint.spec.service_account_name = Some("api".into());
+        endpoint
     }
 
     const MIXED: &str = "

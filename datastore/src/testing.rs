@@ -113,6 +113,34 @@ pub fn policies_from_yaml(text: &str) -> crate::policy::Policies {
     crate::policy::Policies::new(&tiers, &kubernetes, &namespaced, &global)
 }
 
+/// A Kubernetes pod's WorkloadEndpoint on `node` with `labels`: interface eth0 behind `brin0`,
+/// no addresses, ports or service account (a test sets what it looks at).
+pub fn pod_endpoint(
+    node: &str,
+    namespace: &str,
+    pod: &str,
+    labels: &[(&str, &str)],
+) -> crate::resource::Resource<crate::resource::WorkloadEndpoint> {
+    use crate::resource::{Metadata, Resource, WorkloadEndpoint};
+    let mut metadata = Metadata::named(format!("{node}-k8s-{pod}-eth0"));
+    metadata.namespace = Some(namespace.into());
+    metadata.labels = labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+    let spec = WorkloadEndpoint {
+        node: node.into(),
+        orchestrator: "k8s".into(),
+        pod: pod.into(),
+        endpoint: "eth0".into(),
+        container_id: "c".into(),
+        interface_name: "brin0".into(),
+        mac: None,
+        ip_networks: vec![],
+        profiles: vec![],
+        service_account_name: None,
+        ports: vec![],
+    };
+    Resource { metadata, spec }
+}
+
 /// A private etcd server: its own data directory and loopback ports. Killed on drop.
 #[derive(Debug)]
 pub struct EtcdServer {
