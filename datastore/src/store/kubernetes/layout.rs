@@ -7,7 +7,9 @@
 //! - `/brindle/v1/namespaces/<name>` and `/brindle/v1/kubernetesnetworkpolicies/<ns>/<name>`:
 //!   Kubernetes' own Namespace and NetworkPolicy, as they are.
 //! - `/brindle/v1/nodes/<name>`: the Kubernetes Node of that name. Its labels and
-//!   annotations are the brindle Node's; the brindle spec is the annotation `brindle.io/node`.
+//!   annotations are the brindle Node's; the brindle spec is the annotation `brindle.io/node`,
+//!   but for its AS number and route-reflector cluster ID, annotations of their own
+//!   (`brindle.io/ASNumber`, `brindle.io/RouteReflectorClusterID`) that kubectl can set.
 //! - `/brindle/ipam/v1/blocks/<cidr>`: an `IPAMBlock` whose spec shows the block's CIDR and
 //!   owner and holds the whole block as JSON text (`state`): one field for the API server to
 //!   track on every allocation, where a structured map of allocations made each update two to
@@ -31,6 +33,12 @@ pub const GROUP: &str = "brindle.io";
 pub const VERSION: &str = "v1";
 /// The annotation that carries a brindle Node's spec on the Kubernetes Node.
 pub const NODE_SPEC_ANNOTATION: &str = "brindle.io/node";
+
+/// Fields of a brindle Node's `spec.bgp` kept as annotations of their own, so an operator sets
+/// them with `kubectl annotate node` (as Calico's `projectcalico.org/ASNumber` and
+/// `projectcalico.org/RouteReflectorClusterID`): annotation, field.
+pub const NODE_BGP_ANNOTATIONS: [(&str, &str); 2] =
+    [("brindle.io/ASNumber", "asNumber"), ("brindle.io/RouteReflectorClusterID", "routeReflectorClusterID")];
 
 /// How values of a collection are shaped as API objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,8 +236,19 @@ pub fn to_object(collection: &Collection, place: &Place, key: &str, value: &[u8]
             let value = parse_json(key, value)?;
             let mut own = own_metadata(value.get("metadata").unwrap_or(&Value::Null));
             own.extend(metadata);
-            let spec = value.get("spec").cloned().unwrap_or_else(|| json!({}));
+            let mut spec = value.get("spec").cloned().unwrap_or_else(|| json!({}));
             let annotations = own.entry("annotations").or_insert_with(|| json!({}));
+            for (annotation, field) in NODE_BGP_ANNOTATIONS {
+                let held = spec.get_mut("bgp").and_then(Value::as_object_mut).and_then(|bgp| bgp.remove(field));
+                match held {
+                    Some(Value::String(text)) => annotations[annotation] = text.into(),
+                    Some(other) => annotations[annotation] = other.to_string().into(),
+                    None => drop(annotations.as_object_mut().map(|a| a.remove(annotation))),
+                }
+            }
+            if spec.get("bgp").and_then(Value::as_object).is_some_and(Map::is_empty) {
+                spec.as_object_mut().map(|s| s.remove("bgp"));
+            }
             match spec.as_object().is_some_and(Map::is_empty) {
                 true => drop(annotations.as_object_mut().map(|a| a.remove(NODE_SPEC_ANNOTATION))),
                 false => annotations[NODE_SPEC_ANNOTATION] = spec.to_string().into(),
@@ -283,6 +302,24 @@ pub fn from_object(collection: &Collection, object: &Value) -> Result<Option<Key
                 },
                 None => json!({}),
             };
+            let mut spec = spec;
+            for (annotation, field) in NODE_BGP_ANNOTATIONS {
+                let Some(Value::String(text)) =
+                    own.get_mut("annotations").and_then(Value::as_object_mut).and_then(|a| a.remove(annotation))
+                else {
+                    continue;
+                };
+                let value = match field {
+                    "asNumber" => text.trim().parse::<u32>().map(Value::from).map_err(|_| {
+                        Error::Invalid(format!("Node {name}: annotation {annotation} {text:?} is not an AS number"))
+                    })?,
+                    _ => Value::String(text),
+                };
+                if !spec["bgp"].is_object() {
+                    spec["bgp"] = json!({});
+                }
+                spec["bgp"][field] = value;
+            }
             if own.get("annotations").and_then(Value::as_object).is_some_and(Map::is_empty) {
                 own.remove("annotations");
             }
@@ -478,6 +515,39 @@ mod tests {
         assert_eq!(back["metadata"]["labels"]["kubernetes.io/hostname"], "n1");
         assert!(back["metadata"].get("annotations").is_none(), "the spec annotation is not shown twice");
         assert!(back["metadata"].get("uid").is_none() && back.get("status").is_none());
+    }
+
+    #[test]
+    fn a_nodes_as_number_and_reflector_cluster_are_annotations_kubectl_can_set() {
+        let c = collections();
+        let node = br#"{"apiVersion":"brindle.io/v1","kind":"Node","metadata":{"name":"n1"},"spec":{"bgp":{"ipv4Address":"10.0.0.1/24","asNumber":64513,"routeReflectorClusterID":"224.0.0.1"}}}"#;
+        let (place, mut object) = kv(&c, "/brindle/v1/nodes/n1", node);
+        let annotations = &object["metadata"]["annotations"];
+        assert_eq!(annotations["brindle.io/ASNumber"], "64513");
+        assert_eq!(annotations["brindle.io/RouteReflectorClusterID"], "224.0.0.1");
+        assert_eq!(annotations[NODE_SPEC_ANNOTATION], r#"{"bgp":{"ipv4Address":"10.0.0.1/24"}}"#);
+        let back = from_object(&c[place.collection], &object).unwrap().unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&back.value).unwrap(),
+            serde_json::from_slice::<Value>(node).unwrap()
+        );
+
+        // `kubectl annotate node n1 brindle.io/ASNumber=64600 --overwrite`, and a wrong one.
+        object["metadata"]["annotations"]["brindle.io/ASNumber"] = "64600".into();
+        let back = from_object(&c[place.collection], &object).unwrap().unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&back.value).unwrap()["spec"]["bgp"]["asNumber"], 64600);
+        object["metadata"]["annotations"]["brindle.io/ASNumber"] = "AS64600".into();
+        let refused = from_object(&c[place.collection], &object).unwrap_err().to_string();
+        assert!(refused.contains("annotation brindle.io/ASNumber \"AS64600\" is not an AS number"), "{refused}");
+
+        // On a Node brindle has not written yet, the annotation alone is the spec.
+        let bare = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2", "resourceVersion": "7",
+            "annotations": {"brindle.io/RouteReflectorClusterID": "224.0.0.2"}}});
+        let back = from_object(&c[place.collection], &bare).unwrap().unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&back.value).unwrap()["spec"],
+            json!({"bgp": {"routeReflectorClusterID": "224.0.0.2"}})
+        );
     }
 
     #[test]
