@@ -37,21 +37,20 @@ pub async fn follow_pods(api: KubernetesStore, client: Client, node: String, mut
         }
         let Some(current) = cluster.borrow().clone() else { continue };
         for (namespace, name, facts) in stale(&current.workloads, &node, &known) {
+            let path = format!("{namespace}/{name}");
             // The endpoint as stored now (the cluster's copy carries no revision to update).
             let updated = match client.find::<WorkloadEndpoint>(Some(&namespace), &name).await {
                 Ok(found) => found.and_then(|e| with_facts(&e, facts)),
                 Err(e) => {
-                    tracing::warn!(endpoint = %format!("{namespace}/{name}"), error = %e, "cannot read the endpoint");
+                    tracing::warn!(endpoint = %path, error = %e, "cannot read the endpoint");
                     None
                 }
             };
             let Some(updated) = updated else { continue };
             match client.update(updated).await {
-                Ok(_) => tracing::info!(endpoint = %format!("{namespace}/{name}"), "endpoint follows its Pod"),
+                Ok(_) => tracing::info!(endpoint = %path, "endpoint follows its Pod"),
                 // A conflict: the endpoint changed meanwhile; its next version comes round.
-                Err(e) => {
-                    tracing::debug!(endpoint = %format!("{namespace}/{name}"), error = %e, "endpoint not updated")
-                }
+                Err(e) => tracing::debug!(endpoint = %path, error = %e, "endpoint not updated"),
             }
         }
     }

@@ -94,6 +94,11 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("Kubernetes API {what}: {e}"))
 }
 
+/// A 404 for Kubernetes Node `node` as the trait's NotFound.
+fn node_not_found(status: &kube::core::Status, node: &str) -> Option<Error> {
+    (status.code == 404).then(|| Error::NotFound(format!("Kubernetes Node {node}")))
+}
+
 /// The API server's refusal, if that is what `e` is.
 fn status(e: &kube::Error) -> Option<&kube::core::Status> {
     match e {
@@ -138,21 +143,23 @@ impl KubernetesStore {
             "lastTransitionTime": now,
             "lastHeartbeatTime": now,
         }]}});
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
-        let params = kube::api::PatchParams::default();
-        let not_found =
-            |s: &kube::core::Status| (s.code == 404).then(|| Error::NotFound(format!("Kubernetes Node {node}")));
+        let (nodes, params, patch) =
+            (self.nodes(), kube::api::PatchParams::default(), kube::api::Patch::Strategic(&patch));
+        let patched = nodes.patch_status(node, &params, &patch);
         let what = format!("patching Node {node}'s NetworkUnavailable condition");
-        self.call(&what, nodes.patch_status(node, &params, &kube::api::Patch::Strategic(&patch)), not_found).await?;
+        self.call(&what, patched, |s| node_not_found(s, node)).await?;
         Ok(())
+    }
+
+    /// The Kubernetes Nodes.
+    fn nodes(&self) -> Api<k8s_openapi::api::core::v1::Node> {
+        Api::all(self.client.clone())
     }
 
     /// The Kubernetes Node's InternalIP addresses, as kubelet reported them.
     pub async fn node_internal_ips(&self, node: &str) -> Result<Vec<std::net::IpAddr>> {
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
-        let not_found =
-            |s: &kube::core::Status| (s.code == 404).then(|| Error::NotFound(format!("Kubernetes Node {node}")));
-        let object = self.call(&format!("reading Node {node}"), nodes.get(node), not_found).await?;
+        let object =
+            self.call(&format!("reading Node {node}"), self.nodes().get(node), |s| node_not_found(s, node)).await?;
         let addresses = object.status.and_then(|s| s.addresses).unwrap_or_default();
         Ok(addresses.iter().filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect())
     }
