@@ -3,8 +3,10 @@
 //! endpoints and IPAM disagree on, and which of those may be released now. Pure: the caller
 //! reads the resources, the record the previous pass left and the clock.
 //!
-//! An address's holder is missing when its node does not exist, or, for a pod's address taken
-//! by the `brindle` plugin (which writes a WorkloadEndpoint for every attachment), when no
+//! An address's holder is missing when its node does not exist, or, for a pod's address, when
+//! its Pod does not exist in the Kubernetes API (where the API is consulted: a Pod that exists
+//! never loses its address, whatever became of its endpoint), or, without the API, when the
+//! `brindle` plugin took it (it writes a WorkloadEndpoint for every attachment) and no
 //! WorkloadEndpoint has its container. An address is released only when, besides,
 //! - it was allocated at least a grace period ago, and
 //! - an earlier pass saw the same leak (same address, same handle) at least a grace period
@@ -173,6 +175,9 @@ pub struct LeakSighting {
     pub first_seen_ms: u64,
 }
 
+/// The Pods that exist, as `(namespace, name)`.
+pub type PodKeys = HashSet<(String, String)>;
+
 /// The resources a pass judges.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Inputs<'a> {
@@ -180,19 +185,27 @@ pub(super) struct Inputs<'a> {
     pub nodes: &'a [Resource<Node>],
     pub pools: &'a [Resource<IpPool>],
     pub endpoints: &'a [Resource<WorkloadEndpoint>],
+    /// The Pods of the Kubernetes API, when it is consulted.
+    pub pods: Option<&'a PodKeys>,
 }
 
-/// Who can hold an address: the nodes and the endpoints' containers that exist.
+/// Who can hold an address: the nodes, the endpoints' containers and the Pods that exist.
 pub(super) struct Holders<'a> {
     nodes: HashSet<&'a str>,
     containers: HashSet<&'a str>,
+    pods: Option<&'a PodKeys>,
 }
 
 impl<'a> Holders<'a> {
-    pub(super) fn new(nodes: &'a [Resource<Node>], endpoints: &'a [Resource<WorkloadEndpoint>]) -> Self {
+    pub(super) fn new(
+        nodes: &'a [Resource<Node>],
+        endpoints: &'a [Resource<WorkloadEndpoint>],
+        pods: Option<&'a PodKeys>,
+    ) -> Self {
         Holders {
             nodes: nodes.iter().map(|n| n.metadata.name.as_str()).collect(),
             containers: endpoints.iter().map(|e| e.spec.container_id.as_str()).collect(),
+            pods,
         }
     }
 
@@ -205,9 +218,16 @@ impl<'a> Holders<'a> {
         if !self.node_exists(&allocation.node) {
             return Some(format!("its node \"{}\" does not exist", allocation.node));
         }
-        if allocation.kind == AllocationKind::Tunnel || !allocation.endpoint {
-            // A tunnel address is held by its node; a pod's address taken by brindle-ipam
-            // under another plugin has no endpoint to look for.
+        if allocation.kind == AllocationKind::Tunnel {
+            return None; // held by its node
+        }
+        if let (Some(pods), Some(namespace), Some(pod)) = (self.pods, &allocation.namespace, &allocation.pod) {
+            return (!pods.contains(&(namespace.clone(), pod.clone())))
+                .then(|| format!("Pod {namespace}/{pod} does not exist in the Kubernetes API"));
+        }
+        if !allocation.endpoint {
+            // A pod's address taken by brindle-ipam under another plugin has no endpoint to
+            // look for.
             return None;
         }
         let named = containers_named(allocation);
@@ -291,7 +311,7 @@ fn first_seen(earlier: Option<u64>, now: u64) -> (u64, bool) {
 }
 
 pub(super) fn check(inputs: Inputs<'_>, previous: &GcRecord, now_ms: u64, grace_ms: u64) -> CheckReport {
-    let holders = Holders::new(inputs.nodes, inputs.endpoints);
+    let holders = Holders::new(inputs.nodes, inputs.endpoints, inputs.pods);
     let sightings: HashMap<(IpAddr, &str), u64> =
         previous.leaks.iter().map(|s| ((s.ip, s.handle.as_str()), s.first_seen_ms)).collect();
     let mut report = CheckReport { at_ms: now_ms, grace_ms, blocks: inputs.blocks.len(), ..CheckReport::default() };
@@ -405,6 +425,7 @@ mod tests {
         nodes: Vec<Resource<Node>>,
         pools: Vec<Resource<IpPool>>,
         endpoints: Vec<Resource<WorkloadEndpoint>>,
+        pods: Option<PodKeys>,
     }
 
     impl World {
@@ -419,12 +440,18 @@ mod tests {
                 nodes: vec![Resource::new("n1", Node::default())],
                 pools: vec![Resource::new("p", IpPool::new("10.0.0.0/24".parse().unwrap()))],
                 endpoints: vec![],
+                pods: None,
             }
         }
 
         fn check(&self, previous: &GcRecord, now: u64) -> CheckReport {
-            let inputs =
-                Inputs { blocks: &self.blocks, nodes: &self.nodes, pools: &self.pools, endpoints: &self.endpoints };
+            let inputs = Inputs {
+                blocks: &self.blocks,
+                nodes: &self.nodes,
+                pools: &self.pools,
+                endpoints: &self.endpoints,
+                pods: self.pods.as_ref(),
+            };
             check(inputs, previous, now, GRACE)
         }
     }
@@ -492,7 +519,8 @@ mod tests {
     #[test]
     fn a_grace_period_of_zero_releases_nothing() {
         let world = World::new(&[pod("net.dead")], 0);
-        let inputs = Inputs { blocks: &world.blocks, nodes: &world.nodes, pools: &world.pools, endpoints: &[] };
+        let inputs =
+            Inputs { blocks: &world.blocks, nodes: &world.nodes, pools: &world.pools, endpoints: &[], pods: None };
         let first = check(inputs, &GcRecord::default(), 1_000, 0);
         let second = check(inputs, &first.record(), 1_000_000_000, 0);
         assert_eq!(second.leaked.len(), 1, "still reported");
@@ -523,6 +551,33 @@ mod tests {
         let leaked: Vec<&str> = report.leaked.iter().map(|l| l.holder.handle.as_str()).collect();
         assert_eq!(leaked, ["net.dead"], "a container ID with dots is found by its network");
         assert!(report.gone_nodes.is_empty() && report.conflicts.is_empty(), "{report:?}");
+    }
+
+    #[test]
+    fn with_the_kubernetes_api_a_pods_address_is_held_by_its_pod_alone() {
+        let of = |name: &str, endpoint: bool| Allocation {
+            pod: Some(name.into()),
+            namespace: Some("default".into()),
+            endpoint,
+            ..pod(&format!("net.{name}"))
+        };
+        let allocations = [of("running", true), of("gone", true), of("gone-ptp", false), of("no-endpoint", true)];
+        let mut world = World::new(&[&allocations[..], &[tunnel()]].concat(), 0);
+        world.endpoints.push(endpoint("n1", "gone", "10.0.0.1"));
+        world.pods =
+            Some(PodKeys::from([("default".into(), "running".into()), ("default".into(), "no-endpoint".into())]));
+        let report = world.check(&GcRecord::default(), 10);
+        let leaked: Vec<(&str, &str)> =
+            report.leaked.iter().map(|l| (l.holder.handle.as_str(), l.reason.as_str())).collect();
+        assert_eq!(
+            leaked,
+            [
+                ("net.gone", "Pod default/gone does not exist in the Kubernetes API"),
+                ("net.gone-ptp", "Pod default/gone-ptp does not exist in the Kubernetes API"),
+            ],
+            "a stale endpoint holds nothing, a Pod without one holds its address, and another plugin's \
+             pod is judged by its Pod too"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::Ipam;
-use super::check::{self, CheckReport, GcRecord, GoneNode, Holders, Inputs, Leak};
+use super::check::{self, CheckReport, GcRecord, GoneNode, Holders, Inputs, Leak, PodKeys};
 use crate::keys;
 use crate::resource::{IpPool, IpamConfiguration, Node, WorkloadEndpoint};
 use crate::store::Revision;
@@ -114,8 +114,9 @@ impl Ipam {
         if leaks.is_empty() {
             return Ok(Vec::new());
         }
-        let (nodes, endpoints) = tokio::try_join!(self.client.list::<Node>(), self.client.list::<WorkloadEndpoint>())?;
-        let holders = Holders::new(&nodes.0, &endpoints.0);
+        let (nodes, endpoints, pods) =
+            tokio::try_join!(self.client.list::<Node>(), self.client.list::<WorkloadEndpoint>(), self.pods())?;
+        let holders = Holders::new(&nodes.0, &endpoints.0, pods.as_ref());
         let mut outcomes = Vec::with_capacity(leaks.len());
         for leak in leaks {
             let holder = &leak.holder;
@@ -192,17 +193,27 @@ impl Ipam {
     /// and the release cooldown.
     async fn judge(&self, record: &GcRecord) -> Result<(CheckReport, u64)> {
         let blocks = self.blocks().await?;
-        let (nodes, pools, endpoints, config) = tokio::try_join!(
+        let (nodes, pools, endpoints, config, pods) = tokio::try_join!(
             self.client.list::<Node>(),
             self.client.list::<IpPool>(),
             self.client.list::<WorkloadEndpoint>(),
             self.client.find::<IpamConfiguration>(None, "default"),
+            self.pods(),
         )?;
         let config = config.map(|c| c.spec).unwrap_or_default();
         let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let inputs = Inputs { blocks: &blocks, nodes: &nodes.0, pools: &pools.0, endpoints: &endpoints.0 };
+        let inputs =
+            Inputs { blocks: &blocks, nodes: &nodes.0, pools: &pools.0, endpoints: &endpoints.0, pods: pods.as_ref() };
         let report = check::check(inputs, record, (self.clock)(), millis(config.leak_grace_period));
         Ok((report, millis(config.release_cooldown)))
+    }
+
+    /// The Pods of the Kubernetes API, when this IPAM consults it.
+    async fn pods(&self) -> Result<Option<PodKeys>> {
+        match &self.kubernetes {
+            Some(kubernetes) => Ok(Some(kubernetes.pod_keys().await?)),
+            None => Ok(None),
+        }
     }
 
     /// The record the last acting pass left, with its revision (`None`: no pass has acted). A

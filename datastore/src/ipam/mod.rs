@@ -22,14 +22,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ipnetwork::IpNetwork;
 
 pub use block::{Allocation, AllocationKind, Block, Released};
-pub use check::{AddressConflict, BlockIssue, CheckReport, GcRecord, GoneNode, Leak, LeakSighting};
+pub use check::{AddressConflict, BlockIssue, CheckReport, GcRecord, GoneNode, Leak, LeakSighting, PodKeys};
 pub use gc::{GcOutcome, LeakOutcome, NodeOutcome};
 use pools::Family;
 
 use crate::client::Client;
 use crate::keys;
 use crate::resource::{IpPool, IpamConfiguration, Node, PoolUse, Resource};
-use crate::store::{KeyValue, Revision};
+use crate::store::{KeyValue, KubernetesStore, Revision};
 use crate::{Error, Result};
 
 /// How many times one call retries after losing a compare-and-swap race.
@@ -70,6 +70,7 @@ pub struct Ipam {
     clock: Clock,
     context_ttl: Duration,
     cache: Mutex<Cache>,
+    kubernetes: Option<KubernetesStore>,
 }
 
 impl std::fmt::Debug for Ipam {
@@ -103,7 +104,22 @@ fn system_clock() -> u64 {
 impl Ipam {
     /// An IPAM client that reads pools and settings fresh on every call.
     pub fn new(client: Client) -> Self {
-        Ipam { client, clock: Arc::new(system_clock), context_ttl: Duration::ZERO, cache: Mutex::default() }
+        Ipam {
+            client,
+            clock: Arc::new(system_clock),
+            context_ttl: Duration::ZERO,
+            cache: Mutex::default(),
+            kubernetes: None,
+        }
+    }
+
+    /// Judges pods' addresses by their Pods in `kubernetes` (brindle-controllers, whose
+    /// cluster has a Pod for every pod it wires): garbage collection then releases a pod's
+    /// address only when its Pod is gone, and never while it exists. Without it, a pod's
+    /// address is judged by its WorkloadEndpoint.
+    pub fn with_kubernetes(mut self, kubernetes: KubernetesStore) -> Self {
+        self.kubernetes = Some(kubernetes);
+        self
     }
 
     /// Reuses pools, IPAM settings and node labels for up to `ttl` (long-lived callers such as

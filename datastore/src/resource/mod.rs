@@ -33,7 +33,7 @@ pub use kubernetes::{
     IntOrString, IpBlock, KubernetesNetworkPolicy, LabelRequirement, LabelSelector, Namespace, NetworkPolicyEgressRule,
     NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
 };
-pub use node::{Node, NodeAddress, NodeBgp};
+pub use node::{Node, NodeAddress, NodeBgp, OrchestratorRef};
 pub use policy::{
     Action, DEFAULT_TIER, DEFAULT_TIER_ORDER, EntityRule, GlobalNetworkPolicy, IcmpMatch, NetworkPolicy, PolicySpec,
     PolicyType, Port, PortMatch, Protocol, Rule, ServiceAccountMatch, Tier,

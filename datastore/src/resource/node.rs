@@ -30,6 +30,32 @@ pub struct Node {
     /// Every address the node is known by.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<NodeAddress>,
+    /// The orchestrators' nodes this node is (Calico's `orchestratorRefs`). brindle-controllers
+    /// records the Kubernetes Node whose labels it copies here on the etcd datastore, and
+    /// deletes this node once that Kubernetes Node is gone; a node with no reference is never
+    /// deleted for want of one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orchestrator_refs: Vec<OrchestratorRef>,
+}
+
+/// A node of an orchestrator that a brindle Node is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrchestratorRef {
+    /// The orchestrator: `k8s` for Kubernetes.
+    pub orchestrator: String,
+    /// The orchestrator's name for the node.
+    pub node_name: String,
+}
+
+impl OrchestratorRef {
+    /// The orchestrator name of Kubernetes.
+    pub const KUBERNETES: &'static str = "k8s";
+
+    /// A reference to Kubernetes Node `name`.
+    pub fn kubernetes(name: &str) -> OrchestratorRef {
+        OrchestratorRef { orchestrator: Self::KUBERNETES.to_owned(), node_name: name.to_owned() }
+    }
 }
 
 /// A node's BGP identity.

@@ -18,7 +18,7 @@
 
 pub mod layout;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,6 +36,8 @@ pub use super::selection::KubernetesOptions;
 
 /// The longest pause between two attempts to re-establish a broken watch.
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How many objects one page of a long listing holds.
+const LIST_PAGE: u32 = 500;
 /// How long one watch request lasts before the server ends it (and it is resumed).
 const WATCH_SECONDS: u32 = 290;
 
@@ -171,6 +173,41 @@ impl KubernetesStore {
         match self.call(&format!("reading Pod {namespace}/{name}"), pods.get_opt(name), |_| None).await? {
             Some(pod) => Ok(Some(PodFacts::of(&pod))),
             None => Ok(None),
+        }
+    }
+
+    /// The client this store speaks through, for what brindle's controllers do beside the
+    /// datastore (leader election).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// Every Pod of the cluster, as `(namespace, name)`.
+    pub async fn pod_keys(&self) -> Result<crate::ipam::PodKeys> {
+        let pods = self.metadata_of("Pods", Api::<k8s_openapi::api::core::v1::Pod>::all(self.client.clone())).await?;
+        Ok(pods.into_iter().map(|p| (p.namespace.unwrap_or_default(), p.name.unwrap_or_default())).collect())
+    }
+
+    /// The Kubernetes Nodes' names and labels.
+    pub async fn node_labels(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+        let nodes = self.metadata_of("Nodes", self.nodes()).await?;
+        Ok(nodes.into_iter().map(|n| (n.name.unwrap_or_default(), n.labels.unwrap_or_default())).collect())
+    }
+
+    /// The metadata of every object `api` lists, a page at a time.
+    async fn metadata_of<K>(&self, kind: &str, api: Api<K>) -> Result<Vec<kube::core::ObjectMeta>>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let mut objects = Vec::new();
+        let mut params = ListParams::default().limit(LIST_PAGE);
+        loop {
+            let page = self.call(&format!("listing {kind}"), api.list_metadata(&params), |_| None).await?;
+            objects.extend(page.items.into_iter().map(|o| o.metadata));
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok(objects),
+            }
         }
     }
 

@@ -1,0 +1,190 @@
+//! brindle-controllers: the cluster-wide clean-up Kubernetes needs from its network, in one
+//! process with leader election (DESIGN.md, "Controllers"). Run as a Deployment of two or more
+//! replicas: the one holding the Lease works, the others wait to take over.
+//!
+//! While leading it runs IPAM garbage collection with the Kubernetes API's Pods as the judges
+//! of which pod addresses are still held ([`ipam_gc`]), and, on the etcd datastore, keeps the
+//! datastore's Nodes in step with Kubernetes' ([`nodes`]).
+
+mod ipam_gc;
+mod leader;
+mod nodes;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use brindle_datastore::Client;
+use brindle_datastore::ipam::Ipam;
+use brindle_datastore::store::{self, KubernetesOptions, KubernetesStore};
+use clap::Parser;
+use futures::{FutureExt, StreamExt};
+use tokio::signal::unix::{SignalKind, signal};
+
+use leader::{Candidate, Leadership};
+
+/// brindle's cluster controllers: IPAM garbage collection judged by the Kubernetes API's Pods,
+/// and, on the etcd datastore, Nodes kept in step with Kubernetes' Nodes (labels copied, a node
+/// deleted with its Kubernetes Node). One replica works at a time, holding a Lease.
+///
+/// Exit codes: 0 after SIGTERM or SIGINT (the lease is given up first, so another replica takes
+/// over at once); 1 when start-up fails or the lease is lost (only the holder may act; restarted,
+/// the process stands for the lease again).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// The datastore: `kubernetes://[/path/to/kubeconfig]` or `etcd://host:port,...?cacert=...`.
+    #[arg(long, env = "BRINDLE_DATASTORE", default_value = "kubernetes://")]
+    datastore: String,
+    /// The kubeconfig of the Kubernetes API to follow when the datastore is etcd (default: the
+    /// in-cluster service account, KUBECONFIG, or ~/.kube/config). On the Kubernetes datastore
+    /// its own API is followed.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The namespace of the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "brindle-system")]
+    lease_namespace: String,
+    /// The name of the Lease the replicas stand for.
+    #[arg(long, default_value = "brindle-controllers")]
+    lease_name: String,
+    /// This replica's name in the Lease (default: the host name and the process ID).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long the Lease lasts unrenewed: the longest a dead leader's work waits for another
+    /// replica. At least 3s; renewed a third of it before it runs out.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// How often IPAM garbage collection runs (how long an address takes to come back is
+    /// mostly IPAMConfiguration's leakGracePeriod).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    gc_interval: Duration,
+    /// How often Nodes are compared in full on the etcd datastore, besides at every change of a
+    /// Kubernetes Node.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    node_resync_interval: Duration,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `brindle_controllers=debug`.
+    #[arg(long, env = "BRINDLE_LOG", default_value = "warn")]
+    log: String,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if let Err(e) = init_logging(&args.log) {
+        eprintln!("brindle-controllers: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    match runtime.map_err(anyhow::Error::from).and_then(|r| r.block_on(run(args))) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("brindle-controllers: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("--log {filter:?}"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let datastore = store::connect(&args.datastore).await.with_context(|| format!("datastore {}", args.datastore))?;
+    let client = Client::new(datastore.clone());
+    let (kubernetes, own_datastore) = match datastore.kubernetes() {
+        Some(kubernetes) => (kubernetes.clone(), true),
+        None => {
+            let options = KubernetesOptions { kubeconfig: args.kubeconfig.clone(), timeout: store::DEFAULT_TIMEOUT };
+            (KubernetesStore::connect(options).await.context("the Kubernetes API")?, false)
+        }
+    };
+    let candidate = Candidate {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: args.identity.clone().unwrap_or_else(default_identity),
+        duration: args.lease_duration,
+    };
+    let mut leadership = Leadership::stand(kubernetes.client(), &candidate).await?;
+    tracing::info!(identity = %candidate.identity, lease = %candidate.name, "standing for the lease");
+    let stopped = tokio::select! {
+        won = leadership.won() => {
+            won?;
+            false
+        }
+        _ = terminate.recv() => true,
+        _ = interrupt.recv() => true,
+    };
+    if stopped {
+        leadership.resign().await;
+        return Ok(());
+    }
+    tracing::info!(identity = %candidate.identity, "leading");
+
+    let ipam = Ipam::new(client.clone()).with_kubernetes(kubernetes.clone());
+    let gc = ipam_gc::run(ipam, args.gc_interval);
+    let nodes = async {
+        if own_datastore {
+            std::future::pending::<()>().await // a brindle Node is the Kubernetes Node itself
+        }
+        follow_nodes(&kubernetes, &client, args.node_resync_interval).await
+    };
+    tokio::select! {
+        _ = leadership.lost() => {
+            anyhow::bail!("lost the lease {}/{}; stopping, as only its holder may act", candidate.namespace, candidate.name)
+        }
+        _ = gc => unreachable!("garbage collection runs for ever"),
+        _ = nodes => unreachable!("node sync runs for ever"),
+        _ = terminate.recv() => leadership.resign().await,
+        _ = interrupt.recv() => leadership.resign().await,
+    }
+    Ok(())
+}
+
+/// Syncs Nodes whenever a Kubernetes Node comes, goes or changes its labels (a burst of changes
+/// makes one pass; kubelet's status updates make none) and every `resync`, for ever. A failed
+/// pass is logged and retried at the next change or resync.
+async fn follow_nodes(kubernetes: &KubernetesStore, client: &Client, resync: Duration) {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: kube::Api<nodes::NodeMeta> = kube::Api::all(kubernetes.client());
+    let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut seen = nodes::Seen::default();
+    loop {
+        match nodes::sync(kubernetes, client).await {
+            Ok(synced) if synced != nodes::Synced::default() => tracing::info!(?synced, "synced Nodes"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "syncing Nodes failed; trying again at the next change"),
+        }
+        let resync_at = tokio::time::sleep(resync);
+        tokio::pin!(resync_at);
+        let mut changed = false;
+        loop {
+            let event = if changed {
+                // The rest of the burst: what has already arrived.
+                match events.next().now_or_never() {
+                    Some(event) => event,
+                    None => break,
+                }
+            } else {
+                tokio::select! {
+                    event = events.next() => event,
+                    _ = &mut resync_at => break,
+                }
+            };
+            match event {
+                Some(Ok(event)) => changed |= seen.apply(event),
+                Some(Err(e)) => tracing::warn!(error = %e, "watching Kubernetes Nodes"),
+                None => break,
+            }
+        }
+    }
+}
+
+/// The host name and the process ID.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}

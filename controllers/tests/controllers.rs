@@ -1,0 +1,183 @@
+//! brindle-controllers against a real kube-apiserver: two replicas, one leading by the Lease,
+//! garbage collection that frees the address of a gone Pod and never that of a Pod that
+//! exists, the other replica taking over when the leader is killed; and, on an etcd datastore,
+//! Nodes following their Kubernetes Nodes' labels and going with them.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use brindle_datastore::Client;
+use brindle_datastore::ipam::{AllocateRequest, Allocation, Ipam};
+use brindle_datastore::resource::{IpPool, IpamConfiguration, Node, NodeBgp, OrchestratorRef, Resource};
+use brindle_datastore::testing::{EtcdServer, KubeApiServer};
+use brindle_e2e::process::Process;
+use brindle_e2e::wait::wait_for;
+
+/// IPAMConfiguration's leakGracePeriod here: a gone Pod's address comes back after two passes
+/// this far apart.
+const GRACE: Duration = Duration::from_secs(2);
+const LEASE: &str = "3s";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// A replica of brindle-controllers named `identity`, logging to `log`; stopped on drop.
+fn replica(datastore: &str, identity: &str, extra: &[&str], log: &Path) -> Process {
+    let child = Command::new(env!("CARGO_BIN_EXE_brindle-controllers"))
+        .args(["--datastore", datastore, "--identity", identity, "--lease-namespace", "default"])
+        .args(["--lease-duration", LEASE, "--gc-interval", "500ms", "--log", "info"])
+        .args(extra)
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Process(child)
+}
+
+fn holder(server: &KubeApiServer) -> String {
+    let path = "jsonpath={.spec.holderIdentity}";
+    server.kubectl(&["get", "lease", "-n", "default", "brindle-controllers", "-o", path]).unwrap_or_default()
+}
+
+fn log_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A pod's address as the `brindle` plugin takes it for Pod `default/pod` on node n1.
+async fn allocate(ipam: &Ipam, pod: &str) -> IpAddr {
+    let holder = Allocation {
+        handle: format!("k8s-pod-network.c-{pod}"),
+        network: Some("k8s-pod-network".into()),
+        endpoint: true,
+        node: "n1".into(),
+        pod: Some(pod.into()),
+        namespace: Some("default".into()),
+        ..Allocation::default()
+    };
+    ipam.allocate(&AllocateRequest { holder, ipv4: 1, ..AllocateRequest::default() }).await.unwrap()[0].ip
+}
+
+/// The handle holding `ip`, if any.
+async fn held_by(ipam: &Ipam, ip: IpAddr) -> Option<String> {
+    let blocks = ipam.blocks().await.unwrap();
+    blocks.iter().find(|(b, _)| b.cidr.contains(ip)).and_then(|(b, _)| b.holder(ip)).map(|a| a.handle.clone())
+}
+
+#[test]
+fn two_replicas_one_frees_the_addresses_of_gone_pods_only_and_the_other_takes_over_when_it_dies() {
+    let server = KubeApiServer::start().unwrap();
+    let rt = runtime();
+    let client =
+        rt.block_on(async { Client::new(brindle_datastore::store::connect(&server.selection()).await.unwrap()) });
+    let ipam = Ipam::new(client.clone());
+    let (alive, gone) = rt.block_on(async {
+        client.create(Resource::new("pool", IpPool::new("10.44.0.0/24".parse().unwrap()))).await.unwrap();
+        let bgp = NodeBgp { ipv4_address: Some("10.0.0.1/24".parse().unwrap()), ..NodeBgp::default() };
+        client.create(Resource::new("n1", Node { bgp: Some(bgp), ..Node::default() })).await.unwrap();
+        let config = IpamConfiguration { leak_grace_period: GRACE, ..IpamConfiguration::default() };
+        client.create(Resource::new("default", config)).await.unwrap();
+        (allocate(&ipam, "alive").await, allocate(&ipam, "gone").await)
+    });
+    // Pod `alive` exists; neither has a WorkloadEndpoint (its ADD in flight, or a CNI DEL that
+    // lost its endpoint): the Pod alone decides.
+    let scratch = tempfile::tempdir().unwrap();
+    let pod = scratch.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: default, namespace: default}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: alive, namespace: default}\n\
+         spec: {nodeName: n1, containers: [{name: c, image: c}]}\n",
+    )
+    .unwrap();
+    server.kubectl(&["create", "-f", &pod.display().to_string()]).unwrap();
+
+    let (log_a, log_b) = (scratch.path().join("a.log"), scratch.path().join("b.log"));
+    let mut a = replica(&server.selection(), "replica-a", &[], &log_a);
+    wait_for("replica-a to take the lease", Duration::from_secs(30), || holder(&server) == "replica-a")
+        .unwrap_or_else(|e| panic!("{e}: {}", log_of(&log_a)));
+    let b = replica(&server.selection(), "replica-b", &[], &log_b);
+
+    let started = Instant::now();
+    let freed = wait_for("the gone Pod's address to be freed", Duration::from_secs(30), || {
+        rt.block_on(held_by(&ipam, gone)).is_none()
+    });
+    freed.unwrap_or_else(|e| panic!("{e}: {}", log_of(&log_a)));
+    println!(
+        "a gone Pod's address was freed {:.1} s after the leader started (grace period {GRACE:?})",
+        started.elapsed().as_secs_f64()
+    );
+    // Passes go on, long past the grace period: the Pod that exists keeps its address.
+    std::thread::sleep(3 * GRACE);
+    assert_eq!(rt.block_on(held_by(&ipam, alive)).as_deref(), Some("k8s-pod-network.c-alive"), "{}", log_of(&log_a));
+    assert!(log_of(&log_a).contains("leading"), "{}", log_of(&log_a));
+    assert!(!log_of(&log_b).contains("leading"), "only one replica leads: {}", log_of(&log_b));
+
+    // The leader dies without a word; the other takes the lease once it expires, and works.
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let killed = Instant::now();
+    wait_for("replica-b to take the lease", Duration::from_secs(30), || holder(&server) == "replica-b")
+        .unwrap_or_else(|e| panic!("{e}: {}", log_of(&log_b)));
+    println!("replica-b took over {:.1} s after replica-a was killed (lease {LEASE})", killed.elapsed().as_secs_f64());
+    let gone_too = rt.block_on(allocate(&ipam, "gone-too"));
+    let freed = wait_for("replica-b to free another gone Pod's address", Duration::from_secs(30), || {
+        rt.block_on(held_by(&ipam, gone_too)).is_none()
+    });
+    freed.unwrap_or_else(|e| panic!("{e}: {}", log_of(&log_b)));
+    assert!(rt.block_on(held_by(&ipam, alive)).is_some());
+
+    // Stopped, a leader gives the lease up at once rather than letting it expire.
+    let pid = b.keep();
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    wait_for("replica-b to give the lease up", Duration::from_secs(5), || holder(&server).is_empty())
+        .unwrap_or_else(|e| panic!("{e}: {}", log_of(&log_b)));
+    wait_for("replica-b to exit", Duration::from_secs(5), || !brindle_e2e::process::alive(pid)).unwrap();
+}
+
+#[test]
+fn on_etcd_nodes_follow_their_kubernetes_nodes_labels_and_go_with_them() {
+    let server = KubeApiServer::start().unwrap();
+    let etcd = EtcdServer::start().unwrap();
+    let rt = runtime();
+    let client =
+        rt.block_on(async { Client::new(brindle_datastore::store::connect(&etcd.selection()).await.unwrap()) });
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    rt.block_on(async {
+        let mut n1 = Resource::new("n1", Node::default());
+        n1.metadata.labels = labels(&[("route-reflector", "true")]);
+        client.create(n1).await.unwrap();
+        client.create(Resource::new("bare-metal-router", Node::default())).await.unwrap();
+    });
+    let scratch = tempfile::tempdir().unwrap();
+    let node = scratch.path().join("node.yaml");
+    std::fs::write(&node, "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {zone: a}}\n").unwrap();
+    server.kubectl(&["create", "-f", &node.display().to_string()]).unwrap();
+
+    let log = scratch.path().join("controllers.log");
+    let kubeconfig = server.kubeconfig().display().to_string();
+    let _replica = replica(&etcd.selection(), "replica-a", &["--kubeconfig", &kubeconfig], &log);
+    let node_in_etcd = || rt.block_on(client.find::<Node>(None, "n1")).unwrap();
+    let follows = |what: &str, expected: BTreeMap<String, String>| {
+        let followed =
+            wait_for(what, Duration::from_secs(10), || node_in_etcd().is_some_and(|n| n.metadata.labels == expected));
+        followed.unwrap_or_else(|e| panic!("{e}: {:?}\n{}", node_in_etcd(), log_of(&log)));
+    };
+    follows("n1 to take its Kubernetes Node's labels", labels(&[("route-reflector", "true"), ("zone", "a")]));
+    assert_eq!(node_in_etcd().unwrap().spec.orchestrator_refs, [OrchestratorRef::kubernetes("n1")]);
+
+    server.kubectl(&["label", "node", "n1", "zone=b", "rack=7", "--overwrite"]).unwrap();
+    follows("n1 to follow a relabel", labels(&[("rack", "7"), ("route-reflector", "true"), ("zone", "b")]));
+    server.kubectl(&["label", "node", "n1", "zone-"]).unwrap();
+    follows("n1 to lose a label removed in Kubernetes", labels(&[("rack", "7"), ("route-reflector", "true")]));
+
+    server.kubectl(&["delete", "node", "n1"]).unwrap();
+    wait_for("n1 to go with its Kubernetes Node", Duration::from_secs(10), || node_in_etcd().is_none())
+        .unwrap_or_else(|e| panic!("{e}: {}", log_of(&log)));
+    let bare = rt.block_on(client.find::<Node>(None, "bare-metal-router")).unwrap();
+    assert!(bare.is_some(), "a node that was never a Kubernetes Node stays");
+}
