@@ -69,6 +69,7 @@ pub struct Kubelet<'a> {
 /// A pod's volumes made ready on the node, shared by its containers.
 pub struct Pod<'k, 'a> {
     kubelet: &'k Kubelet<'a>,
+    name: String,
     namespace: String,
     spec: Value,
     volumes: BTreeMap<String, PathBuf>,
@@ -132,7 +133,8 @@ impl<'a> Kubelet<'a> {
         std::fs::write(service_account.join("token"), token.trim())?;
         std::fs::copy(self.api.ca_cert(), service_account.join("ca.crt"))?;
         std::fs::write(service_account.join("namespace"), namespace)?;
-        Ok(Pod { kubelet: self, namespace: namespace.into(), spec: spec.clone(), volumes, service_account })
+        let name = dir.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        Ok(Pod { kubelet: self, name, namespace: namespace.into(), spec: spec.clone(), volumes, service_account })
     }
 
     fn write_secret(&self, namespace: &str, secret: &Value, dir: &Path) -> anyhow::Result<()> {
@@ -249,6 +251,7 @@ impl Pod<'_, '_> {
             return match field {
                 "spec.nodeName" => Ok(self.kubelet.node_name.clone()),
                 "metadata.namespace" => Ok(self.namespace.clone()),
+                "metadata.name" => Ok(self.name.clone()),
                 _ => bail!("{key}: fieldRef {field} is not supported here"),
             };
         }

@@ -142,6 +142,7 @@ fn the_dockerfile_builds_every_program_the_manifest_runs_into_the_image_it_names
     assert!(dockerfile.contains(&format!("docker build -t {image} .")), "the Dockerfile names {image}");
     image_files(); // every program is in it, where the manifest runs it from
     assert!(text.contains("/opt/brindle/install-cni.sh") && text.contains("/usr/local/bin/brindle-node"));
+    assert!(text.contains(r#"command: ["brindle-controllers"]"#));
 }
 
 /// The programs of the image, where the Dockerfile puts them: (path in the image, file here).
@@ -149,7 +150,7 @@ fn image_files() -> Vec<(PathBuf, PathBuf)> {
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_brindle-lab")).parent().unwrap();
     let mut files = Vec::new();
-    for program in ["brindle-node", "brindle", "brindle-ipam", "brindlectl"] {
+    for program in ["brindle-node", "brindle", "brindle-ipam", "brindlectl", "brindle-controllers"] {
         assert!(dockerfile.contains(&format!("target/release/{program} ")), "the image lacks {program}");
         files.push((Path::new("/usr/local/bin").join(program), bin_dir.join(program)));
     }
@@ -164,7 +165,7 @@ fn image_files() -> Vec<(PathBuf, PathBuf)> {
 /// default pool, takes its Node's InternalIP for its address, becomes ready and clears its
 /// Node's NetworkUnavailable, the CNI plugin the conflist names ADDs (its endpoint carrying the
 /// Pod's labels, service account and named port, and following a relabel) and DELs a pod on the host with the
-/// kubeconfig the agent keeps for it, and the GC CronJob's pod does a pass,
+/// kubeconfig the agent keeps for it, and brindle-controllers takes its Lease and does a pass,
 /// all with nothing but the manifest's roles.
 #[test]
 fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() {
@@ -310,11 +311,33 @@ fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() 
     );
     assert!(followed.is_ok(), "the endpoint's tier is {:?}: {}", endpoint_labels(), agent_log());
 
-    // The CronJob's pod: one garbage collection pass with its own account.
-    let cronjob = documents().into_iter().find(|d| d["kind"] == "CronJob").unwrap();
-    let gc_pod = kubelet.pod("brindle-system", &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]).unwrap();
-    let gc = gc_pod.container("ipam-gc").unwrap().output().unwrap();
-    assert!(gc.status.success(), "ipam gc --apply with its roles: {}", String::from_utf8_lossy(&gc.stderr));
+    // The Deployment's pod: it takes the Lease and runs a garbage collection pass with its own
+    // account (which may list Pods).
+    let deployment = documents().into_iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let controllers_pod = kubelet.pod("brindle-system", &deployment["spec"]["template"]["spec"]).unwrap();
+    let controllers_log = scratch.path().join("controllers.log");
+    let mut controllers = controllers_pod.container("brindle-controllers").unwrap();
+    controllers.stderr(std::fs::File::create(&controllers_log).unwrap());
+    let controllers = brindle_e2e::process::Process(controllers.spawn().unwrap());
+    let said = || std::fs::read_to_string(&controllers_log).unwrap_or_default();
+    let passed = brindle_e2e::wait::wait_for("a garbage collection pass", std::time::Duration::from_secs(30), || {
+        said().contains("IPAM garbage collection pass")
+    });
+    assert!(passed.is_ok(), "{}", said());
+    let lease = server
+        .kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "brindle-system",
+            "brindle-controllers",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap();
+    assert!(lease.starts_with("pod-"), "the replica holds the Lease by its pod's name: {lease:?}");
+    drop(controllers);
+    assert!(!said().contains("forbidden") && !said().contains("failed"), "{}", said());
 
     runtime.del(&attachment, &added).unwrap().unwrap_or_else(|o| panic!("DEL: {}{}", o.stdout, o.stderr));
     drop(agent);
