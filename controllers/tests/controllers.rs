@@ -181,3 +181,111 @@ fn on_etcd_nodes_follow_their_kubernetes_nodes_labels_and_go_with_them() {
     let bare = rt.block_on(client.find::<Node>(None, "bare-metal-router")).unwrap();
     assert!(bare.is_some(), "a node that was never a Kubernetes Node stays");
 }
+
+/// `command` in network namespace `netns`; its stdout.
+fn in_netns(netns: &str, command: &[&str]) -> String {
+    let out = Command::new("ip").args(["netns", "exec", netns]).args(command).output().unwrap();
+    assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_deleted_kubernetes_node_leaves_the_other_nodes_at_once_and_its_addresses_come_back() {
+    use brindle_e2e::lab::{Mode, Options, Peering, Store, TestLab, agent_status, with_client};
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_brindle-controllers")).parent().unwrap();
+    let options = Options {
+        nodes: 3,
+        pods_per_node: 1,
+        mode: Mode::Vxlan,
+        peering: Peering::Mesh,
+        datastore: Store::Kubernetes,
+        reflectors: 1,
+        iptables: Default::default(),
+        ipv6: false,
+    };
+    let lab = TestLab::up("ctn", bin_dir, &options).unwrap();
+    let state = &lab.state;
+    let (leaving, staying) = (&state.nodes[2], &state.nodes[..2]);
+    let leaving_pod = state.pods.iter().find(|p| p.node == 2).unwrap().ip.parse::<IpAddr>().unwrap();
+    let vtep = with_client(state, |client| {
+        let name = leaving.name.clone();
+        async move { Ok(client.get::<Node>(None, &name).await?.spec) }
+    })
+    .unwrap();
+    let (tunnel, mac) = (vtep.ipv4_vxlan_tunnel_addr.unwrap().to_string(), vtep.vxlan_tunnel_mac_addr.unwrap());
+    // What a staying node has of the leaving one: a BGP session, a route to its block through
+    // its tunnel address, its VTEP's ARP and FDB entries.
+    let traces = |netns: &str| -> Vec<&'static str> {
+        let mut found = Vec::new();
+        if in_netns(netns, &["ip", "route", "show", "proto", "98"]).contains(&format!("via {tunnel} ")) {
+            found.push("route");
+        }
+        if in_netns(netns, &["ip", "neigh", "show", "dev", "vxlan.brindle"]).contains(&format!("{tunnel} ")) {
+            found.push("ARP entry");
+        }
+        if in_netns(netns, &["bridge", "fdb", "show", "dev", "vxlan.brindle"]).contains(&mac) {
+            found.push("FDB entry");
+        }
+        found
+    };
+    let peers = |node: &brindle_e2e::lab::LabNode| {
+        agent_status(&node.status_socket())["bgp"]["peers"].as_array().map_or(0, Vec::len)
+    };
+    for node in staying {
+        assert_eq!(traces(&node.netns), ["route", "ARP entry", "FDB entry"], "{}", node.name);
+        assert_eq!(peers(node), 2, "{}", node.name);
+    }
+
+    // The machine is gone (its agent with it), and its Kubernetes Node is deleted.
+    assert!(brindle_e2e::process::terminate(leaving.agent_pid, "brindle-node"));
+    let kubeconfig = state.datastore.strip_prefix("kubernetes://").unwrap().split('?').next().unwrap();
+    let kubectl = brindle_datastore::testing::kube_bin_dir().join("kubectl");
+    let kubectl = kubectl.to_str().unwrap();
+    in_netns(&state.router, &[kubectl, "--kubeconfig", kubeconfig, "delete", "node", &leaving.name]);
+    let deleted = Instant::now();
+    for node in staying {
+        let dropped = wait_for("the leaving node to be dropped", Duration::from_secs(10), || {
+            traces(&node.netns).is_empty() && peers(node) == 1
+        });
+        dropped.unwrap_or_else(|e| {
+            panic!("{e}: {} still has {:?}, {} peers", node.name, traces(&node.netns), peers(node))
+        });
+    }
+    println!("the other nodes dropped the deleted node {:.2} s after its deletion", deleted.elapsed().as_secs_f64());
+
+    // brindle-controllers gives its block and its pod's address back after the grace period.
+    with_client(state, |client| async move {
+        let config = IpamConfiguration { leak_grace_period: GRACE, ..IpamConfiguration::default() };
+        match client.find::<IpamConfiguration>(None, "default").await? {
+            Some(mut existing) => {
+                existing.spec = config;
+                client.update(existing).await?
+            }
+            None => client.create(Resource::new("default", config)).await?,
+        };
+        Ok(())
+    })
+    .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("controllers.log");
+    let controllers = Command::new("ip")
+        .args(["netns", "exec", &state.router, env!("CARGO_BIN_EXE_brindle-controllers")])
+        .args(["--datastore", &state.datastore, "--lease-namespace", "default", "--gc-interval", "500ms"])
+        .args(["--log", "info"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _controllers = Process(controllers);
+    let leaving_name = leaving.name.clone();
+    let returned = wait_for("the deleted node's block and address to come back", Duration::from_secs(30), || {
+        let name = leaving_name.clone();
+        with_client(state, move |client| async move {
+            let blocks = Ipam::new(client).blocks().await?;
+            let owned = blocks.iter().any(|(b, _)| b.owner.as_deref() == Some(name.as_str()));
+            let held = blocks.iter().any(|(b, _)| b.holder(leaving_pod).is_some());
+            Ok(!owned && !held)
+        })
+        .unwrap()
+    });
+    returned.unwrap_or_else(|e| panic!("{e}: {}", log_of(&log)));
+}
