@@ -194,8 +194,9 @@ enum IpamCmd {
     ///
     /// Each pass with --apply records what it saw in the datastore for the next one; a dry run
     /// reads that record and changes nothing. A pass whose clock is more than a minute behind
-    /// the last recorded pass refuses to act. Run it periodically (the manifest's CronJob runs
-    /// it every 10 minutes).
+    /// the last recorded pass refuses to act. On a cluster, brindle-controllers runs passes
+    /// every 5 minutes, judging pods' addresses by their Pods in the Kubernetes API (a Pod that
+    /// exists never loses its address); this command judges them by their WorkloadEndpoints.
     Gc {
         /// Act: release, take blocks, and record this pass.
         #[arg(long)]
