@@ -76,6 +76,17 @@ pub struct NetConf {
     /// GC: the name an early libcni used for the same list.
     #[serde(rename = "cni.dev/attachments", default)]
     pub attachments: Option<Vec<Attachment>>,
+    /// Features off by default, as Calico's plugin names them.
+    #[serde(default)]
+    pub feature_control: FeatureControl,
+}
+
+/// Features a network config turns on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct FeatureControl {
+    /// Pods may take addresses outside IPAM (`brindle.io/ipAddrsNoIpam`).
+    #[serde(default)]
+    pub ip_addrs_no_ipam: bool,
 }
 
 /// One valid attachment in a GC request.

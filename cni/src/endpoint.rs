@@ -2,13 +2,11 @@
 //! brindlectl see the pod's interface.
 
 use brindle_datastore::resource::{Resource, WorkloadEndpoint};
-use brindle_datastore::store::KubernetesStore;
 use brindle_datastore::store::kubernetes::PodFacts;
 use brindle_datastore::{Client, Error as StoreError};
 use ipnetwork::IpNetwork;
 use sha1::{Digest, Sha1};
 
-use crate::env::PodArgs;
 use crate::error::Result;
 
 /// Which endpoint an attachment has.
@@ -26,22 +24,6 @@ pub struct EndpointId {
     pub container_id: String,
     /// The interface inside it.
     pub ifname: String,
-}
-
-/// What the pod's WorkloadEndpoint takes from its Kubernetes Pod (labels, service account,
-/// named ports) when the datastore is the Kubernetes API; nothing elsewhere, for a runtime that
-/// names no pod, or for a pod the API does not have.
-pub async fn pod_facts(api: Option<&KubernetesStore>, pod: &PodArgs) -> Result<PodFacts> {
-    let (Some(api), Some(namespace), Some(name)) = (api, &pod.namespace, &pod.name) else {
-        return Ok(PodFacts::default());
-    };
-    match api.pod_facts(namespace, name).await? {
-        Some(facts) => Ok(facts),
-        None => {
-            tracing::warn!(%namespace, %name, "no such Pod in the Kubernetes API: its endpoint has no labels");
-            Ok(PodFacts::default())
-        }
-    }
 }
 
 /// The longest resource name (a DNS subdomain).

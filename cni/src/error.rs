@@ -52,6 +52,20 @@ pub enum Error {
     /// IPAM has no address to give in the eligible pools.
     #[error("{0}")]
     Exhausted(String),
+    /// A Pod's (or its namespace's) annotation for IPAM is malformed or asks for something
+    /// not allowed.
+    #[error("{on} annotation {annotation}: {why}")]
+    InvalidAnnotation {
+        /// `Pod` or `namespace`.
+        on: &'static str,
+        /// The annotation's key.
+        annotation: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The address a pod asks for (`brindle.io/ipAddrs`) is another's.
+    #[error("{0}")]
+    AddressTaken(String),
     /// What CHECK found different from the previous result.
     #[error("{0}")]
     CheckFailed(String),
@@ -80,11 +94,12 @@ impl Error {
             Error::InvalidEnv { .. } => 4,
             Error::Io(_) => 5,
             Error::Decode(_) => 6,
-            Error::InvalidConfig(_) => 7,
+            Error::InvalidConfig(_) | Error::InvalidAnnotation { .. } => 7,
             Error::TryAgainLater(_) => 11,
             Error::NotAvailable(_) => 50,
             Error::Exhausted(_) => 100,
             Error::CheckFailed(_) => 101,
+            Error::AddressTaken(_) => 102,
             Error::Delegate { code, .. } => *code,
             Error::Internal(_) => 999,
         }
@@ -103,9 +118,12 @@ impl Error {
             Error::NotAvailable(m) => Error::NotAvailable(wrap(m)),
             Error::Exhausted(m) => Error::Exhausted(wrap(m)),
             Error::CheckFailed(m) => Error::CheckFailed(wrap(m)),
+            Error::AddressTaken(m) => Error::AddressTaken(wrap(m)),
             Error::Internal(m) => Error::Internal(wrap(m)),
             Error::Delegate { plugin, code, msg } => Error::Delegate { plugin, code, msg: wrap(msg) },
-            other @ (Error::UnsupportedField { .. } | Error::InvalidEnv { .. }) => other,
+            other @ (Error::UnsupportedField { .. } | Error::InvalidEnv { .. } | Error::InvalidAnnotation { .. }) => {
+                other
+            }
         }
     }
 
@@ -123,6 +141,7 @@ impl Error {
         let details = match self {
             Error::UnsupportedField { field, .. } => field.as_str(),
             Error::InvalidEnv { var, .. } => var,
+            Error::InvalidAnnotation { annotation, .. } => annotation.as_str(),
             _ => "",
         };
         let wire = Wire { cni_version, code: self.code(), msg: self.to_string(), details };
@@ -135,6 +154,7 @@ impl From<StoreError> for Error {
         match e {
             StoreError::Unavailable(_) | StoreError::Conflict { .. } => Error::TryAgainLater(e.to_string()),
             StoreError::Exhausted(_) => Error::Exhausted(e.to_string()),
+            StoreError::AddressTaken(_) => Error::AddressTaken(e.to_string()),
             StoreError::Invalid(_) | StoreError::Validation(_) => Error::InvalidConfig(e.to_string()),
             _ => Error::Internal(e.to_string()),
         }

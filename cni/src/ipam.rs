@@ -13,6 +13,7 @@ use brindle_datastore::ipam::pools::Family;
 use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, Ipam};
 use brindle_datastore::store::KubernetesStore;
 
+use crate::annotations::{AddressRequest, IP_ADDRS, IP_ADDRS_NO_IPAM};
 use crate::config::{Attachment, BrindleIpam, NetConf};
 use crate::env::{Command, Request};
 use crate::error::{Error, Result};
@@ -47,20 +48,49 @@ impl Store {
         Ok(Store { ipam: Ipam::new(client.clone()), client, kubernetes })
     }
 
-    /// Allocates the configured addresses for an attachment.
-    pub async fn add(&self, settings: &BrindleIpam, holder: Allocation) -> Result<CniResult> {
-        let request = AllocateRequest {
-            holder,
-            ipv4: u32::from(settings.assign_ipv4),
-            ipv6: u32::from(settings.assign_ipv6),
-            ipv4_pools: settings.ipv4_pools.clone(),
-            ipv6_pools: settings.ipv6_pools.clone(),
+    /// Allocates an attachment's addresses: as the network config says, or as the pod's
+    /// annotations ask (other pools, fixed addresses, addresses outside IPAM where the config
+    /// allows them).
+    pub async fn add(
+        &self,
+        conf: &NetConf,
+        settings: &BrindleIpam,
+        holder: Allocation,
+        asked: &AddressRequest,
+    ) -> Result<CniResult> {
+        let ips: Vec<IpAddr> = if !asked.without_ipam.is_empty() {
+            if !conf.feature_control.ip_addrs_no_ipam {
+                return Err(Error::InvalidAnnotation {
+                    on: "Pod",
+                    annotation: IP_ADDRS_NO_IPAM.to_owned(),
+                    why: "this network does not allow addresses outside IPAM (its config's \
+                          feature_control.ip_addrs_no_ipam is not true)"
+                        .to_owned(),
+                });
+            }
+            asked.without_ipam.clone()
+        } else if !asked.fixed.is_empty() {
+            let assigned = self.ipam.allocate_ips(&holder, &asked.fixed).await.map_err(|e| match e {
+                brindle_datastore::Error::Invalid(why) => {
+                    Error::InvalidAnnotation { on: "Pod", annotation: IP_ADDRS.to_owned(), why }
+                }
+                other => Error::from(other).context(IP_ADDRS),
+            })?;
+            assigned.iter().map(|a| a.ip).collect()
+        } else {
+            let request = AllocateRequest {
+                holder,
+                ipv4: u32::from(settings.assign_ipv4),
+                ipv6: u32::from(settings.assign_ipv6),
+                ipv4_pools: asked.ipv4_pools.clone().unwrap_or_else(|| settings.ipv4_pools.clone()),
+                ipv6_pools: asked.ipv6_pools.clone().unwrap_or_else(|| settings.ipv6_pools.clone()),
+            };
+            self.ipam.allocate(&request).await?.iter().map(|a| a.ip).collect()
         };
-        let assigned = self.ipam.allocate(&request).await?;
         Ok(CniResult {
-            ips: assigned
-                .iter()
-                .map(|a| IpConfig { address: host_prefix(a.ip), gateway: None, interface: None })
+            ips: ips
+                .into_iter()
+                .map(|ip| IpConfig { address: host_prefix(ip), gateway: None, interface: None })
                 .collect(),
             ..CniResult::default()
         })

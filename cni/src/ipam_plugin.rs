@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use crate::annotations;
 use crate::env::Command;
 use crate::error::{Error, Result};
 use crate::ipam::{self, Store};
@@ -18,7 +19,8 @@ pub async fn handle(inv: &Invocation) -> Result<Option<Value>> {
             conf.validate_for_attachment()?;
             let node = conf.node_name()?;
             let store = Store::connect(conf).await?;
-            let result = store.add(&settings, ipam::holder(conf, request, &node)).await?;
+            let pod = annotations::view(store.kubernetes.as_ref(), &request.pod).await?;
+            let result = store.add(conf, &settings, ipam::holder(conf, request, &node), &pod.addresses).await?;
             Ok(Some(inv.print(&result)))
         }
         Command::Del => {

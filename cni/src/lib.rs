@@ -9,6 +9,7 @@
 //! Both speak CNI 0.3.0 to 1.1.0 (ADD, DEL, CHECK, VERSION, GC, STATUS), print exactly one
 //! JSON document on stdout, and map every failure to a spec error code in [`error`].
 
+pub mod annotations;
 pub mod config;
 pub mod endpoint;
 pub mod env;

@@ -6,8 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use crate::annotations;
 use crate::config::{BRINDLE_IPAM, BrindleIpam};
-use crate::endpoint::{self, EndpointId};
+use crate::endpoint::EndpointId;
 use crate::env::Command;
 use crate::error::{Error, Result};
 use crate::ipam::{self, Store};
@@ -88,7 +89,7 @@ async fn add(inv: &Invocation) -> Result<Value> {
     let node = conf.node_name()?;
     let mtu = conf.pod_mtu()?;
     let store = Store::connect(conf).await?;
-    let facts = endpoint::pod_facts(store.kubernetes.as_ref(), &request.pod).await?;
+    let pod = annotations::view(store.kubernetes.as_ref(), &request.pod).await?;
     let handle = ipam::handle(&conf.name, &request.container_id);
     // A record whose veth is gone (the sandbox's namespace was destroyed under it): its
     // addresses are given back before new ones are taken, so the handle never holds both.
@@ -99,8 +100,15 @@ async fn add(inv: &Invocation) -> Result<Value> {
     let mut undo = Undo::default();
     let outcome = async {
         let addresses = match &ipam {
-            Ipam::Brindle(settings) => store.add(settings, ipam::holder(conf, request, &node)).await?,
-            Ipam::Delegate(plugin) => ipam::delegate(plugin, Command::Add, request, &inv.stdin)?.unwrap_or_default(),
+            Ipam::Brindle(settings) => {
+                store.add(conf, settings, ipam::holder(conf, request, &node), &pod.addresses).await?
+            }
+            Ipam::Delegate(plugin) => {
+                if !pod.addresses.is_empty() {
+                    tracing::warn!(%plugin, "the Pod's IPAM annotations are for brindle-ipam; ignored");
+                }
+                ipam::delegate(plugin, Command::Add, request, &inv.stdin)?.unwrap_or_default()
+            }
         };
         let ips = addresses.addresses();
         undo.addresses = Some(ips.clone());
@@ -121,7 +129,7 @@ async fn add(inv: &Invocation) -> Result<Value> {
 
         let endpoint = endpoint_id(inv, &node);
         let networks = plan.addresses.iter().map(|&ip| wiring::host_prefix(ip)).collect();
-        endpoint.write(&store.client, &node, &plan.host_veth, &pod_mac, networks, facts).await?;
+        endpoint.write(&store.client, &node, &plan.host_veth, &pod_mac, networks, pod.facts).await?;
         undo.endpoint = Some(endpoint.clone());
 
         let record = Record {

@@ -42,6 +42,9 @@ pub enum Error {
     /// IPAM found no address to give.
     #[error("{0}")]
     Exhausted(String),
+    /// IPAM was asked for an address that another holder has.
+    #[error("{0}")]
+    AddressTaken(String),
 }
 
 /// Result alias for this crate.

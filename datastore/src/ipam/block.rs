@@ -135,6 +135,32 @@ impl Block {
         Some(self.ip(ordinal))
     }
 
+    /// Takes `ip` itself for `allocation` (a pod that asks for a fixed address), stamped with
+    /// `now_ms`, whether or not it is resting after a release (the pod asking for it again is
+    /// usually the one that had it). Already held by the same handle, it is left as it is.
+    /// Refused with the reason when `ip` is not in the block or another handle holds it.
+    pub fn allocate_ip(&mut self, ip: IpAddr, mut allocation: Allocation, now_ms: u64) -> Result<(), String> {
+        let Some(ordinal) = self.ordinal(ip) else { return Err(format!("{ip} is not in block {}", self.cidr)) };
+        if let Some(holder) = self.allocations.get(&ordinal) {
+            return match holder.handle == allocation.handle {
+                true => Ok(()),
+                false => Err(format!("{ip} is already taken by {}", holder.handle)),
+            };
+        }
+        if ordinal >= self.next_fresh {
+            // The addresses skipped over were never handed out: they wait as long rested.
+            for skipped in (self.next_fresh..ordinal).rev() {
+                self.released.push_front(Released { ordinal: skipped, at_ms: 0 });
+            }
+            self.next_fresh = ordinal + 1;
+        } else {
+            self.released.retain(|r| r.ordinal != ordinal);
+        }
+        allocation.allocated_at_ms = now_ms;
+        self.allocations.insert(ordinal, allocation);
+        Ok(())
+    }
+
     /// Releases every address held by `handle`; returns them.
     pub fn release_handle(&mut self, handle: &str, now_ms: u64) -> Vec<IpAddr> {
         let ordinals: Vec<u32> = self.allocations.iter().filter(|(_, a)| a.handle == handle).map(|(o, _)| *o).collect();
@@ -222,6 +248,30 @@ mod tests {
         assert_eq!(b.allocate(alloc("c"), 61_000, 60_000).unwrap().to_string(), "10.0.0.1", "b was released first");
         assert_eq!(b.allocate(alloc("d"), 61_000, 60_000), None, "a rests until 62s");
         assert_eq!(b.allocate(alloc("d"), 62_000, 60_000).unwrap().to_string(), "10.0.0.0");
+    }
+
+    #[test]
+    fn a_fixed_address_is_taken_as_asked_and_the_rest_of_the_block_still_counts() {
+        let mut b = block("10.0.0.0/29");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        b.allocate(alloc("first"), 0, 60_000);
+        assert_eq!(b.allocate_ip(ip("10.0.0.5"), alloc("fixed"), 7), Ok(()));
+        assert_eq!(b.holder(ip("10.0.0.5")).map(|a| a.allocated_at_ms), Some(7));
+        assert_eq!(b.allocate_ip(ip("10.0.0.5"), alloc("fixed"), 8), Ok(()), "asked again by its holder");
+        assert_eq!(b.allocate_ip(ip("10.0.0.5"), alloc("other"), 8), Err("10.0.0.5 is already taken by fixed".into()));
+        assert_eq!(
+            b.allocate_ip(ip("10.0.1.1"), alloc("other"), 8),
+            Err("10.0.1.1 is not in block 10.0.0.0/29".into())
+        );
+        // The fresh addresses come next, then those skipped over (never handed out, so as good
+        // as fresh); none is handed out twice.
+        let next: Vec<String> =
+            (0..6).map_while(|i| b.allocate(alloc(&format!("h{i}")), 100_000, 60_000)).map(|a| a.to_string()).collect();
+        assert_eq!(next, ["10.0.0.6", "10.0.0.7", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]);
+        // A released address resting after its release may be asked for again at once.
+        b.release_handle("fixed", 100_000);
+        assert_eq!(b.allocate_ip(ip("10.0.0.5"), alloc("fixed-again"), 100_001), Ok(()));
+        assert_eq!(b.available(1_000_000, 60_000), 0, "it no longer rests in the queue");
     }
 
     #[test]

@@ -179,6 +179,73 @@ impl Ipam {
         Ok(assigned)
     }
 
+    /// Takes exactly `ips` for `holder` (a pod that asks for fixed addresses): each must lie in
+    /// an enabled IPPool that allows workload addresses, and be free or already the holder's.
+    /// A block that does not exist yet is claimed for the holder's node; one owned by another
+    /// node lends the address. All or nothing: on a refusal, what was taken is given back.
+    pub async fn allocate_ips(&self, holder: &Allocation, ips: &[IpAddr]) -> Result<Vec<Assigned>> {
+        if holder.handle.is_empty() || holder.node.is_empty() {
+            return Err(Error::Invalid("an allocation needs a handle and a node".into()));
+        }
+        let context = self.context(&holder.node).await?;
+        let mut assigned = Vec::new();
+        for &ip in ips {
+            match self.allocate_ip(&context, holder, ip).await {
+                Ok(one) => assigned.push(one),
+                Err(e) => {
+                    let taken: Vec<IpAddr> = assigned.iter().map(|a| a.ip).collect();
+                    if let Err(undo) = self.release_handle_ips(&holder.handle, &taken).await {
+                        tracing::warn!(error = %undo, ?taken, "could not give back a partial allocation; release the handle to clean up");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(assigned)
+    }
+
+    async fn allocate_ip(&self, context: &Context, holder: &Allocation, ip: IpAddr) -> Result<Assigned> {
+        let usable = |p: &&Resource<IpPool>| !p.spec.disabled && p.spec.allows(PoolUse::Workload);
+        let pool = context
+            .pools
+            .iter()
+            .filter(usable)
+            .find(|p| p.spec.cidr.contains(ip))
+            .ok_or_else(|| Error::Invalid(format!("{ip} is in no enabled IPPool for workload addresses")))?;
+        let cidr = pools::block_of(&pool.spec, ip)
+            .ok_or_else(|| Error::Invalid(format!("{ip} is in no block of IPPool \"{}\"", pool.metadata.name)))?;
+        for _ in 0..MAX_ATTEMPTS {
+            let mut refusal = None;
+            let taken = self
+                .edit_block(cidr, |b, now| match b.allocate_ip(ip, holder.clone(), now) {
+                    Ok(()) => Some(()),
+                    Err(why) => {
+                        refusal = Some(why);
+                        None
+                    }
+                })
+                .await?;
+            if taken.is_some() {
+                return Ok(assigned(ip, cidr, Some(&pool)));
+            }
+            if let Some(why) = refusal {
+                return Err(Error::AddressTaken(why));
+            }
+            // No such block yet: claim it for the node, with the address in it.
+            let mut block = Block::new(cidr, Some(holder.node.clone()));
+            block.allocate_ip(ip, holder.clone(), (self.clock)()).map_err(Error::Invalid)?;
+            match self.create_block(&block).await {
+                Ok(revision) => {
+                    self.remember(block, revision);
+                    return Ok(assigned(ip, cidr, Some(&pool)));
+                }
+                Err(Error::AlreadyExists(_)) => continue, // another claimed it meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Unavailable(format!("gave up taking {ip} after {MAX_ATTEMPTS} lost races")))
+    }
+
     async fn allocate_family(
         &self,
         context: &Context,

@@ -166,14 +166,18 @@ impl KubernetesStore {
         Ok(addresses.iter().filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect())
     }
 
-    /// What the WorkloadEndpoint of Pod `namespace/name` takes from it (labels, service account,
-    /// named container ports); None when there is no such Pod.
-    pub async fn pod_facts(&self, namespace: &str, name: &str) -> Result<Option<PodFacts>> {
+    /// Pod `namespace/name`; None when there is no such Pod.
+    pub async fn pod(&self, namespace: &str, name: &str) -> Result<Option<k8s_openapi::api::core::v1::Pod>> {
         let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), namespace);
-        match self.call(&format!("reading Pod {namespace}/{name}"), pods.get_opt(name), |_| None).await? {
-            Some(pod) => Ok(Some(PodFacts::of(&pod))),
-            None => Ok(None),
-        }
+        self.call(&format!("reading Pod {namespace}/{name}"), pods.get_opt(name), |_| None).await
+    }
+
+    /// The annotations of Kubernetes namespace `name` (none when there is no such namespace).
+    pub async fn namespace_annotations(&self, name: &str) -> Result<BTreeMap<String, String>> {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let found =
+            self.call(&format!("reading Namespace {name}"), namespaces.get_metadata_opt(name), |_| None).await?;
+        Ok(found.and_then(|n| n.metadata.annotations).unwrap_or_default())
     }
 
     /// The client this store speaks through, for what brindle's controllers do beside the
