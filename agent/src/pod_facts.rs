@@ -40,7 +40,7 @@ pub async fn follow_pods(api: KubernetesStore, client: Client, node: String, mut
             let path = format!("{namespace}/{name}");
             // The endpoint as stored now (the cluster's copy carries no revision to update).
             let updated = match client.find::<WorkloadEndpoint>(Some(&namespace), &name).await {
-                Ok(found) => found.and_then(|e| with_facts(&e, facts)),
+                Ok(found) => found.and_then(|e| facts.apply_to(&e)),
                 Err(e) => {
                     tracing::warn!(endpoint = %path, error = %e, "cannot read the endpoint");
                     None
@@ -69,23 +69,9 @@ fn stale<'a>(
         .filter_map(|e| {
             let namespace = e.metadata.namespace.clone()?;
             let facts = known.get(&(namespace.clone(), e.spec.pod.clone()))?;
-            with_facts(e, facts).map(|_| (namespace, e.name().to_owned(), facts))
+            facts.apply_to(e).map(|_| (namespace, e.name().to_owned(), facts))
         })
         .collect()
-}
-
-/// `endpoint` with its Pod's facts, if they differ from what it carries.
-fn with_facts(endpoint: &Resource<WorkloadEndpoint>, facts: &PodFacts) -> Option<Resource<WorkloadEndpoint>> {
-    let same = endpoint.metadata.labels == facts.labels
-        && endpoint.spec.service_account_name == facts.service_account
-        && endpoint.spec.ports == facts.ports;
-    (!same).then(|| {
-        let mut updated = endpoint.clone();
-        updated.metadata.labels.clone_from(&facts.labels);
-        updated.spec.service_account_name.clone_from(&facts.service_account);
-        updated.spec.ports.clone_from(&facts.ports);
-        updated
-    })
 }
 
 #[cfg(test)]
@@ -110,8 +96,8 @@ mod tests {
         let stale = stale(&workloads, "n1", &known);
         assert_eq!(stale.len(), 1, "a is as its Pod says, unknown has no Pod, n2 is another node's");
         assert_eq!((stale[0].1.as_str(), stale[0].2.labels["app"].as_str()), ("n1-k8s-b-eth0", "cache"));
-        let updated = with_facts(&workloads[1], stale[0].2).unwrap();
+        let updated = stale[0].2.apply_to(&workloads[1]).unwrap();
         assert_eq!(updated.metadata.labels["app"], "cache");
-        assert!(with_facts(&updated, stale[0].2).is_none(), "then it is as its Pod says");
+        assert!(stale[0].2.apply_to(&updated).is_none(), "then it is as its Pod says");
     }
 }

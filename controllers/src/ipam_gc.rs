@@ -13,20 +13,27 @@ use brindle_datastore::ipam::{Ipam, LeakOutcome, NodeOutcome};
 pub async fn run(ipam: Ipam, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
     loop {
         ticks.tick().await;
         match ipam.collect_garbage().await {
             Ok(outcome) => {
                 let released = outcome.leaks.iter().filter(|(_, o)| *o == LeakOutcome::Released).count();
                 let cleared = outcome.nodes.iter().filter(|(_, o)| !matches!(o, NodeOutcome::Kept(_))).count();
+                let deleted = outcome.idle_blocks_deleted.len();
                 let waiting = outcome.report.leaked.iter().filter(|l| !l.releasable).count();
-                tracing::info!(
-                    released,
-                    node_items_cleared = cleared,
-                    idle_blocks_deleted = outcome.idle_blocks_deleted.len(),
-                    leaks_waiting = waiting,
-                    "IPAM garbage collection pass"
-                );
+                if first || released + cleared + deleted > 0 {
+                    tracing::info!(
+                        released,
+                        node_items_cleared = cleared,
+                        idle_blocks_deleted = deleted,
+                        leaks_waiting = waiting,
+                        "IPAM garbage collection pass"
+                    );
+                } else {
+                    tracing::debug!(leaks_waiting = waiting, "IPAM garbage collection pass: nothing to release");
+                }
+                first = false;
             }
             Err(e) => tracing::warn!(error = %e, "IPAM garbage collection pass failed; trying again next interval"),
         }

@@ -4,11 +4,15 @@
 //!
 //! While leading it runs IPAM garbage collection with the Kubernetes API's Pods as the judges
 //! of which pod addresses are still held ([`ipam_gc`]), and, on the etcd datastore, keeps the
-//! datastore's Nodes in step with Kubernetes' ([`nodes`]).
+//! datastore in step with Kubernetes ([`follow`]): Nodes ([`nodes`]), Namespaces and
+//! NetworkPolicies ([`mirror`]), Pods' labels on their endpoints ([`pods`]).
 
+mod follow;
 mod ipam_gc;
 mod leader;
+mod mirror;
 mod nodes;
+mod pods;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,14 +22,16 @@ use brindle_datastore::Client;
 use brindle_datastore::ipam::Ipam;
 use brindle_datastore::store::{self, KubernetesOptions, KubernetesStore};
 use clap::Parser;
-use futures::{FutureExt, StreamExt};
 use tokio::signal::unix::{SignalKind, signal};
 
+use follow::follow;
 use leader::{Candidate, Leadership};
 
 /// brindle's cluster controllers: IPAM garbage collection judged by the Kubernetes API's Pods,
-/// and, on the etcd datastore, Nodes kept in step with Kubernetes' Nodes (labels copied, a node
-/// deleted with its Kubernetes Node). One replica works at a time, holding a Lease.
+/// and, on the etcd datastore, the datastore kept in step with Kubernetes: Nodes (labels
+/// copied, a node deleted with its Kubernetes Node), Namespaces, NetworkPolicies, and Pods'
+/// labels, service accounts and named ports on their endpoints. One replica works at a time,
+/// holding a Lease.
 ///
 /// Exit codes: 0 after SIGTERM or SIGINT (the lease is given up first, so another replica takes
 /// over at once); 1 when start-up fails or the lease is lost (only the holder may act; restarted,
@@ -58,10 +64,10 @@ struct Args {
     /// mostly IPAMConfiguration's leakGracePeriod).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     gc_interval: Duration,
-    /// How often Nodes are compared in full on the etcd datastore, besides at every change of a
-    /// Kubernetes Node.
+    /// On the etcd datastore, how often Nodes, Namespaces, NetworkPolicies and Pods' endpoints
+    /// are compared with Kubernetes in full, besides at every change.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-    node_resync_interval: Duration,
+    resync_interval: Duration,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `brindle_controllers=debug`.
     #[arg(long, env = "BRINDLE_LOG", default_value = "warn")]
     log: String,
@@ -128,59 +134,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let gc = ipam_gc::run(ipam, args.gc_interval);
     let nodes = async {
         if own_datastore {
-            std::future::pending::<()>().await // a brindle Node is the Kubernetes Node itself
+            // Nodes, Namespaces, NetworkPolicies and Pods are Kubernetes' own objects there.
+            std::future::pending::<()>().await
         }
-        follow_nodes(&kubernetes, &client, args.node_resync_interval).await
+        follow_kubernetes(&kubernetes, &client, args.resync_interval).await
     };
     tokio::select! {
         _ = leadership.lost() => {
             anyhow::bail!("lost the lease {}/{}; stopping, as only its holder may act", candidate.namespace, candidate.name)
         }
         _ = gc => unreachable!("garbage collection runs for ever"),
-        _ = nodes => unreachable!("node sync runs for ever"),
+        _ = nodes => unreachable!("following Kubernetes runs for ever"),
         _ = terminate.recv() => leadership.resign().await,
         _ = interrupt.recv() => leadership.resign().await,
     }
     Ok(())
 }
 
-/// Syncs Nodes whenever a Kubernetes Node comes, goes or changes its labels (a burst of changes
-/// makes one pass; kubelet's status updates make none) and every `resync`, for ever. A failed
-/// pass is logged and retried at the next change or resync.
-async fn follow_nodes(kubernetes: &KubernetesStore, client: &Client, resync: Duration) {
-    use kube::runtime::{WatchStreamExt, watcher};
-    let api: kube::Api<nodes::NodeMeta> = kube::Api::all(kubernetes.client());
-    let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
-    let mut seen = nodes::Seen::default();
-    loop {
-        match nodes::sync(kubernetes, client).await {
-            Ok(synced) if synced != nodes::Synced::default() => tracing::info!(?synced, "synced Nodes"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "syncing Nodes failed; trying again at the next change"),
-        }
-        let resync_at = tokio::time::sleep(resync);
-        tokio::pin!(resync_at);
-        let mut changed = false;
-        loop {
-            let event = if changed {
-                // The rest of the burst: what has already arrived.
-                match events.next().now_or_never() {
-                    Some(event) => event,
-                    None => break,
-                }
-            } else {
-                tokio::select! {
-                    event = events.next() => event,
-                    _ = &mut resync_at => break,
-                }
-            };
-            match event {
-                Some(Ok(event)) => changed |= seen.apply(event),
-                Some(Err(e)) => tracing::warn!(error = %e, "watching Kubernetes Nodes"),
-                None => break,
-            }
-        }
-    }
+/// On the etcd datastore: Nodes, Namespaces, NetworkPolicies and Pods' facts kept in step with
+/// Kubernetes, each as its objects change and every `resync`, for ever.
+async fn follow_kubernetes(kubernetes: &KubernetesStore, client: &Client, resync: Duration) {
+    let api = || kubernetes.client();
+    tokio::join!(
+        follow("Nodes", kube::Api::all(api()), resync, nodes::kubernetes_labels, async |labels| {
+            nodes::sync(labels, client).await
+        }),
+        follow("Namespaces", kube::Api::all(api()), resync, mirror::namespaces, async |wanted| {
+            mirror::apply(client, wanted).await
+        }),
+        follow("NetworkPolicies", kube::Api::all(api()), resync, mirror::network_policies, async |wanted| {
+            mirror::apply(client, wanted).await
+        }),
+        follow("Pods", kube::Api::all(api()), resync, pods::facts, async |facts| pods::sync(facts, client).await),
+    );
 }
 
 /// The host name and the process ID.

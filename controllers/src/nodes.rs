@@ -16,8 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use brindle_datastore::resource::{Node, OrchestratorRef, Resource};
-use brindle_datastore::store::KubernetesStore;
 use brindle_datastore::{Client, Error};
+
+use crate::follow::Changes;
 
 /// The annotation listing the label keys last copied from the Kubernetes Node (comma-separated).
 pub const SYNCED_LABELS_ANNOTATION: &str = "brindle.io/kubernetes-labels";
@@ -68,55 +69,20 @@ pub fn plan(kubernetes: &BTreeMap<String, Labels>, nodes: &[Resource<Node>]) -> 
 /// A Kubernetes Node's metadata, as the watch delivers it.
 pub type NodeMeta = kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Node>;
 
-/// The Kubernetes Nodes' labels as a watch reports them, to tell the changes that matter here
-/// (a Node added or deleted, its labels changed) from those that do not (kubelet's heartbeats).
-#[derive(Debug, Default)]
-pub struct Seen {
-    known: BTreeMap<String, Labels>,
-    relisting: BTreeMap<String, Labels>,
+/// The Kubernetes Nodes' names and labels.
+pub fn kubernetes_labels(nodes: Vec<std::sync::Arc<NodeMeta>>) -> BTreeMap<String, Labels> {
+    nodes
+        .iter()
+        .map(|n| (n.metadata.name.clone().unwrap_or_default(), n.metadata.labels.clone().unwrap_or_default()))
+        .collect()
 }
 
-impl Seen {
-    /// Takes one watch event; true when the Nodes or their labels changed.
-    pub fn apply(&mut self, event: kube::runtime::watcher::Event<NodeMeta>) -> bool {
-        use kube::runtime::watcher::Event;
-        let entry = |node: NodeMeta| (node.metadata.name.unwrap_or_default(), node.metadata.labels.unwrap_or_default());
-        match event {
-            Event::Apply(node) => {
-                let (name, labels) = entry(node);
-                self.known.insert(name, labels.clone()) != Some(labels)
-            }
-            Event::Delete(node) => self.known.remove(&entry(node).0).is_some(),
-            Event::Init => {
-                self.relisting.clear();
-                false
-            }
-            Event::InitApply(node) => {
-                self.relisting.extend([entry(node)]);
-                false
-            }
-            Event::InitDone => {
-                let relisted = std::mem::take(&mut self.relisting);
-                std::mem::replace(&mut self.known, relisted) != self.known
-            }
-        }
-    }
-}
-
-/// What a pass did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Synced {
-    /// Nodes deleted.
-    pub deleted: usize,
-    /// Nodes updated.
-    pub updated: usize,
-}
-
-/// One pass: reads the Kubernetes Nodes and the brindle Nodes and applies the [`plan`].
-pub async fn sync(kubernetes: &KubernetesStore, client: &Client) -> brindle_datastore::Result<Synced> {
-    let (labels, (nodes, _)) = tokio::try_join!(kubernetes.node_labels(), client.list::<Node>())?;
-    let plan = plan(&labels, &nodes);
-    let mut synced = Synced::default();
+/// One pass: reads the brindle Nodes and applies the [`plan`] for the Kubernetes Nodes'
+/// `labels`.
+pub async fn sync(labels: &BTreeMap<String, Labels>, client: &Client) -> brindle_datastore::Result<Changes> {
+    let (nodes, _) = client.list::<Node>().await?;
+    let plan = plan(labels, &nodes);
+    let mut synced = Changes::default();
     for node in plan.delete {
         let name = node.metadata.name.as_str();
         match client.delete::<Node>(None, name, node.revision()).await {
@@ -175,28 +141,6 @@ mod tests {
         assert_eq!(after.spec.orchestrator_refs, [OrchestratorRef::kubernetes("n1")]);
         // Applied, the plan is empty: nothing is written again.
         assert_eq!(super::plan(&kubernetes, std::slice::from_ref(after)), Plan::default());
-    }
-
-    fn meta(name: &str, pairs: &[(&str, &str)]) -> NodeMeta {
-        let mut node = NodeMeta::default();
-        node.metadata.name = Some(name.into());
-        node.metadata.labels = Some(labels(pairs));
-        node
-    }
-
-    #[test]
-    fn only_nodes_coming_going_or_relabelled_are_changes() {
-        use kube::runtime::watcher::Event;
-        let mut seen = Seen::default();
-        let listing = [Event::Init, Event::InitApply(meta("n1", &[("a", "1")])), Event::InitDone];
-        let changes: Vec<bool> = listing.into_iter().map(|e| seen.apply(e)).collect();
-        assert_eq!(changes, [false, false, true], "the first listing is a change, once complete");
-        assert!(!seen.apply(Event::Apply(meta("n1", &[("a", "1")]))), "a heartbeat is not");
-        assert!(seen.apply(Event::Apply(meta("n1", &[("a", "2")]))));
-        assert!(seen.apply(Event::Apply(meta("n2", &[]))));
-        assert!(seen.apply(Event::Delete(meta("n2", &[]))));
-        let relist = [Event::Init, Event::InitApply(meta("n1", &[("a", "2")])), Event::InitDone];
-        assert!(relist.into_iter().all(|e| !seen.apply(e)), "a relist of the same Nodes is not");
     }
 
     #[test]

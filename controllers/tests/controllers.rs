@@ -1,7 +1,8 @@
 //! brindle-controllers against a real kube-apiserver: two replicas, one leading by the Lease,
 //! garbage collection that frees the address of a gone Pod and never that of a Pod that
-//! exists, the other replica taking over when the leader is killed; and, on an etcd datastore,
-//! Nodes following their Kubernetes Nodes' labels and going with them.
+//! exists, the other replica taking over when the leader is killed; on an etcd datastore, Nodes,
+//! Namespaces, NetworkPolicies and pods' endpoints following Kubernetes; and a deleted
+//! Kubernetes Node leaving a lab's other nodes at once.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -138,7 +139,8 @@ fn two_replicas_one_frees_the_addresses_of_gone_pods_only_and_the_other_takes_ov
 }
 
 #[test]
-fn on_etcd_nodes_follow_their_kubernetes_nodes_labels_and_go_with_them() {
+fn on_etcd_the_datastore_follows_kubernetes_nodes_namespaces_policies_and_pod_labels() {
+    use brindle_datastore::resource::{KubernetesNetworkPolicy, Namespace, WorkloadEndpoint};
     let server = KubeApiServer::start().unwrap();
     let etcd = EtcdServer::start().unwrap();
     let rt = runtime();
@@ -147,39 +149,78 @@ fn on_etcd_nodes_follow_their_kubernetes_nodes_labels_and_go_with_them() {
     let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     };
+    // What the datastore has before: nodes registered by their agents (and one that is no
+    // Kubernetes Node), a pod's endpoint as the CNI plugin wrote it, a namespace applied by hand.
     rt.block_on(async {
         let mut n1 = Resource::new("n1", Node::default());
         n1.metadata.labels = labels(&[("route-reflector", "true")]);
         client.create(n1).await.unwrap();
         client.create(Resource::new("bare-metal-router", Node::default())).await.unwrap();
+        client.create(brindle_datastore::testing::pod_endpoint("n1", "team-a", "web", &[])).await.unwrap();
+        client.create(Resource::new("by-hand", Namespace::default())).await.unwrap();
     });
     let scratch = tempfile::tempdir().unwrap();
-    let node = scratch.path().join("node.yaml");
-    std::fs::write(&node, "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {zone: a}}\n").unwrap();
-    server.kubectl(&["create", "-f", &node.display().to_string()]).unwrap();
+    let objects = scratch.path().join("objects.yaml");
+    std::fs::write(
+        &objects,
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {zone: a}}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a, labels: {team: a}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot, namespace: team-a}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: team-a, labels: {app: web}}\n\
+         spec: {nodeName: n1, serviceAccountName: robot, containers: [{name: c, image: c}]}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: team-a}\n\
+         spec: {podSelector: {}}\n",
+    )
+    .unwrap();
+    server.kubectl(&["create", "-f", &objects.display().to_string()]).unwrap();
 
     let log = scratch.path().join("controllers.log");
     let kubeconfig = server.kubeconfig().display().to_string();
     let _replica = replica(&etcd.selection(), "replica-a", &["--kubeconfig", &kubeconfig], &log);
-    let node_in_etcd = || rt.block_on(client.find::<Node>(None, "n1")).unwrap();
-    let follows = |what: &str, expected: BTreeMap<String, String>| {
-        let followed =
-            wait_for(what, Duration::from_secs(10), || node_in_etcd().is_some_and(|n| n.metadata.labels == expected));
-        followed.unwrap_or_else(|e| panic!("{e}: {:?}\n{}", node_in_etcd(), log_of(&log)));
+    let follows = |what: &str, check: &mut dyn FnMut() -> bool| {
+        wait_for(what, Duration::from_secs(10), check).unwrap_or_else(|e| panic!("{e}: {}", log_of(&log)));
     };
-    follows("n1 to take its Kubernetes Node's labels", labels(&[("route-reflector", "true"), ("zone", "a")]));
-    assert_eq!(node_in_etcd().unwrap().spec.orchestrator_refs, [OrchestratorRef::kubernetes("n1")]);
+    let node_labels = || rt.block_on(client.find::<Node>(None, "n1")).unwrap().map(|n| n.metadata.labels);
+    let endpoint = || rt.block_on(client.find::<WorkloadEndpoint>(Some("team-a"), "n1-k8s-web-eth0")).unwrap().unwrap();
+    let namespace_labels =
+        |name: &str| rt.block_on(client.find::<Namespace>(None, name)).unwrap().map(|n| n.metadata.labels);
+    let policy = || rt.block_on(client.find::<KubernetesNetworkPolicy>(Some("team-a"), "deny-all")).unwrap();
 
+    follows("n1 to take its Kubernetes Node's labels", &mut || {
+        node_labels() == Some(labels(&[("route-reflector", "true"), ("zone", "a")]))
+    });
+    let n1 = rt.block_on(client.get::<Node>(None, "n1")).unwrap();
+    assert_eq!(n1.spec.orchestrator_refs, [OrchestratorRef::kubernetes("n1")]);
+    follows("the endpoint to take its Pod's labels and account", &mut || {
+        let e = endpoint();
+        e.metadata.labels == labels(&[("app", "web")]) && e.spec.service_account_name.as_deref() == Some("robot")
+    });
+    // Kubernetes labels every namespace with its name, and selectors may use that too.
+    let team = |t: &str| Some(labels(&[("kubernetes.io/metadata.name", "team-a"), ("team", t)]));
+    follows("the namespace to be mirrored", &mut || namespace_labels("team-a") == team("a"));
+    follows("the NetworkPolicy to be mirrored", &mut || policy().is_some());
+
+    // kubectl changes, followed.
     server.kubectl(&["label", "node", "n1", "zone=b", "rack=7", "--overwrite"]).unwrap();
-    follows("n1 to follow a relabel", labels(&[("rack", "7"), ("route-reflector", "true"), ("zone", "b")]));
+    server.kubectl(&["label", "pod", "-n", "team-a", "web", "app=db", "--overwrite"]).unwrap();
+    server.kubectl(&["label", "namespace", "team-a", "team=b", "--overwrite"]).unwrap();
+    server.kubectl(&["delete", "networkpolicy", "-n", "team-a", "deny-all"]).unwrap();
+    follows("n1 to follow a relabel", &mut || {
+        node_labels() == Some(labels(&[("rack", "7"), ("route-reflector", "true"), ("zone", "b")]))
+    });
+    follows("the endpoint to follow its Pod's relabel", &mut || endpoint().metadata.labels == labels(&[("app", "db")]));
+    follows("the namespace to follow a relabel", &mut || namespace_labels("team-a") == team("b"));
+    follows("the deleted NetworkPolicy to go", &mut || policy().is_none());
     server.kubectl(&["label", "node", "n1", "zone-"]).unwrap();
-    follows("n1 to lose a label removed in Kubernetes", labels(&[("rack", "7"), ("route-reflector", "true")]));
+    follows("n1 to lose a label removed in Kubernetes", &mut || {
+        node_labels() == Some(labels(&[("rack", "7"), ("route-reflector", "true")]))
+    });
 
     server.kubectl(&["delete", "node", "n1"]).unwrap();
-    wait_for("n1 to go with its Kubernetes Node", Duration::from_secs(10), || node_in_etcd().is_none())
-        .unwrap_or_else(|e| panic!("{e}: {}", log_of(&log)));
+    follows("n1 to go with its Kubernetes Node", &mut || node_labels().is_none());
     let bare = rt.block_on(client.find::<Node>(None, "bare-metal-router")).unwrap();
     assert!(bare.is_some(), "a node that was never a Kubernetes Node stays");
+    assert!(namespace_labels("by-hand").is_some(), "a namespace applied by hand stays");
 }
 
 /// `command` in network namespace `netns`; its stdout.

@@ -77,6 +77,25 @@ impl PodFacts {
     }
 }
 
+impl PodFacts {
+    /// `endpoint` carrying these facts, if it carries others now.
+    pub fn apply_to(
+        &self,
+        endpoint: &crate::resource::Resource<crate::resource::WorkloadEndpoint>,
+    ) -> Option<crate::resource::Resource<crate::resource::WorkloadEndpoint>> {
+        let same = endpoint.metadata.labels == self.labels
+            && endpoint.spec.service_account_name == self.service_account
+            && endpoint.spec.ports == self.ports;
+        (!same).then(|| {
+            let mut updated = endpoint.clone();
+            updated.metadata.labels.clone_from(&self.labels);
+            updated.spec.service_account_name.clone_from(&self.service_account);
+            updated.spec.ports.clone_from(&self.ports);
+            updated
+        })
+    }
+}
+
 /// The Kubernetes backend.
 #[derive(Clone)]
 pub struct KubernetesStore {
@@ -190,12 +209,6 @@ impl KubernetesStore {
     pub async fn pod_keys(&self) -> Result<crate::ipam::PodKeys> {
         let pods = self.metadata_of("Pods", Api::<k8s_openapi::api::core::v1::Pod>::all(self.client.clone())).await?;
         Ok(pods.into_iter().map(|p| (p.namespace.unwrap_or_default(), p.name.unwrap_or_default())).collect())
-    }
-
-    /// The Kubernetes Nodes' names and labels.
-    pub async fn node_labels(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
-        let nodes = self.metadata_of("Nodes", self.nodes()).await?;
-        Ok(nodes.into_iter().map(|n| (n.name.unwrap_or_default(), n.labels.unwrap_or_default())).collect())
     }
 
     /// The metadata of every object `api` lists, a page at a time.
