@@ -77,6 +77,23 @@ fn up_explore_down(args: &[&str], nodes: usize, pods: usize) {
 
     let ping = lab.run(&["ping"]);
     assert!(ping.status.success(), "{}", text(&ping));
+    if let Some(kubeconfig) = state.datastore.strip_prefix("kubernetes://") {
+        // Every pod is a Kubernetes Pod on its node.
+        let kubectl = brindle_datastore::testing::kube_bin_dir().join("kubectl");
+        let kubeconfig = kubeconfig.split('?').next().unwrap();
+        let listed = Command::new("ip")
+            .args(["netns", "exec", &state.router])
+            .arg(kubectl)
+            .args(["--kubeconfig", kubeconfig, "get", "pods", "-A", "-o", "jsonpath={.items[*].spec.nodeName}"])
+            .output()
+            .unwrap();
+        let mut on: Vec<String> =
+            String::from_utf8_lossy(&listed.stdout).split_whitespace().map(str::to_owned).collect();
+        on.sort();
+        let mut expected: Vec<String> = state.pods.iter().map(|p| state.nodes[p.node].name.clone()).collect();
+        expected.sort();
+        assert_eq!(on, expected, "{}", String::from_utf8_lossy(&listed.stderr));
+    }
 
     // exec runs in the node's namespace with the lab's datastore in the environment.
     let routes = lab.run(&["exec", "node-1", "--", "ip", "route"]);

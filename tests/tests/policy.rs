@@ -3,7 +3,8 @@
 //! three nodes, each answering on TCP 80 and 81 and UDP 80 and 81. For every policy of a
 //! catalogue, the whole reachability matrix on every port must equal what an evaluator of the
 //! Kubernetes semantics written here, independent of brindle's, says. On both iptables
-//! backends, and on a dual-stack lab at both families' addresses.
+//! backends, with the objects in a real API server, and on a dual-stack lab at both families'
+//! addresses.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -39,14 +40,14 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 impl Cluster {
     /// Three nodes, namespaces x, y, z and pods a, b, c in each, every pod serving every port.
     /// Dual-stack pods are routed natively, over a BGP mesh; IPv4-only ones through VXLAN.
-    fn up(iptables: Iptables, ipv6: bool) -> Cluster {
+    fn up(iptables: Iptables, ipv6: bool, datastore: Store) -> Cluster {
         let bin_dir = Path::new(env!("CARGO_BIN_EXE_brindle-lab")).parent().unwrap();
         let options = Options {
             nodes: 3,
             pods_per_node: 0,
             mode: if ipv6 { Mode::None } else { Mode::Vxlan },
             peering: if ipv6 { Peering::Mesh } else { Peering::None },
-            datastore: Store::Sqlite,
+            datastore,
             reflectors: 1,
             iptables,
             ipv6,
@@ -512,10 +513,11 @@ fn catalogue(state: &LabState, family: Family) -> Vec<(&'static str, Vec<Resourc
 
 /// The catalogue, a policy updated and deleted, pods relabelled and new pods; on a dual-stack
 /// lab at both families' addresses, with ipBlocks of IPv6 addresses (which no IPv4 packet
-/// matches).
-fn run_suite(iptables: Iptables, ipv6: bool) -> Cluster {
+/// matches). On the Kubernetes datastore the pods are Kubernetes Pods, relabelled in the API
+/// server, and the namespaces and policies are the API server's objects.
+fn run_suite(iptables: Iptables, ipv6: bool, datastore: Store) -> Cluster {
     let started = Instant::now();
-    let mut cluster = Cluster::up(iptables, ipv6);
+    let mut cluster = Cluster::up(iptables, ipv6, datastore);
     let catalogue = catalogue(&cluster.lab.state, *cluster.families.last().unwrap());
     let cases = catalogue.len();
     for (case, policies) in &catalogue {
@@ -850,22 +852,24 @@ fn diagnose_explains(cluster: &Cluster) {
 
 #[test]
 fn kubernetes_network_policy_truth_table_on_nft_then_calico_semantics_and_spoofing() {
-    let mut cluster = run_suite(Iptables::Nft, false);
+    let mut cluster = run_suite(Iptables::Nft, false, Store::Sqlite);
     spoofing_is_dropped(&cluster, Family::Ipv4);
     diagnose_explains(&cluster);
     calico_semantics(&mut cluster);
 }
 
+/// With iptables-legacy, and with Pods, Namespaces and NetworkPolicies in a real API server
+/// (the Kubernetes datastore): what kubectl creates, changes and deletes is enforced.
 #[test]
-fn kubernetes_network_policy_truth_table_on_legacy() {
-    drop(run_suite(Iptables::Legacy, false));
+fn kubernetes_network_policy_truth_table_on_legacy_with_the_objects_in_the_api_server() {
+    drop(run_suite(Iptables::Legacy, false, Store::Kubernetes));
 }
 
 /// The same truth table on a dual-stack lab, at IPv4 and at IPv6 addresses, with ipBlocks of
 /// IPv6 addresses; Calico's `ipVersion` and ICMPv6 rules; no forged IPv6 source gets through.
 #[test]
 fn ipv6_is_enforced_as_ipv4_is_on_a_dual_stack_lab() {
-    let cluster = run_suite(Iptables::Nft, true);
+    let cluster = run_suite(Iptables::Nft, true, Store::Sqlite);
     spoofing_is_dropped(&cluster, Family::Ipv6);
     cluster.set_policies(&[]);
     let apply = |yaml: &str| lab::apply(&cluster.lab.state, yaml).unwrap();

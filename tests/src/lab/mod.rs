@@ -5,6 +5,7 @@
 //! namespace, process and file it made, and `down` removes exactly those.
 
 mod build;
+mod kube_pods;
 pub mod pods;
 mod progress;
 mod report;

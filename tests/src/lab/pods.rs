@@ -13,7 +13,8 @@ use anyhow::{Context, bail};
 use brindle_datastore::resource::{EndpointPort, WorkloadEndpoint};
 
 use super::state::{LabPod, LabState};
-use super::{in_netns, with_client};
+use super::topology::Store;
+use super::{in_netns, kube_pods, with_client};
 use crate::cni::{Attachment, exec_in, node_conf};
 use crate::netns::{Netns, enter};
 use crate::process::terminate;
@@ -137,9 +138,28 @@ pub fn add(state: &mut LabState, pod: &NewPod) -> anyhow::Result<()> {
         conf["ipam"]["assign_ipv6"] = "true".into();
     }
     let bin_dir = state.bin_dir.display().to_string();
-    let result = exec_in(&node.netns, &state.bin_dir.join("brindle"), "ADD", &conf, &attachment, &bin_dir)?
-        .into_result()
-        .with_context(|| format!("CNI ADD for {key} on {}", node.name))?;
+    if on_kubernetes(state) {
+        let ports = named_ports(&pod.serve);
+        let spec = kube_pods::PodSpec {
+            namespace: &pod.namespace,
+            name: &pod.name,
+            node: &node.name,
+            labels: &pod.labels,
+            service_account: pod.service_account.as_deref(),
+            ports: &ports,
+        };
+        with_kube(state, async |kube| kube_pods::create(&kube, &spec).await)?;
+    }
+    let added = exec_in(&node.netns, &state.bin_dir.join("brindle"), "ADD", &conf, &attachment, &bin_dir)
+        .and_then(|outcome| outcome.into_result())
+        .with_context(|| format!("CNI ADD for {key} on {}", node.name));
+    let result = match added {
+        Ok(result) => result,
+        Err(e) => {
+            forget_pod(state, &pod.namespace, &pod.name);
+            return Err(e);
+        }
+    };
     let addresses: Vec<std::net::IpAddr> = result["ips"]
         .as_array()
         .into_iter()
@@ -181,6 +201,7 @@ pub fn add(state: &mut LabState, pod: &NewPod) -> anyhow::Result<()> {
             terminate(pid, "brindle-lab");
         }
         let _ = exec_in(&node.netns, &state.bin_dir.join("brindle"), "DEL", &conf, &attachment, &bin_dir);
+        forget_pod(state, &pod.namespace, &pod.name);
         return Err(e);
     }
     netns.keep();
@@ -205,19 +226,10 @@ fn wait_for_policy(node_netns: &str, host_interface: &str) -> anyhow::Result<()>
     })?
 }
 
-/// Sets the labels, service account and named ports (`serve-80-tcp` for `tcp:80`, as
-/// Kubernetes' own policy tests name them) of the pod's WorkloadEndpoint, as the Kubernetes
-/// integration will from the Pod.
-fn describe(
-    state: &LabState,
-    pod: &LabPod,
-    labels: &BTreeMap<String, String>,
-    service_account: Option<&str>,
-    serve: &[Port],
-) -> anyhow::Result<()> {
-    let (namespace, name, labels) = (pod.namespace.clone(), pod.name.clone(), labels.clone());
-    let service_account = service_account.map(str::to_owned);
-    let ports: Vec<EndpointPort> = serve
+/// The named ports of a pod serving `serve`: `serve-80-tcp` for `tcp:80`, as Kubernetes' own
+/// policy tests name them.
+fn named_ports(serve: &[Port]) -> Vec<EndpointPort> {
+    serve
         .iter()
         .map(|p| {
             let protocol = if p.udp { "UDP" } else { "TCP" };
@@ -227,7 +239,68 @@ fn describe(
                 port: p.number,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Whether the lab's datastore is the Kubernetes API (its pods are then Kubernetes Pods).
+fn on_kubernetes(state: &LabState) -> bool {
+    state.options.datastore == Store::Kubernetes
+}
+
+/// Runs `work` with a client of the lab's Kubernetes API.
+fn with_kube<T: Send>(
+    state: &LabState,
+    work: impl AsyncFnOnce(kube::Client) -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    with_client(state, async |client| {
+        let kube = client.store().kubernetes().context("the lab's datastore is not the Kubernetes API")?.client();
+        work(kube).await
+    })
+}
+
+/// Deletes the pod's Kubernetes Pod, on a Kubernetes lab; a failure is only reported.
+fn forget_pod(state: &LabState, namespace: &str, name: &str) {
+    if on_kubernetes(state)
+        && let Err(e) = with_kube(state, async |kube| kube_pods::delete(&kube, namespace, name).await)
+    {
+        eprintln!("brindle-lab: could not delete Pod {namespace}/{name}: {e:#}");
+    }
+}
+
+/// Gives the pod's WorkloadEndpoint its labels, service account and named ports. On a
+/// Kubernetes lab the Pod is relabelled, and this returns once the node's agent has carried the
+/// labels to the endpoint; elsewhere the endpoint is written as the Kubernetes integration
+/// would from the Pod.
+fn describe(
+    state: &LabState,
+    pod: &LabPod,
+    labels: &BTreeMap<String, String>,
+    service_account: Option<&str>,
+    serve: &[Port],
+) -> anyhow::Result<()> {
+    let (namespace, name, labels) = (pod.namespace.clone(), pod.name.clone(), labels.clone());
+    if on_kubernetes(state) {
+        with_kube(state, async |kube| kube_pods::relabel(&kube, &namespace, &name, &labels).await)?;
+        let followed = || {
+            let (namespace, name, labels) = (namespace.clone(), name.clone(), labels.clone());
+            with_client(state, async move |client| {
+                let (endpoints, _) = client.list::<WorkloadEndpoint>().await?;
+                Ok(endpoints.iter().any(|e| {
+                    e.metadata.namespace.as_deref() == Some(namespace.as_str())
+                        && e.spec.pod == name
+                        && e.metadata.labels == labels
+                }))
+            })
+            .unwrap_or(false)
+        };
+        return wait_for(
+            &format!("the endpoint of {namespace}/{name} to take its Pod's labels"),
+            Duration::from_secs(30),
+            followed,
+        );
+    }
+    let service_account = service_account.map(str::to_owned);
+    let ports = named_ports(serve);
     with_client(state, |client| async move {
         let (endpoints, _) = client.list::<WorkloadEndpoint>().await?;
         let mut endpoint = endpoints
@@ -314,6 +387,7 @@ pub fn delete(state: &mut LabState, key: &str) -> anyhow::Result<()> {
     .into_result()
     .with_context(|| format!("CNI DEL for {key}"))?;
     Netns::remove(&pod.netns);
+    forget_pod(state, &pod.namespace, &pod.name);
     state.pods.remove(at);
     Ok(())
 }
