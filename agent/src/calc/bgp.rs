@@ -107,8 +107,7 @@ fn applies_to(
 pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
     let hold_time = settings.hold_time;
     let pools: Vec<IpNetwork> = cluster.pools.iter().map(|p| p.spec.cidr).collect();
-    let services: Vec<IpNetwork> =
-        cluster.bgp.service_cluster_ips.iter().chain(&cluster.bgp.service_external_ips).map(|s| s.cidr).collect();
+    let services: Vec<IpNetwork> = cluster.bgp.service_ranges().map(|(_, _, cidr)| cidr).collect();
     let of_family = |ranges: &[IpNetwork], v6: bool| -> PrefixFilter {
         PrefixFilter::only(&ranges.iter().copied().filter(|r| r.is_ipv6() == v6).collect::<Vec<_>>())
     };
@@ -399,6 +398,7 @@ mod tests {
         use brindle_datastore::resource::ServiceCidr;
         let mut c = cluster(true);
         c.bgp.service_cluster_ips = vec![ServiceCidr { cidr: "10.96.0.0/12".parse().unwrap() }];
+        c.bgp.service_load_balancer_ips = vec![ServiceCidr { cidr: "192.0.2.0/24".parse().unwrap() }];
         let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
         let services = "10.96.0.0/12".parse().unwrap();
         assert!(p.peers.iter().all(|peer| peer.export.accepts(&services) && !peer.import.accepts(&services)));
@@ -518,6 +518,7 @@ mod tests {
         let mut c = cluster(true);
         c.blocks = vec![Block::new("10.244.0.0/26".parse().unwrap(), Some("b".into()))];
         c.bgp.service_cluster_ips = vec![ServiceCidr { cidr: "10.96.0.0/12".parse().unwrap() }];
+        c.bgp.service_load_balancer_ips = vec![ServiceCidr { cidr: "192.0.2.0/24".parse().unwrap() }];
         c.bgp.communities = vec![Community { name: "pods".into(), value: "64512:100".into() }];
         c.bgp.prefix_advertisements = vec![
             PrefixAdvertisement {
@@ -529,6 +530,7 @@ mod tests {
         let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
         assert_eq!(p.originate[&"10.244.0.0/26".parse().unwrap()], ["64512:100", "1:2:3"]);
         assert!(p.originate[&"10.96.0.0/12".parse().unwrap()].is_empty(), "the bad community is dropped");
+        assert!(p.originate.contains_key(&"192.0.2.0/24".parse().unwrap()), "LoadBalancer IPs too");
         assert!(p.problems.iter().any(|e| e.contains("99999:1")), "{:?}", p.problems);
     }
 }

@@ -257,6 +257,24 @@ pub struct BgpConfiguration {
     /// Service external IP ranges to advertise.
     #[serde(default, rename = "serviceExternalIPs", skip_serializing_if = "Vec::is_empty")]
     pub service_external_ips: Vec<ServiceCidr>,
+    /// Service LoadBalancer IP ranges to advertise (the addresses a load-balancer controller
+    /// gives Services of type LoadBalancer).
+    #[serde(default, rename = "serviceLoadBalancerIPs", skip_serializing_if = "Vec::is_empty")]
+    pub service_load_balancer_ips: Vec<ServiceCidr>,
+}
+
+impl BgpConfiguration {
+    /// Every service range to advertise, each with its field's name: cluster IPs, external
+    /// IPs, LoadBalancer IPs.
+    pub fn service_ranges(&self) -> impl Iterator<Item = (&'static str, usize, IpNetwork)> + '_ {
+        [
+            ("spec.serviceClusterIPs", &self.service_cluster_ips),
+            ("spec.serviceExternalIPs", &self.service_external_ips),
+            ("spec.serviceLoadBalancerIPs", &self.service_load_balancer_ips),
+        ]
+        .into_iter()
+        .flat_map(|(field, list)| list.iter().enumerate().map(move |(i, s)| (field, i, s.cidr)))
+    }
 }
 
 impl Default for BgpConfiguration {
@@ -270,6 +288,7 @@ impl Default for BgpConfiguration {
             prefix_advertisements: Vec::new(),
             service_cluster_ips: Vec::new(),
             service_external_ips: Vec::new(),
+            service_load_balancer_ips: Vec::new(),
         }
     }
 }
@@ -311,13 +330,8 @@ impl Spec for BgpConfiguration {
                 );
             }
         }
-        for (field, list) in [
-            ("spec.serviceClusterIPs", &self.service_cluster_ips),
-            ("spec.serviceExternalIPs", &self.service_external_ips),
-        ] {
-            for (i, s) in list.iter().enumerate() {
-                v.network_address(&format!("{field}[{i}].cidr"), &s.cidr);
-            }
+        for (field, i, cidr) in self.service_ranges() {
+            v.network_address(&format!("{field}[{i}].cidr"), &cidr);
         }
     }
 }
