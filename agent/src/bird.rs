@@ -133,7 +133,7 @@ mod tests {
             check_cmd: Some("bird -p -c {src}".into()),
             reload_cmd: None,
         };
-        let ctx = context(me, cluster, &plan(me, cluster, &settings())).unwrap();
+        let ctx = context(me, cluster, &plan(me, cluster, &settings(), &[])).unwrap();
         assert_eq!(render(&resource, TEMPLATE, &ctx).unwrap(), Outcome::Installed);
         std::fs::read_to_string(&resource.dest).unwrap()
     }

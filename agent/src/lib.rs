@@ -15,6 +15,7 @@ pub mod node_condition;
 pub mod passes;
 pub mod pod_facts;
 pub mod policy;
+pub mod services;
 pub mod startup;
 pub mod status;
 pub mod syncer;

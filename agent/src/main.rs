@@ -20,7 +20,7 @@ use brindle_agent::dataplane::{Dataplane, iptables};
 use brindle_agent::logging::Logging;
 use brindle_agent::passes::{BgpBackend, Passes};
 use brindle_agent::status::{self, Metrics};
-use brindle_agent::{node_condition, pod_facts, startup, syncer};
+use brindle_agent::{node_condition, pod_facts, services, startup, syncer};
 
 /// The brindle node agent.
 ///
@@ -215,7 +215,10 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         rx.clone(),
         Arc::clone(&metrics),
     ));
+    // Without the Kubernetes API the sender stays here, silent.
+    let (local_services_tx, local_services) = watch::channel(Vec::new());
     if let Some(api) = kubernetes {
+        tokio::spawn(services::follow_local_services(api.clone(), name.clone(), local_services_tx.clone()));
         tokio::spawn(pod_facts::follow_pods(api.clone(), client.clone(), name.clone(), rx.clone()));
         tokio::spawn(node_condition::keep_network_available(api, name.clone(), metrics.readiness()));
     }
@@ -228,5 +231,5 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         bgp_settings: calc::bgp::Settings { hold_time: args.bgp_hold_time, secrets_dir: args.secrets_dir.clone() },
         resync_every: args.resync_interval.unwrap_or(config.route_refresh_interval).max(Duration::from_secs(1)),
     };
-    passes.run(rx, status_rx, &mut logging, write_cni_kubeconfig).await
+    passes.run(rx, local_services, status_rx, &mut logging, write_cni_kubeconfig).await
 }

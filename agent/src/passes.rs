@@ -53,11 +53,12 @@ pub struct Passes<'a> {
 
 impl Passes<'_> {
     /// Runs passes until SIGTERM or SIGINT (then BGP peers are told, the dataplane stays):
-    /// on every cluster `rx` publishes, every BGP change and every resync (after `on_resync`),
-    /// answering `status` requests between them.
+    /// on every cluster `rx` publishes, every change of the local Services, every BGP change
+    /// and every resync (after `on_resync`), answering `status` requests between them.
     pub async fn run(
         &self,
         mut rx: watch::Receiver<Published>,
+        mut local_services: watch::Receiver<Vec<calc::services::LocalService>>,
         mut status: mpsc::Receiver<StatusRequest>,
         logging: &mut Logging,
         on_resync: impl Fn(),
@@ -88,6 +89,7 @@ impl Passes<'_> {
                     (false, false)
                 }
                 () = learned_changed => (false, true),
+                Ok(()) = local_services.changed() => (false, false),
                 Some(reply) = status.recv() => {
                     let peers = match &bgp {
                         Some((speaker, _)) => speaker.report().await.ok(),
@@ -137,7 +139,8 @@ impl Passes<'_> {
                 bgp = Some(Bgp::start(self.me, &cluster).await.context("starting the BGP speaker")?);
             }
             // The BGP plan, one per pass, for whichever backend carries it out.
-            let plan = calc::bgp::plan(self.me, &cluster, &self.bgp_settings);
+            let local = local_services.borrow_and_update().clone();
+            let plan = calc::bgp::plan(self.me, &cluster, &self.bgp_settings, &local);
             if plan.problems != last_bgp_problems {
                 for problem in &plan.problems {
                     tracing::warn!(%problem, "BGP peering problem");

@@ -103,8 +103,9 @@ fn applies_to(
 /// so they never collide) and every BGPPeer that applies to this node; route reflectors
 /// treat nodes outside their cluster as clients. Nodes with addresses of both families peer
 /// once per family, as Calico's BIRD does, and each session carries its own family only:
-/// imports inside the pools, exports inside the pools and the advertised service ranges.
-pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
+/// imports inside the pools, exports inside the pools and the advertised service ranges (and,
+/// for the `local` Services with a ready endpoint here, their addresses as host routes).
+pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings, local: &[super::services::LocalService]) -> Plan {
     let hold_time = settings.hold_time;
     let pools: Vec<IpNetwork> = cluster.pools.iter().map(|p| p.spec.cidr).collect();
     let services: Vec<IpNetwork> = cluster.bgp.service_ranges().map(|(_, _, cidr)| cidr).collect();
@@ -269,8 +270,9 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings) -> Plan {
             }
         }
     }
-    // Service ranges are advertised by every node, so traffic to them spreads over all.
-    for service in &services {
+    // Service ranges are advertised by every node, so traffic to them spreads over all; a
+    // Service with externalTrafficPolicy Local only from the nodes that serve it.
+    for service in services.iter().chain(&super::services::host_routes(local, &cluster.bgp)) {
         out.originate.insert(*service, Vec::new());
     }
     attach_communities(cluster, &mut out);
@@ -316,7 +318,7 @@ mod tests {
 
     #[test]
     fn the_mesh_is_opened_by_the_lower_address_only() {
-        let p = plan(&me("b", "10.0.0.2/24"), &cluster(true), &settings());
+        let p = plan(&me("b", "10.0.0.2/24"), &cluster(true), &settings(), &[]);
         let addresses: Vec<String> = p.peers.iter().map(|p| p.address.to_string()).collect();
         assert_eq!(addresses, ["10.0.0.1", "10.0.0.3"]);
         assert!(p.peers[0].passive, "b waits for a, whose address is lower");
@@ -334,7 +336,7 @@ mod tests {
         }
         let mut b = me("b", "10.0.0.2/24");
         b.ipv6 = Some("fd00::2/64".parse().unwrap());
-        let p = plan(&b, &c, &settings());
+        let p = plan(&b, &c, &settings(), &[]);
         let addresses: Vec<String> = p.peers.iter().map(|p| p.address.to_string()).collect();
         assert_eq!(addresses, ["10.0.0.1", "10.0.0.3", "fd00::1"], "c has no IPv6 address, so no IPv6 session");
         let v6 = &p.peers[2];
@@ -377,7 +379,7 @@ mod tests {
             filters: vec!["outside".into(), "missing".into(), "no-pool-slice".into()],
             ..BgpPeer::default()
         }));
-        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings(), &[]);
         let external = p.peers.iter().find(|p| p.address.to_string() == "10.0.0.254").unwrap();
         let net = |s: &str| s.parse::<IpNetwork>().unwrap();
         assert!(external.import.accepts(&net("192.168.5.0/24")), "let in by the first filter");
@@ -399,7 +401,7 @@ mod tests {
         let mut c = cluster(true);
         c.bgp.service_cluster_ips = vec![ServiceCidr { cidr: "10.96.0.0/12".parse().unwrap() }];
         c.bgp.service_load_balancer_ips = vec![ServiceCidr { cidr: "192.0.2.0/24".parse().unwrap() }];
-        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings(), &[]);
         let services = "10.96.0.0/12".parse().unwrap();
         assert!(p.peers.iter().all(|peer| peer.export.accepts(&services) && !peer.import.accepts(&services)));
     }
@@ -414,10 +416,10 @@ mod tests {
         }));
         // One BGPPeer, as Calico's docs write it: the reflector learns its clients from the
         // same resource (selector peerings are symmetric).
-        let reflector = plan(&me("a", "10.0.0.1/24"), &c, &settings());
+        let reflector = plan(&me("a", "10.0.0.1/24"), &c, &settings(), &[]);
         assert_eq!(reflector.peers.len(), 2);
         assert!(reflector.peers.iter().all(|p| p.rr_client), "{:?}", reflector.peers);
-        let client = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        let client = plan(&me("b", "10.0.0.2/24"), &c, &settings(), &[]);
         let addresses: Vec<String> = client.peers.iter().map(|p| p.address.to_string()).collect();
         assert_eq!(addresses, ["10.0.0.1"], "with the mesh off a client peers only with the reflector");
         assert!(!client.peers[0].rr_client);
@@ -443,7 +445,7 @@ mod tests {
             peer_ip: Some("10.0.0.253".into()),
             ..BgpPeer::default()
         }));
-        let b = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        let b = plan(&me("b", "10.0.0.2/24"), &c, &settings(), &[]);
         let external = b.peers.iter().find(|p| p.address.to_string() == "10.0.0.254").expect("the external peer");
         assert_eq!((external.port, external.asn), (1179, 65001));
         assert!(external.keep_original_next_hop);
@@ -453,7 +455,7 @@ mod tests {
             Some("/etc/brindle/bgp-pw")
         );
         assert!(b.problems.iter().any(|p| p.contains("!!bad")), "{:?}", b.problems);
-        let c_plan = plan(&me("c", "10.0.0.3/24"), &c, &settings());
+        let c_plan = plan(&me("c", "10.0.0.3/24"), &c, &settings(), &[]);
         assert!(c_plan.peers.iter().all(|p| p.address.to_string() != "10.0.0.254"), "the peer is b's alone");
     }
 
@@ -466,7 +468,7 @@ mod tests {
         c.peers.push(peer(BgpPeer { password: Some(password), ..upstream.clone() }));
         c.peers.push(peer(upstream));
         c.peers.push(peer(BgpPeer { peer_ip: Some("fd00::9".into()), as_number: Some(65001), ..BgpPeer::default() }));
-        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings(), &[]);
         assert!(p.passwords.is_empty(), "the later peer has no password: {:?}", p.passwords);
         assert!(p.peers.iter().all(|peer| peer.address.is_ipv4()), "{:?}", p.peers);
         assert!(p.problems.iter().any(|e| e.contains("no address of fd00::9's family")), "{:?}", p.problems);
@@ -485,7 +487,7 @@ mod tests {
             }),
             ..BgpPeer::default()
         }));
-        let b = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        let b = plan(&me("b", "10.0.0.2/24"), &c, &settings(), &[]);
         assert_eq!(
             b.passwords[&"10.0.0.254".parse::<IpAddr>().unwrap()],
             Path::new("/etc/brindle/secrets/bgp-secrets/upstream")
@@ -506,10 +508,10 @@ mod tests {
         theirs.allocate(borrowed, 0, 0).unwrap();
         c.blocks = vec![Block::new("10.244.0.0/26".parse().unwrap(), Some("b".into())), theirs];
         let originated: Vec<String> =
-            plan(&me("b", "10.0.0.2/24"), &c, &settings()).originate.keys().map(ToString::to_string).collect();
+            plan(&me("b", "10.0.0.2/24"), &c, &settings(), &[]).originate.keys().map(ToString::to_string).collect();
         assert_eq!(originated, ["10.244.0.0/26", "10.244.1.0/32"]);
         c.pools[0].spec.disable_bgp_export = true;
-        assert!(plan(&me("b", "10.0.0.2/24"), &c, &settings()).originate.is_empty());
+        assert!(plan(&me("b", "10.0.0.2/24"), &c, &settings(), &[]).originate.is_empty());
     }
 
     #[test]
@@ -527,7 +529,7 @@ mod tests {
             },
             PrefixAdvertisement { cidr: "10.96.0.0/12".parse().unwrap(), communities: vec!["99999:1".into()] },
         ];
-        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings());
+        let p = plan(&me("b", "10.0.0.2/24"), &c, &settings(), &[]);
         assert_eq!(p.originate[&"10.244.0.0/26".parse().unwrap()], ["64512:100", "1:2:3"]);
         assert!(p.originate[&"10.96.0.0/12".parse().unwrap()].is_empty(), "the bad community is dropped");
         assert!(p.originate.contains_key(&"192.0.2.0/24".parse().unwrap()), "LoadBalancer IPs too");

@@ -2,6 +2,7 @@
 //! of DESIGN.md's encapsulation table is tested without a kernel. `bgp` plans the BGP side.
 
 pub mod bgp;
+pub mod services;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
