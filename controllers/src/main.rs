@@ -132,7 +132,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let ipam = Ipam::new(client.clone()).with_kubernetes(kubernetes.clone());
     let gc = ipam_gc::run(ipam, args.gc_interval);
-    let nodes = async {
+    let following = async {
         if own_datastore {
             // Nodes, Namespaces, NetworkPolicies and Pods are Kubernetes' own objects there.
             std::future::pending::<()>().await
@@ -144,7 +144,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             anyhow::bail!("lost the lease {}/{}; stopping, as only its holder may act", candidate.namespace, candidate.name)
         }
         _ = gc => unreachable!("garbage collection runs for ever"),
-        _ = nodes => unreachable!("following Kubernetes runs for ever"),
+        _ = following => unreachable!("following Kubernetes runs for ever"),
         _ = terminate.recv() => leadership.resign().await,
         _ = interrupt.recv() => leadership.resign().await,
     }
