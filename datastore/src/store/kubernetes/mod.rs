@@ -75,9 +75,7 @@ impl PodFacts {
             ports,
         }
     }
-}
 
-impl PodFacts {
     /// `endpoint` carrying these facts, if it carries others now.
     pub fn apply_to(
         &self,
