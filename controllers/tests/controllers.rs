@@ -279,10 +279,7 @@ fn a_deleted_kubernetes_node_leaves_the_other_nodes_at_once_and_its_addresses_co
 
     // The machine is gone (its agent with it), and its Kubernetes Node is deleted.
     assert!(brindle_e2e::process::terminate(leaving.agent_pid, "brindle-node"));
-    let kubeconfig = state.datastore.strip_prefix("kubernetes://").unwrap().split('?').next().unwrap();
-    let kubectl = brindle_datastore::testing::kube_bin_dir().join("kubectl");
-    let kubectl = kubectl.to_str().unwrap();
-    in_netns(&state.router, &[kubectl, "--kubeconfig", kubeconfig, "delete", "node", &leaving.name]);
+    state.kubectl(&["delete", "node", &leaving.name], None).unwrap();
     let deleted = Instant::now();
     for node in staying {
         let dropped = wait_for("the leaving node to be dropped", Duration::from_secs(10), || {

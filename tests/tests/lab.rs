@@ -77,22 +77,14 @@ fn up_explore_down(args: &[&str], nodes: usize, pods: usize) {
 
     let ping = lab.run(&["ping"]);
     assert!(ping.status.success(), "{}", text(&ping));
-    if let Some(kubeconfig) = state.datastore.strip_prefix("kubernetes://") {
+    if args.contains(&"kubernetes") {
         // Every pod is a Kubernetes Pod on its node.
-        let kubectl = brindle_datastore::testing::kube_bin_dir().join("kubectl");
-        let kubeconfig = kubeconfig.split('?').next().unwrap();
-        let listed = Command::new("ip")
-            .args(["netns", "exec", &state.router])
-            .arg(kubectl)
-            .args(["--kubeconfig", kubeconfig, "get", "pods", "-A", "-o", "jsonpath={.items[*].spec.nodeName}"])
-            .output()
-            .unwrap();
-        let mut on: Vec<String> =
-            String::from_utf8_lossy(&listed.stdout).split_whitespace().map(str::to_owned).collect();
+        let listed = state.kubectl(&["get", "pods", "-A", "-o", "jsonpath={.items[*].spec.nodeName}"], None).unwrap();
+        let mut on: Vec<&str> = listed.split_whitespace().collect();
         on.sort();
-        let mut expected: Vec<String> = state.pods.iter().map(|p| state.nodes[p.node].name.clone()).collect();
+        let mut expected: Vec<&str> = state.pods.iter().map(|p| state.nodes[p.node].name.as_str()).collect();
         expected.sort();
-        assert_eq!(on, expected, "{}", String::from_utf8_lossy(&listed.stderr));
+        assert_eq!(on, expected);
     }
 
     // exec runs in the node's namespace with the lab's datastore in the environment.

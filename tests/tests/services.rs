@@ -6,7 +6,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use brindle_e2e::bird::Bird;
@@ -14,24 +13,9 @@ use brindle_e2e::lab::{self, Mode, Options, Peering, Store, TestLab};
 use brindle_e2e::netns::Netns;
 use brindle_e2e::wait::wait_for;
 
-/// `kubectl` against the lab's API server (in its router's namespace), with `stdin`.
+/// `kubectl` against the lab's API server, with `stdin`.
 fn kubectl(state: &lab::LabState, args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
-    let kubeconfig = state.datastore.strip_prefix("kubernetes://").unwrap().split('?').next().unwrap();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &state.router])
-        .arg(brindle_datastore::testing::kube_bin_dir().join("kubectl"))
-        .args(["--kubeconfig", kubeconfig])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    state.kubectl(args, stdin).unwrap()
 }
 
 /// The next hops BIRD has for exactly `prefix`.

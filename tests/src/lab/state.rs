@@ -117,6 +117,29 @@ fn state_file(dir: &Path) -> PathBuf {
 }
 
 impl LabState {
+    /// `kubectl ARGS` against the lab's API server (from its router's namespace, with its
+    /// kubeconfig), fed `stdin`: its output, or an error with what kubectl said.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        use std::io::Write;
+        let selection =
+            self.datastore.strip_prefix("kubernetes://").context("the lab's datastore is not Kubernetes")?;
+        let kubeconfig = selection.split('?').next().unwrap_or_default();
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.router])
+            .arg(brindle_datastore::testing::kube_bin_dir().join("kubectl"))
+            .args(["--kubeconfig", kubeconfig])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running kubectl")?;
+        child.stdin.take().context("kubectl's stdin")?.write_all(stdin.unwrap_or_default().as_bytes())?;
+        let out = child.wait_with_output()?;
+        anyhow::ensure!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Reads the state of the lab in `dir`.
     pub fn load(dir: &Path) -> anyhow::Result<LabState> {
         let path = state_file(dir);
