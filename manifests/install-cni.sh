@@ -44,10 +44,13 @@ case "$datastore" in
         ;;
 esac
 
-# Placeholders: __DATASTORE__, __KUBERNETES_NODE_NAME__, __CNI_MTU__ (0 = the agent's file).
+# Placeholders: __DATASTORE__, __KUBERNETES_NODE_NAME__, __CNI_MTU__ (0 = the agent's file),
+# __KUBECONFIG_FILEPATH__ (the kubeconfig brindle-node keeps for the plugin, whatever the
+# datastore: the plugin reads Pods there).
 escape() { printf '%s' "$1" | sed -e 's/[\/&|]/\\&/g'; }
 printf '%s\n' "$CNI_NETWORK_CONFIG" \
     | sed -e "s|__DATASTORE__|$(escape "$datastore")|g" \
+          -e "s|__KUBECONFIG_FILEPATH__|$(escape "$net_on_host/brindle-kubeconfig")|g" \
           -e "s|__KUBERNETES_NODE_NAME__|$(escape "$KUBERNETES_NODE_NAME")|g" \
           -e "s|__CNI_MTU__|${CNI_MTU:-0}|g" \
     > "$net_dst/.$conf_name.new"

@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-cargo build --release --locked -p brindle-e2e -p brindle-agent -p brindle-cni -p brindlectl
+cargo build --release --locked -p brindle-e2e -p brindle-agent -p brindle-cni -p brindle-controllers -p brindlectl
 exec target/release/brindle-lab up "$@"

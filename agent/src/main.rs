@@ -10,6 +10,7 @@ use anyhow::Context;
 use brindle_datastore::Client;
 use brindle_datastore::ipam::Ipam;
 use brindle_datastore::resource::{AgentConfiguration, IptablesBackend};
+use brindle_datastore::store;
 use brindle_kernel::Kernel;
 use clap::Parser;
 use tokio::sync::watch;
@@ -59,6 +60,11 @@ struct Args {
     /// cluster; the conflist names the file).
     #[arg(long, env = "BRINDLE_CNI_KUBECONFIG")]
     cni_kubeconfig: Option<PathBuf>,
+    /// A kubeconfig for the Kubernetes API when it is not the datastore (an etcd datastore in a
+    /// Kubernetes cluster; in a pod the service account serves without one). Through it the
+    /// agent follows Services, reads its Node's InternalIP and clears NetworkUnavailable.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     /// The status socket (`brindlectl node status` asks it).
     #[arg(long, default_value = "/var/run/brindle/node.sock")]
     status_socket: PathBuf,
@@ -107,15 +113,27 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     };
     logging.set_agent(config.log_severity_screen);
 
-    // On the Kubernetes datastore: the Node's addresses and its NetworkUnavailable condition.
-    let kubernetes = store.kubernetes().cloned();
+    // The Kubernetes API, whatever the datastore, wherever there is one: the datastore, a
+    // kubeconfig, or this pod's service account.
+    let in_a_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let kubernetes = if store.kubernetes().is_some() || args.kubeconfig.is_some() || in_a_pod {
+        Some(store::kubernetes_api(&*store, args.kubeconfig.clone()).await.context("the Kubernetes API")?)
+    } else {
+        None
+    };
     let by_internal_ip = [Some(&args.ip_autodetection_method), args.ip6_autodetection_method.as_ref()]
         .contains(&Some(&Method::KubernetesInternalIp));
     let internal_ips = match (&kubernetes, by_internal_ip) {
         (_, false) => Vec::new(),
         (Some(api), true) => api.node_internal_ips(&name).await.context("kubernetes-internal-ip")?,
-        (None, true) => anyhow::bail!("kubernetes-internal-ip needs the Kubernetes datastore (kubernetes://)"),
+        (None, true) => anyhow::bail!(
+            "kubernetes-internal-ip needs the Kubernetes API: the Kubernetes datastore, --kubeconfig, or a pod's \
+             service account"
+        ),
     };
+    // On etcd, brindle-controllers keeps endpoints in step with their Pods; on the Kubernetes
+    // datastore every agent does it for its own.
+    let follows_pods = store.kubernetes().is_some();
 
     let kernel = Arc::new(brindle_kernel::netlink::Netlink::connect()?);
     let v4 = autodetect::detect(&*kernel, &args.ip_autodetection_method, false, &internal_ips)
@@ -219,7 +237,9 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     let (local_services_tx, local_services) = watch::channel(Vec::new());
     if let Some(api) = kubernetes {
         tokio::spawn(services::follow_local_services(api.clone(), name.clone(), local_services_tx.clone()));
-        tokio::spawn(pod_facts::follow_pods(api.clone(), client.clone(), name.clone(), rx.clone()));
+        if follows_pods {
+            tokio::spawn(pod_facts::follow_pods(api.clone(), client.clone(), name.clone(), rx.clone()));
+        }
         tokio::spawn(node_condition::keep_network_available(api, name.clone(), metrics.readiness()));
     }
     let passes = Passes {

@@ -79,6 +79,18 @@ pub struct NetConf {
     /// Features off by default, as Calico's plugin names them.
     #[serde(default)]
     pub feature_control: FeatureControl,
+    /// Where the Kubernetes API is, when it is not the datastore (an etcd datastore in a
+    /// Kubernetes cluster): the plugin reads the pod's Pod there for its labels and annotations.
+    #[serde(default)]
+    pub kubernetes: KubernetesConf,
+}
+
+/// The conflist's `kubernetes` section, as Calico's plugin has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct KubernetesConf {
+    /// A kubeconfig file (install-cni names the one the agent keeps).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Features a network config turns on.

@@ -11,7 +11,7 @@ use std::process::{Command as Process, Stdio};
 use brindle_datastore::Client;
 use brindle_datastore::ipam::pools::Family;
 use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, Ipam};
-use brindle_datastore::store::KubernetesStore;
+use brindle_datastore::store::{KubernetesStore, kubernetes_api};
 
 use crate::annotations::{AddressRequest, IP_ADDRS, IP_ADDRS_NO_IPAM};
 use crate::config::{Attachment, BrindleIpam, NetConf};
@@ -31,7 +31,8 @@ pub struct Store {
     pub client: Client,
     /// Block IPAM.
     pub ipam: Ipam,
-    /// The Kubernetes API, when it is the datastore.
+    /// The Kubernetes API: the datastore, or the one the config's `kubernetes.kubeconfig`
+    /// names beside another datastore.
     pub kubernetes: Option<KubernetesStore>,
 }
 
@@ -43,7 +44,13 @@ impl Store {
             brindle_datastore::Error::Invalid(m) => Error::InvalidConfig(format!("datastore: {m}")),
             other => Error::from(other).context("connecting to the datastore"),
         })?;
-        let kubernetes = store.kubernetes().cloned();
+        let kubernetes = match &conf.kubernetes.kubeconfig {
+            Some(kubeconfig) => Some(kubernetes_api(&*store, Some(kubeconfig.clone())).await.map_err(|e| match e {
+                brindle_datastore::Error::Invalid(m) => Error::InvalidConfig(format!("kubernetes.kubeconfig: {m}")),
+                other => Error::from(other).context("connecting to the Kubernetes API"),
+            })?),
+            None => store.kubernetes().cloned(),
+        };
         let client = Client::new(store);
         Ok(Store { ipam: Ipam::new(client.clone()), client, kubernetes })
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use brindle_datastore::Client;
 use brindle_datastore::ipam::Ipam;
-use brindle_datastore::store::{self, KubernetesOptions, KubernetesStore};
+use brindle_datastore::store::{self, KubernetesStore};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -101,13 +101,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let datastore = store::connect(&args.datastore).await.with_context(|| format!("datastore {}", args.datastore))?;
     let client = Client::new(datastore.clone());
-    let (kubernetes, own_datastore) = match datastore.kubernetes() {
-        Some(kubernetes) => (kubernetes.clone(), true),
-        None => {
-            let options = KubernetesOptions { kubeconfig: args.kubeconfig.clone(), timeout: store::DEFAULT_TIMEOUT };
-            (KubernetesStore::connect(options).await.context("the Kubernetes API")?, false)
-        }
-    };
+    let own_datastore = datastore.kubernetes().is_some();
+    let kubernetes = store::kubernetes_api(&*datastore, args.kubeconfig.clone()).await.context("the Kubernetes API")?;
     let candidate = Candidate {
         namespace: args.lease_namespace.clone(),
         name: args.lease_name.clone(),

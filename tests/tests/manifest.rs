@@ -96,6 +96,8 @@ fn install_cni_installs_the_plugins_and_a_conflist_the_plugin_reads() {
     assert_eq!(std::fs::read_to_string(host.path().join("net.d/brindle-tls/etcd-ca")).unwrap(), "CA PEM");
     assert_eq!(brindle["nodename"], "node-a");
     assert_eq!(brindle["mtu"], 0);
+    // On etcd too the plugin reads Pods from the Kubernetes API, with the agent's kubeconfig.
+    assert_eq!(brindle["kubernetes"]["kubeconfig"], "/etc/cni/net.d/brindle-kubeconfig");
     // The plugin accepts it: VERSION with this config answers with the versions it speaks.
     let mut conf = brindle.clone();
     conf["cniVersion"] = conflist["cniVersion"].clone();
@@ -159,21 +161,43 @@ fn image_files() -> Vec<(PathBuf, PathBuf)> {
     files
 }
 
+/// Where the manifest's components keep brindle's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Datastore {
+    /// The Kubernetes API (the manifest as shipped).
+    Kubernetes,
+    /// An etcd of brindle's own (the ConfigMap's `datastore` pointed at it).
+    Etcd,
+}
+
 /// The manifest applied to a real API server, and its pods run as kubelet would run them
 /// (their commands, environment, volumes and service accounts exactly as the manifest gives
 /// them): install-cni installs the plugins and a conflist, the agent registers, creates the
 /// default pool, takes its Node's InternalIP for its address, becomes ready and clears its
 /// Node's NetworkUnavailable, the CNI plugin the conflist names ADDs (its endpoint carrying the
-/// Pod's labels, service account and named port, and following a relabel) and DELs a pod on the host with the
-/// kubeconfig the agent keeps for it, and brindle-controllers takes its Lease and does a pass,
-/// all with nothing but the manifest's roles.
+/// Pod's labels, service account and named port, and following a relabel) and DELs a pod on
+/// the host with the kubeconfig the agent keeps for it, and brindle-controllers takes its Lease
+/// and does a pass, all with nothing but the manifest's roles.
 #[test]
 fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() {
-    use brindle_datastore::testing::{KubeApiServer, KubePlacement};
+    the_manifests_pods_come_up(Datastore::Kubernetes);
+}
+
+/// The same with brindle's state in an etcd of its own, as Calico's etcd mode runs: the agent
+/// and the CNI plugin still read Nodes and Pods from the Kubernetes API (with the service
+/// account and the kubeconfig the agent keeps), and brindle-controllers carries relabelled Pods
+/// to their endpoints in etcd.
+#[test]
+fn the_manifest_with_an_etcd_datastore_comes_up_the_same() {
+    the_manifests_pods_come_up(Datastore::Etcd);
+}
+
+fn the_manifests_pods_come_up(datastore: Datastore) {
+    use brindle_datastore::testing::{EtcdServer, KubeApiServer, KubePlacement};
     use brindle_e2e::kubelet::Kubelet;
     use brindle_e2e::netns::{self, UplinkedNode};
 
-    // A node with an uplink and a default route; the API server on its loopback.
+    // A node with an uplink and a default route; the API server (and etcd) on its loopback.
     let node = UplinkedNode::new("mft").unwrap();
     netns::enter(&node.node.path()).unwrap();
     let placement = KubePlacement { netns: None, address: std::net::Ipv4Addr::LOCALHOST, dir: None, crds: false };
@@ -181,6 +205,22 @@ fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() 
     let manifest = repo().join("manifests/brindle.yaml").display().to_string();
     server.kubectl(&["apply", "--server-side", "-f", &manifest]).unwrap();
     server.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=30s"]).unwrap();
+    let etcd = (datastore == Datastore::Etcd).then(|| EtcdServer::start().unwrap());
+    let selection = match &etcd {
+        Some(etcd) => {
+            let patch = serde_json::json!({"data": {"datastore": format!("etcd://{}", etcd.endpoint())}}).to_string();
+            server.kubectl(&["patch", "configmap", "-n", "brindle-system", "brindle-config", "-p", &patch]).unwrap();
+            etcd.selection()
+        }
+        None => server.selection(),
+    };
+    // brindlectl on the datastore, whichever it is.
+    let brindlectl = |args: &[&str]| -> String {
+        let bin = Path::new(env!("CARGO_BIN_EXE_brindle-lab")).with_file_name("brindlectl");
+        let out = Command::new(bin).args(["--datastore", &selection]).args(args).output().unwrap();
+        assert!(out.status.success(), "brindlectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
     let scratch = tempfile::tempdir().unwrap();
 
     // The API server checks brindle's resources against their schemas: a pool with a mode
@@ -226,7 +266,12 @@ fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() 
     assert!(installed.status.success(), "install-cni: {said}");
     let conflist_path = kubelet.host_path("/etc/cni/net.d/10-brindle.conflist");
     let conflist: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&conflist_path).unwrap()).unwrap();
-    assert_eq!(conflist["plugins"][0]["datastore"], "kubernetes:///etc/cni/net.d/brindle-kubeconfig");
+    let conflist_datastore = match &etcd {
+        Some(etcd) => format!("etcd://{}", etcd.endpoint()),
+        None => "kubernetes:///etc/cni/net.d/brindle-kubeconfig".to_owned(),
+    };
+    assert_eq!(conflist["plugins"][0]["datastore"], conflist_datastore.as_str());
+    assert_eq!(conflist["plugins"][0]["kubernetes"]["kubeconfig"], "/etc/cni/net.d/brindle-kubeconfig");
     assert_eq!(conflist["plugins"][0]["nodename"], "mft-node");
     for plugin in ["brindle", "brindle-ipam"] {
         assert!(kubelet.host_path("/opt/cni/bin").join(plugin).is_file(), "install-cni installed {plugin}");
@@ -241,14 +286,19 @@ fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() 
         netns::http_get(&node.node.path(), 9099, "/readiness").starts_with("HTTP/1.0 200")
     });
     assert!(ready.is_ok(), "{}", agent_log());
-    let pools = server.kubectl(&["get", "ippools", "-o", "name"]).unwrap();
-    assert_eq!(pools.trim(), "ippool.brindle.io/default-ipv4-ippool", "the first agent made the default pool");
-    let node_object = server.kubectl(&["get", "node", "mft-node", "-o", "json"]).unwrap();
-    assert!(node_object.contains("brindle.io/node"), "the agent registered on its Node: {node_object}");
-    assert!(
-        node_object.contains(r#"\"ipv4Address\":\"10.250.7.2/24\""#),
-        "its InternalIP is its address: {node_object}"
+    let pools = brindlectl(&["get", "ippools", "-o", "json"]);
+    let pools: serde_json::Value = serde_json::from_str(&pools).unwrap();
+    assert_eq!(pools["metadata"]["name"], "default-ipv4-ippool", "the first agent made the default pool: {pools}");
+    let brindle_node: serde_json::Value =
+        serde_json::from_str(&brindlectl(&["get", "node", "mft-node", "-o", "json"])).unwrap();
+    assert_eq!(
+        brindle_node["spec"]["bgp"]["ipv4Address"], "10.250.7.2/24",
+        "its InternalIP is its address: {brindle_node}"
     );
+    if datastore == Datastore::Kubernetes {
+        let node_object = server.kubectl(&["get", "node", "mft-node", "-o", "json"]).unwrap();
+        assert!(node_object.contains("brindle.io/node"), "the agent registered on its Node: {node_object}");
+    }
     let cleared =
         brindle_e2e::wait::wait_for("NetworkUnavailable to be False", std::time::Duration::from_secs(10), || {
             network_condition() == "False/BrindleIsUp"
@@ -290,26 +340,22 @@ fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() 
         pod_name: "web".into(),
     };
     let added = runtime.add(&attachment).unwrap().unwrap_or_else(|o| panic!("ADD: {}{}", o.stdout, o.stderr));
-    let endpoints = server.kubectl(&["get", "workloadendpoints", "-A", "-o", "name"]).unwrap();
-    assert!(endpoints.contains("workloadendpoint.brindle.io/mft-node-k8s-web-eth0"), "{endpoints}");
-    let endpoint =
-        server.kubectl(&["get", "workloadendpoint", "-n", "default", "mft-node-k8s-web-eth0", "-o", "json"]).unwrap();
-    let endpoint: serde_json::Value = serde_json::from_str(&endpoint).unwrap();
-    assert_eq!(endpoint["metadata"]["labels"], serde_json::json!({"app": "web", "tier": "front"}), "{endpoint}");
-    assert_eq!(endpoint["spec"]["serviceAccountName"], "robot", "{endpoint}");
-    assert_eq!(endpoint["spec"]["ports"], serde_json::json!([{"name": "http", "protocol": "TCP", "port": 8080}]));
-    // Relabelled with kubectl, the Pod's endpoint follows (the agent watches its node's Pods).
-    server.kubectl(&["label", "pod", "-n", "default", "web", "tier=back", "--overwrite"]).unwrap();
-    let endpoint_labels = || {
-        let path = "jsonpath={.metadata.labels.tier}";
-        server.kubectl(&["get", "workloadendpoint", "-n", "default", "mft-node-k8s-web-eth0", "-o", path]).unwrap()
+    let endpoint = || -> serde_json::Value {
+        serde_json::from_str(&brindlectl(&[
+            "get",
+            "workloadendpoint",
+            "-n",
+            "default",
+            "mft-node-k8s-web-eth0",
+            "-o",
+            "json",
+        ]))
+        .unwrap()
     };
-    let followed = brindle_e2e::wait::wait_for(
-        "the endpoint to follow the Pod's labels",
-        std::time::Duration::from_secs(5),
-        || endpoint_labels() == "back",
-    );
-    assert!(followed.is_ok(), "the endpoint's tier is {:?}: {}", endpoint_labels(), agent_log());
+    let written = endpoint();
+    assert_eq!(written["metadata"]["labels"], serde_json::json!({"app": "web", "tier": "front"}), "{written}");
+    assert_eq!(written["spec"]["serviceAccountName"], "robot", "{written}");
+    assert_eq!(written["spec"]["ports"], serde_json::json!([{"name": "http", "protocol": "TCP", "port": 8080}]));
 
     // The Deployment's pod: it takes the Lease and runs a garbage collection pass with its own
     // account (which may list Pods).
@@ -336,6 +382,16 @@ fn the_manifests_pods_come_up_against_a_real_api_server_with_only_their_roles() 
         ])
         .unwrap();
     assert!(lease.starts_with("pod-"), "the replica holds the Lease by its pod's name: {lease:?}");
+
+    // Relabelled with kubectl, the Pod's endpoint follows (on the Kubernetes datastore the agent
+    // watches its node's Pods; on etcd brindle-controllers copies their labels).
+    server.kubectl(&["label", "pod", "-n", "default", "web", "tier=back", "--overwrite"]).unwrap();
+    let followed = brindle_e2e::wait::wait_for(
+        "the endpoint to follow the Pod's labels",
+        std::time::Duration::from_secs(5),
+        || endpoint()["metadata"]["labels"]["tier"] == "back",
+    );
+    assert!(followed.is_ok(), "the endpoint is {}: {}{}", endpoint(), agent_log(), said());
     drop(controllers);
     assert!(!said().contains("forbidden") && !said().contains("failed"), "{}", said());
 

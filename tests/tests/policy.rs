@@ -58,7 +58,14 @@ impl Cluster {
             .iter()
             .map(|ns| format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n"))
             .collect();
-        lab::apply(&cluster.lab.state, &namespaces).unwrap();
+        let namespaces = parse_documents(&namespaces).unwrap();
+        lab::with_kubernetes_client(&cluster.lab.state, |client| async move {
+            for namespace in namespaces {
+                namespace.apply(&client).await?;
+            }
+            Ok(())
+        })
+        .unwrap();
         let mut node = 0;
         for ns in NAMESPACES {
             for pod in PODS {
@@ -112,10 +119,11 @@ impl Cluster {
         }
     }
 
-    /// Makes the Kubernetes NetworkPolicies in the datastore exactly `policies`.
+    /// Makes the Kubernetes NetworkPolicies exactly `policies`, where users make them: in the
+    /// API server when the lab has one, else in the datastore.
     fn set_policies(&self, policies: &[Resource<KubernetesNetworkPolicy>]) {
         let wanted = policies.to_vec();
-        lab::with_client(&self.lab.state, |client| async move {
+        lab::with_kubernetes_client(&self.lab.state, |client| async move {
             let (held, _) = client.list::<KubernetesNetworkPolicy>().await?;
             for old in held {
                 let gone = !wanted
@@ -863,6 +871,14 @@ fn kubernetes_network_policy_truth_table_on_nft_then_calico_semantics_and_spoofi
 #[test]
 fn kubernetes_network_policy_truth_table_on_legacy_with_the_objects_in_the_api_server() {
     drop(run_suite(Iptables::Legacy, false, Store::Kubernetes));
+}
+
+/// With brindle's state in etcd beside a real API server, as clusters that keep Calico in etcd
+/// run: brindle-controllers copies the Namespaces, NetworkPolicies and Pods' labels that
+/// kubectl changes into etcd, and the CNI plugin reads each new Pod from the API.
+#[test]
+fn kubernetes_network_policy_truth_table_on_etcd_through_the_controller() {
+    drop(run_suite(Iptables::Nft, false, Store::EtcdKubernetes));
 }
 
 /// The same truth table on a dual-stack lab, at IPv4 and at IPv6 addresses, with ipBlocks of

@@ -1,5 +1,6 @@
-//! Services over BGP, as an upstream router sees them: a lab on the Kubernetes datastore whose
-//! nodes peer with BIRD in the lab's router. The service ranges come from every node; a Service
+//! Services over BGP, as an upstream router sees them: a lab whose nodes peer with BIRD in the
+//! lab's router, on the Kubernetes datastore and on etcd beside an API server (the agents read
+//! Services and EndpointSlices from the API either way). The service ranges come from every node; a Service
 //! with `externalTrafficPolicy: Local` has its cluster IP and LoadBalancer IP advertised as host
 //! routes by exactly the nodes with a ready endpoint (EndpointSlices), following the endpoint
 //! as it moves and withdrawn when none is ready.
@@ -35,13 +36,22 @@ fn next_hops(bird: &Bird, prefix: &str) -> BTreeSet<String> {
 
 #[test]
 fn service_ranges_come_from_every_node_and_a_local_service_from_the_nodes_that_serve_it() {
+    services_over_bgp(Store::Kubernetes);
+}
+
+#[test]
+fn on_etcd_the_agents_follow_services_in_the_api_server_beside_it() {
+    services_over_bgp(Store::EtcdKubernetes);
+}
+
+fn services_over_bgp(datastore: Store) {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_brindle-lab")).parent().unwrap();
     let options = Options {
         nodes: 3,
         pods_per_node: 0,
         mode: Mode::None,
         peering: Peering::Mesh,
-        datastore: Store::Kubernetes,
+        datastore,
         reflectors: 1,
         iptables: Default::default(),
         ipv6: false,

@@ -151,5 +151,15 @@ pub async fn connect_with(selection: Selection) -> Result<Arc<dyn Datastore>> {
     })
 }
 
+/// The Kubernetes API beside `store`: the store itself on the Kubernetes datastore, else a
+/// connection with `kubeconfig` (`None`: the in-cluster service account, `KUBECONFIG` or
+/// `~/.kube/config`), for a datastore such as etcd kept in a Kubernetes cluster.
+pub async fn kubernetes_api(store: &dyn Datastore, kubeconfig: Option<std::path::PathBuf>) -> Result<KubernetesStore> {
+    match store.kubernetes() {
+        Some(api) => Ok(api.clone()),
+        None => KubernetesStore::connect(KubernetesOptions { kubeconfig, timeout: DEFAULT_TIMEOUT }).await,
+    }
+}
+
 /// The default bound on one datastore call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);

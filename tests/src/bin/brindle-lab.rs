@@ -51,7 +51,8 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         reflectors: usize,
         /// The datastore: an SQLite file, an etcd server, or a kube-apiserver (with its own
-        /// etcd) in the router's namespace.
+        /// etcd) in the router's namespace; or etcd beside a kube-apiserver, with
+        /// brindle-controllers copying the API's objects into etcd.
         #[arg(long, value_enum, default_value = "sqlite")]
         datastore: Store,
         /// Which iptables the agents program.

@@ -16,13 +16,13 @@ use super::report::agent_status;
 use super::state::{LabNode, LabState};
 use super::topology::{Options, Store, cli_name, node_name, pod_name};
 use super::{in_netns, teardown};
-use crate::netns::{Netns, http_get};
+use crate::netns::{Netns, http_get, http_get_at};
 use crate::process::alive;
 use crate::underlay::Underlay;
 use crate::wait::wait_for;
 
 /// The binaries a lab runs, looked up in the bin directory.
-pub const BINARIES: &[&str] = &["brindle-node", "brindle", "brindle-ipam"];
+pub const BINARIES: &[&str] = &["brindle-node", "brindle", "brindle-ipam", "brindle-controllers"];
 
 /// How long agents get to become ready, and pods to reach each other.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -38,7 +38,8 @@ pub fn up(name: &str, dir: &Path, bin_dir: &Path, options: &Options) -> anyhow::
         let path = bin_dir.join(binary);
         if !path.is_file() {
             bail!(
-                "{} is missing: build brindle first (cargo build --release -p brindle-agent -p brindle-cni) \
+                "{} is missing: build brindle first (cargo build --release -p brindle-agent -p brindle-cni \
+                 -p brindle-controllers) \
                  or point --bin-dir at the binaries",
                 path.display()
             );
@@ -68,8 +69,11 @@ pub fn up(name: &str, dir: &Path, bin_dir: &Path, options: &Options) -> anyhow::
         datastore: String::new(),
         switch: String::new(),
         router: String::new(),
+        kubernetes: None,
         etcd_pid: None,
         apiserver_pid: None,
+        apiserver_etcd_pid: None,
+        controllers_pid: None,
         nodes: Vec::new(),
         pods: Vec::new(),
     };
@@ -105,6 +109,7 @@ fn build(state: &mut LabState, dir: &Path) -> anyhow::Result<()> {
         Store::Sqlite => "sqlite",
         Store::Etcd => "etcd",
         Store::Kubernetes => "kubernetes",
+        Store::EtcdKubernetes => "etcd, beside kube-apiserver and brindle-controllers",
     };
     progress.step(&format!("datastore: {store}"), || start_datastore(state, dir, gateway))?;
     state.save(dir)?;
@@ -177,48 +182,85 @@ fn start_datastore(state: &mut LabState, dir: &Path, gateway: std::net::Ipv4Addr
             state.datastore = format!("sqlite://{}", dir.join("brindle.db").display());
             Ok(())
         }
-        Store::Etcd => {
-            let client = format!("http://{gateway}:{ETCD_PORT}");
-            let log = std::fs::File::create(dir.join("etcd.log"))?;
-            let child = Command::new("ip")
-                .args(["netns", "exec", &state.router, "etcd", "--name=lab"])
-                .arg(format!("--data-dir={}", dir.join("etcd").display()))
-                .arg(format!("--listen-client-urls={client},http://127.0.0.1:{ETCD_PORT}"))
-                .arg(format!("--advertise-client-urls={client}"))
-                .args([
-                    "--listen-peer-urls=http://127.0.0.1:2380",
-                    "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-                ])
-                .args(["--initial-cluster=lab=http://127.0.0.1:2380", "--log-level=warn"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .process_group(0)
-                .spawn()
-                .context("starting etcd (is etcd-server installed?)")?;
-            state.etcd_pid = Some(child.id());
-            state.datastore = format!("etcd://{gateway}:{ETCD_PORT}");
-            let router = PathBuf::from(format!("/var/run/netns/{}", state.router));
-            wait_for("etcd to become healthy", Duration::from_secs(20), || {
-                http_get(&router, ETCD_PORT, "/health").contains("\"health\":\"true\"")
-            })
-            .map_err(|e| e.context(std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default()))
-        }
+        Store::Etcd => start_etcd(state, dir, gateway),
         Store::Kubernetes => {
-            let placement = KubePlacement {
-                netns: Some(state.router.clone()),
-                address: gateway,
-                dir: Some(dir.join("kubernetes")),
-                crds: true,
-            };
-            let server = KubeApiServer::start_at(placement).context("starting kube-apiserver")?;
-            state.datastore = server.selection();
-            let (etcd, apiserver) = server.detach();
-            state.etcd_pid = Some(etcd);
-            state.apiserver_pid = Some(apiserver);
+            let (etcd, apiserver, selection) = start_apiserver(state, dir, gateway)?;
+            (state.etcd_pid, state.apiserver_pid) = (Some(etcd), Some(apiserver));
+            state.datastore = selection.clone();
+            state.kubernetes = Some(selection);
             Ok(())
         }
+        Store::EtcdKubernetes => {
+            start_etcd(state, dir, gateway)?;
+            let (etcd, apiserver, selection) = start_apiserver(state, dir, gateway)?;
+            (state.apiserver_etcd_pid, state.apiserver_pid) = (Some(etcd), Some(apiserver));
+            state.kubernetes = Some(selection);
+            start_controllers(state, dir)
+        }
     }
+}
+
+/// etcd in the router's namespace, serving the nodes on the gateway's address.
+fn start_etcd(state: &mut LabState, dir: &Path, gateway: std::net::Ipv4Addr) -> anyhow::Result<()> {
+    let client = format!("http://{gateway}:{ETCD_PORT}");
+    let peer = format!("http://{gateway}:{}", ETCD_PORT + 1);
+    let log = std::fs::File::create(dir.join("etcd.log"))?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &state.router, "etcd", "--name=lab"])
+        .arg(format!("--data-dir={}", dir.join("etcd").display()))
+        .arg(format!("--listen-client-urls={client}"))
+        .arg(format!("--advertise-client-urls={client}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster=lab={peer}"))
+        .arg("--log-level=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting etcd (is etcd-server installed?)")?;
+    state.etcd_pid = Some(child.id());
+    state.datastore = format!("etcd://{gateway}:{ETCD_PORT}");
+    let router = PathBuf::from(format!("/var/run/netns/{}", state.router));
+    wait_for("etcd to become healthy", Duration::from_secs(20), || {
+        http_get_at(&router, gateway.into(), ETCD_PORT, "/health").contains("\"health\":\"true\"")
+    })
+    .map_err(|e| e.context(std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default()))
+}
+
+/// kube-apiserver (with its own etcd on the router's loopback) serving the nodes on the
+/// gateway's address: the PIDs of its etcd and of itself, and the selection that reaches it.
+fn start_apiserver(state: &LabState, dir: &Path, gateway: std::net::Ipv4Addr) -> anyhow::Result<(u32, u32, String)> {
+    let placement = KubePlacement {
+        netns: Some(state.router.clone()),
+        address: gateway,
+        dir: Some(dir.join("kubernetes")),
+        crds: true,
+    };
+    let server = KubeApiServer::start_at(placement).context("starting kube-apiserver")?;
+    let selection = server.selection();
+    let (etcd, apiserver) = server.detach();
+    Ok((etcd, apiserver, selection))
+}
+
+/// brindle-controllers in the router's namespace, keeping the etcd datastore in step with the
+/// Kubernetes API (its Lease in kube-system).
+fn start_controllers(state: &mut LabState, dir: &Path) -> anyhow::Result<()> {
+    let kubeconfig = state.kubeconfig().context("the lab has no Kubernetes API")?.to_owned();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &state.router])
+        .arg(state.bin_dir.join("brindle-controllers"))
+        .args(["--datastore", &state.datastore, "--kubeconfig", &kubeconfig])
+        .args(["--lease-namespace", "kube-system", "--identity", "lab", "--log", "info"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("controllers.log"))?)
+        .process_group(0)
+        .spawn()
+        .context("starting brindle-controllers")?;
+    state.controllers_pid = Some(child.id());
+    Ok(())
 }
 
 /// Runs `work` with a client of the lab's datastore, from inside the router's namespace (where
@@ -229,7 +271,27 @@ where
     F: FnOnce(brindle_datastore::Client) -> Fut + Send,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let selection = state.datastore.clone();
+    with_selection(state, state.datastore.clone(), work)
+}
+
+/// Runs `work` with a client of the lab's Kubernetes API, where Kubernetes' own kinds
+/// (Namespaces, NetworkPolicies) are the API server's objects, as a cluster's users make them;
+/// on a lab without one, a client of its datastore.
+pub fn with_kubernetes_client<T, F, Fut>(state: &LabState, work: F) -> anyhow::Result<T>
+where
+    T: Send,
+    F: FnOnce(brindle_datastore::Client) -> Fut + Send,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    with_selection(state, state.kubernetes.clone().unwrap_or_else(|| state.datastore.clone()), work)
+}
+
+fn with_selection<T, F, Fut>(state: &LabState, selection: String, work: F) -> anyhow::Result<T>
+where
+    T: Send,
+    F: FnOnce(brindle_datastore::Client) -> Fut + Send,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     in_netns(&state.router, move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async {
@@ -257,10 +319,18 @@ fn start_node(state: &mut LabState, underlay: &Underlay, dir: &Path, i: usize) -
     let state_dir = dir.join("nodes").join(node_name(i));
     std::fs::create_dir_all(&state_dir)?;
     let log = dir.join(format!("{}.log", node_name(i)));
+    if state.options.datastore.has_kubernetes() {
+        // As kubelet registers its Node before any pod network exists.
+        let node = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\n", node_name(i));
+        state
+            .kubectl(&["apply", "-f", "-"], Some(&node))
+            .with_context(|| format!("registering Node {}", node_name(i)))?;
+    }
     let child = Command::new("ip")
         .args(["netns", "exec", &netns.name])
         .arg(state.bin_dir.join("brindle-node"))
         .args(["--datastore", &state.datastore, "--nodename", &node_name(i)])
+        .args(state.kubeconfig().map(|kubeconfig| ["--kubeconfig", kubeconfig]).iter().flatten())
         .args(if state.options.ipv6 { &["--ip6-autodetection-method", "interface=eth0"][..] } else { &[] })
         .arg("--state-dir")
         .arg(&state_dir)

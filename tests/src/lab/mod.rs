@@ -14,7 +14,7 @@ mod topology;
 
 use std::path::Path;
 
-pub use build::{BINARIES, apply, up, with_client};
+pub use build::{BINARIES, apply, up, with_client, with_kubernetes_client};
 pub use report::{Matrix, agent_status, established_sessions, render_status};
 pub use state::{DEFAULT_DIR, LabNode, LabPod, LabState, lab_dir};
 pub use topology::{Iptables, MAX_NODES, Mode, Options, POOL_CIDR, POOL_V6_CIDR, Peering, Store, cli_name};
@@ -78,10 +78,13 @@ pub fn teardown(state: &LabState, dir: &Path) -> Removed {
     for node in &state.nodes {
         removed.processes += usize::from(terminate(node.agent_pid, "brindle-node"));
     }
+    if let Some(pid) = state.controllers_pid {
+        removed.processes += usize::from(terminate(pid, "brindle-controllers"));
+    }
     if let Some(pid) = state.apiserver_pid {
         removed.processes += usize::from(terminate(pid, "kube-apiserver"));
     }
-    if let Some(pid) = state.etcd_pid {
+    for pid in [state.etcd_pid, state.apiserver_etcd_pid].into_iter().flatten() {
         removed.processes += usize::from(terminate(pid, "etcd"));
     }
     let namespaces = state

@@ -12,9 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use brindle_datastore::resource::{EndpointPort, WorkloadEndpoint};
 
-use super::state::{LabPod, LabState};
-use super::topology::Store;
-use super::{in_netns, kube_pods, with_client};
+use super::state::{LabNode, LabPod, LabState};
+use super::{in_netns, kube_pods, with_client, with_kubernetes_client};
 use crate::cni::{Attachment, exec_in, node_conf};
 use crate::netns::{Netns, enter};
 use crate::process::terminate;
@@ -133,7 +132,7 @@ pub fn add(state: &mut LabState, pod: &NewPod) -> anyhow::Result<()> {
         pod_namespace: pod.namespace.clone(),
         pod_name: pod.name.clone(),
     };
-    let mut conf = node_conf(&state.datastore, &node.state_dir);
+    let mut conf = pod_conf(state, node);
     if state.options.ipv6 {
         conf["ipam"]["assign_ipv6"] = "true".into();
     }
@@ -242,9 +241,9 @@ fn named_ports(serve: &[Port]) -> Vec<EndpointPort> {
         .collect()
 }
 
-/// Whether the lab's datastore is the Kubernetes API (its pods are then Kubernetes Pods).
+/// Whether the lab has a Kubernetes API (its pods are then Kubernetes Pods).
 fn on_kubernetes(state: &LabState) -> bool {
-    state.options.datastore == Store::Kubernetes
+    state.options.datastore.has_kubernetes()
 }
 
 /// Runs `work` with a client of the lab's Kubernetes API.
@@ -252,10 +251,20 @@ fn with_kube<T: Send>(
     state: &LabState,
     work: impl AsyncFnOnce(kube::Client) -> anyhow::Result<T> + Send,
 ) -> anyhow::Result<T> {
-    with_client(state, async |client| {
-        let kube = client.store().kubernetes().context("the lab's datastore is not the Kubernetes API")?.client();
+    with_kubernetes_client(state, async |client| {
+        let kube = client.store().kubernetes().context("the lab has no Kubernetes API")?.client();
         work(kube).await
     })
+}
+
+/// The CNI configuration of a pod on `node`: the node's, with the lab's Kubernetes API (where
+/// the plugin reads the Pod) when it is not the datastore.
+fn pod_conf(state: &LabState, node: &LabNode) -> serde_json::Value {
+    let mut conf = node_conf(&state.datastore, &node.state_dir);
+    if let Some(kubeconfig) = state.kubeconfig() {
+        conf["kubernetes"] = serde_json::json!({"kubeconfig": kubeconfig});
+    }
+    conf
 }
 
 /// Deletes the pod's Kubernetes Pod, on a Kubernetes lab; a failure is only reported.
@@ -375,7 +384,7 @@ pub fn delete(state: &mut LabState, key: &str) -> anyhow::Result<()> {
         pod_namespace: pod.namespace.clone(),
         pod_name: pod.name.clone(),
     };
-    let conf = node_conf(&state.datastore, &node.state_dir);
+    let conf = pod_conf(state, node);
     exec_in(
         &node.netns,
         &state.bin_dir.join("brindle"),

@@ -28,11 +28,21 @@ pub struct LabState {
     pub switch: String,
     /// The router's namespace.
     pub router: String,
+    /// The Kubernetes API as a datastore selection (`kubernetes://KUBECONFIG?...`), when the
+    /// lab has one: the datastore itself, or the API beside etcd.
+    #[serde(default)]
+    pub kubernetes: Option<String>,
     /// etcd's PID when the datastore is etcd (or the API server's etcd).
     pub etcd_pid: Option<u32>,
-    /// kube-apiserver's PID when the datastore is Kubernetes.
+    /// kube-apiserver's PID when the lab has one.
     #[serde(default)]
     pub apiserver_pid: Option<u32>,
+    /// The API server's own etcd, when brindle's state is in another.
+    #[serde(default)]
+    pub apiserver_etcd_pid: Option<u32>,
+    /// brindle-controllers' PID, beside an etcd datastore in a lab with a Kubernetes API.
+    #[serde(default)]
+    pub controllers_pid: Option<u32>,
     /// The nodes.
     pub nodes: Vec<LabNode>,
     /// The pods.
@@ -121,9 +131,7 @@ impl LabState {
     /// kubeconfig), fed `stdin`: its output, or an error with what kubectl said.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
         use std::io::Write;
-        let selection =
-            self.datastore.strip_prefix("kubernetes://").context("the lab's datastore is not Kubernetes")?;
-        let kubeconfig = selection.split('?').next().unwrap_or_default();
+        let kubeconfig = self.kubeconfig().context("the lab has no Kubernetes API")?;
         let mut child = std::process::Command::new("ip")
             .args(["netns", "exec", &self.router])
             .arg(brindle_datastore::testing::kube_bin_dir().join("kubectl"))
@@ -138,6 +146,12 @@ impl LabState {
         let out = child.wait_with_output()?;
         anyhow::ensure!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The kubeconfig of the lab's Kubernetes API, when it has one.
+    pub fn kubeconfig(&self) -> Option<&str> {
+        let selection = self.kubernetes.as_deref()?.strip_prefix("kubernetes://")?;
+        selection.split('?').next()
     }
 
     /// Reads the state of the lab in `dir`.

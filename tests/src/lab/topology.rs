@@ -42,6 +42,17 @@ pub enum Store {
     Etcd,
     /// A kube-apiserver (with its own etcd) in the router's namespace.
     Kubernetes,
+    /// An etcd server for brindle's state beside a kube-apiserver, as a cluster that keeps
+    /// Calico in an etcd of its own: brindle-controllers copies the API's Nodes' labels,
+    /// Namespaces, Pods' labels and NetworkPolicies into etcd.
+    EtcdKubernetes,
+}
+
+impl Store {
+    /// Whether the lab has a Kubernetes API (its pods are then Kubernetes Pods).
+    pub fn has_kubernetes(self) -> bool {
+        matches!(self, Store::Kubernetes | Store::EtcdKubernetes)
+    }
 }
 
 /// Which iptables the agents program.
