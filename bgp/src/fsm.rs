@@ -6,7 +6,8 @@
 //! sockets, no clocks, no tokio here, so every transition is a unit test.
 //!
 //! Beyond the RFC's core: automatic restart after an error with an exponential "error wait"
-//! (BIRD's `error wait time 5,30`), administrative shutdown with a reason (RFC 9003), required
+//! (BIRD's `error wait time 5,30`; a peer that ended the session itself is let back in at once,
+//! only our own connection attempts wait), administrative shutdown with a reason (RFC 9003), required
 //! capabilities refused with Unsupported Capability (RFC 5492), and the graceful restart
 //! decision of whether a peer's routes are kept when its session drops (RFC 4724, RFC 8538).
 
@@ -327,7 +328,7 @@ impl Fsm {
                     self.last_error = Some(reason);
                     Vec::new()
                 }
-                State::OpenConfirm | State::Established => self.fail(reason, false, now),
+                State::OpenConfirm | State::Established => self.peer_ended(reason, false, now),
             },
             Event::Message(message) => self.message(message, now),
             Event::ConnectionReplaced => match self.state {
@@ -445,6 +446,19 @@ impl Fsm {
         actions
     }
 
+    /// The peer ended the session: it closed the connection or sent a NOTIFICATION. As
+    /// [`Fsm::fail`], but the peer may come straight back (a restart, a reconfiguration): its
+    /// next connection is accepted at once (Active), while our own attempts to connect wait
+    /// out the error wait. After an error of ours the session stays Idle for that wait.
+    fn peer_ended(&mut self, reason: String, notified: bool, now: Instant) -> Vec<Action> {
+        let actions = self.fail(reason, notified, now);
+        if let Some(retry) = self.restart_at.take() {
+            self.state = State::Active;
+            self.connect_retry_at = Some(retry);
+        }
+        actions
+    }
+
     fn refuse(&mut self, notification: Notification, reason: String, now: Instant) -> Vec<Action> {
         let mut actions = vec![Action::Send(Message::Notification(notification))];
         actions.extend(self.fail(reason, true, now));
@@ -458,18 +472,16 @@ impl Fsm {
                 reason.push_str(&format!(": {text}"));
             }
             let hard = n.code == code::CEASE && n.subcode == 9;
-            return if hard {
+            let mut actions = self.peer_ended(reason, true, now);
+            if hard {
                 // A Hard Reset ends graceful restart (RFC 8538 §3).
-                let mut actions = self.fail(reason, true, now);
                 for a in &mut actions {
                     if let Action::Down { keep_routes, .. } = a {
                         *keep_routes = false;
                     }
                 }
-                actions
-            } else {
-                self.fail(reason, true, now)
-            };
+            }
+            return actions;
         }
         let unexpected = |state_subcode: u8, what: &str| {
             Notification { code: code::FSM, subcode: state_subcode, data: Vec::new() }.describe()

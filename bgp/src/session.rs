@@ -7,9 +7,11 @@
 //!      └─────────── FromSession (state, established, update, down) ┘
 //! ```
 //!
-//! Collisions (RFC 4271 §6.8): before the peer's OPEN is known the side with the higher
-//! address keeps the connection it opened; once it is known, the side with the higher BGP
-//! identifier does.
+//! Collisions (RFC 4271 §6.8): only with a connection still open (one the peer closed is
+//! noticed first); before the peer's OPEN is known the side with the higher address keeps the
+//! connection it opened; once it is known, the side with the higher BGP identifier does; an
+//! Established session keeps its connection, unless the peer does graceful restart, when a new
+//! connection means it restarted (RFC 4724 §4.2).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -383,6 +385,29 @@ impl Session {
         }
     }
 
+    /// Handles what the current connection already holds without waiting: messages read but
+    /// not yet handled, and the peer's close.
+    async fn settle(
+        &mut self,
+        connecting: &mut Option<std::pin::Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>>,
+    ) {
+        while let Some(conn) = self.conn.as_mut() {
+            // A zero timeout polls the read once: ready now, or not at all.
+            let event = match tokio::time::timeout(Duration::ZERO, conn.read(&self.codec)).await {
+                Err(_) => break,
+                Ok(Ok(message)) => self.received(Ok(message)),
+                Ok(Err(ReadError::Decode(e))) => self.received(Err(e)),
+                Ok(Err(ReadError::Closed(reason))) => {
+                    self.conn = None;
+                    Event::TcpFailed { reason }
+                }
+            };
+            let actions = self.fsm.handle(event, Instant::now().into_std());
+            self.apply(actions, connecting).await;
+        }
+        self.flush_updates().await;
+    }
+
     /// The peer connected to us: adopt the connection, or resolve a collision.
     async fn incoming(
         &mut self,
@@ -394,6 +419,18 @@ impl Session {
             let cease = Message::Notification(Notification::cease(subcode::CONNECTION_COLLISION, ""));
             let _ = conn.send(&[cease], &codec).await;
         };
+        // Only a connection that is still open collides: one the peer has closed (its FIN, or
+        // what it sent before, not read yet) is handled first.
+        self.settle(connecting).await;
+        let graceful = self.fsm.negotiated().is_some_and(|n| n.peer_restart.is_some());
+        if self.fsm.state() == State::Established && graceful {
+            // RFC 4724 §4.2: a graceful-restart peer connecting again while its session is up
+            // has restarted without closing it (a power cycle). The old session ends with its
+            // routes kept as stale, and the new connection carries the new one, as BIRD does.
+            let reason = "the peer connected again while established: it restarted".to_owned();
+            let actions = self.fsm.handle(Event::TcpFailed { reason }, Instant::now().into_std());
+            self.apply(actions, connecting).await;
+        }
         match self.fsm.state() {
             State::Connect | State::Active => {
                 *connecting = None;

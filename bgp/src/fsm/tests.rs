@@ -325,3 +325,43 @@ fn a_replaced_connection_restarts_the_open_exchange() {
     assert_eq!(fsm.state(), State::OpenSent);
     assert!(fsm.negotiated().is_none());
 }
+
+#[test]
+fn a_peer_that_closed_its_session_is_let_back_in_at_once_and_only_our_dialling_waits() {
+    for passive in [false, true] {
+        let t0 = Instant::now();
+        let mut fsm = Fsm::new(Config { passive, ..config() });
+        fsm.handle(Event::Start, t0);
+        fsm.handle(Event::TcpConnected, t0);
+        fsm.handle(Event::Message(Message::Open(peer_open(64512, 30))), t0);
+        fsm.handle(Event::Message(Message::Keepalive), t0);
+        assert_eq!(fsm.state(), State::Established);
+        let actions = fsm.handle(Event::TcpFailed { reason: "the peer closed the connection".into() }, t0);
+        assert!(actions.contains(&Action::Down { reason: "the peer closed the connection".into(), keep_routes: true }));
+        assert_eq!(fsm.state(), State::Active, "passive {passive}: waiting for the peer");
+        // Our own attempt waits out the error wait; the peer's connection is taken at once.
+        assert_eq!(fsm.next_deadline(), Some(t0 + secs(5)));
+        assert!(fsm.on_timer(t0 + secs(4)).is_empty());
+        let actions = fsm.handle(Event::TcpConnected, t0 + secs(1));
+        assert!(matches!(sent(&actions)[..], [Message::Open(_)]), "{actions:?}");
+        assert_eq!(fsm.state(), State::OpenSent);
+    }
+
+    // The same after the peer's NOTIFICATION.
+    let t0 = Instant::now();
+    let mut fsm = established(t0);
+    let cease = Notification::cease(subcode::ADMINISTRATIVE_RESET, "");
+    fsm.handle(Event::Message(Message::Notification(cease)), t0);
+    assert_eq!(fsm.state(), State::Active);
+    assert!(fsm.on_timer(t0 + secs(5)).contains(&Action::Connect), "then we dial again");
+}
+
+#[test]
+fn after_an_error_of_ours_the_session_waits_in_idle() {
+    let t0 = Instant::now();
+    let mut fsm = established(t0);
+    fsm.handle(Event::DecodeFailed(DecodeError::new(3, 11, vec![], "bad path")), t0);
+    assert_eq!(fsm.state(), State::Idle);
+    assert_eq!(fsm.handle(Event::TcpConnected, t0 + secs(1)), vec![Action::Disconnect], "refused while idle");
+    assert_eq!(fsm.on_timer(t0 + secs(5)), vec![Action::Connect]);
+}
