@@ -41,6 +41,20 @@ impl Netns {
         c
     }
 
+    /// Runs `work` on a thread inside the namespace: the sockets it opens stay there.
+    pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        let file = std::fs::File::open(format!("/var/run/netns/{}", self.name)).expect("the namespace");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the namespace");
+                    work()
+                })
+                .join()
+                .expect("the work inside the namespace")
+        })
+    }
+
     /// Runs a command inside the namespace and returns its standard output.
     pub fn output(&self, program: &str, args: &[&str]) -> String {
         let out = self.command(program).args(args).output().expect("run in namespace");
