@@ -415,7 +415,10 @@ impl Session {
         connecting: &mut Option<std::pin::Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>>,
     ) -> Option<Event> {
         let Ok(new) = Connection::new(stream, false) else { return None };
-        let reject = |mut conn: Connection, codec: Codec| async move {
+        let peer = self.params.remote;
+        let reject = |mut conn: Connection, codec: Codec, state: State| async move {
+            let which = if conn.outgoing { "ours" } else { "the peer's" };
+            tracing::info!(%peer, ?state, "connection collision: closing {which} with Cease 6/7");
             let cease = Message::Notification(Notification::cease(subcode::CONNECTION_COLLISION, ""));
             let _ = conn.send(&[cease], &codec).await;
         };
@@ -449,17 +452,17 @@ impl Session {
                     None => (current.local.ip() > self.params.remote.ip()) == current.outgoing,
                 };
                 if keep_current {
-                    reject(new, self.codec).await;
+                    reject(new, self.codec, self.fsm.state()).await;
                     None
                 } else {
                     if let Some(old) = self.conn.replace(new) {
-                        reject(old, self.codec).await;
+                        reject(old, self.codec, self.fsm.state()).await;
                     }
                     Some(Event::ConnectionReplaced)
                 }
             }
             State::Idle | State::Established => {
-                reject(new, self.codec).await;
+                reject(new, self.codec, self.fsm.state()).await;
                 None
             }
         }

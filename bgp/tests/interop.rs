@@ -367,3 +367,54 @@ fn ipv6_with_gobgp_both_ways() {
     assert_eq!(route.1, "fd00:70::3");
     wait_for(LONG, "our IPv6 route at GoBGP", || gobgp.has_route("fd00:10::/64", "ipv6").then_some(()));
 }
+
+/// BIRD restarted next to brindle, first closing its connection (killed: the kernel sends the
+/// FIN), then without (its link cut first, a new BIRD started, the link back): either way its
+/// new connection is taken at once, never refused as a collision, and its routes stay through
+/// the restart (graceful restart on both sides).
+#[test]
+fn bird_restarting_with_or_without_a_fin_is_taken_back_at_once() {
+    let dir = tempdir();
+    let (a, b) = (Netns::new("br"), Netns::new("bird"));
+    link(&a, &b, 69, 1, 2);
+    let links = b.output("ip", &["-o", "link", "show"]);
+    let veth = links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap())
+        .find(|name| name.starts_with("vb"))
+        .expect("BIRD's veth")
+        .to_owned();
+    let config =
+        bird_config(69, 2, 64512, &["192.168.30.0/24"], &[("p1", "10.69.0.1", 64512, "connect delay time 1;")]);
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "brindle",
+        "asn = 64512\nrouter_id = \"10.69.0.1\"\nlisten = \"10.69.0.1:179\"\n[[peers]]\naddress = \"10.69.0.2\"\nasn = 64512\n",
+    );
+    let mut bird = Bird::start(&b, dir.path(), "bird-0", &config);
+    wait_for(LONG, "BIRD's route", || brindle.has_route("192.168.30.0/24").then_some(()));
+
+    for (round, fin) in [(1, true), (2, false)] {
+        if !fin {
+            b.output("ip", &["link", "set", &veth, "down"]);
+        }
+        bird.process.signal("-KILL");
+        drop(bird);
+        let began = std::time::Instant::now();
+        bird = Bird::start(&b, dir.path(), &format!("bird-{round}"), &config);
+        if !fin {
+            b.output("ip", &["link", "set", &veth, "up"]);
+        }
+        assert!(brindle.has_route("192.168.30.0/24"), "the route is kept while BIRD restarts");
+        wait_for(LONG, "the new BIRD's session", || bird.established("p1").then_some(()));
+        let back = began.elapsed().as_secs_f64();
+        brindle.wait_established("10.69.0.2");
+        let how = if fin { "with" } else { "without" };
+        println!("BIRD restarted {how} a FIN: established again {back:.1} s after it started");
+        assert!(brindle.has_route("192.168.30.0/24"), "the route is still there");
+    }
+    let log = brindle.process.log();
+    assert!(!log.contains("NOTIFICATION sent") && !log.contains("collision"), "brindle refused a connection: {log}");
+}

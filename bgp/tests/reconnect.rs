@@ -1,6 +1,7 @@
 //! Peers that go away and come back, played by a raw socket against `brindle-bgp run` with one
-//! passive iBGP peer, as a restarting router would: a peer that closed its connection is taken
-//! back at once (no collision with a connection that is gone); a graceful-restart peer that
+//! passive iBGP peer, as a restarting router would: a peer that closed its connection, or sent
+//! a NOTIFICATION of any class, is taken back at once (no collision with a connection that is
+//! gone); a graceful-restart peer that
 //! connects again while its session is still up has restarted (RFC 4724 §4.2) and gets the new
 //! session with its routes kept; a peer without graceful restart colliding with a live session
 //! is refused with Cease 6/7 (RFC 4271 §6.8); after a NOTIFICATION of ours the peer is taken
@@ -214,4 +215,22 @@ fn after_a_notification_of_ours_the_peer_is_taken_back_after_the_error_wait() {
     });
     println!("taken back {:.1} s after the NOTIFICATION", began.elapsed().as_secs_f64());
     wait_established(&brindle, false);
+}
+
+#[test]
+fn a_peer_is_taken_back_at_once_after_each_notification_class_it_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ns, brindle) = speaker(dir.path());
+    // Header, OPEN, UPDATE, hold timer, FSM errors, and Cease (administrative shutdown, reset).
+    for (code, subcode) in [(1, 1), (2, 2), (3, 1), (4, 0), (5, 1), (6, 2), (6, 4)] {
+        let mut peer = Peer::connect(&ns, true);
+        peer.established().unwrap();
+        wait_established(&brindle, false);
+        peer.send(&[Message::Notification(wire::Notification { code, subcode, data: Vec::new() })]);
+        drop(peer);
+        let mut again = Peer::connect(&ns, true);
+        let answer = again.established();
+        assert!(answer.is_ok(), "after the peer's NOTIFICATION {code}/{subcode}: {answer:?}");
+        wait_established(&brindle, false);
+    }
 }
