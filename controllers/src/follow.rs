@@ -9,6 +9,9 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
+use brindle_datastore::resource::Spec;
+use brindle_datastore::store::Watch;
+use brindle_datastore::{Client, keys};
 use futures::{FutureExt, StreamExt};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde::de::DeserializeOwned;
@@ -31,11 +34,13 @@ impl fmt::Display for Changes {
 }
 
 /// Follows `api`'s objects for ever: `desired` makes the desired state of the cache's objects,
-/// `sync` makes the datastore match it.
+/// `sync` makes the datastore match it. Each of `nudges` runs a sync too (the datastore's side
+/// changed: a node registered after its Kubernetes Node).
 pub async fn follow<K, D>(
     what: &'static str,
     api: kube::Api<K>,
     resync: Duration,
+    mut nudges: impl futures::Stream<Item = ()> + Unpin,
     desired: impl Fn(Vec<Arc<K>>) -> D,
     mut sync: impl AsyncFnMut(&D) -> brindle_datastore::Result<Changes>,
 ) where
@@ -55,6 +60,11 @@ pub async fn follow<K, D>(
                 false
             }
             _ = tokio::time::sleep_until(resync_at) => true,
+            Some(()) = nudges.next() => {
+                while let Some(Some(())) = nudges.next().now_or_never() {}
+                applied = None;
+                false
+            }
         };
         while let Some(event) = events.next().now_or_never() {
             listed |= seen(what, event);
@@ -82,6 +92,37 @@ pub async fn follow<K, D>(
             }
         }
     }
+}
+
+/// Yields whenever a resource of kind `S` changes in the datastore, for ever (a watch that
+/// breaks is started again, and its restart yields too, as changes may have been missed).
+pub fn datastore_changes<S: Spec>(client: Client) -> impl futures::Stream<Item = ()> + Unpin {
+    Box::pin(futures::stream::unfold((client, None::<Watch>), |(client, mut watch)| async move {
+        loop {
+            let Some(open) = watch.as_mut() else {
+                let started = async {
+                    let (_, revision) = client.list::<S>().await?;
+                    client.store().watch(&keys::kind_prefix::<S>(), revision).await
+                };
+                match started.await {
+                    Ok(w) => watch = Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, kind = S::KIND, "watching the datastore; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                continue;
+            };
+            match open.next().await {
+                Some(Ok(_)) => return Some(((), (client, watch))),
+                Some(Err(_)) => {} // passing: the watch resumes by itself
+                None => {
+                    watch = None;
+                    return Some(((), (client, watch)));
+                }
+            }
+        }
+    }))
 }
 
 /// Logs a failed watch; true when the event completes a listing.

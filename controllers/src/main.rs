@@ -24,7 +24,8 @@ use brindle_datastore::store::{self, KubernetesStore};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
-use follow::follow;
+use brindle_datastore::resource::{Node, WorkloadEndpoint};
+use follow::{datastore_changes, follow};
 use leader::{Candidate, Leadership};
 
 /// brindle's cluster controllers: IPAM garbage collection judged by the Kubernetes API's Pods,
@@ -151,17 +152,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
 async fn follow_kubernetes(kubernetes: &KubernetesStore, client: &Client, resync: Duration) {
     let api = || kubernetes.client();
     tokio::join!(
-        follow("Nodes", kube::Api::all(api()), resync, nodes::kubernetes_labels, async |labels| {
-            nodes::sync(labels, client).await
-        }),
-        follow("Namespaces", kube::Api::all(api()), resync, mirror::namespaces, async |wanted| {
+        // A node that registers after its Kubernetes Node, or an endpoint written after its Pod,
+        // is synced at once, not at the next resync.
+        follow(
+            "Nodes",
+            kube::Api::all(api()),
+            resync,
+            datastore_changes::<Node>(client.clone()),
+            nodes::kubernetes_labels,
+            async |labels| nodes::sync(labels, client).await
+        ),
+        follow("Namespaces", kube::Api::all(api()), resync, never(), mirror::namespaces, async |wanted| {
             mirror::apply(client, wanted).await
         }),
-        follow("NetworkPolicies", kube::Api::all(api()), resync, mirror::network_policies, async |wanted| {
+        follow("NetworkPolicies", kube::Api::all(api()), resync, never(), mirror::network_policies, async |wanted| {
             mirror::apply(client, wanted).await
         }),
-        follow("Pods", kube::Api::all(api()), resync, pods::facts, async |facts| pods::sync(facts, client).await),
+        follow(
+            "Pods",
+            kube::Api::all(api()),
+            resync,
+            datastore_changes::<WorkloadEndpoint>(client.clone()),
+            pods::facts,
+            async |facts| pods::sync(facts, client).await
+        ),
     );
+}
+
+/// No nudges: the datastore's side changes only by the sync itself.
+fn never() -> futures::stream::Pending<()> {
+    futures::stream::pending()
 }
 
 /// The host name and the process ID.

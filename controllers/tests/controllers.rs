@@ -232,14 +232,26 @@ fn in_netns(netns: &str, command: &[&str]) -> String {
 
 #[test]
 fn a_deleted_kubernetes_node_leaves_the_other_nodes_at_once_and_its_addresses_come_back() {
-    use brindle_e2e::lab::{Mode, Options, Peering, Store, TestLab, agent_status, with_client};
+    a_deleted_node_leaves(brindle_e2e::lab::Store::Kubernetes);
+}
+
+/// The same with brindle's state in etcd: the lab's brindle-controllers deletes the node's
+/// brindle Node with its Kubernetes Node (the node registered after its Kubernetes Node, and
+/// was given its reference at once).
+#[test]
+fn on_etcd_a_deleted_kubernetes_node_leaves_the_other_nodes_at_once_too() {
+    a_deleted_node_leaves(brindle_e2e::lab::Store::EtcdKubernetes);
+}
+
+fn a_deleted_node_leaves(datastore: brindle_e2e::lab::Store) {
+    use brindle_e2e::lab::{Mode, Options, Peering, TestLab, agent_status, with_client};
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_brindle-controllers")).parent().unwrap();
     let options = Options {
         nodes: 3,
         pods_per_node: 1,
         mode: Mode::Vxlan,
         peering: Peering::Mesh,
-        datastore: Store::Kubernetes,
+        datastore,
         reflectors: 1,
         iptables: Default::default(),
         ipv6: false,
@@ -304,11 +316,16 @@ fn a_deleted_kubernetes_node_leaves_the_other_nodes_at_once_and_its_addresses_co
         Ok(())
     })
     .unwrap();
+    // In place of the lab's own replica (on etcd), one that collects every half second.
+    if let Some(pid) = state.controllers_pid {
+        assert!(brindle_e2e::process::terminate(pid, "brindle-controllers"), "the lab's brindle-controllers ran");
+    }
     let scratch = tempfile::tempdir().unwrap();
     let log = scratch.path().join("controllers.log");
     let controllers = Command::new("ip")
         .args(["netns", "exec", &state.router, env!("CARGO_BIN_EXE_brindle-controllers")])
         .args(["--datastore", &state.datastore, "--lease-namespace", "default", "--gc-interval", "500ms"])
+        .args(["--kubeconfig", state.kubeconfig().unwrap()])
         .args(["--log", "info"])
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
