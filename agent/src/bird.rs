@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use serde_json::{Value, json};
 
 use brindle_bgp::rib::{FilterRule, PrefixFilter};
+use brindle_bgp::speaker::LimitAction;
 
 use crate::bgp::read_password;
 use crate::calc::bgp::Plan;
@@ -71,6 +72,11 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
             "keep_next_hop": peer.keep_original_next_hop,
             "direct": mine.is_some_and(|net| net.contains(peer.address)),
             "password": password,
+            "import_limit": peer.prefix_limit.map(|l| l.max),
+            "import_limit_action": peer.prefix_limit.map(|l| match l.action {
+                LimitAction::Warn => "warn",
+                LimitAction::Restart(_) => "restart",
+            }),
             "import_rules": rules(&peer.import),
             "export_rules": rules(&peer.export),
         }));
@@ -213,6 +219,30 @@ mod tests {
         );
         assert!(text.contains("      if !(net ~ [ 10.244.0.0/17{17,32} ]) then reject;\n"), "{text}");
         assert_eq!(text.matches("import filter {").count(), 1, "mesh peers keep the shared filters: {text}");
+    }
+
+    #[test]
+    fn a_peer_with_a_prefix_limit_gets_birds_import_limit_and_passes_bird_p() {
+        use brindle_datastore::resource::MaxPrefixesAction;
+        let mut c = cluster(true);
+        for (name, ip, action) in
+            [("restart", "192.0.2.9", None), ("warn", "192.0.2.10", Some(MaxPrefixesAction::Warn))]
+        {
+            c.peers.push(Resource::new(
+                name,
+                BgpPeer {
+                    peer_ip: Some(ip.into()),
+                    as_number: Some(65001),
+                    max_prefixes: Some(5000),
+                    max_prefixes_action: action,
+                    ..BgpPeer::default()
+                },
+            ));
+        }
+        let text = rendered(&me("a", "10.0.0.1/24"), &c);
+        assert!(text.contains("  ipv4 {\n    import limit 5000 action restart;\n  };"), "{text}");
+        assert!(text.contains("  ipv4 {\n    import limit 5000 action warn;\n  };"), "{text}");
+        assert_eq!(text.matches("import limit").count(), 2, "mesh peers have none: {text}");
     }
 
     #[test]

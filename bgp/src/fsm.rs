@@ -181,6 +181,18 @@ pub enum Event {
     Message(Message),
     /// A message could not be decoded.
     DecodeFailed(DecodeError),
+    /// End the session with a Cease (RFC 4486) of this subcode and data, drop the peer's
+    /// routes whatever graceful restart says, and start again after `restart_after`.
+    Cease {
+        /// The Cease subcode.
+        subcode: u8,
+        /// The NOTIFICATION's data.
+        data: Vec<u8>,
+        /// Why, in words.
+        reason: String,
+        /// The pause before the session may start again.
+        restart_after: Duration,
+    },
     /// Collision resolution (RFC 4271 §6.8) replaced the connection before Established: start
     /// the OPEN exchange again on the new one.
     ConnectionReplaced,
@@ -341,6 +353,23 @@ impl Fsm {
                 }
                 _ => Vec::new(),
             },
+            Event::Cease { subcode, data, reason, restart_after } => {
+                if !matches!(self.state, State::OpenSent | State::OpenConfirm | State::Established) {
+                    return Vec::new();
+                }
+                let notification = Notification { code: code::CEASE, subcode, data };
+                let mut actions = vec![Action::Send(Message::Notification(notification))];
+                actions.extend(self.fail(reason, true, now));
+                for a in &mut actions {
+                    if let Action::Down { keep_routes, .. } = a {
+                        *keep_routes = false;
+                    }
+                }
+                if !self.stopped {
+                    self.restart_at = Some(now + restart_after);
+                }
+                actions
+            }
             Event::DecodeFailed(error) => {
                 let mut actions = vec![Action::Send(Message::Notification(Notification::from_error(&error)))];
                 let reason = format!("sent NOTIFICATION: {error}");

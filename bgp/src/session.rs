@@ -38,6 +38,9 @@ pub(crate) enum ToSession {
     Incoming(TcpStream),
     /// Shut down with this reason and end the task.
     Stop(String),
+    /// End the session with a Cease of this subcode and data, and take the peer back after
+    /// `restart_after` (a prefix limit passed).
+    Cease { subcode: u8, data: Vec<u8>, reason: String, restart_after: Duration },
 }
 
 /// What a session tells the speaker.
@@ -240,6 +243,9 @@ async fn run(
                     }
                 }
                 Some(ToSession::Incoming(stream)) => s.incoming(stream, &mut connecting).await,
+                Some(ToSession::Cease { subcode, data, reason, restart_after }) => {
+                    Some(Event::Cease { subcode, data, reason, restart_after })
+                }
             },
             _ = &mut timer, if deadline.is_some_and(|d| armed == Some(d)) => {
                 armed = None;

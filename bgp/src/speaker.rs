@@ -25,6 +25,7 @@ use crate::fsm::{self, Negotiated, State};
 use crate::rib::{BestChange, Export, PeerConfig, PeerId, PeerSession, PrefixFilter, Rib};
 use crate::session::{self, FromSession, SessionParams, ToSession};
 use crate::wire::attribute::put_attribute;
+use crate::wire::error::subcode;
 use crate::wire::{Attribute, Codec, Family, Message, MpReach, MpUnreach, RouteRefresh, Update, Value};
 
 /// Best-route events buffered for subscribers. A subscriber that falls further behind must
@@ -87,6 +88,28 @@ pub struct PeerSpec {
     pub max_restart_time: Option<u16>,
     /// The address families offered (multiprotocol capabilities).
     pub families: Vec<Family>,
+    /// The most prefixes the peer may have in the RIB (BIRD's `import limit`, FRR's
+    /// `maximum-prefix`), and what passing it does.
+    pub prefix_limit: Option<PrefixLimit>,
+}
+
+/// A peer's prefix limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixLimit {
+    /// The most prefixes (both families together).
+    pub max: u32,
+    /// What passing it does.
+    pub action: LimitAction,
+}
+
+/// What a peer passing its prefix limit causes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitAction {
+    /// A warning, once each time the limit is passed; the routes are kept.
+    Warn,
+    /// The session ends with Cease 6/1 (RFC 4486: the family and the limit in its data), the
+    /// peer's routes are dropped, and it is taken back after this pause.
+    Restart(Duration),
 }
 
 impl PeerSpec {
@@ -98,6 +121,7 @@ impl PeerSpec {
         same.import.clone_from(&self.import);
         same.export.clone_from(&self.export);
         same.keep_original_next_hop = self.keep_original_next_hop;
+        same.prefix_limit = self.prefix_limit;
         same == *self
     }
 
@@ -118,6 +142,7 @@ impl PeerSpec {
             keep_original_next_hop: false,
             max_restart_time: None,
             families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
+            prefix_limit: None,
         }
     }
 }
@@ -282,6 +307,8 @@ struct PeerEntry {
     last_error: Option<String>,
     negotiated: Option<Negotiated>,
     stale_until: Option<Instant>,
+    /// The prefix limit was passed (said once until the peer is back under it).
+    over_limit: bool,
 }
 
 struct Core {
@@ -499,6 +526,7 @@ impl Core {
                     last_error: None,
                     negotiated: None,
                     stale_until: None,
+                    over_limit: false,
                 },
             );
         }
@@ -593,6 +621,7 @@ impl Core {
                 // The changes of the whole batch go out together: one round of exports for
                 // the many small UPDATEs a sender spreads a table over.
                 let mut changes = Vec::new();
+                let limit = peer.spec.prefix_limit;
                 updates.iter().for_each(|u| self.rib.prefetch(u));
                 for update in updates {
                     match update.end_of_rib() {
@@ -604,7 +633,16 @@ impl Core {
                             }
                             changes.extend(self.rib.sweep_stale(id, Some(family)));
                         }
-                        None => self.rib.update(id, &update, &mut changes),
+                        None => {
+                            self.rib.update(id, &update, &mut changes);
+                            if let Some(limit) = limit
+                                && self.over_limit(address, limit, &update).await
+                            {
+                                // The session is ending and its routes go: nothing more of
+                                // this batch is taken in.
+                                break;
+                            }
+                        }
                     }
                 }
                 self.propagate(changes).await;
@@ -620,6 +658,7 @@ impl Core {
             }
             FromSession::Down { reason, keep_routes } => {
                 peer.last_error = Some(reason);
+                peer.over_limit = false;
                 let asked = peer.negotiated.as_ref().and_then(|n| n.peer_restart.as_ref()).map(|r| r.restart_time);
                 let restart_time = match (asked, peer.spec.max_restart_time) {
                     (Some(asked), Some(max)) => Some(asked.min(max)),
@@ -632,6 +671,41 @@ impl Core {
                 }
                 let changes = self.rib.peer_down(id, keep_routes);
                 self.propagate(changes).await;
+            }
+        }
+    }
+
+    /// Checks the peer's prefix count against its limit after `update`: warns once when it
+    /// is passed, or ends the session with Cease 6/1. Returns whether the session is ending.
+    async fn over_limit(&mut self, address: IpAddr, limit: PrefixLimit, update: &Update) -> bool {
+        let Some(peer) = self.peers.get_mut(&address) else { return false };
+        let held = self.rib.counts(peer.id).received;
+        if held <= limit.max as usize {
+            peer.over_limit = false;
+            return false;
+        }
+        let first = !std::mem::replace(&mut peer.over_limit, true);
+        match limit.action {
+            LimitAction::Warn => {
+                if first {
+                    tracing::warn!(peer = %address, held, limit = limit.max, "the peer passed its prefix limit");
+                }
+                false
+            }
+            LimitAction::Restart(pause) => {
+                if !first {
+                    return true;
+                }
+                let family = update.mp_reach().map_or(Family::IPV4_UNICAST, |m| m.family);
+                let mut data = Vec::with_capacity(7);
+                data.extend_from_slice(&family.afi.to_be_bytes());
+                data.push(family.safi);
+                data.extend_from_slice(&limit.max.to_be_bytes());
+                let reason = format!("the peer passed its limit of {} prefixes", limit.max);
+                tracing::warn!(peer = %address, held, limit = limit.max, ?pause, "{reason}: Cease 6/1");
+                let cease = ToSession::Cease { subcode: subcode::MAX_PREFIXES, data, reason, restart_after: pause };
+                let _ = peer.session.send(cease).await;
+                true
             }
         }
     }

@@ -418,3 +418,33 @@ fn bird_restarting_with_or_without_a_fin_is_taken_back_at_once() {
     let log = brindle.process.log();
     assert!(!log.contains("NOTIFICATION sent") && !log.contains("collision"), "brindle refused a connection: {log}");
 }
+
+/// BIRD sending more prefixes than brindle-bgp's limit for it: the session ends with Cease 6/1,
+/// which BIRD reports as such, and BIRD's routes leave brindle-bgp.
+#[test]
+fn bird_past_its_prefix_limit_is_ceased() {
+    let dir = tempdir();
+    let (a, b) = (Netns::new("br"), Netns::new("bird"));
+    link(&a, &b, 70, 1, 2);
+    let statics: Vec<String> = (0..12).map(|i| format!("192.168.{i}.0/24")).collect();
+    let statics: Vec<&str> = statics.iter().map(String::as_str).collect();
+    let bird =
+        Bird::start(&b, dir.path(), "bird", &bird_config(70, 2, 64512, &statics, &[("p1", "10.70.0.1", 64512, "")]));
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "brindle",
+        "asn = 64512\nrouter_id = \"10.70.0.1\"\nlisten = \"10.70.0.1:179\"\n[[peers]]\naddress = \"10.70.0.2\"\nasn = 64512\n\
+         max_prefixes = 10\nmax_prefixes_restart = 60\n",
+    );
+    let said = wait_for(LONG, "BIRD to report the Cease", || {
+        let shown = bird.cli("show protocols all p1");
+        shown.contains("Maximum number of prefixes reached").then_some(shown)
+    });
+    assert!(brindle.best_routes().is_empty(), "BIRD's routes are gone: {:?}", brindle.best_routes());
+    assert!(
+        brindle.peer("10.70.0.2").1.contains("passed its limit of 10 prefixes"),
+        "{:?}: {said}",
+        brindle.peer("10.70.0.2")
+    );
+}

@@ -9,134 +9,22 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-use brindle_bgp::attrs::PathAttrs;
-use brindle_bgp::fsm;
-use brindle_bgp::wire::{self, Codec, Message, Update};
-use bytes::BytesMut;
-use common::{Brindle, Netns, wait_for};
-
-const CODEC: Codec = Codec { four_octet_as: true, ebgp: false };
-/// The speaker listens here; the peer connects from 127.0.0.1, the source loopback gives.
-const SPEAKER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-const PEER: &str = "127.0.0.1";
-const ROUTE: &str = "10.1.0.0/24";
-
-/// The speaker in a namespace of its own, with `PEER` as its one passive iBGP peer.
-fn speaker(dir: &std::path::Path) -> (Netns, Brindle) {
-    let ns = Netns::new("reco");
-    let config = format!(
-        "asn = 64512\nrouter_id = \"10.0.0.1\"\nlisten = \"{SPEAKER}:179\"\n\
-         [[peers]]\naddress = \"{PEER}\"\nasn = 64512\npassive = true\n"
-    );
-    let brindle = Brindle::start(&ns, dir, "speaker", &config);
-    (ns, brindle)
-}
-
-/// One connection of the raw peer.
-struct Peer {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl Peer {
-    /// Connects from `PEER` inside `ns` and sends our OPEN (offering graceful restart or not)
-    /// and a KEEPALIVE.
-    fn connect(ns: &Netns, graceful: bool) -> Peer {
-        let stream = ns.run(|| TcpStream::connect((SPEAKER, 179)).expect("connecting to the speaker"));
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut config = fsm::Config::new(64512, 64512, Ipv4Addr::new(10, 0, 0, 2));
-        config.graceful_restart = graceful.then_some(120);
-        let mut peer = Peer { stream, buffer: Vec::new() };
-        peer.send(&[Message::Open(config.open()), Message::Keepalive]);
-        peer
-    }
-
-    fn send(&mut self, messages: &[Message]) {
-        let mut out = BytesMut::new();
-        for m in messages {
-            wire::encode(m, &CODEC, &mut out).unwrap();
-        }
-        self.stream.write_all(&out).unwrap();
-    }
-
-    /// The next message, or `None` when the speaker closed the connection; a speaker silent
-    /// for 10 s fails the test.
-    fn next(&mut self) -> Option<Message> {
-        loop {
-            if let Ok(Some(len)) = wire::frame_length(&self.buffer)
-                && self.buffer.len() >= len
-            {
-                let frame: Vec<u8> = self.buffer.drain(..len).collect();
-                return Some(wire::decode(&frame, &CODEC).unwrap());
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    panic!("nothing from the speaker in 10 s")
-                }
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// Waits for the speaker's OPEN and KEEPALIVE: the session is up on this connection. A
-    /// NOTIFICATION instead is returned as the error.
-    fn established(&mut self) -> Result<(), wire::Notification> {
-        let mut opened = false;
-        loop {
-            match self.next() {
-                Some(Message::Open(_)) => opened = true,
-                Some(Message::Keepalive) if opened => return Ok(()),
-                Some(Message::Notification(n)) => return Err(n),
-                Some(_) => {}
-                None => panic!("the speaker closed the connection without a NOTIFICATION"),
-            }
-        }
-    }
-
-    /// Announces `ROUTE`.
-    fn announce(&mut self) {
-        let attributes = PathAttrs { local_pref: Some(100), ..PathAttrs::local(Some("192.0.2.1".parse().unwrap())) }
-            .to_attributes(true, true);
-        let update = Update {
-            withdrawn: Vec::new(),
-            attributes: attributes.into(),
-            nlri: vec![ROUTE.parse().unwrap()],
-            errors: Vec::new(),
-        };
-        self.send(&[Message::Update(update)]);
-    }
-}
-
-fn wait_established(brindle: &Brindle, with_route: bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !(brindle.peer(PEER).0 == "Established" && brindle.has_route(ROUTE) == with_route) {
-        assert!(
-            Instant::now() < deadline,
-            "the session is {:?}, the routes {:?} (want {ROUTE}: {with_route}): {}",
-            brindle.peer(PEER),
-            brindle.best_routes(),
-            brindle.process.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use brindle_bgp::wire::{self, Message, Update};
+use common::raw::{self, PEER, Peer, ROUTE, speaker};
+use common::wait_for;
 
 #[test]
 fn a_peer_that_closed_its_connection_is_taken_back_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (ns, brindle) = speaker(dir.path());
+    let (ns, brindle) = speaker(dir.path(), "");
     for graceful in [false, true] {
         let mut first = Peer::connect(&ns, graceful);
         first.established().unwrap();
         first.announce();
-        wait_established(&brindle, true);
+        raw::wait_established(&brindle, true);
 
         // FIN, and straight back.
         drop(first);
@@ -145,9 +33,9 @@ fn a_peer_that_closed_its_connection_is_taken_back_at_once() {
         let answer = second.established();
         assert!(answer.is_ok(), "graceful {graceful}: the new connection was refused: {answer:?}");
         println!("graceful restart {graceful}: back up {:.3} s after closing", began.elapsed().as_secs_f64());
-        wait_established(&brindle, graceful);
+        raw::wait_established(&brindle, graceful);
         second.announce();
-        wait_established(&brindle, true);
+        raw::wait_established(&brindle, true);
         drop(second);
         wait_for(Duration::from_secs(10), "the session to go down", || {
             (brindle.peer(PEER).0 != "Established").then_some(())
@@ -158,11 +46,11 @@ fn a_peer_that_closed_its_connection_is_taken_back_at_once() {
 #[test]
 fn a_graceful_peer_connecting_while_established_has_restarted_and_keeps_its_routes() {
     let dir = tempfile::tempdir().unwrap();
-    let (ns, brindle) = speaker(dir.path());
+    let (ns, brindle) = speaker(dir.path(), "");
     let mut before = Peer::connect(&ns, true);
     before.established().unwrap();
     before.announce();
-    wait_established(&brindle, true);
+    raw::wait_established(&brindle, true);
 
     // No FIN: the old connection stays open, as after a power cycle.
     let mut after = Peer::connect(&ns, true);
@@ -174,26 +62,26 @@ fn a_graceful_peer_connecting_while_established_has_restarted_and_keeps_its_rout
     }
     // End-of-RIB without the route: the stale route goes.
     after.send(&[Message::Update(Update::end_of_rib_marker(wire::Family::IPV4_UNICAST))]);
-    wait_established(&brindle, false);
+    raw::wait_established(&brindle, false);
 }
 
 #[test]
 fn a_peer_without_graceful_restart_colliding_with_its_live_session_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (ns, brindle) = speaker(dir.path());
+    let (ns, brindle) = speaker(dir.path(), "");
     let mut live = Peer::connect(&ns, false);
     live.established().unwrap();
     live.announce();
-    wait_established(&brindle, true);
+    raw::wait_established(&brindle, true);
     let refused = Peer::connect(&ns, false).established().expect_err("a collision with a live session");
     assert_eq!((refused.code, refused.subcode), (6, 7), "Cease, Connection Collision Resolution");
-    wait_established(&brindle, true);
+    raw::wait_established(&brindle, true);
 }
 
 #[test]
 fn after_a_notification_of_ours_the_peer_is_taken_back_after_the_error_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let (ns, brindle) = speaker(dir.path());
+    let (ns, brindle) = speaker(dir.path(), "");
     let mut peer = Peer::connect(&ns, false);
     peer.established().unwrap();
     // A message with a bad length: NOTIFICATION 1/2 from the speaker.
@@ -214,23 +102,23 @@ fn after_a_notification_of_ours_the_peer_is_taken_back_after_the_error_wait() {
         peer.established().ok().map(|()| peer)
     });
     println!("taken back {:.1} s after the NOTIFICATION", began.elapsed().as_secs_f64());
-    wait_established(&brindle, false);
+    raw::wait_established(&brindle, false);
 }
 
 #[test]
 fn a_peer_is_taken_back_at_once_after_each_notification_class_it_sends() {
     let dir = tempfile::tempdir().unwrap();
-    let (ns, brindle) = speaker(dir.path());
+    let (ns, brindle) = speaker(dir.path(), "");
     // Header, OPEN, UPDATE, hold timer, FSM errors, and Cease (administrative shutdown, reset).
     for (code, subcode) in [(1, 1), (2, 2), (3, 1), (4, 0), (5, 1), (6, 2), (6, 4)] {
         let mut peer = Peer::connect(&ns, true);
         peer.established().unwrap();
-        wait_established(&brindle, false);
+        raw::wait_established(&brindle, false);
         peer.send(&[Message::Notification(wire::Notification { code, subcode, data: Vec::new() })]);
         drop(peer);
         let mut again = Peer::connect(&ns, true);
         let answer = again.established();
         assert!(answer.is_ok(), "after the peer's NOTIFICATION {code}/{subcode}: {answer:?}");
-        wait_established(&brindle, false);
+        raw::wait_established(&brindle, false);
     }
 }

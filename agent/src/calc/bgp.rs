@@ -9,13 +9,16 @@ use std::path::PathBuf;
 
 use brindle_bgp::attrs::PathAttrs;
 use brindle_bgp::rib::{FilterRule, PrefixFilter};
-use brindle_bgp::speaker::PeerSpec;
+use brindle_bgp::speaker::{LimitAction, PeerSpec, PrefixLimit};
 use brindle_bgp::wire::Family;
-use brindle_datastore::resource::{BgpFilter, BgpFilterRule, FilterAction, Node, Resource};
+use brindle_datastore::resource::{BgpFilter, BgpFilterRule, FilterAction, MaxPrefixesAction, Node, Resource};
 use brindle_datastore::selector::Selector;
 use ipnetwork::IpNetwork;
 
 use crate::calc::{Cluster, Me};
+
+/// How long a peer that passed `maxPrefixes` stays down when its BGPPeer does not say.
+const DEFAULT_LIMIT_RESTART: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// This node's BGP settings that do not come from the resources.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +240,15 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings, local: &[super::ser
             peer.hold_time = hold_time;
             peer.keep_original_next_hop = spec.keep_original_next_hop;
             peer.max_restart_time = spec.max_restart_time.map(|d| d.as_secs().min(u64::from(u16::MAX)) as u16);
+            peer.prefix_limit = spec.max_prefixes.map(|max| PrefixLimit {
+                max,
+                action: match spec.max_prefixes_action.unwrap_or_default() {
+                    MaxPrefixesAction::Warn => LimitAction::Warn,
+                    MaxPrefixesAction::Restart => {
+                        LimitAction::Restart(spec.max_prefixes_restart_time.unwrap_or(DEFAULT_LIMIT_RESTART))
+                    }
+                },
+            });
             peer.local_address = Some(local);
             let mut peer = with_filters(peer);
             // A later BGPPeer for the same address replaces an earlier one whole.
@@ -438,6 +450,7 @@ mod tests {
             }),
             keep_original_next_hop: true,
             max_restart_time: Some(std::time::Duration::from_secs(30)),
+            max_prefixes: Some(1000),
             ..BgpPeer::default()
         }));
         c.peers.push(peer(BgpPeer {
@@ -450,6 +463,8 @@ mod tests {
         assert_eq!((external.port, external.asn), (1179, 65001));
         assert!(external.keep_original_next_hop);
         assert_eq!(external.max_restart_time, Some(30));
+        let limit = PrefixLimit { max: 1000, action: LimitAction::Restart(DEFAULT_LIMIT_RESTART) };
+        assert_eq!(external.prefix_limit, Some(limit), "Restart after 60 s unless the BGPPeer says otherwise");
         assert_eq!(
             b.passwords.get(&external.address).map(|p| p.display().to_string()).as_deref(),
             Some("/etc/brindle/bgp-pw")

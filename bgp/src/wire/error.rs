@@ -72,6 +72,8 @@ pub mod subcode {
     /// ROUTE-REFRESH Message Error: Invalid Message Length (RFC 7313).
     pub const INVALID_ROUTE_REFRESH_LENGTH: u8 = 1;
 
+    /// Cease: Maximum Number of Prefixes Reached (RFC 4486).
+    pub const MAX_PREFIXES: u8 = 1;
     /// Cease: Administrative Shutdown (RFC 4486).
     pub const ADMINISTRATIVE_SHUTDOWN: u8 = 2;
     /// Cease: Peer De-configured.

@@ -3,6 +3,8 @@
 //! even when a test fails. Traffic stays inside the namespaces.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -43,6 +43,29 @@ pub struct BgpPeer {
     /// BGPFilters whose rules come, in this order, before the defaults on these sessions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<String>,
+    /// The most prefixes the peer may have on a node (BIRD's `import limit`, FRR's
+    /// `maximum-prefix`); no limit when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prefixes: Option<u32>,
+    /// What passing `maxPrefixes` does (default `Restart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prefixes_action: Option<MaxPrefixesAction>,
+    /// How long a peer that passed `maxPrefixes` stays down (default 60s; with the BIRD
+    /// backend, BIRD's error wait).
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub max_prefixes_restart_time: Option<Duration>,
+}
+
+/// What a peer passing its `maxPrefixes` causes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MaxPrefixesAction {
+    /// The session ends with Cease 6/1 (RFC 4486), the peer's routes go, and it comes back
+    /// after `maxPrefixesRestartTime`.
+    #[default]
+    Restart,
+    /// A warning in the log; the routes are kept.
+    Warn,
 }
 
 /// Where a BGP password comes from.
@@ -154,6 +177,17 @@ impl Spec for BgpPeer {
         }
         for (i, name) in self.filters.iter().enumerate() {
             v.dns_subdomain(&format!("spec.filters[{i}]"), name);
+        }
+        if self.max_prefixes == Some(0) {
+            v.problem("spec.maxPrefixes", 0, "must be at least 1 (leave it out for no limit)");
+        }
+        if self.max_prefixes.is_none() {
+            if let Some(action) = self.max_prefixes_action {
+                v.problem("spec.maxPrefixesAction", format!("{action:?}"), "needs spec.maxPrefixes");
+            }
+            if let Some(time) = self.max_prefixes_restart_time {
+                v.problem("spec.maxPrefixesRestartTime", format!("{time:?}"), "needs spec.maxPrefixes");
+            }
         }
         if let Some(password) = &self.password {
             v.require(
@@ -351,6 +385,27 @@ mod tests {
         let peer =
             BgpPeer { peer_ip: Some("10.0.0.1".into()), peer_selector: Some("all()".into()), ..BgpPeer::default() };
         assert!(problems(peer).contains("cannot be used together with spec.peerIP"));
+    }
+
+    #[test]
+    fn a_prefix_limit_is_at_least_one_and_its_settings_need_it() {
+        let peer = |max_prefixes, action| BgpPeer {
+            peer_ip: Some("10.0.0.1".into()),
+            as_number: Some(65000),
+            max_prefixes,
+            max_prefixes_action: action,
+            ..BgpPeer::default()
+        };
+        assert_eq!(problems(peer(Some(1000), Some(MaxPrefixesAction::Warn))), "");
+        assert!(problems(peer(Some(0), None)).contains("spec.maxPrefixes"), "{}", problems(peer(Some(0), None)));
+        let orphan = problems(peer(None, Some(MaxPrefixesAction::Warn)));
+        assert!(orphan.contains("spec.maxPrefixesAction") && orphan.contains("needs spec.maxPrefixes"), "{orphan}");
+        let yaml: BgpPeer = serde_saphyr::from_str(
+            "peerIP: 10.0.0.1\nasNumber: 65000\nmaxPrefixes: 10\nmaxPrefixesAction: Warn\n\
+                                    maxPrefixesRestartTime: 2m\n",
+        )
+        .unwrap();
+        assert_eq!(yaml.max_prefixes_restart_time, Some(Duration::from_secs(120)));
     }
 
     #[test]

@@ -25,7 +25,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use agent_config::{AgentConfiguration, BgpBackend, EndpointToHostAction, IptablesBackend, LogSeverity};
-pub use bgp::{BgpConfiguration, BgpPassword, BgpPeer, Community, PrefixAdvertisement, SecretKeyRef, ServiceCidr};
+pub use bgp::{
+    BgpConfiguration, BgpPassword, BgpPeer, Community, MaxPrefixesAction, PrefixAdvertisement, SecretKeyRef,
+    ServiceCidr,
+};
 pub use bgp_filter::{BgpFilter, BgpFilterRule, FilterAction, MatchOperator, PrefixLength};
 pub use ipam_config::IpamConfiguration;
 pub use ippool::{EncapMode, Encapsulation, IpPool, PoolUse};

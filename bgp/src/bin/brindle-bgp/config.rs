@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use brindle_bgp::attrs::PathAttrs;
 use brindle_bgp::rib::PrefixFilter;
-use brindle_bgp::speaker::{PeerSpec, SpeakerConfig};
+use brindle_bgp::speaker::{LimitAction, PeerSpec, PrefixLimit, SpeakerConfig};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
@@ -65,6 +65,19 @@ struct Peer {
     /// Send only prefixes inside these ranges (default: everything).
     #[serde(default)]
     export: Option<Vec<IpNetwork>>,
+    /// The most prefixes the peer may have here (default: no limit).
+    #[serde(default)]
+    max_prefixes: Option<u32>,
+    /// Passing `max_prefixes` only warns (default: the session ends with Cease 6/1).
+    #[serde(default)]
+    max_prefixes_warn_only: bool,
+    /// Seconds before a peer that passed `max_prefixes` is taken back.
+    #[serde(default = "default_limit_restart")]
+    max_prefixes_restart: u64,
+}
+
+fn default_limit_restart() -> u64 {
+    60
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +151,9 @@ impl Config {
             if p.port == Some(0) {
                 return Err(format!("{peer}: port must be 1-65535"));
             }
+            if p.max_prefixes == Some(0) {
+                return Err(format!("{peer}: max_prefixes must be at least 1 (leave it out for no limit)"));
+            }
             if let Some(local) = p.local_address
                 && local.is_ipv4() != p.address.is_ipv4()
             {
@@ -187,6 +203,14 @@ impl Config {
                 spec.local_address = p.local_address;
                 spec.import = p.import.as_deref().map_or_else(PrefixFilter::default, PrefixFilter::only);
                 spec.export = p.export.as_deref().map_or_else(PrefixFilter::default, PrefixFilter::only);
+                spec.prefix_limit = p.max_prefixes.map(|max| PrefixLimit {
+                    max,
+                    action: if p.max_prefixes_warn_only {
+                        LimitAction::Warn
+                    } else {
+                        LimitAction::Restart(std::time::Duration::from_secs(p.max_prefixes_restart))
+                    },
+                });
                 spec
             })
             .collect()
