@@ -38,6 +38,18 @@ fn bird_config(net: u8, me: u8, asn: u32, statics: &[&str], peers: &[(&str, &str
     config
 }
 
+/// The name of the veth `link` gave the namespace on its `b` side.
+fn veth_in(ns: &Netns) -> String {
+    let links = ns.output("ip", &["-o", "link", "show"]);
+    links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name))
+        .find(|name| name.starts_with("vb"))
+        .expect("a veth made by link()")
+        .to_owned()
+}
+
 fn gobgp_config(net: u8, me: u8, asn: u32, peers: &[(&str, u32, &str)]) -> String {
     let mut config = format!(
         "[global.config]\n  as = {asn}\n  router-id = \"10.{net}.0.{me}\"\n  port = 179\n  local-address-list = [\"10.{net}.0.{me}\"]\n"
@@ -377,14 +389,7 @@ fn bird_restarting_with_or_without_a_fin_is_taken_back_at_once() {
     let dir = tempdir();
     let (a, b) = (Netns::new("br"), Netns::new("bird"));
     link(&a, &b, 69, 1, 2);
-    let links = b.output("ip", &["-o", "link", "show"]);
-    let veth = links
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|name| name.split('@').next().unwrap())
-        .find(|name| name.starts_with("vb"))
-        .expect("BIRD's veth")
-        .to_owned();
+    let veth = veth_in(&b);
     let config =
         bird_config(69, 2, 64512, &["192.168.30.0/24"], &[("p1", "10.69.0.1", 64512, "connect delay time 1;")]);
     let brindle = Brindle::start(
@@ -447,4 +452,60 @@ fn bird_past_its_prefix_limit_is_ceased() {
         "{:?}: {said}",
         brindle.peer("10.70.0.2")
     );
+}
+
+/// The same with GoBGP: killed and started again, with a FIN and without one (its link cut
+/// first), it is taken back at once, never refused as a collision.
+#[test]
+fn gobgp_restarting_with_or_without_a_fin_is_taken_back_at_once() {
+    let dir = tempdir();
+    let (a, g) = (Netns::new("br"), Netns::new("gobgp"));
+    link(&a, &g, 71, 1, 3);
+    let veth = veth_in(&g);
+    let extra = "  [neighbors.graceful-restart.config]\n    enabled = true\n  [neighbors.timers.config]\n    connect-retry = 1\n";
+    let config = gobgp_config(71, 3, 64512, &[("10.71.0.1", 64512, extra)]);
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "brindle",
+        "asn = 64512\nrouter_id = \"10.71.0.1\"\nlisten = \"10.71.0.1:179\"\n[[peers]]\naddress = \"10.71.0.3\"\nasn = 64512\n",
+    );
+    let start = |name: &str| {
+        let gobgp = Gobgp::start(&g, dir.path(), name, &config);
+        gobgp.cli(&["global", "rib", "add", "192.168.31.0/24", "-a", "ipv4"]);
+        gobgp
+    };
+    let mut gobgp = start("gobgp-0");
+    wait_for(LONG, "GoBGP's route", || brindle.has_route("192.168.31.0/24").then_some(()));
+
+    for (round, fin) in [(1, true), (2, false)] {
+        if !fin {
+            g.output("ip", &["link", "set", &veth, "down"]);
+        }
+        gobgp.process.signal("-KILL");
+        drop(gobgp);
+        let began = std::time::Instant::now();
+        gobgp = start(&format!("gobgp-{round}"));
+        if !fin {
+            g.output("ip", &["link", "set", &veth, "up"]);
+        }
+        let deadline = std::time::Instant::now() + LONG;
+        while !gobgp.established("10.71.0.1") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: GoBGP says {}; brindle says {:?}: {}",
+                gobgp.cli(&["neighbor", "10.71.0.1"]),
+                brindle.peer("10.71.0.3"),
+                brindle.process.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let back = began.elapsed().as_secs_f64();
+        brindle.wait_established("10.71.0.3");
+        let how = if fin { "with" } else { "without" };
+        println!("GoBGP restarted {how} a FIN: established again {back:.1} s after it started");
+        wait_for(LONG, "GoBGP's route again", || brindle.has_route("192.168.31.0/24").then_some(()));
+    }
+    let log = brindle.process.log();
+    assert!(!log.contains("NOTIFICATION sent") && !log.contains("collision"), "brindle refused a connection: {log}");
 }

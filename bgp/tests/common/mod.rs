@@ -333,6 +333,6 @@ impl Gobgp {
     }
 
     pub fn established(&self, neighbor: &str) -> bool {
-        self.cli(&["neighbor", neighbor]).contains("BGP state = established")
+        self.cli(&["neighbor", neighbor]).to_lowercase().contains("bgp state = established")
     }
 }
