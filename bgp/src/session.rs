@@ -264,14 +264,7 @@ async fn run(
                 }
             }
             message = async { s.conn.as_mut().expect("guarded").read(&s.codec).await }, if s.conn.is_some() => {
-                match message {
-                    Ok(m) => Some(s.received(Ok(m))),
-                    Err(ReadError::Decode(e)) => Some(s.received(Err(e))),
-                    Err(ReadError::Closed(reason)) => {
-                        s.conn = None;
-                        Some(Event::TcpFailed { reason })
-                    }
-                }
+                Some(s.read_event(message))
             }
         };
         if let Some(event) = event {
@@ -306,6 +299,18 @@ impl Session {
                 Event::Message(m)
             }
             Err(e) => Event::DecodeFailed(e),
+        }
+    }
+
+    /// The event for what a read of the connection brought; a closed connection is dropped.
+    fn read_event(&mut self, read: Result<Message, ReadError>) -> Event {
+        match read {
+            Ok(m) => self.received(Ok(m)),
+            Err(ReadError::Decode(e)) => self.received(Err(e)),
+            Err(ReadError::Closed(reason)) => {
+                self.conn = None;
+                Event::TcpFailed { reason }
+            }
         }
     }
 
@@ -399,15 +404,8 @@ impl Session {
     ) {
         while let Some(conn) = self.conn.as_mut() {
             // A zero timeout polls the read once: ready now, or not at all.
-            let event = match tokio::time::timeout(Duration::ZERO, conn.read(&self.codec)).await {
-                Err(_) => break,
-                Ok(Ok(message)) => self.received(Ok(message)),
-                Ok(Err(ReadError::Decode(e))) => self.received(Err(e)),
-                Ok(Err(ReadError::Closed(reason))) => {
-                    self.conn = None;
-                    Event::TcpFailed { reason }
-                }
-            };
+            let Ok(read) = tokio::time::timeout(Duration::ZERO, conn.read(&self.codec)).await else { break };
+            let event = self.read_event(read);
             let actions = self.fsm.handle(event, Instant::now().into_std());
             self.apply(actions, connecting).await;
         }
