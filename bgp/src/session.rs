@@ -422,8 +422,16 @@ impl Session {
         let peer = self.params.remote;
         let reject = |mut conn: Connection, codec: Codec, state: State| async move {
             let which = if conn.outgoing { "ours" } else { "the peer's" };
-            tracing::info!(%peer, ?state, "connection collision: closing {which} with Cease 6/7");
-            let cease = Message::Notification(Notification::cease(subcode::CONNECTION_COLLISION, ""));
+            // Idle means the peer is held down (an error wait, a prefix limit's pause): that is
+            // a refusal, not a collision.
+            let subcode = if state == State::Idle {
+                tracing::info!(%peer, "the peer is held down: refusing its connection with Cease 6/5");
+                subcode::CONNECTION_REJECTED
+            } else {
+                tracing::info!(%peer, ?state, "connection collision: closing {which} with Cease 6/7");
+                subcode::CONNECTION_COLLISION
+            };
+            let cease = Message::Notification(Notification::cease(subcode, ""));
             let _ = conn.send(&[cease], &codec).await;
         };
         // Only a connection that is still open collides: one the peer has closed (its FIN, or

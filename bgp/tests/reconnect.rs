@@ -4,8 +4,8 @@
 //! gone); a graceful-restart peer that
 //! connects again while its session is still up has restarted (RFC 4724 §4.2) and gets the new
 //! session with its routes kept; a peer without graceful restart colliding with a live session
-//! is refused with Cease 6/7 (RFC 4271 §6.8); after a NOTIFICATION of ours the peer is taken
-//! back after the error wait.
+//! is refused with Cease 6/7 (RFC 4271 §6.8); after a NOTIFICATION of ours the peer is refused
+//! with Cease 6/5 during the error wait and taken back after it.
 
 mod common;
 
@@ -97,6 +97,8 @@ fn after_a_notification_of_ours_the_peer_is_taken_back_after_the_error_wait() {
     };
     assert_eq!((notification.code, notification.subcode), (1, 2));
     let began = Instant::now();
+    let early = Peer::connect(&ns, false).established().expect_err("taken back during the error wait");
+    assert_eq!((early.code, early.subcode), (6, 5), "Cease, Connection Rejected");
     let _back = wait_for(Duration::from_secs(15), "the peer to be taken back", || {
         let mut peer = Peer::connect(&ns, false);
         peer.established().ok().map(|()| peer)

@@ -80,6 +80,9 @@ pub mod subcode {
     pub const PEER_DECONFIGURED: u8 = 3;
     /// Cease: Administrative Reset.
     pub const ADMINISTRATIVE_RESET: u8 = 4;
+    /// Cease: Connection Rejected (RFC 4486): the speaker takes no connection from this peer
+    /// now (it is held down).
+    pub const CONNECTION_REJECTED: u8 = 5;
     /// Cease: Connection Collision Resolution.
     pub const CONNECTION_COLLISION: u8 = 7;
 }
