@@ -193,6 +193,16 @@ pub enum Event {
         /// The pause before the session may start again.
         restart_after: Duration,
     },
+    /// The forwarding path to the peer failed (BFD went down, RFC 5882 §10.2): the session ends
+    /// without a NOTIFICATION (it could not arrive), the peer's routes go unless `graceful`
+    /// (then they are kept as under graceful restart, if negotiated), and the peer is taken
+    /// back as soon as it connects.
+    PathDown {
+        /// Why, in words.
+        reason: String,
+        /// Keep the routes as stale if graceful restart was negotiated.
+        graceful: bool,
+    },
     /// Collision resolution (RFC 4271 §6.8) replaced the connection before Established: start
     /// the OPEN exchange again on the new one.
     ConnectionReplaced,
@@ -360,13 +370,19 @@ impl Fsm {
                 let notification = Notification { code: code::CEASE, subcode, data };
                 let mut actions = vec![Action::Send(Message::Notification(notification))];
                 actions.extend(self.fail(reason, true, now));
-                for a in &mut actions {
-                    if let Action::Down { keep_routes, .. } = a {
-                        *keep_routes = false;
-                    }
-                }
+                drop_routes(&mut actions);
                 if !self.stopped {
                     self.restart_at = Some(now + restart_after);
+                }
+                actions
+            }
+            Event::PathDown { reason, graceful } => {
+                if !matches!(self.state, State::OpenSent | State::OpenConfirm | State::Established) {
+                    return Vec::new();
+                }
+                let mut actions = self.peer_ended(reason, false, now);
+                if !graceful {
+                    drop_routes(&mut actions);
                 }
                 actions
             }
@@ -394,11 +410,7 @@ impl Fsm {
             }))];
             actions.extend(self.fail("hold timer expired".into(), false, now));
             if !self.config.hold_expiry_keeps_routes {
-                for a in &mut actions {
-                    if let Action::Down { keep_routes, .. } = a {
-                        *keep_routes = false;
-                    }
-                }
+                drop_routes(&mut actions);
             }
             return actions;
         }
@@ -504,11 +516,7 @@ impl Fsm {
             let mut actions = self.peer_ended(reason, true, now);
             if hard {
                 // A Hard Reset ends graceful restart (RFC 8538 §3).
-                for a in &mut actions {
-                    if let Action::Down { keep_routes, .. } = a {
-                        *keep_routes = false;
-                    }
-                }
+                drop_routes(&mut actions);
             }
             return actions;
         }
@@ -652,6 +660,15 @@ pub enum Survivor {
 /// identifier keeps the connection it opened.
 pub fn resolve_collision(local_id: Ipv4Addr, remote_id: Ipv4Addr) -> Survivor {
     if local_id > remote_id { Survivor::Outgoing } else { Survivor::Incoming }
+}
+
+/// Makes a session's end drop the peer's routes, whatever graceful restart would keep.
+fn drop_routes(actions: &mut [Action]) {
+    for action in actions {
+        if let Action::Down { keep_routes, .. } = action {
+            *keep_routes = false;
+        }
+    }
 }
 
 #[cfg(test)]

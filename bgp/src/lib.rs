@@ -4,6 +4,7 @@
 //! ([`fsm`]); the session driver, the RIB and the speaker handle come next (DESIGN.md).
 
 pub mod attrs;
+pub mod bfd;
 pub mod fsm;
 mod md5;
 mod receive;

@@ -41,6 +41,8 @@ pub(crate) enum ToSession {
     /// End the session with a Cease of this subcode and data, and take the peer back after
     /// `restart_after` (a prefix limit passed).
     Cease { subcode: u8, data: Vec<u8>, reason: String, restart_after: Duration },
+    /// The forwarding path to the peer failed (BFD): end the session at once.
+    PathDown { reason: String, graceful: bool },
 }
 
 /// What a session tells the speaker.
@@ -246,6 +248,7 @@ async fn run(
                 Some(ToSession::Cease { subcode, data, reason, restart_after }) => {
                     Some(Event::Cease { subcode, data, reason, restart_after })
                 }
+                Some(ToSession::PathDown { reason, graceful }) => Some(Event::PathDown { reason, graceful }),
             },
             _ = &mut timer, if deadline.is_some_and(|d| armed == Some(d)) => {
                 armed = None;

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::attrs::PathAttrs;
+use crate::bfd;
 use crate::fsm::{self, Negotiated, State};
 use crate::rib::{BestChange, Export, PeerConfig, PeerId, PeerSession, PrefixFilter, Rib};
 use crate::session::{self, FromSession, SessionParams, ToSession};
@@ -91,6 +92,18 @@ pub struct PeerSpec {
     /// The most prefixes the peer may have in the RIB (BIRD's `import limit`, FRR's
     /// `maximum-prefix`), and what passing it does.
     pub prefix_limit: Option<PrefixLimit>,
+    /// A BFD session with the peer, whose failure ends the BGP session at once.
+    pub bfd: Option<BfdSpec>,
+}
+
+/// A peer's BFD session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BfdSpec {
+    /// Its timing.
+    pub timing: bfd::Config,
+    /// When BFD goes down, keep the peer's routes as stale if graceful restart was negotiated
+    /// (BIRD's `bfd graceful`); by default they go at once.
+    pub graceful: bool,
 }
 
 /// A peer's prefix limit.
@@ -115,13 +128,15 @@ pub enum LimitAction {
 impl PeerSpec {
     /// Whether `other` differs from this spec only in what a running session can take without
     /// a reset: its filters and next-hop keeping (which change what it is sent and what is
-    /// kept from it, nothing the other peers are sent of its routes).
+    /// kept from it, nothing the other peers are sent of its routes), its prefix limit and its
+    /// BFD session.
     pub fn differs_softly(&self, other: &PeerSpec) -> bool {
         let mut same = other.clone();
         same.import.clone_from(&self.import);
         same.export.clone_from(&self.export);
         same.keep_original_next_hop = self.keep_original_next_hop;
         same.prefix_limit = self.prefix_limit;
+        same.bfd = self.bfd;
         same == *self
     }
 
@@ -143,6 +158,7 @@ impl PeerSpec {
             max_restart_time: None,
             families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
             prefix_limit: None,
+            bfd: None,
         }
     }
 }
@@ -168,6 +184,8 @@ pub struct PeerStatus {
     pub prefixes_advertised: usize,
     /// What was negotiated, while the session is up.
     pub negotiated: Option<Negotiated>,
+    /// The BFD session, if the peer has one (`None` in it: BFD could not start here).
+    pub bfd: Option<Option<bfd::Status>>,
 }
 
 /// One path in the RIB.
@@ -241,6 +259,7 @@ impl Speaker {
         let (commands, rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(ROUTE_EVENTS);
         let (from_sessions, sessions_rx) = mpsc::channel(1024);
+        let (bfd_changes, bfd_rx) = mpsc::channel(64);
         let core = Core {
             rib: Rib::new(config.asn, config.router_id, config.cluster_id),
             config,
@@ -249,8 +268,10 @@ impl Speaker {
             from_sessions,
             started: SystemTime::now(),
             published_unyielded: 0,
+            bfd: None,
+            bfd_changes,
         };
-        tokio::spawn(core.run(rx, sessions_rx, Listeners(listeners)));
+        tokio::spawn(core.run(rx, sessions_rx, bfd_rx, Listeners(listeners)));
         Ok(Speaker { commands, events })
     }
 
@@ -320,6 +341,9 @@ struct Core {
     started: SystemTime,
     /// Events published since the task last yielded.
     published_unyielded: usize,
+    /// The BFD sessions' task, started when a peer first asks for BFD.
+    bfd: Option<bfd::Engine>,
+    bfd_changes: mpsc::Sender<(IpAddr, bfd::Change)>,
 }
 
 /// The listening sockets.
@@ -356,6 +380,7 @@ impl Core {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut sessions: mpsc::Receiver<(IpAddr, FromSession)>,
+        mut bfd_changes: mpsc::Receiver<(IpAddr, bfd::Change)>,
         listeners: Listeners,
     ) {
         loop {
@@ -371,6 +396,7 @@ impl Core {
                     Some(command) => self.command(command, &listeners).await,
                 },
                 Some((peer, event)) = sessions.recv() => self.session_event(peer, event).await,
+                Some((peer, change)) = bfd_changes.recv() => self.bfd_change(peer, change).await,
                 accepted = listeners.accept(), if !listeners.0.is_empty() => {
                     if let Ok((stream, remote)) = accepted {
                         match self.peers.get(&remote.ip().to_canonical()) {
@@ -409,6 +435,10 @@ impl Core {
                 self.propagate(changes).await;
             }
             Command::Status(reply) => {
+                let bfd = match &self.bfd {
+                    Some(engine) => engine.status().await,
+                    None => HashMap::new(),
+                };
                 let mut status: Vec<PeerStatus> = self
                     .peers
                     .values()
@@ -424,6 +454,7 @@ impl Core {
                             prefixes_accepted: counts.accepted,
                             prefixes_advertised: counts.advertised,
                             negotiated: p.negotiated.clone(),
+                            bfd: p.spec.bfd.map(|_| bfd.get(&p.spec.address).copied()),
                         }
                     })
                     .collect();
@@ -530,7 +561,45 @@ impl Core {
                 },
             );
         }
+        self.sync_bfd().await;
         Ok(())
+    }
+
+    /// Gives the BFD task the peers that ask for BFD, starting it for the first.
+    async fn sync_bfd(&mut self) {
+        let peers: Vec<bfd::Peer> = self
+            .peers
+            .values()
+            .filter_map(|p| {
+                let spec = p.spec.bfd?;
+                Some(bfd::Peer { address: p.spec.address, local: p.spec.local_address, config: spec.timing })
+            })
+            .collect();
+        if self.bfd.is_none() && !peers.is_empty() {
+            match bfd::Engine::start(self.bfd_changes.clone()) {
+                Ok(engine) => self.bfd = Some(engine),
+                Err(e) => {
+                    let port = bfd::CONTROL_PORT;
+                    tracing::warn!(error = %e, "BFD cannot start (is UDP port {port} taken?): its peers run without it");
+                    return;
+                }
+            }
+        }
+        if let Some(engine) = &self.bfd {
+            engine.set(peers).await;
+        }
+    }
+
+    /// A BFD session changed: leaving Up by failure ends the peer's BGP session at once. A
+    /// peer's AdminDown is its decision, not a failure (RFC 5882 §3.2), and is left alone.
+    async fn bfd_change(&mut self, address: IpAddr, change: bfd::Change) {
+        let Some(peer) = self.peers.get(&address) else { return };
+        let Some(spec) = peer.spec.bfd else { return };
+        if change.from == bfd::State::Up && change.to == bfd::State::Down && change.remote != bfd::State::AdminDown {
+            let reason = format!("BFD session down: {}", change.diagnostic);
+            tracing::warn!(peer = %address, "{reason}: ending the BGP session");
+            let _ = peer.session.send(ToSession::PathDown { reason, graceful: spec.graceful }).await;
+        }
     }
 
     /// Soft reconfiguration of a peer whose spec differs from `spec` in filters or next-hop

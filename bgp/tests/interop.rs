@@ -5,37 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Bird, Brindle, Gobgp, Netns, Switch, link, wait_for};
+use common::{Bird, Brindle, Gobgp, Netns, Switch, bird_config, link, wait_for};
 
 const LONG: Duration = Duration::from_secs(40);
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("brindle-bgp-interop-").tempdir().expect("temp dir")
-}
-
-/// A BIRD speaker at `10.<net>.0.<me>` with static routes, peering with `peers` (name,
-/// address, AS, extra protocol lines).
-fn bird_config(net: u8, me: u8, asn: u32, statics: &[&str], peers: &[(&str, &str, u32, &str)]) -> String {
-    let mut v4 = String::new();
-    let mut v6 = String::new();
-    for s in statics {
-        if s.contains(':') {
-            v6.push_str(&format!("  route {s} blackhole;\n"));
-        } else {
-            v4.push_str(&format!("  route {s} blackhole;\n"));
-        }
-    }
-    let mut config = format!(
-        "router id 10.{net}.0.{me};\nprotocol device {{}}\nprotocol static s4 {{ ipv4; {v4} }}\nprotocol static s6 {{ ipv6; {v6} }}\n"
-    );
-    for (name, address, peer_as, extra) in peers {
-        config.push_str(&format!(
-            "protocol bgp {name} {{\n  local 10.{net}.0.{me} as {asn};\n  neighbor {address} as {peer_as};\n  direct;\n  graceful restart on;\n  {extra}\n  \
-             ipv4 {{ import all; export all; next hop self; gateway direct; }};\n  \
-             ipv6 {{ import all; export all; next hop address fd00:{net}::{me}; gateway direct; }};\n}}\n"
-        ));
-    }
-    config
 }
 
 /// The name of the veth `link` gave the namespace on its `b` side.

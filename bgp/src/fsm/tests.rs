@@ -142,6 +142,22 @@ fn a_silent_peer_can_be_taken_for_dead_even_when_graceful() {
 }
 
 #[test]
+fn a_dead_path_ends_the_session_quietly_and_drops_the_routes_unless_graceful() {
+    let t0 = Instant::now();
+    let down = |graceful: bool| Event::PathDown { reason: "BFD session down".into(), graceful };
+    let mut fsm = established(t0);
+    let actions = fsm.handle(down(false), t0);
+    assert!(sent(&actions).is_empty(), "no NOTIFICATION over a dead path: {actions:?}");
+    assert!(actions.contains(&Action::Disconnect));
+    assert!(actions.contains(&Action::Down { reason: "BFD session down".into(), keep_routes: false }), "{actions:?}");
+    assert_eq!(fsm.state(), State::Active, "the peer is taken back as soon as it connects");
+    let mut fsm = established(t0);
+    let actions = fsm.handle(down(true), t0);
+    assert!(actions.contains(&Action::Down { reason: "BFD session down".into(), keep_routes: true }), "{actions:?}");
+    assert!(fsm.handle(down(false), t0).is_empty(), "nothing to end twice");
+}
+
+#[test]
 fn a_peer_without_graceful_restart_loses_its_routes() {
     let t0 = Instant::now();
     let mut fsm = Fsm::new(config());

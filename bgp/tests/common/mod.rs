@@ -224,6 +224,13 @@ impl Brindle {
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The state of the BFD session with `peer` ("" when it has none).
+    pub fn bfd(&self, peer: &str) -> String {
+        let status = self.query("status");
+        let entry = status["peers"].as_array().and_then(|ps| ps.iter().find(|p| p["address"] == peer).cloned());
+        entry.and_then(|e| e["bfd"]["state"].as_str().map(str::to_owned)).unwrap_or_default()
+    }
+
     /// The state of the session with `peer`, and its last error.
     pub fn peer(&self, peer: &str) -> (String, String) {
         let status = self.query("status");
@@ -264,6 +271,31 @@ impl Brindle {
             (self.peer(peer).0 == "Established").then_some(())
         });
     }
+}
+
+/// A BIRD speaker at `10.<net>.0.<me>` with static routes, peering with `peers` (name,
+/// address, AS, extra protocol lines).
+pub fn bird_config(net: u8, me: u8, asn: u32, statics: &[&str], peers: &[(&str, &str, u32, &str)]) -> String {
+    let mut v4 = String::new();
+    let mut v6 = String::new();
+    for s in statics {
+        if s.contains(':') {
+            v6.push_str(&format!("  route {s} blackhole;\n"));
+        } else {
+            v4.push_str(&format!("  route {s} blackhole;\n"));
+        }
+    }
+    let mut config = format!(
+        "router id 10.{net}.0.{me};\nprotocol device {{}}\nprotocol static s4 {{ ipv4; {v4} }}\nprotocol static s6 {{ ipv6; {v6} }}\n"
+    );
+    for (name, address, peer_as, extra) in peers {
+        config.push_str(&format!(
+            "protocol bgp {name} {{\n  local 10.{net}.0.{me} as {asn};\n  neighbor {address} as {peer_as};\n  direct;\n  graceful restart on;\n  {extra}\n  \
+             ipv4 {{ import all; export all; next hop self; gateway direct; }};\n  \
+             ipv6 {{ import all; export all; next hop address fd00:{net}::{me}; gateway direct; }};\n}}\n"
+        ));
+    }
+    config
 }
 
 /// A BIRD 2 daemon in a namespace, with its own control socket.

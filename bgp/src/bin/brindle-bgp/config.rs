@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use brindle_bgp::attrs::PathAttrs;
 use brindle_bgp::rib::PrefixFilter;
-use brindle_bgp::speaker::{LimitAction, PeerSpec, PrefixLimit, SpeakerConfig};
+use brindle_bgp::speaker::{BfdSpec, LimitAction, PeerSpec, PrefixLimit, SpeakerConfig};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
@@ -74,6 +74,41 @@ struct Peer {
     /// Seconds before a peer that passed `max_prefixes` is taken back.
     #[serde(default = "default_limit_restart")]
     max_prefixes_restart: u64,
+    /// A BFD session with the peer (`bfd = {}` for the defaults).
+    #[serde(default)]
+    bfd: Option<Bfd>,
+}
+
+/// A peer's BFD session: RFC 5880 asynchronous mode, single hop.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Bfd {
+    /// How often we send once Up (default 300 ms).
+    #[serde(default, with = "humantime_serde")]
+    min_tx: Option<std::time::Duration>,
+    /// How often we can take the peer's packets (default 300 ms).
+    #[serde(default, with = "humantime_serde")]
+    min_rx: Option<std::time::Duration>,
+    /// Packets missed before the path is declared down (default 3).
+    #[serde(default)]
+    multiplier: Option<u8>,
+    /// Keep the peer's routes as stale when BFD goes down, if graceful restart was negotiated.
+    #[serde(default)]
+    graceful: bool,
+}
+
+impl Bfd {
+    fn spec(&self) -> BfdSpec {
+        let defaults = brindle_bgp::bfd::Config::default();
+        BfdSpec {
+            timing: brindle_bgp::bfd::Config {
+                desired_min_tx: self.min_tx.unwrap_or(defaults.desired_min_tx),
+                required_min_rx: self.min_rx.unwrap_or(defaults.required_min_rx),
+                detect_mult: self.multiplier.unwrap_or(defaults.detect_mult),
+            },
+            graceful: self.graceful,
+        }
+    }
 }
 
 fn default_limit_restart() -> u64 {
@@ -154,6 +189,16 @@ impl Config {
             if p.max_prefixes == Some(0) {
                 return Err(format!("{peer}: max_prefixes must be at least 1 (leave it out for no limit)"));
             }
+            if let Some(bfd) = &p.bfd {
+                let timing = bfd.spec().timing;
+                let ms = std::time::Duration::from_millis(1);
+                if timing.desired_min_tx < ms || timing.required_min_rx < ms {
+                    return Err(format!("{peer}: bfd: min_tx and min_rx must be at least 1ms"));
+                }
+                if timing.detect_mult == 0 {
+                    return Err(format!("{peer}: bfd: multiplier must be 1-255"));
+                }
+            }
             if let Some(local) = p.local_address
                 && local.is_ipv4() != p.address.is_ipv4()
             {
@@ -211,6 +256,7 @@ impl Config {
                         LimitAction::Restart(std::time::Duration::from_secs(p.max_prefixes_restart))
                     },
                 });
+                spec.bfd = p.bfd.as_ref().map(Bfd::spec);
                 spec
             })
             .collect()
@@ -261,6 +307,9 @@ mod tests {
                 &format!("{base}[[peers]]\naddress = \"10.0.0.3\"\nasn = 65002\nlocal_address = \"fd00::1\"\n"),
                 "local_address fd00::1 is not of the peer's address family",
             ),
+            (&format!("{base}{PEER}bfd = {{ min_rx = \"0ms\" }}\n"), "peer 10.0.0.2: bfd: min_tx and min_rx must be"),
+            (&format!("{base}{PEER}bfd = {{ multiplier = 0 }}\n"), "peer 10.0.0.2: bfd: multiplier must be 1-255"),
+            (&format!("{base}{PEER}bfd = {{ interval = \"1s\" }}\n"), "unknown field `interval`"),
         ];
         for (toml, expected) in cases {
             let err = check(toml).unwrap_err();

@@ -76,6 +76,16 @@ fn status_json(peers: &[PeerStatus]) -> Value {
                 "router_id": p.negotiated.as_ref().map(|n| n.peer_id),
                 "families": p.negotiated.as_ref().map(|n| n.families.iter().map(ToString::to_string).collect::<Vec<_>>()),
                 "graceful_restart": p.negotiated.as_ref().map(|n| n.peer_restart.is_some()),
+                "bfd": p.bfd.map(|bfd| match bfd {
+                    Some(s) => json!({
+                        "state": s.state.to_string(),
+                        "diagnostic": s.diagnostic.to_string(),
+                        "remote_state": s.remote_state.to_string(),
+                        "transmit_interval_ms": s.transmit_interval.as_millis(),
+                        "detection_time_ms": s.detection_time.as_millis(),
+                    }),
+                    None => json!({ "state": "unavailable" }),
+                }),
             })
         })
         .collect();

@@ -120,13 +120,17 @@ async fn show(socket: &std::path::Path, what: &str, json: bool) -> anyhow::Resul
     }
     let empty = Vec::new();
     if what == "status" {
-        println!("{:<24} {:>10} {:<12} {:>8} {:>8} {:>8}  LAST ERROR", "PEER", "AS", "STATE", "RECV", "ACCEPT", "SENT");
+        println!(
+            "{:<24} {:>10} {:<12} {:<11} {:>8} {:>8} {:>8}  LAST ERROR",
+            "PEER", "AS", "STATE", "BFD", "RECV", "ACCEPT", "SENT"
+        );
         for p in value["peers"].as_array().unwrap_or(&empty) {
             println!(
-                "{:<24} {:>10} {:<12} {:>8} {:>8} {:>8}  {}",
+                "{:<24} {:>10} {:<12} {:<11} {:>8} {:>8} {:>8}  {}",
                 p["address"].as_str().unwrap_or("?"),
                 p["asn"].as_u64().unwrap_or(0),
                 p["state"].as_str().unwrap_or("?"),
+                p["bfd"]["state"].as_str().unwrap_or("-"),
                 p["prefixes_received"].as_u64().unwrap_or(0),
                 p["prefixes_accepted"].as_u64().unwrap_or(0),
                 p["prefixes_advertised"].as_u64().unwrap_or(0),
