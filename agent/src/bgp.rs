@@ -83,6 +83,9 @@ pub struct PeerReport {
     pub routes: usize,
     /// Routes sent to it.
     pub advertised: usize,
+    /// The BFD session's state (with why it is down), when the peer has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<String>,
 }
 
 impl Bgp {
@@ -171,6 +174,12 @@ impl Bgp {
                 reason: p.last_error,
                 routes: p.prefixes_accepted,
                 advertised: p.prefixes_advertised,
+                bfd: p.bfd.map(|bfd| match bfd {
+                    None => "unavailable".to_owned(),
+                    Some(s) if s.state == brindle_bgp::bfd::State::Up => "Up".to_owned(),
+                    Some(s) if s.diagnostic == brindle_bgp::bfd::Diagnostic::None => s.state.to_string(),
+                    Some(s) => format!("{} ({})", s.state, s.diagnostic),
+                }),
             })
             .collect())
     }

@@ -77,6 +77,12 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
                 LimitAction::Warn => "warn",
                 LimitAction::Restart(_) => "restart",
             }),
+            "bfd": peer.bfd.map(|b| json!({
+                "min_tx_ms": b.timing.desired_min_tx.as_millis(),
+                "min_rx_ms": b.timing.required_min_rx.as_millis(),
+                "multiplier": b.timing.detect_mult,
+                "graceful": b.graceful,
+            })),
             "import_rules": rules(&peer.import),
             "export_rules": rules(&peer.export),
         }));
@@ -89,6 +95,7 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
         "graceful_restart": 120,
         "debug": cluster.bgp.log_severity_screen == Some(brindle_datastore::resource::LogSeverity::Debug),
         "families": families.iter().flatten().collect::<Vec<_>>(),
+        "bfd": plan.peers.iter().any(|p| p.bfd.is_some()),
         "peers": peers,
     }))
 }
@@ -243,6 +250,36 @@ mod tests {
         assert!(text.contains("  ipv4 {\n    import limit 5000 action restart;\n  };"), "{text}");
         assert!(text.contains("  ipv4 {\n    import limit 5000 action warn;\n  };"), "{text}");
         assert_eq!(text.matches("import limit").count(), 2, "mesh peers have none: {text}");
+    }
+
+    #[test]
+    fn bfd_on_the_mesh_and_a_peer_gets_birds_bfd_protocol_and_passes_bird_p() {
+        use brindle_datastore::resource::Bfd;
+        let mut c = cluster(true);
+        assert!(!rendered(&me("a", "10.0.0.1/24"), &c).contains("bfd"), "no BFD unless asked for");
+        c.bgp.node_mesh_bfd = Some(Bfd::default());
+        let fast = Bfd {
+            min_tx: Some(std::time::Duration::from_millis(100)),
+            multiplier: Some(5),
+            graceful: true,
+            ..Bfd::default()
+        };
+        c.peers.push(Resource::new(
+            "tor",
+            BgpPeer {
+                peer_ip: Some("10.0.0.254".into()),
+                as_number: Some(65001),
+                bfd: Some(fast),
+                ..BgpPeer::default()
+            },
+        ));
+        let text = rendered(&me("a", "10.0.0.1/24"), &c);
+        assert_eq!(text.matches("protocol bfd brindle_bfd {").count(), 1, "{text}");
+        let mesh = "  bfd {\n    min tx interval 300 ms;\n    min rx interval 300 ms;\n    multiplier 3;\n  };";
+        assert!(text.contains(mesh), "{text}");
+        let tor =
+            "  bfd {\n    min tx interval 100 ms;\n    min rx interval 300 ms;\n    multiplier 5;\n    graceful;\n  };";
+        assert!(text.contains(tor), "{text}");
     }
 
     #[test]

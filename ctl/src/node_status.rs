@@ -65,12 +65,13 @@ pub fn render(status: &Value) -> String {
                         p["state"].as_str().unwrap_or("?").to_owned(),
                         since(p["since"].as_u64().unwrap_or(0)),
                         format!("{} in, {} out", p["routes"], p["advertised"]),
+                        p["bfd"].as_str().unwrap_or("-").to_owned(),
                         p["reason"].as_str().unwrap_or("").to_owned(),
                     ]
                 })
                 .collect();
             out += "\nBGP peers:\n";
-            out += &table(&["PEER", "TYPE", "STATE", "SINCE", "ROUTES", "INFO"].map(String::from), &rows);
+            out += &table(&["PEER", "TYPE", "STATE", "SINCE", "ROUTES", "BFD", "INFO"].map(String::from), &rows);
         }
     }
     out
@@ -91,5 +92,13 @@ mod tests {
         assert!(shown.contains("not ready") && shown.contains("problem: IP-in-IP"), "{shown}");
         let row = shown.lines().find(|l| l.starts_with("10.0.0.2")).unwrap();
         assert!(row.contains("mesh") && row.contains("Active") && row.ends_with("connection refused"), "{row}");
+        let with_bfd = serde_json::json!({
+            "node": "n1", "ready": true,
+            "bgp": {"peers": [{"address": "10.0.0.3", "type": "global", "state": "Active", "since": 0, "routes": 0,
+                               "advertised": 0, "bfd": "Down (control detection time expired)",
+                               "reason": "BFD session down: control detection time expired"}]}
+        });
+        let row = render(&with_bfd).lines().find(|l| l.starts_with("10.0.0.3")).unwrap().to_owned();
+        assert!(row.contains("Down (control detection time expired)"), "{row}");
     }
 }

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 
 use brindle_bgp::attrs::PathAttrs;
 use brindle_bgp::rib::{FilterRule, PrefixFilter};
-use brindle_bgp::speaker::{LimitAction, PeerSpec, PrefixLimit};
+use brindle_bgp::speaker::{BfdSpec, LimitAction, PeerSpec, PrefixLimit};
 use brindle_bgp::wire::Family;
-use brindle_datastore::resource::{BgpFilter, BgpFilterRule, FilterAction, MaxPrefixesAction, Node, Resource};
+use brindle_datastore::resource::{Bfd, BgpFilter, BgpFilterRule, FilterAction, MaxPrefixesAction, Node, Resource};
 use brindle_datastore::selector::Selector;
 use ipnetwork::IpNetwork;
 
@@ -19,6 +19,19 @@ use crate::calc::{Cluster, Me};
 
 /// How long a peer that passed `maxPrefixes` stays down when its BGPPeer does not say.
 const DEFAULT_LIMIT_RESTART: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A resource's BFD settings for the speaker, with the speaker's defaults where it says none.
+fn bfd_spec(bfd: &Bfd) -> BfdSpec {
+    let defaults = brindle_bgp::bfd::Config::default();
+    BfdSpec {
+        timing: brindle_bgp::bfd::Config {
+            desired_min_tx: bfd.min_tx.unwrap_or(defaults.desired_min_tx),
+            required_min_rx: bfd.min_rx.unwrap_or(defaults.required_min_rx),
+            detect_mult: bfd.multiplier.unwrap_or(defaults.detect_mult),
+        },
+        graceful: bfd.graceful,
+    }
+}
 
 /// This node's BGP settings that do not come from the resources.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +171,8 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings, local: &[super::ser
             .collect()
     };
     if cluster.bgp.node_to_node_mesh_enabled {
-        for peer in cluster.nodes.iter().filter(|n| n.metadata.name != me.name).flat_map(node_peers) {
+        for mut peer in cluster.nodes.iter().filter(|n| n.metadata.name != me.name).flat_map(node_peers) {
+            peer.bfd = cluster.bgp.node_mesh_bfd.as_ref().map(bfd_spec);
             out.kinds.entry(peer.address).or_insert("mesh");
             peers.entry(peer.address).or_insert(peer);
         }
@@ -197,6 +211,7 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings, local: &[super::ser
                     if prepend_filters(&mut peer, &spec.filters, &cluster.filters, &mut out.problems) {
                         out.filtered.insert(peer.address);
                     }
+                    peer.bfd = spec.bfd.as_ref().map(bfd_spec);
                     let kind = match (peer.rr_client, reflects) {
                         (true, _) => "client",
                         (false, true) => "reflector",
@@ -250,6 +265,7 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings, local: &[super::ser
                 },
             });
             peer.local_address = Some(local);
+            peer.bfd = spec.bfd.as_ref().map(bfd_spec);
             let mut peer = with_filters(peer);
             // A later BGPPeer for the same address replaces an earlier one whole.
             out.passwords.remove(&address);

@@ -109,10 +109,15 @@ pub(crate) fn goto_rule(chain: &str, matches: &str, why: &str, target: &str) -> 
     format!("-A {chain} {matches}-m comment --comment \"{TAG}: {why}\" -g {target}")
 }
 
+/// BFD's single-hop and multihop control ports (RFC 5881, RFC 5883): a forged BFD Down
+/// would end a node's BGP sessions.
+const BFD: &str = "-p udp -m multiport --dports 3784,4784";
+
 /// Our chains per table, in `iptables-save` form. A workload is untrusted: it sends only from
 /// its own addresses, never tunnels (VXLAN, IP-in-IP) and never speaks BGP to a node or a BGP
 /// peer; tunnels are taken only from nodes; what it sends and receives passes its policy
-/// (replies of allowed flows pass, INVALID is dropped). Tunnel rules are in place only while
+/// (replies of allowed flows pass, INVALID is dropped). Nor does it speak BFD, whose forged
+/// Down would end the node's BGP sessions. Tunnel rules are in place only while
 /// this node uses the tunnel, so other users of the port or protocol are left alone otherwise.
 fn tables(v6: bool, rules: &Rules) -> Vec<Table> {
     let nodes = set_name("nodes", v6);
@@ -147,6 +152,7 @@ fn tables(v6: bool, rules: &Rules) -> Vec<Table> {
         "workloads never speak BGP to this node",
         "DROP",
     ));
+    input.push(rule("brin-INPUT", &format!("-i brin+ {BFD}"), "workloads never speak BFD to this node", "DROP"));
     if v6 {
         input.push(rule(
             "brin-INPUT",
@@ -186,6 +192,12 @@ fn tables(v6: bool, rules: &Rules) -> Vec<Table> {
             "brin-FORWARD",
             &format!("-i brin+ -p tcp -m multiport --dports {ports} -m set --match-set {hosts} dst"),
             "workloads never speak BGP to nodes and peers",
+            "DROP",
+        ),
+        rule(
+            "brin-FORWARD",
+            &format!("-i brin+ {BFD} -m set --match-set {hosts} dst"),
+            "workloads never speak BFD to nodes and peers",
             "DROP",
         ),
         rule("brin-FORWARD", &format!("-i brin+ {established}"), "replies of allowed flows", "ACCEPT"),
@@ -627,6 +639,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("-A brin-INPUT -i brin+ -p tcp -m multiport --dports 179,1179"), "{text}");
+        assert!(text.contains("-A brin-INPUT -i brin+ -p udp -m multiport --dports 3784,4784"), "{text}");
+        assert!(forward.iter().any(|r| r.contains("--dports 3784,4784 -m set --match-set brin-hosts-v4 dst")));
         // Control-plane drops come before anything accepts; policy before the final accepts.
         for chain in [&input, &forward] {
             let first_accept = chain.iter().position(|r| r.ends_with("-j ACCEPT")).unwrap();

@@ -55,6 +55,47 @@ pub struct BgpPeer {
     #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub max_prefixes_restart_time: Option<Duration>,
+    /// A BFD session with the peer (RFC 5880, single hop): its failure ends the BGP session
+    /// at once instead of after the hold time. `bfd: {}` for the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<Bfd>,
+}
+
+/// A BFD session's settings (asynchronous mode, single hop).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bfd {
+    /// How often to send once the session is up (default 300ms).
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub min_tx: Option<Duration>,
+    /// How often the peer's packets can be taken (default 300ms).
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub min_rx: Option<Duration>,
+    /// Packets missed before the path is declared down (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<u8>,
+    /// When BFD goes down, keep the peer's routes as stale if graceful restart was negotiated
+    /// (BIRD's `bfd graceful`); by default they go at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub graceful: bool,
+}
+
+impl Bfd {
+    /// Checks the intervals and the multiplier, naming fields under `field`.
+    pub fn validate(&self, field: &str, v: &mut Validator) {
+        for (name, interval) in [("minTx", self.min_tx), ("minRx", self.min_rx)] {
+            if let Some(interval) = interval {
+                // The packet carries microseconds in 32 bits.
+                let usable = interval >= Duration::from_millis(1) && interval.as_micros() <= u128::from(u32::MAX);
+                v.require(usable, &format!("{field}.{name}"), format!("{interval:?}"), "must be 1ms to 1h11m");
+            }
+        }
+        if self.multiplier == Some(0) {
+            v.problem(&format!("{field}.multiplier"), 0, "must be 1-255");
+        }
+    }
 }
 
 /// What a peer passing its `maxPrefixes` causes.
@@ -178,6 +219,9 @@ impl Spec for BgpPeer {
         for (i, name) in self.filters.iter().enumerate() {
             v.dns_subdomain(&format!("spec.filters[{i}]"), name);
         }
+        if let Some(bfd) = &self.bfd {
+            bfd.validate("spec.bfd", v);
+        }
         if self.max_prefixes == Some(0) {
             v.problem("spec.maxPrefixes", 0, "must be at least 1 (leave it out for no limit)");
         }
@@ -295,6 +339,9 @@ pub struct BgpConfiguration {
     /// gives Services of type LoadBalancer).
     #[serde(default, rename = "serviceLoadBalancerIPs", skip_serializing_if = "Vec::is_empty")]
     pub service_load_balancer_ips: Vec<ServiceCidr>,
+    /// BFD on every node-to-node mesh session (none when left out).
+    #[serde(default, rename = "nodeMeshBFD", skip_serializing_if = "Option::is_none")]
+    pub node_mesh_bfd: Option<Bfd>,
 }
 
 impl BgpConfiguration {
@@ -323,6 +370,7 @@ impl Default for BgpConfiguration {
             service_cluster_ips: Vec::new(),
             service_external_ips: Vec::new(),
             service_load_balancer_ips: Vec::new(),
+            node_mesh_bfd: None,
         }
     }
 }
@@ -367,6 +415,9 @@ impl Spec for BgpConfiguration {
         for (field, i, cidr) in self.service_ranges() {
             v.network_address(&format!("{field}[{i}].cidr"), &cidr);
         }
+        if let Some(bfd) = &self.node_mesh_bfd {
+            bfd.validate("spec.nodeMeshBFD", v);
+        }
     }
 }
 
@@ -406,6 +457,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(yaml.max_prefixes_restart_time, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn bfd_settings_are_read_and_checked_by_field() {
+        let peer: BgpPeer = serde_saphyr::from_str(
+            "peerIP: 10.0.0.1\nasNumber: 65000\nbfd:\n  minTx: 100ms\n  minRx: 200ms\n  multiplier: 5\n",
+        )
+        .unwrap();
+        let bfd = peer.bfd.unwrap();
+        assert_eq!(
+            (bfd.min_tx, bfd.min_rx, bfd.multiplier),
+            (Some(Duration::from_millis(100)), Some(Duration::from_millis(200)), Some(5))
+        );
+        assert_eq!(problems(peer.clone()), "");
+        let bad =
+            BgpPeer { bfd: Some(Bfd { min_rx: Some(Duration::from_micros(10)), multiplier: Some(0), ..bfd }), ..peer };
+        let said = problems(bad);
+        assert!(said.contains("spec.bfd.minRx") && said.contains("spec.bfd.multiplier"), "{said}");
+        let mesh = BgpConfiguration {
+            node_mesh_bfd: Some(Bfd { multiplier: Some(0), ..Bfd::default() }),
+            ..Default::default()
+        };
+        assert!(problems(mesh).contains("spec.nodeMeshBFD.multiplier"));
     }
 
     #[test]

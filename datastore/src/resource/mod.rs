@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use agent_config::{AgentConfiguration, BgpBackend, EndpointToHostAction, IptablesBackend, LogSeverity};
 pub use bgp::{
-    BgpConfiguration, BgpPassword, BgpPeer, Community, MaxPrefixesAction, PrefixAdvertisement, SecretKeyRef,
+    Bfd, BgpConfiguration, BgpPassword, BgpPeer, Community, MaxPrefixesAction, PrefixAdvertisement, SecretKeyRef,
     ServiceCidr,
 };
 pub use bgp_filter::{BgpFilter, BgpFilterRule, FilterAction, MatchOperator, PrefixLength};
