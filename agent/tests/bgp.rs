@@ -318,6 +318,60 @@ fn a_vanished_node_loses_its_routes_within_the_hold_time() {
     });
 }
 
+/// The same with BFD on the mesh (BGPConfiguration nodeMeshBFD), node 0 running BIRD and the
+/// others the embedded speaker: BIRD's BFD and brindle's see node 2 go within the detection
+/// time, and both kernels lose its block in well under a second, not a hold time.
+#[test]
+fn with_bfd_on_the_mesh_a_vanished_node_loses_its_routes_within_the_detection_time() {
+    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+        kind: BGPConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\n\
+        spec: {nodeMeshBFD: {minTx: 100ms, minRx: 100ms, multiplier: 3}}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11), (0, 12)], yaml);
+    cluster.agent_args = ["--bgp", "embedded"].map(String::from).to_vec();
+    cluster.node_args.insert(0, ["--bgp", "bird"].map(String::from).to_vec());
+    cluster.start_all();
+    for i in 0..3 {
+        cluster.add_pod(i, |_| {});
+    }
+    cluster.eventually(Duration::from_secs(20), "BIRD installs the other nodes' blocks", || {
+        cluster.ip(0, &["route", "show", "proto", "bird"]).lines().count() == 2
+    });
+    cluster.eventually(Duration::from_secs(15), "node 1 learns two blocks", || {
+        cluster.metrics(1).contains("brindle_bgp_routes_learned 2")
+    });
+    let gone = cluster.nodes[2].address.to_string();
+    cluster.eventually(Duration::from_secs(15), "BFD up between the embedded speakers", || {
+        let peers = cluster.status(1)["bgp"]["peers"].as_array().cloned().unwrap_or_default();
+        peers.iter().any(|p| p["address"] == gone.as_str() && p["bfd"] == "Up")
+    });
+    // Until BGP has converged, blocks not heard of are routed from the datastore.
+    cluster.eventually(Duration::from_secs(15), "node 1's BGP converged", || {
+        cluster.agent_log(1).contains("BGP converged")
+    });
+    cluster.ip(2, &["link", "set", "eth0", "down"]);
+    let started = std::time::Instant::now();
+    let via = format!("via {gone}");
+    let mut seen = [None, None];
+    cluster.eventually(Duration::from_secs(10), "node 2's block leaves nodes 0 and 1", || {
+        for (i, proto) in [(0, "bird"), (1, "98")] {
+            if seen[i].is_none() && !cluster.ip(i, &["route", "show", "proto", proto]).contains(&via) {
+                seen[i] = Some(started.elapsed());
+            }
+        }
+        seen.iter().all(Option::is_some)
+    });
+    eprintln!(
+        "with BFD (3 x 100 ms) a vanished node's routes went after {:?} from BIRD's node and {:?} from the \
+         embedded speaker's (hold time 90 s)",
+        seen[0].unwrap(),
+        seen[1].unwrap()
+    );
+    let peers = cluster.status(1)["bgp"]["peers"].as_array().cloned().unwrap_or_default();
+    let peer = peers.iter().find(|p| p["address"] == gone.as_str()).expect("node 2 is still a peer");
+    assert_eq!(peer["bfd"], "Down (control detection time expired)", "{peer}");
+    assert!(peer["reason"].as_str().unwrap_or_default().starts_with("BFD session down"), "{peer}");
+}
+
 #[test]
 fn an_ip_in_ip_mesh_where_the_kernel_has_ipip() {
     if let Some(reason) = common::ipip_missing() {
