@@ -333,6 +333,50 @@ impl Bird {
     }
 }
 
+/// FRR in a namespace: zebra, bfdd and bgpd, each its own process, with their configuration,
+/// pid files and vty sockets in a directory of their own (no TCP vty).
+pub struct Frr {
+    daemons: Vec<Process>,
+    home: PathBuf,
+    ns: String,
+}
+
+impl Frr {
+    /// Starts FRR with `bgpd` and `bfdd` as those daemons' configuration.
+    pub fn start(ns: &Netns, dir: &Path, name: &str, bgpd: &str, bfdd: &str) -> Frr {
+        use std::os::unix::fs::PermissionsExt;
+        // The daemons run as the frr user: it must reach and write its directory.
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home).expect("FRR's directory");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let mut daemons = Vec::new();
+        for (daemon, config) in [("zebra", ""), ("bfdd", bfdd), ("bgpd", bgpd)] {
+            let conf = home.join(format!("{daemon}.conf"));
+            std::fs::write(&conf, format!("hostname {name}\n{config}")).expect("FRR config");
+            let mut cmd = ns.command(format!("/usr/lib/frr/{daemon}"));
+            cmd.arg("-f").arg(&conf).arg("-i").arg(home.join(format!("{daemon}.pid")));
+            cmd.arg("-z").arg(home.join("zserv.api")).arg("--vty_socket").arg(&home);
+            cmd.args(["-u", "frr", "-g", "frr", "-P", "0", "--log", "stdout"]);
+            daemons.push(Process::spawn(cmd, home.join(format!("{daemon}.log"))));
+            let vty = home.join(format!("{daemon}.vty"));
+            wait_for(Duration::from_secs(10), &format!("FRR's {daemon}"), || vty.exists().then_some(()));
+        }
+        Frr { daemons, home, ns: ns.name.clone() }
+    }
+
+    /// A vtysh command's output.
+    pub fn vtysh(&self, command: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "vtysh", "--vty_socket"])
+            .arg(&self.home)
+            .args(["-c", command])
+            .output()
+            .expect("vtysh");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 /// A GoBGP daemon in a namespace.
 pub struct Gobgp {
     pub process: Process,
