@@ -69,6 +69,8 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
             "passive": peer.passive,
             "rr_client": peer.rr_client,
             "hold_time": peer.hold_time,
+            "keepalive_time": peer.keepalive_time,
+            "ttl_security": peer.ttl_security,
             "keep_next_hop": peer.keep_original_next_hop,
             "direct": mine.is_some_and(|net| net.contains(peer.address)),
             "password": password,
@@ -280,6 +282,28 @@ mod tests {
         let tor =
             "  bfd {\n    min tx interval 100 ms;\n    min rx interval 300 ms;\n    multiplier 5;\n    graceful;\n  };";
         assert!(text.contains(tor), "{text}");
+    }
+
+    #[test]
+    fn keepalive_time_and_gtsm_are_rendered_as_birds_and_pass_bird_p() {
+        let mut c = cluster(true);
+        for (name, ip, hops) in [("tor", "10.0.0.254", 1), ("far", "192.0.2.9", 3)] {
+            c.peers.push(Resource::new(
+                name,
+                BgpPeer {
+                    peer_ip: Some(ip.into()),
+                    as_number: Some(65001),
+                    keepalive_time: Some(std::time::Duration::from_secs(10)),
+                    ttl_security: Some(hops),
+                    ..BgpPeer::default()
+                },
+            ));
+        }
+        let text = rendered(&me("a", "10.0.0.1/24"), &c);
+        assert_eq!(text.matches("  keepalive time 10;\n").count(), 2, "{text}");
+        assert_eq!(text.matches("  ttl security on;\n").count(), 2, "{text}");
+        assert!(text.contains("  ttl security on;\n  multihop 3;\n"), "the hops of a peer further away: {text}");
+        assert_eq!(text.matches("multihop").count(), 1, "{text}");
     }
 
     #[test]

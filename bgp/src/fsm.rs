@@ -49,6 +49,9 @@ pub struct Config {
     pub router_id: Ipv4Addr,
     /// The hold time we propose (0 or at least 3 seconds).
     pub hold_time: u16,
+    /// Seconds between our KEEPALIVEs (`None`: a third of the negotiated hold time, never
+    /// more than that).
+    pub keepalive_time: Option<u16>,
     /// Never connect; only accept.
     pub passive: bool,
     /// The families we offer.
@@ -82,6 +85,7 @@ impl Config {
             peer_as,
             router_id,
             hold_time: 90,
+            keepalive_time: None,
             passive: false,
             families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
             graceful_restart: Some(120),
@@ -447,7 +451,8 @@ impl Fsm {
 
     fn keepalive_interval(&self) -> Option<Duration> {
         let hold = self.negotiated.as_ref()?.hold_time;
-        (hold > 0).then(|| Duration::from_secs(u64::from(hold)) / 3)
+        let third = (hold > 0).then(|| Duration::from_secs(u64::from(hold)) / 3)?;
+        Some(self.config.keepalive_time.map_or(third, |k| Duration::from_secs(u64::from(k)).min(third)))
     }
 
     fn hold_interval(&self) -> Option<Duration> {

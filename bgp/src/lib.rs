@@ -6,6 +6,7 @@
 pub mod attrs;
 pub mod bfd;
 pub mod fsm;
+mod gtsm;
 mod md5;
 mod receive;
 pub mod rib;

@@ -75,6 +75,8 @@ pub(crate) struct SessionParams {
     pub local: Option<IpAddr>,
     /// The TCP MD5 password.
     pub password: Option<String>,
+    /// GTSM: the peer's distance in hops.
+    pub ttl_security: Option<u8>,
     /// The state machine's settings.
     pub fsm: fsm::Config,
 }
@@ -165,6 +167,9 @@ async fn connect(params: &SessionParams, timeout: Duration) -> io::Result<TcpStr
     let socket = if params.remote.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(password) = &params.password {
         crate::md5::set_md5(&socket, params.remote.ip(), Some(password))?;
+    }
+    if let Some(hops) = params.ttl_security {
+        crate::gtsm::protect(&socket, params.remote.is_ipv6(), hops)?;
     }
     if let Some(local) = params.local {
         socket.bind(SocketAddr::new(local, 0))?;
@@ -421,6 +426,13 @@ impl Session {
         stream: TcpStream,
         connecting: &mut Option<std::pin::Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>>,
     ) -> Option<Event> {
+        // GTSM on an accepted connection: from its first segment after the handshake on.
+        if let Some(hops) = self.params.ttl_security
+            && let Err(e) = crate::gtsm::protect(&stream, self.params.remote.is_ipv6(), hops)
+        {
+            tracing::warn!(peer = %self.params.remote, error = %e, "cannot set GTSM on the peer's connection: refused");
+            return None;
+        }
         let Ok(new) = Connection::new(stream, false) else { return None };
         let peer = self.params.remote;
         let reject = |mut conn: Connection, codec: Codec, state: State| async move {

@@ -77,6 +77,10 @@ pub struct PeerSpec {
     pub rr_client: bool,
     /// Hold time to propose.
     pub hold_time: u16,
+    /// Seconds between our KEEPALIVEs (default: a third of the negotiated hold time).
+    pub keepalive_time: Option<u16>,
+    /// GTSM (RFC 5082): the peer is this many hops away; segments from further are dropped.
+    pub ttl_security: Option<u8>,
     /// The address to connect from.
     pub local_address: Option<IpAddr>,
     /// Which received prefixes to accept.
@@ -151,6 +155,8 @@ impl PeerSpec {
             password: None,
             rr_client: false,
             hold_time: 90,
+            keepalive_time: None,
+            ttl_security: None,
             local_address: None,
             import: PrefixFilter::default(),
             export: PrefixFilter::default(),
@@ -363,6 +369,20 @@ impl Listeners {
         .await
     }
 
+    /// Makes the listeners of `peer`'s family send with TTL 255, as GTSM peers require of
+    /// everything they receive, the handshake's SYN-ACK included (inherited by what they accept).
+    fn send_with_ttl_255(&self, peer: IpAddr) -> std::io::Result<()> {
+        use nix::sys::socket::{setsockopt, sockopt};
+        for listener in &self.0 {
+            match listener.local_addr()? {
+                SocketAddr::V4(_) if peer.is_ipv4() => setsockopt(listener, sockopt::Ipv4Ttl, &255)?,
+                SocketAddr::V6(_) if peer.is_ipv6() => setsockopt(listener, sockopt::Ipv6Ttl, &255)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Sets (or with `None` removes) the TCP MD5 key for `peer` on every listener of its
     /// family, so its connections are signed and checked.
     fn set_md5(&self, peer: IpAddr, password: Option<&str>) -> std::io::Result<()> {
@@ -522,6 +542,11 @@ impl Core {
             if let Some(password) = &spec.password {
                 listeners.set_md5(address, Some(password)).map_err(|e| SpeakerError::Md5(address, e))?;
             }
+            if spec.ttl_security.is_some()
+                && let Err(e) = listeners.send_with_ttl_255(address)
+            {
+                tracing::warn!(peer = %address, error = %e, "cannot raise the listener's TTL to 255 for GTSM");
+            }
             let id = self.rib.add_peer(PeerConfig {
                 address,
                 peer_as: spec.asn,
@@ -532,6 +557,7 @@ impl Core {
             });
             let mut fsm_config = fsm::Config::new(self.config.asn, spec.asn, self.config.router_id);
             fsm_config.hold_time = spec.hold_time;
+            fsm_config.keepalive_time = spec.keepalive_time;
             fsm_config.passive = spec.passive;
             fsm_config.graceful_restart = self.config.graceful_restart;
             fsm_config.restarting = self.config.graceful_restart.is_some() && self.recently_started();
@@ -542,6 +568,7 @@ impl Core {
                 remote: SocketAddr::new(address, spec.port),
                 local: spec.local_address,
                 password: spec.password.clone(),
+                ttl_security: spec.ttl_security,
                 fsm: fsm_config,
             };
             let (session, task) = session::spawn(params, self.from_sessions.clone());

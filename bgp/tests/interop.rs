@@ -492,3 +492,31 @@ fn gobgp_restarting_with_or_without_a_fin_is_taken_back_at_once() {
         "brindle refused a connection: {log}"
     );
 }
+
+/// GTSM (RFC 5082) with BIRD's `ttl security on`: with both sides on, the session comes up
+/// whichever side connects; a peer sending with an ordinary TTL is shut out.
+#[test]
+fn gtsm_with_bird_comes_up_and_shuts_out_a_peer_without_it() {
+    let dir = tempdir();
+    let (a, b, c) = (Netns::new("br"), Netns::new("gtsm"), Netns::new("plain"));
+    link(&a, &b, 77, 1, 2);
+    link(&a, &c, 78, 1, 3);
+    let secured = bird_config(77, 2, 64512, &["192.168.77.0/24"], &[("p1", "10.77.0.1", 64512, "ttl security on;")]);
+    let bird = Bird::start(&b, dir.path(), "bird-gtsm", &secured);
+    let plain = bird_config(78, 3, 64512, &["192.168.78.0/24"], &[("p1", "10.78.0.1", 64512, "")]);
+    let plain_bird = Bird::start(&c, dir.path(), "bird-plain", &plain);
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "brindle",
+        "asn = 64512\nrouter_id = \"10.77.0.1\"\nlisten = \"0.0.0.0:179\"\n\
+         [[peers]]\naddress = \"10.77.0.2\"\nasn = 64512\nttl_security = 1\n\
+         [[peers]]\naddress = \"10.78.0.3\"\nasn = 64512\nttl_security = 1\n",
+    );
+    wait_for(LONG, "the GTSM session", || brindle.has_route("192.168.77.0/24").then_some(()));
+    assert!(bird.established("p1"));
+    // BIRD without GTSM sends with TTL 64: its segments never reach the session.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_ne!(brindle.peer("10.78.0.3").0, "Established");
+    assert!(!plain_bird.established("p1"), "{}", plain_bird.cli("show protocols all p1"));
+}

@@ -11,7 +11,10 @@ use brindle_bgp::attrs::PathAttrs;
 use brindle_bgp::rib::{FilterRule, PrefixFilter};
 use brindle_bgp::speaker::{BfdSpec, LimitAction, PeerSpec, PrefixLimit};
 use brindle_bgp::wire::Family;
-use brindle_datastore::resource::{Bfd, BgpFilter, BgpFilterRule, FilterAction, MaxPrefixesAction, Node, Resource};
+use brindle_datastore::resource::{
+    Bfd, BgpFilter, BgpFilterRule, BgpPassword, BgpPeer, FailureDetectionMode, FilterAction, MaxPrefixesAction, Node,
+    Resource, SourceAddress,
+};
 use brindle_datastore::selector::Selector;
 use ipnetwork::IpNetwork;
 
@@ -30,6 +33,44 @@ fn bfd_spec(bfd: &Bfd) -> BfdSpec {
             detect_mult: bfd.multiplier.unwrap_or(defaults.detect_mult),
         },
         graceful: bfd.graceful,
+    }
+}
+
+/// Seconds of a duration as BGP's 16-bit fields carry them.
+fn seconds(d: std::time::Duration) -> u16 {
+    d.as_secs().min(u64::from(u16::MAX)) as u16
+}
+
+/// A BGPPeer's session settings on `peer` (`direct`: the peer is on one of the node's
+/// subnets): keepalive, GTSM, BFD (its own, or by `failureDetectionMode`), graceful restart,
+/// prefix limit and source address.
+fn apply_peer_settings(spec: &BgpPeer, peer: &mut PeerSpec, direct: bool) {
+    peer.keepalive_time = spec.keepalive_time.map(seconds);
+    peer.ttl_security = spec.ttl_security;
+    let bfd_wanted = spec.failure_detection_mode == Some(FailureDetectionMode::BFDIfDirectlyConnected) && direct;
+    peer.bfd = spec.bfd.or(bfd_wanted.then(Bfd::default)).as_ref().map(bfd_spec);
+    peer.keep_original_next_hop = spec.keep_original_next_hop;
+    peer.max_restart_time = spec.max_restart_time.map(seconds);
+    peer.prefix_limit = spec.max_prefixes.map(|max| PrefixLimit {
+        max,
+        action: match spec.max_prefixes_action.unwrap_or_default() {
+            MaxPrefixesAction::Warn => LimitAction::Warn,
+            MaxPrefixesAction::Restart => {
+                LimitAction::Restart(spec.max_prefixes_restart_time.unwrap_or(DEFAULT_LIMIT_RESTART))
+            }
+        },
+    });
+    if spec.source_address == Some(SourceAddress::None) {
+        peer.local_address = None;
+    }
+}
+
+/// The file a password comes from: its own file, or the secret's key as kubelet mounts it.
+fn password_file(password: &BgpPassword, settings: &Settings) -> Result<PathBuf, &'static str> {
+    match (&password.file, &password.secret_key_ref) {
+        (Some(file), _) => Ok(file.clone()),
+        (None, Some(secret)) => secret.file_in(&settings.secrets_dir).ok_or("secretKeyRef does not name a secret key"),
+        (None, None) => Err("password names no source"),
     }
 }
 
@@ -171,10 +212,25 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings, local: &[super::ser
             .collect()
     };
     if cluster.bgp.node_to_node_mesh_enabled {
+        let mesh_password = match cluster.bgp.node_mesh_password.as_ref().map(|p| password_file(p, settings)) {
+            Some(Err(e)) => {
+                out.problems.push(format!("BGPConfiguration nodeMeshPassword: {e}"));
+                None
+            }
+            Some(Ok(file)) => Some(file),
+            None => None,
+        };
         for mut peer in cluster.nodes.iter().filter(|n| n.metadata.name != me.name).flat_map(node_peers) {
             peer.bfd = cluster.bgp.node_mesh_bfd.as_ref().map(bfd_spec);
-            out.kinds.entry(peer.address).or_insert("mesh");
-            peers.entry(peer.address).or_insert(peer);
+            peer.max_restart_time = cluster.bgp.node_mesh_max_restart_time.map(seconds);
+            if peers.contains_key(&peer.address) {
+                continue;
+            }
+            if let Some(file) = &mesh_password {
+                out.passwords.insert(peer.address, file.clone());
+            }
+            out.kinds.insert(peer.address, "mesh");
+            peers.insert(peer.address, peer);
         }
     }
     for resource in &cluster.peers {
@@ -211,7 +267,12 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings, local: &[super::ser
                     if prepend_filters(&mut peer, &spec.filters, &cluster.filters, &mut out.problems) {
                         out.filtered.insert(peer.address);
                     }
-                    peer.bfd = spec.bfd.as_ref().map(bfd_spec);
+                    let direct = me.address_like(peer.address).is_some_and(|net| net.contains(peer.address));
+                    let local = peer.local_address;
+                    apply_peer_settings(spec, &mut peer, direct);
+                    // Node-to-node sessions always speak from the node's address: the other
+                    // side peers with exactly that one.
+                    peer.local_address = local;
                     let kind = match (peer.rr_client, reflects) {
                         (true, _) => "client",
                         (false, true) => "reflector",
@@ -235,37 +296,20 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings, local: &[super::ser
                 out.problems.push(format!("BGPPeer {name}: this node has no address of {address}'s family"));
                 continue;
             };
-            let password = match spec.password.as_ref().map(|p| (&p.file, &p.secret_key_ref)) {
+            let password = match spec.password.as_ref().map(|p| password_file(p, settings)) {
                 None => None,
-                Some((Some(file), _)) => Some(file.clone()),
-                Some((None, Some(secret))) => match secret.file_in(&settings.secrets_dir) {
-                    Some(file) => Some(file),
-                    None => {
-                        out.problems.push(format!("BGPPeer {name}: secretKeyRef does not name a secret key"));
-                        continue;
-                    }
-                },
-                Some((None, None)) => {
-                    out.problems.push(format!("BGPPeer {name}: password names no source"));
+                Some(Ok(file)) => Some(file),
+                Some(Err(e)) => {
+                    out.problems.push(format!("BGPPeer {name}: {e}"));
                     continue;
                 }
             };
             let mut peer = PeerSpec::new(address, spec.as_number.unwrap_or(cluster.bgp.as_number));
             peer.port = port.unwrap_or(179);
             peer.hold_time = hold_time;
-            peer.keep_original_next_hop = spec.keep_original_next_hop;
-            peer.max_restart_time = spec.max_restart_time.map(|d| d.as_secs().min(u64::from(u16::MAX)) as u16);
-            peer.prefix_limit = spec.max_prefixes.map(|max| PrefixLimit {
-                max,
-                action: match spec.max_prefixes_action.unwrap_or_default() {
-                    MaxPrefixesAction::Warn => LimitAction::Warn,
-                    MaxPrefixesAction::Restart => {
-                        LimitAction::Restart(spec.max_prefixes_restart_time.unwrap_or(DEFAULT_LIMIT_RESTART))
-                    }
-                },
-            });
             peer.local_address = Some(local);
-            peer.bfd = spec.bfd.as_ref().map(bfd_spec);
+            let direct = me.address_like(address).is_some_and(|net| net.contains(address));
+            apply_peer_settings(spec, &mut peer, direct);
             let mut peer = with_filters(peer);
             // A later BGPPeer for the same address replaces an earlier one whole.
             out.passwords.remove(&address);
@@ -524,6 +568,37 @@ mod tests {
             Path::new("/etc/brindle/secrets/bgp-secrets/upstream")
         );
         assert!(b.problems.is_empty(), "{:?}", b.problems);
+    }
+
+    #[test]
+    fn calicos_session_fields_reach_the_sessions_mesh_and_peers_alike() {
+        use brindle_datastore::resource::{BgpPassword, SecretKeyRef};
+        let mut c = cluster(true);
+        c.bgp.node_mesh_password = Some(BgpPassword {
+            secret_key_ref: Some(SecretKeyRef { name: "bgp".into(), key: "mesh".into() }),
+            file: None,
+        });
+        c.bgp.node_mesh_max_restart_time = Some(std::time::Duration::from_secs(45));
+        let calico_style = BgpPeer {
+            as_number: Some(65001),
+            keepalive_time: Some(std::time::Duration::from_secs(7)),
+            ttl_security: Some(1),
+            failure_detection_mode: Some(FailureDetectionMode::BFDIfDirectlyConnected),
+            source_address: Some(SourceAddress::None),
+            ..BgpPeer::default()
+        };
+        c.peers.push(peer(BgpPeer { peer_ip: Some("10.0.0.254".into()), ..calico_style.clone() }));
+        c.peers.push(Resource::new("far", BgpPeer { peer_ip: Some("192.0.2.9".into()), ..calico_style }));
+        let b = plan(&me("b", "10.0.0.2/24"), &c, &settings(), &[]);
+        let by = |a: &str| b.peers.iter().find(|p| p.address.to_string() == a).expect(a);
+        let (mesh, tor, far) = (by("10.0.0.1"), by("10.0.0.254"), by("192.0.2.9"));
+        assert_eq!(mesh.max_restart_time, Some(45));
+        assert_eq!(b.passwords[&mesh.address], Path::new("/etc/brindle/secrets/bgp/mesh"));
+        assert!(!b.passwords.contains_key(&tor.address), "the mesh password is the mesh's alone");
+        assert_eq!((tor.keepalive_time, tor.ttl_security, tor.local_address), (Some(7), Some(1), None));
+        assert_eq!(tor.bfd, Some(bfd_spec(&Bfd::default())), "BFD: the peer is directly connected");
+        assert_eq!(far.bfd, None, "no BFD: the peer is not directly connected");
+        assert!(mesh.local_address.is_some() && mesh.bfd.is_none());
     }
 
     #[test]

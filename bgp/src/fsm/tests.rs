@@ -112,6 +112,20 @@ fn keepalives_go_out_every_third_of_the_hold_time_and_incoming_ones_refresh_hold
 }
 
 #[test]
+fn a_configured_keepalive_time_is_used_up_to_a_third_of_the_hold_time() {
+    let t0 = Instant::now();
+    for (keepalive, expected) in [(Some(2), 2), (Some(60), 10), (None, 10)] {
+        let mut fsm = Fsm::new(Config { keepalive_time: keepalive, ..config() });
+        fsm.handle(Event::Start, t0);
+        fsm.handle(Event::TcpConnected, t0);
+        fsm.handle(Event::Message(Message::Open(peer_open(64512, 30))), t0);
+        fsm.handle(Event::Message(Message::Keepalive), t0);
+        assert!(fsm.on_timer(t0 + secs(expected - 1)).is_empty(), "{keepalive:?}");
+        assert_eq!(sent(&fsm.on_timer(t0 + secs(expected))), [&Message::Keepalive], "{keepalive:?}");
+    }
+}
+
+#[test]
 fn hold_timer_expiry_notifies_and_keeps_routes_of_a_graceful_peer() {
     let t0 = Instant::now();
     let mut fsm = established(t0);

@@ -59,6 +59,42 @@ pub struct BgpPeer {
     /// at once instead of after the hold time. `bfd: {}` for the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd: Option<Bfd>,
+    /// Calico's switch for BFD: `BFDIfDirectlyConnected` runs BFD with its defaults (or
+    /// `bfd`'s settings) when the peer is on one of the node's subnets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_detection_mode: Option<FailureDetectionMode>,
+    /// Time between KEEPALIVEs (default: a third of the hold time).
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub keepalive_time: Option<Duration>,
+    /// GTSM (RFC 5082): the peer is this many hops away; segments from further away are
+    /// dropped, and ours are sent with TTL 255.
+    #[serde(default, rename = "ttlSecurity", skip_serializing_if = "Option::is_none")]
+    pub ttl_security: Option<u8>,
+    /// Which address the node speaks from: `UseNodeIP` (the default) or `None` (the kernel's
+    /// choice for the route to the peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<SourceAddress>,
+}
+
+/// When to run BFD with a peer (Calico's `failureDetectionMode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FailureDetectionMode {
+    /// None beyond `bfd`, if given.
+    #[default]
+    None,
+    /// BFD when the peer is directly connected.
+    BFDIfDirectlyConnected,
+}
+
+/// The address a node speaks BGP from (Calico's `sourceAddress`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SourceAddress {
+    /// The node's own address of the peer's family.
+    #[default]
+    UseNodeIP,
+    /// Whatever the kernel picks for the route to the peer.
+    None,
 }
 
 /// A BFD session's settings (asynchronous mode, single hop).
@@ -119,6 +155,28 @@ pub struct BgpPassword {
     /// A file on the node holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+}
+
+impl BgpPassword {
+    /// Checks that exactly one source is given, and a secret's name and key, naming fields
+    /// under `field`.
+    pub fn validate(&self, field: &str, v: &mut Validator) {
+        v.require(
+            self.secret_key_ref.is_some() != self.file.is_some(),
+            field,
+            "",
+            "give exactly one of secretKeyRef or file",
+        );
+        if let Some(secret) = &self.secret_key_ref {
+            v.dns_subdomain(&format!("{field}.secretKeyRef.name"), &secret.name);
+            v.require(
+                is_secret_key(&secret.key),
+                &format!("{field}.secretKeyRef.key"),
+                &secret.key,
+                "must be letters, digits, '-', '_' and '.' (not '.' nor starting with '..'), at most 253 characters",
+            );
+        }
+    }
 }
 
 /// A key of a Kubernetes secret.
@@ -222,6 +280,17 @@ impl Spec for BgpPeer {
         if let Some(bfd) = &self.bfd {
             bfd.validate("spec.bfd", v);
         }
+        if self.ttl_security == Some(0) {
+            v.problem("spec.ttlSecurity", 0, "must be 1-255 hops");
+        }
+        if let Some(k) = self.keepalive_time {
+            v.require(
+                (1..=u64::from(u16::MAX)).contains(&k.as_secs()),
+                "spec.keepaliveTime",
+                format!("{k:?}"),
+                "must be 1s to 18h",
+            );
+        }
         if self.max_prefixes == Some(0) {
             v.problem("spec.maxPrefixes", 0, "must be at least 1 (leave it out for no limit)");
         }
@@ -234,21 +303,7 @@ impl Spec for BgpPeer {
             }
         }
         if let Some(password) = &self.password {
-            v.require(
-                password.secret_key_ref.is_some() != password.file.is_some(),
-                "spec.password",
-                "",
-                "give exactly one of secretKeyRef or file",
-            );
-            if let Some(secret) = &password.secret_key_ref {
-                v.dns_subdomain("spec.password.secretKeyRef.name", &secret.name);
-                v.require(
-                    is_secret_key(&secret.key),
-                    "spec.password.secretKeyRef.key",
-                    &secret.key,
-                    "must be letters, digits, '-', '_' and '.' (not '.' nor starting with '..'), at most 253 characters",
-                );
-            }
+            password.validate("spec.password", v);
         }
     }
 }
@@ -342,6 +397,13 @@ pub struct BgpConfiguration {
     /// BFD on every node-to-node mesh session (none when left out).
     #[serde(default, rename = "nodeMeshBFD", skip_serializing_if = "Option::is_none")]
     pub node_mesh_bfd: Option<Bfd>,
+    /// The TCP MD5 password of every node-to-node mesh session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mesh_password: Option<BgpPassword>,
+    /// How long a mesh peer's routes are kept while it restarts (graceful restart).
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub node_mesh_max_restart_time: Option<Duration>,
 }
 
 impl BgpConfiguration {
@@ -371,6 +433,8 @@ impl Default for BgpConfiguration {
             service_external_ips: Vec::new(),
             service_load_balancer_ips: Vec::new(),
             node_mesh_bfd: None,
+            node_mesh_password: None,
+            node_mesh_max_restart_time: None,
         }
     }
 }
@@ -418,6 +482,9 @@ impl Spec for BgpConfiguration {
         if let Some(bfd) = &self.node_mesh_bfd {
             bfd.validate("spec.nodeMeshBFD", v);
         }
+        if let Some(password) = &self.node_mesh_password {
+            password.validate("spec.nodeMeshPassword", v);
+        }
     }
 }
 
@@ -457,6 +524,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(yaml.max_prefixes_restart_time, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn calicos_session_fields_are_read_as_calico_writes_them_and_checked() {
+        let peer: BgpPeer = serde_saphyr::from_str(
+            "peerIP: 10.0.0.1\nasNumber: 65000\nkeepaliveTime: 10s\nttlSecurity: 1\nsourceAddress: None\n\
+             failureDetectionMode: BFDIfDirectlyConnected\n",
+        )
+        .unwrap();
+        assert_eq!(peer.keepalive_time, Some(Duration::from_secs(10)));
+        assert_eq!(peer.ttl_security, Some(1));
+        assert_eq!(peer.source_address, Some(SourceAddress::None));
+        assert_eq!(peer.failure_detection_mode, Some(FailureDetectionMode::BFDIfDirectlyConnected));
+        assert_eq!(problems(peer.clone()), "");
+        let bad = BgpPeer { ttl_security: Some(0), keepalive_time: Some(Duration::from_millis(10)), ..peer };
+        let said = problems(bad);
+        assert!(said.contains("spec.ttlSecurity") && said.contains("spec.keepaliveTime"), "{said}");
+        let mesh: BgpConfiguration = serde_saphyr::from_str(
+            "nodeMeshPassword: {secretKeyRef: {name: bgp, key: '..x'}}\nnodeMeshMaxRestartTime: 2m\n",
+        )
+        .unwrap();
+        assert_eq!(mesh.node_mesh_max_restart_time, Some(Duration::from_secs(120)));
+        assert!(problems(mesh).contains("spec.nodeMeshPassword.secretKeyRef.key"));
     }
 
     #[test]

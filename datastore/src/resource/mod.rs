@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 pub use agent_config::{AgentConfiguration, BgpBackend, EndpointToHostAction, IptablesBackend, LogSeverity};
 pub use bgp::{
-    Bfd, BgpConfiguration, BgpPassword, BgpPeer, Community, MaxPrefixesAction, PrefixAdvertisement, SecretKeyRef,
-    ServiceCidr,
+    Bfd, BgpConfiguration, BgpPassword, BgpPeer, Community, FailureDetectionMode, MaxPrefixesAction,
+    PrefixAdvertisement, SecretKeyRef, ServiceCidr, SourceAddress,
 };
 pub use bgp_filter::{BgpFilter, BgpFilterRule, FilterAction, MatchOperator, PrefixLength};
 pub use ipam_config::IpamConfiguration;

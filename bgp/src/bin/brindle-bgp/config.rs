@@ -57,6 +57,12 @@ struct Peer {
     route_reflector_client: bool,
     #[serde(default)]
     hold_time: Option<u16>,
+    /// Seconds between KEEPALIVEs (default: a third of the hold time).
+    #[serde(default)]
+    keepalive_time: Option<u16>,
+    /// GTSM (RFC 5082): the peer is this many hops away (1: directly connected).
+    #[serde(default)]
+    ttl_security: Option<u8>,
     #[serde(default)]
     local_address: Option<IpAddr>,
     /// Accept only prefixes inside these ranges (default: everything).
@@ -183,6 +189,12 @@ impl Config {
             if p.hold_time.is_some_and(|h| h == 1 || h == 2) {
                 return Err(format!("{peer}: hold_time must be 0 or at least 3"));
             }
+            if p.keepalive_time == Some(0) {
+                return Err(format!("{peer}: keepalive_time must be at least 1 (seconds)"));
+            }
+            if p.ttl_security == Some(0) {
+                return Err(format!("{peer}: ttl_security must be 1-255 hops"));
+            }
             if p.port == Some(0) {
                 return Err(format!("{peer}: port must be 1-65535"));
             }
@@ -245,6 +257,8 @@ impl Config {
                 spec.password = p.password.clone();
                 spec.rr_client = p.route_reflector_client;
                 spec.hold_time = p.hold_time.unwrap_or(90);
+                spec.keepalive_time = p.keepalive_time;
+                spec.ttl_security = p.ttl_security;
                 spec.local_address = p.local_address;
                 spec.import = p.import.as_deref().map_or_else(PrefixFilter::default, PrefixFilter::only);
                 spec.export = p.export.as_deref().map_or_else(PrefixFilter::default, PrefixFilter::only);
@@ -309,6 +323,8 @@ mod tests {
             ),
             (&format!("{base}{PEER}bfd = {{ min_rx = \"0ms\" }}\n"), "peer 10.0.0.2: bfd: min_tx and min_rx must be"),
             (&format!("{base}{PEER}bfd = {{ multiplier = 0 }}\n"), "peer 10.0.0.2: bfd: multiplier must be 1-255"),
+            (&format!("{base}{PEER}ttl_security = 0\n"), "peer 10.0.0.2: ttl_security must be 1-255 hops"),
+            (&format!("{base}{PEER}keepalive_time = 0\n"), "peer 10.0.0.2: keepalive_time must be at least 1"),
             (&format!("{base}{PEER}bfd = {{ interval = \"1s\" }}\n"), "unknown field `interval`"),
         ];
         for (toml, expected) in cases {
