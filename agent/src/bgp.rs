@@ -111,6 +111,7 @@ impl Bgp {
             // A node that goes silent is gone (an agent that restarts closes its sessions):
             // its routes leave the others within the hold time.
             hold_expiry_keeps_routes: false,
+            max_paths: usize::from(cluster.bgp.max_paths),
         };
         let speaker = Speaker::start(config).await?;
         let feed = Arc::new(LearnedFeed::default());
@@ -209,8 +210,9 @@ async fn follow(speaker: Speaker, feed: Arc<LearnedFeed>) {
                     let mut next = Some(event);
                     while let Some(event) = next.take() {
                         match event {
-                            Ok(RouteEvent::Best { prefix, attrs, peer: Some(_) }) => {
+                            Ok(RouteEvent::Best { prefix, attrs, peer: Some(_), multipath }) => {
                                 pending.routes.insert(prefix, attrs.next_hop);
+                                pending.multipath.insert(prefix, multipath);
                             }
                             Ok(RouteEvent::Best { prefix, peer: None, .. }) | Ok(RouteEvent::Unreachable(prefix)) => {
                                 pending.routes.insert(prefix, None);

@@ -71,6 +71,8 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
             "hold_time": peer.hold_time,
             "keepalive_time": peer.keepalive_time,
             "ttl_security": peer.ttl_security,
+            "local_as": peer.local_as,
+            "allow_local_as": peer.allow_local_as,
             "keep_next_hop": peer.keep_original_next_hop,
             "direct": mine.is_some_and(|net| net.contains(peer.address)),
             "password": password,
@@ -98,6 +100,7 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
         "debug": cluster.bgp.log_severity_screen == Some(brindle_datastore::resource::LogSeverity::Debug),
         "families": families.iter().flatten().collect::<Vec<_>>(),
         "bfd": plan.peers.iter().any(|p| p.bfd.is_some()),
+        "max_paths": cluster.bgp.max_paths,
         "peers": peers,
     }))
 }
@@ -285,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn keepalive_time_and_gtsm_are_rendered_as_birds_and_pass_bird_p() {
+    fn keepalive_gtsm_local_as_and_allowas_in_are_rendered_as_birds_and_pass_bird_p() {
         let mut c = cluster(true);
         for (name, ip, hops) in [("tor", "10.0.0.254", 1), ("far", "192.0.2.9", 3)] {
             c.peers.push(Resource::new(
@@ -295,6 +298,8 @@ mod tests {
                     as_number: Some(65001),
                     keepalive_time: Some(std::time::Duration::from_secs(10)),
                     ttl_security: Some(hops),
+                    local_as_number: Some(65100),
+                    num_allowed_local_as_numbers: Some(2),
                     ..BgpPeer::default()
                 },
             ));
@@ -304,6 +309,15 @@ mod tests {
         assert_eq!(text.matches("  ttl security on;\n").count(), 2, "{text}");
         assert!(text.contains("  ttl security on;\n  multihop 3;\n"), "the hops of a peer further away: {text}");
         assert_eq!(text.matches("multihop").count(), 1, "{text}");
+        assert_eq!(text.matches("  local as 65100;\n  allow local as 2;\n").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn equal_cost_paths_are_merged_into_the_kernel_up_to_max_paths() {
+        let mut c = cluster(true);
+        assert_eq!(rendered(&me("a", "10.0.0.1/24"), &c).matches("  merge paths on limit 8;\n").count(), 1);
+        c.bgp.max_paths = 1;
+        assert!(!rendered(&me("a", "10.0.0.1/24"), &c).contains("merge paths"));
     }
 
     #[test]

@@ -155,6 +155,48 @@ fn an_external_bird_with_a_secret_password_gets_the_pod_blocks_and_only_routes_i
     assert!(failing.is_empty(), "{failing:?}");
 }
 
+/// Two routers advertising the same prefix at the same cost (two top-of-rack routers): the
+/// node installs one route with a next hop through each, and when one withdraws it, the route
+/// keeps the other (replaced in place, never missing), and spreads again when it is back.
+#[test]
+fn equal_cost_routes_from_two_routers_become_one_multipath_route() {
+    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: tor-a}\nspec: {peerIP: 10.250.0.50, asNumber: 65001}\n---\n\
+        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: tor-b}\nspec: {peerIP: 10.250.0.51, asNumber: 65001}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10)], yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let mut routers = Vec::new();
+    for (name, host) in [("tora", 50u32), ("torb", 51)] {
+        let router = brindle_e2e::netns::Netns::new("agt", name).unwrap();
+        cluster.underlay.attach(&router, 0, host).unwrap();
+        let config = format!(
+            "router id 10.250.0.{host};\nprotocol device {{}}\n\
+             protocol static s1 {{ ipv4; route 10.244.200.0/24 blackhole; }}\n\
+             protocol bgp node0 {{ local as 65001; neighbor {} as 64512; ipv4 {{ import none; export all; }}; }}\n",
+            cluster.nodes[0].address
+        );
+        let home = dir.path().join(name);
+        std::fs::create_dir(&home).unwrap();
+        let bird = brindle_e2e::bird::Bird::start(&router, &home, &config).unwrap();
+        routers.push((router, bird));
+    }
+    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
+    cluster.start_all();
+    let route = || cluster.ip(0, &["route", "show", "10.244.200.0/24"]);
+    let both = |r: &str| r.contains("nexthop via 10.250.0.50") && r.contains("nexthop via 10.250.0.51");
+    cluster.eventually(Duration::from_secs(20), "one route through both routers", || both(&route()));
+    routers[1].1.cli("disable s1");
+    let mut seen = Vec::new();
+    cluster.eventually(Duration::from_secs(10), "the route through the one router left", || {
+        let now = route();
+        seen.push(now.clone());
+        now.starts_with("10.244.200.0/24 via 10.250.0.50 dev eth0")
+    });
+    assert!(seen.iter().all(|r| !r.is_empty()), "the route went missing on the way: {seen:?}");
+    routers[1].1.cli("enable s1");
+    cluster.eventually(Duration::from_secs(10), "both routers again", || both(&route()));
+}
+
 #[test]
 /// GoBGP as an external peer with a BGPFilter: the filter lets one route from outside the
 /// pools in and keeps one service range from going out; the defaults decide the rest.

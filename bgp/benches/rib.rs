@@ -84,6 +84,8 @@ fn receive(frames: &[Vec<u8>]) -> Rib {
         import: PrefixFilter::default(),
         export: PrefixFilter::default(),
         keep_next_hop: false,
+        local_as: None,
+        allow_local_as: 0,
     });
     rib.peer_up(
         peer,

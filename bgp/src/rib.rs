@@ -108,6 +108,11 @@ pub struct PeerConfig {
     /// Routes learned from others keep their next hop when sent to this (external) peer,
     /// instead of ours (Calico's keepOriginalNextHop).
     pub keep_next_hop: bool,
+    /// Our AS toward this peer, when it is not the speaker's (Calico's localASNumber).
+    pub local_as: Option<u32>,
+    /// How many times our AS may appear in a route's AS_PATH before the route is taken for a
+    /// loop (allowas-in, Calico's numAllowedLocalASNumbers; 0 by default).
+    pub allow_local_as: u8,
 }
 
 /// What the session established with a peer.
@@ -210,6 +215,8 @@ pub struct Rib {
     handles: Vec<Arc<PathAttrs>>,
     /// Routes dropped because a prefix table was full.
     dropped: u64,
+    /// Changes of a prefix's equal-cost paths are reported even when its best stays.
+    multipath: bool,
 }
 
 impl Rib {
@@ -226,7 +233,34 @@ impl Rib {
             export_cache: HashMap::new(),
             handles: Vec::new(),
             dropped: 0,
+            multipath: false,
         }
+    }
+
+    /// Reports, from now on, a prefix whose set of equal-cost best paths changed while its
+    /// best did not, as a [`BestChange`] whose old and new best are the same path (exports
+    /// nothing; tells subscribers to read [`Rib::multipath`] again).
+    pub fn set_multipath(&mut self, on: bool) {
+        self.multipath = on;
+    }
+
+    /// The next hops of the prefix's best path and of every path as good but for the
+    /// tie-breakers (router ID, address), at most `max`, best first, each once.
+    pub fn multipath(&self, prefix: &IpNetwork, max: usize) -> Vec<IpAddr> {
+        let paths = self.paths(prefix);
+        let Some(best) = paths.first() else { return Vec::new() };
+        let mut hops = Vec::new();
+        for path in paths.iter().take_while(|p| equal_cost(p, best, &self.peers, self.local_as)) {
+            if let Some(hop) = path.attrs.next_hop
+                && !hops.contains(&hop)
+            {
+                hops.push(hop);
+                if hops.len() == max {
+                    break;
+                }
+            }
+        }
+        hops
     }
 
     /// Registers a peer; its session is down until [`Rib::peer_up`].
@@ -395,13 +429,16 @@ impl Rib {
         (ipv4, mp)
     }
 
-    /// Whether routes with `attrs` from `peer` would loop: our AS in the AS_PATH of an
-    /// external peer's route, or our router ID or cluster ID in a reflected one's.
+    /// Whether routes with `attrs` from `peer` would loop: our AS toward the peer in the
+    /// AS_PATH of an external peer's route (more often than its allowas-in lets it), or our router ID
+    /// or cluster ID in a reflected one's.
     fn loops(&self, peer: PeerId, attrs: &PathAttrs) -> bool {
-        let external = self.state(peer).is_some_and(|s| s.config.peer_as != self.local_as);
-        (external && attrs.as_path.contains(self.local_as))
-            || attrs.originator_id == Some(self.router_id)
-            || attrs.cluster_list.contains(&self.cluster_id)
+        let our_as_seen = self.state(peer).is_some_and(|s| {
+            let ours = s.config.local_as.unwrap_or(self.local_as);
+            let allowed = usize::from(s.config.allow_local_as);
+            s.config.peer_as != ours && attrs.as_path.count(ours) > allowed
+        });
+        our_as_seen || attrs.originator_id == Some(self.router_id) || attrs.cluster_list.contains(&self.cluster_id)
     }
 
     /// Whether `peer`'s import filter lets `prefix` in.
@@ -549,9 +586,10 @@ impl Rib {
         if !session.families.contains(&Family::of(prefix)) || !to_state.config.export.accepts(prefix) {
             return None;
         }
-        let to_ibgp = to_state.config.peer_as == self.local_as;
+        let to_local_as = to_state.config.local_as.unwrap_or(self.local_as);
+        let to_ibgp = to_state.config.peer_as == to_local_as;
         let from = (path.peer != LOCAL).then(|| self.state(path.peer)).flatten();
-        let from_ibgp = from.is_some_and(|f| f.config.peer_as == self.local_as);
+        let from_ibgp = from.is_some_and(|f| f.config.peer_as == f.config.local_as.unwrap_or(self.local_as));
         if from_ibgp && to_ibgp {
             // Split horizon, relaxed by reflection (RFC 4456 §6).
             let from_client = from.is_some_and(|f| f.config.rr_client);
@@ -577,7 +615,7 @@ impl Rib {
                 a.cluster_list.insert(0, self.cluster_id);
             }
         } else {
-            a.as_path = a.as_path.prepend(self.local_as);
+            a.as_path = a.as_path.prepend(to_local_as);
             if !(to_state.config.keep_next_hop && path.peer != LOCAL && a.next_hop.is_some()) {
                 a.next_hop = own_hop;
             }
@@ -625,7 +663,7 @@ impl Rib {
             changes.push(BestChange { prefix, old: None, new: Some(twin) });
             true
         } else {
-            let Some((change, fresh)) = place(paths, path, &self.peers, self.local_as) else { return };
+            let Some((change, fresh)) = place(paths, path, &self.peers, self.local_as, self.multipath) else { return };
             changes.extend(change.map(|(old, new)| BestChange { prefix, old, new: Some(new) }));
             fresh
         };
@@ -636,10 +674,11 @@ impl Rib {
     }
 
     fn remove_path(&mut self, prefix: IpNetwork, peer: PeerId) -> Option<BestChange> {
+        let ranking = self.multipath.then_some((&self.peers[..], self.local_as));
         let change = if prefix.is_ipv4() {
-            take_path(&mut self.v4, u64::of(&prefix), peer)
+            take_path(&mut self.v4, u64::of(&prefix), peer, ranking)
         } else {
-            take_path(&mut self.v6, <[u8; 17]>::of(&prefix), peer)
+            take_path(&mut self.v6, <[u8; 17]>::of(&prefix), peer, ranking)
         };
         let best_change = change?;
         if let Some(s) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
@@ -660,29 +699,34 @@ impl Rib {
 }
 
 /// Puts `path` among `paths` (not empty; replacing the same peer's), keeping the best first.
-/// Returns `Some((best change, whether the peer's path is new))` when anything changed.
+/// Returns `Some((best change, whether the peer's path is new))` when anything changed; with
+/// `multipath`, a change of the equal-cost paths beside an unchanged best is one too.
 #[allow(clippy::type_complexity)]
 fn place(
     paths: &mut Paths,
     path: Path,
     peers: &[Option<PeerState>],
     local_as: u32,
+    multipath: bool,
 ) -> Option<(Option<(Option<Path>, Path)>, bool)> {
+    let peer = path.peer;
     let old_best = paths.first().cloned();
-    let fresh = match paths.iter_mut().find(|p| p.peer == path.peer) {
+    let (fresh, replaced) = match paths.iter_mut().find(|p| p.peer == peer) {
         Some(existing) if same(existing, &path) => return None,
-        Some(existing) => {
-            *existing = path;
-            false
-        }
+        Some(existing) => (false, Some(std::mem::replace(existing, path))),
         None => {
             paths.push(path);
-            true
+            (true, None)
         }
     };
     paths.sort_by(|a, b| compare(a, b, peers, local_as));
     let new_best = paths.first().cloned().expect("just inserted");
-    let changed = !old_best.as_ref().is_some_and(|old| same(old, &new_best));
+    let mut changed = !old_best.as_ref().is_some_and(|old| same(old, &new_best));
+    if !changed && multipath {
+        let placed = paths.iter().find(|p| p.peer == peer).expect("just placed");
+        changed = equal_cost(placed, &new_best, peers, local_as)
+            || replaced.as_ref().zip(old_best.as_ref()).is_some_and(|(r, b)| equal_cost(r, b, peers, local_as));
+    }
     Some((changed.then_some((old_best, new_best)), fresh))
 }
 
@@ -692,46 +736,65 @@ fn same(a: &Path, b: &Path) -> bool {
 }
 
 /// Removes `peer`'s path to the prefix. `None` when it had none; otherwise the best change,
-/// if the removed path was the best.
+/// if the removed path was the best, or, given the peers and AS to rank paths with
+/// (multipath), one of the paths as good as the best.
 #[allow(clippy::type_complexity)]
-fn take_path<K: Key>(table: &mut PrefixTable<K>, key: K, peer: PeerId) -> Option<Option<(Path, Option<Path>)>> {
+fn take_path<K: Key>(
+    table: &mut PrefixTable<K>,
+    key: K,
+    peer: PeerId,
+    multipath: Option<(&[Option<PeerState>], u32)>,
+) -> Option<Option<(Path, Option<Path>)>> {
     let paths = table.get_mut(key)?;
     let at = paths.iter().position(|p| p.peer == peer)?;
     let old_best = paths[0].clone();
-    paths.remove(at);
+    let removed = paths.remove(at);
     let new_best = paths.first().cloned();
     if paths.is_empty() {
         table.remove(key);
     }
-    let changed = at == 0;
+    let changed =
+        at == 0 || multipath.is_some_and(|(peers, local_as)| equal_cost(&removed, &old_best, peers, local_as));
     Some(changed.then_some((old_best, new_best)))
 }
 
 /// The decision process (RFC 4271 §9.1.2.2 with the usual tie-breakers): `Less` when `a` is
 /// better.
 fn compare(a: &Path, b: &Path, peers: &[Option<PeerState>], local_as: u32) -> Ordering {
-    let info = |p: &Path| -> (bool, Option<&PeerState>) {
-        if p.peer == LOCAL {
-            return (true, None);
-        }
-        (false, peers.get(usize::from(p.peer)).and_then(Option::as_ref))
-    };
-    let (a_local, a_peer) = info(a);
-    let (b_local, b_peer) = info(b);
-    let lp = |p: &Path| p.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF);
-    let ebgp = |s: Option<&PeerState>| s.is_some_and(|s| s.config.peer_as != local_as);
-    let id = |p: &Path, s: Option<&PeerState>| {
+    let id = |p: &Path| {
         p.attrs
             .originator_id
-            .or_else(|| s.and_then(|s| s.session.as_ref()).map(|x| x.router_id))
+            .or_else(|| state_of(p, peers).and_then(|s| s.session.as_ref()).map(|x| x.router_id))
             .unwrap_or(Ipv4Addr::UNSPECIFIED)
     };
-    let address = |s: Option<&PeerState>| s.map(|s| s.config.address);
+    let address = |p: &Path| state_of(p, peers).map(|s| s.config.address);
+    compare_cost(a, b, peers, local_as).then_with(|| id(a).cmp(&id(b))).then_with(|| address(a).cmp(&address(b)))
+}
+
+/// Whether two paths are as good as each other but for the tie-breakers: together they are
+/// the equal-cost paths of multipath (BIRD's `merge paths`).
+fn equal_cost(a: &Path, b: &Path, peers: &[Option<PeerState>], local_as: u32) -> bool {
+    compare_cost(a, b, peers, local_as) == Ordering::Equal
+}
+
+/// The peer a path came from (`None`: originated here).
+fn state_of<'a>(path: &Path, peers: &'a [Option<PeerState>]) -> Option<&'a PeerState> {
+    if path.peer == LOCAL {
+        return None;
+    }
+    peers.get(usize::from(path.peer)).and_then(Option::as_ref)
+}
+
+/// [`compare`] up to the tie-breakers.
+fn compare_cost(a: &Path, b: &Path, peers: &[Option<PeerState>], local_as: u32) -> Ordering {
+    let lp = |p: &Path| p.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF);
+    let local = |p: &Path| p.peer == LOCAL;
+    let ebgp = |p: &Path| state_of(p, peers).is_some_and(|s| s.config.peer_as != s.config.local_as.unwrap_or(local_as));
     // Fresh paths beat stale ones (RFC 4724: stale paths are a last resort).
     a.stale
         .cmp(&b.stale)
         .then_with(|| lp(b).cmp(&lp(a)))
-        .then_with(|| b_local.cmp(&a_local))
+        .then_with(|| local(b).cmp(&local(a)))
         .then_with(|| a.attrs.as_path.hop_count().cmp(&b.attrs.as_path.hop_count()))
         .then_with(|| a.attrs.origin.cmp(&b.attrs.origin))
         .then_with(|| {
@@ -741,10 +804,8 @@ fn compare(a: &Path, b: &Path, peers: &[Option<PeerState>], local_as: u32) -> Or
                 Ordering::Equal
             }
         })
-        .then_with(|| ebgp(b_peer).cmp(&ebgp(a_peer)))
+        .then_with(|| ebgp(b).cmp(&ebgp(a)))
         .then_with(|| a.attrs.cluster_list.len().cmp(&b.attrs.cluster_list.len()))
-        .then_with(|| id(a, a_peer).cmp(&id(b, b_peer)))
-        .then_with(|| address(a_peer).cmp(&address(b_peer)))
 }
 
 #[cfg(test)]

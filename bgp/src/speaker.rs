@@ -58,6 +58,9 @@ pub struct SpeakerConfig {
     /// Keep a graceful peer's routes when its hold timer expires (see
     /// [`fsm::Config::hold_expiry_keeps_routes`]).
     pub hold_expiry_keeps_routes: bool,
+    /// The most equal-cost paths whose next hops a [`RouteEvent::Best`] carries (1: the best
+    /// alone; BIRD's `merge paths`, FRR's `maximum-paths`).
+    pub max_paths: usize,
 }
 
 /// One peer, declaratively.
@@ -81,6 +84,10 @@ pub struct PeerSpec {
     pub keepalive_time: Option<u16>,
     /// GTSM (RFC 5082): the peer is this many hops away; segments from further are dropped.
     pub ttl_security: Option<u8>,
+    /// Our AS toward this peer, when not the speaker's (Calico's localASNumber).
+    pub local_as: Option<u32>,
+    /// How often our AS may appear in a received AS_PATH (allowas-in; 0: never).
+    pub allow_local_as: u8,
     /// The address to connect from.
     pub local_address: Option<IpAddr>,
     /// Which received prefixes to accept.
@@ -144,6 +151,20 @@ impl PeerSpec {
         same == *self
     }
 
+    /// What the RIB needs to know of the peer.
+    pub fn rib_config(&self) -> PeerConfig {
+        PeerConfig {
+            address: self.address,
+            peer_as: self.asn,
+            rr_client: self.rr_client,
+            import: self.import.clone(),
+            export: self.export.clone(),
+            keep_next_hop: self.keep_original_next_hop,
+            local_as: self.local_as,
+            allow_local_as: self.allow_local_as,
+        }
+    }
+
     /// A peer with the defaults (port 179, hold time 90, active, IPv4 and IPv6 unicast,
     /// everything imported and exported).
     pub fn new(address: IpAddr, asn: u32) -> Self {
@@ -157,6 +178,8 @@ impl PeerSpec {
             hold_time: 90,
             keepalive_time: None,
             ttl_security: None,
+            local_as: None,
+            allow_local_as: 0,
             local_address: None,
             import: PrefixFilter::default(),
             export: PrefixFilter::default(),
@@ -220,6 +243,9 @@ pub enum RouteEvent {
         attrs: Arc<PathAttrs>,
         /// Who sent it (`None`: originated here).
         peer: Option<IpAddr>,
+        /// With multipath, the next hops of every equal-cost path (the best's first), when
+        /// there are several; otherwise empty.
+        multipath: Vec<IpAddr>,
     },
     /// No path to the prefix is left.
     Unreachable(IpNetwork),
@@ -266,8 +292,10 @@ impl Speaker {
         let (events, _) = broadcast::channel(ROUTE_EVENTS);
         let (from_sessions, sessions_rx) = mpsc::channel(1024);
         let (bfd_changes, bfd_rx) = mpsc::channel(64);
+        let mut rib = Rib::new(config.asn, config.router_id, config.cluster_id);
+        rib.set_multipath(config.max_paths > 1);
         let core = Core {
-            rib: Rib::new(config.asn, config.router_id, config.cluster_id),
+            rib,
             config,
             peers: HashMap::new(),
             events: events.clone(),
@@ -547,15 +575,9 @@ impl Core {
             {
                 tracing::warn!(peer = %address, error = %e, "cannot raise the listener's TTL to 255 for GTSM");
             }
-            let id = self.rib.add_peer(PeerConfig {
-                address,
-                peer_as: spec.asn,
-                rr_client: spec.rr_client,
-                import: spec.import.clone(),
-                export: spec.export.clone(),
-                keep_next_hop: spec.keep_original_next_hop,
-            });
-            let mut fsm_config = fsm::Config::new(self.config.asn, spec.asn, self.config.router_id);
+            let id = self.rib.add_peer(spec.rib_config());
+            let local_as = spec.local_as.unwrap_or(self.config.asn);
+            let mut fsm_config = fsm::Config::new(local_as, spec.asn, self.config.router_id);
             fsm_config.hold_time = spec.hold_time;
             fsm_config.keepalive_time = spec.keepalive_time;
             fsm_config.passive = spec.passive;
@@ -643,14 +665,7 @@ impl Core {
         let (id, session) = (peer.id, peer.session.clone());
         let four = peer.negotiated.as_ref().is_some_and(|n| n.four_octet_as);
         let import_changed = spec.import != peer.spec.import;
-        let config = PeerConfig {
-            address: spec.address,
-            peer_as: spec.asn,
-            rr_client: spec.rr_client,
-            import: spec.import.clone(),
-            export: spec.export.clone(),
-            keep_next_hop: spec.keep_original_next_hop,
-        };
+        let config = spec.rib_config();
         tracing::info!(peer = %spec.address, "peer reconfigured without a reset");
         if let Some(entry) = self.peers.get_mut(&spec.address) {
             entry.spec = spec;
@@ -832,6 +847,12 @@ impl Core {
                     prefix: change.prefix,
                     attrs: Arc::clone(&best.attrs),
                     peer: by_id.get(&best.peer).copied(),
+                    multipath: match self.config.max_paths {
+                        0 | 1 => Vec::new(),
+                        max => {
+                            Some(self.rib.multipath(&change.prefix, max)).filter(|h| h.len() > 1).unwrap_or_default()
+                        }
+                    },
                 },
                 None => RouteEvent::Unreachable(change.prefix),
             };

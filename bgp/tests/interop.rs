@@ -520,3 +520,36 @@ fn gtsm_with_bird_comes_up_and_shuts_out_a_peer_without_it() {
     assert_ne!(brindle.peer("10.78.0.3").0, "Established");
     assert!(!plain_bird.established("p1"), "{}", plain_bird.cli("show protocols all p1"));
 }
+
+/// A per-peer local AS and allowas-in, with BIRD: BIRD (AS 65001) knows us only as AS 65100,
+/// sees our route with that AS alone in its path, and one of its routes already carries
+/// 65100, which allowas-in 1 lets in.
+#[test]
+fn a_per_peer_local_as_and_allowas_in_work_with_bird() {
+    let dir = tempdir();
+    let (a, b) = (Netns::new("br"), Netns::new("bird"));
+    link(&a, &b, 79, 1, 2);
+    let config = "router id 10.79.0.2;\nprotocol device {}\n\
+        protocol static s4 { ipv4; route 192.168.79.0/24 blackhole; route 192.168.80.0/24 blackhole; }\n\
+        protocol bgp p1 {\n  local 10.79.0.2 as 65001;\n  neighbor 10.79.0.1 as 65100;\n  direct;\n  \
+        ipv4 { import all; export filter { if net = 192.168.80.0/24 then bgp_path.prepend(65100); accept; }; };\n}\n";
+    let bird = Bird::start(&b, dir.path(), "bird", config);
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "brindle",
+        "asn = 64512\nrouter_id = \"10.79.0.1\"\nlisten = \"10.79.0.1:179\"\n\
+         [[peers]]\naddress = \"10.79.0.2\"\nasn = 65001\nlocal_asn = 65100\nallow_local_as = 1\n\
+         [[originate]]\nprefix = \"192.168.81.0/24\"\n",
+    );
+    for prefix in ["192.168.79.0/24", "192.168.80.0/24"] {
+        wait_for(LONG, prefix, || brindle.has_route(prefix).then_some(()));
+    }
+    let paths: Vec<Vec<u64>> = brindle.best_routes().into_iter().map(|(_, _, path)| path).collect();
+    assert!(paths.contains(&vec![65001, 65100]), "the path holding our AS came in: {paths:?}");
+    let shown = wait_for(LONG, "our route at BIRD", || {
+        let shown = bird.cli("show route 192.168.81.0/24 all");
+        shown.contains("192.168.81.0/24").then_some(shown)
+    });
+    assert!(shown.contains("BGP.as_path: 65100\n"), "{shown}");
+}

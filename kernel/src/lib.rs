@@ -108,17 +108,28 @@ pub struct Route {
     pub onlink: bool,
     /// Its routing protocol number ([`names::ROUTE_PROTOCOL`] for brindle's).
     pub protocol: u8,
+    /// Further next hops beside `gateway`, out of the same device: an equal-cost multipath
+    /// route (RTA_MULTIPATH), the kernel spreading flows over all of them.
+    pub multipath: Vec<IpAddr>,
 }
 
 impl Route {
     /// A route of brindle's protocol.
     pub fn ours(dst: IpNetwork, gateway: Option<IpAddr>, oif: Option<u32>, onlink: bool) -> Route {
-        Route { dst, blackhole: false, gateway, oif, onlink, protocol: names::ROUTE_PROTOCOL }
+        Route { dst, blackhole: false, gateway, oif, onlink, protocol: names::ROUTE_PROTOCOL, multipath: Vec::new() }
     }
 
     /// A blackhole of brindle's protocol.
     pub fn blackhole(dst: IpNetwork) -> Route {
-        Route { dst, blackhole: true, gateway: None, oif: None, onlink: false, protocol: names::ROUTE_PROTOCOL }
+        Route {
+            dst,
+            blackhole: true,
+            gateway: None,
+            oif: None,
+            onlink: false,
+            protocol: names::ROUTE_PROTOCOL,
+            multipath: Vec::new(),
+        }
     }
 }
 
@@ -131,6 +142,9 @@ impl Route {
         }
         text += &self.dst.to_string();
         if let Some(gw) = self.gateway {
+            text += &format!(" via {gw}");
+        }
+        for gw in &self.multipath {
             text += &format!(" via {gw}");
         }
         match (device, self.oif) {

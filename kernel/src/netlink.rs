@@ -13,7 +13,7 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHop, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
@@ -103,13 +103,29 @@ pub fn route_message(route: &Route) -> Result<RouteMessage> {
     if let Some(oif) = route.oif {
         builder = builder.output_interface(oif);
     }
-    if let Some(gw) = route.gateway {
+    if route.multipath.is_empty()
+        && let Some(gw) = route.gateway
+    {
         builder = builder.gateway(gw).map_err(|e| invalid_route(route, e))?;
     }
     if route.onlink {
         builder = builder.onlink();
     }
-    Ok(builder.build())
+    let mut message = builder.build();
+    if !route.multipath.is_empty() {
+        let hops = route.gateway.iter().chain(&route.multipath).map(|gw| {
+            let mut hop = RouteNextHop::default();
+            hop.interface_index = route.oif.unwrap_or(0);
+            hop.attributes.push(RouteAttribute::Gateway(match gw {
+                IpAddr::V4(a) => RouteAddress::Inet(*a),
+                IpAddr::V6(a) => RouteAddress::Inet6(*a),
+            }));
+            hop
+        });
+        message.attributes.retain(|a| !matches!(a, RouteAttribute::Oif(_)));
+        message.attributes.push(RouteAttribute::MultiPath(hops.collect()));
+    }
+    Ok(message)
 }
 
 /// What brindle compares of a route the kernel reports.
@@ -122,12 +138,24 @@ pub fn route_of(m: &RouteMessage) -> Option<Route> {
         oif: None,
         onlink: m.header.flags.contains(RouteFlags::Onlink),
         protocol: u8::from(m.header.protocol),
+        multipath: Vec::new(),
     };
     for attr in &m.attributes {
         match attr {
             RouteAttribute::Destination(d) => dst = route_address(d),
             RouteAttribute::Gateway(g) => route.gateway = route_address(g),
             RouteAttribute::Oif(i) => route.oif = Some(*i),
+            RouteAttribute::MultiPath(hops) => {
+                let mut gateways = hops.iter().flat_map(|h| {
+                    h.attributes.iter().filter_map(|a| match a {
+                        RouteAttribute::Gateway(g) => route_address(g),
+                        _ => None,
+                    })
+                });
+                route.gateway = gateways.next();
+                route.multipath = gateways.collect();
+                route.oif = hops.first().map(|h| h.interface_index);
+            }
             _ => {}
         }
     }

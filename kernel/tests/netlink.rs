@@ -58,6 +58,28 @@ fn thousands_of_routes_go_in_and_out_and_a_refusal_names_its_route() {
 }
 
 #[test]
+fn a_multipath_route_reads_back_as_written_and_is_replaced_in_place() {
+    let ns = node("ecmp");
+    runtime().block_on(async {
+        let kernel = Netlink::connect().unwrap();
+        let eth0 = kernel.links().await.unwrap().into_iter().find(|l| l.name == "eth0").unwrap();
+        let dst: IpNetwork = "10.64.0.0/24".parse().unwrap();
+        let two = Route {
+            multipath: vec!["10.250.0.12".parse().unwrap()],
+            ..Route::ours(dst, Some("10.250.0.11".parse().unwrap()), Some(eth0.index), false)
+        };
+        assert!(kernel.change_routes(vec![RouteChange::Replace(two.clone())]).await.is_empty());
+        assert_eq!(kernel.routes(Some(ROUTE_PROTOCOL)).await.unwrap(), std::slice::from_ref(&two));
+        let shown = ns.ip(&["route", "show", "10.64.0.0/24"]).unwrap();
+        assert!(shown.contains("nexthop via 10.250.0.11") && shown.contains("nexthop via 10.250.0.12"), "{shown}");
+        // One hop left: the same route, replaced.
+        let one = Route { multipath: Vec::new(), ..two };
+        assert!(kernel.change_routes(vec![RouteChange::Replace(one.clone())]).await.is_empty());
+        assert_eq!(kernel.routes(Some(ROUTE_PROTOCOL)).await.unwrap(), [one]);
+    });
+}
+
+#[test]
 fn addresses_neighbours_and_sysctls_read_back_as_written() {
     let ns = node("nb");
     runtime().block_on(async {

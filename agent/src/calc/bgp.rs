@@ -42,11 +42,13 @@ fn seconds(d: std::time::Duration) -> u16 {
 }
 
 /// A BGPPeer's session settings on `peer` (`direct`: the peer is on one of the node's
-/// subnets): keepalive, GTSM, BFD (its own, or by `failureDetectionMode`), graceful restart,
-/// prefix limit and source address.
+/// subnets): keepalive, GTSM, local AS and allowas-in, BFD (its own, or by
+/// `failureDetectionMode`), graceful restart, prefix limit and source address.
 fn apply_peer_settings(spec: &BgpPeer, peer: &mut PeerSpec, direct: bool) {
     peer.keepalive_time = spec.keepalive_time.map(seconds);
     peer.ttl_security = spec.ttl_security;
+    peer.local_as = spec.local_as_number;
+    peer.allow_local_as = spec.num_allowed_local_as_numbers.unwrap_or(0);
     let bfd_wanted = spec.failure_detection_mode == Some(FailureDetectionMode::BFDIfDirectlyConnected) && direct;
     peer.bfd = spec.bfd.or(bfd_wanted.then(Bfd::default)).as_ref().map(bfd_spec);
     peer.keep_original_next_hop = spec.keep_original_next_hop;
@@ -585,6 +587,8 @@ mod tests {
             ttl_security: Some(1),
             failure_detection_mode: Some(FailureDetectionMode::BFDIfDirectlyConnected),
             source_address: Some(SourceAddress::None),
+            local_as_number: Some(65100),
+            num_allowed_local_as_numbers: Some(1),
             ..BgpPeer::default()
         };
         c.peers.push(peer(BgpPeer { peer_ip: Some("10.0.0.254".into()), ..calico_style.clone() }));
@@ -596,6 +600,7 @@ mod tests {
         assert_eq!(b.passwords[&mesh.address], Path::new("/etc/brindle/secrets/bgp/mesh"));
         assert!(!b.passwords.contains_key(&tor.address), "the mesh password is the mesh's alone");
         assert_eq!((tor.keepalive_time, tor.ttl_security, tor.local_address), (Some(7), Some(1), None));
+        assert_eq!((tor.local_as, tor.allow_local_as), (Some(65100), 1));
         assert_eq!(tor.bfd, Some(bfd_spec(&Bfd::default())), "BFD: the peer is directly connected");
         assert_eq!(far.bfd, None, "no BFD: the peer is not directly connected");
         assert!(mesh.local_address.is_some() && mesh.bfd.is_none());

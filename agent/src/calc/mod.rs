@@ -94,6 +94,8 @@ pub struct Cluster {
 pub struct Learned {
     /// Best routes: prefix -> next hop.
     pub routes: HashMap<IpNetwork, IpAddr>,
+    /// Prefixes with several equal-cost paths: their next hops, the best's first.
+    pub multipath: HashMap<IpNetwork, Vec<IpAddr>>,
     /// Whether BGP has converged since start. Until then, remote blocks BGP has not taught
     /// yet keep the routes the datastore implies (the same ones), so a restarting agent
     /// changes nothing.
@@ -106,6 +108,9 @@ pub struct Learned {
 pub struct LearnedChanges {
     /// Prefix -> its next hop now (`None`: no longer learned).
     pub routes: HashMap<IpNetwork, Option<IpAddr>>,
+    /// Prefix -> the next hops of its equal-cost paths now, for the prefixes in `routes`
+    /// (missing or one hop: no multipath).
+    pub multipath: HashMap<IpNetwork, Vec<IpAddr>>,
     /// The whole table, when it was read anew; it replaces what was learned, and `routes`
     /// came after it.
     pub table: Option<HashMap<IpNetwork, IpAddr>>,
@@ -121,6 +126,7 @@ impl Learned {
         let mut everything = false;
         if let Some(table) = changes.table {
             self.routes = table;
+            self.multipath.clear();
             everything = true;
         }
         if changes.converged && !self.converged {
@@ -128,12 +134,18 @@ impl Learned {
             everything = true;
         }
         let mut changed = BTreeSet::new();
+        let mut multipath = changes.multipath;
         for (prefix, next_hop) in changes.routes {
             let before = match next_hop {
                 Some(next_hop) => self.routes.insert(prefix, next_hop),
                 None => self.routes.remove(&prefix),
             };
-            if before != next_hop {
+            let hops = multipath.remove(&prefix).filter(|h| h.len() > 1 && next_hop.is_some());
+            let hops_before = match hops.clone() {
+                Some(hops) => self.multipath.insert(prefix, hops),
+                None => self.multipath.remove(&prefix),
+            };
+            if before != next_hop || hops_before != hops {
                 changed.insert(prefix);
             }
         }
@@ -150,6 +162,12 @@ pub enum Target {
     Direct {
         /// The other node's address.
         via: IpAddr,
+    },
+    /// Spread over several routers on the same subnet, out of the uplink (equal-cost paths
+    /// from BGP).
+    Multipath {
+        /// Their addresses, in order.
+        via: Vec<IpAddr>,
     },
     /// Through the VXLAN device to another node's tunnel address.
     Vxlan {
@@ -486,6 +504,20 @@ impl<'a> Routing<'a> {
         }
     }
 
+    /// The next hops of the prefix's equal-cost paths that this node can use (on its subnet,
+    /// no flaw), sorted, when there are at least two.
+    fn equal_cost_hops(&self, prefix: &IpNetwork, mine: Option<IpNetwork>) -> Option<Vec<IpAddr>> {
+        let hops = self.learned?.multipath.get(prefix)?;
+        let mut usable: Vec<IpAddr> = hops
+            .iter()
+            .copied()
+            .filter(|h| same_subnet(mine, *h) && next_hop_flaw(*h, self.me, self.cluster).is_none())
+            .collect();
+        usable.sort_unstable();
+        usable.dedup();
+        (usable.len() > 1).then_some(usable)
+    }
+
     /// A learned prefix the cluster's state does not know (external peers' routes inside a
     /// pool, or outside every pool when a BGPFilter let them in): toward its next hop as the
     /// pool says.
@@ -510,7 +542,10 @@ impl<'a> Routing<'a> {
             // VXLAN reaches the node itself, not the next hop BGP names.
             (Encapsulation::Vxlan, _) => Decision::nothing(),
             (Encapsulation::Ipip, IpAddr::V4(via)) if self.me.ipip_supported => Decision::route(Target::Ipip { via }),
-            (Encapsulation::None, via) if same_subnet(mine, via) => Decision::route(Target::Direct { via }),
+            (Encapsulation::None, via) if same_subnet(mine, via) => match self.equal_cost_hops(&prefix, mine) {
+                Some(via) => Decision::route(Target::Multipath { via }),
+                None => Decision::route(Target::Direct { via }),
+            },
             _ => Decision::refused(
                 format!("learned {prefix} via {next_hop}, which this node cannot reach directly"),
                 false,

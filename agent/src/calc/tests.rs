@@ -142,6 +142,33 @@ fn nat_outgoing_lists_enabled_nat_pools_and_all_pools() {
 }
 
 #[test]
+fn equal_cost_next_hops_make_one_multipath_route_of_the_usable_ones() {
+    let c = cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never));
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    let mut learned = Learned { converged: true, ..Learned::default() };
+    let changes = LearnedChanges {
+        routes: [("10.244.9.0/24".parse().unwrap(), Some(ip("10.0.0.254")))].into(),
+        // The best's hop, another router on the subnet, one far away (left out).
+        multipath: [("10.244.9.0/24".parse().unwrap(), vec![ip("10.0.0.254"), ip("10.0.0.253"), ip("172.16.0.1")])]
+            .into(),
+        ..Default::default()
+    };
+    assert_eq!(learned.take_in(changes).map(|c| c.len()), Some(1));
+    let d = desired(&me(false), &c, Some(&learned));
+    let both = Target::Multipath { via: vec![ip("10.0.0.253"), ip("10.0.0.254")] };
+    assert_eq!(route(&d, "10.244.9.0/24"), Some(both));
+    // One router left: back to a plain route, and the change is noticed.
+    let one = LearnedChanges {
+        routes: [("10.244.9.0/24".parse().unwrap(), Some(ip("10.0.0.254")))].into(),
+        multipath: [("10.244.9.0/24".parse().unwrap(), Vec::new())].into(),
+        ..Default::default()
+    };
+    assert_eq!(learned.take_in(one).map(|c| c.len()), Some(1), "the same best, fewer paths: changed");
+    let d = desired(&me(false), &c, Some(&learned));
+    assert_eq!(route(&d, "10.244.9.0/24"), Some(Target::Direct { via: ip("10.0.0.254") }));
+}
+
+#[test]
 fn with_bgp_remote_blocks_follow_learned_routes_once_converged() {
     let c = cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never));
     // Before convergence, nothing learned yet: the datastore's routes stand (no churn).

@@ -39,6 +39,10 @@ fn route_for(dst: IpNetwork, target: &Target, devices: &Devices) -> Option<Route
     Some(match target {
         Target::Blackhole => Route::blackhole(dst),
         Target::Direct { via } => Route::ours(dst, Some(*via), Some(devices.uplink), false),
+        Target::Multipath { via } => Route {
+            multipath: via[1..].to_vec(),
+            ..Route::ours(dst, via.first().copied(), Some(devices.uplink), false)
+        },
         Target::Vxlan { via } => Route::ours(dst, Some((*via).into()), Some(dev(names::VXLAN_DEVICE)?), true),
         Target::Ipip { via } => Route::ours(dst, Some((*via).into()), Some(dev(names::IPIP_DEVICE)?), true),
         Target::Workload { interface } => Route::ours(dst, None, Some(dev(interface)?), false),

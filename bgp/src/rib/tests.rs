@@ -16,14 +16,7 @@ fn ip(s: &str) -> Ipv4Addr {
 
 /// Adds an established peer `10.0.0.<n>` with router ID `10.255.0.<n>`.
 fn peer(rib: &mut Rib, n: u8, peer_as: u32, rr_client: bool) -> PeerId {
-    let id = rib.add_peer(PeerConfig {
-        address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)),
-        peer_as,
-        rr_client,
-        import: PrefixFilter::default(),
-        export: PrefixFilter::default(),
-        keep_next_hop: false,
-    });
+    let id = rib.add_peer(PeerConfig { rr_client, ..peer_config(n, peer_as) });
     rib.peer_up(id, session(n));
     id
 }
@@ -92,6 +85,8 @@ fn a_late_peer_gets_the_whole_table_when_it_comes_up() {
         import: PrefixFilter::default(),
         export: PrefixFilter::only(&[net("10.244.0.0/26")]),
         keep_next_hop: false,
+        local_as: None,
+        allow_local_as: 0,
     });
     let exports = rib.peer_up(late, session(9));
     assert_eq!(exports.len(), 1, "the export filter lets one through: {exports:?}");
@@ -156,6 +151,8 @@ fn an_external_peer_can_keep_the_original_next_hop() {
         import: PrefixFilter::default(),
         export: PrefixFilter::default(),
         keep_next_hop: true,
+        local_as: None,
+        allow_local_as: 0,
     });
     rib.peer_up(keeps, session(5));
     rib.originate(net("10.244.0.0/26"), PathAttrs::local(None));
@@ -208,6 +205,83 @@ fn loops_are_refused() {
     assert!(rib.is_empty(), "{:?}", rib.routes().collect::<Vec<_>>());
 }
 
+/// Adds an established peer as [`peer`] does, with a local AS of its own and allowas-in.
+fn peer_with(rib: &mut Rib, n: u8, peer_as: u32, local_as: Option<u32>, allow_local_as: u8) -> PeerId {
+    let id = rib.add_peer(PeerConfig { local_as, allow_local_as, ..peer_config(n, peer_as) });
+    rib.peer_up(id, session(n));
+    id
+}
+
+fn peer_config(n: u8, peer_as: u32) -> PeerConfig {
+    PeerConfig {
+        address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)),
+        peer_as,
+        rr_client: false,
+        import: PrefixFilter::default(),
+        export: PrefixFilter::default(),
+        keep_next_hop: false,
+        local_as: None,
+        allow_local_as: 0,
+    }
+}
+
+#[test]
+fn allowas_in_takes_our_as_as_often_as_the_peer_may_send_it() {
+    let mut rib = Rib::new(ASN, ME, None);
+    let strict = peer_with(&mut rib, 2, 65001, None, 0);
+    let lenient = peer_with(&mut rib, 3, 65002, None, 1);
+    for from in [strict, lenient] {
+        apply(&mut rib, from, &announce(&["10.1.0.0/16"], &[65001, ASN], "10.0.0.2", vec![]));
+        apply(&mut rib, from, &announce(&["10.2.0.0/16"], &[65001, ASN, 65003, ASN], "10.0.0.2", vec![]));
+    }
+    assert_eq!(best_peer(&rib, "10.1.0.0/16"), Some(lenient), "once is allowed from the lenient peer");
+    assert_eq!(best_peer(&rib, "10.2.0.0/16"), None, "twice is a loop from either");
+}
+
+#[test]
+fn a_peer_with_its_own_local_as_is_spoken_to_and_looped_by_that_as() {
+    const OTHER: u32 = 65100;
+    let mut rib = Rib::new(ASN, ME, None);
+    let inside = peer(&mut rib, 2, ASN, false);
+    // The peer's AS is ours, but we speak to it as 65100: an external session.
+    let outside = peer_with(&mut rib, 4, ASN, Some(OTHER), 0);
+    let changes = apply(&mut rib, inside, &announce(&["10.1.0.0/16"], &[], "10.0.0.2", vec![]));
+    let exports = rib.exports(&changes);
+    let [Export::Announce(_, attrs)] = sent_to(&exports, outside)[..] else { panic!("{exports:?}") };
+    assert_eq!(attrs.as_path, AsPath::sequence(vec![OTHER]), "prepended with the peer's local AS");
+    apply(&mut rib, outside, &announce(&["10.8.0.0/16"], &[ASN, 65001], "10.0.0.4", vec![]));
+    assert_eq!(best_peer(&rib, "10.8.0.0/16"), Some(outside), "the speaker's own AS is the peer's here");
+    apply(&mut rib, outside, &announce(&["10.9.0.0/16"], &[ASN, 65001, OTHER], "10.0.0.4", vec![]));
+    assert_eq!(best_peer(&rib, "10.9.0.0/16"), None, "the AS we speak to it as, in the path, is a loop");
+}
+
+#[test]
+fn multipath_reports_equal_cost_paths_coming_and_going_beside_an_unchanged_best() {
+    let prefix = net("10.9.0.0/16");
+    let hop = |s: &str| -> IpAddr { s.parse().unwrap() };
+    for multipath in [false, true] {
+        let mut rib = Rib::new(ASN, ME, None);
+        rib.set_multipath(multipath);
+        let (a, b, c) =
+            (peer(&mut rib, 2, 65001, false), peer(&mut rib, 3, 65001, false), peer(&mut rib, 4, 65001, false));
+        apply(&mut rib, a, &announce(&["10.9.0.0/16"], &[65001], "10.0.0.2", vec![]));
+        let second = apply(&mut rib, b, &announce(&["10.9.0.0/16"], &[65001], "10.0.0.3", vec![]));
+        assert_eq!(second.len(), usize::from(multipath), "an equal-cost path beside the best");
+        assert!(rib.exports(&second).is_empty(), "the best did not change: nothing to send");
+        let longer = apply(&mut rib, c, &announce(&["10.9.0.0/16"], &[65001, 65002], "10.0.0.4", vec![]));
+        assert!(longer.is_empty(), "a longer path is not of equal cost");
+        assert_eq!(
+            rib.multipath(&prefix, 8),
+            [hop("10.0.0.2"), hop("10.0.0.3")],
+            "the best's first, the longer left out"
+        );
+        assert_eq!(rib.multipath(&prefix, 1), [hop("10.0.0.2")]);
+        let gone = apply(&mut rib, b, &withdraw(&["10.9.0.0/16"]));
+        assert_eq!(gone.len(), usize::from(multipath), "an equal-cost path withdrawn");
+        assert_eq!(rib.multipath(&prefix, 8), [hop("10.0.0.2")]);
+    }
+}
+
 #[test]
 fn treat_as_withdraw_removes_the_routes() {
     let mut rib = Rib::new(ASN, ME, None);
@@ -235,6 +309,8 @@ fn import_filters_keep_foreign_prefixes_out() {
         import: PrefixFilter::only(&[net("10.244.0.0/16")]),
         export: PrefixFilter::default(),
         keep_next_hop: false,
+        local_as: None,
+        allow_local_as: 0,
     });
     rib.peer_up(id, session(2));
     apply(&mut rib, id, &announce(&["10.244.3.0/26", "192.168.0.0/24", "10.0.0.0/8"], &[], "10.0.0.2", vec![]));
@@ -323,6 +399,8 @@ fn a_soft_reconfiguration_drops_what_the_new_import_refuses_and_sends_what_the_e
         import: PrefixFilter::only(&import.iter().map(|p| net(p)).collect::<Vec<_>>()),
         export: PrefixFilter::only(&export.iter().map(|p| net(p)).collect::<Vec<_>>()),
         keep_next_hop: false,
+        local_as: None,
+        allow_local_as: 0,
     };
 
     // Import only 10.1/16 from a, export only 10.244/16 to it.

@@ -128,6 +128,11 @@ impl AsPath {
         self.segments.iter().any(|s| s.asns.contains(&asn))
     }
 
+    /// How many times `asn` appears in the path.
+    pub fn count(&self, asn: u32) -> usize {
+        self.segments.iter().map(|s| s.asns.iter().filter(|a| **a == asn).count()).sum()
+    }
+
     /// The neighbouring AS: the first AS of a leading sequence.
     pub fn first_as(&self) -> Option<u32> {
         self.segments.first().filter(|s| s.kind == SegmentKind::Sequence).and_then(|s| s.asns.first().copied())

@@ -75,6 +75,13 @@ pub struct BgpPeer {
     /// choice for the route to the peer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_address: Option<SourceAddress>,
+    /// The AS the node speaks as to this peer, instead of its own.
+    #[serde(default, rename = "localASNumber", skip_serializing_if = "Option::is_none")]
+    pub local_as_number: Option<u32>,
+    /// How often the node's AS may appear in a route from the peer before it is taken for a
+    /// loop (allowas-in; default 0).
+    #[serde(default, rename = "numAllowedLocalASNumbers", skip_serializing_if = "Option::is_none")]
+    pub num_allowed_local_as_numbers: Option<u8>,
 }
 
 /// When to run BFD with a peer (Calico's `failureDetectionMode`).
@@ -280,6 +287,9 @@ impl Spec for BgpPeer {
         if let Some(bfd) = &self.bfd {
             bfd.validate("spec.bfd", v);
         }
+        if let Some(asn) = self.local_as_number {
+            v.as_number("spec.localASNumber", asn);
+        }
         if self.ttl_security == Some(0) {
             v.problem("spec.ttlSecurity", 0, "must be 1-255 hops");
         }
@@ -404,6 +414,15 @@ pub struct BgpConfiguration {
     #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub node_mesh_max_restart_time: Option<Duration>,
+    /// The most equal-cost paths (from several peers, e.g. two top-of-rack routers) a learned
+    /// route spreads over (ECMP, BIRD's `merge paths`); 1 keeps the best alone. Taken at the
+    /// agent's start.
+    #[serde(default = "default_max_paths")]
+    pub max_paths: u8,
+}
+
+fn default_max_paths() -> u8 {
+    8
 }
 
 impl BgpConfiguration {
@@ -435,6 +454,7 @@ impl Default for BgpConfiguration {
             node_mesh_bfd: None,
             node_mesh_password: None,
             node_mesh_max_restart_time: None,
+            max_paths: default_max_paths(),
         }
     }
 }
@@ -485,6 +505,7 @@ impl Spec for BgpConfiguration {
         if let Some(password) = &self.node_mesh_password {
             password.validate("spec.nodeMeshPassword", v);
         }
+        v.require(self.max_paths >= 1, "spec.maxPaths", self.max_paths, "must be 1-255 (1: no multipath)");
     }
 }
 
@@ -530,17 +551,24 @@ mod tests {
     fn calicos_session_fields_are_read_as_calico_writes_them_and_checked() {
         let peer: BgpPeer = serde_saphyr::from_str(
             "peerIP: 10.0.0.1\nasNumber: 65000\nkeepaliveTime: 10s\nttlSecurity: 1\nsourceAddress: None\n\
-             failureDetectionMode: BFDIfDirectlyConnected\n",
+             failureDetectionMode: BFDIfDirectlyConnected\nlocalASNumber: 65100\nnumAllowedLocalASNumbers: 2\n",
         )
         .unwrap();
         assert_eq!(peer.keepalive_time, Some(Duration::from_secs(10)));
         assert_eq!(peer.ttl_security, Some(1));
         assert_eq!(peer.source_address, Some(SourceAddress::None));
         assert_eq!(peer.failure_detection_mode, Some(FailureDetectionMode::BFDIfDirectlyConnected));
+        assert_eq!((peer.local_as_number, peer.num_allowed_local_as_numbers), (Some(65100), Some(2)));
         assert_eq!(problems(peer.clone()), "");
-        let bad = BgpPeer { ttl_security: Some(0), keepalive_time: Some(Duration::from_millis(10)), ..peer };
+        let bad = BgpPeer {
+            ttl_security: Some(0),
+            keepalive_time: Some(Duration::from_millis(10)),
+            local_as_number: Some(0),
+            ..peer
+        };
         let said = problems(bad);
         assert!(said.contains("spec.ttlSecurity") && said.contains("spec.keepaliveTime"), "{said}");
+        assert!(said.contains("spec.localASNumber"), "{said}");
         let mesh: BgpConfiguration = serde_saphyr::from_str(
             "nodeMeshPassword: {secretKeyRef: {name: bgp, key: '..x'}}\nnodeMeshMaxRestartTime: 2m\n",
         )

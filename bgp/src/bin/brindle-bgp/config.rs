@@ -63,6 +63,12 @@ struct Peer {
     /// GTSM (RFC 5082): the peer is this many hops away (1: directly connected).
     #[serde(default)]
     ttl_security: Option<u8>,
+    /// Our AS toward this peer, when not `asn`.
+    #[serde(default)]
+    local_asn: Option<u32>,
+    /// How often our AS may appear in a received AS_PATH (allowas-in; default 0).
+    #[serde(default)]
+    allow_local_as: u8,
     #[serde(default)]
     local_address: Option<IpAddr>,
     /// Accept only prefixes inside these ranges (default: everything).
@@ -186,6 +192,9 @@ impl Config {
             if let Some(why) = unusable_asn(p.asn) {
                 return Err(format!("{peer}: asn: {why}"));
             }
+            if let Some(why) = p.local_asn.and_then(unusable_asn) {
+                return Err(format!("{peer}: local_asn: {why}"));
+            }
             if p.hold_time.is_some_and(|h| h == 1 || h == 2) {
                 return Err(format!("{peer}: hold_time must be 0 or at least 3"));
             }
@@ -244,6 +253,8 @@ impl Config {
             graceful_restart: (self.graceful_restart > 0).then_some(self.graceful_restart),
             forwarding_preserved: false,
             hold_expiry_keeps_routes: true,
+            // Nothing here installs routes: the best path is all it needs.
+            max_paths: 1,
         }
     }
 
@@ -259,6 +270,8 @@ impl Config {
                 spec.hold_time = p.hold_time.unwrap_or(90);
                 spec.keepalive_time = p.keepalive_time;
                 spec.ttl_security = p.ttl_security;
+                spec.local_as = p.local_asn;
+                spec.allow_local_as = p.allow_local_as;
                 spec.local_address = p.local_address;
                 spec.import = p.import.as_deref().map_or_else(PrefixFilter::default, PrefixFilter::only);
                 spec.export = p.export.as_deref().map_or_else(PrefixFilter::default, PrefixFilter::only);
@@ -324,6 +337,7 @@ mod tests {
             (&format!("{base}{PEER}bfd = {{ min_rx = \"0ms\" }}\n"), "peer 10.0.0.2: bfd: min_tx and min_rx must be"),
             (&format!("{base}{PEER}bfd = {{ multiplier = 0 }}\n"), "peer 10.0.0.2: bfd: multiplier must be 1-255"),
             (&format!("{base}{PEER}ttl_security = 0\n"), "peer 10.0.0.2: ttl_security must be 1-255 hops"),
+            (&format!("{base}{PEER}local_asn = 23456\n"), "peer 10.0.0.2: local_asn: 23456 is AS_TRANS"),
             (&format!("{base}{PEER}keepalive_time = 0\n"), "peer 10.0.0.2: keepalive_time must be at least 1"),
             (&format!("{base}{PEER}bfd = {{ interval = \"1s\" }}\n"), "unknown field `interval`"),
         ];
