@@ -49,26 +49,12 @@ ip -n "$tag-s" link set "$tag-a" up
 ip -n "$tag-r" link set "$tag-b" up
 
 echo "generating $N routes in $SETS attribute sets" >&2
-# Each static protocol holds one attribute set: a community, a MED and an AS path of its own.
-awk -v n="$N" -v sets="$SETS" 'BEGIN {
-    print "router id 10.77.0.1;\nprotocol device {}";
-    per = int((n + sets - 1) / sets);
-    i = 0;
-    for (s = 0; s < sets && i < n; s++) {
-        printf "protocol static s%d { ipv4 { import filter { bgp_community.add((64512, %d)); bgp_med = %d; bgp_path.prepend(%d); accept; }; };\n", s, s, s % 7, 65000 + s % 50;
-        for (k = 0; k < per && i < n; k++) {
-            base = 16 * 16777216 + i * 256;          # 16.0.0.0 onwards, one /24 slot per route
-            r = i % 10;
-            len = (r < 6) ? 24 : (r < 8) ? 23 : (r < 9) ? 22 : 20;
-            if (len < 24) { base = base - base % (2 ^ (32 - len)) + (r % 2) * 0; }
-            printf "  route %d.%d.%d.%d/%d blackhole;\n", int(base / 16777216), int(base / 65536) % 256, int(base / 256) % 256, 0, len;
-            i++;
-        }
-        print "}";
-    }
-    print "protocol bgp feed { local 10.77.0.1 as 64512; neighbor 10.77.0.2 as 64512; direct; hold time 240; connect delay time 1;";
-    print "  ipv4 { export all; import none; next hop self; }; }";
-}' | awk '!/^  route/ || !seen[$0]++' > "$work/sender.conf"
+awk -v n="$N" -v sets="$SETS" -v router_id=10.77.0.1 -f bench/lib/sender-routes.awk |
+    awk '!/^  route/ || !seen[$0]++' > "$work/sender.conf"
+cat >> "$work/sender.conf" <<EOF
+protocol bgp feed { local 10.77.0.1 as 64512; neighbor 10.77.0.2 as 64512; direct; hold time 240; connect delay time 1;
+  ipv4 { export all; import none; next hop self; }; }
+EOF
 routes=$(grep -c "^  route" "$work/sender.conf")
 
 cat > "$work/brindle.toml" <<EOF
