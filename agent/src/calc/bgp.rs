@@ -25,13 +25,8 @@ const DEFAULT_LIMIT_RESTART: std::time::Duration = std::time::Duration::from_sec
 
 /// A resource's BFD settings for the speaker, with the speaker's defaults where it says none.
 fn bfd_spec(bfd: &Bfd) -> BfdSpec {
-    let defaults = brindle_bgp::bfd::Config::default();
     BfdSpec {
-        timing: brindle_bgp::bfd::Config {
-            desired_min_tx: bfd.min_tx.unwrap_or(defaults.desired_min_tx),
-            required_min_rx: bfd.min_rx.unwrap_or(defaults.required_min_rx),
-            detect_mult: bfd.multiplier.unwrap_or(defaults.detect_mult),
-        },
+        timing: brindle_bgp::bfd::Config::or_defaults(bfd.min_tx, bfd.min_rx, bfd.multiplier),
         graceful: bfd.graceful,
     }
 }
@@ -269,7 +264,7 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings, local: &[super::ser
                     if prepend_filters(&mut peer, &spec.filters, &cluster.filters, &mut out.problems) {
                         out.filtered.insert(peer.address);
                     }
-                    let direct = me.address_like(peer.address).is_some_and(|net| net.contains(peer.address));
+                    let direct = super::same_subnet(me.address_like(peer.address), peer.address);
                     let local = peer.local_address;
                     apply_peer_settings(spec, &mut peer, direct);
                     // Node-to-node sessions always speak from the node's address: the other
@@ -310,7 +305,7 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings, local: &[super::ser
             peer.port = port.unwrap_or(179);
             peer.hold_time = hold_time;
             peer.local_address = Some(local);
-            let direct = me.address_like(address).is_some_and(|net| net.contains(address));
+            let direct = super::same_subnet(me.address_like(address), address);
             apply_peer_settings(spec, &mut peer, direct);
             let mut peer = with_filters(peer);
             // A later BGPPeer for the same address replaces an earlier one whole.

@@ -31,6 +31,22 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The given settings, each left out taken from [`Config::default`].
+    pub fn or_defaults(
+        desired_min_tx: Option<Duration>,
+        required_min_rx: Option<Duration>,
+        detect_mult: Option<u8>,
+    ) -> Self {
+        let defaults = Config::default();
+        Config {
+            desired_min_tx: desired_min_tx.unwrap_or(defaults.desired_min_tx),
+            required_min_rx: required_min_rx.unwrap_or(defaults.required_min_rx),
+            detect_mult: detect_mult.unwrap_or(defaults.detect_mult),
+        }
+    }
+}
+
 /// A state change, reported by [`Session::receive`] and [`Session::on_timer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change {

@@ -111,13 +111,8 @@ struct Bfd {
 
 impl Bfd {
     fn spec(&self) -> BfdSpec {
-        let defaults = brindle_bgp::bfd::Config::default();
         BfdSpec {
-            timing: brindle_bgp::bfd::Config {
-                desired_min_tx: self.min_tx.unwrap_or(defaults.desired_min_tx),
-                required_min_rx: self.min_rx.unwrap_or(defaults.required_min_rx),
-                detect_mult: self.multiplier.unwrap_or(defaults.detect_mult),
-            },
+            timing: brindle_bgp::bfd::Config::or_defaults(self.min_tx, self.min_rx, self.multiplier),
             graceful: self.graceful,
         }
     }
