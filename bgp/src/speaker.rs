@@ -847,7 +847,10 @@ impl Core {
                     prefix: change.prefix,
                     attrs: Arc::clone(&best.attrs),
                     peer: by_id.get(&best.peer).copied(),
+                    // A prefix that was new (no best before) has one path: no set to read,
+                    // which keeps a full table's arrival free of a second lookup per prefix.
                     multipath: match self.config.max_paths {
+                        _ if change.old.is_none() => Vec::new(),
                         0 | 1 => Vec::new(),
                         max => {
                             Some(self.rib.multipath(&change.prefix, max)).filter(|h| h.len() > 1).unwrap_or_default()
