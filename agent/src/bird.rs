@@ -74,6 +74,7 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
             "local_as": peer.local_as,
             "allow_local_as": peer.allow_local_as,
             "keep_next_hop": peer.keep_original_next_hop,
+            "source": peer.local_address,
             "direct": mine.is_some_and(|net| net.contains(peer.address)),
             "password": password,
             "import_limit": peer.prefix_limit.map(|l| l.max),
@@ -160,10 +161,34 @@ mod tests {
     fn a_mesh_node_passes_bird_p() {
         let text = rendered(&me("b", "10.0.0.2/24"), &cluster(true));
         assert!(
-            text.contains("neighbor 10.0.0.1 port 179 as 64512;\n  hold time 90;\n  direct;\n  passive on;"),
+            text.contains(
+                "neighbor 10.0.0.1 port 179 as 64512;\n  local 10.0.0.2;\n  hold time 90;\n  direct;\n  passive on;"
+            ),
             "{text}"
         );
-        assert!(text.contains("neighbor 10.0.0.3 port 179 as 64512;\n  hold time 90;\n  direct;\n}"), "{text}");
+        assert!(
+            text.contains("neighbor 10.0.0.3 port 179 as 64512;\n  local 10.0.0.2;\n  hold time 90;\n  direct;\n}"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn source_address_none_leaves_the_address_to_the_kernel_and_a_far_peer_is_multihop() {
+        let mut c = cluster(true);
+        let peer = BgpPeer {
+            peer_ip: Some("192.0.2.9".into()),
+            as_number: Some(65001),
+            source_address: Some(brindle_datastore::resource::SourceAddress::None),
+            reachable_by: Some("10.0.0.254".parse().unwrap()),
+            ..BgpPeer::default()
+        };
+        c.peers.push(Resource::new("far", peer));
+        let text = rendered(&me("a", "10.0.0.1/24"), &c);
+        assert!(
+            text.contains("neighbor 192.0.2.9 port 179 as 65001;\n  hold time 90;\n  multihop;\n}"),
+            "no local address, and multihop: {text}"
+        );
+        assert_eq!(text.matches("  local 10.0.0.1;\n").count(), 2, "the mesh keeps the node's address: {text}");
     }
 
     #[test]
@@ -180,7 +205,7 @@ mod tests {
         let text = rendered(&a, &c);
         assert!(text.contains("protocol bgp peer_fd00__2 from brindle_peer6 {\n  neighbor fd00::2 port 179"), "{text}");
         assert!(text.contains("protocol bgp peer_10_0_0_2 from brindle_peer4 {"), "{text}");
-        assert!(text.contains("local fd00::1 as 64512;"), "{text}");
+        assert!(text.contains("neighbor fd00::2 port 179 as 64512;\n  local fd00::1;\n"), "{text}");
         assert!(text.contains("if net ~ [ fd00:10:244::/56+ ] then accept;"), "{text}");
         assert!(text.contains("route fd00:10:244::/122 blackhole;"), "{text}");
         // A node without an IPv6 address has no IPv6 sessions at all.
@@ -309,6 +334,7 @@ mod tests {
         assert_eq!(text.matches("  ttl security on;\n").count(), 2, "{text}");
         assert!(text.contains("  ttl security on;\n  multihop 3;\n"), "the hops of a peer further away: {text}");
         assert_eq!(text.matches("multihop").count(), 1, "{text}");
+        assert_eq!(text.matches("  direct;\n").count(), 3, "the mesh and the top-of-rack router: {text}");
         assert_eq!(text.matches("  local as 65100;\n  allow local as 2;\n").count(), 2, "{text}");
     }
 
@@ -380,7 +406,7 @@ mod tests {
         ));
         let text = rendered(&me("b", "10.0.0.2/24"), &c);
         assert!(
-            text.contains("neighbor 192.0.2.9 port 179 as 65001;\n  hold time 90;\n  password \"s3cret\";"),
+            text.contains("neighbor 192.0.2.9 port 179 as 65001;\n  local 10.0.0.2;\n  hold time 90;\n  multihop;\n  password \"s3cret\";"),
             "{text}"
         );
     }

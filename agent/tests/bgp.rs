@@ -197,6 +197,44 @@ fn equal_cost_routes_from_two_routers_become_one_multipath_route() {
     cluster.eventually(Duration::from_secs(10), "both routers again", || both(&route()));
 }
 
+/// A peer on no subnet of the node's, behind a router that is not the node's default gateway
+/// (Calico's `reachableBy`): the agent adds the route to the peer through that router, and
+/// the session comes up over it.
+#[test]
+fn a_peer_reachable_only_through_another_router_peers_over_the_route_the_agent_adds() {
+    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+        kind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {name: far}\n\
+        spec: {peerIP: 10.251.0.2, asNumber: 65001, reachableBy: 10.250.0.60}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10)], yaml);
+    let edge = brindle_e2e::netns::Netns::new("agt", "edge").unwrap();
+    cluster.underlay.attach(&edge, 0, 60).unwrap();
+    let far = brindle_e2e::netns::Netns::new("agt", "far").unwrap();
+    brindle_e2e::netns::veth(&edge, "far0", &far, "eth0").unwrap();
+    edge.ip(&["addr", "add", "10.251.0.1/24", "dev", "far0"]).unwrap();
+    edge.ip(&["link", "set", "far0", "up"]).unwrap();
+    brindle_e2e::netns::run(edge.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"])).unwrap();
+    far.ip(&["addr", "add", "10.251.0.2/24", "dev", "eth0"]).unwrap();
+    far.ip(&["link", "set", "eth0", "up"]).unwrap();
+    far.ip(&["route", "add", "default", "via", "10.251.0.1"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "router id 10.251.0.2;\nprotocol device {{}}\n\
+         protocol bgp node0 {{ local as 65001; neighbor {} as 64512; multihop; ipv4 {{ import all; export none; }}; }}\n",
+        cluster.nodes[0].address
+    );
+    let bird = brindle_e2e::bird::Bird::start(&far, dir.path(), &config).unwrap();
+    // The node's default gateway does not know the peer's subnet.
+    assert!(!brindle_e2e::netns::ping(&cluster.nodes[0].netns.name, "10.251.0.2"), "the peer is reachable already");
+    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
+    cluster.start_all();
+    cluster.add_pod(0, |_| {});
+    cluster.eventually(Duration::from_secs(20), "the session is up and BIRD holds the node's block", || {
+        bird.cli("show protocols node0").contains("Established") && bird.cli("show route").contains("10.244.")
+    });
+    let route = cluster.ip(0, &["route", "show", "10.251.0.2"]);
+    assert!(route.starts_with("10.251.0.2 via 10.250.0.60 dev eth0"), "{route}");
+}
+
 #[test]
 /// GoBGP as an external peer with a BGPFilter: the filter lets one route from outside the
 /// pools in and keeps one service range from going out; the defaults decide the rest.

@@ -153,6 +153,19 @@ fn applies_to(
     }
 }
 
+/// The BGPPeers of `me` that name a gateway to their peer (`reachableBy`): each peer's
+/// address and its gateway, for a route the node needs to reach the peer at all.
+pub fn peer_gateways(me: &Me, cluster: &Cluster) -> Vec<(IpAddr, IpAddr)> {
+    let no_labels = BTreeMap::new();
+    let labels = cluster.nodes.iter().find(|n| n.metadata.name == me.name).map_or(&no_labels, |n| &n.metadata.labels);
+    cluster
+        .peers
+        .iter()
+        .filter(|p| applies_to(&p.spec, &me.name, labels).unwrap_or(false))
+        .filter_map(|p| Some((p.spec.peer_address()?.0, p.spec.reachable_by?)))
+        .collect()
+}
+
 /// The plan for `me`: the node-to-node mesh (each session opened by the lower address only,
 /// so they never collide) and every BGPPeer that applies to this node; route reflectors
 /// treat nodes outside their cluster as clients. Nodes with addresses of both families peer

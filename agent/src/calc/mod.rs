@@ -655,6 +655,16 @@ pub fn desired_with(me: &Me, cluster: &Cluster, learned: Option<&Learned>, memo:
         }
     }
 
+    for (peer, gateway) in bgp::peer_gateways(me, cluster) {
+        let host = IpNetwork::new(peer, if peer.is_ipv4() { 32 } else { 128 }).expect("host prefix");
+        if !same_subnet(me.address_like(gateway), gateway) {
+            out.problems.push(format!("BGP peer {peer}: reachableBy {gateway} is on none of this node's subnets"));
+        } else {
+            // A route the cluster's own state asks for (a pod's, a block's) stays.
+            out.routes.entry(host).or_insert(Target::Direct { via: gateway });
+        }
+    }
+
     if out.vxlan {
         for (name, node) in &routing.nodes {
             if *name == me.name {

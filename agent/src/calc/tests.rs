@@ -250,6 +250,29 @@ fn the_firewall_knows_every_node_address_and_bgp_peer_and_their_ports() {
 }
 
 #[test]
+fn a_peer_reachable_by_a_gateway_gets_a_host_route_through_it_on_the_nodes_it_applies_to() {
+    let mut c = cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Never));
+    let peer = |ip: &str, gateway: &str, node: Option<&str>| BgpPeer {
+        peer_ip: Some(ip.into()),
+        reachable_by: Some(gateway.parse().unwrap()),
+        node: node.map(Into::into),
+        ..BgpPeer::default()
+    };
+    c.peers.push(Resource::new("far", peer("192.0.2.1", "10.0.0.254", None)));
+    c.peers.push(Resource::new("elsewhere", peer("192.0.2.2", "10.0.0.254", Some("b"))));
+    c.peers.push(Resource::new("off-subnet", peer("192.0.2.3", "10.9.0.1", None)));
+    let d = desired(&me(false), &c, None);
+    assert_eq!(route(&d, "192.0.2.1/32"), Some(Target::Direct { via: "10.0.0.254".parse().unwrap() }));
+    assert_eq!(route(&d, "192.0.2.2/32"), None, "that BGPPeer is node b's");
+    assert_eq!(route(&d, "192.0.2.3/32"), None);
+    assert!(
+        d.problems.iter().any(|p| p.contains("192.0.2.3") && p.contains("10.9.0.1 is on none of this node's subnets")),
+        "{:?}",
+        d.problems
+    );
+}
+
+#[test]
 fn pod_mtu_subtracts_the_largest_overhead() {
     let mut vxlan = IpPool::new("10.244.0.0/16".parse().unwrap());
     vxlan.vxlan_mode = EncapMode::Always;

@@ -82,6 +82,10 @@ pub struct BgpPeer {
     /// loop (allowas-in; default 0).
     #[serde(default, rename = "numAllowedLocalASNumbers", skip_serializing_if = "Option::is_none")]
     pub num_allowed_local_as_numbers: Option<u8>,
+    /// The gateway a peer on none of the node's subnets is reached through: the node gets a
+    /// route to `peerIP` through it (Calico's reachableBy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachable_by: Option<IpAddr>,
 }
 
 /// When to run BFD with a peer (Calico's `failureDetectionMode`).
@@ -314,6 +318,18 @@ impl Spec for BgpPeer {
         }
         if let Some(password) = &self.password {
             password.validate("spec.password", v);
+        }
+        if let Some(gateway) = self.reachable_by {
+            match (&self.peer_ip, self.peer_address()) {
+                (None, _) => v.problem("spec.reachableBy", gateway, "needs spec.peerIP"),
+                (Some(_), None) => {} // peerIP's own problem says it.
+                (Some(_), Some((peer, _))) => v.require(
+                    gateway.is_ipv4() == peer.is_ipv4() && is_peer_host(gateway) && gateway != peer,
+                    "spec.reachableBy",
+                    gateway,
+                    "must be a unicast address of peerIP's family, other than peerIP",
+                ),
+            }
         }
     }
 }
@@ -551,9 +567,11 @@ mod tests {
     fn calicos_session_fields_are_read_as_calico_writes_them_and_checked() {
         let peer: BgpPeer = serde_saphyr::from_str(
             "peerIP: 10.0.0.1\nasNumber: 65000\nkeepaliveTime: 10s\nttlSecurity: 1\nsourceAddress: None\n\
-             failureDetectionMode: BFDIfDirectlyConnected\nlocalASNumber: 65100\nnumAllowedLocalASNumbers: 2\n",
+             failureDetectionMode: BFDIfDirectlyConnected\nlocalASNumber: 65100\nnumAllowedLocalASNumbers: 2\n\
+             reachableBy: 10.0.1.1\n",
         )
         .unwrap();
+        assert_eq!(peer.reachable_by, Some("10.0.1.1".parse().unwrap()));
         assert_eq!(peer.keepalive_time, Some(Duration::from_secs(10)));
         assert_eq!(peer.ttl_security, Some(1));
         assert_eq!(peer.source_address, Some(SourceAddress::None));
@@ -564,11 +582,16 @@ mod tests {
             ttl_security: Some(0),
             keepalive_time: Some(Duration::from_millis(10)),
             local_as_number: Some(0),
-            ..peer
+            reachable_by: Some("fd00::1".parse().unwrap()),
+            ..peer.clone()
         };
         let said = problems(bad);
         assert!(said.contains("spec.ttlSecurity") && said.contains("spec.keepaliveTime"), "{said}");
         assert!(said.contains("spec.localASNumber"), "{said}");
+        assert!(said.contains("spec.reachableBy") && said.contains("of peerIP's family"), "{said}");
+        let by_selector = BgpPeer { peer_ip: None, as_number: None, peer_selector: Some("all()".into()), ..peer };
+        let said = problems(by_selector);
+        assert!(said.contains("spec.reachableBy") && said.contains("needs spec.peerIP"), "{said}");
         let mesh: BgpConfiguration = serde_saphyr::from_str(
             "nodeMeshPassword: {secretKeyRef: {name: bgp, key: '..x'}}\nnodeMeshMaxRestartTime: 2m\n",
         )
