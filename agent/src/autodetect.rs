@@ -93,6 +93,20 @@ async fn candidates(kernel: &dyn Kernel, v6: bool) -> anyhow::Result<Vec<Candida
     Ok(out)
 }
 
+/// The subnets of every interface that is up (its device routes), global addresses only.
+pub async fn device_routes(kernel: &dyn Kernel) -> anyhow::Result<Vec<(String, IpNetwork)>> {
+    let mut out = Vec::new();
+    for v6 in [false, true] {
+        for c in candidates(kernel, v6).await?.into_iter().filter(|c| c.up) {
+            for address in c.addresses {
+                let subnet = IpNetwork::new(address.network(), address.prefix()).expect("a network of the address");
+                out.push((c.name.clone(), subnet));
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn name_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => name.starts_with(prefix),

@@ -9,7 +9,7 @@ use brindle_bgp::rib::{FilterRule, PrefixFilter};
 use brindle_bgp::speaker::LimitAction;
 
 use crate::bgp::read_password;
-use crate::calc::bgp::Plan;
+use crate::calc::bgp::{NEVER_READ, Plan};
 use crate::calc::{Cluster, Me};
 
 /// The shipped template.
@@ -102,15 +102,23 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
         "families": families.iter().flatten().collect::<Vec<_>>(),
         "bfd": plan.peers.iter().any(|p| p.bfd.is_some()),
         "max_paths": cluster.bgp.max_paths,
+        "unread_interfaces": NEVER_READ.iter().copied().chain(cluster.bgp.ignored_interfaces.iter().map(String::as_str)).collect::<Vec<_>>(),
         "peers": peers,
     }))
 }
 
-/// A prefix filter rule as a BIRD filter statement: `if net ~ [ 10.0.0.0/8{8,32} ] then
-/// accept;`, negated with `!`.
+/// A filter rule as a BIRD filter statement: `if net ~ [ 10.0.0.0/8{8,32} ] then accept;`,
+/// the prefix test negated with `!`, and `source = RTS_BGP` and `ifname ~ "eth*"` added for
+/// rules on the source and the interface.
 fn bird_rule(rule: &FilterRule) -> String {
     let test = format!("net ~ [ {}{{{},{}}} ]", rule.prefix, rule.min_len, rule.max_len);
-    let test = if rule.negate { format!("!({test})") } else { test };
+    let mut test = if rule.negate { format!("!({test})") } else { test };
+    if rule.learned_only {
+        test = format!("({test}) && source = RTS_BGP");
+    }
+    if let Some(interface) = &rule.interface {
+        test = format!("({test}) && ifname ~ \"{}\"", interface.pattern);
+    }
     format!("if {test} then {};", if rule.accept { "accept" } else { "reject" })
 }
 
@@ -225,12 +233,16 @@ mod tests {
                     match_operator: Some(MatchOperator::In),
                     cidr: Some("192.168.0.0/16".parse().unwrap()),
                     prefix_length: Some(PrefixLength { min: None, max: Some(24) }),
+                    source: None,
+                    interface: Some("eth*".into()),
                 }],
                 export_v4: vec![BgpFilterRule {
                     action: FilterAction::Reject,
                     match_operator: Some(MatchOperator::NotIn),
                     cidr: Some("10.244.0.0/17".parse().unwrap()),
                     prefix_length: None,
+                    source: Some(brindle_datastore::resource::RouteSource::RemotePeers),
+                    interface: None,
                 }],
                 ..BgpFilter::default()
             },
@@ -249,12 +261,19 @@ mod tests {
         assert!(
             text.contains(
                 "  ipv4 {\n    next hop keep;\n    # BGPFilter rules, then the defaults.\n    import filter {\n      \
-                 if net ~ [ 192.168.0.0/16{16,24} ] then accept;\n      \
+                 if (net ~ [ 192.168.0.0/16{16,24} ]) && ifname ~ \"eth*\" then accept;\n      \
                  if net ~ [ 10.244.0.0/16{16,32} ] then accept;\n      reject;\n    };"
             ),
             "{text}"
         );
-        assert!(text.contains("      if !(net ~ [ 10.244.0.0/17{17,32} ]) then reject;\n"), "{text}");
+        assert!(
+            text.contains("      if (!(net ~ [ 10.244.0.0/17{17,32} ])) && source = RTS_BGP then reject;\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("export filter {\n      if source = RTS_DEVICE then reject;\n"),
+            "device routes never go out: {text}"
+        );
         assert_eq!(text.matches("import filter {").count(), 1, "mesh peers keep the shared filters: {text}");
     }
 
@@ -344,6 +363,16 @@ mod tests {
         assert_eq!(rendered(&me("a", "10.0.0.1/24"), &c).matches("  merge paths on limit 8;\n").count(), 1);
         c.bgp.max_paths = 1;
         assert!(!rendered(&me("a", "10.0.0.1/24"), &c).contains("merge paths"));
+    }
+
+    #[test]
+    fn device_routes_are_read_from_every_interface_but_the_pods_and_the_ignored_ones() {
+        let mut c = cluster(true);
+        c.bgp.ignored_interfaces = vec!["docker*".into(), "eth1".into()];
+        let text = rendered(&me("a", "10.0.0.1/24"), &c);
+        let direct =
+            "protocol direct {\n  ipv4;\n  interface -\"brin*\", -\"kube-ipvs*\", -\"docker*\", -\"eth1\", \"*\";\n}";
+        assert!(text.contains(direct), "{text}");
     }
 
     #[test]

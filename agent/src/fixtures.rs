@@ -28,6 +28,10 @@ pub fn me(name: &str, ip: &str) -> Me {
         ipip_supported: false,
         tunnels: Default::default(),
         to_host: Default::default(),
+        device_routes: vec![
+            ("eth0".into(), "10.0.0.0/24".parse().unwrap()),
+            ("brin1".into(), "10.0.0.0/24".parse().unwrap()),
+        ],
     }
 }
 

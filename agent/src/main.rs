@@ -190,6 +190,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         ipip_supported,
         tunnels,
         to_host: config.default_endpoint_to_host_action,
+        device_routes: autodetect::device_routes(kernel.as_ref()).await.context("reading the interfaces' subnets")?,
     };
     let metrics_listen = match args.metrics_listen.as_deref() {
         Some("off") => None,

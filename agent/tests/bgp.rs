@@ -235,6 +235,67 @@ fn a_peer_reachable_only_through_another_router_peers_over_the_route_the_agent_a
     assert!(route.starts_with("10.251.0.2 via 10.250.0.60 dev eth0"), "{route}");
 }
 
+/// BGPFilter rules on the route's source and interface, with each backend on the node that
+/// peers: the external BIRD gets the node's own block but not the one it learned from the
+/// other node (`source: RemotePeers` rejected), and of two routes from outside the pools the
+/// one the rule on `eth0` accepts is installed, the one on an interface the node lacks not.
+fn bgp_filter_rules_on_source_and_interface(backend: &str) {
+    let pool = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n";
+    let filter = "kind: BGPFilter\napiVersion: brindle.io/v1\nmetadata: {name: upstream}\nspec:\n  \
+          exportV4: [{action: Reject, source: RemotePeers}]\n  \
+          importV4:\n  - {action: Accept, matchOperator: In, cidr: 192.168.80.0/24, interface: 'eth*'}\n  \
+          - {action: Accept, matchOperator: In, cidr: 192.168.81.0/24, interface: 'wg*'}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11)], pool);
+    cluster.apply(&format!(
+        "{filter}---\nkind: BGPPeer\napiVersion: brindle.io/v1\nmetadata: {{name: upstream}}\n\
+         spec: {{peerIP: 10.250.0.50, asNumber: 65001, node: {}, filters: [upstream]}}\n",
+        cluster.nodes[0].name
+    ));
+    let router = brindle_e2e::netns::Netns::new("agt", "bird").unwrap();
+    cluster.underlay.attach(&router, 0, 50).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "router id 10.250.0.50;\nprotocol device {{}}\n\
+         protocol static {{ ipv4; route 192.168.80.0/24 blackhole; route 192.168.81.0/24 blackhole; }}\n\
+         protocol bgp node0 {{ local as 65001; neighbor {} as 64512; ipv4 {{ import all; export all; }}; }}\n",
+        cluster.nodes[0].address
+    );
+    let bird = brindle_e2e::bird::Bird::start(&router, dir.path(), &config).unwrap();
+    cluster.node_args.insert(0, vec!["--bgp".into(), backend.into()]);
+    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
+    cluster.start_all();
+    for i in 0..2 {
+        cluster.add_pod(i, |_| {});
+    }
+    let block = |i: usize| {
+        let ip = &cluster.pods[i].ip;
+        ip.rsplit_once('.').map(|(net, last)| format!("{net}.{}/26", last.parse::<u8>().unwrap() & !63)).unwrap()
+    };
+    cluster.eventually(Duration::from_secs(20), "BIRD learns node 0's block, node 0 the route via eth0", || {
+        bird.cli("show route").contains(&block(0))
+            && cluster.ip(0, &["route", "show", "192.168.80.0/24"]).contains("via 10.250.0.50")
+    });
+    cluster.eventually(Duration::from_secs(10), "node 0 learns node 1's block", || {
+        !cluster.ip(0, &["route", "show", &block(1)]).is_empty()
+    });
+    // Let a wrongly sent or installed route have its chance to arrive.
+    std::thread::sleep(Duration::from_secs(1));
+    let routes = bird.cli("show route");
+    assert!(!routes.contains(&block(1)), "node 1's block, learned by node 0, was sent on:\n{routes}");
+    let wrong = cluster.ip(0, &["route", "show", "192.168.81.0/24"]);
+    assert!(wrong.is_empty(), "a route through an interface the node lacks was installed: {wrong}");
+}
+
+#[test]
+fn bgp_filter_rules_on_source_and_interface_with_the_embedded_speaker() {
+    bgp_filter_rules_on_source_and_interface("embedded");
+}
+
+#[test]
+fn bgp_filter_rules_on_source_and_interface_with_bird() {
+    bgp_filter_rules_on_source_and_interface("bird");
+}
+
 #[test]
 /// GoBGP as an external peer with a BGPFilter: the filter lets one route from outside the
 /// pools in and keeps one service range from going out; the defaults decide the rest.

@@ -31,7 +31,8 @@ pub const LOCAL: PeerId = PeerId::MAX;
 /// The LOCAL_PREF of routes that arrive without one.
 pub const DEFAULT_LOCAL_PREF: u32 = 100;
 
-/// One accept-or-reject rule on prefixes of one family.
+/// One accept-or-reject rule on routes of one family: their prefix, and optionally where
+/// they come from and which interface their next hop is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterRule {
     /// The range the rule covers.
@@ -42,16 +43,57 @@ pub struct FilterRule {
     pub max_len: u8,
     /// The rule matches the prefixes of its family that the range and lengths do not.
     pub negate: bool,
+    /// Only routes learned from a BGP peer, not this speaker's own (Calico's `source:
+    /// RemotePeers`).
+    pub learned_only: bool,
+    /// Only routes whose next hop is on an interface this names (Calico's `interface`).
+    pub interface: Option<InterfaceMatch>,
     /// Accept (true) or reject.
     pub accept: bool,
 }
 
+/// The interfaces a rule names: the pattern as written, and the subnets of the interfaces it
+/// matched, which a next hop must lie in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceMatch {
+    /// The name or glob (`eth*`, `*.calico`).
+    pub pattern: String,
+    /// The subnets of the matching interfaces (none: the rule matches no route).
+    pub subnets: Vec<IpNetwork>,
+}
+
+/// What a filter sees of a route besides its prefix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteFacts {
+    /// Learned from a BGP peer (not originated here).
+    pub learned: bool,
+    /// Its next hop.
+    pub next_hop: Option<IpAddr>,
+}
+
+impl RouteFacts {
+    /// The facts of `path`.
+    fn of(path: &Path) -> RouteFacts {
+        RouteFacts { learned: path.peer != LOCAL, next_hop: path.attrs.next_hop }
+    }
+}
+
 impl FilterRule {
-    /// Whether the rule decides `prefix`.
-    pub fn matches(&self, prefix: &IpNetwork) -> bool {
+    /// A rule on prefixes alone.
+    pub fn on_prefixes(prefix: IpNetwork, min_len: u8, max_len: u8, negate: bool, accept: bool) -> FilterRule {
+        FilterRule { prefix, min_len, max_len, negate, learned_only: false, interface: None, accept }
+    }
+
+    /// Whether the rule decides the route to `prefix` described by `route`.
+    pub fn matches(&self, prefix: &IpNetwork, route: RouteFacts) -> bool {
         self.prefix.is_ipv4() == prefix.is_ipv4()
             && (self.prefix.contains(prefix.network()) && (self.min_len..=self.max_len).contains(&prefix.prefix()))
                 != self.negate
+            && (route.learned || !self.learned_only)
+            && self
+                .interface
+                .as_ref()
+                .is_none_or(|i| route.next_hop.is_some_and(|hop| i.subnets.iter().any(|subnet| subnet.contains(hop))))
     }
 }
 
@@ -75,20 +117,14 @@ impl PrefixFilter {
     pub fn only(ranges: &[IpNetwork]) -> Self {
         let rules = ranges
             .iter()
-            .map(|r| FilterRule {
-                prefix: *r,
-                min_len: r.prefix(),
-                max_len: if r.is_ipv4() { 32 } else { 128 },
-                negate: false,
-                accept: true,
-            })
+            .map(|r| FilterRule::on_prefixes(*r, r.prefix(), if r.is_ipv4() { 32 } else { 128 }, false, true))
             .collect();
         PrefixFilter { rules, default_accept: false }
     }
 
-    /// Whether `prefix` passes.
-    pub fn accepts(&self, prefix: &IpNetwork) -> bool {
-        self.rules.iter().find(|r| r.matches(prefix)).map_or(self.default_accept, |r| r.accept)
+    /// Whether the route to `prefix` described by `route` passes.
+    pub fn accepts(&self, prefix: &IpNetwork, route: RouteFacts) -> bool {
+        self.rules.iter().find(|r| r.matches(prefix, route)).map_or(self.default_accept, |r| r.accept)
     }
 }
 
@@ -387,7 +423,7 @@ impl Rib {
             }
             for &prefix in prefixes {
                 match (&usable, handles.pop().zip(handles.pop())) {
-                    (Some(_), Some((attrs, twin))) if self.imports(peer, &prefix) => {
+                    (Some(_), Some((attrs, twin))) if self.imports(peer, &prefix, attrs.next_hop) => {
                         let path = Path { peer, attrs, stale: false };
                         self.set_path(prefix, path, Path { peer, attrs: twin, stale: false }, changes);
                     }
@@ -441,9 +477,9 @@ impl Rib {
         our_as_seen || attrs.originator_id == Some(self.router_id) || attrs.cluster_list.contains(&self.cluster_id)
     }
 
-    /// Whether `peer`'s import filter lets `prefix` in.
-    fn imports(&self, peer: PeerId, prefix: &IpNetwork) -> bool {
-        self.state(peer).is_some_and(|s| s.config.import.accepts(prefix))
+    /// Whether `peer`'s import filter lets its route to `prefix` through `next_hop` in.
+    fn imports(&self, peer: PeerId, prefix: &IpNetwork, next_hop: Option<IpAddr>) -> bool {
+        self.state(peer).is_some_and(|s| s.config.import.accepts(prefix, RouteFacts { learned: true, next_hop }))
     }
 
     /// Marks the session up and returns everything the peer should be sent now.
@@ -491,7 +527,7 @@ impl Rib {
         let import = config.import.clone();
         state.config = config;
         self.export_cache.clear();
-        let changes = self.drop_paths(peer, |prefix, _| !import.accepts(prefix));
+        let changes = self.drop_paths(peer, |prefix, path| !import.accepts(prefix, RouteFacts::of(path)));
         if !established {
             return (changes, Vec::new());
         }
@@ -583,7 +619,9 @@ impl Rib {
         }
         let to_state = self.state(to)?;
         let session = to_state.session.as_ref()?;
-        if !session.families.contains(&Family::of(prefix)) || !to_state.config.export.accepts(prefix) {
+        if !session.families.contains(&Family::of(prefix))
+            || !to_state.config.export.accepts(prefix, RouteFacts::of(path))
+        {
             return None;
         }
         let to_local_as = to_state.config.local_as.unwrap_or(self.local_as);

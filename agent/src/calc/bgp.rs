@@ -8,12 +8,12 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use brindle_bgp::attrs::PathAttrs;
-use brindle_bgp::rib::{FilterRule, PrefixFilter};
+use brindle_bgp::rib::{FilterRule, InterfaceMatch, PrefixFilter};
 use brindle_bgp::speaker::{BfdSpec, LimitAction, PeerSpec, PrefixLimit};
 use brindle_bgp::wire::Family;
 use brindle_datastore::resource::{
     Bfd, BgpFilter, BgpFilterRule, BgpPassword, BgpPeer, FailureDetectionMode, FilterAction, MaxPrefixesAction, Node,
-    Resource, SourceAddress,
+    Resource, RouteSource, SourceAddress,
 };
 use brindle_datastore::selector::Selector;
 use ipnetwork::IpNetwork;
@@ -22,6 +22,49 @@ use crate::calc::{Cluster, Me};
 
 /// How long a peer that passed `maxPrefixes` stays down when its BGPPeer does not say.
 const DEFAULT_LIMIT_RESTART: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Interfaces whose device routes are never read, whatever BGPConfiguration's
+/// `ignoredInterfaces` adds: the pods' veths, and kube-proxy's IPVS device (which holds every
+/// Service's address), as in Calico.
+pub const NEVER_READ: [&str; 2] = ["brin*", "kube-ipvs*"];
+
+/// Whether `name` matches `pattern`, in which `*` stands for any run of characters and `?`
+/// for one (BIRD's patterns).
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    let (pattern, name) = (pattern.as_bytes(), name.as_bytes());
+    let (mut p, mut n) = (0, 0);
+    // Where the last `*` was, and how much of the name it has taken so far.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((star_p, star_n)) => {
+                    p = star_p + 1;
+                    n = star_n + 1;
+                    star = Some((star_p, star_n + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// The node's device routes that brindle reads: all but those of the interfaces
+/// [`NEVER_READ`] and `ignoredInterfaces` name.
+fn readable_device_routes(me: &Me, cluster: &Cluster) -> Vec<(String, IpNetwork)> {
+    let ignored: Vec<&str> =
+        NEVER_READ.into_iter().chain(cluster.bgp.ignored_interfaces.iter().map(String::as_str)).collect();
+    me.device_routes.iter().filter(|(name, _)| !ignored.iter().any(|p| glob_matches(p, name))).cloned().collect()
+}
 
 /// A resource's BFD settings for the speaker, with the speaker's defaults where it says none.
 fn bfd_spec(bfd: &Bfd) -> BfdSpec {
@@ -102,18 +145,32 @@ pub struct Plan {
 }
 
 /// Puts the rules of the BGPFilters `names`, in order, in front of `peer`'s default import
-/// and export filters, for the peer's family. A filter that does not exist is left out and
-/// named in `problems`. Returns whether any rule was added.
+/// and export filters, for the peer's family; a rule on an interface matches next hops in
+/// the subnets `device_routes` give the interfaces it names. A filter that does not exist is
+/// left out and named in `problems`. Returns whether any rule was added.
 fn prepend_filters(
     peer: &mut PeerSpec,
     names: &[String],
     filters: &[Resource<BgpFilter>],
+    device_routes: &[(String, IpNetwork)],
     problems: &mut Vec<String>,
 ) -> bool {
     let v6 = peer.address.is_ipv6();
     let as_rule = |rule: &BgpFilterRule| {
         let (prefix, min_len, max_len, negate) = rule.matching(v6);
-        FilterRule { prefix, min_len, max_len, negate, accept: rule.action == FilterAction::Accept }
+        let interface = rule.interface.as_ref().map(|pattern| InterfaceMatch {
+            pattern: pattern.clone(),
+            subnets: device_routes
+                .iter()
+                .filter(|(name, subnet)| subnet.is_ipv6() == v6 && glob_matches(pattern, name))
+                .map(|(_, subnet)| *subnet)
+                .collect(),
+        });
+        FilterRule {
+            learned_only: rule.source == Some(RouteSource::RemotePeers),
+            interface,
+            ..FilterRule::on_prefixes(prefix, min_len, max_len, negate, rule.action == FilterAction::Accept)
+        }
     };
     let (mut import, mut export) = (Vec::new(), Vec::new());
     for name in names {
@@ -197,6 +254,7 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings, local: &[super::ser
     let my_cluster_id = my_node.and_then(|n| n.spec.bgp.as_ref()).and_then(|b| b.route_reflector_cluster_id);
     let mut out = Plan::default();
     let mut peers: BTreeMap<IpAddr, PeerSpec> = BTreeMap::new();
+    let device_routes = readable_device_routes(me, cluster);
 
     // One session per family both nodes have an address of.
     let node_peers = |node: &Resource<Node>| -> Vec<PeerSpec> {
@@ -274,7 +332,7 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings, local: &[super::ser
                     if peers.contains_key(&peer.address) {
                         continue;
                     }
-                    if prepend_filters(&mut peer, &spec.filters, &cluster.filters, &mut out.problems) {
+                    if prepend_filters(&mut peer, &spec.filters, &cluster.filters, &device_routes, &mut out.problems) {
                         out.filtered.insert(peer.address);
                     }
                     let direct = super::same_subnet(me.address_like(peer.address), peer.address);
@@ -324,7 +382,7 @@ pub fn plan(me: &Me, cluster: &Cluster, settings: &Settings, local: &[super::ser
             // A later BGPPeer for the same address replaces an earlier one whole.
             out.passwords.remove(&address);
             out.filtered.remove(&address);
-            if prepend_filters(&mut peer, &spec.filters, &cluster.filters, &mut out.problems) {
+            if prepend_filters(&mut peer, &spec.filters, &cluster.filters, &device_routes, &mut out.problems) {
                 out.filtered.insert(address);
             }
             if let Some(file) = password {
@@ -388,6 +446,7 @@ fn attach_communities(cluster: &Cluster, out: &mut Plan) {
 mod tests {
     use std::path::Path;
 
+    use brindle_bgp::rib::RouteFacts;
     use brindle_datastore::ipam::{Allocation, AllocationKind, Block};
     use brindle_datastore::resource::BgpPeer;
 
@@ -397,6 +456,9 @@ mod tests {
     fn peer(spec: BgpPeer) -> Resource<BgpPeer> {
         Resource::new("peer", spec)
     }
+
+    /// A route learned from a peer, its next hop unknown.
+    const LEARNED: RouteFacts = RouteFacts { learned: true, next_hop: None };
 
     #[test]
     fn the_mesh_is_opened_by_the_lower_address_only() {
@@ -426,8 +488,8 @@ mod tests {
         assert_eq!(v6.families, [Family::IPV6_UNICAST], "an IPv6 session offers IPv6 only");
         assert_eq!(v6.local_address, Some("fd00::2".parse().unwrap()));
         let (v4_block, v6_block) = ("10.244.1.0/26".parse().unwrap(), "fd00:10:244::/122".parse().unwrap());
-        assert!(v6.import.accepts(&v6_block) && !v6.import.accepts(&v4_block));
-        assert!(p.peers[0].export.accepts(&v4_block) && !p.peers[0].export.accepts(&v6_block));
+        assert!(v6.import.accepts(&v6_block, LEARNED) && !v6.import.accepts(&v4_block, LEARNED));
+        assert!(p.peers[0].export.accepts(&v4_block, LEARNED) && !p.peers[0].export.accepts(&v6_block, LEARNED));
         assert_eq!(p.kinds[&v6.address], "mesh");
     }
 
@@ -439,6 +501,8 @@ mod tests {
             match_operator: Some(MatchOperator::In),
             cidr: Some(cidr.parse().unwrap()),
             prefix_length: None,
+            source: None,
+            interface: None,
         };
         let mut c = cluster(true);
         c.filters = vec![
@@ -464,17 +528,65 @@ mod tests {
         let p = plan(&me("b", "10.0.0.2/24"), &c, &settings(), &[]);
         let external = p.peers.iter().find(|p| p.address.to_string() == "10.0.0.254").unwrap();
         let net = |s: &str| s.parse::<IpNetwork>().unwrap();
-        assert!(external.import.accepts(&net("192.168.5.0/24")), "let in by the first filter");
-        assert!(!external.import.accepts(&net("10.244.200.0/24")), "kept out by the second");
-        assert!(external.import.accepts(&net("10.244.1.0/26")), "the defaults decide the rest");
-        assert!(!external.import.accepts(&net("172.16.0.0/24")));
-        assert!(!external.export.accepts(&net("10.244.200.0/26")), "a slice of the pool kept in");
-        assert!(external.export.accepts(&net("10.244.1.0/26")), "the rest of the pool still goes out");
+        assert!(external.import.accepts(&net("192.168.5.0/24"), LEARNED), "let in by the first filter");
+        assert!(!external.import.accepts(&net("10.244.200.0/24"), LEARNED), "kept out by the second");
+        assert!(external.import.accepts(&net("10.244.1.0/26"), LEARNED), "the defaults decide the rest");
+        assert!(!external.import.accepts(&net("172.16.0.0/24"), LEARNED));
+        assert!(!external.export.accepts(&net("10.244.200.0/26"), LEARNED), "a slice of the pool kept in");
+        assert!(external.export.accepts(&net("10.244.1.0/26"), LEARNED), "the rest of the pool still goes out");
         assert_eq!(external.families, [Family::IPV4_UNICAST]);
         assert!(p.filtered.contains(&external.address) && p.filtered.len() == 1, "{:?}", p.filtered);
         assert!(p.problems.iter().any(|e| e.contains("BGPFilter missing does not exist")), "{:?}", p.problems);
         let mesh = p.peers.iter().find(|p| p.address.to_string() == "10.0.0.1").unwrap();
-        assert!(!mesh.import.accepts(&net("192.168.5.0/24")), "mesh sessions keep the defaults");
+        assert!(!mesh.import.accepts(&net("192.168.5.0/24"), LEARNED), "mesh sessions keep the defaults");
+    }
+
+    #[test]
+    fn rules_on_the_source_and_the_interface_match_learned_routes_and_readable_interfaces() {
+        use brindle_datastore::resource::BgpFilter;
+        let mut c = cluster(true);
+        let rule = |source, interface: &str| BgpFilterRule {
+            action: FilterAction::Reject,
+            match_operator: None,
+            cidr: None,
+            prefix_length: None,
+            source,
+            interface: Some(interface.into()),
+        };
+        let export_v4 = vec![rule(Some(RouteSource::RemotePeers), "e*0"), rule(None, "brin*")];
+        c.filters = vec![Resource::new("f", BgpFilter { export_v4, ..BgpFilter::default() })];
+        c.peers.push(peer(BgpPeer {
+            peer_ip: Some("10.0.0.254".into()),
+            as_number: Some(65001),
+            filters: vec!["f".into()],
+            ..BgpPeer::default()
+        }));
+        let external = |c: &Cluster| {
+            let p = plan(&me("b", "10.0.0.2/24"), c, &settings(), &[]);
+            p.peers.into_iter().find(|p| p.address.to_string() == "10.0.0.254").unwrap().export
+        };
+        let export = external(&c);
+        let block = "10.244.1.0/26".parse().unwrap();
+        let via = |hop: &str| RouteFacts { learned: true, next_hop: Some(hop.parse().unwrap()) };
+        assert!(!export.accepts(&block, via("10.0.0.3")), "learned through eth0: rejected");
+        assert!(export.accepts(&block, RouteFacts { learned: false, next_hop: None }), "the node's own block");
+        let rules = &export.rules;
+        assert_eq!(rules[0].interface.as_ref().unwrap().subnets, ["10.0.0.0/24".parse::<IpNetwork>().unwrap()]);
+        assert!(rules[1].interface.as_ref().unwrap().subnets.is_empty(), "pods' veths are never read");
+        c.bgp.ignored_interfaces = vec!["eth?".into()];
+        assert!(external(&c).accepts(&block, via("10.0.0.3")), "eth0 ignored: the rule matches nothing");
+    }
+
+    #[test]
+    fn globs_match_as_birds_do() {
+        for (pattern, name) in
+            [("eth*", "eth0"), ("*.calico", "vxlan.calico"), ("e?h*", "eth10"), ("*", ""), ("a*b*c", "aXbYbc")]
+        {
+            assert!(glob_matches(pattern, name), "{pattern} {name}");
+        }
+        for (pattern, name) in [("eth*", "veth0"), ("eth?", "eth10"), ("*.calico", "calico"), ("a*b*c", "aXbYbd")] {
+            assert!(!glob_matches(pattern, name), "{pattern} {name}");
+        }
     }
 
     #[test]
@@ -485,7 +597,11 @@ mod tests {
         c.bgp.service_load_balancer_ips = vec![ServiceCidr { cidr: "192.0.2.0/24".parse().unwrap() }];
         let p = plan(&me("b", "10.0.0.2/24"), &c, &settings(), &[]);
         let services = "10.96.0.0/12".parse().unwrap();
-        assert!(p.peers.iter().all(|peer| peer.export.accepts(&services) && !peer.import.accepts(&services)));
+        assert!(
+            p.peers
+                .iter()
+                .all(|peer| peer.export.accepts(&services, LEARNED) && !peer.import.accepts(&services, LEARNED))
+        );
     }
 
     #[test]

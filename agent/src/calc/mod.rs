@@ -31,6 +31,9 @@ pub struct Me {
     pub tunnels: Tunnels,
     /// What happens to workload-to-host traffic its policy allowed.
     pub to_host: EndpointToHostAction,
+    /// The subnets of the node's interfaces (its device routes), by interface name, as read
+    /// at start.
+    pub device_routes: Vec<(String, IpNetwork)>,
 }
 
 /// This node's tunnel settings (from its AgentConfiguration and its uplink).

@@ -36,6 +36,7 @@ fn me(ipip: bool) -> Me {
         ipip_supported: ipip,
         tunnels: Tunnels::default(),
         to_host: Default::default(),
+        device_routes: Vec::new(),
     }
 }
 

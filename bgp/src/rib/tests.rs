@@ -320,14 +320,49 @@ fn import_filters_keep_foreign_prefixes_out() {
 
 #[test]
 fn negated_rules_match_the_rest_of_their_family_only() {
-    let not_in = FilterRule { prefix: net("10.0.0.0/8"), min_len: 8, max_len: 32, negate: true, accept: false };
-    assert!(not_in.matches(&net("192.168.0.0/24")));
-    assert!(!not_in.matches(&net("10.1.0.0/16")));
-    assert!(!not_in.matches(&net("fd00::/64")), "an IPv4 rule never decides an IPv6 prefix");
-    let not_equal = FilterRule { prefix: net("10.1.0.0/16"), min_len: 16, max_len: 16, negate: true, accept: true };
-    assert!(not_equal.matches(&net("10.1.0.0/24")) && !not_equal.matches(&net("10.1.0.0/16")));
+    let any = RouteFacts::default();
+    let not_in = FilterRule::on_prefixes(net("10.0.0.0/8"), 8, 32, true, false);
+    assert!(not_in.matches(&net("192.168.0.0/24"), any));
+    assert!(!not_in.matches(&net("10.1.0.0/16"), any));
+    assert!(!not_in.matches(&net("fd00::/64"), any), "an IPv4 rule never decides an IPv6 prefix");
+    let not_equal = FilterRule::on_prefixes(net("10.1.0.0/16"), 16, 16, true, true);
+    assert!(not_equal.matches(&net("10.1.0.0/24"), any) && !not_equal.matches(&net("10.1.0.0/16"), any));
     let filter = PrefixFilter { rules: vec![not_in], default_accept: true };
-    assert!(!filter.accepts(&net("192.168.0.0/24")) && filter.accepts(&net("10.9.0.0/16")));
+    assert!(!filter.accepts(&net("192.168.0.0/24"), any) && filter.accepts(&net("10.9.0.0/16"), any));
+}
+
+#[test]
+fn rules_on_the_source_and_the_interface_match_learned_routes_through_that_interface_only() {
+    let everything = FilterRule::on_prefixes(net("0.0.0.0/0"), 0, 32, false, false);
+    let learned = FilterRule { learned_only: true, ..everything.clone() };
+    let own = RouteFacts { learned: false, next_hop: None };
+    let from_peer = |hop: &str| RouteFacts { learned: true, next_hop: Some(hop.parse().unwrap()) };
+    assert!(!learned.matches(&net("10.1.0.0/16"), own), "this speaker's own route");
+    assert!(learned.matches(&net("10.1.0.0/16"), from_peer("10.0.0.2")));
+    let subnets = vec![net("10.0.0.0/24"), net("10.9.0.0/24")];
+    let via_eth = FilterRule { interface: Some(InterfaceMatch { pattern: "eth*".into(), subnets }), ..everything };
+    assert!(via_eth.matches(&net("10.1.0.0/16"), from_peer("10.9.0.7")));
+    assert!(!via_eth.matches(&net("10.1.0.0/16"), from_peer("10.5.0.1")), "a next hop on another interface");
+    assert!(!via_eth.matches(&net("10.1.0.0/16"), own), "no next hop, no interface");
+
+    // Through the RIB: an export rule rejecting learned routes leaves our own to the peer.
+    let mut rib = Rib::new(ASN, ME, None);
+    let a = peer(&mut rib, 2, 65001, false);
+    let export = PrefixFilter { rules: vec![learned], default_accept: true };
+    let b = rib.add_peer(PeerConfig { export, ..peer_config(3, 65002) });
+    rib.peer_up(b, session(3));
+    apply(&mut rib, a, &announce(&["10.1.0.0/16"], &[65001], "10.0.0.2", vec![]));
+    let changes = rib.originate(net("10.244.0.0/26"), PathAttrs::local(None));
+    let sent: Vec<IpNetwork> = rib
+        .exports(&changes)
+        .into_iter()
+        .filter(|(to, _)| *to == b)
+        .map(|(_, e)| match e {
+            Export::Announce(prefix, _) | Export::Withdraw(prefix) => prefix,
+        })
+        .collect();
+    assert_eq!(sent, [net("10.244.0.0/26")]);
+    assert_eq!(rib.counts(b).advertised, 1, "the learned route was never sent");
 }
 
 #[test]

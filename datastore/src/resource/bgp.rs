@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::validation::is_dns_subdomain;
+use super::validation::{is_dns_subdomain, is_interface_pattern};
 use super::{Spec, Validator};
 
 /// The BGPPeer spec: one peering, global or for selected nodes.
@@ -435,6 +435,11 @@ pub struct BgpConfiguration {
     /// agent's start.
     #[serde(default = "default_max_paths")]
     pub max_paths: u8,
+    /// Interfaces (names or globs with `*` and `?`) whose device routes brindle does not read,
+    /// beyond the pods' `brin*` and kube-proxy's `kube-ipvs*`: BGPFilter `interface` rules
+    /// never match a route through them, and BIRD's `direct` protocol leaves them out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored_interfaces: Vec<String>,
 }
 
 fn default_max_paths() -> u8 {
@@ -471,6 +476,7 @@ impl Default for BgpConfiguration {
             node_mesh_password: None,
             node_mesh_max_restart_time: None,
             max_paths: default_max_paths(),
+            ignored_interfaces: Vec::new(),
         }
     }
 }
@@ -522,6 +528,10 @@ impl Spec for BgpConfiguration {
             password.validate("spec.nodeMeshPassword", v);
         }
         v.require(self.max_paths >= 1, "spec.maxPaths", self.max_paths, "must be 1-255 (1: no multipath)");
+        for (i, name) in self.ignored_interfaces.iter().enumerate() {
+            let field = format!("spec.ignoredInterfaces[{i}]");
+            v.require(is_interface_pattern(name), &field, name, "must be an interface name or glob (eth*, kube-*)");
+        }
     }
 }
 
@@ -593,11 +603,15 @@ mod tests {
         let said = problems(by_selector);
         assert!(said.contains("spec.reachableBy") && said.contains("needs spec.peerIP"), "{said}");
         let mesh: BgpConfiguration = serde_saphyr::from_str(
-            "nodeMeshPassword: {secretKeyRef: {name: bgp, key: '..x'}}\nnodeMeshMaxRestartTime: 2m\n",
+            "nodeMeshPassword: {secretKeyRef: {name: bgp, key: '..x'}}\nnodeMeshMaxRestartTime: 2m\n\
+             ignoredInterfaces: [docker*, 'bad name']\n",
         )
         .unwrap();
         assert_eq!(mesh.node_mesh_max_restart_time, Some(Duration::from_secs(120)));
-        assert!(problems(mesh).contains("spec.nodeMeshPassword.secretKeyRef.key"));
+        assert_eq!(mesh.ignored_interfaces, ["docker*", "bad name"]);
+        let said = problems(mesh);
+        assert!(said.contains("spec.nodeMeshPassword.secretKeyRef.key"), "{said}");
+        assert!(said.contains("spec.ignoredInterfaces[1] \"bad name\"") && !said.contains("[0]"), "{said}");
     }
 
     #[test]

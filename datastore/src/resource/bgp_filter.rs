@@ -7,6 +7,7 @@ use ipnetwork::IpNetwork;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::validation::is_interface_pattern;
 use super::{Spec, Validator};
 
 /// The BGPFilter spec: ordered rules per direction and family.
@@ -43,6 +44,20 @@ pub struct BgpFilterRule {
     /// With `In`/`NotIn`: only prefixes this long count as in the range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_length: Option<PrefixLength>,
+    /// Only routes of this source (`RemotePeers`: learned from BGP peers, not the node's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<RouteSource>,
+    /// Only routes whose next hop is on an interface of this name; `*` and `?` are wildcards
+    /// (`eth*`, `*.calico`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+/// Where a route comes from, as a BGPFilter rule tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RouteSource {
+    /// Learned from a BGP peer.
+    RemotePeers,
 }
 
 /// What a matching rule does.
@@ -127,6 +142,15 @@ impl Spec for BgpFilter {
 
 impl BgpFilterRule {
     fn validate(&self, at: &str, v6: bool, v: &mut Validator) {
+        if let Some(interface) = &self.interface {
+            let usable = is_interface_pattern(interface);
+            v.require(
+                usable,
+                &format!("{at}.interface"),
+                interface,
+                "must be an interface name or glob (eth*, *.calico)",
+            );
+        }
         let Some(cidr) = self.cidr else {
             v.require(self.match_operator.is_none(), &format!("{at}.matchOperator"), "", "needs a cidr to compare");
             v.require(self.prefix_length.is_none(), &format!("{at}.prefixLength"), "", "needs a cidr");
@@ -170,6 +194,8 @@ mod tests {
             match_operator: op,
             cidr: cidr.map(|c| c.parse().unwrap()),
             prefix_length: None,
+            source: None,
+            interface: None,
         }
     }
 
@@ -177,12 +203,14 @@ mod tests {
     fn calicos_filter_yaml_parses() {
         let text = "apiVersion: brindle.io/v1\nkind: BGPFilter\nmetadata: {name: upstream}\nspec:\n  importV4:\n    \
                     - {action: Accept, matchOperator: In, cidr: 192.168.77.0/24, prefixLength: {max: 26}}\n    \
-                    - {action: Reject}\n";
+                    - {action: Reject, source: RemotePeers, interface: '*.calico'}\n";
         let docs = crate::resource::parse_documents(text).unwrap();
         let crate::resource::AnyResource::BgpFilter(filter) = &docs[0] else { panic!("{docs:?}") };
         assert_eq!(filter.spec.import_v4.len(), 2);
         assert_eq!(filter.spec.import_v4[0].matching(false), ("192.168.77.0/24".parse().unwrap(), 24, 26, false));
         assert_eq!(filter.spec.import_v4[1].matching(false), ("0.0.0.0/0".parse().unwrap(), 0, 32, false));
+        assert_eq!(filter.spec.import_v4[1].source, Some(RouteSource::RemotePeers));
+        assert_eq!(filter.spec.import_v4[1].interface.as_deref(), Some("*.calico"));
         assert_eq!(problems(filter.spec.clone()), "");
     }
 
@@ -201,6 +229,7 @@ mod tests {
             import_v4: vec![rule(Some(MatchOperator::In), Some("fd00::/48")), rule(None, Some("10.0.0.0/8"))],
             export_v6: vec![
                 rule(Some(MatchOperator::Equal), None),
+                BgpFilterRule { interface: Some("eth 0".into()), ..rule(None, None) },
                 BgpFilterRule {
                     prefix_length: Some(PrefixLength { min: Some(40), max: None }),
                     ..rule(Some(MatchOperator::In), Some("fd00::/48"))
@@ -212,6 +241,7 @@ mod tests {
         assert!(err.contains("spec.importV4[0].cidr \"fd00::/48\": must be an IPv4 network here"), "{err}");
         assert!(err.contains("spec.importV4[1].matchOperator: is required with cidr"), "{err}");
         assert!(err.contains("spec.exportV6[0].matchOperator: needs a cidr to compare"), "{err}");
-        assert!(err.contains("spec.exportV6[1].prefixLength \"40-128\": must satisfy 48 <= min"), "{err}");
+        assert!(err.contains("spec.exportV6[1].interface \"eth 0\": must be an interface name"), "{err}");
+        assert!(err.contains("spec.exportV6[2].prefixLength \"40-128\": must satisfy 48 <= min"), "{err}");
     }
 }

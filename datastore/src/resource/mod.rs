@@ -29,7 +29,7 @@ pub use bgp::{
     Bfd, BgpConfiguration, BgpPassword, BgpPeer, Community, FailureDetectionMode, MaxPrefixesAction,
     PrefixAdvertisement, SecretKeyRef, ServiceCidr, SourceAddress,
 };
-pub use bgp_filter::{BgpFilter, BgpFilterRule, FilterAction, MatchOperator, PrefixLength};
+pub use bgp_filter::{BgpFilter, BgpFilterRule, FilterAction, MatchOperator, PrefixLength, RouteSource};
 pub use ipam_config::IpamConfiguration;
 pub use ippool::{EncapMode, Encapsulation, IpPool, PoolUse};
 pub use kubernetes::{

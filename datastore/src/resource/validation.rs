@@ -145,6 +145,15 @@ pub(crate) fn check_metadata(metadata: &Metadata, namespaced: bool, v: &mut Vali
     }
 }
 
+/// Whether `s` can name interfaces, with `*` and `?` as wildcards: something a Linux
+/// interface name (no '/' or white space) could match, and BIRD's configuration can carry in
+/// a string.
+pub(crate) fn is_interface_pattern(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\\' | '/'))
+}
+
 pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     s.len() <= 253
