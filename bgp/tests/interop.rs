@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Bird, Brindle, Gobgp, Netns, Switch, bird_config, link, wait_for};
+use common::{Bird, Brindle, Frr, Gobgp, Netns, Switch, bird_config, link, wait_for};
 
 const LONG: Duration = Duration::from_secs(40);
 
@@ -485,6 +485,61 @@ fn gobgp_restarting_with_or_without_a_fin_is_taken_back_at_once() {
         let how = if fin { "with" } else { "without" };
         println!("GoBGP restarted {how} a FIN: established again {back:.1} s after it started");
         wait_for(LONG, "GoBGP's route again", || brindle.has_route("192.168.31.0/24").then_some(()));
+    }
+    let log = brindle.process.log();
+    assert!(
+        !log.contains("NOTIFICATION sent") && !log.contains("collision") && !log.contains("refusing"),
+        "brindle refused a connection: {log}"
+    );
+}
+
+/// The same with FRR (graceful restart on): its daemons killed and started again, with a FIN
+/// and without one (its link cut first), it is taken back at once and its route kept through
+/// the restart.
+#[test]
+fn frr_restarting_with_or_without_a_fin_is_taken_back_at_once() {
+    let dir = tempdir();
+    let (a, f) = (Netns::new("br"), Netns::new("frr"));
+    link(&a, &f, 79, 1, 2);
+    let veth = veth_in(&f);
+    let bgpd = "router bgp 64512\n bgp router-id 10.79.0.2\n no bgp network import-check\n bgp graceful-restart\n \
+        neighbor 10.79.0.1 remote-as 64512\n neighbor 10.79.0.1 timers connect 1\n \
+        address-family ipv4 unicast\n  network 192.168.79.0/24\n exit-address-family\n";
+    let brindle = Brindle::start(
+        &a,
+        dir.path(),
+        "brindle",
+        "asn = 64512\nrouter_id = \"10.79.0.1\"\nlisten = \"10.79.0.1:179\"\n[[peers]]\naddress = \"10.79.0.2\"\nasn = 64512\n",
+    );
+    let mut frr = Frr::start(&f, dir.path(), "frr-0", bgpd, "");
+    wait_for(LONG, "FRR's route", || brindle.has_route("192.168.79.0/24").then_some(()));
+
+    for (round, fin) in [(1, true), (2, false)] {
+        if !fin {
+            f.output("ip", &["link", "set", &veth, "down"]);
+        }
+        drop(frr);
+        let began = std::time::Instant::now();
+        frr = Frr::start(&f, dir.path(), &format!("frr-{round}"), bgpd, "");
+        if !fin {
+            f.output("ip", &["link", "set", &veth, "up"]);
+        }
+        assert!(brindle.has_route("192.168.79.0/24"), "round {round}: the route is kept while FRR restarts");
+        let deadline = std::time::Instant::now() + LONG;
+        while !frr.vtysh("show bgp neighbors 10.79.0.1").contains("BGP state = Established") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: FRR says {}; brindle says {:?}",
+                frr.vtysh("show bgp neighbors 10.79.0.1"),
+                brindle.peer("10.79.0.2"),
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let back = began.elapsed().as_secs_f64();
+        brindle.wait_established("10.79.0.2");
+        let how = if fin { "with" } else { "without" };
+        println!("FRR restarted {how} a FIN: established again {back:.1} s after it started");
+        wait_for(LONG, "FRR's route after the restart", || brindle.has_route("192.168.79.0/24").then_some(()));
     }
     let log = brindle.process.log();
     assert!(
