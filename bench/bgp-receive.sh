@@ -127,8 +127,8 @@ held() {
 }
 
 binary() { if [ "$1" = baseline ]; then echo "${BASELINE:?BASELINE=PATH names the baseline brindle-bgp}"; else echo "$BRINDLE"; fi; }
-cpu_seconds() { awk '{ print ($14 + $15) / 100 }' "/proc/$1/stat"; }
-peak_rss_kib() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
+# shellcheck source=bench/lib/process.sh
+. bench/lib/process.sh
 
 measure() {
     local name=$1 pid

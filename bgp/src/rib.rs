@@ -218,6 +218,28 @@ pub struct BestChange {
     pub new: Option<Path>,
 }
 
+/// Exports for peers that are sent alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportBatch {
+    /// The peers.
+    pub peers: Vec<PeerId>,
+    /// What each of them is sent, in order.
+    pub exports: Vec<Export>,
+}
+
+impl ExportBatch {
+    /// The batches' exports, peer by peer.
+    pub fn per_peer(batches: Vec<ExportBatch>) -> Vec<(PeerId, Export)> {
+        let mut out = Vec::new();
+        for batch in batches {
+            for peer in &batch.peers {
+                out.extend(batch.exports.iter().map(|e| (*peer, e.clone())));
+            }
+        }
+        out
+    }
+}
+
 /// A route to send to a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Export {
@@ -253,6 +275,8 @@ pub struct Rib {
     dropped: u64,
     /// Changes of a prefix's equal-cost paths are reported even when its best stays.
     multipath: bool,
+    /// The update groups, until a peer comes, goes or changes.
+    groups: Option<Vec<Vec<PeerId>>>,
 }
 
 impl Rib {
@@ -270,6 +294,7 @@ impl Rib {
             handles: Vec::new(),
             dropped: 0,
             multipath: false,
+            groups: None,
         }
     }
 
@@ -321,6 +346,7 @@ impl Rib {
             *slot = None;
         }
         self.export_cache.clear();
+        self.groups = None;
         changes
     }
 
@@ -488,6 +514,7 @@ impl Rib {
         state.session = Some(session);
         state.interned.clear();
         self.export_cache.clear();
+        self.groups = None;
         self.refresh(peer)
     }
 
@@ -527,6 +554,7 @@ impl Rib {
         let import = config.import.clone();
         state.config = config;
         self.export_cache.clear();
+        self.groups = None;
         let changes = self.drop_paths(peer, |prefix, path| !import.accepts(prefix, RouteFacts::of(path)));
         if !established {
             return (changes, Vec::new());
@@ -550,6 +578,7 @@ impl Rib {
     pub fn peer_down(&mut self, peer: PeerId, keep_routes: bool) -> Vec<BestChange> {
         if let Some(state) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
             state.session = None;
+            self.groups = None;
             state.counts.advertised = 0;
             state.interned.clear();
         }
@@ -572,44 +601,109 @@ impl Rib {
 
     /// Turns best-path changes into what each established peer must be sent.
     pub fn exports(&mut self, changes: &[BestChange]) -> Vec<(PeerId, Export)> {
-        self.exports_except(changes, None)
+        ExportBatch::per_peer(self.exports_except(changes, None))
     }
 
     /// [`Rib::exports`] for every established peer but `except` (one whose exports were
-    /// worked out whole, by [`Rib::reconfigure`]).
-    pub fn exports_except(&mut self, changes: &[BestChange], except: Option<PeerId>) -> Vec<(PeerId, Export)> {
+    /// worked out whole, by [`Rib::reconfigure`]), in batches: peers whose exports are alike
+    /// (an update group) share one, worked out once. A prefix whose change involves a member's
+    /// own path is worked out per member instead (a peer is never sent its own routes), in a
+    /// batch of that member alone; so no prefix is in two batches of one peer.
+    pub fn exports_except(&mut self, changes: &[BestChange], except: Option<PeerId>) -> Vec<ExportBatch> {
         let mut out = Vec::new();
-        let peers: Vec<PeerId> = (0..self.peers.len() as PeerId)
-            .filter(|p| Some(*p) != except && self.state(*p).is_some_and(|s| s.session.is_some()))
-            .collect();
         let source = |path: &Option<Path>| path.as_ref().map(|p| p.peer);
-        for change in changes {
-            for &peer in &peers {
-                // A peer is never sent its own routes: nothing to do when every path is its.
-                if source(&change.old).is_none_or(|p| p == peer) && source(&change.new).is_none_or(|p| p == peer) {
-                    continue;
-                }
-                let before = change.old.as_ref().and_then(|p| self.export(p, peer, &change.prefix));
-                let after = change.new.as_ref().and_then(|p| self.export(p, peer, &change.prefix));
-                let message = match (&before, after) {
-                    (_, Some(a)) if before.as_ref().is_some_and(|b| Arc::ptr_eq(b, &a)) => None,
-                    (_, Some(a)) => Some(Export::Announce(change.prefix, a)),
-                    (Some(_), None) => Some(Export::Withdraw(change.prefix)),
-                    (None, None) => None,
-                };
-                if let Some(m) = message {
-                    if let Some(s) = self.peers.get_mut(usize::from(peer)).and_then(Option::as_mut) {
-                        match (&m, before.is_some()) {
-                            (Export::Announce(..), false) => s.counts.advertised += 1,
-                            (Export::Withdraw(_), _) => s.counts.advertised = s.counts.advertised.saturating_sub(1),
-                            _ => {}
+        for mut members in self.update_groups() {
+            members.retain(|m| Some(*m) != except);
+            let Some(&first) = members.first() else { continue };
+            let own: std::collections::HashSet<IpNetwork> = if members.len() > 1 {
+                changes
+                    .iter()
+                    .filter(|c| [source(&c.old), source(&c.new)].into_iter().flatten().any(|p| members.contains(&p)))
+                    .map(|c| c.prefix)
+                    .collect()
+            } else {
+                Default::default()
+            };
+            let mut shared = Vec::new();
+            let mut shared_delta = 0;
+            let mut alone: Vec<(Vec<Export>, isize)> =
+                vec![Default::default(); if own.is_empty() { 0 } else { members.len() }];
+            for change in changes {
+                if own.contains(&change.prefix) {
+                    for (i, &member) in members.iter().enumerate() {
+                        if let Some((export, delta)) = self.export_change(change, member) {
+                            alone[i].0.push(export);
+                            alone[i].1 += delta;
                         }
                     }
-                    out.push((peer, m));
+                } else if let Some((export, delta)) = self.export_change(change, first) {
+                    shared.push(export);
+                    shared_delta += delta;
+                }
+            }
+            for (i, &member) in members.iter().enumerate() {
+                let delta = shared_delta + alone.get(i).map_or(0, |a| a.1);
+                if let Some(s) = self.peers.get_mut(usize::from(member)).and_then(Option::as_mut) {
+                    s.counts.advertised = s.counts.advertised.saturating_add_signed(delta);
+                }
+            }
+            if !shared.is_empty() {
+                out.push(ExportBatch { peers: members.clone(), exports: shared });
+            }
+            for (member, (exports, _)) in members.into_iter().zip(alone) {
+                if !exports.is_empty() {
+                    out.push(ExportBatch { peers: vec![member], exports });
                 }
             }
         }
         out
+    }
+
+    /// What `peer` must be sent for `change`, if anything, and how its count of advertised
+    /// prefixes changes.
+    fn export_change(&mut self, change: &BestChange, peer: PeerId) -> Option<(Export, isize)> {
+        let source = |path: &Option<Path>| path.as_ref().map(|p| p.peer);
+        // A peer is never sent its own routes: nothing to do when every path is its.
+        if source(&change.old).is_none_or(|p| p == peer) && source(&change.new).is_none_or(|p| p == peer) {
+            return None;
+        }
+        let before = change.old.as_ref().and_then(|p| self.export(p, peer, &change.prefix));
+        let after = change.new.as_ref().and_then(|p| self.export(p, peer, &change.prefix));
+        match (before, after) {
+            (Some(b), Some(a)) if Arc::ptr_eq(&b, &a) => None,
+            (before, Some(a)) => Some((Export::Announce(change.prefix, a), if before.is_some() { 0 } else { 1 })),
+            (Some(_), None) => Some((Export::Withdraw(change.prefix), -1)),
+            (None, None) => None,
+        }
+    }
+
+    /// The established peers in groups that are sent alike: the same export filter, AS
+    /// numbers, reflection role and next-hop keeping, and sessions with the same families,
+    /// local addresses and AS number size. Kept until a peer comes, goes or changes.
+    fn update_groups(&mut self) -> Vec<Vec<PeerId>> {
+        if let Some(groups) = &self.groups {
+            return groups.clone();
+        }
+        let alike = |a: &PeerState, b: &PeerState| {
+            let (Some(x), Some(y)) = (&a.session, &b.session) else { return false };
+            let (c, d) = (&a.config, &b.config);
+            (c.peer_as, c.local_as, c.rr_client, c.keep_next_hop)
+                == (d.peer_as, d.local_as, d.rr_client, d.keep_next_hop)
+                && (x.local_v4, x.local_v6, x.four_octet_as) == (y.local_v4, y.local_v6, y.four_octet_as)
+                && x.families == y.families
+                && c.export == d.export
+        };
+        let mut groups: Vec<Vec<PeerId>> = Vec::new();
+        for (id, state) in self.peers.iter().enumerate() {
+            let Some(state) = state.as_ref().filter(|s| s.session.is_some()) else { continue };
+            let id = id as PeerId;
+            match groups.iter_mut().find(|g| self.state(g[0]).is_some_and(|first| alike(first, state))) {
+                Some(group) => group.push(id),
+                None => groups.push(vec![id]),
+            }
+        }
+        self.groups = Some(groups.clone());
+        groups
     }
 
     /// The attributes `path` is sent to `to` with, or `None` if it is not sent there.

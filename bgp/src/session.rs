@@ -17,7 +17,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpSocket, TcpStream};
@@ -32,8 +32,9 @@ use crate::wire::{self, Codec, DecodeError, Family, Message, Notification, Updat
 /// What the speaker tells a session.
 #[derive(Debug)]
 pub(crate) enum ToSession {
-    /// Send these messages (only while Established).
-    Send(Vec<Message>),
+    /// Send these messages, encoded for the session (only while Established); an update
+    /// group's peers share one buffer.
+    Send(Bytes),
     /// The peer connected to our listener.
     Incoming(TcpStream),
     /// Shut down with this reason and end the task.
@@ -239,10 +240,10 @@ async fn run(
                     s.apply(actions, &mut connecting).await;
                     return;
                 }
-                Some(ToSession::Send(messages)) => {
+                Some(ToSession::Send(encoded)) => {
                     if s.fsm.state() == State::Established
                         && let Some(conn) = s.conn.as_mut()
-                        && let Err(e) = conn.send(&messages, &s.codec).await
+                        && let Err(e) = conn.writer.write_all(&encoded).await
                     {
                         Some(Event::TcpFailed { reason: describe(&e, false) })
                     } else {

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ipnetwork::IpNetwork;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -672,14 +672,15 @@ impl Core {
         }
         let (changes, exports) = self.rib.reconfigure(id, config);
         self.propagate_except(changes, Some(id)).await;
-        let mut messages = pack(last_per_prefix(exports), &Codec { four_octet_as: four, ebgp: false });
+        let codec = Codec { four_octet_as: four, ebgp: false };
+        let mut messages = pack(last_per_prefix(exports), &codec);
         if import_changed {
             let families = refresh.unwrap_or_default();
             messages
                 .extend(families.into_iter().map(|family| Message::RouteRefresh(RouteRefresh { family, subtype: 0 })));
         }
         if !messages.is_empty() {
-            let _ = session.send(ToSession::Send(messages)).await;
+            let _ = session.send(ToSession::Send(encode_all(&messages, &codec))).await;
         }
     }
 
@@ -724,9 +725,10 @@ impl Core {
                 peer.negotiated = Some(negotiated.clone());
                 let sender = peer.session.clone();
                 let exports = self.rib.peer_up(id, session);
-                let mut messages = pack(exports, &Codec { four_octet_as: negotiated.four_octet_as, ebgp: false });
+                let codec = Codec { four_octet_as: negotiated.four_octet_as, ebgp: false };
+                let mut messages = pack(exports, &codec);
                 messages.extend(negotiated.families.iter().map(|f| Message::Update(Update::end_of_rib_marker(*f))));
-                let _ = sender.send(ToSession::Send(messages)).await;
+                let _ = sender.send(ToSession::Send(encode_all(&messages, &codec))).await;
             }
             FromSession::Updates(updates) => {
                 // The changes of the whole batch go out together: one round of exports for
@@ -763,9 +765,10 @@ impl Core {
                 let sender = peer.session.clone();
                 let mut exports = self.rib.refresh(id);
                 exports.retain(|e| matches!(e, Export::Announce(p, _) if Family::of(p) == family));
-                let mut messages = pack(exports, &Codec { four_octet_as: four, ebgp: false });
+                let codec = Codec { four_octet_as: four, ebgp: false };
+                let mut messages = pack(exports, &codec);
                 messages.push(Message::Update(Update::end_of_rib_marker(family)));
-                let _ = sender.send(ToSession::Send(messages)).await;
+                let _ = sender.send(ToSession::Send(encode_all(&messages, &codec))).await;
             }
             FromSession::Down { reason, keep_routes } => {
                 peer.last_error = Some(reason);
@@ -882,17 +885,25 @@ impl Core {
                 tokio::task::yield_now().await;
             }
         }
-        let mut per_peer: HashMap<PeerId, Vec<Export>> = HashMap::new();
-        for (peer, export) in self.rib.exports_except(&changes, except) {
-            per_peer.entry(peer).or_default().push(export);
+        let batches = self.rib.exports_except(&changes, except);
+        if batches.is_empty() {
+            return;
         }
-        for peer in self.peers.values() {
-            if let Some(exports) = per_peer.remove(&peer.id) {
-                let four = peer.negotiated.as_ref().is_some_and(|n| n.four_octet_as);
-                let _ = peer
-                    .session
-                    .send(ToSession::Send(pack(last_per_prefix(exports), &Codec { four_octet_as: four, ebgp: false })))
-                    .await;
+        let sessions: HashMap<PeerId, (&mpsc::Sender<ToSession>, bool)> = self
+            .peers
+            .values()
+            .map(|p| (p.id, (&p.session, p.negotiated.as_ref().is_some_and(|n| n.four_octet_as))))
+            .collect();
+        for batch in batches {
+            // The peers of a batch are alike, down to their AS number size: one encoding
+            // serves them all.
+            let Some(&(_, four)) = batch.peers.first().and_then(|id| sessions.get(id)) else { continue };
+            let codec = Codec { four_octet_as: four, ebgp: false };
+            let encoded = encode_all(&pack(last_per_prefix(batch.exports), &codec), &codec);
+            for id in &batch.peers {
+                if let Some((session, _)) = sessions.get(id) {
+                    let _ = session.send(ToSession::Send(encoded.clone())).await;
+                }
             }
         }
     }
@@ -903,6 +914,18 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// `messages` encoded one after the other. Packing made every UPDATE fit; one that did not
+/// would be a defect, and is left out with an error in the log rather than sent malformed.
+fn encode_all(messages: &[Message], codec: &Codec) -> Bytes {
+    let mut out = BytesMut::new();
+    for m in messages {
+        if let Err(e) = crate::wire::encode(m, codec, &mut out) {
+            tracing::error!(error = %e, kind = m.kind(), "a message too long to send was left out");
+        }
+    }
+    out.freeze()
 }
 
 /// The room left for NLRI in an UPDATE after the header, the two length fields and `attributes`.

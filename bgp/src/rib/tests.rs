@@ -456,7 +456,7 @@ fn a_soft_reconfiguration_drops_what_the_new_import_refuses_and_sends_what_the_e
     assert_eq!(rib.counts(a).advertised, 1);
     // The other peer hears of the withdrawn route through the changes; the reconfigured one
     // is left out (its exports were worked out whole), its count untouched.
-    let to_b = rib.exports_except(&changes, Some(a));
+    let to_b = ExportBatch::per_peer(rib.exports_except(&changes, Some(a)));
     assert_eq!(sent_to(&to_b, b), [&Export::Withdraw(net("10.2.0.0/24"))]);
     assert!(sent_to(&to_b, a).is_empty());
     assert_eq!(rib.counts(a).advertised, 1);
@@ -467,4 +467,29 @@ fn a_soft_reconfiguration_drops_what_the_new_import_refuses_and_sends_what_the_e
     rib.peer_down(b, false);
     let (_, exports) = rib.reconfigure(b, config(&[], &[]));
     assert!(exports.is_empty());
+}
+
+#[test]
+fn peers_sent_alike_share_one_batch_and_a_members_own_route_is_worked_out_per_member() {
+    let mut rib = Rib::new(ASN, ME, None);
+    let sender = peer(&mut rib, 2, ASN, false);
+    let clients: Vec<PeerId> = (3..6).map(|n| peer(&mut rib, n, ASN, true)).collect();
+    let narrow = PrefixFilter::only(&[net("10.9.0.0/16")]);
+    let picky = rib.add_peer(PeerConfig { rr_client: true, export: narrow, ..peer_config(6, ASN) });
+    rib.peer_up(picky, session(6));
+
+    let changes = apply(&mut rib, sender, &announce(&["10.1.0.0/24", "10.2.0.0/24"], &[], "10.0.0.2", vec![]));
+    let batches = rib.exports_except(&changes, None);
+    assert_eq!(batches.len(), 1, "one batch for the three clients; nothing passes the picky one's filter");
+    assert_eq!(batches[0].peers, clients);
+    assert_eq!(batches[0].exports.len(), 2);
+    assert!(clients.iter().all(|c| rib.counts(*c).advertised == 2), "each member's count follows the batch");
+
+    // A client's own route: the others and the sender hear of it, the client itself not.
+    let changes = apply(&mut rib, clients[0], &announce(&["10.3.0.0/24"], &[], "10.0.0.3", vec![]));
+    let sent = ExportBatch::per_peer(rib.exports_except(&changes, None));
+    let receivers: Vec<PeerId> = sent.iter().map(|(p, _)| *p).collect();
+    assert_eq!(receivers, [sender, clients[1], clients[2]]);
+    assert_eq!(rib.counts(clients[0]).advertised, 2);
+    assert_eq!(rib.counts(clients[1]).advertised, 3);
 }
