@@ -4,9 +4,9 @@
 # BIRD 2 clients (default 8); every speaker in its own namespace on one bridge. The reflectors
 # are brindle-bgp and BIRD 2, one after the other in the same run, each with fresh clients. For
 # each: seconds from the sender's Established until every client holds every prefix, the
-# reflector's CPU seconds and peak RSS; then the ratios to BIRD, and the CPU seconds the clients
-# spent taking the routes in (on a machine with few cores their work, the same for either
-# reflector, bounds the time).
+# reflector's CPU seconds and peak RSS; then the ratios to BIRD, and the CPU seconds the sender
+# and the clients spent (the same for either reflector: on a machine with few cores, the time
+# is at least all the CPU seconds over the cores).
 #
 #   bench/bgp-reflect.sh [N] [CLIENTS]     (as root; builds brindle-bgp in release mode)
 #
@@ -135,14 +135,15 @@ measure() {
         if [ $((polls % 10)) = 0 ]; then echo "  $name: every client holds at least $least of $routes" >&2; fi
         sleep 0.2
     done
-    local secs cpu rss clients_cpu=0
+    local secs cpu rss peers_cpu
     secs=$(echo "$now - $start" | bc)
     cpu=$(echo "$(cpu_seconds "$pid") - $cpu0" | bc)
     rss=$(peak_rss_kib "$pid")
-    for c in "${clients[@]}"; do clients_cpu=$(echo "$clients_cpu + $(cpu_seconds "$c")" | bc); done
+    peers_cpu=$(cpu_seconds "$sender")
+    for c in "${clients[@]}"; do peers_cpu=$(echo "$peers_cpu + $(cpu_seconds "$c")" | bc); done
     kill "$sender" "$pid" "${clients[@]}" 2>/dev/null || true
     wait "$sender" "$pid" "${clients[@]}" 2>/dev/null || true
-    printf '%s %s %s %s %s %s\n' "$name" "$least" "$secs" "$cpu" "$rss" "$clients_cpu"
+    printf '%s %s %s %s %s %s\n' "$name" "$least" "$secs" "$cpu" "$rss" "$peers_cpu"
 }
 
 echo "reflecting $routes prefixes from a BIRD sender to $CLIENTS BIRD clients" >&2
@@ -155,7 +156,7 @@ done
 bird_cpu=$(printf '%s\n' "${results[@]}" | awk '$1 == "bird" { print $4; exit }')
 bird_secs=$(printf '%s\n' "${results[@]}" | awk '$1 == "bird" { print $3; exit }')
 bird_rss=$(printf '%s\n' "${results[@]}" | awk '$1 == "bird" { print $5; exit }')
-printf '\n%-10s %10s %10s %10s %10s %10s %10s %10s %12s\n' reflector prefixes seconds cpu_s peak_MiB time/BIRD cpu/BIRD rss/BIRD clients_cpu_s
+printf '\n%-10s %10s %10s %10s %10s %10s %10s %10s %12s\n' reflector prefixes seconds cpu_s peak_MiB time/BIRD cpu/BIRD rss/BIRD peers_cpu_s
 for line in "${results[@]}"; do
     echo "$line" | awk -v bs="${bird_secs:-0}" -v bc="${bird_cpu:-0}" -v br="${bird_rss:-0}" '{
         printf "%-10s %10d %10.2f %10.2f %10.1f %10.2f %10.2f %10.2f %12.2f\n", $1, $2, $3, $4, $5 / 1024,
