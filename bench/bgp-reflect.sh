@@ -5,8 +5,8 @@
 # are brindle-bgp and BIRD 2, one after the other in the same run, each with fresh clients. For
 # each: seconds from the sender's Established until every client holds every prefix, the
 # reflector's CPU seconds and peak RSS; then the ratios to BIRD, and the CPU seconds the sender
-# and the clients spent (the same for either reflector: on a machine with few cores, the time
-# is at least all the CPU seconds over the cores).
+# and the clients spent meanwhile (about the same for either reflector: on a machine with few
+# cores, the time is at least all the CPU seconds over the cores).
 #
 #   bench/bgp-reflect.sh [N] [CLIENTS]     (as root; builds brindle-bgp in release mode)
 #
@@ -111,11 +111,21 @@ measure() {
     ip netns exec "$tag-sender" bird -f -c "$work/sender.conf" -s "$work/sender.ctl" -P "$work/sender.pid" &
     sender=$!
     pids+=("$sender")
-    local start= now least last=-1 stable=0 polls=0
+    # The sender's and the clients' CPU seconds so far.
+    peers_cpu() {
+        local total p
+        total=$(cpu_seconds "$sender")
+        for p in "${clients[@]}"; do total=$(echo "$total + $(cpu_seconds "$p")" | bc); done
+        echo "$total"
+    }
+    local start= now least last=-1 stable=0 polls=0 peers_cpu0=0
     while :; do
         now=$(date +%s.%N)
         if [ -z "$start" ]; then
-            if birdc -s "$work/sender.ctl" show protocols feed 2>/dev/null | grep -q Established; then start=$now; fi
+            if birdc -s "$work/sender.ctl" show protocols feed 2>/dev/null | grep -q Established; then
+                start=$now
+                peers_cpu0=$(peers_cpu)
+            fi
             sleep 0.05
             continue
         fi
@@ -135,15 +145,14 @@ measure() {
         if [ $((polls % 10)) = 0 ]; then echo "  $name: every client holds at least $least of $routes" >&2; fi
         sleep 0.2
     done
-    local secs cpu rss peers_cpu
+    local secs cpu rss peers
     secs=$(echo "$now - $start" | bc)
     cpu=$(echo "$(cpu_seconds "$pid") - $cpu0" | bc)
     rss=$(peak_rss_kib "$pid")
-    peers_cpu=$(cpu_seconds "$sender")
-    for c in "${clients[@]}"; do peers_cpu=$(echo "$peers_cpu + $(cpu_seconds "$c")" | bc); done
+    peers=$(echo "$(peers_cpu) - $peers_cpu0" | bc)
     kill "$sender" "$pid" "${clients[@]}" 2>/dev/null || true
     wait "$sender" "$pid" "${clients[@]}" 2>/dev/null || true
-    printf '%s %s %s %s %s %s\n' "$name" "$least" "$secs" "$cpu" "$rss" "$peers_cpu"
+    printf '%s %s %s %s %s %s\n' "$name" "$least" "$secs" "$cpu" "$rss" "$peers"
 }
 
 echo "reflecting $routes prefixes from a BIRD sender to $CLIENTS BIRD clients" >&2
