@@ -102,6 +102,7 @@ pub fn context(me: &Me, cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value>
         "families": families.iter().flatten().collect::<Vec<_>>(),
         "bfd": plan.peers.iter().any(|p| p.bfd.is_some()),
         "max_paths": cluster.bgp.max_paths,
+        "listen_port": cluster.bgp.listen_port,
         "unread_interfaces": NEVER_READ.iter().copied().chain(cluster.bgp.ignored_interfaces.iter().map(String::as_str)).collect::<Vec<_>>(),
         "peers": peers,
     }))
@@ -373,6 +374,16 @@ mod tests {
         let direct =
             "protocol direct {\n  ipv4;\n  interface -\"brin*\", -\"kube-ipvs*\", -\"docker*\", -\"eth1\", \"*\";\n}";
         assert!(text.contains(direct), "{text}");
+    }
+
+    #[test]
+    fn another_listen_port_is_birds_local_port() {
+        let mut c = cluster(true);
+        assert!(rendered(&me("a", "10.0.0.1/24"), &c).contains("  local as 64512;\n"));
+        c.bgp.listen_port = 1179;
+        let text = rendered(&me("a", "10.0.0.1/24"), &c);
+        assert!(text.contains("  local port 1179 as 64512;\n"), "{text}");
+        assert!(text.contains("neighbor 10.0.0.2 port 1179 as 64512;"), "{text}");
     }
 
     #[test]

@@ -432,6 +432,30 @@ fn a_dual_stack_mixed_cluster_with_one_bird_node_routes_pod_traffic() {
     assert_eq!(conf.matches("protocol bgp peer_").count(), 4, "{conf}");
 }
 
+/// BGPConfiguration `listenPort` other than 179, with a BIRD node and an embedded one: each
+/// listens on it and connects to it, and pods reach across.
+#[test]
+fn another_listen_port_works_for_both_backends() {
+    let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+        kind: BGPConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\nspec: {listenPort: 1179}\n";
+    let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11)], yaml);
+    cluster.agent_args = vec!["--bgp".into(), "embedded".into()];
+    // BIRD on the node with the higher address: the embedded speaker connects to it.
+    cluster.node_args.insert(1, vec!["--bgp".into(), "bird".into()]);
+    cluster.start_all();
+    for i in 0..2 {
+        cluster.add_pod(i, |_| {});
+    }
+    cluster.eventually(Duration::from_secs(20), "BIRD installs the other node's block", || {
+        cluster.ip(1, &["route", "show", "proto", "bird"]).lines().count() == 1
+    });
+    let sockets =
+        brindle_e2e::netns::output(cluster.nodes[1].netns.command("ss").args(["-tn", "state", "established"])).1;
+    assert!(sockets.contains(":1179"), "the session is not on port 1179: {sockets}");
+    let failing = cluster.reachability(Duration::from_secs(10));
+    assert!(failing.is_empty(), "pod pairs that cannot talk: {failing:?}");
+}
+
 #[test]
 fn a_vanished_node_loses_its_routes_within_the_hold_time() {
     let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n";
