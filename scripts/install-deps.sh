@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what brindle needs to build, test and run its lab on Debian 12, as root: exactly the
 # list in scripts/packages.txt (Debian packages, Python tools, cargo tools), and kube-apiserver
-# with kubectl built from the Go module proxy (scripts/kube-build.sh). Safe to run again:
+# with kubectl built from the Go module proxy (scripts/kube-build.sh), and Debian's cloud kernel
+# unpacked for the VM tests (scripts/vm-kernel.sh). Safe to run again:
 # it only installs what is missing, so a second run takes a second.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -55,3 +56,6 @@ done
 # kube-apiserver and kubectl for the Kubernetes datastore's tests, the lab and the benchmarks:
 # built from the Go module proxy once per machine (scripts/kube-build.sh).
 ./kube-build.sh >/dev/null
+
+# Debian's cloud kernel, unpacked for the tests that boot it under qemu (scripts/vm-kernel.sh).
+./vm-kernel.sh >/dev/null

@@ -9,4 +9,5 @@ pub mod lab;
 pub mod netns;
 pub mod process;
 pub mod underlay;
+pub mod vm;
 pub mod wait;
