@@ -204,7 +204,7 @@ fn build_initramfs(kernel: &Kernel, script: &str, cwd: &Path, dir: &Path, out: &
          mount -t tmpfs rw /rw; mkdir -p /rw/upper /rw/work\n\
          mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work root /root\n\
          mount --move /proc /root/proc; mount --move /sys /root/sys; mount --move /dev /root/dev\n\
-         mount -t tmpfs tmp /root/tmp; mount -t tmpfs run /root/run\n\
+         mount -t tmpfs run /root/run\n\
          mkdir -p /root/lib/modules/{release}\n\
          mount --bind /lower{modules_on_host} /root/lib/modules/{release}\n\
          cp /command /root/run/brindle-vm-command\n\
