@@ -19,6 +19,10 @@
 # one run (e.g. RECEIVERS="baseline brindle bird baseline brindle").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib/process.sh
+. bench/lib/process.sh
+# shellcheck source=bench/lib/sender.sh
+. bench/lib/sender.sh
 N=${1:-1000000}
 SETS=250
 scripts/install-deps.sh
@@ -48,14 +52,7 @@ for ns in s r; do ip -n "$tag-$ns" link set lo up; done
 ip -n "$tag-s" link set "$tag-a" up
 ip -n "$tag-r" link set "$tag-b" up
 
-echo "generating $N routes in $SETS attribute sets" >&2
-awk -v n="$N" -v sets="$SETS" -v router_id=10.77.0.1 -f bench/lib/sender-routes.awk |
-    awk '!/^  route/ || !seen[$0]++' > "$work/sender.conf"
-cat >> "$work/sender.conf" <<EOF
-protocol bgp feed { local 10.77.0.1 as 64512; neighbor 10.77.0.2 as 64512; direct; hold time 240; connect delay time 1;
-  ipv4 { export all; import none; next hop self; }; }
-EOF
-routes=$(grep -c "^  route" "$work/sender.conf")
+routes=$(sender_conf "$N" "$SETS" 10.77.0.1 10.77.0.2 "$work/sender.conf")
 
 cat > "$work/brindle.toml" <<EOF
 asn = 64512
@@ -127,8 +124,6 @@ held() {
 }
 
 binary() { if [ "$1" = baseline ]; then echo "${BASELINE:?BASELINE=PATH names the baseline brindle-bgp}"; else echo "$BRINDLE"; fi; }
-# shellcheck source=bench/lib/process.sh
-. bench/lib/process.sh
 
 measure() {
     local name=$1 pid

@@ -13,6 +13,10 @@
 # REFLECTORS="brindle bird" picks the reflectors (and their order; repeat one to run it twice).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib/process.sh
+. bench/lib/process.sh
+# shellcheck source=bench/lib/sender.sh
+. bench/lib/sender.sh
 N=${1:-1000000}
 CLIENTS=${2:-8}
 SETS=250
@@ -51,14 +55,7 @@ attach sender 1
 attach reflector 2
 for c in $(seq 1 "$CLIENTS"); do attach "c$c" $((10 + c)); done
 
-echo "generating $N routes in $SETS attribute sets" >&2
-awk -v n="$N" -v sets="$SETS" -v router_id=10.78.0.1 -f bench/lib/sender-routes.awk |
-    awk '!/^  route/ || !seen[$0]++' > "$work/sender.conf"
-cat >> "$work/sender.conf" <<EOF
-protocol bgp feed { local 10.78.0.1 as 64512; neighbor 10.78.0.2 as 64512; direct; hold time 240; connect delay time 1;
-  ipv4 { export all; import none; next hop self; }; }
-EOF
-routes=$(grep -c "^  route" "$work/sender.conf")
+routes=$(sender_conf "$N" "$SETS" 10.78.0.1 10.78.0.2 "$work/sender.conf")
 
 cat > "$work/brindle.toml" <<EOF
 asn = 64512
@@ -87,8 +84,6 @@ for c in $(seq 1 "$CLIENTS"); do
         "$client" "$client" > "$work/client$c.conf"
 done
 
-# shellcheck source=bench/lib/process.sh
-. bench/lib/process.sh
 routes_of() { birdc -s "$1" show protocols all "$2" 2>/dev/null | awk '/Routes:/ { print $2; exit }'; }
 
 measure() {
