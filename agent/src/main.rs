@@ -162,9 +162,12 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
     };
     write_cni_kubeconfig();
     startup::publish(&args.state_dir.join("nodename"), &name)?;
-    let ipip_supported = kernel.links().await?.iter().any(|l| l.name == brindle_kernel::names::IPIP_DEVICE);
+    // tunl0 stays down (and decapsulates nothing) until a pool uses IP-in-IP.
+    let ipip_supported = kernel.load_ipip().await.context("looking for tunl0")?;
     if !ipip_supported {
-        tracing::warn!("this kernel has no IP-in-IP (no tunl0): IP-in-IP pools cannot be routed; the others work");
+        tracing::warn!(
+            "this kernel has no IP-in-IP (no ipip module): IP-in-IP pools cannot be routed; the others work"
+        );
     }
 
     let backend = match config.iptables_backend {

@@ -81,7 +81,7 @@ pub async fn ensure_tunnel_address(client: &Client, ipam: &Ipam, name: &str) -> 
         node.spec.ipv4_vxlan_tunnel_addr = Some(ip);
         match client.update(node).await {
             Ok(_) => {
-                tracing::info!(%ip, "VXLAN tunnel address assigned");
+                tracing::info!(%ip, "tunnel address assigned");
                 return Ok(ip);
             }
             Err(brindle_datastore::Error::Conflict { .. }) => continue,

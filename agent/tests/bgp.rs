@@ -538,9 +538,8 @@ fn with_bfd_on_the_mesh_a_vanished_node_loses_its_routes_within_the_detection_ti
 }
 
 #[test]
-fn an_ip_in_ip_mesh_where_the_kernel_has_ipip() {
-    if let Some(reason) = common::ipip_missing() {
-        eprintln!("{reason}");
+fn ip_in_ip_over_a_bgp_mesh_reaches_every_pod() {
+    if !brindle_e2e::vm::here_or_in_a_vm(&["ipip"]) {
         return;
     }
     let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16, ipipMode: Always}\n";

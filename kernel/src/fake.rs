@@ -27,6 +27,8 @@ pub struct State {
     pub neighbours: BTreeSet<NeighbourKey>,
     /// Sysctls by path.
     pub sysctls: BTreeMap<String, String>,
+    /// Whether asking for an IP-in-IP link loads an ipip module (and makes `tunl0`).
+    pub ipip_module: bool,
 }
 
 /// A neighbour entry in a sortable form.
@@ -171,6 +173,14 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    async fn load_ipip(&self) -> Result<bool> {
+        if self.link_named(crate::names::IPIP_DEVICE).is_none() && self.state().ipip_module {
+            self.change(format!("link add {} type ipip", crate::names::IPIP_DEVICE))?;
+            self.add_link(crate::names::IPIP_DEVICE, 1480);
+        }
+        Ok(self.link_named(crate::names::IPIP_DEVICE).is_some())
+    }
+
     async fn delete_link(&self, name: &str) -> Result<bool> {
         let Some(link) = self.link_named(name) else { return Ok(false) };
         self.change(format!("link del {name}"))?;
@@ -192,6 +202,15 @@ impl Kernel for FakeKernel {
         let link = state.links.get_mut(&index).expect("checked");
         link.up = true;
         link.mtu = mtu;
+        Ok(())
+    }
+
+    async fn set_down(&self, index: u32) -> Result<()> {
+        let current = self.state().links.get(&index).cloned().ok_or_else(|| Error::Missing(format!("link {index}")))?;
+        if current.up {
+            self.change(format!("link set {} down", current.name))?;
+            self.state().links.get_mut(&index).expect("checked").up = false;
+        }
         Ok(())
     }
 

@@ -219,11 +219,19 @@ pub trait Kernel: Send + Sync {
     /// Creates a VXLAN device (down, learning off).
     async fn add_vxlan(&self, device: &NewVxlan) -> Result<()>;
 
+    /// Makes sure `tunl0` exists: where the ipip module is not loaded yet, asking for an
+    /// IP-in-IP link named `tunl0` loads it (and the module makes `tunl0` in every namespace).
+    /// Returns whether `tunl0` exists after; a kernel without the module is not an error.
+    async fn load_ipip(&self) -> Result<bool>;
+
     /// Deletes a link; returns whether it existed.
     async fn delete_link(&self, name: &str) -> Result<bool>;
 
     /// Sets a link's MTU and brings it up.
     async fn set_up(&self, index: u32, mtu: u32) -> Result<()>;
+
+    /// Brings a link down.
+    async fn set_down(&self, index: u32) -> Result<()>;
 
     /// The addresses on a link.
     async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>>;

@@ -15,8 +15,9 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHop, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkIpIp, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
+use crate::names::IPIP_DEVICE;
 use crate::{Error, Kernel, Link, Neighbour, NewVxlan, Output, Result, Route, RouteChange, Table, Vxlan};
 
 const ENOENT: i32 = 2;
@@ -324,6 +325,18 @@ impl Kernel for Netlink {
         self.handle.link().add(message).execute().await.map_err(|e| refused(format!("creating {}", device.name), e))
     }
 
+    async fn load_ipip(&self) -> Result<bool> {
+        let has_tunl0 = |links: Vec<Link>| links.iter().any(|l| l.name == IPIP_DEVICE);
+        if has_tunl0(self.links().await?) {
+            return Ok(true);
+        }
+        // Loading the module makes tunl0 before this request is served, which then finds it
+        // taken (EEXIST); without the module the request fails (EOPNOTSUPP). Either way the
+        // links say what is there.
+        let _ = self.handle.link().add(LinkIpIp::new(IPIP_DEVICE).build()).execute().await;
+        Ok(has_tunl0(self.links().await?))
+    }
+
     async fn delete_link(&self, name: &str) -> Result<bool> {
         delete_link(&self.handle, name).await
     }
@@ -335,6 +348,15 @@ impl Kernel for Netlink {
             .execute()
             .await
             .map_err(|e| refused(format!("setting link {index} up with MTU {mtu}"), e))
+    }
+
+    async fn set_down(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).down().build())
+            .execute()
+            .await
+            .map_err(|e| refused(format!("setting link {index} down"), e))
     }
 
     async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>> {

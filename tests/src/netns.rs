@@ -129,8 +129,10 @@ pub fn ping(netns: &str, ip: &str) -> bool {
     output(Command::new("ip").args(["netns", "exec", netns, "ping", "-c", "1", "-W", "1", ip])).0
 }
 
-/// Whether this kernel has IP-in-IP: a fresh namespace gets `tunl0` only with the ipip module.
+/// Whether this kernel has IP-in-IP, loading the ipip module where it is not loaded yet: a
+/// fresh namespace gets `tunl0` only with the module.
 pub fn kernel_has_ipip() -> anyhow::Result<bool> {
+    let _ = Command::new("modprobe").args(["-q", "ipip"]).status();
     let probe = Netns::new("ipip", "probe")?;
     Ok(probe.ip(&["link", "show"])?.contains("tunl0"))
 }

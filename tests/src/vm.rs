@@ -160,6 +160,43 @@ pub fn run(kernel: &Kernel, script: &str, cwd: &Path, timeout: Duration) -> anyh
     Ok(Outcome { status, console })
 }
 
+/// Set inside the VM for a test [`here_or_in_a_vm`] sent there, so it runs and does not send
+/// itself again.
+const IN_VM: &str = "BRINDLE_IN_VM";
+
+/// Whether the calling test should run here: yes where this kernel has every one of `modules`
+/// (loading them if needed) or inside the VM. Otherwise the test is run again, alone, inside
+/// the VM with `modules` loaded (its output streamed with the console) and this returns
+/// `false` once it passed there; a failure there fails the test here, with the console.
+/// The test is named by its thread, as the test harness names it.
+pub fn here_or_in_a_vm(modules: &[&str]) -> bool {
+    if std::env::var_os(IN_VM).is_some() || modules.iter().all(|m| module_loads(m)) {
+        return true;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").expect("a test thread, named by the test harness");
+    let kernel = Kernel::find().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let script = format!(
+        "modprobe -a {modules}
+{IN_VM}=1 {exe} --exact {test} --nocapture --test-threads=1",
+        modules = modules.join(" "),
+        exe = exe.display()
+    );
+    let started = Instant::now();
+    let outcome = run(&kernel, &script, &cwd, Duration::from_secs(600)).unwrap();
+    println!("{test} ran in the VM ({}) for {:.1} s", kernel.release, started.elapsed().as_secs_f64());
+    assert!(outcome.success(), "{test} failed in the VM (status {:?}); its console is above", outcome.status);
+    false
+}
+
+/// Whether this kernel has `module`, loaded now if it was not.
+fn module_loads(module: &str) -> bool {
+    Path::new("/sys/module").join(module).exists()
+        || Command::new("modprobe").arg("-q").arg(module).status().is_ok_and(|s| s.success())
+}
+
 /// Serves a read-only view of the host's root to the VM at `socket`: virtiofsd in a mount
 /// namespace of its own, where `/` is bound read-only at `mountpoint`.
 fn share_host_read_only(mountpoint: &Path, socket: &Path) -> anyhow::Result<Process> {
@@ -167,7 +204,7 @@ fn share_host_read_only(mountpoint: &Path, socket: &Path) -> anyhow::Result<Proc
     let at = mountpoint.display();
     let script = format!(
         "mount --make-rprivate / && mount --bind / {at} && mount -o remount,bind,ro {at} && \
-         exec /usr/lib/qemu/virtiofsd --socket-path={} -o source={at} -o cache=none -o sandbox=chroot",
+         exec /usr/lib/qemu/virtiofsd --socket-path={} -o source={at} -o cache=always -o sandbox=chroot",
         socket.display()
     );
     let child = Command::new("unshare")

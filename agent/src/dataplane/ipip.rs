@@ -1,5 +1,6 @@
 //! `tunl0`, the kernel's IP-in-IP device (it exists in every namespace once the ipip module
-//! is loaded): up, with this node's tunnel address and the uplink MTU minus 20.
+//! is loaded): up, with this node's tunnel address and the uplink MTU minus 20, while a pool
+//! uses IP-in-IP; down (decapsulating nothing) otherwise.
 
 use std::net::IpAddr;
 
@@ -27,6 +28,19 @@ pub async fn ensure(kernel: &dyn Kernel, want: &IpipDevice) -> anyhow::Result<bo
     Ok(changed)
 }
 
+/// Brings `tunl0` down where no pool uses IP-in-IP any more (the firewall's IP-in-IP rules
+/// go with the pools, so an up `tunl0` would take tunnelled packets from anyone). Returns
+/// whether anything changed.
+pub async fn stand_down(kernel: &dyn Kernel) -> anyhow::Result<bool> {
+    match kernel.links().await?.into_iter().find(|l| l.name == IPIP_DEVICE && l.up) {
+        Some(link) => {
+            kernel.set_down(link.index).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,5 +57,9 @@ mod tests {
         assert!(runtime.block_on(ensure(&kernel, &want)).unwrap());
         assert!(!runtime.block_on(ensure(&kernel, &want)).unwrap());
         assert_eq!(kernel.take_log(), ["address add 10.244.3.0/32 dev 1"]);
+        // The last IP-in-IP pool gone: down once, then nothing to do.
+        assert!(runtime.block_on(stand_down(&kernel)).unwrap());
+        assert!(!runtime.block_on(stand_down(&kernel)).unwrap());
+        assert_eq!(kernel.take_log(), ["link set tunl0 down"]);
     }
 }

@@ -105,6 +105,11 @@ impl Dataplane {
                 None => applied
                     .failed("ipip", anyhow::anyhow!("a pool uses IP-in-IP but this node has no tunnel address yet")),
             }
+        } else {
+            match ipip::stand_down(kernel).await {
+                Ok(changed) => applied.changes += usize::from(changed),
+                Err(e) => applied.failed("ipip", e),
+            }
         }
         match self.sync_routes(desired, None, full).await {
             Ok(n) => applied.changes += n,

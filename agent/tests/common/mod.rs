@@ -74,16 +74,6 @@ pub struct Cluster {
     scratch: tempfile::TempDir,
 }
 
-/// Why IP-in-IP cannot run here, if it cannot: a fresh namespace has `tunl0` only where the
-/// kernel has the ipip module.
-pub fn ipip_missing() -> Option<String> {
-    (!netns::kernel_has_ipip().unwrap()).then(|| {
-        "skipped: this kernel has no ipip module (a fresh network namespace has no tunl0); \
-         the IP-in-IP routes and their netlink requests are checked by the agent's unit tests"
-            .to_owned()
-    })
-}
-
 /// The directory with our binaries.
 fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_brindle-node")).parent().unwrap().to_owned()
@@ -211,7 +201,14 @@ impl Cluster {
         wait_for(&format!("agent {i} to become ready"), Duration::from_secs(20), || {
             self.http(i, 9099, "/readiness").starts_with("HTTP/1.0 200")
         })
-        .unwrap_or_else(|e| panic!("{e}; its log:\n{}", self.agent_log(i)));
+        .unwrap_or_else(|e| panic!("{e}; the agents' logs:\n{}", self.agent_logs()));
+    }
+
+    /// Every agent's log, each under a heading naming its node.
+    pub fn agent_logs(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| format!("--- agent {i} ({})\n{}", self.nodes[i].name, self.agent_log(i)))
+            .collect()
     }
 
     /// What node `i`'s agent says on its status socket.

@@ -47,8 +47,8 @@ pub fn up(name: &str, dir: &Path, bin_dir: &Path, options: &Options) -> anyhow::
     }
     if options.mode.needs_ipip() && !crate::netns::kernel_has_ipip()? {
         bail!(
-            "mode {} needs the kernel's ipip module, and this kernel has none (a new network namespace \
-             gets no tunl0); choose --mode vxlan or vxlan-crosssubnet",
+            "mode {} needs the kernel's ipip module, and this kernel has none (`modprobe ipip` fails \
+             and a new network namespace gets no tunl0); choose --mode vxlan or vxlan-crosssubnet",
             cli_name(&options.mode)
         );
     }
