@@ -184,7 +184,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         uplink_mtu,
         vxlan_vni: config.vxlan_vni,
         vxlan_port: config.vxlan_port,
-        vxlan_mac: startup::vxlan_mac(&name),
+        vxlan_macs: [startup::vxlan_mac(&name, false), startup::vxlan_mac(&name, true)],
     };
     let me = Me {
         name: name.clone(),

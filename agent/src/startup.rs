@@ -1,7 +1,7 @@
 //! Start-up: the node's Node resource (addresses and why, VXLAN MAC and tunnel address), the
 //! MTU for pods, and the files the CNI plugin reads.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
 use brindle_datastore::Client;
@@ -11,10 +11,10 @@ use sha1::{Digest, Sha1};
 
 use crate::autodetect::Detected;
 
-/// The VXLAN MAC of a node: derived from its name, so it survives restarts and re-creation of
-/// the device; locally administered, unicast.
-pub fn vxlan_mac(node: &str) -> [u8; 6] {
-    let digest = Sha1::digest(node.as_bytes());
+/// The MAC of a node's VXLAN device of a family: derived from its name (and the family), so
+/// it survives restarts and re-creation of the device; locally administered, unicast.
+pub fn vxlan_mac(node: &str, ipv6: bool) -> [u8; 6] {
+    let digest = if ipv6 { Sha1::digest(format!("{node}/v6").as_bytes()) } else { Sha1::digest(node.as_bytes()) };
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&digest[..6]);
     mac[0] = (mac[0] & 0xfe) | 0x02;
@@ -34,7 +34,8 @@ pub async fn register(client: &Client, name: &str, v4: Option<&Detected>, v6: Op
             .flatten()
             .map(|d| NodeAddress { address: d.address.ip(), kind: "InternalIP".into() })
             .collect();
-        node.spec.vxlan_tunnel_mac_addr = Some(brindle_kernel::format_mac(&vxlan_mac(name)));
+        node.spec.vxlan_tunnel_mac_addr = Some(brindle_kernel::format_mac(&vxlan_mac(name, false)));
+        node.spec.vxlan_tunnel_mac_addr_v6 = v6.map(|_| brindle_kernel::format_mac(&vxlan_mac(name, true)));
         // Why these addresses, for whoever wonders later (`brindlectl get node -o yaml`).
         for (key, detected) in [("brindle.io/ipv4-detection", v4), ("brindle.io/ipv6-detection", v6)] {
             match detected {
@@ -65,20 +66,26 @@ pub async fn register(client: &Client, name: &str, v4: Option<&Detected>, v6: Op
     anyhow::bail!("could not register node {name}: too many concurrent changes")
 }
 
-/// Gives the node a tunnel address (from IPAM) for its VXLAN device and `tunl0`, recorded in
-/// its Node. Returns the address.
-pub async fn ensure_tunnel_address(client: &Client, ipam: &Ipam, name: &str) -> anyhow::Result<Ipv4Addr> {
-    let assigned = ipam.tunnel_address(name, false).await?;
-    let std::net::IpAddr::V4(ip) = assigned.ip else { anyhow::bail!("IPAM gave an IPv6 tunnel address for IPv4") };
+/// Gives the node a tunnel address of a family (from IPAM), recorded in its Node: IPv4's
+/// serves its VXLAN device and `tunl0`, IPv6's its IPv6 VXLAN device. Returns the address.
+pub async fn ensure_tunnel_address(client: &Client, ipam: &Ipam, name: &str, ipv6: bool) -> anyhow::Result<IpAddr> {
+    let ip = ipam.tunnel_address(name, ipv6).await?.ip;
+    anyhow::ensure!(ip.is_ipv6() == ipv6, "IPAM gave {ip} as a tunnel address of the other family");
     for _ in 0..10 {
         let mut node = client.get::<Node>(None, name).await?;
-        let bgp = node.spec.bgp.get_or_insert_with(NodeBgp::default);
-        if node.spec.ipv4_vxlan_tunnel_addr == Some(ip) && bgp.ipv4_ipip_tunnel_addr == Some(ip) {
+        if node.spec.vxlan_tunnel_addr(ipv6) == Some(ip)
+            && (ipv6 || node.spec.bgp.as_ref().and_then(|b| b.ipv4_ipip_tunnel_addr).map(IpAddr::V4) == Some(ip))
+        {
             return Ok(ip);
         }
-        // One tunnel address serves both devices.
-        bgp.ipv4_ipip_tunnel_addr = Some(ip);
-        node.spec.ipv4_vxlan_tunnel_addr = Some(ip);
+        match ip {
+            IpAddr::V4(v4) => {
+                // One tunnel address serves both devices.
+                node.spec.bgp.get_or_insert_with(NodeBgp::default).ipv4_ipip_tunnel_addr = Some(v4);
+                node.spec.ipv4_vxlan_tunnel_addr = Some(v4);
+            }
+            IpAddr::V6(v6) => node.spec.ipv6_vxlan_tunnel_addr = Some(v6),
+        }
         match client.update(node).await {
             Ok(_) => {
                 tracing::info!(%ip, "tunnel address assigned");
@@ -91,20 +98,22 @@ pub async fn ensure_tunnel_address(client: &Client, ipam: &Ipam, name: &str) -> 
     anyhow::bail!("could not record the tunnel address of node {name}")
 }
 
-/// Whether this node needs a tunnel address it lacks: a pool encapsulates (IP-in-IP only where
-/// the kernel has it) and its Node records none.
-pub fn needs_tunnel_address(cluster: &crate::calc::Cluster, name: &str, ipip_supported: bool) -> bool {
+/// Whether this node needs a tunnel address of a family it lacks: a pool of the family
+/// encapsulates (IP-in-IP only where the kernel has it) and its Node records none.
+pub fn needs_tunnel_address(cluster: &crate::calc::Cluster, name: &str, ipip_supported: bool, ipv6: bool) -> bool {
     let encapsulates = cluster.pools.iter().any(|p| {
         !p.spec.disabled
+            && p.spec.cidr.is_ipv6() == ipv6
             && (p.spec.vxlan_mode != EncapMode::Never || (ipip_supported && p.spec.ipip_mode != EncapMode::Never))
     });
-    let has = cluster.nodes.iter().any(|n| n.metadata.name == name && n.spec.ipv4_vxlan_tunnel_addr.is_some());
+    let has = cluster.nodes.iter().any(|n| n.metadata.name == name && n.spec.vxlan_tunnel_addr(ipv6).is_some());
     encapsulates && !has
 }
 
-/// Keeps this node's tunnel address, beside the agent's passes: whenever the cluster needs
-/// one ([`needs_tunnel_address`]), it is assigned and recorded on the Node, and the passes
-/// read it back from the Node like any other fact. Failures are retried every second.
+/// Keeps this node's tunnel addresses, beside the agent's passes: whenever the cluster needs
+/// one of a family ([`needs_tunnel_address`]), it is assigned and recorded on the Node, and
+/// the passes read it back from the Node like any other fact. Failures are retried every
+/// second.
 pub async fn keep_tunnel_address(
     client: Client,
     ipam: Ipam,
@@ -114,11 +123,21 @@ pub async fn keep_tunnel_address(
     metrics: std::sync::Arc<crate::status::Metrics>,
 ) {
     loop {
-        let needed =
-            cluster.borrow_and_update().as_ref().is_some_and(|c| needs_tunnel_address(c, &name, ipip_supported));
-        if needed && let Err(e) = ensure_tunnel_address(&client, &ipam, &name).await {
-            metrics.error("datastore");
-            tracing::warn!(error = %e, "no tunnel address yet; trying again in a second");
+        let needed: Vec<bool> = match cluster.borrow_and_update().as_ref() {
+            Some(c) => {
+                [false, true].into_iter().filter(|v6| needs_tunnel_address(c, &name, ipip_supported, *v6)).collect()
+            }
+            None => Vec::new(),
+        };
+        let mut failed = false;
+        for ipv6 in needed {
+            if let Err(e) = ensure_tunnel_address(&client, &ipam, &name, ipv6).await {
+                metrics.error("datastore");
+                tracing::warn!(error = %e, ipv6, "no tunnel address yet; trying again in a second");
+                failed = true;
+            }
+        }
+        if failed {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             continue;
         }
@@ -207,17 +226,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tunnel_address_is_needed_only_by_an_encapsulating_pool_and_only_once() {
+    fn a_tunnel_address_is_needed_only_by_an_encapsulating_pool_of_its_family_and_only_once() {
         let mut cluster = crate::fixtures::cluster(true);
-        assert!(!needs_tunnel_address(&cluster, "a", true), "the pool does not encapsulate");
+        let needs = |c: &crate::calc::Cluster, node: &str, ipip: bool| needs_tunnel_address(c, node, ipip, false);
+        assert!(!needs(&cluster, "a", true), "the pool does not encapsulate");
         cluster.pools[0].spec.ipip_mode = EncapMode::Always;
-        assert!(needs_tunnel_address(&cluster, "a", true));
-        assert!(!needs_tunnel_address(&cluster, "a", false), "no ipip module: no IP-in-IP to carry");
+        assert!(needs(&cluster, "a", true));
+        assert!(!needs(&cluster, "a", false), "no ipip module: no IP-in-IP to carry");
         cluster.pools[0].spec.vxlan_mode = EncapMode::CrossSubnet;
-        assert!(needs_tunnel_address(&cluster, "a", false));
+        assert!(needs(&cluster, "a", false));
+        assert!(!needs_tunnel_address(&cluster, "a", true, true), "no IPv6 pool encapsulates");
         cluster.nodes[0].spec.ipv4_vxlan_tunnel_addr = Some("10.244.0.0".parse().unwrap());
-        assert!(!needs_tunnel_address(&cluster, "a", true), "node a has one");
-        assert!(needs_tunnel_address(&cluster, "b", true));
+        assert!(!needs(&cluster, "a", true), "node a has one");
+        assert!(needs(&cluster, "b", true));
+        let mut v6 = IpPool::new("fd00:244::/56".parse().unwrap());
+        v6.vxlan_mode = EncapMode::Always;
+        cluster.pools.push(Resource::new("v6", v6));
+        assert!(needs_tunnel_address(&cluster, "a", true, true), "an IPv6 VXLAN pool needs an IPv6 address");
+        cluster.nodes[0].spec.ipv6_vxlan_tunnel_addr = Some("fd00:244::".parse().unwrap());
+        assert!(!needs_tunnel_address(&cluster, "a", true, true));
     }
 
     #[test]
@@ -262,9 +289,10 @@ mod tests {
 
     #[test]
     fn vxlan_macs_are_stable_unicast_and_local() {
-        let mac = vxlan_mac("node-1");
-        assert_eq!(mac, vxlan_mac("node-1"));
-        assert_ne!(mac, vxlan_mac("node-2"));
+        let mac = vxlan_mac("node-1", false);
+        assert_eq!(mac, vxlan_mac("node-1", false));
+        assert_ne!(mac, vxlan_mac("node-2", false));
+        assert_ne!(mac, vxlan_mac("node-1", true), "each family's device has its own");
         assert_eq!(mac[0] & 0x01, 0, "unicast");
         assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
     }

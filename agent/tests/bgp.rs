@@ -15,12 +15,9 @@ fn a_three_node_dual_stack_mesh_routes_pods_by_bgp() {
         kind: AgentConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\nspec: {bgpBackend: Embedded}\n";
     let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11), (0, 12)], yaml);
     cluster.add_ipv6();
-    cluster.agent_args = vec!["--ip6-autodetection-method".into(), "interface=eth0".into()];
     cluster.start_all();
     for i in 0..3 {
-        cluster.add_pod(i, |conf| {
-            conf["ipam"] = serde_json::json!({"type": "brindle-ipam", "assign_ipv4": "true", "assign_ipv6": "true"});
-        });
+        cluster.add_dual_stack_pod(i);
     }
     // Each node learns the two other nodes' blocks of each family over BGP: IPv4 blocks
     // over the IPv4 sessions, IPv6 blocks over the IPv6 sessions.
@@ -404,15 +401,12 @@ fn a_dual_stack_mixed_cluster_with_one_bird_node_routes_pod_traffic() {
     let yaml = "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
         kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods-v6}\nspec: {cidr: 'fd00:10:244::/56'}\n";
     let mut cluster = Cluster::new(&["10.250.0.0/24"], &[(0, 10), (0, 11), (0, 12)], yaml);
+    cluster.agent_args = vec!["--bgp".to_owned(), "embedded".to_owned()];
+    cluster.node_args.insert(0, vec!["--bgp".to_owned(), "bird".to_owned()]);
     cluster.add_ipv6();
-    let v6 = ["--ip6-autodetection-method".to_owned(), "interface=eth0".to_owned()];
-    cluster.agent_args = [&["--bgp".to_owned(), "embedded".to_owned()][..], &v6].concat();
-    cluster.node_args.insert(0, [&["--bgp".to_owned(), "bird".to_owned()][..], &v6].concat());
     cluster.start_all();
     for i in 0..3 {
-        cluster.add_pod(i, |conf| {
-            conf["ipam"] = serde_json::json!({"type": "brindle-ipam", "assign_ipv4": "true", "assign_ipv6": "true"});
-        });
+        cluster.add_dual_stack_pod(i);
     }
     // BIRD on node 0 learned the two other blocks of each family and put them in the kernel
     // itself.

@@ -36,6 +36,15 @@ fn assert_full_mesh(cluster: &Cluster) {
     assert!(failing.is_empty(), "pod pairs that cannot talk: {failing:?}\nagent 0 log:\n{}", cluster.agent_log(0));
 }
 
+/// Node 0's device `name`: whether it is up, and how many packets it has sent.
+fn device_state(cluster: &Cluster, name: &str) -> (bool, u64) {
+    let text = cluster.ip(0, &["-s", "-o", "link", "show", name]);
+    let up = text.split(['<', '>']).nth(1).is_some_and(|flags| flags.split(',').any(|f| f == "UP"));
+    // `-o` puts the statistics on the line after "TX:", as `bytes packets ...`.
+    let sent = text.split("TX:").nth(1).and_then(|t| t.split_whitespace().nth(8)).and_then(|n| n.parse().ok());
+    (up, sent.unwrap_or_else(|| panic!("no TX statistics in {text}")))
+}
+
 #[test]
 fn vxlan_cluster_reaches_everything_and_repairs_drift() {
     let mut cluster = Cluster::new(ONE_SUBNET, THREE_NODES, &pool("Always", true));
@@ -208,6 +217,53 @@ fn no_encap_cluster_then_switched_to_vxlan_without_restart() {
     assert_full_mesh(&cluster);
 }
 
+/// Dual stack with VXLAN in both families: IPv6 goes through `vxlan6.brindle` between the
+/// nodes' IPv6 addresses, with its own neighbour and FDB entries and an MTU 70 below the
+/// uplink's, beside the IPv4 device; the IPv6 pool switched to no encapsulation takes that
+/// device away and leaves the IPv4 one.
+#[test]
+fn dual_stack_vxlan_carries_each_family_through_its_own_device() {
+    let v6_pool = |mode: &str| {
+        format!(
+            "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {{name: pods-v6}}\nspec: {{cidr: 'fd00:10:244::/56', vxlanMode: {mode}}}\n"
+        )
+    };
+    let mut cluster =
+        Cluster::new(ONE_SUBNET, THREE_NODES, &format!("{}---\n{}", pool("Always", false), v6_pool("Always")));
+    cluster.add_ipv6();
+    cluster.start_all();
+    for i in 0..3 {
+        cluster.add_dual_stack_pod(i);
+    }
+    assert!(cluster.pods.iter().all(|p| p.ipv6.is_some()));
+    assert_full_mesh(&cluster);
+    let (up, sent) = device_state(&cluster, "vxlan6.brindle");
+    assert!(up && sent > 0, "the pods' IPv6 packets did not go through vxlan6.brindle");
+    let routes_v6 = cluster.ip(0, &["-6", "route", "show", "proto", "98"]);
+    assert_eq!(
+        routes_v6.lines().filter(|l| l.contains("dev vxlan6.brindle") && l.contains("onlink")).count(),
+        2,
+        "{routes_v6}"
+    );
+    let device = cluster.ip(0, &["-d", "link", "show", "vxlan6.brindle"]);
+    assert!(device.contains("mtu 1430") && device.contains("local fd00:250::10"), "{device}");
+    let neighbours = cluster.ip(0, &["-6", "neigh", "show", "dev", "vxlan6.brindle"]);
+    assert_eq!(neighbours.lines().filter(|l| l.contains("PERMANENT")).count(), 2, "{neighbours}");
+    let fdb = netns::output(cluster.nodes[0].netns.command("bridge").args(["fdb", "show", "dev", "vxlan6.brindle"])).1;
+    for other in ["fd00:250::11", "fd00:250::12"] {
+        assert!(fdb.contains(&format!("dst {other}")), "no FDB entry toward {other}: {fdb}");
+    }
+    assert!(cluster.ip(0, &["route", "show", "proto", "98"]).contains("dev vxlan.brindle"), "IPv4 keeps its own");
+
+    cluster.apply(&v6_pool("Never"));
+    cluster.eventually(Duration::from_secs(10), "IPv6 goes direct and its device goes away", || {
+        let routes_v6 = cluster.ip(0, &["-6", "route", "show", "proto", "98"]);
+        routes_v6.contains("via fd00:250::11 dev eth0") && !cluster.ip(0, &["link", "show"]).contains("vxlan6.brindle")
+    });
+    assert!(cluster.ip(0, &["link", "show"]).contains("vxlan.brindle"), "the IPv4 device stays");
+    assert_full_mesh(&cluster);
+}
+
 #[test]
 fn vxlan_cross_subnet_goes_direct_inside_a_subnet() {
     let placement = &[(0, 10), (0, 11), (1, 12)];
@@ -274,15 +330,6 @@ fn new_and_disabled_pools_apply_without_restart() {
     assert!(!out.ok && out.stdout.contains("disabled"), "{}", out.stdout);
 }
 
-/// Node 0's `tunl0`: whether it is up, and how many packets it has sent.
-fn tunl0(cluster: &Cluster) -> (bool, u64) {
-    let text = cluster.ip(0, &["-s", "-o", "link", "show", "tunl0"]);
-    let up = text.split(['<', '>']).nth(1).is_some_and(|flags| flags.split(',').any(|f| f == "UP"));
-    // `-o` puts the statistics on the line after "TX:", as `bytes packets ...`.
-    let sent = text.split("TX:").nth(1).and_then(|t| t.split_whitespace().nth(8)).and_then(|n| n.parse().ok());
-    (up, sent.unwrap_or_else(|| panic!("no TX statistics in {text}")))
-}
-
 /// IP-in-IP, where Debian's kernel runs it (this one has no ipip module): Always tunnels to
 /// every node through `tunl0`, CrossSubnet only across subnets, a switch to VXLAN brings
 /// `tunl0` down and the routes onto the VXLAN device, and back again; every pod reaches every
@@ -302,9 +349,9 @@ fn ip_in_ip_always_cross_subnet_and_switched_to_vxlan_and_back() {
     let mut cluster = Cluster::new(&["10.250.0.0/24", "10.251.0.0/24"], placement, &ipip("Always"));
     cluster.start_all();
     two_pods_per_node(&mut cluster);
-    let (_, sent_before) = tunl0(&cluster);
+    let (_, sent_before) = device_state(&cluster, "tunl0");
     assert_full_mesh(&cluster);
-    let (up, sent) = tunl0(&cluster);
+    let (up, sent) = device_state(&cluster, "tunl0");
     assert!(up && sent > sent_before, "the pods' packets did not go through tunl0 (sent {sent_before} then {sent})");
     let (node1, node2) = (cluster.nodes[1].address, cluster.nodes[2].address);
     let now = routes(&cluster);
@@ -325,14 +372,14 @@ fn ip_in_ip_always_cross_subnet_and_switched_to_vxlan_and_back() {
     cluster.apply(&pool("Always", false));
     cluster.eventually(Duration::from_secs(10), "the routes move to VXLAN and tunl0 goes down", || {
         let now = routes(&cluster);
-        !now.contains("tunl0") && now.contains("vxlan.brindle") && !tunl0(&cluster).0
+        !now.contains("tunl0") && now.contains("vxlan.brindle") && !device_state(&cluster, "tunl0").0
     });
     assert_full_mesh(&cluster);
 
     cluster.apply(&ipip("Always"));
     cluster.eventually(Duration::from_secs(10), "the routes come back to tunl0", || {
         let now = routes(&cluster);
-        now.contains("dev tunl0") && !now.contains("vxlan.brindle") && tunl0(&cluster).0
+        now.contains("dev tunl0") && !now.contains("vxlan.brindle") && device_state(&cluster, "tunl0").0
     });
     assert!(!cluster.ip(0, &["link", "show"]).contains("vxlan.brindle"), "the VXLAN device stayed");
     assert_full_mesh(&cluster);

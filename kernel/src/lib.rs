@@ -15,7 +15,7 @@ pub mod fake;
 pub mod names;
 pub mod netlink;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
@@ -57,8 +57,8 @@ pub struct Vxlan {
     pub vni: u32,
     /// UDP port.
     pub port: u16,
-    /// The local underlay address.
-    pub local: Ipv4Addr,
+    /// The local underlay address (its family is the family the device carries over).
+    pub local: IpAddr,
 }
 
 /// A network device.
@@ -177,7 +177,7 @@ pub enum RouteChange {
 /// Which neighbour table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
-    /// IPv4 ARP: an address's MAC.
+    /// ARP (IPv4) and NDP (IPv6): an address's MAC.
     Arp,
     /// The bridge FDB: a MAC's remote VTEP (VXLAN).
     Fdb,

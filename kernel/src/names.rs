@@ -7,8 +7,17 @@ pub const ROUTE_PROTOCOL: u8 = 98;
 /// Every host-side pod veth's name starts with this (`brin` + a digest of the endpoint).
 pub const WORKLOAD_PREFIX: &str = "brin";
 
-/// The VXLAN device.
+/// The VXLAN device over IPv4.
 pub const VXLAN_DEVICE: &str = "vxlan.brindle";
+
+/// The VXLAN device over IPv6 (pods' IPv6 traffic between nodes' IPv6 addresses). Not
+/// `vxlan-v6.brindle`: a name has at most 15 bytes (IFNAMSIZ), and the kernel refuses longer.
+pub const VXLAN_V6_DEVICE: &str = "vxlan6.brindle";
+
+/// The VXLAN device of a family.
+pub fn vxlan_device(ipv6: bool) -> &'static str {
+    if ipv6 { VXLAN_V6_DEVICE } else { VXLAN_DEVICE }
+}
 
 /// The kernel's IP-in-IP device (it exists in every namespace once the ipip module is
 /// loaded).

@@ -246,12 +246,13 @@ fn link_of(m: &LinkMessage) -> Link {
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Data(InfoData::Vxlan(v)) = info {
-                        let mut vxlan = Vxlan { vni: 0, port: 0, local: std::net::Ipv4Addr::UNSPECIFIED };
+                        let mut vxlan = Vxlan { vni: 0, port: 0, local: std::net::Ipv4Addr::UNSPECIFIED.into() };
                         for item in v {
                             match item {
                                 InfoVxlan::Id(id) => vxlan.vni = *id,
                                 InfoVxlan::Port(port) => vxlan.port = *port,
-                                InfoVxlan::Local(local) => vxlan.local = *local,
+                                InfoVxlan::Local(local) => vxlan.local = (*local).into(),
+                                InfoVxlan::Local6(local) => vxlan.local = (*local).into(),
                                 _ => {}
                             }
                         }
@@ -290,18 +291,24 @@ impl Netlink {
 
     /// Every entry of a neighbour table, as the kernel sends them.
     async fn neighbour_messages(&self, table: Table) -> Result<Vec<NeighbourMessage>> {
-        let family = match table {
-            Table::Arp => AddressFamily::Inet,
-            Table::Fdb => AddressFamily::Bridge,
+        let families: &[AddressFamily] = match table {
+            Table::Arp => &[AddressFamily::Inet, AddressFamily::Inet6],
+            Table::Fdb => &[AddressFamily::Bridge],
         };
-        self.handle
-            .neighbours()
-            .get()
-            .set_address_family(family)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| refused(format!("listing {table:?} entries"), e))
+        let mut messages = Vec::new();
+        for family in families {
+            let dump: Vec<NeighbourMessage> = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(*family)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| refused(format!("listing {table:?} entries"), e))?;
+            messages.extend(dump);
+        }
+        Ok(messages)
     }
 }
 
@@ -314,14 +321,12 @@ impl Kernel for Netlink {
     }
 
     async fn add_vxlan(&self, device: &NewVxlan) -> Result<()> {
-        let message = LinkVxlan::new(&device.name, device.vxlan.vni)
-            .port(device.vxlan.port)
-            .local(device.vxlan.local)
-            .dev(device.uplink)
-            .learning(false)
-            .mtu(device.mtu)
-            .address(device.mac.to_vec())
-            .build();
+        let vxlan = LinkVxlan::new(&device.name, device.vxlan.vni).port(device.vxlan.port);
+        let vxlan = match device.vxlan.local {
+            IpAddr::V4(local) => vxlan.local(local),
+            IpAddr::V6(local) => vxlan.local6(local),
+        };
+        let message = vxlan.dev(device.uplink).learning(false).mtu(device.mtu).address(device.mac.to_vec()).build();
         self.handle.link().add(message).execute().await.map_err(|e| refused(format!("creating {}", device.name), e))
     }
 

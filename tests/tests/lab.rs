@@ -77,6 +77,15 @@ fn up_explore_down(args: &[&str], nodes: usize, pods: usize) {
 
     let ping = lab.run(&["ping"]);
     assert!(ping.status.success(), "{}", text(&ping));
+    // In a dual-stack lab every pod also reaches every other at its IPv6 address.
+    for from in &state.pods {
+        for to in state.pods.iter().filter(|to| to.name != from.name) {
+            let v6 = to.ipv6.as_deref().unwrap_or_default();
+            if !v6.is_empty() {
+                assert!(brindle_e2e::netns::ping(&from.netns, v6), "{} cannot reach {} at {v6}", from.name, to.name);
+            }
+        }
+    }
     if args.contains(&"kubernetes") {
         // Every pod is a Kubernetes Pod on its node.
         let listed = state.kubectl(&["get", "pods", "-A", "-o", "jsonpath={.items[*].spec.nodeName}"], None).unwrap();
@@ -148,6 +157,11 @@ fn a_cross_subnet_lab_with_a_route_reflector_on_etcd_does_too() {
 #[test]
 fn a_dual_stack_lab_with_a_route_reflector_does_too_at_both_families() {
     up_explore_down(&["--pods-per-node", "1", "--mode", "none", "--peering", "rr", "--ipv6"], 3, 3);
+}
+
+#[test]
+fn a_dual_stack_cross_subnet_vxlan_lab_does_too_at_both_families() {
+    up_explore_down(&["--pods-per-node", "1", "--mode", "vxlan-crosssubnet", "--ipv6"], 3, 3);
 }
 
 /// In Debian's kernel under qemu where this one has no ipip module.

@@ -45,13 +45,18 @@ pub struct Tunnels {
     pub vxlan_vni: u32,
     /// The VXLAN UDP port.
     pub vxlan_port: u16,
-    /// This node's VXLAN device MAC (the one its Node publishes).
-    pub vxlan_mac: [u8; 6],
+    /// This node's VXLAN device MACs, IPv4's then IPv6's (the ones its Node publishes).
+    pub vxlan_macs: [[u8; 6]; 2],
 }
 
 impl Default for Tunnels {
     fn default() -> Self {
-        Tunnels { uplink_mtu: 1500, vxlan_vni: 4096, vxlan_port: 4789, vxlan_mac: [0x66, 0, 0, 0, 0, 0] }
+        Tunnels {
+            uplink_mtu: 1500,
+            vxlan_vni: 4096,
+            vxlan_port: 4789,
+            vxlan_macs: [[0x66, 0, 0, 0, 0, 0], [0x66, 0, 0, 0, 0, 6]],
+        }
     }
 }
 
@@ -172,10 +177,10 @@ pub enum Target {
         /// Their addresses, in order.
         via: Vec<IpAddr>,
     },
-    /// Through the VXLAN device to another node's tunnel address.
+    /// Through the VXLAN device of the family to another node's tunnel address.
     Vxlan {
-        /// The other node's VXLAN tunnel address.
-        via: Ipv4Addr,
+        /// The other node's VXLAN tunnel address of the family.
+        via: IpAddr,
     },
     /// Through `tunl0` to another node's address.
     Ipip {
@@ -189,32 +194,41 @@ pub enum Target {
     },
 }
 
-/// A remote node's VXLAN endpoint: ARP entry (tunnel IP -> MAC) and FDB entry (MAC -> node).
+/// A remote node's VXLAN endpoint of one family: neighbour entry (tunnel IP -> MAC) and FDB
+/// entry (MAC -> node), both of the family.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Vtep {
     /// The node's tunnel address.
-    pub tunnel_ip: Ipv4Addr,
+    pub tunnel_ip: IpAddr,
     /// Its VXLAN device's MAC.
     pub mac: [u8; 6],
     /// The node's underlay address.
-    pub node_ip: Ipv4Addr,
+    pub node_ip: IpAddr,
 }
 
-/// The VXLAN device as it should be.
+/// A VXLAN device as it should be (`vxlan.brindle` over IPv4, `vxlan6.brindle` over IPv6:
+/// each carries its own family over the same family).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanDevice {
     /// VNI.
     pub vni: u32,
     /// UDP port.
     pub port: u16,
-    /// This node's underlay address (the VTEP).
-    pub local: Ipv4Addr,
+    /// This node's underlay address of the family (the VTEP).
+    pub local: IpAddr,
     /// The device's MAC.
     pub mac: [u8; 6],
-    /// This node's tunnel address, on the device.
-    pub address: Ipv4Addr,
-    /// The device's MTU: the uplink's less VXLAN's overhead.
+    /// This node's tunnel address of the family, on the device.
+    pub address: IpAddr,
+    /// The device's MTU: the uplink's less VXLAN's overhead over the family.
     pub mtu: u32,
+}
+
+impl VxlanDevice {
+    /// The device's name.
+    pub fn name(&self) -> &'static str {
+        brindle_kernel::names::vxlan_device(self.address.is_ipv6())
+    }
 }
 
 /// `tunl0` as it should be.
@@ -231,18 +245,18 @@ pub struct IpipDevice {
 pub struct Desired {
     /// Routes by destination.
     pub routes: BTreeMap<IpNetwork, Target>,
-    /// Whether this node needs its VXLAN device.
-    pub vxlan: bool,
+    /// Whether this node needs its VXLAN device, per family (IPv4, IPv6).
+    pub vxlan: [bool; 2],
     /// Whether this node needs `tunl0` (a pool uses IP-in-IP and the kernel has it).
     pub ipip: bool,
-    /// The VXLAN device, once this node has a tunnel address (`None` while `vxlan` waits
-    /// for one).
-    pub vxlan_device: Option<VxlanDevice>,
+    /// The VXLAN devices per family, once this node has a tunnel address of the family
+    /// (`None` while `vxlan` waits for one).
+    pub vxlan_devices: [Option<VxlanDevice>; 2],
     /// `tunl0`, once this node has a tunnel address.
     pub ipip_device: Option<IpipDevice>,
     /// The pods' MTU: the uplink's less the largest overhead the pools' encapsulation adds.
     pub pod_mtu: u32,
-    /// Remote VTEPs.
+    /// Remote VTEPs, both families.
     pub vteps: Vec<Vtep>,
     /// Every pool's CIDR (the "inside" of natOutgoing).
     pub pools: Vec<IpNetwork>,
@@ -480,9 +494,9 @@ impl<'a> Routing<'a> {
             }
         }
         match (pool.encapsulation_toward(mine, peer), peer) {
-            (Encapsulation::Vxlan, _) => match node.ipv4_vxlan_tunnel_addr {
-                Some(via) if dst.is_ipv4() => Decision::route(Target::Vxlan { via }),
-                _ => Decision::refused(
+            (Encapsulation::Vxlan, _) => match node.vxlan_tunnel_addr(dst.is_ipv6()) {
+                Some(via) => Decision::route(Target::Vxlan { via }),
+                None => Decision::refused(
                     format!("node {node_name} has no VXLAN tunnel address yet; no route to {dst}"),
                     true,
                 ),
@@ -588,22 +602,33 @@ pub fn desired_with(me: &Me, cluster: &Cluster, learned: Option<&Learned>, memo:
     out.bgp_ports.dedup();
     out.to_host = me.to_host;
     out.policy = Arc::new(policy_program(me, cluster, memo, &mut out.problems));
-    out.vxlan = cluster.pools.iter().any(|p| p.spec.vxlan_mode != EncapMode::Never && !p.spec.disabled);
+    for v6 in [false, true] {
+        out.vxlan[usize::from(v6)] = cluster
+            .pools
+            .iter()
+            .any(|p| p.spec.vxlan_mode != EncapMode::Never && !p.spec.disabled && p.spec.cidr.is_ipv6() == v6);
+    }
     out.ipip =
         me.ipip_supported && cluster.pools.iter().any(|p| p.spec.ipip_mode != EncapMode::Never && !p.spec.disabled);
     out.pod_mtu = pod_mtu(me.tunnels.uplink_mtu, &cluster.pools);
-    let tunnel_address = routing.nodes.get(me.name.as_str()).and_then(|n| n.ipv4_vxlan_tunnel_addr);
+    let my_node = routing.nodes.get(me.name.as_str());
     let uplink_mtu = me.tunnels.uplink_mtu;
-    if let (true, Some(address), Some(IpAddr::V4(local))) = (out.vxlan, tunnel_address, me.ipv4.map(|n| n.ip())) {
-        out.vxlan_device = Some(VxlanDevice {
-            vni: me.tunnels.vxlan_vni,
-            port: me.tunnels.vxlan_port,
-            local,
-            mac: me.tunnels.vxlan_mac,
-            address,
-            mtu: uplink_mtu.saturating_sub(Encapsulation::Vxlan.overhead(false)),
-        });
+    for v6 in [false, true] {
+        let family = usize::from(v6);
+        let address = my_node.and_then(|n| n.vxlan_tunnel_addr(v6));
+        let local = if v6 { me.ipv6 } else { me.ipv4 }.map(|n| n.ip());
+        if let (true, Some(address), Some(local)) = (out.vxlan[family], address, local) {
+            out.vxlan_devices[family] = Some(VxlanDevice {
+                vni: me.tunnels.vxlan_vni,
+                port: me.tunnels.vxlan_port,
+                local,
+                mac: me.tunnels.vxlan_macs[family],
+                address,
+                mtu: uplink_mtu.saturating_sub(Encapsulation::Vxlan.overhead(v6)),
+            });
+        }
     }
+    let tunnel_address = my_node.and_then(|n| n.ipv4_vxlan_tunnel_addr);
     if let (true, Some(address)) = (out.ipip, tunnel_address) {
         let mtu = uplink_mtu.saturating_sub(Encapsulation::Ipip.overhead(false));
         out.ipip_device = Some(IpipDevice { address, mtu });
@@ -668,13 +693,14 @@ pub fn desired_with(me: &Me, cluster: &Cluster, learned: Option<&Learned>, memo:
         }
     }
 
-    if out.vxlan {
-        for (name, node) in &routing.nodes {
-            if *name == me.name {
-                continue;
-            }
-            let (Some(tunnel_ip), Some(mac), Some(IpAddr::V4(node_ip))) =
-                (node.ipv4_vxlan_tunnel_addr, node.vxlan_tunnel_mac_addr.as_deref(), node.ipv4().map(|n| n.ip()))
+    for (name, node) in &routing.nodes {
+        if *name == me.name {
+            continue;
+        }
+        for v6 in [false, true] {
+            let node_ip = node.address_of_family(v6).map(|n| n.ip());
+            let (true, Some(tunnel_ip), Some(mac), Some(node_ip)) =
+                (out.vxlan[usize::from(v6)], node.vxlan_tunnel_addr(v6), node.vxlan_tunnel_mac(v6), node_ip)
             else {
                 continue;
             };
@@ -683,8 +709,8 @@ pub fn desired_with(me: &Me, cluster: &Cluster, learned: Option<&Learned>, memo:
                 None => out.problems.push(format!("node {name} has a malformed VXLAN MAC \"{mac}\"")),
             }
         }
-        out.vteps.sort();
     }
+    out.vteps.sort();
     out
 }
 

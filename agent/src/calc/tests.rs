@@ -72,7 +72,7 @@ fn own_blocks_are_blackholed_and_no_encap_goes_direct_on_the_subnet() {
     // c is on another subnet: no-encap cannot reach it without BGP, and says so.
     assert_eq!(route(&d, "10.244.2.0/26"), None);
     assert!(d.all_problems().iter().any(|p| p.contains("node c") && p.contains("BGP")), "{:?}", d.all_problems());
-    assert!(!d.vxlan && d.vteps.is_empty());
+    assert!(d.vxlan == [false, false] && d.vteps.is_empty());
 }
 
 #[test]
@@ -80,9 +80,9 @@ fn vxlan_always_routes_through_tunnel_addresses_with_vteps() {
     let d = desired(&me(false), &cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never)), None);
     assert_eq!(route(&d, "10.244.1.0/26"), Some(Target::Vxlan { via: "10.244.1.1".parse().unwrap() }));
     assert_eq!(route(&d, "10.244.2.0/26"), Some(Target::Vxlan { via: "10.244.2.1".parse().unwrap() }));
-    assert!(d.vxlan);
+    assert_eq!(d.vxlan, [true, false]);
     assert_eq!(d.vteps.len(), 2, "every other node, never this one");
-    assert_eq!(d.vteps[0].node_ip, "10.0.0.2".parse::<Ipv4Addr>().unwrap());
+    assert_eq!(d.vteps[0].node_ip, "10.0.0.2".parse::<IpAddr>().unwrap());
     assert_eq!(d.vteps[0].mac, [2, 0, 0, 0, 0, 0x0b]);
 }
 
@@ -98,7 +98,7 @@ fn ipip_routes_via_node_addresses_or_explains_the_missing_module() {
     let c = cluster(pool("10.244.0.0/16", EncapMode::Never, EncapMode::Always));
     let with = desired(&me(true), &c, None);
     assert_eq!(route(&with, "10.244.2.0/26"), Some(Target::Ipip { via: "10.0.1.3".parse().unwrap() }));
-    assert!(with.ipip && !with.vxlan);
+    assert!(with.ipip && with.vxlan == [false, false]);
     let without = desired(&me(false), &c, None);
     assert_eq!(route(&without, "10.244.2.0/26"), None);
     assert!(without.all_problems().iter().any(|p| p.contains("no ipip module")), "{:?}", without.all_problems());
@@ -290,14 +290,64 @@ fn tunnel_devices_are_desired_once_the_node_has_its_tunnel_address() {
     let mut c = cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never));
     c.nodes[0].spec.ipv4_vxlan_tunnel_addr = None;
     let d = desired(&me(true), &c, None);
-    assert!(d.vxlan && d.vxlan_device.is_none(), "no tunnel address yet: {d:?}");
+    assert!(d.vxlan[0] && d.vxlan_devices[0].is_none(), "no tunnel address yet: {d:?}");
     c.nodes[0].spec.ipv4_vxlan_tunnel_addr = Some("10.244.0.0".parse().unwrap());
-    let device = desired(&me(true), &c, None).vxlan_device.unwrap();
+    let [device, none] = desired(&me(true), &c, None).vxlan_devices;
+    let device = device.unwrap();
+    assert!(none.is_none(), "no IPv6 pool, no IPv6 device");
     assert_eq!(
         (device.address, device.local, device.mtu),
         ("10.244.0.0".parse().unwrap(), "10.0.0.1".parse().unwrap(), 1450)
     );
     assert_eq!(desired(&me(true), &c, None).pod_mtu, 1450);
+}
+
+/// Dual stack with VXLAN in both families: IPv6 blocks go through the IPv6 device to the
+/// nodes' IPv6 tunnel addresses, with IPv6 VTEPs beside the IPv4 ones, an MTU 70 below the
+/// uplink's, and CrossSubnet judged on the IPv6 subnets.
+#[test]
+fn vxlan_over_ipv6_has_its_own_device_vteps_and_cross_subnet() {
+    let mut c = cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never));
+    c.pools.push(pool("fd00:244::/56", EncapMode::CrossSubnet, EncapMode::Never));
+    for (i, (address, tunnel)) in
+        [("fd00::1/64", "fd00:244::1"), ("fd00::2/64", "fd00:244:0:1::1"), ("fd00:1::3/64", "fd00:244:0:2::1")]
+            .into_iter()
+            .enumerate()
+    {
+        let spec = &mut c.nodes[i].spec;
+        spec.bgp.as_mut().unwrap().ipv6_address = Some(address.parse().unwrap());
+        spec.ipv6_vxlan_tunnel_addr = Some(tunnel.parse().unwrap());
+        spec.vxlan_tunnel_mac_addr_v6 = Some(format!("02:00:00:00:06:0{i}"));
+    }
+    c.blocks.push(block("fd00:244::/122", "a"));
+    c.blocks.push(block("fd00:244:0:1::/122", "b"));
+    c.blocks.push(block("fd00:244:0:2::/122", "c"));
+    let mut me = me(false);
+    me.ipv6 = Some("fd00::1/64".parse().unwrap());
+    let d = desired(&me, &c, None);
+    assert_eq!(d.vxlan, [true, true]);
+    let v6 = d.vxlan_devices[1].clone().expect("the IPv6 device");
+    assert_eq!((v6.name(), v6.local, v6.mtu), ("vxlan6.brindle", "fd00::1".parse().unwrap(), 1430));
+    assert_eq!(v6.address, "fd00:244::1".parse::<IpAddr>().unwrap());
+    assert_eq!(
+        route(&d, "fd00:244:0:1::/122"),
+        Some(Target::Direct { via: "fd00::2".parse().unwrap() }),
+        "same subnet"
+    );
+    assert_eq!(route(&d, "fd00:244:0:2::/122"), Some(Target::Vxlan { via: "fd00:244:0:2::1".parse().unwrap() }));
+    let v6_vteps: Vec<&Vtep> = d.vteps.iter().filter(|v| v.node_ip.is_ipv6()).collect();
+    assert_eq!(v6_vteps.len(), 2, "{:?}", d.vteps);
+    assert!(v6_vteps.iter().all(|v| v.tunnel_ip.is_ipv6() && v.mac[4] == 6), "{v6_vteps:?}");
+    assert_eq!(d.vteps.len(), 4, "the IPv4 ones stay");
+    // A node without an IPv6 tunnel address yet: no route to its IPv6 block, and it says so.
+    c.nodes[2].spec.ipv6_vxlan_tunnel_addr = None;
+    let d = desired(&me, &c, None);
+    assert_eq!(route(&d, "fd00:244:0:2::/122"), None);
+    assert!(
+        d.all_problems().iter().any(|p| p.contains("node c has no VXLAN tunnel address")),
+        "{:?}",
+        d.all_problems()
+    );
 }
 
 #[test]

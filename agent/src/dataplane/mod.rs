@@ -73,28 +73,35 @@ impl Dataplane {
         if let Err(e) = sysctl::ensure(kernel, desired) {
             applied.failed("sysctl", e);
         }
-        match (desired.vxlan, &desired.vxlan_device) {
-            (true, Some(device)) => {
-                let result = async {
-                    let devices = routes::Devices::read(kernel, &self.uplink).await?;
-                    let (index, changed) = vxlan::ensure(kernel, device, devices.uplink).await?;
-                    sysctl::vxlan_device(kernel)?;
-                    let changes = vxlan::sync_vteps(kernel, index, &desired.vteps).await?;
-                    anyhow::Ok(changes + usize::from(changed))
+        for v6 in [false, true] {
+            let family = usize::from(v6);
+            let name = brindle_kernel::names::vxlan_device(v6);
+            match (desired.vxlan[family], &desired.vxlan_devices[family]) {
+                (true, Some(device)) => {
+                    let result = async {
+                        let devices = routes::Devices::read(kernel, &self.uplink).await?;
+                        let (index, changed) = vxlan::ensure(kernel, device, devices.uplink).await?;
+                        if !v6 {
+                            sysctl::vxlan_device(kernel)?;
+                        }
+                        let changes = vxlan::sync_vteps(kernel, index, v6, &desired.vteps).await?;
+                        anyhow::Ok(changes + usize::from(changed))
+                    }
+                    .await;
+                    match result {
+                        Ok(n) => applied.changes += n,
+                        Err(e) => applied.failed("vxlan", e),
+                    }
                 }
-                .await;
-                match result {
-                    Ok(n) => applied.changes += n,
+                (true, None) => applied.failed(
+                    "vxlan",
+                    anyhow::anyhow!("a pool uses VXLAN but this node has no {name} tunnel address yet"),
+                ),
+                (false, _) => match vxlan::remove(kernel, name).await {
+                    Ok(removed) => applied.changes += usize::from(removed),
                     Err(e) => applied.failed("vxlan", e),
-                }
+                },
             }
-            (true, None) => {
-                applied.failed("vxlan", anyhow::anyhow!("a pool uses VXLAN but this node has no tunnel address yet"))
-            }
-            (false, _) => match vxlan::remove(kernel).await {
-                Ok(removed) => applied.changes += usize::from(removed),
-                Err(e) => applied.failed("vxlan", e),
-            },
         }
         if desired.ipip {
             match &desired.ipip_device {
@@ -121,7 +128,7 @@ impl Dataplane {
                 nat_pools: desired.nat_pools.iter().filter(|p| p.is_ipv6() == v6).copied().collect(),
                 nodes: desired.node_addresses.iter().filter(|a| a.is_ipv6() == v6).copied().collect(),
                 control_hosts: desired.control_hosts.iter().filter(|a| a.is_ipv6() == v6).copied().collect(),
-                vxlan_port: desired.vxlan_device.as_ref().map(|d| d.port),
+                vxlan_port: desired.vxlan_devices[usize::from(v6)].as_ref().map(|d| d.port),
                 ipip: desired.ipip,
                 bgp_ports: desired.bgp_ports.clone(),
                 to_host: desired.to_host,

@@ -43,7 +43,7 @@ fn route_for(dst: IpNetwork, target: &Target, devices: &Devices) -> Option<Route
             multipath: via[1..].to_vec(),
             ..Route::ours(dst, via.first().copied(), Some(devices.uplink), false)
         },
-        Target::Vxlan { via } => Route::ours(dst, Some((*via).into()), Some(dev(names::VXLAN_DEVICE)?), true),
+        Target::Vxlan { via } => Route::ours(dst, Some(*via), Some(dev(names::vxlan_device(via.is_ipv6()))?), true),
         Target::Ipip { via } => Route::ours(dst, Some((*via).into()), Some(dev(names::IPIP_DEVICE)?), true),
         Target::Workload { interface } => Route::ours(dst, None, Some(dev(interface)?), false),
     })

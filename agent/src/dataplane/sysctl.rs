@@ -23,7 +23,7 @@ pub fn ensure(kernel: &dyn Kernel, desired: &Desired) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// On the VXLAN device: loose reverse-path filtering (decapsulated packets come from pod
+/// On the IPv4 VXLAN device (IPv6 has no reverse-path filter to loosen): loose reverse-path filtering (decapsulated packets come from pod
 /// addresses that are routed through the device, but asymmetric paths are normal here).
 pub fn vxlan_device(kernel: &dyn Kernel) -> anyhow::Result<()> {
     set(kernel, &format!("net/ipv4/conf/{VXLAN_DEVICE}/rp_filter"), "2")

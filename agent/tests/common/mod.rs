@@ -110,13 +110,25 @@ impl Cluster {
         cluster
     }
 
-    /// Gives every node the IPv6 address `fd00:250::N/64` on its underlay interface, where
-    /// `N` is the last octet of its IPv4 address, making the cluster dual-stack.
-    pub fn add_ipv6(&self) {
+    /// Makes the cluster dual-stack: gives every node the IPv6 address `fd00:250::N/64` on
+    /// its underlay interface, where `N` is the last octet of its IPv4 address, and tells every
+    /// agent (in `agent_args` and `node_args`, set before) to use it.
+    pub fn add_ipv6(&mut self) {
         for node in &self.nodes {
             let address = format!("fd00:250::{}/64", node.address.octets()[3]);
             node.netns.ip(&["-6", "addr", "add", &address, "dev", "eth0", "nodad"]).unwrap();
         }
+        let v6 = ["--ip6-autodetection-method".to_owned(), "interface=eth0".to_owned()];
+        for args in std::iter::once(&mut self.agent_args).chain(self.node_args.values_mut()) {
+            args.extend(v6.iter().cloned());
+        }
+    }
+
+    /// Adds a pod with an address of each family to node `i`.
+    pub fn add_dual_stack_pod(&mut self, i: usize) {
+        self.add_pod(i, |conf| {
+            conf["ipam"] = serde_json::json!({"type": "brindle-ipam", "assign_ipv4": "true", "assign_ipv6": "true"});
+        });
     }
 
     /// The datastore selection every component uses.

@@ -23,7 +23,7 @@ use brindle_datastore::resource::{
 };
 use ipnetwork::IpNetwork;
 
-use brindle_kernel::names::{IPIP_DEVICE, ROUTE_PROTOCOL, VXLAN_DEVICE};
+use brindle_kernel::names::{IPIP_DEVICE, ROUTE_PROTOCOL, vxlan_device};
 
 use crate::filter::Filter;
 use crate::kernel::Kernel;
@@ -212,19 +212,22 @@ fn hop(from: &Pod, to: &Pod) -> Result<Hop, String> {
         far.spec.address_like(to.ip).ok_or_else(|| format!("node {} has no {family} address", to.node_name()))?;
     let near_address = from.node.as_ref().and_then(|n| n.spec.address_like(to.ip));
     match pool.spec.encapsulation_toward(near_address, far_address.ip()) {
-        Encapsulation::Vxlan if to.ip.is_ipv6() => {
-            Err(format!("pool {} asks for VXLAN over IPv6, which brindle-node does not program yet", pool.spec.cidr))
-        }
         Encapsulation::Vxlan => {
-            let tunnel = far.spec.ipv4_vxlan_tunnel_addr.ok_or_else(|| {
-                format!("node {} has no ipv4VXLANTunnelAddr yet (its agent assigns one at start)", to.node_name())
+            let v6 = to.ip.is_ipv6();
+            let (address_field, mac_field) = if v6 {
+                ("ipv6VXLANTunnelAddr", "vxlanTunnelMACAddrV6")
+            } else {
+                ("ipv4VXLANTunnelAddr", "vxlanTunnelMACAddr")
+            };
+            let tunnel = far.spec.vxlan_tunnel_addr(v6).ok_or_else(|| {
+                format!("node {} has no {address_field} yet (its agent assigns one at start)", to.node_name())
             })?;
             let mac = far
                 .spec
-                .vxlan_tunnel_mac_addr
-                .clone()
-                .ok_or_else(|| format!("node {} has no vxlanTunnelMACAddr yet", to.node_name()))?;
-            Ok(Hop::Vxlan { tunnel: tunnel.into(), mac, underlay: far_address.ip() })
+                .vxlan_tunnel_mac(v6)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("node {} has no {mac_field} yet", to.node_name()))?;
+            Ok(Hop::Vxlan { tunnel, mac, underlay: far_address.ip() })
         }
         Encapsulation::Ipip => Ok(Hop::Ipip { underlay: far_address.ip() }),
         Encapsulation::None => Ok(Hop::Direct { underlay: far_address.ip() }),
@@ -249,9 +252,11 @@ fn describe_hop(hop: &Hop, to: &Pod) -> String {
     let dst = destination(to);
     match hop {
         Hop::Local => format!("same node: {} dev {}", to.ip, to.endpoint.spec.interface_name),
-        Hop::Vxlan { tunnel, underlay, .. } => {
-            format!("VXLAN: {dst} via {tunnel} dev {VXLAN_DEVICE} onlink (to node {} at {underlay})", to.node_name())
-        }
+        Hop::Vxlan { tunnel, underlay, .. } => format!(
+            "VXLAN: {dst} via {tunnel} dev {} onlink (to node {} at {underlay})",
+            vxlan_device(tunnel.is_ipv6()),
+            to.node_name()
+        ),
         Hop::Ipip { underlay } => format!("IP-in-IP: {dst} via {underlay} dev {IPIP_DEVICE} onlink"),
         Hop::Direct { underlay } => format!("no encapsulation: {dst} via {underlay}"),
     }
@@ -273,13 +278,13 @@ fn kernel_checks(f: &mut Findings, kernel: &Kernel, here: &Pod, there: &Pod, hop
                 format!("proxy ARP on {veth}: the pod's gateway 169.254.1.1 answers"),
                 format!("proxy ARP is off on {veth}: the pod cannot resolve its gateway 169.254.1.1"),
             );
-            if let Some(vxlan) = kernel.link(VXLAN_DEVICE)
-                && matches!(hop, Some(Hop::Vxlan { .. }))
+            if let Some(Hop::Vxlan { tunnel, .. }) = hop
+                && let Some(vxlan) = kernel.link(vxlan_device(tunnel.is_ipv6()))
                 && link.mtu > vxlan.mtu
             {
                 f.problem(format!(
-                    "the pod's MTU {} is larger than {VXLAN_DEVICE}'s {}: large packets across nodes are dropped",
-                    link.mtu, vxlan.mtu
+                    "the pod's MTU {} is larger than {}'s {}: large packets across nodes are dropped",
+                    link.mtu, vxlan.name, vxlan.mtu
                 ));
             }
         }
@@ -306,7 +311,7 @@ fn kernel_checks(f: &mut Findings, kernel: &Kernel, here: &Pod, there: &Pod, hop
     let dst = destination(there);
     let (device, gateway): (String, Option<IpAddr>) = match hop {
         Hop::Local => (there.endpoint.spec.interface_name.clone(), None),
-        Hop::Vxlan { tunnel, .. } => (VXLAN_DEVICE.into(), Some(*tunnel)),
+        Hop::Vxlan { tunnel, .. } => (vxlan_device(tunnel.is_ipv6()).into(), Some(*tunnel)),
         Hop::Ipip { underlay } => (IPIP_DEVICE.into(), Some(*underlay)),
         Hop::Direct { underlay } => (String::new(), Some(*underlay)),
     };
@@ -334,25 +339,25 @@ fn kernel_checks(f: &mut Findings, kernel: &Kernel, here: &Pod, there: &Pod, hop
         f.problem(format!("this kernel has no {IPIP_DEVICE} (no ipip module): IP-in-IP pools cannot be routed here"));
     }
     if let Hop::Vxlan { tunnel, mac, underlay } = hop {
-        match kernel.link(VXLAN_DEVICE) {
-            None => f.problem(format!("{VXLAN_DEVICE} does not exist")),
+        let name = vxlan_device(tunnel.is_ipv6());
+        let neighbour = if tunnel.is_ipv6() { "NDP" } else { "ARP" };
+        match kernel.link(name) {
+            None => f.problem(format!("{name} does not exist")),
             Some(dev) => {
-                f.check(dev.up, format!("{VXLAN_DEVICE} is up, MTU {}", dev.mtu), format!("{VXLAN_DEVICE} is down"));
+                f.check(dev.up, format!("{name} is up, MTU {}", dev.mtu), format!("{name} is down"));
                 let arp = kernel.arp.iter().any(|n| n.index == dev.index && n.ip == *tunnel && n.mac == *mac);
                 f.check(
                     arp,
-                    format!("ARP: {tunnel} is at {mac}"),
+                    format!("{neighbour}: {tunnel} is at {mac}"),
                     format!(
-                        "no ARP entry {tunnel} lladdr {mac} on {VXLAN_DEVICE}: packets stop at neighbour resolution"
+                        "no {neighbour} entry {tunnel} lladdr {mac} on {name}: packets stop at neighbour resolution"
                     ),
                 );
                 let fdb = kernel.fdb.iter().any(|n| n.index == dev.index && n.mac == *mac && n.ip == *underlay);
                 f.check(
                     fdb,
                     format!("FDB: {mac} is behind {underlay}"),
-                    format!(
-                        "no FDB entry {mac} dst {underlay} on {VXLAN_DEVICE}: the encapsulated packet has nowhere to go"
-                    ),
+                    format!("no FDB entry {mac} dst {underlay} on {name}: the encapsulated packet has nowhere to go"),
                 );
             }
         }

@@ -98,9 +98,24 @@ impl Node {
         self.bgp.as_ref().and_then(|b| b.ipv4_address)
     }
 
+    /// The node's address of a family (with its subnet's prefix length).
+    pub fn address_of_family(&self, ipv6: bool) -> Option<IpNetwork> {
+        self.bgp.as_ref().and_then(|b| if ipv6 { b.ipv6_address } else { b.ipv4_address })
+    }
+
+    /// The address of the node's VXLAN device of a family.
+    pub fn vxlan_tunnel_addr(&self, ipv6: bool) -> Option<IpAddr> {
+        if ipv6 { self.ipv6_vxlan_tunnel_addr.map(IpAddr::V6) } else { self.ipv4_vxlan_tunnel_addr.map(IpAddr::V4) }
+    }
+
+    /// The MAC of the node's VXLAN device of a family.
+    pub fn vxlan_tunnel_mac(&self, ipv6: bool) -> Option<&str> {
+        if ipv6 { self.vxlan_tunnel_mac_addr_v6.as_deref() } else { self.vxlan_tunnel_mac_addr.as_deref() }
+    }
+
     /// The node's address of `ip`'s family (with its subnet's prefix length).
     pub fn address_like(&self, ip: IpAddr) -> Option<IpNetwork> {
-        self.bgp.as_ref().and_then(|b| if ip.is_ipv4() { b.ipv4_address } else { b.ipv6_address })
+        self.address_of_family(ip.is_ipv6())
     }
 
     /// Every address the node is known by: its BGP addresses of both families and the

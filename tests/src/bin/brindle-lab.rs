@@ -58,8 +58,8 @@ enum Cmd {
         /// Which iptables the agents program.
         #[arg(long, value_enum, default_value = "nft")]
         iptables: Iptables,
-        /// Dual-stack: nodes and pods get IPv6 addresses too (an IPv6 pool, routed natively;
-        /// needs `--mode none`).
+        /// Dual-stack: nodes and pods get IPv6 addresses too (an IPv6 pool, in VXLAN with the
+        /// VXLAN modes, routed natively otherwise).
         #[arg(long)]
         ipv6: bool,
         /// Where brindle-node, brindle and brindle-ipam are (default: beside this program).

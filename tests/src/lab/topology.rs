@@ -147,11 +147,6 @@ impl Options {
             "--reflectors must be between 1 and --nodes ({})",
             self.nodes
         );
-        anyhow::ensure!(
-            !self.ipv6 || self.mode == Mode::None,
-            "--ipv6 needs --mode none: brindle's tunnels (VXLAN, IP-in-IP) carry IPv4 only, so IPv6 pods \
-             are routed natively"
-        );
         Ok(())
     }
 
@@ -189,8 +184,10 @@ impl Options {
              spec: {{cidr: {POOL_CIDR}, ipipMode: {ipip}, vxlanMode: {vxlan}, natOutgoing: true}}\n"
         );
         if self.ipv6 {
+            // VXLAN carries IPv6 too; IP-in-IP does not, so beside it IPv6 is routed natively.
             yaml += &format!(
-                "---\nkind: IPPool\napiVersion: brindle.io/v1\nmetadata: {{name: pods-v6}}\nspec: {{cidr: '{POOL_V6_CIDR}'}}\n"
+                "---\nkind: IPPool\napiVersion: brindle.io/v1\nmetadata: {{name: pods-v6}}\n\
+                 spec: {{cidr: '{POOL_V6_CIDR}', vxlanMode: {vxlan}}}\n"
             );
         }
         let backend = if self.peering == Peering::None { "None" } else { "Embedded" };
@@ -278,7 +275,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dual_stack_lab_routes_ipv6_natively_with_a_second_pool_and_twin_addresses() {
+    fn a_dual_stack_lab_has_a_second_pool_twin_addresses_and_ipv6_in_vxlan_when_ipv4_is() {
         let mut dual = Options { ipv6: true, ..options(Mode::None, Peering::Rr) };
         dual.check().unwrap();
         assert_eq!(dual.subnets_v6(), ["fd00:250::/64"]);
@@ -287,8 +284,13 @@ mod tests {
         let resources = parse_documents(&yaml).unwrap();
         assert!(resources.iter().all(|r| r.validate().is_ok()), "{yaml}");
         assert!(yaml.contains(POOL_V6_CIDR) && yaml.contains("ipv6Address: 'fd00:250::a/64'"), "{yaml}");
-        dual.mode = Mode::Vxlan;
-        let refused = dual.check().unwrap_err().to_string();
-        assert!(refused.contains("--ipv6 needs --mode none"), "{refused}");
+        // VXLAN encapsulates both families; IP-in-IP only IPv4.
+        dual.mode = Mode::VxlanCrosssubnet;
+        dual.check().unwrap();
+        let yaml = dual.resources(&["10.250.0.10".parse().unwrap()]);
+        assert!(yaml.contains(&format!("cidr: '{POOL_V6_CIDR}', vxlanMode: CrossSubnet")), "{yaml}");
+        dual.mode = Mode::Ipip;
+        let yaml = dual.resources(&["10.250.0.10".parse().unwrap()]);
+        assert!(yaml.contains(&format!("cidr: '{POOL_V6_CIDR}', vxlanMode: Never")), "{yaml}");
     }
 }
