@@ -32,6 +32,7 @@ pub fn me(name: &str, ip: &str) -> Me {
             ("eth0".into(), "10.0.0.0/24".parse().unwrap()),
             ("brin1".into(), "10.0.0.0/24".parse().unwrap()),
         ],
+        wireguard: None,
     }
 }
 

@@ -146,7 +146,12 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    startup::register(&client, &name, Some(&v4), v6.as_ref()).await?;
+    let wireguard_key_file = args.state_dir.join("wireguard.key");
+    let wireguard_public_key = match config.wireguard_enabled {
+        true => Some(startup::wireguard_key(&*kernel, &wireguard_key_file).context("the WireGuard key pair")?),
+        false => None,
+    };
+    startup::register(&client, &name, Some(&v4), v6.as_ref(), wireguard_public_key.as_deref()).await?;
     let default_pools = startup::default_pools(|k| std::env::var(k).ok()).context("the default pools")?;
     startup::ensure_default_pools(&client, default_pools).await.context("creating the default pools")?;
     let write_cni_kubeconfig = || {
@@ -194,6 +199,12 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         tunnels,
         to_host: config.default_endpoint_to_host_action,
         device_routes: autodetect::device_routes(kernel.as_ref()).await.context("reading the interfaces' subnets")?,
+        wireguard: config.wireguard_enabled.then(|| calc::WireguardSettings {
+            interface: config.wireguard_interface_name.clone(),
+            port: config.wireguard_listening_port,
+            mtu: if config.wireguard_mtu != 0 { config.wireguard_mtu } else { uplink_mtu.saturating_sub(60) },
+            private_key_file: wireguard_key_file,
+        }),
     };
     let metrics_listen = match args.metrics_listen.as_deref() {
         Some("off") => None,
@@ -233,7 +244,7 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         client.clone(),
         Ipam::new(client.clone()),
         name.clone(),
-        me.ipip_supported,
+        startup::Tunnelling { ipip_supported: me.ipip_supported, wireguard: me.wireguard.is_some() },
         rx.clone(),
         Arc::clone(&metrics),
     ));

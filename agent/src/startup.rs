@@ -21,8 +21,37 @@ pub fn vxlan_mac(node: &str, ipv6: bool) -> [u8; 6] {
     mac
 }
 
-/// Creates or updates the Node with what was detected. Compare-and-swap, retried.
-pub async fn register(client: &Client, name: &str, v4: Option<&Detected>, v6: Option<&Detected>) -> anyhow::Result<()> {
+/// This node's WireGuard key pair: the private key kept in `file` (made by `wg genkey` when
+/// the file is missing: a new key pair; mode 0600, it never leaves the node) and the public
+/// key, which is returned.
+pub fn wireguard_key(kernel: &dyn brindle_kernel::Kernel, file: &Path) -> anyhow::Result<String> {
+    let private = match std::fs::read_to_string(file) {
+        Ok(key) => key,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let made = kernel.run("wg", &["genkey"], None)?;
+            anyhow::ensure!(made.success, "wg genkey: {}", made.stderr.trim());
+            publish(file, &made.stdout)?;
+            tracing::warn!(file = %file.display(), "made a new WireGuard key pair");
+            made.stdout
+        }
+        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", file.display())),
+    };
+    let public = kernel.run("wg", &["pubkey"], Some(&private))?;
+    anyhow::ensure!(public.success, "wg pubkey of {}: {}", file.display(), public.stderr.trim());
+    let key = public.stdout.trim().to_owned();
+    anyhow::ensure!(brindle_datastore::resource::is_wireguard_key(&key), "wg pubkey printed {key:?}, not a key");
+    Ok(key)
+}
+
+/// Creates or updates the Node with what was detected and its WireGuard public key (none
+/// while WireGuard is off, so that no node encrypts to it). Compare-and-swap, retried.
+pub async fn register(
+    client: &Client,
+    name: &str,
+    v4: Option<&Detected>,
+    v6: Option<&Detected>,
+    wireguard_public_key: Option<&str>,
+) -> anyhow::Result<()> {
     for _ in 0..10 {
         let existing = client.find::<Node>(None, name).await?;
         let mut node = existing.clone().unwrap_or_else(|| Resource::new(name, Node::default()));
@@ -36,6 +65,7 @@ pub async fn register(client: &Client, name: &str, v4: Option<&Detected>, v6: Op
             .collect();
         node.spec.vxlan_tunnel_mac_addr = Some(brindle_kernel::format_mac(&vxlan_mac(name, false)));
         node.spec.vxlan_tunnel_mac_addr_v6 = v6.map(|_| brindle_kernel::format_mac(&vxlan_mac(name, true)));
+        node.spec.wireguard_public_key = wireguard_public_key.map(str::to_owned);
         // Why these addresses, for whoever wonders later (`brindlectl get node -o yaml`).
         for (key, detected) in [("brindle.io/ipv4-detection", v4), ("brindle.io/ipv6-detection", v6)] {
             match detected {
@@ -99,15 +129,27 @@ pub async fn ensure_tunnel_address(client: &Client, ipam: &Ipam, name: &str, ipv
 }
 
 /// Whether this node needs a tunnel address of a family it lacks: a pool of the family
-/// encapsulates (IP-in-IP only where the kernel has it) and its Node records none.
-pub fn needs_tunnel_address(cluster: &crate::calc::Cluster, name: &str, ipip_supported: bool, ipv6: bool) -> bool {
-    let encapsulates = cluster.pools.iter().any(|p| {
-        !p.spec.disabled
-            && p.spec.cidr.is_ipv6() == ipv6
-            && (p.spec.vxlan_mode != EncapMode::Never || (ipip_supported && p.spec.ipip_mode != EncapMode::Never))
-    });
+/// encapsulates (IP-in-IP only where the kernel has it), or for IPv4 WireGuard is on, and its
+/// Node records none.
+pub fn needs_tunnel_address(cluster: &crate::calc::Cluster, name: &str, tunnels: Tunnelling, ipv6: bool) -> bool {
+    let Tunnelling { ipip_supported, wireguard } = tunnels;
+    let encapsulates = (wireguard && !ipv6)
+        || cluster.pools.iter().any(|p| {
+            !p.spec.disabled
+                && p.spec.cidr.is_ipv6() == ipv6
+                && (p.spec.vxlan_mode != EncapMode::Never || (ipip_supported && p.spec.ipip_mode != EncapMode::Never))
+        });
     let has = cluster.nodes.iter().any(|n| n.metadata.name == name && n.spec.vxlan_tunnel_addr(ipv6).is_some());
     encapsulates && !has
+}
+
+/// What this node can tunnel through, besides VXLAN.
+#[derive(Debug, Clone, Copy)]
+pub struct Tunnelling {
+    /// The kernel has IP-in-IP.
+    pub ipip_supported: bool,
+    /// WireGuard is on.
+    pub wireguard: bool,
 }
 
 /// Keeps this node's tunnel addresses, beside the agent's passes: whenever the cluster needs
@@ -118,15 +160,13 @@ pub async fn keep_tunnel_address(
     client: Client,
     ipam: Ipam,
     name: String,
-    ipip_supported: bool,
+    tunnels: Tunnelling,
     mut cluster: tokio::sync::watch::Receiver<crate::syncer::Published>,
     metrics: std::sync::Arc<crate::status::Metrics>,
 ) {
     loop {
         let needed: Vec<bool> = match cluster.borrow_and_update().as_ref() {
-            Some(c) => {
-                [false, true].into_iter().filter(|v6| needs_tunnel_address(c, &name, ipip_supported, *v6)).collect()
-            }
+            Some(c) => [false, true].into_iter().filter(|v6| needs_tunnel_address(c, &name, tunnels, *v6)).collect(),
             None => Vec::new(),
         };
         let mut failed = false;
@@ -228,23 +268,26 @@ mod tests {
     #[test]
     fn a_tunnel_address_is_needed_only_by_an_encapsulating_pool_of_its_family_and_only_once() {
         let mut cluster = crate::fixtures::cluster(true);
-        let needs = |c: &crate::calc::Cluster, node: &str, ipip: bool| needs_tunnel_address(c, node, ipip, false);
+        let plain = |ipip_supported| Tunnelling { ipip_supported, wireguard: false };
+        let needs =
+            |c: &crate::calc::Cluster, node: &str, ipip: bool| needs_tunnel_address(c, node, plain(ipip), false);
+        assert!(needs_tunnel_address(&cluster, "a", Tunnelling { ipip_supported: false, wireguard: true }, false));
         assert!(!needs(&cluster, "a", true), "the pool does not encapsulate");
         cluster.pools[0].spec.ipip_mode = EncapMode::Always;
         assert!(needs(&cluster, "a", true));
         assert!(!needs(&cluster, "a", false), "no ipip module: no IP-in-IP to carry");
         cluster.pools[0].spec.vxlan_mode = EncapMode::CrossSubnet;
         assert!(needs(&cluster, "a", false));
-        assert!(!needs_tunnel_address(&cluster, "a", true, true), "no IPv6 pool encapsulates");
+        assert!(!needs_tunnel_address(&cluster, "a", plain(true), true), "no IPv6 pool encapsulates");
         cluster.nodes[0].spec.ipv4_vxlan_tunnel_addr = Some("10.244.0.0".parse().unwrap());
         assert!(!needs(&cluster, "a", true), "node a has one");
         assert!(needs(&cluster, "b", true));
         let mut v6 = IpPool::new("fd00:244::/56".parse().unwrap());
         v6.vxlan_mode = EncapMode::Always;
         cluster.pools.push(Resource::new("v6", v6));
-        assert!(needs_tunnel_address(&cluster, "a", true, true), "an IPv6 VXLAN pool needs an IPv6 address");
+        assert!(needs_tunnel_address(&cluster, "a", plain(true), true), "an IPv6 VXLAN pool needs an IPv6 address");
         cluster.nodes[0].spec.ipv6_vxlan_tunnel_addr = Some("fd00:244::".parse().unwrap());
-        assert!(!needs_tunnel_address(&cluster, "a", true, true));
+        assert!(!needs_tunnel_address(&cluster, "a", plain(true), true));
     }
 
     #[test]

@@ -173,6 +173,16 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    async fn add_wireguard(&self, name: &str) -> Result<()> {
+        if self.link_named(name).is_some() {
+            return Err(Error::Refused { what: format!("creating {name}"), message: "File exists".into() });
+        }
+        self.change(format!("link add {name} type wireguard"))?;
+        let index = self.add_link(name, 1420);
+        self.state().links.get_mut(&index).expect("just added").up = false;
+        Ok(())
+    }
+
     async fn load_ipip(&self) -> Result<bool> {
         if self.link_named(crate::names::IPIP_DEVICE).is_none() && self.state().ipip_module {
             self.change(format!("link add {} type ipip", crate::names::IPIP_DEVICE))?;

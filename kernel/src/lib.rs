@@ -219,6 +219,9 @@ pub trait Kernel: Send + Sync {
     /// Creates a VXLAN device (down, learning off).
     async fn add_vxlan(&self, device: &NewVxlan) -> Result<()>;
 
+    /// Creates a WireGuard device (down, with no key and no peer: `wg` configures it).
+    async fn add_wireguard(&self, name: &str) -> Result<()>;
+
     /// Makes sure `tunl0` exists: where the ipip module is not loaded yet, asking for an
     /// IP-in-IP link named `tunl0` loads it (and the module makes `tunl0` in every namespace).
     /// Returns whether `tunl0` exists after; a kernel without the module is not an error.

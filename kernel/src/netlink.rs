@@ -15,7 +15,7 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHop, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::{Handle, LinkIpIp, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkIpIp, LinkUnspec, LinkVxlan, LinkWireguard, RouteMessageBuilder};
 
 use crate::names::IPIP_DEVICE;
 use crate::{Error, Kernel, Link, Neighbour, NewVxlan, Output, Result, Route, RouteChange, Table, Vxlan};
@@ -328,6 +328,15 @@ impl Kernel for Netlink {
         };
         let message = vxlan.dev(device.uplink).learning(false).mtu(device.mtu).address(device.mac.to_vec()).build();
         self.handle.link().add(message).execute().await.map_err(|e| refused(format!("creating {}", device.name), e))
+    }
+
+    async fn add_wireguard(&self, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .add(LinkWireguard::new(name).build())
+            .execute()
+            .await
+            .map_err(|e| refused(format!("creating {name} (is there a wireguard module?)"), e))
     }
 
     async fn load_ipip(&self) -> Result<bool> {

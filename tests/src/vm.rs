@@ -242,6 +242,8 @@ fn build_initramfs(kernel: &Kernel, script: &str, cwd: &Path, dir: &Path, out: &
          mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work root /root\n\
          mount --move /proc /root/proc; mount --move /sys /root/sys; mount --move /dev /root/dev\n\
          mount -t tmpfs run /root/run\n\
+         ln -s /proc/self/fd /root/dev/fd; ln -s /proc/self/fd/0 /root/dev/stdin\n\
+         ln -s /proc/self/fd/1 /root/dev/stdout; ln -s /proc/self/fd/2 /root/dev/stderr\n\
          mkdir -p /root/lib/modules/{release}\n\
          mount --bind /lower{modules_on_host} /root/lib/modules/{release}\n\
          cp /command /root/run/brindle-vm-command\n\

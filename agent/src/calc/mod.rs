@@ -34,6 +34,21 @@ pub struct Me {
     /// The subnets of the node's interfaces (its device routes), by interface name, as read
     /// at start.
     pub device_routes: Vec<(String, IpNetwork)>,
+    /// WireGuard, when AgentConfiguration enables it.
+    pub wireguard: Option<WireguardSettings>,
+}
+
+/// This node's WireGuard settings (AgentConfiguration's), with where its private key is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireguardSettings {
+    /// The device's name.
+    pub interface: String,
+    /// Its UDP port, every node's.
+    pub port: u16,
+    /// Its MTU (the uplink's less WireGuard's 60 unless configured).
+    pub mtu: u32,
+    /// The file holding this node's private key (mode 0600, never leaves the node).
+    pub private_key_file: std::path::PathBuf,
 }
 
 /// This node's tunnel settings (from its AgentConfiguration and its uplink).
@@ -192,6 +207,34 @@ pub enum Target {
         /// The host end.
         interface: String,
     },
+    /// Through the WireGuard device, which picks the peer by the destination.
+    Wireguard {
+        /// The device.
+        interface: String,
+    },
+}
+
+/// Another node as this node's WireGuard device knows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WireguardPeer {
+    /// Its public key (base64).
+    pub public_key: String,
+    /// Where it listens: its IPv4 address and the WireGuard port.
+    pub endpoint: std::net::SocketAddr,
+    /// What it may send and is sent: its blocks and the addresses it borrowed.
+    pub allowed_ips: Vec<IpNetwork>,
+}
+
+/// The WireGuard device as it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireguardDevice {
+    /// The settings it comes from.
+    pub settings: WireguardSettings,
+    /// This node's tunnel address, on the device (the source of the node's own traffic to
+    /// other nodes' pods, inside this node's allowed IPs at the others).
+    pub address: Option<Ipv4Addr>,
+    /// Every other node that published a public key.
+    pub peers: Vec<WireguardPeer>,
 }
 
 /// A remote node's VXLAN endpoint of one family: neighbour entry (tunnel IP -> MAC) and FDB
@@ -254,6 +297,9 @@ pub struct Desired {
     pub vxlan_devices: [Option<VxlanDevice>; 2],
     /// `tunl0`, once this node has a tunnel address.
     pub ipip_device: Option<IpipDevice>,
+    /// The WireGuard device, while WireGuard is enabled and this node's public key is
+    /// published.
+    pub wireguard: Option<WireguardDevice>,
     /// The pods' MTU: the uplink's less the largest overhead the pools' encapsulation adds.
     pub pod_mtu: u32,
     /// Remote VTEPs, both families.
@@ -443,12 +489,16 @@ struct Routing<'a> {
     cluster: &'a Cluster,
     nodes: BTreeMap<&'a str, &'a Node>,
     learned: Option<&'a Learned>,
+    /// With WireGuard on here and this node's key published: the device.
+    wireguard: Option<&'a WireguardSettings>,
 }
 
 impl<'a> Routing<'a> {
     fn new(me: &'a Me, cluster: &'a Cluster, learned: Option<&'a Learned>) -> Routing<'a> {
-        let nodes = cluster.nodes.iter().map(|n| (n.metadata.name.as_str(), &n.spec)).collect();
-        Routing { me, cluster, nodes, learned }
+        let nodes: BTreeMap<&str, &Node> = cluster.nodes.iter().map(|n| (n.metadata.name.as_str(), &n.spec)).collect();
+        let published = nodes.get(me.name.as_str()).is_some_and(|n| n.wireguard_public_key.is_some());
+        let wireguard = me.wireguard.as_ref().filter(|_| published);
+        Routing { me, cluster, nodes, learned, wireguard }
     }
 
     fn pool_of(&self, prefix: &IpNetwork) -> Option<&'a IpPool> {
@@ -477,6 +527,14 @@ impl<'a> Routing<'a> {
                 true,
             );
         };
+        // Encrypted to every node that published a key, whatever the pool's encapsulation; a
+        // node without one is reached as the pool says, unencrypted.
+        if let Some(wireguard) = self.wireguard
+            && dst.is_ipv4()
+            && node.wireguard_public_key.is_some()
+        {
+            return Decision::route(Target::Wireguard { interface: wireguard.interface.clone() });
+        }
         if let Some(learned) = self.learned
             && pool.encapsulation_toward(mine, peer) != Encapsulation::Vxlan
         {
@@ -629,6 +687,9 @@ pub fn desired_with(me: &Me, cluster: &Cluster, learned: Option<&Learned>, memo:
         }
     }
     let tunnel_address = my_node.and_then(|n| n.ipv4_vxlan_tunnel_addr);
+    if let Some(wireguard) = &me.wireguard {
+        out.pod_mtu = out.pod_mtu.min(wireguard.mtu);
+    }
     if let (true, Some(address)) = (out.ipip, tunnel_address) {
         let mtu = uplink_mtu.saturating_sub(Encapsulation::Ipip.overhead(false));
         out.ipip_device = Some(IpipDevice { address, mtu });
@@ -674,6 +735,9 @@ pub fn desired_with(me: &Me, cluster: &Cluster, learned: Option<&Learned>, memo:
         }
     }
     out.origins = origins;
+    if let Some(settings) = routing.wireguard {
+        out.wireguard = Some(wireguard_device(me, settings, &routing.nodes, &out.origins, tunnel_address));
+    }
     if let Some(learned) = learned {
         for prefix in learned.routes.keys() {
             if !out.origins.contains_key(prefix) {
@@ -712,6 +776,33 @@ pub fn desired_with(me: &Me, cluster: &Cluster, learned: Option<&Learned>, memo:
     }
     out.vteps.sort();
     out
+}
+
+/// The WireGuard device for `settings`: a peer for every other node that published a key and
+/// has an IPv4 address, allowed the IPv4 prefixes the cluster's state routes toward it.
+fn wireguard_device(
+    me: &Me,
+    settings: &WireguardSettings,
+    nodes: &BTreeMap<&str, &Node>,
+    origins: &BTreeMap<IpNetwork, Origin>,
+    address: Option<Ipv4Addr>,
+) -> WireguardDevice {
+    let mut peers: Vec<WireguardPeer> = nodes
+        .iter()
+        .filter(|(name, _)| **name != me.name)
+        .filter_map(|(name, node)| {
+            let public_key = node.wireguard_public_key.clone()?;
+            let endpoint = std::net::SocketAddr::new(node.ipv4()?.ip(), settings.port);
+            let allowed_ips = origins
+                .iter()
+                .filter(|(prefix, origin)| prefix.is_ipv4() && **origin == Origin::Remote((*name).to_owned()))
+                .map(|(prefix, _)| *prefix)
+                .collect();
+            Some(WireguardPeer { public_key, endpoint, allowed_ips })
+        })
+        .collect();
+    peers.sort();
+    WireguardDevice { settings: settings.clone(), address, peers }
 }
 
 #[cfg(test)]

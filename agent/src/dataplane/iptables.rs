@@ -64,6 +64,9 @@ pub struct Rules {
     pub vxlan_port: Option<u16>,
     /// Whether this node uses IP-in-IP (only then are its rules in place).
     pub ipip: bool,
+    /// The WireGuard UDP port, when this node uses WireGuard (only then are its rules in
+    /// place).
+    pub wireguard_port: Option<u16>,
     /// The ports BGP speaks on.
     pub bgp_ports: Vec<u16>,
     /// What happens to workload-to-host traffic the workload's policy allowed.
@@ -126,15 +129,21 @@ fn tables(v6: bool, rules: &Rules) -> Vec<Table> {
     let ports = ports.join(",");
     let mut input = Vec::new();
     let mut forward = Vec::new();
-    if let Some(vxlan) = rules.vxlan_port {
-        let udp = format!("-p udp -m udp --dport {vxlan}");
+    for (port, tunnel) in [(rules.vxlan_port, "VXLAN"), (rules.wireguard_port, "WireGuard")] {
+        let Some(port) = port else { continue };
+        let udp = format!("-p udp -m udp --dport {port}");
         input.push(rule(
             "brin-INPUT",
             &format!("{udp} -m set ! --match-set {nodes} src"),
-            "VXLAN only from nodes",
+            &format!("{tunnel} only from nodes"),
             "DROP",
         ));
-        forward.push(rule("brin-FORWARD", &format!("-i brin+ {udp}"), "workloads never send VXLAN", "DROP"));
+        forward.push(rule(
+            "brin-FORWARD",
+            &format!("-i brin+ {udp}"),
+            &format!("workloads never send {tunnel}"),
+            "DROP",
+        ));
     }
     if rules.ipip {
         let ipip = "-p ipencap";
@@ -590,6 +599,7 @@ mod tests {
             control_hosts: vec!["10.0.0.1".parse().unwrap(), "10.0.0.254".parse().unwrap()],
             vxlan_port: Some(4789),
             ipip: true,
+            wireguard_port: Some(51820),
             bgp_ports: vec![179, 1179],
             ..Rules::default()
         }
@@ -652,12 +662,14 @@ mod tests {
             tables(true, &rules()).into_iter().flat_map(|t| t.chains.into_values().flat_map(|c| c.to_vec())).collect();
         assert!(v6.iter().any(|r| r.contains("--icmpv6-type 134")), "router advertisements from workloads");
         // No tunnel in use: its port and protocol are left to whoever else uses them.
-        let untunnelled = Rules { vxlan_port: None, ipip: false, ..rules() };
-        let all: Vec<String> = tables(false, &untunnelled)
-            .into_iter()
-            .flat_map(|t| t.chains.into_values().flat_map(|c| c.to_vec()))
-            .collect();
-        assert!(!all.iter().any(|r| r.contains("4789") || r.contains("ipencap")), "{all:?}");
+        let all = |rules: &Rules| -> Vec<String> {
+            tables(false, rules).into_iter().flat_map(|t| t.chains.into_values().flat_map(|c| c.to_vec())).collect()
+        };
+        let tunnelled = all(&rules());
+        assert!(tunnelled.iter().any(|r| r.contains("--dport 51820 -m set ! --match-set brin-nodes-v4 src")));
+        assert!(tunnelled.iter().any(|r| r.contains("-i brin+ -p udp -m udp --dport 51820")), "{tunnelled:?}");
+        let untunnelled = all(&Rules { vxlan_port: None, ipip: false, wireguard_port: None, ..rules() });
+        assert!(!untunnelled.iter().any(|r| r.contains("4789") || r.contains("ipencap") || r.contains("51820")));
         // Workload to host follows the configured action once policy allowed it.
         let to_host = |action| filter_chain(&Rules { to_host: action, ..rules() }, "brin-INPUT").pop().unwrap();
         assert!(to_host(EndpointToHostAction::Accept).ends_with("workload to host\" -j ACCEPT"));

@@ -7,6 +7,7 @@ pub mod iptables;
 pub mod routes;
 pub mod sysctl;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,9 @@ pub struct Dataplane {
     /// What the last route sync left: between full resyncs the routes driver diffs against
     /// it instead of listing the kernel's table.
     programmed: Mutex<Option<Programmed>>,
+    /// The WireGuard device last configured, and its `wg` configuration: between full
+    /// resyncs `wg` runs only when that changes; it goes when WireGuard is turned off.
+    wireguard_applied: Mutex<Option<(String, String)>>,
 }
 
 /// Our routes as a sync left them, with the devices it saw. It stands for the kernel's table
@@ -62,7 +66,42 @@ impl Dataplane {
     pub fn new(kernel: Arc<dyn Kernel>, uplink: String, backend: Option<iptables::Backend>) -> Dataplane {
         let backend = backend.unwrap_or_else(|| iptables::Backend::detect(&*kernel));
         tracing::info!(?backend, %uplink, "dataplane ready");
-        Dataplane { kernel, uplink, backend, applied_rules: Mutex::default(), programmed: Mutex::default() }
+        Dataplane {
+            kernel,
+            uplink,
+            backend,
+            applied_rules: Mutex::default(),
+            programmed: Mutex::default(),
+            wireguard_applied: Mutex::default(),
+        }
+    }
+
+    /// The WireGuard device: configured as `desired` says, or removed when it says none.
+    async fn apply_wireguard(&self, desired: &Desired, full: bool, applied: &mut Applied) {
+        let kernel = &*self.kernel;
+        let last = self.wireguard_applied.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let result = match (&desired.wireguard, last) {
+            (Some(device), last) => {
+                let known = last.filter(|(name, _)| !full && *name == device.settings.interface).map(|(_, c)| c);
+                wireguard::ensure(kernel, device, known.as_deref()).await.map(|(config, changed)| {
+                    *self.wireguard_applied.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((device.settings.interface.clone(), config));
+                    changed
+                })
+            }
+            (None, Some((name, config))) => {
+                let removed = wireguard::remove(kernel, &name).await;
+                if removed.is_err() {
+                    *self.wireguard_applied.lock().unwrap_or_else(|e| e.into_inner()) = Some((name, config));
+                }
+                removed
+            }
+            (None, None) => Ok(false),
+        };
+        match result {
+            Ok(changed) => applied.changes += usize::from(changed),
+            Err(e) => applied.failed("wireguard", e),
+        }
     }
 
     /// One pass over every driver. A `full` pass checks everything against the kernel;
@@ -118,6 +157,7 @@ impl Dataplane {
                 Err(e) => applied.failed("ipip", e),
             }
         }
+        self.apply_wireguard(desired, full, &mut applied).await;
         match self.sync_routes(desired, None, full).await {
             Ok(n) => applied.changes += n,
             Err(e) => applied.failed("routes", e),
@@ -130,6 +170,7 @@ impl Dataplane {
                 control_hosts: desired.control_hosts.iter().filter(|a| a.is_ipv6() == v6).copied().collect(),
                 vxlan_port: desired.vxlan_devices[usize::from(v6)].as_ref().map(|d| d.port),
                 ipip: desired.ipip,
+                wireguard_port: desired.wireguard.as_ref().filter(|_| !v6).map(|w| w.settings.port),
                 bgp_ports: desired.bgp_ports.clone(),
                 to_host: desired.to_host,
                 policy: desired.policy[usize::from(v6)].clone(),

@@ -45,7 +45,9 @@ fn route_for(dst: IpNetwork, target: &Target, devices: &Devices) -> Option<Route
         },
         Target::Vxlan { via } => Route::ours(dst, Some(*via), Some(dev(names::vxlan_device(via.is_ipv6()))?), true),
         Target::Ipip { via } => Route::ours(dst, Some((*via).into()), Some(dev(names::IPIP_DEVICE)?), true),
-        Target::Workload { interface } => Route::ours(dst, None, Some(dev(interface)?), false),
+        Target::Workload { interface } | Target::Wireguard { interface } => {
+            Route::ours(dst, None, Some(dev(interface)?), false)
+        }
     })
 }
 

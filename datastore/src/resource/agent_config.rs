@@ -101,6 +101,18 @@ pub struct AgentConfiguration {
     pub vxlan_vni: u32,
     /// VXLAN UDP port.
     pub vxlan_port: u16,
+    /// Whether pod traffic between nodes is encrypted with WireGuard (IPv4): each node makes
+    /// a key pair, publishes its public key on its Node, and sends to every node that
+    /// published one through the WireGuard device; nodes without a key are reached
+    /// unencrypted.
+    pub wireguard_enabled: bool,
+    /// The WireGuard device's name.
+    pub wireguard_interface_name: String,
+    /// The WireGuard device's UDP port (every node's: peers are reached on it).
+    pub wireguard_listening_port: u16,
+    /// The WireGuard device's MTU; 0 takes the uplink's less WireGuard's overhead (60).
+    #[serde(rename = "wireguardMTU")]
+    pub wireguard_mtu: u32,
     /// The name prefix of host-side pod interfaces.
     pub interface_prefix: String,
     /// How the node's IPv4 address is found: `first-found`, `interface=REGEX`,
@@ -133,6 +145,10 @@ impl Default for AgentConfiguration {
             mtu: 0,
             vxlan_vni: 4096,
             vxlan_port: 4789,
+            wireguard_enabled: false,
+            wireguard_interface_name: "wg.brindle".into(),
+            wireguard_listening_port: 51820,
+            wireguard_mtu: 0,
             interface_prefix: "brin".into(),
             ipv4_autodetection_method: "first-found".into(),
             ipv6_autodetection_method: "none".into(),
@@ -187,6 +203,25 @@ impl Spec for AgentConfiguration {
         );
         v.require((1..1 << 24).contains(&self.vxlan_vni), "spec.vxlanVNI", self.vxlan_vni, "must be 1 to 16777215");
         v.require(self.vxlan_port != 0, "spec.vxlanPort", self.vxlan_port, "must be a port number 1-65535");
+        v.require(
+            self.wireguard_listening_port != 0,
+            "spec.wireguardListeningPort",
+            self.wireguard_listening_port,
+            "must be a port number 1-65535",
+        );
+        v.require(
+            self.wireguard_mtu == 0 || (1280..=65535).contains(&self.wireguard_mtu),
+            "spec.wireguardMTU",
+            self.wireguard_mtu,
+            "must be 0 (the uplink's less 60) or 1280-65535",
+        );
+        let name = &self.wireguard_interface_name;
+        v.require(
+            (1..=15).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)),
+            "spec.wireguardInterfaceName",
+            name,
+            "must be 1-15 letters, digits, '-', '.' or '_' (the kernel's limit on names)",
+        );
         let prefix_ok = !self.interface_prefix.is_empty()
             && self.interface_prefix.len() <= 4
             && self.interface_prefix.chars().all(|c| c.is_ascii_alphanumeric());

@@ -36,7 +36,7 @@ pub use kubernetes::{
     IntOrString, IpBlock, KubernetesNetworkPolicy, LabelRequirement, LabelSelector, Namespace, NetworkPolicyEgressRule,
     NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
 };
-pub use node::{Node, NodeAddress, NodeBgp, OrchestratorRef};
+pub use node::{Node, NodeAddress, NodeBgp, OrchestratorRef, is_wireguard_key};
 pub use policy::{
     Action, DEFAULT_TIER, DEFAULT_TIER_ORDER, EntityRule, GlobalNetworkPolicy, IcmpMatch, NetworkPolicy, PolicySpec,
     PolicyType, Port, PortMatch, Protocol, Rule, ServiceAccountMatch, Tier,

@@ -27,6 +27,10 @@ pub struct Node {
     /// The MAC address of the node's IPv6 VXLAN device.
     #[serde(default, rename = "vxlanTunnelMACAddrV6", skip_serializing_if = "Option::is_none")]
     pub vxlan_tunnel_mac_addr_v6: Option<String>,
+    /// The public key of the node's WireGuard device (base64), published by its agent when
+    /// WireGuard is enabled (Calico keeps it in the Node's status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard_public_key: Option<String>,
     /// Every address the node is known by.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<NodeAddress>,
@@ -92,6 +96,17 @@ pub struct NodeAddress {
     pub kind: String,
 }
 
+/// Whether `key` is a WireGuard key as `wg` prints one: 32 bytes in base64 (44 characters,
+/// the last `=`, the one before it from the 16 that end a 32-byte encoding).
+pub fn is_wireguard_key(key: &str) -> bool {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = key.as_bytes();
+    bytes.len() == 44
+        && bytes[43] == b'='
+        && bytes[..43].iter().all(|b| ALPHABET.contains(b))
+        && ALPHABET.iter().position(|c| *c == bytes[42]).is_some_and(|i| i % 4 == 0)
+}
+
 impl Node {
     /// The node's IPv4 address, from its BGP identity.
     pub fn ipv4(&self) -> Option<IpNetwork> {
@@ -148,6 +163,14 @@ impl Spec for Node {
         if let Some(mac) = &self.vxlan_tunnel_mac_addr_v6 {
             v.mac("spec.vxlanTunnelMACAddrV6", mac);
         }
+        if let Some(key) = &self.wireguard_public_key {
+            v.require(
+                is_wireguard_key(key),
+                "spec.wireguardPublicKey",
+                key,
+                "must be a WireGuard key: 32 bytes in base64",
+            );
+        }
     }
 }
 
@@ -179,9 +202,21 @@ mod tests {
             ..NodeBgp::default()
         });
         node.spec.vxlan_tunnel_mac_addr = Some("66:aa".into());
+        node.spec.wireguard_public_key = Some("not a key".into());
         let err = node.validate().unwrap_err().to_string();
         assert!(err.contains("spec.bgp.ipv4Address \"fd00::1/64\""), "{err}");
         assert!(err.contains("spec.bgp.asNumber \"0\""), "{err}");
         assert!(err.contains("spec.vxlanTunnelMACAddr \"66:aa\""), "{err}");
+        assert!(err.contains("spec.wireguardPublicKey \"not a key\""), "{err}");
+    }
+
+    #[test]
+    fn wireguard_keys_are_44_characters_of_base64_for_32_bytes() {
+        // As `wg genkey | wg pubkey` prints them.
+        assert!(is_wireguard_key("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="));
+        assert!(is_wireguard_key("HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="));
+        assert!(!is_wireguard_key("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg"), "no padding");
+        assert!(!is_wireguard_key("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dh="), "33rd byte's bits set");
+        assert!(!is_wireguard_key("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8D!="));
     }
 }
