@@ -33,6 +33,7 @@ pub fn me(name: &str, ip: &str) -> Me {
             ("brin1".into(), "10.0.0.0/24".parse().unwrap()),
         ],
         wireguard: None,
+        wireguard_interface: "wg.brindle".into(),
     }
 }
 

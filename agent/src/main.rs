@@ -204,7 +204,11 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
             port: config.wireguard_listening_port,
             mtu: if config.wireguard_mtu != 0 { config.wireguard_mtu } else { uplink_mtu.saturating_sub(60) },
             private_key_file: wireguard_key_file,
+            table: config.wireguard_routing_table_index,
+            rule_priority: config.wireguard_routing_rule_priority,
+            mark: config.wireguard_firewall_mark,
         }),
+        wireguard_interface: config.wireguard_interface_name.clone(),
     };
     let metrics_listen = match args.metrics_listen.as_deref() {
         Some("off") => None,

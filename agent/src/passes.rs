@@ -102,6 +102,13 @@ impl Passes<'_> {
                         "notReady": self.metrics.not_ready_reason(),
                         "problems": datastore.iter().chain(&agent.problems).chain(&last_bgp_problems).collect::<Vec<_>>(),
                         "bgp": peers.map(|peers| serde_json::json!({ "peers": peers })),
+                        "wireguard": match agent.desired.as_ref().and_then(|d| d.wireguard.as_ref()) {
+                            Some(device) => self.dataplane.wireguard_report(device),
+                            None if self.me.wireguard.is_some() => serde_json::json!({
+                                "waiting": "for this node's public key to be published on its Node"
+                            }),
+                            None => serde_json::Value::Null,
+                        },
                     });
                     let _ = reply.send(report.to_string());
                     continue;

@@ -27,10 +27,7 @@ use ipnetwork::IpNetwork;
 
 use crate::dataplane::iptables::{goto_rule, rule};
 
-/// The mark bit of a packet a policy allowed.
-pub const ALLOW_MARK: u32 = 0x10000;
-/// The mark bit of a packet a policy passed to the next tier.
-pub const PASS_MARK: u32 = 0x20000;
+pub use brindle_datastore::resource::{POLICY_ALLOW_MARK as ALLOW_MARK, POLICY_PASS_MARK as PASS_MARK};
 
 pub use brindle_kernel::names::{FROM_WORKLOADS, TO_WORKLOADS};
 

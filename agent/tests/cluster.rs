@@ -364,8 +364,10 @@ fn underlay_capture(cluster: &Cluster) -> Vec<String> {
 
 /// WireGuard, where Debian's kernel runs it (this one has no wireguard module): every node
 /// makes a key pair (the private key 0600 in its state directory), publishes its public key,
-/// and pod traffic between nodes crosses the underlay as WireGuard UDP only; a key rotated on
-/// one node reaches the others, and a node that leaves leaves their peers.
+/// and pod traffic between nodes goes through WireGuard's own table, ahead of the pool's VXLAN
+/// routes in the main table, crossing the underlay as WireGuard UDP only; a key rotated on
+/// one node reaches the others, a node that leaves leaves their peers, and WireGuard turned
+/// off leaves VXLAN carrying the pods, with no rule, table or device behind.
 #[test]
 fn wireguard_encrypts_pod_traffic_between_nodes_and_follows_their_keys() {
     if !brindle_e2e::vm::here_or_in_a_vm(&["wireguard"]) {
@@ -378,8 +380,13 @@ fn wireguard_encrypts_pod_traffic_between_nodes_and_follows_their_keys() {
         cluster.add_pod(i, |_| {});
     }
     assert_full_mesh(&cluster);
-    let routes = cluster.ip(0, &["route", "show", "proto", "98"]);
-    assert_eq!(routes.lines().filter(|l| l.contains("dev wg.brindle")).count(), 2, "{routes}");
+    let table = cluster.ip(0, &["route", "show", "table", "1", "proto", "98"]);
+    assert_eq!(table.lines().filter(|l| l.contains("dev wg.brindle")).count(), 2, "{table}");
+    let main = cluster.ip(0, &["route", "show", "proto", "98"]);
+    assert_eq!(main.lines().filter(|l| l.contains("dev vxlan.brindle")).count(), 2, "{main}");
+    const RULE: &str = "99:\tnot from all fwmark 0x100000/0x100000 lookup 1 proto 98";
+    let rules = cluster.ip(0, &["rule", "show"]);
+    assert!(rules.contains(RULE), "{rules}");
     assert_eq!(wireguard_peers(&cluster).len(), 2);
     let key_file = cluster.nodes[1].state.path().join("wireguard.key");
     use std::os::unix::fs::PermissionsExt;
@@ -392,6 +399,17 @@ fn wireguard_encrypts_pod_traffic_between_nodes_and_follows_their_keys() {
         pods.iter().all(|l| l.contains(".51820: UDP")),
         "pod traffic crossed the underlay unencrypted:\n{}",
         pods.join("\n")
+    );
+
+    // The agent's status shows every peer with its handshake and traffic.
+    let status = cluster.status(0);
+    let peers = status["wireguard"]["peers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(peers.len(), 2, "{status}");
+    assert!(
+        peers.iter().all(|p| p["configured"] == true
+            && p["latestHandshake"].as_u64() > Some(0)
+            && p["sent"].as_u64() > Some(0)),
+        "{status}"
     );
 
     // Node 1 loses its key: a new pair at its next start, which node 0 takes in.
@@ -420,6 +438,24 @@ fn wireguard_encrypts_pod_traffic_between_nodes_and_follows_their_keys() {
     let client = cluster.client();
     cluster.runtime.block_on(client.delete::<brindle_datastore::resource::Node>(None, &node2, None)).unwrap();
     cluster.eventually(Duration::from_secs(10), "node 0 drops node 2's peer", || wireguard_peers(&cluster).len() == 1);
+
+    // WireGuard off (read at start, as Felix does): the restarted agents find the rule, the
+    // table and the device of their earlier run and remove them; VXLAN carries the pods.
+    cluster.apply(&enabled.replace("true", "false"));
+    for i in 0..2 {
+        cluster.stop_agent(i);
+        cluster.start_agent(i);
+        cluster.wait_ready(i);
+    }
+    cluster.eventually(Duration::from_secs(10), "WireGuard is gone from nodes 0 and 1", || {
+        (0..2).all(|i| {
+            !cluster.ip(i, &["rule", "show"]).contains(RULE)
+                && !cluster.ip(i, &["route", "show", "table", "all", "proto", "98"]).contains(" table 1 ")
+                && !cluster.ip(i, &["link", "show"]).contains("wg.brindle")
+        })
+    });
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    assert!(a.ping(&b.ip) && b.ping(&a.ip), "pods on nodes 0 and 1 reach each other through VXLAN");
 }
 
 /// IP-in-IP, where Debian's kernel runs it (this one has no ipip module): Always tunnels to

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use brindle_agent::calc::Target;
 use brindle_agent::dataplane::{iptables, routes};
 use brindle_e2e::netns::{Netns, run};
+use brindle_kernel::names::MAIN_TABLE;
 use clap::Args;
 use ipnetwork::IpNetwork;
 
@@ -73,11 +74,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let (ours, resync) = runtime.block_on(async {
             let devices = routes::Devices::read(&kernel, "eth0").await?;
             let started = Instant::now();
-            let (changes, _) = routes::sync(&kernel, &routes, &devices, None).await?;
+            let (changes, _) = routes::sync(&kernel, MAIN_TABLE, &routes, &devices, None).await?;
             let ours = started.elapsed();
             anyhow::ensure!(changes == count, "brindle made {changes} changes for {count} routes");
             let started = Instant::now();
-            let (again, _) = routes::sync(&kernel, &routes, &devices, None).await?;
+            let (again, _) = routes::sync(&kernel, MAIN_TABLE, &routes, &devices, None).await?;
             anyhow::ensure!(again == 0, "a resync with nothing to change made {again} changes");
             anyhow::Ok((ours, started.elapsed()))
         })?;

@@ -1,10 +1,12 @@
 //! A snapshot of this node's kernel networking state, read through the kernel layer in the
-//! calling thread's namespace: links, routes of the main table, and ARP and FDB entries.
+//! calling thread's namespace: links, brindle's policy-routing rules, routes of the main table
+//! and of the tables those rules name, and ARP and FDB entries.
 //! `diagnose` compares it with what the datastore says should be there.
 
 use std::net::IpAddr;
 
-use brindle_kernel::{Kernel as _, Link, Table, format_mac};
+use brindle_kernel::names::MAIN_TABLE;
+use brindle_kernel::{Kernel as _, Link, RouteKind, Rule, Table, format_mac};
 
 /// A route, with its device's name.
 #[derive(Debug, Clone)]
@@ -37,7 +39,9 @@ pub struct Neighbour {
 pub struct Kernel {
     /// Every link.
     pub links: Vec<Link>,
-    /// Routes of the main table, both families.
+    /// brindle's policy-routing rules (WireGuard's), both families.
+    pub rules: Vec<Rule>,
+    /// Routes of the main table and of the tables the rules name, both families.
     pub routes: Vec<Route>,
     /// ARP entries.
     pub arp: Vec<Neighbour>,
@@ -49,10 +53,15 @@ impl Kernel {
     /// Reads the snapshot.
     pub async fn read() -> anyhow::Result<Kernel> {
         let kernel = brindle_kernel::netlink::Netlink::connect()?;
-        let mut snapshot = Kernel { links: kernel.links().await?, ..Kernel::default() };
-        for route in kernel.routes(None).await? {
-            let device = route.oif.and_then(|i| snapshot.name_of(i).map(str::to_owned));
-            snapshot.routes.push(Route { route, device });
+        let mut snapshot = Kernel { links: kernel.links().await?, rules: kernel.rules().await?, ..Kernel::default() };
+        snapshot.rules.sort_by_key(|r| r.priority);
+        let mut tables: Vec<u32> = snapshot.rules.iter().map(|r| r.table).chain([MAIN_TABLE]).collect();
+        tables.dedup();
+        for table in tables {
+            for route in kernel.routes(table, None).await? {
+                let device = route.oif.and_then(|i| snapshot.name_of(i).map(str::to_owned));
+                snapshot.routes.push(Route { route, device });
+            }
         }
         for (table, into) in [(Table::Arp, &mut snapshot.arp), (Table::Fdb, &mut snapshot.fdb)] {
             for n in kernel.neighbours(table, None).await? {
@@ -71,8 +80,22 @@ impl Kernel {
         self.links.iter().find(|l| l.index == index).map(|l| l.name.as_str())
     }
 
-    /// The route the kernel uses for `ip`: the longest prefix that covers it.
+    /// The route the kernel uses for an unmarked packet to `ip`: the longest prefix that
+    /// covers it in the table of the first of brindle's rules that matches and has one (a
+    /// throw route goes on to the next rule), else in the main table.
     pub fn route_to(&self, ip: IpAddr) -> Option<&Route> {
-        self.routes.iter().filter(|r| r.route.dst.contains(ip)).max_by_key(|r| r.route.dst.prefix())
+        let longest = |table: u32| {
+            self.routes
+                .iter()
+                .filter(|r| r.route.table == table && r.route.dst.contains(ip))
+                .max_by_key(|r| r.route.dst.prefix())
+        };
+        let unmarked = |rule: &Rule| rule.ipv6 == ip.is_ipv6() && (rule.mark & rule.mask == 0) != rule.invert;
+        self.rules
+            .iter()
+            .filter(|rule| unmarked(rule))
+            .filter_map(|rule| longest(rule.table))
+            .find(|r| r.route.kind != RouteKind::Throw)
+            .or_else(|| longest(MAIN_TABLE))
     }
 }

@@ -74,7 +74,51 @@ pub fn render(status: &Value) -> String {
             out += &table(&["PEER", "TYPE", "STATE", "SINCE", "ROUTES", "BFD", "INFO"].map(String::from), &rows);
         }
     }
-    out
+    out + &render_wireguard(&status["wireguard"])
+}
+
+/// The WireGuard section: the device and every peer with its last handshake and traffic.
+fn render_wireguard(wireguard: &Value) -> String {
+    if wireguard.is_null() {
+        return "\nWireGuard is off on this node\n".into();
+    }
+    if let Some(waiting) = wireguard["waiting"].as_str() {
+        return format!("\nWireGuard is on, waiting {waiting}\n");
+    }
+    let interface = wireguard["interface"].as_str().unwrap_or("?");
+    if let Some(error) = wireguard["error"].as_str() {
+        return format!("\nWireGuard on {interface}: cannot read the device: {error}\n");
+    }
+    let out = format!(
+        "\nWireGuard on {interface} (port {}), public key {}, rule {}:\n",
+        wireguard["port"],
+        wireguard["publicKey"].as_str().unwrap_or("?"),
+        wireguard["rule"].as_str().unwrap_or("?")
+    );
+    let rows: Vec<Vec<String>> = wireguard["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let handshake = match p["latestHandshake"].as_u64().unwrap_or(0) {
+                0 => "never".to_owned(),
+                at => {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    since(now.as_secs().saturating_sub(at))
+                }
+            };
+            let allowed: Vec<&str> =
+                p["allowedIps"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            vec![
+                p["node"].as_str().unwrap_or("?").to_owned(),
+                p["endpoint"].as_str().unwrap_or("?").to_owned(),
+                if p["configured"] == true { handshake } else { "not in the kernel".to_owned() },
+                format!("{} B in, {} B out", p["received"], p["sent"]),
+                allowed.join(","),
+            ]
+        })
+        .collect();
+    out + &table(&["NODE", "ENDPOINT", "HANDSHAKE", "TRANSFER", "ALLOWED IPS"].map(String::from), &rows)
 }
 
 #[cfg(test)]
@@ -100,5 +144,30 @@ mod tests {
         });
         let row = render(&with_bfd).lines().find(|l| l.starts_with("10.0.0.3")).unwrap().to_owned();
         assert!(row.contains("Down (control detection time expired)"), "{row}");
+        assert!(render(&with_bfd).contains("WireGuard is off on this node"));
+    }
+
+    #[test]
+    fn wireguard_peers_show_their_handshake_and_traffic() {
+        let status = serde_json::json!({
+            "node": "n1", "ready": true,
+            "wireguard": {"interface": "wg.brindle", "port": 51820, "publicKey": "bXlrZXk=",
+                "rule": "99: not from all fwmark 0x100000/0x100000 lookup 1", "peers": [
+                {"node": "n2", "endpoint": "10.0.0.2:51820", "allowedIps": ["10.244.1.0/26"], "configured": true,
+                 "latestHandshake": 0, "received": 0, "sent": 92},
+                {"node": "n3", "endpoint": "10.0.0.3:51820", "allowedIps": [], "configured": false,
+                 "latestHandshake": 0, "received": 0, "sent": 0}]}
+        });
+        let shown = render(&status);
+        assert!(
+            shown.contains(
+                "WireGuard on wg.brindle (port 51820), public key bXlrZXk=, rule 99: not from all fwmark \
+                 0x100000/0x100000 lookup 1"
+            ),
+            "{shown}"
+        );
+        let n2 = shown.lines().find(|l| l.starts_with("n2")).unwrap();
+        assert!(n2.contains("never") && n2.contains("0 B in, 92 B out") && n2.ends_with("10.244.1.0/26"), "{n2}");
+        assert!(shown.lines().any(|l| l.starts_with("n3") && l.contains("not in the kernel")), "{shown}");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 
-use crate::{Error, Kernel, Link, Neighbour, NewVxlan, Output, Result, Route, RouteChange, Table};
+use crate::{Error, Kernel, Link, Neighbour, NewVxlan, Output, Result, Route, RouteChange, Rule, Table};
 
 /// How the fake answers a program: (program, arguments, stdin) to what it printed.
 pub type Programs = dyn Fn(&str, &[&str], Option<&str>) -> Output + Send + Sync;
@@ -21,8 +21,10 @@ pub struct State {
     pub links: BTreeMap<u32, Link>,
     /// Addresses by link index.
     pub addresses: BTreeMap<u32, BTreeSet<IpNetwork>>,
-    /// Routes by destination.
-    pub routes: BTreeMap<IpNetwork, Route>,
+    /// Routes by table and destination.
+    pub routes: BTreeMap<(u32, IpNetwork), Route>,
+    /// Policy-routing rules.
+    pub rules: BTreeSet<Rule>,
     /// Neighbour entries.
     pub neighbours: BTreeSet<NeighbourKey>,
     /// Sysctls by path.
@@ -111,7 +113,7 @@ impl FakeKernel {
 
     /// Adds a route (as if someone else made it).
     pub fn add_route(&self, route: Route) {
-        self.state().routes.insert(route.dst, route);
+        self.state().routes.insert((route.table, route.dst), route);
     }
 
     /// What the kernel holds now.
@@ -234,8 +236,30 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
-    async fn routes(&self, protocol: Option<u8>) -> Result<Vec<Route>> {
-        Ok(self.state().routes.values().filter(|r| protocol.is_none_or(|p| r.protocol == p)).cloned().collect())
+    async fn routes(&self, table: u32, protocol: Option<u8>) -> Result<Vec<Route>> {
+        Ok(self
+            .state()
+            .routes
+            .values()
+            .filter(|r| r.table == table && protocol.is_none_or(|p| r.protocol == p))
+            .cloned()
+            .collect())
+    }
+
+    async fn rules(&self) -> Result<Vec<Rule>> {
+        Ok(self.state().rules.iter().copied().collect())
+    }
+
+    async fn add_rule(&self, rule: &Rule) -> Result<()> {
+        self.change(format!("rule add {rule}"))?;
+        self.state().rules.insert(*rule);
+        Ok(())
+    }
+
+    async fn delete_rule(&self, rule: &Rule) -> Result<()> {
+        self.change(format!("rule del {rule}"))?;
+        self.state().rules.remove(rule);
+        Ok(())
     }
 
     async fn change_routes(&self, changes: Vec<RouteChange>) -> Vec<Error> {
@@ -243,10 +267,10 @@ impl Kernel for FakeKernel {
         for change in changes {
             let outcome = match change {
                 RouteChange::Replace(route) => self.change(format!("route replace {route}")).map(|()| {
-                    self.state().routes.insert(route.dst, route);
+                    self.state().routes.insert((route.table, route.dst), route);
                 }),
                 RouteChange::Remove(route) => self.change(format!("route del {route}")).map(|()| {
-                    self.state().routes.remove(&route.dst);
+                    self.state().routes.remove(&(route.table, route.dst));
                 }),
             };
             failures.extend(outcome.err());

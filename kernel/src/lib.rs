@@ -93,13 +93,27 @@ pub struct NewVxlan {
     pub mac: [u8; 6],
 }
 
-/// A route of the main table, reduced to what brindle sets and compares.
+/// What a route does with what it covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    /// Sends it on, through a next hop or out of a device.
+    #[default]
+    Unicast,
+    /// Drops it.
+    Blackhole,
+    /// Ends the lookup in this table: the next policy rule's table decides.
+    Throw,
+}
+
+/// A route, reduced to what brindle sets and compares.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
     /// What it covers.
     pub dst: IpNetwork,
-    /// A blackhole: drops what it covers.
-    pub blackhole: bool,
+    /// What it does.
+    pub kind: RouteKind,
+    /// Its routing table ([`names::MAIN_TABLE`] unless policy routing uses another).
+    pub table: u32,
     /// Its next hop.
     pub gateway: Option<IpAddr>,
     /// Its device's index.
@@ -116,30 +130,42 @@ pub struct Route {
 impl Route {
     /// A route of brindle's protocol.
     pub fn ours(dst: IpNetwork, gateway: Option<IpAddr>, oif: Option<u32>, onlink: bool) -> Route {
-        Route { dst, blackhole: false, gateway, oif, onlink, protocol: names::ROUTE_PROTOCOL, multipath: Vec::new() }
+        Route {
+            dst,
+            kind: RouteKind::Unicast,
+            table: names::MAIN_TABLE,
+            gateway,
+            oif,
+            onlink,
+            protocol: names::ROUTE_PROTOCOL,
+            multipath: Vec::new(),
+        }
     }
 
     /// A blackhole of brindle's protocol.
     pub fn blackhole(dst: IpNetwork) -> Route {
-        Route {
-            dst,
-            blackhole: true,
-            gateway: None,
-            oif: None,
-            onlink: false,
-            protocol: names::ROUTE_PROTOCOL,
-            multipath: Vec::new(),
-        }
+        Route { kind: RouteKind::Blackhole, ..Route::ours(dst, None, None, false) }
+    }
+
+    /// A throw route of brindle's protocol.
+    pub fn throw(dst: IpNetwork) -> Route {
+        Route { kind: RouteKind::Throw, ..Route::ours(dst, None, None, false) }
+    }
+
+    /// The same route in routing table `table`.
+    pub fn in_table(self, table: u32) -> Route {
+        Route { table, ..self }
     }
 }
 
 impl Route {
     /// The route as `ip route` prints it, its device named `device` when given (else by index).
     pub fn describe(&self, device: Option<&str>) -> String {
-        let mut text = String::new();
-        if self.blackhole {
-            text += "blackhole ";
-        }
+        let mut text = match self.kind {
+            RouteKind::Unicast => String::new(),
+            RouteKind::Blackhole => "blackhole ".to_owned(),
+            RouteKind::Throw => "throw ".to_owned(),
+        };
         text += &self.dst.to_string();
         if let Some(gw) = self.gateway {
             text += &format!(" via {gw}");
@@ -155,6 +181,9 @@ impl Route {
         if self.onlink {
             text += " onlink";
         }
+        if self.table != names::MAIN_TABLE {
+            text += &format!(" table {}", self.table);
+        }
         text + &format!(" proto {}", self.protocol)
     }
 }
@@ -162,6 +191,32 @@ impl Route {
 impl std::fmt::Display for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.describe(None))
+    }
+}
+
+/// A policy-routing rule of brindle's (`ip rule`, its protocol [`names::ROUTE_PROTOCOL`]):
+/// packets whose mark, masked, is (or with `invert`, is not) `mark` look up `table`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Rule {
+    /// For IPv6 (else IPv4).
+    pub ipv6: bool,
+    /// Its priority: rules are tried from the lowest.
+    pub priority: u32,
+    /// The firewall mark it matches.
+    pub mark: u32,
+    /// The bits of the mark it compares.
+    pub mask: u32,
+    /// It matches the packets whose mark does not match.
+    pub invert: bool,
+    /// The routing table such packets look up.
+    pub table: u32,
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let not = if self.invert { "not " } else { "" };
+        write!(f, "{}: {not}from all fwmark {:#x}/{:#x} lookup {}", self.priority, self.mark, self.mask, self.table)?;
+        if self.ipv6 { f.write_str(" (IPv6)") } else { Ok(()) }
     }
 }
 
@@ -242,11 +297,20 @@ pub trait Kernel: Send + Sync {
     /// Adds an address to a link.
     async fn add_address(&self, index: u32, address: IpNetwork) -> Result<()>;
 
-    /// The routes of the main table, both families; of one protocol only when given.
-    async fn routes(&self, protocol: Option<u8>) -> Result<Vec<Route>>;
+    /// The routes of routing table `table`, both families; of one protocol only when given.
+    async fn routes(&self, table: u32, protocol: Option<u8>) -> Result<Vec<Route>>;
 
     /// Makes the changes, many in flight at once; returns what failed, each naming its route.
     async fn change_routes(&self, changes: Vec<RouteChange>) -> Vec<Error>;
+
+    /// brindle's policy-routing rules (of its protocol), both families.
+    async fn rules(&self) -> Result<Vec<Rule>>;
+
+    /// Adds a policy-routing rule of brindle's protocol.
+    async fn add_rule(&self, rule: &Rule) -> Result<()>;
+
+    /// Deletes a policy-routing rule; one already gone is not an error.
+    async fn delete_rule(&self, rule: &Rule) -> Result<()>;
 
     /// The entries of a neighbour table, on one device when given.
     async fn neighbours(&self, table: Table, index: Option<u32>) -> Result<Vec<Neighbour>>;
@@ -300,5 +364,11 @@ mod tests {
         assert_eq!(r.to_string(), "10.244.1.0/26 via 10.0.0.2 oif 3 onlink proto 98");
         assert_eq!(Route::blackhole("10.244.0.0/26".parse().unwrap()).to_string(), "blackhole 10.244.0.0/26 proto 98");
         assert_eq!(r.describe(Some("eth0")), "10.244.1.0/26 via 10.0.0.2 dev eth0 onlink proto 98");
+        assert_eq!(
+            Route::throw("10.244.1.5/32".parse().unwrap()).in_table(1).to_string(),
+            "throw 10.244.1.5/32 table 1 proto 98"
+        );
+        let rule = Rule { ipv6: false, priority: 99, mark: 0x100000, mask: 0x100000, invert: true, table: 1 };
+        assert_eq!(rule.to_string(), "99: not from all fwmark 0x100000/0x100000 lookup 1");
     }
 }

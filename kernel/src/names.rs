@@ -4,6 +4,9 @@
 /// routes from everyone else's (`ip route show proto 98`).
 pub const ROUTE_PROTOCOL: u8 = 98;
 
+/// The kernel's main routing table (`ip route` without `table`).
+pub const MAIN_TABLE: u32 = 254;
+
 /// Every host-side pod veth's name starts with this (`brin` + a digest of the endpoint).
 pub const WORKLOAD_PREFIX: &str = "brin";
 

@@ -15,10 +15,13 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHop, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::{Handle, LinkIpIp, LinkUnspec, LinkVxlan, LinkWireguard, RouteMessageBuilder};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
+use rtnetlink::{Handle, IpVersion, LinkIpIp, LinkUnspec, LinkVxlan, LinkWireguard, RouteMessageBuilder};
 
-use crate::names::IPIP_DEVICE;
-use crate::{Error, Kernel, Link, Neighbour, NewVxlan, Output, Result, Route, RouteChange, Table, Vxlan};
+use crate::names::{IPIP_DEVICE, ROUTE_PROTOCOL};
+use crate::{
+    Error, Kernel, Link, Neighbour, NewVxlan, Output, Result, Route, RouteChange, RouteKind, Rule, Table, Vxlan,
+};
 
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
@@ -95,12 +98,15 @@ pub fn route_message(route: &Route) -> Result<RouteMessage> {
     let mut builder = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(route.dst.ip(), route.dst.prefix())
         .map_err(|e| invalid_route(route, e))?
-        .protocol(RouteProtocol::from(route.protocol));
-    if route.blackhole {
-        builder = builder.kind(RouteType::BlackHole);
-    } else {
-        builder = builder.scope(if route.gateway.is_some() { RouteScope::Universe } else { RouteScope::Link });
-    }
+        .protocol(RouteProtocol::from(route.protocol))
+        .table_id(route.table);
+    builder = match route.kind {
+        RouteKind::Blackhole => builder.kind(RouteType::BlackHole),
+        RouteKind::Throw => builder.kind(RouteType::Throw),
+        RouteKind::Unicast => {
+            builder.scope(if route.gateway.is_some() { RouteScope::Universe } else { RouteScope::Link })
+        }
+    };
     if let Some(oif) = route.oif {
         builder = builder.output_interface(oif);
     }
@@ -134,7 +140,12 @@ pub fn route_of(m: &RouteMessage) -> Option<Route> {
     let mut dst = None;
     let mut route = Route {
         dst: IpNetwork::new(IpAddr::from([0u8; 4]), 0).expect("the default route"),
-        blackhole: m.header.kind == RouteType::BlackHole,
+        kind: match m.header.kind {
+            RouteType::BlackHole => RouteKind::Blackhole,
+            RouteType::Throw => RouteKind::Throw,
+            _ => RouteKind::Unicast,
+        },
+        table: u32::from(m.header.table),
         gateway: None,
         oif: None,
         onlink: m.header.flags.contains(RouteFlags::Onlink),
@@ -146,6 +157,7 @@ pub fn route_of(m: &RouteMessage) -> Option<Route> {
             RouteAttribute::Destination(d) => dst = route_address(d),
             RouteAttribute::Gateway(g) => route.gateway = route_address(g),
             RouteAttribute::Oif(i) => route.oif = Some(*i),
+            RouteAttribute::Table(t) => route.table = *t,
             RouteAttribute::MultiPath(hops) => {
                 let mut gateways = hops.iter().flat_map(|h| {
                     h.attributes.iter().filter_map(|a| match a {
@@ -168,6 +180,48 @@ pub fn route_of(m: &RouteMessage) -> Option<Route> {
     Some(route)
 }
 
+/// The rule message for `rule`, of brindle's protocol.
+fn rule_message(rule: &Rule) -> RuleMessage {
+    let mut message = RuleMessage::default();
+    message.header.family = if rule.ipv6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    message.header.action = RuleAction::ToTable;
+    if rule.invert {
+        message.header.flags.insert(RuleFlags::Invert);
+    }
+    message.attributes = vec![
+        RuleAttribute::Priority(rule.priority),
+        RuleAttribute::FwMark(rule.mark),
+        RuleAttribute::FwMask(rule.mask),
+        RuleAttribute::Table(rule.table),
+        RuleAttribute::Protocol(RouteProtocol::from(ROUTE_PROTOCOL)),
+    ];
+    message
+}
+
+/// A rule the kernel reports, when it is one of brindle's.
+fn rule_of(m: &RuleMessage) -> Option<Rule> {
+    let mut rule = Rule {
+        ipv6: m.header.family == AddressFamily::Inet6,
+        priority: 0,
+        mark: 0,
+        mask: 0,
+        invert: m.header.flags.contains(RuleFlags::Invert),
+        table: u32::from(m.header.table),
+    };
+    let mut ours = false;
+    for attr in &m.attributes {
+        match attr {
+            RuleAttribute::Priority(p) => rule.priority = *p,
+            RuleAttribute::FwMark(v) => rule.mark = *v,
+            RuleAttribute::FwMask(v) => rule.mask = *v,
+            RuleAttribute::Table(t) => rule.table = *t,
+            RuleAttribute::Protocol(p) => ours = u8::from(*p) == ROUTE_PROTOCOL,
+            _ => {}
+        }
+    }
+    ours.then_some(rule)
+}
+
 /// Adds (or replaces) a route of brindle's protocol: `dst` through `gateway`, or straight out
 /// of the device `index`.
 pub async fn replace_route(handle: &Handle, dst: IpNetwork, gateway: Option<IpAddr>, index: u32) -> Result<()> {
@@ -181,7 +235,7 @@ pub async fn replace_route(handle: &Handle, dst: IpNetwork, gateway: Option<IpAd
         .map_err(|e| refused(format!("adding route {route}"), e))
 }
 
-/// Every route message of a family in the main table.
+/// Every route message of a family, of every table.
 pub async fn routes(handle: &Handle, ipv6: bool) -> Result<Vec<RouteMessage>> {
     let filter = if ipv6 {
         RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
@@ -403,12 +457,41 @@ impl Kernel for Netlink {
             .map_err(|e| refused(format!("adding {address} to link {index}"), e))
     }
 
-    async fn routes(&self, protocol: Option<u8>) -> Result<Vec<Route>> {
+    async fn routes(&self, table: u32, protocol: Option<u8>) -> Result<Vec<Route>> {
         let mut all = Vec::new();
         for v6 in [false, true] {
             all.extend(routes(&self.handle, v6).await?.iter().filter_map(route_of));
         }
-        Ok(all.into_iter().filter(|r| protocol.is_none_or(|p| r.protocol == p)).collect())
+        Ok(all.into_iter().filter(|r| r.table == table && protocol.is_none_or(|p| r.protocol == p)).collect())
+    }
+
+    async fn rules(&self) -> Result<Vec<Rule>> {
+        let mut ours = Vec::new();
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let messages: Vec<RuleMessage> = self
+                .handle
+                .rule()
+                .get(version)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| refused("listing rules", e))?;
+            ours.extend(messages.iter().filter_map(rule_of));
+        }
+        Ok(ours)
+    }
+
+    async fn add_rule(&self, rule: &Rule) -> Result<()> {
+        let mut request = self.handle.rule().add();
+        *request.message_mut() = rule_message(rule);
+        request.execute().await.map_err(|e| refused(format!("adding rule {rule}"), e))
+    }
+
+    async fn delete_rule(&self, rule: &Rule) -> Result<()> {
+        match self.handle.rule().del(rule_message(rule)).execute().await {
+            Err(e) if is_missing(&e) => Ok(()),
+            other => other.map_err(|e| refused(format!("deleting rule {rule}"), e)),
+        }
     }
 
     async fn change_routes(&self, changes: Vec<RouteChange>) -> Vec<Error> {

@@ -36,6 +36,9 @@ pub struct Me {
     pub device_routes: Vec<(String, IpNetwork)>,
     /// WireGuard, when AgentConfiguration enables it.
     pub wireguard: Option<WireguardSettings>,
+    /// The WireGuard device's name, enabled or not: while WireGuard is off, one an earlier
+    /// run left is removed.
+    pub wireguard_interface: String,
 }
 
 /// This node's WireGuard settings (AgentConfiguration's), with where its private key is.
@@ -49,6 +52,13 @@ pub struct WireguardSettings {
     pub mtu: u32,
     /// The file holding this node's private key (mode 0600, never leaves the node).
     pub private_key_file: std::path::PathBuf,
+    /// The routing table of the routes into the device.
+    pub table: u32,
+    /// The priority of the rule that sends unmarked packets to `table`.
+    pub rule_priority: u32,
+    /// The firewall mark the device puts on its own (encrypted) packets, which the rule
+    /// leaves to the main table.
+    pub mark: u32,
 }
 
 /// This node's tunnel settings (from its AgentConfiguration and its uplink).
@@ -212,11 +222,15 @@ pub enum Target {
         /// The device.
         interface: String,
     },
+    /// Not in this (WireGuard's) table: the main table decides.
+    Throw,
 }
 
 /// Another node as this node's WireGuard device knows it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct WireguardPeer {
+    /// Its node's name.
+    pub node: String,
     /// Its public key (base64).
     pub public_key: String,
     /// Where it listens: its IPv4 address and the WireGuard port.
@@ -235,6 +249,10 @@ pub struct WireguardDevice {
     pub address: Option<Ipv4Addr>,
     /// Every other node that published a public key.
     pub peers: Vec<WireguardPeer>,
+    /// The routes of its table: every peer's allowed IPs into the device, and a throw for
+    /// each prefix inside those that the main table routes elsewhere (this node's pods, and
+    /// addresses a node without a key borrowed).
+    pub routes: BTreeMap<IpNetwork, Target>,
 }
 
 /// A remote node's VXLAN endpoint of one family: neighbour entry (tunnel IP -> MAC) and FDB
@@ -300,6 +318,8 @@ pub struct Desired {
     /// The WireGuard device, while WireGuard is enabled and this node's public key is
     /// published.
     pub wireguard: Option<WireguardDevice>,
+    /// The WireGuard device's name, also while there is none (to remove one left over).
+    pub wireguard_interface: String,
     /// The pods' MTU: the uplink's less the largest overhead the pools' encapsulation adds.
     pub pod_mtu: u32,
     /// Remote VTEPs, both families.
@@ -513,9 +533,24 @@ impl<'a> Routing<'a> {
         }
     }
 
-    /// The route toward node `node_name` for `dst` (its block, or an address of its own it
-    /// lent to that node), per the pool's mode.
+    /// Whether traffic to `dst` at node `node_name` goes through WireGuard (which the policy
+    /// rule puts ahead of the main table).
+    fn encrypted(&self, dst: IpNetwork, node_name: &str) -> bool {
+        self.wireguard.is_some()
+            && dst.is_ipv4()
+            && self.nodes.get(node_name).is_some_and(|node| node.wireguard_public_key.is_some())
+    }
+
+    /// The main table's route toward node `node_name` for `dst` (its block, or an address of
+    /// its own it lent to that node), per the pool's mode. Where WireGuard carries `dst`, a
+    /// route the mode cannot make is no problem: WireGuard's table routes it first.
     fn toward_node(&self, dst: IpNetwork, node_name: &str) -> Decision {
+        let decision = self.unencrypted_toward_node(dst, node_name);
+        if decision.target.is_none() && self.encrypted(dst, node_name) { Decision::nothing() } else { decision }
+    }
+
+    /// The route toward node `node_name` for `dst` per the pool's mode, unencrypted.
+    fn unencrypted_toward_node(&self, dst: IpNetwork, node_name: &str) -> Decision {
         let Some(pool) = self.pool_of(&dst) else { return Decision::nothing() };
         let Some(node) = self.nodes.get(node_name) else {
             return Decision::refused(format!("{dst} belongs to node {node_name}, which is not registered"), false);
@@ -527,14 +562,6 @@ impl<'a> Routing<'a> {
                 true,
             );
         };
-        // Encrypted to every node that published a key, whatever the pool's encapsulation; a
-        // node without one is reached as the pool says, unencrypted.
-        if let Some(wireguard) = self.wireguard
-            && dst.is_ipv4()
-            && node.wireguard_public_key.is_some()
-        {
-            return Decision::route(Target::Wireguard { interface: wireguard.interface.clone() });
-        }
         if let Some(learned) = self.learned
             && pool.encapsulation_toward(mine, peer) != Encapsulation::Vxlan
         {
@@ -735,8 +762,9 @@ pub fn desired_with(me: &Me, cluster: &Cluster, learned: Option<&Learned>, memo:
         }
     }
     out.origins = origins;
+    out.wireguard_interface.clone_from(&me.wireguard_interface);
     if let Some(settings) = routing.wireguard {
-        out.wireguard = Some(wireguard_device(me, settings, &routing.nodes, &out.origins, tunnel_address));
+        out.wireguard = Some(wireguard_device(me, settings, &routing, &out, tunnel_address));
     }
     if let Some(learned) = learned {
         for prefix in learned.routes.keys() {
@@ -779,30 +807,53 @@ pub fn desired_with(me: &Me, cluster: &Cluster, learned: Option<&Learned>, memo:
 }
 
 /// The WireGuard device for `settings`: a peer for every other node that published a key and
-/// has an IPv4 address, allowed the IPv4 prefixes the cluster's state routes toward it.
+/// has an IPv4 address, allowed the IPv4 prefixes the cluster's state routes toward it, and
+/// the routes of its table (`main`: the main table's routes, already settled).
 fn wireguard_device(
     me: &Me,
     settings: &WireguardSettings,
-    nodes: &BTreeMap<&str, &Node>,
-    origins: &BTreeMap<IpNetwork, Origin>,
+    routing: &Routing<'_>,
+    main: &Desired,
     address: Option<Ipv4Addr>,
 ) -> WireguardDevice {
-    let mut peers: Vec<WireguardPeer> = nodes
+    let mut peers: Vec<WireguardPeer> = routing
+        .nodes
         .iter()
         .filter(|(name, _)| **name != me.name)
         .filter_map(|(name, node)| {
             let public_key = node.wireguard_public_key.clone()?;
             let endpoint = std::net::SocketAddr::new(node.ipv4()?.ip(), settings.port);
-            let allowed_ips = origins
+            let allowed_ips = main
+                .origins
                 .iter()
                 .filter(|(prefix, origin)| prefix.is_ipv4() && **origin == Origin::Remote((*name).to_owned()))
                 .map(|(prefix, _)| *prefix)
                 .collect();
-            Some(WireguardPeer { public_key, endpoint, allowed_ips })
+            Some(WireguardPeer { node: (*name).to_owned(), public_key, endpoint, allowed_ips })
         })
         .collect();
     peers.sort();
-    WireguardDevice { settings: settings.clone(), address, peers }
+    let into_device = Target::Wireguard { interface: settings.interface.clone() };
+    let mut routes: BTreeMap<IpNetwork, Target> =
+        peers.iter().flat_map(|p| &p.allowed_ips).map(|prefix| (*prefix, into_device.clone())).collect();
+    // A more specific prefix inside an encrypted one that goes elsewhere leaves this table.
+    let throws: Vec<IpNetwork> = main
+        .origins
+        .iter()
+        .filter(|(prefix, origin)| {
+            prefix.is_ipv4()
+                && !routes.contains_key(prefix)
+                && !matches!(origin, Origin::Remote(node) if routing.encrypted(**prefix, node))
+                && (0..prefix.prefix()).any(|len| {
+                    IpNetwork::new(prefix.ip(), len)
+                        .and_then(|net| IpNetwork::new(net.network(), len))
+                        .is_ok_and(|covering| routes.contains_key(&covering))
+                })
+        })
+        .map(|(prefix, _)| *prefix)
+        .collect();
+    routes.extend(throws.into_iter().map(|prefix| (prefix, Target::Throw)));
+    WireguardDevice { settings: settings.clone(), address, peers, routes }
 }
 
 #[cfg(test)]

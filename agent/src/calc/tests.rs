@@ -38,6 +38,7 @@ fn me(ipip: bool) -> Me {
         to_host: Default::default(),
         device_routes: Vec::new(),
         wireguard: None,
+        wireguard_interface: "wg.brindle".into(),
     }
 }
 
@@ -304,30 +305,37 @@ fn tunnel_devices_are_desired_once_the_node_has_its_tunnel_address() {
 }
 
 /// WireGuard: once this node's key is published, every node with a key is reached through
-/// the device (whatever the pool's encapsulation), with its blocks and borrowed addresses as
-/// allowed IPs; a node without a key is reached as the pool says, unencrypted.
+/// the device's own table (ahead of the main table, whatever the pool's encapsulation), with
+/// its blocks and borrowed addresses as allowed IPs; what the main table must keep inside
+/// those (addresses lent to a node without a key) is thrown back to it; a node without a
+/// key is reached as the pool says, unencrypted.
 #[test]
 fn wireguard_encrypts_to_every_node_with_a_key_and_not_to_the_others() {
     let key = |n: u8| format!("{}{}=", "A".repeat(42), ["A", "E", "I"][usize::from(n)]);
     let mut c = cluster(pool("10.244.0.0/16", EncapMode::Always, EncapMode::Never));
     lend_from_c_to_b(&mut c);
+    // b lends an address of its own block to c.
+    let held_by_c =
+        Allocation { handle: "n.y".into(), kind: AllocationKind::Workload, node: "c".into(), ..Allocation::default() };
+    c.blocks[1].allocate(held_by_c, 0, 0).unwrap();
     let mut me = me(false);
     me.wireguard = Some(WireguardSettings {
         interface: "wg.brindle".into(),
         port: 51820,
         mtu: 1440,
         private_key_file: "/var/lib/brindle/wireguard.key".into(),
+        table: 1,
+        rule_priority: 99,
+        mark: 0x100000,
     });
     c.nodes[1].spec.wireguard_public_key = Some(key(1));
     let unpublished = desired(&me, &c, None);
     assert!(unpublished.wireguard.is_none(), "this node's own key is not published yet");
-    assert_eq!(route(&unpublished, "10.244.1.0/26"), Some(Target::Vxlan { via: "10.244.1.1".parse().unwrap() }));
     c.nodes[0].spec.wireguard_public_key = Some(key(0));
     let d = desired(&me, &c, None);
-    let through = Some(Target::Wireguard { interface: "wg.brindle".into() });
-    assert_eq!(route(&d, "10.244.1.0/26"), through, "b has a key");
-    assert_eq!(route(&d, "10.244.2.0/32"), through, "an address b borrowed goes to b");
-    assert_eq!(route(&d, "10.244.2.0/26"), Some(Target::Vxlan { via: "10.244.2.1".parse().unwrap() }), "c has none");
+    let vxlan_to = |via: &str| Some(Target::Vxlan { via: via.parse().unwrap() });
+    assert_eq!(route(&d, "10.244.1.0/26"), vxlan_to("10.244.1.1"), "the main table keeps the pool's mode");
+    assert_eq!(route(&d, "10.244.2.0/26"), vxlan_to("10.244.2.1"));
     let device = d.wireguard.expect("the device");
     assert_eq!(device.address, Some("10.244.0.1".parse().unwrap()));
     assert_eq!(device.peers.len(), 1, "{:?}", device.peers);
@@ -335,6 +343,16 @@ fn wireguard_encrypts_to_every_node_with_a_key_and_not_to_the_others() {
     assert_eq!((peer.public_key.as_str(), peer.endpoint), (key(1).as_str(), "10.0.0.2:51820".parse().unwrap()));
     let allowed: Vec<String> = peer.allowed_ips.iter().map(ToString::to_string).collect();
     assert_eq!(allowed, ["10.244.1.0/26", "10.244.2.0/32"]);
+    let table: Vec<String> = device.routes.iter().map(|(dst, target)| format!("{dst} {target:?}")).collect();
+    assert_eq!(
+        table,
+        [
+            "10.244.1.0/26 Wireguard { interface: \"wg.brindle\" }",
+            "10.244.1.0/32 Throw",
+            "10.244.2.0/32 Wireguard { interface: \"wg.brindle\" }",
+        ],
+        "b's block and what it borrowed are encrypted; what c borrowed from b is not"
+    );
     assert_eq!(d.pod_mtu, 1440, "the pods fit in WireGuard's MTU");
 }
 

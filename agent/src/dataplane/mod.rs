@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use brindle_kernel::Kernel;
+use brindle_kernel::names::MAIN_TABLE;
 use ipnetwork::IpNetwork;
 
 use crate::calc::Desired;
@@ -48,9 +49,9 @@ pub struct Dataplane {
     /// What the last route sync left: between full resyncs the routes driver diffs against
     /// it instead of listing the kernel's table.
     programmed: Mutex<Option<Programmed>>,
-    /// The WireGuard device last configured, and its `wg` configuration: between full
-    /// resyncs `wg` runs only when that changes; it goes when WireGuard is turned off.
-    wireguard_applied: Mutex<Option<(String, String)>>,
+    /// What WireGuard's driver last applied: between full resyncs `wg` runs only when its
+    /// configuration changes, and its table is diffed against what it left.
+    wireguard_applied: Mutex<Option<wireguard::Applied>>,
 }
 
 /// Our routes as a sync left them, with the devices it saw. It stands for the kernel's table
@@ -76,30 +77,29 @@ impl Dataplane {
         }
     }
 
-    /// The WireGuard device: configured as `desired` says, or removed when it says none.
+    /// The WireGuard device `want` as the kernel has it (see [`wireguard::report`]).
+    pub fn wireguard_report(&self, want: &crate::calc::WireguardDevice) -> serde_json::Value {
+        wireguard::report(&*self.kernel, want)
+    }
+
+    /// WireGuard: configured as `desired` says, or removed when it says none (what a full
+    /// pass finds of an earlier run too).
     async fn apply_wireguard(&self, desired: &Desired, full: bool, applied: &mut Applied) {
         let kernel = &*self.kernel;
         let last = self.wireguard_applied.lock().unwrap_or_else(|e| e.into_inner()).take();
         let result = match (&desired.wireguard, last) {
             (Some(device), last) => {
-                let known = last.filter(|(name, _)| !full && *name == device.settings.interface).map(|(_, c)| c);
-                wireguard::ensure(kernel, device, known.as_deref()).await.map(|(config, changed)| {
-                    *self.wireguard_applied.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((device.settings.interface.clone(), config));
-                    changed
+                wireguard::ensure(kernel, &self.uplink, device, last.filter(|_| !full)).await.map(|(now, changes)| {
+                    *self.wireguard_applied.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+                    changes
                 })
             }
-            (None, Some((name, config))) => {
-                let removed = wireguard::remove(kernel, &name).await;
-                if removed.is_err() {
-                    *self.wireguard_applied.lock().unwrap_or_else(|e| e.into_inner()) = Some((name, config));
-                }
-                removed
-            }
-            (None, None) => Ok(false),
+            (None, Some(last)) => wireguard::remove(kernel, &last.interface).await,
+            (None, None) if full => wireguard::remove(kernel, &desired.wireguard_interface).await,
+            (None, None) => Ok(0),
         };
         match result {
-            Ok(changed) => applied.changes += usize::from(changed),
+            Ok(changes) => applied.changes += changes,
             Err(e) => applied.failed("wireguard", e),
         }
     }
@@ -233,7 +233,7 @@ impl Dataplane {
                 let changes = routes::sync_prefixes(kernel, &desired.routes, &devices, &mut known, prefixes).await?;
                 (changes, known)
             }
-            (_, known) => routes::sync(kernel, &desired.routes, &devices, known).await?,
+            (_, known) => routes::sync(kernel, MAIN_TABLE, &desired.routes, &devices, known).await?,
         };
         *self.programmed.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Programmed { devices: devices.by_name, routes });

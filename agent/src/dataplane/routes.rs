@@ -1,5 +1,5 @@
-//! Routes: the kernel's main table made to match the desired routes. Only routes of our
-//! protocol are ever touched; routes to pod veths are left to die with the veth (the CNI
+//! Routes: a kernel routing table (the main one, or WireGuard's) made to match the desired
+//! routes. Only routes of our protocol are ever touched; routes to pod veths are left to die with the veth (the CNI
 //! plugin makes them, the agent only repairs them).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -38,6 +38,7 @@ fn route_for(dst: IpNetwork, target: &Target, devices: &Devices) -> Option<Route
     let dev = |name: &str| devices.by_name.get(name).copied();
     Some(match target {
         Target::Blackhole => Route::blackhole(dst),
+        Target::Throw => Route::throw(dst),
         Target::Direct { via } => Route::ours(dst, Some(*via), Some(devices.uplink), false),
         Target::Multipath { via } => Route {
             multipath: via[1..].to_vec(),
@@ -54,11 +55,17 @@ fn route_for(dst: IpNetwork, target: &Target, devices: &Devices) -> Option<Route
 /// Our routes in the kernel, by destination.
 pub type Programmed = BTreeMap<IpNetwork, Route>;
 
-/// The change that makes `have` (our route to `dst` in the kernel, if any) what `want` says.
-fn change_for(dst: IpNetwork, want: Option<&Target>, have: Option<&Route>, devices: &Devices) -> Option<RouteChange> {
+/// The change that makes `have` (our route to `dst` in `table`, if any) what `want` says.
+fn change_for(
+    table: u32,
+    dst: IpNetwork,
+    want: Option<&Target>,
+    have: Option<&Route>,
+    devices: &Devices,
+) -> Option<RouteChange> {
     match want {
         Some(target) => {
-            let want = route_for(dst, target, devices)?;
+            let want = route_for(dst, target, devices)?.in_table(table);
             if have == Some(&want) {
                 return None;
             }
@@ -78,17 +85,18 @@ fn change_for(dst: IpNetwork, want: Option<&Target>, have: Option<&Route>, devic
     }
 }
 
-/// Makes the kernel's routes of `prefixes` (ours, judged against `known`) match `desired`,
-/// and `known` match the kernel after. Returns how many changed.
+/// Makes the kernel's routes of `prefixes` in `table` (ours, judged against `known`) match
+/// `desired`, and `known` match the kernel after. Returns how many changed.
 async fn change(
     kernel: &dyn Kernel,
+    table: u32,
     desired: &BTreeMap<IpNetwork, Target>,
     devices: &Devices,
     known: &mut Programmed,
     prefixes: impl Iterator<Item = IpNetwork>,
 ) -> anyhow::Result<usize> {
     let changes: Vec<RouteChange> =
-        prefixes.filter_map(|dst| change_for(dst, desired.get(&dst), known.get(&dst), devices)).collect();
+        prefixes.filter_map(|dst| change_for(table, dst, desired.get(&dst), known.get(&dst), devices)).collect();
     let count = changes.len();
     for change in &changes {
         match change {
@@ -104,28 +112,30 @@ async fn change(
     Ok(count)
 }
 
-/// Makes the kernel's routes of our protocol match `desired`, judged against `known` (what
-/// an earlier sync left, when nothing may have changed since) or against the kernel's own
-/// table. Returns how many changed and our routes as they now are, for the next sync (after a
-/// failure the caller must read the kernel again: what the kernel refused is unknown).
+/// Makes the kernel's routes of our protocol in `table` match `desired`, judged against
+/// `known` (what an earlier sync left, when nothing may have changed since) or against the
+/// kernel's own table. Returns how many changed and our routes as they now are, for the next
+/// sync (after a failure the caller must read the kernel again: what the kernel refused is
+/// unknown).
 pub async fn sync(
     kernel: &dyn Kernel,
+    table: u32,
     desired: &BTreeMap<IpNetwork, Target>,
     devices: &Devices,
     known: Option<Programmed>,
 ) -> anyhow::Result<(usize, Programmed)> {
     let mut known = match known {
         Some(known) => known,
-        None => kernel.routes(Some(ROUTE_PROTOCOL)).await?.into_iter().map(|r| (r.dst, r)).collect(),
+        None => kernel.routes(table, Some(ROUTE_PROTOCOL)).await?.into_iter().map(|r| (r.dst, r)).collect(),
     };
     let stale: Vec<IpNetwork> = known.keys().filter(|dst| !desired.contains_key(dst)).copied().collect();
     let prefixes = desired.keys().copied().chain(stale);
-    let count = change(kernel, desired, devices, &mut known, prefixes).await?;
+    let count = change(kernel, table, desired, devices, &mut known, prefixes).await?;
     Ok((count, known))
 }
 
-/// Like [`sync`] for the `prefixes` alone (those a BGP change touched), judged against
-/// `known`, which it brings up to date.
+/// Like [`sync`] of the main table for the `prefixes` alone (those a BGP change touched),
+/// judged against `known`, which it brings up to date.
 pub async fn sync_prefixes(
     kernel: &dyn Kernel,
     desired: &BTreeMap<IpNetwork, Target>,
@@ -133,13 +143,14 @@ pub async fn sync_prefixes(
     known: &mut Programmed,
     prefixes: &BTreeSet<IpNetwork>,
 ) -> anyhow::Result<usize> {
-    change(kernel, desired, devices, known, prefixes.iter().copied()).await
+    change(kernel, names::MAIN_TABLE, desired, devices, known, prefixes.iter().copied()).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use brindle_kernel::fake::FakeKernel;
+    use brindle_kernel::names::MAIN_TABLE as MAIN;
 
     fn kernel() -> (FakeKernel, Devices) {
         let kernel = FakeKernel::new();
@@ -198,7 +209,7 @@ mod tests {
             (net("10.244.0.9/32"), Target::Workload { interface: "brin-gone".into() }),
         ]
         .into();
-        assert_eq!(run(sync(&kernel, &desired, &devices, None)).map(|(n, _)| n).unwrap(), 3);
+        assert_eq!(run(sync(&kernel, MAIN, &desired, &devices, None)).map(|(n, _)| n).unwrap(), 3);
         assert_eq!(
             kernel.take_log(),
             [
@@ -207,9 +218,9 @@ mod tests {
                 &format!("route del 10.244.9.0/26 via 10.0.0.7 oif {} proto 98", devices.uplink),
             ]
         );
-        let kept = kernel.state().routes.keys().map(ToString::to_string).collect::<Vec<_>>();
+        let kept = kernel.state().routes.keys().map(|(_, dst)| dst.to_string()).collect::<Vec<_>>();
         assert!(kept.contains(&"10.9.0.0/16".to_owned()) && kept.contains(&"10.244.0.5/32".to_owned()), "{kept:?}");
-        assert_eq!(run(sync(&kernel, &desired, &devices, None)).map(|(n, _)| n).unwrap(), 0);
+        assert_eq!(run(sync(&kernel, MAIN, &desired, &devices, None)).map(|(n, _)| n).unwrap(), 0);
         assert!(kernel.take_log().is_empty());
     }
 
@@ -220,11 +231,11 @@ mod tests {
         let first: BTreeMap<IpNetwork, Target> =
             [(net("10.244.1.0/26"), Target::Direct { via }), (net("10.244.2.0/26"), Target::Blackhole)].into();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let (_, known) = runtime.block_on(sync(&kernel, &first, &devices, None)).unwrap();
+        let (_, known) = runtime.block_on(sync(&kernel, MAIN, &first, &devices, None)).unwrap();
         let second: BTreeMap<IpNetwork, Target> =
             [(net("10.244.2.0/26"), Target::Blackhole), (net("10.244.3.0/26"), Target::Direct { via })].into();
         kernel.take_log();
-        let (changed, known) = runtime.block_on(sync(&kernel, &second, &devices, Some(known))).unwrap();
+        let (changed, known) = runtime.block_on(sync(&kernel, MAIN, &second, &devices, Some(known))).unwrap();
         assert_eq!(changed, 2, "{:?}", kernel.take_log());
         let held: Programmed = kernel.state().routes.values().map(|r| (r.dst, r.clone())).collect();
         assert_eq!(known, held, "what the sync says it left is what the kernel holds");
@@ -237,7 +248,7 @@ mod tests {
         let mut desired: BTreeMap<IpNetwork, Target> =
             [(net("10.244.1.0/26"), Target::Direct { via }), (net("10.244.2.0/26"), Target::Direct { via })].into();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let (_, mut known) = runtime.block_on(sync(&kernel, &desired, &devices, None)).unwrap();
+        let (_, mut known) = runtime.block_on(sync(&kernel, MAIN, &desired, &devices, None)).unwrap();
         kernel.take_log();
         // BGP withdrew one prefix, taught a new one and moved one; only two are said to change.
         desired.remove(&net("10.244.1.0/26"));
@@ -264,11 +275,11 @@ mod tests {
         let desired: BTreeMap<IpNetwork, Target> =
             [(net("10.244.1.0/26"), Target::Direct { via }), (net("10.244.2.0/26"), Target::Direct { via })].into();
         kernel.fail("10.244.2.0/26");
-        let error = run(sync(&kernel, &desired, &devices, None)).map(|(n, _)| n).unwrap_err().to_string();
+        let error = run(sync(&kernel, MAIN, &desired, &devices, None)).map(|(n, _)| n).unwrap_err().to_string();
         assert!(error.starts_with("1 route(s) could not be programmed") && error.contains("10.244.2.0/26"), "{error}");
         kernel.take_log();
         kernel.heal();
-        assert_eq!(run(sync(&kernel, &desired, &devices, None)).map(|(n, _)| n).unwrap(), 1);
+        assert_eq!(run(sync(&kernel, MAIN, &desired, &devices, None)).map(|(n, _)| n).unwrap(), 1);
         assert_eq!(kernel.take_log().len(), 1);
     }
 }

@@ -18,11 +18,12 @@ use brindle_datastore::Client;
 use brindle_datastore::ipam::{Block, Ipam};
 use brindle_datastore::policy::{NamespaceLabels, Policies};
 use brindle_datastore::resource::{
-    Encapsulation, GlobalNetworkPolicy, IpPool, KubernetesNetworkPolicy, Namespace, NetworkPolicy, Node, Resource,
-    Tier, WorkloadEndpoint,
+    AgentConfiguration, Encapsulation, GlobalNetworkPolicy, IpPool, KubernetesNetworkPolicy, Namespace, NetworkPolicy,
+    Node, Resource, Tier, WorkloadEndpoint,
 };
 use ipnetwork::IpNetwork;
 
+use brindle_kernel::RouteKind;
 use brindle_kernel::names::{IPIP_DEVICE, ROUTE_PROTOCOL, vxlan_device};
 
 use crate::filter::Filter;
@@ -58,6 +59,8 @@ enum Hop {
     Ipip { underlay: IpAddr },
     /// Straight to the far node's address.
     Direct { underlay: IpAddr },
+    /// Encrypted through the near node's WireGuard device to the far node's key.
+    Wireguard { interface: String, public_key: String, underlay: IpAddr },
 }
 
 /// What diagnose found, as lines of checks in sections.
@@ -201,7 +204,8 @@ fn datastore_checks(f: &mut Findings, pod: &Pod) {
 
 /// How `from`'s node sends to `to`'s pods, per `to`'s pool; an error in words when the
 /// datastore lacks what the hop needs.
-fn hop(from: &Pod, to: &Pod) -> Result<Hop, String> {
+/// `wireguard` names the WireGuard device of each node that encrypts (its key published).
+fn hop(from: &Pod, to: &Pod, wireguard: &dyn Fn(&str) -> String) -> Result<Hop, String> {
     if from.node_name() == to.node_name() {
         return Ok(Hop::Local);
     }
@@ -211,6 +215,14 @@ fn hop(from: &Pod, to: &Pod) -> Result<Hop, String> {
     let far_address =
         far.spec.address_like(to.ip).ok_or_else(|| format!("node {} has no {family} address", to.node_name()))?;
     let near_address = from.node.as_ref().and_then(|n| n.spec.address_like(to.ip));
+    if let (Some(_), Some(public_key), true) = (
+        from.node.as_ref().and_then(|n| n.spec.wireguard_public_key.as_ref()),
+        far.spec.wireguard_public_key.as_ref(),
+        to.ip.is_ipv4(),
+    ) {
+        let interface = wireguard(from.node_name());
+        return Ok(Hop::Wireguard { interface, public_key: public_key.clone(), underlay: far_address.ip() });
+    }
     match pool.spec.encapsulation_toward(near_address, far_address.ip()) {
         Encapsulation::Vxlan => {
             let v6 = to.ip.is_ipv6();
@@ -259,6 +271,9 @@ fn describe_hop(hop: &Hop, to: &Pod) -> String {
         ),
         Hop::Ipip { underlay } => format!("IP-in-IP: {dst} via {underlay} dev {IPIP_DEVICE} onlink"),
         Hop::Direct { underlay } => format!("no encapsulation: {dst} via {underlay}"),
+        Hop::Wireguard { interface, public_key, underlay } => {
+            format!("WireGuard: {dst} dev {interface} (to node {} at {underlay}, key {public_key})", to.node_name())
+        }
     }
 }
 
@@ -314,15 +329,17 @@ fn kernel_checks(f: &mut Findings, kernel: &Kernel, here: &Pod, there: &Pod, hop
         Hop::Vxlan { tunnel, .. } => (vxlan_device(tunnel.is_ipv6()).into(), Some(*tunnel)),
         Hop::Ipip { underlay } => (IPIP_DEVICE.into(), Some(*underlay)),
         Hop::Direct { underlay } => (String::new(), Some(*underlay)),
+        Hop::Wireguard { interface, .. } => (interface.clone(), None),
     };
     let matches = actual.is_some_and(|r| {
-        !r.route.blackhole
+        r.route.kind == RouteKind::Unicast
             && r.route.gateway == gateway
             && (device.is_empty() || r.device.as_deref() == Some(device.as_str()))
     });
     let learned = matches!(hop, Hop::Direct { .. })
-        && actual
-            .is_some_and(|r| !r.route.blackhole && r.route.gateway.is_some() && r.route.protocol == ROUTE_PROTOCOL);
+        && actual.is_some_and(|r| {
+            r.route.kind == RouteKind::Unicast && r.route.gateway.is_some() && r.route.protocol == ROUTE_PROTOCOL
+        });
     if matches {
         f.ok(format!("route: {shown}"));
     } else if learned {
@@ -334,6 +351,12 @@ fn kernel_checks(f: &mut Findings, kernel: &Kernel, here: &Pod, there: &Pod, hop
              (check `brindlectl node status` on this node)",
             if matches!(hop, Hop::Local) { "the pod's endpoint" } else { "BGP or the datastore" }
         ));
+    }
+    if let Hop::Wireguard { interface, .. } = hop {
+        match kernel.link(interface) {
+            None => f.problem(format!("{interface} does not exist: is there a wireguard module?")),
+            Some(dev) => f.check(dev.up, format!("{interface} is up, MTU {}", dev.mtu), format!("{interface} is down")),
+        }
     }
     if matches!(hop, Hop::Ipip { .. }) && kernel.link(IPIP_DEVICE).is_none() {
         f.problem(format!("this kernel has no {IPIP_DEVICE} (no ipip module): IP-in-IP pools cannot be routed here"));
@@ -397,8 +420,19 @@ pub async fn diagnose(
     datastore_checks(&mut f, &a);
     datastore_checks(&mut f, &b);
     f.section("path");
-    let a_to_b = hop(&a, &b);
-    let b_to_a = hop(&b, &a);
+    let (configs, _) = client.list::<AgentConfiguration>().await?;
+    // A node's own AgentConfiguration (`node.<name>`) wins over `default`, as in its agent.
+    let wireguard = |node: &str| {
+        let own = format!("node.{node}");
+        let config =
+            configs.iter().find(|c| c.metadata.name == own).or(configs.iter().find(|c| c.metadata.name == "default"));
+        config.map_or_else(
+            || AgentConfiguration::default().wireguard_interface_name,
+            |c| c.spec.wireguard_interface_name.clone(),
+        )
+    };
+    let a_to_b = hop(&a, &b, &wireguard);
+    let b_to_a = hop(&b, &a, &wireguard);
     for (from, to, hop) in [(&a, &b, &a_to_b), (&b, &a, &b_to_a)] {
         match hop {
             Ok(h) => f.ok(format!("{} → {}: {}", from.node_name(), to.label(), describe_hop(h, to))),

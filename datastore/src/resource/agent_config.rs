@@ -8,6 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{Spec, Validator};
 
+/// The mark bit network policy gives a packet a policy allowed.
+pub const POLICY_ALLOW_MARK: u32 = 0x10000;
+/// The mark bit network policy gives a packet a policy passed to the next tier.
+pub const POLICY_PASS_MARK: u32 = 0x20000;
+/// Network policy's mark bits, which other marks must leave alone.
+const POLICY_MARKS: u32 = POLICY_ALLOW_MARK | POLICY_PASS_MARK;
+
 /// How loudly a component logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum LogSeverity {
@@ -113,6 +120,14 @@ pub struct AgentConfiguration {
     /// The WireGuard device's MTU; 0 takes the uplink's less WireGuard's overhead (60).
     #[serde(rename = "wireguardMTU")]
     pub wireguard_mtu: u32,
+    /// The routing table of WireGuard's routes (the other nodes' pods into the device).
+    pub wireguard_routing_table_index: u32,
+    /// The priority of the rule that sends every packet without `wireguardFirewallMark` to
+    /// WireGuard's table, ahead of the main table (32766).
+    pub wireguard_routing_rule_priority: u32,
+    /// The firewall mark (one bit) WireGuard puts on its own encrypted packets, which the
+    /// rule leaves to the main table. Bits 0x10000 and 0x20000 are network policy's.
+    pub wireguard_firewall_mark: u32,
     /// The name prefix of host-side pod interfaces.
     pub interface_prefix: String,
     /// How the node's IPv4 address is found: `first-found`, `interface=REGEX`,
@@ -149,6 +164,9 @@ impl Default for AgentConfiguration {
             wireguard_interface_name: "wg.brindle".into(),
             wireguard_listening_port: 51820,
             wireguard_mtu: 0,
+            wireguard_routing_table_index: 1,
+            wireguard_routing_rule_priority: 99,
+            wireguard_firewall_mark: 0x100000,
             interface_prefix: "brin".into(),
             ipv4_autodetection_method: "first-found".into(),
             ipv6_autodetection_method: "none".into(),
@@ -214,6 +232,26 @@ impl Spec for AgentConfiguration {
             "spec.wireguardMTU",
             self.wireguard_mtu,
             "must be 0 (the uplink's less 60) or 1280-65535",
+        );
+        let table = self.wireguard_routing_table_index;
+        v.require(
+            table != 0 && !(253..=255).contains(&table),
+            "spec.wireguardRoutingTableIndex",
+            table,
+            "must be a table of its own: not 0, 253 (default), 254 (main) or 255 (local)",
+        );
+        v.require(
+            (1..=32765).contains(&self.wireguard_routing_rule_priority),
+            "spec.wireguardRoutingRulePriority",
+            self.wireguard_routing_rule_priority,
+            "must be 1-32765 (0 is the local table's rule, 32766 the main table's)",
+        );
+        let mark = self.wireguard_firewall_mark;
+        v.require(
+            mark.is_power_of_two() && mark & POLICY_MARKS == 0,
+            "spec.wireguardFirewallMark",
+            format!("{mark:#x}"),
+            "must be a single bit, not 0x10000 or 0x20000 (network policy's)",
         );
         let name = &self.wireguard_interface_name;
         v.require(
@@ -287,5 +325,17 @@ mod tests {
         assert!(err.contains("spec.vxlanVNI \"16777216\""), "{err}");
         assert!(err.contains("spec.mtu \"100\""), "{err}");
         assert!(err.contains("spec.interfacePrefix \"toolong\""), "{err}");
+        let spec = AgentConfiguration {
+            wireguard_routing_table_index: 254,
+            wireguard_routing_rule_priority: 32766,
+            wireguard_firewall_mark: POLICY_ALLOW_MARK,
+            ..AgentConfiguration::default()
+        };
+        let err = Resource::new("default", spec).validate().unwrap_err().to_string();
+        assert!(err.contains("spec.wireguardRoutingTableIndex \"254\""), "{err}");
+        assert!(err.contains("spec.wireguardRoutingRulePriority \"32766\""), "{err}");
+        assert!(err.contains("spec.wireguardFirewallMark \"0x10000\""), "{err}");
+        let two_bits = AgentConfiguration { wireguard_firewall_mark: 0x300000, ..AgentConfiguration::default() };
+        assert!(Resource::new("default", two_bits).validate().is_err());
     }
 }

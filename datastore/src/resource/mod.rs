@@ -24,7 +24,10 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use agent_config::{AgentConfiguration, BgpBackend, EndpointToHostAction, IptablesBackend, LogSeverity};
+pub use agent_config::{
+    AgentConfiguration, BgpBackend, EndpointToHostAction, IptablesBackend, LogSeverity, POLICY_ALLOW_MARK,
+    POLICY_PASS_MARK,
+};
 pub use bgp::{
     Bfd, BgpConfiguration, BgpPassword, BgpPeer, Community, FailureDetectionMode, MaxPrefixesAction,
     PrefixAdvertisement, SecretKeyRef, ServiceCidr, SourceAddress,
