@@ -365,8 +365,8 @@ fn underlay_capture(cluster: &Cluster) -> Vec<String> {
 /// WireGuard, where Debian's kernel runs it (this one has no wireguard module): every node
 /// makes a key pair (the private key 0600 in its state directory), publishes its public key,
 /// and pod traffic between nodes goes through WireGuard's own table, ahead of the pool's VXLAN
-/// routes in the main table, crossing the underlay as WireGuard UDP only; a key rotated on
-/// one node reaches the others, a node that leaves leaves their peers, and WireGuard turned
+/// routes in the main table, crossing the underlay as WireGuard UDP only; a node that joins,
+/// a key rotated on one node and a node that leaves reach the others' peers, and WireGuard turned
 /// off leaves VXLAN carrying the pods, with no rule, table or device behind.
 #[test]
 fn wireguard_encrypts_pod_traffic_between_nodes_and_follows_their_keys() {
@@ -375,7 +375,15 @@ fn wireguard_encrypts_pod_traffic_between_nodes_and_follows_their_keys() {
     }
     let enabled = "kind: AgentConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\nspec: {wireguardEnabled: true}\n";
     let mut cluster = Cluster::new(ONE_SUBNET, THREE_NODES, &format!("{}---\n{enabled}", pool("Always", false)));
-    cluster.start_all();
+    for i in 0..2 {
+        cluster.start_agent(i);
+        cluster.wait_ready(i);
+    }
+    cluster.eventually(Duration::from_secs(10), "nodes 0 and 1 peer", || wireguard_peers(&cluster).len() == 1);
+    // Node 2 joins: node 0 takes its key.
+    cluster.start_agent(2);
+    cluster.wait_ready(2);
+    cluster.eventually(Duration::from_secs(10), "node 0 peers with node 2", || wireguard_peers(&cluster).len() == 2);
     for i in 0..3 {
         cluster.add_pod(i, |_| {});
     }
