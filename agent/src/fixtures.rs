@@ -32,8 +32,8 @@ pub fn me(name: &str, ip: &str) -> Me {
             ("eth0".into(), "10.0.0.0/24".parse().unwrap()),
             ("brin1".into(), "10.0.0.0/24".parse().unwrap()),
         ],
-        wireguard: None,
-        wireguard_interface: "wg.brindle".into(),
+        wireguard: [None, None],
+        wireguard_interfaces: ["wg.brindle".into(), "wg-v6.brindle".into()],
     }
 }
 

@@ -146,12 +146,23 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let wireguard_key_file = args.state_dir.join("wireguard.key");
-    let wireguard_public_key = match config.wireguard_enabled {
-        true => Some(startup::wireguard_key(&*kernel, &wireguard_key_file).context("the WireGuard key pair")?),
-        false => None,
-    };
-    startup::register(&client, &name, Some(&v4), v6.as_ref(), wireguard_public_key.as_deref()).await?;
+    // A key pair per family whose WireGuard is on (IPv6's only with an IPv6 address).
+    let wireguard_on = [config.wireguard_enabled, config.wireguard_enabled_v6 && v6.is_some()];
+    if config.wireguard_enabled_v6 && v6.is_none() {
+        tracing::warn!(
+            "wireguardEnabledV6 needs this node's IPv6 address (--ip6-autodetection-method): IPv6 WireGuard is off"
+        );
+    }
+    let wireguard_key_files = [args.state_dir.join("wireguard.key"), args.state_dir.join("wireguard-v6.key")];
+    let mut wireguard_public_keys = [None, None];
+    for (family, file) in wireguard_key_files.iter().enumerate() {
+        if wireguard_on[family] {
+            let key = startup::wireguard_key(&*kernel, file)
+                .with_context(|| format!("the WireGuard key pair in {}", file.display()))?;
+            wireguard_public_keys[family] = Some(key);
+        }
+    }
+    startup::register(&client, &name, Some(&v4), v6.as_ref(), wireguard_public_keys).await?;
     let default_pools = startup::default_pools(|k| std::env::var(k).ok()).context("the default pools")?;
     startup::ensure_default_pools(&client, default_pools).await.context("creating the default pools")?;
     let write_cni_kubeconfig = || {
@@ -199,16 +210,25 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         tunnels,
         to_host: config.default_endpoint_to_host_action,
         device_routes: autodetect::device_routes(kernel.as_ref()).await.context("reading the interfaces' subnets")?,
-        wireguard: config.wireguard_enabled.then(|| calc::WireguardSettings {
-            interface: config.wireguard_interface_name.clone(),
-            port: config.wireguard_listening_port,
-            mtu: if config.wireguard_mtu != 0 { config.wireguard_mtu } else { uplink_mtu.saturating_sub(60) },
-            private_key_file: wireguard_key_file,
-            table: config.wireguard_routing_table_index,
-            rule_priority: config.wireguard_routing_rule_priority,
-            mark: config.wireguard_firewall_mark,
+        wireguard: [false, true].map(|v6| {
+            let family = usize::from(v6);
+            let (interface, port, mtu) = if v6 {
+                (&config.wireguard_interface_name_v6, config.wireguard_listening_port_v6, config.wireguard_mtu_v6)
+            } else {
+                (&config.wireguard_interface_name, config.wireguard_listening_port, config.wireguard_mtu)
+            };
+            wireguard_on[family].then(|| calc::WireguardSettings {
+                ipv6: v6,
+                interface: interface.clone(),
+                port,
+                mtu: if mtu != 0 { mtu } else { uplink_mtu.saturating_sub(if v6 { 80 } else { 60 }) },
+                private_key_file: wireguard_key_files[family].clone(),
+                table: config.wireguard_routing_table_index,
+                rule_priority: config.wireguard_routing_rule_priority,
+                mark: config.wireguard_firewall_mark,
+            })
         }),
-        wireguard_interface: config.wireguard_interface_name.clone(),
+        wireguard_interfaces: [config.wireguard_interface_name.clone(), config.wireguard_interface_name_v6.clone()],
     };
     let metrics_listen = match args.metrics_listen.as_deref() {
         Some("off") => None,
@@ -248,7 +268,10 @@ async fn run(args: Args, mut logging: Logging) -> anyhow::Result<()> {
         client.clone(),
         Ipam::new(client.clone()),
         name.clone(),
-        startup::Tunnelling { ipip_supported: me.ipip_supported, wireguard: me.wireguard.is_some() },
+        startup::Tunnelling {
+            ipip_supported: me.ipip_supported,
+            wireguard: me.wireguard.each_ref().map(Option::is_some),
+        },
         rx.clone(),
         Arc::clone(&metrics),
     ));

@@ -52,6 +52,19 @@ pub struct Passes<'a> {
 }
 
 impl Passes<'_> {
+    /// A family's WireGuard for the status socket: its device as the kernel has it, that it
+    /// waits for this node's key to be published, or null when it is off.
+    fn wireguard_status(&self, desired: Option<&calc::Desired>, ipv6: bool) -> serde_json::Value {
+        let family = usize::from(ipv6);
+        match desired.and_then(|d| d.wireguard[family].as_ref()) {
+            Some(device) => self.dataplane.wireguard_report(device),
+            None if self.me.wireguard[family].is_some() => {
+                serde_json::json!({ "waiting": "for this node's public key to be published on its Node" })
+            }
+            None => serde_json::Value::Null,
+        }
+    }
+
     /// Runs passes until SIGTERM or SIGINT (then BGP peers are told, the dataplane stays):
     /// on every cluster `rx` publishes, every change of the local Services, every BGP change
     /// and every resync (after `on_resync`), answering `status` requests between them.
@@ -102,13 +115,8 @@ impl Passes<'_> {
                         "notReady": self.metrics.not_ready_reason(),
                         "problems": datastore.iter().chain(&agent.problems).chain(&last_bgp_problems).collect::<Vec<_>>(),
                         "bgp": peers.map(|peers| serde_json::json!({ "peers": peers })),
-                        "wireguard": match agent.desired.as_ref().and_then(|d| d.wireguard.as_ref()) {
-                            Some(device) => self.dataplane.wireguard_report(device),
-                            None if self.me.wireguard.is_some() => serde_json::json!({
-                                "waiting": "for this node's public key to be published on its Node"
-                            }),
-                            None => serde_json::Value::Null,
-                        },
+                        "wireguard": self.wireguard_status(agent.desired.as_ref(), false),
+                        "wireguardV6": self.wireguard_status(agent.desired.as_ref(), true),
                     });
                     let _ = reply.send(report.to_string());
                     continue;

@@ -43,14 +43,15 @@ pub fn wireguard_key(kernel: &dyn brindle_kernel::Kernel, file: &Path) -> anyhow
     Ok(key)
 }
 
-/// Creates or updates the Node with what was detected and its WireGuard public key (none
-/// while WireGuard is off, so that no node encrypts to it). Compare-and-swap, retried.
+/// Creates or updates the Node with what was detected and its WireGuard public keys, IPv4
+/// and IPv6 (none for a family while its WireGuard is off, so that no node encrypts to it).
+/// Compare-and-swap, retried.
 pub async fn register(
     client: &Client,
     name: &str,
     v4: Option<&Detected>,
     v6: Option<&Detected>,
-    wireguard_public_key: Option<&str>,
+    wireguard_public_keys: [Option<String>; 2],
 ) -> anyhow::Result<()> {
     for _ in 0..10 {
         let existing = client.find::<Node>(None, name).await?;
@@ -65,7 +66,7 @@ pub async fn register(
             .collect();
         node.spec.vxlan_tunnel_mac_addr = Some(brindle_kernel::format_mac(&vxlan_mac(name, false)));
         node.spec.vxlan_tunnel_mac_addr_v6 = v6.map(|_| brindle_kernel::format_mac(&vxlan_mac(name, true)));
-        node.spec.wireguard_public_key = wireguard_public_key.map(str::to_owned);
+        [node.spec.wireguard_public_key, node.spec.wireguard_public_key_v6] = wireguard_public_keys.clone();
         // Why these addresses, for whoever wonders later (`brindlectl get node -o yaml`).
         for (key, detected) in [("brindle.io/ipv4-detection", v4), ("brindle.io/ipv6-detection", v6)] {
             match detected {
@@ -129,11 +130,11 @@ pub async fn ensure_tunnel_address(client: &Client, ipam: &Ipam, name: &str, ipv
 }
 
 /// Whether this node needs a tunnel address of a family it lacks: a pool of the family
-/// encapsulates (IP-in-IP only where the kernel has it), or for IPv4 WireGuard is on, and its
-/// Node records none.
+/// encapsulates (IP-in-IP only where the kernel has it), or the family's WireGuard is on (the
+/// device's address, the source of the node's own traffic to pods), and its Node records none.
 pub fn needs_tunnel_address(cluster: &crate::calc::Cluster, name: &str, tunnels: Tunnelling, ipv6: bool) -> bool {
     let Tunnelling { ipip_supported, wireguard } = tunnels;
-    let encapsulates = (wireguard && !ipv6)
+    let encapsulates = wireguard[usize::from(ipv6)]
         || cluster.pools.iter().any(|p| {
             !p.spec.disabled
                 && p.spec.cidr.is_ipv6() == ipv6
@@ -148,8 +149,8 @@ pub fn needs_tunnel_address(cluster: &crate::calc::Cluster, name: &str, tunnels:
 pub struct Tunnelling {
     /// The kernel has IP-in-IP.
     pub ipip_supported: bool,
-    /// WireGuard is on.
-    pub wireguard: bool,
+    /// WireGuard is on, per family (IPv4, IPv6).
+    pub wireguard: [bool; 2],
 }
 
 /// Keeps this node's tunnel addresses, beside the agent's passes: whenever the cluster needs
@@ -268,10 +269,14 @@ mod tests {
     #[test]
     fn a_tunnel_address_is_needed_only_by_an_encapsulating_pool_of_its_family_and_only_once() {
         let mut cluster = crate::fixtures::cluster(true);
-        let plain = |ipip_supported| Tunnelling { ipip_supported, wireguard: false };
+        let plain = |ipip_supported| Tunnelling { ipip_supported, wireguard: [false; 2] };
         let needs =
             |c: &crate::calc::Cluster, node: &str, ipip: bool| needs_tunnel_address(c, node, plain(ipip), false);
-        assert!(needs_tunnel_address(&cluster, "a", Tunnelling { ipip_supported: false, wireguard: true }, false));
+        let v4_only = Tunnelling { ipip_supported: false, wireguard: [true, false] };
+        assert!(needs_tunnel_address(&cluster, "a", v4_only, false));
+        assert!(!needs_tunnel_address(&cluster, "a", v4_only, true));
+        let v6_too = Tunnelling { ipip_supported: false, wireguard: [true, true] };
+        assert!(needs_tunnel_address(&cluster, "a", v6_too, true));
         assert!(!needs(&cluster, "a", true), "the pool does not encapsulate");
         cluster.pools[0].spec.ipip_mode = EncapMode::Always;
         assert!(needs(&cluster, "a", true));

@@ -336,8 +336,8 @@ fn wireguard_peers(cluster: &Cluster) -> Vec<String> {
     out.1.split_whitespace().map(str::to_owned).collect()
 }
 
-/// What node 0 sends on its uplink while its pods ping every other pod: one line per packet
-/// (`tcpdump -nn`), BGP and ARP aside.
+/// What node 0 sends on its uplink while its pods ping every other pod, at every address they
+/// both have: one line per packet (`tcpdump -nn`), ARP and IPv6 neighbour discovery aside.
 fn underlay_capture(cluster: &Cluster) -> Vec<String> {
     let mut capture = cluster.nodes[0]
         .netns
@@ -351,6 +351,9 @@ fn underlay_capture(cluster: &Cluster) -> Vec<String> {
     for from in cluster.pods.iter().filter(|p| p.node == 0) {
         for to in cluster.pods.iter().filter(|p| p.node != 0) {
             assert!(from.ping(&to.ip), "{} cannot reach {}", from.ip, to.ip);
+            if let (Some(_), Some(ipv6)) = (&from.ipv6, &to.ipv6) {
+                assert!(from.ping(ipv6), "{} cannot reach {ipv6}", from.ip);
+            }
         }
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -359,7 +362,11 @@ fn underlay_capture(cluster: &Cluster) -> Vec<String> {
     let mut text = String::new();
     std::io::Read::read_to_string(capture.stdout.as_mut().unwrap(), &mut text).unwrap();
     let _ = capture.wait();
-    text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect()
+    let discovery = ["ICMP6, neighbor", "ICMP6, router", "ICMP6, multicast listener"];
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !discovery.iter().any(|d| l.contains(d)))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// WireGuard, where Debian's kernel runs it (this one has no wireguard module): every node
@@ -464,6 +471,61 @@ fn wireguard_encrypts_pod_traffic_between_nodes_and_follows_their_keys() {
     });
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
     assert!(a.ping(&b.ip) && b.ping(&a.ip), "pods on nodes 0 and 1 reach each other through VXLAN");
+}
+
+/// IPv6 WireGuard beside IPv4's (`wireguardEnabledV6`), where Debian's kernel runs it: each
+/// node makes a second key pair and publishes it as `wireguardPublicKeyV6`; pods' IPv6 traffic
+/// goes through `wg-v6.brindle` from the IPv6 table 1 by the IPv6 rule, ahead of the IPv6
+/// pool's direct routes, and the underlay carries only WireGuard UDP of both ports.
+#[test]
+fn dual_stack_wireguard_encrypts_each_family_through_its_own_device() {
+    if !brindle_e2e::vm::here_or_in_a_vm(&["wireguard"]) {
+        return;
+    }
+    let v6_pool =
+        "kind: IPPool\napiVersion: brindle.io/v1\nmetadata: {name: pods-v6}\nspec: {cidr: 'fd00:10:244::/56'}\n";
+    let enabled = "kind: AgentConfiguration\napiVersion: brindle.io/v1\nmetadata: {name: default}\n\
+                   spec: {wireguardEnabled: true, wireguardEnabledV6: true}\n";
+    let yaml = format!("{}---\n{v6_pool}---\n{enabled}", pool("Always", false));
+    let mut cluster = Cluster::new(ONE_SUBNET, THREE_NODES, &yaml);
+    cluster.add_ipv6();
+    cluster.start_all();
+    for i in 0..3 {
+        cluster.add_dual_stack_pod(i);
+    }
+    assert_full_mesh(&cluster);
+
+    let node0 = cluster.nodes[0].name.clone();
+    let client = cluster.client();
+    let node = cluster.runtime.block_on(client.get::<brindle_datastore::resource::Node>(None, &node0)).unwrap();
+    let (v4_key, v6_key) = (node.spec.wireguard_public_key.unwrap(), node.spec.wireguard_public_key_v6.unwrap());
+    assert_ne!(v4_key, v6_key, "a key pair of its own for IPv6");
+    use std::os::unix::fs::PermissionsExt;
+    let key_file = cluster.nodes[0].state.path().join("wireguard-v6.key");
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let table = cluster.ip(0, &["-6", "route", "show", "table", "1", "proto", "98"]);
+    assert_eq!(table.lines().filter(|l| l.contains("dev wg-v6.brindle")).count(), 2, "{table}");
+    let main = cluster.ip(0, &["-6", "route", "show", "proto", "98"]);
+    assert_eq!(main.lines().filter(|l| l.contains("via fd00:250::")).count(), 2, "direct beneath: {main}");
+    let rules = cluster.ip(0, &["-6", "rule", "show"]);
+    assert!(rules.contains("99:\tnot from all fwmark 0x100000/0x100000 lookup 1 proto 98"), "{rules}");
+    let device = cluster.ip(0, &["link", "show", "wg-v6.brindle"]);
+    assert!(device.contains("mtu 1420"), "the uplink's 1500 less 80: {device}");
+
+    let sent = underlay_capture(&cluster);
+    assert!(sent.iter().any(|l| l.contains(".51821: UDP")), "no IPv6 WireGuard crossed the underlay");
+    let plain: Vec<&String> =
+        sent.iter().filter(|l| !l.contains(".51820: UDP") && !l.contains(".51821: UDP")).collect();
+    assert!(plain.is_empty(), "pod traffic crossed the underlay unencrypted: {plain:#?}");
+    let status = cluster.status(0);
+    let peers = status["wireguardV6"]["peers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(peers.len(), 2, "{status}");
+    assert!(
+        peers.iter().all(|p| p["endpoint"].as_str().is_some_and(|e| e.starts_with("[fd00:250::"))
+            && p["latestHandshake"].as_u64() > Some(0)),
+        "{status}"
+    );
 }
 
 /// IP-in-IP, where Debian's kernel runs it (this one has no ipip module): Always tunnels to

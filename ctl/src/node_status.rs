@@ -74,23 +74,25 @@ pub fn render(status: &Value) -> String {
             out += &table(&["PEER", "TYPE", "STATE", "SINCE", "ROUTES", "BFD", "INFO"].map(String::from), &rows);
         }
     }
-    out + &render_wireguard(&status["wireguard"])
+    out + &render_wireguard(&status["wireguard"], "WireGuard")
+        + &render_wireguard(&status["wireguardV6"], "IPv6 WireGuard")
 }
 
-/// The WireGuard section: the device and every peer with its last handshake and traffic.
-fn render_wireguard(wireguard: &Value) -> String {
+/// A family's WireGuard section (`what` names it): the device and every peer with its last
+/// handshake and traffic.
+fn render_wireguard(wireguard: &Value, what: &str) -> String {
     if wireguard.is_null() {
-        return "\nWireGuard is off on this node\n".into();
+        return format!("\n{what} is off on this node\n");
     }
     if let Some(waiting) = wireguard["waiting"].as_str() {
-        return format!("\nWireGuard is on, waiting {waiting}\n");
+        return format!("\n{what} is on, waiting {waiting}\n");
     }
     let interface = wireguard["interface"].as_str().unwrap_or("?");
     if let Some(error) = wireguard["error"].as_str() {
-        return format!("\nWireGuard on {interface}: cannot read the device: {error}\n");
+        return format!("\n{what} on {interface}: cannot read the device: {error}\n");
     }
     let out = format!(
-        "\nWireGuard on {interface} (port {}), public key {}, rule {}:\n",
+        "\n{what} on {interface} (port {}), public key {}, rule {}:\n",
         wireguard["port"],
         wireguard["publicKey"].as_str().unwrap_or("?"),
         wireguard["rule"].as_str().unwrap_or("?")
@@ -144,7 +146,8 @@ mod tests {
         });
         let row = render(&with_bfd).lines().find(|l| l.starts_with("10.0.0.3")).unwrap().to_owned();
         assert!(row.contains("Down (control detection time expired)"), "{row}");
-        assert!(render(&with_bfd).contains("WireGuard is off on this node"));
+        assert!(render(&with_bfd).contains("\nWireGuard is off on this node"));
+        assert!(render(&with_bfd).contains("\nIPv6 WireGuard is off on this node"));
     }
 
     #[test]

@@ -164,13 +164,18 @@ pub fn run(kernel: &Kernel, script: &str, cwd: &Path, timeout: Duration) -> anyh
 /// itself again.
 const IN_VM: &str = "BRINDLE_IN_VM";
 
+/// Whether this process runs inside the test VM.
+pub fn inside() -> bool {
+    std::env::var_os(IN_VM).is_some()
+}
+
 /// Whether the calling test should run here: yes where this kernel has every one of `modules`
 /// (loading them if needed) or inside the VM. Otherwise the test is run again, alone, inside
 /// the VM with `modules` loaded (its output streamed with the console) and this returns
 /// `false` once it passed there; a failure there fails the test here, with the console.
 /// The test is named by its thread, as the test harness names it.
 pub fn here_or_in_a_vm(modules: &[&str]) -> bool {
-    if std::env::var_os(IN_VM).is_some() || modules.iter().all(|m| module_loads(m)) {
+    if inside() || modules.iter().all(|m| module_loads(m)) {
         return true;
     }
     let thread = std::thread::current();

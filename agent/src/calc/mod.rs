@@ -34,21 +34,24 @@ pub struct Me {
     /// The subnets of the node's interfaces (its device routes), by interface name, as read
     /// at start.
     pub device_routes: Vec<(String, IpNetwork)>,
-    /// WireGuard, when AgentConfiguration enables it.
-    pub wireguard: Option<WireguardSettings>,
-    /// The WireGuard device's name, enabled or not: while WireGuard is off, one an earlier
-    /// run left is removed.
-    pub wireguard_interface: String,
+    /// WireGuard per family (IPv4, IPv6), when AgentConfiguration enables it.
+    pub wireguard: [Option<WireguardSettings>; 2],
+    /// The WireGuard devices' names per family, enabled or not: while a family's WireGuard
+    /// is off, a device an earlier run left is removed.
+    pub wireguard_interfaces: [String; 2],
 }
 
-/// This node's WireGuard settings (AgentConfiguration's), with where its private key is.
+/// This node's WireGuard settings of a family (AgentConfiguration's), with where its private
+/// key is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireguardSettings {
+    /// For IPv6 (else IPv4).
+    pub ipv6: bool,
     /// The device's name.
     pub interface: String,
     /// Its UDP port, every node's.
     pub port: u16,
-    /// Its MTU (the uplink's less WireGuard's 60 unless configured).
+    /// Its MTU (the uplink's less WireGuard's 60, 80 over IPv6, unless configured).
     pub mtu: u32,
     /// The file holding this node's private key (mode 0600, never leaves the node).
     pub private_key_file: std::path::PathBuf,
@@ -233,7 +236,7 @@ pub struct WireguardPeer {
     pub node: String,
     /// Its public key (base64).
     pub public_key: String,
-    /// Where it listens: its IPv4 address and the WireGuard port.
+    /// Where it listens: its address of the family and the WireGuard port.
     pub endpoint: std::net::SocketAddr,
     /// What it may send and is sent: its blocks and the addresses it borrowed.
     pub allowed_ips: Vec<IpNetwork>,
@@ -244,9 +247,9 @@ pub struct WireguardPeer {
 pub struct WireguardDevice {
     /// The settings it comes from.
     pub settings: WireguardSettings,
-    /// This node's tunnel address, on the device (the source of the node's own traffic to
-    /// other nodes' pods, inside this node's allowed IPs at the others).
-    pub address: Option<Ipv4Addr>,
+    /// This node's tunnel address of the family, on the device (the source of the node's own
+    /// traffic to other nodes' pods, inside this node's allowed IPs at the others).
+    pub address: Option<IpAddr>,
     /// Every other node that published a public key.
     pub peers: Vec<WireguardPeer>,
     /// The routes of its table: every peer's allowed IPs into the device, and a throw for
@@ -315,11 +318,11 @@ pub struct Desired {
     pub vxlan_devices: [Option<VxlanDevice>; 2],
     /// `tunl0`, once this node has a tunnel address.
     pub ipip_device: Option<IpipDevice>,
-    /// The WireGuard device, while WireGuard is enabled and this node's public key is
-    /// published.
-    pub wireguard: Option<WireguardDevice>,
-    /// The WireGuard device's name, also while there is none (to remove one left over).
-    pub wireguard_interface: String,
+    /// The WireGuard devices per family, while the family's WireGuard is enabled and this
+    /// node's public key of it is published.
+    pub wireguard: [Option<WireguardDevice>; 2],
+    /// The WireGuard devices' names, also while there are none (to remove one left over).
+    pub wireguard_interfaces: [String; 2],
     /// The pods' MTU: the uplink's less the largest overhead the pools' encapsulation adds.
     pub pod_mtu: u32,
     /// Remote VTEPs, both families.
@@ -509,15 +512,18 @@ struct Routing<'a> {
     cluster: &'a Cluster,
     nodes: BTreeMap<&'a str, &'a Node>,
     learned: Option<&'a Learned>,
-    /// With WireGuard on here and this node's key published: the device.
-    wireguard: Option<&'a WireguardSettings>,
+    /// Per family, with WireGuard on here and this node's key published: the device.
+    wireguard: [Option<&'a WireguardSettings>; 2],
 }
 
 impl<'a> Routing<'a> {
     fn new(me: &'a Me, cluster: &'a Cluster, learned: Option<&'a Learned>) -> Routing<'a> {
         let nodes: BTreeMap<&str, &Node> = cluster.nodes.iter().map(|n| (n.metadata.name.as_str(), &n.spec)).collect();
-        let published = nodes.get(me.name.as_str()).is_some_and(|n| n.wireguard_public_key.is_some());
-        let wireguard = me.wireguard.as_ref().filter(|_| published);
+        let mine = nodes.get(me.name.as_str());
+        let wireguard = [false, true].map(|v6| {
+            let published = mine.is_some_and(|n| n.wireguard_key(v6).is_some());
+            me.wireguard[usize::from(v6)].as_ref().filter(|_| published)
+        });
         Routing { me, cluster, nodes, learned, wireguard }
     }
 
@@ -536,9 +542,9 @@ impl<'a> Routing<'a> {
     /// Whether traffic to `dst` at node `node_name` goes through WireGuard (which the policy
     /// rule puts ahead of the main table).
     fn encrypted(&self, dst: IpNetwork, node_name: &str) -> bool {
-        self.wireguard.is_some()
-            && dst.is_ipv4()
-            && self.nodes.get(node_name).is_some_and(|node| node.wireguard_public_key.is_some())
+        let v6 = dst.is_ipv6();
+        self.wireguard[usize::from(v6)].is_some()
+            && self.nodes.get(node_name).is_some_and(|node| node.wireguard_key(v6).is_some())
     }
 
     /// The main table's route toward node `node_name` for `dst` (its block, or an address of
@@ -714,7 +720,7 @@ pub fn desired_with(me: &Me, cluster: &Cluster, learned: Option<&Learned>, memo:
         }
     }
     let tunnel_address = my_node.and_then(|n| n.ipv4_vxlan_tunnel_addr);
-    if let Some(wireguard) = &me.wireguard {
+    for wireguard in me.wireguard.iter().flatten() {
         out.pod_mtu = out.pod_mtu.min(wireguard.mtu);
     }
     if let (true, Some(address)) = (out.ipip, tunnel_address) {
@@ -762,9 +768,10 @@ pub fn desired_with(me: &Me, cluster: &Cluster, learned: Option<&Learned>, memo:
         }
     }
     out.origins = origins;
-    out.wireguard_interface.clone_from(&me.wireguard_interface);
-    if let Some(settings) = routing.wireguard {
-        out.wireguard = Some(wireguard_device(me, settings, &routing, &out, tunnel_address));
+    out.wireguard_interfaces.clone_from(&me.wireguard_interfaces);
+    for settings in routing.wireguard.into_iter().flatten() {
+        let address = my_node.and_then(|n| n.vxlan_tunnel_addr(settings.ipv6));
+        out.wireguard[usize::from(settings.ipv6)] = Some(wireguard_device(me, settings, &routing, &out, address));
     }
     if let Some(learned) = learned {
         for prefix in learned.routes.keys() {
@@ -806,27 +813,28 @@ pub fn desired_with(me: &Me, cluster: &Cluster, learned: Option<&Learned>, memo:
     out
 }
 
-/// The WireGuard device for `settings`: a peer for every other node that published a key and
-/// has an IPv4 address, allowed the IPv4 prefixes the cluster's state routes toward it, and
-/// the routes of its table (`main`: the main table's routes, already settled).
+/// The WireGuard device for `settings`: a peer for every other node that published a key of
+/// the family and has an address of it, allowed the prefixes of the family the cluster's state
+/// routes toward it, and the routes of its table (`main`: the main table's routes, settled).
 fn wireguard_device(
     me: &Me,
     settings: &WireguardSettings,
     routing: &Routing<'_>,
     main: &Desired,
-    address: Option<Ipv4Addr>,
+    address: Option<IpAddr>,
 ) -> WireguardDevice {
+    let v6 = settings.ipv6;
     let mut peers: Vec<WireguardPeer> = routing
         .nodes
         .iter()
         .filter(|(name, _)| **name != me.name)
         .filter_map(|(name, node)| {
-            let public_key = node.wireguard_public_key.clone()?;
-            let endpoint = std::net::SocketAddr::new(node.ipv4()?.ip(), settings.port);
+            let public_key = node.wireguard_key(v6)?.to_owned();
+            let endpoint = std::net::SocketAddr::new(node.address_of_family(v6)?.ip(), settings.port);
             let allowed_ips = main
                 .origins
                 .iter()
-                .filter(|(prefix, origin)| prefix.is_ipv4() && **origin == Origin::Remote((*name).to_owned()))
+                .filter(|(prefix, origin)| prefix.is_ipv6() == v6 && **origin == Origin::Remote((*name).to_owned()))
                 .map(|(prefix, _)| *prefix)
                 .collect();
             Some(WireguardPeer { node: (*name).to_owned(), public_key, endpoint, allowed_ips })
@@ -841,7 +849,7 @@ fn wireguard_device(
         .origins
         .iter()
         .filter(|(prefix, origin)| {
-            prefix.is_ipv4()
+            prefix.is_ipv6() == v6
                 && !routes.contains_key(prefix)
                 && !matches!(origin, Origin::Remote(node) if routing.encrypted(**prefix, node))
                 && (0..prefix.prefix()).any(|len| {

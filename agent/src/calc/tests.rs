@@ -37,8 +37,8 @@ fn me(ipip: bool) -> Me {
         tunnels: Tunnels::default(),
         to_host: Default::default(),
         device_routes: Vec::new(),
-        wireguard: None,
-        wireguard_interface: "wg.brindle".into(),
+        wireguard: [None, None],
+        wireguard_interfaces: ["wg.brindle".into(), "wg-v6.brindle".into()],
     }
 }
 
@@ -319,7 +319,8 @@ fn wireguard_encrypts_to_every_node_with_a_key_and_not_to_the_others() {
         Allocation { handle: "n.y".into(), kind: AllocationKind::Workload, node: "c".into(), ..Allocation::default() };
     c.blocks[1].allocate(held_by_c, 0, 0).unwrap();
     let mut me = me(false);
-    me.wireguard = Some(WireguardSettings {
+    me.wireguard[0] = Some(WireguardSettings {
+        ipv6: false,
         interface: "wg.brindle".into(),
         port: 51820,
         mtu: 1440,
@@ -330,13 +331,14 @@ fn wireguard_encrypts_to_every_node_with_a_key_and_not_to_the_others() {
     });
     c.nodes[1].spec.wireguard_public_key = Some(key(1));
     let unpublished = desired(&me, &c, None);
-    assert!(unpublished.wireguard.is_none(), "this node's own key is not published yet");
+    assert!(unpublished.wireguard[0].is_none(), "this node's own key is not published yet");
     c.nodes[0].spec.wireguard_public_key = Some(key(0));
     let d = desired(&me, &c, None);
     let vxlan_to = |via: &str| Some(Target::Vxlan { via: via.parse().unwrap() });
     assert_eq!(route(&d, "10.244.1.0/26"), vxlan_to("10.244.1.1"), "the main table keeps the pool's mode");
     assert_eq!(route(&d, "10.244.2.0/26"), vxlan_to("10.244.2.1"));
-    let device = d.wireguard.expect("the device");
+    let device = d.wireguard[0].clone().expect("the device");
+    assert!(d.wireguard[1].is_none(), "IPv6 WireGuard is off");
     assert_eq!(device.address, Some("10.244.0.1".parse().unwrap()));
     assert_eq!(device.peers.len(), 1, "{:?}", device.peers);
     let peer = &device.peers[0];

@@ -64,9 +64,9 @@ pub struct Rules {
     pub vxlan_port: Option<u16>,
     /// Whether this node uses IP-in-IP (only then are its rules in place).
     pub ipip: bool,
-    /// The WireGuard UDP port, when this node uses WireGuard (only then are its rules in
-    /// place).
-    pub wireguard_port: Option<u16>,
+    /// The WireGuard UDP ports of the devices this node has, of either family (a device
+    /// listens on both; only then are their rules in place).
+    pub wireguard_ports: Vec<u16>,
     /// The ports BGP speaks on.
     pub bgp_ports: Vec<u16>,
     /// What happens to workload-to-host traffic the workload's policy allowed.
@@ -129,8 +129,8 @@ fn tables(v6: bool, rules: &Rules) -> Vec<Table> {
     let ports = ports.join(",");
     let mut input = Vec::new();
     let mut forward = Vec::new();
-    for (port, tunnel) in [(rules.vxlan_port, "VXLAN"), (rules.wireguard_port, "WireGuard")] {
-        let Some(port) = port else { continue };
+    let tunnels = rules.vxlan_port.map(|p| (p, "VXLAN")).into_iter();
+    for (port, tunnel) in tunnels.chain(rules.wireguard_ports.iter().map(|p| (*p, "WireGuard"))) {
         let udp = format!("-p udp -m udp --dport {port}");
         input.push(rule(
             "brin-INPUT",
@@ -599,7 +599,7 @@ mod tests {
             control_hosts: vec!["10.0.0.1".parse().unwrap(), "10.0.0.254".parse().unwrap()],
             vxlan_port: Some(4789),
             ipip: true,
-            wireguard_port: Some(51820),
+            wireguard_ports: vec![51820],
             bgp_ports: vec![179, 1179],
             ..Rules::default()
         }
@@ -668,7 +668,7 @@ mod tests {
         let tunnelled = all(&rules());
         assert!(tunnelled.iter().any(|r| r.contains("--dport 51820 -m set ! --match-set brin-nodes-v4 src")));
         assert!(tunnelled.iter().any(|r| r.contains("-i brin+ -p udp -m udp --dport 51820")), "{tunnelled:?}");
-        let untunnelled = all(&Rules { vxlan_port: None, ipip: false, wireguard_port: None, ..rules() });
+        let untunnelled = all(&Rules { vxlan_port: None, ipip: false, wireguard_ports: Vec::new(), ..rules() });
         assert!(!untunnelled.iter().any(|r| r.contains("4789") || r.contains("ipencap") || r.contains("51820")));
         // Workload to host follows the configured action once policy allowed it.
         let to_host = |action| filter_chain(&Rules { to_host: action, ..rules() }, "brin-INPUT").pop().unwrap();

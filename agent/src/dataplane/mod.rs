@@ -9,14 +9,14 @@ pub mod sysctl;
 pub mod vxlan;
 pub mod wireguard;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use brindle_kernel::Kernel;
 use brindle_kernel::names::MAIN_TABLE;
 use ipnetwork::IpNetwork;
 
-use crate::calc::Desired;
+use crate::calc::{Desired, Target};
 
 /// The outcome of one pass.
 #[derive(Debug, Default)]
@@ -49,9 +49,11 @@ pub struct Dataplane {
     /// What the last route sync left: between full resyncs the routes driver diffs against
     /// it instead of listing the kernel's table.
     programmed: Mutex<Option<Programmed>>,
-    /// What WireGuard's driver last applied: between full resyncs `wg` runs only when its
-    /// configuration changes, and its table is diffed against what it left.
-    wireguard_applied: Mutex<Option<wireguard::Applied>>,
+    /// What WireGuard's driver last applied per family: between full resyncs `wg` runs only
+    /// when a device's configuration changes.
+    wireguard_applied: Mutex<[Option<wireguard::Applied>; 2]>,
+    /// WireGuard's table as the last sync left it, with its index.
+    wireguard_table: Mutex<Option<(u32, Programmed)>>,
 }
 
 /// Our routes as a sync left them, with the devices it saw. It stands for the kernel's table
@@ -74,30 +76,53 @@ impl Dataplane {
             applied_rules: Mutex::default(),
             programmed: Mutex::default(),
             wireguard_applied: Mutex::default(),
+            wireguard_table: Mutex::default(),
         }
     }
 
-    /// The WireGuard device `want` as the kernel has it (see [`wireguard::report`]).
+    /// A WireGuard device `want` as the kernel has it (see [`wireguard::report`]).
     pub fn wireguard_report(&self, want: &crate::calc::WireguardDevice) -> serde_json::Value {
         wireguard::report(&*self.kernel, want)
     }
 
-    /// WireGuard: configured as `desired` says, or removed when it says none (what a full
-    /// pass finds of an earlier run too).
+    /// WireGuard: each family's device configured as `desired` says, or removed when it says
+    /// none (what a full pass finds of an earlier run too); then the table of both families'
+    /// routes.
     async fn apply_wireguard(&self, desired: &Desired, full: bool, applied: &mut Applied) {
         let kernel = &*self.kernel;
-        let last = self.wireguard_applied.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let result = match (&desired.wireguard, last) {
-            (Some(device), last) => {
-                wireguard::ensure(kernel, &self.uplink, device, last.filter(|_| !full)).await.map(|(now, changes)| {
-                    *self.wireguard_applied.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
-                    changes
-                })
+        let mut last = std::mem::take(&mut *self.wireguard_applied.lock().unwrap_or_else(|e| e.into_inner()));
+        for v6 in [false, true] {
+            let family = usize::from(v6);
+            let result = match (&desired.wireguard[family], last[family].take()) {
+                (Some(device), last) => {
+                    wireguard::ensure(kernel, device, last.filter(|_| !full)).await.map(|(now, changes)| {
+                        self.wireguard_applied.lock().unwrap_or_else(|e| e.into_inner())[family] = Some(now);
+                        changes
+                    })
+                }
+                (None, Some(last)) => wireguard::remove(kernel, &last.interface, v6).await,
+                (None, None) if full => wireguard::remove(kernel, &desired.wireguard_interfaces[family], v6).await,
+                (None, None) => Ok(0),
+            };
+            match result {
+                Ok(changes) => applied.changes += changes,
+                Err(e) => applied.failed("wireguard", e),
             }
-            (None, Some(last)) => wireguard::remove(kernel, &last.interface).await,
-            (None, None) if full => wireguard::remove(kernel, &desired.wireguard_interface).await,
-            (None, None) => Ok(0),
-        };
+        }
+        let known = self.wireguard_table.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let devices: Vec<&crate::calc::WireguardDevice> = desired.wireguard.iter().flatten().collect();
+        let Some(table) = devices.first().map(|d| d.settings.table) else { return };
+        let want: BTreeMap<IpNetwork, Target> = devices.iter().flat_map(|d| d.routes.clone()).collect();
+        let result = async {
+            let devices = routes::Devices::read(kernel, &self.uplink).await?;
+            let known =
+                known.filter(|(t, p)| !full && *t == table && p.devices == devices.by_name).map(|(_, p)| p.routes);
+            let (changes, routes) = routes::sync(kernel, table, &want, &devices, known).await?;
+            *self.wireguard_table.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((table, Programmed { devices: devices.by_name, routes }));
+            anyhow::Ok(changes)
+        }
+        .await;
         match result {
             Ok(changes) => applied.changes += changes,
             Err(e) => applied.failed("wireguard", e),
@@ -170,7 +195,7 @@ impl Dataplane {
                 control_hosts: desired.control_hosts.iter().filter(|a| a.is_ipv6() == v6).copied().collect(),
                 vxlan_port: desired.vxlan_devices[usize::from(v6)].as_ref().map(|d| d.port),
                 ipip: desired.ipip,
-                wireguard_port: desired.wireguard.as_ref().filter(|_| !v6).map(|w| w.settings.port),
+                wireguard_ports: desired.wireguard.iter().flatten().map(|w| w.settings.port).collect(),
                 bgp_ports: desired.bgp_ports.clone(),
                 to_host: desired.to_host,
                 policy: desired.policy[usize::from(v6)].clone(),

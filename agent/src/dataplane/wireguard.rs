@@ -1,27 +1,22 @@
-//! WireGuard: the device made with rtnetlink, its key, port, mark and peers set with `wg
-//! syncconf` (which adds, changes and removes peers to match, leaving live sessions of
-//! unchanged peers alone), its tunnel address and MTU with rtnetlink; its routing table (the
-//! peers' prefixes into the device, throws for what the main table keeps), and the rule
-//! that sends every packet without the device's mark to that table ahead of the main one.
-//! All of it removed when WireGuard is turned off.
-
-use std::net::IpAddr;
+//! WireGuard, per family: the device made with rtnetlink, its key, port, mark and peers set
+//! with `wg syncconf` (which adds, changes and removes peers to match, leaving live sessions
+//! of unchanged peers alone), its tunnel address and MTU with rtnetlink, and the rule that
+//! sends every packet without the device's mark to WireGuard's table ahead of the main one
+//! (the table's routes are synced by the routes driver). All of it removed when the family's
+//! WireGuard is turned off.
 
 use brindle_kernel::{Kernel, Rule, names};
 use ipnetwork::IpNetwork;
 
-use super::routes;
 use crate::calc::WireguardDevice;
 
 /// What [`ensure`] left, for the next pass to diff against.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// The device's name.
     pub interface: String,
     /// The `wg` configuration it has.
     pub config: String,
-    /// Our routes in its table.
-    pub routes: routes::Programmed,
 }
 
 /// The configuration `wg syncconf` takes for `want`, with this node's private key.
@@ -47,7 +42,7 @@ pub fn config(want: &WireguardDevice, private_key: &str) -> String {
 pub fn rule(want: &WireguardDevice) -> Rule {
     let settings = &want.settings;
     Rule {
-        ipv6: false,
+        ipv6: settings.ipv6,
         priority: settings.rule_priority,
         mark: settings.mark,
         mask: settings.mark,
@@ -56,13 +51,12 @@ pub fn rule(want: &WireguardDevice) -> Rule {
     }
 }
 
-/// Makes the device, its table and its rule match `want`: the device created if missing,
-/// configured when `last` (what an earlier pass applied, if it still stands) differs, with
-/// its address, up; the table's routes synced; the rule the only one of ours. Returns what
-/// it applied and how many things changed.
+/// Makes the device and its rule match `want`: the device created if missing, configured
+/// when `last` (what an earlier pass applied, if it still stands) differs, with its address,
+/// up; the rule the only one of ours of its family. Returns what it applied and how many
+/// things changed.
 pub async fn ensure(
     kernel: &dyn Kernel,
-    uplink: &str,
     want: &WireguardDevice,
     last: Option<Applied>,
 ) -> anyhow::Result<(Applied, usize)> {
@@ -89,20 +83,16 @@ pub async fn ensure(
         changes += 1;
     }
     if let Some(address) = want.address
-        && !kernel.addresses(link.index).await?.iter().any(|a| a.ip() == IpAddr::V4(address))
+        && !kernel.addresses(link.index).await?.iter().any(|a| a.ip() == address)
     {
-        kernel.add_address(link.index, IpNetwork::new(address.into(), 32)?).await?;
+        kernel.add_address(link.index, IpNetwork::new(address, if address.is_ipv6() { 128 } else { 32 })?).await?;
         changes += 1;
     }
     changes += usize::from(!link.up || link.mtu != want.settings.mtu);
     kernel.set_up(link.index, want.settings.mtu).await?;
 
-    let devices = routes::Devices::read(kernel, uplink).await?;
-    let known = last.map(|l| l.routes);
-    let (changed, programmed) = routes::sync(kernel, want.settings.table, &want.routes, &devices, known).await?;
-    changes += changed;
     let rule = rule(want);
-    let ours = kernel.rules().await?;
+    let ours: Vec<Rule> = kernel.rules().await?.into_iter().filter(|r| r.ipv6 == rule.ipv6).collect();
     for stale in ours.iter().filter(|r| **r != rule) {
         kernel.delete_rule(stale).await?;
         changes += 1;
@@ -111,7 +101,7 @@ pub async fn ensure(
         kernel.add_rule(&rule).await?;
         changes += 1;
     }
-    Ok((Applied { interface: name.to_owned(), config: wanted, routes: programmed }, changes))
+    Ok((Applied { interface: name.to_owned(), config: wanted }, changes))
 }
 
 /// The device as the kernel has it against `want`, for the status socket: its public key and
@@ -154,15 +144,21 @@ pub fn report(kernel: &dyn Kernel, want: &WireguardDevice) -> serde_json::Value 
     })
 }
 
-/// Removes what WireGuard made (turned off, now or before this agent started): our rules,
-/// our routes in the tables they name, and the device `name`. Returns how many things went.
-pub async fn remove(kernel: &dyn Kernel, name: &str) -> anyhow::Result<usize> {
+/// Removes what a family's WireGuard made (turned off, now or before this agent started): our
+/// rules of the family (WireGuard's are the only rules brindle makes), our routes of the
+/// family in the tables they name, and the device `name`. Returns how many things went.
+pub async fn remove(kernel: &dyn Kernel, name: &str, ipv6: bool) -> anyhow::Result<usize> {
     let mut removed = 0;
-    for rule in kernel.rules().await? {
+    for rule in kernel.rules().await?.into_iter().filter(|r| r.ipv6 == ipv6) {
         kernel.delete_rule(&rule).await?;
         removed += 1;
         if rule.table != names::MAIN_TABLE {
-            let ours = kernel.routes(rule.table, Some(names::ROUTE_PROTOCOL)).await?;
+            let ours: Vec<_> = kernel
+                .routes(rule.table, Some(names::ROUTE_PROTOCOL))
+                .await?
+                .into_iter()
+                .filter(|r| r.dst.is_ipv6() == ipv6)
+                .collect();
             removed += ours.len();
             let failures =
                 kernel.change_routes(ours.into_iter().map(brindle_kernel::RouteChange::Remove).collect()).await;
@@ -179,8 +175,8 @@ pub async fn remove(kernel: &dyn Kernel, name: &str) -> anyhow::Result<usize> {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use brindle_kernel::Output;
     use brindle_kernel::fake::FakeKernel;
+    use brindle_kernel::{Output, Route};
 
     use super::*;
     use crate::calc::{Target, WireguardPeer, WireguardSettings};
@@ -189,6 +185,7 @@ mod tests {
         std::fs::write(dir.join("key"), "cHJpdmF0ZQ==\n").unwrap();
         WireguardDevice {
             settings: WireguardSettings {
+                ipv6: false,
                 interface: "wg.brindle".into(),
                 port: 51820,
                 mtu: 1440,
@@ -206,7 +203,6 @@ mod tests {
             }],
             routes: [
                 ("10.244.1.0/26".parse().unwrap(), Target::Wireguard { interface: "wg.brindle".into() }),
-                ("10.244.1.7/32".parse().unwrap(), Target::Throw),
                 ("10.244.9.3/32".parse().unwrap(), Target::Wireguard { interface: "wg.brindle".into() }),
             ]
             .into(),
@@ -214,7 +210,7 @@ mod tests {
     }
 
     #[test]
-    fn the_device_its_table_and_its_rule_are_made_once_and_changed_only_where_they_differ() {
+    fn the_device_and_its_rule_are_made_once_and_changed_only_where_they_differ() {
         let dir = tempfile::tempdir().unwrap();
         let given = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&given);
@@ -222,10 +218,9 @@ mod tests {
             seen.lock().unwrap().push(format!("{program} {} <<{}", args.join(" "), stdin.unwrap_or_default()));
             Output { success: true, ..Output::default() }
         });
-        kernel.add_link("eth0", 1500);
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let want = device(dir.path());
-        let (applied, changes) = runtime.block_on(ensure(&kernel, "eth0", &want, None)).unwrap();
+        let (applied, changes) = runtime.block_on(ensure(&kernel, &want, None)).unwrap();
         assert!(changes > 0);
         assert_eq!(
             applied.config,
@@ -235,30 +230,33 @@ mod tests {
         assert_eq!(given.lock().unwrap().len(), 1);
         assert!(given.lock().unwrap()[0].starts_with("wg syncconf wg.brindle /proc/self/fd/0 <<[Interface]"));
         let log = kernel.take_log();
-        let wg = kernel.state().links.values().find(|l| l.name == "wg.brindle").unwrap().index;
         assert_eq!(log[0], "link add wg.brindle type wireguard");
         for line in [
-            "link set wg.brindle up mtu 1440".to_owned(),
-            format!("route replace 10.244.1.0/26 oif {wg} table 1 proto 98"),
-            "route replace throw 10.244.1.7/32 table 1 proto 98".to_owned(),
-            "rule add 99: not from all fwmark 0x100000/0x100000 lookup 1".to_owned(),
+            "address add 10.244.0.0/32 dev 1",
+            "link set wg.brindle up mtu 1440",
+            "rule add 99: not from all fwmark 0x100000/0x100000 lookup 1",
         ] {
-            assert!(log.contains(&line), "{line} in {log:#?}");
+            assert!(log.contains(&line.to_owned()), "{line} in {log:#?}");
         }
-        // Nothing changed: no `wg`, nothing logged, even judged against the kernel.
-        let (_, changes) = runtime.block_on(ensure(&kernel, "eth0", &want, Some(applied))).unwrap();
+        // Nothing changed: no `wg`, nothing logged.
+        let (applied, changes) = runtime.block_on(ensure(&kernel, &want, Some(applied))).unwrap();
         assert_eq!((changes, kernel.take_log()), (0, Vec::<String>::new()));
-        let (applied, changes) = runtime.block_on(ensure(&kernel, "eth0", &want, None)).unwrap();
+        let (_, changes) = runtime.block_on(ensure(&kernel, &want, None)).unwrap();
         assert_eq!(changes, 1, "wg is run again when what it has is unknown");
-        kernel.take_log();
-        // A peer gone: configured again, its routes gone from the table.
-        let alone = WireguardDevice { peers: Vec::new(), routes: Default::default(), ..want };
-        let (applied, changes) = runtime.block_on(ensure(&kernel, "eth0", &alone, Some(applied))).unwrap();
-        assert!(changes == 4 && !applied.config.contains("[Peer]"), "{:?}", kernel.take_log());
-        // Turned off: rule, table and device go.
-        assert_eq!(runtime.block_on(remove(&kernel, "wg.brindle")).unwrap(), 2);
+        // A peer gone: configured again.
+        let alone = WireguardDevice { peers: Vec::new(), ..want.clone() };
+        let (applied, changes) = runtime.block_on(ensure(&kernel, &alone, Some(applied))).unwrap();
+        assert!(changes == 1 && !applied.config.contains("[Peer]"), "{:?}", kernel.take_log());
+        // Turned off, with a throw left in the table: rule, throw and device go; another
+        // family's rule and routes stay.
+        kernel.add_route(Route::throw("10.244.1.7/32".parse().unwrap()).in_table(1));
+        let v6_rule = Rule { ipv6: true, ..rule(&want) };
+        runtime.block_on(kernel.add_rule(&v6_rule)).unwrap();
+        kernel.add_route(Route::throw("fd00:244::7/128".parse().unwrap()).in_table(1));
+        assert_eq!(runtime.block_on(remove(&kernel, "wg.brindle", false)).unwrap(), 3);
         let state = kernel.state();
-        assert!(state.rules.is_empty() && state.routes.is_empty(), "{:?}", state.routes);
+        assert_eq!(state.rules.iter().collect::<Vec<_>>(), [&v6_rule]);
+        assert_eq!(state.routes.len(), 1, "{:?}", state.routes);
         assert!(state.links.values().all(|l| l.name != "wg.brindle"));
     }
 
@@ -291,10 +289,10 @@ mod tests {
             stderr: "Unable to modify interface: Protocol not supported".into(),
             ..Output::default()
         });
-        let error = runtime.block_on(ensure(&kernel, "eth0", &want, None)).unwrap_err().to_string();
+        let error = runtime.block_on(ensure(&kernel, &want, None)).unwrap_err().to_string();
         assert!(error.contains("wg syncconf wg.brindle: Unable to modify"), "{error}");
         std::fs::remove_file(dir.path().join("key")).unwrap();
-        let error = runtime.block_on(ensure(&kernel, "eth0", &want, None)).unwrap_err().to_string();
+        let error = runtime.block_on(ensure(&kernel, &want, None)).unwrap_err().to_string();
         assert!(error.contains("reading the WireGuard private key"), "{error}");
     }
 }

@@ -213,7 +213,10 @@ impl Cluster {
         wait_for(&format!("agent {i} to become ready"), Duration::from_secs(20), || {
             self.http(i, 9099, "/readiness").starts_with("HTTP/1.0 200")
         })
-        .unwrap_or_else(|e| panic!("{e}; the agents' logs:\n{}", self.agent_logs()));
+        .unwrap_or_else(|e| {
+            let readiness = self.http(i, 9099, "/readiness");
+            panic!("{e}: {readiness}; the agents' logs:\n{}", self.agent_logs())
+        });
     }
 
     /// Every agent's log, each under a heading naming its node.
@@ -284,7 +287,7 @@ impl Cluster {
     /// Waits until every pod reaches every other pod, at its IPv4 address and, when both
     /// have one, at its IPv6 address; the pairs that never did otherwise.
     pub fn reachability(&self, within: Duration) -> Vec<(usize, usize)> {
-        let deadline = Instant::now() + within;
+        let deadline = Instant::now() + brindle_e2e::wait::patience(within);
         loop {
             let mut failing = Vec::new();
             for (a, from) in self.pods.iter().enumerate() {

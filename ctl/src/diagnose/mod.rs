@@ -204,8 +204,9 @@ fn datastore_checks(f: &mut Findings, pod: &Pod) {
 
 /// How `from`'s node sends to `to`'s pods, per `to`'s pool; an error in words when the
 /// datastore lacks what the hop needs.
-/// `wireguard` names the WireGuard device of each node that encrypts (its key published).
-fn hop(from: &Pod, to: &Pod, wireguard: &dyn Fn(&str) -> String) -> Result<Hop, String> {
+/// `wireguard` names the WireGuard device of a node and family (IPv6 or not), used where both
+/// nodes published a key of the family.
+fn hop(from: &Pod, to: &Pod, wireguard: &dyn Fn(&str, bool) -> String) -> Result<Hop, String> {
     if from.node_name() == to.node_name() {
         return Ok(Hop::Local);
     }
@@ -215,17 +216,15 @@ fn hop(from: &Pod, to: &Pod, wireguard: &dyn Fn(&str) -> String) -> Result<Hop, 
     let far_address =
         far.spec.address_like(to.ip).ok_or_else(|| format!("node {} has no {family} address", to.node_name()))?;
     let near_address = from.node.as_ref().and_then(|n| n.spec.address_like(to.ip));
-    if let (Some(_), Some(public_key), true) = (
-        from.node.as_ref().and_then(|n| n.spec.wireguard_public_key.as_ref()),
-        far.spec.wireguard_public_key.as_ref(),
-        to.ip.is_ipv4(),
-    ) {
-        let interface = wireguard(from.node_name());
-        return Ok(Hop::Wireguard { interface, public_key: public_key.clone(), underlay: far_address.ip() });
+    let v6 = to.ip.is_ipv6();
+    if let (Some(_), Some(public_key)) =
+        (from.node.as_ref().and_then(|n| n.spec.wireguard_key(v6)), far.spec.wireguard_key(v6))
+    {
+        let interface = wireguard(from.node_name(), v6);
+        return Ok(Hop::Wireguard { interface, public_key: public_key.to_owned(), underlay: far_address.ip() });
     }
     match pool.spec.encapsulation_toward(near_address, far_address.ip()) {
         Encapsulation::Vxlan => {
-            let v6 = to.ip.is_ipv6();
             let (address_field, mac_field) = if v6 {
                 ("ipv6VXLANTunnelAddr", "vxlanTunnelMACAddrV6")
             } else {
@@ -422,14 +421,12 @@ pub async fn diagnose(
     f.section("path");
     let (configs, _) = client.list::<AgentConfiguration>().await?;
     // A node's own AgentConfiguration (`node.<name>`) wins over `default`, as in its agent.
-    let wireguard = |node: &str| {
+    let wireguard = |node: &str, v6: bool| {
         let own = format!("node.{node}");
         let config =
             configs.iter().find(|c| c.metadata.name == own).or(configs.iter().find(|c| c.metadata.name == "default"));
-        config.map_or_else(
-            || AgentConfiguration::default().wireguard_interface_name,
-            |c| c.spec.wireguard_interface_name.clone(),
-        )
+        let spec = config.map_or_else(AgentConfiguration::default, |c| c.spec.clone());
+        if v6 { spec.wireguard_interface_name_v6 } else { spec.wireguard_interface_name }
     };
     let a_to_b = hop(&a, &b, &wireguard);
     let b_to_a = hop(&b, &a, &wireguard);

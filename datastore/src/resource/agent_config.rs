@@ -120,7 +120,22 @@ pub struct AgentConfiguration {
     /// The WireGuard device's MTU; 0 takes the uplink's less WireGuard's overhead (60).
     #[serde(rename = "wireguardMTU")]
     pub wireguard_mtu: u32,
-    /// The routing table of WireGuard's routes (the other nodes' pods into the device).
+    /// Whether pods' IPv6 traffic between nodes is encrypted too, through a second device
+    /// with its own key pair (published as the Node's `wireguardPublicKeyV6`), port and MTU.
+    #[serde(rename = "wireguardEnabledV6")]
+    pub wireguard_enabled_v6: bool,
+    /// The IPv6 WireGuard device's name.
+    #[serde(rename = "wireguardInterfaceNameV6")]
+    pub wireguard_interface_name_v6: String,
+    /// The IPv6 WireGuard device's UDP port (a device listens on both families, so not the
+    /// IPv4 device's).
+    #[serde(rename = "wireguardListeningPortV6")]
+    pub wireguard_listening_port_v6: u16,
+    /// The IPv6 WireGuard device's MTU; 0 takes the uplink's less WireGuard's IPv6 overhead
+    /// (80).
+    #[serde(rename = "wireguardMTUV6")]
+    pub wireguard_mtu_v6: u32,
+    /// The routing table of WireGuard's routes (each family has its own table of this index) (the other nodes' pods into the device).
     pub wireguard_routing_table_index: u32,
     /// The priority of the rule that sends every packet without `wireguardFirewallMark` to
     /// WireGuard's table, ahead of the main table (32766).
@@ -164,6 +179,10 @@ impl Default for AgentConfiguration {
             wireguard_interface_name: "wg.brindle".into(),
             wireguard_listening_port: 51820,
             wireguard_mtu: 0,
+            wireguard_enabled_v6: false,
+            wireguard_interface_name_v6: "wg-v6.brindle".into(),
+            wireguard_listening_port_v6: 51821,
+            wireguard_mtu_v6: 0,
             wireguard_routing_table_index: 1,
             wireguard_routing_rule_priority: 99,
             wireguard_firewall_mark: 0x100000,
@@ -221,17 +240,44 @@ impl Spec for AgentConfiguration {
         );
         v.require((1..1 << 24).contains(&self.vxlan_vni), "spec.vxlanVNI", self.vxlan_vni, "must be 1 to 16777215");
         v.require(self.vxlan_port != 0, "spec.vxlanPort", self.vxlan_port, "must be a port number 1-65535");
+        for (field, port) in [
+            ("spec.wireguardListeningPort", self.wireguard_listening_port),
+            ("spec.wireguardListeningPortV6", self.wireguard_listening_port_v6),
+        ] {
+            v.require(port != 0, field, port, "must be a port number 1-65535");
+        }
         v.require(
-            self.wireguard_listening_port != 0,
-            "spec.wireguardListeningPort",
-            self.wireguard_listening_port,
-            "must be a port number 1-65535",
+            self.wireguard_listening_port != self.wireguard_listening_port_v6,
+            "spec.wireguardListeningPortV6",
+            self.wireguard_listening_port_v6,
+            "must differ from wireguardListeningPort (each device listens on both families)",
         );
+        for (field, mtu, overhead) in
+            [("spec.wireguardMTU", self.wireguard_mtu, 60), ("spec.wireguardMTUV6", self.wireguard_mtu_v6, 80)]
+        {
+            v.require(
+                mtu == 0 || (1280..=65535).contains(&mtu),
+                field,
+                mtu,
+                &format!("must be 0 (the uplink's less {overhead}) or 1280-65535"),
+            );
+        }
+        for (field, name) in [
+            ("spec.wireguardInterfaceName", &self.wireguard_interface_name),
+            ("spec.wireguardInterfaceNameV6", &self.wireguard_interface_name_v6),
+        ] {
+            v.require(
+                (1..=15).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)),
+                field,
+                name,
+                "must be 1-15 letters, digits, '-', '.' or '_' (the kernel's limit on names)",
+            );
+        }
         v.require(
-            self.wireguard_mtu == 0 || (1280..=65535).contains(&self.wireguard_mtu),
-            "spec.wireguardMTU",
-            self.wireguard_mtu,
-            "must be 0 (the uplink's less 60) or 1280-65535",
+            self.wireguard_interface_name != self.wireguard_interface_name_v6,
+            "spec.wireguardInterfaceNameV6",
+            &self.wireguard_interface_name_v6,
+            "must differ from wireguardInterfaceName",
         );
         let table = self.wireguard_routing_table_index;
         v.require(
@@ -252,13 +298,6 @@ impl Spec for AgentConfiguration {
             "spec.wireguardFirewallMark",
             format!("{mark:#x}"),
             "must be a single bit, not 0x10000 or 0x20000 (network policy's)",
-        );
-        let name = &self.wireguard_interface_name;
-        v.require(
-            (1..=15).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)),
-            "spec.wireguardInterfaceName",
-            name,
-            "must be 1-15 letters, digits, '-', '.' or '_' (the kernel's limit on names)",
         );
         let prefix_ok = !self.interface_prefix.is_empty()
             && self.interface_prefix.len() <= 4
@@ -335,6 +374,14 @@ mod tests {
         assert!(err.contains("spec.wireguardRoutingTableIndex \"254\""), "{err}");
         assert!(err.contains("spec.wireguardRoutingRulePriority \"32766\""), "{err}");
         assert!(err.contains("spec.wireguardFirewallMark \"0x10000\""), "{err}");
+        let clash = AgentConfiguration {
+            wireguard_listening_port_v6: 51820,
+            wireguard_interface_name_v6: "wg.brindle".into(),
+            ..AgentConfiguration::default()
+        };
+        let err = Resource::new("default", clash).validate().unwrap_err().to_string();
+        assert!(err.contains("spec.wireguardListeningPortV6 \"51820\""), "{err}");
+        assert!(err.contains("spec.wireguardInterfaceNameV6 \"wg.brindle\""), "{err}");
         let two_bits = AgentConfiguration { wireguard_firewall_mark: 0x300000, ..AgentConfiguration::default() };
         assert!(Resource::new("default", two_bits).validate().is_err());
     }

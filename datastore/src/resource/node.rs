@@ -31,6 +31,10 @@ pub struct Node {
     /// WireGuard is enabled (Calico keeps it in the Node's status).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard_public_key: Option<String>,
+    /// The public key of the node's IPv6 WireGuard device (its own key pair), published when
+    /// `wireguardEnabledV6`.
+    #[serde(default, rename = "wireguardPublicKeyV6", skip_serializing_if = "Option::is_none")]
+    pub wireguard_public_key_v6: Option<String>,
     /// Every address the node is known by.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<NodeAddress>,
@@ -123,6 +127,11 @@ impl Node {
         if ipv6 { self.ipv6_vxlan_tunnel_addr.map(IpAddr::V6) } else { self.ipv4_vxlan_tunnel_addr.map(IpAddr::V4) }
     }
 
+    /// The public key of the node's WireGuard device of a family.
+    pub fn wireguard_key(&self, ipv6: bool) -> Option<&str> {
+        if ipv6 { self.wireguard_public_key_v6.as_deref() } else { self.wireguard_public_key.as_deref() }
+    }
+
     /// The MAC of the node's VXLAN device of a family.
     pub fn vxlan_tunnel_mac(&self, ipv6: bool) -> Option<&str> {
         if ipv6 { self.vxlan_tunnel_mac_addr_v6.as_deref() } else { self.vxlan_tunnel_mac_addr.as_deref() }
@@ -163,13 +172,13 @@ impl Spec for Node {
         if let Some(mac) = &self.vxlan_tunnel_mac_addr_v6 {
             v.mac("spec.vxlanTunnelMACAddrV6", mac);
         }
-        if let Some(key) = &self.wireguard_public_key {
-            v.require(
-                is_wireguard_key(key),
-                "spec.wireguardPublicKey",
-                key,
-                "must be a WireGuard key: 32 bytes in base64",
-            );
+        for (field, key) in [
+            ("spec.wireguardPublicKey", &self.wireguard_public_key),
+            ("spec.wireguardPublicKeyV6", &self.wireguard_public_key_v6),
+        ] {
+            if let Some(key) = key {
+                v.require(is_wireguard_key(key), field, key, "must be a WireGuard key: 32 bytes in base64");
+            }
         }
     }
 }
@@ -203,11 +212,13 @@ mod tests {
         });
         node.spec.vxlan_tunnel_mac_addr = Some("66:aa".into());
         node.spec.wireguard_public_key = Some("not a key".into());
+        node.spec.wireguard_public_key_v6 = Some("nor this".into());
         let err = node.validate().unwrap_err().to_string();
         assert!(err.contains("spec.bgp.ipv4Address \"fd00::1/64\""), "{err}");
         assert!(err.contains("spec.bgp.asNumber \"0\""), "{err}");
         assert!(err.contains("spec.vxlanTunnelMACAddr \"66:aa\""), "{err}");
         assert!(err.contains("spec.wireguardPublicKey \"not a key\""), "{err}");
+        assert!(err.contains("spec.wireguardPublicKeyV6 \"nor this\""), "{err}");
     }
 
     #[test]
