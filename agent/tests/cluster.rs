@@ -427,6 +427,20 @@ fn wireguard_encrypts_pod_traffic_between_nodes_and_follows_their_keys() {
         "{status}"
     );
 
+    // diagnose follows the rule to WireGuard's table and finds node 1's key among the peers.
+    let name = |i: usize| format!("default/{}", cluster.pods[i].attachment.pod_name);
+    let (healthy, shown) = netns::output(
+        cluster.nodes[0]
+            .netns
+            .command(&common::bin_dir().join("brindlectl").display().to_string())
+            .env("NODENAME", &cluster.nodes[0].name)
+            .args(["--datastore", &cluster.selection(), "diagnose", &name(0), &name(1)]),
+    );
+    assert!(healthy, "{shown}");
+    for expected in ["WireGuard: ", "dev wg.brindle table 1", "wg.brindle has node", "key as a peer"] {
+        assert!(shown.contains(expected), "{expected} in {shown}");
+    }
+
     // Node 1 loses its key: a new pair at its next start, which node 0 takes in.
     let node1 = cluster.nodes[1].name.clone();
     let public = |cluster: &Cluster| {

@@ -1,8 +1,9 @@
 //! A snapshot of this node's kernel networking state, read through the kernel layer in the
 //! calling thread's namespace: links, brindle's policy-routing rules, routes of the main table
-//! and of the tables those rules name, and ARP and FDB entries.
+//! and of the tables those rules name, ARP and FDB entries, and WireGuard devices' peers.
 //! `diagnose` compares it with what the datastore says should be there.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use brindle_kernel::names::MAIN_TABLE;
@@ -47,6 +48,9 @@ pub struct Kernel {
     pub arp: Vec<Neighbour>,
     /// Bridge FDB entries with a remote address (VXLAN).
     pub fdb: Vec<Neighbour>,
+    /// The peers' public keys of every WireGuard device (`wg show`); none read where `wg` is
+    /// not installed.
+    pub wireguard_peers: Option<BTreeMap<String, Vec<String>>>,
 }
 
 impl Kernel {
@@ -68,6 +72,14 @@ impl Kernel {
                 into.push(Neighbour { ip: n.ip, mac: format_mac(&n.mac), index: n.index });
             }
         }
+        let wg = |args: &[&str]| kernel.run("wg", args, None).ok().filter(|out| out.success).map(|out| out.stdout);
+        snapshot.wireguard_peers = wg(&["show", "interfaces"]).map(|devices| {
+            let peers = |device: &str| wg(&["show", device, "peers"]).unwrap_or_default();
+            devices
+                .split_whitespace()
+                .map(|d| (d.to_owned(), peers(d).split_whitespace().map(str::to_owned).collect()))
+                .collect()
+        });
         Ok(snapshot)
     }
 

@@ -75,7 +75,7 @@ pub struct Cluster {
 }
 
 /// The directory with our binaries.
-fn bin_dir() -> PathBuf {
+pub fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_brindle-node")).parent().unwrap().to_owned()
 }
 

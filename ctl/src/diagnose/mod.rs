@@ -351,10 +351,22 @@ fn kernel_checks(f: &mut Findings, kernel: &Kernel, here: &Pod, there: &Pod, hop
             if matches!(hop, Hop::Local) { "the pod's endpoint" } else { "BGP or the datastore" }
         ));
     }
-    if let Hop::Wireguard { interface, .. } = hop {
+    if let Hop::Wireguard { interface, public_key, .. } = hop {
         match kernel.link(interface) {
             None => f.problem(format!("{interface} does not exist: is there a wireguard module?")),
             Some(dev) => f.check(dev.up, format!("{interface} is up, MTU {}", dev.mtu), format!("{interface} is down")),
+        }
+        let node = there.node_name();
+        match kernel.wireguard_peers.as_ref().map(|devices| devices.get(interface)) {
+            None => f.note("WireGuard's peers unread (no `wg` here)"),
+            Some(peers) => f.check(
+                peers.is_some_and(|keys| keys.contains(public_key)),
+                format!("{interface} has node {node}'s key as a peer"),
+                format!(
+                    "{interface} has no peer with node {node}'s key {public_key}: this node's agent has not taken it \
+                     in yet (see `brindlectl node status`)"
+                ),
+            ),
         }
     }
     if matches!(hop, Hop::Ipip { .. }) && kernel.link(IPIP_DEVICE).is_none() {

@@ -112,7 +112,7 @@ impl Matrix {
 /// What a node agent says on its status socket (null when it does not answer).
 pub fn agent_status(socket: &std::path::Path) -> Value {
     let Ok(mut conn) = std::os::unix::net::UnixStream::connect(socket) else { return Value::Null };
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = conn.set_read_timeout(Some(crate::wait::patience(Duration::from_secs(5))));
     let mut text = String::new();
     let _ = conn.read_to_string(&mut text);
     serde_json::from_str(&text).unwrap_or(Value::Null)
