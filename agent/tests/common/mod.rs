@@ -226,10 +226,16 @@ impl Cluster {
             .collect()
     }
 
-    /// What node `i`'s agent says on its status socket.
+    /// What node `i`'s agent says on its status socket (it answers between passes and gives
+    /// up after 5 s, so a slow pass is waited out).
     pub fn status(&self, i: usize) -> Value {
-        let status = agent_status(&self.nodes[i].state.path().join("node.sock"));
-        assert!(!status.is_null(), "agent {i} gave no JSON status on its socket");
+        let socket = self.nodes[i].state.path().join("node.sock");
+        let mut status = Value::Null;
+        wait_for(&format!("agent {i}'s JSON status on its socket"), Duration::from_secs(20), || {
+            status = agent_status(&socket);
+            !status.is_null()
+        })
+        .unwrap_or_else(|e| panic!("{e}; its log:\n{}", self.agent_log(i)));
         status
     }
 
