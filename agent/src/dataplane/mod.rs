@@ -52,13 +52,14 @@ pub struct Dataplane {
     /// What WireGuard's driver last applied per family: between full resyncs `wg` runs only
     /// when a device's configuration changes.
     wireguard_applied: Mutex<[Option<wireguard::Applied>; 2]>,
-    /// WireGuard's table as the last sync left it, with its index.
-    wireguard_table: Mutex<Option<(u32, Programmed)>>,
+    /// WireGuard's table as the last sync left it.
+    wireguard_table: Mutex<Option<Programmed>>,
 }
 
 /// Our routes as a sync left them, with the devices it saw. It stands for the kernel's table
 /// until a device comes, goes or changes (which takes routes with it) or a sync fails.
 struct Programmed {
+    table: u32,
     devices: HashMap<String, u32>,
     routes: routes::Programmed,
 }
@@ -109,21 +110,13 @@ impl Dataplane {
                 Err(e) => applied.failed("wireguard", e),
             }
         }
-        let known = self.wireguard_table.lock().unwrap_or_else(|e| e.into_inner()).take();
         let devices: Vec<&crate::calc::WireguardDevice> = desired.wireguard.iter().flatten().collect();
-        let Some(table) = devices.first().map(|d| d.settings.table) else { return };
+        let Some(table) = devices.first().map(|d| d.settings.table) else {
+            self.wireguard_table.lock().unwrap_or_else(|e| e.into_inner()).take();
+            return;
+        };
         let want: BTreeMap<IpNetwork, Target> = devices.iter().flat_map(|d| d.routes.clone()).collect();
-        let result = async {
-            let devices = routes::Devices::read(kernel, &self.uplink).await?;
-            let known =
-                known.filter(|(t, p)| !full && *t == table && p.devices == devices.by_name).map(|(_, p)| p.routes);
-            let (changes, routes) = routes::sync(kernel, table, &want, &devices, known).await?;
-            *self.wireguard_table.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((table, Programmed { devices: devices.by_name, routes }));
-            anyhow::Ok(changes)
-        }
-        .await;
-        match result {
+        match self.sync_table(&self.wireguard_table, table, &want, None, full).await {
             Ok(changes) => applied.changes += changes,
             Err(e) => applied.failed("wireguard", e),
         }
@@ -183,7 +176,7 @@ impl Dataplane {
             }
         }
         self.apply_wireguard(desired, full, &mut applied).await;
-        match self.sync_routes(desired, None, full).await {
+        match self.sync_table(&self.programmed, MAIN_TABLE, &desired.routes, None, full).await {
             Ok(n) => applied.changes += n,
             Err(e) => applied.failed("routes", e),
         }
@@ -233,35 +226,37 @@ impl Dataplane {
     /// programs those, judged against what the last sync left, and touches nothing else.
     pub async fn apply_routes(&self, desired: &Desired, prefixes: &BTreeSet<IpNetwork>) -> Applied {
         let mut applied = Applied::default();
-        match self.sync_routes(desired, Some(prefixes), false).await {
+        match self.sync_table(&self.programmed, MAIN_TABLE, &desired.routes, Some(prefixes), false).await {
             Ok(n) => applied.changes = n,
             Err(e) => applied.failed("routes", e),
         }
         applied
     }
 
-    /// The routes driver: `prefixes` alone when given and what the last sync left still
-    /// stands for the kernel (no device came, went or changed, not `full`), else every route.
-    async fn sync_routes(
+    /// The routes driver for routing table `table`, whose last sync `slot` keeps: `prefixes`
+    /// alone (main table only) when given and what the last sync left still stands for the
+    /// kernel (same table, no device came, went or changed, not `full`), else every route.
+    async fn sync_table(
         &self,
-        desired: &Desired,
+        slot: &Mutex<Option<Programmed>>,
+        table: u32,
+        want: &BTreeMap<IpNetwork, Target>,
         prefixes: Option<&BTreeSet<IpNetwork>>,
         full: bool,
     ) -> anyhow::Result<usize> {
         let kernel = &*self.kernel;
         let devices = routes::Devices::read(kernel, &self.uplink).await?;
         // Taken out while the sync runs: after a failure the kernel's table is read again.
-        let known = self.programmed.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let known = known.filter(|p| !full && p.devices == devices.by_name).map(|p| p.routes);
+        let known = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let known = known.filter(|p| !full && p.table == table && p.devices == devices.by_name).map(|p| p.routes);
         let (changes, routes) = match (prefixes, known) {
-            (Some(prefixes), Some(mut known)) => {
-                let changes = routes::sync_prefixes(kernel, &desired.routes, &devices, &mut known, prefixes).await?;
+            (Some(prefixes), Some(mut known)) if table == MAIN_TABLE => {
+                let changes = routes::sync_prefixes(kernel, want, &devices, &mut known, prefixes).await?;
                 (changes, known)
             }
-            (_, known) => routes::sync(kernel, MAIN_TABLE, &desired.routes, &devices, known).await?,
+            (_, known) => routes::sync(kernel, table, want, &devices, known).await?,
         };
-        *self.programmed.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Programmed { devices: devices.by_name, routes });
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Programmed { table, devices: devices.by_name, routes });
         Ok(changes)
     }
 }
