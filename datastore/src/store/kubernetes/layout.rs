@@ -192,7 +192,11 @@ fn record_name(key: &str) -> String {
 
 /// The revision an object carries.
 pub fn revision_of(object: &Value) -> Result<Revision> {
-    let text = object["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+    parse_revision(object["metadata"]["resourceVersion"].as_str().unwrap_or_default())
+}
+
+/// A `resourceVersion` as a revision.
+pub fn parse_revision(text: &str) -> Result<Revision> {
     text.parse().map_err(|_| Error::Invalid(format!("the API server gave resourceVersion \"{text}\", not a number")))
 }
 
