@@ -1,10 +1,15 @@
 //! Network policy compiled for this node: per family, the chains (in `iptables-save` form) and
 //! the ipsets they match. Pure: the iptables driver makes the kernel hold them.
 //!
-//! - `brin-from-wl` / `brin-to-wl` dispatch on the host veth (`-i` / `-o`) to the endpoint's
-//!   `brin-fw-<iface>` (its egress) / `brin-tw-<iface>` (its ingress); an interface with no
-//!   endpoint is dropped, so a pod sends nothing before its policy is in place.
-//! - An endpoint chain runs the policies that apply, tier by tier: each policy's chain
+//! - Endpoints to which the same policies apply in a direction share one chain, named by a
+//!   digest of those policies (their profile): `brin-fw-<digest>` (egress) and
+//!   `brin-tw-<digest>` (ingress). `brin-from-wl` / `brin-to-wl` dispatch to it by an ipset
+//!   per profile (`hash:net,iface`) holding each endpoint's address with its host veth, so a
+//!   packet is dispatched only from (to) an endpoint's own address on its own veth; anything
+//!   else from (to) a workload interface is dropped, and a pod sends nothing before its
+//!   policy is in place. A pod whose policies other pods already have is one set member: no
+//!   rule changes.
+//! - A profile chain runs the policies that apply, tier by tier: each policy's chain
 //!   (`brin-pi-<id>` / `brin-pe-<id>`, shared by every endpoint it applies to) marks an
 //!   allowed packet ([`ALLOW_MARK`]: return, the packet goes on) or a passed one ([`PASS_MARK`]:
 //!   the rest of the tier is skipped), or drops it; a tier with no verdict drops. A chain
@@ -67,24 +72,22 @@ pub fn policy_chain(id: &PolicyId, direction: Direction) -> String {
     brindle_kernel::names::policy_chain(&id.to_string(), direction == Direction::Ingress)
 }
 
-/// The chain of one endpoint's policy for one direction (`fw`: from it, its egress).
-pub fn endpoint_chain(interface: &str, direction: Direction) -> String {
-    brindle_kernel::names::endpoint_chain(interface, direction == Direction::Ingress)
+/// The dispatch chain of a direction.
+fn dispatch_chain(direction: Direction) -> &'static str {
+    if direction == Direction::Egress { FROM_WORKLOADS } else { TO_WORKLOADS }
 }
 
-/// The dispatch branch of an interface: its first five characters (the prefix and one digest
-/// digit), when they can start a chain's name.
-fn dispatch_group(interface: &str) -> Option<String> {
-    interface.get(..5).filter(|g| g.chars().all(|c| c.is_ascii_alphanumeric())).map(str::to_owned)
+/// The ipset type of a dispatch set: an endpoint's address with its host veth.
+const DISPATCH_SET: &str = "hash:net,iface";
+
+/// The dispatch set of a profile chain in one family.
+pub fn dispatch_set(chain: &str, v6: bool) -> String {
+    format!("{SET_PREFIX}{}-{}", family_digit(v6), digest(&format!("endpoints of {chain}")))
 }
 
-/// The dispatch chain of a direction: its root, or the branch of `group`.
-fn dispatch_chain(direction: Direction, group: Option<&str>) -> String {
-    let root = if direction == Direction::Egress { FROM_WORKLOADS } else { TO_WORKLOADS };
-    match group.and_then(|g| g.chars().last()) {
-        Some(digit) => format!("{root}-{digit}"),
-        None => root.to_owned(),
-    }
+/// An endpoint's member of a dispatch set, as `ipset save` lists it.
+pub fn dispatch_member(net: &IpNetwork, interface: &str) -> String {
+    format!("{},{interface}", set_member(net))
 }
 
 fn protocol_name(number: u8) -> String {
@@ -120,6 +123,20 @@ enum SetSource {
     NamedPort { owners: Option<Selection>, name: String, label: &'static str },
 }
 
+impl SetSource {
+    /// Whether a set of this source may hold other members now: its selection's members
+    /// changed (`dirty`), or, for a named port of every endpoint, any endpoint did.
+    fn is_stale(&self, dirty: &HashSet<Selection>, endpoints_changed: bool) -> bool {
+        match self {
+            SetSource::Nets(_) => false,
+            SetSource::Endpoints(s) | SetSource::NamedPort { owners: Some(s), .. } => {
+                !dirty.is_empty() && dirty.contains(s)
+            }
+            SetSource::NamedPort { owners: None, .. } => endpoints_changed,
+        }
+    }
+}
+
 /// A set a policy chain matches: its name, type and source.
 type SetRequest = (String, &'static str, SetSource);
 
@@ -130,16 +147,30 @@ struct CompiledPolicy {
     sets: Vec<SetRequest>,
 }
 
-/// A local endpoint's chains and dispatch rules, and the policies they jump to.
+/// The policies that apply to some endpoints in one direction, as one chain.
 #[derive(Debug)]
-struct CompiledEndpoint {
-    interface: String,
-    /// `(chain, rules)` for egress, then ingress.
-    chains: [(String, Arc<Vec<String>>); 2],
-    /// The dispatch rules for egress, then ingress.
-    dispatch: [String; 2],
-    used: Vec<(PolicyId, Direction)>,
+struct Profile {
+    chain: String,
+    rules: Arc<Vec<String>>,
+    /// The policies its rules jump to.
+    used: Vec<PolicyId>,
 }
+
+/// One family's policy chains and the sets they match, for the policies of some profiles.
+#[derive(Debug, Clone, Default)]
+struct PolicyPart {
+    /// The profile chains whose policies these are.
+    profiles: BTreeSet<String>,
+    /// Those policies, with their directions.
+    used: HashSet<(PolicyId, Direction)>,
+    chains: Vec<(String, Arc<Vec<String>>)>,
+    sets: BTreeMap<String, Arc<IpSet>>,
+    /// Where each set's members come from.
+    sources: Vec<SetRequest>,
+}
+
+/// A local endpoint's profiles: egress, then ingress.
+type CompiledEndpoint = [Arc<Profile>; 2];
 
 /// An endpoint's identity across compilations: namespace and name.
 type EndpointKey = (String, String);
@@ -173,6 +204,10 @@ pub struct Memo {
     local: HashMap<EndpointKey, Arc<CompiledEndpoint>>,
     members: HashMap<Selection, BTreeSet<EndpointKey>>,
     policies: HashMap<(PolicyId, Direction, bool), Arc<CompiledPolicy>>,
+    /// Profiles by chain name.
+    profiles: HashMap<String, Arc<Profile>>,
+    /// Each family's last policy part.
+    parts: [Option<Arc<PolicyPart>>; 2],
     sets: HashMap<String, Arc<IpSet>>,
     /// Selectors parsed once for as long as the context lasts.
     selectors: Selectors,
@@ -282,10 +317,10 @@ impl<'a> Compiler<'a> {
         let keep: HashSet<EndpointKey> = local.iter().map(|e| key_of(e)).collect();
         self.memo.local.retain(|k, _| keep.contains(k));
 
-        // Endpoint and dispatch chains are the same in both families.
+        // Profile chains are the same in both families; dispatch sets and rules are not.
         let mut shared: BTreeMap<String, Arc<Vec<String>>> = BTreeMap::new();
-        let mut used: BTreeSet<(PolicyId, Direction)> = BTreeSet::new();
-        let mut groups: BTreeMap<(Direction, Option<String>), Vec<String>> = BTreeMap::new();
+        let mut profiles: Vec<(Direction, Arc<Profile>)> = Vec::new();
+        let mut dispatch: BTreeMap<(Direction, String), [BTreeSet<String>; 2]> = BTreeMap::new();
         for endpoint in local {
             let key = key_of(endpoint);
             let compiled = match self.memo.local.get(&key) {
@@ -296,138 +331,193 @@ impl<'a> Compiler<'a> {
                     compiled
                 }
             };
-            used.extend(compiled.used.iter().cloned());
-            for (i, direction) in [Direction::Egress, Direction::Ingress].into_iter().enumerate() {
-                let (chain, body) = &compiled.chains[i];
-                shared.insert(chain.clone(), Arc::clone(body));
-                groups
-                    .entry((direction, dispatch_group(&compiled.interface)))
-                    .or_default()
-                    .push(compiled.dispatch[i].clone());
+            for (profile, direction) in compiled.iter().zip([Direction::Egress, Direction::Ingress]) {
+                if !shared.contains_key(&profile.chain) {
+                    shared.insert(profile.chain.clone(), Arc::clone(&profile.rules));
+                    profiles.push((direction, Arc::clone(profile)));
+                }
+                let members = dispatch.entry((direction, profile.chain.clone())).or_default();
+                for net in &endpoint.spec.ip_networks {
+                    members[usize::from(net.is_ipv6())].insert(dispatch_member(net, &endpoint.spec.interface_name));
+                }
             }
         }
-        // Dispatch is a tree on the character after the prefix (a hex digit of the veth's
-        // digest): a pod coming or going rewrites one branch, not a chain of every pod.
-        let mut roots: BTreeMap<Direction, Vec<String>> = BTreeMap::new();
-        for ((direction, group), mut rules) in groups {
-            let root = dispatch_chain(direction, None);
-            let side = if direction == Direction::Egress { "-i" } else { "-o" };
-            let Some(group) = group else {
-                roots.entry(direction).or_default().extend(rules);
-                continue;
-            };
-            let branch = dispatch_chain(direction, Some(&group));
-            rules.push(rule(&branch, "", "traffic of an interface with no endpoint", "DROP"));
-            shared.insert(branch.clone(), Arc::new(rules));
-            let jump = goto_rule(&root, &format!("{side} {group}+"), &format!("interfaces {group}*"), &branch);
-            roots.entry(direction).or_default().push(jump);
-        }
-        for direction in [Direction::Egress, Direction::Ingress] {
-            let root = dispatch_chain(direction, None);
-            let mut rules = roots.remove(&direction).unwrap_or_default();
-            rules.push(rule(&root, "", "traffic of an interface with no endpoint", "DROP"));
-            shared.insert(root, Arc::new(rules));
-        }
 
+        let used: HashSet<(&PolicyId, Direction)> =
+            profiles.iter().flat_map(|(direction, p)| p.used.iter().map(|id| (id, *direction))).collect();
+        let profile_names: BTreeSet<String> = profiles.iter().map(|(_, p)| p.chain.clone()).collect();
         let mut program = Program::default();
         for (family, out) in program.iter_mut().enumerate() {
             let v6 = family == 1;
             out.chains.clone_from(&shared);
-            let policies = self.policies;
-            for tier in &policies.tiers {
-                for policy in &tier.policies {
-                    for direction in [Direction::Ingress, Direction::Egress] {
-                        if !used.contains(&(policy.id.clone(), direction)) {
-                            continue;
-                        }
-                        let memo_key = (policy.id.clone(), direction, v6);
-                        let compiled = match self.memo.policies.get(&memo_key) {
-                            Some(compiled) => Arc::clone(compiled),
-                            None => {
-                                let rules = policy.rules(direction).unwrap_or_default();
-                                let compiled = Arc::new(self.compile_policy(&policy.id, direction, rules, v6));
-                                self.memo.policies.insert(memo_key, Arc::clone(&compiled));
-                                compiled
-                            }
-                        };
-                        out.chains.insert(policy_chain(&policy.id, direction), Arc::clone(&compiled.rules));
-                        for (name, kind, source) in &compiled.sets {
-                            if out.sets.contains_key(name) {
-                                continue;
-                            }
-                            let stale = match source {
-                                SetSource::Nets(_) => false,
-                                SetSource::Endpoints(s) | SetSource::NamedPort { owners: Some(s), .. } => {
-                                    dirty.contains(s)
-                                }
-                                SetSource::NamedPort { owners: None, .. } => endpoints_changed,
-                            };
-                            let set = match self.memo.sets.get(name).filter(|_| !stale) {
-                                Some(set) => Arc::clone(set),
-                                None => {
-                                    let set = Arc::new(IpSet { kind, members: self.set_members(source, v6) });
-                                    self.memo.sets.insert(name.clone(), Arc::clone(&set));
-                                    set
-                                }
-                            };
-                            out.sets.insert(name.clone(), set);
-                        }
+            for direction in [Direction::Egress, Direction::Ingress] {
+                let root = dispatch_chain(direction);
+                let flags = if direction == Direction::Egress { "src,src" } else { "dst,dst" };
+                let mut rules = Vec::new();
+                for ((_, chain), members) in dispatch.iter().filter(|((d, _), _)| *d == direction) {
+                    if members[family].is_empty() {
+                        continue;
                     }
+                    let name = dispatch_set(chain, v6);
+                    let set = match self.memo.sets.get(&name).filter(|s| s.members == members[family]) {
+                        Some(set) => Arc::clone(set),
+                        None => {
+                            let set = Arc::new(IpSet { kind: DISPATCH_SET, members: members[family].clone() });
+                            self.memo.sets.insert(name.clone(), Arc::clone(&set));
+                            set
+                        }
+                    };
+                    out.sets.insert(name.clone(), set);
+                    let matches = format!("-m set --match-set {name} {flags}");
+                    rules.push(goto_rule(root, &matches, &format!("endpoints of {chain}"), chain));
                 }
+                let why = "a workload address or interface with no endpoint";
+                rules.push(rule(root, "", why, "DROP"));
+                out.chains.insert(root.to_owned(), Arc::new(rules));
             }
+            let part = self.policy_part(family, &profile_names, &used, &dirty, endpoints_changed);
+            out.chains.extend(part.chains.iter().map(|(name, rules)| (name.clone(), Arc::clone(rules))));
+            out.sets.extend(part.sets.iter().map(|(name, set)| (name.clone(), Arc::clone(set))));
         }
         program
     }
 
-    fn compile_endpoint(&mut self, endpoint: &Resource<WorkloadEndpoint>) -> CompiledEndpoint {
-        let interface = endpoint.spec.interface_name.clone();
-        let name = format!(
-            "endpoint {}/{}",
-            endpoint.metadata.namespace.as_deref().unwrap_or_default(),
-            endpoint.metadata.name
-        );
-        let mut used = Vec::new();
-        let mut chain_of = |direction| {
-            let chain = endpoint_chain(&interface, direction);
-            let body = self.endpoint_rules(endpoint, direction, &chain, &mut used);
-            (chain, Arc::new(body))
+    /// One family's policy chains and sets for the policies `used` (those of the profiles
+    /// named). While the profiles stay the same the last part is reused: only the sets whose
+    /// members may have changed are built again.
+    fn policy_part(
+        &mut self,
+        family: usize,
+        profiles: &BTreeSet<String>,
+        used: &HashSet<(&PolicyId, Direction)>,
+        dirty: &HashSet<Selection>,
+        endpoints_changed: bool,
+    ) -> Arc<PolicyPart> {
+        let v6 = family == 1;
+        // New profiles of policies already in use (pods with other labels) change nothing here.
+        let same = |p: &PolicyPart| {
+            p.profiles == *profiles
+                || (p.used.len() == used.len() && p.used.iter().all(|(id, d)| used.contains(&(id, *d))))
         };
-        let chains = [chain_of(Direction::Egress), chain_of(Direction::Ingress)];
-        let dispatch = [Direction::Egress, Direction::Ingress].map(|direction| {
-            let side = if direction == Direction::Egress { "-i" } else { "-o" };
-            let dispatch = dispatch_chain(direction, dispatch_group(&interface).as_deref());
-            goto_rule(&dispatch, &format!("{side} {interface}"), &name, &endpoint_chain(&interface, direction))
-        });
-        CompiledEndpoint { interface, chains, dispatch, used }
+        let Some(mut part) = self.memo.parts[family].take().filter(|p| same(p)) else {
+            let part = Arc::new(self.build_policy_part(v6, profiles, used, dirty, endpoints_changed));
+            self.memo.parts[family] = Some(Arc::clone(&part));
+            return part;
+        };
+        if part.profiles != *profiles {
+            Arc::make_mut(&mut part).profiles = profiles.clone();
+        }
+        if endpoints_changed {
+            let stale: Vec<usize> = (part.sources.iter().enumerate())
+                .filter(|(_, (_, _, source))| source.is_stale(dirty, endpoints_changed))
+                .map(|(i, _)| i)
+                .collect();
+            if !stale.is_empty() {
+                let part = Arc::make_mut(&mut part);
+                for i in stale {
+                    let (name, kind, source) = part.sources[i].clone();
+                    let set = Arc::new(IpSet { kind, members: self.set_members(&source, v6) });
+                    self.memo.sets.insert(name.clone(), Arc::clone(&set));
+                    part.sets.insert(name, set);
+                }
+            }
+        }
+        self.memo.parts[family] = Some(Arc::clone(&part));
+        part
     }
 
-    fn endpoint_rules(
+    fn build_policy_part(
         &mut self,
-        endpoint: &Resource<WorkloadEndpoint>,
-        direction: Direction,
-        chain: &str,
-        used: &mut Vec<(PolicyId, Direction)>,
-    ) -> Vec<String> {
+        v6: bool,
+        profiles: &BTreeSet<String>,
+        used: &HashSet<(&PolicyId, Direction)>,
+        dirty: &HashSet<Selection>,
+        endpoints_changed: bool,
+    ) -> PolicyPart {
+        let used_owned = used.iter().map(|(id, d)| ((*id).clone(), *d)).collect();
+        let mut out = PolicyPart { profiles: profiles.clone(), used: used_owned, ..PolicyPart::default() };
+        let policies = self.policies;
+        for tier in &policies.tiers {
+            for policy in &tier.policies {
+                for direction in [Direction::Ingress, Direction::Egress] {
+                    if !used.contains(&(&policy.id, direction)) {
+                        continue;
+                    }
+                    let memo_key = (policy.id.clone(), direction, v6);
+                    let compiled = match self.memo.policies.get(&memo_key) {
+                        Some(compiled) => Arc::clone(compiled),
+                        None => {
+                            let rules = policy.rules(direction).unwrap_or_default();
+                            let compiled = Arc::new(self.compile_policy(&policy.id, direction, rules, v6));
+                            self.memo.policies.insert(memo_key, Arc::clone(&compiled));
+                            compiled
+                        }
+                    };
+                    out.chains.push((policy_chain(&policy.id, direction), Arc::clone(&compiled.rules)));
+                    for (name, kind, source) in &compiled.sets {
+                        if out.sets.contains_key(name) {
+                            continue;
+                        }
+                        let stale = source.is_stale(dirty, endpoints_changed);
+                        let set = match self.memo.sets.get(name).filter(|_| !stale) {
+                            Some(set) => Arc::clone(set),
+                            None => {
+                                let set = Arc::new(IpSet { kind, members: self.set_members(source, v6) });
+                                self.memo.sets.insert(name.clone(), Arc::clone(&set));
+                                set
+                            }
+                        };
+                        out.sets.insert(name.clone(), set);
+                        out.sources.push((name.clone(), kind, source.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn compile_endpoint(&mut self, endpoint: &Resource<WorkloadEndpoint>) -> CompiledEndpoint {
+        [Direction::Egress, Direction::Ingress].map(|direction| self.profile(endpoint, direction))
+    }
+
+    /// The profile chain of `endpoint` in `direction`: its name and rules, built once for
+    /// every endpoint with the same policies.
+    fn profile(&mut self, endpoint: &Resource<WorkloadEndpoint>, direction: Direction) -> Arc<Profile> {
         let view = EndpointView::of(endpoint);
         let applying = self.policies.applying(view, self.namespaces, direction, &mut self.memo.selectors);
-        if applying.is_empty() {
-            return Vec::new();
+        let mut profile = String::new();
+        for (tier, policies) in &applying {
+            profile += &format!("tier {}:", tier.name);
+            for policy in policies {
+                profile += &format!(" {}", policy.id);
+            }
+            profile += ";";
         }
+        let chain = brindle_kernel::names::profile_chain(&profile, direction == Direction::Ingress);
+        if let Some(known) = self.memo.profiles.get(&chain) {
+            return Arc::clone(known);
+        }
+        let used = applying.iter().flat_map(|(_, policies)| policies.iter().map(|p| p.id.clone())).collect();
         let clear = format!("MARK --set-xmark 0x0/{:#x}", ALLOW_MARK | PASS_MARK);
         let not_passed = format!("-m mark --mark 0x0/{PASS_MARK:#x}");
         let allowed = format!("-m mark --mark {ALLOW_MARK:#x}/{ALLOW_MARK:#x}");
-        let mut rules = vec![rule(chain, "", "policy marks cleared", &clear)];
+        // No policy: not isolated, an empty chain returns at once.
+        let mut rules = Vec::new();
         for (tier, policies) in applying {
-            for policy in policies {
-                used.push((policy.id.clone(), direction));
-                let target = policy_chain(&policy.id, direction);
-                rules.push(rule(chain, &not_passed, &format!("tier {} {}", tier.name, policy.id), &target));
-                rules.push(rule(chain, &allowed, &format!("allowed by {}", policy.id), "RETURN"));
+            if rules.is_empty() {
+                rules.push(rule(&chain, "", "policy marks cleared", &clear));
             }
-            rules.push(rule(chain, &not_passed, &format!("end of tier {}: no policy allowed it", tier.name), "DROP"));
-            rules.push(rule(chain, "", &format!("passed on from tier {}", tier.name), &clear));
+            for policy in policies {
+                let target = policy_chain(&policy.id, direction);
+                rules.push(rule(&chain, &not_passed, &format!("tier {} {}", tier.name, policy.id), &target));
+                rules.push(rule(&chain, &allowed, &format!("allowed by {}", policy.id), "RETURN"));
+            }
+            rules.push(rule(&chain, &not_passed, &format!("end of tier {}: no policy allowed it", tier.name), "DROP"));
+            rules.push(rule(&chain, "", &format!("passed on from tier {}", tier.name), &clear));
         }
-        rules
+        let profile = Arc::new(Profile { chain: chain.clone(), rules: Arc::new(rules), used });
+        self.memo.profiles.insert(chain, Arc::clone(&profile));
+        profile
     }
 
     /// The members of a set of `source`, as `ipset save` lists them.

@@ -37,10 +37,11 @@ pub const FROM_WORKLOADS: &str = "brin-from-wl";
 /// The chain that dispatches traffic to workloads to their endpoints' ingress chains.
 pub const TO_WORKLOADS: &str = "brin-to-wl";
 
-/// An endpoint's policy chain: `brin-tw-<iface>` for traffic to it (its ingress),
-/// `brin-fw-<iface>` for traffic from it (its egress).
-pub fn endpoint_chain(interface: &str, ingress: bool) -> String {
-    format!("brin-{}-{interface}", if ingress { "tw" } else { "fw" })
+/// The policy chain of every endpoint with the same policies in one direction, named by a
+/// digest of `profile` (those policies, tier by tier, as text): `brin-tw-<16 hex>` for traffic
+/// to them (their ingress), `brin-fw-<16 hex>` for traffic from them (their egress).
+pub fn profile_chain(profile: &str, ingress: bool) -> String {
+    format!("brin-{}-{}", if ingress { "tw" } else { "fw" }, digest(profile))
 }
 
 /// A policy's chain for one direction, named by a digest of `policy` (its kind, namespace
@@ -64,7 +65,8 @@ mod tests {
     fn derived_names_fit_the_kernel_s_limits() {
         let chain = policy_chain("KubernetesNetworkPolicy some-long-namespace/a-very-long-policy-name", true);
         assert!(chain.len() <= 28 && chain.starts_with("brin-pi-"), "{chain}");
-        assert_eq!(endpoint_chain("brin0123456789a", false), "brin-fw-brin0123456789a");
+        let profile = profile_chain("tier default: KubernetesNetworkPolicy x/a, KubernetesNetworkPolicy x/b", false);
+        assert!(profile.len() <= 28 && profile.starts_with("brin-fw-"), "{profile}");
         assert_ne!(digest("a"), digest("b"));
         assert_eq!(digest(""), "cbf29ce484222325", "FNV-1a's offset basis");
     }

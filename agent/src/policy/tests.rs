@@ -68,23 +68,39 @@ spec:
     ports: [{port: 5432}, {port: http}]
 ";
 
+/// The profile chain `root` dispatches `member` (an address on a veth) to, by its set.
+fn dispatched_to(family: &FamilyProgram, root: &str, member: &str) -> Option<String> {
+    family.chains[root].iter().find_map(|r| {
+        let set = r.split("--match-set ").nth(1)?.split(' ').next()?;
+        family.sets.get(set).filter(|s| s.kind == DISPATCH_SET && s.members.contains(member))?;
+        r.rsplit_once(" -g ").map(|(_, target)| target.to_owned())
+    })
+}
+
 #[test]
-fn local_endpoints_are_dispatched_and_unknown_interfaces_dropped() {
+fn local_endpoints_are_dispatched_by_address_and_veth_and_the_rest_dropped() {
     let program = compile(&world(DB_FROM_WEB));
     let v4 = &program[0];
-    // The tree: brin-a and brin-b branch off at "brin-", which is not a name's start.
+    // Two profiles for ingress (a: no policy; b: db's), then the drop.
     let to = &v4.chains[TO_WORKLOADS];
-    assert_eq!(to.len(), 3, "two local endpoints and the drop: {to:#?}");
-    assert!(to[0].starts_with("-A brin-to-wl -o brin-a ") && to[0].ends_with("-g brin-tw-brin-a"), "{}", to[0]);
-    assert!(to[2].ends_with("-j DROP"));
-    assert!(!v4.chains.contains_key("brin-tw-brin-c"), "not this node's");
-    // a: no policy selects it; b: isolated for ingress by the one policy.
-    assert!(v4.chains["brin-tw-brin-a"].is_empty());
-    assert!(v4.chains["brin-fw-brin-b"].is_empty(), "not isolated for egress");
-    let b = &v4.chains["brin-tw-brin-b"];
+    assert_eq!(to.len(), 3, "two profiles and the drop: {to:#?}");
+    assert!(to[0].contains(" dst,dst ") && to[2].ends_with("-j DROP"), "{to:#?}");
+    assert!(v4.chains[FROM_WORKLOADS].iter().all(|r| !r.contains("--match-set") || r.contains(" src,src ")));
+    let a = dispatched_to(v4, TO_WORKLOADS, "10.0.1.1,brin-a").expect("a is dispatched");
+    let b = dispatched_to(v4, TO_WORKLOADS, "10.0.1.2,brin-b").expect("b is dispatched");
+    assert!(a.starts_with("brin-tw-") && b.starts_with("brin-tw-") && a != b);
+    assert_eq!(dispatched_to(v4, TO_WORKLOADS, "10.0.1.2,brin-a"), None, "another's address on a's veth");
+    assert!(v4.sets.values().all(|s| !s.members.iter().any(|m| m.ends_with(",brin-c"))), "c is not this node's");
+    // a: no policy selects it; b: isolated for ingress by the one policy, not for egress.
+    assert!(v4.chains[&a].is_empty());
+    let b_out = dispatched_to(v4, FROM_WORKLOADS, "10.0.1.2,brin-b").expect("b's egress is dispatched");
+    assert!(v4.chains[&b_out].is_empty(), "not isolated for egress");
+    let b = &v4.chains[&b];
     let chain = policy_chain(&w_id("db"), Direction::Ingress);
     assert!(b[1].ends_with(&format!("-j {chain}")), "{b:#?}");
     assert!(b[2].ends_with("-j RETURN") && b[3].ends_with("-j DROP"), "allowed returns, else the tier drops: {b:#?}");
+    // No IPv6 address: IPv6 dispatches nothing.
+    assert_eq!(program[1].chains[TO_WORKLOADS].len(), 1);
 }
 
 fn w_id(name: &str) -> PolicyId {
@@ -142,7 +158,7 @@ spec:
     );
     let program = compile(&w);
     let v4 = &program[0];
-    let a = &v4.chains["brin-tw-brin-a"];
+    let a = &v4.chains[&dispatched_to(v4, TO_WORKLOADS, "10.0.1.1,brin-a").unwrap()];
     let tiers: Vec<&String> = a.iter().filter(|r| r.contains("end of tier")).collect();
     assert!(tiers[0].contains("tier security") && tiers[1].contains("tier default"), "{a:#?}");
     let guard = PolicyId { kind: "GlobalNetworkPolicy", namespace: None, name: "guard".into() };
@@ -163,28 +179,20 @@ spec:
 }
 
 #[test]
-fn dispatch_branches_on_the_digest_s_first_digit() {
+fn endpoints_with_the_same_policies_share_a_chain_and_differ_by_set_member() {
     let mut w = world(DB_FROM_WEB);
-    for (i, iface) in ["brin0aa", "brin0bb", "brinf00"].iter().enumerate() {
-        let mut e = endpoint("x", &format!("h{i}"), "n1", iface, &format!("10.0.3.{i}"), &[]);
-        e.spec.ports.clear();
-        w.endpoints.push(e);
+    let before = compile(&w);
+    for (i, iface) in ["brin0aa", "brinf00"].iter().enumerate() {
+        w.endpoints.push(endpoint("x", &format!("h{i}"), "n1", iface, &format!("10.0.3.{i}"), &[("app", "db")]));
     }
-    let v4 = &compile(&w)[0];
-    let root = &v4.chains[FROM_WORKLOADS];
-    assert!(
-        root.iter().any(|r| r.starts_with("-A brin-from-wl -i brin0+ ") && r.ends_with("-g brin-from-wl-0")),
-        "{root:#?}"
-    );
-    assert!(
-        root.iter().any(|r| r.starts_with("-A brin-from-wl -i brinf+ ") && r.ends_with("-g brin-from-wl-f")),
-        "{root:#?}"
-    );
-    assert!(root.last().unwrap().ends_with("-j DROP"));
-    let branch = &v4.chains["brin-from-wl-0"];
-    assert_eq!(branch.len(), 3, "two endpoints and the drop: {branch:#?}");
-    assert!(branch[0].starts_with("-A brin-from-wl-0 -i brin0aa ") && branch[0].ends_with("-g brin-fw-brin0aa"));
-    assert_eq!(v4.chains["brin-to-wl-f"].len(), 2);
+    let after = compile(&w);
+    let (v4, was) = (&after[0], &before[0]);
+    assert_eq!(v4.chains, was.chains, "no rule changes for two more pods like b");
+    let b = dispatched_to(v4, TO_WORKLOADS, "10.0.1.2,brin-b").unwrap();
+    assert_eq!(dispatched_to(v4, TO_WORKLOADS, "10.0.3.0,brin0aa").as_ref(), Some(&b));
+    assert_eq!(dispatched_to(v4, TO_WORKLOADS, "10.0.3.1,brinf00").as_ref(), Some(&b));
+    let set = v4.sets.values().find(|s| s.members.contains("10.0.3.0,brin0aa") && s.members.len() == 3);
+    assert!(set.is_some(), "b's profile set holds b, h0 and h1: {:#?}", v4.sets);
 }
 
 #[test]
@@ -203,9 +211,9 @@ fn a_memo_compiles_changes_to_what_a_fresh_compilation_gives() {
     let fresh = |w: &World| Compiler::new(&w.policies, &w.endpoints, &w.namespaces, &mut Memo::default()).compile("n1");
     let first = Compiler::new(&w.policies, &w.endpoints, &w.namespaces, &mut memo).compile("n1");
     assert_eq!(first, fresh(&w));
-    // Unchanged: the very same pieces come back (the dispatch tree is rebuilt, equal).
+    // Unchanged: the very same pieces come back (the dispatch is rebuilt, equal).
     let again = Compiler::new(&w.policies, &w.endpoints, &w.namespaces, &mut memo).compile("n1");
-    let dispatch = |k: &str| k.starts_with(FROM_WORKLOADS) || k.starts_with(TO_WORKLOADS);
+    let dispatch = |k: &str| k == FROM_WORKLOADS || k == TO_WORKLOADS;
     assert!(first[0].chains.iter().all(|(k, v)| dispatch(k) || Arc::ptr_eq(v, &again[0].chains[k])));
     assert_eq!(first, again);
     assert!(first[0].sets.iter().all(|(k, v)| Arc::ptr_eq(v, &again[0].sets[k])));

@@ -9,7 +9,7 @@ use brindle_datastore::policy::{
     Decision, Direction, EndpointView, Judgement, NamespaceLabels, Packet, Policies, Selectors,
 };
 use brindle_datastore::resource::Action;
-use brindle_kernel::names::{FROM_WORKLOADS, TO_WORKLOADS, endpoint_chain, policy_chain};
+use brindle_kernel::names::{FROM_WORKLOADS, TO_WORKLOADS, policy_chain};
 
 use super::{Findings, Pod};
 use crate::filter::Filter;
@@ -131,19 +131,19 @@ fn kernel_checks(
     peer: IpAddr,
 ) {
     let family = &filter.families[usize::from(pod.ip.is_ipv6())];
-    let interface = &pod.endpoint.spec.interface_name;
     let ingress = direction == Direction::Ingress;
-    let chain = endpoint_chain(interface, ingress);
     let dispatch = if ingress { TO_WORKLOADS } else { FROM_WORKLOADS };
-    // The dispatch is a tree: the root and its branches all start with the root's name.
-    let dispatched = family
-        .chains
-        .iter()
-        .filter(|(name, _)| name.starts_with(dispatch))
-        .any(|(_, rules)| rules.iter().any(|r| r.rule.ends_with(&format!("-g {chain}"))));
-    let Some(rules) = family.chains.get(&chain).filter(|_| dispatched) else {
+    // The dispatch sends the pod's address on its veth to its profile chain, by a set that
+    // holds both.
+    let member = format!("{},{}", pod.ip, pod.endpoint.spec.interface_name);
+    let chain = family.chains.get(dispatch).into_iter().flatten().find_map(|r| {
+        let set = r.rule.split("--match-set ").nth(1)?.split(' ').next()?;
+        family.sets.get(set).filter(|members| members.contains(&member))?;
+        r.rule.rsplit_once(" -g ").map(|(_, target)| target.to_owned())
+    });
+    let Some((chain, rules)) = chain.and_then(|c| family.chains.get(&c).map(|rules| (c, rules))) else {
         f.problem(format!(
-            "{node} has no policy chain {chain} behind {dispatch} ({} iptables): {}'s traffic is dropped until the agent programs it",
+            "{node} does not dispatch {member} to a policy chain in {dispatch} ({} iptables): {}'s traffic is dropped until the agent programs it",
             filter.backend,
             pod.label()
         ));

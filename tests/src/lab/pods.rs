@@ -193,7 +193,7 @@ pub fn add(state: &mut LabState, pod: &NewPod) -> anyhow::Result<()> {
         if !pod.serve.is_empty() {
             added.server_pid = Some(serve_in(state, &netns.name, &pod.serve)?);
         }
-        wait_for_policy(&node.netns, &host_interface)
+        wait_for_policy(&node.netns, &added.ip, &host_interface)
     })();
     if let Err(e) = finish {
         if let Some(pid) = added.server_pid {
@@ -208,17 +208,27 @@ pub fn add(state: &mut LabState, pod: &NewPod) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until the node's agent has the pod's policy in place (until then its traffic is
-/// dropped), as a user would before sending from it.
-fn wait_for_policy(node_netns: &str, host_interface: &str) -> anyhow::Result<()> {
-    let dispatch = format!("-g brin-fw-{host_interface}");
+/// Waits until the node's agent dispatches the pod's traffic to its policy (until then it is
+/// dropped), as a user would before sending from it: the pod's address on its veth is in a
+/// set that the dispatch of workloads' traffic matches.
+fn wait_for_policy(node_netns: &str, ip: &str, host_interface: &str) -> anyhow::Result<()> {
+    let member = format!("{ip},{host_interface}");
     let programmed = || {
-        ["iptables-nft-save", "iptables-legacy-save"].iter().any(|save| {
-            Command::new(save)
-                .args(["-t", "filter"])
-                .output()
-                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(&dispatch))
-        })
+        let sets = Command::new("ipset").arg("save").output().map(|out| out.stdout).unwrap_or_default();
+        let sets = String::from_utf8_lossy(&sets);
+        let holding: Vec<&str> = sets
+            .lines()
+            .filter_map(|l| l.strip_prefix("add ")?.split_once(' '))
+            .filter(|(_, m)| *m == member)
+            .map(|(set, _)| set)
+            .collect();
+        !holding.is_empty()
+            && ["iptables-nft-save", "iptables-legacy-save"].iter().any(|save| {
+                Command::new(save).args(["-t", "filter"]).output().is_ok_and(|out| {
+                    let saved = String::from_utf8_lossy(&out.stdout);
+                    holding.iter().any(|set| saved.contains(&format!("--match-set {set} src,src")))
+                })
+            })
     };
     in_netns(node_netns, || {
         wait_for(&format!("the agent to program the policy of {host_interface}"), Duration::from_secs(30), programmed)
