@@ -172,6 +172,23 @@ struct PolicyPart {
 /// A local endpoint's profiles: egress, then ingress.
 type CompiledEndpoint = [Arc<Profile>; 2];
 
+/// What decides which policies apply to an endpoint and which selections hold it: its
+/// namespace, labels and service account.
+type Identity = (String, BTreeMap<String, String>, Option<String>);
+
+/// A hash of an endpoint's identity.
+fn identity_hash(view: EndpointView<'_>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (view.namespace, view.labels, view.service_account).hash(&mut h);
+    h.finish()
+}
+
+/// Whether two endpoints have the same identity.
+fn same_identity(a: EndpointView<'_>, b: EndpointView<'_>) -> bool {
+    a.namespace == b.namespace && a.labels == b.labels && a.service_account == b.service_account
+}
+
 /// An endpoint's identity across compilations: namespace and name.
 type EndpointKey = (String, String);
 
@@ -206,6 +223,8 @@ pub struct Memo {
     policies: HashMap<(PolicyId, Direction, bool), Arc<CompiledPolicy>>,
     /// Profiles by chain name.
     profiles: HashMap<String, Arc<Profile>>,
+    /// The profiles of each identity seen, by a hash of it.
+    identities: HashMap<u64, Vec<(Identity, Arc<CompiledEndpoint>)>>,
     /// Each family's last policy part.
     parts: [Option<Arc<PolicyPart>>; 2],
     sets: HashMap<String, Arc<IpSet>>,
@@ -219,8 +238,9 @@ pub struct Compiler<'a> {
     endpoints: &'a [Resource<WorkloadEndpoint>],
     namespaces: &'a NamespaceLabels,
     memo: &'a mut Memo,
-    /// Endpoints (indices) by namespace: a selection looks only in its namespaces.
-    by_namespace: BTreeMap<&'a str, Vec<usize>>,
+    /// Endpoints (indices) by namespace, in groups of one identity: a selection looks only
+    /// in its namespaces, and judges each identity once.
+    by_namespace: BTreeMap<&'a str, Vec<Vec<usize>>>,
     /// Endpoint indices by key, for this compilation.
     by_key: HashMap<EndpointKey, usize>,
 }
@@ -233,11 +253,21 @@ impl<'a> Compiler<'a> {
         namespaces: &'a NamespaceLabels,
         memo: &'a mut Memo,
     ) -> Self {
-        let mut by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut groups: HashMap<u64, Vec<Vec<usize>>> = HashMap::new();
         let mut by_key = HashMap::with_capacity(endpoints.len());
         for (i, e) in endpoints.iter().enumerate() {
-            by_namespace.entry(e.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(i);
+            let view = EndpointView::of(e);
+            let buckets = groups.entry(identity_hash(view)).or_default();
+            match buckets.iter_mut().find(|g| same_identity(EndpointView::of(&endpoints[g[0]]), view)) {
+                Some(group) => group.push(i),
+                None => buckets.push(vec![i]),
+            }
             by_key.insert(key_of(e), i);
+        }
+        let mut by_namespace: BTreeMap<&str, Vec<Vec<usize>>> = BTreeMap::new();
+        for group in groups.into_values().flatten() {
+            let namespace = endpoints[group[0]].metadata.namespace.as_deref().unwrap_or_default();
+            by_namespace.entry(namespace).or_default().push(group);
         }
         Compiler { policies, endpoints, namespaces, memo, by_namespace, by_key }
     }
@@ -245,16 +275,17 @@ impl<'a> Compiler<'a> {
     /// The members of `selection`, computed in full the first time it is asked for.
     fn members_of(&mut self, selection: &Selection) -> &BTreeSet<EndpointKey> {
         if !self.memo.members.contains_key(selection) {
-            let candidates: Vec<usize> = match &selection.namespaces {
-                NamespaceScope::Named(ns) => self.by_namespace.get(ns.as_str()).cloned().unwrap_or_default(),
-                _ => self.by_namespace.values().flatten().copied().collect(),
+            let candidates: Vec<&Vec<usize>> = match &selection.namespaces {
+                NamespaceScope::Named(ns) => self.by_namespace.get(ns.as_str()).into_iter().flatten().collect(),
+                _ => self.by_namespace.values().flatten().collect(),
             };
             let found = candidates
                 .into_iter()
-                .filter(|&i| {
-                    selection.contains(EndpointView::of(&self.endpoints[i]), self.namespaces, &mut self.memo.selectors)
+                .filter(|group| {
+                    let view = EndpointView::of(&self.endpoints[group[0]]);
+                    selection.contains(view, self.namespaces, &mut self.memo.selectors)
                 })
-                .map(|i| key_of(&self.endpoints[i]))
+                .flat_map(|group| group.iter().map(|&i| key_of(&self.endpoints[i])))
                 .collect();
             self.memo.members.insert(selection.clone(), found);
         }
@@ -320,29 +351,44 @@ impl<'a> Compiler<'a> {
         // Profile chains are the same in both families; dispatch sets and rules are not.
         let mut shared: BTreeMap<String, Arc<Vec<String>>> = BTreeMap::new();
         let mut profiles: Vec<(Direction, Arc<Profile>)> = Vec::new();
-        let mut dispatch: BTreeMap<(Direction, String), [BTreeSet<String>; 2]> = BTreeMap::new();
+        // Each profile's dispatch members per family, by its index in `profiles`.
+        let mut members: Vec<[Vec<String>; 2]> = Vec::new();
+        let mut index: HashMap<*const Profile, usize> = HashMap::new();
         for endpoint in local {
             let key = key_of(endpoint);
             let compiled = match self.memo.local.get(&key) {
                 Some(compiled) => Arc::clone(compiled),
                 None => {
-                    let compiled = Arc::new(self.compile_endpoint(endpoint));
+                    let compiled = self.compile_endpoint(endpoint);
                     self.memo.local.insert(key, Arc::clone(&compiled));
                     compiled
                 }
             };
+            let addresses: Vec<(usize, String)> = (endpoint.spec.ip_networks.iter())
+                .map(|net| (usize::from(net.is_ipv6()), dispatch_member(net, &endpoint.spec.interface_name)))
+                .collect();
             for (profile, direction) in compiled.iter().zip([Direction::Egress, Direction::Ingress]) {
-                if !shared.contains_key(&profile.chain) {
+                let i = *index.entry(Arc::as_ptr(profile)).or_insert_with(|| {
                     shared.insert(profile.chain.clone(), Arc::clone(&profile.rules));
                     profiles.push((direction, Arc::clone(profile)));
-                }
-                let members = dispatch.entry((direction, profile.chain.clone())).or_default();
-                for net in &endpoint.spec.ip_networks {
-                    members[usize::from(net.is_ipv6())].insert(dispatch_member(net, &endpoint.spec.interface_name));
+                    members.push(Default::default());
+                    profiles.len() - 1
+                });
+                for (family, member) in &addresses {
+                    members[i][*family].push(member.clone());
                 }
             }
         }
+        let members: Vec<[BTreeSet<String>; 2]> =
+            members.into_iter().map(|[v4, v6]| [v4.into_iter().collect(), v6.into_iter().collect()]).collect();
 
+        // Identities and profiles no endpoint has any more are let go (each is held by the
+        // memo and by every endpoint that has it).
+        self.memo.identities.retain(|_, known| {
+            known.retain(|(_, compiled)| Arc::strong_count(compiled) > 1);
+            !known.is_empty()
+        });
+        self.memo.profiles.retain(|_, profile| Arc::strong_count(profile) > 1);
         let used: HashSet<(&PolicyId, Direction)> =
             profiles.iter().flat_map(|(direction, p)| p.used.iter().map(|id| (id, *direction))).collect();
         let profile_names: BTreeSet<String> = profiles.iter().map(|(_, p)| p.chain.clone()).collect();
@@ -354,15 +400,17 @@ impl<'a> Compiler<'a> {
                 let root = dispatch_chain(direction);
                 let flags = if direction == Direction::Egress { "src,src" } else { "dst,dst" };
                 let mut rules = Vec::new();
-                for ((_, chain), members) in dispatch.iter().filter(|((d, _), _)| *d == direction) {
-                    if members[family].is_empty() {
-                        continue;
-                    }
+                let mut dispatched: Vec<(&str, &BTreeSet<String>)> = (profiles.iter().zip(&members))
+                    .filter(|((d, _), members)| *d == direction && !members[family].is_empty())
+                    .map(|((_, profile), members)| (profile.chain.as_str(), &members[family]))
+                    .collect();
+                dispatched.sort_unstable();
+                for (chain, members) in dispatched {
                     let name = dispatch_set(chain, v6);
-                    let set = match self.memo.sets.get(&name).filter(|s| s.members == members[family]) {
+                    let set = match self.memo.sets.get(&name).filter(|s| s.members == *members) {
                         Some(set) => Arc::clone(set),
                         None => {
-                            let set = Arc::new(IpSet { kind: DISPATCH_SET, members: members[family].clone() });
+                            let set = Arc::new(IpSet { kind: DISPATCH_SET, members: members.clone() });
                             self.memo.sets.insert(name.clone(), Arc::clone(&set));
                             set
                         }
@@ -476,8 +524,27 @@ impl<'a> Compiler<'a> {
         out
     }
 
-    fn compile_endpoint(&mut self, endpoint: &Resource<WorkloadEndpoint>) -> CompiledEndpoint {
-        [Direction::Egress, Direction::Ingress].map(|direction| self.profile(endpoint, direction))
+    /// An endpoint's profiles, worked out once for every endpoint of the same identity.
+    fn compile_endpoint(&mut self, endpoint: &Resource<WorkloadEndpoint>) -> Arc<CompiledEndpoint> {
+        let view = EndpointView::of(endpoint);
+        let same = |identity: &Identity| {
+            let known = EndpointView {
+                namespace: &identity.0,
+                labels: &identity.1,
+                service_account: identity.2.as_deref(),
+                ports: &[],
+            };
+            same_identity(known, view)
+        };
+        let hash = identity_hash(view);
+        if let Some((_, known)) = self.memo.identities.get(&hash).into_iter().flatten().find(|(i, _)| same(i)) {
+            return Arc::clone(known);
+        }
+        let compiled =
+            Arc::new([Direction::Egress, Direction::Ingress].map(|direction| self.profile(endpoint, direction)));
+        let identity = (view.namespace.to_owned(), view.labels.clone(), view.service_account.map(str::to_owned));
+        self.memo.identities.entry(hash).or_default().push((identity, Arc::clone(&compiled)));
+        compiled
     }
 
     /// The profile chain of `endpoint` in `direction`: its name and rules, built once for

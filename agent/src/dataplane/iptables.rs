@@ -462,15 +462,14 @@ pub fn sync(
         Some(known) => known.base_sets.clone(),
         None => current_sets(kernel, rules, v6),
     };
-    if held_base != base_sets {
-        run_with_input(kernel, "ipset", &["restore", "-exist"], &ipset_script(rules, v6))?;
-    }
-    // Sets are filled before the rules that match them, and destroyed after.
+    // Sets are filled before the rules that match them, and destroyed after; both kinds in
+    // one `ipset restore`.
+    let mut set_script = if held_base != base_sets { ipset_script(rules, v6) } else { String::new() };
     let held_sets = match &known {
         Some(known) => known.policy_sets.clone(),
         None => current_policy_sets(kernel, v6)?,
     };
-    let set_script = policy_set_script(&held_sets, &rules.policy.sets, v6);
+    set_script += &policy_set_script(&held_sets, &rules.policy.sets, v6);
     if !set_script.is_empty() {
         run_with_input(kernel, "ipset", &["restore", "-exist"], &set_script)?;
     }
