@@ -22,7 +22,14 @@ pub enum AllocationKind {
     Tunnel,
 }
 
-/// Who holds an address: the handle that releases it, and where it is used.
+impl AllocationKind {
+    fn is_workload(&self) -> bool {
+        *self == AllocationKind::Workload
+    }
+}
+
+/// Who holds an address: the handle that releases it, and where it is used. Defaults are
+/// left out when stored: every allocation of a block is written with each change to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Allocation {
@@ -33,13 +40,13 @@ pub struct Allocation {
     /// allocations stored before brindle recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
-    /// What the address is for.
-    #[serde(default)]
+    /// What the address is for (not written when it is a workload's: most are).
+    #[serde(default, skip_serializing_if = "AllocationKind::is_workload")]
     pub kind: AllocationKind,
     /// Whether the plugin that took it writes a WorkloadEndpoint for it (the `brindle`
     /// plugin does; `brindle-ipam` under another plugin cannot). Garbage collection judges a
     /// pod's address by its endpoint only when one is expected.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub endpoint: bool,
     /// The node the address is used on.
     pub node: String,
