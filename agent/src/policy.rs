@@ -342,11 +342,10 @@ impl<'a> Compiler<'a> {
     /// The program for the endpoints on `node`.
     pub fn compile(mut self, node: &str) -> Program {
         let (endpoints_changed, dirty) = self.refresh();
-        let mut local: Vec<&'a Resource<WorkloadEndpoint>> =
+        let local: Vec<&'a Resource<WorkloadEndpoint>> =
             self.endpoints.iter().filter(|e| e.spec.node == node).collect();
-        local.sort_by(|a, b| a.spec.interface_name.cmp(&b.spec.interface_name));
-        let keep: HashSet<EndpointKey> = local.iter().map(|e| key_of(e)).collect();
-        self.memo.local.retain(|k, _| keep.contains(k));
+        let (by_key, endpoints) = (&self.by_key, self.endpoints);
+        self.memo.local.retain(|k, _| by_key.get(k).is_some_and(|&i| endpoints[i].spec.node == node));
 
         // Profile chains are the same in both families; dispatch sets and rules are not.
         let mut shared: BTreeMap<String, Arc<Vec<String>>> = BTreeMap::new();
