@@ -156,12 +156,10 @@ struct Profile {
     used: Vec<PolicyId>,
 }
 
-/// One family's policy chains and the sets they match, for the policies of some profiles.
+/// One family's policy chains and the sets they match, for the policies in use.
 #[derive(Debug, Clone, Default)]
 struct PolicyPart {
-    /// The profile chains whose policies these are.
-    profiles: BTreeSet<String>,
-    /// Those policies, with their directions.
+    /// The policies in use, with their directions.
     used: HashSet<(PolicyId, Direction)>,
     chains: Vec<(String, Arc<Vec<String>>)>,
     sets: BTreeMap<String, Arc<IpSet>>,
@@ -390,7 +388,6 @@ impl<'a> Compiler<'a> {
         self.memo.profiles.retain(|_, profile| Arc::strong_count(profile) > 1);
         let used: HashSet<(&PolicyId, Direction)> =
             profiles.iter().flat_map(|(direction, p)| p.used.iter().map(|id| (id, *direction))).collect();
-        let profile_names: BTreeSet<String> = profiles.iter().map(|(_, p)| p.chain.clone()).collect();
         let mut program = Program::default();
         for (family, out) in program.iter_mut().enumerate() {
             let v6 = family == 1;
@@ -408,11 +405,7 @@ impl<'a> Compiler<'a> {
                     let name = dispatch_set(chain, v6);
                     let set = match self.memo.sets.get(&name).filter(|s| s.members == *members) {
                         Some(set) => Arc::clone(set),
-                        None => {
-                            let set = Arc::new(IpSet { kind: DISPATCH_SET, members: members.clone() });
-                            self.memo.sets.insert(name.clone(), Arc::clone(&set));
-                            set
-                        }
+                        None => self.remember_set(&name, IpSet { kind: DISPATCH_SET, members: members.clone() }),
                     };
                     out.sets.insert(name.clone(), set);
                     let matches = format!("-m set --match-set {name} {flags}");
@@ -422,38 +415,30 @@ impl<'a> Compiler<'a> {
                 rules.push(rule(root, "", why, "DROP"));
                 out.chains.insert(root.to_owned(), Arc::new(rules));
             }
-            let part = self.policy_part(family, &profile_names, &used, &dirty, endpoints_changed);
+            let part = self.policy_part(family, &used, &dirty, endpoints_changed);
             out.chains.extend(part.chains.iter().map(|(name, rules)| (name.clone(), Arc::clone(rules))));
             out.sets.extend(part.sets.iter().map(|(name, set)| (name.clone(), Arc::clone(set))));
         }
         program
     }
 
-    /// One family's policy chains and sets for the policies `used` (those of the profiles
-    /// named). While the profiles stay the same the last part is reused: only the sets whose
-    /// members may have changed are built again.
+    /// One family's policy chains and sets for the policies `used`. While the same policies
+    /// are in use (new profiles of them are pods with other labels) the last part is reused:
+    /// only the sets whose members may have changed are built again.
     fn policy_part(
         &mut self,
         family: usize,
-        profiles: &BTreeSet<String>,
         used: &HashSet<(&PolicyId, Direction)>,
         dirty: &HashSet<Selection>,
         endpoints_changed: bool,
     ) -> Arc<PolicyPart> {
         let v6 = family == 1;
-        // New profiles of policies already in use (pods with other labels) change nothing here.
-        let same = |p: &PolicyPart| {
-            p.profiles == *profiles
-                || (p.used.len() == used.len() && p.used.iter().all(|(id, d)| used.contains(&(id, *d))))
-        };
+        let same = |p: &PolicyPart| p.used.len() == used.len() && p.used.iter().all(|(id, d)| used.contains(&(id, *d)));
         let Some(mut part) = self.memo.parts[family].take().filter(|p| same(p)) else {
-            let part = Arc::new(self.build_policy_part(v6, profiles, used, dirty, endpoints_changed));
+            let part = Arc::new(self.build_policy_part(v6, used, dirty, endpoints_changed));
             self.memo.parts[family] = Some(Arc::clone(&part));
             return part;
         };
-        if part.profiles != *profiles {
-            Arc::make_mut(&mut part).profiles = profiles.clone();
-        }
         if endpoints_changed {
             let stale: Vec<usize> = (part.sources.iter().enumerate())
                 .filter(|(_, (_, _, source))| source.is_stale(dirty, endpoints_changed))
@@ -463,9 +448,8 @@ impl<'a> Compiler<'a> {
                 let part = Arc::make_mut(&mut part);
                 for i in stale {
                     let (name, kind, source) = part.sources[i].clone();
-                    let set = Arc::new(IpSet { kind, members: self.set_members(&source, v6) });
-                    self.memo.sets.insert(name.clone(), Arc::clone(&set));
-                    part.sets.insert(name, set);
+                    let set = IpSet { kind, members: self.set_members(&source, v6) };
+                    part.sets.insert(name.clone(), self.remember_set(&name, set));
                 }
             }
         }
@@ -476,13 +460,12 @@ impl<'a> Compiler<'a> {
     fn build_policy_part(
         &mut self,
         v6: bool,
-        profiles: &BTreeSet<String>,
         used: &HashSet<(&PolicyId, Direction)>,
         dirty: &HashSet<Selection>,
         endpoints_changed: bool,
     ) -> PolicyPart {
         let used_owned = used.iter().map(|(id, d)| ((*id).clone(), *d)).collect();
-        let mut out = PolicyPart { profiles: profiles.clone(), used: used_owned, ..PolicyPart::default() };
+        let mut out = PolicyPart { used: used_owned, ..PolicyPart::default() };
         let policies = self.policies;
         for tier in &policies.tiers {
             for policy in &tier.policies {
@@ -509,9 +492,8 @@ impl<'a> Compiler<'a> {
                         let set = match self.memo.sets.get(name).filter(|_| !stale) {
                             Some(set) => Arc::clone(set),
                             None => {
-                                let set = Arc::new(IpSet { kind, members: self.set_members(source, v6) });
-                                self.memo.sets.insert(name.clone(), Arc::clone(&set));
-                                set
+                                let members = self.set_members(source, v6);
+                                self.remember_set(name, IpSet { kind, members })
                             }
                         };
                         out.sets.insert(name.clone(), set);
@@ -521,6 +503,13 @@ impl<'a> Compiler<'a> {
             }
         }
         out
+    }
+
+    /// Keeps `set` as the memo's `name`, and returns it.
+    fn remember_set(&mut self, name: &str, set: IpSet) -> Arc<IpSet> {
+        let set = Arc::new(set);
+        self.memo.sets.insert(name.to_owned(), Arc::clone(&set));
+        set
     }
 
     /// An endpoint's profiles, worked out once for every endpoint of the same identity.

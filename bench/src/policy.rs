@@ -257,11 +257,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let (sets, filter) = dump(args.iptables)?;
             let added_endpoint = &endpoints[endpoint_count + round - 1];
             let member = dispatch_member(&added_endpoint.spec.ip_networks[0], &added_endpoint.spec.interface_name);
-            let dispatched = sets
-                .lines()
-                .filter_map(|l| l.strip_prefix("add ")?.split_once(' '))
-                .any(|(set, m)| m == member && filter.contains(&format!("--match-set {set} src,src")));
-            if !dispatched {
+            if !pods::dispatched(&sets, &filter, &member) {
                 bail!("the added endpoint is not dispatched");
             }
             restores += usize::from(ran);

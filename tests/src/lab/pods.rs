@@ -216,23 +216,25 @@ fn wait_for_policy(node_netns: &str, ip: &str, host_interface: &str) -> anyhow::
     let programmed = || {
         let sets = Command::new("ipset").arg("save").output().map(|out| out.stdout).unwrap_or_default();
         let sets = String::from_utf8_lossy(&sets);
-        let holding: Vec<&str> = sets
-            .lines()
-            .filter_map(|l| l.strip_prefix("add ")?.split_once(' '))
-            .filter(|(_, m)| *m == member)
-            .map(|(set, _)| set)
-            .collect();
-        !holding.is_empty()
-            && ["iptables-nft-save", "iptables-legacy-save"].iter().any(|save| {
-                Command::new(save).args(["-t", "filter"]).output().is_ok_and(|out| {
-                    let saved = String::from_utf8_lossy(&out.stdout);
-                    holding.iter().any(|set| saved.contains(&format!("--match-set {set} src,src")))
-                })
-            })
+        ["iptables-nft-save", "iptables-legacy-save"].iter().any(|save| {
+            Command::new(save)
+                .args(["-t", "filter"])
+                .output()
+                .is_ok_and(|out| dispatched(&sets, &String::from_utf8_lossy(&out.stdout), &member))
+        })
     };
     in_netns(node_netns, || {
         wait_for(&format!("the agent to program the policy of {host_interface}"), Duration::from_secs(30), programmed)
     })?
+}
+
+/// Whether `member` (an endpoint's `address,veth`) is in a set, in `sets` (`ipset save`), that
+/// the dispatch of workloads' traffic in `filter` (`iptables-save -t filter`) matches: the
+/// endpoint's traffic reaches its policy.
+pub fn dispatched(sets: &str, filter: &str, member: &str) -> bool {
+    sets.lines()
+        .filter_map(|l| l.strip_prefix("add ")?.split_once(' '))
+        .any(|(set, m)| m == member && filter.contains(&format!("--match-set {set} src,src")))
 }
 
 /// The named ports of a pod serving `serve`: `serve-80-tcp` for `tcp:80`, as Kubernetes' own
