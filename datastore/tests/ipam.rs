@@ -26,6 +26,7 @@ per_backend!(
     a_deleted_nodes_addresses_come_back_to_the_pool,
     an_unowned_block_is_deleted_only_after_its_addresses_rested,
     tunnel_address_is_stable,
+    clients_of_one_node_with_stale_caches_claim_without_listing_and_never_overclaim,
 );
 
 struct Fixture {
@@ -444,4 +445,35 @@ async fn tunnel_address_is_stable(backend: Backend) {
     let block = f.ipam.blocks().await.unwrap().remove(0).0;
     assert_eq!(block.holder(first.ip).unwrap().kind, AllocationKind::Tunnel);
     assert_eq!(block.owner.as_deref(), Some("n1"));
+}
+
+/// Three clients of one node claim from what their caches know. A client whose cache misses a
+/// block claimed by a sibling loses the race for it and moves on to the next; one that loses
+/// twice lists the blocks again and uses a block of its node with room rather than claim a
+/// fourth.
+async fn clients_of_one_node_with_stale_caches_claim_without_listing_and_never_overclaim(backend: Backend) {
+    let f = fixture(backend, &[("p", "10.30.0.0/24", 30)]).await;
+    let (a, b, c) = (&f.ipam, Ipam::new(f.client.clone()), Ipam::new(f.client.clone()));
+    let mut ips = vec![
+        one(a, &v4("net.a0", "n1")).await,
+        one(&b, &v4("net.b0", "n1")).await,
+        one(&c, &v4("net.c0", "n1")).await,
+        one(a, &v4("net.a1", "n1")).await,
+    ];
+    assert_eq!(a.blocks().await.unwrap().len(), 1, "four addresses share the node's first /30");
+    // b's cache still shows room in the first block: it loses the write, then claims the
+    // next block in the node's claim order.
+    ips.push(one(&b, &v4("net.b1", "n1")).await);
+    // a's cache has not seen that block: it loses the race for it and claims the one after.
+    ips.push(one(a, &v4("net.a2", "n1")).await);
+    assert_eq!(a.blocks().await.unwrap().len(), 3);
+    // c's cache knows only the first block: it loses both races, lists, and fills in.
+    ips.push(one(&c, &v4("net.c1", "n1")).await);
+    let blocks = a.blocks().await.unwrap();
+    assert_eq!(blocks.len(), 3, "no fourth block while the node's blocks have room: {blocks:?}");
+    assert!(blocks.iter().all(|(b, _)| b.owner.as_deref() == Some("n1")));
+    let distinct: std::collections::BTreeSet<_> = ips.iter().collect();
+    assert_eq!(distinct.len(), ips.len(), "every address handed out once: {ips:?}");
+    let in_use: usize = blocks.iter().map(|(b, _)| b.in_use()).sum();
+    assert_eq!(in_use, ips.len());
 }

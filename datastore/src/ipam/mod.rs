@@ -61,6 +61,16 @@ pub struct Assigned {
     pub pool: String,
 }
 
+/// What an attempt to claim a block came to.
+enum Claim {
+    /// The block, with the addresses taken in it.
+    Claimed(IpNetwork, Vec<IpAddr>),
+    /// A block the listing showed free was taken: list again.
+    Stale,
+    /// The listing shows no block to claim.
+    NoneFree,
+}
+
 /// A source of wall-clock milliseconds (injectable for tests of the cooldown).
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
@@ -261,6 +271,9 @@ impl Ipam {
         let take = |block: &mut Block, remaining: usize, now: u64| -> Vec<IpAddr> {
             (0..remaining).map_while(|_| block.allocate(holder.clone(), now, cooldown)).collect()
         };
+        // Whether step 2 may claim from the blocks the cache knows rather than a fresh listing
+        // (see there).
+        let mut trust_cache = context.config.max_blocks_per_node == 0;
         for _ in 0..MAX_ATTEMPTS {
             // 1. The node's own blocks.
             // Blocks the cache knows to be full are passed over; a stale "full" is harmless
@@ -294,26 +307,47 @@ impl Ipam {
             }
 
             // 2. Claim a block: a fresh one (created with our addresses already in it), or one
-            // that no node owns any more.
-            let listing = self.list_blocks().await?;
+            // that no node owns any more. The blocks the cache knows are tried first: the
+            // node's next block in claim order is then one create, with no listing of every
+            // block. Losing the race for a block moves on to the next, as on a fresh listing
+            // (the node's processes share one claim order: each loser takes a block of its
+            // own rather than crowd the winner's); losing it again, or a cache that knows of no
+            // free block, means the cache is stale, and the step is taken again on a fresh
+            // listing. A cap on the node's blocks is only judged on a fresh listing.
+            let cached = if trust_cache { self.cached_blocks() } else { None };
+            let from_cache = cached.is_some();
+            let listing = match cached {
+                Some(blocks) => blocks,
+                None => self.list_blocks().await?,
+            };
             let now = (self.clock)();
             let mine: Vec<&Block> =
                 listing.values().map(|(b, _)| b).filter(|b| b.owner.as_deref() == Some(node)).collect();
-            if mine.iter().any(|b| pool_of(&b.cidr).is_some() && b.available(now, cooldown) > 0) {
+            if !from_cache && mine.iter().any(|b| pool_of(&b.cidr).is_some() && b.available(now, cooldown) > 0) {
                 continue; // another process of this node claimed a block meanwhile: use it
             }
             let family_owned =
                 mine.iter().filter(|b| pools::Family::of(&b.cidr) == pools::Family::of(&eligible[0].spec.cidr)).count();
             let max = context.config.max_blocks_per_node as usize;
-            if (max == 0 || family_owned < max)
-                && let Some((cidr, ips)) =
-                    self.claim_block(eligible, &listing, node, |b, now| take(b, remaining, now)).await?
-            {
-                remaining -= ips.len();
-                out.extend(ips.into_iter().map(|ip| assigned(ip, cidr, pool_of(&cidr))));
-                if remaining == 0 {
-                    return Ok(());
+            if max == 0 || family_owned < max {
+                match self.claim_block(eligible, &listing, node, from_cache, |b, now| take(b, remaining, now)).await? {
+                    Claim::Claimed(cidr, ips) => {
+                        remaining -= ips.len();
+                        out.extend(ips.into_iter().map(|ip| assigned(ip, cidr, pool_of(&cidr))));
+                        if remaining == 0 {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Claim::Stale => {
+                        trust_cache = false;
+                        continue;
+                    }
+                    Claim::NoneFree => {}
                 }
+            }
+            if from_cache {
+                trust_cache = false; // no free block that the cache knows of
                 continue;
             }
 
@@ -346,16 +380,20 @@ impl Ipam {
     }
 
     /// Claims the first claimable block of the eligible pools, in the node's claim order,
-    /// filling it with `fill` in the same write. Returns `None` when no block is free.
+    /// filling it with `fill` in the same write. A block found taken meanwhile passes the
+    /// walk on to the next; with a `stale` listing, a second one ends it (the listing is
+    /// then too old to walk on).
     async fn claim_block(
         &self,
         eligible: &[&Resource<IpPool>],
         listing: &HashMap<IpNetwork, (Block, Revision)>,
         node: &str,
+        stale: bool,
         mut fill: impl FnMut(&mut Block, u64) -> Vec<IpAddr>,
-    ) -> Result<Option<(IpNetwork, Vec<IpAddr>)>> {
+    ) -> Result<Claim> {
         // Blocks that exist are skipped, so in a pool of any size the walk ends at most one
         // step past the number of blocks that exist.
+        let mut lost = 0;
         for pool in eligible {
             for cidr in pools::claim_order(&pool.spec, node) {
                 match listing.get(&cidr) {
@@ -365,9 +403,9 @@ impl Ipam {
                         match self.create_block(&block).await {
                             Ok(revision) => {
                                 self.remember(block, revision);
-                                return Ok(Some((cidr, ips)));
+                                return Ok(Claim::Claimed(cidr, ips));
                             }
-                            Err(Error::AlreadyExists(_)) => continue, // lost the race for it
+                            Err(Error::AlreadyExists(_)) => lost += 1, // lost the race for it
                             Err(e) => return Err(e),
                         }
                     }
@@ -381,15 +419,19 @@ impl Ipam {
                                 Some(fill(b, now))
                             })
                             .await?;
-                        if let Some(ips) = got {
-                            return Ok(Some((cidr, ips)));
+                        match got {
+                            Some(ips) => return Ok(Claim::Claimed(cidr, ips)),
+                            None => lost += 1,
                         }
                     }
                     Some(_) => {}
                 }
+                if stale && lost > 1 {
+                    return Ok(Claim::Stale);
+                }
             }
         }
-        Ok(None)
+        Ok(Claim::NoneFree)
     }
 
     /// Releases addresses one by one; returns the holders of those that were taken.
@@ -546,6 +588,12 @@ impl Ipam {
         cache.blocks.clone_from(&blocks);
         cache.owned = Some(owned);
         Ok(blocks)
+    }
+
+    /// Every block the cache knows, once a listing has filled it.
+    fn cached_blocks(&self) -> Option<HashMap<IpNetwork, (Block, Revision)>> {
+        let cache = self.cache();
+        cache.owned.as_ref().map(|_| cache.blocks.clone())
     }
 
     fn remember(&self, block: Block, revision: Revision) {
