@@ -191,7 +191,13 @@ fn same_identity(a: EndpointView<'_>, b: EndpointView<'_>) -> bool {
 type EndpointKey = (String, String);
 
 fn key_of(endpoint: &Resource<WorkloadEndpoint>) -> EndpointKey {
-    (endpoint.metadata.namespace.clone().unwrap_or_default(), endpoint.metadata.name.clone())
+    let (namespace, name) = key_ref(endpoint);
+    (namespace.to_owned(), name.to_owned())
+}
+
+/// An endpoint's key, borrowed.
+fn key_ref(endpoint: &Resource<WorkloadEndpoint>) -> (&str, &str) {
+    (endpoint.metadata.namespace.as_deref().unwrap_or_default(), endpoint.metadata.name.as_str())
 }
 
 /// Everything of an endpoint that policy depends on, as one number.
@@ -216,7 +222,6 @@ fn fingerprint(endpoint: &Resource<WorkloadEndpoint>) -> u64 {
 pub struct Memo {
     context: Option<(Policies, NamespaceLabels)>,
     fingerprints: HashMap<EndpointKey, u64>,
-    local: HashMap<EndpointKey, Arc<CompiledEndpoint>>,
     members: HashMap<Selection, BTreeSet<EndpointKey>>,
     policies: HashMap<(PolicyId, Direction, bool), Arc<CompiledPolicy>>,
     /// Profiles by chain name.
@@ -236,11 +241,15 @@ pub struct Compiler<'a> {
     endpoints: &'a [Resource<WorkloadEndpoint>],
     namespaces: &'a NamespaceLabels,
     memo: &'a mut Memo,
-    /// Endpoints (indices) by namespace, in groups of one identity: a selection looks only
-    /// in its namespaces, and judges each identity once.
-    by_namespace: BTreeMap<&'a str, Vec<Vec<usize>>>,
+    /// Endpoints (indices) in groups of one identity, with a hash of it.
+    groups: Vec<(u64, Vec<usize>)>,
+    /// Each endpoint's group.
+    group_of: Vec<usize>,
+    /// Groups by namespace: a selection looks only in its namespaces, and judges each
+    /// identity once.
+    by_namespace: BTreeMap<&'a str, Vec<usize>>,
     /// Endpoint indices by key, for this compilation.
-    by_key: HashMap<EndpointKey, usize>,
+    by_key: HashMap<(&'a str, &'a str), usize>,
 }
 
 impl<'a> Compiler<'a> {
@@ -251,34 +260,45 @@ impl<'a> Compiler<'a> {
         namespaces: &'a NamespaceLabels,
         memo: &'a mut Memo,
     ) -> Self {
-        let mut groups: HashMap<u64, Vec<Vec<usize>>> = HashMap::new();
+        let mut groups: Vec<(u64, Vec<usize>)> = Vec::new();
+        let mut group_of = Vec::with_capacity(endpoints.len());
+        // Groups by identity hash.
+        let mut buckets: HashMap<u64, Vec<usize>> = HashMap::new();
         let mut by_key = HashMap::with_capacity(endpoints.len());
         for (i, e) in endpoints.iter().enumerate() {
             let view = EndpointView::of(e);
-            let buckets = groups.entry(identity_hash(view)).or_default();
-            match buckets.iter_mut().find(|g| same_identity(EndpointView::of(&endpoints[g[0]]), view)) {
-                Some(group) => group.push(i),
-                None => buckets.push(vec![i]),
-            }
-            by_key.insert(key_of(e), i);
+            let hash = identity_hash(view);
+            let bucket = buckets.entry(hash).or_default();
+            let found =
+                bucket.iter().copied().find(|&g| same_identity(EndpointView::of(&endpoints[groups[g].1[0]]), view));
+            let g = found.unwrap_or_else(|| {
+                groups.push((hash, Vec::new()));
+                bucket.push(groups.len() - 1);
+                groups.len() - 1
+            });
+            groups[g].1.push(i);
+            group_of.push(g);
+            by_key.insert(key_ref(e), i);
         }
-        let mut by_namespace: BTreeMap<&str, Vec<Vec<usize>>> = BTreeMap::new();
-        for group in groups.into_values().flatten() {
-            let namespace = endpoints[group[0]].metadata.namespace.as_deref().unwrap_or_default();
-            by_namespace.entry(namespace).or_default().push(group);
+        let mut by_namespace: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (g, (_, members)) in groups.iter().enumerate() {
+            by_namespace.entry(key_ref(&endpoints[members[0]]).0).or_default().push(g);
         }
-        Compiler { policies, endpoints, namespaces, memo, by_namespace, by_key }
+        Compiler { policies, endpoints, namespaces, memo, groups, group_of, by_namespace, by_key }
     }
 
     /// The members of `selection`, computed in full the first time it is asked for.
     fn members_of(&mut self, selection: &Selection) -> &BTreeSet<EndpointKey> {
         if !self.memo.members.contains_key(selection) {
-            let candidates: Vec<&Vec<usize>> = match &selection.namespaces {
-                NamespaceScope::Named(ns) => self.by_namespace.get(ns.as_str()).into_iter().flatten().collect(),
-                _ => self.by_namespace.values().flatten().collect(),
+            let candidates: Vec<usize> = match &selection.namespaces {
+                NamespaceScope::Named(ns) => {
+                    self.by_namespace.get(ns.as_str()).into_iter().flatten().copied().collect()
+                }
+                _ => self.by_namespace.values().flatten().copied().collect(),
             };
             let found = candidates
                 .into_iter()
+                .map(|g| &self.groups[g].1)
                 .filter(|group| {
                     let view = EndpointView::of(&self.endpoints[group[0]]);
                     selection.contains(view, self.namespaces, &mut self.memo.selectors)
@@ -297,28 +317,34 @@ impl<'a> Compiler<'a> {
         if !context_same {
             *self.memo = Memo { context: Some((self.policies.clone(), self.namespaces.clone())), ..Memo::default() };
         }
+        // The endpoints that came, went or changed (only counted while no selection is known
+        // yet: there are no members to update then).
+        let track = !self.memo.members.is_empty();
         let mut changed: Vec<EndpointKey> = Vec::new();
+        let mut came_or_changed = 0;
+        let mut last = std::mem::take(&mut self.memo.fingerprints);
         let mut now: HashMap<EndpointKey, u64> = HashMap::with_capacity(self.endpoints.len());
         for e in self.endpoints {
             let (key, print) = (key_of(e), fingerprint(e));
-            if self.memo.fingerprints.get(&key) != Some(&print) {
-                changed.push(key.clone());
+            if last.remove(&key) != Some(print) {
+                came_or_changed += 1;
+                if track {
+                    changed.push(key.clone());
+                }
             }
             now.insert(key, print);
         }
-        changed.extend(self.memo.fingerprints.keys().filter(|k| !now.contains_key(*k)).cloned());
+        let went = last.len();
+        changed.extend(last.into_keys());
         self.memo.fingerprints = now;
         let mut dirty = HashSet::new();
-        if changed.is_empty() {
+        if came_or_changed + went == 0 {
             return (false, dirty);
-        }
-        for key in &changed {
-            self.memo.local.remove(key);
         }
         let selections: Vec<Selection> = self.memo.members.keys().cloned().collect();
         for selection in selections {
             for key in &changed {
-                let inside = self.by_key.get(key).is_some_and(|&i| {
+                let inside = self.by_key.get(&(key.0.as_str(), key.1.as_str())).is_some_and(|&i| {
                     selection.contains(EndpointView::of(&self.endpoints[i]), self.namespaces, &mut self.memo.selectors)
                 });
                 let members = self.memo.members.get_mut(&selection).expect("listed above");
@@ -340,10 +366,6 @@ impl<'a> Compiler<'a> {
     /// The program for the endpoints on `node`.
     pub fn compile(mut self, node: &str) -> Program {
         let (endpoints_changed, dirty) = self.refresh();
-        let local: Vec<&'a Resource<WorkloadEndpoint>> =
-            self.endpoints.iter().filter(|e| e.spec.node == node).collect();
-        let (by_key, endpoints) = (&self.by_key, self.endpoints);
-        self.memo.local.retain(|k, _| by_key.get(k).is_some_and(|&i| endpoints[i].spec.node == node));
 
         // Profile chains are the same in both families; dispatch sets and rules are not.
         let mut shared: BTreeMap<String, Arc<Vec<String>>> = BTreeMap::new();
@@ -351,13 +373,16 @@ impl<'a> Compiler<'a> {
         // Each profile's dispatch members per family, by its index in `profiles`.
         let mut members: Vec<[Vec<String>; 2]> = Vec::new();
         let mut index: HashMap<*const Profile, usize> = HashMap::new();
-        for endpoint in local {
-            let key = key_of(endpoint);
-            let compiled = match self.memo.local.get(&key) {
+        // Each local identity's profiles, found once.
+        let mut by_group: Vec<Option<Arc<CompiledEndpoint>>> = vec![None; self.groups.len()];
+        let endpoints = self.endpoints;
+        for (i, endpoint) in endpoints.iter().enumerate().filter(|(_, e)| e.spec.node == node) {
+            let g = self.group_of[i];
+            let compiled = match &by_group[g] {
                 Some(compiled) => Arc::clone(compiled),
                 None => {
-                    let compiled = self.compile_endpoint(endpoint);
-                    self.memo.local.insert(key, Arc::clone(&compiled));
+                    let compiled = self.compile_endpoint(endpoint, self.groups[g].0);
+                    by_group[g] = Some(Arc::clone(&compiled));
                     compiled
                 }
             };
@@ -376,11 +401,11 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        let members: Vec<[BTreeSet<String>; 2]> =
+        let mut members: Vec<[BTreeSet<String>; 2]> =
             members.into_iter().map(|[v4, v6]| [v4.into_iter().collect(), v6.into_iter().collect()]).collect();
 
         // Identities and profiles no endpoint has any more are let go (each is held by the
-        // memo and by every endpoint that has it).
+        // memo and, while this pass lasts, by every identity that has it here).
         self.memo.identities.retain(|_, known| {
             known.retain(|(_, compiled)| Arc::strong_count(compiled) > 1);
             !known.is_empty()
@@ -396,16 +421,17 @@ impl<'a> Compiler<'a> {
                 let root = dispatch_chain(direction);
                 let flags = if direction == Direction::Egress { "src,src" } else { "dst,dst" };
                 let mut rules = Vec::new();
-                let mut dispatched: Vec<(&str, &BTreeSet<String>)> = (profiles.iter().zip(&members))
-                    .filter(|((d, _), members)| *d == direction && !members[family].is_empty())
-                    .map(|((_, profile), members)| (profile.chain.as_str(), &members[family]))
+                let mut dispatched: Vec<(&str, usize)> = (profiles.iter().enumerate())
+                    .filter(|(i, (d, _))| *d == direction && !members[*i][family].is_empty())
+                    .map(|(i, (_, profile))| (profile.chain.as_str(), i))
                     .collect();
                 dispatched.sort_unstable();
-                for (chain, members) in dispatched {
+                for (chain, i) in dispatched {
                     let name = dispatch_set(chain, v6);
-                    let set = match self.memo.sets.get(&name).filter(|s| s.members == *members) {
+                    let members = std::mem::take(&mut members[i][family]);
+                    let set = match self.memo.sets.get(&name).filter(|s| s.members == members) {
                         Some(set) => Arc::clone(set),
-                        None => self.remember_set(&name, IpSet { kind: DISPATCH_SET, members: members.clone() }),
+                        None => self.remember_set(&name, IpSet { kind: DISPATCH_SET, members }),
                     };
                     out.sets.insert(name.clone(), set);
                     let matches = format!("-m set --match-set {name} {flags}");
@@ -512,8 +538,9 @@ impl<'a> Compiler<'a> {
         set
     }
 
-    /// An endpoint's profiles, worked out once for every endpoint of the same identity.
-    fn compile_endpoint(&mut self, endpoint: &Resource<WorkloadEndpoint>) -> Arc<CompiledEndpoint> {
+    /// An endpoint's profiles, worked out once for every endpoint of the same identity
+    /// (`hash` is a hash of it).
+    fn compile_endpoint(&mut self, endpoint: &Resource<WorkloadEndpoint>, hash: u64) -> Arc<CompiledEndpoint> {
         let view = EndpointView::of(endpoint);
         let same = |identity: &Identity| {
             let known = EndpointView {
@@ -524,7 +551,6 @@ impl<'a> Compiler<'a> {
             };
             same_identity(known, view)
         };
-        let hash = identity_hash(view);
         if let Some((_, known)) = self.memo.identities.get(&hash).into_iter().flatten().find(|(i, _)| same(i)) {
             return Arc::clone(known);
         }
@@ -583,7 +609,7 @@ impl<'a> Compiler<'a> {
             SetSource::Endpoints(selection) => {
                 let keys: Vec<EndpointKey> = self.members_of(selection).iter().cloned().collect();
                 keys.iter()
-                    .filter_map(|k| self.by_key.get(k))
+                    .filter_map(|k| self.by_key.get(&(k.0.as_str(), k.1.as_str())))
                     .flat_map(|&i| self.endpoints[i].spec.ip_networks.iter().filter(family).map(set_member))
                     .collect()
             }
@@ -591,7 +617,7 @@ impl<'a> Compiler<'a> {
                 let owners: Vec<usize> = match owners {
                     Some(selection) => {
                         let keys: Vec<EndpointKey> = self.members_of(selection).iter().cloned().collect();
-                        keys.iter().filter_map(|k| self.by_key.get(k).copied()).collect()
+                        keys.iter().filter_map(|k| self.by_key.get(&(k.0.as_str(), k.1.as_str())).copied()).collect()
                     }
                     None => (0..self.endpoints.len()).collect(),
                 };
