@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// IPAM allocations and releases per second against raw compare-and-swap writes, with one
-    /// client and with several processes, on etcd and SQLite.
+    /// client and with several processes, on etcd, SQLite or the Kubernetes API.
     Ipam(ipam::BenchArgs),
     /// CNI ADD and DEL latency (p50, p99) of brindle + brindle-ipam against the reference
     /// ptp + host-local, sequential and concurrent, in a node namespace made for the run.
