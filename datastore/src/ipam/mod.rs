@@ -98,6 +98,8 @@ struct Cache {
     owned: Option<HashMap<String, BTreeSet<IpNetwork>>>,
     /// Pools, settings and node labels, with when they were read.
     context: HashMap<String, (Instant, Arc<Context>)>,
+    /// How many block writes lost a race to another writer.
+    lost_races: u64,
 }
 
 /// The resources an allocation depends on.
@@ -274,6 +276,7 @@ impl Ipam {
         // Whether step 2 may claim from the blocks the cache knows rather than a fresh listing
         // (see there).
         let mut trust_cache = context.config.max_blocks_per_node == 0;
+        let lost_races = self.cache().lost_races;
         for _ in 0..MAX_ATTEMPTS {
             // 1. The node's own blocks.
             // Blocks the cache knows to be full are passed over; a stale "full" is harmless
@@ -313,7 +316,10 @@ impl Ipam {
             // (the node's processes share one claim order: each loser takes a block of its
             // own rather than crowd the winner's); losing it again, or a cache that knows of no
             // free block, means the cache is stale, and the step is taken again on a fresh
-            // listing. A cap on the node's blocks is only judged on a fresh listing.
+            // listing. So is a claim after a write of this call lost a race: other processes
+            // then share the node's blocks, and a fresh listing shows which has room. A cap on
+            // the node's blocks is only judged on a fresh listing.
+            trust_cache &= self.cache().lost_races == lost_races;
             let cached = if trust_cache { self.cached_blocks() } else { None };
             let from_cache = cached.is_some();
             let listing = match cached {
@@ -689,12 +695,14 @@ impl Ipam {
                 }
                 Err(Error::Conflict { current: Some(kv), .. }) => {
                     // Lost a race: the refusal carries the winner's block, retry on it.
+                    self.cache().lost_races += 1;
                     fresh = true;
                     let block = decode_block(&kv)?;
                     self.remember(block.clone(), kv.revision);
                     current = Some((block, kv.revision));
                 }
                 Err(Error::Conflict { .. } | Error::NotFound(_)) => {
+                    self.cache().lost_races += 1;
                     fresh = true;
                     current = self.fetch_block(cidr).await?;
                 }
