@@ -142,6 +142,8 @@ impl Selection {
         namespaces: &NamespaceLabels,
         selectors: &mut Selectors,
     ) -> bool {
+        // Cheapest first: most selections a node's endpoints are judged against are of
+        // another namespace.
         let in_scope = match &self.namespaces {
             NamespaceScope::Any => true,
             NamespaceScope::Named(ns) => endpoint.namespace == ns,
@@ -150,13 +152,17 @@ impl Selection {
                 selectors.selects(s, namespaces.get(endpoint.namespace).unwrap_or(&empty))
             }
         };
-        let account_ok = self.service_accounts.is_empty()
-            || endpoint.service_account.is_some_and(|sa| self.service_accounts.iter().any(|n| n == sa));
-        let account_selected = self.service_account_selector.as_ref().is_none_or(|s| {
-            let name = endpoint.service_account.unwrap_or_default();
-            selectors.selects(s, &[(SERVICE_ACCOUNT_NAME_LABEL.to_owned(), name.to_owned())].into())
-        });
-        in_scope && account_ok && account_selected && selectors.selects(&self.selector, endpoint.labels)
+        let account_ok = || {
+            self.service_accounts.is_empty()
+                || endpoint.service_account.is_some_and(|sa| self.service_accounts.iter().any(|n| n == sa))
+        };
+        in_scope
+            && account_ok()
+            && self.service_account_selector.as_ref().is_none_or(|s| {
+                let name = endpoint.service_account.unwrap_or_default();
+                selectors.selects(s, &[(SERVICE_ACCOUNT_NAME_LABEL.to_owned(), name.to_owned())].into())
+            })
+            && selectors.selects(&self.selector, endpoint.labels)
     }
 }
 
