@@ -287,6 +287,11 @@ impl<'a> Compiler<'a> {
         Compiler { policies, endpoints, namespaces, memo, groups, group_of, by_namespace, by_key }
     }
 
+    /// The index of the endpoint `key` names in this compilation, if it is there.
+    fn index_of(&self, key: &EndpointKey) -> Option<usize> {
+        self.by_key.get(&(key.0.as_str(), key.1.as_str())).copied()
+    }
+
     /// The members of `selection`, computed in full the first time it is asked for.
     fn members_of(&mut self, selection: &Selection) -> &BTreeSet<EndpointKey> {
         if !self.memo.members.contains_key(selection) {
@@ -321,30 +326,30 @@ impl<'a> Compiler<'a> {
         // yet: there are no members to update then).
         let track = !self.memo.members.is_empty();
         let mut changed: Vec<EndpointKey> = Vec::new();
-        let mut came_or_changed = 0;
+        let mut any = false;
         let mut last = std::mem::take(&mut self.memo.fingerprints);
         let mut now: HashMap<EndpointKey, u64> = HashMap::with_capacity(self.endpoints.len());
         for e in self.endpoints {
             let (key, print) = (key_of(e), fingerprint(e));
             if last.remove(&key) != Some(print) {
-                came_or_changed += 1;
+                any = true;
                 if track {
                     changed.push(key.clone());
                 }
             }
             now.insert(key, print);
         }
-        let went = last.len();
+        any |= !last.is_empty(); // endpoints that went
         changed.extend(last.into_keys());
         self.memo.fingerprints = now;
         let mut dirty = HashSet::new();
-        if came_or_changed + went == 0 {
+        if !any {
             return (false, dirty);
         }
         let selections: Vec<Selection> = self.memo.members.keys().cloned().collect();
         for selection in selections {
             for key in &changed {
-                let inside = self.by_key.get(&(key.0.as_str(), key.1.as_str())).is_some_and(|&i| {
+                let inside = self.index_of(key).is_some_and(|i| {
                     selection.contains(EndpointView::of(&self.endpoints[i]), self.namespaces, &mut self.memo.selectors)
                 });
                 let members = self.memo.members.get_mut(&selection).expect("listed above");
@@ -609,15 +614,15 @@ impl<'a> Compiler<'a> {
             SetSource::Endpoints(selection) => {
                 let keys: Vec<EndpointKey> = self.members_of(selection).iter().cloned().collect();
                 keys.iter()
-                    .filter_map(|k| self.by_key.get(&(k.0.as_str(), k.1.as_str())))
-                    .flat_map(|&i| self.endpoints[i].spec.ip_networks.iter().filter(family).map(set_member))
+                    .filter_map(|k| self.index_of(k))
+                    .flat_map(|i| self.endpoints[i].spec.ip_networks.iter().filter(family).map(set_member))
                     .collect()
             }
             SetSource::NamedPort { owners, name, label } => {
                 let owners: Vec<usize> = match owners {
                     Some(selection) => {
                         let keys: Vec<EndpointKey> = self.members_of(selection).iter().cloned().collect();
-                        keys.iter().filter_map(|k| self.by_key.get(&(k.0.as_str(), k.1.as_str())).copied()).collect()
+                        keys.iter().filter_map(|k| self.index_of(k)).collect()
                     }
                     None => (0..self.endpoints.len()).collect(),
                 };
