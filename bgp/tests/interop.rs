@@ -356,8 +356,8 @@ fn ipv6_with_gobgp_both_ways() {
 }
 
 /// BIRD restarted next to brindle, first closing its connection (killed: the kernel sends the
-/// FIN), then without (its link cut first, a new BIRD started, the link back): either way its
-/// new connection is taken at once, never refused as a collision, and its routes stay through
+/// FIN), then without (frozen, its link cut, killed, a new BIRD started, the link back):
+/// either way its new connection is taken at once, never refused as a collision, and its routes stay through
 /// the restart (graceful restart on both sides).
 #[test]
 fn bird_restarting_with_or_without_a_fin_is_taken_back_at_once() {
@@ -378,6 +378,9 @@ fn bird_restarting_with_or_without_a_fin_is_taken_back_at_once() {
 
     for (round, fin) in [(1, true), (2, false)] {
         if !fin {
+            // Frozen first: a BIRD that saw its link go down would end the session itself,
+            // with a Cease.
+            bird.process.signal("-STOP");
             b.output("ip", &["link", "set", &veth, "down"]);
         }
         bird.process.signal("-KILL");
@@ -412,7 +415,8 @@ fn bird_past_its_prefix_limit_is_ceased() {
     let statics: Vec<String> = (0..12).map(|i| format!("192.168.{i}.0/24")).collect();
     let statics: Vec<&str> = statics.iter().map(String::as_str).collect();
     let config = bird_config(70, 2, 64512, &statics, &[("p1", "10.70.0.1", 64512, "")]);
-    let bird = Bird::start(&b, dir.path(), "bird", &format!("log stderr all;\n{config}"));
+    // brindle first, listening when BIRD first connects: a BIRD refused there waits out its
+    // retry timers before it tries again.
     let brindle = Brindle::start(
         &a,
         dir.path(),
@@ -420,12 +424,22 @@ fn bird_past_its_prefix_limit_is_ceased() {
         "asn = 64512\nrouter_id = \"10.70.0.1\"\nlisten = \"10.70.0.1:179\"\n[[peers]]\naddress = \"10.70.0.2\"\nasn = 64512\n\
          max_prefixes = 10\nmax_prefixes_restart = 60\n",
     );
+    let bird = Bird::start(&b, dir.path(), "bird", &format!("log stderr all;\n{config}"));
     // BIRD's log, not its last error: that is overwritten when BIRD tries again during the
     // pause and is refused.
-    let said = wait_for(LONG, "BIRD to report the Cease", || {
+    let deadline = std::time::Instant::now() + LONG;
+    let said = loop {
         let log = bird.process.log();
-        log.contains("p1: Received: Maximum number of prefixes reached").then_some(log)
-    });
+        if log.contains("p1: Received: Maximum number of prefixes reached") {
+            break log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "BIRD reports no Cease: {log}\nbrindle: {}",
+            brindle.process.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert!(brindle.best_routes().is_empty(), "BIRD's routes are gone: {:?}", brindle.best_routes());
     assert!(
         brindle.peer("10.70.0.2").1.contains("passed its limit of 10 prefixes"),
@@ -460,6 +474,7 @@ fn gobgp_restarting_with_or_without_a_fin_is_taken_back_at_once() {
 
     for (round, fin) in [(1, true), (2, false)] {
         if !fin {
+            gobgp.process.signal("-STOP");
             g.output("ip", &["link", "set", &veth, "down"]);
         }
         gobgp.process.signal("-KILL");
@@ -516,6 +531,7 @@ fn frr_restarting_with_or_without_a_fin_is_taken_back_at_once() {
 
     for (round, fin) in [(1, true), (2, false)] {
         if !fin {
+            frr.freeze();
             f.output("ip", &["link", "set", &veth, "down"]);
         }
         drop(frr);

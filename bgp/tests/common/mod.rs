@@ -365,6 +365,11 @@ impl Frr {
         Frr { daemons, home, ns: ns.name.clone() }
     }
 
+    /// Stops every daemon (SIGSTOP): frozen, they notice nothing until killed.
+    pub fn freeze(&self) {
+        self.daemons.iter().for_each(|d| d.signal("-STOP"));
+    }
+
     /// A vtysh command's output.
     pub fn vtysh(&self, command: &str) -> String {
         let out = Command::new("ip")
