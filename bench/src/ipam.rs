@@ -51,7 +51,7 @@ pub struct WorkerArgs {
 
 #[derive(Subcommand)]
 enum Job {
-    /// Allocate one IPv4 address for each of `count` handles `<prefix>-<i>`; print `<handle> <ip>`.
+    /// Allocate one IPv4 address for each of `count` pods of `<prefix>`; print `<handle> <ip>`.
     Allocate {
         #[arg(long)]
         node: String,
@@ -60,7 +60,8 @@ enum Job {
         #[arg(long)]
         count: usize,
     },
-    /// Release the handles `<prefix>-<i>`; print `<handle> <ip>` for every address freed.
+    /// Release the addresses of `count` pods of `<prefix>`; print `<handle> <ip>` for every
+    /// address freed.
     Release {
         #[arg(long)]
         prefix: String,
@@ -84,8 +85,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         Job::Allocate { node, prefix, count } => {
             let ipam = Ipam::new(Client::new(store)).with_context_ttl(CONTEXT_TTL);
             for i in 0..count {
-                let handle = format!("{prefix}-{i}");
-                let request = AllocateRequest { holder: holder(&node, &handle), ipv4: 1, ..AllocateRequest::default() };
+                let holder = pod(&node, &prefix, i);
+                let handle = holder.handle.clone();
+                let request = AllocateRequest { holder, ipv4: 1, ..AllocateRequest::default() };
                 let got = ipam.allocate(&request).await.with_context(|| format!("allocate {handle}"))?;
                 println!("{handle} {}", got[0].ip);
             }
@@ -93,7 +95,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         Job::Release { prefix, count } => {
             let ipam = Ipam::new(Client::new(store));
             for i in 0..count {
-                let handle = format!("{prefix}-{i}");
+                let handle = pod("", &prefix, i).handle;
                 for ip in ipam.release_handle(&handle).await.with_context(|| format!("release {handle}"))? {
                     println!("{handle} {ip}");
                 }
@@ -160,26 +162,32 @@ struct Row {
     release: f64,
 }
 
-/// What the allocation phase records for the address of `handle` on `node`.
-fn holder(node: &str, handle: &str) -> Allocation {
+/// What the allocation phase records for pod `i` of `prefix` on `node`: what the CNI plugin
+/// records for a Kubernetes pod, with a container ID of 64 hex digits (the same for the same
+/// pod in every worker) and a Deployment's pod name.
+fn pod(node: &str, prefix: &str, i: usize) -> Allocation {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let container_id: String = (0..4)
+        .map(|part| format!("{:016x}", BuildHasherDefault::<DefaultHasher>::default().hash_one((prefix, i, part))))
+        .collect();
     Allocation {
-        handle: handle.to_owned(),
+        handle: format!("k8s-pod-network.{container_id}"),
+        network: Some("k8s-pod-network".into()),
         kind: AllocationKind::Workload,
+        endpoint: true,
         node: node.to_owned(),
-        pod: Some(format!("pod-{handle}")),
+        pod: Some(format!("web-{}-{}", &container_id[..10], &container_id[54..59])),
         namespace: Some("bench".into()),
         ..Allocation::default()
     }
 }
 
-/// The size of a half-full /26 block as the allocation phase writes it: what each allocation
-/// sends to the store on average.
+/// The size of a half-full /26 block's JSON as the allocation phase writes it: what each
+/// allocation sends to etcd or SQLite on average (the Kubernetes datastore packs it).
 fn half_full_block_bytes() -> anyhow::Result<usize> {
     let mut block = brindle_datastore::ipam::Block::new("10.64.0.0/26".parse()?, Some("node-0".into()));
     for i in 0..32 {
-        block
-            .allocate(holder("node-0", &format!("net.r0p0-{i}")), 1_764_000_000_000, 0)
-            .context("a fresh block has room")?;
+        block.allocate(pod("node-0", "r0p0", i), 1_764_000_000_000, 0).context("a fresh block has room")?;
     }
     Ok(serde_json::to_vec(&block)?.len())
 }
@@ -227,7 +235,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 let alloc_jobs: Vec<Vec<String>> = (0..processes)
                     .map(|p| {
                         let node = if same_node { "node-0".to_string() } else { format!("node-{p}") };
-                        let prefix = format!("net.r{round}p{p}");
+                        let prefix = format!("r{round}p{p}");
                         vec![
                             "allocate".into(),
                             "--node".into(),
@@ -253,13 +261,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let release_jobs: Vec<Vec<String>> = (0..args.rounds)
                 .flat_map(|round| (0..processes).map(move |p| (round, p)))
                 .map(|(round, p)| {
-                    vec![
-                        "release".into(),
-                        "--prefix".into(),
-                        format!("net.r{round}p{p}"),
-                        "--count".into(),
-                        n.to_string(),
-                    ]
+                    vec!["release".into(), "--prefix".into(), format!("r{round}p{p}"), "--count".into(), n.to_string()]
                 })
                 .collect();
             let (outputs, release_took) = run_workers(&exe, &selection, &release_jobs).await?;
@@ -282,7 +284,10 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "IPAM: {n} operations per client; rates per second over a phase's wall time, the best of {} rounds",
         args.rounds
     );
-    println!("(block CAS: values of {block_bytes} bytes, a half-full /26 block as the allocations write it)");
+    println!(
+        "(block CAS: values of {block_bytes} bytes, a half-full /26 block's JSON as the allocations write it, \
+         unpacked)"
+    );
     println!(
         "{:<8} {:<16} {:>10} {:>10} {:>12} {:>10} {:>12} {:>10}",
         "backend", "clients", "raw CAS", "block CAS", "allocations", "÷ raw CAS", "÷ block CAS", "releases"
