@@ -93,7 +93,7 @@ impl std::fmt::Debug for Ipam {
 #[derive(Default)]
 struct Cache {
     /// Each block's last known value and revision.
-    blocks: HashMap<IpNetwork, (Block, Revision)>,
+    blocks: Blocks,
     /// Each node's blocks, once a listing has shown them.
     owned: Option<HashMap<String, BTreeSet<IpNetwork>>>,
     /// Pools, settings and node labels, with when they were read.
@@ -101,6 +101,10 @@ struct Cache {
     /// How many block writes lost a race to another writer.
     lost_races: u64,
 }
+
+/// Blocks by CIDR with their revisions, shared with the cache rather than copied: an
+/// allocation copies only the block it edits.
+type Blocks = HashMap<IpNetwork, (Arc<Block>, Revision)>;
 
 /// The resources an allocation depends on.
 struct Context {
@@ -328,7 +332,7 @@ impl Ipam {
             };
             let now = (self.clock)();
             let mine: Vec<&Block> =
-                listing.values().map(|(b, _)| b).filter(|b| b.owner.as_deref() == Some(node)).collect();
+                listing.values().map(|(b, _)| &**b).filter(|b| b.owner.as_deref() == Some(node)).collect();
             if !from_cache && mine.iter().any(|b| pool_of(&b.cidr).is_some() && b.available(now, cooldown) > 0) {
                 continue; // another process of this node claimed a block meanwhile: use it
             }
@@ -392,7 +396,7 @@ impl Ipam {
     async fn claim_block(
         &self,
         eligible: &[&Resource<IpPool>],
-        listing: &HashMap<IpNetwork, (Block, Revision)>,
+        listing: &Blocks,
         node: &str,
         stale: bool,
         mut fill: impl FnMut(&mut Block, u64) -> Vec<IpAddr>,
@@ -497,7 +501,7 @@ impl Ipam {
         };
         Ok(eligible.iter().any(|pool| {
             let blocks: Vec<&Block> =
-                listing.values().map(|(b, _)| b).filter(|b| pool.spec.cidr.contains(b.cidr.network())).collect();
+                listing.values().map(|(b, _)| &**b).filter(|b| pool.spec.cidr.contains(b.cidr.network())).collect();
             (blocks.len() as u64) < pools::block_count(&pool.spec)
                 || blocks.iter().any(|b| usable(b) && b.available(now, cooldown) > 0)
         }))
@@ -541,7 +545,8 @@ impl Ipam {
 
     /// Every block with its revision, straight from the store.
     pub async fn blocks(&self) -> Result<Vec<(Block, Revision)>> {
-        let mut blocks: Vec<_> = self.list_blocks().await?.into_values().collect();
+        let mut blocks: Vec<_> =
+            self.list_blocks().await?.into_values().map(|(b, revision)| (Arc::unwrap_or_clone(b), revision)).collect();
         blocks.sort_by_key(|(b, _)| b.cidr);
         Ok(blocks)
     }
@@ -577,12 +582,12 @@ impl Ipam {
     }
 
     /// Reads every block and refreshes the cache with them.
-    async fn list_blocks(&self) -> Result<HashMap<IpNetwork, (Block, Revision)>> {
+    async fn list_blocks(&self) -> Result<Blocks> {
         let listing = self.client.store().list(keys::BLOCKS).await?;
         let mut blocks = HashMap::with_capacity(listing.items.len());
         for kv in listing.items {
             let block = decode_block(&kv)?;
-            blocks.insert(block.cidr, (block, kv.revision));
+            blocks.insert(block.cidr, (Arc::new(block), kv.revision));
         }
         let mut owned: HashMap<String, BTreeSet<IpNetwork>> = HashMap::new();
         for (block, _) in blocks.values() {
@@ -597,12 +602,13 @@ impl Ipam {
     }
 
     /// Every block the cache knows, once a listing has filled it.
-    fn cached_blocks(&self) -> Option<HashMap<IpNetwork, (Block, Revision)>> {
+    fn cached_blocks(&self) -> Option<Blocks> {
         let cache = self.cache();
         cache.owned.as_ref().map(|_| cache.blocks.clone())
     }
 
-    fn remember(&self, block: Block, revision: Revision) {
+    /// Puts a block written or read into the cache; returns it as the cache shares it.
+    fn remember(&self, block: Block, revision: Revision) -> Arc<Block> {
         let mut cache = self.cache();
         if let Some(owned) = cache.owned.as_mut() {
             for blocks in owned.values_mut() {
@@ -612,7 +618,9 @@ impl Ipam {
                 owned.entry(owner.clone()).or_default().insert(block.cidr);
             }
         }
-        cache.blocks.insert(block.cidr, (block, revision));
+        let block = Arc::new(block);
+        cache.blocks.insert(block.cidr, (Arc::clone(&block), revision));
+        block
     }
 
     fn forget(&self, cidr: &IpNetwork) {
@@ -630,13 +638,9 @@ impl Ipam {
         self.client.store().create(&keys::block(&block.cidr), &value).await
     }
 
-    async fn fetch_block(&self, cidr: IpNetwork) -> Result<Option<(Block, Revision)>> {
+    async fn fetch_block(&self, cidr: IpNetwork) -> Result<Option<(Arc<Block>, Revision)>> {
         match self.client.store().get(&keys::block(&cidr)).await {
-            Ok(kv) => {
-                let block = decode_block(&kv)?;
-                self.remember(block.clone(), kv.revision);
-                Ok(Some((block, kv.revision)))
-            }
+            Ok(kv) => Ok(Some((self.remember(decode_block(&kv)?, kv.revision), kv.revision))),
             Err(Error::NotFound(_)) => {
                 self.forget(&cidr);
                 Ok(None)
@@ -663,7 +667,7 @@ impl Ipam {
         }
         for _ in 0..MAX_ATTEMPTS {
             let Some((block, revision)) = current.take() else { return Ok(None) };
-            let mut edited = block.clone();
+            let mut edited = Block::clone(&block);
             let result = match change(&mut edited, (self.clock)()) {
                 Some(result) => result,
                 None if fresh => return Ok(None),
@@ -697,9 +701,7 @@ impl Ipam {
                     // Lost a race: the refusal carries the winner's block, retry on it.
                     self.cache().lost_races += 1;
                     fresh = true;
-                    let block = decode_block(&kv)?;
-                    self.remember(block.clone(), kv.revision);
-                    current = Some((block, kv.revision));
+                    current = Some((self.remember(decode_block(&kv)?, kv.revision), kv.revision));
                 }
                 Err(Error::Conflict { .. } | Error::NotFound(_)) => {
                     self.cache().lost_races += 1;
@@ -735,7 +737,7 @@ fn assigned(ip: IpAddr, block: IpNetwork, pool: Option<&&Resource<IpPool>>) -> A
 /// The exhaustion error: which pools, how full, and why borrowing did not help.
 fn exhausted(
     eligible: &[&Resource<IpPool>],
-    listing: &HashMap<IpNetwork, (Block, Revision)>,
+    listing: &Blocks,
     node: &str,
     now: u64,
     cooldown: u64,
@@ -745,7 +747,7 @@ fn exhausted(
         .iter()
         .map(|p| {
             let blocks: Vec<&Block> =
-                listing.values().map(|(b, _)| b).filter(|b| p.spec.cidr.contains(b.cidr.network())).collect();
+                listing.values().map(|(b, _)| &**b).filter(|b| p.spec.cidr.contains(b.cidr.network())).collect();
             let cooling: usize = blocks.iter().map(|b| b.cooling(now, cooldown)).sum();
             let mut text = format!(
                 "IPPool \"{}\" ({}): {} of {} blocks claimed",
