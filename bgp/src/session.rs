@@ -64,6 +64,10 @@ pub(crate) enum FromSession {
 /// How much a read asks the kernel for, at least.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How long a closed connection keeps reading what the peer still sends, waiting for it to
+/// close its side too.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
 /// The most UPDATEs handed to the speaker at once.
 const MAX_BATCH: usize = 256;
 
@@ -143,6 +147,27 @@ impl Connection {
                 Err(e) => return Err(ReadError::Closed(describe(&e, false))),
             }
         }
+    }
+
+    /// Closes the connection without losing what was sent last, a NOTIFICATION above all:
+    /// our side is shut for writing, then what the peer still sends is read and dropped until
+    /// it closes its side too, or [`CLOSE_DRAIN`] passes. A socket closed with unread data
+    /// sends a reset instead of a FIN, and a peer that sees the reset first (BIRD) reports the
+    /// connection lost and never reads the NOTIFICATION queued before it.
+    async fn close(mut self) {
+        let _ = self.writer.shutdown().await;
+        let drain = async {
+            loop {
+                self.buffer.clear();
+                if self.buffer.capacity() < READ_CHUNK / 4 {
+                    self.buffer.reserve(READ_CHUNK);
+                }
+                if matches!(self.receiver.read(&mut self.buffer).await, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
     }
 
     async fn send(&mut self, messages: &[Message], codec: &Codec) -> io::Result<()> {
@@ -368,8 +393,8 @@ impl Session {
                     }
                     Action::Disconnect => {
                         *connecting = None;
-                        if let Some(mut conn) = self.conn.take() {
-                            let _ = conn.writer.shutdown().await;
+                        if let Some(conn) = self.conn.take() {
+                            tokio::spawn(conn.close());
                         }
                     }
                     Action::Send(message) => {

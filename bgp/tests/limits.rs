@@ -64,3 +64,36 @@ fn a_warn_only_limit_keeps_the_session_and_the_routes() {
     let log = brindle.process.log();
     assert_eq!(log.matches("the peer passed its prefix limit").count(), 1, "warned once: {log}");
 }
+
+/// A peer still sending when it is ceased (its End-of-RIB, keepalives) reads the NOTIFICATION
+/// and then the end of the connection, a FIN: what it sends meanwhile is read and dropped, so
+/// the speaker's socket never closes with unread data, which would answer with a reset that
+/// makes a peer such as BIRD drop the connection before it reads why.
+#[test]
+fn a_ceased_peer_still_sending_gets_the_notification_and_a_fin_not_a_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ns, _brindle) = speaker(dir.path(), "max_prefixes = 10\nmax_prefixes_restart = 60\n");
+    let mut peer = Peer::connect(&ns, true);
+    peer.established().unwrap();
+    peer.announce_all(&prefixes(0, 11));
+    // Keep talking for a while after the limit, as a peer sending its table does.
+    let mut keepalive = bytes::BytesMut::new();
+    brindle_bgp::wire::encode(&Message::Keepalive, &common::raw::CODEC, &mut keepalive).unwrap();
+    let talking = Instant::now();
+    while talking.elapsed() < Duration::from_millis(500) {
+        if let Err(e) = std::io::Write::write_all(&mut peer.stream, &keepalive) {
+            panic!("the speaker stopped taking what the peer sent: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let notification = loop {
+        match peer.next() {
+            Some(Message::Notification(n)) => break n,
+            Some(_) => {}
+            None => panic!("closed without a NOTIFICATION"),
+        }
+    };
+    assert_eq!((notification.code, notification.subcode), (6, 1));
+    assert!(peer.next().is_none(), "nothing after the NOTIFICATION");
+    assert!(peer.stream.take_error().unwrap().is_none(), "the connection ended with a FIN, not a reset");
+}
