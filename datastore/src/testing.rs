@@ -253,15 +253,20 @@ impl EtcdServer {
     }
 
     fn healthy(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.client_port)) else { return false };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        if stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
-            return false;
-        }
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        response.contains("\"health\":\"true\"")
+        etcd_healthy(self.client_port)
     }
+}
+
+/// Whether the etcd serving clients on loopback port `port` reports itself healthy.
+fn etcd_healthy(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.contains("\"health\":\"true\"")
 }
 
 impl Drop for EtcdServer {
@@ -354,8 +359,11 @@ impl KubeApiServer {
     }
 
     /// Starts an API server as `placement` says and waits until it is ready and brindle's
-    /// kinds are served.
+    /// kinds are served. On loopback, a port picked free can be taken before etcd or the API
+    /// server binds it (by another test's outgoing connection, whose ports come from the same
+    /// range): then the start is tried again on fresh ports.
     pub fn start_at(placement: KubePlacement) -> std::io::Result<Self> {
+        const ATTEMPTS: usize = 3;
         let bin = kube_bin_dir();
         if !bin.join("kube-apiserver").is_file() {
             return Err(std::io::Error::other(format!(
@@ -374,56 +382,20 @@ impl KubeApiServer {
                 (Some(temp), dir)
             }
         };
-        let (port, etcd_port, peer_port) = match placement.netns {
-            Some(_) => (6443, 2379, 2380),
-            None => (free_port()?, free_port()?, free_port()?),
-        };
-        let mut server = KubeApiServer { placement, dir, _temp: temp, port, etcd: None, etcd_port, child: None };
-        let netns = server.placement.netns.clone();
-        let netns = netns.as_deref();
-        let etcd_log = std::fs::File::create(server.dir.join("etcd.log"))?;
-        let client = format!("http://127.0.0.1:{etcd_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let etcd = etcd_command(netns, &bin.join("etcd"), &server.dir.join("etcd"), &client, &peer)
-            .stderr(etcd_log)
-            .process_group(0)
-            .spawn()?;
-        server.etcd = Some(etcd);
-
-        let key = server.dir.join("sa.key");
-        let public = server.dir.join("sa.pub");
-        run(Command::new("openssl").args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"]).arg(&key))?;
-        run(Command::new("openssl").args(["ec", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public))?;
-        std::fs::write(server.dir.join("tokens.csv"), "brindle-admin-token,admin,admin,system:masters\n")?;
-        let log = std::fs::File::create(server.dir.join("kube-apiserver.log"))?;
-        let address = server.placement.address;
-        let child = in_netns(netns, &bin.join("kube-apiserver"))
-            .arg(format!("--etcd-servers={client}"))
-            .arg(format!("--bind-address={address}"))
-            .arg(format!("--advertise-address={address}"))
-            .arg("--endpoint-reconciler-type=none")
-            .arg(format!("--secure-port={port}"))
-            .arg(format!("--cert-dir={}", server.dir.join("certs").display()))
-            .arg(format!("--token-auth-file={}", server.dir.join("tokens.csv").display()))
-            .arg(format!("--service-account-key-file={}", public.display()))
-            .arg(format!("--service-account-signing-key-file={}", key.display()))
-            .args(["--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=RBAC"])
-            .args(["--service-cluster-ip-range=10.96.0.0/16", "--allow-privileged=true", "--v=1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .spawn()?;
-        server.child = Some(child);
-        server.write_kubeconfig()?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !server.kubectl(&["get", "--raw", "/readyz"]).is_ok_and(|out| out.trim() == "ok") {
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(server.dir.join("kube-apiserver.log")).unwrap_or_default();
-                let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
-                return Err(std::io::Error::other(format!("kube-apiserver did not become ready: {tail}")));
+        let mut server = KubeApiServer { placement, dir, _temp: temp, port: 0, etcd: None, etcd_port: 0, child: None };
+        for attempt in 1..=ATTEMPTS {
+            match server.launch(&bin) {
+                Launch::Ready => break,
+                Launch::PortTaken(why) if server.placement.netns.is_none() && attempt < ATTEMPTS => {
+                    eprintln!("kube-apiserver start: a port was taken ({why}); trying fresh ports");
+                    server.stop();
+                    std::fs::remove_dir_all(server.dir.join("etcd")).or_else(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => Ok(()),
+                        _ => Err(e),
+                    })?;
+                }
+                Launch::PortTaken(why) | Launch::Failed(why) => return Err(std::io::Error::other(why)),
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
         if !server.placement.crds {
             return Ok(server);
@@ -438,6 +410,106 @@ impl KubeApiServer {
         server.kubectl(&["apply", "-f", &file.display().to_string()])?;
         server.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=30s"])?;
         Ok(server)
+    }
+
+    /// Starts etcd and the API server on the placement's ports (fresh free ones on loopback)
+    /// and waits until the API server is ready.
+    fn launch(&mut self, bin: &Path) -> Launch {
+        let netns = self.placement.netns.clone();
+        let netns = netns.as_deref();
+        let ports = match netns {
+            Some(_) => Ok((6443, 2379, 2380)),
+            None => free_port().and_then(|a| Ok((a, free_port()?, free_port()?))),
+        };
+        let (port, etcd_port, peer_port) = match ports {
+            Ok(ports) => ports,
+            Err(e) => return Launch::Failed(format!("no free port: {e}")),
+        };
+        (self.port, self.etcd_port) = (port, etcd_port);
+        let etcd_log = self.dir.join("etcd.log");
+        let client = format!("http://127.0.0.1:{etcd_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let etcd = std::fs::File::create(&etcd_log).and_then(|log| {
+            etcd_command(netns, &bin.join("etcd"), &self.dir.join("etcd"), &client, &peer)
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+        });
+        match etcd {
+            Ok(etcd) => self.etcd = Some(etcd),
+            Err(e) => return Launch::Failed(format!("cannot start etcd: {e}")),
+        }
+        if netns.is_none() {
+            let deadline = Instant::now() + START_TIMEOUT;
+            while !etcd_healthy(etcd_port) {
+                if let Some(status) = self.etcd.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    return exited("etcd", status, &etcd_log);
+                }
+                if Instant::now() > deadline {
+                    return Launch::Failed(format!("etcd did not become healthy: {}", tail(&etcd_log)));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        let key = self.dir.join("sa.key");
+        let public = self.dir.join("sa.pub");
+        let prepared = run(Command::new("openssl")
+            .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"])
+            .arg(&key))
+        .and_then(|()| run(Command::new("openssl").args(["ec", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public)))
+        .and_then(|()| std::fs::write(self.dir.join("tokens.csv"), "brindle-admin-token,admin,admin,system:masters\n"));
+        if let Err(e) = prepared {
+            return Launch::Failed(format!("cannot prepare the API server's keys: {e}"));
+        }
+        let log = self.dir.join("kube-apiserver.log");
+        let address = self.placement.address;
+        let child = std::fs::File::create(&log).and_then(|file| {
+            in_netns(netns, &bin.join("kube-apiserver"))
+                .arg(format!("--etcd-servers={client}"))
+                .arg(format!("--bind-address={address}"))
+                .arg(format!("--advertise-address={address}"))
+                .arg("--endpoint-reconciler-type=none")
+                .arg(format!("--secure-port={port}"))
+                .arg(format!("--cert-dir={}", self.dir.join("certs").display()))
+                .arg(format!("--token-auth-file={}", self.dir.join("tokens.csv").display()))
+                .arg(format!("--service-account-key-file={}", public.display()))
+                .arg(format!("--service-account-signing-key-file={}", key.display()))
+                .args(["--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=RBAC"])
+                .args(["--service-cluster-ip-range=10.96.0.0/16", "--allow-privileged=true", "--v=1"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(file)
+                .process_group(0)
+                .spawn()
+        });
+        match child {
+            Ok(child) => self.child = Some(child),
+            Err(e) => return Launch::Failed(format!("cannot start kube-apiserver: {e}")),
+        }
+        if let Err(e) = self.write_kubeconfig() {
+            return Launch::Failed(format!("cannot write the kubeconfig: {e}"));
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.kubectl(&["get", "--raw", "/readyz"]).is_ok_and(|out| out.trim() == "ok") {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return exited("kube-apiserver", status, &log);
+            }
+            if Instant::now() > deadline {
+                return Launch::Failed(format!("kube-apiserver did not become ready: {}", tail(&log)));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Launch::Ready
+    }
+
+    /// Kills the API server and its etcd.
+    fn stop(&mut self) {
+        for child in [self.child.take(), self.etcd.take()].into_iter().flatten() {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn write_kubeconfig(&self) -> std::io::Result<()> {
@@ -513,12 +585,29 @@ impl KubeApiServer {
 
 impl Drop for KubeApiServer {
     fn drop(&mut self) {
-        for child in [self.child.take(), self.etcd.take()].into_iter().flatten() {
-            let mut child = child;
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop();
     }
+}
+
+/// How an attempt to start an API server ended.
+enum Launch {
+    Ready,
+    /// etcd or the API server could not bind its port.
+    PortTaken(String),
+    Failed(String),
+}
+
+/// The end of a process that exited while starting: a taken port, or a failure.
+fn exited(what: &str, status: std::process::ExitStatus, log: &Path) -> Launch {
+    let why = format!("{what} exited with {status}: {}", tail(log));
+    if why.contains("address already in use") { Launch::PortTaken(why) } else { Launch::Failed(why) }
+}
+
+/// The last lines of a log.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(20).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 fn run(command: &mut Command) -> std::io::Result<()> {
