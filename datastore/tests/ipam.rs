@@ -27,6 +27,7 @@ per_backend!(
     an_unowned_block_is_deleted_only_after_its_addresses_rested,
     tunnel_address_is_stable,
     clients_of_one_node_with_stale_caches_claim_without_listing_and_never_overclaim,
+    a_nodes_first_allocation_reads_only_its_own_blocks_where_the_store_can_pick_them_out,
 );
 
 struct Fixture {
@@ -474,4 +475,44 @@ async fn clients_of_one_node_with_stale_caches_claim_without_listing_and_never_o
     assert_eq!(distinct.len(), ips.len(), "every address handed out once: {ips:?}");
     let in_use: usize = blocks.iter().map(|(b, _)| b.in_use()).sum();
     assert_eq!(in_use, ips.len());
+}
+
+/// A fresh client (a CNI plugin's one call) asks the store for its node's blocks only. The
+/// Kubernetes API picks them out by owner; etcd and SQLite cannot, and every block is listed.
+async fn a_nodes_first_allocation_reads_only_its_own_blocks_where_the_store_can_pick_them_out(backend: Backend) {
+    let f = fixture(backend, &[("p", "10.40.0.0/24", 30)]).await;
+    let mut first = BTreeMap::new();
+    for node in ["n1", "n2", "n3"] {
+        first.insert(node, one(&f.ipam, &v4(&format!("net.{node}-0"), node)).await);
+    }
+    let owned = f.client.store().list_owned_blocks("n2").await.unwrap();
+    match backend {
+        Backend::Kubernetes => {
+            let owned = owned.expect("the API server selects blocks by owner");
+            let keys: Vec<&str> = owned.items.iter().map(|kv| kv.key.as_str()).collect();
+            let n2_block = f.ipam.blocks().await.unwrap().into_iter().find(|(b, _)| b.owner.as_deref() == Some("n2"));
+            let n2_block = n2_block.expect("n2 claimed a block").0.cidr;
+            assert_eq!(keys, [brindle_datastore::keys::block(&n2_block)], "only n2's block");
+            assert!(owned.revision > 0);
+        }
+        Backend::Etcd | Backend::Sqlite => assert!(owned.is_none(), "only the Kubernetes API selects by owner"),
+    }
+    assert!(f.client.store().list_owned_blocks("n4").await.unwrap().is_none_or(|l| l.items.is_empty()));
+
+    // Fresh clients fill their node's block, then claim the next free one.
+    let block_of = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => ipnetwork::Ipv4Network::new(v4, 30).unwrap().network(),
+        IpAddr::V6(_) => unreachable!("an IPv4 pool"),
+    };
+    for i in 1..=4 {
+        let ip = one(&Ipam::new(f.client.clone()), &v4(&format!("net.n2-{i}"), "n2")).await;
+        if i < 4 {
+            assert_eq!(block_of(ip), block_of(first["n2"]), "{ip} in n2's first block");
+        } else {
+            assert_ne!(block_of(ip), block_of(first["n2"]), "n2's first block is full: {ip} in a new one");
+        }
+    }
+    let owners = owners(&f.ipam).await;
+    assert_eq!(owners.len(), 4, "three nodes' blocks and n2's second: {owners:?}");
+    assert_eq!(owners.values().filter(|o| o.as_deref() == Some("n2")).count(), 2);
 }

@@ -167,9 +167,7 @@ impl Ipam {
             };
             outcomes.push(outcome);
         }
-        if let Some(owned) = self.cache().owned.as_mut() {
-            owned.remove(&gone.node);
-        }
+        self.cache().owned.remove(&gone.node);
         for outcome in &outcomes {
             tracing::info!(node = %gone.node, ?outcome, "cleared what a gone node left");
         }

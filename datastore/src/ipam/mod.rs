@@ -94,8 +94,11 @@ impl std::fmt::Debug for Ipam {
 struct Cache {
     /// Each block's last known value and revision.
     blocks: Blocks,
-    /// Each node's blocks, once a listing has shown them.
-    owned: Option<HashMap<String, BTreeSet<IpNetwork>>>,
+    /// The blocks of each node a listing has shown: of the nodes whose own blocks were
+    /// listed, and of every node once every block was.
+    owned: HashMap<String, BTreeSet<IpNetwork>>,
+    /// Whether every block has been listed: a node missing from `owned` then owns none.
+    listed_all: bool,
     /// Pools, settings and node labels, with when they were read.
     context: HashMap<String, (Instant, Arc<Context>)>,
     /// How many block writes lost a race to another writer.
@@ -572,13 +575,34 @@ impl Ipam {
         Ok(context)
     }
 
-    /// The blocks the node owned at the last listing (listing now if there was none).
+    /// The blocks the node owned at the last listing. Listing now if there was none: only
+    /// the node's blocks where the store can pick them out (a CNI plugin's one allocation in a
+    /// cluster of a thousand nodes then reads a block or two, not a thousand), else every
+    /// block.
     async fn owned_blocks(&self, node: &str) -> Result<BTreeSet<IpNetwork>> {
-        if let Some(owned) = &self.cache().owned {
-            return Ok(owned.get(node).cloned().unwrap_or_default());
+        {
+            let cache = self.cache();
+            if let Some(owned) = cache.owned.get(node) {
+                return Ok(owned.clone());
+            }
+            if cache.listed_all {
+                return Ok(BTreeSet::new());
+            }
         }
-        self.list_blocks().await?;
-        Ok(self.cache().owned.as_ref().and_then(|o| o.get(node).cloned()).unwrap_or_default())
+        let Some(listing) = self.client.store().list_owned_blocks(node).await? else {
+            self.list_blocks().await?;
+            return Ok(self.cache().owned.get(node).cloned().unwrap_or_default());
+        };
+        let mut owned = BTreeSet::new();
+        for kv in &listing.items {
+            let block = decode_block(kv)?;
+            if block.owner.as_deref() == Some(node) {
+                owned.insert(block.cidr);
+                self.remember(block, kv.revision);
+            }
+        }
+        self.cache().owned.insert(node.to_owned(), owned.clone());
+        Ok(owned)
     }
 
     /// Reads every block and refreshes the cache with them.
@@ -597,25 +621,29 @@ impl Ipam {
         }
         let mut cache = self.cache();
         cache.blocks.clone_from(&blocks);
-        cache.owned = Some(owned);
+        cache.owned = owned;
+        cache.listed_all = true;
         Ok(blocks)
     }
 
-    /// Every block the cache knows, once a listing has filled it.
+    /// Every block the cache knows, once a listing of every block has filled it.
     fn cached_blocks(&self) -> Option<Blocks> {
         let cache = self.cache();
-        cache.owned.as_ref().map(|_| cache.blocks.clone())
+        cache.listed_all.then(|| cache.blocks.clone())
     }
 
     /// Puts a block written or read into the cache; returns it as the cache shares it.
     fn remember(&self, block: Block, revision: Revision) -> Arc<Block> {
         let mut cache = self.cache();
-        if let Some(owned) = cache.owned.as_mut() {
-            for blocks in owned.values_mut() {
-                blocks.remove(&block.cidr);
-            }
-            if let Some(owner) = &block.owner {
-                owned.entry(owner.clone()).or_default().insert(block.cidr);
+        for blocks in cache.owned.values_mut() {
+            blocks.remove(&block.cidr);
+        }
+        if let Some(owner) = &block.owner {
+            // A node the cache knows nothing of stays unknown: one block is not all it owns.
+            if cache.listed_all {
+                cache.owned.entry(owner.clone()).or_default().insert(block.cidr);
+            } else if let Some(blocks) = cache.owned.get_mut(owner) {
+                blocks.insert(block.cidr);
             }
         }
         let block = Arc::new(block);
@@ -626,10 +654,8 @@ impl Ipam {
     fn forget(&self, cidr: &IpNetwork) {
         let mut cache = self.cache();
         cache.blocks.remove(cidr);
-        if let Some(owned) = cache.owned.as_mut() {
-            for blocks in owned.values_mut() {
-                blocks.remove(cidr);
-            }
+        for blocks in cache.owned.values_mut() {
+            blocks.remove(cidr);
         }
     }
 

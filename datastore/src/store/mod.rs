@@ -126,6 +126,14 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Deletes a key, only if its revision is `expected` when one is given.
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<()>;
 
+    /// The IPAM blocks (keys under [`crate::keys::BLOCKS`]) whose owner is `owner`, where the
+    /// backend can pick them out itself (the Kubernetes API, by a field selector), so that a
+    /// node's first allocation does not read every node's blocks; `None` where it cannot, and
+    /// the caller lists every block.
+    async fn list_owned_blocks(&self, _owner: &str) -> Result<Option<Listing>> {
+        Ok(None)
+    }
+
     /// Streams every change to keys under `prefix` made after revision `after`, in order.
     async fn watch(&self, prefix: &str, after: Revision) -> Result<Watch>;
 

@@ -42,6 +42,10 @@ pub const NODE_SPEC_ANNOTATION: &str = "brindle.io/node";
 pub const NODE_BGP_ANNOTATIONS: [(&str, &str); 2] =
     [("brindle.io/ASNumber", "asNumber"), ("brindle.io/RouteReflectorClusterID", "routeReflectorClusterID")];
 
+/// The field of an `IPAMBlock` that names its owner, selectable (`fieldSelector=spec.owner=N`)
+/// so that a node's first allocation reads its own blocks, not every node's.
+pub const BLOCK_OWNER_FIELD: &str = "spec.owner";
+
 /// How values of a collection are shaped as API objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -475,6 +479,19 @@ pub fn crds(collections: &[Collection]) -> Vec<Value> {
             if let Some(s) = short.get(c.api.kind.as_str()) {
                 names["shortNames"] = json!([s]);
             }
+            let mut version = json!({
+                "name": VERSION,
+                "served": true,
+                "storage": true,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "required": ["spec"],
+                    "properties": {"spec": spec_schema},
+                }},
+            });
+            if c.shape == Shape::Block {
+                version["selectableFields"] = json!([{"jsonPath": format!(".{BLOCK_OWNER_FIELD}")}]);
+            }
             json!({
                 "apiVersion": "apiextensions.k8s.io/v1",
                 "kind": "CustomResourceDefinition",
@@ -483,16 +500,7 @@ pub fn crds(collections: &[Collection]) -> Vec<Value> {
                     "group": GROUP,
                     "scope": if c.namespaced { "Namespaced" } else { "Cluster" },
                     "names": names,
-                    "versions": [{
-                        "name": VERSION,
-                        "served": true,
-                        "storage": true,
-                        "schema": {"openAPIV3Schema": {
-                            "type": "object",
-                            "required": ["spec"],
-                            "properties": {"spec": spec_schema},
-                        }},
-                    }],
+                    "versions": [version],
                 },
             })
         })

@@ -338,10 +338,19 @@ impl KubernetesStore {
         }
     }
 
-    /// Lists one collection, at `at` exactly or (`None`) at the latest revision.
-    async fn list_collection(&self, index: usize, at: Option<Revision>) -> Result<(Vec<KeyValue>, Revision)> {
+    /// Lists one collection, at `at` exactly or (`None`) at the latest revision, the objects
+    /// that match the field selector `fields` if one is given.
+    async fn list_collection(
+        &self,
+        index: usize,
+        at: Option<Revision>,
+        fields: Option<&str>,
+    ) -> Result<(Vec<KeyValue>, Revision)> {
         let collection = &self.collections[index];
         let mut params = ListParams::default();
+        if let Some(fields) = fields {
+            params = params.fields(fields);
+        }
         if let Some(at) = at {
             params = params.at(&at.to_string()).matching(VersionMatch::Exact);
         }
@@ -407,7 +416,8 @@ impl Datastore for KubernetesStore {
         let covering = layout::covering(&self.collections, prefix);
         let mut parts = Vec::new();
         for _ in 0..LATEST_TRIES {
-            parts = futures::future::try_join_all(covering.iter().map(|&i| self.list_collection(i, None))).await?;
+            parts =
+                futures::future::try_join_all(covering.iter().map(|&i| self.list_collection(i, None, None))).await?;
             if parts.windows(2).all(|w| w[0].1 == w[1].1) {
                 break;
             }
@@ -415,12 +425,31 @@ impl Datastore for KubernetesStore {
         let newest = parts.iter().map(|(_, at)| *at).max().unwrap_or_default();
         if parts.iter().any(|(_, at)| *at != newest) {
             let at = Some(newest);
-            parts = futures::future::try_join_all(covering.iter().map(|&i| self.list_collection(i, at))).await?;
+            parts = futures::future::try_join_all(covering.iter().map(|&i| self.list_collection(i, at, None))).await?;
         }
         let mut items: Vec<KeyValue> =
             parts.into_iter().flat_map(|(found, _)| found).filter(|kv| kv.key.starts_with(prefix)).collect();
         items.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(Listing { items, revision: newest })
+    }
+
+    /// Selected by the API server on `spec.owner`. An API server that cannot (one older than
+    /// Kubernetes 1.32, or a definition applied without its selectable field) says so, and
+    /// every block is listed instead.
+    async fn list_owned_blocks(&self, owner: &str) -> Result<Option<Listing>> {
+        let index = self.collections.iter().position(|c| c.shape == Shape::Block).expect("the blocks' collection");
+        let fields = format!("{}={owner}", layout::BLOCK_OWNER_FIELD);
+        match self.list_collection(index, None, Some(&fields)).await {
+            Ok((mut items, revision)) => {
+                items.sort_by(|a, b| a.key.cmp(&b.key));
+                Ok(Some(Listing { items, revision }))
+            }
+            Err(Error::Invalid(why)) if why.contains("field label not supported") => {
+                tracing::debug!(%why, "the API server cannot select blocks by owner: listing them all");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn create(&self, key: &str, value: &[u8]) -> Result<Revision> {
