@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use brindle_datastore::Client;
+use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, Ipam};
 use brindle_datastore::resource::{IpPool, Resource};
 use brindle_datastore::testing::{Backend, TestStore};
 use brindle_e2e::cni::{Attachment, exec};
@@ -28,6 +29,10 @@ pub struct BenchArgs {
     /// brindle's datastore for the run.
     #[arg(long, value_enum, default_value = "sqlite")]
     datastore: Store,
+    /// Other nodes whose blocks are in the datastore before the run (one address taken in
+    /// each), as in a cluster of that many nodes.
+    #[arg(long, default_value_t = 0)]
+    other_nodes: usize,
     /// Where the brindle and brindle-ipam binaries are (default: next to this program).
     #[arg(long)]
     plugins: Option<PathBuf>,
@@ -40,6 +45,7 @@ pub struct BenchArgs {
 enum Store {
     Sqlite,
     Etcd,
+    Kubernetes,
 }
 
 /// One plugin setup under test.
@@ -89,13 +95,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let store = TestStore::start(match args.datastore {
         Store::Sqlite => Backend::Sqlite,
         Store::Etcd => Backend::Etcd,
+        Store::Kubernetes => Backend::Kubernetes,
     })?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = Client::new(brindle_datastore::connect(&store.selection()).await?);
-        let pool = IpPool::new("10.244.0.0/16".parse()?);
+        let pool = IpPool::new("10.240.0.0/12".parse()?);
         client.create(Resource::new("bench-pods", pool)).await?;
-        anyhow::Ok(())
+        seed_other_nodes(&client, args.other_nodes).await
     })?;
 
     let cni_path = format!("{}:{}", plugins.display(), args.reference.display());
@@ -139,7 +146,12 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let attachments: Vec<&Attachment> = pods.iter().map(|(_, a)| a).collect();
 
-    println!("CNI ADD/DEL latency, {} pods per phase, datastore {}", args.pods, store.selection());
+    println!(
+        "CNI ADD/DEL latency, {} pods per phase, datastore {}, {} other nodes' blocks in it",
+        args.pods,
+        store.selection(),
+        args.other_nodes
+    );
     for callers in [1, args.concurrency] {
         let mut phases = Vec::new();
         for system in &systems {
@@ -152,6 +164,29 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             }
         }
         report(&systems, &phases, callers);
+    }
+    Ok(())
+}
+
+/// Gives each of `count` other nodes a block, with one address taken in it.
+async fn seed_other_nodes(client: &Client, count: usize) -> anyhow::Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let ipam = Ipam::new(client.clone());
+    for i in 0..count {
+        let holder = Allocation {
+            handle: format!("seed.{i}"),
+            kind: AllocationKind::Workload,
+            node: format!("node-{i:04}"),
+            ..Allocation::default()
+        };
+        ipam.allocate(&AllocateRequest { holder, ipv4: 1, ..AllocateRequest::default() })
+            .await
+            .with_context(|| format!("a block for node-{i:04}"))?;
+        if (i + 1) % 100 == 0 || i + 1 == count {
+            eprintln!("other nodes' blocks: {}/{count}", i + 1);
+        }
     }
     Ok(())
 }
