@@ -516,3 +516,34 @@ async fn a_nodes_first_allocation_reads_only_its_own_blocks_where_the_store_can_
     assert_eq!(owners.len(), 4, "three nodes' blocks and n2's second: {owners:?}");
     assert_eq!(owners.values().filter(|o| o.as_deref() == Some("n2")).count(), 2);
 }
+
+/// An IPAMBlock definition without its selectable owner (an older manifest's, or an API server
+/// that cannot select by it) makes the store say it cannot pick a node's blocks out, and a
+/// fresh client lists every block instead: allocations go on as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_without_a_selectable_owner_lists_every_block() {
+    let f = fixture(Backend::Kubernetes, &[("p", "10.41.0.0/24", 30)]).await;
+    let TestStore::Kubernetes(server) = &f._server else { unreachable!("a Kubernetes fixture") };
+    let first = one(&f.ipam, &v4("net.n1-0", "n1")).await;
+    assert!(f.client.store().list_owned_blocks("n1").await.unwrap().is_some());
+    let remove = r#"[{"op": "remove", "path": "/spec/versions/0/selectableFields"}]"#;
+    server.kubectl(&["patch", "crd", "ipamblocks.brindle.io", "--type=json", "-p", remove]).unwrap();
+    // The API server serves the changed definition within moments.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match f.client.store().list_owned_blocks("n1").await {
+            Ok(None) => break,
+            outcome => assert!(
+                std::time::Instant::now() < deadline,
+                "the API server still selects by owner without the selectable field: {outcome:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let next = one(&Ipam::new(f.client.clone()), &v4("net.n1-1", "n1")).await;
+    let block = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => ipnetwork::Ipv4Network::new(v4, 30).unwrap().network(),
+        IpAddr::V6(_) => unreachable!("an IPv4 pool"),
+    };
+    assert_eq!(block(next), block(first), "a fresh client still fills its node's block");
+}
