@@ -28,13 +28,7 @@ fn a_peer_past_its_limit_is_ceased_loses_its_routes_and_comes_back_after_the_pau
 
     peer.announce_all(&prefixes(8, 5));
     let ceased = Instant::now();
-    let notification = loop {
-        match peer.next() {
-            Some(Message::Notification(n)) => break n,
-            Some(_) => {}
-            None => panic!("closed without a NOTIFICATION"),
-        }
-    };
+    let notification = peer.notification();
     assert_eq!((notification.code, notification.subcode), (6, 1), "Cease, Maximum Number of Prefixes Reached");
     assert_eq!(notification.data, [0, 1, 1, 0, 0, 0, 10], "IPv4 unicast, limit 10");
     wait_for(Duration::from_secs(10), "the peer's routes to go", || brindle.best_routes().is_empty().then_some(()));
@@ -86,13 +80,7 @@ fn a_ceased_peer_still_sending_gets_the_notification_and_a_fin_not_a_reset() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let notification = loop {
-        match peer.next() {
-            Some(Message::Notification(n)) => break n,
-            Some(_) => {}
-            None => panic!("closed without a NOTIFICATION"),
-        }
-    };
+    let notification = peer.notification();
     assert_eq!((notification.code, notification.subcode), (6, 1));
     assert!(peer.next().is_none(), "nothing after the NOTIFICATION");
     assert!(peer.stream.take_error().unwrap().is_none(), "the connection ended with a FIN, not a reset");

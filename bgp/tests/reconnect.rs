@@ -88,13 +88,7 @@ fn after_a_notification_of_ours_the_peer_is_taken_back_after_the_error_wait() {
     let mut bad = vec![0xff; 16];
     bad.extend_from_slice(&[0, 5, 4]);
     peer.stream.write_all(&bad).unwrap();
-    let notification = loop {
-        match peer.next() {
-            Some(Message::Notification(n)) => break n,
-            Some(_) => {}
-            None => panic!("closed without a NOTIFICATION"),
-        }
-    };
+    let notification = peer.notification();
     assert_eq!((notification.code, notification.subcode), (1, 2));
     let began = Instant::now();
     let early = Peer::connect(&ns, false).established().expect_err("taken back during the error wait");

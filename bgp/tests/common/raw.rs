@@ -79,6 +79,18 @@ impl Peer {
         }
     }
 
+    /// The speaker's next NOTIFICATION, passing over other messages; a connection closed
+    /// without one fails the test.
+    pub fn notification(&mut self) -> wire::Notification {
+        loop {
+            match self.next() {
+                Some(Message::Notification(n)) => return n,
+                Some(_) => {}
+                None => panic!("closed without a NOTIFICATION"),
+            }
+        }
+    }
+
     /// Waits for the speaker's OPEN and KEEPALIVE: the session is up on this connection. A
     /// NOTIFICATION instead is returned as the error.
     pub fn established(&mut self) -> Result<(), wire::Notification> {
