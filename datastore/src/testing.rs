@@ -385,8 +385,8 @@ impl KubeApiServer {
         let mut server = KubeApiServer { placement, dir, _temp: temp, port: 0, etcd: None, etcd_port: 0, child: None };
         for attempt in 1..=ATTEMPTS {
             match server.launch(&bin) {
-                Launch::Ready => break,
-                Launch::PortTaken(why) if server.placement.netns.is_none() && attempt < ATTEMPTS => {
+                Ok(()) => break,
+                Err(Launch::PortTaken(why)) if server.placement.netns.is_none() && attempt < ATTEMPTS => {
                     eprintln!("kube-apiserver start: a port was taken ({why}); trying fresh ports");
                     server.stop();
                     std::fs::remove_dir_all(server.dir.join("etcd")).or_else(|e| match e.kind() {
@@ -394,7 +394,7 @@ impl KubeApiServer {
                         _ => Err(e),
                     })?;
                 }
-                Launch::PortTaken(why) | Launch::Failed(why) => return Err(std::io::Error::other(why)),
+                Err(Launch::PortTaken(why) | Launch::Failed(why)) => return Err(std::io::Error::other(why)),
             }
         }
         if !server.placement.crds {
@@ -414,39 +414,32 @@ impl KubeApiServer {
 
     /// Starts etcd and the API server on the placement's ports (fresh free ones on loopback)
     /// and waits until the API server is ready.
-    fn launch(&mut self, bin: &Path) -> Launch {
+    fn launch(&mut self, bin: &Path) -> Result<(), Launch> {
         let netns = self.placement.netns.clone();
         let netns = netns.as_deref();
-        let ports = match netns {
-            Some(_) => Ok((6443, 2379, 2380)),
-            None => free_port().and_then(|a| Ok((a, free_port()?, free_port()?))),
-        };
-        let (port, etcd_port, peer_port) = match ports {
-            Ok(ports) => ports,
-            Err(e) => return Launch::Failed(format!("no free port: {e}")),
+        let (port, etcd_port, peer_port) = match netns {
+            Some(_) => (6443, 2379, 2380),
+            None => (|| Ok((free_port()?, free_port()?, free_port()?)))().map_err(failed("no free port"))?,
         };
         (self.port, self.etcd_port) = (port, etcd_port);
         let etcd_log = self.dir.join("etcd.log");
         let client = format!("http://127.0.0.1:{etcd_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let etcd = std::fs::File::create(&etcd_log).and_then(|log| {
-            etcd_command(netns, &bin.join("etcd"), &self.dir.join("etcd"), &client, &peer)
-                .stderr(log)
-                .process_group(0)
-                .spawn()
-        });
-        match etcd {
-            Ok(etcd) => self.etcd = Some(etcd),
-            Err(e) => return Launch::Failed(format!("cannot start etcd: {e}")),
-        }
+        let log = std::fs::File::create(&etcd_log).map_err(failed("cannot start etcd"))?;
+        let etcd = etcd_command(netns, &bin.join("etcd"), &self.dir.join("etcd"), &client, &peer)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(failed("cannot start etcd"))?;
+        self.etcd = Some(etcd);
         if netns.is_none() {
             let deadline = Instant::now() + START_TIMEOUT;
             while !etcd_healthy(etcd_port) {
                 if let Some(status) = self.etcd.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                    return exited("etcd", status, &etcd_log);
+                    return Err(exited("etcd", status, &etcd_log));
                 }
                 if Instant::now() > deadline {
-                    return Launch::Failed(format!("etcd did not become healthy: {}", tail(&etcd_log)));
+                    return Err(Launch::Failed(format!("etcd did not become healthy: {}", tail(&etcd_log))));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -454,53 +447,46 @@ impl KubeApiServer {
 
         let key = self.dir.join("sa.key");
         let public = self.dir.join("sa.pub");
-        let prepared = run(Command::new("openssl")
-            .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"])
-            .arg(&key))
-        .and_then(|()| run(Command::new("openssl").args(["ec", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public)))
-        .and_then(|()| std::fs::write(self.dir.join("tokens.csv"), "brindle-admin-token,admin,admin,system:masters\n"));
-        if let Err(e) = prepared {
-            return Launch::Failed(format!("cannot prepare the API server's keys: {e}"));
-        }
+        let keys = failed("cannot prepare the API server's keys");
+        run(Command::new("openssl").args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"]).arg(&key))
+            .map_err(keys)?;
+        run(Command::new("openssl").args(["ec", "-pubout", "-in"]).arg(&key).arg("-out").arg(&public)).map_err(keys)?;
+        std::fs::write(self.dir.join("tokens.csv"), "brindle-admin-token,admin,admin,system:masters\n")
+            .map_err(keys)?;
         let log = self.dir.join("kube-apiserver.log");
+        let file = std::fs::File::create(&log).map_err(failed("cannot start kube-apiserver"))?;
         let address = self.placement.address;
-        let child = std::fs::File::create(&log).and_then(|file| {
-            in_netns(netns, &bin.join("kube-apiserver"))
-                .arg(format!("--etcd-servers={client}"))
-                .arg(format!("--bind-address={address}"))
-                .arg(format!("--advertise-address={address}"))
-                .arg("--endpoint-reconciler-type=none")
-                .arg(format!("--secure-port={port}"))
-                .arg(format!("--cert-dir={}", self.dir.join("certs").display()))
-                .arg(format!("--token-auth-file={}", self.dir.join("tokens.csv").display()))
-                .arg(format!("--service-account-key-file={}", public.display()))
-                .arg(format!("--service-account-signing-key-file={}", key.display()))
-                .args(["--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=RBAC"])
-                .args(["--service-cluster-ip-range=10.96.0.0/16", "--allow-privileged=true", "--v=1"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(file)
-                .process_group(0)
-                .spawn()
-        });
-        match child {
-            Ok(child) => self.child = Some(child),
-            Err(e) => return Launch::Failed(format!("cannot start kube-apiserver: {e}")),
-        }
-        if let Err(e) = self.write_kubeconfig() {
-            return Launch::Failed(format!("cannot write the kubeconfig: {e}"));
-        }
+        let child = in_netns(netns, &bin.join("kube-apiserver"))
+            .arg(format!("--etcd-servers={client}"))
+            .arg(format!("--bind-address={address}"))
+            .arg(format!("--advertise-address={address}"))
+            .arg("--endpoint-reconciler-type=none")
+            .arg(format!("--secure-port={port}"))
+            .arg(format!("--cert-dir={}", self.dir.join("certs").display()))
+            .arg(format!("--token-auth-file={}", self.dir.join("tokens.csv").display()))
+            .arg(format!("--service-account-key-file={}", public.display()))
+            .arg(format!("--service-account-signing-key-file={}", key.display()))
+            .args(["--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=RBAC"])
+            .args(["--service-cluster-ip-range=10.96.0.0/16", "--allow-privileged=true", "--v=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .process_group(0)
+            .spawn()
+            .map_err(failed("cannot start kube-apiserver"))?;
+        self.child = Some(child);
+        self.write_kubeconfig().map_err(failed("cannot write the kubeconfig"))?;
         let deadline = Instant::now() + START_TIMEOUT;
         while !self.kubectl(&["get", "--raw", "/readyz"]).is_ok_and(|out| out.trim() == "ok") {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                return exited("kube-apiserver", status, &log);
+                return Err(exited("kube-apiserver", status, &log));
             }
             if Instant::now() > deadline {
-                return Launch::Failed(format!("kube-apiserver did not become ready: {}", tail(&log)));
+                return Err(Launch::Failed(format!("kube-apiserver did not become ready: {}", tail(&log))));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Launch::Ready
+        Ok(())
     }
 
     /// Kills the API server and its etcd.
@@ -589,12 +575,16 @@ impl Drop for KubeApiServer {
     }
 }
 
-/// How an attempt to start an API server ended.
+/// Why an attempt to start an API server failed.
 enum Launch {
-    Ready,
     /// etcd or the API server could not bind its port.
     PortTaken(String),
     Failed(String),
+}
+
+/// Turns an error of a step of a start into a failure naming the step.
+fn failed(step: &'static str) -> impl Fn(std::io::Error) -> Launch + Copy {
+    move |e| Launch::Failed(format!("{step}: {e}"))
 }
 
 /// The end of a process that exited while starting: a taken port, or a failure.
