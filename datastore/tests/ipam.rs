@@ -73,6 +73,14 @@ async fn one(ipam: &Ipam, request: &AllocateRequest) -> IpAddr {
     got[0].ip
 }
 
+/// The /30 an IPv4 address lies in: its block in the tests' pools of /30 blocks.
+fn block_30(ip: IpAddr) -> std::net::Ipv4Addr {
+    match ip {
+        IpAddr::V4(v4) => ipnetwork::Ipv4Network::new(v4, 30).unwrap().network(),
+        IpAddr::V6(_) => unreachable!("an IPv4 pool"),
+    }
+}
+
 async fn set_config(client: &Client, config: IpamConfiguration) {
     client.create(Resource::new("default", config)).await.unwrap();
 }
@@ -500,16 +508,12 @@ async fn a_nodes_first_allocation_reads_only_its_own_blocks_where_the_store_can_
     assert!(f.client.store().list_owned_blocks("n4").await.unwrap().is_none_or(|l| l.items.is_empty()));
 
     // Fresh clients fill their node's block, then claim the next free one.
-    let block_of = |ip: IpAddr| match ip {
-        IpAddr::V4(v4) => ipnetwork::Ipv4Network::new(v4, 30).unwrap().network(),
-        IpAddr::V6(_) => unreachable!("an IPv4 pool"),
-    };
     for i in 1..=4 {
         let ip = one(&Ipam::new(f.client.clone()), &v4(&format!("net.n2-{i}"), "n2")).await;
         if i < 4 {
-            assert_eq!(block_of(ip), block_of(first["n2"]), "{ip} in n2's first block");
+            assert_eq!(block_30(ip), block_30(first["n2"]), "{ip} in n2's first block");
         } else {
-            assert_ne!(block_of(ip), block_of(first["n2"]), "n2's first block is full: {ip} in a new one");
+            assert_ne!(block_30(ip), block_30(first["n2"]), "n2's first block is full: {ip} in a new one");
         }
     }
     let owners = owners(&f.ipam).await;
@@ -541,9 +545,5 @@ async fn kubernetes_without_a_selectable_owner_lists_every_block() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let next = one(&Ipam::new(f.client.clone()), &v4("net.n1-1", "n1")).await;
-    let block = |ip: IpAddr| match ip {
-        IpAddr::V4(v4) => ipnetwork::Ipv4Network::new(v4, 30).unwrap().network(),
-        IpAddr::V6(_) => unreachable!("an IPv4 pool"),
-    };
-    assert_eq!(block(next), block(first), "a fresh client still fills its node's block");
+    assert_eq!(block_30(next), block_30(first), "a fresh client still fills its node's block");
 }
