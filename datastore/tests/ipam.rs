@@ -28,6 +28,7 @@ per_backend!(
     tunnel_address_is_stable,
     clients_of_one_node_with_stale_caches_claim_without_listing_and_never_overclaim,
     a_nodes_first_allocation_reads_only_its_own_blocks_where_the_store_can_pick_them_out,
+    a_client_that_knows_only_its_nodes_blocks_lists_them_all_when_its_claims_collide,
 );
 
 struct Fixture {
@@ -546,4 +547,66 @@ async fn kubernetes_without_a_selectable_owner_lists_every_block() {
     }
     let next = one(&Ipam::new(f.client.clone()), &v4("net.n1-1", "n1")).await;
     assert_eq!(block_30(next), block_30(first), "a fresh client still fills its node's block");
+}
+
+/// How many LIST requests for IPAMBlocks the API server has answered, by its own metrics.
+fn block_listings(server: &brindle_datastore::testing::KubeApiServer) -> u64 {
+    let metrics = server.kubectl(&["get", "--raw", "/metrics"]).unwrap();
+    let listings = metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| l.contains("resource=\"ipamblocks\"") && l.contains("verb=\"LIST\""))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>();
+    listings as u64
+}
+
+/// On the Kubernetes API, a fresh client (a CNI plugin's one call) whose node's blocks are full
+/// claims the node's next block with one create: the API server answers one listing of
+/// blocks, the node's own, and no listing of every node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_a_fresh_client_claims_its_nodes_next_block_without_listing_every_block() {
+    let f = fixture(Backend::Kubernetes, &[("p", "10.42.0.0/24", 30)]).await;
+    let TestStore::Kubernetes(server) = &f._server else { unreachable!("a Kubernetes fixture") };
+    for node in ["n1", "n3"] {
+        one(&f.ipam, &v4(&format!("net.{node}-0"), node)).await;
+    }
+    let first: Vec<IpAddr> = fill(&f.ipam, "n2", 4).await;
+    assert!(first.iter().all(|ip| block_30(*ip) == block_30(first[0])), "four addresses fill one /30: {first:?}");
+
+    let listings = block_listings(server);
+    let next = one(&Ipam::new(f.client.clone()), &v4("net.n2-4", "n2")).await;
+    assert_ne!(block_30(next), block_30(first[0]), "n2's first block is full: {next} in a new one");
+    assert_eq!(block_listings(server) - listings, 1, "one listing of blocks, n2's own");
+    let owners = owners(&f.ipam).await;
+    assert_eq!(owners.values().filter(|o| o.as_deref() == Some("n2")).count(), 2, "{owners:?}");
+}
+
+/// Allocates `count` addresses for `node` with `ipam`, one call each.
+async fn fill(ipam: &Ipam, node: &str, count: usize) -> Vec<IpAddr> {
+    let mut ips = Vec::new();
+    for i in 0..count {
+        ips.push(one(ipam, &v4(&format!("net.{node}-{i}"), node)).await);
+    }
+    ips
+}
+
+/// A fresh client that knows only its node's blocks walks the node's claim order and finds
+/// the blocks there taken by other nodes: after two failed creates it lists every block and
+/// claims the one left free.
+async fn a_client_that_knows_only_its_nodes_blocks_lists_them_all_when_its_claims_collide(backend: Backend) {
+    let f = fixture(backend, &[("p", "10.43.0.0/28", 30)]).await;
+    let pool = IpPool { block_size: Some(30), ..IpPool::new("10.43.0.0/28".parse().unwrap()) };
+    let order: Vec<ipnetwork::IpNetwork> = brindle_datastore::ipam::pools::claim_order(&pool, "n2").collect();
+    assert_eq!(order.len(), 4, "a /28 of /30 blocks");
+    // Other nodes hold the first three blocks of n2's claim order.
+    for (i, block) in order[..3].iter().enumerate() {
+        let node = format!("other{i}");
+        f.ipam.allocate_ips(&holder(&format!("net.{node}"), &node), &[block.network()]).await.unwrap();
+    }
+    let got = one(&Ipam::new(f.client.clone()), &v4("net.n2-0", "n2")).await;
+    assert!(order[3].contains(got), "{got} in the one block left, {}", order[3]);
+    let owners = owners(&f.ipam).await;
+    assert_eq!(owners.get(&order[3].to_string()), Some(&Some("n2".to_owned())), "{owners:?}");
+    assert_eq!(owners.len(), 4);
 }

@@ -286,8 +286,8 @@ impl Ipam {
         let lost_races = self.cache().lost_races;
         for _ in 0..MAX_ATTEMPTS {
             // 1. The node's own blocks.
-            // Blocks the cache knows to be full are passed over; a stale "full" is harmless
-            // because step 2 re-lists every block before it claims a new one.
+            // Blocks the cache knows to be full are passed over; a stale "full" (addresses
+            // another process released since) at worst makes step 2 claim a block early.
             let owned: Vec<IpNetwork> = {
                 let owned = self.owned_blocks(node).await?;
                 let now = (self.clock)();
@@ -317,9 +317,11 @@ impl Ipam {
             }
 
             // 2. Claim a block: a fresh one (created with our addresses already in it), or one
-            // that no node owns any more. The blocks the cache knows are tried first: the
-            // node's next block in claim order is then one create, with no listing of every
-            // block. Losing the race for a block moves on to the next, as on a fresh listing
+            // that no node owns any more. The blocks the cache knows (of a listing of every
+            // block, or of the node's own) are tried first: the node's next block in claim order
+            // is then one create, with no listing of every block. A block the cache did not know
+            // of fails its create as a lost race does. Losing the race for a block moves on to
+            // the next, as on a fresh listing
             // (the node's processes share one claim order: each loser takes a block of its
             // own rather than crowd the winner's); losing it again, or a cache that knows of no
             // free block, means the cache is stale, and the step is taken again on a fresh
@@ -327,7 +329,7 @@ impl Ipam {
             // then share the node's blocks, and a fresh listing shows which has room. A cap on
             // the node's blocks is only judged on a fresh listing.
             trust_cache &= self.cache().lost_races == lost_races;
-            let cached = if trust_cache { self.cached_blocks() } else { None };
+            let cached = if trust_cache { self.cached_blocks(node) } else { None };
             let from_cache = cached.is_some();
             let listing = match cached {
                 Some(blocks) => blocks,
@@ -626,10 +628,12 @@ impl Ipam {
         Ok(blocks)
     }
 
-    /// Every block the cache knows, once a listing of every block has filled it.
-    fn cached_blocks(&self) -> Option<Blocks> {
+    /// Every block the cache knows, once a listing has shown it every block or every block
+    /// of `node`. Enough to walk the node's claim order: a block it does not know of that
+    /// exists makes the create fail, and the walk moves on.
+    fn cached_blocks(&self, node: &str) -> Option<Blocks> {
         let cache = self.cache();
-        cache.listed_all.then(|| cache.blocks.clone())
+        (cache.listed_all || cache.owned.contains_key(node)).then(|| cache.blocks.clone())
     }
 
     /// Puts a block written or read into the cache; returns it as the cache shares it.
