@@ -98,7 +98,7 @@ pub fn start_agent(selection: &str) -> anyhow::Result<Start> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let memory = memory_kib(child.id());
+    let memory = crate::process::memory_kib(child.id());
     let _ = child.kill();
     let _ = child.wait();
     let Some(to_ready) = ready else { bail!("brindle-node was not ready within 5 minutes") };
@@ -106,20 +106,6 @@ pub fn start_agent(selection: &str) -> anyhow::Result<Start> {
     let routes = run(std::process::Command::new("ip").args(["route", "show", "proto", "98"]))?.lines().count();
     run(std::process::Command::new("ip").args(["route", "flush", "proto", "98"]))?;
     Ok(Start { to_ready, rss_kib, peak_kib, routes })
-}
-
-/// Resident and peak resident memory of process `pid` (VmRSS, VmHWM), KiB.
-pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("process {pid}"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no {name} for process {pid}"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 fn readiness() -> Option<String> {

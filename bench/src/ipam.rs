@@ -117,19 +117,31 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `jobs` worker processes at once; returns their outputs and the wall time.
-pub async fn run_workers(
-    exe: &std::path::Path,
-    datastore: &str,
-    jobs: &[Vec<String>],
-) -> anyhow::Result<(Vec<String>, Duration)> {
+/// What one phase's worker processes printed and cost.
+pub struct Phase {
+    /// Each worker's standard output.
+    pub outputs: Vec<String>,
+    /// From the first start to the last exit.
+    pub took: Duration,
+    /// CPU seconds of the workers.
+    pub client_cpu: f64,
+    /// CPU seconds of the store's servers meanwhile.
+    pub server_cpu: f64,
+}
+
+/// Runs `jobs` worker processes at once against `store`.
+pub async fn run_workers(exe: &std::path::Path, store: &TestStore, jobs: &[Vec<String>]) -> anyhow::Result<Phase> {
+    let server_cpu = || -> anyhow::Result<f64> {
+        store.server_pids().into_iter().map(crate::process::cpu_seconds).sum::<anyhow::Result<f64>>()
+    };
+    let (clients_before, server_before) = (crate::process::children_cpu_seconds()?, server_cpu()?);
     let start = Instant::now();
     let mut children = Vec::new();
     for job in jobs {
         let child = Command::new(exe)
             .arg("ipam-worker")
             .arg("--datastore")
-            .arg(datastore)
+            .arg(store.selection())
             .args(job)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -146,7 +158,36 @@ pub async fn run_workers(
         }
         outputs.push(String::from_utf8(output.stdout)?);
     }
-    Ok((outputs, start.elapsed()))
+    Ok(Phase {
+        outputs,
+        took: start.elapsed(),
+        client_cpu: crate::process::children_cpu_seconds()? - clients_before,
+        server_cpu: server_cpu()? - server_before,
+    })
+}
+
+/// The best rate of a kind of phase over the rounds, and what its operations cost on average.
+#[derive(Default, Clone, Copy)]
+struct Measured {
+    best: f64,
+    operations: usize,
+    client_cpu: f64,
+    server_cpu: f64,
+}
+
+impl Measured {
+    fn add(&mut self, operations: usize, phase: &Phase) {
+        self.best = self.best.max(rate(operations, phase.took));
+        self.operations += operations;
+        self.client_cpu += phase.client_cpu;
+        self.server_cpu += phase.server_cpu;
+    }
+
+    /// Milliseconds of CPU per operation: the clients', the servers'.
+    fn cpu_ms(&self) -> (f64, f64) {
+        let per = |seconds: f64| seconds * 1000.0 / self.operations.max(1) as f64;
+        (per(self.client_cpu), per(self.server_cpu))
+    }
 }
 
 fn rate(ops: usize, took: Duration) -> f64 {
@@ -156,9 +197,9 @@ fn rate(ops: usize, took: Duration) -> f64 {
 struct Row {
     backend: &'static str,
     clients: String,
-    cas: f64,
-    block_cas: f64,
-    allocate: f64,
+    cas: Measured,
+    block_cas: Measured,
+    allocate: Measured,
     release: f64,
 }
 
@@ -206,14 +247,14 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         ] {
             eprintln!("[{name}] {label} client(s): starting a fresh store");
             let server = TestStore::start(backend)?;
-            let selection = server.selection();
-            let client = Client::new(brindle_datastore::connect(&selection).await?);
+            let client = Client::new(brindle_datastore::connect(&server.selection()).await?);
             client.create(Resource::new("bench", IpPool::new("10.64.0.0/10".parse()?))).await?;
 
             // The phases take turns for `rounds` rounds and each keeps its best: a store's
             // own background work (an API server's first minute above all) hits whichever
             // phase runs then, and taking turns spreads it.
-            let (mut cas, mut block_cas, mut allocate) = (0f64, 0f64, 0f64);
+            let (mut cas, mut block_cas, mut allocate) =
+                (Measured::default(), Measured::default(), Measured::default());
             let mut allocated = Vec::new();
             for round in 0..args.rounds {
                 let cas_jobs: Vec<Vec<String>> = (0..processes)
@@ -221,8 +262,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         vec!["cas".into(), "--key".into(), format!("/bench/cas/{p}"), "--count".into(), n.to_string()]
                     })
                     .collect();
-                let (_, took) = run_workers(&exe, &selection, &cas_jobs).await?;
-                cas = cas.max(rate(processes * n, took));
+                cas.add(processes * n, &run_workers(&exe, &server, &cas_jobs).await?);
                 let block_jobs: Vec<Vec<String>> = (0..processes)
                     .map(|p| {
                         let key = format!("/bench/block-sized/{p}");
@@ -230,8 +270,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         vec!["cas".into(), "--key".into(), key, "--count".into(), count, "--bytes".into(), bytes]
                     })
                     .collect();
-                let (_, took) = run_workers(&exe, &selection, &block_jobs).await?;
-                block_cas = block_cas.max(rate(processes * n, took));
+                block_cas.add(processes * n, &run_workers(&exe, &server, &block_jobs).await?);
                 let alloc_jobs: Vec<Vec<String>> = (0..processes)
                     .map(|p| {
                         let node = if same_node { "node-0".to_string() } else { format!("node-{p}") };
@@ -247,14 +286,17 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         ]
                     })
                     .collect();
-                let (outputs, took) = run_workers(&exe, &selection, &alloc_jobs).await?;
-                let count: usize = outputs.iter().map(|o| o.lines().count()).sum();
-                allocate = allocate.max(rate(count, took));
+                let phase = run_workers(&exe, &server, &alloc_jobs).await?;
+                let count: usize = phase.outputs.iter().map(|o| o.lines().count()).sum();
+                allocate.add(count, &phase);
                 allocated.push(count);
                 eprintln!(
-                    "[{name}] {label}, round {}: raw CAS {cas:.0}/s, CAS of {block_bytes} bytes {block_cas:.0}/s, \
-                     allocations {allocate:.0}/s (best so far)",
-                    round + 1
+                    "[{name}] {label}, round {}: raw CAS {:.0}/s, CAS of {block_bytes} bytes {:.0}/s, \
+                     allocations {:.0}/s (best so far)",
+                    round + 1,
+                    cas.best,
+                    block_cas.best,
+                    allocate.best,
                 );
             }
 
@@ -264,8 +306,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     vec!["release".into(), "--prefix".into(), format!("r{round}p{p}"), "--count".into(), n.to_string()]
                 })
                 .collect();
-            let (outputs, release_took) = run_workers(&exe, &selection, &release_jobs).await?;
-            let released: usize = outputs.iter().map(|o| o.lines().count()).sum();
+            let phase = run_workers(&exe, &server, &release_jobs).await?;
+            let released: usize = phase.outputs.iter().map(|o| o.lines().count()).sum();
             let allocated: usize = allocated.iter().sum();
             if released != allocated {
                 bail!("[{name}] released {released} of {allocated} addresses");
@@ -276,7 +318,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 cas,
                 block_cas,
                 allocate,
-                release: rate(released, release_took),
+                release: rate(released, phase.took),
             });
         }
     }
@@ -292,17 +334,34 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "{:<8} {:<16} {:>10} {:>10} {:>12} {:>10} {:>12} {:>10}",
         "backend", "clients", "raw CAS", "block CAS", "allocations", "÷ raw CAS", "÷ block CAS", "releases"
     );
-    for r in rows {
+    for r in &rows {
         println!(
             "{:<8} {:<16} {:>10.0} {:>10.0} {:>12.0} {:>10.2} {:>12.2} {:>10.0}",
             r.backend,
             r.clients,
-            r.cas,
-            r.block_cas,
-            r.allocate,
-            r.allocate / r.cas,
-            r.allocate / r.block_cas,
+            r.cas.best,
+            r.block_cas.best,
+            r.allocate.best,
+            r.allocate.best / r.cas.best,
+            r.allocate.best / r.block_cas.best,
             r.release
+        );
+    }
+    println!();
+    println!("CPU per operation, ms, over every round: the worker processes' / the store's servers'");
+    println!("{:<8} {:<16} {:>15} {:>15} {:>15}", "backend", "clients", "raw CAS", "block CAS", "allocations");
+    let cpu = |m: &Measured| {
+        let (clients, servers) = m.cpu_ms();
+        format!("{clients:.3} / {servers:.3}")
+    };
+    for r in &rows {
+        println!(
+            "{:<8} {:<16} {:>15} {:>15} {:>15}",
+            r.backend,
+            r.clients,
+            cpu(&r.cas),
+            cpu(&r.block_cas),
+            cpu(&r.allocate)
         );
     }
     Ok(())

@@ -44,9 +44,6 @@ enum Topologies {
 /// How long a settled lab is watched for the agents' idle CPU.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
-/// The kernel's unit of CPU time in `/proc/<pid>/stat` (USER_HZ, 100 on every Linux ABI).
-const TICKS_PER_SECOND: f64 = 100.0;
-
 /// One agent's bill.
 #[derive(Debug, Clone, Copy)]
 struct Cost {
@@ -77,13 +74,8 @@ struct Outcome {
 
 /// Reads `(utime + stime)` in seconds and VmRSS, VmHWM in MiB of process `pid`.
 fn usage(pid: u32) -> anyhow::Result<(f64, f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("process {pid}"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')').context("malformed stat")?.1.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat: 11 and 12 from 0 at the state after the name.
-    let cpu = (ticks(11) + ticks(12)) / TICKS_PER_SECOND;
-    let (rss, peak) = crate::agent_start::memory_kib(pid)?;
+    let cpu = crate::process::cpu_seconds(pid)?;
+    let (rss, peak) = crate::process::memory_kib(pid)?;
     Ok((cpu, rss as f64 / 1024.0, peak as f64 / 1024.0))
 }
 

@@ -5,6 +5,7 @@ mod cni;
 mod ipam;
 mod lab;
 mod policy;
+mod process;
 mod routes;
 mod stores;
 

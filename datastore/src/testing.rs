@@ -57,6 +57,15 @@ impl TestStore {
         }
     }
 
+    /// The PIDs of the store's server processes (none for an SQLite file), for what they cost.
+    pub fn server_pids(&self) -> Vec<u32> {
+        match self {
+            TestStore::Etcd(e) => e.child.iter().map(Child::id).collect(),
+            TestStore::Sqlite(_) => Vec::new(),
+            TestStore::Kubernetes(k) => [&k.child, &k.etcd].into_iter().flatten().map(Child::id).collect(),
+        }
+    }
+
     /// The selection with a patient call timeout (30 s), for tests that load the machine on
     /// purpose: they check what contention does to correctness, not how long a call takes.
     pub fn patient_selection(&self) -> String {
