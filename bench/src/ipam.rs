@@ -6,6 +6,7 @@
 //! Kubernetes API: updates of one small custom resource), so the ratio says what IPAM's
 //! bookkeeping costs on top of the store's own write rate.
 
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Requests the API server answered, by verb and resource.
+type Requests = BTreeMap<(String, String), u64>;
+
 /// What one phase's worker processes printed and cost.
 pub struct Phase {
     /// Each worker's standard output.
@@ -125,16 +129,24 @@ pub struct Phase {
     pub took: Duration,
     /// CPU seconds of the workers.
     pub client_cpu: f64,
-    /// CPU seconds of the store's servers meanwhile.
-    pub server_cpu: f64,
+    /// CPU seconds of each of the store's servers meanwhile (the API server, then its etcd).
+    pub server_cpu: Vec<f64>,
+    /// On the Kubernetes API, the requests it answered meanwhile.
+    pub requests: Requests,
 }
 
 /// Runs `jobs` worker processes at once against `store`.
 pub async fn run_workers(exe: &std::path::Path, store: &TestStore, jobs: &[Vec<String>]) -> anyhow::Result<Phase> {
-    let server_cpu = || -> anyhow::Result<f64> {
-        store.server_pids().into_iter().map(crate::process::cpu_seconds).sum::<anyhow::Result<f64>>()
+    let server_cpu =
+        || -> anyhow::Result<Vec<f64>> { store.server_pids().into_iter().map(crate::process::cpu_seconds).collect() };
+    let requests = || -> anyhow::Result<Requests> {
+        match store {
+            TestStore::Kubernetes(server) => Ok(server.request_counts()?),
+            _ => Ok(Requests::new()),
+        }
     };
-    let (clients_before, server_before) = (crate::process::children_cpu_seconds()?, server_cpu()?);
+    let (requests_before, server_before) = (requests()?, server_cpu()?);
+    let clients_before = crate::process::children_cpu_seconds()?;
     let start = Instant::now();
     let mut children = Vec::new();
     for job in jobs {
@@ -158,21 +170,25 @@ pub async fn run_workers(exe: &std::path::Path, store: &TestStore, jobs: &[Vec<S
         }
         outputs.push(String::from_utf8(output.stdout)?);
     }
-    Ok(Phase {
-        outputs,
-        took: start.elapsed(),
-        client_cpu: crate::process::children_cpu_seconds()? - clients_before,
-        server_cpu: server_cpu()? - server_before,
-    })
+    let took = start.elapsed();
+    let client_cpu = crate::process::children_cpu_seconds()? - clients_before;
+    let server_cpu = server_cpu()?.iter().zip(&server_before).map(|(after, before)| after - before).collect();
+    let mut requests = requests()?;
+    for (kind, count) in &mut requests {
+        *count -= requests_before.get(kind).copied().unwrap_or_default();
+    }
+    requests.retain(|_, count| *count > 0);
+    Ok(Phase { outputs, took, client_cpu, server_cpu, requests })
 }
 
 /// The best rate of a kind of phase over the rounds, and what its operations cost on average.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct Measured {
     best: f64,
     operations: usize,
     client_cpu: f64,
-    server_cpu: f64,
+    server_cpu: Vec<f64>,
+    requests: Requests,
 }
 
 impl Measured {
@@ -180,13 +196,30 @@ impl Measured {
         self.best = self.best.max(rate(operations, phase.took));
         self.operations += operations;
         self.client_cpu += phase.client_cpu;
-        self.server_cpu += phase.server_cpu;
+        self.server_cpu.resize(phase.server_cpu.len(), 0.0);
+        for (total, cpu) in self.server_cpu.iter_mut().zip(&phase.server_cpu) {
+            *total += cpu;
+        }
+        for (kind, count) in &phase.requests {
+            *self.requests.entry(kind.clone()).or_default() += count;
+        }
     }
 
-    /// Milliseconds of CPU per operation: the clients', the servers'.
-    fn cpu_ms(&self) -> (f64, f64) {
+    /// Milliseconds of CPU per operation: the clients', then each server's, as `c / s1 + s2`.
+    fn cpu_ms(&self) -> String {
         let per = |seconds: f64| seconds * 1000.0 / self.operations.max(1) as f64;
-        (per(self.client_cpu), per(self.server_cpu))
+        let servers: Vec<String> = self.server_cpu.iter().map(|&s| format!("{:.2}", per(s))).collect();
+        format!("{:.2} / {}", per(self.client_cpu), servers.join(" + "))
+    }
+
+    /// The requests per operation, most first (none on a store other than the Kubernetes API).
+    fn requests_per_operation(&self) -> String {
+        let mut requests: Vec<(&(String, String), &u64)> = self.requests.iter().collect();
+        requests.sort_by_key(|(_, count)| std::cmp::Reverse(**count));
+        let per = |count: u64| count as f64 / self.operations.max(1) as f64;
+        let shown: Vec<String> =
+            requests.iter().map(|((verb, resource), count)| format!("{verb} {resource} {:.3}", per(**count))).collect();
+        shown.join(", ")
     }
 }
 
@@ -348,21 +381,16 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("CPU per operation, ms, over every round: the worker processes' / the store's servers'");
-    println!("{:<8} {:<16} {:>15} {:>15} {:>15}", "backend", "clients", "raw CAS", "block CAS", "allocations");
-    let cpu = |m: &Measured| {
-        let (clients, servers) = m.cpu_ms();
-        format!("{clients:.3} / {servers:.3}")
-    };
+    println!(
+        "CPU per operation, ms, over every round: the worker processes' / the servers' (an API server + its etcd)"
+    );
+    println!("{:<8} {:<16} {:>18} {:>18} {:>18}", "backend", "clients", "raw CAS", "block CAS", "allocations");
     for r in &rows {
-        println!(
-            "{:<8} {:<16} {:>15} {:>15} {:>15}",
-            r.backend,
-            r.clients,
-            cpu(&r.cas),
-            cpu(&r.block_cas),
-            cpu(&r.allocate)
-        );
+        let (cas, block_cas, allocate) = (r.cas.cpu_ms(), r.block_cas.cpu_ms(), r.allocate.cpu_ms());
+        println!("{:<8} {:<16} {cas:>18} {block_cas:>18} {allocate:>18}", r.backend, r.clients);
+    }
+    for r in rows.iter().filter(|r| !r.allocate.requests.is_empty()) {
+        println!("{} {}: API requests per allocation: {}", r.backend, r.clients, r.allocate.requests_per_operation());
     }
     Ok(())
 }

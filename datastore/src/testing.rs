@@ -570,6 +570,24 @@ impl KubeApiServer {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// How many requests the API server has answered, by verb and resource (`LIST`,
+    /// `ipamblocks`), from its `apiserver_request_total` metric.
+    pub fn request_counts(&self) -> std::io::Result<std::collections::BTreeMap<(String, String), u64>> {
+        let metrics = self.kubectl(&["get", "--raw", "/metrics"])?;
+        let mut counts = std::collections::BTreeMap::new();
+        for line in metrics.lines() {
+            let Some(labels) = line.strip_prefix("apiserver_request_total{") else { continue };
+            let Some((labels, value)) = labels.rsplit_once("} ") else { continue };
+            let label = |name: &str| {
+                labels.split(',').find_map(|l| l.strip_prefix(name)?.strip_prefix("=\"")?.strip_suffix('"'))
+            };
+            let (Some(verb), Some(resource)) = (label("verb"), label("resource")) else { continue };
+            let count = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+            *counts.entry((verb.to_owned(), resource.to_owned())).or_default() += count;
+        }
+        Ok(counts)
+    }
+
     /// The PIDs of etcd and the API server, which keep running: whoever detaches stops them.
     pub fn detach(mut self) -> (u32, u32) {
         let etcd = self.etcd.take().map_or(0, |c| c.id());

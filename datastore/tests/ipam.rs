@@ -549,16 +549,10 @@ async fn kubernetes_without_a_selectable_owner_lists_every_block() {
     assert_eq!(block_30(next), block_30(first), "a fresh client still fills its node's block");
 }
 
-/// How many LIST requests for IPAMBlocks the API server has answered, by its own metrics.
+/// How many LIST requests for IPAMBlocks the API server has answered.
 fn block_listings(server: &brindle_datastore::testing::KubeApiServer) -> u64 {
-    let metrics = server.kubectl(&["get", "--raw", "/metrics"]).unwrap();
-    let listings = metrics
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| l.contains("resource=\"ipamblocks\"") && l.contains("verb=\"LIST\""))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum::<f64>();
-    listings as u64
+    let counts = server.request_counts().unwrap();
+    counts.get(&("LIST".to_owned(), "ipamblocks".to_owned())).copied().unwrap_or_default()
 }
 
 /// On the Kubernetes API, a fresh client (a CNI plugin's one call) whose node's blocks are full
