@@ -96,6 +96,20 @@ impl PodFacts {
     }
 }
 
+/// What a write reads of the API server's answer: the revision it made. The rest of the
+/// metadata (timestamps, managed fields) is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct Written {
+    metadata: WrittenMetadata,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WrittenMetadata {
+    #[serde(default)]
+    resource_version: String,
+}
+
 /// The Kubernetes backend.
 #[derive(Clone)]
 pub struct KubernetesStore {
@@ -282,10 +296,10 @@ impl KubernetesStore {
         let send = async {
             let mut request = request.map_err(kube::Error::BuildRequest)?;
             request.headers_mut().insert(http::header::ACCEPT, http::HeaderValue::from_static(METADATA_ONLY));
-            self.client.request::<kube::core::PartialObjectMeta<DynamicObject>>(request).await
+            self.client.request::<Written>(request).await
         };
         let written = self.call(what, send, refused).await?;
-        layout::parse_revision(written.metadata.resource_version.as_deref().unwrap_or_default())
+        layout::parse_revision(&written.metadata.resource_version)
     }
 
     /// Runs one call with the configured bound; API refusals are mapped by `refused`.
