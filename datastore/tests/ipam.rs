@@ -29,6 +29,7 @@ per_backend!(
     clients_of_one_node_with_stale_caches_claim_without_listing_and_never_overclaim,
     a_nodes_first_allocation_reads_only_its_own_blocks_where_the_store_can_pick_them_out,
     a_client_that_knows_only_its_nodes_blocks_lists_them_all_when_its_claims_collide,
+    a_client_that_knows_only_its_nodes_blocks_claims_an_unowned_block_in_its_way,
 );
 
 struct Fixture {
@@ -585,22 +586,65 @@ async fn fill(ipam: &Ipam, node: &str, count: usize) -> Vec<IpAddr> {
     ips
 }
 
+/// How many LIST requests for IPAMBlocks the fixture's API server has answered; None on
+/// etcd and SQLite.
+fn listings_of(f: &Fixture) -> Option<u64> {
+    match &f._server {
+        TestStore::Kubernetes(server) => Some(block_listings(server)),
+        _ => None,
+    }
+}
+
+/// A /28 pool of /30 blocks, and the order in which node `node` claims them.
+fn claim_order_of_28(cidr: &str, node: &str) -> Vec<ipnetwork::IpNetwork> {
+    let pool = IpPool { block_size: Some(30), ..IpPool::new(cidr.parse().unwrap()) };
+    let order: Vec<ipnetwork::IpNetwork> = brindle_datastore::ipam::pools::claim_order(&pool, node).collect();
+    assert_eq!(order.len(), 4, "a /28 of /30 blocks");
+    order
+}
+
 /// A fresh client that knows only its node's blocks walks the node's claim order and finds
 /// the blocks there taken by other nodes: after two failed creates it lists every block and
 /// claims the one left free.
 async fn a_client_that_knows_only_its_nodes_blocks_lists_them_all_when_its_claims_collide(backend: Backend) {
     let f = fixture(backend, &[("p", "10.43.0.0/28", 30)]).await;
-    let pool = IpPool { block_size: Some(30), ..IpPool::new("10.43.0.0/28".parse().unwrap()) };
-    let order: Vec<ipnetwork::IpNetwork> = brindle_datastore::ipam::pools::claim_order(&pool, "n2").collect();
-    assert_eq!(order.len(), 4, "a /28 of /30 blocks");
+    let order = claim_order_of_28("10.43.0.0/28", "n2");
     // Other nodes hold the first three blocks of n2's claim order.
     for (i, block) in order[..3].iter().enumerate() {
         let node = format!("other{i}");
         f.ipam.allocate_ips(&holder(&format!("net.{node}"), &node), &[block.network()]).await.unwrap();
     }
+    let listings = listings_of(&f);
     let got = one(&Ipam::new(f.client.clone()), &v4("net.n2-0", "n2")).await;
+    if let (Some(before), Some(after)) = (listings, listings_of(&f)) {
+        assert_eq!(after - before, 2, "n2's own blocks, then every block after two collisions");
+    }
     assert!(order[3].contains(got), "{got} in the one block left, {}", order[3]);
     let owners = owners(&f.ipam).await;
     assert_eq!(owners.get(&order[3].to_string()), Some(&Some("n2".to_owned())), "{owners:?}");
     assert_eq!(owners.len(), 4);
+}
+
+/// A block in a node's claim order that no node owns (one a deleted node left, still holding
+/// an address) is claimed by a fresh client that knows only its node's blocks: its create is
+/// refused, a read of that one block shows it unowned, and the client claims it, with no
+/// listing of every block and no new block.
+async fn a_client_that_knows_only_its_nodes_blocks_claims_an_unowned_block_in_its_way(backend: Backend) {
+    let f = fixture(backend, &[("p", "10.44.0.0/28", 30)]).await;
+    let order = claim_order_of_28("10.44.0.0/28", "n2");
+    f.ipam.allocate_ips(&holder("net.other", "other"), &[order[0].network()]).await.unwrap();
+    let mut left = brindle_datastore::ipam::Block::new(order[1], None);
+    left.allocate(holder("net.orphan", "gone"), 1, 0).expect("a fresh block has room");
+    let key = brindle_datastore::keys::block(&order[1]);
+    f.client.store().create(&key, &serde_json::to_vec(&left).unwrap()).await.unwrap();
+
+    let listings = listings_of(&f);
+    let got = one(&Ipam::new(f.client.clone()), &v4("net.n2-0", "n2")).await;
+    if let (Some(before), Some(after)) = (listings, listings_of(&f)) {
+        assert_eq!(after - before, 1, "only n2's own blocks listed");
+    }
+    assert!(order[1].contains(got), "{got} in the unowned block {}", order[1]);
+    let owners = owners(&f.ipam).await;
+    assert_eq!(owners.get(&order[1].to_string()), Some(&Some("n2".to_owned())), "{owners:?}");
+    assert_eq!(owners.len(), 2, "no new block while an unowned one has room: {owners:?}");
 }

@@ -411,7 +411,8 @@ impl Ipam {
         let mut lost = 0;
         for pool in eligible {
             for cidr in pools::claim_order(&pool.spec, node) {
-                match listing.get(&cidr) {
+                let unowned = match listing.get(&cidr) {
+                    Some((b, _)) => b.owner.is_none(),
                     None => {
                         let mut block = Block::new(cidr, Some(node.to_owned()));
                         let ips = fill(&mut block, (self.clock)());
@@ -420,26 +421,33 @@ impl Ipam {
                                 self.remember(block, revision);
                                 return Ok(Claim::Claimed(cidr, ips));
                             }
-                            Err(Error::AlreadyExists(_)) => lost += 1, // lost the race for it
+                            // Lost the race for it, or a block the listing did not show, which
+                            // may be one no node owns.
+                            Err(Error::AlreadyExists(_)) => {
+                                let unowned = self.fetch_block(cidr).await?.is_some_and(|(b, _)| b.owner.is_none());
+                                lost += usize::from(!unowned);
+                                unowned
+                            }
                             Err(e) => return Err(e),
                         }
                     }
-                    Some((b, _)) if b.owner.is_none() => {
-                        let got = self
-                            .edit_block(cidr, |b, now| {
-                                if b.owner.is_some() {
-                                    return None;
-                                }
-                                b.owner = Some(node.to_owned());
-                                Some(fill(b, now))
-                            })
-                            .await?;
-                        match got {
-                            Some(ips) => return Ok(Claim::Claimed(cidr, ips)),
-                            None => lost += 1,
-                        }
+                };
+                if unowned {
+                    // Claimed only with room for this call: a node that owned a full block
+                    // would claim another at once.
+                    let got = self
+                        .edit_block(cidr, |b, now| {
+                            if b.owner.is_some() {
+                                return None;
+                            }
+                            b.owner = Some(node.to_owned());
+                            Some(fill(b, now)).filter(|ips| !ips.is_empty())
+                        })
+                        .await?;
+                    match got {
+                        Some(ips) => return Ok(Claim::Claimed(cidr, ips)),
+                        None => lost += 1,
                     }
-                    Some(_) => {}
                 }
                 if stale && lost > 1 {
                     return Ok(Claim::Stale);
