@@ -175,9 +175,10 @@ pub async fn run_workers(exe: &std::path::Path, store: &TestStore, jobs: &[Vec<S
     let server_cpu = server_cpu()?.iter().zip(&server_before).map(|(after, before)| after - before).collect();
     let mut requests = requests()?;
     for (kind, count) in &mut requests {
-        *count -= requests_before.get(kind).copied().unwrap_or_default();
+        *count = count.saturating_sub(requests_before.get(kind).copied().unwrap_or_default());
     }
-    requests.retain(|_, count| *count > 0);
+    // The bench's own reading of the metrics has no resource.
+    requests.retain(|(_, resource), count| *count > 0 && !resource.is_empty());
     Ok(Phase { outputs, took, client_cpu, server_cpu, requests })
 }
 
