@@ -550,10 +550,20 @@ async fn kubernetes_without_a_selectable_owner_lists_every_block() {
     assert_eq!(block_30(next), block_30(first), "a fresh client still fills its node's block");
 }
 
-/// How many LIST requests for IPAMBlocks the API server has answered.
-fn block_listings(server: &brindle_datastore::testing::KubeApiServer) -> u64 {
+/// How many LIST requests for IPAMBlocks the fixture's API server has answered; None on
+/// etcd and SQLite.
+fn listings_of(f: &Fixture) -> Option<u64> {
+    let TestStore::Kubernetes(server) = &f._server else { return None };
     let counts = server.request_counts().unwrap();
-    counts.get(&("LIST".to_owned(), "ipamblocks".to_owned())).copied().unwrap_or_default()
+    Some(counts.get(&("LIST".to_owned(), "ipamblocks".to_owned())).copied().unwrap_or_default())
+}
+
+/// One address for `node` from a fresh client (a CNI plugin's one call), and on the
+/// Kubernetes API how many listings of blocks that call made.
+async fn fresh_allocation(f: &Fixture, handle: &str, node: &str) -> (IpAddr, Option<u64>) {
+    let before = listings_of(f);
+    let ip = one(&Ipam::new(f.client.clone()), &v4(handle, node)).await;
+    (ip, before.zip(listings_of(f)).map(|(before, after)| after - before))
 }
 
 /// On the Kubernetes API, a fresh client (a CNI plugin's one call) whose node's blocks are full
@@ -562,17 +572,15 @@ fn block_listings(server: &brindle_datastore::testing::KubeApiServer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_a_fresh_client_claims_its_nodes_next_block_without_listing_every_block() {
     let f = fixture(Backend::Kubernetes, &[("p", "10.42.0.0/24", 30)]).await;
-    let TestStore::Kubernetes(server) = &f._server else { unreachable!("a Kubernetes fixture") };
     for node in ["n1", "n3"] {
         one(&f.ipam, &v4(&format!("net.{node}-0"), node)).await;
     }
     let first: Vec<IpAddr> = fill(&f.ipam, "n2", 4).await;
     assert!(first.iter().all(|ip| block_30(*ip) == block_30(first[0])), "four addresses fill one /30: {first:?}");
 
-    let listings = block_listings(server);
-    let next = one(&Ipam::new(f.client.clone()), &v4("net.n2-4", "n2")).await;
+    let (next, listings) = fresh_allocation(&f, "net.n2-4", "n2").await;
     assert_ne!(block_30(next), block_30(first[0]), "n2's first block is full: {next} in a new one");
-    assert_eq!(block_listings(server) - listings, 1, "one listing of blocks, n2's own");
+    assert_eq!(listings, Some(1), "one listing of blocks, n2's own");
     let owners = owners(&f.ipam).await;
     assert_eq!(owners.values().filter(|o| o.as_deref() == Some("n2")).count(), 2, "{owners:?}");
 }
@@ -584,15 +592,6 @@ async fn fill(ipam: &Ipam, node: &str, count: usize) -> Vec<IpAddr> {
         ips.push(one(ipam, &v4(&format!("net.{node}-{i}"), node)).await);
     }
     ips
-}
-
-/// How many LIST requests for IPAMBlocks the fixture's API server has answered; None on
-/// etcd and SQLite.
-fn listings_of(f: &Fixture) -> Option<u64> {
-    match &f._server {
-        TestStore::Kubernetes(server) => Some(block_listings(server)),
-        _ => None,
-    }
 }
 
 /// A /28 pool of /30 blocks, and the order in which node `node` claims them.
@@ -614,10 +613,9 @@ async fn a_client_that_knows_only_its_nodes_blocks_lists_them_all_when_its_claim
         let node = format!("other{i}");
         f.ipam.allocate_ips(&holder(&format!("net.{node}"), &node), &[block.network()]).await.unwrap();
     }
-    let listings = listings_of(&f);
-    let got = one(&Ipam::new(f.client.clone()), &v4("net.n2-0", "n2")).await;
-    if let (Some(before), Some(after)) = (listings, listings_of(&f)) {
-        assert_eq!(after - before, 2, "n2's own blocks, then every block after two collisions");
+    let (got, listings) = fresh_allocation(&f, "net.n2-0", "n2").await;
+    if let Some(listings) = listings {
+        assert_eq!(listings, 2, "n2's own blocks, then every block after two collisions");
     }
     assert!(order[3].contains(got), "{got} in the one block left, {}", order[3]);
     let owners = owners(&f.ipam).await;
@@ -638,10 +636,9 @@ async fn a_client_that_knows_only_its_nodes_blocks_claims_an_unowned_block_in_it
     let key = brindle_datastore::keys::block(&order[1]);
     f.client.store().create(&key, &serde_json::to_vec(&left).unwrap()).await.unwrap();
 
-    let listings = listings_of(&f);
-    let got = one(&Ipam::new(f.client.clone()), &v4("net.n2-0", "n2")).await;
-    if let (Some(before), Some(after)) = (listings, listings_of(&f)) {
-        assert_eq!(after - before, 1, "only n2's own blocks listed");
+    let (got, listings) = fresh_allocation(&f, "net.n2-0", "n2").await;
+    if let Some(listings) = listings {
+        assert_eq!(listings, 1, "only n2's own blocks listed");
     }
     assert!(order[1].contains(got), "{got} in the unowned block {}", order[1]);
     let owners = owners(&f.ipam).await;
