@@ -239,7 +239,8 @@ struct Row {
 
 /// What the allocation phase records for pod `i` of `prefix` on `node`: what the CNI plugin
 /// records for a Kubernetes pod, with a container ID of 64 hex digits (the same for the same
-/// pod in every worker) and a Deployment's pod name.
+/// pod in every worker) and a Deployment's pod name (random in both parts, where a
+/// Deployment's pods share the first, so its blocks compress worse than a cluster's).
 fn pod(node: &str, prefix: &str, i: usize) -> Allocation {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     let container_id: String = (0..4)
@@ -251,7 +252,7 @@ fn pod(node: &str, prefix: &str, i: usize) -> Allocation {
         kind: AllocationKind::Workload,
         endpoint: true,
         node: node.to_owned(),
-        pod: Some(format!("web-{}-{}", &container_id[..10], &container_id[54..59])),
+        pod: Some(format!("web-{}-{}", &container_id[32..42], &container_id[54..59])),
         namespace: Some("bench".into()),
         ..Allocation::default()
     }

@@ -73,7 +73,8 @@ async fn many_processes(backend: Backend, same_node: bool) {
             assert_eq!(block.owner.as_deref(), Some("shared"));
         }
     }
-    let expected: HashMap<IpAddr, String> = granted.iter().map(|(h, ip)| (*ip, h.clone())).collect();
+    let expected: HashMap<IpAddr, String> =
+        granted.iter().map(|(h, ip)| (*ip, brindle_datastore::ipam::recorded_form(h).to_owned())).collect();
     assert_eq!(recorded, expected, "the blocks hold exactly what the processes were given");
 
     let release = (0..PROCESSES)

@@ -10,7 +10,7 @@ use std::process::{Command as Process, Stdio};
 
 use brindle_datastore::Client;
 use brindle_datastore::ipam::pools::Family;
-use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, Ipam};
+use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, Ipam, recorded_form};
 use brindle_datastore::store::{KubernetesStore, kubernetes_api};
 
 use crate::annotations::{AddressRequest, IP_ADDRS, IP_ADDRS_NO_IPAM};
@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::result::{CniResult, IpConfig};
 use crate::wiring::host_prefix;
 
-/// The IPAM handle of an attachment: `<network>.<containerID>`.
+/// The IPAM handle of an attachment: `<network>.<containerID>` (blocks record a runtime's
+/// container ID by its first 16 digits, and find the address by either form).
 pub fn handle(network: &str, container_id: &str) -> String {
     format!("{network}.{container_id}")
 }
@@ -118,7 +119,7 @@ impl Store {
         for ip in ips {
             let holder = blocks.iter().find(|(b, _)| b.cidr.contains(*ip)).and_then(|(b, _)| b.holder(*ip));
             match holder {
-                Some(a) if a.handle == handle => {}
+                Some(a) if a.is_held_by(handle) => {}
                 Some(a) => problems.push(format!("{ip} is allocated to {}, not to {handle}", a.handle)),
                 None => problems.push(format!("{ip} is not allocated in IPAM")),
             }
@@ -131,14 +132,15 @@ impl Store {
     /// network exactly (network `a` never collects those of network `a.b`); those stored
     /// without their network are left to `brindlectl ipam gc`.
     pub async fn gc(&self, network: &str, node: &str, valid: &[Attachment]) -> Result<Vec<String>> {
-        let valid: HashSet<String> = valid.iter().map(|a| handle(network, &a.container_id)).collect();
+        let valid: HashSet<String> =
+            valid.iter().map(|a| recorded_form(&handle(network, &a.container_id)).to_owned()).collect();
         let mut stale: std::collections::BTreeMap<String, Vec<IpAddr>> = Default::default();
         for (block, _) in self.ipam.blocks().await? {
             for (ip, a) in block.allocations() {
                 if a.kind == AllocationKind::Workload
                     && a.node == node
                     && a.network.as_deref() == Some(network)
-                    && !valid.contains(&a.handle)
+                    && !valid.contains(recorded_form(&a.handle))
                 {
                     stale.entry(a.handle.clone()).or_default().push(ip);
                 }

@@ -116,7 +116,7 @@ fn check_live(tokio: &tokio::runtime::Runtime, ipam: &Ipam, live: &Live) -> Vec<
         .filter_map(|(ip, handle)| {
             let holder = blocks.iter().find(|(b, _)| b.cidr.contains(*ip)).and_then(|(b, _)| b.holder(*ip));
             match holder {
-                Some(a) if &a.handle == handle => None,
+                Some(a) if a.is_held_by(handle) => None,
                 Some(a) => Some(format!("live pod {handle} lost {ip} to {}", a.handle)),
                 None => Some(format!("live pod {handle} lost {ip}: it is free")),
             }

@@ -222,7 +222,9 @@ impl Pod {
     pub fn new(name: &str) -> Pod {
         let tag = unique();
         let netns = namespace("pod");
-        let container_id = format!("{tag}{}", "c".repeat(40));
+        // 64 hex digits, as runtimes make them; the tag makes the first 16 (what a block
+        // records) unique.
+        let container_id = format!("{tag}{}", "c".repeat(64 - tag.len()));
         let attachment = Attachment {
             container_id: container_id.clone(),
             netns: netns.path(),

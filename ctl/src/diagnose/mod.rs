@@ -168,7 +168,7 @@ fn datastore_checks(f: &mut Findings, pod: &Pod) {
             let holder = block.holder(pod.ip);
             let container = &pod.endpoint.spec.container_id;
             match holder {
-                Some(a) if a.handle.ends_with(container.as_str()) => f.ok(format!(
+                Some(a) if a.names_container(container) => f.ok(format!(
                     "block {} (owner {owner}) holds {} for this pod (handle {})",
                     block.cidr, pod.ip, a.handle
                 )),

@@ -5,12 +5,41 @@
 //! compare-and-swap of this one object; there is no separate affinity record to disagree with.
 //! Addresses are handed out never-used first, then released ones in release order, and a
 //! released address rests for the cooldown before it is handed out again.
+//!
+//! Every allocation rewrites the whole block, so a block records its holders compactly: a
+//! handle that ends in a container runtime's 64-hex-digit ID records only the ID's first 16
+//! digits (see [`recorded_form`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
+
+/// How many hex digits long the container IDs of containerd, CRI-O, Docker and Podman are
+/// (32 random bytes).
+const RUNTIME_ID_DIGITS: usize = 64;
+/// How many of those digits a block records: 64 random bits tell a block's holders apart as
+/// surely as 256 do, and remain a prefix that `crictl` and `podman` accept (their listings
+/// show 13 and 12 digits).
+const RECORDED_ID_DIGITS: usize = 16;
+
+/// The form in which a block records a pod's handle `<network>.<containerID>`, and a
+/// container ID alone: when the part after the last dot (or all of it) is a runtime's
+/// 64-hex-digit ID, only its first 16 digits; anything else whole. The form is always a prefix
+/// of the text. Those IDs are four fifths of a block's packed bytes otherwise. Pods' handles
+/// are compared in this form, so the whole handle and the recorded one find the same
+/// addresses, and so do handles recorded whole before. A node's tunnel address keeps its
+/// handle whole (a node's name may be 64 hex digits too).
+pub fn recorded_form(text: &str) -> &str {
+    let start = text.rfind('.').map_or(0, |dot| dot + 1);
+    let id = &text[start..];
+    if id.len() == RUNTIME_ID_DIGITS && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &text[..start + RECORDED_ID_DIGITS]
+    } else {
+        text
+    }
+}
 
 /// What an address is for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -33,7 +62,8 @@ impl AllocationKind {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Allocation {
-    /// The release handle: `<network>.<containerID>` for pods.
+    /// The release handle: `<network>.<containerID>` for pods, in [`recorded_form`] once the
+    /// block holds the address. Compare it with [`Allocation::is_held_by`].
     pub handle: String,
     /// The CNI network a pod's address was taken for (the first part of its handle; both
     /// parts may hold dots, so it is kept apart). `None` for tunnel addresses and for
@@ -62,6 +92,43 @@ pub struct Allocation {
     /// in flight keeps it.
     #[serde(default)]
     pub allocated_at_ms: u64,
+}
+
+impl Allocation {
+    /// Whether `handle` is this address's holder: the same handle, or for a pod's address
+    /// the same in [`recorded_form`].
+    pub fn is_held_by(&self, handle: &str) -> bool {
+        self.handle == handle || (self.kind.is_workload() && recorded_form(&self.handle) == recorded_form(handle))
+    }
+
+    /// The container IDs a pod's handle `<network>.<containerID>` may name, in
+    /// [`recorded_form`]: exactly the part after its network when the allocation recorded it;
+    /// otherwise whatever follows any of its dots, since both parts may hold dots. Longest
+    /// first.
+    pub fn containers_named(&self) -> Vec<&str> {
+        let handle = self.handle.as_str();
+        if let Some(container) =
+            self.network.as_deref().and_then(|n| handle.strip_prefix(n)).and_then(|rest| rest.strip_prefix('.'))
+        {
+            return vec![recorded_form(container)];
+        }
+        handle.match_indices('.').map(|(i, _)| recorded_form(&handle[i + 1..])).collect()
+    }
+
+    /// Whether this is a pod's address taken for container `container_id` (compared in
+    /// [`recorded_form`]).
+    pub fn names_container(&self, container_id: &str) -> bool {
+        self.kind.is_workload() && self.containers_named().contains(&recorded_form(container_id))
+    }
+
+    /// This allocation as a block records it: a pod's handle in its recorded form.
+    fn recorded(mut self) -> Self {
+        if self.kind.is_workload() {
+            let recorded = recorded_form(&self.handle).len();
+            self.handle.truncate(recorded);
+        }
+        self
+    }
 }
 
 /// A released address at rest.
@@ -138,7 +205,7 @@ impl Block {
             self.released.pop_front()?.ordinal
         };
         allocation.allocated_at_ms = now_ms;
-        self.allocations.insert(ordinal, allocation);
+        self.allocations.insert(ordinal, allocation.recorded());
         Some(self.ip(ordinal))
     }
 
@@ -149,7 +216,7 @@ impl Block {
     pub fn allocate_ip(&mut self, ip: IpAddr, mut allocation: Allocation, now_ms: u64) -> Result<(), String> {
         let Some(ordinal) = self.ordinal(ip) else { return Err(format!("{ip} is not in block {}", self.cidr)) };
         if let Some(holder) = self.allocations.get(&ordinal) {
-            return match holder.handle == allocation.handle {
+            return match holder.is_held_by(&allocation.handle) {
                 true => Ok(()),
                 false => Err(format!("{ip} is already taken by {}", holder.handle)),
             };
@@ -164,13 +231,14 @@ impl Block {
             self.released.retain(|r| r.ordinal != ordinal);
         }
         allocation.allocated_at_ms = now_ms;
-        self.allocations.insert(ordinal, allocation);
+        self.allocations.insert(ordinal, allocation.recorded());
         Ok(())
     }
 
     /// Releases every address held by `handle`; returns them.
     pub fn release_handle(&mut self, handle: &str, now_ms: u64) -> Vec<IpAddr> {
-        let ordinals: Vec<u32> = self.allocations.iter().filter(|(_, a)| a.handle == handle).map(|(o, _)| *o).collect();
+        let ordinals: Vec<u32> =
+            self.allocations.iter().filter(|(_, a)| a.is_held_by(handle)).map(|(o, _)| *o).collect();
         for ordinal in &ordinals {
             self.allocations.remove(ordinal);
             self.released.push_back(Released { ordinal: *ordinal, at_ms: now_ms });
@@ -198,7 +266,7 @@ impl Block {
 
     /// Whether `handle` holds any address here.
     pub fn holds(&self, handle: &str) -> bool {
-        self.allocations.values().any(|a| a.handle == handle)
+        self.allocations.values().any(|a| a.is_held_by(handle))
     }
 
     fn ip(&self, ordinal: u32) -> IpAddr {
@@ -295,6 +363,71 @@ mod tests {
         assert_eq!(b.release_handle("pod-b", 5), vec![third]);
         assert!(b.is_empty());
         assert_eq!(b.release_ip("10.0.0.1".parse().unwrap(), 5), None, "outside the block");
+    }
+
+    #[test]
+    fn a_runtimes_container_id_is_recorded_by_its_first_16_digits_and_either_form_finds_it() {
+        let whole = format!("k8s-pod-network.{}", "0123456789abcdef".repeat(4));
+        let mut b = block("10.0.0.0/29");
+        let ip = b.allocate(alloc(&whole), 0, 0).unwrap();
+        assert_eq!(b.holder(ip).map(|a| a.handle.as_str()), Some("k8s-pod-network.0123456789abcdef"));
+        assert!(b.holds(&whole) && b.holds("k8s-pod-network.0123456789abcdef"));
+        assert!(!b.holds(&format!("k8s-pod-network.{}", "f123456789abcdef".repeat(4))), "another container");
+        assert!(!b.holds(&format!("other-network.{}", "0123456789abcdef".repeat(4))), "another network");
+        assert_eq!(b.allocate_ip(ip, alloc(&whole), 1), Ok(()), "asked again by its holder");
+        assert_eq!(b.release_handle(&whole, 2), vec![ip]);
+
+        // A handle recorded whole (before blocks recorded the short form) is found by both.
+        let old = Allocation { handle: whole.clone(), ..alloc("") };
+        b.allocations.insert(5, old.clone());
+        let ip = b.ip(5);
+        assert!(b.holder(ip).is_some_and(|a| a.is_held_by("k8s-pod-network.0123456789abcdef")));
+        assert_eq!(b.release_handle("k8s-pod-network.0123456789abcdef", 3), vec![ip]);
+        b.allocations.insert(5, old);
+        assert_eq!(b.release_handle(&whole, 3), vec![ip]);
+    }
+
+    #[test]
+    fn a_tunnel_address_keeps_its_handle_whole_even_for_a_node_named_in_hex() {
+        let (node, twin) = ("0123456789abcdef".repeat(4), format!("0123456789abcdef{}", "f".repeat(48)));
+        let tunnel = |node: &str| Allocation { kind: AllocationKind::Tunnel, ..alloc(&format!("tunnel-ipv4.{node}")) };
+        let mut b = block("10.0.0.0/30");
+        let ip = b.allocate(tunnel(&node), 0, 0).unwrap();
+        assert_eq!(b.holder(ip).map(|a| a.handle.clone()), Some(format!("tunnel-ipv4.{node}")));
+        assert!(b.holds(&format!("tunnel-ipv4.{node}")));
+        assert!(!b.holds(&format!("tunnel-ipv4.{twin}")), "another node with the same first 16 digits");
+        assert!(b.release_handle(&format!("tunnel-ipv4.{twin}"), 1).is_empty());
+    }
+
+    #[test]
+    fn other_handles_are_recorded_whole() {
+        for handle in [
+            "tunnel-ipv4.node-1".to_owned(),
+            "net.short-container-id".to_owned(),
+            "no-dot-at-all".to_owned(),
+            format!("net.{}", "0123456789abcdef".repeat(4)[..63].to_owned()),
+            format!("net.{}", "z".repeat(64)),
+            format!("net.{}-1", "0123456789abcdef".repeat(4)),
+        ] {
+            assert_eq!(recorded_form(&handle), handle.as_str());
+            let mut b = block("10.0.0.0/30");
+            let ip = b.allocate(alloc(&handle), 0, 0).unwrap();
+            assert_eq!(b.holder(ip).map(|a| a.handle.as_str()), Some(handle.as_str()));
+        }
+        assert_eq!(recorded_form("ABCDEF0123456789".repeat(4).as_str()), "ABCDEF0123456789");
+    }
+
+    #[test]
+    fn a_container_id_with_dots_is_recorded_by_the_same_rule_as_its_handle() {
+        let id = format!("sandbox.{}", "0123456789abcdef".repeat(4));
+        let mut b = block("10.0.0.0/30");
+        let holder = Allocation { network: Some("net".into()), ..alloc(&format!("net.{id}")) };
+        let ip = b.allocate(holder, 0, 0).unwrap();
+        let a = b.holder(ip).unwrap();
+        assert_eq!(a.handle, "net.sandbox.0123456789abcdef");
+        assert_eq!(a.containers_named(), [recorded_form(&id)]);
+        assert!(a.names_container(&id) && a.names_container("sandbox.0123456789abcdef"));
+        assert!(!a.names_container(&"0123456789abcdef".repeat(4)), "without its first part");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use super::{Allocation, AllocationKind, Block};
+use super::{Allocation, AllocationKind, Block, recorded_form};
 use crate::resource::{IpPool, Node, Resource, WorkloadEndpoint};
 use crate::selector::Selector;
 use crate::store::Revision;
@@ -204,7 +204,7 @@ impl<'a> Holders<'a> {
     ) -> Self {
         Holders {
             nodes: nodes.iter().map(|n| n.metadata.name.as_str()).collect(),
-            containers: endpoints.iter().map(|e| e.spec.container_id.as_str()).collect(),
+            containers: endpoints.iter().map(|e| recorded_form(&e.spec.container_id)).collect(),
             pods,
         }
     }
@@ -230,26 +230,13 @@ impl<'a> Holders<'a> {
             // look for.
             return None;
         }
-        let named = containers_named(allocation);
+        let named = allocation.containers_named();
         if named.iter().any(|c| self.containers.contains(c)) {
             return None;
         }
         let container = named.last().copied().unwrap_or(allocation.handle.as_str());
         Some(format!("no WorkloadEndpoint has container ID \"{container}\""))
     }
-}
-
-/// The container IDs a pod's handle `<network>.<containerID>` may name: exactly the part after
-/// its network when the allocation recorded it; otherwise whatever follows any of its dots,
-/// since both parts may hold dots. Longest first.
-fn containers_named(allocation: &Allocation) -> Vec<&str> {
-    let handle = allocation.handle.as_str();
-    if let Some(container) =
-        allocation.network.as_deref().and_then(|n| handle.strip_prefix(n)).and_then(|rest| rest.strip_prefix('.'))
-    {
-        return vec![container];
-    }
-    handle.match_indices('.').map(|(i, _)| &handle[i + 1..]).collect()
 }
 
 /// Addresses that two endpoints claim, or that an endpoint claims while its block gives them
@@ -270,7 +257,7 @@ fn conflicts(blocks: &[(Block, Revision)], endpoints: &[Resource<WorkloadEndpoin
         } else {
             let container = claimants[0].spec.container_id.as_str();
             match holder {
-                Some(a) if !containers_named(a).contains(&container) => {
+                Some(a) if !a.names_container(container) => {
                     format!("its endpoint's container is \"{container}\", but IPAM gives it to handle \"{}\"", a.handle)
                 }
                 _ => continue,
@@ -630,6 +617,28 @@ mod tests {
             ]
         );
         assert!(!report.is_clean());
+    }
+
+    #[test]
+    fn an_endpoint_with_a_runtimes_container_id_owns_its_address_recorded_short_or_whole() {
+        let (live, other) = ("0123456789abcdef".repeat(4), "fedcba9876543210".repeat(4));
+        let mut world = World::new(&[pod(&format!("net.{live}")), pod(&format!("net.{other}"))], 0);
+        // The second as blocks recorded it before they kept 16 digits: whole.
+        let stored = serde_json::to_string(&world.blocks[0].0).unwrap();
+        let whole = stored.replace("\"net.fedcba9876543210\"", &format!("\"net.{other}\""));
+        assert_ne!(stored, whole);
+        world.blocks[0].0 = serde_json::from_str(&whole).unwrap();
+        world.endpoints.push(endpoint("n1", &live, "10.0.0.0"));
+        world.endpoints.push(endpoint("n1", &other, "10.0.0.1"));
+        let report = world.check(&GcRecord::default(), 10 * GRACE);
+        assert!(report.is_clean(), "{report:?}");
+
+        world.endpoints.pop();
+        world.endpoints.push(endpoint("n1", &"f".repeat(64), "10.0.0.1"));
+        let report = world.check(&GcRecord::default(), 10 * GRACE);
+        assert_eq!(report.leaked.len(), 1, "{report:?}");
+        assert!(report.leaked[0].reason.contains("\"fedcba9876543210\""), "{report:?}");
+        assert_eq!(report.conflicts.len(), 1, "{report:?}");
     }
 
     #[test]

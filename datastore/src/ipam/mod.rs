@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnetwork::IpNetwork;
 
-pub use block::{Allocation, AllocationKind, Block, Released};
+pub use block::{Allocation, AllocationKind, Block, Released, recorded_form};
 pub use check::{AddressConflict, BlockIssue, CheckReport, GcRecord, GoneNode, Leak, LeakSighting, PodKeys};
 pub use gc::{GcOutcome, LeakOutcome, NodeOutcome};
 use pools::Family;
@@ -480,7 +480,7 @@ impl Ipam {
             let Some(cidr) = self.block_for(&pools, ip).await? else { continue };
             let freed = self
                 .edit_block(cidr, |b, now| {
-                    b.holder(ip).filter(|a| a.handle == handle)?;
+                    b.holder(ip).filter(|a| a.is_held_by(handle))?;
                     b.release_ip(ip, now).map(|_| ip)
                 })
                 .await?;
@@ -540,7 +540,7 @@ impl Ipam {
         let family = if ipv6 { "ipv6" } else { "ipv4" };
         let handle = format!("tunnel-{family}.{node}");
         for (cidr, (block, _)) in self.list_blocks().await? {
-            if let Some((ip, _)) = block.allocations().find(|(_, a)| a.handle == handle) {
+            if let Some((ip, _)) = block.allocations().find(|(_, a)| a.is_held_by(&handle)) {
                 let (pools, _) = self.client.list::<IpPool>().await?;
                 let pool = pools.iter().find(|p| p.spec.cidr.contains(ip)).map(|p| p.metadata.name.clone());
                 return Ok(Assigned { ip, block: cidr, pool: pool.unwrap_or_default() });

@@ -124,7 +124,9 @@ pub fn add(state: &mut LabState, pod: &NewPod) -> anyhow::Result<()> {
     // The first namespace name no pod of the lab has (pods come and go).
     let index = (0u128..).find(|i| !state.pods.iter().any(|p| p.netns == format!("{}-p{i}", state.name))).unwrap_or(0);
     let netns = Netns::named(&format!("{}-p{}", state.name, index))?;
-    let container_id = format!("{:032x}", (u128::from(std::process::id()) << 64) | (1 << 63) | index);
+    // 64 hex digits, as runtimes make them, told apart by their first 16 (all a block records).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let container_id = format!("{:08x}{:08x}{:048x}", std::process::id(), index, now.as_nanos());
     let attachment = Attachment {
         container_id: container_id.clone(),
         netns: netns.path(),
