@@ -7,11 +7,12 @@
 //! bookkeeping costs on top of the store's own write rate.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, Ipam};
+use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, Ipam, WriteLock};
 use brindle_datastore::resource::{IpPool, Resource};
 use brindle_datastore::testing::TestStore;
 use brindle_datastore::{Client, Error};
@@ -60,6 +61,9 @@ enum Job {
         prefix: String,
         #[arg(long)]
         count: usize,
+        /// Hold this lock file around each write of a block, as the CNI plugin does.
+        #[arg(long)]
+        write_lock: Option<PathBuf>,
     },
     /// Release the addresses of `count` pods of `<prefix>`; print `<handle> <ip>` for every
     /// address freed.
@@ -83,8 +87,11 @@ enum Job {
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let store = brindle_datastore::connect(&args.datastore).await?;
     match args.job {
-        Job::Allocate { node, prefix, count } => {
-            let ipam = Ipam::new(Client::new(store)).with_context_ttl(CONTEXT_TTL);
+        Job::Allocate { node, prefix, count, write_lock } => {
+            let mut ipam = Ipam::new(Client::new(store)).with_context_ttl(CONTEXT_TTL);
+            if let Some(path) = write_lock {
+                ipam = ipam.with_write_lock(WriteLock::new(path));
+            }
             for i in 0..count {
                 let holder = pod(&node, &prefix, i);
                 let handle = holder.handle.clone();
@@ -274,6 +281,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let n = args.operations;
     let mut rows = Vec::new();
     let block_bytes = half_full_block_bytes()?;
+    let locks = tempfile::tempdir()?;
     for &(backend, name) in backends {
         for (label, processes, same_node) in [
             ("1".to_string(), 1, true),
@@ -309,6 +317,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 let alloc_jobs: Vec<Vec<String>> = (0..processes)
                     .map(|p| {
                         let node = if same_node { "node-0".to_string() } else { format!("node-{p}") };
+                        let lock = locks.path().join(format!("{node}.lock")).display().to_string();
                         let prefix = format!("r{round}p{p}");
                         vec![
                             "allocate".into(),
@@ -318,6 +327,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                             prefix,
                             "--count".into(),
                             n.to_string(),
+                            "--write-lock".into(),
+                            lock,
                         ]
                     })
                     .collect();

@@ -1,7 +1,8 @@
 //! Eight OS processes, each with its own datastore client, allocate 500 addresses each (100 on
 //! the Kubernetes API, whose writes cost more), on one node and on eight nodes, on etcd, SQLite
 //! and Kubernetes: no address is handed out twice, the blocks account for every address, and
-//! releasing every handle leaves every block empty.
+//! releasing every handle leaves every block empty. On one node they race for its blocks, and
+//! on the Kubernetes API also take turns holding the node's write lock, as CNI calls do.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -42,7 +43,19 @@ async fn run(exe: &Path, selection: &str, jobs: Vec<Vec<String>>) -> Vec<(String
     lines
 }
 
-async fn many_processes(backend: Backend, same_node: bool) {
+/// Where the processes allocate.
+#[derive(Clone, Copy, PartialEq)]
+enum Nodes {
+    /// All on one node, racing for its blocks.
+    OneRacing,
+    /// All on one node, holding one write lock around each write of a block.
+    OneLocked,
+    /// Each on a node of its own.
+    Own,
+}
+
+async fn many_processes(backend: Backend, nodes: Nodes) {
+    let same_node = nodes != Nodes::Own;
     let per_process = if backend == Backend::Kubernetes { 100 } else { PER_PROCESS };
     let exe = Path::new(env!("CARGO_BIN_EXE_brindle-bench"));
     let server = TestStore::start(backend).unwrap();
@@ -50,16 +63,34 @@ async fn many_processes(backend: Backend, same_node: bool) {
     let client = Client::new(brindle_datastore::connect(&selection).await.unwrap());
     client.create(Resource::new("p", IpPool::new("10.40.0.0/16".parse().unwrap()))).await.unwrap();
 
+    let locks = tempfile::tempdir().unwrap();
     let allocate = (0..PROCESSES)
         .map(|p| {
             let node = if same_node { "shared".to_string() } else { format!("node-{p}") };
             let args =
                 ["allocate", "--node", &node, "--prefix", &format!("net.p{p}"), "--count", &per_process.to_string()];
-            args.map(String::from).to_vec()
+            let mut args = args.map(String::from).to_vec();
+            if nodes == Nodes::OneLocked {
+                args.extend(["--write-lock".into(), locks.path().join("shared.lock").display().to_string()]);
+            }
+            args
         })
         .collect();
+    let updates = || match &server {
+        TestStore::Kubernetes(api) => {
+            api.request_counts().unwrap().get(&("PUT".to_owned(), "ipamblocks".to_owned())).copied().unwrap_or(0)
+        }
+        _ => 0,
+    };
+    let updates_before = updates();
     let granted = run(exe, &selection, allocate).await;
     assert_eq!(granted.len(), PROCESSES * per_process);
+    if nodes == Nodes::OneLocked {
+        // Each allocation is one update of a block or one claim; an update loses a race only
+        // after a wait for the lock ran out (racing, they made four per allocation).
+        let updates = updates() - updates_before;
+        assert!(updates * 10 <= granted.len() as u64 * 11, "{updates} block updates for {} allocations", granted.len());
+    }
     let distinct: HashSet<IpAddr> = granted.iter().map(|(_, ip)| *ip).collect();
     assert_eq!(distinct.len(), granted.len(), "an address was handed out twice");
 
@@ -95,30 +126,35 @@ async fn many_processes(backend: Backend, same_node: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_one_node() {
-    many_processes(Backend::Etcd, true).await;
+    many_processes(Backend::Etcd, Nodes::OneRacing).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_eight_nodes() {
-    many_processes(Backend::Etcd, false).await;
+    many_processes(Backend::Etcd, Nodes::Own).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_one_node() {
-    many_processes(Backend::Sqlite, true).await;
+    many_processes(Backend::Sqlite, Nodes::OneRacing).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_eight_nodes() {
-    many_processes(Backend::Sqlite, false).await;
+    many_processes(Backend::Sqlite, Nodes::Own).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_one_node() {
-    many_processes(Backend::Kubernetes, true).await;
+    many_processes(Backend::Kubernetes, Nodes::OneRacing).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_eight_nodes() {
-    many_processes(Backend::Kubernetes, false).await;
+    many_processes(Backend::Kubernetes, Nodes::Own).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_one_node_taking_turns_with_the_write_lock() {
+    many_processes(Backend::Kubernetes, Nodes::OneLocked).await;
 }

@@ -61,7 +61,8 @@ pub struct NetConf {
     /// Log to this file instead of stderr.
     #[serde(default)]
     pub log_file_path: Option<PathBuf>,
-    /// Where host-side endpoint records are written.
+    /// Where host-side endpoint records are written, beside the lock file of the host's IPAM
+    /// writes.
     #[serde(default)]
     pub endpoint_record_dir: Option<PathBuf>,
     /// The IPAM section, kept raw: it is also what a delegated plugin receives.

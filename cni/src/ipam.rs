@@ -10,7 +10,7 @@ use std::process::{Command as Process, Stdio};
 
 use brindle_datastore::Client;
 use brindle_datastore::ipam::pools::Family;
-use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, Ipam, recorded_form};
+use brindle_datastore::ipam::{AllocateRequest, Allocation, AllocationKind, Ipam, WriteLock, recorded_form};
 use brindle_datastore::store::{KubernetesStore, kubernetes_api};
 
 use crate::annotations::{AddressRequest, IP_ADDRS, IP_ADDRS_NO_IPAM};
@@ -25,6 +25,11 @@ use crate::wiring::host_prefix;
 pub fn handle(network: &str, container_id: &str) -> String {
     format!("{network}.{container_id}")
 }
+
+/// The file, in the endpoint record directory, whose lock the host's CNI calls hold around
+/// each write of an IPAM block (see [`WriteLock`]): calls for pods started together then write
+/// their node's block in turn instead of racing for it.
+pub const IPAM_LOCK_FILE: &str = "ipam.lock";
 
 /// A connection to the datastore with the IPAM client on top.
 pub struct Store {
@@ -53,7 +58,8 @@ impl Store {
             None => store.kubernetes().cloned(),
         };
         let client = Client::new(store);
-        Ok(Store { ipam: Ipam::new(client.clone()), client, kubernetes })
+        let write_lock = WriteLock::new(conf.record_dir().join(IPAM_LOCK_FILE));
+        Ok(Store { ipam: Ipam::new(client.clone()).with_write_lock(write_lock), client, kubernetes })
     }
 
     /// Allocates an attachment's addresses: as the network config says, or as the pod's

@@ -13,6 +13,7 @@ mod block;
 mod check;
 mod gc;
 pub mod pools;
+mod write_lock;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -25,6 +26,7 @@ pub use block::{Allocation, AllocationKind, Block, Released, recorded_form};
 pub use check::{AddressConflict, BlockIssue, CheckReport, GcRecord, GoneNode, Leak, LeakSighting, PodKeys};
 pub use gc::{GcOutcome, LeakOutcome, NodeOutcome};
 use pools::Family;
+pub use write_lock::WriteLock;
 
 use crate::client::Client;
 use crate::keys;
@@ -81,6 +83,7 @@ pub struct Ipam {
     context_ttl: Duration,
     cache: Mutex<Cache>,
     kubernetes: Option<KubernetesStore>,
+    write_lock: Option<WriteLock>,
 }
 
 impl std::fmt::Debug for Ipam {
@@ -129,6 +132,7 @@ impl Ipam {
             context_ttl: Duration::ZERO,
             cache: Mutex::default(),
             kubernetes: None,
+            write_lock: None,
         }
     }
 
@@ -145,6 +149,13 @@ impl Ipam {
     /// the agent): pool changes then take up to `ttl` to be seen.
     pub fn with_context_ttl(mut self, ttl: Duration) -> Self {
         self.context_ttl = ttl;
+        self
+    }
+
+    /// Holds `lock` around each write of a block (see [`WriteLock`]): for the short-lived
+    /// processes of one node that allocate at the same time, such as CNI calls.
+    pub fn with_write_lock(mut self, lock: WriteLock) -> Self {
+        self.write_lock = Some(lock);
         self
     }
 
@@ -691,15 +702,23 @@ impl Ipam {
     /// a copy and returns `Some` if it changed something to write. A cached copy is tried
     /// first; a decision not to change is only trusted on a fresh read. An unowned block left
     /// empty is deleted rather than written, once no released address in it is still resting
-    /// (deleting it sooner would hand those out fresh to the next claimer).
+    /// (deleting it sooner would hand those out fresh to the next claimer). With a write lock,
+    /// the call holds it throughout, and reads a cached copy older than the host's last write
+    /// of the block before it writes.
     async fn edit_block<T>(
         &self,
         cidr: IpNetwork,
         mut change: impl FnMut(&mut Block, u64) -> Option<T>,
     ) -> Result<Option<T>> {
+        let mut held = match &self.write_lock {
+            Some(lock) => lock.take().await,
+            None => None,
+        };
         let cached = self.cache().blocks.get(&cidr).cloned();
         let mut current = cached.clone();
-        let mut fresh = cached.is_none();
+        // A copy older than this host's last write of the block would only lose a race.
+        let mut fresh = cached.is_none()
+            || cached.as_ref().zip(held.as_ref()).is_some_and(|((_, revision), held)| held.outdates(&cidr, *revision));
         if fresh {
             current = self.fetch_block(cidr).await?;
         }
@@ -726,6 +745,9 @@ impl Ipam {
                     serde_json::to_vec(&edited).map_err(|e| Error::Invalid(format!("cannot encode block: {e}")))?;
                 self.client.store().update(&key, &value, revision).await.map(Some)
             };
+            if let (Ok(revision), Some(held)) = (&written, held.as_mut()) {
+                held.wrote(cidr, *revision);
+            }
             match written {
                 Ok(Some(new_revision)) => {
                     self.remember(edited, new_revision);
