@@ -12,7 +12,7 @@
 //! node's blocks in parallel. A write that waits longer than [`WAIT`] goes ahead without it.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -52,9 +52,17 @@ impl WriteLock {
     /// Takes the lock, waiting up to [`WAIT`]; `None` (logged) when the file cannot be used or
     /// the wait ran out, and the caller writes without it.
     pub(super) async fn take(&self) -> Option<Held> {
-        // `flock` blocks: it waits on a thread of its own, which the caller abandons when the
-        // wait runs out (it then releases the lock as soon as it gets it, or when the process
-        // ends, whichever comes first).
+        match Held::try_take(&self.path) {
+            Ok(Some(held)) => return Some(held),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "IPAM write lock unusable; writing without it");
+                return None;
+            }
+        }
+        // Busy. `flock` blocks: it waits on a thread of its own, which the caller abandons when
+        // the wait runs out (it then releases the lock as soon as it gets it, or when the
+        // process ends, whichever comes first).
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let path = self.path.clone();
         let spawned = std::thread::Builder::new()
@@ -80,12 +88,24 @@ impl WriteLock {
 }
 
 impl Held {
+    /// Waits for the lock.
     fn take(path: &Path) -> std::io::Result<Held> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let file = open(path)?;
         file.lock()?;
+        Held::read(file)
+    }
+
+    /// The lock if it is free (no thread is needed to wait for it then).
+    fn try_take(path: &Path) -> std::io::Result<Option<Held>> {
+        let file = open(path)?;
+        match file.try_lock() {
+            Ok(()) => Held::read(file).map(Some),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn read(mut file: File) -> std::io::Result<Held> {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         Ok(Held { written: parse(&String::from_utf8_lossy(&bytes)), file })
@@ -119,14 +139,30 @@ impl Held {
     fn save(&mut self) -> std::io::Result<()> {
         let text: String =
             self.written.iter().map(|(cidr, (revision, sequence))| format!("{cidr} {revision} {sequence}\n")).collect();
+        // Written over the old text, then cut to length: ext4 writes out a file truncated to
+        // zero and written again when it is closed (its `auto_da_alloc`), 20 times the cost.
         self.file.rewind()?;
-        self.file.set_len(0)?;
-        self.file.write_all(text.as_bytes())
+        self.file.write_all(text.as_bytes())?;
+        self.file.set_len(text.len() as u64)
     }
 }
 
-/// The file's lines `<cidr> <revision> <sequence>`; a line that does not read so (a writer
-/// that died mid-write) is skipped, which at worst costs a lost race.
+/// Opens the lock file, creating it and its directory when missing.
+fn open(path: &Path) -> std::io::Result<File> {
+    let open = || OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path);
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            open()
+        }
+        opened => opened,
+    }
+}
+
+/// The file's lines `<cidr> <revision> <sequence>`. A writer that died mid-write can leave
+/// lines that do not read so (skipped) or old ones: at worst a write then loses a race.
 fn parse(text: &str) -> BTreeMap<IpNetwork, (Revision, u64)> {
     text.lines()
         .filter_map(|line| {
