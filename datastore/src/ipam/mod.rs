@@ -703,8 +703,8 @@ impl Ipam {
     /// first; a decision not to change is only trusted on a fresh read. An unowned block left
     /// empty is deleted rather than written, once no released address in it is still resting
     /// (deleting it sooner would hand those out fresh to the next claimer). With a write lock,
-    /// the call holds it throughout, and reads a cached copy older than the host's last write
-    /// of the block before it writes.
+    /// the call holds it throughout, and a cached copy older than the host's last write of the
+    /// block gives way to the lock's copy or a fresh read.
     async fn edit_block<T>(
         &self,
         cidr: IpNetwork,
@@ -714,11 +714,16 @@ impl Ipam {
             Some(lock) => lock.take().await,
             None => None,
         };
-        let cached = self.cache().blocks.get(&cidr).cloned();
-        let mut current = cached.clone();
-        // A copy older than this host's last write of the block would only lose a race.
-        let mut fresh = cached.is_none()
-            || cached.as_ref().zip(held.as_ref()).is_some_and(|((_, revision), held)| held.outdates(&cidr, *revision));
+        let mut current = self.cache().blocks.get(&cidr).cloned();
+        if let Some(held) = &held {
+            // A copy older than this host's last write of the block would only lose a race:
+            // the lock's copy replaces it, or a fresh read. The lock's copy is still only a
+            // copy (another host may have written since), so it is not `fresh`.
+            if current.as_ref().is_none_or(|(_, revision)| held.outdates(&cidr, *revision)) {
+                current = held.latest(&cidr).map(|(block, revision)| (self.remember(block, revision), revision));
+            }
+        }
+        let mut fresh = current.is_none();
         if fresh {
             current = self.fetch_block(cidr).await?;
         }
@@ -746,7 +751,7 @@ impl Ipam {
                 self.client.store().update(&key, &value, revision).await.map(Some)
             };
             if let (Ok(revision), Some(held)) = (&written, held.as_mut()) {
-                held.wrote(cidr, *revision);
+                held.wrote(cidr, revision.map(|revision| (&edited, revision)));
             }
             match written {
                 Ok(Some(new_revision)) => {

@@ -6,10 +6,11 @@
 //! made four writes and three reads per allocation on the Kubernetes API (a refusal there
 //! carries no object, so each loser reads the block again). Held around the read-modify-write
 //! of one block, this lock (an advisory `flock` on a file) lets one process of the host write
-//! at a time, and the file records the revision at which each block was last written, so a
-//! process whose copy of a block is older reads it first instead of losing a race with it.
-//! The lock covers only that write: processes connect, read pools and settings and list their
-//! node's blocks in parallel. A write that waits longer than [`WAIT`] goes ahead without it.
+//! at a time. The file records the revision at which each block was last written and the last
+//! block written, whole: a process whose copy of that block is older takes the file's instead
+//! of reading it from the store, and writes it once. The lock covers only that write:
+//! processes connect, read pools and settings and list their node's blocks in parallel. A
+//! write that waits longer than [`WAIT`] goes ahead without it.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -18,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
 
+use super::Block;
 use crate::store::Revision;
 
 /// How long a write waits for the lock before it goes ahead without it (every write is a
@@ -35,11 +38,20 @@ pub struct WriteLock {
     path: PathBuf,
 }
 
-/// The lock, held until dropped, and the revisions at which the host last wrote blocks.
+/// The lock, held until dropped, and what the file records.
 pub(super) struct Held {
     file: File,
-    /// Each block's revision, with a sequence number of the write (to keep the newest).
+    record: Record,
+}
+
+/// What the lock file holds (JSON).
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Record {
+    /// Each block's revision at the host's last write of it, with a sequence number of the
+    /// write (to keep the newest).
     written: BTreeMap<IpNetwork, (Revision, u64)>,
+    /// The block written last, as written, and its revision.
+    last: Option<(Block, Revision)>,
 }
 
 impl WriteLock {
@@ -105,45 +117,68 @@ impl Held {
         }
     }
 
+    /// The lock and what its file records. A new file is empty; a record that does not read
+    /// (a writer that died mid-write, another version's) counts as empty: at worst a write then
+    /// loses a race.
     fn read(mut file: File) -> std::io::Result<Held> {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        Ok(Held { written: parse(&String::from_utf8_lossy(&bytes)), file })
-    }
-
-    /// Whether a copy of block `cidr` at `revision` may be older than the host's last write of
-    /// it (then it is read again before it is written).
-    pub(super) fn outdates(&self, cidr: &IpNetwork, revision: Revision) -> bool {
-        self.written.get(cidr).is_some_and(|(written, _)| *written > revision)
-    }
-
-    /// Records that block `cidr` was written at `revision` (`None`: deleted). A record that
-    /// cannot be saved is only logged: the next writer then loses a race instead.
-    pub(super) fn wrote(&mut self, cidr: IpNetwork, revision: Option<Revision>) {
-        match revision {
-            Some(revision) => {
-                let sequence = self.written.values().map(|(_, s)| s + 1).max().unwrap_or(0);
-                self.written.insert(cidr, (revision, sequence));
-                while self.written.len() > REMEMBERED {
-                    let oldest = self.written.iter().min_by_key(|(_, (_, s))| *s).map(|(c, _)| *c);
-                    oldest.map(|c| self.written.remove(&c));
+        let record = match serde_json::from_slice(&bytes) {
+            Ok(record) => record,
+            Err(e) => {
+                if !bytes.is_empty() {
+                    tracing::debug!(error = %e, "IPAM write lock: its record does not read; starting afresh");
                 }
+                Record::default()
             }
-            None => drop(self.written.remove(&cidr)),
+        };
+        Ok(Held { file, record })
+    }
+
+    /// Whether a copy of block `cidr` at `revision` is older than the host's last write of it
+    /// (it would only lose a race).
+    pub(super) fn outdates(&self, cidr: &IpNetwork, revision: Revision) -> bool {
+        self.record.written.get(cidr).is_some_and(|(written, _)| *written > revision)
+    }
+
+    /// Block `cidr` as the host last wrote it, when it was the last block written.
+    pub(super) fn latest(&self, cidr: &IpNetwork) -> Option<(Block, Revision)> {
+        let (block, revision) = self.record.last.as_ref().filter(|(block, _)| block.cidr == *cidr)?;
+        let newest = self.record.written.get(cidr).is_some_and(|(written, _)| written == revision);
+        newest.then(|| (block.clone(), *revision))
+    }
+
+    /// Records that block `cidr` was written (`None`: deleted). A record that cannot be saved
+    /// is only logged: the next writer then loses a race instead.
+    pub(super) fn wrote(&mut self, cidr: IpNetwork, written: Option<(&Block, Revision)>) {
+        let record = &mut self.record;
+        match written {
+            Some((block, revision)) => {
+                let sequence = record.written.values().map(|(_, s)| s + 1).max().unwrap_or(0);
+                record.written.insert(cidr, (revision, sequence));
+                while record.written.len() > REMEMBERED {
+                    let oldest = record.written.iter().min_by_key(|(_, (_, s))| *s).map(|(c, _)| *c);
+                    oldest.map(|c| record.written.remove(&c));
+                }
+                record.last = Some((block.clone(), revision));
+            }
+            None => {
+                record.written.remove(&cidr);
+                record.last.take_if(|(block, _)| block.cidr == cidr);
+            }
         }
         if let Err(e) = self.save() {
-            tracing::debug!(error = %e, "IPAM write lock: cannot record a block's revision");
+            tracing::debug!(error = %e, "IPAM write lock: cannot record a block's write");
         }
     }
 
     fn save(&mut self) -> std::io::Result<()> {
-        let text: String =
-            self.written.iter().map(|(cidr, (revision, sequence))| format!("{cidr} {revision} {sequence}\n")).collect();
-        // Written over the old text, then cut to length: ext4 writes out a file truncated to
+        let bytes = serde_json::to_vec(&self.record)?;
+        // Written over the old record, then cut to length: ext4 writes out a file truncated to
         // zero and written again when it is closed (its `auto_da_alloc`), 20 times the cost.
         self.file.rewind()?;
-        self.file.write_all(text.as_bytes())?;
-        self.file.set_len(text.len() as u64)
+        self.file.write_all(&bytes)?;
+        self.file.set_len(bytes.len() as u64)
     }
 }
 
@@ -161,44 +196,48 @@ fn open(path: &Path) -> std::io::Result<File> {
     }
 }
 
-/// The file's lines `<cidr> <revision> <sequence>`. A writer that died mid-write can leave
-/// lines that do not read so (skipped) or old ones: at worst a write then loses a race.
-fn parse(text: &str) -> BTreeMap<IpNetwork, (Revision, u64)> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let cidr = fields.next()?.parse().ok()?;
-            let revision = fields.next()?.parse().ok()?;
-            let sequence = fields.next()?.parse().ok()?;
-            fields.next().is_none().then_some((cidr, (revision, sequence)))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipam::Allocation;
 
     fn cidr(text: &str) -> IpNetwork {
         text.parse().unwrap()
     }
 
+    fn block(text: &str, pods: usize) -> Block {
+        let mut block = Block::new(cidr(text), Some("n1".into()));
+        for i in 0..pods {
+            block.allocate(Allocation { handle: format!("net.c{i}"), ..Allocation::default() }, 0, 0);
+        }
+        block
+    }
+
     #[tokio::test]
-    async fn the_next_holder_sees_the_revisions_written_before_it() {
+    async fn the_next_holder_sees_what_was_written_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let lock = WriteLock::new(dir.path().join("locks/ipam.lock"));
+        let (first, second) = (block("10.0.0.0/26", 3), block("10.0.0.64/26", 1));
         let mut held = lock.take().await.unwrap();
-        assert!(!held.outdates(&cidr("10.0.0.0/26"), 5), "nothing written yet");
-        held.wrote(cidr("10.0.0.0/26"), Some(7));
-        held.wrote(cidr("10.0.0.64/26"), Some(9));
-        held.wrote(cidr("10.0.0.64/26"), None);
+        assert!(!held.outdates(&first.cidr, 5), "nothing written yet");
+        assert_eq!(held.latest(&first.cidr), None);
+        held.wrote(first.cidr, Some((&first, 7)));
+        held.wrote(second.cidr, Some((&second, 9)));
+        held.wrote(second.cidr, None);
         drop(held);
 
+        let mut held = lock.take().await.unwrap();
+        assert!(held.outdates(&first.cidr, 6));
+        assert!(!held.outdates(&first.cidr, 7), "the copy is the one written");
+        assert!(!held.outdates(&first.cidr, 8), "a newer copy (another host wrote it)");
+        assert!(!held.outdates(&second.cidr, 1), "deleted");
+        assert_eq!(held.latest(&second.cidr), None, "deleted");
+        assert_eq!(held.latest(&first.cidr), None, "not the last block written");
+
+        held.wrote(first.cidr, Some((&first, 10)));
+        drop(held);
         let held = lock.take().await.unwrap();
-        assert!(held.outdates(&cidr("10.0.0.0/26"), 6));
-        assert!(!held.outdates(&cidr("10.0.0.0/26"), 7), "the copy is the one written");
-        assert!(!held.outdates(&cidr("10.0.0.0/26"), 8), "a newer copy (another host wrote it)");
-        assert!(!held.outdates(&cidr("10.0.0.64/26"), 1), "deleted");
+        assert_eq!(held.latest(&first.cidr), Some((first, 10)));
     }
 
     #[tokio::test]
@@ -212,23 +251,38 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!second.is_finished(), "taken while held");
-        held.wrote(cidr("10.0.0.0/26"), Some(2));
+        held.wrote(cidr("10.0.0.0/26"), Some((&block("10.0.0.0/26", 1), 2)));
         drop(held);
         assert_eq!(second.await.unwrap(), Some(true), "saw the first holder's write");
     }
 
     #[test]
-    fn only_the_most_recently_written_blocks_are_kept_and_bad_lines_are_skipped() {
+    fn only_the_most_recently_written_blocks_are_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mut held = Held::take(&dir.path().join("ipam.lock")).unwrap();
+        let path = dir.path().join("ipam.lock");
+        let mut held = Held::take(&path).unwrap();
         for i in 0..=REMEMBERED as u8 {
-            held.wrote(cidr(&format!("10.{i}.0.0/26")), Some(i.into()));
+            let b = block(&format!("10.{i}.0.0/26"), 1);
+            held.wrote(b.cidr, Some((&b, i.into())));
         }
         drop(held);
-        let text = std::fs::read_to_string(dir.path().join("ipam.lock")).unwrap();
-        let written = parse(&format!("{text}10.200.0.0/26 12\nnot a line at all\n10.201.0.0/26 x 1\n"));
-        assert_eq!(written.len(), REMEMBERED);
-        assert!(!written.contains_key(&cidr("10.0.0.0/26")), "the oldest went");
-        assert_eq!(written.get(&cidr(&format!("10.{REMEMBERED}.0.0/26"))).map(|w| w.0), Some(REMEMBERED as i64));
+        let held = Held::take(&path).unwrap();
+        assert_eq!(held.record.written.len(), REMEMBERED);
+        assert!(!held.outdates(&cidr("10.0.0.0/26"), -1), "the oldest went");
+        assert!(held.outdates(&cidr(&format!("10.{REMEMBERED}.0.0/26")), REMEMBERED as i64 - 1));
+    }
+
+    #[test]
+    fn a_record_that_does_not_read_counts_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipam.lock");
+        let b = block("10.0.0.0/26", 2);
+        let mut held = Held::take(&path).unwrap();
+        held.wrote(b.cidr, Some((&b, 3)));
+        drop(held);
+        let text = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+        let held = Held::take(&path).unwrap();
+        assert_eq!(held.record, Record::default());
     }
 }
