@@ -748,13 +748,13 @@ impl Ipam {
             } else {
                 let value =
                     serde_json::to_vec(&edited).map_err(|e| Error::Invalid(format!("cannot encode block: {e}")))?;
-                self.client.store().update(&key, &value, revision).await.map(Some)
+                self.client.store().update(&key, &value, revision).await.map(|revision| Some((revision, value)))
             };
-            if let (Ok(revision), Some(held)) = (&written, held.as_mut()) {
-                held.wrote(cidr, revision.map(|revision| (&edited, revision)));
+            if let (Ok(written), Some(held)) = (&written, held.as_mut()) {
+                held.wrote(cidr, written.as_ref().map(|(revision, value)| (*revision, value.as_slice())));
             }
             match written {
-                Ok(Some(new_revision)) => {
+                Ok(Some((new_revision, _))) => {
                     self.remember(edited, new_revision);
                     return Ok(Some(result));
                 }

@@ -42,16 +42,19 @@ pub struct WriteLock {
 pub(super) struct Held {
     file: File,
     record: Record,
+    /// The last block written, as the store holds it (JSON), decoded only when asked for.
+    last_block: Vec<u8>,
 }
 
-/// What the lock file holds (JSON).
+/// What the lock file holds: this as a line of JSON, then the last block written as the
+/// store holds it.
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Record {
     /// Each block's revision at the host's last write of it, with a sequence number of the
     /// write (to keep the newest).
     written: BTreeMap<IpNetwork, (Revision, u64)>,
-    /// The block written last, as written, and its revision.
-    last: Option<(Block, Revision)>,
+    /// The block written last and its revision.
+    last: Option<(IpNetwork, Revision)>,
 }
 
 impl WriteLock {
@@ -123,7 +126,8 @@ impl Held {
     fn read(mut file: File) -> std::io::Result<Held> {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let record = match serde_json::from_slice(&bytes) {
+        let (record, last_block) = bytes.split_at(bytes.iter().position(|b| *b == b'\n').unwrap_or(bytes.len()));
+        let record = match serde_json::from_slice(record) {
             Ok(record) => record,
             Err(e) => {
                 if !bytes.is_empty() {
@@ -132,7 +136,8 @@ impl Held {
                 Record::default()
             }
         };
-        Ok(Held { file, record })
+        let last_block = last_block.get(1..).unwrap_or_default().to_vec();
+        Ok(Held { file, record, last_block })
     }
 
     /// Whether a copy of block `cidr` at `revision` is older than the host's last write of it
@@ -143,28 +148,33 @@ impl Held {
 
     /// Block `cidr` as the host last wrote it, when it was the last block written.
     pub(super) fn latest(&self, cidr: &IpNetwork) -> Option<(Block, Revision)> {
-        let (block, revision) = self.record.last.as_ref().filter(|(block, _)| block.cidr == *cidr)?;
-        let newest = self.record.written.get(cidr).is_some_and(|(written, _)| written == revision);
-        newest.then(|| (block.clone(), *revision))
+        let (_, revision) = self.record.last.filter(|(last, _)| last == cidr)?;
+        self.record.written.get(cidr).filter(|(written, _)| *written == revision)?;
+        let block: Block = serde_json::from_slice(&self.last_block).ok()?;
+        (block.cidr == *cidr).then_some((block, revision))
     }
 
-    /// Records that block `cidr` was written (`None`: deleted). A record that cannot be saved
-    /// is only logged: the next writer then loses a race instead.
-    pub(super) fn wrote(&mut self, cidr: IpNetwork, written: Option<(&Block, Revision)>) {
+    /// Records that block `cidr` was written, with its value as the store holds it (`None`:
+    /// deleted). A record that cannot be saved is only logged: the next writer then loses a
+    /// race instead.
+    pub(super) fn wrote(&mut self, cidr: IpNetwork, written: Option<(Revision, &[u8])>) {
         let record = &mut self.record;
         match written {
-            Some((block, revision)) => {
+            Some((revision, value)) => {
                 let sequence = record.written.values().map(|(_, s)| s + 1).max().unwrap_or(0);
                 record.written.insert(cidr, (revision, sequence));
                 while record.written.len() > REMEMBERED {
                     let oldest = record.written.iter().min_by_key(|(_, (_, s))| *s).map(|(c, _)| *c);
                     oldest.map(|c| record.written.remove(&c));
                 }
-                record.last = Some((block.clone(), revision));
+                record.last = Some((cidr, revision));
+                value.clone_into(&mut self.last_block);
             }
             None => {
                 record.written.remove(&cidr);
-                record.last.take_if(|(block, _)| block.cidr == cidr);
+                if record.last.take_if(|(last, _)| *last == cidr).is_some() {
+                    self.last_block.clear();
+                }
             }
         }
         if let Err(e) = self.save() {
@@ -173,7 +183,9 @@ impl Held {
     }
 
     fn save(&mut self) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(&self.record)?;
+        let mut bytes = serde_json::to_vec(&self.record)?;
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&self.last_block);
         // Written over the old record, then cut to length: ext4 writes out a file truncated to
         // zero and written again when it is closed (its `auto_da_alloc`), 20 times the cost.
         self.file.rewind()?;
@@ -213,6 +225,10 @@ mod tests {
         block
     }
 
+    fn json(block: &Block) -> Vec<u8> {
+        serde_json::to_vec(block).unwrap()
+    }
+
     #[tokio::test]
     async fn the_next_holder_sees_what_was_written_before_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -221,8 +237,8 @@ mod tests {
         let mut held = lock.take().await.unwrap();
         assert!(!held.outdates(&first.cidr, 5), "nothing written yet");
         assert_eq!(held.latest(&first.cidr), None);
-        held.wrote(first.cidr, Some((&first, 7)));
-        held.wrote(second.cidr, Some((&second, 9)));
+        held.wrote(first.cidr, Some((7, &json(&first))));
+        held.wrote(second.cidr, Some((9, &json(&second))));
         held.wrote(second.cidr, None);
         drop(held);
 
@@ -234,7 +250,7 @@ mod tests {
         assert_eq!(held.latest(&second.cidr), None, "deleted");
         assert_eq!(held.latest(&first.cidr), None, "not the last block written");
 
-        held.wrote(first.cidr, Some((&first, 10)));
+        held.wrote(first.cidr, Some((10, &json(&first))));
         drop(held);
         let held = lock.take().await.unwrap();
         assert_eq!(held.latest(&first.cidr), Some((first, 10)));
@@ -251,7 +267,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!second.is_finished(), "taken while held");
-        held.wrote(cidr("10.0.0.0/26"), Some((&block("10.0.0.0/26", 1), 2)));
+        held.wrote(cidr("10.0.0.0/26"), Some((2, &json(&block("10.0.0.0/26", 1)))));
         drop(held);
         assert_eq!(second.await.unwrap(), Some(true), "saw the first holder's write");
     }
@@ -263,7 +279,7 @@ mod tests {
         let mut held = Held::take(&path).unwrap();
         for i in 0..=REMEMBERED as u8 {
             let b = block(&format!("10.{i}.0.0/26"), 1);
-            held.wrote(b.cidr, Some((&b, i.into())));
+            held.wrote(b.cidr, Some((i.into(), &json(&b))));
         }
         drop(held);
         let held = Held::take(&path).unwrap();
@@ -273,16 +289,25 @@ mod tests {
     }
 
     #[test]
-    fn a_record_that_does_not_read_counts_as_empty() {
+    fn a_record_or_block_cut_short_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ipam.lock");
         let b = block("10.0.0.0/26", 2);
         let mut held = Held::take(&path).unwrap();
-        held.wrote(b.cidr, Some((&b, 3)));
+        held.wrote(b.cidr, Some((3, &json(&b))));
         drop(held);
         let text = std::fs::read(&path).unwrap();
-        std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+        let newline = text.iter().position(|b| *b == b'\n').unwrap();
+
+        std::fs::write(&path, &text[..text.len() - 10]).unwrap();
+        let held = Held::take(&path).unwrap();
+        assert!(held.outdates(&b.cidr, 2), "the record reads");
+        assert_eq!(held.latest(&b.cidr), None, "the block does not");
+        drop(held);
+
+        std::fs::write(&path, &text[..newline / 2]).unwrap();
         let held = Held::take(&path).unwrap();
         assert_eq!(held.record, Record::default());
+        assert_eq!(held.latest(&b.cidr), None);
     }
 }
