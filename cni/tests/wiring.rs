@@ -94,7 +94,7 @@ fn two_dual_stack_pods_reach_each_other_and_the_node(backend: Backend) {
     assert!(!node.routes().contains("proto 98"), "{}", node.routes());
     let (endpoints, _) = node.runtime.block_on(client.list::<WorkloadEndpoint>()).unwrap();
     assert!(endpoints.is_empty(), "{endpoints:?}");
-    assert_eq!(std::fs::read_dir(node.records.path()).unwrap().count(), 0);
+    assert_eq!(node.endpoint_records(), Vec::<std::ffi::OsString>::new());
 }
 
 fn the_same_container_twice_gets_the_same_result(backend: Backend) {

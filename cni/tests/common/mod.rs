@@ -185,12 +185,18 @@ impl Node {
         self.runtime.block_on(client.list::<brindle_datastore::resource::WorkloadEndpoint>()).unwrap().0.len()
     }
 
+    /// The files of the record directory that are pods' endpoint records (the lock file of the
+    /// host's IPAM writes stays).
+    pub fn endpoint_records(&self) -> Vec<std::ffi::OsString> {
+        let files = std::fs::read_dir(self.records.path()).unwrap().flatten().map(|e| e.file_name());
+        files.filter(|name| name != brindle_cni::ipam::IPAM_LOCK_FILE).collect()
+    }
+
     /// Fails the test if anything of a pod is left: veth, route, record, address, endpoint.
     pub fn assert_clean(&self) {
         assert!(!self.links().contains("brin"), "a veth is left: {}", self.links());
         assert!(!self.routes().contains("proto 98"), "a route is left: {}", self.routes());
-        let records: Vec<_> =
-            std::fs::read_dir(self.records.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        let records = self.endpoint_records();
         assert!(records.is_empty(), "records are left: {records:?}");
         assert_eq!(self.allocations(), 0, "addresses are left allocated");
         assert_eq!(self.endpoints(), 0, "endpoints are left");
