@@ -50,9 +50,9 @@ pub(super) struct Held {
 /// store holds it.
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Record {
-    /// Each block's revision at the host's last write of it, with a sequence number of the
-    /// write (to keep the newest).
-    written: BTreeMap<IpNetwork, (Revision, u64)>,
+    /// Each block's revision at the host's last write of it. Revisions grow with every write
+    /// to the store, so the lowest is the block written longest ago.
+    written: BTreeMap<IpNetwork, Revision>,
     /// The block written last and its revision.
     last: Option<(IpNetwork, Revision)>,
 }
@@ -143,13 +143,13 @@ impl Held {
     /// Whether a copy of block `cidr` at `revision` is older than the host's last write of it
     /// (it would only lose a race).
     pub(super) fn outdates(&self, cidr: &IpNetwork, revision: Revision) -> bool {
-        self.record.written.get(cidr).is_some_and(|(written, _)| *written > revision)
+        self.record.written.get(cidr).is_some_and(|written| *written > revision)
     }
 
     /// Block `cidr` as the host last wrote it, when it was the last block written.
     pub(super) fn latest(&self, cidr: &IpNetwork) -> Option<(Block, Revision)> {
         let (_, revision) = self.record.last.filter(|(last, _)| last == cidr)?;
-        self.record.written.get(cidr).filter(|(written, _)| *written == revision)?;
+        self.record.written.get(cidr).filter(|written| **written == revision)?;
         let block: Block = serde_json::from_slice(&self.last_block).ok()?;
         (block.cidr == *cidr).then_some((block, revision))
     }
@@ -161,10 +161,9 @@ impl Held {
         let record = &mut self.record;
         match written {
             Some((revision, value)) => {
-                let sequence = record.written.values().map(|(_, s)| s + 1).max().unwrap_or(0);
-                record.written.insert(cidr, (revision, sequence));
+                record.written.insert(cidr, revision);
                 while record.written.len() > REMEMBERED {
-                    let oldest = record.written.iter().min_by_key(|(_, (_, s))| *s).map(|(c, _)| *c);
+                    let oldest = record.written.iter().min_by_key(|(_, revision)| **revision).map(|(c, _)| *c);
                     oldest.map(|c| record.written.remove(&c));
                 }
                 record.last = Some((cidr, revision));
